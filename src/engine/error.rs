@@ -1,0 +1,54 @@
+//! Why the engine refused an operation. The gRPC edge maps each variant to a
+//! status code in one exhaustive match.
+
+/// An operation the engine refused; the state is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The contact's intent is not in the policy's vocabulary.
+    #[error("intent `{0}` is not an intent of the policy")]
+    UnknownIntent(String),
+    /// The contact carries an attribute the policy does not declare.
+    #[error("attributes: key `{0}` is not declared by the policy")]
+    UnknownAttribute(String),
+    /// The contact carries a declared attribute with a value not declared.
+    #[error("attributes[{key}]: value is not one of the declared values: {allowed}")]
+    AttributeValue {
+        /// The attribute.
+        key: String,
+        /// The values the policy allows.
+        allowed: String,
+    },
+    /// A request names a queue the policy does not have.
+    #[error("{field}: queue `{id}` not found")]
+    UnknownQueue {
+        /// The request field.
+        field: &'static str,
+        /// The id given.
+        id: String,
+    },
+    /// No agent with this id.
+    #[error("agent `{0}` not found")]
+    UnknownAgent(String),
+    /// No reservation with this id was ever made here, or it was forgotten.
+    #[error("reservation `{0}` not found")]
+    UnknownReservation(String),
+    /// The reservation's TTL passed before it was confirmed.
+    #[error("reservation `{0}` expired before it was confirmed")]
+    ReservationExpired(String),
+    /// The reservation was already confirmed or released.
+    #[error("reservation `{id}` was already {how}")]
+    ReservationSettled {
+        /// The reservation.
+        id: String,
+        /// "confirmed" or "released".
+        how: &'static str,
+    },
+    /// The agent has no active contact with this id.
+    #[error("agent `{agent}` has no active contact `{contact}`")]
+    NoActiveContact {
+        /// The agent.
+        agent: String,
+        /// The contact id given.
+        contact: String,
+    },
+}

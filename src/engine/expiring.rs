@@ -1,0 +1,115 @@
+//! A map whose entries leave after a retention time or once it holds more
+//! than a cap, oldest first: bounded memory for idempotency replies, contact
+//! paths and settled reservation ids.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    hash::Hash,
+};
+
+use chrono::Duration;
+
+use crate::model::Time;
+
+/// Entries keyed by `K`, forgotten by age of insertion.
+#[derive(Debug)]
+pub struct Expiring<K, V> {
+    entries: HashMap<K, (Time, V)>,
+    order: VecDeque<(Time, K)>,
+    retention: Duration,
+    cap: usize,
+}
+
+impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
+    /// Keeps entries for `retention`, and at most `cap` of them.
+    pub fn new(retention: Duration, cap: usize) -> Self {
+        Expiring {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            retention,
+            cap: cap.max(1),
+        }
+    }
+
+    /// The value for `key`, if still kept.
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.entries.get(key).map(|(_, v)| v)
+    }
+
+    /// The value for `key`, inserting `make()` (stamped `now`) if absent.
+    pub fn get_or_insert_with(&mut self, key: K, now: Time, make: impl FnOnce() -> V) -> &mut V {
+        let entry = self.entries.entry(key.clone()).or_insert_with(|| {
+            self.order.push_back((now, key));
+            (now, make())
+        });
+        &mut entry.1
+    }
+
+    /// Inserts or replaces; a replaced value keeps its original stamp.
+    pub fn insert(&mut self, key: K, value: V, now: Time) {
+        match self.entries.get_mut(&key) {
+            Some(slot) => slot.1 = value,
+            None => {
+                self.order.push_back((now, key.clone()));
+                self.entries.insert(key, (now, value));
+            }
+        }
+    }
+
+    /// Number of entries kept.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is kept.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Forgets entries older than the retention, then the oldest over the cap.
+    pub fn evict(&mut self, now: Time) {
+        while let Some((stamp, _)) = self.order.front() {
+            let expired = *stamp + self.retention <= now;
+            if !expired && self.order.len() <= self.cap {
+                break;
+            }
+            if let Some((stamp, key)) = self.order.pop_front() {
+                // Only drop the entry this stamp belongs to.
+                if self.entries.get(&key).is_some_and(|(s, _)| *s == stamp) {
+                    self.entries.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    #[test]
+    fn forgets_by_age_and_by_cap() {
+        let t0 = Utc::now();
+        let mut m = Expiring::new(Duration::seconds(10), 3);
+        m.insert("a", 1, t0);
+        m.insert("b", 2, t0 + Duration::seconds(5));
+        m.evict(t0 + Duration::seconds(9));
+        assert_eq!(m.get("a"), Some(&1));
+        m.evict(t0 + Duration::seconds(10));
+        assert_eq!(m.get("a"), None);
+        assert_eq!(m.get("b"), Some(&2));
+        for (i, k) in ["c", "d", "e"].into_iter().enumerate() {
+            m.insert(k, i, t0 + Duration::seconds(6));
+        }
+        m.evict(t0 + Duration::seconds(6));
+        assert_eq!(m.len(), 3);
+        assert_eq!(m.get("b"), None, "oldest goes first over the cap");
+        *m.get_or_insert_with("c", t0, || 99) += 10;
+        assert_eq!(m.get("c"), Some(&10));
+    }
+}

@@ -1,0 +1,853 @@
+//! The pure routing core: agents, reservations, contact paths and
+//! [`Engine::route`]. Synchronous and deterministic; time comes in as an
+//! argument. Knows nothing of tonic, tokio, prost or metrics: it returns data
+//! (decisions, counters) and the edge records and serves them.
+//!
+//! Callers hold the engine behind one lock and never across an `.await`:
+//! every operation is atomic, so no interleaving of requests can reserve one
+//! agent for two contacts.
+
+mod error;
+mod expiring;
+mod roster;
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    fmt,
+    str::FromStr,
+    sync::Arc,
+};
+
+use chrono::Duration;
+
+pub use error::EngineError;
+pub use expiring::Expiring;
+pub use roster::{Agent, AgentIdx, Pick, QueuePool, Roster};
+
+use crate::model::{AgentState, CallbackReason, Channel, Contact, Reason, Time};
+use crate::policy::{CallbackTerms, Policy, QueueIdx, Resolved, Step, Text};
+
+/// Limits of what the engine remembers.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// How long a request id's decision is replayed to retries.
+    pub idempotency_retention: Duration,
+    /// How long a contact's path is kept after its first hop.
+    pub path_retention: Duration,
+    /// At most this many contacts' paths (and idempotency keys) are kept.
+    pub max_tracked_contacts: usize,
+    /// Hops kept per contact; later hops replace the newest.
+    pub max_hops: usize,
+    /// High 32 bits of every decision and reservation id, so ids differ
+    /// across restarts.
+    pub id_prefix: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            idempotency_retention: Duration::minutes(10),
+            path_retention: Duration::hours(24),
+            max_tracked_contacts: 200_000,
+            max_hops: 32,
+            id_prefix: 0,
+        }
+    }
+}
+
+macro_rules! hex_id {
+    ($name:ident, $prefix:literal, $doc:literal) => {
+        #[doc = $doc]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!($prefix, "{:016x}"), self.0)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ();
+            fn from_str(s: &str) -> Result<Self, ()> {
+                let hex = s.strip_prefix($prefix).ok_or(())?;
+                if hex.len() != 16 {
+                    return Err(());
+                }
+                u64::from_str_radix(hex, 16).map($name).map_err(|_| ())
+            }
+        }
+    };
+}
+
+hex_id!(
+    DecisionId,
+    "d-",
+    "Identifies one decision in logs, paths and replies."
+);
+hex_id!(
+    ReservationId,
+    "r-",
+    "Identifies one reservation of an agent."
+);
+
+/// A warm transfer to a reserved agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentOffer {
+    /// Who.
+    pub agent_id: Text,
+    /// SIP URI or extension.
+    pub transfer_address: Text,
+    /// Through which queue.
+    pub queue_id: Text,
+    /// The reservation to confirm or release.
+    pub reservation: ReservationId,
+    /// When the reservation lapses unless confirmed.
+    pub expires_at: Time,
+    /// The agent does not speak the contact's language.
+    pub interpreter_needed: bool,
+}
+
+/// A callback ticket to open.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallbackOffer {
+    /// Owning queue.
+    pub queue_id: Text,
+    /// Why not a transfer.
+    pub reason: CallbackReason,
+    /// Ticket type, deadline, priority, intake fields.
+    pub terms: CallbackTerms,
+}
+
+/// Exactly one outcome per decision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Warm transfer to a reserved agent.
+    Agent(AgentOffer),
+    /// Open a callback ticket.
+    Callback(CallbackOffer),
+    /// The emergency script.
+    Emergency {
+        /// Script id.
+        script_id: Text,
+        /// What the agent does.
+        instruction: Text,
+    },
+    /// Verify the caller first.
+    Authenticate {
+        /// Script id.
+        script_id: Text,
+        /// What the agent does.
+        instruction: Text,
+    },
+}
+
+impl Outcome {
+    /// "agent", "callback", "emergency" or "authenticate": a bounded label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Agent(_) => "agent",
+            Outcome::Callback(_) => "callback",
+            Outcome::Emergency { .. } => "emergency",
+            Outcome::Authenticate { .. } => "authenticate",
+        }
+    }
+}
+
+/// Where one contact goes, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Unique id.
+    pub id: DecisionId,
+    /// The policy rule that matched.
+    pub rule_id: Option<Text>,
+    /// Why, in the order the reasons applied.
+    pub reasons: Vec<Reason>,
+    /// Escalation level 1-4 of the owner.
+    pub level: u8,
+    /// Owning team.
+    pub team: Text,
+    /// Guidance for the receiving agent: the rule's, then the queue's.
+    pub guidance: Vec<Text>,
+    /// What happens.
+    pub outcome: Outcome,
+}
+
+/// One hop of a contact through careroute.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hop {
+    /// The decision made.
+    pub decision: DecisionId,
+    /// When.
+    pub at: Time,
+    /// The rule that matched.
+    pub rule_id: Option<Text>,
+    /// The outcome kind.
+    pub outcome: &'static str,
+    /// The queue that owns the contact after this hop.
+    pub queue_id: Option<Text>,
+    /// The agent reserved, if any.
+    pub agent_id: Option<Text>,
+    /// The queue that handed the contact on.
+    pub from_queue_id: Option<String>,
+}
+
+/// An agent's registration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentSpec {
+    /// The CTI's id.
+    pub id: String,
+    /// Team.
+    pub team: String,
+    /// SIP URI or extension.
+    pub transfer_address: String,
+    /// Skills with proficiency 1-5.
+    pub skills: Vec<(String, u8)>,
+    /// Language tags spoken.
+    pub languages: Vec<String>,
+    /// Contacts at once per channel.
+    pub channels: Vec<(Channel, u8)>,
+}
+
+/// Staffing of one queue now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueView {
+    /// Queue id.
+    pub id: Text,
+    /// Escalation level.
+    pub level: u8,
+    /// Owning team.
+    pub team: Text,
+    /// Open now.
+    pub open: bool,
+    /// Eligible agents not offline.
+    pub staffed: u32,
+    /// Eligible agents free on a channel of the queue.
+    pub available: u32,
+    /// Live reservations.
+    pub reservations: u32,
+}
+
+/// Cumulative counts since start, for telemetry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Reservations made.
+    pub reserved: u64,
+    /// Reservations confirmed.
+    pub confirmed: u64,
+    /// Reservations released by a client.
+    pub released: u64,
+    /// Reservations whose TTL passed.
+    pub expired: u64,
+}
+
+#[derive(Debug)]
+struct Reservation {
+    agent: AgentIdx,
+    contact_id: String,
+    queue: Option<QueueIdx>,
+    queue_id: Text,
+    channel: Channel,
+    expires_at: Time,
+}
+
+/// What became of a reservation that is no longer live.
+#[derive(Debug, Clone, Copy)]
+enum Settled {
+    Confirmed,
+    Released,
+    Expired,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Expire(ReservationId),
+    WrapUpEnd(AgentIdx, u64),
+}
+
+/// The routing engine: one per process, behind one lock.
+#[derive(Debug)]
+pub struct Engine {
+    policy: Arc<Policy>,
+    config: EngineConfig,
+    roster: Roster,
+    reservations: HashMap<ReservationId, Reservation>,
+    settled: Expiring<ReservationId, Settled>,
+    timers: BinaryHeap<Reverse<(Time, Timer)>>,
+    replies: Expiring<(String, String), Decision>,
+    paths: Expiring<String, Vec<Hop>>,
+    next_id: u32,
+    counters: Counters,
+}
+
+impl Engine {
+    /// An engine with no agents.
+    pub fn new(policy: Arc<Policy>, config: EngineConfig) -> Engine {
+        let cap = config.max_tracked_contacts;
+        Engine {
+            roster: Roster::new(&policy),
+            policy,
+            reservations: HashMap::new(),
+            settled: Expiring::new(config.idempotency_retention, cap),
+            timers: BinaryHeap::new(),
+            replies: Expiring::new(config.idempotency_retention, cap),
+            paths: Expiring::new(config.path_retention, cap),
+            next_id: 0,
+            counters: Counters::default(),
+            config,
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Arc<Policy> {
+        &self.policy
+    }
+
+    /// The roster, for views and tests.
+    pub fn roster(&self) -> &Roster {
+        &self.roster
+    }
+
+    /// Cumulative counters.
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Live reservations.
+    pub fn live_reservations(&self) -> usize {
+        self.reservations.len()
+    }
+
+    /// The agent held by each live reservation, for invariant checks.
+    pub fn reservation_agents(&self) -> impl Iterator<Item = (ReservationId, &str, Time)> {
+        self.reservations
+            .iter()
+            .map(|(id, r)| (*id, &*self.roster.agent(r.agent).id, r.expires_at))
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        self.next_id = self.next_id.wrapping_add(1);
+        (u64::from(self.config.id_prefix) << 32) | u64::from(self.next_id)
+    }
+
+    /// Applies everything due by `now`: reservation expiries, wrap-up ends,
+    /// and forgetting old replies and paths. Every operation calls it first,
+    /// so no reservation is ever seen past its TTL; a periodic call keeps
+    /// idle state tidy too.
+    pub fn advance(&mut self, now: Time) {
+        while let Some(Reverse((due, _))) = self.timers.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((due, timer))) = self.timers.pop() else {
+                break;
+            };
+            match timer {
+                Timer::Expire(id) => {
+                    if self.settle(id, Settled::Expired, due).is_some() {
+                        self.counters.expired += 1;
+                    }
+                }
+                Timer::WrapUpEnd(a, generation) => {
+                    self.roster.update(a, |agent| {
+                        if agent.state == AgentState::WrapUp && agent.wrap_generation == generation
+                        {
+                            agent.state = AgentState::Available;
+                            agent.ready_since = due.timestamp_micros();
+                        }
+                    });
+                }
+            }
+        }
+        self.replies.evict(now);
+        self.paths.evict(now);
+        self.settled.evict(now);
+    }
+
+    /// Ends a live reservation and frees the agent's slot.
+    fn settle(&mut self, id: ReservationId, how: Settled, now: Time) -> Option<Reservation> {
+        let r = self.reservations.remove(&id)?;
+        if let Some(q) = r.queue {
+            let n = self.roster.reservations_mut(q);
+            *n = n.saturating_sub(1);
+        }
+        let c = r.channel.index();
+        self.roster.update(r.agent, |agent| {
+            agent.reserved[c] = agent.reserved[c].saturating_sub(1);
+        });
+        self.settled.insert(id, how, now);
+        Some(r)
+    }
+
+    /// Decides where one contact goes at `now`, reserving an agent for a warm
+    /// transfer when there is one.
+    pub fn route(&mut self, contact: &Contact, now: Time) -> Result<Decision, EngineError> {
+        self.advance(now);
+        if let Some(request_id) = &contact.request_id {
+            let key = (contact.contact_id.clone(), request_id.clone());
+            if let Some(first) = self.replies.get(&key) {
+                let mut replay = first.clone();
+                replay.reasons.push(Reason::IdempotentReplay);
+                return Ok(replay);
+            }
+        }
+        let policy = Arc::clone(&self.policy);
+        let facts = self.resolve(&policy, contact)?;
+        let plan = policy.plan(contact, facts, now);
+        let rule = plan.rule.map(|r| &policy.rules[r]);
+        let mut reasons = plan.reasons;
+        let id = DecisionId(self.next_u64());
+
+        let (queue, outcome) = match plan.step {
+            Step::Emergency => {
+                let e = &policy.emergency;
+                (
+                    None,
+                    Outcome::Emergency {
+                        script_id: e.script_id.clone(),
+                        instruction: e.instruction.clone(),
+                    },
+                )
+            }
+            Step::Authenticate { failed, target } => {
+                let a = &policy.authenticate;
+                let (script_id, instruction) = if failed {
+                    (a.failed_script_id.clone(), a.failed_instruction.clone())
+                } else {
+                    (a.script_id.clone(), a.instruction.clone())
+                };
+                (
+                    target,
+                    Outcome::Authenticate {
+                        script_id,
+                        instruction,
+                    },
+                )
+            }
+            Step::Callback { queue, reason } => (
+                Some(queue),
+                self.callback(queue, reason, facts, contact, now),
+            ),
+            Step::Route { queue } => {
+                let outcome = match self.choose(queue, contact) {
+                    Some(pick) => {
+                        reasons.push(if pick.1 {
+                            Reason::PreferredAgent
+                        } else {
+                            Reason::LongestIdle
+                        });
+                        if pick.0.interpreter_needed {
+                            reasons.push(Reason::InterpreterNeeded);
+                        }
+                        Outcome::Agent(self.reserve(pick.0, queue, contact, now))
+                    }
+                    None => {
+                        let reason = if self.roster.pool(queue).staffed == 0 {
+                            reasons.push(Reason::NoAgentsStaffed);
+                            CallbackReason::NoAgentsStaffed
+                        } else {
+                            reasons.push(Reason::NoAgentAvailable);
+                            CallbackReason::NoAgentAvailable
+                        };
+                        self.callback(queue, reason, facts, contact, now)
+                    }
+                };
+                (Some(queue), outcome)
+            }
+        };
+
+        let (level, team) = match (&outcome, queue) {
+            (Outcome::Emergency { .. }, _) => {
+                (policy.emergency.level, policy.emergency.team.clone())
+            }
+            (_, Some(q)) => (policy.queues[q].level, policy.queues[q].team.clone()),
+            (_, None) => {
+                let q = &policy.queues[policy.default_queue];
+                (q.level, q.team.clone())
+            }
+        };
+        let mut guidance: Vec<Text> = rule.map(|r| r.guidance.to_vec()).unwrap_or_default();
+        if let (Some(q), false) = (queue, matches!(outcome, Outcome::Emergency { .. })) {
+            guidance.extend(policy.queues[q].guidance.iter().cloned());
+        }
+        let decision = Decision {
+            id,
+            rule_id: rule.map(|r| r.id.clone()),
+            reasons,
+            level,
+            team,
+            guidance,
+            outcome,
+        };
+        self.record(
+            contact,
+            &decision,
+            queue.map(|q| policy.queues[q].id.clone()),
+            now,
+        );
+        Ok(decision)
+    }
+
+    /// Checks the contact against the policy's vocabulary.
+    fn resolve(&self, policy: &Policy, contact: &Contact) -> Result<Resolved, EngineError> {
+        let intent = policy
+            .intent_idx(&contact.intent)
+            .ok_or_else(|| EngineError::UnknownIntent(contact.intent.clone()))?;
+        for (key, value) in &contact.attributes {
+            let allowed = policy
+                .attributes
+                .get(key)
+                .ok_or_else(|| EngineError::UnknownAttribute(key.clone()))?;
+            if !allowed.contains(value) {
+                return Err(EngineError::AttributeValue {
+                    key: key.clone(),
+                    allowed: allowed.join(", "),
+                });
+            }
+        }
+        let transfer_from =
+            match &contact.transfer_from {
+                Some(t) => Some(policy.queue_idx(&t.queue_id).ok_or_else(|| {
+                    EngineError::UnknownQueue {
+                        field: "transfer_from.queue_id",
+                        id: t.queue_id.clone(),
+                    }
+                })?),
+                None => None,
+            };
+        Ok(Resolved {
+            intent,
+            transfer_from,
+        })
+    }
+
+    /// The preferred agent if eligible and free, else the longest idle free
+    /// agent (speakers of the contact's language first). Never the agent
+    /// handing the contact on. The flag says whether the preferred agent won.
+    fn choose(&self, queue: QueueIdx, contact: &Contact) -> Option<(Pick, bool)> {
+        let exclude = contact
+            .transfer_from
+            .as_ref()
+            .and_then(|t| t.agent_id.as_deref())
+            .and_then(|id| self.roster.find(id));
+        let language = contact
+            .language
+            .as_deref()
+            .unwrap_or(&self.policy.default_language);
+        let lang = self.roster.language(language);
+        if let Some(a) = contact
+            .preferred_agent_id
+            .as_deref()
+            .and_then(|id| self.roster.find(id))
+            && Some(a) != exclude
+            && self.roster.is_free_for(a, queue, contact.channel)
+        {
+            let speaks = lang.is_some_and(|l| self.roster.agent(a).languages.contains(&l));
+            return Some((
+                Pick {
+                    agent: a,
+                    interpreter_needed: !speaks,
+                },
+                true,
+            ));
+        }
+        self.roster
+            .pick(queue, contact.channel, lang, exclude)
+            .map(|p| (p, false))
+    }
+
+    fn reserve(&mut self, pick: Pick, queue: QueueIdx, contact: &Contact, now: Time) -> AgentOffer {
+        let id = ReservationId(self.next_u64());
+        let expires_at = now + self.policy.reservation_ttl;
+        let c = contact.channel.index();
+        let micros = now.timestamp_micros();
+        self.roster.update(pick.agent, |agent| {
+            agent.reserved[c] += 1;
+            // Work just arrived: the agent goes to the back of the idle order.
+            agent.ready_since = micros;
+        });
+        *self.roster.reservations_mut(queue) += 1;
+        let queue_id = self.policy.queues[queue].id.clone();
+        self.reservations.insert(
+            id,
+            Reservation {
+                agent: pick.agent,
+                contact_id: contact.contact_id.clone(),
+                queue: Some(queue),
+                queue_id: queue_id.clone(),
+                channel: contact.channel,
+                expires_at,
+            },
+        );
+        self.timers.push(Reverse((expires_at, Timer::Expire(id))));
+        self.counters.reserved += 1;
+        let agent = self.roster.agent(pick.agent);
+        AgentOffer {
+            agent_id: agent.id.clone(),
+            transfer_address: agent.transfer_address.clone(),
+            queue_id,
+            reservation: id,
+            expires_at,
+            interpreter_needed: pick.interpreter_needed,
+        }
+    }
+
+    fn callback(
+        &self,
+        queue: QueueIdx,
+        reason: CallbackReason,
+        facts: Resolved,
+        contact: &Contact,
+        now: Time,
+    ) -> Outcome {
+        Outcome::Callback(CallbackOffer {
+            queue_id: self.policy.queues[queue].id.clone(),
+            reason,
+            terms: self
+                .policy
+                .callback_terms(queue, facts.intent, contact.urgency, now),
+        })
+    }
+
+    /// Appends the hop to the contact's path and keeps the reply for retries.
+    fn record(
+        &mut self,
+        contact: &Contact,
+        decision: &Decision,
+        queue_id: Option<Text>,
+        now: Time,
+    ) {
+        let hop = Hop {
+            decision: decision.id,
+            at: now,
+            rule_id: decision.rule_id.clone(),
+            outcome: decision.outcome.kind(),
+            queue_id,
+            agent_id: match &decision.outcome {
+                Outcome::Agent(offer) => Some(offer.agent_id.clone()),
+                _ => None,
+            },
+            from_queue_id: contact.transfer_from.as_ref().map(|t| t.queue_id.clone()),
+        };
+        let max_hops = self.config.max_hops;
+        let hops = self
+            .paths
+            .get_or_insert_with(contact.contact_id.clone(), now, Vec::new);
+        if hops.len() >= max_hops {
+            hops.pop();
+        }
+        hops.push(hop);
+        if let Some(request_id) = &contact.request_id {
+            self.replies.insert(
+                (contact.contact_id.clone(), request_id.clone()),
+                decision.clone(),
+                now,
+            );
+        }
+    }
+
+    /// The hops a contact took, oldest first.
+    pub fn path(&self, contact_id: &str) -> Option<&[Hop]> {
+        self.paths.get(contact_id).map(Vec::as_slice)
+    }
+
+    fn reservation_error(&self, id: ReservationId) -> EngineError {
+        match self.settled.get(&id) {
+            Some(Settled::Expired) => EngineError::ReservationExpired(id.to_string()),
+            Some(Settled::Confirmed) => EngineError::ReservationSettled {
+                id: id.to_string(),
+                how: "confirmed",
+            },
+            Some(Settled::Released) => EngineError::ReservationSettled {
+                id: id.to_string(),
+                how: "released",
+            },
+            None => EngineError::UnknownReservation(id.to_string()),
+        }
+    }
+
+    /// The transfer connected: the reservation becomes an active contact.
+    /// Returns the agent and contact ids.
+    pub fn confirm(&mut self, id: ReservationId, now: Time) -> Result<(Text, String), EngineError> {
+        self.advance(now);
+        let r = self
+            .settle(id, Settled::Confirmed, now)
+            .ok_or_else(|| self.reservation_error(id))?;
+        self.counters.confirmed += 1;
+        let c = r.channel.index();
+        let contact = r.contact_id.clone();
+        self.roster.update(r.agent, |agent| {
+            agent.active[c] += 1;
+            agent.contacts.push((r.contact_id, r.channel, r.queue_id));
+        });
+        Ok((self.roster.agent(r.agent).id.clone(), contact))
+    }
+
+    /// The offer was rejected, not answered or cancelled: the agent is free.
+    pub fn release(&mut self, id: ReservationId, now: Time) -> Result<(), EngineError> {
+        self.advance(now);
+        self.settle(id, Settled::Released, now)
+            .ok_or_else(|| self.reservation_error(id))?;
+        self.counters.released += 1;
+        Ok(())
+    }
+
+    /// The agent finished an active contact: wrap-up for the queue's wrap-up
+    /// time, then available. Returns when wrap-up ends.
+    pub fn complete(
+        &mut self,
+        agent_id: &str,
+        contact_id: &str,
+        now: Time,
+    ) -> Result<Time, EngineError> {
+        self.advance(now);
+        let a = self
+            .roster
+            .find(agent_id)
+            .ok_or_else(|| EngineError::UnknownAgent(agent_id.to_owned()))?;
+        let Some(pos) = self
+            .roster
+            .agent(a)
+            .contacts
+            .iter()
+            .position(|(c, _, _)| c == contact_id)
+        else {
+            return Err(EngineError::NoActiveContact {
+                agent: agent_id.to_owned(),
+                contact: contact_id.to_owned(),
+            });
+        };
+        let wrap_up = {
+            let (_, _, queue_id) = &self.roster.agent(a).contacts[pos];
+            self.policy
+                .queue_idx(queue_id)
+                .map_or(Duration::zero(), |q| self.policy.queues[q].wrap_up)
+        };
+        let until = now + wrap_up;
+        let generation = self.roster.update(a, |agent| {
+            let (_, channel, _) = agent.contacts.swap_remove(pos);
+            let c = channel.index();
+            agent.active[c] = agent.active[c].saturating_sub(1);
+            let working = matches!(agent.state, AgentState::Available | AgentState::Busy);
+            if wrap_up > Duration::zero() && working {
+                agent.state = AgentState::WrapUp;
+                agent.wrap_generation += 1;
+                Some(agent.wrap_generation)
+            } else {
+                None
+            }
+        });
+        match generation {
+            Some(g) => {
+                self.timers.push(Reverse((until, Timer::WrapUpEnd(a, g))));
+                Ok(until)
+            }
+            None => Ok(now),
+        }
+    }
+
+    /// Registers an agent or replaces its profile, keeping its state and work.
+    /// Returns the eligible queue ids and whether the agent is new.
+    pub fn upsert_agent(&mut self, spec: AgentSpec, now: Time) -> (Vec<Text>, bool) {
+        self.advance(now);
+        let languages: Vec<_> = spec
+            .languages
+            .iter()
+            .map(|l| self.roster.intern_language(l))
+            .collect();
+        let mut capacity = [0u8; Channel::ALL.len()];
+        for (c, n) in &spec.channels {
+            capacity[c.index()] = *n;
+        }
+        let policy = Arc::clone(&self.policy);
+        let (a, created) = match self.roster.find(&spec.id) {
+            Some(a) => (a, false),
+            None => {
+                let agent = Agent::new(
+                    roster::text(&spec.id),
+                    roster::text(&spec.team),
+                    roster::text(&spec.transfer_address),
+                );
+                (self.roster.add(agent), true)
+            }
+        };
+        self.roster.update(a, |agent| {
+            agent.team = roster::text(&spec.team);
+            agent.transfer_address = roster::text(&spec.transfer_address);
+            agent.skills = spec.skills;
+            agent.languages = languages;
+            agent.capacity = capacity;
+            Roster::place(agent, &policy);
+        });
+        let queues = self
+            .roster
+            .agent(a)
+            .queues
+            .iter()
+            .map(|q| policy.queues[*q].id.clone())
+            .collect();
+        (queues, created)
+    }
+
+    /// Sets an agent's state; returns the previous one. An agent becoming
+    /// available starts its idle time now.
+    pub fn set_state(
+        &mut self,
+        agent_id: &str,
+        state: AgentState,
+        now: Time,
+    ) -> Result<AgentState, EngineError> {
+        self.advance(now);
+        let a = self
+            .roster
+            .find(agent_id)
+            .ok_or_else(|| EngineError::UnknownAgent(agent_id.to_owned()))?;
+        Ok(self.roster.update(a, |agent| {
+            let previous = agent.state;
+            if state == AgentState::Available && previous != AgentState::Available {
+                agent.ready_since = now.timestamp_micros();
+            }
+            agent.state = state;
+            previous
+        }))
+    }
+
+    /// Every queue with its staffing now.
+    pub fn queues(&mut self, now: Time) -> Vec<QueueView> {
+        self.advance(now);
+        self.policy
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| {
+                let pool = self.roster.pool(i);
+                QueueView {
+                    id: q.id.clone(),
+                    level: q.level,
+                    team: q.team.clone(),
+                    open: self.policy.is_open(i, now),
+                    staffed: pool.staffed,
+                    available: pool.available,
+                    reservations: pool.reservations,
+                }
+            })
+            .collect()
+    }
+
+    /// Replaces the policy: agents are placed in the new queues, live
+    /// reservations and active contacts carry over by queue id.
+    pub fn replace_policy(&mut self, policy: Arc<Policy>) {
+        self.roster.rebuild(&policy);
+        for r in self.reservations.values_mut() {
+            r.queue = policy.queue_idx(&r.queue_id);
+            if let Some(q) = r.queue {
+                *self.roster.reservations_mut(q) += 1;
+            }
+        }
+        self.policy = policy;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,346 @@
+//! The vocabulary shared by the policy and the engine: channels, urgency,
+//! identity, agent states and the contact being routed. Plain data; imports
+//! nothing from the gRPC edge.
+
+use std::fmt;
+
+/// Instants everywhere in the core: wall-clock UTC, passed in by the caller.
+pub type Time = chrono::DateTime<chrono::Utc>;
+
+/// How the patient reached us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Channel {
+    /// A phone call.
+    Voice,
+    /// Web or app chat, including chatbot handoffs.
+    Chat,
+    /// Text messages.
+    Sms,
+    /// Email.
+    Email,
+    /// Patient portal messages.
+    Portal,
+}
+
+impl Channel {
+    /// Every channel, in index order.
+    pub const ALL: [Channel; 5] = [
+        Channel::Voice,
+        Channel::Chat,
+        Channel::Sms,
+        Channel::Email,
+        Channel::Portal,
+    ];
+
+    /// Dense index for per-channel arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The one-bit mask of this channel in a [`ChannelSet`].
+    pub fn bit(self) -> u8 {
+        1 << self.index()
+    }
+
+    /// The lowercase name used in policy files, logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::Voice => "voice",
+            Channel::Chat => "chat",
+            Channel::Sms => "sms",
+            Channel::Email => "email",
+            Channel::Portal => "portal",
+        }
+    }
+
+    /// Parses a policy-file name.
+    pub fn parse(name: &str) -> Option<Channel> {
+        Channel::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+}
+
+impl fmt::Display for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A set of channels as a bit mask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChannelSet(pub u8);
+
+impl ChannelSet {
+    /// Whether `c` is in the set.
+    pub fn contains(self, c: Channel) -> bool {
+        self.0 & c.bit() != 0
+    }
+
+    /// Adds `c`.
+    pub fn insert(&mut self, c: Channel) {
+        self.0 |= c.bit();
+    }
+
+    /// Whether every channel of `other` is in `self`.
+    pub fn is_superset(self, other: ChannelSet) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+/// How soon the patient needs help, as the IVR, NLU or agent judged it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Urgency {
+    /// Can wait for the normal path.
+    Routine,
+    /// Needs the clinical path today (after hours: the on-call queue).
+    Urgent,
+    /// Emergency wording: the emergency script, whatever the rules say.
+    Emergency,
+}
+
+impl Urgency {
+    /// The lowercase name used in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Urgency::Routine => "routine",
+            Urgency::Urgent => "urgent",
+            Urgency::Emergency => "emergency",
+        }
+    }
+
+    /// Parses a policy-file name.
+    pub fn parse(name: &str) -> Option<Urgency> {
+        [Urgency::Routine, Urgency::Urgent, Urgency::Emergency]
+            .into_iter()
+            .find(|u| u.as_str() == name)
+    }
+}
+
+/// Where the caller's identity check stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Identity {
+    /// Nobody tried to verify the caller yet.
+    NotAttempted,
+    /// The caller passed the approved checks.
+    Verified,
+    /// The caller could not pass the checks.
+    Failed,
+}
+
+impl Identity {
+    /// The lowercase name used in policy files.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Identity::NotAttempted => "not_attempted",
+            Identity::Verified => "verified",
+            Identity::Failed => "failed",
+        }
+    }
+
+    /// Parses a policy-file name.
+    pub fn parse(name: &str) -> Option<Identity> {
+        [Identity::NotAttempted, Identity::Verified, Identity::Failed]
+            .into_iter()
+            .find(|i| i.as_str() == name)
+    }
+}
+
+/// An agent's state as the CTI platform reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AgentState {
+    /// Logged out: not staffed.
+    Offline,
+    /// Ready for contacts on channels with free capacity.
+    Available,
+    /// Busy outside careroute's reservations (or on a contact careroute routed).
+    Busy,
+    /// Finishing notes after a contact.
+    WrapUp,
+    /// Logged in but on a break: staffed, not offered contacts.
+    Away,
+}
+
+impl AgentState {
+    /// Every state, in metric order.
+    pub const ALL: [AgentState; 5] = [
+        AgentState::Offline,
+        AgentState::Available,
+        AgentState::Busy,
+        AgentState::WrapUp,
+        AgentState::Away,
+    ];
+
+    /// The lowercase name used in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Offline => "offline",
+            AgentState::Available => "available",
+            AgentState::Busy => "busy",
+            AgentState::WrapUp => "wrap_up",
+            AgentState::Away => "away",
+        }
+    }
+}
+
+/// The queue and agent handing a contact on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransferFrom {
+    /// A queue id of the policy.
+    pub queue_id: String,
+    /// The agent handing over, never chosen again for this hop.
+    pub agent_id: Option<String>,
+}
+
+/// One inbound contact as the edge validated it. Routing attributes and opaque
+/// references only: never a name, a date of birth or a phone number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    /// Opaque identity across hops.
+    pub contact_id: String,
+    /// Idempotency key for retries.
+    pub request_id: Option<String>,
+    /// How the patient reached us.
+    pub channel: Channel,
+    /// Request type in the policy's vocabulary.
+    pub intent: String,
+    /// How soon help is needed.
+    pub urgency: Urgency,
+    /// Where the identity check stands.
+    pub identity: Identity,
+    /// Language tag; `None` means the policy's default language.
+    pub language: Option<String>,
+    /// The caller asked for a supervisor or manager.
+    pub escalation_requested: bool,
+    /// Tags an upstream NLU detected.
+    pub signals: Vec<String>,
+    /// Routing attributes declared by the policy.
+    pub attributes: Vec<(String, String)>,
+    /// Set when an agent transfers or escalates the contact.
+    pub transfer_from: Option<TransferFrom>,
+    /// Continuity: this agent first, if eligible and free.
+    pub preferred_agent_id: Option<String>,
+}
+
+impl Contact {
+    /// A routine, unauthenticated voice contact with no attributes: the base
+    /// that tests and benches adjust.
+    pub fn new(contact_id: impl Into<String>, intent: impl Into<String>) -> Contact {
+        Contact {
+            contact_id: contact_id.into(),
+            request_id: None,
+            channel: Channel::Voice,
+            intent: intent.into(),
+            urgency: Urgency::Routine,
+            identity: Identity::NotAttempted,
+            language: None,
+            escalation_requested: false,
+            signals: Vec::new(),
+            attributes: Vec::new(),
+            transfer_from: None,
+            preferred_agent_id: None,
+        }
+    }
+
+    /// The value of one routing attribute.
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a decision came out as it did; several apply to one decision. The
+/// names are bounded and safe as metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A policy rule matched.
+    RuleMatched,
+    /// No rule matched; the policy's default queue was used.
+    DefaultQueue,
+    /// The contact's urgency was emergency.
+    EmergencyUrgency,
+    /// An emergency signal was detected.
+    EmergencySignal,
+    /// Escalation asked or needed, identity not attempted.
+    IdentityNotAttempted,
+    /// Escalation asked or needed, identity check failed.
+    IdentityFailed,
+    /// A transfer within a team that forbids it went to the escalation target.
+    SameTeamTransferRedirected,
+    /// The target queue was closed; an urgent contact went to its on-call queue.
+    AfterHoursOnCall,
+    /// The target queue was closed.
+    QueueClosed,
+    /// Nobody eligible for the queue is logged in.
+    NoAgentsStaffed,
+    /// Agents are staffed but none is free.
+    NoAgentAvailable,
+    /// The preferred agent took the contact.
+    PreferredAgent,
+    /// The eligible agent idle longest took the contact.
+    LongestIdle,
+    /// No free agent speaks the contact's language.
+    InterpreterNeeded,
+    /// The matched rule answers with a callback.
+    PolicyCallback,
+    /// The matched rule answers "authenticate".
+    PolicyAuthenticate,
+    /// A retry with a known request id: the first decision, unchanged.
+    IdempotentReplay,
+}
+
+impl Reason {
+    /// The snake_case name used in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::RuleMatched => "rule_matched",
+            Reason::DefaultQueue => "default_queue",
+            Reason::EmergencyUrgency => "emergency_urgency",
+            Reason::EmergencySignal => "emergency_signal",
+            Reason::IdentityNotAttempted => "identity_not_attempted",
+            Reason::IdentityFailed => "identity_failed",
+            Reason::SameTeamTransferRedirected => "same_team_transfer_redirected",
+            Reason::AfterHoursOnCall => "after_hours_on_call",
+            Reason::QueueClosed => "queue_closed",
+            Reason::NoAgentsStaffed => "no_agents_staffed",
+            Reason::NoAgentAvailable => "no_agent_available",
+            Reason::PreferredAgent => "preferred_agent",
+            Reason::LongestIdle => "longest_idle",
+            Reason::InterpreterNeeded => "interpreter_needed",
+            Reason::PolicyCallback => "policy_callback",
+            Reason::PolicyAuthenticate => "policy_authenticate",
+            Reason::IdempotentReplay => "idempotent_replay",
+        }
+    }
+}
+
+/// Why a callback ticket instead of a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CallbackReason {
+    /// The queue is outside its opening hours.
+    Closed,
+    /// Nobody eligible is logged in.
+    NoAgentsStaffed,
+    /// Too many contacts waiting (reserved for live queueing).
+    QueueFull,
+    /// Agents are staffed but none is free.
+    NoAgentAvailable,
+    /// The estimated wait is over the queue's limit (reserved for live queueing).
+    WaitTooLong,
+    /// The matched rule asks for a callback.
+    Policy,
+}
+
+impl CallbackReason {
+    /// The snake_case name used in logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallbackReason::Closed => "closed",
+            CallbackReason::NoAgentsStaffed => "no_agents_staffed",
+            CallbackReason::QueueFull => "queue_full",
+            CallbackReason::NoAgentAvailable => "no_agent_available",
+            CallbackReason::WaitTooLong => "wait_too_long",
+            CallbackReason::Policy => "policy",
+        }
+    }
+}

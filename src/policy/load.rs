@@ -1,0 +1,797 @@
+//! Reading a policy file: TOML into raw, span-carrying structs, then strict
+//! validation into a [`Policy`]. Every refusal names the file, the line and
+//! the field.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    ops::Range,
+    path::Path,
+    sync::Arc,
+};
+
+use chrono::{Duration, NaiveDate};
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    Action, Authenticate, Emergency, Intent, IntentIdx, Match, Policy, Queue, QueueIdx, Rule,
+    Schedule, Text, TextList,
+};
+use crate::model::{Channel, ChannelSet, Identity, Urgency};
+
+/// Why a policy was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The path given.
+        file: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid policy.
+    #[error("{file}:{line}: {field}: {message}")]
+    Invalid {
+        /// The path given.
+        file: String,
+        /// 1-based line of the offending value.
+        line: usize,
+        /// Dotted path of the offending field.
+        field: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+}
+
+/// Reads and validates a policy file.
+pub fn read(path: &Path) -> Result<Policy, PolicyError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    parse(&file, &text)
+}
+
+/// Validates policy text; `file` names it in messages.
+pub fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
+    let cx = Cx { file, text };
+    let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        let token = text.get(span.clone()).unwrap_or("").trim();
+        let field = if token.is_empty() || token.len() > 60 || token.contains('\n') {
+            "(document)".to_owned()
+        } else {
+            token.to_owned()
+        };
+        cx.err(span, field, e.message().trim())
+    })?;
+    cx.build(raw)
+}
+
+const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+const MAX_RESERVATION_TTL_SECS: i64 = 600;
+const DEFAULT_RESERVATION_TTL: Duration = Duration::seconds(15);
+const MAX_WRAP_UP_SECS: i64 = 3600;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    version: Spanned<String>,
+    #[serde(default)]
+    default_language: Option<Spanned<String>>,
+    default_queue: Spanned<String>,
+    main_schedule: Spanned<String>,
+    #[serde(default)]
+    reservation_ttl: Option<Spanned<String>>,
+    #[serde(default)]
+    intake_fields: Vec<String>,
+    emergency: RawEmergency,
+    authenticate: RawAuthenticate,
+    #[serde(default)]
+    attributes: BTreeMap<Spanned<String>, Vec<Spanned<String>>>,
+    intents: BTreeMap<Spanned<String>, RawIntent>,
+    schedules: BTreeMap<Spanned<String>, RawSchedule>,
+    queues: Vec<RawQueue>,
+    rules: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEmergency {
+    script_id: String,
+    instruction: String,
+    #[serde(default)]
+    signals: Vec<String>,
+    level: Spanned<i64>,
+    team: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuthenticate {
+    script_id: String,
+    instruction: String,
+    failed_script_id: String,
+    failed_instruction: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntent {
+    callback_window: Spanned<String>,
+    priority: Spanned<i64>,
+    #[serde(default)]
+    intake_fields: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    time_zone: Spanned<String>,
+    hours: BTreeMap<Spanned<String>, Spanned<String>>,
+    #[serde(default)]
+    holidays: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    id: Spanned<String>,
+    level: Spanned<i64>,
+    team: String,
+    #[serde(default)]
+    skills: BTreeMap<Spanned<String>, Spanned<i64>>,
+    channels: Vec<Spanned<String>>,
+    #[serde(default)]
+    schedule: Option<Spanned<String>>,
+    transfer_address: Spanned<String>,
+    #[serde(default)]
+    wrap_up: Option<Spanned<String>>,
+    #[serde(default)]
+    callback_ticket_type: Option<String>,
+    #[serde(default)]
+    after_hours_urgent_to: Option<Spanned<String>>,
+    #[serde(default)]
+    same_team_transfers: Option<bool>,
+    #[serde(default)]
+    escalate_to: Option<Spanned<String>>,
+    #[serde(default)]
+    guidance: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    id: Spanned<String>,
+    #[serde(default)]
+    #[allow(dead_code)] // documentation for the people who read the file
+    description: Option<String>,
+    #[serde(default)]
+    when: Option<RawWhen>,
+    #[serde(default)]
+    route_to: Option<Spanned<String>>,
+    #[serde(default)]
+    callback_to: Option<Spanned<String>>,
+    #[serde(default)]
+    answer: Option<Spanned<String>>,
+    #[serde(default)]
+    guidance: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWhen {
+    channel: Option<Spanned<Vec<Spanned<String>>>>,
+    intent: Option<Spanned<Vec<Spanned<String>>>>,
+    urgency: Option<Spanned<Vec<Spanned<String>>>>,
+    identity: Option<Spanned<Vec<Spanned<String>>>>,
+    escalation_requested: Option<bool>,
+    #[serde(default)]
+    attributes: BTreeMap<Spanned<String>, Spanned<String>>,
+    signals: Option<Spanned<Vec<String>>>,
+    language: Option<Spanned<Vec<String>>>,
+    after_hours: Option<bool>,
+    transferred_from: Option<Spanned<Vec<Spanned<String>>>>,
+    transferred: Option<bool>,
+}
+
+/// The file being validated, for messages.
+struct Cx<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+fn text(s: impl AsRef<str>) -> Text {
+    Arc::from(s.as_ref())
+}
+
+fn text_list(items: &[String]) -> TextList {
+    items.iter().map(text).collect()
+}
+
+impl Cx<'_> {
+    fn err(
+        &self,
+        span: Range<usize>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> PolicyError {
+        let end = span.start.min(self.text.len());
+        PolicyError::Invalid {
+            file: self.file.to_owned(),
+            line: self.text.as_bytes()[..end]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1,
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    fn bad<T>(
+        &self,
+        value: &Spanned<T>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> PolicyError {
+        self.err(value.span(), field, message)
+    }
+
+    fn duration(
+        &self,
+        value: &Spanned<String>,
+        field: &str,
+        max_secs: i64,
+    ) -> Result<Duration, PolicyError> {
+        let parsed = humantime::parse_duration(value.get_ref()).map_err(|e| {
+            self.bad(
+                value,
+                field,
+                format!(
+                    "`{}` is not a duration like \"15s\" or \"2h\": {e}",
+                    value.get_ref()
+                ),
+            )
+        })?;
+        let d = Duration::from_std(parsed).map_err(|_| self.bad(value, field, "too long"))?;
+        if d.num_seconds() > max_secs {
+            return Err(self.bad(value, field, format!("must be at most {max_secs}s")));
+        }
+        Ok(d)
+    }
+
+    fn level(&self, value: &Spanned<i64>, field: &str) -> Result<u8, PolicyError> {
+        match *value.get_ref() {
+            l @ 1..=4 => Ok(l as u8),
+            l => Err(self.bad(value, field, format!("escalation level {l} is not 1-4"))),
+        }
+    }
+
+    fn build(&self, raw: RawPolicy) -> Result<Policy, PolicyError> {
+        // Schedules.
+        let mut schedules = Vec::new();
+        let mut schedule_ids = HashMap::new();
+        for (id, s) in &raw.schedules {
+            let field = format!("schedules.{}", id.get_ref());
+            schedule_ids.insert(id.get_ref().clone(), schedules.len());
+            schedules.push(self.schedule(id.get_ref(), s, &field)?);
+        }
+        let schedule_ref = |v: &Spanned<String>, field: &str| {
+            schedule_ids
+                .get(v.get_ref())
+                .copied()
+                .ok_or_else(|| self.bad(v, field, format!("unknown schedule `{}`", v.get_ref())))
+        };
+        let main_schedule = schedule_ref(&raw.main_schedule, "main_schedule")?;
+
+        // Intents.
+        let mut intents = Vec::new();
+        let mut intent_ids = HashMap::new();
+        for (id, i) in &raw.intents {
+            let field = format!("intents.{}", id.get_ref());
+            let window = self.duration(
+                &i.callback_window,
+                &format!("{field}.callback_window"),
+                90 * 24 * 3600,
+            )?;
+            let priority = match *i.priority.get_ref() {
+                p @ 1..=5 => p as u8,
+                p => {
+                    return Err(self.bad(
+                        &i.priority,
+                        format!("{field}.priority"),
+                        format!("priority {p} is not 1 (most urgent) to 5"),
+                    ));
+                }
+            };
+            intent_ids.insert(id.get_ref().clone(), intents.len());
+            intents.push(Intent {
+                id: text(id.get_ref()),
+                callback_window_minutes: window.num_minutes() as u32,
+                callback_priority: priority,
+                intake_fields: text_list(i.intake_fields.as_deref().unwrap_or(&raw.intake_fields)),
+            });
+        }
+
+        // Attributes.
+        let mut attributes = HashMap::new();
+        for (key, values) in &raw.attributes {
+            if values.is_empty() {
+                return Err(self.bad(
+                    key,
+                    format!("attributes.{}", key.get_ref()),
+                    "list the allowed values",
+                ));
+            }
+            attributes.insert(
+                key.get_ref().clone(),
+                values
+                    .iter()
+                    .map(|v| v.get_ref().clone())
+                    .collect::<Vec<_>>(),
+            );
+        }
+
+        // Queues: ids first, so queues can refer to later ones.
+        let mut queue_ids = HashMap::new();
+        for (i, q) in raw.queues.iter().enumerate() {
+            if queue_ids.insert(q.id.get_ref().clone(), i).is_some() {
+                return Err(self.bad(
+                    &q.id,
+                    format!("queues[{i}].id"),
+                    format!("duplicate queue id `{}`", q.id.get_ref()),
+                ));
+            }
+        }
+        let queue_ref = |v: &Spanned<String>, field: &str| {
+            queue_ids
+                .get(v.get_ref())
+                .copied()
+                .ok_or_else(|| self.bad(v, field, format!("unknown queue `{}`", v.get_ref())))
+        };
+        let mut queues = Vec::new();
+        for q in &raw.queues {
+            let field = format!("queues.{}", q.id.get_ref());
+            let mut skills = Vec::new();
+            for (skill, level) in &q.skills {
+                match *level.get_ref() {
+                    p @ 1..=5 => skills.push((skill.get_ref().clone(), p as u8)),
+                    p => {
+                        return Err(self.bad(
+                            level,
+                            format!("{field}.skills.{}", skill.get_ref()),
+                            format!("proficiency {p} is not 1-5"),
+                        ));
+                    }
+                }
+            }
+            let mut channels = ChannelSet::default();
+            for c in &q.channels {
+                channels.insert(self.channel(c, &format!("{field}.channels"))?);
+            }
+            if channels.0 == 0 {
+                return Err(self.bad(
+                    &q.id,
+                    format!("{field}.channels"),
+                    "a queue takes at least one channel",
+                ));
+            }
+            let after_hours_urgent_to = q
+                .after_hours_urgent_to
+                .as_ref()
+                .map(|v| queue_ref(v, &format!("{field}.after_hours_urgent_to")))
+                .transpose()?;
+            let escalate_to = q
+                .escalate_to
+                .as_ref()
+                .map(|v| queue_ref(v, &format!("{field}.escalate_to")))
+                .transpose()?;
+            let own = queue_ids[q.id.get_ref()];
+            for (target, name) in [
+                (after_hours_urgent_to, "after_hours_urgent_to"),
+                (escalate_to, "escalate_to"),
+            ] {
+                if target == Some(own) {
+                    return Err(self.bad(
+                        &q.id,
+                        format!("{field}.{name}"),
+                        "a queue cannot hand contacts to itself",
+                    ));
+                }
+            }
+            let same_team_transfers = q.same_team_transfers.unwrap_or(true);
+            if !same_team_transfers && escalate_to.is_none() {
+                return Err(self.bad(&q.id, format!("{field}.escalate_to"), "same_team_transfers = false needs an escalate_to queue for the contacts it refuses"));
+            }
+            if q.transfer_address.get_ref().trim().is_empty() {
+                return Err(self.bad(
+                    &q.transfer_address,
+                    format!("{field}.transfer_address"),
+                    "must not be empty",
+                ));
+            }
+            queues.push(Queue {
+                id: text(q.id.get_ref()),
+                level: self.level(&q.level, &format!("{field}.level"))?,
+                team: text(&q.team),
+                skills,
+                channels,
+                schedule: q
+                    .schedule
+                    .as_ref()
+                    .map(|s| schedule_ref(s, &format!("{field}.schedule")))
+                    .transpose()?,
+                transfer_address: text(q.transfer_address.get_ref()),
+                wrap_up: q
+                    .wrap_up
+                    .as_ref()
+                    .map(|w| self.duration(w, &format!("{field}.wrap_up"), MAX_WRAP_UP_SECS))
+                    .transpose()?
+                    .unwrap_or_else(Duration::zero),
+                callback_ticket_type: text(
+                    q.callback_ticket_type
+                        .as_deref()
+                        .unwrap_or("Patient Callback"),
+                ),
+                after_hours_urgent_to,
+                same_team_transfers,
+                escalate_to,
+                guidance: text_list(&q.guidance),
+            });
+        }
+        for (q, raw_q) in queues.iter().zip(&raw.queues) {
+            if let Some(e) = q.escalate_to
+                && queues[e].team == q.team
+                && !q.same_team_transfers
+            {
+                return Err(self.bad(
+                    &raw_q.id,
+                    format!("queues.{}.escalate_to", q.id),
+                    format!("`{}` belongs to the same team `{}`", queues[e].id, q.team),
+                ));
+            }
+        }
+
+        let reservation_ttl = match &raw.reservation_ttl {
+            Some(v) => {
+                let ttl = self.duration(v, "reservation_ttl", MAX_RESERVATION_TTL_SECS)?;
+                if ttl <= Duration::zero() {
+                    return Err(self.bad(v, "reservation_ttl", "must be longer than zero"));
+                }
+                ttl
+            }
+            None => DEFAULT_RESERVATION_TTL,
+        };
+
+        let policy_stub = PolicyRefs {
+            intent_ids: &intent_ids,
+            queue_ids: &queue_ids,
+            attributes: &attributes,
+        };
+        let mut rules: Vec<Rule> = Vec::new();
+        let mut rule_lines: Vec<(String, usize)> = Vec::new();
+        for r in &raw.rules {
+            let field = format!("rules.{}", r.id.get_ref());
+            if rules.iter().any(|x| *x.id == **r.id.get_ref()) {
+                return Err(self.bad(
+                    &r.id,
+                    format!("{field}.id"),
+                    format!("duplicate rule id `{}`", r.id.get_ref()),
+                ));
+            }
+            let when = match &r.when {
+                Some(w) => self.when(w, &field, &policy_stub)?,
+                None => Match::default(),
+            };
+            let action = match (&r.route_to, &r.callback_to, &r.answer) {
+                (Some(q), None, None) => Action::Route(queue_ref(q, &format!("{field}.route_to"))?),
+                (None, Some(q), None) => {
+                    Action::Callback(queue_ref(q, &format!("{field}.callback_to"))?)
+                }
+                (None, None, Some(a)) => match a.get_ref().as_str() {
+                    "emergency" => Action::Emergency,
+                    "authenticate" => Action::Authenticate,
+                    other => {
+                        return Err(self.bad(
+                            a,
+                            format!("{field}.answer"),
+                            format!("`{other}` is not one of: emergency, authenticate"),
+                        ));
+                    }
+                },
+                _ => {
+                    return Err(self.bad(
+                        &r.id,
+                        field,
+                        "give exactly one of route_to, callback_to, answer",
+                    ));
+                }
+            };
+            let line = self.line_of(r.id.span());
+            for (earlier, (earlier_id, earlier_line)) in rules.iter().zip(&rule_lines) {
+                if earlier.when.covers(&when) {
+                    return Err(self.bad(&r.id, format!("{field}.when"), format!("can never match: rule `{earlier_id}` (line {earlier_line}) matches every contact this one does")));
+                }
+            }
+            rule_lines.push((r.id.get_ref().clone(), line));
+            rules.push(Rule {
+                id: text(r.id.get_ref()),
+                when,
+                action,
+                guidance: text_list(&r.guidance),
+            });
+        }
+
+        let default_language = raw
+            .default_language
+            .as_ref()
+            .map(|l| l.get_ref().clone())
+            .unwrap_or_else(|| "en".to_owned());
+        Ok(Policy {
+            source: self.file.to_owned(),
+            version: raw.version.get_ref().clone(),
+            default_language,
+            default_queue: queue_ref(&raw.default_queue, "default_queue")?,
+            main_schedule,
+            reservation_ttl,
+            emergency: Emergency {
+                script_id: text(&raw.emergency.script_id),
+                instruction: text(&raw.emergency.instruction),
+                signals: raw.emergency.signals.clone(),
+                level: self.level(&raw.emergency.level, "emergency.level")?,
+                team: text(&raw.emergency.team),
+            },
+            authenticate: Authenticate {
+                script_id: text(&raw.authenticate.script_id),
+                instruction: text(&raw.authenticate.instruction),
+                failed_script_id: text(&raw.authenticate.failed_script_id),
+                failed_instruction: text(&raw.authenticate.failed_instruction),
+            },
+            attributes,
+            intents,
+            schedules,
+            queues,
+            rules,
+            intent_ids,
+            queue_ids,
+        })
+    }
+
+    fn line_of(&self, span: Range<usize>) -> usize {
+        let end = span.start.min(self.text.len());
+        self.text.as_bytes()[..end]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
+    }
+
+    fn channel(&self, v: &Spanned<String>, field: &str) -> Result<Channel, PolicyError> {
+        Channel::parse(v.get_ref()).ok_or_else(|| {
+            self.bad(
+                v,
+                field,
+                format!(
+                    "`{}` is not one of: voice, chat, sms, email, portal",
+                    v.get_ref()
+                ),
+            )
+        })
+    }
+
+    fn schedule(&self, id: &str, s: &RawSchedule, field: &str) -> Result<Schedule, PolicyError> {
+        let time_zone = s.time_zone.get_ref().parse().map_err(|_| {
+            self.bad(
+                &s.time_zone,
+                format!("{field}.time_zone"),
+                format!(
+                    "`{}` is not an IANA time zone such as \"America/New_York\"",
+                    s.time_zone.get_ref()
+                ),
+            )
+        })?;
+        let mut week = [None; 7];
+        for (day, hours) in &s.hours {
+            let hfield = format!("{field}.hours.{}", day.get_ref());
+            let Some(d) = DAYS.iter().position(|x| x == day.get_ref()) else {
+                return Err(self.bad(
+                    day,
+                    hfield,
+                    "day must be one of mon, tue, wed, thu, fri, sat, sun",
+                ));
+            };
+            week[d] = self.hours(hours, &hfield)?;
+        }
+        if week.iter().all(Option::is_none) {
+            return Err(self.err(
+                s.time_zone.span(),
+                format!("{field}.hours"),
+                "the schedule never opens: give hours for at least one day",
+            ));
+        }
+        let mut holidays = BTreeSet::new();
+        for h in &s.holidays {
+            let date = NaiveDate::parse_from_str(h.get_ref(), "%Y-%m-%d").map_err(|_| {
+                self.bad(
+                    h,
+                    format!("{field}.holidays"),
+                    format!("`{}` is not a date like \"2026-12-25\"", h.get_ref()),
+                )
+            })?;
+            holidays.insert(date);
+        }
+        Ok(Schedule {
+            id: id.to_owned(),
+            time_zone,
+            week,
+            holidays,
+        })
+    }
+
+    /// "09:00-17:00" (close may be "24:00") or "closed".
+    fn hours(&self, v: &Spanned<String>, field: &str) -> Result<Option<(u16, u16)>, PolicyError> {
+        let s = v.get_ref().trim();
+        if s == "closed" {
+            return Ok(None);
+        }
+        let bad = || {
+            self.bad(
+                v,
+                field,
+                format!("`{s}` is not opening hours like \"08:00-17:00\" or \"closed\""),
+            )
+        };
+        let minutes = |t: &str| -> Option<u16> {
+            let (h, m) = t.trim().split_once(':')?;
+            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+            (m < 60 && (h < 24 || (h == 24 && m == 0))).then_some(h * 60 + m)
+        };
+        let (open, close) = s.split_once('-').ok_or_else(bad)?;
+        let (open, close) = (
+            minutes(open).ok_or_else(bad)?,
+            minutes(close).ok_or_else(bad)?,
+        );
+        if open >= close {
+            return Err(self.bad(
+                v,
+                field,
+                format!("`{s}` closes before it opens (overnight hours: split them over two days)"),
+            ));
+        }
+        Ok(Some((open, close)))
+    }
+
+    fn when(&self, w: &RawWhen, rule: &str, refs: &PolicyRefs<'_>) -> Result<Match, PolicyError> {
+        let field = |name: &str| format!("{rule}.when.{name}");
+        let nonempty =
+            |list: &Spanned<Vec<Spanned<String>>>, name: &str| -> Result<(), PolicyError> {
+                if list.get_ref().is_empty() {
+                    Err(self.bad(list, field(name), "an empty list never matches"))
+                } else {
+                    Ok(())
+                }
+            };
+        let list = |name: &str,
+                    list: &Option<Spanned<Vec<Spanned<String>>>>,
+                    parse: &dyn Fn(&str) -> Option<usize>,
+                    what: &str|
+         -> Result<Option<Vec<usize>>, PolicyError> {
+            let Some(l) = list else { return Ok(None) };
+            nonempty(l, name)?;
+            l.get_ref()
+                .iter()
+                .map(|v| {
+                    parse(v.get_ref()).ok_or_else(|| {
+                        self.bad(v, field(name), format!("`{}` is not {what}", v.get_ref()))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some)
+        };
+        let channels = list(
+            "channel",
+            &w.channel,
+            &|s| Channel::parse(s).map(Channel::index),
+            "one of: voice, chat, sms, email, portal",
+        )?
+        .map(|cs| {
+            let mut set = ChannelSet::default();
+            for c in cs {
+                set.insert(Channel::ALL[c]);
+            }
+            set
+        });
+        let intents = list(
+            "intent",
+            &w.intent,
+            &|s| refs.intent_ids.get(s).copied(),
+            "an intent of the policy",
+        )?;
+        let urgencies = list(
+            "urgency",
+            &w.urgency,
+            &|s| Urgency::parse(s).map(|u| u as usize),
+            "one of: routine, urgent, emergency",
+        )?
+        .map(|v| {
+            v.into_iter()
+                .map(|u| [Urgency::Routine, Urgency::Urgent, Urgency::Emergency][u])
+                .collect()
+        });
+        let identities = list(
+            "identity",
+            &w.identity,
+            &|s| Identity::parse(s).map(|i| i as usize),
+            "one of: not_attempted, verified, failed",
+        )?
+        .map(|v| {
+            v.into_iter()
+                .map(|i| [Identity::NotAttempted, Identity::Verified, Identity::Failed][i])
+                .collect()
+        });
+        let transferred_from = list(
+            "transferred_from",
+            &w.transferred_from,
+            &|s| refs.queue_ids.get(s).copied(),
+            "a queue of the policy",
+        )?;
+        let mut attributes = Vec::new();
+        for (k, v) in &w.attributes {
+            let f = field(&format!("attributes.{}", k.get_ref()));
+            let Some(allowed) = refs.attributes.get(k.get_ref()) else {
+                return Err(self.bad(
+                    k,
+                    f,
+                    format!("`{}` is not declared in [attributes]", k.get_ref()),
+                ));
+            };
+            if !allowed.contains(v.get_ref()) {
+                return Err(self.bad(
+                    v,
+                    f,
+                    format!(
+                        "`{}` is not one of the declared values: {}",
+                        v.get_ref(),
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+            attributes.push((k.get_ref().clone(), v.get_ref().clone()));
+        }
+        let strings = |name: &str,
+                       l: &Option<Spanned<Vec<String>>>|
+         -> Result<Option<Vec<String>>, PolicyError> {
+            match l {
+                Some(l) if l.get_ref().is_empty() => {
+                    Err(self.bad(l, field(name), "an empty list never matches"))
+                }
+                Some(l) => Ok(Some(l.get_ref().clone())),
+                None => Ok(None),
+            }
+        };
+        Ok(Match {
+            channels,
+            intents,
+            urgencies,
+            identities,
+            escalation_requested: w.escalation_requested,
+            attributes,
+            signals: strings("signals", &w.signals)?,
+            languages: strings("language", &w.language)?,
+            after_hours: w.after_hours,
+            transferred_from,
+            transferred: w.transferred,
+        })
+    }
+}
+
+/// The name tables rule conditions resolve against.
+struct PolicyRefs<'a> {
+    intent_ids: &'a HashMap<String, IntentIdx>,
+    queue_ids: &'a HashMap<String, QueueIdx>,
+    attributes: &'a HashMap<String, Vec<String>>,
+}

@@ -1,0 +1,416 @@
+//! The routing policy as data: schedules, queues, intents and the ordered rule
+//! list, loaded and validated from the TOML file operations staff write
+//! ([`load`]), and [`Policy::plan`], the pure function that applies the rules
+//! and the healthcare guards to one contact. It decides *where* a contact
+//! goes; the engine decides *who* takes it. Knows nothing of agents, gRPC or
+//! tokio.
+
+mod load;
+mod rules;
+pub mod schedule;
+
+use std::{collections::HashMap, sync::Arc};
+
+use chrono::Duration;
+use chrono_tz::Tz;
+
+pub use load::{PolicyError, parse, read};
+pub use rules::Match;
+pub use schedule::Schedule;
+
+use crate::model::{CallbackReason, ChannelSet, Contact, Identity, Reason, Time, Urgency};
+
+/// The default policy compiled into the binary: the healthcare example.
+pub const DEFAULT_POLICY: &str = include_str!("../../examples/healthcare.toml");
+/// The name messages use for the embedded default.
+pub const DEFAULT_POLICY_NAME: &str = "examples/healthcare.toml (embedded)";
+
+/// Index of a queue in [`Policy::queues`].
+pub type QueueIdx = usize;
+/// Index of an intent in [`Policy::intents`].
+pub type IntentIdx = usize;
+
+/// Shared, immutable text copied into decisions without allocating.
+pub type Text = Arc<str>;
+/// A shared list of texts (guidance, intake fields).
+pub type TextList = Arc<[Text]>;
+
+/// A validated routing policy.
+#[derive(Debug)]
+pub struct Policy {
+    /// Where it came from, for messages.
+    pub source: String,
+    /// The policy's own version label.
+    pub version: String,
+    /// Language assumed when a contact names none.
+    pub default_language: String,
+    /// Where contacts go when no rule matches.
+    pub default_queue: QueueIdx,
+    /// The schedule a rule's `after_hours` is judged against.
+    pub main_schedule: usize,
+    /// How long an agent stays reserved without a confirm.
+    pub reservation_ttl: Duration,
+    /// The emergency answer.
+    pub emergency: Emergency,
+    /// The "authenticate first" answers.
+    pub authenticate: Authenticate,
+    /// Routing attributes contacts may carry, with their allowed values.
+    pub attributes: HashMap<String, Vec<String>>,
+    /// Request types.
+    pub intents: Vec<Intent>,
+    /// Opening hours.
+    pub schedules: Vec<Schedule>,
+    /// Queues, in file order.
+    pub queues: Vec<Queue>,
+    /// Ordered rules: first match wins.
+    pub rules: Vec<Rule>,
+    intent_ids: HashMap<String, IntentIdx>,
+    queue_ids: HashMap<String, QueueIdx>,
+}
+
+/// The emergency answer, given whatever the rules say.
+#[derive(Debug)]
+pub struct Emergency {
+    /// Script the agent or IVR plays.
+    pub script_id: Text,
+    /// Short instruction for the agent.
+    pub instruction: Text,
+    /// NLU tags that mean emergency.
+    pub signals: Vec<String>,
+    /// Escalation level reported with the answer.
+    pub level: u8,
+    /// Owning team reported with the answer.
+    pub team: Text,
+}
+
+/// The answers that ask for identity verification before escalating.
+#[derive(Debug)]
+pub struct Authenticate {
+    /// Script when identity was not attempted.
+    pub script_id: Text,
+    /// Instruction when identity was not attempted.
+    pub instruction: Text,
+    /// Script when identity verification failed.
+    pub failed_script_id: Text,
+    /// Instruction when identity verification failed.
+    pub failed_instruction: Text,
+}
+
+/// A request type and its callback terms.
+#[derive(Debug)]
+pub struct Intent {
+    /// The name contacts carry.
+    pub id: Text,
+    /// Callback window in business minutes of the owning queue.
+    pub callback_window_minutes: u32,
+    /// Callback priority, 1 most urgent; urgent contacts always get 1.
+    pub callback_priority: u8,
+    /// What the ticket must capture.
+    pub intake_fields: TextList,
+}
+
+/// A queue of agents with the skills it needs.
+#[derive(Debug)]
+pub struct Queue {
+    /// The id rules and clients use.
+    pub id: Text,
+    /// Escalation level 1-4.
+    pub level: u8,
+    /// Owning team.
+    pub team: Text,
+    /// Skills an agent needs, with minimum proficiency 1-5.
+    pub skills: Vec<(String, u8)>,
+    /// Channels the queue takes.
+    pub channels: ChannelSet,
+    /// Opening hours; `None` is always open.
+    pub schedule: Option<usize>,
+    /// Where the telephony platform parks a transfer to the queue itself.
+    pub transfer_address: Text,
+    /// Wrap-up time after each contact.
+    pub wrap_up: Duration,
+    /// Ticket type of callbacks it owns.
+    pub callback_ticket_type: Text,
+    /// When closed, urgent contacts go here (the on-call path).
+    pub after_hours_urgent_to: Option<QueueIdx>,
+    /// Whether agents may transfer to another agent of the same team.
+    pub same_team_transfers: bool,
+    /// Where contacts go instead of a forbidden same-team transfer.
+    pub escalate_to: Option<QueueIdx>,
+    /// Guidance for the receiving agent.
+    pub guidance: TextList,
+}
+
+/// What a rule does with a matching contact.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Warm transfer through a queue.
+    Route(QueueIdx),
+    /// Open a callback ticket owned by a queue.
+    Callback(QueueIdx),
+    /// The emergency script.
+    Emergency,
+    /// Verify the caller first.
+    Authenticate,
+}
+
+/// One rule of the ordered list.
+#[derive(Debug)]
+pub struct Rule {
+    /// Id reported in decisions.
+    pub id: Text,
+    /// What a contact must look like.
+    pub when: Match,
+    /// What happens to it.
+    pub action: Action,
+    /// Guidance for the agent.
+    pub guidance: TextList,
+}
+
+/// Where a contact goes before an agent is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// The emergency script.
+    Emergency,
+    /// Verify first; `target` is where the contact would have gone.
+    Authenticate {
+        /// Identity was attempted and failed.
+        failed: bool,
+        /// The queue the escalation aimed at, if any.
+        target: Option<QueueIdx>,
+    },
+    /// A callback ticket owned by `queue`.
+    Callback {
+        /// Owning queue.
+        queue: QueueIdx,
+        /// Why.
+        reason: CallbackReason,
+    },
+    /// Pick an agent of `queue`.
+    Route {
+        /// The queue whose agents are eligible.
+        queue: QueueIdx,
+    },
+}
+
+/// The policy's verdict on one contact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// Index of the matched rule.
+    pub rule: Option<usize>,
+    /// Why, so far.
+    pub reasons: Vec<Reason>,
+    /// What to do.
+    pub step: Step,
+}
+
+/// Facts about a contact resolved against the policy once, by the caller.
+#[derive(Debug, Clone, Copy)]
+pub struct Resolved {
+    /// The contact's intent.
+    pub intent: IntentIdx,
+    /// The queue handing the contact on.
+    pub transfer_from: Option<QueueIdx>,
+}
+
+/// The callback terms for one ticket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallbackTerms {
+    /// e.g. "Patient Callback".
+    pub ticket_type: Text,
+    /// Deadline: the window in business hours of the owning queue.
+    pub deadline: Time,
+    /// The owning queue's time zone, to show the deadline locally.
+    pub time_zone: Tz,
+    /// The window, in minutes.
+    pub window_minutes: u32,
+    /// 1 most urgent.
+    pub priority: u8,
+    /// What the ticket must capture.
+    pub intake_fields: TextList,
+}
+
+impl Policy {
+    /// The embedded default policy.
+    pub fn embedded() -> Result<Policy, PolicyError> {
+        parse(DEFAULT_POLICY_NAME, DEFAULT_POLICY)
+    }
+
+    /// A queue by id.
+    pub fn queue_idx(&self, id: &str) -> Option<QueueIdx> {
+        self.queue_ids.get(id).copied()
+    }
+
+    /// An intent by name.
+    pub fn intent_idx(&self, id: &str) -> Option<IntentIdx> {
+        self.intent_ids.get(id).copied()
+    }
+
+    /// Whether a queue is open at `now`.
+    pub fn is_open(&self, queue: QueueIdx, now: Time) -> bool {
+        self.queues[queue]
+            .schedule
+            .is_none_or(|s| self.schedules[s].is_open(now))
+    }
+
+    /// Whether an escalation to `queue` needs the identity step.
+    fn needs_identity(&self, contact: &Contact, queue: QueueIdx) -> bool {
+        (contact.escalation_requested || self.queues[queue].level > 1)
+            && contact.identity != Identity::Verified
+    }
+
+    /// Applies the guards and the first matching rule to one contact. The
+    /// guards hold whatever the rules say: emergency first, then the
+    /// same-team transfer redirect, the after-hours on-call path, identity
+    /// before escalation, and a callback when the queue is closed.
+    pub fn plan(&self, contact: &Contact, facts: Resolved, now: Time) -> Plan {
+        let mut reasons = Vec::with_capacity(4);
+        if contact.urgency == Urgency::Emergency {
+            reasons.push(Reason::EmergencyUrgency);
+        } else if contact
+            .signals
+            .iter()
+            .any(|s| self.emergency.signals.contains(s))
+        {
+            reasons.push(Reason::EmergencySignal);
+        }
+        if !reasons.is_empty() {
+            return Plan {
+                rule: None,
+                reasons,
+                step: Step::Emergency,
+            };
+        }
+
+        let after_hours = !self.schedules[self.main_schedule].is_open(now);
+        let rule = self
+            .rules
+            .iter()
+            .position(|r| r.when.matches(self, contact, facts, after_hours));
+        let action = match rule {
+            Some(i) => {
+                reasons.push(Reason::RuleMatched);
+                self.rules[i].action
+            }
+            None => {
+                reasons.push(Reason::DefaultQueue);
+                Action::Route(self.default_queue)
+            }
+        };
+        let step = match action {
+            Action::Emergency => Step::Emergency,
+            Action::Authenticate => {
+                reasons.push(Reason::PolicyAuthenticate);
+                Step::Authenticate {
+                    failed: contact.identity == Identity::Failed,
+                    target: None,
+                }
+            }
+            Action::Route(q) | Action::Callback(q) => {
+                let mut queue = self.redirect_same_team(q, facts, &mut reasons);
+                let routed = matches!(action, Action::Route(_));
+                let open = self.is_open(queue, now);
+                if routed
+                    && !open
+                    && contact.urgency == Urgency::Urgent
+                    && let Some(on_call) = self.queues[queue].after_hours_urgent_to
+                    && self.is_open(on_call, now)
+                {
+                    reasons.push(Reason::AfterHoursOnCall);
+                    queue = on_call;
+                }
+                if self.needs_identity(contact, queue) {
+                    let failed = contact.identity == Identity::Failed;
+                    reasons.push(if failed {
+                        Reason::IdentityFailed
+                    } else {
+                        Reason::IdentityNotAttempted
+                    });
+                    Step::Authenticate {
+                        failed,
+                        target: Some(queue),
+                    }
+                } else if !routed {
+                    reasons.push(Reason::PolicyCallback);
+                    Step::Callback {
+                        queue,
+                        reason: CallbackReason::Policy,
+                    }
+                } else if !self.is_open(queue, now) {
+                    reasons.push(Reason::QueueClosed);
+                    Step::Callback {
+                        queue,
+                        reason: CallbackReason::Closed,
+                    }
+                } else {
+                    Step::Route { queue }
+                }
+            }
+        };
+        Plan {
+            rule,
+            reasons,
+            step,
+        }
+    }
+
+    /// A contact transferred out of a team that forbids transfers within it
+    /// goes to that queue's escalation target instead of back to the team.
+    fn redirect_same_team(
+        &self,
+        target: QueueIdx,
+        facts: Resolved,
+        reasons: &mut Vec<Reason>,
+    ) -> QueueIdx {
+        let Some(from) = facts.transfer_from.map(|f| &self.queues[f]) else {
+            return target;
+        };
+        match from.escalate_to {
+            Some(escalation)
+                if !from.same_team_transfers && from.team == self.queues[target].team =>
+            {
+                reasons.push(Reason::SameTeamTransferRedirected);
+                escalation
+            }
+            _ => target,
+        }
+    }
+
+    /// The callback terms for a ticket owned by `queue` for this intent: the
+    /// intent's window counted in the queue's business hours from `now`.
+    pub fn callback_terms(
+        &self,
+        queue: QueueIdx,
+        intent: IntentIdx,
+        urgency: Urgency,
+        now: Time,
+    ) -> CallbackTerms {
+        let q = &self.queues[queue];
+        let intent = &self.intents[intent];
+        let window = intent.callback_window_minutes;
+        let (deadline, time_zone) = match q.schedule.map(|s| &self.schedules[s]) {
+            Some(s) => (
+                // Validation refuses schedules that never open, so the
+                // fallback is never taken; it keeps the answer well-defined.
+                s.add_business_minutes(now, window)
+                    .unwrap_or(now + Duration::minutes(i64::from(window))),
+                s.time_zone,
+            ),
+            None => (now + Duration::minutes(i64::from(window)), Tz::UTC),
+        };
+        CallbackTerms {
+            ticket_type: q.callback_ticket_type.clone(),
+            deadline,
+            time_zone,
+            window_minutes: window,
+            priority: if urgency == Urgency::Urgent {
+                1
+            } else {
+                intent.callback_priority
+            },
+            intake_fields: intent.intake_fields.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,177 @@
+//! Opening hours: a time zone, one opening interval per weekday and holiday
+//! closures; whether a queue is open and business-hours arithmetic for
+//! callback deadlines. Pure functions of the instant passed in.
+
+use std::collections::BTreeSet;
+
+use chrono::{Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime, TimeZone};
+use chrono_tz::Tz;
+
+use crate::model::Time;
+
+/// How far ahead the business-hours arithmetic looks before giving up: a
+/// schedule open at least one day a week reaches any window well within it.
+const HORIZON_DAYS: u32 = 800;
+
+/// One named schedule of the policy.
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    /// The id queues refer to.
+    pub id: String,
+    /// Local time of the contact center.
+    pub time_zone: Tz,
+    /// Opening interval per weekday, Monday first, in minutes from local
+    /// midnight, `[open, close)`; `None` is closed all day.
+    pub week: [Option<(u16, u16)>; 7],
+    /// Local dates closed all day.
+    pub holidays: BTreeSet<NaiveDate>,
+}
+
+impl Schedule {
+    /// A schedule open around the clock, every day, in UTC.
+    pub fn always(id: &str) -> Schedule {
+        Schedule {
+            id: id.to_owned(),
+            time_zone: Tz::UTC,
+            week: [Some((0, 24 * 60)); 7],
+            holidays: BTreeSet::new(),
+        }
+    }
+
+    /// The opening interval of a local date, as local date-times.
+    fn interval(&self, date: NaiveDate) -> Option<(NaiveDateTime, NaiveDateTime)> {
+        if self.holidays.contains(&date) {
+            return None;
+        }
+        let (open, close) = self.week[date.weekday().num_days_from_monday() as usize]?;
+        let midnight = date.and_time(NaiveTime::MIN);
+        Some((
+            midnight + Duration::minutes(i64::from(open)),
+            midnight + Duration::minutes(i64::from(close)),
+        ))
+    }
+
+    /// Whether the schedule is open at `at`.
+    pub fn is_open(&self, at: Time) -> bool {
+        let local = at.with_timezone(&self.time_zone).naive_local();
+        self.interval(local.date())
+            .is_some_and(|(open, close)| open <= local && local < close)
+    }
+
+    /// The instant `minutes` of opening hours after `start`: time while closed
+    /// does not count, so a window asked after hours starts at the next
+    /// opening. `None` only for a schedule that never opens.
+    pub fn add_business_minutes(&self, start: Time, minutes: u32) -> Option<Time> {
+        let mut remaining = Duration::minutes(i64::from(minutes));
+        let mut cursor = start.with_timezone(&self.time_zone).naive_local();
+        for _ in 0..HORIZON_DAYS {
+            let date = cursor.date();
+            if let Some((open, close)) = self.interval(date) {
+                let from = cursor.max(open);
+                if from < close {
+                    let available = close - from;
+                    if remaining <= available {
+                        return Some(self.to_utc(from + remaining));
+                    }
+                    remaining -= available;
+                }
+            }
+            cursor = date.succ_opt()?.and_time(NaiveTime::MIN);
+        }
+        None
+    }
+
+    /// A local wall-clock time as an instant; a time skipped by a daylight
+    /// saving change moves forward past the gap.
+    fn to_utc(&self, local: NaiveDateTime) -> Time {
+        let mut probe = local;
+        for _ in 0..4 {
+            if let Some(t) = self.time_zone.from_local_datetime(&probe).earliest() {
+                return t.to_utc();
+            }
+            probe += Duration::minutes(30);
+        }
+        // No zone has a gap longer than two hours; treat the wall time as UTC.
+        local.and_utc()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn weekdays_9_to_5(tz: Tz) -> Schedule {
+        let day = Some((9 * 60, 17 * 60));
+        Schedule {
+            id: "business".into(),
+            time_zone: tz,
+            week: [day, day, day, day, day, None, None],
+            holidays: BTreeSet::new(),
+        }
+    }
+
+    fn at(tz: Tz, s: &str) -> Time {
+        let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").unwrap();
+        tz.from_local_datetime(&naive).unwrap().to_utc()
+    }
+
+    #[test]
+    fn open_only_inside_the_interval() {
+        let tz = chrono_tz::America::New_York;
+        let s = weekdays_9_to_5(tz);
+        // 2026-11-23 is a Monday.
+        assert!(!s.is_open(at(tz, "2026-11-23 08:59")));
+        assert!(s.is_open(at(tz, "2026-11-23 09:00")));
+        assert!(s.is_open(at(tz, "2026-11-23 16:59")));
+        assert!(!s.is_open(at(tz, "2026-11-23 17:00")));
+        assert!(!s.is_open(at(tz, "2026-11-28 12:00")), "Saturday");
+    }
+
+    #[test]
+    fn window_spills_into_the_next_open_day() {
+        let tz = chrono_tz::America::Chicago;
+        let s = weekdays_9_to_5(tz);
+        let cases = [
+            // (asked at, window minutes, deadline)
+            ("2026-11-23 16:30", 120, "2026-11-24 10:30"),
+            ("2026-11-23 10:00", 120, "2026-11-23 12:00"),
+            ("2026-11-23 15:00", 120, "2026-11-23 17:00"),
+            ("2026-11-23 20:00", 120, "2026-11-24 11:00"),
+            ("2026-11-27 16:00", 120, "2026-11-30 10:00"), // Friday to Monday
+            ("2026-11-28 12:00", 0, "2026-11-30 09:00"),   // Saturday, no window
+            ("2026-11-23 09:00", 24 * 60, "2026-11-25 17:00"), // 3 business days
+        ];
+        for (asked, minutes, want) in cases {
+            let got = s.add_business_minutes(at(tz, asked), minutes).unwrap();
+            assert_eq!(got, at(tz, want), "asked {asked} + {minutes}m");
+        }
+    }
+
+    #[test]
+    fn holidays_are_skipped() {
+        let tz = chrono_tz::America::New_York;
+        let mut s = weekdays_9_to_5(tz);
+        s.holidays
+            .insert(NaiveDate::from_ymd_opt(2026, 11, 26).unwrap());
+        assert!(!s.is_open(at(tz, "2026-11-26 12:00")));
+        let got = s
+            .add_business_minutes(at(tz, "2026-11-25 16:00"), 120)
+            .unwrap();
+        assert_eq!(got, at(tz, "2026-11-27 10:00"));
+    }
+
+    #[test]
+    fn never_open_gives_none_and_always_open_is_plain_addition() {
+        let mut never = Schedule::always("never");
+        never.week = [None; 7];
+        let now = Utc::now();
+        assert_eq!(never.add_business_minutes(now, 10), None);
+        let always = Schedule::always("always");
+        assert!(always.is_open(now));
+        assert_eq!(
+            always.add_business_minutes(now, 90),
+            Some(now + Duration::minutes(90))
+        );
+    }
+}
