@@ -1,1 +1,103 @@
-//! todo
+//! Typed settings: command-line flags with environment overrides and safe
+//! defaults (loopback listeners, the embedded policy).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// careroute: healthcare contact routing over gRPC.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do; without one, serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings of the service.
+    #[command(flatten)]
+    pub serve: Config,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Serve,
+    /// Validate policy files and exit: non-zero with file, line and field on
+    /// the first error of each.
+    Check {
+        /// Policy files to check.
+        #[arg(required = true)]
+        policies: Vec<PathBuf>,
+    },
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// For people at a terminal.
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+/// Settings of the running service.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// gRPC listen address.
+    #[arg(long, env = "CAREROUTE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Prometheus /metrics listen address.
+    #[arg(long, env = "CAREROUTE_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    pub metrics_addr: SocketAddr,
+    /// Policy file; without it the embedded healthcare policy. SIGHUP reloads
+    /// it; an invalid file is refused and the running policy stays.
+    #[arg(long, env = "CAREROUTE_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Roster file of agents registered at start. Without --policy and
+    /// without --roster, the embedded demo roster is loaded.
+    #[arg(long, env = "CAREROUTE_ROSTER")]
+    pub roster: Option<PathBuf>,
+    /// Start with no agents even on the embedded policy.
+    #[arg(long, env = "CAREROUTE_NO_DEMO_ROSTER")]
+    pub no_demo_roster: bool,
+    /// Log format.
+    #[arg(
+        long,
+        env = "CAREROUTE_LOG_FORMAT",
+        value_enum,
+        default_value = "human"
+    )]
+    pub log_format: LogFormat,
+    /// Largest number of concurrent requests per connection.
+    #[arg(
+        long,
+        env = "CAREROUTE_CONCURRENCY_PER_CONNECTION",
+        default_value_t = 256
+    )]
+    pub concurrency_per_connection: usize,
+    /// Largest number of concurrent HTTP/2 streams per connection.
+    #[arg(long, env = "CAREROUTE_MAX_STREAMS", default_value_t = 128)]
+    pub max_concurrent_streams: u32,
+    /// Time limit of one request, in milliseconds.
+    #[arg(long, env = "CAREROUTE_REQUEST_TIMEOUT_MS", default_value_t = 2000)]
+    pub request_timeout_ms: u64,
+}
+
+impl Config {
+    /// Defaults with both listeners on 127.0.0.1 and OS-chosen ports: tests.
+    pub fn ephemeral() -> Config {
+        Cli::parse_from([
+            "careroute",
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .serve
+    }
+
+    /// Whether the embedded demo roster is loaded.
+    pub fn wants_demo_roster(&self) -> bool {
+        self.policy.is_none() && self.roster.is_none() && !self.no_demo_roster
+    }
+}

@@ -14,9 +14,11 @@
 //! - [`grpc`]: the edge: generated types, validation and conversion, the
 //!   service, and the one mapping of engine errors to gRPC status codes.
 //! - [`telemetry`]: metric names, descriptions, the exporter and tracing setup.
+//! - [`clock`]: the time source the edge hands to the engine.
 //! - [`config`]: typed settings from flags and environment.
 //! - [`server`]: wiring: listeners, health, reflection, metrics, drain.
 
+pub mod clock;
 pub mod config;
 pub mod engine;
 pub mod grpc;

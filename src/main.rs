@@ -1,1 +1,103 @@
-fn main() {}
+//! The careroute binary: parse flags, set up tracing, build the engine and
+//! serve until SIGTERM or Ctrl-C; or `careroute check FILE...` to validate
+//! policy files before they go live.
+
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
+
+use careroute::{
+    clock::SystemClock,
+    config::{Cli, Command, Config},
+    policy, server, telemetry,
+};
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check { policies }) => check(&policies),
+        Some(Command::Serve) | None => serve(cli.serve),
+    }
+}
+
+fn check(paths: &[PathBuf]) -> ExitCode {
+    let mut ok = true;
+    for path in paths {
+        match policy::read(path) {
+            Ok(p) => println!(
+                "{}: ok (version {}, {} queues, {} rules)",
+                path.display(),
+                p.version,
+                p.queues.len(),
+                p.rules.len()
+            ),
+            Err(e) => {
+                eprintln!("{e}");
+                ok = false;
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn serve(config: Config) -> ExitCode {
+    telemetry::init_tracing(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("careroute: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let clock = Arc::new(SystemClock);
+        let engine = server::build_engine(&config, chrono::Utc::now())?;
+        let listeners = server::Listeners::bind(&config).await?;
+        tracing::info!(
+            grpc = %config.grpc_addr,
+            metrics = %config.metrics_addr,
+            policy = %engine.policy().source,
+            version = %engine.policy().version,
+            agents = engine.roster().len(),
+            "careroute serving"
+        );
+        server::run(&config, listeners, engine, clock, shutdown_signal()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("careroute: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

@@ -1,1 +1,167 @@
-//! todo
+//! Roster files: agents to register at start (the demo roster of the quick
+//! start, or a site's fixed seats), in TOML. CTI platforms normally register
+//! agents over gRPC instead.
+
+use std::{collections::BTreeMap, path::Path};
+
+use serde::Deserialize;
+
+use crate::engine::AgentSpec;
+use crate::model::{AgentState, Channel};
+
+/// The demo roster compiled into the binary, matching the embedded policy.
+pub const DEMO_ROSTER: &str = include_str!("../examples/demo-roster.toml");
+
+/// Why a roster file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum RosterError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        /// The path given.
+        file: String,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid roster.
+    #[error("{file}:{line}: {field}: {message}")]
+    Invalid {
+        /// The path given.
+        file: String,
+        /// 1-based line.
+        line: usize,
+        /// The offending field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoster {
+    agents: Vec<toml::Spanned<RawAgent>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    id: String,
+    #[serde(default)]
+    team: String,
+    transfer_address: String,
+    #[serde(default)]
+    skills: BTreeMap<String, u8>,
+    #[serde(default)]
+    languages: Vec<String>,
+    channels: BTreeMap<String, u8>,
+    #[serde(default)]
+    state: Option<String>,
+}
+
+/// Reads a roster file.
+pub fn read(path: &Path) -> Result<Vec<(AgentSpec, AgentState)>, RosterError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| RosterError::Read {
+        file: file.clone(),
+        source,
+    })?;
+    parse(&file, &text)
+}
+
+/// Parses roster text; `file` names it in messages. Agents start in their
+/// `state` (default available).
+pub fn parse(file: &str, text: &str) -> Result<Vec<(AgentSpec, AgentState)>, RosterError> {
+    let invalid = |offset: usize, field: String, message: String| RosterError::Invalid {
+        file: file.to_owned(),
+        line: text.as_bytes()[..offset.min(text.len())]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1,
+        field,
+        message,
+    };
+    let raw: RawRoster = toml::from_str(text).map_err(|e| {
+        invalid(
+            e.span().map_or(0, |s| s.start),
+            "(document)".into(),
+            e.message().trim().to_owned(),
+        )
+    })?;
+    let mut agents = Vec::with_capacity(raw.agents.len());
+    for spanned in &raw.agents {
+        let at = spanned.span().start;
+        let a = spanned.get_ref();
+        let field = |name: &str| format!("agents.{}.{name}", a.id);
+        let mut channels = Vec::new();
+        for (name, capacity) in &a.channels {
+            let channel = Channel::parse(name).ok_or_else(|| {
+                invalid(
+                    at,
+                    field("channels"),
+                    format!("`{name}` is not one of: voice, chat, sms, email, portal"),
+                )
+            })?;
+            channels.push((channel, *capacity));
+        }
+        let state = match a.state.as_deref() {
+            None => AgentState::Available,
+            Some(s) => AgentState::ALL
+                .into_iter()
+                .find(|x| x.as_str() == s)
+                .ok_or_else(|| {
+                    invalid(
+                        at,
+                        field("state"),
+                        format!("`{s}` is not one of: offline, available, busy, wrap_up, away"),
+                    )
+                })?,
+        };
+        let spec = AgentSpec {
+            id: a.id.clone(),
+            team: a.team.clone(),
+            transfer_address: a.transfer_address.clone(),
+            skills: a.skills.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            languages: a.languages.clone(),
+            channels,
+        };
+        spec.validate()
+            .map_err(|(f, message)| invalid(at, field(&f), message))?;
+        if agents
+            .iter()
+            .any(|(s, _): &(AgentSpec, AgentState)| s.id == spec.id)
+        {
+            return Err(invalid(
+                at,
+                field("id"),
+                format!("duplicate agent `{}`", spec.id),
+            ));
+        }
+        agents.push((spec, state));
+    }
+    Ok(agents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_roster_is_valid() {
+        let agents = parse("demo", DEMO_ROSTER).unwrap();
+        assert!(agents.len() >= 10);
+    }
+
+    #[test]
+    fn bad_capacity_names_file_line_and_field() {
+        let text =
+            "[[agents]]\nid = \"a1\"\ntransfer_address = \"sip:a1\"\nchannels = { voice = 0 }\n";
+        let err = parse("r.toml", text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("r.toml:1: agents.a1.channels[0].capacity"),
+            "{err}"
+        );
+    }
+}

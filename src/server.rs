@@ -1,1 +1,281 @@
-//! todo
+//! Wiring: builds the engine from the policy and roster, binds the gRPC and
+//! metrics listeners, serves RoutingService with health and reflection (v1
+//! and v1alpha), keeps the engine's timers and gauges current, reloads the
+//! policy on SIGHUP, and drains on the injected shutdown signal.
+
+use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use parking_lot::Mutex;
+use tokio::{net::TcpListener, sync::watch};
+use tonic::transport::server::TcpIncoming;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::engine::{Engine, EngineConfig};
+use crate::grpc::{FILE_DESCRIPTOR_SET, Routing, pb};
+use crate::policy::{self, Policy, PolicyError};
+use crate::roster::{self, RosterError};
+use crate::telemetry;
+
+/// How often expiries are applied and gauges refreshed when no request does it.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(250);
+
+/// Why the service could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The policy was refused.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// The roster was refused.
+    #[error(transparent)]
+    Roster(#[from] RosterError),
+    /// A roster agent could not be placed (its state update failed).
+    #[error("roster: {0}")]
+    RosterAgent(String),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The metrics server failed.
+    #[error("metrics server: {0}")]
+    Metrics(std::io::Error),
+}
+
+/// Builds the engine: the policy file (or the embedded default) and the
+/// roster file (or, on the embedded default, the demo roster).
+pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Engine, ServerError> {
+    let policy = match &config.policy {
+        Some(path) => policy::read(path)?,
+        None => Policy::embedded()?,
+    };
+    let engine_config = EngineConfig {
+        id_prefix: rand::random(),
+        ..EngineConfig::default()
+    };
+    let mut engine = Engine::new(Arc::new(policy), engine_config);
+    let agents = match &config.roster {
+        Some(path) => roster::read(path)?,
+        None if config.wants_demo_roster() => {
+            roster::parse("examples/demo-roster.toml (embedded)", roster::DEMO_ROSTER)?
+        }
+        None => Vec::new(),
+    };
+    for (spec, state) in agents {
+        let id = spec.id.clone();
+        engine.upsert_agent(spec, now);
+        engine
+            .set_state(&id, state, now)
+            .map_err(|e| ServerError::RosterAgent(e.to_string()))?;
+    }
+    Ok(engine)
+}
+
+/// The two bound listeners.
+pub struct Listeners {
+    grpc: TcpListener,
+    metrics: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses of `config`.
+    pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })
+        };
+        Ok(Listeners {
+            grpc: bind(config.grpc_addr).await?,
+            metrics: bind(config.metrics_addr).await?,
+        })
+    }
+
+    /// Where gRPC listens.
+    pub fn grpc_addr(&self) -> std::io::Result<SocketAddr> {
+        self.grpc.local_addr()
+    }
+
+    /// Where /metrics listens.
+    pub fn metrics_addr(&self) -> std::io::Result<SocketAddr> {
+        self.metrics.local_addr()
+    }
+}
+
+/// Serves until `shutdown` resolves, then reports NOT_SERVING and drains:
+/// requests in flight finish, new ones are refused.
+pub async fn run(
+    config: &Config,
+    listeners: Listeners,
+    engine: Engine,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let prometheus = telemetry::install();
+    let engine = Arc::new(Mutex::new(engine));
+    let routing = Routing::new(Arc::clone(&engine), Arc::clone(&clock));
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::routing_service_server::RoutingServiceServer<Routing>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Metrics(std::io::Error::other(e)))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServerError::Metrics(std::io::Error::other(e)))?;
+
+    // One stop signal for every task.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move |mut rx: watch::Receiver<bool>| async move {
+        // An error means the sender is gone, which also means stop.
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    {
+        let health = health.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            tracing::info!("draining: health NOT_SERVING, finishing requests in flight");
+            health
+                .set_not_serving::<pb::routing_service_server::RoutingServiceServer<Routing>>()
+                .await;
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            let _ = stop_tx.send(true);
+        });
+    }
+
+    tokio::spawn(housekeeping(
+        Arc::clone(&engine),
+        Arc::clone(&clock),
+        stopped(stop_rx.clone()),
+    ));
+    if let Some(path) = config.policy.clone() {
+        tokio::spawn(reload_on_hangup(
+            path,
+            Arc::clone(&engine),
+            stopped(stop_rx.clone()),
+        ));
+    }
+
+    let metrics_app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let prometheus = prometheus.clone();
+            async move { prometheus.render() }
+        }),
+    );
+    let metrics_server = axum::serve(listeners.metrics, metrics_app)
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+
+    let incoming = TcpIncoming::from(listeners.grpc)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
+    let grpc_server = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(config.concurrency_per_connection)
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .timeout(Duration::from_millis(config.request_timeout_ms))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(routing.into_server())
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx));
+
+    let (grpc, metrics) = tokio::join!(grpc_server, metrics_server);
+    grpc?;
+    metrics.map_err(ServerError::Metrics)?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Applies expiries and wrap-up ends on time and refreshes the gauges.
+async fn housekeeping(
+    engine: Arc<Mutex<Engine>>,
+    clock: Arc<dyn Clock>,
+    stop: impl Future<Output = ()>,
+) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tick.tick() => {}
+        }
+        let now = clock.now();
+        let (by_state, counters, live, queues) = {
+            let mut e = engine.lock();
+            let queues = e.queues(now);
+            (
+                e.roster().by_state(),
+                e.counters(),
+                e.live_reservations(),
+                queues,
+            )
+        };
+        telemetry::publish_engine(by_state, counters, live, &queues);
+    }
+}
+
+/// Re-reads the policy file on SIGHUP; an invalid file is refused with its
+/// message and the running policy stays.
+#[cfg(unix)]
+async fn reload_on_hangup(
+    path: PathBuf,
+    engine: Arc<Mutex<Engine>>,
+    stop: impl Future<Output = ()>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: policy reload disabled");
+        return;
+    };
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = hangups.recv() => {}
+        }
+        reload(&path, &engine);
+    }
+}
+
+#[cfg(not(unix))]
+async fn reload_on_hangup(
+    _path: PathBuf,
+    _engine: Arc<Mutex<Engine>>,
+    _stop: impl Future<Output = ()>,
+) {
+}
+
+/// Loads `path` and swaps it in if valid; returns whether it was.
+pub fn reload(path: &std::path::Path, engine: &Mutex<Engine>) -> bool {
+    match policy::read(path) {
+        Ok(p) => {
+            let version = p.version.clone();
+            engine.lock().replace_policy(Arc::new(p));
+            metrics::counter!(telemetry::POLICY_RELOADS, "result" => "ok").increment(1);
+            tracing::info!(%version, "policy reloaded");
+            true
+        }
+        Err(e) => {
+            metrics::counter!(telemetry::POLICY_RELOADS, "result" => "refused").increment(1);
+            tracing::error!(error = %e, "policy reload refused; the running policy stays");
+            false
+        }
+    }
+}

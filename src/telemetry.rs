@@ -1,1 +1,270 @@
-//! todo
+//! Telemetry: every metric name in one place with its description, the
+//! Prometheus recorder, cached handles for the per-decision hot path, and
+//! tracing setup. Labels come only from bounded sets: outcome kinds, levels
+//! 1-4, reason codes, agent states, queue ids of the policy.
+
+use std::sync::OnceLock;
+
+use metrics::{Counter, Histogram, Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::config::LogFormat;
+use crate::engine::{Counters, Decision, Outcome};
+use crate::model::{AgentState, CallbackReason, Reason};
+
+/// Time the engine took to decide one RouteContact, in seconds.
+pub const DECISION_SECONDS: &str = "careroute_decision_duration_seconds";
+/// Decisions by outcome and escalation level.
+pub const DECISIONS: &str = "careroute_decisions_total";
+/// Reason codes attached to decisions.
+pub const DECISION_REASONS: &str = "careroute_decision_reasons_total";
+/// Callback tickets by reason.
+pub const CALLBACKS: &str = "careroute_callbacks_total";
+/// Requests refused, by RPC and gRPC code.
+pub const REQUESTS_REFUSED: &str = "careroute_requests_refused_total";
+/// Agents by state.
+pub const AGENTS: &str = "careroute_agents";
+/// Reservations made.
+pub const RESERVATIONS_MADE: &str = "careroute_reservations_made_total";
+/// Reservations confirmed.
+pub const RESERVATIONS_CONFIRMED: &str = "careroute_reservations_confirmed_total";
+/// Reservations released by a client.
+pub const RESERVATIONS_RELEASED: &str = "careroute_reservations_released_total";
+/// Reservations whose TTL passed.
+pub const RESERVATIONS_EXPIRED: &str = "careroute_reservations_expired_total";
+/// Live reservations now.
+pub const RESERVATIONS_LIVE: &str = "careroute_reservations_live";
+/// Staffed agents per queue.
+pub const QUEUE_STAFFED: &str = "careroute_queue_agents_staffed";
+/// Free agents per queue.
+pub const QUEUE_AVAILABLE: &str = "careroute_queue_agents_available";
+/// Whether each queue is open (1) or closed (0).
+pub const QUEUE_OPEN: &str = "careroute_queue_open";
+/// Policy reloads by result.
+pub const POLICY_RELOADS: &str = "careroute_policy_reloads_total";
+
+/// Decision latency buckets: 250 ns to 10 ms.
+const DECISION_BUCKETS: [f64; 14] = [
+    250e-9, 500e-9, 1e-6, 2e-6, 4e-6, 8e-6, 16e-6, 32e-6, 64e-6, 128e-6, 256e-6, 1e-3, 4e-3, 10e-3,
+];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder once and describes every
+/// metric; later calls return the same handle.
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(DECISION_SECONDS.into()), &DECISION_BUCKETS);
+            let handle = match builder {
+                Ok(b) => match b.install_recorder() {
+                    Ok(handle) => handle,
+                    // Another recorder is installed already (an embedding
+                    // program's): serve an empty, private one.
+                    Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+                },
+                // Only fails for an empty bucket list, which DECISION_BUCKETS is not.
+                Err(_) => PrometheusBuilder::new().build_recorder().handle(),
+            };
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_histogram!(
+        DECISION_SECONDS,
+        Unit::Seconds,
+        "Time the engine took to decide one RouteContact."
+    );
+    describe_counter!(
+        DECISIONS,
+        "Routing decisions by outcome (agent, callback, emergency, authenticate) and escalation level."
+    );
+    describe_counter!(
+        DECISION_REASONS,
+        "Reason codes attached to routing decisions."
+    );
+    describe_counter!(
+        CALLBACKS,
+        "Callback tickets issued, by reason (closed, no_agents_staffed, no_agent_available, policy...)."
+    );
+    describe_counter!(
+        REQUESTS_REFUSED,
+        "Requests refused with an error, by RPC method and gRPC code."
+    );
+    describe_gauge!(AGENTS, "Agents by state.");
+    describe_counter!(
+        RESERVATIONS_MADE,
+        "Agent reservations made for warm transfers."
+    );
+    describe_counter!(
+        RESERVATIONS_CONFIRMED,
+        "Reservations confirmed: the transfer connected."
+    );
+    describe_counter!(
+        RESERVATIONS_RELEASED,
+        "Reservations released by a client (rejected, no answer, cancelled)."
+    );
+    describe_counter!(
+        RESERVATIONS_EXPIRED,
+        "Reservations whose TTL passed without a confirm."
+    );
+    describe_gauge!(RESERVATIONS_LIVE, "Reservations live now.");
+    describe_gauge!(QUEUE_STAFFED, "Eligible agents logged in, per queue.");
+    describe_gauge!(QUEUE_AVAILABLE, "Eligible agents free now, per queue.");
+    describe_gauge!(
+        QUEUE_OPEN,
+        "1 when the queue is inside its opening hours, else 0."
+    );
+    describe_counter!(POLICY_RELOADS, "Policy reloads by result (ok, refused).");
+}
+
+const OUTCOMES: [&str; 4] = ["agent", "callback", "emergency", "authenticate"];
+const REASONS: [Reason; 17] = [
+    Reason::RuleMatched,
+    Reason::DefaultQueue,
+    Reason::EmergencyUrgency,
+    Reason::EmergencySignal,
+    Reason::IdentityNotAttempted,
+    Reason::IdentityFailed,
+    Reason::SameTeamTransferRedirected,
+    Reason::AfterHoursOnCall,
+    Reason::QueueClosed,
+    Reason::NoAgentsStaffed,
+    Reason::NoAgentAvailable,
+    Reason::PreferredAgent,
+    Reason::LongestIdle,
+    Reason::InterpreterNeeded,
+    Reason::PolicyCallback,
+    Reason::PolicyAuthenticate,
+    Reason::IdempotentReplay,
+];
+const CALLBACK_REASONS: [CallbackReason; 6] = [
+    CallbackReason::Closed,
+    CallbackReason::NoAgentsStaffed,
+    CallbackReason::QueueFull,
+    CallbackReason::NoAgentAvailable,
+    CallbackReason::WaitTooLong,
+    CallbackReason::Policy,
+];
+
+/// Handles for everything recorded per decision, created once so the hot
+/// path does no label lookup.
+pub struct DecisionMetrics {
+    latency: Histogram,
+    decisions: [[Counter; 4]; 4],
+    reasons: [Counter; REASONS.len()],
+    callbacks: [Counter; CALLBACK_REASONS.len()],
+}
+
+impl DecisionMetrics {
+    /// Registers the handles with the installed recorder.
+    pub fn new() -> DecisionMetrics {
+        install();
+        DecisionMetrics {
+            latency: metrics::histogram!(DECISION_SECONDS),
+            decisions: OUTCOMES.map(|outcome| {
+                ["1", "2", "3", "4"].map(
+                    |level| metrics::counter!(DECISIONS, "outcome" => outcome, "level" => level),
+                )
+            }),
+            reasons: REASONS.map(|r| metrics::counter!(DECISION_REASONS, "reason" => r.as_str())),
+            callbacks: CALLBACK_REASONS
+                .map(|r| metrics::counter!(CALLBACKS, "reason" => r.as_str())),
+        }
+    }
+
+    /// Records one decision and how long the engine took.
+    pub fn record(&self, decision: &Decision, seconds: f64) {
+        self.latency.record(seconds);
+        let outcome = OUTCOMES
+            .iter()
+            .position(|o| *o == decision.outcome.kind())
+            .unwrap_or_default();
+        let level = usize::from(decision.level.clamp(1, 4) - 1);
+        self.decisions[outcome][level].increment(1);
+        for reason in &decision.reasons {
+            if let Some(i) = REASONS.iter().position(|r| r == reason) {
+                self.reasons[i].increment(1);
+            }
+        }
+        if let Outcome::Callback(c) = &decision.outcome
+            && let Some(i) = CALLBACK_REASONS.iter().position(|r| *r == c.reason)
+        {
+            self.callbacks[i].increment(1);
+        }
+    }
+}
+
+impl Default for DecisionMetrics {
+    fn default() -> Self {
+        DecisionMetrics::new()
+    }
+}
+
+/// Publishes the engine's gauges and cumulative counters.
+pub fn publish_engine(
+    by_state: [u32; 5],
+    counters: Counters,
+    live: usize,
+    queues: &[crate::engine::QueueView],
+) {
+    for (state, n) in AgentState::ALL.iter().zip(by_state) {
+        metrics::gauge!(AGENTS, "state" => state.as_str()).set(f64::from(n));
+    }
+    metrics::counter!(RESERVATIONS_MADE).absolute(counters.reserved);
+    metrics::counter!(RESERVATIONS_CONFIRMED).absolute(counters.confirmed);
+    metrics::counter!(RESERVATIONS_RELEASED).absolute(counters.released);
+    metrics::counter!(RESERVATIONS_EXPIRED).absolute(counters.expired);
+    metrics::gauge!(RESERVATIONS_LIVE).set(live as f64);
+    for q in queues {
+        let id = q.id.to_string();
+        metrics::gauge!(QUEUE_STAFFED, "queue" => id.clone()).set(f64::from(q.staffed));
+        metrics::gauge!(QUEUE_AVAILABLE, "queue" => id.clone()).set(f64::from(q.available));
+        metrics::gauge!(QUEUE_OPEN, "queue" => id).set(if q.open { 1.0 } else { 0.0 });
+    }
+}
+
+/// Counts a refused request.
+pub fn refused(method: &'static str, code: tonic::Code) {
+    metrics::counter!(REQUESTS_REFUSED, "method" => method, "code" => code_name(code)).increment(1);
+}
+
+fn code_name(code: tonic::Code) -> &'static str {
+    match code {
+        tonic::Code::Ok => "ok",
+        tonic::Code::Cancelled => "cancelled",
+        tonic::Code::Unknown => "unknown",
+        tonic::Code::InvalidArgument => "invalid_argument",
+        tonic::Code::DeadlineExceeded => "deadline_exceeded",
+        tonic::Code::NotFound => "not_found",
+        tonic::Code::AlreadyExists => "already_exists",
+        tonic::Code::PermissionDenied => "permission_denied",
+        tonic::Code::ResourceExhausted => "resource_exhausted",
+        tonic::Code::FailedPrecondition => "failed_precondition",
+        tonic::Code::Aborted => "aborted",
+        tonic::Code::OutOfRange => "out_of_range",
+        tonic::Code::Unimplemented => "unimplemented",
+        tonic::Code::Internal => "internal",
+        tonic::Code::Unavailable => "unavailable",
+        tonic::Code::DataLoss => "data_loss",
+        tonic::Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+/// Sets up tracing: human or JSON lines on stderr, filtered by RUST_LOG
+/// (default `info`). Safe to call more than once.
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}

@@ -210,6 +210,57 @@ pub struct AgentSpec {
     pub channels: Vec<(Channel, u8)>,
 }
 
+/// Most contacts an agent takes at once on one channel.
+pub const MAX_CHANNEL_CAPACITY: u8 = 50;
+
+impl AgentSpec {
+    /// Checks the profile; on refusal names the field and what is wrong.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |field: &str, msg: String| Err((field.to_owned(), msg));
+        if self.id.is_empty() {
+            return bad("agent_id", "required".into());
+        }
+        if self.transfer_address.trim().is_empty() {
+            return bad(
+                "transfer_address",
+                "required: the SIP URI or extension of warm transfers".into(),
+            );
+        }
+        for (i, (skill, level)) in self.skills.iter().enumerate() {
+            if skill.is_empty() {
+                return bad(&format!("skills[{i}].skill"), "required".into());
+            }
+            if !(1..=5).contains(level) {
+                return bad(
+                    &format!("skills[{i}].proficiency"),
+                    format!("{level} is not 1-5"),
+                );
+            }
+            if self.skills[..i].iter().any(|(s, _)| s == skill) {
+                return bad(
+                    &format!("skills[{i}].skill"),
+                    format!("`{skill}` listed twice"),
+                );
+            }
+        }
+        for (i, (channel, capacity)) in self.channels.iter().enumerate() {
+            if !(1..=MAX_CHANNEL_CAPACITY).contains(capacity) {
+                return bad(
+                    &format!("channels[{i}].capacity"),
+                    format!("{capacity} is not 1-{MAX_CHANNEL_CAPACITY}"),
+                );
+            }
+            if self.channels[..i].iter().any(|(c, _)| c == channel) {
+                return bad(
+                    &format!("channels[{i}].channel"),
+                    format!("`{channel}` listed twice"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Staffing of one queue now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueView {

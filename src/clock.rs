@@ -1,0 +1,49 @@
+//! Where the edge reads the time it hands to the engine: the system clock in
+//! production, a manual clock in tests (after-hours, expiry) with no sleeps.
+
+use parking_lot::Mutex;
+
+use crate::model::Time;
+
+/// A source of the current instant.
+pub trait Clock: Send + Sync + 'static {
+    /// Now.
+    fn now(&self) -> Time;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> Time {
+        chrono::Utc::now()
+    }
+}
+
+/// A clock that moves only when told: for tests.
+#[derive(Debug)]
+pub struct ManualClock(Mutex<Time>);
+
+impl ManualClock {
+    /// A clock stopped at `at`.
+    pub fn new(at: Time) -> ManualClock {
+        ManualClock(Mutex::new(at))
+    }
+
+    /// Moves the clock to `at`.
+    pub fn set(&self, at: Time) {
+        *self.0.lock() = at;
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: chrono::Duration) {
+        *self.0.lock() += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> Time {
+        *self.0.lock()
+    }
+}

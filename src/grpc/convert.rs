@@ -1,0 +1,561 @@
+//! Conversion between protobuf messages and domain types, validating every
+//! request field once, here. A refusal is INVALID_ARGUMENT naming the field
+//! and what is expected; it never echoes the value, which could be patient
+//! data sent by mistake.
+
+use std::fmt::Display;
+
+use prost_types::Timestamp;
+use tonic::Status;
+
+use super::pb;
+use crate::engine::{AgentSpec, Decision, Hop, Outcome, QueueView, ReservationId};
+use crate::model::{
+    AgentState, CallbackReason, Channel, Contact, Identity, Reason, Time, TransferFrom, Urgency,
+};
+
+/// Longest opaque id (contact, request, agent, queue).
+pub const MAX_ID_LEN: usize = 128;
+/// Longest vocabulary word (intent, signal, attribute key, skill).
+pub const MAX_NAME_LEN: usize = 64;
+/// Most signals on one contact.
+pub const MAX_SIGNALS: usize = 32;
+/// Most attributes on one contact.
+pub const MAX_ATTRIBUTES: usize = 16;
+/// Longest attribute value.
+pub const MAX_VALUE_LEN: usize = 64;
+/// Longest language tag.
+pub const MAX_LANGUAGE_LEN: usize = 16;
+/// Most skills, languages or channels of one agent.
+pub const MAX_AGENT_LIST: usize = 64;
+/// Longest team name or transfer address.
+pub const MAX_TEXT_LEN: usize = 256;
+
+fn invalid(field: impl Display, problem: impl Display) -> Status {
+    Status::invalid_argument(format!("{field}: {problem}"))
+}
+
+/// Characters allowed in a kind of field, and how to say so.
+#[derive(Clone, Copy)]
+struct Charset {
+    allowed: fn(char) -> bool,
+    describe: &'static str,
+}
+
+const ID: Charset = Charset {
+    allowed: |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'),
+    describe: "letters, digits and . _ : -",
+};
+const NAME: Charset = Charset {
+    allowed: |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_',
+    describe: "lowercase letters, digits and _",
+};
+const VALUE: Charset = Charset {
+    allowed: |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'),
+    describe: "letters, digits and . _ -",
+};
+const LANGUAGE: Charset = Charset {
+    allowed: |c| c.is_ascii_alphanumeric() || c == '-',
+    describe: "a language tag such as en or es-MX",
+};
+const TEXT: Charset = Charset {
+    allowed: |c| !c.is_control(),
+    describe: "printable text",
+};
+
+/// Checks one string field; empty is `None` (or an error if `required`).
+fn checked(
+    field: impl Display,
+    value: String,
+    max: usize,
+    charset: Charset,
+    required: bool,
+) -> Result<Option<String>, Status> {
+    if value.is_empty() {
+        return if required {
+            Err(invalid(field, "required"))
+        } else {
+            Ok(None)
+        };
+    }
+    if value.len() > max {
+        return Err(invalid(field, format!("longer than {max} bytes")));
+    }
+    if !value.chars().all(charset.allowed) {
+        return Err(invalid(field, format!("only {}", charset.describe)));
+    }
+    Ok(Some(value))
+}
+
+fn required(field: &str, value: String, max: usize, charset: Charset) -> Result<String, Status> {
+    checked(field, value, max, charset, true).map(Option::unwrap_or_default)
+}
+
+fn channel(field: impl Display, value: i32) -> Result<Channel, Status> {
+    match pb::Channel::try_from(value) {
+        Ok(pb::Channel::Voice) => Ok(Channel::Voice),
+        Ok(pb::Channel::Chat) => Ok(Channel::Chat),
+        Ok(pb::Channel::Sms) => Ok(Channel::Sms),
+        Ok(pb::Channel::Email) => Ok(Channel::Email),
+        Ok(pb::Channel::Portal) => Ok(Channel::Portal),
+        Ok(pb::Channel::Unspecified) => Err(invalid(field, "required")),
+        Err(_) => Err(invalid(field, format!("unknown enum value {value}"))),
+    }
+}
+
+impl TryFrom<pb::RouteContactRequest> for Contact {
+    type Error = Status;
+
+    fn try_from(r: pb::RouteContactRequest) -> Result<Contact, Status> {
+        let urgency = match pb::Urgency::try_from(r.urgency) {
+            Ok(pb::Urgency::Unspecified | pb::Urgency::Routine) => Urgency::Routine,
+            Ok(pb::Urgency::Urgent) => Urgency::Urgent,
+            Ok(pb::Urgency::Emergency) => Urgency::Emergency,
+            Err(_) => {
+                return Err(invalid(
+                    "urgency",
+                    format!("unknown enum value {}", r.urgency),
+                ));
+            }
+        };
+        let identity = match pb::Identity::try_from(r.identity) {
+            Ok(pb::Identity::Unspecified | pb::Identity::NotAttempted) => Identity::NotAttempted,
+            Ok(pb::Identity::Verified) => Identity::Verified,
+            Ok(pb::Identity::Failed) => Identity::Failed,
+            Err(_) => {
+                return Err(invalid(
+                    "identity",
+                    format!("unknown enum value {}", r.identity),
+                ));
+            }
+        };
+        if r.signals.len() > MAX_SIGNALS {
+            return Err(invalid(
+                "signals",
+                format!("more than {MAX_SIGNALS} entries"),
+            ));
+        }
+        let signals = r
+            .signals
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| required(&format!("signals[{i}]"), s, MAX_NAME_LEN, NAME))
+            .collect::<Result<Vec<_>, _>>()?;
+        if r.attributes.len() > MAX_ATTRIBUTES {
+            return Err(invalid(
+                "attributes",
+                format!("more than {MAX_ATTRIBUTES} entries"),
+            ));
+        }
+        let mut attributes = Vec::with_capacity(r.attributes.len());
+        for (key, value) in r.attributes {
+            let key = required("attributes key", key, MAX_NAME_LEN, NAME)?;
+            let value = required(&format!("attributes[{key}]"), value, MAX_VALUE_LEN, VALUE)?;
+            attributes.push((key, value));
+        }
+        let transfer_from = match r.transfer_from {
+            Some(t) => Some(TransferFrom {
+                queue_id: required("transfer_from.queue_id", t.queue_id, MAX_ID_LEN, ID)?,
+                agent_id: checked("transfer_from.agent_id", t.agent_id, MAX_ID_LEN, ID, false)?,
+            }),
+            None => None,
+        };
+        Ok(Contact {
+            contact_id: required("contact_id", r.contact_id, MAX_ID_LEN, ID)?,
+            request_id: checked("request_id", r.request_id, MAX_ID_LEN, ID, false)?,
+            channel: channel("channel", r.channel)?,
+            intent: required("intent", r.intent, MAX_NAME_LEN, NAME)?,
+            urgency,
+            identity,
+            language: checked("language", r.language, MAX_LANGUAGE_LEN, LANGUAGE, false)?,
+            escalation_requested: r.escalation_requested,
+            signals,
+            attributes,
+            transfer_from,
+            preferred_agent_id: checked(
+                "preferred_agent_id",
+                r.preferred_agent_id,
+                MAX_ID_LEN,
+                ID,
+                false,
+            )?,
+        })
+    }
+}
+
+impl TryFrom<pb::UpsertAgentRequest> for AgentSpec {
+    type Error = Status;
+
+    fn try_from(r: pb::UpsertAgentRequest) -> Result<AgentSpec, Status> {
+        for (name, len) in [
+            ("skills", r.skills.len()),
+            ("languages", r.languages.len()),
+            ("channels", r.channels.len()),
+        ] {
+            if len > MAX_AGENT_LIST {
+                return Err(invalid(name, format!("more than {MAX_AGENT_LIST} entries")));
+            }
+        }
+        let skills = r
+            .skills
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let level = u8::try_from(s.proficiency).unwrap_or(u8::MAX);
+                Ok((
+                    required(&format!("skills[{i}].skill"), s.skill, MAX_NAME_LEN, NAME)?,
+                    level,
+                ))
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let languages = r
+            .languages
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| required(&format!("languages[{i}]"), l, MAX_LANGUAGE_LEN, LANGUAGE))
+            .collect::<Result<Vec<_>, _>>()?;
+        let channels = r
+            .channels
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let capacity = u8::try_from(c.capacity).unwrap_or(u8::MAX);
+                Ok((
+                    channel(format!("channels[{i}].channel"), c.channel)?,
+                    capacity,
+                ))
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        let spec = AgentSpec {
+            id: required("agent_id", r.agent_id, MAX_ID_LEN, ID)?,
+            team: checked("team", r.team, MAX_TEXT_LEN, TEXT, false)?.unwrap_or_default(),
+            transfer_address: required("transfer_address", r.transfer_address, MAX_TEXT_LEN, TEXT)?,
+            skills,
+            languages,
+            channels,
+        };
+        spec.validate()
+            .map_err(|(field, problem)| invalid(field, problem))?;
+        Ok(spec)
+    }
+}
+
+/// Validates an agent id field.
+pub fn agent_id(field: &str, value: String) -> Result<String, Status> {
+    required(field, value, MAX_ID_LEN, ID)
+}
+
+/// Validates a contact id field.
+pub fn contact_id(field: &str, value: String) -> Result<String, Status> {
+    required(field, value, MAX_ID_LEN, ID)
+}
+
+/// Parses a reservation id field.
+pub fn reservation_id(value: &str) -> Result<ReservationId, Status> {
+    if value.is_empty() {
+        return Err(invalid("reservation_id", "required"));
+    }
+    value.parse().map_err(|()| {
+        invalid(
+            "reservation_id",
+            "not a reservation id (r- and 16 hex digits)",
+        )
+    })
+}
+
+/// Converts an agent state field; unspecified is refused.
+pub fn agent_state(value: i32) -> Result<AgentState, Status> {
+    match pb::AgentState::try_from(value) {
+        Ok(pb::AgentState::Offline) => Ok(AgentState::Offline),
+        Ok(pb::AgentState::Available) => Ok(AgentState::Available),
+        Ok(pb::AgentState::Busy) => Ok(AgentState::Busy),
+        Ok(pb::AgentState::WrapUp) => Ok(AgentState::WrapUp),
+        Ok(pb::AgentState::Away) => Ok(AgentState::Away),
+        Ok(pb::AgentState::Unspecified) => Err(invalid("state", "required")),
+        Err(_) => Err(invalid("state", format!("unknown enum value {value}"))),
+    }
+}
+
+/// Validates a release reason; unspecified is allowed.
+pub fn release_reason(value: i32) -> Result<&'static str, Status> {
+    match pb::ReleaseReason::try_from(value) {
+        Ok(pb::ReleaseReason::Unspecified) => Ok("unspecified"),
+        Ok(pb::ReleaseReason::Rejected) => Ok("rejected"),
+        Ok(pb::ReleaseReason::NoAnswer) => Ok("no_answer"),
+        Ok(pb::ReleaseReason::Cancelled) => Ok("cancelled"),
+        Err(_) => Err(invalid("reason", format!("unknown enum value {value}"))),
+    }
+}
+
+impl From<AgentState> for pb::AgentState {
+    fn from(s: AgentState) -> pb::AgentState {
+        match s {
+            AgentState::Offline => pb::AgentState::Offline,
+            AgentState::Available => pb::AgentState::Available,
+            AgentState::Busy => pb::AgentState::Busy,
+            AgentState::WrapUp => pb::AgentState::WrapUp,
+            AgentState::Away => pb::AgentState::Away,
+        }
+    }
+}
+
+/// A domain instant as a protobuf timestamp.
+pub fn timestamp(t: Time) -> Timestamp {
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+    }
+}
+
+impl From<Reason> for pb::Reason {
+    fn from(r: Reason) -> pb::Reason {
+        match r {
+            Reason::RuleMatched => pb::Reason::RuleMatched,
+            Reason::DefaultQueue => pb::Reason::DefaultQueue,
+            Reason::EmergencyUrgency => pb::Reason::EmergencyUrgency,
+            Reason::EmergencySignal => pb::Reason::EmergencySignal,
+            Reason::IdentityNotAttempted => pb::Reason::IdentityNotAttempted,
+            Reason::IdentityFailed => pb::Reason::IdentityFailed,
+            Reason::SameTeamTransferRedirected => pb::Reason::SameTeamTransferRedirected,
+            Reason::AfterHoursOnCall => pb::Reason::AfterHoursOnCall,
+            Reason::QueueClosed => pb::Reason::QueueClosed,
+            Reason::NoAgentsStaffed => pb::Reason::NoAgentsStaffed,
+            Reason::NoAgentAvailable => pb::Reason::NoAgentAvailable,
+            Reason::PreferredAgent => pb::Reason::PreferredAgent,
+            Reason::LongestIdle => pb::Reason::LongestIdle,
+            Reason::InterpreterNeeded => pb::Reason::InterpreterNeeded,
+            Reason::PolicyCallback => pb::Reason::PolicyCallback,
+            Reason::PolicyAuthenticate => pb::Reason::PolicyAuthenticate,
+            Reason::IdempotentReplay => pb::Reason::IdempotentReplay,
+        }
+    }
+}
+
+impl From<CallbackReason> for pb::CallbackReason {
+    fn from(r: CallbackReason) -> pb::CallbackReason {
+        match r {
+            CallbackReason::Closed => pb::CallbackReason::Closed,
+            CallbackReason::NoAgentsStaffed => pb::CallbackReason::NoAgentsStaffed,
+            CallbackReason::QueueFull => pb::CallbackReason::QueueFull,
+            CallbackReason::NoAgentAvailable => pb::CallbackReason::NoAgentAvailable,
+            CallbackReason::WaitTooLong => pb::CallbackReason::WaitTooLong,
+            CallbackReason::Policy => pb::CallbackReason::Policy,
+        }
+    }
+}
+
+impl From<Decision> for pb::RouteContactResponse {
+    fn from(d: Decision) -> pb::RouteContactResponse {
+        use pb::route_contact_response::Outcome as O;
+        let outcome = match d.outcome {
+            Outcome::Agent(a) => O::Agent(pb::AgentTarget {
+                agent_id: a.agent_id.to_string(),
+                transfer_address: a.transfer_address.to_string(),
+                queue_id: a.queue_id.to_string(),
+                reservation_id: a.reservation.to_string(),
+                reservation_expires_at: Some(timestamp(a.expires_at)),
+                interpreter_needed: a.interpreter_needed,
+            }),
+            Outcome::Callback(c) => O::Callback(pb::CallbackTicket {
+                ticket_type: c.terms.ticket_type.to_string(),
+                queue_id: c.queue_id.to_string(),
+                reason: pb::CallbackReason::from(c.reason).into(),
+                deadline: Some(timestamp(c.terms.deadline)),
+                deadline_local: c
+                    .terms
+                    .deadline
+                    .with_timezone(&c.terms.time_zone)
+                    .to_rfc3339(),
+                window_minutes: c.terms.window_minutes,
+                priority: u32::from(c.terms.priority),
+                intake_fields: c
+                    .terms
+                    .intake_fields
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect(),
+            }),
+            Outcome::Emergency {
+                script_id,
+                instruction,
+            } => O::Emergency(pb::EmergencyScript {
+                script_id: script_id.to_string(),
+                instruction: instruction.to_string(),
+            }),
+            Outcome::Authenticate {
+                script_id,
+                instruction,
+            } => O::Authenticate(pb::AuthenticateFirst {
+                script_id: script_id.to_string(),
+                instruction: instruction.to_string(),
+            }),
+        };
+        pb::RouteContactResponse {
+            decision_id: d.id.to_string(),
+            rule_id: d.rule_id.map(|r| r.to_string()).unwrap_or_default(),
+            reasons: d
+                .reasons
+                .into_iter()
+                .map(|r| pb::Reason::from(r).into())
+                .collect(),
+            escalation_level: u32::from(d.level),
+            owning_team: d.team.to_string(),
+            guidance: d.guidance.iter().map(|g| g.to_string()).collect(),
+            outcome: Some(outcome),
+        }
+    }
+}
+
+impl From<QueueView> for pb::QueueView {
+    fn from(q: QueueView) -> pb::QueueView {
+        pb::QueueView {
+            queue_id: q.id.to_string(),
+            level: u32::from(q.level),
+            team: q.team.to_string(),
+            open: q.open,
+            agents_staffed: q.staffed,
+            agents_available: q.available,
+            reservations: q.reservations,
+        }
+    }
+}
+
+impl From<&Hop> for pb::ContactHop {
+    fn from(h: &Hop) -> pb::ContactHop {
+        pb::ContactHop {
+            decision_id: h.decision.to_string(),
+            at: Some(timestamp(h.at)),
+            rule_id: h.rule_id.as_deref().unwrap_or_default().to_owned(),
+            outcome: h.outcome.to_owned(),
+            queue_id: h.queue_id.as_deref().unwrap_or_default().to_owned(),
+            agent_id: h.agent_id.as_deref().unwrap_or_default().to_owned(),
+            from_queue_id: h.from_queue_id.clone().unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> pb::RouteContactRequest {
+        pb::RouteContactRequest {
+            contact_id: "c-1".into(),
+            channel: pb::Channel::Voice.into(),
+            intent: "billing".into(),
+            ..Default::default()
+        }
+    }
+
+    fn field_of(r: pb::RouteContactRequest) -> String {
+        let status = Contact::try_from(r).unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        status
+            .message()
+            .split(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    #[test]
+    fn valid_request_converts_with_defaults() {
+        let c = Contact::try_from(base()).unwrap();
+        assert_eq!(c.urgency, Urgency::Routine);
+        assert_eq!(c.identity, Identity::NotAttempted);
+        assert_eq!(c.request_id, None);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        type Change = Box<dyn Fn(&mut pb::RouteContactRequest)>;
+        let cases: Vec<(&str, Change)> = vec![
+            ("contact_id", Box::new(|r| r.contact_id.clear())),
+            ("contact_id", Box::new(|r| r.contact_id = "x".repeat(129))),
+            ("contact_id", Box::new(|r| r.contact_id = "Jane Doe".into())),
+            ("channel", Box::new(|r| r.channel = 0)),
+            ("channel", Box::new(|r| r.channel = 42)),
+            ("intent", Box::new(|r| r.intent.clear())),
+            ("urgency", Box::new(|r| r.urgency = 9)),
+            ("identity", Box::new(|r| r.identity = -1)),
+            ("language", Box::new(|r| r.language = "en US".into())),
+            (
+                "signals[0]",
+                Box::new(|r| r.signals = vec!["Chest pain!".into()]),
+            ),
+            ("signals", Box::new(|r| r.signals = vec!["a".into(); 33])),
+            (
+                "attributes",
+                Box::new(|r| {
+                    r.attributes = (0..17).map(|i| (format!("k{i}"), "v".into())).collect()
+                }),
+            ),
+            (
+                "attributes[dob]",
+                Box::new(|r| {
+                    r.attributes.insert("dob".into(), "01/02/1980".into());
+                }),
+            ),
+            (
+                "transfer_from.queue_id",
+                Box::new(|r| r.transfer_from = Some(pb::TransferFrom::default())),
+            ),
+            ("request_id", Box::new(|r| r.request_id = "x".repeat(200))),
+        ];
+        for (field, change) in cases {
+            let mut r = base();
+            change(&mut r);
+            assert_eq!(field_of(r), field);
+        }
+    }
+
+    #[test]
+    fn refusals_never_echo_the_value() {
+        let mut r = base();
+        r.contact_id = "555-0199 Jane Doe".into();
+        let status = Contact::try_from(r).unwrap_err();
+        assert!(!status.message().contains("Jane"), "{}", status.message());
+    }
+
+    #[test]
+    fn agent_fields_are_named() {
+        let ok = pb::UpsertAgentRequest {
+            agent_id: "a1".into(),
+            transfer_address: "sip:1@x".into(),
+            skills: vec![pb::SkillLevel {
+                skill: "billing".into(),
+                proficiency: 3,
+            }],
+            channels: vec![pb::ChannelCapacity {
+                channel: pb::Channel::Voice.into(),
+                capacity: 1,
+            }],
+            ..Default::default()
+        };
+        assert!(AgentSpec::try_from(ok.clone()).is_ok());
+        let mut bad = ok.clone();
+        bad.skills[0].proficiency = 6;
+        assert!(
+            AgentSpec::try_from(bad)
+                .unwrap_err()
+                .message()
+                .starts_with("skills[0].proficiency")
+        );
+        let mut bad = ok.clone();
+        bad.channels[0].capacity = 51;
+        assert!(
+            AgentSpec::try_from(bad)
+                .unwrap_err()
+                .message()
+                .starts_with("channels[0].capacity")
+        );
+        let mut bad = ok;
+        bad.transfer_address.clear();
+        assert!(
+            AgentSpec::try_from(bad)
+                .unwrap_err()
+                .message()
+                .starts_with("transfer_address")
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! The gRPC edge: generated types ([`pb`]), validation and conversion of
+//! every request field ([`convert`]), the one mapping of engine errors to
+//! status codes ([`status`]) and the service ([`service`]). Nothing outside
+//! this module names `pb::`.
+
+pub mod convert;
+pub mod service;
+pub mod status;
+
+pub use service::Routing;
+
+/// Generated protobuf and tonic code for `careroute.v1`.
+pub mod pb {
+    #![allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+    tonic::include_proto!("careroute.v1");
+}
+
+/// The encoded descriptor set served by reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("careroute_descriptor");

@@ -1,0 +1,205 @@
+//! The `careroute.v1.RoutingService` implementation. Each handler converts
+//! the request, calls the engine under its lock (never across an `.await`,
+//! so a cancelled request cannot leave a half-made reservation), records
+//! metrics and converts back.
+
+use std::{sync::Arc, time::Instant};
+
+use parking_lot::Mutex;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{convert, pb};
+use crate::clock::Clock;
+use crate::engine::{AgentSpec, Engine};
+use crate::model::Contact;
+use crate::telemetry::{self, DecisionMetrics};
+
+/// Shared state behind every handler.
+#[derive(Clone)]
+pub struct Routing {
+    engine: Arc<Mutex<Engine>>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<DecisionMetrics>,
+}
+
+impl Routing {
+    /// A service over `engine`, reading time from `clock`.
+    pub fn new(engine: Arc<Mutex<Engine>>, clock: Arc<dyn Clock>) -> Routing {
+        Routing {
+            engine,
+            clock,
+            metrics: Arc::new(DecisionMetrics::new()),
+        }
+    }
+
+    /// The tonic server wrapper with message size limits.
+    pub fn into_server(self) -> pb::routing_service_server::RoutingServiceServer<Routing> {
+        pb::routing_service_server::RoutingServiceServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    fn set_state(&self, r: pb::SetAgentStateRequest) -> Result<pb::SetAgentStateResponse, Status> {
+        let agent_id = convert::agent_id("agent_id", r.agent_id)?;
+        let state = convert::agent_state(r.state)?;
+        let now = self.clock.now();
+        let previous = self.engine.lock().set_state(&agent_id, state, now)?;
+        Ok(pb::SetAgentStateResponse {
+            previous: pb::AgentState::from(previous).into(),
+        })
+    }
+}
+
+/// Largest request accepted: far above any valid request.
+const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Counts a refusal and passes it on.
+fn refused<T>(method: &'static str, result: Result<T, Status>) -> Result<Response<T>, Status> {
+    result
+        .map(Response::new)
+        .inspect_err(|s| telemetry::refused(method, s.code()))
+}
+
+#[tonic::async_trait]
+impl pb::routing_service_server::RoutingService for Routing {
+    async fn route_contact(
+        &self,
+        request: Request<pb::RouteContactRequest>,
+    ) -> Result<Response<pb::RouteContactResponse>, Status> {
+        let result = (|| {
+            let contact = Contact::try_from(request.into_inner())?;
+            let now = self.clock.now();
+            let started = Instant::now();
+            let decision = self.engine.lock().route(&contact, now)?;
+            let elapsed = started.elapsed().as_secs_f64();
+            self.metrics.record(&decision, elapsed);
+            tracing::debug!(
+                decision_id = %decision.id,
+                rule = decision.rule_id.as_deref().unwrap_or("-"),
+                outcome = decision.outcome.kind(),
+                level = decision.level,
+                latency_us = elapsed * 1e6,
+                "routed"
+            );
+            Ok(pb::RouteContactResponse::from(decision))
+        })();
+        refused("RouteContact", result)
+    }
+
+    async fn upsert_agent(
+        &self,
+        request: Request<pb::UpsertAgentRequest>,
+    ) -> Result<Response<pb::UpsertAgentResponse>, Status> {
+        let result = AgentSpec::try_from(request.into_inner()).map(|spec| {
+            let now = self.clock.now();
+            let (queues, created) = self.engine.lock().upsert_agent(spec, now);
+            pb::UpsertAgentResponse {
+                eligible_queue_ids: queues.iter().map(|q| q.to_string()).collect(),
+                created,
+            }
+        });
+        refused("UpsertAgent", result)
+    }
+
+    async fn set_agent_state(
+        &self,
+        request: Request<pb::SetAgentStateRequest>,
+    ) -> Result<Response<pb::SetAgentStateResponse>, Status> {
+        refused("SetAgentState", self.set_state(request.into_inner()))
+    }
+
+    async fn stream_agent_states(
+        &self,
+        request: Request<Streaming<pb::SetAgentStateRequest>>,
+    ) -> Result<Response<pb::StreamAgentStatesResponse>, Status> {
+        let mut stream = request.into_inner();
+        let mut applied = 0u64;
+        while let Some(entry) = stream.message().await? {
+            if let Err(status) = self.set_state(entry) {
+                let status = Status::new(
+                    status.code(),
+                    format!("entry {applied}: {}", status.message()),
+                );
+                return refused("StreamAgentStates", Err(status));
+            }
+            applied += 1;
+        }
+        Ok(Response::new(pb::StreamAgentStatesResponse { applied }))
+    }
+
+    async fn confirm_reservation(
+        &self,
+        request: Request<pb::ConfirmReservationRequest>,
+    ) -> Result<Response<pb::ConfirmReservationResponse>, Status> {
+        let result = (|| {
+            let id = convert::reservation_id(&request.get_ref().reservation_id)?;
+            let now = self.clock.now();
+            let (agent_id, contact_id) = self.engine.lock().confirm(id, now)?;
+            Ok(pb::ConfirmReservationResponse {
+                agent_id: agent_id.to_string(),
+                contact_id,
+            })
+        })();
+        refused("ConfirmReservation", result)
+    }
+
+    async fn release_reservation(
+        &self,
+        request: Request<pb::ReleaseReservationRequest>,
+    ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
+        let result = (|| {
+            let r = request.get_ref();
+            let id = convert::reservation_id(&r.reservation_id)?;
+            let reason = convert::release_reason(r.reason)?;
+            let now = self.clock.now();
+            self.engine.lock().release(id, now)?;
+            tracing::debug!(reservation_id = %id, reason, "released");
+            Ok(pb::ReleaseReservationResponse {})
+        })();
+        refused("ReleaseReservation", result)
+    }
+
+    async fn complete_contact(
+        &self,
+        request: Request<pb::CompleteContactRequest>,
+    ) -> Result<Response<pb::CompleteContactResponse>, Status> {
+        let result = (|| {
+            let r = request.into_inner();
+            let agent_id = convert::agent_id("agent_id", r.agent_id)?;
+            let contact_id = convert::contact_id("contact_id", r.contact_id)?;
+            let now = self.clock.now();
+            let until = self.engine.lock().complete(&agent_id, &contact_id, now)?;
+            Ok(pb::CompleteContactResponse {
+                wrap_up_until: Some(convert::timestamp(until)),
+            })
+        })();
+        refused("CompleteContact", result)
+    }
+
+    async fn list_queues(
+        &self,
+        _request: Request<pb::ListQueuesRequest>,
+    ) -> Result<Response<pb::ListQueuesResponse>, Status> {
+        let now = self.clock.now();
+        let views = self.engine.lock().queues(now);
+        Ok(Response::new(pb::ListQueuesResponse {
+            queues: views.into_iter().map(pb::QueueView::from).collect(),
+        }))
+    }
+
+    async fn get_contact_path(
+        &self,
+        request: Request<pb::GetContactPathRequest>,
+    ) -> Result<Response<pb::GetContactPathResponse>, Status> {
+        let result = (|| {
+            let contact_id = convert::contact_id("contact_id", request.into_inner().contact_id)?;
+            let engine = self.engine.lock();
+            let hops = engine.path(&contact_id).ok_or_else(|| {
+                Status::not_found(format!("contact `{contact_id}` has no recorded path"))
+            })?;
+            Ok(pb::GetContactPathResponse {
+                hops: hops.iter().map(pb::ContactHop::from).collect(),
+            })
+        })();
+        refused("GetContactPath", result)
+    }
+}

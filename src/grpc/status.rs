@@ -1,0 +1,54 @@
+//! The one mapping from engine errors to gRPC status codes: an exhaustive
+//! match, so a new error variant forces a deliberate choice of code.
+
+use tonic::Status;
+
+use crate::engine::EngineError;
+
+impl From<EngineError> for Status {
+    fn from(e: EngineError) -> Status {
+        let message = e.to_string();
+        match e {
+            EngineError::UnknownIntent(_) => Status::invalid_argument(message),
+            EngineError::UnknownAttribute(_) => Status::invalid_argument(message),
+            EngineError::AttributeValue { .. } => Status::invalid_argument(message),
+            EngineError::UnknownQueue { .. } => Status::not_found(message),
+            EngineError::UnknownAgent(_) => Status::not_found(message),
+            EngineError::UnknownReservation(_) => Status::not_found(message),
+            EngineError::ReservationExpired(_) => Status::failed_precondition(message),
+            EngineError::ReservationSettled { .. } => Status::failed_precondition(message),
+            EngineError::NoActiveContact { .. } => Status::not_found(message),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic::Code;
+
+    #[test]
+    fn codes() {
+        let cases = [
+            (
+                EngineError::UnknownIntent("x".into()),
+                Code::InvalidArgument,
+            ),
+            (EngineError::UnknownAgent("a".into()), Code::NotFound),
+            (
+                EngineError::ReservationExpired("r".into()),
+                Code::FailedPrecondition,
+            ),
+            (
+                EngineError::UnknownQueue {
+                    field: "transfer_from.queue_id",
+                    id: "q".into(),
+                },
+                Code::NotFound,
+            ),
+        ];
+        for (e, code) in cases {
+            assert_eq!(Status::from(e).code(), code);
+        }
+    }
+}
