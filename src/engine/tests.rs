@@ -1,1 +1,558 @@
+//! Engine unit tests on the embedded healthcare policy, with explicit times.
 
+use std::collections::HashMap;
+
+use chrono::{TimeZone, Utc};
+use proptest::prelude::*;
+
+use super::*;
+use crate::model::{Identity, Urgency};
+
+/// Monday 2026-11-23 10:00 in New York: the business schedule is open.
+fn open() -> Time {
+    Utc.with_ymd_and_hms(2026, 11, 23, 15, 0, 0).unwrap()
+}
+
+/// Monday 2026-11-23 20:00 in New York: closed.
+fn closed() -> Time {
+    Utc.with_ymd_and_hms(2026, 11, 24, 1, 0, 0).unwrap()
+}
+
+fn engine() -> Engine {
+    Engine::new(
+        Arc::new(Policy::embedded().unwrap()),
+        EngineConfig::default(),
+    )
+}
+
+fn billing_agent(id: &str, languages: &[&str], voice: u8, chat: u8) -> AgentSpec {
+    let mut channels = vec![(Channel::Voice, voice)];
+    if chat > 0 {
+        channels.push((Channel::Chat, chat));
+    }
+    AgentSpec {
+        id: id.into(),
+        team: "Billing".into(),
+        transfer_address: format!("sip:{id}@pbx"),
+        skills: vec![("billing".into(), 3)],
+        languages: languages.iter().map(|l| l.to_string()).collect(),
+        channels,
+    }
+}
+
+fn add(e: &mut Engine, spec: AgentSpec, at: Time) {
+    let id = spec.id.clone();
+    e.upsert_agent(spec, at);
+    e.set_state(&id, AgentState::Available, at).unwrap();
+}
+
+fn billing(contact: &str) -> Contact {
+    let mut c = Contact::new(contact, "billing");
+    c.identity = Identity::Verified;
+    c
+}
+
+fn offer(d: &Decision) -> &AgentOffer {
+    match &d.outcome {
+        Outcome::Agent(a) => a,
+        other => panic!("expected an agent, got {other:?}"),
+    }
+}
+
+fn callback(d: &Decision) -> &CallbackOffer {
+    match &d.outcome {
+        Outcome::Callback(c) => c,
+        other => panic!("expected a callback, got {other:?}"),
+    }
+}
+
+#[test]
+fn longest_idle_agent_first_and_then_to_the_back() {
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("b1", &["en"], 1, 2), t);
+    add(
+        &mut e,
+        billing_agent("b2", &["en"], 1, 2),
+        t + Duration::seconds(1),
+    );
+    let now = t + Duration::seconds(2);
+    let mut chat = billing("c1");
+    chat.channel = Channel::Chat;
+    let d = e.route(&chat, now).unwrap();
+    assert_eq!(&*offer(&d).agent_id, "b1");
+    assert_eq!(d.reasons, vec![Reason::RuleMatched, Reason::LongestIdle]);
+    // b1 just got work: b2 is now the longest idle.
+    chat.contact_id = "c2".into();
+    assert_eq!(&*offer(&e.route(&chat, now).unwrap()).agent_id, "b2");
+}
+
+#[test]
+fn never_two_contacts_on_a_capacity_one_channel() {
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
+    let first = e.route(&billing("c1"), t).unwrap();
+    assert_eq!(&*offer(&first).agent_id, "b1");
+    let second = e.route(&billing("c2"), t).unwrap();
+    assert_eq!(callback(&second).reason, CallbackReason::NoAgentAvailable);
+    assert!(second.reasons.contains(&Reason::NoAgentAvailable));
+}
+
+#[test]
+fn nobody_logged_in_is_unstaffed() {
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
+    e.set_state("b1", AgentState::Offline, t).unwrap();
+    let d = e.route(&billing("c1"), t).unwrap();
+    assert_eq!(callback(&d).reason, CallbackReason::NoAgentsStaffed);
+    // Away is staffed but not offered contacts.
+    e.set_state("b1", AgentState::Away, t).unwrap();
+    let d = e.route(&billing("c2"), t).unwrap();
+    assert_eq!(callback(&d).reason, CallbackReason::NoAgentAvailable);
+}
+
+#[test]
+fn chat_capacity_allows_several() {
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("b1", &["en"], 1, 2), t);
+    let mut chat = billing("c1");
+    chat.channel = Channel::Chat;
+    assert!(matches!(
+        e.route(&chat, t).unwrap().outcome,
+        Outcome::Agent(_)
+    ));
+    chat.contact_id = "c2".into();
+    assert!(matches!(
+        e.route(&chat, t).unwrap().outcome,
+        Outcome::Agent(_)
+    ));
+    chat.contact_id = "c3".into();
+    assert!(matches!(
+        e.route(&chat, t).unwrap().outcome,
+        Outcome::Callback(_)
+    ));
+    // Voice is a separate channel with its own capacity.
+    assert!(matches!(
+        e.route(&billing("c4"), t).unwrap().outcome,
+        Outcome::Agent(_)
+    ));
+}
+
+#[test]
+fn language_speakers_first_else_interpreter() {
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("en1", &["en"], 1, 0), t);
+    add(
+        &mut e,
+        billing_agent("es1", &["en", "es"], 1, 0),
+        t + Duration::seconds(5),
+    );
+    let mut c = billing("c1");
+    c.language = Some("es".into());
+    let d = e.route(&c, t + Duration::seconds(6)).unwrap();
+    assert_eq!(
+        &*offer(&d).agent_id,
+        "es1",
+        "the speaker, though not idle longest"
+    );
+    assert!(!offer(&d).interpreter_needed);
+    let mut c = billing("c2");
+    c.language = Some("vi".into());
+    let d = e.route(&c, t + Duration::seconds(6)).unwrap();
+    assert_eq!(&*offer(&d).agent_id, "en1");
+    assert!(offer(&d).interpreter_needed);
+    assert!(d.reasons.contains(&Reason::InterpreterNeeded));
+}
+
+#[test]
+fn preferred_agent_when_eligible_and_free() {
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
+    add(
+        &mut e,
+        billing_agent("b2", &["en"], 1, 0),
+        t + Duration::seconds(1),
+    );
+    let mut c = billing("c1");
+    c.preferred_agent_id = Some("b2".into());
+    let d = e.route(&c, t + Duration::seconds(2)).unwrap();
+    assert_eq!(&*offer(&d).agent_id, "b2");
+    assert!(d.reasons.contains(&Reason::PreferredAgent));
+    // Preferred but busy: the longest idle instead.
+    let mut c = billing("c2");
+    c.preferred_agent_id = Some("b2".into());
+    let d = e.route(&c, t + Duration::seconds(2)).unwrap();
+    assert_eq!(&*offer(&d).agent_id, "b1");
+    // Preferred but not eligible for the queue (no billing skill): ignored.
+    let mut nurse = billing_agent("n1", &["en"], 1, 0);
+    nurse.skills = vec![("clinical_triage".into(), 4)];
+    add(&mut e, nurse, t);
+    let mut c = billing("c3");
+    c.preferred_agent_id = Some("n1".into());
+    let d = e.route(&c, t + Duration::seconds(2)).unwrap();
+    assert_eq!(callback(&d).reason, CallbackReason::NoAgentAvailable);
+}
+
+#[test]
+fn transferring_agent_is_never_chosen_again() {
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
+    add(
+        &mut e,
+        billing_agent("b2", &["en"], 1, 0),
+        t + Duration::seconds(1),
+    );
+    let mut c = billing("c1");
+    c.transfer_from = Some(crate::model::TransferFrom {
+        queue_id: "frontline".into(),
+        agent_id: Some("b1".into()),
+    });
+    let d = e.route(&c, t + Duration::seconds(2)).unwrap();
+    assert_eq!(&*offer(&d).agent_id, "b2");
+}
+
+#[test]
+fn reservation_expires_by_itself_and_cannot_be_confirmed_after() {
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
+    let d = e.route(&billing("c1"), t).unwrap();
+    let a = offer(&d).clone();
+    assert_eq!(a.expires_at, t + e.policy().reservation_ttl);
+    // One microsecond before the TTL the agent is still held.
+    let before = a.expires_at - Duration::microseconds(1);
+    assert!(matches!(
+        e.route(&billing("c2"), before).unwrap().outcome,
+        Outcome::Callback(_)
+    ));
+    // At the TTL it is free again, and the old reservation is gone.
+    e.advance(a.expires_at);
+    assert_eq!(e.live_reservations(), 0);
+    assert_eq!(e.counters().expired, 1);
+    assert_eq!(
+        e.confirm(a.reservation, a.expires_at),
+        Err(EngineError::ReservationExpired(a.reservation.to_string()))
+    );
+    assert!(matches!(
+        e.route(&billing("c3"), a.expires_at).unwrap().outcome,
+        Outcome::Agent(_)
+    ));
+}
+
+#[test]
+fn confirm_complete_wrap_up_then_available() {
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
+    let d = e.route(&billing("c1"), t).unwrap();
+    let r = offer(&d).reservation;
+    let (agent, contact) = e.confirm(r, t).unwrap();
+    assert_eq!((&*agent, contact.as_str()), ("b1", "c1"));
+    assert!(matches!(
+        e.confirm(r, t),
+        Err(EngineError::ReservationSettled {
+            how: "confirmed",
+            ..
+        })
+    ));
+    // Busy on voice: no second voice contact; confirm does not expire later.
+    e.advance(t + Duration::minutes(5));
+    assert_eq!(e.counters().expired, 0);
+    assert!(matches!(
+        e.route(&billing("c2"), t).unwrap().outcome,
+        Outcome::Callback(_)
+    ));
+    let done = t + Duration::minutes(6);
+    assert_eq!(
+        e.complete("b1", "c9", done),
+        Err(EngineError::NoActiveContact {
+            agent: "b1".into(),
+            contact: "c9".into()
+        })
+    );
+    let until = e.complete("b1", "c1", done).unwrap();
+    assert_eq!(
+        until,
+        done + Duration::seconds(45),
+        "billing wrap-up is 45s"
+    );
+    assert_eq!(e.roster().agent(0).state, AgentState::WrapUp);
+    assert!(matches!(
+        e.route(&billing("c3"), until - Duration::seconds(1))
+            .unwrap()
+            .outcome,
+        Outcome::Callback(_)
+    ));
+    assert!(matches!(
+        e.route(&billing("c4"), until).unwrap().outcome,
+        Outcome::Agent(_)
+    ));
+}
+
+#[test]
+fn release_frees_the_agent_and_unknown_ids_are_not_found() {
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
+    let d = e.route(&billing("c1"), t).unwrap();
+    let r = offer(&d).reservation;
+    e.release(r, t).unwrap();
+    assert!(matches!(
+        e.release(r, t),
+        Err(EngineError::ReservationSettled {
+            how: "released",
+            ..
+        })
+    ));
+    assert!(matches!(
+        e.release(ReservationId(7), t),
+        Err(EngineError::UnknownReservation(_))
+    ));
+    assert!(matches!(
+        e.route(&billing("c2"), t).unwrap().outcome,
+        Outcome::Agent(_)
+    ));
+    assert!(matches!(
+        e.set_state("ghost", AgentState::Available, t),
+        Err(EngineError::UnknownAgent(_))
+    ));
+}
+
+#[test]
+fn retry_with_the_same_request_id_reserves_nothing_new() {
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
+    add(&mut e, billing_agent("b2", &["en"], 1, 0), t);
+    let mut c = billing("c1");
+    c.request_id = Some("req-1".into());
+    let first = e.route(&c, t).unwrap();
+    let again = e.route(&c, t + Duration::seconds(1)).unwrap();
+    assert_eq!(again.id, first.id);
+    assert_eq!(offer(&again), offer(&first));
+    assert_eq!(again.reasons.last(), Some(&Reason::IdempotentReplay));
+    assert_eq!(e.live_reservations(), 1);
+    assert_eq!(e.counters().reserved, 1);
+    // Another contact with the same request id is another request.
+    let mut other = billing("c2");
+    other.request_id = Some("req-1".into());
+    assert_ne!(e.route(&other, t).unwrap().id, first.id);
+}
+
+#[test]
+fn vocabulary_is_checked_against_the_policy() {
+    let mut e = engine();
+    let t = open();
+    let mut c = billing("c1");
+    c.intent = "astrology".into();
+    assert_eq!(
+        e.route(&c, t),
+        Err(EngineError::UnknownIntent("astrology".into()))
+    );
+    let mut c = billing("c1");
+    c.attributes = vec![("patient_name".into(), "x".into())];
+    assert_eq!(
+        e.route(&c, t),
+        Err(EngineError::UnknownAttribute("patient_name".into()))
+    );
+    let mut c = billing("c1");
+    c.attributes = vec![("coverage".into(), "platinum".into())];
+    assert!(matches!(
+        e.route(&c, t),
+        Err(EngineError::AttributeValue { .. })
+    ));
+    let mut c = billing("c1");
+    c.transfer_from = Some(crate::model::TransferFrom {
+        queue_id: "nowhere".into(),
+        agent_id: None,
+    });
+    assert!(matches!(
+        e.route(&c, t),
+        Err(EngineError::UnknownQueue { .. })
+    ));
+    assert_eq!(e.live_reservations(), 0);
+}
+
+#[test]
+fn path_records_every_hop() {
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
+    let d1 = e.route(&billing("c1"), t).unwrap();
+    let mut c = billing("c1");
+    c.escalation_requested = true;
+    c.transfer_from = Some(crate::model::TransferFrom {
+        queue_id: "billing".into(),
+        agent_id: Some("b1".into()),
+    });
+    let d2 = e.route(&c, t + Duration::seconds(30)).unwrap();
+    let path = e.path("c1").unwrap();
+    assert_eq!(path.len(), 2);
+    assert_eq!(path[0].decision, d1.id);
+    assert_eq!(path[0].outcome, "agent");
+    assert_eq!(path[0].queue_id.as_deref(), Some("billing"));
+    assert_eq!(path[1].decision, d2.id);
+    assert_eq!(path[1].from_queue_id.as_deref(), Some("billing"));
+    assert_eq!(e.path("unknown"), None);
+}
+
+#[test]
+fn after_hours_routine_gets_a_next_business_day_callback() {
+    let mut e = engine();
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), closed());
+    let d = e.route(&billing("c1"), closed()).unwrap();
+    let cb = callback(&d);
+    assert_eq!(cb.reason, CallbackReason::Closed);
+    // Billing's 4h window from the next opening, Tuesday 09:00 New York.
+    assert_eq!(
+        cb.terms.deadline,
+        Utc.with_ymd_and_hms(2026, 11, 24, 18, 0, 0).unwrap()
+    );
+    assert_eq!(e.live_reservations(), 0);
+}
+
+#[test]
+fn policy_reload_keeps_live_reservations() {
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
+    let d = e.route(&billing("c1"), t).unwrap();
+    e.replace_policy(Arc::new(Policy::embedded().unwrap()));
+    let billing_q = e.policy().queue_idx("billing").unwrap();
+    assert_eq!(e.roster().pool(billing_q).reservations, 1);
+    assert_eq!(e.roster().pool(billing_q).staffed, 1);
+    assert_eq!(e.roster().pool(billing_q).available, 0);
+    e.confirm(offer(&d).reservation, t).unwrap();
+}
+
+// ---------------------------------------------------------------- invariants
+
+/// Checks everything that must hold between any two operations.
+fn check_invariants(e: &Engine, now: Time) {
+    let mut held: HashMap<AgentIdx, [u32; 5]> = HashMap::new();
+    for r in e.reservations.values() {
+        assert!(r.expires_at > now, "a reservation outlived its TTL");
+        held.entry(r.agent).or_default()[r.channel.index()] += 1;
+    }
+    for (i, agent) in e.roster.agents().iter().enumerate() {
+        let held = held.get(&(i as AgentIdx)).copied().unwrap_or_default();
+        for c in Channel::ALL {
+            let k = c.index();
+            assert_eq!(
+                u32::from(agent.reserved[k]),
+                held[k],
+                "reserved count drifted"
+            );
+            assert!(
+                u32::from(agent.reserved[k]) + u32::from(agent.active[k])
+                    <= u32::from(agent.capacity[k]),
+                "agent {} holds more contacts than its {c} capacity",
+                agent.id
+            );
+        }
+    }
+    for (q, queue) in e.policy.queues.iter().enumerate() {
+        let eligible = e.roster.agents().iter().filter(|a| a.queues.contains(&q));
+        let staffed = eligible
+            .clone()
+            .filter(|a| a.state != AgentState::Offline)
+            .count() as u32;
+        let available = eligible
+            .filter(|a| a.free_channels().0 & queue.channels.0 != 0)
+            .count() as u32;
+        let pool = e.roster.pool(q);
+        assert_eq!(pool.staffed, staffed, "staffed count of {}", queue.id);
+        assert_eq!(pool.available, available, "available count of {}", queue.id);
+        let live = e
+            .reservations
+            .values()
+            .filter(|r| r.queue == Some(q))
+            .count() as u32;
+        assert_eq!(pool.reservations, live, "reservation count of {}", queue.id);
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Route {
+        contact: u8,
+        chat: bool,
+        preferred: Option<u8>,
+    },
+    Confirm(u8),
+    Release(u8),
+    Complete(u8),
+    State(u8, u8),
+    Wait(u16),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (any::<u8>(), any::<bool>(), proptest::option::of(0u8..4))
+            .prop_map(|(contact, chat, preferred)| Op::Route { contact, chat, preferred }),
+        2 => any::<u8>().prop_map(Op::Confirm),
+        1 => any::<u8>().prop_map(Op::Release),
+        1 => any::<u8>().prop_map(Op::Complete),
+        1 => (0u8..4, 0u8..5).prop_map(|(a, s)| Op::State(a, s)),
+        2 => (0u16..20_000).prop_map(Op::Wait),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Random interleavings of route, confirm, release, complete, expiry and
+    /// state changes never reserve an agent beyond its capacity, never keep a
+    /// reservation past its TTL, and keep every index count exact.
+    #[test]
+    fn no_interleaving_double_books_an_agent(ops in proptest::collection::vec(op(), 1..120)) {
+        let mut e = engine();
+        let mut now = open();
+        for i in 0..4u8 {
+            add(&mut e, billing_agent(&format!("b{i}"), &["en"], 1, i % 3), now);
+        }
+        let mut offered: Vec<ReservationId> = Vec::new();
+        let mut active: Vec<(String, String)> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Route { contact, chat, preferred } => {
+                    let mut c = billing(&format!("c{contact}"));
+                    if chat { c.channel = Channel::Chat; }
+                    c.preferred_agent_id = preferred.map(|p| format!("b{p}"));
+                    if let Outcome::Agent(a) = e.route(&c, now).unwrap().outcome {
+                        offered.push(a.reservation);
+                    }
+                }
+                Op::Confirm(k) if !offered.is_empty() => {
+                    let r = offered.remove(usize::from(k) % offered.len());
+                    if let Ok((agent, contact)) = e.confirm(r, now) {
+                        active.push((agent.to_string(), contact));
+                    }
+                }
+                Op::Release(k) if !offered.is_empty() => {
+                    let r = offered.remove(usize::from(k) % offered.len());
+                    let _ = e.release(r, now);
+                }
+                Op::Complete(k) if !active.is_empty() => {
+                    let (agent, contact) = active.remove(usize::from(k) % active.len());
+                    e.complete(&agent, &contact, now).unwrap();
+                }
+                Op::State(a, s) => {
+                    e.set_state(&format!("b{a}"), AgentState::ALL[usize::from(s)], now).unwrap();
+                }
+                Op::Wait(ms) => {
+                    now += Duration::milliseconds(i64::from(ms));
+                    e.advance(now);
+                }
+                _ => {}
+            }
+            check_invariants(&e, now);
+        }
+    }
+}

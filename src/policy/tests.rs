@@ -1,7 +1,289 @@
+//! Policy validation and plan tests.
+
+use chrono::{TimeZone, Utc};
+
 use super::*;
+use crate::model::{Channel, Contact, TransferFrom};
+
+const FILE: &str = "healthcare.toml";
 
 #[test]
 fn embedded_default_is_valid() {
     let p = Policy::embedded().unwrap();
-    assert!(p.queues.len() > 5);
+    assert_eq!(p.version, "2026-11-22");
+    assert_eq!(p.queues.len(), 13);
+    for level in 1..=4 {
+        assert!(
+            p.queues.iter().any(|q| q.level == level),
+            "a queue at level {level}"
+        );
+    }
+    let res = &p.queues[p.queue_idx("resolutions").unwrap()];
+    assert!(!res.same_team_transfers);
+    assert_eq!(res.escalate_to, p.queue_idx("escalations"));
+}
+
+/// Applies `edit` to the example policy and returns the refusal.
+fn refusal(from: &str, to: &str) -> (String, usize, String) {
+    assert!(DEFAULT_POLICY.contains(from), "fixture lost: {from}");
+    let text = DEFAULT_POLICY.replacen(from, to, 1);
+    match parse(FILE, &text) {
+        Err(PolicyError::Invalid {
+            file,
+            line,
+            field,
+            message,
+        }) => {
+            assert_eq!(file, FILE);
+            let msg = PolicyError::Invalid {
+                file: file.clone(),
+                line,
+                field: field.clone(),
+                message: message.clone(),
+            }
+            .to_string();
+            assert!(
+                msg.starts_with(&format!("{FILE}:{line}: {field}: ")),
+                "{msg}"
+            );
+            (field, line, message)
+        }
+        other => panic!("expected a refusal for {to:?}, got {other:?}"),
+    }
+}
+
+/// The 1-based line of the first occurrence of `needle` after `edit`.
+fn line_of(from: &str, to: &str, needle: &str) -> usize {
+    let text = DEFAULT_POLICY.replacen(from, to, 1);
+    let at = text.find(needle).unwrap();
+    text[..at].matches('\n').count() + 1
+}
+
+#[test]
+fn refusals_name_file_line_and_field() {
+    let cases = [
+        // (replace, with, field, a word of the message, the line holds)
+        (
+            "route_to = \"billing_escalations\"",
+            "route_to = \"billing_escalation\"",
+            "rules.supervisor-payment-plan-offered.route_to",
+            "unknown queue",
+            "route_to = \"billing_escalation\"",
+        ),
+        (
+            "id = \"scheduling\"\nlevel = 1",
+            "id = \"frontline\"\nlevel = 1",
+            "queues[1].id",
+            "duplicate queue id",
+            "id = \"frontline\"\nlevel = 1\nteam = \"Patient Access\"\nskills = { scheduling",
+        ),
+        (
+            "time_zone = \"America/New_York\"",
+            "time_zone = \"America/Gotham\"",
+            "schedules.business.time_zone",
+            "IANA time zone",
+            "America/Gotham",
+        ),
+        (
+            "mon = \"09:00-17:00\"",
+            "mon = \"17:00-09:00\"",
+            "schedules.business.hours.mon",
+            "closes before it opens",
+            "17:00-09:00",
+        ),
+        (
+            "level = 4",
+            "level = 5",
+            "queues.compliance.level",
+            "not 1-4",
+            "level = 5",
+        ),
+        (
+            "skills = { compliance = 3 }",
+            "skills = { compliance = 9 }",
+            "queues.compliance.skills.compliance",
+            "proficiency 9",
+            "compliance = 9",
+        ),
+        (
+            "channels = [\"voice\", \"email\"]",
+            "channels = [\"voice\", \"fax\"]",
+            "queues.compliance.channels",
+            "`fax`",
+            "\"fax\"",
+        ),
+        (
+            "escalate_to = \"escalations\"\nguidance",
+            "guidance",
+            "queues.resolutions.escalate_to",
+            "needs an escalate_to",
+            "id = \"resolutions\"",
+        ),
+        (
+            "attributes = { coverage = \"non_covered\" }",
+            "attributes = { coverage = \"platinum\" }",
+            "rules.supervisor-payment-non-covered.when.attributes.coverage",
+            "declared values",
+            "\"platinum\"",
+        ),
+        (
+            "when = { intent = [\"refill\"] }",
+            "when = { intent = [\"refil\"] }",
+            "rules.refill.when.intent",
+            "not an intent",
+            "\"refil\"",
+        ),
+        (
+            "reservation_ttl = \"15s\"",
+            "reservation_ttl = \"fifteen\"",
+            "reservation_ttl",
+            "not a duration",
+            "\"fifteen\"",
+        ),
+        (
+            "[[rules]]\nid = \"identity-failed\"",
+            "[[rules]]\nid = \"supervisor-other\"",
+            "rules.supervisor-other.id",
+            "duplicate rule id",
+            "id = \"supervisor-other\"\ndescription = \"A caller who failed",
+        ),
+    ];
+    for (from, to, field, word, holds) in cases {
+        let (got_field, line, message) = refusal(from, to);
+        assert_eq!(got_field, field, "for {to:?}");
+        assert!(message.contains(word), "{message:?} should say {word:?}");
+        assert_eq!(line, line_of(from, to, holds), "line of {field}");
+    }
+}
+
+#[test]
+fn a_rule_after_a_catch_all_is_refused() {
+    let catch_all = "[[rules]]\nid = \"everything\"\nroute_to = \"frontline\"\n\n[[rules]]\nid = \"resolutions-unresolved\"";
+    let (field, line, message) = refusal("[[rules]]\nid = \"resolutions-unresolved\"", catch_all);
+    assert_eq!(field, "rules.resolutions-unresolved.when");
+    assert!(
+        message.contains("can never match: rule `everything`"),
+        "{message}"
+    );
+    assert_eq!(
+        line,
+        line_of(
+            "[[rules]]\nid = \"resolutions-unresolved\"",
+            catch_all,
+            "id = \"resolutions-unresolved\""
+        )
+    );
+}
+
+#[test]
+fn a_rule_shadowed_by_a_wider_earlier_rule_is_refused() {
+    // `billing` (any billing contact) placed before the supervisor rules.
+    let wide = "[[rules]]\nid = \"billing-first\"\nwhen = { intent = [\"billing\"] }\nroute_to = \"billing\"\n\n[[rules]]\nid = \"supervisor-payment-plan-offered\"";
+    let (field, _, message) = refusal("[[rules]]\nid = \"supervisor-payment-plan-offered\"", wide);
+    assert_eq!(field, "rules.supervisor-payment-plan-offered.when");
+    assert!(message.contains("billing-first"), "{message}");
+}
+
+#[test]
+fn syntax_errors_and_unknown_fields_name_the_line() {
+    let (field, line, message) = refusal("wrap_up = \"45s\"", "wrap_upp = \"45s\"");
+    assert_eq!(field, "wrap_upp");
+    assert!(message.contains("unknown field"), "{message}");
+    assert_eq!(
+        line,
+        line_of("wrap_up = \"45s\"", "wrap_upp = \"45s\"", "wrap_upp")
+    );
+    let (_, line, _) = refusal(
+        "priority = 3\n\n[intents.general]",
+        "priority = = 3\n\n[intents.general]",
+    );
+    assert_eq!(
+        line,
+        line_of(
+            "priority = 3\n\n[intents.general]",
+            "priority = = 3\n\n[intents.general]",
+            "priority = = 3"
+        )
+    );
+}
+
+#[test]
+fn unreadable_file_is_a_read_error() {
+    let err = read(std::path::Path::new("/nonexistent/policy.toml")).unwrap_err();
+    assert!(matches!(err, PolicyError::Read { .. }));
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/policy.toml: cannot read")
+    );
+}
+
+// ---------------------------------------------------------------- plan
+
+/// Monday 2026-11-23 10:00 New York.
+fn open() -> Time {
+    Utc.with_ymd_and_hms(2026, 11, 23, 15, 0, 0).unwrap()
+}
+
+fn plan(p: &Policy, c: &Contact) -> Plan {
+    let facts = Resolved {
+        intent: p.intent_idx(&c.intent).unwrap(),
+        transfer_from: c
+            .transfer_from
+            .as_ref()
+            .and_then(|t| p.queue_idx(&t.queue_id)),
+    };
+    p.plan(c, facts, open())
+}
+
+#[test]
+fn same_team_transfer_is_redirected_by_the_guard_even_if_a_rule_says_otherwise() {
+    // Without the resolutions-unresolved rule, a rule sending escalations to
+    // Resolutions would bounce a Resolutions contact back into the team.
+    let text = DEFAULT_POLICY.replacen(
+        "when = { transferred_from = [\"resolutions\"] }",
+        "when = { transferred_from = [\"billing\"] }",
+        1,
+    );
+    let p = parse(FILE, &text).unwrap();
+    let mut c = Contact::new("c1", "general");
+    c.identity = crate::model::Identity::Verified;
+    c.escalation_requested = true;
+    c.transfer_from = Some(TransferFrom {
+        queue_id: "resolutions".into(),
+        agent_id: Some("agent-resolutions-1".into()),
+    });
+    let got = plan(&p, &c);
+    assert_eq!(
+        got.step,
+        Step::Route {
+            queue: p.queue_idx("escalations").unwrap()
+        }
+    );
+    assert!(got.reasons.contains(&Reason::SameTeamTransferRedirected));
+    // From another team, Resolutions is fine.
+    c.transfer_from = Some(TransferFrom {
+        queue_id: "frontline".into(),
+        agent_id: None,
+    });
+    assert_eq!(
+        plan(&p, &c).step,
+        Step::Route {
+            queue: p.queue_idx("resolutions").unwrap()
+        }
+    );
+}
+
+#[test]
+fn emergency_wins_over_every_rule_and_guard() {
+    let p = Policy::embedded().unwrap();
+    let mut c = Contact::new("c1", "billing");
+    c.escalation_requested = true; // would need authentication
+    c.signals = vec!["mild_worry".into(), "chest_pain".into()];
+    let got = plan(&p, &c);
+    assert_eq!(got.step, Step::Emergency);
+    assert_eq!(got.reasons, vec![Reason::EmergencySignal]);
+    let mut c = Contact::new("c2", "scheduling");
+    c.urgency = Urgency::Emergency;
+    c.channel = Channel::Chat;
+    assert_eq!(plan(&p, &c).reasons, vec![Reason::EmergencyUrgency]);
 }
