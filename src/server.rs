@@ -5,6 +5,7 @@
 
 use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
+use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::Mutex;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::server::TcpIncoming;
@@ -17,7 +18,7 @@ use crate::policy::{self, Policy, PolicyError};
 use crate::roster::{self, RosterError};
 use crate::telemetry;
 
-/// How often expiries are applied and gauges refreshed when no request does it.
+/// How often expiries are applied when no request does it.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(250);
 
 /// Why the service could not start or stopped with an error.
@@ -171,13 +172,16 @@ pub async fn run(
         ));
     }
 
-    let metrics_app = axum::Router::new().route(
-        "/metrics",
-        axum::routing::get(move || {
-            let prometheus = prometheus.clone();
-            async move { prometheus.render() }
-        }),
-    );
+    let metrics_app = {
+        let (engine, clock) = (Arc::clone(&engine), Arc::clone(&clock));
+        axum::Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = scrape(&engine, clock.as_ref(), &prometheus);
+                async move { text }
+            }),
+        )
+    };
     let metrics_server = axum::serve(listeners.metrics, metrics_app)
         .with_graceful_shutdown(stopped(stop_rx.clone()));
 
@@ -202,7 +206,7 @@ pub async fn run(
     Ok(())
 }
 
-/// Applies expiries and wrap-up ends on time and refreshes the gauges.
+/// Applies expiries and wrap-up ends on time, even when no request comes.
 async fn housekeeping(
     engine: Arc<Mutex<Engine>>,
     clock: Arc<dyn Clock>,
@@ -217,18 +221,26 @@ async fn housekeeping(
             _ = tick.tick() => {}
         }
         let now = clock.now();
-        let (by_state, counters, live, queues) = {
-            let mut e = engine.lock();
-            let queues = e.queues(now);
-            (
-                e.roster().by_state(),
-                e.counters(),
-                e.live_reservations(),
-                queues,
-            )
-        };
-        telemetry::publish_engine(by_state, counters, live, &queues);
+        engine.lock().advance(now);
     }
+}
+
+/// Refreshes the engine's gauges and renders the Prometheus text: gauges
+/// are read at scrape time, so they are never stale.
+fn scrape(engine: &Mutex<Engine>, clock: &dyn Clock, prometheus: &PrometheusHandle) -> String {
+    let now = clock.now();
+    let (by_state, counters, live, queues) = {
+        let mut e = engine.lock();
+        let queues = e.queues(now);
+        (
+            e.roster().by_state(),
+            e.counters(),
+            e.live_reservations(),
+            queues,
+        )
+    };
+    telemetry::publish_engine(by_state, counters, live, &queues);
+    prometheus.render()
 }
 
 /// Re-reads the policy file on SIGHUP; an invalid file is refused with its

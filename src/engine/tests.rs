@@ -6,7 +6,7 @@ use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::{Identity, Urgency};
+use crate::model::Identity;
 
 /// Monday 2026-11-23 10:00 in New York: the business schedule is open.
 fn open() -> Time {

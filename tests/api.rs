@@ -1,0 +1,459 @@
+//! End to end over gRPC: agent and reservation RPCs, views, bad input and its
+//! status codes, health, reflection, metrics, and concurrency.
+
+mod common;
+
+use std::collections::HashSet;
+
+use careroute::grpc::pb;
+use chrono::Duration;
+use common::*;
+use tonic::Code;
+
+fn billing_agent(id: &str) -> pb::UpsertAgentRequest {
+    pb::UpsertAgentRequest {
+        agent_id: id.into(),
+        team: "Billing".into(),
+        transfer_address: format!("sip:{id}@pbx"),
+        skills: vec![pb::SkillLevel {
+            skill: "billing".into(),
+            proficiency: 3,
+        }],
+        languages: vec!["en".into()],
+        channels: vec![pb::ChannelCapacity {
+            channel: pb::Channel::Voice.into(),
+            capacity: 1,
+        }],
+    }
+}
+
+fn state(id: &str, s: pb::AgentState) -> pb::SetAgentStateRequest {
+    pb::SetAgentStateRequest {
+        agent_id: id.into(),
+        state: s.into(),
+    }
+}
+
+#[tokio::test]
+async fn reservation_lifecycle_over_grpc() {
+    let s = TestServer::start_with(monday_10am(), |c| c.no_demo_roster = true).await;
+    let mut client = s.client.clone();
+    let up = client
+        .upsert_agent(billing_agent("b1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(up.created);
+    assert_eq!(up.eligible_queue_ids, vec!["billing".to_string()]);
+    assert!(
+        !client
+            .upsert_agent(billing_agent("b1"))
+            .await
+            .unwrap()
+            .into_inner()
+            .created
+    );
+    // Offline until the CTI says otherwise: unstaffed.
+    let d = s.route(contact("c1", "billing")).await.unwrap();
+    assert_eq!(
+        callback(&d).reason,
+        pb::CallbackReason::NoAgentsStaffed as i32
+    );
+    let prev = client
+        .set_agent_state(state("b1", pb::AgentState::Available))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(prev.previous, pb::AgentState::Offline as i32);
+
+    // Route, release, route again, confirm, complete, wrap-up.
+    let r1 = agent(&s.route(contact("c2", "billing")).await.unwrap())
+        .reservation_id
+        .clone();
+    client
+        .release_reservation(pb::ReleaseReservationRequest {
+            reservation_id: r1.clone(),
+            reason: pb::ReleaseReason::Rejected.into(),
+        })
+        .await
+        .unwrap();
+    let r2 = agent(&s.route(contact("c3", "billing")).await.unwrap())
+        .reservation_id
+        .clone();
+    let queues = client
+        .list_queues(pb::ListQueuesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let billing = queues
+        .queues
+        .iter()
+        .find(|q| q.queue_id == "billing")
+        .unwrap();
+    assert_eq!(
+        (
+            billing.agents_staffed,
+            billing.agents_available,
+            billing.reservations
+        ),
+        (1, 0, 1)
+    );
+    assert!(billing.open);
+    client
+        .confirm_reservation(pb::ConfirmReservationRequest { reservation_id: r2 })
+        .await
+        .unwrap();
+    let done = client
+        .complete_contact(pb::CompleteContactRequest {
+            agent_id: "b1".into(),
+            contact_id: "c3".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        done.wrap_up_until.unwrap().seconds,
+        (monday_10am() + Duration::seconds(45)).timestamp()
+    );
+    assert!(matches!(
+        s.route(contact("c4", "billing")).await.unwrap().outcome,
+        Some(pb::route_contact_response::Outcome::Callback(_))
+    ));
+    s.clock.advance(Duration::seconds(45));
+    agent(&s.route(contact("c5", "billing")).await.unwrap());
+
+    // A released reservation cannot be confirmed.
+    let err = client
+        .confirm_reservation(pb::ConfirmReservationRequest { reservation_id: r1 })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn expired_reservation_frees_the_agent_and_refuses_confirm() {
+    let s = TestServer::start_with(monday_10am(), |c| c.no_demo_roster = true).await;
+    let mut client = s.client.clone();
+    client.upsert_agent(billing_agent("b1")).await.unwrap();
+    client
+        .set_agent_state(state("b1", pb::AgentState::Available))
+        .await
+        .unwrap();
+    let r = agent(&s.route(contact("c1", "billing")).await.unwrap())
+        .reservation_id
+        .clone();
+    s.clock.advance(Duration::seconds(15));
+    let err = client
+        .confirm_reservation(pb::ConfirmReservationRequest { reservation_id: r })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition);
+    assert!(err.message().contains("expired"));
+    assert_eq!(
+        agent(&s.route(contact("c2", "billing")).await.unwrap()).agent_id,
+        "b1"
+    );
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn cti_feed_streams_agent_states() {
+    let s = TestServer::start_with(monday_10am(), |c| c.no_demo_roster = true).await;
+    let mut client = s.client.clone();
+    for id in ["b1", "b2", "b3"] {
+        client.upsert_agent(billing_agent(id)).await.unwrap();
+    }
+    let feed = ["b1", "b2", "b3"].map(|id| state(id, pb::AgentState::Available));
+    let applied = client
+        .stream_agent_states(tokio_stream::iter(feed))
+        .await
+        .unwrap()
+        .into_inner()
+        .applied;
+    assert_eq!(applied, 3);
+    let queues = client
+        .list_queues(pb::ListQueuesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let billing = queues
+        .queues
+        .iter()
+        .find(|q| q.queue_id == "billing")
+        .unwrap();
+    assert_eq!(billing.agents_available, 3);
+    // An unknown agent ends the stream with NOT_FOUND naming its entry;
+    // entries before it stay applied.
+    let feed = vec![
+        state("b1", pb::AgentState::Away),
+        state("ghost", pb::AgentState::Available),
+        state("b2", pb::AgentState::Away),
+    ];
+    let err = client
+        .stream_agent_states(tokio_stream::iter(feed))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert!(err.message().starts_with("entry 1:"), "{}", err.message());
+    let queues = client
+        .list_queues(pb::ListQueuesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let billing = queues
+        .queues
+        .iter()
+        .find(|q| q.queue_id == "billing")
+        .unwrap();
+    assert_eq!(billing.agents_available, 2);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_the_right_code_and_names_the_field() {
+    let s = TestServer::start(monday_10am()).await;
+    let mut client = s.client.clone();
+    let mut cases: Vec<(pb::RouteContactRequest, Code, &str)> = Vec::new();
+    let mut c = contact("", "billing");
+    cases.push((c.clone(), Code::InvalidArgument, "contact_id"));
+    c = contact("c1", "billing");
+    c.channel = 77;
+    cases.push((c, Code::InvalidArgument, "channel"));
+    c = contact("c1", "billing");
+    c.attributes = (0..40).map(|i| (format!("k{i}"), "v".into())).collect();
+    cases.push((c, Code::InvalidArgument, "attributes"));
+    c = contact("c1", &"x".repeat(65));
+    cases.push((c, Code::InvalidArgument, "intent"));
+    c = contact("c1", "horoscope");
+    cases.push((c, Code::InvalidArgument, "intent"));
+    c = contact("c1", "billing");
+    c.attributes.insert("patient_name".into(), "Jane".into());
+    cases.push((c, Code::InvalidArgument, "attributes"));
+    c = contact("c1", "billing");
+    c.transfer_from = Some(pb::TransferFrom {
+        queue_id: "nowhere".into(),
+        agent_id: String::new(),
+    });
+    cases.push((c, Code::NotFound, "transfer_from.queue_id"));
+    for (request, code, field) in cases {
+        let err = client.route_contact(request).await.unwrap_err();
+        assert_eq!(err.code(), code, "{}", err.message());
+        assert!(
+            err.message().starts_with(field),
+            "{} should name {field}",
+            err.message()
+        );
+    }
+    let err = client
+        .set_agent_state(state("ghost", pb::AgentState::Available))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client
+        .set_agent_state(state("b1", pb::AgentState::Unspecified))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "state: required")
+    );
+    let err = client
+        .confirm_reservation(pb::ConfirmReservationRequest {
+            reservation_id: "r-00000000deadbeef".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client
+        .confirm_reservation(pb::ConfirmReservationRequest {
+            reservation_id: "bogus".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    let err = client
+        .complete_contact(pb::CompleteContactRequest {
+            agent_id: "agent-billing-1".into(),
+            contact_id: "never".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let err = client
+        .get_contact_path(pb::GetContactPathRequest {
+            contact_id: "never-routed".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    // None of it disturbed the service.
+    agent(&s.route(contact("ok-1", "billing")).await.unwrap());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn retries_are_idempotent_and_paths_show_every_hop() {
+    let s = TestServer::start(monday_10am()).await;
+    let mut c = contact("c1", "billing");
+    c.request_id = "ivr-req-1".into();
+    let first = s.route(c.clone()).await.unwrap();
+    let again = s.route(c).await.unwrap();
+    assert_eq!(first.decision_id, again.decision_id);
+    assert_eq!(agent(&first).reservation_id, agent(&again).reservation_id);
+    assert!(has_reason(&again, pb::Reason::IdempotentReplay));
+
+    let mut escalated = contact("c1", "billing");
+    escalated.escalation_requested = true;
+    escalated
+        .attributes
+        .insert("coverage".into(), "self_pay".into());
+    escalated.transfer_from = Some(pb::TransferFrom {
+        queue_id: "billing".into(),
+        agent_id: "agent-billing-1".into(),
+    });
+    let second = s.route(escalated).await.unwrap();
+    let path = s
+        .client
+        .clone()
+        .get_contact_path(pb::GetContactPathRequest {
+            contact_id: "c1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(path.hops.len(), 2, "the retry is not a hop");
+    assert_eq!(path.hops[0].decision_id, first.decision_id);
+    assert_eq!(
+        (
+            path.hops[0].queue_id.as_str(),
+            path.hops[0].outcome.as_str()
+        ),
+        ("billing", "agent")
+    );
+    assert_eq!(path.hops[1].decision_id, second.decision_id);
+    assert_eq!(path.hops[1].from_queue_id, "billing");
+    assert_eq!(path.hops[1].queue_id, "escalations_l1");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn hundreds_of_concurrent_routes_never_double_book() {
+    let s = TestServer::start_with(monday_10am(), |c| c.no_demo_roster = true).await;
+    let mut client = s.client.clone();
+    let agents: Vec<String> = (0..5).map(|i| format!("b{i}")).collect();
+    for id in &agents {
+        client.upsert_agent(billing_agent(id)).await.unwrap();
+        client
+            .set_agent_state(state(id, pb::AgentState::Available))
+            .await
+            .unwrap();
+    }
+    // Several connections, 400 requests in flight together.
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        channels.push(
+            tonic::transport::Channel::from_shared(format!("http://{}", s.grpc))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
+    let tasks: Vec<_> = (0..400)
+        .map(|i| {
+            let mut client =
+                pb::routing_service_client::RoutingServiceClient::new(channels[i % 4].clone());
+            tokio::spawn(async move {
+                client
+                    .route_contact(contact(&format!("c{i}"), "billing"))
+                    .await
+            })
+        })
+        .collect();
+    let mut reserved = Vec::new();
+    let mut callbacks = 0;
+    for t in tasks {
+        let d = t.await.unwrap().unwrap().into_inner();
+        match d.outcome {
+            Some(pb::route_contact_response::Outcome::Agent(a)) => reserved.push(a.agent_id),
+            Some(pb::route_contact_response::Outcome::Callback(_)) => callbacks += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    let distinct: HashSet<_> = reserved.iter().collect();
+    assert_eq!(
+        reserved.len(),
+        agents.len(),
+        "every agent reserved once: {reserved:?}"
+    );
+    assert_eq!(
+        distinct.len(),
+        reserved.len(),
+        "an agent holds two live reservations"
+    );
+    assert_eq!(callbacks, 400 - agents.len());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn health_reflection_and_metrics() {
+    let s = TestServer::start(monday_10am()).await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(s.channel.clone());
+    for service in ["", "careroute.v1.RoutingService"] {
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+        );
+    }
+
+    // Reflection v1alpha (what grpcurl 1.8 speaks) lists the service.
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let mut reflection = ServerReflectionClient::new(s.channel.clone());
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        responses.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no service list");
+    };
+    let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(names.contains(&"careroute.v1.RoutingService"), "{names:?}");
+
+    agent(&s.route(contact("m1", "billing")).await.unwrap());
+    let body = s.scrape().await;
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    for name in [
+        "careroute_decision_duration_seconds_bucket",
+        "careroute_decisions_total{outcome=\"agent\",level=\"1\"}",
+        "careroute_decision_reasons_total{reason=\"longest_idle\"}",
+        "# HELP careroute_decisions_total",
+    ] {
+        assert!(body.contains(name), "/metrics lacks {name}");
+    }
+    // Gauges are read from the engine at scrape time.
+    assert!(
+        body.contains("careroute_agents{state=\"available\"}"),
+        "agents gauge missing"
+    );
+    assert!(body.contains("careroute_queue_agents_staffed{queue=\"billing\"}"));
+    s.stop().await;
+}

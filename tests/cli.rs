@@ -1,0 +1,83 @@
+//! The binary as operations staff use it: `careroute check` on policy files,
+//! and a service refusing to start on an invalid policy.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+fn careroute() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_careroute"))
+}
+
+fn write(name: &str, text: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("careroute-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const EXAMPLE: &str = include_str!("../examples/healthcare.toml");
+
+#[test]
+fn check_accepts_the_example_policy() {
+    let out = careroute()
+        .args(["check", "examples/healthcare.toml"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("examples/healthcare.toml: ok (version 2026-11-22, 13 queues"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_refuses_with_file_line_and_field() {
+    let bad = EXAMPLE.replacen("route_to = \"pharmacy\"", "route_to = \"farmacy\"", 1);
+    let line = bad[..bad.find("farmacy").unwrap()].matches('\n').count() + 1;
+    let path = write("bad-check.toml", &bad);
+    let out = careroute().arg("check").arg(&path).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "{}:{line}: rules.refill.route_to: unknown queue `farmacy`",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn service_refuses_to_start_on_an_invalid_policy() {
+    let bad = EXAMPLE.replacen(
+        "time_zone = \"America/New_York\"",
+        "time_zone = \"Mars/Olympus\"",
+        1,
+    );
+    let path = write("bad-start.toml", &bad);
+    let out = careroute()
+        .arg("--policy")
+        .arg(&path)
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("schedules.business.time_zone: `Mars/Olympus` is not an IANA time zone"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("{}:", path.display())), "{stderr}");
+}
