@@ -1,1 +1,130 @@
-fn main() {}
+//! Engine benches: `Engine::route` at 100, 10,000 and 100,000 agents, beside
+//! a trivial baseline measured the same way in the same run (an emergency
+//! decision: rules and guards only, no agent choice).
+//!
+//! Each measured call is timed alone with `iter_custom`, and the reservation
+//! it made is released outside the timed region, so the roster stays the same
+//! from one call to the next. Run with `cargo bench --bench route`.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    hint::black_box,
+    sync::Arc,
+    time::{Duration as StdDuration, Instant},
+};
+
+use careroute::{
+    engine::{AgentSpec, Engine, EngineConfig, Outcome},
+    model::{AgentState, Channel, Contact, Identity, Time, Urgency},
+    policy::Policy,
+};
+use chrono::{Duration, TimeZone, Utc};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+
+/// Monday 10:00 in New York: queues open.
+fn open() -> Time {
+    Utc.with_ymd_and_hms(2026, 11, 23, 15, 0, 0).unwrap()
+}
+
+/// `n` available agents, all eligible for billing; one in ten also speaks
+/// Spanish; a few skills more so profiles are not all alike.
+fn engine_with(n: usize) -> Engine {
+    let mut e = Engine::new(
+        Arc::new(Policy::embedded().unwrap()),
+        EngineConfig::default(),
+    );
+    let t = open() - Duration::hours(1);
+    for i in 0..n {
+        let mut languages = vec!["en".to_string()];
+        if i % 10 == 0 {
+            languages.push("es".into());
+        }
+        let spec = AgentSpec {
+            id: format!("agent-{i}"),
+            team: "Billing".into(),
+            transfer_address: format!("sip:{i}@pbx"),
+            skills: vec![
+                ("billing".into(), 3 + (i % 3) as u8),
+                ("patient_access".into(), 2),
+            ],
+            languages,
+            channels: vec![(Channel::Voice, 1), (Channel::Chat, 3)],
+        };
+        // Spread idle times so the ordered index is realistic.
+        let at = t + Duration::milliseconds(i as i64);
+        e.upsert_agent(spec, at);
+        e.set_state(&format!("agent-{i}"), AgentState::Available, at)
+            .unwrap();
+    }
+    e
+}
+
+fn contacts(intent: &str, f: impl Fn(&mut Contact)) -> Vec<Contact> {
+    (0..1024)
+        .map(|i| {
+            let mut c = Contact::new(format!("contact-{i}"), intent);
+            c.identity = Identity::Verified;
+            f(&mut c);
+            c
+        })
+        .collect()
+}
+
+/// Times `route` alone; releases what it reserved outside the timing.
+fn timed_routes(e: &mut Engine, contacts: &[Contact], iters: u64) -> StdDuration {
+    let now = open();
+    let mut total = StdDuration::ZERO;
+    for i in 0..iters {
+        let c = &contacts[i as usize % contacts.len()];
+        let started = Instant::now();
+        let d = black_box(e.route(black_box(c), now).unwrap());
+        total += started.elapsed();
+        if let Outcome::Agent(a) = &d.outcome {
+            e.release(a.reservation, now).unwrap();
+        }
+    }
+    total
+}
+
+fn route(c: &mut Criterion) {
+    let billing = contacts("billing", |_| {});
+    let spanish = contacts("billing", |c| c.language = Some("es".into()));
+    let emergency = contacts("billing", |c| c.urgency = Urgency::Emergency);
+    let mut group = c.benchmark_group("route");
+    for n in [100usize, 10_000, 100_000] {
+        let mut e = engine_with(n);
+        group.bench_function(BenchmarkId::new("baseline_emergency", n), |b| {
+            b.iter_custom(|iters| timed_routes(&mut e, &emergency, iters))
+        });
+        group.bench_function(BenchmarkId::new("agent_longest_idle", n), |b| {
+            b.iter_custom(|iters| timed_routes(&mut e, &billing, iters))
+        });
+        group.bench_function(BenchmarkId::new("agent_language_match", n), |b| {
+            b.iter_custom(|iters| timed_routes(&mut e, &spanish, iters))
+        });
+        // Route and release together, both timed: the full cycle a
+        // rejected offer costs.
+        group.bench_function(BenchmarkId::new("route_and_release", n), |b| {
+            let now = open();
+            let mut i = 0usize;
+            b.iter(|| {
+                i = (i + 1) % billing.len();
+                let d = e.route(&billing[i], now).unwrap();
+                if let Outcome::Agent(a) = &d.outcome {
+                    e.release(a.reservation, now).unwrap();
+                }
+                black_box(d)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(StdDuration::from_millis(500))
+        .measurement_time(StdDuration::from_secs(2));
+    targets = route
+}
+criterion_main!(benches);

@@ -2,19 +2,16 @@
 //! than a cap, oldest first: bounded memory for idempotency replies, contact
 //! paths and settled reservation ids.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    hash::Hash,
-};
+use std::{collections::VecDeque, hash::Hash};
 
 use chrono::Duration;
 
-use crate::model::Time;
+use crate::model::{FastMap, Time};
 
 /// Entries keyed by `K`, forgotten by age of insertion.
 #[derive(Debug)]
 pub struct Expiring<K, V> {
-    entries: HashMap<K, (Time, V)>,
+    entries: FastMap<K, (Time, V)>,
     order: VecDeque<(Time, K)>,
     retention: Duration,
     cap: usize,
@@ -24,7 +21,7 @@ impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
     /// Keeps entries for `retention`, and at most `cap` of them.
     pub fn new(retention: Duration, cap: usize) -> Self {
         Expiring {
-            entries: HashMap::new(),
+            entries: FastMap::default(),
             order: VecDeque::new(),
             retention,
             cap: cap.max(1),
@@ -38,6 +35,15 @@ impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
         Q: Hash + Eq + ?Sized,
     {
         self.entries.get(key).map(|(_, v)| v)
+    }
+
+    /// The value for `key` to change, if still kept.
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.entries.get_mut(key).map(|(_, v)| v)
     }
 
     /// The value for `key`, inserting `make()` (stamped `now`) if absent.

@@ -13,7 +13,7 @@ mod roster;
 
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap},
+    collections::{BinaryHeap, VecDeque},
     fmt,
     str::FromStr,
     sync::Arc,
@@ -25,8 +25,8 @@ pub use error::EngineError;
 pub use expiring::Expiring;
 pub use roster::{Agent, AgentIdx, Pick, QueuePool, Roster};
 
-use crate::model::{AgentState, CallbackReason, Channel, Contact, Reason, Time};
-use crate::policy::{CallbackTerms, Policy, QueueIdx, Resolved, Step, Text};
+use crate::model::{AgentState, CallbackReason, Channel, Contact, FastMap, Reason, Time};
+use crate::policy::{CallbackTerms, Policy, QueueIdx, Resolved, Step, Text, TextList};
 
 /// Limits of what the engine remembers.
 #[derive(Debug, Clone)]
@@ -169,9 +169,28 @@ pub struct Decision {
     /// Owning team.
     pub team: Text,
     /// Guidance for the receiving agent: the rule's, then the queue's.
-    pub guidance: Vec<Text>,
+    pub guidance: Guidance,
     /// What happens.
     pub outcome: Outcome,
+}
+
+/// Guidance from the policy, shared with it rather than copied.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Guidance {
+    /// The matched rule's.
+    pub rule: Option<TextList>,
+    /// The owning queue's.
+    pub queue: Option<TextList>,
+}
+
+impl Guidance {
+    /// Every line, the rule's first.
+    pub fn iter(&self) -> impl Iterator<Item = &Text> {
+        self.rule
+            .iter()
+            .chain(self.queue.iter())
+            .flat_map(|l| l.iter())
+    }
 }
 
 /// One hop of a contact through careroute.
@@ -303,12 +322,42 @@ struct Reservation {
     expires_at: Time,
 }
 
-/// What became of a reservation that is no longer live.
-#[derive(Debug, Clone, Copy)]
-enum Settled {
+/// What became of a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Live,
     Confirmed,
     Released,
     Expired,
+}
+
+/// The fate of the most recent reservations, one byte each, indexed by
+/// their sequence number: answers "expired" or "already confirmed" for a
+/// late confirm without a hash lookup, in bounded memory.
+#[derive(Debug)]
+struct Ledger {
+    /// Sequence number of `fates[0]`.
+    first: u32,
+    fates: VecDeque<Fate>,
+}
+
+/// Reservations whose fate is remembered (1 MiB).
+const LEDGER_LEN: usize = 1 << 20;
+
+impl Ledger {
+    fn push(&mut self) -> u32 {
+        let seq = self.first.wrapping_add(self.fates.len() as u32);
+        self.fates.push_back(Fate::Live);
+        if self.fates.len() > LEDGER_LEN {
+            self.fates.pop_front();
+            self.first = self.first.wrapping_add(1);
+        }
+        seq
+    }
+
+    fn slot(&mut self, seq: u32) -> Option<&mut Fate> {
+        self.fates.get_mut(seq.wrapping_sub(self.first) as usize)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -323,8 +372,8 @@ pub struct Engine {
     policy: Arc<Policy>,
     config: EngineConfig,
     roster: Roster,
-    reservations: HashMap<ReservationId, Reservation>,
-    settled: Expiring<ReservationId, Settled>,
+    reservations: FastMap<ReservationId, Reservation>,
+    ledger: Ledger,
     timers: BinaryHeap<Reverse<(Time, Timer)>>,
     replies: Expiring<(String, String), Decision>,
     paths: Expiring<String, Vec<Hop>>,
@@ -339,8 +388,11 @@ impl Engine {
         Engine {
             roster: Roster::new(&policy),
             policy,
-            reservations: HashMap::new(),
-            settled: Expiring::new(config.idempotency_retention, cap),
+            reservations: FastMap::default(),
+            ledger: Ledger {
+                first: 0,
+                fates: VecDeque::new(),
+            },
             timers: BinaryHeap::new(),
             replies: Expiring::new(config.idempotency_retention, cap),
             paths: Expiring::new(config.path_retention, cap),
@@ -377,9 +429,9 @@ impl Engine {
             .map(|(id, r)| (*id, &*self.roster.agent(r.agent).id, r.expires_at))
     }
 
-    fn next_u64(&mut self) -> u64 {
-        self.next_id = self.next_id.wrapping_add(1);
-        (u64::from(self.config.id_prefix) << 32) | u64::from(self.next_id)
+    /// An id in this process's id space.
+    fn id(&self, seq: u32) -> u64 {
+        (u64::from(self.config.id_prefix) << 32) | u64::from(seq)
     }
 
     /// Applies everything due by `now`: reservation expiries, wrap-up ends,
@@ -396,7 +448,7 @@ impl Engine {
             };
             match timer {
                 Timer::Expire(id) => {
-                    if self.settle(id, Settled::Expired, due).is_some() {
+                    if self.settle(id, Fate::Expired).is_some() {
                         self.counters.expired += 1;
                     }
                 }
@@ -405,7 +457,7 @@ impl Engine {
                         if agent.state == AgentState::WrapUp && agent.wrap_generation == generation
                         {
                             agent.state = AgentState::Available;
-                            agent.ready_since = due.timestamp_micros();
+                            agent.ready_since = [due.timestamp_micros(); 5];
                         }
                     });
                 }
@@ -413,11 +465,10 @@ impl Engine {
         }
         self.replies.evict(now);
         self.paths.evict(now);
-        self.settled.evict(now);
     }
 
     /// Ends a live reservation and frees the agent's slot.
-    fn settle(&mut self, id: ReservationId, how: Settled, now: Time) -> Option<Reservation> {
+    fn settle(&mut self, id: ReservationId, fate: Fate) -> Option<Reservation> {
         let r = self.reservations.remove(&id)?;
         if let Some(q) = r.queue {
             let n = self.roster.reservations_mut(q);
@@ -427,7 +478,9 @@ impl Engine {
         self.roster.update(r.agent, |agent| {
             agent.reserved[c] = agent.reserved[c].saturating_sub(1);
         });
-        self.settled.insert(id, how, now);
+        if let Some(slot) = self.ledger.slot(id.0 as u32) {
+            *slot = fate;
+        }
         Some(r)
     }
 
@@ -448,7 +501,8 @@ impl Engine {
         let plan = policy.plan(contact, facts, now);
         let rule = plan.rule.map(|r| &policy.rules[r]);
         let mut reasons = plan.reasons;
-        let id = DecisionId(self.next_u64());
+        self.next_id = self.next_id.wrapping_add(1);
+        let id = DecisionId(self.id(self.next_id));
 
         let (queue, outcome) = match plan.step {
             Step::Emergency => {
@@ -518,10 +572,13 @@ impl Engine {
                 (q.level, q.team.clone())
             }
         };
-        let mut guidance: Vec<Text> = rule.map(|r| r.guidance.to_vec()).unwrap_or_default();
-        if let (Some(q), false) = (queue, matches!(outcome, Outcome::Emergency { .. })) {
-            guidance.extend(policy.queues[q].guidance.iter().cloned());
-        }
+        let guidance = Guidance {
+            rule: rule.map(|r| r.guidance.clone()),
+            queue: match (queue, &outcome) {
+                (_, Outcome::Emergency { .. }) | (None, _) => None,
+                (Some(q), _) => Some(policy.queues[q].guidance.clone()),
+            },
+        };
         let decision = Decision {
             id,
             rule_id: rule.map(|r| r.id.clone()),
@@ -609,14 +666,16 @@ impl Engine {
     }
 
     fn reserve(&mut self, pick: Pick, queue: QueueIdx, contact: &Contact, now: Time) -> AgentOffer {
-        let id = ReservationId(self.next_u64());
+        let seq = self.ledger.push();
+        let id = ReservationId(self.id(seq));
         let expires_at = now + self.policy.reservation_ttl;
         let c = contact.channel.index();
         let micros = now.timestamp_micros();
         self.roster.update(pick.agent, |agent| {
             agent.reserved[c] += 1;
-            // Work just arrived: the agent goes to the back of the idle order.
-            agent.ready_since = micros;
+            // Work just arrived on this channel: the agent goes to the back
+            // of its idle order.
+            agent.ready_since[c] = micros;
         });
         *self.roster.reservations_mut(queue) += 1;
         let queue_id = self.policy.queues[queue].id.clone();
@@ -682,9 +741,12 @@ impl Engine {
             from_queue_id: contact.transfer_from.as_ref().map(|t| t.queue_id.clone()),
         };
         let max_hops = self.config.max_hops;
-        let hops = self
-            .paths
-            .get_or_insert_with(contact.contact_id.clone(), now, Vec::new);
+        let hops = match self.paths.get_mut(contact.contact_id.as_str()) {
+            Some(hops) => hops,
+            None => self
+                .paths
+                .get_or_insert_with(contact.contact_id.clone(), now, Vec::new),
+        };
         if hops.len() >= max_hops {
             hops.pop();
         }
@@ -704,17 +766,23 @@ impl Engine {
     }
 
     fn reservation_error(&self, id: ReservationId) -> EngineError {
-        match self.settled.get(&id) {
-            Some(Settled::Expired) => EngineError::ReservationExpired(id.to_string()),
-            Some(Settled::Confirmed) => EngineError::ReservationSettled {
-                id: id.to_string(),
-                how: "confirmed",
-            },
-            Some(Settled::Released) => EngineError::ReservationSettled {
-                id: id.to_string(),
-                how: "released",
-            },
-            None => EngineError::UnknownReservation(id.to_string()),
+        let ours = id.0 >> 32 == u64::from(self.config.id_prefix);
+        let fate = if ours {
+            self.ledger
+                .fates
+                .get((id.0 as u32).wrapping_sub(self.ledger.first) as usize)
+        } else {
+            None
+        };
+        let how = match fate {
+            Some(Fate::Expired) => return EngineError::ReservationExpired(id.to_string()),
+            Some(Fate::Confirmed) => "confirmed",
+            Some(Fate::Released) => "released",
+            Some(Fate::Live) | None => return EngineError::UnknownReservation(id.to_string()),
+        };
+        EngineError::ReservationSettled {
+            id: id.to_string(),
+            how,
         }
     }
 
@@ -723,7 +791,7 @@ impl Engine {
     pub fn confirm(&mut self, id: ReservationId, now: Time) -> Result<(Text, String), EngineError> {
         self.advance(now);
         let r = self
-            .settle(id, Settled::Confirmed, now)
+            .settle(id, Fate::Confirmed)
             .ok_or_else(|| self.reservation_error(id))?;
         self.counters.confirmed += 1;
         let c = r.channel.index();
@@ -738,7 +806,7 @@ impl Engine {
     /// The offer was rejected, not answered or cancelled: the agent is free.
     pub fn release(&mut self, id: ReservationId, now: Time) -> Result<(), EngineError> {
         self.advance(now);
-        self.settle(id, Settled::Released, now)
+        self.settle(id, Fate::Released)
             .ok_or_else(|| self.reservation_error(id))?;
         self.counters.released += 1;
         Ok(())
@@ -823,7 +891,7 @@ impl Engine {
                 (self.roster.add(agent), true)
             }
         };
-        self.roster.update(a, |agent| {
+        self.roster.reprofile(a, |agent| {
             agent.team = roster::text(&spec.team);
             agent.transfer_address = roster::text(&spec.transfer_address);
             agent.skills = spec.skills;
@@ -857,7 +925,7 @@ impl Engine {
         Ok(self.roster.update(a, |agent| {
             let previous = agent.state;
             if state == AgentState::Available && previous != AgentState::Available {
-                agent.ready_since = now.timestamp_micros();
+                agent.ready_since = [now.timestamp_micros(); 5];
             }
             agent.state = state;
             previous

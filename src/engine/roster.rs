@@ -5,10 +5,10 @@
 //! agent goes through [`Roster::update`], which takes the agent out of the
 //! indexes and puts it back as it now is.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::model::{AgentState, Channel, ChannelSet};
+use crate::model::{AgentState, Channel, ChannelSet, FastMap};
 use crate::policy::{Policy, QueueIdx, Text};
 
 /// Index of an agent in the roster; agents are never removed, only set offline.
@@ -44,8 +44,9 @@ pub struct Agent {
     pub state: AgentState,
     /// Bumped at every wrap-up so a stale wrap-up timer does nothing.
     pub wrap_generation: u64,
-    /// When the agent last became ready: the longest idle goes first.
-    pub ready_since: i64,
+    /// Per channel, when the agent last became ready for it (microseconds):
+    /// the longest idle goes first.
+    pub ready_since: [i64; CHANNELS],
     /// Queues whose skill requirements the agent meets.
     pub queues: Vec<QueueIdx>,
     /// Contacts confirmed and not yet completed: (contact id, channel, queue id).
@@ -54,11 +55,29 @@ pub struct Agent {
     indexed: Option<Indexed>,
 }
 
-#[derive(Debug, Clone, Copy)]
+/// How an agent is entered in the indexes: what [`Roster::update`] diffs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Indexed {
-    key: IdleKey,
+    ready: [i64; CHANNELS],
     free: ChannelSet,
     state: AgentState,
+}
+
+impl Indexed {
+    fn of(agent: &Agent) -> Indexed {
+        Indexed {
+            ready: agent.ready_since,
+            free: agent.free_channels(),
+            state: agent.state,
+        }
+    }
+
+    /// The idle key under which the agent sits in `channel`'s sets, if free.
+    fn key(entry: Option<Indexed>, channel: Channel, a: AgentIdx) -> Option<IdleKey> {
+        entry
+            .filter(|e| e.free.contains(channel))
+            .map(|e| (e.ready[channel.index()], a))
+    }
 }
 
 impl Agent {
@@ -75,7 +94,7 @@ impl Agent {
             active: [0; CHANNELS],
             state: AgentState::Offline,
             wrap_generation: 0,
-            ready_since: 0,
+            ready_since: [0; CHANNELS],
             queues: Vec::new(),
             contacts: Vec::new(),
             indexed: None,
@@ -112,7 +131,7 @@ impl Agent {
 #[derive(Debug, Default)]
 struct ChannelPool {
     any: BTreeSet<IdleKey>,
-    by_language: HashMap<LangId, BTreeSet<IdleKey>>,
+    by_language: FastMap<LangId, BTreeSet<IdleKey>>,
 }
 
 /// Counters and free-agent indexes of one queue.
@@ -133,8 +152,8 @@ pub struct QueuePool {
 #[derive(Debug, Default)]
 pub struct Roster {
     agents: Vec<Agent>,
-    ids: HashMap<Text, AgentIdx>,
-    languages: HashMap<String, LangId>,
+    ids: FastMap<Text, AgentIdx>,
+    languages: FastMap<String, LangId>,
     pools: Vec<QueuePool>,
     by_state: [u32; 5],
 }
@@ -198,20 +217,38 @@ impl Roster {
         *self.languages.entry(tag.to_owned()).or_insert(next)
     }
 
-    /// Adds an agent (offline, unindexed) and returns its index.
+    /// Adds an agent and returns its index.
     pub fn add(&mut self, agent: Agent) -> AgentIdx {
         let a = self.agents.len() as AgentIdx;
         self.ids.insert(agent.id.clone(), a);
         self.agents.push(agent);
-        self.index(a);
+        self.reindex(a, None);
         a
     }
 
-    /// Changes an agent and re-enters it in the indexes as it now is.
+    /// Changes an agent's state, capacity or work, and moves its index
+    /// entries where they differ: only the channels whose free status or
+    /// idle key changed are touched. `change` must not alter the agent's
+    /// queues or languages; [`Roster::reprofile`] does that.
     pub fn update<R>(&mut self, a: AgentIdx, change: impl FnOnce(&mut Agent) -> R) -> R {
-        self.unindex(a);
+        let agent = &mut self.agents[a as usize];
+        let before = agent.indexed;
+        let (queues, languages) = (agent.queues.len(), agent.languages.len());
+        let result = change(agent);
+        debug_assert_eq!(
+            (queues, languages),
+            (agent.queues.len(), agent.languages.len())
+        );
+        self.reindex(a, before);
+        result
+    }
+
+    /// Changes an agent's profile (skills, languages, queues): takes it out
+    /// of every index and enters it again.
+    pub fn reprofile<R>(&mut self, a: AgentIdx, change: impl FnOnce(&mut Agent) -> R) -> R {
+        self.reindex_out(a);
         let result = change(&mut self.agents[a as usize]);
-        self.index(a);
+        self.reindex(a, None);
         result
     }
 
@@ -235,11 +272,23 @@ impl Roster {
             let agent = &mut self.agents[a];
             agent.indexed = None;
             Roster::place(agent, policy);
-            self.index(a as AgentIdx);
+            self.reindex(a as AgentIdx, None);
         }
     }
 
-    fn index(&mut self, a: AgentIdx) {
+    /// Takes an agent out of every index and count.
+    fn reindex_out(&mut self, a: AgentIdx) {
+        let before = self.agents[a as usize].indexed;
+        self.apply(a, before, None);
+    }
+
+    /// Moves an agent's index entries from `before` to what it is now.
+    fn reindex(&mut self, a: AgentIdx, before: Option<Indexed>) {
+        let now = Indexed::of(&self.agents[a as usize]);
+        self.apply(a, before, Some(now));
+    }
+
+    fn apply(&mut self, a: AgentIdx, before: Option<Indexed>, after: Option<Indexed>) {
         let Roster {
             agents,
             pools,
@@ -247,60 +296,43 @@ impl Roster {
             ..
         } = self;
         let agent = &mut agents[a as usize];
-        let entry = Indexed {
-            key: (agent.ready_since, a),
-            free: agent.free_channels(),
-            state: agent.state,
-        };
-        by_state[state_slot(entry.state)] += 1;
-        for &q in &agent.queues {
-            Roster::enter(&mut pools[q], agent, entry, true);
-        }
-        agent.indexed = Some(entry);
-    }
-
-    fn unindex(&mut self, a: AgentIdx) {
-        let Roster {
-            agents,
-            pools,
-            by_state,
-            ..
-        } = self;
-        let agent = &mut agents[a as usize];
-        let Some(entry) = agent.indexed.take() else {
+        agent.indexed = after;
+        if before == after {
             return;
-        };
-        by_state[state_slot(entry.state)] -= 1;
+        }
+        if let Some(b) = before {
+            by_state[state_slot(b.state)] -= 1;
+        }
+        if let Some(n) = after {
+            by_state[state_slot(n.state)] += 1;
+        }
+        let staffed = |e: Option<Indexed>| e.is_some_and(|e| e.state != AgentState::Offline);
         for &q in &agent.queues {
-            Roster::enter(&mut pools[q], agent, entry, false);
-        }
-    }
-
-    /// Adds (`add`) or removes one agent's entries and counts in one queue.
-    fn enter(pool: &mut QueuePool, agent: &Agent, entry: Indexed, add: bool) {
-        let step = |n: &mut u32| *n = if add { *n + 1 } else { n.saturating_sub(1) };
-        if entry.state != AgentState::Offline {
-            step(&mut pool.staffed);
-        }
-        let free = ChannelSet(entry.free.0 & pool.channels.0);
-        if free.0 != 0 {
-            step(&mut pool.available);
-        }
-        for c in Channel::ALL {
-            if !free.contains(c) {
-                continue;
-            }
-            let cp = &mut pool.free[c.index()];
-            if add {
-                cp.any.insert(entry.key);
-                for l in &agent.languages {
-                    cp.by_language.entry(*l).or_default().insert(entry.key);
+            let pool = &mut pools[q];
+            let available = |e: Option<Indexed>| e.is_some_and(|e| e.free.0 & pool.channels.0 != 0);
+            pool.staffed = adjust(pool.staffed, staffed(before), staffed(after));
+            pool.available = adjust(pool.available, available(before), available(after));
+            for c in Channel::ALL {
+                if !pool.channels.contains(c) {
+                    continue;
                 }
-            } else {
-                cp.any.remove(&entry.key);
-                for l in &agent.languages {
-                    if let Some(set) = cp.by_language.get_mut(l) {
-                        set.remove(&entry.key);
+                let (old, new) = (Indexed::key(before, c, a), Indexed::key(after, c, a));
+                if old == new {
+                    continue;
+                }
+                let cp = &mut pool.free[c.index()];
+                if let Some(k) = old {
+                    cp.any.remove(&k);
+                    for l in &agent.languages {
+                        if let Some(set) = cp.by_language.get_mut(l) {
+                            set.remove(&k);
+                        }
+                    }
+                }
+                if let Some(k) = new {
+                    cp.any.insert(k);
+                    for l in &agent.languages {
+                        cp.by_language.entry(*l).or_default().insert(k);
                     }
                 }
             }
@@ -342,6 +374,25 @@ impl Roster {
             && agent.free_channels().contains(channel)
     }
 
+    /// The agents indexed as free for `queue` on `channel`, in idle order,
+    /// in all and per language: for invariant checks.
+    #[cfg(test)]
+    pub fn indexed_free(
+        &self,
+        queue: QueueIdx,
+        channel: Channel,
+    ) -> (Vec<AgentIdx>, Vec<(LangId, Vec<AgentIdx>)>) {
+        let cp = &self.pools[queue].free[channel.index()];
+        let mut by_language: Vec<_> = cp
+            .by_language
+            .iter()
+            .map(|(l, set)| (*l, set.iter().map(|k| k.1).collect::<Vec<_>>()))
+            .filter(|(_, v)| !v.is_empty())
+            .collect();
+        by_language.sort();
+        (cp.any.iter().map(|k| k.1).collect(), by_language)
+    }
+
     /// Agents in the roster.
     pub fn len(&self) -> usize {
         self.agents.len()
@@ -350,6 +401,15 @@ impl Roster {
     /// Whether the roster has no agents.
     pub fn is_empty(&self) -> bool {
         self.agents.is_empty()
+    }
+}
+
+/// A count after an entry went from counted (`was`) to counted (`is`).
+fn adjust(n: u32, was: bool, is: bool) -> u32 {
+    match (was, is) {
+        (true, false) => n.saturating_sub(1),
+        (false, true) => n + 1,
+        _ => n,
     }
 }
 

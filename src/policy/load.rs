@@ -3,7 +3,7 @@
 //! the field.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet},
     ops::Range,
     path::Path,
     sync::Arc,
@@ -17,7 +17,7 @@ use super::{
     Action, Authenticate, Emergency, Intent, IntentIdx, Match, Policy, Queue, QueueIdx, Rule,
     Schedule, Text, TextList,
 };
-use crate::model::{Channel, ChannelSet, Identity, Urgency};
+use crate::model::{Channel, ChannelSet, FastMap, Identity, Urgency};
 
 /// Why a policy was refused.
 #[derive(Debug, thiserror::Error)]
@@ -274,7 +274,7 @@ impl Cx<'_> {
     fn build(&self, raw: RawPolicy) -> Result<Policy, PolicyError> {
         // Schedules.
         let mut schedules = Vec::new();
-        let mut schedule_ids = HashMap::new();
+        let mut schedule_ids = FastMap::default();
         for (id, s) in &raw.schedules {
             let field = format!("schedules.{}", id.get_ref());
             schedule_ids.insert(id.get_ref().clone(), schedules.len());
@@ -290,7 +290,7 @@ impl Cx<'_> {
 
         // Intents.
         let mut intents = Vec::new();
-        let mut intent_ids = HashMap::new();
+        let mut intent_ids = FastMap::default();
         for (id, i) in &raw.intents {
             let field = format!("intents.{}", id.get_ref());
             let window = self.duration(
@@ -318,7 +318,7 @@ impl Cx<'_> {
         }
 
         // Attributes.
-        let mut attributes = HashMap::new();
+        let mut attributes = FastMap::default();
         for (key, values) in &raw.attributes {
             if values.is_empty() {
                 return Err(self.bad(
@@ -337,7 +337,7 @@ impl Cx<'_> {
         }
 
         // Queues: ids first, so queues can refer to later ones.
-        let mut queue_ids = HashMap::new();
+        let mut queue_ids = FastMap::default();
         for (i, q) in raw.queues.iter().enumerate() {
             if queue_ids.insert(q.id.get_ref().clone(), i).is_some() {
                 return Err(self.bad(
@@ -791,7 +791,7 @@ impl Cx<'_> {
 
 /// The name tables rule conditions resolve against.
 struct PolicyRefs<'a> {
-    intent_ids: &'a HashMap<String, IntentIdx>,
-    queue_ids: &'a HashMap<String, QueueIdx>,
-    attributes: &'a HashMap<String, Vec<String>>,
+    intent_ids: &'a FastMap<String, IntentIdx>,
+    queue_ids: &'a FastMap<String, QueueIdx>,
+    attributes: &'a FastMap<String, Vec<String>>,
 }

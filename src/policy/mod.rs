@@ -9,7 +9,7 @@ mod load;
 mod rules;
 pub mod schedule;
 
-use std::{collections::HashMap, sync::Arc};
+use std::sync::Arc;
 
 use chrono::Duration;
 use chrono_tz::Tz;
@@ -18,7 +18,7 @@ pub use load::{PolicyError, parse, read};
 pub use rules::Match;
 pub use schedule::Schedule;
 
-use crate::model::{CallbackReason, ChannelSet, Contact, Identity, Reason, Time, Urgency};
+use crate::model::{CallbackReason, ChannelSet, Contact, FastMap, Identity, Reason, Time, Urgency};
 
 /// The default policy compiled into the binary: the healthcare example.
 pub const DEFAULT_POLICY: &str = include_str!("../../examples/healthcare.toml");
@@ -55,7 +55,7 @@ pub struct Policy {
     /// The "authenticate first" answers.
     pub authenticate: Authenticate,
     /// Routing attributes contacts may carry, with their allowed values.
-    pub attributes: HashMap<String, Vec<String>>,
+    pub attributes: FastMap<String, Vec<String>>,
     /// Request types.
     pub intents: Vec<Intent>,
     /// Opening hours.
@@ -64,8 +64,8 @@ pub struct Policy {
     pub queues: Vec<Queue>,
     /// Ordered rules: first match wins.
     pub rules: Vec<Rule>,
-    intent_ids: HashMap<String, IntentIdx>,
-    queue_ids: HashMap<String, QueueIdx>,
+    intent_ids: FastMap<String, IntentIdx>,
+    queue_ids: FastMap<String, QueueIdx>,
 }
 
 /// The emergency answer, given whatever the rules say.
