@@ -18,6 +18,44 @@
 //! - [`config`]: typed settings from flags and environment.
 //! - [`server`]: wiring: listeners, health, reflection, metrics, drain.
 
+//!
+//! # Example
+//!
+//! The engine is usable without any runtime: time is an argument.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use careroute::engine::{AgentSpec, Engine, EngineConfig, Outcome};
+//! use careroute::model::{AgentState, Channel, Contact, Identity};
+//! use careroute::policy::Policy;
+//! use chrono::{TimeZone, Utc};
+//!
+//! let policy = Arc::new(Policy::embedded()?);
+//! let mut engine = Engine::new(policy, EngineConfig::default());
+//! // Monday 2026-11-23, 10:00 in New York: billing is open.
+//! let now = Utc.with_ymd_and_hms(2026, 11, 23, 15, 0, 0).unwrap();
+//! engine.upsert_agent(
+//!     AgentSpec {
+//!         id: "b1".into(),
+//!         team: "Billing".into(),
+//!         transfer_address: "sip:1201@pbx".into(),
+//!         skills: vec![("billing".into(), 3)],
+//!         languages: vec!["en".into()],
+//!         channels: vec![(Channel::Voice, 1)],
+//!     },
+//!     now,
+//! );
+//! engine.set_state("b1", AgentState::Available, now)?;
+//!
+//! let mut contact = Contact::new("c-1", "billing");
+//! contact.identity = Identity::Verified;
+//! let decision = engine.route(&contact, now)?;
+//! let Outcome::Agent(offer) = &decision.outcome else { panic!("{decision:?}") };
+//! assert_eq!(&*offer.agent_id, "b1");
+//! assert_eq!(decision.rule_id.as_deref(), Some("billing"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
 pub mod clock;
 pub mod config;
 pub mod engine;

@@ -4,12 +4,20 @@
 /// An operation the engine refused; the state is unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EngineError {
-    /// The contact's intent is not in the policy's vocabulary.
-    #[error("intent `{0}` is not an intent of the policy")]
-    UnknownIntent(String),
-    /// The contact carries an attribute the policy does not declare.
-    #[error("attributes: key `{0}` is not declared by the policy")]
-    UnknownAttribute(String),
+    /// The contact's intent is not in the policy's vocabulary; the message
+    /// lists the policy's intents, never the value sent.
+    #[error("intent: not an intent of the policy ({allowed})")]
+    UnknownIntent {
+        /// The policy's intents.
+        allowed: String,
+    },
+    /// The contact carries an attribute the policy does not declare; the
+    /// message lists the declared keys, never the key sent.
+    #[error("attributes: a key is not declared by the policy ({allowed})")]
+    UnknownAttribute {
+        /// The declared keys.
+        allowed: String,
+    },
     /// The contact carries a declared attribute with a value not declared.
     #[error("attributes[{key}]: value is not one of the declared values: {allowed}")]
     AttributeValue {

@@ -599,14 +599,20 @@ impl Engine {
 
     /// Checks the contact against the policy's vocabulary.
     fn resolve(&self, policy: &Policy, contact: &Contact) -> Result<Resolved, EngineError> {
-        let intent = policy
-            .intent_idx(&contact.intent)
-            .ok_or_else(|| EngineError::UnknownIntent(contact.intent.clone()))?;
+        let intent =
+            policy
+                .intent_idx(&contact.intent)
+                .ok_or_else(|| EngineError::UnknownIntent {
+                    allowed: policy.intent_names(),
+                })?;
         for (key, value) in &contact.attributes {
-            let allowed = policy
-                .attributes
-                .get(key)
-                .ok_or_else(|| EngineError::UnknownAttribute(key.clone()))?;
+            let allowed =
+                policy
+                    .attributes
+                    .get(key)
+                    .ok_or_else(|| EngineError::UnknownAttribute {
+                        allowed: policy.attribute_names(),
+                    })?;
             if !allowed.contains(value) {
                 return Err(EngineError::AttributeValue {
                     key: key.clone(),

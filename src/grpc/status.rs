@@ -9,8 +9,8 @@ impl From<EngineError> for Status {
     fn from(e: EngineError) -> Status {
         let message = e.to_string();
         match e {
-            EngineError::UnknownIntent(_) => Status::invalid_argument(message),
-            EngineError::UnknownAttribute(_) => Status::invalid_argument(message),
+            EngineError::UnknownIntent { .. } => Status::invalid_argument(message),
+            EngineError::UnknownAttribute { .. } => Status::invalid_argument(message),
             EngineError::AttributeValue { .. } => Status::invalid_argument(message),
             EngineError::UnknownQueue { .. } => Status::not_found(message),
             EngineError::UnknownAgent(_) => Status::not_found(message),
@@ -31,7 +31,9 @@ mod tests {
     fn codes() {
         let cases = [
             (
-                EngineError::UnknownIntent("x".into()),
+                EngineError::UnknownIntent {
+                    allowed: "billing".into(),
+                },
                 Code::InvalidArgument,
             ),
             (EngineError::UnknownAgent("a".into()), Code::NotFound),

@@ -245,6 +245,19 @@ impl Policy {
         self.intent_ids.get(id).copied()
     }
 
+    /// The intents, comma-separated, for messages.
+    pub fn intent_names(&self) -> String {
+        let names: Vec<&str> = self.intents.iter().map(|i| &*i.id).collect();
+        names.join(", ")
+    }
+
+    /// The declared attribute keys, sorted and comma-separated, for messages.
+    pub fn attribute_names(&self) -> String {
+        let mut names: Vec<&str> = self.attributes.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names.join(", ")
+    }
+
     /// Whether a queue is open at `now`.
     pub fn is_open(&self, queue: QueueIdx, now: Time) -> bool {
         self.queues[queue]
