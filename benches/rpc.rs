@@ -1,0 +1,125 @@
+//! End-to-end RPC latency over loopback: RouteContact against an empty-RPC
+//! baseline (grpc.health.v1 Check) measured in the same run, one call at a
+//! time on one connection, client and server in this process.
+//!
+//! Cases: the baseline; an emergency decision (no agent choice); a warm
+//! transfer (agent reserved; the reservation is released outside the timed
+//! call). Run with `cargo bench --bench rpc`.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use careroute::{
+    clock::SystemClock,
+    config::Config,
+    grpc::pb::{self, routing_service_client::RoutingServiceClient},
+    server,
+};
+use criterion::{Criterion, criterion_group, criterion_main};
+use tonic::transport::Channel;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+/// Starts the server (embedded policy; one always-open agent pool) on its
+/// own runtime and returns a connected channel.
+fn start() -> (tokio::runtime::Runtime, Channel) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let channel = rt.block_on(async {
+        let config = Config::ephemeral();
+        let engine = server::build_engine(&config, chrono::Utc::now()).unwrap();
+        let listeners = server::Listeners::bind(&config).await.unwrap();
+        let addr = listeners.grpc_addr().unwrap();
+        tokio::spawn(async move {
+            server::run(&config, listeners, engine, Arc::new(SystemClock), std::future::pending()).await
+        });
+        Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
+    });
+    (rt, channel)
+}
+
+fn request(id: u64, emergency: bool) -> pb::RouteContactRequest {
+    pb::RouteContactRequest {
+        contact_id: format!("bench-{}", id % 1024),
+        channel: pb::Channel::Voice.into(),
+        intent: "clinical".into(),
+        urgency: if emergency { pb::Urgency::Emergency } else { pb::Urgency::Urgent }.into(),
+        identity: pb::Identity::Verified.into(),
+        ..Default::default()
+    }
+}
+
+fn rpc(c: &mut Criterion) {
+    let (rt, channel) = start();
+    let mut group = c.benchmark_group("rpc");
+    group.bench_function("baseline_health_check", |b| {
+        let mut health = HealthClient::new(channel.clone());
+        b.to_async(&rt).iter(|| {
+            let mut health = health.clone();
+            async move {
+                health
+                    .check(HealthCheckRequest { service: String::new() })
+                    .await
+                    .unwrap()
+            }
+        });
+        let _ = &mut health;
+    });
+    group.bench_function("route_emergency", |b| {
+        let client = RoutingServiceClient::new(channel.clone());
+        b.to_async(&rt).iter_custom(|iters| {
+            let mut client = client.clone();
+            async move {
+                let mut total = Duration::ZERO;
+                for i in 0..iters {
+                    let started = Instant::now();
+                    client.route_contact(request(i, true)).await.unwrap();
+                    total += started.elapsed();
+                }
+                total
+            }
+        });
+    });
+    // Urgent clinical from a verified caller: the nurse line in hours, the
+    // on-call nurse after hours; either way an agent is reserved.
+    group.bench_function("route_warm_transfer", |b| {
+        let client = RoutingServiceClient::new(channel.clone());
+        b.to_async(&rt).iter_custom(|iters| {
+            let mut client = client.clone();
+            async move {
+                let mut total = Duration::ZERO;
+                for i in 0..iters {
+                    let started = Instant::now();
+                    let d = client.route_contact(request(i, false)).await.unwrap().into_inner();
+                    total += started.elapsed();
+                    let Some(pb::route_contact_response::Outcome::Agent(a)) = d.outcome else {
+                        panic!("expected an agent: {d:?}");
+                    };
+                    client
+                        .release_reservation(pb::ReleaseReservationRequest {
+                            reservation_id: a.reservation_id,
+                            reason: pb::ReleaseReason::Cancelled.into(),
+                        })
+                        .await
+                        .unwrap();
+                }
+                total
+            }
+        });
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default()
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    targets = rpc
+}
+criterion_main!(benches);
