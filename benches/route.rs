@@ -128,7 +128,10 @@ fn percentiles() {
     println!("\nper-call route() latency, 200,000 calls each (p50 / p99 / p99.9):");
     for n in [100usize, 10_000, 100_000] {
         let mut e = engine_with(n);
-        for (name, contacts) in [("baseline_emergency", &emergency), ("agent_longest_idle", &billing)] {
+        for (name, contacts) in [
+            ("baseline_emergency", &emergency),
+            ("agent_longest_idle", &billing),
+        ] {
             timed_routes(&mut e, contacts, 20_000); // warm up
             let mut samples: Vec<u128> = Vec::with_capacity(200_000);
             let now = open();

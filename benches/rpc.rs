@@ -36,9 +36,20 @@ fn start() -> (tokio::runtime::Runtime, Channel) {
         let listeners = server::Listeners::bind(&config).await.unwrap();
         let addr = listeners.grpc_addr().unwrap();
         tokio::spawn(async move {
-            server::run(&config, listeners, engine, Arc::new(SystemClock), std::future::pending()).await
+            server::run(
+                &config,
+                listeners,
+                engine,
+                Arc::new(SystemClock),
+                std::future::pending(),
+            )
+            .await
         });
-        Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap()
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     });
     (rt, channel)
 }
@@ -48,7 +59,12 @@ fn request(id: u64, emergency: bool) -> pb::RouteContactRequest {
         contact_id: format!("bench-{}", id % 1024),
         channel: pb::Channel::Voice.into(),
         intent: "clinical".into(),
-        urgency: if emergency { pb::Urgency::Emergency } else { pb::Urgency::Urgent }.into(),
+        urgency: if emergency {
+            pb::Urgency::Emergency
+        } else {
+            pb::Urgency::Urgent
+        }
+        .into(),
         identity: pb::Identity::Verified.into(),
         ..Default::default()
     }
@@ -63,7 +79,9 @@ fn rpc(c: &mut Criterion) {
             let mut health = health.clone();
             async move {
                 health
-                    .check(HealthCheckRequest { service: String::new() })
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
                     .await
                     .unwrap()
             }
@@ -95,7 +113,11 @@ fn rpc(c: &mut Criterion) {
                 let mut total = Duration::ZERO;
                 for i in 0..iters {
                     let started = Instant::now();
-                    let d = client.route_contact(request(i, false)).await.unwrap().into_inner();
+                    let d = client
+                        .route_contact(request(i, false))
+                        .await
+                        .unwrap()
+                        .into_inner();
                     total += started.elapsed();
                     let Some(pb::route_contact_response::Outcome::Agent(a)) = d.outcome else {
                         panic!("expected an agent: {d:?}");

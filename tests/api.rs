@@ -457,3 +457,30 @@ async fn health_reflection_and_metrics() {
     assert!(body.contains("careroute_queue_agents_staffed{queue=\"billing\"}"));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn policy_reload_refuses_an_invalid_file_and_keeps_the_running_policy() {
+    use careroute::{engine::Engine, policy, server};
+    use std::sync::Arc;
+    let dir = std::env::temp_dir().join(format!("careroute-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.toml");
+    let good = include_str!("../examples/healthcare.toml");
+    std::fs::write(&path, good).unwrap();
+    let engine = parking_lot::Mutex::new(Engine::new(
+        Arc::new(policy::read(&path).unwrap()),
+        Default::default(),
+    ));
+    // A broken edit: refused, and the old policy still answers.
+    std::fs::write(&path, good.replacen("level = 4", "level = 7", 1)).unwrap();
+    assert!(!server::reload(&path, &engine));
+    assert_eq!(engine.lock().policy().queues.len(), 13);
+    // A valid edit: taken.
+    std::fs::write(
+        &path,
+        good.replacen("version = \"2026-11-22\"", "version = \"2026-11-23\"", 1),
+    )
+    .unwrap();
+    assert!(server::reload(&path, &engine));
+    assert_eq!(engine.lock().policy().version, "2026-11-23");
+}

@@ -415,3 +415,36 @@ async fn unstaffed_queue_gets_a_callback_and_preferred_agent_is_honoured() {
     assert!(has_reason(&d, Reason::PreferredAgent));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn same_team_transfer_guard_holds_even_when_a_rule_would_break_it() {
+    // A site policy that forgot the resolutions-unresolved rule: the
+    // supervisor-other rule would send a Resolutions transfer straight back
+    // to Resolutions. The guard sends it to Escalations instead.
+    let text = include_str!("../examples/healthcare.toml").replacen(
+        "when = { transferred_from = [\"resolutions\"] }",
+        "when = { transferred_from = [\"compliance\"] }",
+        1,
+    );
+    let dir = std::env::temp_dir().join(format!("careroute-guard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("site.toml");
+    std::fs::write(&path, text).unwrap();
+    let roster = std::path::PathBuf::from("examples/demo-roster.toml");
+    let s = TestServer::start_with(monday_10am(), |c| {
+        c.policy = Some(path);
+        c.roster = Some(roster);
+    })
+    .await;
+    let mut c = escalation("t1", "general", &[]);
+    c.transfer_from = Some(pb::TransferFrom {
+        queue_id: "resolutions".into(),
+        agent_id: "agent-resolutions-1".into(),
+    });
+    let d = s.route(c).await.unwrap();
+    assert_eq!(d.rule_id, "supervisor-other");
+    assert!(has_reason(&d, Reason::SameTeamTransferRedirected));
+    assert_eq!(agent(&d).queue_id, "escalations");
+    assert_eq!(agent(&d).agent_id, "agent-escalations-1");
+    s.stop().await;
+}
