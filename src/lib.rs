@@ -11,6 +11,7 @@
 //! - [`engine`]: the pure synchronous core: agents, per-queue free-agent
 //!   indexes, reservations with TTLs, contact paths, [`engine::Engine::route`].
 //! - [`roster`]: roster files (the demo agents loaded at start).
+//! - [`file`]: errors in policy and roster files, with file, line and field.
 //! - [`grpc`]: the edge: generated types, validation and conversion, the
 //!   service, and the one mapping of engine errors to gRPC status codes.
 //! - [`telemetry`]: metric names, descriptions, the exporter and tracing setup.
@@ -59,6 +60,7 @@
 pub mod clock;
 pub mod config;
 pub mod engine;
+pub mod file;
 pub mod grpc;
 pub mod model;
 pub mod policy;

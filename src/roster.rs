@@ -7,36 +7,14 @@ use std::{collections::BTreeMap, path::Path};
 use serde::Deserialize;
 
 use crate::engine::AgentSpec;
+use crate::file::{self, FileError};
 use crate::model::{AgentState, Channel};
 
 /// The demo roster compiled into the binary, matching the embedded policy.
 pub const DEMO_ROSTER: &str = include_str!("../examples/demo-roster.toml");
 
-/// Why a roster file was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum RosterError {
-    /// The file could not be read.
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        /// The path given.
-        file: String,
-        /// What the OS said.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file is not a valid roster.
-    #[error("{file}:{line}: {field}: {message}")]
-    Invalid {
-        /// The path given.
-        file: String,
-        /// 1-based line.
-        line: usize,
-        /// The offending field.
-        field: String,
-        /// What is wrong.
-        message: String,
-    },
-}
+/// Why a roster file was refused: the file, the line and the field.
+pub type RosterError = FileError;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,26 +40,15 @@ struct RawAgent {
 
 /// Reads a roster file.
 pub fn read(path: &Path) -> Result<Vec<(AgentSpec, AgentState)>, RosterError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| RosterError::Read {
-        file: file.clone(),
-        source,
-    })?;
+    let (file, text) = file::read_text(path)?;
     parse(&file, &text)
 }
 
 /// Parses roster text; `file` names it in messages. Agents start in their
 /// `state` (default available).
 pub fn parse(file: &str, text: &str) -> Result<Vec<(AgentSpec, AgentState)>, RosterError> {
-    let invalid = |offset: usize, field: String, message: String| RosterError::Invalid {
-        file: file.to_owned(),
-        line: text.as_bytes()[..offset.min(text.len())]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1,
-        field,
-        message,
+    let invalid = |offset: usize, field: String, message: String| {
+        file::invalid(file, text, offset, field, message)
     };
     let raw: RawRoster = toml::from_str(text).map_err(|e| {
         invalid(

@@ -13,9 +13,10 @@ use tonic::transport::server::TcpIncoming;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
+use crate::file::FileError;
 use crate::grpc::{FILE_DESCRIPTOR_SET, Routing, pb};
-use crate::policy::{self, Policy, PolicyError};
-use crate::roster::{self, RosterError};
+use crate::policy::{self, Policy};
+use crate::roster;
 use crate::telemetry;
 
 /// How often expiries are applied when no request does it.
@@ -24,12 +25,9 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(250);
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    /// The policy was refused.
+    /// The policy or roster file was refused.
     #[error(transparent)]
-    Policy(#[from] PolicyError),
-    /// The roster was refused.
-    #[error(transparent)]
-    Roster(#[from] RosterError),
+    File(#[from] FileError),
     /// A roster agent could not be placed (its state update failed).
     #[error("roster: {0}")]
     RosterAgent(String),

@@ -17,41 +17,15 @@ use super::{
     Action, Authenticate, Emergency, Intent, IntentIdx, Match, Policy, Queue, QueueIdx, Rule,
     Schedule, Text, TextList,
 };
+use crate::file::{self, FileError};
 use crate::model::{Channel, ChannelSet, FastMap, Identity, Urgency};
 
-/// Why a policy was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum PolicyError {
-    /// The file could not be read.
-    #[error("{file}: cannot read: {source}")]
-    Read {
-        /// The path given.
-        file: String,
-        /// What the OS said.
-        #[source]
-        source: std::io::Error,
-    },
-    /// The file was read but is not a valid policy.
-    #[error("{file}:{line}: {field}: {message}")]
-    Invalid {
-        /// The path given.
-        file: String,
-        /// 1-based line of the offending value.
-        line: usize,
-        /// Dotted path of the offending field.
-        field: String,
-        /// What is wrong and what is expected.
-        message: String,
-    },
-}
+/// Why a policy was refused: the file, the line and the field.
+pub type PolicyError = FileError;
 
 /// Reads and validates a policy file.
 pub fn read(path: &Path) -> Result<Policy, PolicyError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-        file: file.clone(),
-        source,
-    })?;
+    let (file, text) = file::read_text(path)?;
     parse(&file, &text)
 }
 
