@@ -78,6 +78,11 @@ pub struct Config {
     /// Largest number of concurrent HTTP/2 streams per connection.
     #[arg(long, env = "CAREROUTE_MAX_STREAMS", default_value_t = 128)]
     pub max_concurrent_streams: u32,
+    /// On SIGTERM, how long to keep serving while health reports
+    /// NOT_SERVING (and /readyz 503), so load balancers move traffic away
+    /// before the listeners close.
+    #[arg(long, env = "CAREROUTE_DRAIN_GRACE_MS", default_value_t = 0)]
+    pub drain_grace_ms: u64,
     /// Time limit of one request, in milliseconds.
     #[arg(long, env = "CAREROUTE_REQUEST_TIMEOUT_MS", default_value_t = 2000)]
     pub request_timeout_ms: u64,

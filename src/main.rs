@@ -59,14 +59,6 @@ fn serve(config: Config) -> ExitCode {
         let clock = Arc::new(SystemClock);
         let engine = server::build_engine(&config, chrono::Utc::now())?;
         let listeners = server::Listeners::bind(&config).await?;
-        tracing::info!(
-            grpc = %config.grpc_addr,
-            metrics = %config.metrics_addr,
-            policy = %engine.policy().source,
-            version = %engine.policy().version,
-            agents = engine.roster().len(),
-            "careroute serving"
-        );
         server::run(&config, listeners, engine, clock, shutdown_signal()).await
     });
     match result {

@@ -3,7 +3,16 @@
 //! and v1alpha), keeps the engine's timers and gauges current, reloads the
 //! policy on SIGHUP, and drains on the injected shutdown signal.
 
-use std::{future::Future, net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use parking_lot::Mutex;
@@ -14,13 +23,15 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::file::FileError;
-use crate::grpc::{FILE_DESCRIPTOR_SET, Routing, pb};
+use crate::grpc::{FILE_DESCRIPTOR_SET, Routing, layer::RpcMetricsLayer, pb};
 use crate::policy::{self, Policy};
 use crate::roster;
 use crate::telemetry;
 
 /// How often expiries are applied when no request does it.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(250);
+/// How often the exporter drains histogram buckets, so memory stays flat.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +129,28 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let prometheus = telemetry::install();
+    let grpc_addr = listeners.grpc_addr().map_err(|source| ServerError::Bind {
+        addr: config.grpc_addr,
+        source,
+    })?;
+    let metrics_addr = listeners
+        .metrics_addr()
+        .map_err(|source| ServerError::Bind {
+            addr: config.metrics_addr,
+            source,
+        })?;
+    tracing::info!(
+        grpc = %grpc_addr,
+        metrics = %metrics_addr,
+        policy = %engine.policy().source,
+        version = %engine.policy().version,
+        agents = engine.roster().len(),
+        "careroute serving"
+    );
     let engine = Arc::new(Mutex::new(engine));
+    // Ready once the policy is loaded (it is) and the listeners are bound
+    // (they are); not ready again from the start of the drain.
+    let ready = Arc::new(AtomicBool::new(true));
     let routing = Routing::new(Arc::clone(&engine), Arc::clone(&clock));
 
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -144,15 +176,23 @@ pub async fn run(
     };
     {
         let health = health.clone();
+        let ready = Arc::clone(&ready);
+        let grace = Duration::from_millis(config.drain_grace_ms);
         tokio::spawn(async move {
             shutdown.await;
-            tracing::info!("draining: health NOT_SERVING, finishing requests in flight");
+            tracing::info!(
+                grace_ms = grace.as_millis() as u64,
+                "draining: health NOT_SERVING"
+            );
+            ready.store(false, Ordering::SeqCst);
             health
                 .set_not_serving::<pb::routing_service_server::RoutingServiceServer<Routing>>()
                 .await;
             health
                 .set_service_status("", tonic_health::ServingStatus::NotServing)
                 .await;
+            tokio::time::sleep(grace).await;
+            tracing::info!("closing listeners, finishing requests in flight");
             let _ = stop_tx.send(true);
         });
     }
@@ -160,6 +200,7 @@ pub async fn run(
     tokio::spawn(housekeeping(
         Arc::clone(&engine),
         Arc::clone(&clock),
+        prometheus.clone(),
         stopped(stop_rx.clone()),
     ));
     if let Some(path) = config.policy.clone() {
@@ -172,13 +213,33 @@ pub async fn run(
 
     let metrics_app = {
         let (engine, clock) = (Arc::clone(&engine), Arc::clone(&clock));
-        axum::Router::new().route(
-            "/metrics",
-            axum::routing::get(move || {
-                let text = scrape(&engine, clock.as_ref(), &prometheus);
-                async move { text }
-            }),
-        )
+        let ready = Arc::clone(&ready);
+        axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let text = scrape(&engine, clock.as_ref(), &prometheus);
+                    async move { text }
+                }),
+            )
+            // Alive while the process answers at all.
+            .route("/healthz", axum::routing::get(|| async { "ok\n" }))
+            // Ready from start-up to the start of the drain. Closed or
+            // unstaffed queues never make it unready: a callback is a
+            // correct answer.
+            .route(
+                "/readyz",
+                axum::routing::get(move || {
+                    let ready = ready.load(Ordering::SeqCst);
+                    async move {
+                        if ready {
+                            (axum::http::StatusCode::OK, "ready\n")
+                        } else {
+                            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                        }
+                    }
+                }),
+            )
     };
     let metrics_server = axum::serve(listeners.metrics, metrics_app)
         .with_graceful_shutdown(stopped(stop_rx.clone()));
@@ -187,6 +248,7 @@ pub async fn run(
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
     let grpc_server = tonic::transport::Server::builder()
+        .layer(RpcMetricsLayer::new())
         .concurrency_limit_per_connection(config.concurrency_per_connection)
         .max_concurrent_streams(config.max_concurrent_streams)
         .timeout(Duration::from_millis(config.request_timeout_ms))
@@ -204,14 +266,17 @@ pub async fn run(
     Ok(())
 }
 
-/// Applies expiries and wrap-up ends on time, even when no request comes.
+/// Applies expiries and wrap-up ends on time, even when no request comes,
+/// and runs the exporter's upkeep.
 async fn housekeeping(
     engine: Arc<Mutex<Engine>>,
     clock: Arc<dyn Clock>,
+    prometheus: PrometheusHandle,
     stop: impl Future<Output = ()>,
 ) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_upkeep = tokio::time::Instant::now();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -220,6 +285,10 @@ async fn housekeeping(
         }
         let now = clock.now();
         engine.lock().advance(now);
+        if last_upkeep.elapsed() >= UPKEEP_EVERY {
+            prometheus.run_upkeep();
+            last_upkeep = tokio::time::Instant::now();
+        }
     }
 }
 

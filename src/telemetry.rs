@@ -20,8 +20,12 @@ pub const DECISIONS: &str = "careroute_decisions_total";
 pub const DECISION_REASONS: &str = "careroute_decision_reasons_total";
 /// Callback tickets by reason.
 pub const CALLBACKS: &str = "careroute_callbacks_total";
-/// Requests refused, by RPC and gRPC code.
-pub const REQUESTS_REFUSED: &str = "careroute_requests_refused_total";
+/// gRPC calls handled, by service, method and status code.
+pub const RPC_REQUESTS: &str = "careroute_rpc_requests_total";
+/// Time from a call's arrival to its status, by service, method and code.
+pub const RPC_SECONDS: &str = "careroute_rpc_duration_seconds";
+/// gRPC calls being handled now.
+pub const RPC_IN_FLIGHT: &str = "careroute_rpc_in_flight_requests";
 /// Agents by state.
 pub const AGENTS: &str = "careroute_agents";
 /// Reservations made.
@@ -48,6 +52,12 @@ const DECISION_BUCKETS: [f64; 14] = [
     250e-9, 500e-9, 1e-6, 2e-6, 4e-6, 8e-6, 16e-6, 32e-6, 64e-6, 128e-6, 256e-6, 1e-3, 4e-3, 10e-3,
 ];
 
+/// RPC latency buckets: 10 µs to 1 s.
+const RPC_BUCKETS: [f64; 16] = [
+    10e-6, 25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 100e-3,
+    250e-3, 500e-3, 1.0,
+];
+
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
 /// Installs the process-wide Prometheus recorder once and describes every
@@ -56,7 +66,10 @@ pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(Matcher::Full(DECISION_SECONDS.into()), &DECISION_BUCKETS);
+                .set_buckets_for_metric(Matcher::Full(DECISION_SECONDS.into()), &DECISION_BUCKETS)
+                .and_then(|b| {
+                    b.set_buckets_for_metric(Matcher::Full(RPC_SECONDS.into()), &RPC_BUCKETS)
+                });
             let handle = match builder {
                 Ok(b) => match b.install_recorder() {
                     Ok(handle) => handle,
@@ -64,7 +77,7 @@ pub fn install() -> PrometheusHandle {
                     // program's): serve an empty, private one.
                     Err(_) => PrometheusBuilder::new().build_recorder().handle(),
                 },
-                // Only fails for an empty bucket list, which DECISION_BUCKETS is not.
+                // Only fails for an empty bucket list, which neither list is.
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),
             };
             describe();
@@ -92,9 +105,15 @@ fn describe() {
         "Callback tickets issued, by reason (closed, no_agents_staffed, no_agent_available, policy...)."
     );
     describe_counter!(
-        REQUESTS_REFUSED,
-        "Requests refused with an error, by RPC method and gRPC code."
+        RPC_REQUESTS,
+        "gRPC calls handled, by service, method and status code."
     );
+    describe_histogram!(
+        RPC_SECONDS,
+        Unit::Seconds,
+        "Time from a gRPC call's arrival to its status, by service, method and code."
+    );
+    describe_gauge!(RPC_IN_FLIGHT, "gRPC calls being handled now.");
     describe_gauge!(AGENTS, "Agents by state.");
     describe_counter!(
         RESERVATIONS_MADE,
@@ -225,33 +244,6 @@ pub fn publish_engine(
         metrics::gauge!(QUEUE_STAFFED, "queue" => id.clone()).set(f64::from(q.staffed));
         metrics::gauge!(QUEUE_AVAILABLE, "queue" => id.clone()).set(f64::from(q.available));
         metrics::gauge!(QUEUE_OPEN, "queue" => id).set(if q.open { 1.0 } else { 0.0 });
-    }
-}
-
-/// Counts a refused request.
-pub fn refused(method: &'static str, code: tonic::Code) {
-    metrics::counter!(REQUESTS_REFUSED, "method" => method, "code" => code_name(code)).increment(1);
-}
-
-fn code_name(code: tonic::Code) -> &'static str {
-    match code {
-        tonic::Code::Ok => "ok",
-        tonic::Code::Cancelled => "cancelled",
-        tonic::Code::Unknown => "unknown",
-        tonic::Code::InvalidArgument => "invalid_argument",
-        tonic::Code::DeadlineExceeded => "deadline_exceeded",
-        tonic::Code::NotFound => "not_found",
-        tonic::Code::AlreadyExists => "already_exists",
-        tonic::Code::PermissionDenied => "permission_denied",
-        tonic::Code::ResourceExhausted => "resource_exhausted",
-        tonic::Code::FailedPrecondition => "failed_precondition",
-        tonic::Code::Aborted => "aborted",
-        tonic::Code::OutOfRange => "out_of_range",
-        tonic::Code::Unimplemented => "unimplemented",
-        tonic::Code::Internal => "internal",
-        tonic::Code::Unavailable => "unavailable",
-        tonic::Code::DataLoss => "data_loss",
-        tonic::Code::Unauthenticated => "unauthenticated",
     }
 }
 

@@ -174,6 +174,17 @@ pub struct Decision {
     pub outcome: Outcome,
 }
 
+impl Decision {
+    /// The queue that owns the contact after this decision, if any.
+    pub fn queue_id(&self) -> Option<&str> {
+        match &self.outcome {
+            Outcome::Agent(a) => Some(&a.queue_id),
+            Outcome::Callback(c) => Some(&c.queue_id),
+            Outcome::Emergency { .. } | Outcome::Authenticate { .. } => None,
+        }
+    }
+}
+
 /// Guidance from the policy, shared with it rather than copied.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Guidance {

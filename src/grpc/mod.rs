@@ -4,6 +4,7 @@
 //! this module names `pb::`.
 
 pub mod convert;
+pub mod layer;
 pub mod service;
 pub mod status;
 

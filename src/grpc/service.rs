@@ -12,7 +12,7 @@ use super::{convert, pb};
 use crate::clock::Clock;
 use crate::engine::{AgentSpec, Engine};
 use crate::model::Contact;
-use crate::telemetry::{self, DecisionMetrics};
+use crate::telemetry::DecisionMetrics;
 
 /// Shared state behind every handler.
 #[derive(Clone)]
@@ -52,13 +52,6 @@ impl Routing {
 /// Largest request accepted: far above any valid request.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
-/// Counts a refusal and passes it on.
-fn refused<T>(method: &'static str, result: Result<T, Status>) -> Result<Response<T>, Status> {
-    result
-        .map(Response::new)
-        .inspect_err(|s| telemetry::refused(method, s.code()))
-}
-
 #[tonic::async_trait]
 impl pb::routing_service_server::RoutingService for Routing {
     async fn route_contact(
@@ -76,13 +69,14 @@ impl pb::routing_service_server::RoutingService for Routing {
                 decision_id = %decision.id,
                 rule = decision.rule_id.as_deref().unwrap_or("-"),
                 outcome = decision.outcome.kind(),
+                queue = decision.queue_id().unwrap_or("-"),
                 level = decision.level,
                 latency_us = elapsed * 1e6,
                 "routed"
             );
             Ok(pb::RouteContactResponse::from(decision))
         })();
-        refused("RouteContact", result)
+        result.map(Response::new)
     }
 
     async fn upsert_agent(
@@ -97,14 +91,14 @@ impl pb::routing_service_server::RoutingService for Routing {
                 created,
             }
         });
-        refused("UpsertAgent", result)
+        result.map(Response::new)
     }
 
     async fn set_agent_state(
         &self,
         request: Request<pb::SetAgentStateRequest>,
     ) -> Result<Response<pb::SetAgentStateResponse>, Status> {
-        refused("SetAgentState", self.set_state(request.into_inner()))
+        self.set_state(request.into_inner()).map(Response::new)
     }
 
     async fn stream_agent_states(
@@ -119,7 +113,7 @@ impl pb::routing_service_server::RoutingService for Routing {
                     status.code(),
                     format!("entry {applied}: {}", status.message()),
                 );
-                return refused("StreamAgentStates", Err(status));
+                return Err(status);
             }
             applied += 1;
         }
@@ -139,7 +133,7 @@ impl pb::routing_service_server::RoutingService for Routing {
                 contact_id,
             })
         })();
-        refused("ConfirmReservation", result)
+        result.map(Response::new)
     }
 
     async fn release_reservation(
@@ -155,7 +149,7 @@ impl pb::routing_service_server::RoutingService for Routing {
             tracing::debug!(reservation_id = %id, reason, "released");
             Ok(pb::ReleaseReservationResponse {})
         })();
-        refused("ReleaseReservation", result)
+        result.map(Response::new)
     }
 
     async fn complete_contact(
@@ -172,7 +166,7 @@ impl pb::routing_service_server::RoutingService for Routing {
                 wrap_up_until: Some(convert::timestamp(until)),
             })
         })();
-        refused("CompleteContact", result)
+        result.map(Response::new)
     }
 
     async fn list_queues(
@@ -200,6 +194,6 @@ impl pb::routing_service_server::RoutingService for Routing {
                 hops: hops.iter().map(pb::ContactHop::from).collect(),
             })
         })();
-        refused("GetContactPath", result)
+        result.map(Response::new)
     }
 }

@@ -1,0 +1,319 @@
+//! A tower layer that records, for every gRPC call, a request counter and a
+//! latency histogram by service, method and status code, and the number of
+//! calls in flight. It reads the status from a trailers-only response or from
+//! the trailers at the end of the body, so streaming calls count too.
+//! Service and method come from a fixed list (anything else is "unknown"),
+//! and codes from the 17 gRPC codes: the label set is bounded whatever
+//! clients send.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::{Arc, OnceLock},
+    task::{Context, Poll},
+    time::Instant,
+};
+
+use http_body::{Body, Frame, SizeHint};
+use metrics::{Counter, Gauge, Histogram};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::telemetry::{RPC_IN_FLIGHT, RPC_REQUESTS, RPC_SECONDS};
+
+/// Every (service, method) the server answers; the last is the catch-all.
+const METHODS: [(&str, &str); 14] = [
+    ("careroute.v1.RoutingService", "RouteContact"),
+    ("careroute.v1.RoutingService", "UpsertAgent"),
+    ("careroute.v1.RoutingService", "SetAgentState"),
+    ("careroute.v1.RoutingService", "StreamAgentStates"),
+    ("careroute.v1.RoutingService", "ConfirmReservation"),
+    ("careroute.v1.RoutingService", "ReleaseReservation"),
+    ("careroute.v1.RoutingService", "CompleteContact"),
+    ("careroute.v1.RoutingService", "ListQueues"),
+    ("careroute.v1.RoutingService", "GetContactPath"),
+    ("grpc.health.v1.Health", "Check"),
+    ("grpc.health.v1.Health", "Watch"),
+    (
+        "grpc.reflection.v1.ServerReflection",
+        "ServerReflectionInfo",
+    ),
+    (
+        "grpc.reflection.v1alpha.ServerReflection",
+        "ServerReflectionInfo",
+    ),
+    ("unknown", "unknown"),
+];
+
+/// gRPC status codes by number, as their canonical names.
+const CODES: [&str; 17] = [
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+];
+const CANCELLED: usize = 1;
+const UNKNOWN: usize = 2;
+
+/// The canonical name of a gRPC code number (UNKNOWN for anything else).
+pub fn code_name(code: i32) -> &'static str {
+    usize::try_from(code)
+        .ok()
+        .and_then(|c| CODES.get(c))
+        .copied()
+        .unwrap_or(CODES[UNKNOWN])
+}
+
+fn method_index(path: &str) -> usize {
+    let path = path.strip_prefix('/').unwrap_or(path);
+    METHODS
+        .iter()
+        .position(|(service, method)| {
+            path.strip_prefix(service)
+                .and_then(|rest| rest.strip_prefix('/'))
+                == Some(method)
+        })
+        .unwrap_or(METHODS.len() - 1)
+}
+
+/// Metric handles, created on first use of each (method, code) so /metrics
+/// shows only combinations that happened.
+struct Handles {
+    requests: Vec<OnceLock<Counter>>,
+    seconds: Vec<OnceLock<Histogram>>,
+    in_flight: Gauge,
+}
+
+impl Handles {
+    fn record(&self, method: usize, code: usize, seconds: f64) {
+        let i = method * CODES.len() + code;
+        let (service, name) = METHODS[method];
+        let labels = || {
+            [
+                ("service", service),
+                ("method", name),
+                ("code", CODES[code]),
+            ]
+        };
+        self.requests[i]
+            .get_or_init(|| metrics::counter!(RPC_REQUESTS, &labels()))
+            .increment(1);
+        self.seconds[i]
+            .get_or_init(|| metrics::histogram!(RPC_SECONDS, &labels()))
+            .record(seconds);
+        self.in_flight.decrement(1.0);
+    }
+}
+
+/// The layer to add to the tonic server.
+#[derive(Clone)]
+pub struct RpcMetricsLayer {
+    handles: Arc<Handles>,
+}
+
+impl RpcMetricsLayer {
+    /// A layer recording into the installed recorder.
+    pub fn new() -> RpcMetricsLayer {
+        crate::telemetry::install();
+        let n = METHODS.len() * CODES.len();
+        RpcMetricsLayer {
+            handles: Arc::new(Handles {
+                requests: (0..n).map(|_| OnceLock::new()).collect(),
+                seconds: (0..n).map(|_| OnceLock::new()).collect(),
+                in_flight: metrics::gauge!(RPC_IN_FLIGHT),
+            }),
+        }
+    }
+}
+
+impl Default for RpcMetricsLayer {
+    fn default() -> Self {
+        RpcMetricsLayer::new()
+    }
+}
+
+impl<S> Layer<S> for RpcMetricsLayer {
+    type Service = RpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> RpcMetrics<S> {
+        RpcMetrics {
+            inner,
+            handles: Arc::clone(&self.handles),
+        }
+    }
+}
+
+/// The service the layer wraps around the server's routes.
+#[derive(Clone)]
+pub struct RpcMetrics<S> {
+    inner: S,
+    handles: Arc<Handles>,
+}
+
+/// One call being measured; records exactly once, at the status or at drop.
+struct Call {
+    handles: Arc<Handles>,
+    method: usize,
+    started: Instant,
+    done: bool,
+}
+
+impl Call {
+    fn finish(&mut self, code: usize) {
+        if !self.done {
+            self.done = true;
+            self.handles
+                .record(self.method, code, self.started.elapsed().as_secs_f64());
+        }
+    }
+
+    fn finish_from(&mut self, headers: &http::HeaderMap) -> bool {
+        match headers.get("grpc-status") {
+            Some(v) => {
+                let code = v
+                    .to_str()
+                    .ok()
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .filter(|c| *c < CODES.len())
+                    .unwrap_or(UNKNOWN);
+                self.finish(code);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        // The client went away (or the deadline passed) before a status.
+        self.finish(CANCELLED);
+    }
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for RpcMetrics<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Recorded<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        self.handles.in_flight.increment(1.0);
+        let mut call = Call {
+            handles: Arc::clone(&self.handles),
+            method: method_index(request.uri().path()),
+            started: Instant::now(),
+            done: false,
+        };
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            match response.await {
+                Ok(response) => {
+                    // A trailers-only response carries the status in headers.
+                    let pending = !call.finish_from(response.headers());
+                    Ok(response.map(|inner| Recorded {
+                        inner,
+                        call: pending.then_some(call),
+                    }))
+                }
+                Err(e) => {
+                    call.finish(UNKNOWN);
+                    Err(e)
+                }
+            }
+        })
+    }
+}
+
+/// A response body that records the call's status when its trailers pass.
+pub struct Recorded<B> {
+    inner: B,
+    call: Option<Call>,
+}
+
+impl<B> Body for Recorded<B>
+where
+    B: Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(ref frame) = polled {
+            match frame {
+                Some(Ok(f)) => {
+                    if let (Some(trailers), Some(call)) = (f.trailers_ref(), this.call.as_mut()) {
+                        call.finish_from(trailers);
+                    }
+                }
+                Some(Err(_)) => {
+                    if let Some(call) = this.call.as_mut() {
+                        call.finish(UNKNOWN);
+                    }
+                }
+                // The body ended without trailers: nothing more will say.
+                None => {
+                    if let Some(call) = this.call.as_mut() {
+                        call.finish(UNKNOWN);
+                    }
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_and_codes_are_bounded() {
+        assert_eq!(method_index("/careroute.v1.RoutingService/RouteContact"), 0);
+        assert_eq!(method_index("/grpc.health.v1.Health/Check"), 9);
+        assert_eq!(
+            method_index("/careroute.v1.RoutingService/Jane-Doe-555-0199"),
+            13
+        );
+        assert_eq!(method_index("/whatever"), 13);
+        assert_eq!(code_name(0), "OK");
+        assert_eq!(code_name(3), "INVALID_ARGUMENT");
+        assert_eq!(code_name(99), "UNKNOWN");
+        assert_eq!(code_name(-1), "UNKNOWN");
+    }
+}
