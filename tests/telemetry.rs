@@ -1,0 +1,278 @@
+//! What an SRE relies on: /metrics keeps a bounded number of series whatever
+//! contacts arrive, and neither logs nor metrics carry patient data; health
+//! and /readyz flip while draining. (Its own test binary: the Prometheus
+//! recorder is process-wide.)
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use careroute::grpc::pb::{self, routing_service_client::RoutingServiceClient};
+use common::*;
+
+/// Series on a scrape: every sample line.
+fn series(scrape: &str) -> Vec<String> {
+    scrape
+        .lines()
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with('#') && !l.starts_with("HTTP/") && l.contains(' ')
+        })
+        .filter(|l| l.starts_with("careroute_"))
+        .map(|l| {
+            l.rsplit_once(' ')
+                .map(|(name, _)| name.to_owned())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// A contact with a distinct id, request id and a rotating mix of intents,
+/// channels, attributes, urgencies and identities.
+fn varied(i: usize) -> pb::RouteContactRequest {
+    let intents = [
+        "billing",
+        "scheduling",
+        "clinical",
+        "refill",
+        "complaint",
+        "general",
+        "privacy",
+        "access",
+    ];
+    let mut c = contact(&format!("contact-{i:06}"), intents[i % intents.len()]);
+    c.request_id = format!("req-{i:06}");
+    c.channel = [pb::Channel::Voice, pb::Channel::Chat, pb::Channel::Portal][i % 3].into();
+    c.urgency = [
+        pb::Urgency::Routine,
+        pb::Urgency::Urgent,
+        pb::Urgency::Emergency,
+    ][(i / 3) % 3]
+        .into();
+    c.identity = [
+        pb::Identity::Verified,
+        pb::Identity::NotAttempted,
+        pb::Identity::Failed,
+    ][(i / 9) % 3]
+        .into();
+    c.escalation_requested = i % 4 == 0;
+    c.attributes.insert(
+        "coverage".into(),
+        ["in_network", "non_covered", "self_pay"][(i / 27) % 3].into(),
+    );
+    c.language = ["en", "es", "vi"][(i / 81) % 3].into();
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_do_not_grow_with_contacts() {
+    let s = TestServer::start(monday_10am()).await;
+    let mut channels = Vec::new();
+    for _ in 0..4 {
+        channels.push(
+            tonic::transport::Channel::from_shared(format!("http://{}", s.grpc))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+    }
+    let send = |from: usize, to: usize| {
+        let channels = channels.clone();
+        async move {
+            let workers: Vec<_> = (0..32)
+                .map(|w| {
+                    let mut client =
+                        RoutingServiceClient::new(channels[w % channels.len()].clone());
+                    tokio::spawn(async move {
+                        let mut i = from + w;
+                        while i < to {
+                            client.route_contact(varied(i)).await.unwrap();
+                            i += 32;
+                        }
+                    })
+                })
+                .collect();
+            for w in workers {
+                w.await.unwrap();
+            }
+        }
+    };
+    // Every combination once, plus an after-hours pass, then count.
+    send(0, 2_000).await;
+    s.clock.set(monday_8pm());
+    send(2_000, 4_000).await;
+    let before = series(&s.scrape().await);
+    assert!(
+        before.len() > 50,
+        "expected a real scrape, got {} series",
+        before.len()
+    );
+
+    send(4_000, 104_000).await;
+    let after = series(&s.scrape().await);
+    let added: Vec<_> = after.iter().filter(|x| !before.contains(x)).collect();
+    assert!(
+        added.is_empty(),
+        "100,000 more contacts added series: {added:?}"
+    );
+    assert_eq!(after.len(), before.len());
+    assert!(
+        !after.iter().any(|x| x.contains("contact-")),
+        "a contact id became a label"
+    );
+    s.stop().await;
+}
+
+/// Values shaped like patient data: a name, a date of birth, a phone number.
+const PHI: [&str; 6] = [
+    "Jane",
+    "Doe",
+    "1980-02-14",
+    "555-867-5309",
+    "5558675309",
+    "John.Smith",
+];
+
+#[test]
+fn no_patient_data_in_logs_or_metrics_and_health_flips_while_draining() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_careroute"))
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-format", "json", "--drain-grace-ms", "3000"])
+        .env("RUST_LOG", "debug")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = Arc::clone(&lines);
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    // The start-up event names the bound addresses.
+    let started = Instant::now();
+    let serving = loop {
+        if let Some(l) = lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("careroute serving"))
+        {
+            break serde_json::from_str::<serde_json::Value>(l).unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no start-up event"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let grpc = serving["fields"]["grpc"].as_str().unwrap().to_owned();
+    let metrics = serving["fields"]["metrics"].as_str().unwrap().to_owned();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let scrape = rt.block_on(async {
+        let mut client = RoutingServiceClient::connect(format!("http://{grpc}"))
+            .await
+            .unwrap();
+        // Accepted: ids shaped like a name, a date of birth, a phone number.
+        let mut c = contact("Jane-Doe-1980-02-14", "billing");
+        c.request_id = "555-867-5309".into();
+        c.preferred_agent_id = "John.Smith".into();
+        c.attributes.insert("coverage".into(), "in_network".into());
+        client.route_contact(c).await.unwrap();
+        // Refused: undeclared attributes carrying patient data.
+        for (k, v) in [
+            ("patient_name", "Jane Doe"),
+            ("dob", "1980-02-14"),
+            ("phone", "5558675309"),
+            ("coverage", "Jane"),
+        ] {
+            let mut c = contact("c-2", "billing");
+            c.attributes.insert(k.into(), v.into());
+            client.route_contact(c).await.unwrap_err();
+        }
+        let mut c = contact("5558675309", "Jane");
+        c.signals = vec!["Doe".into()];
+        client.route_contact(c).await.unwrap_err();
+        http_get(&metrics, "/metrics").await
+    });
+    assert!(scrape.contains("careroute_decisions_total"), "{scrape}");
+
+    // SIGTERM: not ready and NOT_SERVING during the grace, then a clean exit.
+    let term = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    rt.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            if http_get(&metrics, "/readyz")
+                .await
+                .starts_with("HTTP/1.1 503")
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "/readyz never said draining");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let channel = tonic::transport::Channel::from_shared(format!("http://{grpc}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let status = tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        assert_eq!(
+            status,
+            tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+        );
+    });
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "exit after drain: {exit:?}");
+    reader.join().unwrap();
+
+    let logs = lines.lock().unwrap().join("\n");
+    assert!(logs.contains("\"routed\""), "no decision event at debug");
+    assert!(
+        logs.contains("decision_id"),
+        "decision events carry the decision id"
+    );
+    for value in PHI {
+        assert!(!logs.contains(value), "logs contain {value:?}");
+        assert!(!scrape.contains(value), "/metrics contains {value:?}");
+    }
+}
+
+async fn http_get(addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
