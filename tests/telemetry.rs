@@ -61,7 +61,7 @@ fn varied(i: usize) -> pb::RouteContactRequest {
         pb::Identity::Failed,
     ][(i / 9) % 3]
         .into();
-    c.escalation_requested = i % 4 == 0;
+    c.escalation_requested = i.is_multiple_of(4);
     c.attributes.insert(
         "coverage".into(),
         ["in_network", "non_covered", "self_pay"][(i / 27) % 3].into(),
