@@ -8,8 +8,11 @@ RUN cargo build --release --locked --bin careroute
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/careroute /usr/local/bin/careroute
 # In a container the listeners bind every interface.
+# On SIGTERM, report NOT_SERVING for 5 s before closing, so load balancers
+# move traffic away first.
 ENV CAREROUTE_GRPC_ADDR=0.0.0.0:50051 \
-    CAREROUTE_METRICS_ADDR=0.0.0.0:9464
+    CAREROUTE_METRICS_ADDR=0.0.0.0:9464 \
+    CAREROUTE_DRAIN_GRACE_MS=5000
 EXPOSE 50051 9464
 USER nonroot:nonroot
 ENTRYPOINT ["/usr/local/bin/careroute"]

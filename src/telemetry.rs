@@ -47,6 +47,28 @@ pub const QUEUE_OPEN: &str = "careroute_queue_open";
 /// Policy reloads by result.
 pub const POLICY_RELOADS: &str = "careroute_policy_reloads_total";
 
+/// Every metric the service exports, for checks of dashboards and alerts.
+pub const EXPORTED: [&str; 18] = [
+    DECISION_SECONDS,
+    DECISIONS,
+    DECISION_REASONS,
+    CALLBACKS,
+    RPC_REQUESTS,
+    RPC_SECONDS,
+    RPC_IN_FLIGHT,
+    AGENTS,
+    RESERVATIONS_MADE,
+    RESERVATIONS_CONFIRMED,
+    RESERVATIONS_RELEASED,
+    RESERVATIONS_EXPIRED,
+    RESERVATIONS_LIVE,
+    QUEUE_STAFFED,
+    QUEUE_AVAILABLE,
+    QUEUE_OPEN,
+    POLICY_RELOADS,
+    "up",
+];
+
 /// Decision latency buckets: 250 ns to 10 ms.
 const DECISION_BUCKETS: [f64; 14] = [
     250e-9, 500e-9, 1e-6, 2e-6, 4e-6, 8e-6, 16e-6, 32e-6, 64e-6, 128e-6, 256e-6, 1e-3, 4e-3, 10e-3,
