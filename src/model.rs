@@ -290,6 +290,27 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order.
+    pub const ALL: [Reason; 17] = [
+        Reason::RuleMatched,
+        Reason::DefaultQueue,
+        Reason::EmergencyUrgency,
+        Reason::EmergencySignal,
+        Reason::IdentityNotAttempted,
+        Reason::IdentityFailed,
+        Reason::SameTeamTransferRedirected,
+        Reason::AfterHoursOnCall,
+        Reason::QueueClosed,
+        Reason::NoAgentsStaffed,
+        Reason::NoAgentAvailable,
+        Reason::PreferredAgent,
+        Reason::LongestIdle,
+        Reason::InterpreterNeeded,
+        Reason::PolicyCallback,
+        Reason::PolicyAuthenticate,
+        Reason::IdempotentReplay,
+    ];
+
     /// The snake_case name used in logs and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -332,6 +353,16 @@ pub enum CallbackReason {
 }
 
 impl CallbackReason {
+    /// Every callback reason, in declaration order.
+    pub const ALL: [CallbackReason; 6] = [
+        CallbackReason::Closed,
+        CallbackReason::NoAgentsStaffed,
+        CallbackReason::QueueFull,
+        CallbackReason::NoAgentAvailable,
+        CallbackReason::WaitTooLong,
+        CallbackReason::Policy,
+    ];
+
     /// The snake_case name used in logs and metric labels.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -349,3 +380,24 @@ impl CallbackReason {
 /// several times faster than SipHash and still resistant to hash flooding
 /// through client-chosen ids.
 pub type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_lists_are_in_declaration_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        for (i, r) in CallbackReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        for (i, s) in AgentState::ALL.iter().enumerate() {
+            assert_eq!(*s as usize, i);
+        }
+        for (i, c) in Channel::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i);
+        }
+    }
+}

@@ -164,41 +164,13 @@ fn describe() {
 }
 
 const OUTCOMES: [&str; 4] = ["agent", "callback", "emergency", "authenticate"];
-const REASONS: [Reason; 17] = [
-    Reason::RuleMatched,
-    Reason::DefaultQueue,
-    Reason::EmergencyUrgency,
-    Reason::EmergencySignal,
-    Reason::IdentityNotAttempted,
-    Reason::IdentityFailed,
-    Reason::SameTeamTransferRedirected,
-    Reason::AfterHoursOnCall,
-    Reason::QueueClosed,
-    Reason::NoAgentsStaffed,
-    Reason::NoAgentAvailable,
-    Reason::PreferredAgent,
-    Reason::LongestIdle,
-    Reason::InterpreterNeeded,
-    Reason::PolicyCallback,
-    Reason::PolicyAuthenticate,
-    Reason::IdempotentReplay,
-];
-const CALLBACK_REASONS: [CallbackReason; 6] = [
-    CallbackReason::Closed,
-    CallbackReason::NoAgentsStaffed,
-    CallbackReason::QueueFull,
-    CallbackReason::NoAgentAvailable,
-    CallbackReason::WaitTooLong,
-    CallbackReason::Policy,
-];
-
 /// Handles for everything recorded per decision, created once so the hot
 /// path does no label lookup.
 pub struct DecisionMetrics {
     latency: Histogram,
     decisions: [[Counter; 4]; 4],
-    reasons: [Counter; REASONS.len()],
-    callbacks: [Counter; CALLBACK_REASONS.len()],
+    reasons: [Counter; Reason::ALL.len()],
+    callbacks: [Counter; CallbackReason::ALL.len()],
 }
 
 impl DecisionMetrics {
@@ -212,8 +184,9 @@ impl DecisionMetrics {
                     |level| metrics::counter!(DECISIONS, "outcome" => outcome, "level" => level),
                 )
             }),
-            reasons: REASONS.map(|r| metrics::counter!(DECISION_REASONS, "reason" => r.as_str())),
-            callbacks: CALLBACK_REASONS
+            reasons: Reason::ALL
+                .map(|r| metrics::counter!(DECISION_REASONS, "reason" => r.as_str())),
+            callbacks: CallbackReason::ALL
                 .map(|r| metrics::counter!(CALLBACKS, "reason" => r.as_str())),
         }
     }
@@ -228,14 +201,11 @@ impl DecisionMetrics {
         let level = usize::from(decision.level.clamp(1, 4) - 1);
         self.decisions[outcome][level].increment(1);
         for reason in &decision.reasons {
-            if let Some(i) = REASONS.iter().position(|r| r == reason) {
-                self.reasons[i].increment(1);
-            }
+            // ALL is in declaration order, so the discriminant is the index.
+            self.reasons[*reason as usize].increment(1);
         }
-        if let Outcome::Callback(c) = &decision.outcome
-            && let Some(i) = CALLBACK_REASONS.iter().position(|r| *r == c.reason)
-        {
-            self.callbacks[i].increment(1);
+        if let Outcome::Callback(c) = &decision.outcome {
+            self.callbacks[c.reason as usize].increment(1);
         }
     }
 }
