@@ -350,16 +350,7 @@ async fn hundreds_of_concurrent_routes_never_double_book() {
             .unwrap();
     }
     // Several connections, 400 requests in flight together.
-    let mut channels = Vec::new();
-    for _ in 0..4 {
-        channels.push(
-            tonic::transport::Channel::from_shared(format!("http://{}", s.grpc))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap(),
-        );
-    }
+    let channels = s.connections(4).await;
     let tasks: Vec<_> = (0..400)
         .map(|i| {
             let mut client =

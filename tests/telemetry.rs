@@ -73,16 +73,7 @@ fn varied(i: usize) -> pb::RouteContactRequest {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn series_do_not_grow_with_contacts() {
     let s = TestServer::start(monday_10am()).await;
-    let mut channels = Vec::new();
-    for _ in 0..4 {
-        channels.push(
-            tonic::transport::Channel::from_shared(format!("http://{}", s.grpc))
-                .unwrap()
-                .connect()
-                .await
-                .unwrap(),
-        );
-    }
+    let channels = s.connections(4).await;
     let send = |from: usize, to: usize| {
         let channels = channels.clone();
         async move {

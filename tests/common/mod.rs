@@ -85,6 +85,16 @@ impl TestServer {
         }
     }
 
+    /// `n` more HTTP/2 connections to the server, for load from several.
+    pub async fn connections(&self, n: usize) -> Vec<Channel> {
+        let mut channels = Vec::with_capacity(n);
+        for _ in 0..n {
+            let endpoint = Channel::from_shared(format!("http://{}", self.grpc)).unwrap();
+            channels.push(endpoint.connect().await.unwrap());
+        }
+        channels
+    }
+
     /// One RouteContact.
     pub async fn route(
         &self,
