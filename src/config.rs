@@ -83,9 +83,6 @@ pub struct Config {
     /// before the listeners close.
     #[arg(long, env = "CAREROUTE_DRAIN_GRACE_MS", default_value_t = 0)]
     pub drain_grace_ms: u64,
-    /// Time limit of one request, in milliseconds.
-    #[arg(long, env = "CAREROUTE_REQUEST_TIMEOUT_MS", default_value_t = 2000)]
-    pub request_timeout_ms: u64,
 }
 
 impl Config {

@@ -251,7 +251,9 @@ pub async fn run(
         .layer(RpcMetricsLayer::new())
         .concurrency_limit_per_connection(config.concurrency_per_connection)
         .max_concurrent_streams(config.max_concurrent_streams)
-        .timeout(Duration::from_millis(config.request_timeout_ms))
+        // No server-wide timeout: it would cut the long-lived CTI stream
+        // (StreamAgentStates) and health watches. Unary handlers never wait,
+        // and clients' grpc-timeout deadlines are still honoured.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(reflection_v1)
