@@ -144,6 +144,9 @@ impl Identity {
     }
 }
 
+/// Number of agent states.
+pub const STATES: usize = AgentState::ALL.len();
+
 /// An agent's state as the CTI platform reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AgentState {
@@ -157,16 +160,20 @@ pub enum AgentState {
     WrapUp,
     /// Logged in but on a break: staffed, not offered contacts.
     Away,
+    /// Let too many offers time out in a row: paused until the CTI sets
+    /// another state, so contacts are not offered to a dead seat.
+    NotResponding,
 }
 
 impl AgentState {
     /// Every state, in metric order.
-    pub const ALL: [AgentState; 5] = [
+    pub const ALL: [AgentState; 6] = [
         AgentState::Offline,
         AgentState::Available,
         AgentState::Busy,
         AgentState::WrapUp,
         AgentState::Away,
+        AgentState::NotResponding,
     ];
 
     /// The lowercase name used in logs and metric labels.
@@ -177,6 +184,7 @@ impl AgentState {
             AgentState::Busy => "busy",
             AgentState::WrapUp => "wrap_up",
             AgentState::Away => "away",
+            AgentState::NotResponding => "not_responding",
         }
     }
 }
@@ -287,11 +295,17 @@ pub enum Reason {
     PolicyAuthenticate,
     /// A retry with a known request id: the first decision, unchanged.
     IdempotentReplay,
+    /// No agent free: the contact waits in the queue.
+    Queued,
+    /// No agent free and the queue's line is full.
+    QueueFull,
+    /// No agent free and the estimated wait is over the queue's limit.
+    WaitTooLong,
 }
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 20] = [
         Reason::RuleMatched,
         Reason::DefaultQueue,
         Reason::EmergencyUrgency,
@@ -309,6 +323,9 @@ impl Reason {
         Reason::PolicyCallback,
         Reason::PolicyAuthenticate,
         Reason::IdempotentReplay,
+        Reason::Queued,
+        Reason::QueueFull,
+        Reason::WaitTooLong,
     ];
 
     /// The snake_case name used in logs and metric labels.
@@ -331,6 +348,9 @@ impl Reason {
             Reason::PolicyCallback => "policy_callback",
             Reason::PolicyAuthenticate => "policy_authenticate",
             Reason::IdempotentReplay => "idempotent_replay",
+            Reason::Queued => "queued",
+            Reason::QueueFull => "queue_full",
+            Reason::WaitTooLong => "wait_too_long",
         }
     }
 }
@@ -342,11 +362,11 @@ pub enum CallbackReason {
     Closed,
     /// Nobody eligible is logged in.
     NoAgentsStaffed,
-    /// Too many contacts waiting (reserved for live queueing).
+    /// Too many contacts waiting.
     QueueFull,
     /// Agents are staffed but none is free.
     NoAgentAvailable,
-    /// The estimated wait is over the queue's limit (reserved for live queueing).
+    /// The estimated wait is over the queue's limit.
     WaitTooLong,
     /// The matched rule asks for a callback.
     Policy,

@@ -198,8 +198,7 @@ pub async fn run(
     }
 
     tokio::spawn(housekeeping(
-        Arc::clone(&engine),
-        Arc::clone(&clock),
+        routing.clone(),
         prometheus.clone(),
         stopped(stop_rx.clone()),
     ));
@@ -207,6 +206,7 @@ pub async fn run(
         tokio::spawn(reload_on_hangup(
             path,
             Arc::clone(&engine),
+            Arc::clone(&clock),
             stopped(stop_rx.clone()),
         ));
     }
@@ -271,8 +271,7 @@ pub async fn run(
 /// Applies expiries and wrap-up ends on time, even when no request comes,
 /// and runs the exporter's upkeep.
 async fn housekeeping(
-    engine: Arc<Mutex<Engine>>,
-    clock: Arc<dyn Clock>,
+    routing: Routing,
     prometheus: PrometheusHandle,
     stop: impl Future<Output = ()>,
 ) {
@@ -285,8 +284,7 @@ async fn housekeeping(
             _ = &mut stop => return,
             _ = tick.tick() => {}
         }
-        let now = clock.now();
-        engine.lock().advance(now);
+        routing.tick();
         if last_upkeep.elapsed() >= UPKEEP_EVERY {
             prometheus.run_upkeep();
             last_upkeep = tokio::time::Instant::now();
@@ -318,6 +316,7 @@ fn scrape(engine: &Mutex<Engine>, clock: &dyn Clock, prometheus: &PrometheusHand
 async fn reload_on_hangup(
     path: PathBuf,
     engine: Arc<Mutex<Engine>>,
+    clock: Arc<dyn Clock>,
     stop: impl Future<Output = ()>,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
@@ -331,7 +330,7 @@ async fn reload_on_hangup(
             _ = &mut stop => return,
             _ = hangups.recv() => {}
         }
-        reload(&path, &engine);
+        reload(&path, &engine, clock.now());
     }
 }
 
@@ -344,11 +343,11 @@ async fn reload_on_hangup(
 }
 
 /// Loads `path` and swaps it in if valid; returns whether it was.
-pub fn reload(path: &std::path::Path, engine: &Mutex<Engine>) -> bool {
+pub fn reload(path: &std::path::Path, engine: &Mutex<Engine>, now: crate::model::Time) -> bool {
     match policy::read(path) {
         Ok(p) => {
             let version = p.version.clone();
-            engine.lock().replace_policy(Arc::new(p));
+            engine.lock().replace_policy(Arc::new(p), now);
             metrics::counter!(telemetry::POLICY_RELOADS, "result" => "ok").increment(1);
             tracing::info!(%version, "policy reloaded");
             true

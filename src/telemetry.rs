@@ -10,7 +10,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::config::LogFormat;
 use crate::engine::{Counters, Decision, Outcome};
-use crate::model::{AgentState, CallbackReason, Reason};
+use crate::model::{AgentState, CallbackReason, Reason, STATES};
 
 /// Time the engine took to decide one RouteContact, in seconds.
 pub const DECISION_SECONDS: &str = "careroute_decision_duration_seconds";
@@ -44,11 +44,35 @@ pub const QUEUE_STAFFED: &str = "careroute_queue_agents_staffed";
 pub const QUEUE_AVAILABLE: &str = "careroute_queue_agents_available";
 /// Whether each queue is open (1) or closed (0).
 pub const QUEUE_OPEN: &str = "careroute_queue_open";
+/// Contacts waiting per queue.
+pub const QUEUE_WAITING: &str = "careroute_queue_waiting";
+/// Longest wait among waiting contacts per queue.
+pub const QUEUE_LONGEST_WAIT: &str = "careroute_queue_longest_wait_seconds";
+/// Estimated wait for a contact arriving now, per queue.
+pub const QUEUE_ESTIMATED_WAIT: &str = "careroute_queue_estimated_wait_seconds";
+/// Share of waiting contacts answered within the threshold, per queue.
+pub const QUEUE_SERVICE_LEVEL: &str = "careroute_queue_service_level_ratio";
+/// Share of waiting contacts that hung up, per queue.
+pub const QUEUE_ABANDONMENT: &str = "careroute_queue_abandonment_ratio";
+/// Waiting contacts answered, per queue.
+pub const QUEUE_ANSWERED: &str = "careroute_queue_answered_total";
+/// Waiting contacts that hung up, per queue.
+pub const QUEUE_ABANDONED: &str = "careroute_queue_abandoned_total";
+/// Callback tickets owned, per queue.
+pub const QUEUE_CALLBACKS: &str = "careroute_queue_callbacks_total";
 /// Policy reloads by result.
 pub const POLICY_RELOADS: &str = "careroute_policy_reloads_total";
 
 /// Every metric the service exports, for checks of dashboards and alerts.
-pub const EXPORTED: [&str; 18] = [
+pub const EXPORTED: [&str; 26] = [
+    QUEUE_WAITING,
+    QUEUE_LONGEST_WAIT,
+    QUEUE_ESTIMATED_WAIT,
+    QUEUE_SERVICE_LEVEL,
+    QUEUE_ABANDONMENT,
+    QUEUE_ANSWERED,
+    QUEUE_ABANDONED,
+    QUEUE_CALLBACKS,
     DECISION_SECONDS,
     DECISIONS,
     DECISION_REASONS,
@@ -160,15 +184,40 @@ fn describe() {
         QUEUE_OPEN,
         "1 when the queue is inside its opening hours, else 0."
     );
+    describe_gauge!(QUEUE_WAITING, "Contacts waiting in line, per queue.");
+    describe_gauge!(
+        QUEUE_LONGEST_WAIT,
+        Unit::Seconds,
+        "Longest wait among contacts in line, per queue."
+    );
+    describe_gauge!(
+        QUEUE_ESTIMATED_WAIT,
+        Unit::Seconds,
+        "Estimated wait for a contact arriving now, per queue."
+    );
+    describe_gauge!(
+        QUEUE_SERVICE_LEVEL,
+        "Share of waiting contacts answered within the queue's service-level threshold (absent until one is answered)."
+    );
+    describe_gauge!(
+        QUEUE_ABANDONMENT,
+        "Share of waiting contacts that hung up before an answer (absent until one ended)."
+    );
+    describe_counter!(
+        QUEUE_ANSWERED,
+        "Waiting contacts answered (offer confirmed), per queue."
+    );
+    describe_counter!(QUEUE_ABANDONED, "Waiting contacts that hung up, per queue.");
+    describe_counter!(QUEUE_CALLBACKS, "Callback tickets owned, per queue.");
     describe_counter!(POLICY_RELOADS, "Policy reloads by result (ok, refused).");
 }
 
-const OUTCOMES: [&str; 4] = ["agent", "callback", "emergency", "authenticate"];
+const OUTCOMES: [&str; 5] = ["agent", "callback", "emergency", "authenticate", "queued"];
 /// Handles for everything recorded per decision, created once so the hot
 /// path does no label lookup.
 pub struct DecisionMetrics {
     latency: Histogram,
-    decisions: [[Counter; 4]; 4],
+    decisions: [[Counter; 4]; OUTCOMES.len()],
     reasons: [Counter; Reason::ALL.len()],
     callbacks: [Counter; CallbackReason::ALL.len()],
 }
@@ -218,7 +267,7 @@ impl Default for DecisionMetrics {
 
 /// Publishes the engine's gauges and cumulative counters.
 pub fn publish_engine(
-    by_state: [u32; 5],
+    by_state: [u32; STATES],
     counters: Counters,
     live: usize,
     queues: &[crate::engine::QueueView],
@@ -235,8 +284,24 @@ pub fn publish_engine(
         let id = q.id.to_string();
         metrics::gauge!(QUEUE_STAFFED, "queue" => id.clone()).set(f64::from(q.staffed));
         metrics::gauge!(QUEUE_AVAILABLE, "queue" => id.clone()).set(f64::from(q.available));
-        metrics::gauge!(QUEUE_OPEN, "queue" => id).set(if q.open { 1.0 } else { 0.0 });
+        metrics::gauge!(QUEUE_OPEN, "queue" => id.clone()).set(if q.open { 1.0 } else { 0.0 });
+        metrics::gauge!(QUEUE_WAITING, "queue" => id.clone()).set(f64::from(q.waiting));
+        metrics::gauge!(QUEUE_LONGEST_WAIT, "queue" => id.clone()).set(seconds(q.longest_wait));
+        metrics::gauge!(QUEUE_ESTIMATED_WAIT, "queue" => id.clone()).set(seconds(q.estimated_wait));
+        if let Some(sl) = q.stats.service_level() {
+            metrics::gauge!(QUEUE_SERVICE_LEVEL, "queue" => id.clone()).set(sl);
+        }
+        if let Some(ab) = q.stats.abandonment() {
+            metrics::gauge!(QUEUE_ABANDONMENT, "queue" => id.clone()).set(ab);
+        }
+        metrics::counter!(QUEUE_ANSWERED, "queue" => id.clone()).absolute(q.stats.answered);
+        metrics::counter!(QUEUE_ABANDONED, "queue" => id.clone()).absolute(q.stats.abandoned);
+        metrics::counter!(QUEUE_CALLBACKS, "queue" => id).absolute(q.stats.callbacks);
     }
+}
+
+fn seconds(d: chrono::Duration) -> f64 {
+    d.num_milliseconds() as f64 / 1000.0
 }
 
 /// Sets up tracing: human or JSON lines on stderr, filtered by RUST_LOG

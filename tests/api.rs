@@ -464,7 +464,7 @@ async fn policy_reload_refuses_an_invalid_file_and_keeps_the_running_policy() {
     ));
     // A broken edit: refused, and the old policy still answers.
     std::fs::write(&path, good.replacen("level = 4", "level = 7", 1)).unwrap();
-    assert!(!server::reload(&path, &engine));
+    assert!(!server::reload(&path, &engine, common::monday_10am()));
     assert_eq!(engine.lock().policy().queues.len(), 13);
     // A valid edit: taken.
     std::fs::write(
@@ -472,6 +472,6 @@ async fn policy_reload_refuses_an_invalid_file_and_keeps_the_running_policy() {
         good.replacen("version = \"2026-11-22\"", "version = \"2026-11-23\"", 1),
     )
     .unwrap();
-    assert!(server::reload(&path, &engine));
+    assert!(server::reload(&path, &engine, common::monday_10am()));
     assert_eq!(engine.lock().policy().version, "2026-11-23");
 }

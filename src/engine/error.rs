@@ -51,6 +51,9 @@ pub enum EngineError {
         /// "confirmed" or "released".
         how: &'static str,
     },
+    /// The contact is not waiting in any queue.
+    #[error("contact `{0}` is not waiting in any queue")]
+    NotWaiting(String),
     /// The agent has no active contact with this id.
     #[error("agent `{agent}` has no active contact `{contact}`")]
     NoActiveContact {

@@ -8,8 +8,11 @@
 //! agent for two contacts.
 
 mod error;
+pub mod ewt;
 mod expiring;
+mod queueing;
 mod roster;
+pub mod waiting;
 
 use std::{
     cmp::Reverse,
@@ -23,7 +26,9 @@ use chrono::Duration;
 
 pub use error::EngineError;
 pub use expiring::Expiring;
+pub use queueing::{Event, QueueStats, QueuedOffer};
 pub use roster::{Agent, AgentIdx, Pick, QueuePool, Roster};
+use waiting::WaitingRoom;
 
 use crate::model::{AgentState, CallbackReason, Channel, Contact, FastMap, Reason, Time};
 use crate::policy::{CallbackTerms, Policy, QueueIdx, Resolved, Step, Text, TextList};
@@ -127,6 +132,8 @@ pub enum Outcome {
     Agent(AgentOffer),
     /// Open a callback ticket.
     Callback(CallbackOffer),
+    /// Wait in a queue; an agent is assigned when one frees up.
+    Queued(QueuedOffer),
     /// The emergency script.
     Emergency {
         /// Script id.
@@ -149,6 +156,7 @@ impl Outcome {
         match self {
             Outcome::Agent(_) => "agent",
             Outcome::Callback(_) => "callback",
+            Outcome::Queued(_) => "queued",
             Outcome::Emergency { .. } => "emergency",
             Outcome::Authenticate { .. } => "authenticate",
         }
@@ -180,6 +188,7 @@ impl Decision {
         match &self.outcome {
             Outcome::Agent(a) => Some(&a.queue_id),
             Outcome::Callback(c) => Some(&c.queue_id),
+            Outcome::Queued(q) => Some(&q.queue_id),
             Outcome::Emergency { .. } | Outcome::Authenticate { .. } => None,
         }
     }
@@ -292,7 +301,7 @@ impl AgentSpec {
 }
 
 /// Staffing of one queue now.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct QueueView {
     /// Queue id.
     pub id: Text,
@@ -308,6 +317,14 @@ pub struct QueueView {
     pub available: u32,
     /// Live reservations.
     pub reservations: u32,
+    /// Contacts waiting (not counting those with an offer out).
+    pub waiting: u32,
+    /// The longest wait among them.
+    pub longest_wait: Duration,
+    /// Estimated wait for a contact arriving now.
+    pub estimated_wait: Duration,
+    /// What the queue has counted since start.
+    pub stats: QueueStats,
 }
 
 /// Cumulative counts since start, for telemetry.
@@ -323,6 +340,15 @@ pub struct Counters {
     pub expired: u64,
 }
 
+/// What a reservation is for.
+#[derive(Debug, Clone, Copy)]
+struct Slot<'a> {
+    queue: QueueIdx,
+    contact_id: &'a str,
+    channel: Channel,
+    waiter: Option<u64>,
+}
+
 #[derive(Debug)]
 struct Reservation {
     agent: AgentIdx,
@@ -331,6 +357,8 @@ struct Reservation {
     queue_id: Text,
     channel: Channel,
     expires_at: Time,
+    /// The waiting contact this offer is for, if it came from a line.
+    waiter: Option<u64>,
 }
 
 /// What became of a reservation.
@@ -390,6 +418,10 @@ pub struct Engine {
     paths: Expiring<String, Vec<Hop>>,
     next_id: u32,
     counters: Counters,
+    waiting: WaitingRoom,
+    stats: Vec<QueueStats>,
+    events: Vec<Event>,
+    last_close_check: Option<Time>,
 }
 
 impl Engine {
@@ -398,6 +430,8 @@ impl Engine {
         let cap = config.max_tracked_contacts;
         Engine {
             roster: Roster::new(&policy),
+            waiting: WaitingRoom::new(policy.queues.len()),
+            stats: vec![QueueStats::default(); policy.queues.len()],
             policy,
             reservations: FastMap::default(),
             ledger: Ledger {
@@ -409,6 +443,8 @@ impl Engine {
             paths: Expiring::new(config.path_retention, cap),
             next_id: 0,
             counters: Counters::default(),
+            events: Vec::new(),
+            last_close_check: None,
             config,
         }
     }
@@ -459,7 +495,7 @@ impl Engine {
             };
             match timer {
                 Timer::Expire(id) => {
-                    if self.settle(id, Fate::Expired).is_some() {
+                    if self.settle(id, Fate::Expired, due).is_some() {
                         self.counters.expired += 1;
                     }
                 }
@@ -471,15 +507,41 @@ impl Engine {
                             agent.ready_since = [due.timestamp_micros(); 5];
                         }
                     });
+                    self.dispatch(a, due);
                 }
             }
         }
+        self.close_lines(now);
         self.replies.evict(now);
         self.paths.evict(now);
     }
 
-    /// Ends a live reservation and frees the agent's slot.
-    fn settle(&mut self, id: ReservationId, fate: Fate) -> Option<Reservation> {
+    /// Ends a live reservation and frees the agent's slot; a failed offer of
+    /// a waiting contact puts it back in line, and the freed agent takes
+    /// the best waiting contact it can.
+    fn settle(&mut self, id: ReservationId, fate: Fate, now: Time) -> Option<Reservation> {
+        let r = self.free_slot(id, fate)?;
+        if fate == Fate::Expired {
+            self.missed_offer(r.agent);
+        }
+        match (r.waiter, fate) {
+            (Some(seq), Fate::Confirmed) => self.answered(seq, now),
+            (Some(seq), Fate::Expired | Fate::Released) => {
+                self.waiting.step_back(seq, Some(r.agent));
+                if let Some(q) = r.queue {
+                    self.dispatch_line(q, r.channel, now);
+                }
+            }
+            _ => {}
+        }
+        if fate != Fate::Confirmed {
+            self.dispatch(r.agent, now);
+        }
+        Some(r)
+    }
+
+    /// Removes a live reservation and frees the agent's slot.
+    fn free_slot(&mut self, id: ReservationId, fate: Fate) -> Option<Reservation> {
         let r = self.reservations.remove(&id)?;
         if let Some(q) = r.queue {
             let n = self.roster.reservations_mut(q);
@@ -509,6 +571,8 @@ impl Engine {
         }
         let policy = Arc::clone(&self.policy);
         let facts = self.resolve(&policy, contact)?;
+        // A new hop supersedes any place in line the contact held.
+        self.withdraw(&contact.contact_id, now);
         let plan = policy.plan(contact, facts, now);
         let rule = plan.rule.map(|r| &policy.rules[r]);
         let mut reasons = plan.reasons;
@@ -556,18 +620,32 @@ impl Engine {
                         if pick.0.interpreter_needed {
                             reasons.push(Reason::InterpreterNeeded);
                         }
-                        Outcome::Agent(self.reserve(pick.0, queue, contact, now))
-                    }
-                    None => {
-                        let reason = if self.roster.pool(queue).staffed == 0 {
-                            reasons.push(Reason::NoAgentsStaffed);
-                            CallbackReason::NoAgentsStaffed
-                        } else {
-                            reasons.push(Reason::NoAgentAvailable);
-                            CallbackReason::NoAgentAvailable
+                        let slot = Slot {
+                            queue,
+                            contact_id: &contact.contact_id,
+                            channel: contact.channel,
+                            waiter: None,
                         };
-                        self.callback(queue, reason, facts, contact, now)
+                        Outcome::Agent(self.reserve(pick.0, slot, now))
                     }
+                    None if self.roster.pool(queue).staffed == 0 => {
+                        reasons.push(Reason::NoAgentsStaffed);
+                        self.callback(queue, CallbackReason::NoAgentsStaffed, facts, contact, now)
+                    }
+                    None => match self.enqueue(queue, contact, facts, id, now) {
+                        Ok(offer) => {
+                            reasons.push(Reason::Queued);
+                            Outcome::Queued(offer)
+                        }
+                        Err(reason) => {
+                            reasons.push(match reason {
+                                CallbackReason::QueueFull => Reason::QueueFull,
+                                CallbackReason::WaitTooLong => Reason::WaitTooLong,
+                                _ => Reason::NoAgentAvailable,
+                            });
+                            self.callback(queue, reason, facts, contact, now)
+                        }
+                    },
                 };
                 (Some(queue), outcome)
             }
@@ -678,15 +756,21 @@ impl Engine {
             ));
         }
         self.roster
-            .pick(queue, contact.channel, lang, exclude)
+            .pick(queue, contact.channel, lang, exclude.as_slice())
             .map(|p| (p, false))
     }
 
-    fn reserve(&mut self, pick: Pick, queue: QueueIdx, contact: &Contact, now: Time) -> AgentOffer {
+    fn reserve(&mut self, pick: Pick, slot: Slot<'_>, now: Time) -> AgentOffer {
+        let Slot {
+            queue,
+            contact_id,
+            channel,
+            waiter,
+        } = slot;
         let seq = self.ledger.push();
         let id = ReservationId(self.id(seq));
         let expires_at = now + self.policy.reservation_ttl;
-        let c = contact.channel.index();
+        let c = channel.index();
         let micros = now.timestamp_micros();
         self.roster.update(pick.agent, |agent| {
             agent.reserved[c] += 1;
@@ -700,11 +784,12 @@ impl Engine {
             id,
             Reservation {
                 agent: pick.agent,
-                contact_id: contact.contact_id.clone(),
+                contact_id: contact_id.to_owned(),
                 queue: Some(queue),
                 queue_id: queue_id.clone(),
-                channel: contact.channel,
+                channel,
                 expires_at,
+                waiter,
             },
         );
         self.timers.push(Reverse((expires_at, Timer::Expire(id))));
@@ -721,13 +806,14 @@ impl Engine {
     }
 
     fn callback(
-        &self,
+        &mut self,
         queue: QueueIdx,
         reason: CallbackReason,
         facts: Resolved,
         contact: &Contact,
         now: Time,
     ) -> Outcome {
+        self.stats[queue].callbacks += 1;
         Outcome::Callback(CallbackOffer {
             queue_id: self.policy.queues[queue].id.clone(),
             reason,
@@ -808,14 +894,17 @@ impl Engine {
     pub fn confirm(&mut self, id: ReservationId, now: Time) -> Result<(Text, String), EngineError> {
         self.advance(now);
         let r = self
-            .settle(id, Fate::Confirmed)
+            .settle(id, Fate::Confirmed, now)
             .ok_or_else(|| self.reservation_error(id))?;
         self.counters.confirmed += 1;
         let c = r.channel.index();
         let contact = r.contact_id.clone();
         self.roster.update(r.agent, |agent| {
             agent.active[c] += 1;
-            agent.contacts.push((r.contact_id, r.channel, r.queue_id));
+            agent.missed_offers = 0;
+            agent
+                .contacts
+                .push((r.contact_id, r.channel, r.queue_id, now));
         });
         Ok((self.roster.agent(r.agent).id.clone(), contact))
     }
@@ -823,7 +912,7 @@ impl Engine {
     /// The offer was rejected, not answered or cancelled: the agent is free.
     pub fn release(&mut self, id: ReservationId, now: Time) -> Result<(), EngineError> {
         self.advance(now);
-        self.settle(id, Fate::Released)
+        self.settle(id, Fate::Released, now)
             .ok_or_else(|| self.reservation_error(id))?;
         self.counters.released += 1;
         Ok(())
@@ -847,22 +936,24 @@ impl Engine {
             .agent(a)
             .contacts
             .iter()
-            .position(|(c, _, _)| c == contact_id)
+            .position(|(c, _, _, _)| c == contact_id)
         else {
             return Err(EngineError::NoActiveContact {
                 agent: agent_id.to_owned(),
                 contact: contact_id.to_owned(),
             });
         };
-        let wrap_up = {
-            let (_, _, queue_id) = &self.roster.agent(a).contacts[pos];
-            self.policy
-                .queue_idx(queue_id)
-                .map_or(Duration::zero(), |q| self.policy.queues[q].wrap_up)
+        let (queue, confirmed_at) = {
+            let (_, _, queue_id, at) = &self.roster.agent(a).contacts[pos];
+            (self.policy.queue_idx(queue_id), *at)
         };
+        let wrap_up = queue.map_or(Duration::zero(), |q| self.policy.queues[q].wrap_up);
+        if let Some(q) = queue {
+            self.stats[q].observe_handle_time(now - confirmed_at);
+        }
         let until = now + wrap_up;
         let generation = self.roster.update(a, |agent| {
-            let (_, channel, _) = agent.contacts.swap_remove(pos);
+            let (_, channel, _, _) = agent.contacts.swap_remove(pos);
             let c = channel.index();
             agent.active[c] = agent.active[c].saturating_sub(1);
             let working = matches!(agent.state, AgentState::Available | AgentState::Busy);
@@ -879,7 +970,10 @@ impl Engine {
                 self.timers.push(Reverse((until, Timer::WrapUpEnd(a, g))));
                 Ok(until)
             }
-            None => Ok(now),
+            None => {
+                self.dispatch(a, now);
+                Ok(now)
+            }
         }
     }
 
@@ -923,6 +1017,7 @@ impl Engine {
             .iter()
             .map(|q| policy.queues[*q].id.clone())
             .collect();
+        self.dispatch(a, now);
         (queues, created)
     }
 
@@ -939,14 +1034,17 @@ impl Engine {
             .roster
             .find(agent_id)
             .ok_or_else(|| EngineError::UnknownAgent(agent_id.to_owned()))?;
-        Ok(self.roster.update(a, |agent| {
+        let previous = self.roster.update(a, |agent| {
             let previous = agent.state;
             if state == AgentState::Available && previous != AgentState::Available {
                 agent.ready_since = [now.timestamp_micros(); 5];
             }
             agent.state = state;
+            agent.missed_offers = 0;
             previous
-        }))
+        });
+        self.dispatch(a, now);
+        Ok(previous)
     }
 
     /// Every queue with its staffing now.
@@ -958,6 +1056,7 @@ impl Engine {
             .enumerate()
             .map(|(i, q)| {
                 let pool = self.roster.pool(i);
+                let waiting = self.waiting.count(i);
                 QueueView {
                     id: q.id.clone(),
                     level: q.level,
@@ -966,6 +1065,10 @@ impl Engine {
                     staffed: pool.staffed,
                     available: pool.available,
                     reservations: pool.reservations,
+                    waiting,
+                    longest_wait: self.waiting.longest_wait(i, now),
+                    estimated_wait: self.estimated_wait(i, waiting + 1),
+                    stats: self.stats[i],
                 }
             })
             .collect()
@@ -973,7 +1076,8 @@ impl Engine {
 
     /// Replaces the policy: agents are placed in the new queues, live
     /// reservations and active contacts carry over by queue id.
-    pub fn replace_policy(&mut self, policy: Arc<Policy>) {
+    pub fn replace_policy(&mut self, policy: Arc<Policy>, now: Time) {
+        self.rehome_waiting(&policy, now);
         self.roster.rebuild(&policy);
         for r in self.reservations.values_mut() {
             r.queue = policy.queue_idx(&r.queue_id);
@@ -982,6 +1086,9 @@ impl Engine {
             }
         }
         self.policy = policy;
+        for a in 0..self.roster.len() {
+            self.dispatch(a as AgentIdx, now);
+        }
     }
 }
 

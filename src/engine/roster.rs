@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::model::{AgentState, Channel, ChannelSet, FastMap};
+use crate::model::{AgentState, Channel, ChannelSet, FastMap, STATES};
 use crate::policy::{Policy, QueueIdx, Text};
 
 /// Index of an agent in the roster; agents are never removed, only set offline.
@@ -49,8 +49,11 @@ pub struct Agent {
     pub ready_since: [i64; CHANNELS],
     /// Queues whose skill requirements the agent meets.
     pub queues: Vec<QueueIdx>,
-    /// Contacts confirmed and not yet completed: (contact id, channel, queue id).
-    pub contacts: Vec<(String, Channel, Text)>,
+    /// Contacts confirmed and not yet completed: (contact id, channel,
+    /// queue id, when confirmed).
+    pub contacts: Vec<(String, Channel, Text, crate::model::Time)>,
+    /// Offers let time out in a row.
+    pub missed_offers: u32,
     /// How the agent is entered in the indexes now.
     indexed: Option<Indexed>,
 }
@@ -97,6 +100,7 @@ impl Agent {
             ready_since: [0; CHANNELS],
             queues: Vec::new(),
             contacts: Vec::new(),
+            missed_offers: 0,
             indexed: None,
         }
     }
@@ -155,7 +159,7 @@ pub struct Roster {
     ids: FastMap<Text, AgentIdx>,
     languages: FastMap<String, LangId>,
     pools: Vec<QueuePool>,
-    by_state: [u32; 5],
+    by_state: [u32; STATES],
 }
 
 /// The agent chosen for a contact.
@@ -202,7 +206,7 @@ impl Roster {
     }
 
     /// Agents per state, in [`AgentState::ALL`] order.
-    pub fn by_state(&self) -> [u32; 5] {
+    pub fn by_state(&self) -> [u32; STATES] {
         self.by_state
     }
 
@@ -267,7 +271,7 @@ impl Roster {
     /// the caller re-adds the live ones.
     pub fn rebuild(&mut self, policy: &Policy) {
         self.pools = pools(policy);
-        self.by_state = [0; 5];
+        self.by_state = [0; STATES];
         for a in 0..self.agents.len() {
             let agent = &mut self.agents[a];
             agent.indexed = None;
@@ -346,11 +350,11 @@ impl Roster {
         queue: QueueIdx,
         channel: Channel,
         language: Option<LangId>,
-        exclude: Option<AgentIdx>,
+        exclude: &[AgentIdx],
     ) -> Option<Pick> {
         let cp = &self.pools[queue].free[channel.index()];
         let first =
-            |set: &BTreeSet<IdleKey>| set.iter().map(|&(_, a)| a).find(|a| Some(*a) != exclude);
+            |set: &BTreeSet<IdleKey>| set.iter().map(|&(_, a)| a).find(|a| !exclude.contains(a));
         if let Some(agent) = language
             .and_then(|l| cp.by_language.get(&l))
             .and_then(first)

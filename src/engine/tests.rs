@@ -425,7 +425,7 @@ fn policy_reload_keeps_live_reservations() {
     let t = open();
     add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
     let d = e.route(&billing("c1"), t).unwrap();
-    e.replace_policy(Arc::new(Policy::embedded().unwrap()));
+    e.replace_policy(Arc::new(Policy::embedded().unwrap()), t);
     let billing_q = e.policy().queue_idx("billing").unwrap();
     assert_eq!(e.roster().pool(billing_q).reservations, 1);
     assert_eq!(e.roster().pool(billing_q).staffed, 1);

@@ -9,7 +9,9 @@ use prost_types::Timestamp;
 use tonic::Status;
 
 use super::pb;
-use crate::engine::{AgentSpec, Decision, Hop, Outcome, QueueView, ReservationId};
+use crate::engine::{
+    AgentOffer, AgentSpec, CallbackOffer, Decision, Event, Hop, Outcome, QueueView, ReservationId,
+};
 use crate::model::{
     AgentState, CallbackReason, Channel, Contact, Identity, Reason, Time, TransferFrom, Urgency,
 };
@@ -271,6 +273,7 @@ pub fn agent_state(value: i32) -> Result<AgentState, Status> {
         Ok(pb::AgentState::Busy) => Ok(AgentState::Busy),
         Ok(pb::AgentState::WrapUp) => Ok(AgentState::WrapUp),
         Ok(pb::AgentState::Away) => Ok(AgentState::Away),
+        Ok(pb::AgentState::NotResponding) => Ok(AgentState::NotResponding),
         Ok(pb::AgentState::Unspecified) => Err(invalid("state", "required")),
         Err(_) => Err(invalid("state", format!("unknown enum value {value}"))),
     }
@@ -295,6 +298,7 @@ impl From<AgentState> for pb::AgentState {
             AgentState::Busy => pb::AgentState::Busy,
             AgentState::WrapUp => pb::AgentState::WrapUp,
             AgentState::Away => pb::AgentState::Away,
+            AgentState::NotResponding => pb::AgentState::NotResponding,
         }
     }
 }
@@ -327,6 +331,9 @@ impl From<Reason> for pb::Reason {
             Reason::PolicyCallback => pb::Reason::PolicyCallback,
             Reason::PolicyAuthenticate => pb::Reason::PolicyAuthenticate,
             Reason::IdempotentReplay => pb::Reason::IdempotentReplay,
+            Reason::Queued => pb::Reason::Queued,
+            Reason::QueueFull => pb::Reason::QueueFull,
+            Reason::WaitTooLong => pb::Reason::WaitTooLong,
         }
     }
 }
@@ -344,37 +351,88 @@ impl From<CallbackReason> for pb::CallbackReason {
     }
 }
 
+impl From<&AgentOffer> for pb::AgentTarget {
+    fn from(a: &AgentOffer) -> pb::AgentTarget {
+        pb::AgentTarget {
+            agent_id: a.agent_id.to_string(),
+            transfer_address: a.transfer_address.to_string(),
+            queue_id: a.queue_id.to_string(),
+            reservation_id: a.reservation.to_string(),
+            reservation_expires_at: Some(timestamp(a.expires_at)),
+            interpreter_needed: a.interpreter_needed,
+        }
+    }
+}
+
+impl From<&CallbackOffer> for pb::CallbackTicket {
+    fn from(c: &CallbackOffer) -> pb::CallbackTicket {
+        pb::CallbackTicket {
+            ticket_type: c.terms.ticket_type.to_string(),
+            queue_id: c.queue_id.to_string(),
+            reason: pb::CallbackReason::from(c.reason).into(),
+            deadline: Some(timestamp(c.terms.deadline)),
+            deadline_local: c
+                .terms
+                .deadline
+                .with_timezone(&c.terms.time_zone)
+                .to_rfc3339(),
+            window_minutes: c.terms.window_minutes,
+            priority: u32::from(c.terms.priority),
+            intake_fields: c
+                .terms
+                .intake_fields
+                .iter()
+                .map(|f| f.to_string())
+                .collect(),
+        }
+    }
+}
+
+impl From<Event> for pb::AssignmentEvent {
+    fn from(e: Event) -> pb::AssignmentEvent {
+        use pb::assignment_event::Event as E;
+        match e {
+            Event::Assigned {
+                contact_id,
+                offer,
+                waited,
+            } => pb::AssignmentEvent {
+                contact_id,
+                event: Some(E::Agent(pb::AgentTarget::from(&offer))),
+                waited: Some(duration(waited)),
+            },
+            Event::CallbackInstead {
+                contact_id,
+                callback,
+            } => pb::AssignmentEvent {
+                contact_id,
+                event: Some(E::Callback(pb::CallbackTicket::from(&callback))),
+                waited: None,
+            },
+        }
+    }
+}
+
+/// A domain duration as a protobuf duration.
+pub fn duration(d: chrono::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.num_seconds(),
+        nanos: d.subsec_nanos(),
+    }
+}
+
 impl From<Decision> for pb::RouteContactResponse {
     fn from(d: Decision) -> pb::RouteContactResponse {
         use pb::route_contact_response::Outcome as O;
         let outcome = match d.outcome {
-            Outcome::Agent(a) => O::Agent(pb::AgentTarget {
-                agent_id: a.agent_id.to_string(),
-                transfer_address: a.transfer_address.to_string(),
-                queue_id: a.queue_id.to_string(),
-                reservation_id: a.reservation.to_string(),
-                reservation_expires_at: Some(timestamp(a.expires_at)),
-                interpreter_needed: a.interpreter_needed,
+            Outcome::Agent(a) => O::Agent(pb::AgentTarget::from(&a)),
+            Outcome::Queued(q) => O::Queued(pb::QueuedTarget {
+                queue_id: q.queue_id.to_string(),
+                transfer_address: q.transfer_address.to_string(),
+                position: q.position,
+                estimated_wait: Some(duration(q.estimated_wait)),
             }),
-            Outcome::Callback(c) => O::Callback(pb::CallbackTicket {
-                ticket_type: c.terms.ticket_type.to_string(),
-                queue_id: c.queue_id.to_string(),
-                reason: pb::CallbackReason::from(c.reason).into(),
-                deadline: Some(timestamp(c.terms.deadline)),
-                deadline_local: c
-                    .terms
-                    .deadline
-                    .with_timezone(&c.terms.time_zone)
-                    .to_rfc3339(),
-                window_minutes: c.terms.window_minutes,
-                priority: u32::from(c.terms.priority),
-                intake_fields: c
-                    .terms
-                    .intake_fields
-                    .iter()
-                    .map(|f| f.to_string())
-                    .collect(),
-            }),
+            Outcome::Callback(c) => O::Callback(pb::CallbackTicket::from(&c)),
             Outcome::Emergency {
                 script_id,
                 instruction,
@@ -416,6 +474,13 @@ impl From<QueueView> for pb::QueueView {
             agents_staffed: q.staffed,
             agents_available: q.available,
             reservations: q.reservations,
+            waiting: q.waiting,
+            longest_wait: Some(duration(q.longest_wait)),
+            estimated_wait: Some(duration(q.estimated_wait)),
+            service_level: q.stats.service_level(),
+            abandonment_rate: q.stats.abandonment(),
+            callbacks_issued: q.stats.callbacks,
+            answered: q.stats.answered,
         }
     }
 }

@@ -5,7 +5,14 @@
 
 use std::{sync::Arc, time::Instant};
 
+use std::pin::Pin;
+
 use parking_lot::Mutex;
+use tokio::sync::broadcast;
+use tokio_stream::{
+    Stream, StreamExt,
+    wrappers::{BroadcastStream, errors::BroadcastStreamRecvError},
+};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, pb};
@@ -20,7 +27,11 @@ pub struct Routing {
     engine: Arc<Mutex<Engine>>,
     clock: Arc<dyn Clock>,
     metrics: Arc<DecisionMetrics>,
+    events: broadcast::Sender<pb::AssignmentEvent>,
 }
+
+/// Assignment events buffered per watcher before it counts as lagging.
+const EVENT_BUFFER: usize = 4096;
 
 impl Routing {
     /// A service over `engine`, reading time from `clock`.
@@ -29,7 +40,30 @@ impl Routing {
             engine,
             clock,
             metrics: Arc::new(DecisionMetrics::new()),
+            events: broadcast::channel(EVENT_BUFFER).0,
         }
+    }
+
+    /// Runs `f` on the engine under its lock, then publishes the events it
+    /// decided (assignments, callbacks) to watchers, outside the lock.
+    pub fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> R {
+        let (result, events) = {
+            let mut engine = self.engine.lock();
+            let result = f(&mut engine);
+            (result, engine.take_events())
+        };
+        for e in events {
+            // No watcher is fine: the reservation lapses and the contact
+            // goes back in line.
+            let _ = self.events.send(pb::AssignmentEvent::from(e));
+        }
+        result
+    }
+
+    /// Applies what is due now (expiries, wrap-up ends, closed queues).
+    pub fn tick(&self) {
+        let now = self.clock.now();
+        self.with_engine(|e| e.advance(now));
     }
 
     /// The tonic server wrapper with message size limits.
@@ -42,7 +76,7 @@ impl Routing {
         let agent_id = convert::agent_id("agent_id", r.agent_id)?;
         let state = convert::agent_state(r.state)?;
         let now = self.clock.now();
-        let previous = self.engine.lock().set_state(&agent_id, state, now)?;
+        let previous = self.with_engine(|e| e.set_state(&agent_id, state, now))?;
         Ok(pb::SetAgentStateResponse {
             previous: pb::AgentState::from(previous).into(),
         })
@@ -62,7 +96,7 @@ impl pb::routing_service_server::RoutingService for Routing {
             let contact = Contact::try_from(request.into_inner())?;
             let now = self.clock.now();
             let started = Instant::now();
-            let decision = self.engine.lock().route(&contact, now)?;
+            let decision = self.with_engine(|e| e.route(&contact, now))?;
             let elapsed = started.elapsed().as_secs_f64();
             self.metrics.record(&decision, elapsed);
             tracing::debug!(
@@ -85,7 +119,7 @@ impl pb::routing_service_server::RoutingService for Routing {
     ) -> Result<Response<pb::UpsertAgentResponse>, Status> {
         let result = AgentSpec::try_from(request.into_inner()).map(|spec| {
             let now = self.clock.now();
-            let (queues, created) = self.engine.lock().upsert_agent(spec, now);
+            let (queues, created) = self.with_engine(|e| e.upsert_agent(spec, now));
             pb::UpsertAgentResponse {
                 eligible_queue_ids: queues.iter().map(|q| q.to_string()).collect(),
                 created,
@@ -127,7 +161,7 @@ impl pb::routing_service_server::RoutingService for Routing {
         let result = (|| {
             let id = convert::reservation_id(&request.get_ref().reservation_id)?;
             let now = self.clock.now();
-            let (agent_id, contact_id) = self.engine.lock().confirm(id, now)?;
+            let (agent_id, contact_id) = self.with_engine(|e| e.confirm(id, now))?;
             Ok(pb::ConfirmReservationResponse {
                 agent_id: agent_id.to_string(),
                 contact_id,
@@ -145,7 +179,7 @@ impl pb::routing_service_server::RoutingService for Routing {
             let id = convert::reservation_id(&r.reservation_id)?;
             let reason = convert::release_reason(r.reason)?;
             let now = self.clock.now();
-            self.engine.lock().release(id, now)?;
+            self.with_engine(|e| e.release(id, now))?;
             tracing::debug!(reservation_id = %id, reason, "released");
             Ok(pb::ReleaseReservationResponse {})
         })();
@@ -161,7 +195,7 @@ impl pb::routing_service_server::RoutingService for Routing {
             let agent_id = convert::agent_id("agent_id", r.agent_id)?;
             let contact_id = convert::contact_id("contact_id", r.contact_id)?;
             let now = self.clock.now();
-            let until = self.engine.lock().complete(&agent_id, &contact_id, now)?;
+            let until = self.with_engine(|e| e.complete(&agent_id, &contact_id, now))?;
             Ok(pb::CompleteContactResponse {
                 wrap_up_until: Some(convert::timestamp(until)),
             })
@@ -174,10 +208,43 @@ impl pb::routing_service_server::RoutingService for Routing {
         _request: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
         let now = self.clock.now();
-        let views = self.engine.lock().queues(now);
+        let views = self.with_engine(|e| e.queues(now));
         Ok(Response::new(pb::ListQueuesResponse {
             queues: views.into_iter().map(pb::QueueView::from).collect(),
         }))
+    }
+
+    async fn cancel_contact(
+        &self,
+        request: Request<pb::CancelContactRequest>,
+    ) -> Result<Response<pb::CancelContactResponse>, Status> {
+        let contact_id = convert::contact_id("contact_id", request.into_inner().contact_id)?;
+        let now = self.clock.now();
+        self.with_engine(|e| e.cancel(&contact_id, now))?;
+        Ok(Response::new(pb::CancelContactResponse {}))
+    }
+
+    type WatchAssignmentsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::AssignmentEvent, Status>> + Send + 'static>>;
+
+    async fn watch_assignments(
+        &self,
+        _request: Request<pb::WatchAssignmentsRequest>,
+    ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        let events = BroadcastStream::new(self.events.subscribe()).filter_map(|e| match e {
+            Ok(event) => Some(Ok(event)),
+            // A watcher too slow to keep up misses events; their
+            // reservations lapse after the TTL and the contacts go back in
+            // line, so routing never waits for a watcher.
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                tracing::warn!(
+                    missed = n,
+                    "assignment watcher lagging; missed events will re-offer after their TTL"
+                );
+                None
+            }
+        });
+        Ok(Response::new(Box::pin(events)))
     }
 
     async fn get_contact_path(

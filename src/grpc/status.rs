@@ -18,6 +18,7 @@ impl From<EngineError> for Status {
             EngineError::ReservationExpired(_) => Status::failed_precondition(message),
             EngineError::ReservationSettled { .. } => Status::failed_precondition(message),
             EngineError::NoActiveContact { .. } => Status::not_found(message),
+            EngineError::NotWaiting(_) => Status::not_found(message),
         }
     }
 }

@@ -61,6 +61,10 @@ struct RawPolicy {
     #[serde(default)]
     reservation_ttl: Option<Spanned<String>>,
     #[serde(default)]
+    priority_aging: Option<Spanned<String>>,
+    #[serde(default)]
+    missed_offers_to_pause: Option<Spanned<i64>>,
+    #[serde(default)]
     intake_fields: Vec<String>,
     emergency: RawEmergency,
     authenticate: RawAuthenticate,
@@ -124,6 +128,14 @@ struct RawQueue {
     transfer_address: Spanned<String>,
     #[serde(default)]
     wrap_up: Option<Spanned<String>>,
+    #[serde(default)]
+    max_waiting: Option<Spanned<i64>>,
+    #[serde(default)]
+    max_wait: Option<Spanned<String>>,
+    #[serde(default)]
+    service_level: Option<Spanned<String>>,
+    #[serde(default)]
+    handle_time: Option<Spanned<String>>,
     #[serde(default)]
     callback_ticket_type: Option<String>,
     #[serde(default)]
@@ -236,6 +248,18 @@ impl Cx<'_> {
             return Err(self.bad(value, field, format!("must be at most {max_secs}s")));
         }
         Ok(d)
+    }
+
+    fn duration_or(
+        &self,
+        value: &Option<Spanned<String>>,
+        field: &str,
+        max_secs: i64,
+        default: Duration,
+    ) -> Result<Duration, PolicyError> {
+        value
+            .as_ref()
+            .map_or(Ok(default), |v| self.duration(v, field, max_secs))
     }
 
     fn level(&self, value: &Spanned<i64>, field: &str) -> Result<u8, PolicyError> {
@@ -406,6 +430,37 @@ impl Cx<'_> {
                     .map(|w| self.duration(w, &format!("{field}.wrap_up"), MAX_WRAP_UP_SECS))
                     .transpose()?
                     .unwrap_or_else(Duration::zero),
+                max_waiting: match &q.max_waiting {
+                    Some(v) => match *v.get_ref() {
+                        n @ 0..=100_000 => n as u32,
+                        n => {
+                            return Err(self.bad(
+                                v,
+                                format!("{field}.max_waiting"),
+                                format!("{n} is not 0 (no waiting) to 100000"),
+                            ));
+                        }
+                    },
+                    None => 0,
+                },
+                max_wait: self.duration_or(
+                    &q.max_wait,
+                    &format!("{field}.max_wait"),
+                    24 * 3600,
+                    Duration::minutes(10),
+                )?,
+                service_level: self.duration_or(
+                    &q.service_level,
+                    &format!("{field}.service_level"),
+                    3600,
+                    Duration::seconds(30),
+                )?,
+                handle_time: self.duration_or(
+                    &q.handle_time,
+                    &format!("{field}.handle_time"),
+                    24 * 3600,
+                    Duration::minutes(5),
+                )?,
                 callback_ticket_type: text(
                     q.callback_ticket_type
                         .as_deref()
@@ -512,6 +567,27 @@ impl Cx<'_> {
             default_queue: queue_ref(&raw.default_queue, "default_queue")?,
             main_schedule,
             reservation_ttl,
+            priority_aging: self
+                .duration_or(
+                    &raw.priority_aging,
+                    "priority_aging",
+                    24 * 3600,
+                    Duration::seconds(60),
+                )?
+                .max(Duration::seconds(1)),
+            missed_offers_to_pause: match &raw.missed_offers_to_pause {
+                Some(v) => match *v.get_ref() {
+                    n @ 1..=100 => n as u32,
+                    n => {
+                        return Err(self.bad(
+                            v,
+                            "missed_offers_to_pause",
+                            format!("{n} is not 1-100"),
+                        ));
+                    }
+                },
+                None => 3,
+            },
             emergency: Emergency {
                 script_id: text(&raw.emergency.script_id),
                 instruction: text(&raw.emergency.instruction),

@@ -50,6 +50,10 @@ pub struct Policy {
     pub main_schedule: usize,
     /// How long an agent stays reserved without a confirm.
     pub reservation_ttl: Duration,
+    /// A waiting contact gains one priority point per this much wait.
+    pub priority_aging: Duration,
+    /// Offers an agent may let time out in a row before being set not-responding.
+    pub missed_offers_to_pause: u32,
     /// The emergency answer.
     pub emergency: Emergency,
     /// The "authenticate first" answers.
@@ -128,6 +132,14 @@ pub struct Queue {
     pub transfer_address: Text,
     /// Wrap-up time after each contact.
     pub wrap_up: Duration,
+    /// Contacts that may wait for an agent; 0 answers with a callback instead.
+    pub max_waiting: u32,
+    /// Longest estimated wait offered; beyond it, a callback.
+    pub max_wait: Duration,
+    /// Answered within this counts toward the service level.
+    pub service_level: Duration,
+    /// Handle time assumed until the service has observed some.
+    pub handle_time: Duration,
     /// Ticket type of callbacks it owns.
     pub callback_ticket_type: Text,
     /// When closed, urgent contacts go here (the on-call path).

@@ -1,0 +1,210 @@
+//! Contacts waiting for an agent. Each (queue, channel) keeps its line in an
+//! ordered set whose key is fixed at arrival yet orders by priority that
+//! rises with wait: a contact's effective priority at time t is
+//! `points + (t - arrival) / aging`, and sorting by
+//! `arrival - points x aging` sorts by that for every t at once. The head of
+//! a line is therefore its first entry, and nothing is re-sorted as time
+//! passes.
+
+use std::collections::BTreeSet;
+
+use super::roster::AgentIdx;
+use super::{DecisionId, ReservationId};
+use crate::model::{Channel, FastMap, Time, Urgency};
+use crate::policy::{IntentIdx, QueueIdx};
+
+/// Order in a line: the fixed sort value, then arrival sequence.
+pub type WaitKey = (i64, u64);
+
+const CHANNELS: usize = Channel::ALL.len();
+
+/// One waiting contact.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Waiter {
+    /// Arrival sequence, unique.
+    pub seq: u64,
+    /// Opaque contact reference.
+    pub contact_id: String,
+    /// The queue it waits in.
+    pub queue: QueueIdx,
+    /// The channel it came on.
+    pub channel: Channel,
+    /// Language tag, if the contact gave one.
+    pub language: Option<String>,
+    /// Its intent, for callback terms if the queue closes.
+    pub intent: IntentIdx,
+    /// Its urgency.
+    pub urgency: Urgency,
+    /// When it started waiting.
+    pub arrived: Time,
+    /// Its place in line.
+    pub key: WaitKey,
+    /// The decision that queued it.
+    pub decision: DecisionId,
+    /// Agents never offered this contact again (the transferring agent, and
+    /// agents who let its offer time out or rejected it).
+    pub exclude: Vec<AgentIdx>,
+    /// The live offer of this contact, when one is out.
+    pub offer: Option<ReservationId>,
+}
+
+/// Every line, every waiting contact.
+#[derive(Debug, Default)]
+pub struct WaitingRoom {
+    lines: Vec<[BTreeSet<WaitKey>; CHANNELS]>,
+    waiters: FastMap<u64, Waiter>,
+    by_contact: FastMap<String, u64>,
+    counts: Vec<u32>,
+    next: u64,
+}
+
+impl WaitingRoom {
+    /// An empty room for `queues` queues.
+    pub fn new(queues: usize) -> WaitingRoom {
+        WaitingRoom {
+            lines: (0..queues).map(|_| Default::default()).collect(),
+            counts: vec![0; queues],
+            ..WaitingRoom::default()
+        }
+    }
+
+    /// The next arrival sequence number.
+    pub fn next_seq(&mut self) -> u64 {
+        self.next += 1;
+        self.next
+    }
+
+    /// Contacts waiting in `queue` (not counting those with an offer out).
+    pub fn count(&self, queue: QueueIdx) -> u32 {
+        self.counts.get(queue).copied().unwrap_or(0)
+    }
+
+    /// Contacts waiting, all queues.
+    pub fn len(&self) -> usize {
+        self.by_contact.len()
+    }
+
+    /// Whether nobody waits.
+    pub fn is_empty(&self) -> bool {
+        self.by_contact.is_empty()
+    }
+
+    /// Puts a contact in its line (unless an offer of it is out).
+    pub fn enter(&mut self, waiter: Waiter) {
+        if waiter.offer.is_none() {
+            self.lines[waiter.queue][waiter.channel.index()].insert(waiter.key);
+            self.counts[waiter.queue] += 1;
+        }
+        self.by_contact
+            .insert(waiter.contact_id.clone(), waiter.seq);
+        self.waiters.insert(waiter.seq, waiter);
+    }
+
+    /// The 1-based position `key` takes in a line: contacts ahead of it,
+    /// plus one. Counts entries ahead (a range walk, not the whole line).
+    pub fn position_of(&self, queue: QueueIdx, channel: Channel, key: WaitKey) -> u32 {
+        self.lines[queue][channel.index()].range(..key).count() as u32 + 1
+    }
+
+    /// The first entry of a line.
+    pub fn line_first(&self, queue: QueueIdx, channel: Channel) -> Option<&WaitKey> {
+        self.lines[queue][channel.index()].first()
+    }
+
+    /// A waiting contact to change.
+    pub fn get_mut(&mut self, seq: u64) -> Option<&mut Waiter> {
+        self.waiters.get_mut(&seq)
+    }
+
+    /// Moves a contact in line to another queue's line, keeping its place
+    /// by priority and age.
+    pub fn move_to(&mut self, seq: u64, queue: QueueIdx) {
+        let in_line = self.step_out(seq).map(|w| w.offer.is_none());
+        if let Some(w) = self.waiters.get_mut(&seq) {
+            w.queue = queue;
+            if in_line == Some(true) && self.lines[queue][w.channel.index()].insert(w.key) {
+                self.counts[queue] += 1;
+            }
+        }
+    }
+
+    /// Every waiting contact, consuming the room.
+    pub fn into_waiters(self) -> impl Iterator<Item = Waiter> {
+        self.waiters.into_values()
+    }
+
+    /// Takes a contact out of its line, keeping its record (an offer is out).
+    pub fn step_out(&mut self, seq: u64) -> Option<&mut Waiter> {
+        let w = self.waiters.get_mut(&seq)?;
+        if self.lines[w.queue][w.channel.index()].remove(&w.key) {
+            self.counts[w.queue] -= 1;
+        }
+        Some(w)
+    }
+
+    /// Puts a contact whose offer failed back at its own place (the head, if
+    /// it waited longest), never to be offered to `missed_by` again.
+    pub fn step_back(&mut self, seq: u64, missed_by: Option<AgentIdx>) -> Option<&Waiter> {
+        let w = self.waiters.get_mut(&seq)?;
+        w.offer = None;
+        if let Some(a) = missed_by {
+            w.exclude.push(a);
+        }
+        if self.lines[w.queue][w.channel.index()].insert(w.key) {
+            self.counts[w.queue] += 1;
+        }
+        Some(w)
+    }
+
+    /// Forgets a contact entirely (assigned, cancelled or called back).
+    pub fn leave(&mut self, seq: u64) -> Option<Waiter> {
+        self.step_out(seq);
+        let w = self.waiters.remove(&seq)?;
+        self.by_contact.remove(&w.contact_id);
+        Some(w)
+    }
+
+    /// A waiting contact by its contact id.
+    pub fn find(&self, contact_id: &str) -> Option<&Waiter> {
+        self.by_contact
+            .get(contact_id)
+            .and_then(|s| self.waiters.get(s))
+    }
+
+    /// A waiting contact by sequence.
+    pub fn get(&self, seq: u64) -> Option<&Waiter> {
+        self.waiters.get(&seq)
+    }
+
+    /// The first contact of a line that `agent` may be offered.
+    pub fn head_for(&self, queue: QueueIdx, channel: Channel, agent: AgentIdx) -> Option<WaitKey> {
+        self.lines[queue][channel.index()]
+            .iter()
+            .find(|k| {
+                self.waiters
+                    .get(&k.1)
+                    .is_some_and(|w| !w.exclude.contains(&agent))
+            })
+            .copied()
+    }
+
+    /// The sequence numbers waiting in `queue`, in no order (for closing a
+    /// queue and for views).
+    pub fn in_queue(&self, queue: QueueIdx) -> Vec<u64> {
+        self.lines[queue]
+            .iter()
+            .flat_map(|line| line.iter().map(|k| k.1))
+            .collect()
+    }
+
+    /// The longest wait among contacts in `queue`'s lines.
+    pub fn longest_wait(&self, queue: QueueIdx, now: Time) -> chrono::Duration {
+        self.lines[queue]
+            .iter()
+            .flat_map(|line| line.iter())
+            .filter_map(|k| self.waiters.get(&k.1))
+            .map(|w| now - w.arrived)
+            .max()
+            .unwrap_or_else(chrono::Duration::zero)
+    }
+}
