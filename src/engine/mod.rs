@@ -1093,4 +1093,6 @@ impl Engine {
 }
 
 #[cfg(test)]
+mod queueing_tests;
+#[cfg(test)]
 mod tests;

@@ -244,20 +244,19 @@ impl Engine {
         }
     }
 
-    /// Offers the head of (`queue`, `channel`)'s line to a free agent, if any.
+    /// After a contact steps back into (`queue`, `channel`)'s line, offers
+    /// free agents of that line the best contacts they may take. Free agents
+    /// exist here only if every contact in line excludes them, so the walk
+    /// is short; it stops as soon as the line is empty.
     pub(super) fn dispatch_line(&mut self, queue: QueueIdx, channel: Channel, now: Time) {
-        loop {
-            let Some(&(_, seq)) = self.waiting.line_first(queue, channel) else {
+        if self.waiting.line_first(queue, channel).is_none() {
+            return;
+        }
+        for a in self.roster.free_in(queue, channel) {
+            if self.waiting.line_first(queue, channel).is_none() {
                 return;
-            };
-            let Some(w) = self.waiting.get(seq) else {
-                return;
-            };
-            let lang = w.language.as_deref().and_then(|l| self.roster.language(l));
-            let Some(pick) = self.roster.pick(queue, channel, lang, &w.exclude) else {
-                return;
-            };
-            self.assign(seq, pick.agent, now);
+            }
+            self.dispatch(a, now);
         }
     }
 

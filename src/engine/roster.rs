@@ -370,6 +370,15 @@ impl Roster {
         })
     }
 
+    /// The agents free for `queue` on `channel`, longest idle first.
+    pub fn free_in(&self, queue: QueueIdx, channel: Channel) -> Vec<AgentIdx> {
+        self.pools[queue].free[channel.index()]
+            .any
+            .iter()
+            .map(|&(_, a)| a)
+            .collect()
+    }
+
     /// Whether agent `a` may take a contact of `queue` on `channel` now.
     pub fn is_free_for(&self, a: AgentIdx, queue: QueueIdx, channel: Channel) -> bool {
         let agent = self.agent(a);

@@ -437,6 +437,34 @@ fn policy_reload_keeps_live_reservations() {
 
 /// Checks everything that must hold between any two operations.
 fn check_invariants(e: &Engine, now: Time) {
+    // Waiting contacts and offers point at each other, and no waiting
+    // contact sits in line while an agent who may take it is free.
+    for (id, r) in &e.reservations {
+        if let Some(seq) = r.waiter {
+            let w = e
+                .waiting
+                .get(seq)
+                .expect("an offer outlived its waiting contact");
+            assert_eq!(w.offer, Some(*id), "offer and waiter disagree");
+        }
+    }
+    for q in 0..e.policy.queues.len() {
+        for seq in e.waiting.in_queue(q) {
+            let w = e.waiting.get(seq).unwrap();
+            assert_eq!(w.offer, None, "a contact in line has an offer out");
+            let free = e.roster.pick(q, w.channel, None, &w.exclude);
+            assert!(
+                free.is_none(),
+                "{} waits in {} on {} while agent {:?} is free for it (excluded {:?}, agent {:?})",
+                w.contact_id,
+                e.policy.queues[q].id,
+                w.channel,
+                free,
+                w.exclude,
+                free.map(|p| e.roster.agent(p.agent)),
+            );
+        }
+    }
     let mut held: HashMap<AgentIdx, [u32; 5]> = HashMap::new();
     for r in e.reservations.values() {
         assert!(r.expires_at > now, "a reservation outlived its TTL");
@@ -494,6 +522,7 @@ enum Op {
     State(u8, u8),
     Wait(u16),
     Reprofile(u8, u8),
+    Cancel(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -506,34 +535,47 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..4, 0u8..5).prop_map(|(a, s)| Op::State(a, s)),
         2 => (0u16..20_000).prop_map(Op::Wait),
         1 => (0u8..4, 0u8..3).prop_map(|(a, chat)| Op::Reprofile(a, chat)),
+        1 => any::<u8>().prop_map(Op::Cancel),
     ]
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
-
-    /// Random interleavings of route, confirm, release, complete, expiry,
-    /// state and profile changes never reserve an agent beyond its capacity,
-    /// never keep a reservation past its TTL, and keep every index and count
-    /// equal to a brute-force recount.
-    #[test]
-    fn no_interleaving_double_books_an_agent(ops in proptest::collection::vec(op(), 1..120)) {
-        let mut e = engine();
-        let mut now = open();
-        for i in 0..4u8 {
-            let languages: &[&str] = if i % 2 == 0 { &["en", "es"] } else { &["en"] };
-            add(&mut e, billing_agent(&format!("b{i}"), languages, 1, i % 3), now);
-        }
-        let mut offered: Vec<ReservationId> = Vec::new();
-        let mut active: Vec<(String, String)> = Vec::new();
-        for op in ops {
-            match op {
-                Op::Route { contact, chat, preferred } => {
-                    let mut c = billing(&format!("c{contact}"));
-                    if chat { c.channel = Channel::Chat; }
-                    c.preferred_agent_id = preferred.map(|p| format!("b{p}"));
-                    if contact % 3 == 0 { c.language = Some("es".into()); }
-                    if let Outcome::Agent(a) = e.route(&c, now).unwrap().outcome {
+/// Runs `ops` on `e`, checking the invariants after each, and that every
+/// contact that was queued ends assigned and confirmed, cancelled, called
+/// back, re-routed, or still waiting: none is lost.
+fn run(mut e: Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut now = open();
+    for i in 0..4u8 {
+        let languages: &[&str] = if i % 2 == 0 { &["en", "es"] } else { &["en"] };
+        add(
+            &mut e,
+            billing_agent(&format!("b{i}"), languages, 1, i % 3),
+            now,
+        );
+    }
+    let mut offered: Vec<ReservationId> = Vec::new();
+    let mut active: Vec<(String, String)> = Vec::new();
+    let mut waiting: std::collections::HashSet<String> = Default::default();
+    // Offers made to waiting contacts (an immediate offer to a contact that
+    // is also queued under a later hop answers the earlier hop only).
+    let mut assignments: std::collections::HashSet<ReservationId> = Default::default();
+    for op in ops {
+        match op {
+            Op::Route {
+                contact,
+                chat,
+                preferred,
+            } => {
+                let mut c = billing(&format!("c{contact}"));
+                if chat {
+                    c.channel = Channel::Chat;
+                }
+                c.preferred_agent_id = preferred.map(|p| format!("b{p}"));
+                if contact % 3 == 0 {
+                    c.language = Some("es".into());
+                }
+                waiting.remove(&c.contact_id); // a new hop replaces its place
+                match e.route(&c, now).unwrap().outcome {
+                    Outcome::Agent(a) => {
                         // The reservation fits the agent's capacity on that
                         // channel. (A profile change may lower capacity below
                         // work in progress; no new reservation may then come.)
@@ -542,36 +584,105 @@ proptest! {
                         prop_assert!(agent.reserved[k] + agent.active[k] <= agent.capacity[k]);
                         offered.push(a.reservation);
                     }
-                }
-                Op::Confirm(k) if !offered.is_empty() => {
-                    let r = offered.remove(usize::from(k) % offered.len());
-                    if let Ok((agent, contact)) = e.confirm(r, now) {
-                        active.push((agent.to_string(), contact));
+                    Outcome::Queued(_) => {
+                        waiting.insert(c.contact_id.clone());
                     }
+                    _ => {}
                 }
-                Op::Release(k) if !offered.is_empty() => {
-                    let r = offered.remove(usize::from(k) % offered.len());
-                    let _ = e.release(r, now);
-                }
-                Op::Complete(k) if !active.is_empty() => {
-                    let (agent, contact) = active.remove(usize::from(k) % active.len());
-                    e.complete(&agent, &contact, now).unwrap();
-                }
-                Op::State(a, s) => {
-                    e.set_state(&format!("b{a}"), AgentState::ALL[usize::from(s)], now).unwrap();
-                }
-                Op::Reprofile(a, chat) => {
-                    // New languages and chat capacity, work in progress kept.
-                    let languages: &[&str] = if chat == 0 { &["es"] } else { &["en", "vi"] };
-                    e.upsert_agent(billing_agent(&format!("b{a}"), languages, 1, chat.max(1)), now);
-                }
-                Op::Wait(ms) => {
-                    now += Duration::milliseconds(i64::from(ms));
-                    e.advance(now);
-                }
-                _ => {}
             }
-            check_invariants(&e, now);
+            Op::Confirm(k) if !offered.is_empty() => {
+                let r = offered.remove(usize::from(k) % offered.len());
+                if let Ok((agent, contact)) = e.confirm(r, now) {
+                    if assignments.contains(&r) {
+                        waiting.remove(&contact);
+                    }
+                    active.push((agent.to_string(), contact));
+                }
+            }
+            Op::Release(k) if !offered.is_empty() => {
+                let r = offered.remove(usize::from(k) % offered.len());
+                let _ = e.release(r, now);
+            }
+            Op::Complete(k) if !active.is_empty() => {
+                let (agent, contact) = active.remove(usize::from(k) % active.len());
+                e.complete(&agent, &contact, now).unwrap();
+            }
+            Op::Cancel(contact) => {
+                let id = format!("c{contact}");
+                let was = e.waiting.find(&id).is_some();
+                prop_assert_eq!(e.cancel(&id, now).is_ok(), was);
+                waiting.remove(&id);
+            }
+            Op::State(a, s) => {
+                e.set_state(&format!("b{a}"), AgentState::ALL[usize::from(s)], now)
+                    .unwrap();
+            }
+            Op::Reprofile(a, chat) => {
+                // New languages and chat capacity, work in progress kept.
+                let languages: &[&str] = if chat == 0 { &["es"] } else { &["en", "vi"] };
+                e.upsert_agent(
+                    billing_agent(&format!("b{a}"), languages, 1, chat.max(1)),
+                    now,
+                );
+            }
+            Op::Wait(ms) => {
+                now += Duration::milliseconds(i64::from(ms));
+                e.advance(now);
+            }
+            _ => {}
         }
+        for event in e.take_events() {
+            match event {
+                Event::Assigned {
+                    offer, contact_id, ..
+                } => {
+                    prop_assert!(
+                        waiting.contains(&contact_id),
+                        "assigned a contact not waiting: {}",
+                        contact_id
+                    );
+                    assignments.insert(offer.reservation);
+                    offered.push(offer.reservation);
+                }
+                Event::CallbackInstead { contact_id, .. } => {
+                    waiting.remove(&contact_id);
+                }
+            }
+        }
+        check_invariants(&e, now);
+        let mut in_room: Vec<_> = waiting
+            .iter()
+            .filter(|c| e.waiting.find(c).is_none())
+            .collect();
+        in_room.sort();
+        prop_assert!(in_room.is_empty(), "lost waiting contacts: {:?}", in_room);
+        prop_assert_eq!(
+            e.waiting_contacts(),
+            waiting.len(),
+            "the room holds contacts nobody queued"
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Random interleavings of route, confirm, release, complete, cancel,
+    /// expiry, state and profile changes never reserve an agent beyond its
+    /// capacity, never keep a reservation past its TTL, and keep every index
+    /// and count equal to a brute-force recount.
+    #[test]
+    fn no_interleaving_double_books_an_agent(ops in proptest::collection::vec(op(), 1..120)) {
+        run(engine(), ops)?;
+    }
+
+    /// The same with live queueing on: additionally, no waiting contact is
+    /// lost or assigned twice, offers and waiters agree, and nobody waits
+    /// while an agent who may take them is free.
+    #[test]
+    fn no_interleaving_loses_or_double_assigns_a_waiting_contact(ops in proptest::collection::vec(op(), 1..160)) {
+        let policy = Arc::new(super::queueing_tests::waiting_policy());
+        run(Engine::new(policy, EngineConfig::default()), ops)?;
     }
 }
