@@ -151,7 +151,9 @@ pub async fn run(
     // Ready once the policy is loaded (it is) and the listeners are bound
     // (they are); not ready again from the start of the drain.
     let ready = Arc::new(AtomicBool::new(true));
-    let routing = Routing::new(Arc::clone(&engine), Arc::clone(&clock));
+    // One stop signal for every task, and for open assignment streams.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let routing = Routing::new(Arc::clone(&engine), Arc::clone(&clock), stop_rx.clone());
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -168,8 +170,6 @@ pub async fn run(
         .build_v1alpha()
         .map_err(|e| ServerError::Metrics(std::io::Error::other(e)))?;
 
-    // One stop signal for every task.
-    let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
         // An error means the sender is gone, which also means stop.
         let _ = rx.wait_for(|stop| *stop).await;

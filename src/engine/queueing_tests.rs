@@ -18,11 +18,7 @@ pub(super) fn waiting_policy() -> Policy {
             "transfer_address = \"sip:billing@pbx.careroute.example\"\nmax_waiting = 20\nmax_wait = \"2h\"",
             1,
         )
-        .replacen(
-            "transfer_address = \"sip:scheduling@pbx.careroute.example\"",
-            "transfer_address = \"sip:scheduling@pbx.careroute.example\"\nmax_waiting = 2",
-            1,
-        );
+        .replacen("max_waiting = 10", "max_waiting = 2", 1);
     crate::policy::parse("waiting.toml", &text).unwrap()
 }
 

@@ -8,10 +8,10 @@ use std::{sync::Arc, time::Instant};
 use std::pin::Pin;
 
 use parking_lot::Mutex;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 use tokio_stream::{
     Stream, StreamExt,
-    wrappers::{BroadcastStream, errors::BroadcastStreamRecvError},
+    wrappers::{BroadcastStream, WatchStream, errors::BroadcastStreamRecvError},
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -28,6 +28,9 @@ pub struct Routing {
     clock: Arc<dyn Clock>,
     metrics: Arc<DecisionMetrics>,
     events: broadcast::Sender<pb::AssignmentEvent>,
+    /// Turns true when the server drains: open assignment streams end, so
+    /// a watching CTI never holds the shutdown up.
+    stopping: watch::Receiver<bool>,
 }
 
 /// Assignment events buffered per watcher before it counts as lagging.
@@ -35,12 +38,17 @@ const EVENT_BUFFER: usize = 4096;
 
 impl Routing {
     /// A service over `engine`, reading time from `clock`.
-    pub fn new(engine: Arc<Mutex<Engine>>, clock: Arc<dyn Clock>) -> Routing {
+    pub fn new(
+        engine: Arc<Mutex<Engine>>,
+        clock: Arc<dyn Clock>,
+        stopping: watch::Receiver<bool>,
+    ) -> Routing {
         Routing {
             engine,
             clock,
             metrics: Arc::new(DecisionMetrics::new()),
             events: broadcast::channel(EVENT_BUFFER).0,
+            stopping,
         }
     }
 
@@ -231,8 +239,12 @@ impl pb::routing_service_server::RoutingService for Routing {
         &self,
         _request: Request<pb::WatchAssignmentsRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        enum Item {
+            Event(pb::AssignmentEvent),
+            Stop,
+        }
         let events = BroadcastStream::new(self.events.subscribe()).filter_map(|e| match e {
-            Ok(event) => Some(Ok(event)),
+            Ok(event) => Some(Item::Event(event)),
             // A watcher too slow to keep up misses events; their
             // reservations lapse after the TTL and the contacts go back in
             // line, so routing never waits for a watcher.
@@ -244,6 +256,16 @@ impl pb::routing_service_server::RoutingService for Routing {
                 None
             }
         });
+        let stop = WatchStream::new(self.stopping.clone())
+            .filter(|stopping| *stopping)
+            .map(|_| Item::Stop);
+        let events = events
+            .merge(stop)
+            .take_while(|item| matches!(item, Item::Event(_)))
+            .filter_map(|item| match item {
+                Item::Event(e) => Some(Ok(e)),
+                Item::Stop => None,
+            });
         Ok(Response::new(Box::pin(events)))
     }
 

@@ -1,0 +1,179 @@
+//! End to end over gRPC, live queueing on the example policy's scheduling
+//! queue (two demo agents, up to 10 waiting, 15 min wait limit): a contact
+//! waits, an agent frees up, the CTI's WatchAssignments stream receives the
+//! assignment; offers that time out move on; cancels leave the line; the
+//! estimated wait grows with position.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration as StdDuration;
+
+use careroute::grpc::pb::{self, assignment_event::Event as E};
+use chrono::Duration;
+use common::*;
+use tonic::{Code, Streaming};
+
+fn scheduling(id: &str) -> pb::RouteContactRequest {
+    contact(id, "scheduling")
+}
+
+fn queued(d: &pb::RouteContactResponse) -> &pb::QueuedTarget {
+    match &d.outcome {
+        Some(pb::route_contact_response::Outcome::Queued(q)) => q,
+        other => panic!("expected queued, got {other:?} ({:?})", d.reasons),
+    }
+}
+
+/// The next assignment on the stream; fails after 5 s of real time (the
+/// server applies expiries on its own every 250 ms).
+async fn next(stream: &mut Streaming<pb::AssignmentEvent>) -> pb::AssignmentEvent {
+    tokio::time::timeout(StdDuration::from_secs(5), stream.message())
+        .await
+        .expect("no assignment within 5 s")
+        .unwrap()
+        .unwrap()
+}
+
+fn agent_of(e: &pb::AssignmentEvent) -> &pb::AgentTarget {
+    match &e.event {
+        Some(E::Agent(a)) => a,
+        other => panic!("expected an assignment, got {other:?}"),
+    }
+}
+
+async fn scheduling_view(s: &TestServer) -> pb::QueueView {
+    let queues = s
+        .client
+        .clone()
+        .list_queues(pb::ListQueuesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    queues
+        .queues
+        .into_iter()
+        .find(|q| q.queue_id == "scheduling")
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_waiting_contact_is_assigned_when_an_agent_frees_up_and_offers_move_on() {
+    let s = TestServer::start(monday_10am()).await;
+    let mut client = s.client.clone();
+    let mut stream = client
+        .watch_assignments(pb::WatchAssignmentsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+
+    // Both scheduling agents get a contact; the third waits.
+    let first = s.route(scheduling("s1")).await.unwrap();
+    let second = s.route(scheduling("s2")).await.unwrap();
+    let d = s.route(scheduling("s3")).await.unwrap();
+    let q = queued(&d);
+    assert_eq!((q.queue_id.as_str(), q.position), ("scheduling", 1));
+    assert_eq!(q.transfer_address, "sip:scheduling@pbx.careroute.example");
+    assert!(has_reason(&d, pb::Reason::Queued));
+    assert_eq!(scheduling_view(&s).await.waiting, 1);
+
+    // The first agent's offer is rejected: that agent takes the waiting s3.
+    let r1 = agent(&first).clone();
+    client
+        .release_reservation(pb::ReleaseReservationRequest {
+            reservation_id: r1.reservation_id,
+            reason: pb::ReleaseReason::Rejected.into(),
+        })
+        .await
+        .unwrap();
+    let e = next(&mut stream).await;
+    assert_eq!(e.contact_id, "s3");
+    assert_eq!(agent_of(&e).agent_id, r1.agent_id);
+
+    // Nobody confirms in time: s3 goes back to the head of the line and is
+    // offered to the other agent once it is free, never to the first again.
+    let r2 = agent(&second).clone();
+    client
+        .release_reservation(pb::ReleaseReservationRequest {
+            reservation_id: r2.reservation_id,
+            reason: pb::ReleaseReason::NoAnswer.into(),
+        })
+        .await
+        .unwrap();
+    s.clock.advance(Duration::seconds(15));
+    let e = next(&mut stream).await;
+    assert_eq!(e.contact_id, "s3");
+    let offer = agent_of(&e).clone();
+    assert_eq!(
+        offer.agent_id, r2.agent_id,
+        "the next agent, not the one who missed it"
+    );
+
+    // The agent confirms: answered within the 30 s service level.
+    client
+        .confirm_reservation(pb::ConfirmReservationRequest {
+            reservation_id: offer.reservation_id,
+        })
+        .await
+        .unwrap();
+    let view = scheduling_view(&s).await;
+    assert_eq!((view.waiting, view.answered), (0, 1));
+    assert_eq!(view.service_level, Some(1.0));
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_leaves_the_line_and_the_wait_estimate_grows_with_position() {
+    let s = TestServer::start(monday_10am()).await;
+    let mut client = s.client.clone();
+    agent(&s.route(scheduling("busy-1")).await.unwrap());
+    agent(&s.route(scheduling("busy-2")).await.unwrap());
+    // Two agents, 4 min assumed handle time: about 2 min per place in line,
+    // so the 8th place (16 min) is over the 15 min limit.
+    let mut last = 0;
+    let mut positions = Vec::new();
+    for i in 0..8 {
+        let d = s.route(scheduling(&format!("w{i}"))).await.unwrap();
+        match &d.outcome {
+            Some(pb::route_contact_response::Outcome::Queued(q)) => {
+                let wait = q.estimated_wait.unwrap().seconds;
+                assert!(
+                    wait > last,
+                    "place {} waits {wait} s after {last} s",
+                    q.position
+                );
+                last = wait;
+                positions.push(q.position);
+            }
+            Some(pb::route_contact_response::Outcome::Callback(c)) => {
+                assert_eq!(c.reason, pb::CallbackReason::WaitTooLong as i32);
+                assert!(has_reason(&d, pb::Reason::WaitTooLong));
+                assert_eq!(positions.len(), 7, "{positions:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(positions, [1, 2, 3, 4, 5, 6, 7]);
+    let view = scheduling_view(&s).await;
+    assert_eq!(view.waiting, 7);
+    assert!(view.estimated_wait.unwrap().seconds > last);
+
+    // The caller of w3 hangs up.
+    client
+        .cancel_contact(pb::CancelContactRequest {
+            contact_id: "w3".into(),
+        })
+        .await
+        .unwrap();
+    let err = client
+        .cancel_contact(pb::CancelContactRequest {
+            contact_id: "w3".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    let view = scheduling_view(&s).await;
+    assert_eq!(view.waiting, 6);
+    assert_eq!(view.abandonment_rate, Some(1.0));
+    s.stop().await;
+}
