@@ -120,6 +120,111 @@ fn route(c: &mut Criterion) {
     group.finish();
 }
 
+/// 10,000 agents all on a call, 5,000 contacts waiting for billing.
+fn busy_center() -> (Engine, Vec<String>) {
+    let text = careroute::policy::DEFAULT_POLICY.replacen(
+        "transfer_address = \"sip:billing@pbx.careroute.example\"",
+        "transfer_address = \"sip:billing@pbx.careroute.example\"\nmax_waiting = 100000\nmax_wait = \"24h\"",
+        1,
+    );
+    let policy = careroute::policy::parse("bench.toml", &text).unwrap();
+    let mut e = Engine::new(Arc::new(policy), EngineConfig::default());
+    let t = open() - Duration::hours(1);
+    let mut agents = Vec::new();
+    for i in 0..10_000 {
+        let id = format!("agent-{i}");
+        e.upsert_agent(
+            AgentSpec {
+                id: id.clone(),
+                team: "Billing".into(),
+                transfer_address: format!("sip:{i}@pbx"),
+                skills: vec![("billing".into(), 3)],
+                languages: vec!["en".into()],
+                channels: vec![(Channel::Voice, 1)],
+            },
+            t,
+        );
+        e.set_state(&id, AgentState::Available, t).unwrap();
+        let mut c = Contact::new(format!("busy-{i}"), "billing");
+        c.identity = Identity::Verified;
+        let Outcome::Agent(a) = e.route(&c, t).unwrap().outcome else {
+            panic!()
+        };
+        e.confirm(a.reservation, t).unwrap();
+        agents.push(id);
+    }
+    for i in 0..5_000 {
+        let mut c = Contact::new(format!("waiting-{i}"), "billing");
+        c.identity = Identity::Verified;
+        let d = e.route(&c, t + Duration::milliseconds(i)).unwrap();
+        assert!(matches!(d.outcome, Outcome::Queued(_)));
+    }
+    // Every call ends and every agent steps away during wrap-up: nobody is
+    // free, nobody holds a contact.
+    for (i, id) in agents.iter().enumerate() {
+        e.complete(id, &format!("busy-{i}"), t).unwrap();
+        e.set_state(id, AgentState::Away, t).unwrap();
+    }
+    (e, agents)
+}
+
+fn queueing(c: &mut Criterion) {
+    let mut group = c.benchmark_group("queueing_10k_agents_5k_waiting");
+    let (mut e, agents) = busy_center();
+    let now = open();
+    let emergency = contacts("billing", |c| c.urgency = Urgency::Emergency);
+    group.bench_function("baseline_emergency", |b| {
+        b.iter_custom(|iters| timed_routes(&mut e, &emergency, iters))
+    });
+    // A new contact finds everyone busy and joins the line (its position is
+    // counted); it leaves again outside the timing.
+    group.bench_function("arrival_while_all_busy", |b| {
+        b.iter_custom(|iters| {
+            let mut total = StdDuration::ZERO;
+            for i in 0..iters {
+                let mut c = Contact::new(format!("arrival-{i}"), "billing");
+                c.identity = Identity::Verified;
+                let started = Instant::now();
+                let d = black_box(e.route(black_box(&c), now).unwrap());
+                total += started.elapsed();
+                assert!(matches!(d.outcome, Outcome::Queued(_)));
+                e.cancel(&c.contact_id, now).unwrap();
+            }
+            total
+        })
+    });
+    // An agent becomes available and is offered the head of the line; then,
+    // outside the timing, it steps away, the offer is withdrawn and a new
+    // contact joins, so the line stays at 5,000.
+    group.bench_function("agent_frees_up", |b| {
+        let mut n = 0u64;
+        b.iter_custom(|iters| {
+            let mut total = StdDuration::ZERO;
+            for _ in 0..iters {
+                n += 1;
+                let agent = &agents[(n as usize) % agents.len()];
+                e.set_state(agent, AgentState::Away, now).unwrap();
+                let started = Instant::now();
+                e.set_state(black_box(agent), AgentState::Available, now)
+                    .unwrap();
+                total += started.elapsed();
+                let events = e.take_events();
+                let Some(careroute::engine::Event::Assigned { contact_id, .. }) = events.first()
+                else {
+                    panic!("no assignment")
+                };
+                e.set_state(agent, AgentState::Busy, now).unwrap();
+                e.cancel(contact_id, now).unwrap();
+                let mut c = Contact::new(format!("refill-{n}"), "billing");
+                c.identity = Identity::Verified;
+                e.route(&c, now).unwrap();
+            }
+            total
+        })
+    });
+    group.finish();
+}
+
 /// Per-call percentiles, which criterion's per-sample means hide: 200,000
 /// calls timed one by one (the ~20 ns of `Instant::now` included).
 fn percentiles() {
@@ -161,7 +266,7 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(StdDuration::from_millis(500))
         .measurement_time(StdDuration::from_secs(2));
-    targets = route
+    targets = route, queueing
 }
 
 fn main() {

@@ -9,10 +9,14 @@ pub fn erlang_c(agents: u32, erlangs: f64) -> f64 {
     if agents == 0 || erlangs >= n {
         return 1.0;
     }
-    // Erlang B by its stable recurrence, then C from B.
+    // Erlang B by its stable recurrence, then C from B. Past the load, B
+    // falls faster than geometrically; once it is negligible, so is C.
     let mut b = 1.0;
     for k in 1..=agents {
         b = erlangs * b / (f64::from(k) + erlangs * b);
+        if b < 1e-15 && f64::from(k) > erlangs {
+            return 0.0;
+        }
     }
     n * b / (n - erlangs * (1.0 - b))
 }
@@ -33,10 +37,23 @@ pub fn estimated_wait(
     handle_time: f64,
 ) -> f64 {
     let n = agents.max(1);
-    let floor = f64::from(position) * handle_time / f64::from(n);
     let erlangs = arrivals_per_second * handle_time;
+    estimated_wait_with(position, n, erlangs, handle_time, erlang_c(n, erlangs))
+}
+
+/// [`estimated_wait`] with the load in erlangs and `C(N, A)` already known
+/// (callers cache C: it costs up to N steps).
+pub fn estimated_wait_with(
+    position: u32,
+    agents: u32,
+    erlangs: f64,
+    handle_time: f64,
+    c: f64,
+) -> f64 {
+    let n = agents.max(1);
+    let floor = f64::from(position) * handle_time / f64::from(n);
     if erlangs < f64::from(n) {
-        let asa = erlang_c(n, erlangs) * handle_time / (f64::from(n) - erlangs);
+        let asa = c * handle_time / (f64::from(n) - erlangs);
         let ahead = f64::from(position.saturating_sub(1)) * handle_time / f64::from(n);
         floor.max(asa + ahead)
     } else {
@@ -56,10 +73,22 @@ mod tests {
             "{}",
             erlang_c(10, 8.0)
         );
+        // Light load on many agents stops early at zero.
+        assert_eq!(erlang_c(10_000, 5.0), 0.0);
+        assert!((erlang_c(100, 90.0) - erlang_c_slow(100, 90.0)).abs() < 1e-12);
         // One agent: P(wait) equals the utilisation.
         assert!((erlang_c(1, 0.5) - 0.5).abs() < 1e-9);
         assert_eq!(erlang_c(3, 3.0), 1.0);
         assert_eq!(erlang_c(0, 0.1), 1.0);
+    }
+
+    fn erlang_c_slow(agents: u32, erlangs: f64) -> f64 {
+        let mut b = 1.0;
+        for k in 1..=agents {
+            b = erlangs * b / (f64::from(k) + erlangs * b);
+        }
+        let n = f64::from(agents);
+        n * b / (n - erlangs * (1.0 - b))
     }
 
     #[test]

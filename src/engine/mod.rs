@@ -1050,28 +1050,27 @@ impl Engine {
     /// Every queue with its staffing now.
     pub fn queues(&mut self, now: Time) -> Vec<QueueView> {
         self.advance(now);
-        self.policy
-            .queues
-            .iter()
-            .enumerate()
-            .map(|(i, q)| {
-                let pool = self.roster.pool(i);
-                let waiting = self.waiting.count(i);
-                QueueView {
-                    id: q.id.clone(),
-                    level: q.level,
-                    team: q.team.clone(),
-                    open: self.policy.is_open(i, now),
-                    staffed: pool.staffed,
-                    available: pool.available,
-                    reservations: pool.reservations,
-                    waiting,
-                    longest_wait: self.waiting.longest_wait(i, now),
-                    estimated_wait: self.estimated_wait(i, waiting + 1),
-                    stats: self.stats[i],
-                }
-            })
-            .collect()
+        let policy = Arc::clone(&self.policy);
+        let mut views = Vec::with_capacity(policy.queues.len());
+        for (i, q) in policy.queues.iter().enumerate() {
+            let waiting = self.waiting.count(i);
+            let estimated_wait = self.estimated_wait(i, waiting + 1);
+            let pool = self.roster.pool(i);
+            views.push(QueueView {
+                id: q.id.clone(),
+                level: q.level,
+                team: q.team.clone(),
+                open: policy.is_open(i, now),
+                staffed: pool.staffed,
+                available: pool.available,
+                reservations: pool.reservations,
+                waiting,
+                longest_wait: self.waiting.longest_wait(i, now),
+                estimated_wait,
+                stats: self.stats[i],
+            });
+        }
+        views
     }
 
     /// Replaces the policy: agents are placed in the new queues, live

@@ -79,6 +79,8 @@ pub struct QueueStats {
     /// Average gap between arrivals in line (seconds), if two or more.
     pub arrival_gap: Option<f64>,
     last_arrival: Option<Time>,
+    /// Erlang C for (agents, load rounded to 1 %), reused while they hold.
+    erlang_c: Option<(u32, i64, f64)>,
 }
 
 fn ewma(old: Option<f64>, new: f64) -> f64 {
@@ -125,15 +127,31 @@ impl Engine {
     }
 
     /// Estimated wait for 1-based `position` in `queue`.
-    pub(super) fn estimated_wait(&self, queue: QueueIdx, position: u32) -> Duration {
+    /// Erlang C's cost grows with the agents, so its value is kept per
+    /// queue while the staffing and the load (to 1 %) stay the same.
+    pub(super) fn estimated_wait(&mut self, queue: QueueIdx, position: u32) -> Duration {
         let q = &self.policy.queues[queue];
-        let stats = &self.stats[queue];
+        let agents = self.roster.pool(queue).staffed.max(1);
+        let stats = &mut self.stats[queue];
         let handle = stats
             .handle_time
             .unwrap_or(q.handle_time.num_milliseconds() as f64 / 1000.0);
         let rate = stats.arrival_gap.map_or(0.0, |g| 1.0 / g);
-        let agents = self.roster.pool(queue).staffed;
-        let secs = ewt::estimated_wait(position, agents, rate, handle);
+        let erlangs = rate * handle;
+        let bucket = if erlangs > 0.0 {
+            (erlangs.ln() * 100.0).round() as i64
+        } else {
+            i64::MIN
+        };
+        let c = match stats.erlang_c {
+            Some((n, b, c)) if n == agents && b == bucket => c,
+            _ => {
+                let c = ewt::erlang_c(agents, erlangs);
+                stats.erlang_c = Some((agents, bucket, c));
+                c
+            }
+        };
+        let secs = ewt::estimated_wait_with(position, agents, erlangs, handle, c);
         Duration::milliseconds((secs * 1000.0).min(1e12) as i64)
     }
 
@@ -172,6 +190,7 @@ impl Engine {
         );
         let position = self.waiting_position(queue, contact.channel, key);
         let estimated_wait = self.estimated_wait(queue, position);
+        let q = &self.policy.queues[queue];
         if estimated_wait > q.max_wait {
             return Err(CallbackReason::WaitTooLong);
         }

@@ -101,9 +101,23 @@ impl WaitingRoom {
     }
 
     /// The 1-based position `key` takes in a line: contacts ahead of it,
-    /// plus one. Counts entries ahead (a range walk, not the whole line).
+    /// plus one. Walks in from both ends at once and stops at the key, so
+    /// the usual arrival at the back (or an urgent one near the front)
+    /// costs a step or two, and no arrival walks more than half the line.
     pub fn position_of(&self, queue: QueueIdx, channel: Channel, key: WaitKey) -> u32 {
-        self.lines[queue][channel.index()].range(..key).count() as u32 + 1
+        let line = &self.lines[queue][channel.index()];
+        let mut ahead = line.range(..key);
+        let mut behind = line.range(key..).rev();
+        let mut steps = 0usize;
+        loop {
+            match (ahead.next(), behind.next()) {
+                (None, _) => return steps as u32 + 1,
+                (_, None) => {
+                    return (line.len() - steps - usize::from(line.contains(&key))) as u32 + 1;
+                }
+                _ => steps += 1,
+            }
+        }
     }
 
     /// The first entry of a line.
