@@ -9,7 +9,9 @@
 //! - [`policy`]: the policy file: parsing, validation, schedules, and the pure
 //!   rule and guard evaluation ([`policy::Policy::plan`]).
 //! - [`engine`]: the pure synchronous core: agents, per-queue free-agent
-//!   indexes, reservations with TTLs, contact paths, [`engine::Engine::route`].
+//!   indexes, reservations with TTLs, live queueing (waiting lines ordered by
+//!   priority and age, assignment when an agent frees up, Erlang C estimated
+//!   wait), contact paths, [`engine::Engine::route`].
 //! - [`roster`]: roster files (the demo agents loaded at start).
 //! - [`file`]: errors in policy and roster files, with file, line and field.
 //! - [`grpc`]: the edge: generated types, validation and conversion, the

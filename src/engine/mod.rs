@@ -1,5 +1,5 @@
-//! The pure routing core: agents, reservations, contact paths and
-//! [`Engine::route`]. Synchronous and deterministic; time comes in as an
+//! The pure routing core: agents, reservations, waiting lines (see
+//! `queueing`), contact paths and [`Engine::route`]. Synchronous and deterministic; time comes in as an
 //! argument. Knows nothing of tonic, tokio, prost or metrics: it returns data
 //! (decisions, counters) and the edge records and serves them.
 //!
