@@ -80,16 +80,7 @@ async fn reservation_lifecycle_over_grpc() {
     let r2 = agent(&s.route(contact("c3", "billing")).await.unwrap())
         .reservation_id
         .clone();
-    let queues = client
-        .list_queues(pb::ListQueuesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let billing = queues
-        .queues
-        .iter()
-        .find(|q| q.queue_id == "billing")
-        .unwrap();
+    let billing = s.queue("billing").await;
     assert_eq!(
         (
             billing.agents_staffed,
@@ -172,16 +163,7 @@ async fn cti_feed_streams_agent_states() {
         .into_inner()
         .applied;
     assert_eq!(applied, 3);
-    let queues = client
-        .list_queues(pb::ListQueuesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let billing = queues
-        .queues
-        .iter()
-        .find(|q| q.queue_id == "billing")
-        .unwrap();
+    let billing = s.queue("billing").await;
     assert_eq!(billing.agents_available, 3);
     // An unknown agent ends the stream with NOT_FOUND naming its entry;
     // entries before it stay applied.
@@ -196,16 +178,7 @@ async fn cti_feed_streams_agent_states() {
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
     assert!(err.message().starts_with("entry 1:"), "{}", err.message());
-    let queues = client
-        .list_queues(pb::ListQueuesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let billing = queues
-        .queues
-        .iter()
-        .find(|q| q.queue_id == "billing")
-        .unwrap();
+    let billing = s.queue("billing").await;
     assert_eq!(billing.agents_available, 2);
     s.stop().await;
 }

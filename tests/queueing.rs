@@ -42,21 +42,6 @@ fn agent_of(e: &pb::AssignmentEvent) -> &pb::AgentTarget {
     }
 }
 
-async fn scheduling_view(s: &TestServer) -> pb::QueueView {
-    let queues = s
-        .client
-        .clone()
-        .list_queues(pb::ListQueuesRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    queues
-        .queues
-        .into_iter()
-        .find(|q| q.queue_id == "scheduling")
-        .unwrap()
-}
-
 #[tokio::test]
 async fn a_waiting_contact_is_assigned_when_an_agent_frees_up_and_offers_move_on() {
     let s = TestServer::start(monday_10am()).await;
@@ -75,7 +60,7 @@ async fn a_waiting_contact_is_assigned_when_an_agent_frees_up_and_offers_move_on
     assert_eq!((q.queue_id.as_str(), q.position), ("scheduling", 1));
     assert_eq!(q.transfer_address, "sip:scheduling@pbx.careroute.example");
     assert!(has_reason(&d, pb::Reason::Queued));
-    assert_eq!(scheduling_view(&s).await.waiting, 1);
+    assert_eq!(s.queue("scheduling").await.waiting, 1);
 
     // The first agent's offer is rejected: that agent takes the waiting s3.
     let r1 = agent(&first).clone();
@@ -116,7 +101,7 @@ async fn a_waiting_contact_is_assigned_when_an_agent_frees_up_and_offers_move_on
         })
         .await
         .unwrap();
-    let view = scheduling_view(&s).await;
+    let view = s.queue("scheduling").await;
     assert_eq!((view.waiting, view.answered), (0, 1));
     assert_eq!(view.service_level, Some(1.0));
     s.stop().await;
@@ -154,7 +139,7 @@ async fn cancel_leaves_the_line_and_the_wait_estimate_grows_with_position() {
         }
     }
     assert_eq!(positions, [1, 2, 3, 4, 5, 6, 7]);
-    let view = scheduling_view(&s).await;
+    let view = s.queue("scheduling").await;
     assert_eq!(view.waiting, 7);
     assert!(view.estimated_wait.unwrap().seconds > last);
 
@@ -172,7 +157,7 @@ async fn cancel_leaves_the_line_and_the_wait_estimate_grows_with_position() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    let view = scheduling_view(&s).await;
+    let view = s.queue("scheduling").await;
     assert_eq!(view.waiting, 6);
     assert_eq!(view.abandonment_rate, Some(1.0));
     s.stop().await;

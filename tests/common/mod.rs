@@ -95,6 +95,22 @@ impl TestServer {
         channels
     }
 
+    /// One queue of ListQueues.
+    pub async fn queue(&self, id: &str) -> pb::QueueView {
+        let queues = self
+            .client
+            .clone()
+            .list_queues(pb::ListQueuesRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        queues
+            .queues
+            .into_iter()
+            .find(|q| q.queue_id == id)
+            .unwrap()
+    }
+
     /// One RouteContact.
     pub async fn route(
         &self,
