@@ -27,7 +27,7 @@ fn check(paths: &[PathBuf]) -> ExitCode {
                 "{}: ok (version {}, {} queues, {} rules)",
                 path.display(),
                 p.version,
-                p.queues.len(),
+                p.visible_queues(),
                 p.rules.len()
             ),
             Err(e) => {

@@ -438,7 +438,7 @@ async fn policy_reload_refuses_an_invalid_file_and_keeps_the_running_policy() {
     // A broken edit: refused, and the old policy still answers.
     std::fs::write(&path, good.replacen("level = 4", "level = 7", 1)).unwrap();
     assert!(!server::reload(&path, &engine, common::monday_10am()));
-    assert_eq!(engine.lock().policy().queues.len(), 13);
+    assert_eq!(engine.lock().policy().visible_queues(), 13);
     // A valid edit: taken.
     std::fs::write(
         &path,

@@ -162,3 +162,57 @@ async fn cancel_leaves_the_line_and_the_wait_estimate_grows_with_position() {
     assert_eq!(view.abandonment_rate, Some(1.0));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn relaxation_widens_the_pool_after_its_step_time() {
+    let s = TestServer::start(monday_10am()).await;
+    let mut client = s.client.clone();
+    let mut stream = client
+        .watch_assignments(pb::WatchAssignmentsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    // A trainee with scheduling proficiency 1: below the queue's minimum 2.
+    client
+        .upsert_agent(pb::UpsertAgentRequest {
+            agent_id: "trainee".into(),
+            team: "Patient Access".into(),
+            transfer_address: "sip:1199@pbx".into(),
+            skills: vec![pb::SkillLevel {
+                skill: "scheduling".into(),
+                proficiency: 1,
+            }],
+            languages: vec!["en".into()],
+            channels: vec![pb::ChannelCapacity {
+                channel: pb::Channel::Voice.into(),
+                capacity: 1,
+            }],
+        })
+        .await
+        .unwrap();
+    client
+        .set_agent_state(pb::SetAgentStateRequest {
+            agent_id: "trainee".into(),
+            state: pb::AgentState::Available.into(),
+        })
+        .await
+        .unwrap();
+    for id in ["busy-1", "busy-2"] {
+        let r = agent(&s.route(scheduling(id)).await.unwrap())
+            .reservation_id
+            .clone();
+        client
+            .confirm_reservation(pb::ConfirmReservationRequest { reservation_id: r })
+            .await
+            .unwrap();
+    }
+    queued(&s.route(scheduling("w1")).await.unwrap());
+    // The policy's first step is at 2 minutes: then the trainee qualifies.
+    s.clock.advance(Duration::minutes(2));
+    let e = next(&mut stream).await;
+    assert_eq!(e.contact_id, "w1");
+    assert_eq!(agent_of(&e).agent_id, "trainee");
+    assert_eq!(agent_of(&e).queue_id, "scheduling");
+    assert_eq!(e.waited.unwrap().seconds, 120);
+    s.stop().await;
+}

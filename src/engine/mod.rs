@@ -403,6 +403,8 @@ impl Ledger {
 enum Timer {
     Expire(ReservationId),
     WrapUpEnd(AgentIdx, u64),
+    /// A waiting contact's relaxation step: move it to a wider pool.
+    Step(u64, QueueIdx),
 }
 
 /// The routing engine: one per process, behind one lock.
@@ -509,6 +511,7 @@ impl Engine {
                     });
                     self.dispatch(a, due);
                 }
+                Timer::Step(seq, pool) => self.relax(seq, pool, due),
             }
         }
         self.close_lines(now);
@@ -527,8 +530,9 @@ impl Engine {
         match (r.waiter, fate) {
             (Some(seq), Fate::Confirmed) => self.answered(seq, now),
             (Some(seq), Fate::Expired | Fate::Released) => {
-                self.waiting.step_back(seq, Some(r.agent));
-                if let Some(q) = r.queue {
+                // Its queue may have moved on (a relaxation step) while
+                // the offer was out: re-offer it from where it now waits.
+                if let Some(q) = self.waiting.step_back(seq, Some(r.agent)).map(|w| w.queue) {
                     self.dispatch_line(q, r.channel, now);
                 }
             }
@@ -780,6 +784,8 @@ impl Engine {
         });
         *self.roster.reservations_mut(queue) += 1;
         let queue_id = self.policy.queues[queue].id.clone();
+        // A step's wider pool is internal: clients see the queue it widens.
+        let shown_queue = self.policy.queues[self.policy.root(queue)].id.clone();
         self.reservations.insert(
             id,
             Reservation {
@@ -798,7 +804,7 @@ impl Engine {
         AgentOffer {
             agent_id: agent.id.clone(),
             transfer_address: agent.transfer_address.clone(),
-            queue_id,
+            queue_id: shown_queue,
             reservation: id,
             expires_at,
             interpreter_needed: pick.interpreter_needed,
@@ -1053,8 +1059,16 @@ impl Engine {
         let policy = Arc::clone(&self.policy);
         let mut views = Vec::with_capacity(policy.queues.len());
         for (i, q) in policy.queues.iter().enumerate() {
-            let waiting = self.waiting.count(i);
+            if q.parent.is_some() {
+                continue;
+            }
+            let waiting = self.line_count(i);
             let estimated_wait = self.estimated_wait(i, waiting + 1);
+            let longest_wait = std::iter::once(i)
+                .chain(q.steps.iter().map(|s| s.pool))
+                .map(|p| self.waiting.longest_wait(p, now))
+                .max()
+                .unwrap_or_else(Duration::zero);
             let pool = self.roster.pool(i);
             views.push(QueueView {
                 id: q.id.clone(),
@@ -1065,7 +1079,7 @@ impl Engine {
                 available: pool.available,
                 reservations: pool.reservations,
                 waiting,
-                longest_wait: self.waiting.longest_wait(i, now),
+                longest_wait,
                 estimated_wait,
                 stats: self.stats[i],
             });

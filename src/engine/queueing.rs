@@ -13,7 +13,7 @@ use chrono::Duration;
 
 use super::waiting::Waiter;
 use super::{
-    AgentIdx, AgentOffer, CallbackOffer, DecisionId, Engine, EngineError, Fate, Slot, ewt,
+    AgentIdx, AgentOffer, CallbackOffer, DecisionId, Engine, EngineError, Fate, Slot, Timer, ewt,
 };
 use crate::model::{AgentState, CallbackReason, Channel, Contact, Time, Urgency};
 use crate::policy::{Policy, QueueIdx, Resolved, Text};
@@ -169,7 +169,7 @@ impl Engine {
         if q.max_waiting == 0 {
             return Err(CallbackReason::NoAgentAvailable);
         }
-        if self.waiting.count(queue) >= q.max_waiting {
+        if self.line_count(queue) >= q.max_waiting {
             return Err(CallbackReason::QueueFull);
         }
         let points = if contact.urgency == Urgency::Urgent {
@@ -188,7 +188,14 @@ impl Engine {
                 .saturating_sub(points.saturating_mul(aging)),
             seq,
         );
-        let position = self.waiting_position(queue, contact.channel, key);
+        // Contacts already moved to the queue's wider pools waited longer:
+        // they count as ahead.
+        let moved_on: u32 = self.policy.queues[queue]
+            .steps
+            .iter()
+            .map(|s| self.waiting.count(s.pool))
+            .sum();
+        let position = self.waiting_position(queue, contact.channel, key) + moved_on;
         let estimated_wait = self.estimated_wait(queue, position);
         let q = &self.policy.queues[queue];
         if estimated_wait > q.max_wait {
@@ -208,6 +215,12 @@ impl Engine {
             estimated_wait,
         };
         self.stats[queue].observe_arrival(now);
+        for step in &self.policy.queues[queue].steps {
+            self.timers.push(std::cmp::Reverse((
+                now + step.after,
+                Timer::Step(seq, step.pool),
+            )));
+        }
         self.waiting.enter(Waiter {
             seq,
             contact_id: contact.contact_id.clone(),
@@ -223,6 +236,31 @@ impl Engine {
             offer: None,
         });
         Ok(offer)
+    }
+
+    /// Contacts waiting for `queue`, in its own line and its wider pools.
+    pub(super) fn line_count(&self, queue: QueueIdx) -> u32 {
+        self.waiting.count(queue)
+            + self.policy.queues[queue]
+                .steps
+                .iter()
+                .map(|s| self.waiting.count(s.pool))
+                .sum::<u32>()
+    }
+
+    /// A waiting contact's relaxation step is due: it moves to the wider
+    /// pool (unless it was moved elsewhere, to an on-call queue, or left)
+    /// and is offered to any agent of that pool who is free.
+    pub(super) fn relax(&mut self, seq: u64, pool: QueueIdx, now: Time) {
+        let Some(w) = self.waiting.get(seq) else {
+            return;
+        };
+        let (current, channel) = (w.queue, w.channel);
+        if current == pool || self.policy.root(current) != self.policy.root(pool) {
+            return;
+        }
+        self.waiting.move_to(seq, pool);
+        self.dispatch_line(pool, channel, now);
     }
 
     /// The 1-based position a contact with `key` would take in its line.
@@ -315,7 +353,7 @@ impl Engine {
     /// A waiting contact's offer was confirmed: it leaves the line answered.
     pub(super) fn answered(&mut self, seq: u64, now: Time) {
         if let Some(w) = self.waiting.leave(seq) {
-            let stats = &mut self.stats[w.queue];
+            let stats = &mut self.stats[self.policy.root(w.queue)];
             stats.answered += 1;
             if now - w.arrived <= self.policy.queues[w.queue].service_level {
                 stats.answered_in_time += 1;
@@ -361,7 +399,7 @@ impl Engine {
             .map(|w| w.queue)
             .ok_or_else(|| EngineError::NotWaiting(contact_id.to_owned()))?;
         self.withdraw(contact_id, now);
-        self.stats[queue].abandoned += 1;
+        self.stats[self.policy.root(queue)].abandoned += 1;
         Ok(())
     }
 
@@ -398,11 +436,12 @@ impl Engine {
                         let Some(w) = self.waiting.leave(seq) else {
                             continue;
                         };
-                        self.stats[q].callbacks += 1;
+                        let root = self.policy.root(q);
+                        self.stats[root].callbacks += 1;
                         let callback = CallbackOffer {
-                            queue_id: self.policy.queues[q].id.clone(),
+                            queue_id: self.policy.queues[root].id.clone(),
                             reason: CallbackReason::Closed,
-                            terms: self.policy.callback_terms(q, w.intent, w.urgency, now),
+                            terms: self.policy.callback_terms(root, w.intent, w.urgency, now),
                         };
                         self.events.push(Event::CallbackInstead {
                             contact_id: w.contact_id,

@@ -15,7 +15,7 @@ pub(super) fn waiting_policy() -> Policy {
     let text = crate::policy::DEFAULT_POLICY
         .replacen(
             "transfer_address = \"sip:billing@pbx.careroute.example\"",
-            "transfer_address = \"sip:billing@pbx.careroute.example\"\nmax_waiting = 20\nmax_wait = \"2h\"",
+            "transfer_address = \"sip:billing@pbx.careroute.example\"\nmax_waiting = 20\nmax_wait = \"2h\"\nsteps = [{ after = \"60s\", skills = { billing = 1 } }, { after = \"120s\", overflow_to = \"frontline\" }]",
             1,
         )
         .replacen("max_waiting = 10", "max_waiting = 2", 1);
@@ -358,5 +358,70 @@ fn a_closing_queue_hands_its_line_to_the_closed_action() {
     assert_eq!(
         assigned(&events),
         [("urgent".to_string(), "n2".to_string())]
+    );
+}
+
+#[test]
+fn relaxation_moves_a_waiting_contact_to_wider_pools_over_time() {
+    let mut e = engine();
+    let t = open();
+    agent(&mut e, "b1", "billing", t);
+    busy(&mut e, "c0", "billing", t);
+    // A trainee (billing 1) and a frontline agent are free but do not
+    // qualify for billing (minimum 2) at first.
+    e.upsert_agent(
+        AgentSpec {
+            id: "trainee".into(),
+            team: "T".into(),
+            transfer_address: "sip:trainee".into(),
+            skills: vec![("billing".into(), 1)],
+            languages: vec!["en".into()],
+            channels: vec![(Channel::Voice, 1)],
+        },
+        t,
+    );
+    agent(&mut e, "front", "patient_access", t);
+    queued(
+        &e.route(&call("w1", "billing", Urgency::Routine), t)
+            .unwrap(),
+    );
+    queued(
+        &e.route(
+            &call("w2", "billing", Urgency::Routine),
+            t + Duration::seconds(1),
+        )
+        .unwrap(),
+    );
+    e.set_state("trainee", AgentState::Available, t + Duration::seconds(2))
+        .unwrap();
+    assert!(e.take_events().is_empty(), "nobody qualifies yet");
+    // At 60 s, w1 relaxes to billing 1: the trainee takes it.
+    e.advance(t + Duration::seconds(60));
+    let events = e.take_events();
+    assert_eq!(
+        assigned(&events),
+        [("w1".to_string(), "trainee".to_string())]
+    );
+    // The offer names the queue the client knows, not the internal pool.
+    let Some(Event::Assigned { offer, .. }) = events.first() else {
+        panic!()
+    };
+    assert_eq!(&*offer.queue_id, "billing");
+    e.confirm(offer.reservation, t + Duration::seconds(60))
+        .unwrap();
+    // At 61 s w2 relaxes too, but nobody is free; at 121 s it overflows to
+    // frontline's agents.
+    e.advance(t + Duration::seconds(61));
+    assert!(e.take_events().is_empty());
+    e.advance(t + Duration::seconds(121));
+    assert_eq!(
+        assigned(&e.take_events()),
+        [("w2".to_string(), "front".to_string())]
+    );
+    // Both still count as billing's.
+    let view = e.queues(t + Duration::seconds(121));
+    assert!(
+        view.iter().all(|q| !q.id.contains('~')),
+        "internal pools never show"
     );
 }

@@ -258,12 +258,8 @@ impl Roster {
 
     /// Recomputes an agent's eligible queues under `policy`.
     pub fn place(agent: &mut Agent, policy: &Policy) {
-        agent.queues = policy
-            .queues
-            .iter()
-            .enumerate()
-            .filter(|(_, q)| agent.meets(&q.skills))
-            .map(|(i, _)| i)
+        agent.queues = (0..policy.queues.len())
+            .filter(|&q| policy.qualifies(q, |skills| agent.meets(skills)))
             .collect();
     }
 

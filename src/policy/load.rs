@@ -131,6 +131,8 @@ struct RawQueue {
     #[serde(default)]
     max_waiting: Option<Spanned<i64>>,
     #[serde(default)]
+    steps: Vec<RawStep>,
+    #[serde(default)]
     max_wait: Option<Spanned<String>>,
     #[serde(default)]
     service_level: Option<Spanned<String>>,
@@ -146,6 +148,16 @@ struct RawQueue {
     escalate_to: Option<Spanned<String>>,
     #[serde(default)]
     guidance: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    after: Spanned<String>,
+    #[serde(default)]
+    skills: Option<Spanned<BTreeMap<Spanned<String>, Spanned<i64>>>>,
+    #[serde(default)]
+    overflow_to: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -250,6 +262,86 @@ impl Cx<'_> {
         Ok(d)
     }
 
+    /// Builds each queue's relaxation steps: step n's pool is a copy of the
+    /// queue that also qualifies every skill set widened so far (relaxed
+    /// skills, or an overflow queue's skills), appended as an internal queue.
+    fn steps(
+        &self,
+        raw: &[RawQueue],
+        queues: &mut Vec<Queue>,
+        ids: &FastMap<String, QueueIdx>,
+    ) -> Result<(), PolicyError> {
+        for (base, rq) in raw.iter().enumerate() {
+            let mut widened: Vec<Vec<(String, u8)>> = Vec::new();
+            let mut last = Duration::zero();
+            for (n, step) in rq.steps.iter().enumerate() {
+                let field = format!("queues.{}.steps[{n}]", rq.id.get_ref());
+                let after = self.duration(&step.after, &format!("{field}.after"), 24 * 3600)?;
+                if after <= last {
+                    return Err(self.bad(
+                        &step.after,
+                        format!("{field}.after"),
+                        "steps must come later than the one before (and after 0s)",
+                    ));
+                }
+                last = after;
+                match (&step.skills, &step.overflow_to) {
+                    (Some(skills), None) => {
+                        let mut set = Vec::new();
+                        for (skill, level) in skills.get_ref() {
+                            match *level.get_ref() {
+                                p @ 1..=5 => set.push((skill.get_ref().clone(), p as u8)),
+                                p => {
+                                    return Err(self.bad(
+                                        level,
+                                        format!("{field}.skills.{}", skill.get_ref()),
+                                        format!("proficiency {p} is not 1-5"),
+                                    ));
+                                }
+                            }
+                        }
+                        widened.push(set);
+                    }
+                    (None, Some(to)) => {
+                        let Some(&other) = ids.get(to.get_ref()) else {
+                            return Err(self.bad(
+                                to,
+                                format!("{field}.overflow_to"),
+                                format!("unknown queue `{}`", to.get_ref()),
+                            ));
+                        };
+                        if other == base {
+                            return Err(self.bad(
+                                to,
+                                format!("{field}.overflow_to"),
+                                "a queue cannot overflow to itself",
+                            ));
+                        }
+                        widened.push(queues[other].skills.clone());
+                    }
+                    _ => {
+                        return Err(self.bad(
+                            &step.after,
+                            field,
+                            "give exactly one of skills, overflow_to",
+                        ));
+                    }
+                }
+                let mut pool = queues[base].clone();
+                pool.id = text(format!("{}~{}", rq.id.get_ref(), n + 1));
+                pool.also_qualify = widened.clone();
+                pool.parent = Some(base);
+                pool.steps = Vec::new();
+                let idx = queues.len();
+                queues.push(pool);
+                queues[base]
+                    .steps
+                    .push(super::WaitStep { after, pool: idx });
+            }
+        }
+        Ok(())
+    }
+
     fn duration_or(
         &self,
         value: &Option<Spanned<String>>,
@@ -337,6 +429,19 @@ impl Cx<'_> {
         // Queues: ids first, so queues can refer to later ones.
         let mut queue_ids = FastMap::default();
         for (i, q) in raw.queues.iter().enumerate() {
+            let id = q.id.get_ref();
+            if id.is_empty()
+                || id.len() > 64
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+            {
+                return Err(self.bad(
+                    &q.id,
+                    format!("queues[{i}].id"),
+                    "1-64 characters of letters, digits and _ - . :",
+                ));
+            }
             if queue_ids.insert(q.id.get_ref().clone(), i).is_some() {
                 return Err(self.bad(
                     &q.id,
@@ -417,6 +522,9 @@ impl Cx<'_> {
                 level: self.level(&q.level, &format!("{field}.level"))?,
                 team: text(&q.team),
                 skills,
+                also_qualify: Vec::new(),
+                steps: Vec::new(),
+                parent: None,
                 channels,
                 schedule: q
                     .schedule
@@ -472,6 +580,7 @@ impl Cx<'_> {
                 guidance: text_list(&q.guidance),
             });
         }
+        self.steps(&raw.queues, &mut queues, &queue_ids)?;
         for (q, raw_q) in queues.iter().zip(&raw.queues) {
             if let Some(e) = q.escalate_to
                 && queues[e].team == q.team
@@ -560,11 +669,17 @@ impl Cx<'_> {
             .as_ref()
             .map(|l| l.get_ref().clone())
             .unwrap_or_else(|| "en".to_owned());
+        let default_queue = queue_ref(&raw.default_queue, "default_queue")?;
+        // Step pools are found by id too (reload carries waiting contacts
+        // over by id); rules were resolved above, so none can name them.
+        for (i, q) in queues.iter().enumerate().skip(raw.queues.len()) {
+            queue_ids.insert(q.id.to_string(), i);
+        }
         Ok(Policy {
             source: self.file.to_owned(),
             version: raw.version.get_ref().clone(),
             default_language,
-            default_queue: queue_ref(&raw.default_queue, "default_queue")?,
+            default_queue,
             main_schedule,
             reservation_ttl,
             priority_aging: self

@@ -114,7 +114,7 @@ pub struct Intent {
 }
 
 /// A queue of agents with the skills it needs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Queue {
     /// The id rules and clients use.
     pub id: Text,
@@ -124,6 +124,15 @@ pub struct Queue {
     pub team: Text,
     /// Skills an agent needs, with minimum proficiency 1-5.
     pub skills: Vec<(String, u8)>,
+    /// Other skill sets that also qualify an agent (a relaxation step's
+    /// wider pool: relaxed skills, or an overflow queue's skills).
+    pub also_qualify: Vec<Vec<(String, u8)>>,
+    /// Requirement relaxation: after each wait, a waiting contact moves to
+    /// a wider pool.
+    pub steps: Vec<WaitStep>,
+    /// For a step's wider pool: the queue it widens. Such queues are
+    /// internal: no rule names them and views count them in their parent.
+    pub parent: Option<QueueIdx>,
     /// Channels the queue takes.
     pub channels: ChannelSet,
     /// Opening hours; `None` is always open.
@@ -150,6 +159,15 @@ pub struct Queue {
     pub escalate_to: Option<QueueIdx>,
     /// Guidance for the receiving agent.
     pub guidance: TextList,
+}
+
+/// One relaxation step of a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitStep {
+    /// Wait after which the step applies.
+    pub after: Duration,
+    /// The wider pool the contact moves to.
+    pub pool: QueueIdx,
 }
 
 /// What a rule does with a matching contact.
@@ -268,6 +286,22 @@ impl Policy {
         let mut names: Vec<&str> = self.attributes.keys().map(String::as_str).collect();
         names.sort_unstable();
         names.join(", ")
+    }
+
+    /// The queues clients see (not the internal pools of relaxation steps).
+    pub fn visible_queues(&self) -> usize {
+        self.queues.iter().filter(|q| q.parent.is_none()).count()
+    }
+
+    /// The queue a step's wider pool belongs to (itself otherwise).
+    pub fn root(&self, queue: QueueIdx) -> QueueIdx {
+        self.queues[queue].parent.unwrap_or(queue)
+    }
+
+    /// Whether a queue qualifies an agent with these skills.
+    pub fn qualifies(&self, queue: QueueIdx, meets: impl Fn(&[(String, u8)]) -> bool) -> bool {
+        let q = &self.queues[queue];
+        meets(&q.skills) || q.also_qualify.iter().any(|alt| meets(alt))
     }
 
     /// Whether a queue is open at `now`.

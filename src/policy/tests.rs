@@ -11,7 +11,18 @@ const FILE: &str = "healthcare.toml";
 fn embedded_default_is_valid() {
     let p = Policy::embedded().unwrap();
     assert_eq!(p.version, "2026-11-22");
-    assert_eq!(p.queues.len(), 13);
+    assert_eq!(p.visible_queues(), 13);
+    // Scheduling's two relaxation steps are two internal pools.
+    let scheduling = &p.queues[p.queue_idx("scheduling").unwrap()];
+    assert_eq!(scheduling.steps.len(), 2);
+    assert_eq!(p.queues.len(), 15);
+    let frontline_skills = &p.queues[p.queue_idx("frontline").unwrap()].skills;
+    let last = &p.queues[scheduling.steps[1].pool];
+    assert_eq!(last.parent, p.queue_idx("scheduling"));
+    assert!(
+        last.also_qualify.contains(frontline_skills),
+        "overflow widens by frontline's skills"
+    );
     for level in 1..=4 {
         assert!(
             p.queues.iter().any(|q| q.level == level),
@@ -148,6 +159,22 @@ fn refusals_name_file_line_and_field() {
             "id = \"supervisor-other\"\ndescription = \"A caller who failed",
         ),
     ];
+    let cases = cases.into_iter().chain([
+        (
+            "{ after = \"5m\", overflow_to = \"frontline\" }",
+            "{ after = \"5m\", overflow_to = \"frontdesk\" }",
+            "queues.scheduling.steps[1].overflow_to",
+            "unknown queue",
+            "\"frontdesk\"",
+        ),
+        (
+            "{ after = \"5m\", overflow_to = \"frontline\" }",
+            "{ after = \"1m\", overflow_to = \"frontline\" }",
+            "queues.scheduling.steps[1].after",
+            "later than the one before",
+            "after = \"1m\"",
+        ),
+    ]);
     for (from, to, field, word, holds) in cases {
         let (got_field, line, message) = refusal(from, to);
         assert_eq!(got_field, field, "for {to:?}");
