@@ -363,16 +363,8 @@ async fn hundreds_of_concurrent_routes_never_double_book() {
 #[tokio::test]
 async fn health_reflection_and_metrics() {
     let s = TestServer::start(monday_10am()).await;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(s.channel.clone());
     for service in ["", "careroute.v1.RoutingService"] {
-        let status = health
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: service.into(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status;
+        let status = health_status(s.channel.clone(), service).await;
         assert_eq!(
             status,
             tonic_health::pb::health_check_response::ServingStatus::Serving as i32

@@ -228,14 +228,7 @@ fn no_patient_data_in_logs_or_metrics_and_health_flips_while_draining() {
             .connect()
             .await
             .unwrap();
-        let status = tonic_health::pb::health_client::HealthClient::new(channel)
-            .check(tonic_health::pb::HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .status;
+        let status = health_status(channel, "").await;
         assert_eq!(
             status,
             tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
@@ -255,15 +248,4 @@ fn no_patient_data_in_logs_or_metrics_and_health_flips_while_draining() {
         assert!(!logs.contains(value), "logs contain {value:?}");
         assert!(!scrape.contains(value), "/metrics contains {value:?}");
     }
-}
-
-async fn http_get(addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    out
 }

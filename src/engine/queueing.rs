@@ -195,7 +195,7 @@ impl Engine {
             .iter()
             .map(|s| self.waiting.count(s.pool))
             .sum();
-        let position = self.waiting_position(queue, contact.channel, key) + moved_on;
+        let position = self.waiting.position_of(queue, contact.channel, key) + moved_on;
         let estimated_wait = self.estimated_wait(queue, position);
         let q = &self.policy.queues[queue];
         if estimated_wait > q.max_wait {
@@ -261,11 +261,6 @@ impl Engine {
         }
         self.waiting.move_to(seq, pool);
         self.dispatch_line(pool, channel, now);
-    }
-
-    /// The 1-based position a contact with `key` would take in its line.
-    fn waiting_position(&self, queue: QueueIdx, channel: Channel, key: (i64, u64)) -> u32 {
-        self.waiting.position_of(queue, channel, key)
     }
 
     /// Offers free agent `a` the best waiting contacts it can take, across
