@@ -202,14 +202,12 @@ pub async fn run(
         prometheus.clone(),
         stopped(stop_rx.clone()),
     ));
-    if let Some(path) = config.policy.clone() {
-        tokio::spawn(reload_on_hangup(
-            path,
-            Arc::clone(&engine),
-            Arc::clone(&clock),
-            stopped(stop_rx.clone()),
-        ));
-    }
+    tokio::spawn(reload_on_hangup(
+        config.policy.clone(),
+        Arc::clone(&engine),
+        Arc::clone(&clock),
+        stopped(stop_rx.clone()),
+    ));
 
     let metrics_app = {
         let (engine, clock) = (Arc::clone(&engine), Arc::clone(&clock));
@@ -311,10 +309,12 @@ fn scrape(engine: &Mutex<Engine>, clock: &dyn Clock, prometheus: &PrometheusHand
 }
 
 /// Re-reads the policy file on SIGHUP; an invalid file is refused with its
-/// message and the running policy stays.
+/// message and the running policy stays. On the embedded policy there is
+/// nothing to re-read: SIGHUP is logged and otherwise ignored (its default
+/// action would end the process).
 #[cfg(unix)]
 async fn reload_on_hangup(
-    path: PathBuf,
+    path: Option<PathBuf>,
     engine: Arc<Mutex<Engine>>,
     clock: Arc<dyn Clock>,
     stop: impl Future<Output = ()>,
@@ -330,14 +330,22 @@ async fn reload_on_hangup(
             _ = &mut stop => return,
             _ = hangups.recv() => {}
         }
-        reload(&path, &engine, clock.now());
+        match &path {
+            Some(path) => {
+                reload(path, &engine, clock.now());
+            }
+            None => tracing::info!(
+                "SIGHUP: the embedded policy is in force (no --policy file): nothing to reload"
+            ),
+        }
     }
 }
 
 #[cfg(not(unix))]
 async fn reload_on_hangup(
-    _path: PathBuf,
+    _path: Option<PathBuf>,
     _engine: Arc<Mutex<Engine>>,
+    _clock: Arc<dyn Clock>,
     _stop: impl Future<Output = ()>,
 ) {
 }

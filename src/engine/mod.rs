@@ -1082,21 +1082,36 @@ impl Engine {
         views
     }
 
-    /// Replaces the policy: agents are placed in the new queues, live
-    /// reservations and active contacts carry over by queue id.
+    /// Replaces the policy, as one state transition that keeps every
+    /// waiting contact, offer, reservation and timer valid. What is due is
+    /// applied first, under the policy it was scheduled under. Queues are
+    /// then matched by id: waiting contacts keep their place (and arrival
+    /// numbers carry on), live reservations and active contacts carry over,
+    /// agents are placed in the new queues, and relaxation-step timers are
+    /// re-made from the new queues' steps. A contact whose queue is gone
+    /// gets a callback event.
     pub fn replace_policy(&mut self, policy: Arc<Policy>, now: Time) {
-        self.rehome_waiting(&policy, now);
+        self.advance(now);
+        let map = self.policy.queue_map(&policy);
+        self.rehome_waiting(&policy, &map, now);
         self.roster.rebuild(&policy);
         for r in self.reservations.values_mut() {
-            r.queue = policy.queue_idx(&r.queue_id);
+            r.queue = r.queue.and_then(|q| map[q]);
             if let Some(q) = r.queue {
+                r.queue_id = policy.queues[q].id.clone();
                 *self.roster.reservations_mut(q) += 1;
             }
         }
+        let mut timers = std::mem::take(&mut self.timers).into_vec();
+        timers.retain(|Reverse((_, t))| !matches!(t, Timer::Step(..)));
+        timers.extend(self.step_timers(&policy, now).into_iter().map(Reverse));
+        self.timers = BinaryHeap::from(timers);
         self.policy = policy;
         for a in 0..self.roster.len() {
             self.dispatch(a as AgentIdx, now);
         }
+        // Steps the new policy says are already due apply at once.
+        self.advance(now);
     }
 }
 

@@ -256,7 +256,11 @@ impl Engine {
             return;
         };
         let (current, channel) = (w.queue, w.channel);
-        if current == pool || self.policy.root(current) != self.policy.root(pool) {
+        // Only forward along its own queue's steps: a step it has already
+        // passed (timers re-made at a reload) or another queue's does nothing.
+        if self.policy.root(current) != self.policy.root(pool)
+            || self.policy.step_rank(pool) <= self.policy.step_rank(current)
+        {
             return;
         }
         self.waiting.move_to(seq, pool);
@@ -448,43 +452,72 @@ impl Engine {
         }
     }
 
-    /// Carries waiting contacts and queue counts over to a new policy by
-    /// queue id; contacts whose queue is gone get a callback from the new
-    /// default queue.
-    pub(super) fn rehome_waiting(&mut self, new: &Policy, now: Time) {
-        let old = std::mem::replace(
-            &mut self.waiting,
-            super::waiting::WaitingRoom::new(new.queues.len()),
-        );
+    /// Carries waiting contacts and queue counts over to a new policy, by
+    /// queue and intent id (`map` says where each old queue went). A contact
+    /// whose queue, intent or channel the new policy no longer has leaves
+    /// the line with a callback (its offer, if one is out, is withdrawn):
+    /// nobody is dropped without an event.
+    pub(super) fn rehome_waiting(&mut self, new: &Policy, map: &[Option<QueueIdx>], now: Time) {
         let mut stats = vec![QueueStats::default(); new.queues.len()];
         for (i, q) in self.policy.queues.iter().enumerate() {
             if let Some(n) = new.queue_idx(&q.id) {
                 stats[n] = self.stats[i];
             }
         }
-        for mut w in old.into_waiters() {
-            match new.queue_idx(&self.policy.queues[w.queue].id) {
-                Some(n) => {
-                    w.queue = n;
-                    self.waiting.enter(w);
-                }
-                None => {
+        for mut w in self.waiting.reset(new.queues.len()) {
+            let queue = map[w.queue].filter(|&q| new.queues[q].channels.contains(w.channel));
+            let intent = new.intent_idx(&self.policy.intents[w.intent].id);
+            if let (Some(q), Some(i)) = (queue, intent) {
+                w.queue = q;
+                w.intent = i;
+                self.waiting.enter(w);
+                continue;
+            }
+            if let Some(id) = w.offer
+                && self.free_slot(id, Fate::Released).is_some()
+            {
+                self.counters.released += 1;
+            }
+            // The new policy's default queue owns the ticket when it knows
+            // the intent; otherwise the terms it was promised under stand.
+            let callback = match intent {
+                Some(i) => {
                     let q = new.default_queue;
                     stats[q].callbacks += 1;
-                    let intent = new.intent_idx(&self.policy.intents[w.intent].id);
-                    if let Some(intent) = intent {
-                        self.events.push(Event::CallbackInstead {
-                            contact_id: w.contact_id,
-                            callback: CallbackOffer {
-                                queue_id: new.queues[q].id.clone(),
-                                reason: CallbackReason::Policy,
-                                terms: new.callback_terms(q, intent, w.urgency, now),
-                            },
-                        });
+                    CallbackOffer {
+                        queue_id: new.queues[q].id.clone(),
+                        reason: CallbackReason::Policy,
+                        terms: new.callback_terms(q, i, w.urgency, now),
                     }
                 }
-            }
+                None => {
+                    let root = self.policy.root(w.queue);
+                    CallbackOffer {
+                        queue_id: self.policy.queues[root].id.clone(),
+                        reason: CallbackReason::Policy,
+                        terms: self.policy.callback_terms(root, w.intent, w.urgency, now),
+                    }
+                }
+            };
+            self.events.push(Event::CallbackInstead {
+                contact_id: w.contact_id,
+                callback,
+            });
         }
         self.stats = stats;
+    }
+
+    /// The relaxation-step timers of every waiting contact under `policy`:
+    /// one per step of its queue, due at arrival plus the step's wait (now,
+    /// if that has passed). Steps it has already taken do nothing.
+    pub(super) fn step_timers(&self, policy: &Policy, now: Time) -> Vec<(Time, Timer)> {
+        let mut timers = Vec::new();
+        for w in self.waiting.iter() {
+            for step in &policy.queues[policy.root(w.queue)].steps {
+                let due = (w.arrived + step.after).max(now);
+                timers.push((due, Timer::Step(w.seq, step.pool)));
+            }
+        }
+        timers
     }
 }

@@ -12,14 +12,18 @@ fn open() -> Time {
 
 /// The example policy with lines on billing (20) and scheduling (2).
 pub(super) fn waiting_policy() -> Policy {
-    let text = crate::policy::DEFAULT_POLICY
+    crate::policy::parse("waiting.toml", &waiting_policy_text()).unwrap()
+}
+
+/// The text of [`waiting_policy`], for variants of it.
+pub(super) fn waiting_policy_text() -> String {
+    crate::policy::DEFAULT_POLICY
         .replacen(
             "transfer_address = \"sip:billing@pbx.careroute.example\"",
             "transfer_address = \"sip:billing@pbx.careroute.example\"\nmax_waiting = 20\nmax_wait = \"2h\"\nsteps = [{ after = \"60s\", skills = { billing = 1 } }, { after = \"120s\", overflow_to = \"frontline\" }]",
             1,
         )
-        .replacen("max_waiting = 10", "max_waiting = 2", 1);
-    crate::policy::parse("waiting.toml", &text).unwrap()
+        .replacen("max_waiting = 10", "max_waiting = 2", 1)
 }
 
 fn engine() -> Engine {
@@ -424,4 +428,127 @@ fn relaxation_moves_a_waiting_contact_to_wider_pools_over_time() {
         view.iter().all(|q| !q.id.contains('~')),
         "internal pools never show"
     );
+}
+
+/// Issue 7's reproduction: a reload between arrivals must not let a later
+/// arrival overwrite an earlier waiting contact (arrival numbers went back
+/// to 1 at every reload).
+#[test]
+fn reload_keeps_the_line_and_later_arrivals_queue_behind_it() {
+    let mut e = Engine::new(
+        Arc::new(Policy::embedded().unwrap()),
+        EngineConfig::default(),
+    );
+    let t = open();
+    agent(&mut e, "s1", "scheduling", t);
+    agent(&mut e, "s2", "scheduling", t);
+    busy(&mut e, "x1", "scheduling", t);
+    busy(&mut e, "x2", "scheduling", t);
+    for (i, id) in ["A1", "A2", "A3"].into_iter().enumerate() {
+        let d = e
+            .route(&call(id, "scheduling", Urgency::Routine), t)
+            .unwrap();
+        assert_eq!(queued(&d).position, i as u32 + 1);
+    }
+    let text = crate::policy::DEFAULT_POLICY.replacen("max_waiting = 10", "max_waiting = 12", 1);
+    let reloaded = crate::policy::parse("reloaded.toml", &text).unwrap();
+    e.replace_policy(Arc::new(reloaded), t);
+    let d = e
+        .route(&call("B1", "scheduling", Urgency::Routine), t)
+        .unwrap();
+    assert_eq!(queued(&d).position, 4);
+    assert_eq!(e.waiting_contacts(), 4);
+
+    let t1 = t + Duration::seconds(10);
+    e.complete("s1", "x1", t1).unwrap();
+    let t2 = finish(&mut e, "s2", "x2", t1);
+    let got = assigned(&e.take_events());
+    assert_eq!(
+        got,
+        [
+            ("A1".to_string(), "s1".to_string()),
+            ("A2".to_string(), "s2".to_string())
+        ]
+    );
+    e.confirm(offer_of(&e, "A1"), t2).unwrap();
+    e.confirm(offer_of(&e, "A2"), t2).unwrap();
+    // A3 and B1 still wait, in that order; nothing phantom holds a place.
+    e.cancel("A3", t2).unwrap();
+    e.cancel("B1", t2).unwrap();
+    assert_eq!(e.waiting_contacts(), 0);
+    let scheduling = e.policy().queue_idx("scheduling").unwrap();
+    assert_eq!(e.line_count(scheduling), 0);
+}
+
+/// A reload that drops a queue's relaxation steps: the old step timers
+/// fall due and do nothing (they once indexed past the pool list and
+/// panicked); the contact keeps waiting in its queue.
+#[test]
+fn reload_that_drops_steps_leaves_no_stale_timer() {
+    let mut e = engine();
+    let t = open();
+    agent(&mut e, "b1", "billing", t);
+    busy(&mut e, "c0", "billing", t);
+    e.route(&call("w1", "billing", Urgency::Routine), t)
+        .unwrap();
+    // After the first step: w1 waits in billing's first wider pool.
+    e.advance(t + Duration::seconds(61));
+    let text = waiting_policy_text().replace(
+        "steps = [{ after = \"60s\", skills = { billing = 1 } }, { after = \"120s\", overflow_to = \"frontline\" }]",
+        "",
+    );
+    let no_steps = crate::policy::parse("no-steps.toml", &text).unwrap();
+    assert!(e.policy().queues.len() > no_steps.queues.len());
+    e.replace_policy(Arc::new(no_steps), t + Duration::seconds(62));
+    e.advance(t + Duration::minutes(10));
+    let billing = e.policy().queue_idx("billing").unwrap();
+    assert_eq!(e.waiting.find("w1").map(|w| w.queue), Some(billing));
+    assert_eq!(e.line_count(billing), 1);
+}
+
+/// A reload that adds steps applies them to contacts already waiting, from
+/// their arrival; one that removes the queue calls its contacts back.
+#[test]
+fn reload_adds_steps_to_waiting_contacts_and_calls_back_a_removed_queue() {
+    let text = waiting_policy_text().replace(
+        "steps = [{ after = \"60s\", skills = { billing = 1 } }, { after = \"120s\", overflow_to = \"frontline\" }]",
+        "",
+    );
+    let mut e = Engine::new(
+        Arc::new(crate::policy::parse("no-steps.toml", &text).unwrap()),
+        EngineConfig::default(),
+    );
+    let t = open();
+    agent(&mut e, "b1", "billing", t);
+    busy(&mut e, "c0", "billing", t);
+    e.route(&call("w1", "billing", Urgency::Routine), t)
+        .unwrap();
+    e.route(&call("w2", "billing", Urgency::Routine), t)
+        .unwrap();
+    // A frontline agent could take w1 only after billing's overflow step.
+    agent(&mut e, "f1", "patient_access", t);
+    e.replace_policy(Arc::new(waiting_policy()), t + Duration::seconds(90));
+    assert!(assigned(&e.take_events()).is_empty());
+    e.advance(t + Duration::seconds(120));
+    assert_eq!(
+        assigned(&e.take_events()),
+        [("w1".to_string(), "f1".to_string())]
+    );
+    // The queue renamed: w2 (still waiting) gets a callback event.
+    let renamed = waiting_policy_text()
+        .replacen("id = \"billing\"\nlevel", "id = \"billing_v2\"\nlevel", 1)
+        .replacen("route_to = \"billing\"\n", "route_to = \"billing_v2\"\n", 1);
+    let renamed = crate::policy::parse("renamed.toml", &renamed).unwrap();
+    e.replace_policy(Arc::new(renamed), t + Duration::seconds(121));
+    let events = e.take_events();
+    assert!(
+        events.iter().any(
+            |ev| matches!(ev, Event::CallbackInstead { contact_id, callback }
+            if contact_id == "w2" && callback.reason == CallbackReason::Policy)
+        ),
+        "{events:?}"
+    );
+    assert!(e.waiting.find("w2").is_none());
+    // w1's offer, made under the old queue, is withdrawn with it.
+    assert!(e.waiting.find("w1").is_none());
 }

@@ -465,6 +465,23 @@ fn check_invariants(e: &Engine, now: Time) {
             );
         }
     }
+    // Arrival numbers only go forward, and every step timer names a live
+    // pool of the waiting contact's own queue.
+    for w in e.waiting.iter() {
+        assert!(w.seq <= e.waiting.last_seq(), "an arrival number went back");
+    }
+    for Reverse((_, timer)) in e.timers.iter() {
+        if let Timer::Step(seq, pool) = *timer {
+            assert!(pool < e.policy.queues.len(), "a step timer names no pool");
+            if let Some(w) = e.waiting.get(seq) {
+                assert_eq!(
+                    e.policy.root(w.queue),
+                    e.policy.root(pool),
+                    "a step timer names another queue's pool"
+                );
+            }
+        }
+    }
     let mut held: HashMap<AgentIdx, [u32; 5]> = HashMap::new();
     for r in e.reservations.values() {
         assert!(r.expires_at > now, "a reservation outlived its TTL");
@@ -523,6 +540,40 @@ enum Op {
     Wait(u16),
     Reprofile(u8, u8),
     Cancel(u8),
+    Reload(u8),
+}
+
+/// Policies a running engine is switched between: the example policy, and
+/// variants of the queueing one that drop, change and add relaxation steps,
+/// raise skills, narrow channels, and remove a queue (renaming it).
+fn reload_policies() -> &'static [Arc<Policy>] {
+    static POLICIES: std::sync::OnceLock<Vec<Arc<Policy>>> = std::sync::OnceLock::new();
+    POLICIES.get_or_init(|| {
+        let base = super::queueing_tests::waiting_policy_text();
+        let steps = "steps = [{ after = \"60s\", skills = { billing = 1 } }, { after = \"120s\", overflow_to = \"frontline\" }]";
+        let variants = [
+            base.replace(steps, ""),
+            base.replace(steps, "steps = [{ after = \"30s\", overflow_to = \"frontline\" }]")
+                .replacen("max_waiting = 20", "max_waiting = 3", 1),
+            base.replacen("skills = { billing = 2 }", "skills = { billing = 4 }", 1),
+            base.replacen(
+                "channels = [\"voice\", \"chat\", \"email\", \"portal\"]\nschedule = \"business\"\ntransfer_address = \"sip:billing@",
+                "channels = [\"voice\"]\nschedule = \"business\"\ntransfer_address = \"sip:billing@",
+                1,
+            ),
+            base.replacen("id = \"billing\"\nlevel", "id = \"billing_v2\"\nlevel", 1)
+                .replacen("route_to = \"billing\"\n", "route_to = \"billing_v2\"\n", 1),
+        ];
+        let mut policies = vec![
+            Arc::new(Policy::embedded().unwrap()),
+            Arc::new(super::queueing_tests::waiting_policy()),
+        ];
+        for (i, text) in variants.iter().enumerate() {
+            assert_ne!(text, &base, "variant {i} changed nothing");
+            policies.push(Arc::new(crate::policy::parse(&format!("variant-{i}.toml"), text).unwrap()));
+        }
+        policies
+    })
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -536,6 +587,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u16..20_000).prop_map(Op::Wait),
         1 => (0u8..4, 0u8..3).prop_map(|(a, chat)| Op::Reprofile(a, chat)),
         1 => any::<u8>().prop_map(Op::Cancel),
+        1 => any::<u8>().prop_map(Op::Reload),
     ]
 }
 
@@ -628,6 +680,10 @@ fn run(mut e: Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Wait(ms) => {
                 now += Duration::milliseconds(i64::from(ms));
                 e.advance(now);
+            }
+            Op::Reload(k) => {
+                let policies = reload_policies();
+                e.replace_policy(Arc::clone(&policies[usize::from(k) % policies.len()]), now);
             }
             _ => {}
         }

@@ -74,6 +74,11 @@ impl WaitingRoom {
         self.next
     }
 
+    /// The last arrival sequence number handed out.
+    pub fn last_seq(&self) -> u64 {
+        self.next
+    }
+
     /// Contacts waiting in `queue` (not counting those with an offer out).
     pub fn count(&self, queue: QueueIdx) -> u32 {
         self.counts.get(queue).copied().unwrap_or(0)
@@ -142,9 +147,21 @@ impl WaitingRoom {
         }
     }
 
-    /// Every waiting contact, consuming the room.
-    pub fn into_waiters(self) -> impl Iterator<Item = Waiter> {
-        self.waiters.into_values()
+    /// Empties the room for a policy of `queues` queues and hands back
+    /// every waiting contact in arrival order. Arrival numbers carry on, so
+    /// no later arrival can take an earlier one's number.
+    pub fn reset(&mut self, queues: usize) -> Vec<Waiter> {
+        let next = self.next;
+        let old = std::mem::replace(self, WaitingRoom::new(queues));
+        self.next = next;
+        let mut waiters: Vec<Waiter> = old.waiters.into_values().collect();
+        waiters.sort_unstable_by_key(|w| w.seq);
+        waiters
+    }
+
+    /// Every waiting contact, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = &Waiter> {
+        self.waiters.values()
     }
 
     /// Takes a contact out of its line, keeping its record (an offer is out).

@@ -298,6 +298,31 @@ impl Policy {
         self.queues[queue].parent.unwrap_or(queue)
     }
 
+    /// How far along its queue's relaxation steps a pool is: 0 for a queue
+    /// itself, n for the pool of its n-th step.
+    pub fn step_rank(&self, queue: QueueIdx) -> usize {
+        self.queues[queue].parent.map_or(0, |p| {
+            self.queues[p]
+                .steps
+                .iter()
+                .position(|s| s.pool == queue)
+                .map_or(0, |i| i + 1)
+        })
+    }
+
+    /// Where each of this policy's queues is in `new`, found by id (queues
+    /// are known by identity, never by position): a step's pool whose step
+    /// is gone maps to its queue; a queue that is gone maps to nothing.
+    pub fn queue_map(&self, new: &Policy) -> Vec<Option<QueueIdx>> {
+        self.queues
+            .iter()
+            .map(|q| {
+                new.queue_idx(&q.id)
+                    .or_else(|| q.parent.and_then(|p| new.queue_idx(&self.queues[p].id)))
+            })
+            .collect()
+    }
+
     /// Whether a queue qualifies an agent with these skills.
     pub fn qualifies(&self, queue: QueueIdx, meets: impl Fn(&[(String, u8)]) -> bool) -> bool {
         let q = &self.queues[queue];
