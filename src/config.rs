@@ -1,7 +1,7 @@
 //! Typed settings: command-line flags with environment overrides and safe
 //! defaults (loopback listeners, the embedded policy).
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -83,6 +83,20 @@ pub struct Config {
     /// before the listeners close.
     #[arg(long, env = "CAREROUTE_DRAIN_GRACE_MS", default_value_t = 0)]
     pub drain_grace_ms: u64,
+    /// After the drain grace, how long requests in flight and open streams
+    /// (assignment watches, health watches, agent-state streams) get to
+    /// finish before they are cut and the process exits.
+    #[arg(long, env = "CAREROUTE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// How long a new connection has to send the HTTP/2 preface before it
+    /// is closed.
+    #[arg(long, env = "CAREROUTE_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+    /// How long a call whose client sends one message has to arrive and be
+    /// answered (a request trickled in slowly is answered DEADLINE_EXCEEDED).
+    /// Client streams are exempt.
+    #[arg(long, env = "CAREROUTE_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
 }
 
 impl Config {

@@ -16,10 +16,15 @@
 //! - [`file`]: errors in policy and roster files, with file, line and field.
 //! - [`grpc`]: the edge: generated types, validation and conversion, the
 //!   service, and the one mapping of engine errors to gRPC status codes.
+//! - [`incoming`]: accepted connections with a deadline for the HTTP/2
+//!   preface.
 //! - [`telemetry`]: metric names, descriptions, the exporter and tracing setup.
 //! - [`clock`]: the time source the edge hands to the engine.
 //! - [`config`]: typed settings from flags and environment.
-//! - [`server`]: wiring: listeners, health, reflection, metrics, drain.
+//! - [`shared`]: the engine behind its one lock; a panic under it halts the
+//!   service (fail fast) through the fatal signal.
+//! - [`server`]: wiring: listeners, health, reflection, metrics, drain,
+//!   supervised background tasks.
 
 //!
 //! # Example
@@ -64,8 +69,10 @@ pub mod config;
 pub mod engine;
 pub mod file;
 pub mod grpc;
+pub mod incoming;
 pub mod model;
 pub mod policy;
 pub mod roster;
 pub mod server;
+pub mod shared;
 pub mod telemetry;

@@ -45,6 +45,11 @@ fn check(paths: &[PathBuf]) -> ExitCode {
 
 fn serve(config: Config) -> ExitCode {
     telemetry::init_tracing(config.log_format);
+    // A panic is logged as an event like any other (JSON included); the
+    // server then answers INTERNAL, stops and exits non-zero.
+    std::panic::set_hook(Box::new(|info| {
+        tracing::error!(panic = %info, "panic");
+    }));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -15,17 +15,22 @@ use std::{
 };
 
 use metrics_exporter_prometheus::PrometheusHandle;
-use parking_lot::Mutex;
 use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
 
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::file::FileError;
-use crate::grpc::{FILE_DESCRIPTOR_SET, Routing, layer::RpcMetricsLayer, pb};
+use crate::grpc::{
+    FILE_DESCRIPTOR_SET, Routing, deadline::RequestDeadlineLayer, layer::RpcMetricsLayer,
+    panic::CatchPanicLayer, pb,
+};
+use crate::incoming::Prefaced;
 use crate::policy::{self, Policy};
 use crate::roster;
+use crate::shared::{Fatal, SharedEngine};
 use crate::telemetry;
 
 /// How often expiries are applied when no request does it.
@@ -57,6 +62,10 @@ pub enum ServerError {
     /// The metrics server failed.
     #[error("metrics server: {0}")]
     Metrics(std::io::Error),
+    /// A fault the service did not expect (a panic, a background task that
+    /// ended): it stopped rather than serve from state it cannot trust.
+    #[error("stopped after an internal fault: {0}")]
+    Fatal(String),
 }
 
 /// Builds the engine: the policy file (or the embedded default) and the
@@ -147,7 +156,8 @@ pub async fn run(
         agents = engine.roster().len(),
         "careroute serving"
     );
-    let engine = Arc::new(Mutex::new(engine));
+    let fatal = Fatal::new();
+    let engine = Arc::new(SharedEngine::new(engine, fatal.clone()));
     // Ready once the policy is loaded (it is) and the listeners are bound
     // (they are); not ready again from the start of the drain.
     let ready = Arc::new(AtomicBool::new(true));
@@ -178,36 +188,56 @@ pub async fn run(
         let health = health.clone();
         let ready = Arc::clone(&ready);
         let grace = Duration::from_millis(config.drain_grace_ms);
-        tokio::spawn(async move {
-            shutdown.await;
-            tracing::info!(
-                grace_ms = grace.as_millis() as u64,
-                "draining: health NOT_SERVING"
-            );
-            ready.store(false, Ordering::SeqCst);
-            health
-                .set_not_serving::<pb::routing_service_server::RoutingServiceServer<Routing>>()
-                .await;
-            health
-                .set_service_status("", tonic_health::ServingStatus::NotServing)
-                .await;
-            tokio::time::sleep(grace).await;
-            tracing::info!("closing listeners, finishing requests in flight");
-            let _ = stop_tx.send(true);
-        });
+        let raised = fatal.clone();
+        supervise(
+            "drain",
+            async move {
+                // A fatal fault skips the grace: nothing more is answered.
+                let grace = tokio::select! {
+                    _ = shutdown => grace,
+                    _ = raised.raised() => Duration::ZERO,
+                };
+                tracing::info!(
+                    grace_ms = grace.as_millis() as u64,
+                    "draining: health NOT_SERVING"
+                );
+                ready.store(false, Ordering::SeqCst);
+                health
+                    .set_not_serving::<pb::routing_service_server::RoutingServiceServer<Routing>>()
+                    .await;
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+                tokio::time::sleep(grace).await;
+                tracing::info!("closing listeners, finishing requests in flight");
+                let _ = stop_tx.send(true);
+            },
+            stop_rx.clone(),
+            fatal.clone(),
+        );
     }
 
-    tokio::spawn(housekeeping(
-        routing.clone(),
-        prometheus.clone(),
-        stopped(stop_rx.clone()),
-    ));
-    tokio::spawn(reload_on_hangup(
-        config.policy.clone(),
-        Arc::clone(&engine),
-        Arc::clone(&clock),
-        stopped(stop_rx.clone()),
-    ));
+    supervise(
+        "housekeeping",
+        housekeeping(
+            routing.clone(),
+            prometheus.clone(),
+            stopped(stop_rx.clone()),
+        ),
+        stop_rx.clone(),
+        fatal.clone(),
+    );
+    supervise(
+        "reload",
+        reload_on_hangup(
+            config.policy.clone(),
+            Arc::clone(&engine),
+            Arc::clone(&clock),
+            stopped(stop_rx.clone()),
+        ),
+        stop_rx.clone(),
+        fatal.clone(),
+    );
 
     let metrics_app = {
         let (engine, clock) = (Arc::clone(&engine), Arc::clone(&clock));
@@ -242,28 +272,81 @@ pub async fn run(
     let metrics_server = axum::serve(listeners.metrics, metrics_app)
         .with_graceful_shutdown(stopped(stop_rx.clone()));
 
+    let handshake = config.handshake_timeout;
     let incoming = TcpIncoming::from(listeners.grpc)
         .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
+        .with_keepalive(Some(Duration::from_secs(60)))
+        .map(move |conn| conn.map(|io| Prefaced::new(io, handshake)));
     let grpc_server = tonic::transport::Server::builder()
         .layer(RpcMetricsLayer::new())
+        .layer(CatchPanicLayer::new(fatal.clone()))
+        .layer(RequestDeadlineLayer::new(config.request_timeout))
         .concurrency_limit_per_connection(config.concurrency_per_connection)
         .max_concurrent_streams(config.max_concurrent_streams)
         // No server-wide timeout: it would cut the long-lived CTI stream
-        // (StreamAgentStates) and health watches. Unary handlers never wait,
-        // and clients' grpc-timeout deadlines are still honoured.
+        // (StreamAgentStates). The deadline layer times single-message
+        // calls only, and clients' grpc-timeout deadlines are honoured.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(routing.into_server())
-        .serve_with_incoming_shutdown(incoming, stopped(stop_rx));
+        .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone()));
 
-    let (grpc, metrics) = tokio::join!(grpc_server, metrics_server);
-    grpc?;
-    metrics.map_err(ServerError::Metrics)?;
+    // Serve until both servers end by themselves after the stop signal, or
+    // until the shutdown deadline after it: then open streams and
+    // connections that never finished their handshake are cut (dropping
+    // the servers ends their tasks with the runtime).
+    let serving = async {
+        let (grpc, metrics) = tokio::join!(grpc_server, metrics_server);
+        grpc?;
+        metrics.map_err(ServerError::Metrics)
+    };
+    let deadline = config.shutdown_timeout;
+    let cut = async move {
+        stopped(stop_rx).await;
+        tokio::time::sleep(deadline).await;
+    };
+    tokio::select! {
+        result = serving => result?,
+        _ = cut => tracing::warn!(
+            timeout_ms = deadline.as_millis() as u64,
+            "shutdown deadline passed: cutting open streams and connections"
+        ),
+    }
+    if fatal.is_raised() {
+        let reason = fatal.raised().await;
+        return Err(ServerError::Fatal(reason));
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Runs a background task that must live as long as the service: if it
+/// ends (or panics) before the stop signal, that is logged, counted, and
+/// raises the fatal signal, so the process stops and its supervisor
+/// restarts it; never a silent stop.
+fn supervise(
+    task: &'static str,
+    work: impl Future<Output = ()> + Send + 'static,
+    stopping: watch::Receiver<bool>,
+    fatal: Fatal,
+) {
+    let handle = tokio::spawn(work);
+    tokio::spawn(async move {
+        let result = handle.await;
+        if *stopping.borrow() {
+            return;
+        }
+        let how = match &result {
+            Ok(()) => "ended",
+            Err(e) if e.is_panic() => "panicked",
+            Err(_) => "was cancelled",
+        };
+        metrics::counter!(telemetry::TASK_FAILURES, "task" => task).increment(1);
+        tracing::error!(task, how, "background task stopped unexpectedly");
+        fatal.raise("a background task stopped unexpectedly");
+    });
 }
 
 /// Applies expiries and wrap-up ends on time, even when no request comes,
@@ -282,7 +365,10 @@ async fn housekeeping(
             _ = &mut stop => return,
             _ = tick.tick() => {}
         }
-        routing.tick();
+        if routing.tick().is_err() {
+            // The engine is halted; the fatal signal is already raised.
+            return;
+        }
         if last_upkeep.elapsed() >= UPKEEP_EVERY {
             prometheus.run_upkeep();
             last_upkeep = tokio::time::Instant::now();
@@ -292,19 +378,17 @@ async fn housekeeping(
 
 /// Refreshes the engine's gauges and renders the Prometheus text: gauges
 /// are read at scrape time, so they are never stale.
-fn scrape(engine: &Mutex<Engine>, clock: &dyn Clock, prometheus: &PrometheusHandle) -> String {
+fn scrape(engine: &SharedEngine, clock: &dyn Clock, prometheus: &PrometheusHandle) -> String {
     let now = clock.now();
-    let (by_state, counters, live, queues) = {
-        let mut e = engine.lock();
+    // A halted engine has no state worth showing; the process metrics and
+    // counters still are.
+    if let Ok(mut e) = engine.lock() {
         let queues = e.queues(now);
-        (
-            e.roster().by_state(),
-            e.counters(),
-            e.live_reservations(),
-            queues,
-        )
-    };
-    telemetry::publish_engine(by_state, counters, live, &queues);
+        let (by_state, counters, live) =
+            (e.roster().by_state(), e.counters(), e.live_reservations());
+        drop(e);
+        telemetry::publish_engine(by_state, counters, live, &queues);
+    }
     prometheus.render()
 }
 
@@ -315,16 +399,16 @@ fn scrape(engine: &Mutex<Engine>, clock: &dyn Clock, prometheus: &PrometheusHand
 #[cfg(unix)]
 async fn reload_on_hangup(
     path: Option<PathBuf>,
-    engine: Arc<Mutex<Engine>>,
+    engine: Arc<SharedEngine>,
     clock: Arc<dyn Clock>,
     stop: impl Future<Output = ()>,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
+    tokio::pin!(stop);
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot listen for SIGHUP: policy reload disabled");
-        return;
+        return stop.await;
     };
-    tokio::pin!(stop);
     loop {
         tokio::select! {
             _ = &mut stop => return,
@@ -344,18 +428,22 @@ async fn reload_on_hangup(
 #[cfg(not(unix))]
 async fn reload_on_hangup(
     _path: Option<PathBuf>,
-    _engine: Arc<Mutex<Engine>>,
+    _engine: Arc<SharedEngine>,
     _clock: Arc<dyn Clock>,
     _stop: impl Future<Output = ()>,
 ) {
 }
 
 /// Loads `path` and swaps it in if valid; returns whether it was.
-pub fn reload(path: &std::path::Path, engine: &Mutex<Engine>, now: crate::model::Time) -> bool {
+pub fn reload(path: &std::path::Path, engine: &SharedEngine, now: crate::model::Time) -> bool {
     match policy::read(path) {
         Ok(p) => {
             let version = p.version.clone();
-            engine.lock().replace_policy(Arc::new(p), now);
+            let Ok(mut e) = engine.lock() else {
+                return false;
+            };
+            e.replace_policy(Arc::new(p), now);
+            drop(e);
             metrics::counter!(telemetry::POLICY_RELOADS, "result" => "ok").increment(1);
             tracing::info!(%version, "policy reloaded");
             true

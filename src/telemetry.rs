@@ -62,9 +62,14 @@ pub const QUEUE_ABANDONED: &str = "careroute_queue_abandoned_total";
 pub const QUEUE_CALLBACKS: &str = "careroute_queue_callbacks_total";
 /// Policy reloads by result.
 pub const POLICY_RELOADS: &str = "careroute_policy_reloads_total";
+/// Request handlers that panicked (each also stops the service).
+pub const PANICS: &str = "careroute_panics_total";
+/// Background tasks that ended unexpectedly, by task (each also stops the
+/// service).
+pub const TASK_FAILURES: &str = "careroute_task_failures_total";
 
 /// Every metric the service exports, for checks of dashboards and alerts.
-pub const EXPORTED: [&str; 26] = [
+pub const EXPORTED: [&str; 28] = [
     QUEUE_WAITING,
     QUEUE_LONGEST_WAIT,
     QUEUE_ESTIMATED_WAIT,
@@ -90,6 +95,8 @@ pub const EXPORTED: [&str; 26] = [
     QUEUE_AVAILABLE,
     QUEUE_OPEN,
     POLICY_RELOADS,
+    PANICS,
+    TASK_FAILURES,
     "up",
 ];
 
@@ -210,6 +217,14 @@ fn describe() {
     describe_counter!(QUEUE_ABANDONED, "Waiting contacts that hung up, per queue.");
     describe_counter!(QUEUE_CALLBACKS, "Callback tickets owned, per queue.");
     describe_counter!(POLICY_RELOADS, "Policy reloads by result (ok, refused).");
+    describe_counter!(
+        PANICS,
+        "Request handlers that panicked; the service answers INTERNAL, stops and exits non-zero."
+    );
+    describe_counter!(
+        TASK_FAILURES,
+        "Background tasks (housekeeping, reload, drain) that ended unexpectedly; the service stops and exits non-zero."
+    );
 }
 
 const OUTCOMES: [&str; 5] = ["agent", "callback", "emergency", "authenticate", "queued"];

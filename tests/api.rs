@@ -416,21 +416,25 @@ async fn health_reflection_and_metrics() {
 
 #[tokio::test]
 async fn policy_reload_refuses_an_invalid_file_and_keeps_the_running_policy() {
-    use careroute::{engine::Engine, policy, server};
+    use careroute::{
+        engine::Engine,
+        policy, server,
+        shared::{Fatal, SharedEngine},
+    };
     use std::sync::Arc;
     let dir = std::env::temp_dir().join(format!("careroute-reload-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("policy.toml");
     let good = include_str!("../examples/healthcare.toml");
     std::fs::write(&path, good).unwrap();
-    let engine = parking_lot::Mutex::new(Engine::new(
-        Arc::new(policy::read(&path).unwrap()),
-        Default::default(),
-    ));
+    let engine = SharedEngine::new(
+        Engine::new(Arc::new(policy::read(&path).unwrap()), Default::default()),
+        Fatal::new(),
+    );
     // A broken edit: refused, and the old policy still answers.
     std::fs::write(&path, good.replacen("level = 4", "level = 7", 1)).unwrap();
     assert!(!server::reload(&path, &engine, common::monday_10am()));
-    assert_eq!(engine.lock().policy().visible_queues(), 13);
+    assert_eq!(engine.lock().unwrap().policy().visible_queues(), 13);
     // A valid edit: taken.
     std::fs::write(
         &path,
@@ -438,5 +442,5 @@ async fn policy_reload_refuses_an_invalid_file_and_keeps_the_running_policy() {
     )
     .unwrap();
     assert!(server::reload(&path, &engine, common::monday_10am()));
-    assert_eq!(engine.lock().policy().version, "2026-11-23");
+    assert_eq!(engine.lock().unwrap().policy().version, "2026-11-23");
 }

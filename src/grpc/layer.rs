@@ -2,7 +2,8 @@
 //! latency histogram by service, method and status code, and the number of
 //! calls in flight. It reads the status from a trailers-only response or from
 //! the trailers at the end of the body, so streaming calls count too.
-//! Service and method come from a fixed list (anything else is "unknown"),
+//! Service and method come from the descriptor sets (anything else is
+//! "unknown"),
 //! and codes from the 17 gRPC codes: the label set is bounded whatever
 //! clients send.
 
@@ -19,31 +20,8 @@ use metrics::{Counter, Gauge, Histogram};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::methods;
 use crate::telemetry::{RPC_IN_FLIGHT, RPC_REQUESTS, RPC_SECONDS};
-
-/// Every (service, method) the server answers; the last is the catch-all.
-const METHODS: [(&str, &str); 14] = [
-    ("careroute.v1.RoutingService", "RouteContact"),
-    ("careroute.v1.RoutingService", "UpsertAgent"),
-    ("careroute.v1.RoutingService", "SetAgentState"),
-    ("careroute.v1.RoutingService", "StreamAgentStates"),
-    ("careroute.v1.RoutingService", "ConfirmReservation"),
-    ("careroute.v1.RoutingService", "ReleaseReservation"),
-    ("careroute.v1.RoutingService", "CompleteContact"),
-    ("careroute.v1.RoutingService", "ListQueues"),
-    ("careroute.v1.RoutingService", "GetContactPath"),
-    ("grpc.health.v1.Health", "Check"),
-    ("grpc.health.v1.Health", "Watch"),
-    (
-        "grpc.reflection.v1.ServerReflection",
-        "ServerReflectionInfo",
-    ),
-    (
-        "grpc.reflection.v1alpha.ServerReflection",
-        "ServerReflectionInfo",
-    ),
-    ("unknown", "unknown"),
-];
 
 /// gRPC status codes by number, as their canonical names.
 const CODES: [&str; 17] = [
@@ -77,16 +55,19 @@ pub fn code_name(code: i32) -> &'static str {
         .unwrap_or(CODES[UNKNOWN])
 }
 
+/// The metric slot of a request path: its index in [`methods::all`], or
+/// the catch-all slot after them for anything else.
 fn method_index(path: &str) -> usize {
-    let path = path.strip_prefix('/').unwrap_or(path);
-    METHODS
-        .iter()
-        .position(|(service, method)| {
-            path.strip_prefix(service)
-                .and_then(|rest| rest.strip_prefix('/'))
-                == Some(method)
+    methods::index(path).unwrap_or(methods::all().len())
+}
+
+/// Service and method labels of a metric slot.
+fn method_labels(slot: usize) -> (&'static str, &'static str) {
+    methods::all()
+        .get(slot)
+        .map_or(("unknown", "unknown"), |m| {
+            (m.service.as_str(), m.name.as_str())
         })
-        .unwrap_or(METHODS.len() - 1)
 }
 
 /// Metric handles, created on first use of each (method, code) so /metrics
@@ -100,7 +81,7 @@ struct Handles {
 impl Handles {
     fn record(&self, method: usize, code: usize, seconds: f64) {
         let i = method * CODES.len() + code;
-        let (service, name) = METHODS[method];
+        let (service, name) = method_labels(method);
         let labels = || {
             [
                 ("service", service),
@@ -128,7 +109,7 @@ impl RpcMetricsLayer {
     /// A layer recording into the installed recorder.
     pub fn new() -> RpcMetricsLayer {
         crate::telemetry::install();
-        let n = METHODS.len() * CODES.len();
+        let n = (methods::all().len() + 1) * CODES.len();
         RpcMetricsLayer {
             handles: Arc::new(Handles {
                 requests: (0..n).map(|_| OnceLock::new()).collect(),
@@ -304,13 +285,24 @@ mod tests {
 
     #[test]
     fn methods_and_codes_are_bounded() {
-        assert_eq!(method_index("/careroute.v1.RoutingService/RouteContact"), 0);
-        assert_eq!(method_index("/grpc.health.v1.Health/Check"), 9);
+        let catch_all = methods::all().len();
+        for path in [
+            "/careroute.v1.RoutingService/RouteContact",
+            "/careroute.v1.RoutingService/CancelContact",
+            "/careroute.v1.RoutingService/WatchAssignments",
+            "/grpc.health.v1.Health/Check",
+        ] {
+            let slot = method_index(path);
+            assert!(slot < catch_all, "{path}");
+            let (service, method) = method_labels(slot);
+            assert_eq!(format!("/{service}/{method}"), path);
+        }
         assert_eq!(
             method_index("/careroute.v1.RoutingService/Jane-Doe-555-0199"),
-            13
+            catch_all
         );
-        assert_eq!(method_index("/whatever"), 13);
+        assert_eq!(method_index("/whatever"), catch_all);
+        assert_eq!(method_labels(catch_all), ("unknown", "unknown"));
         assert_eq!(code_name(0), "OK");
         assert_eq!(code_name(3), "INVALID_ARGUMENT");
         assert_eq!(code_name(99), "UNKNOWN");

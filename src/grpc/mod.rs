@@ -4,7 +4,10 @@
 //! this module names `pb::`.
 
 pub mod convert;
+pub mod deadline;
 pub mod layer;
+pub mod methods;
+pub mod panic;
 pub mod service;
 pub mod status;
 

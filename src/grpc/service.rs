@@ -7,7 +7,6 @@ use std::{sync::Arc, time::Instant};
 
 use std::pin::Pin;
 
-use parking_lot::Mutex;
 use tokio::sync::{broadcast, watch};
 use tokio_stream::{
     Stream, StreamExt,
@@ -17,14 +16,15 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, pb};
 use crate::clock::Clock;
-use crate::engine::{AgentSpec, Engine};
+use crate::engine::{AgentSpec, Engine, EngineError};
 use crate::model::Contact;
+use crate::shared::SharedEngine;
 use crate::telemetry::DecisionMetrics;
 
 /// Shared state behind every handler.
 #[derive(Clone)]
 pub struct Routing {
-    engine: Arc<Mutex<Engine>>,
+    engine: Arc<SharedEngine>,
     clock: Arc<dyn Clock>,
     metrics: Arc<DecisionMetrics>,
     events: broadcast::Sender<pb::AssignmentEvent>,
@@ -39,7 +39,7 @@ const EVENT_BUFFER: usize = 4096;
 impl Routing {
     /// A service over `engine`, reading time from `clock`.
     pub fn new(
-        engine: Arc<Mutex<Engine>>,
+        engine: Arc<SharedEngine>,
         clock: Arc<dyn Clock>,
         stopping: watch::Receiver<bool>,
     ) -> Routing {
@@ -54,9 +54,10 @@ impl Routing {
 
     /// Runs `f` on the engine under its lock, then publishes the events it
     /// decided (assignments, callbacks) to watchers, outside the lock.
-    pub fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> R {
+    /// `UNAVAILABLE` once a panic has halted the engine.
+    pub fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> Result<R, Status> {
         let (result, events) = {
-            let mut engine = self.engine.lock();
+            let mut engine = self.engine.lock()?;
             let result = f(&mut engine);
             (result, engine.take_events())
         };
@@ -65,13 +66,18 @@ impl Routing {
             // goes back in line.
             let _ = self.events.send(pb::AssignmentEvent::from(e));
         }
-        result
+        Ok(result)
+    }
+
+    /// [`Routing::with_engine`] for an engine operation that may be refused.
+    fn call<R>(&self, f: impl FnOnce(&mut Engine) -> Result<R, EngineError>) -> Result<R, Status> {
+        self.with_engine(f)?.map_err(Status::from)
     }
 
     /// Applies what is due now (expiries, wrap-up ends, closed queues).
-    pub fn tick(&self) {
+    pub fn tick(&self) -> Result<(), Status> {
         let now = self.clock.now();
-        self.with_engine(|e| e.advance(now));
+        self.with_engine(|e| e.advance(now))
     }
 
     /// The tonic server wrapper with message size limits.
@@ -84,7 +90,7 @@ impl Routing {
         let agent_id = convert::agent_id("agent_id", r.agent_id)?;
         let state = convert::agent_state(r.state)?;
         let now = self.clock.now();
-        let previous = self.with_engine(|e| e.set_state(&agent_id, state, now))?;
+        let previous = self.call(|e| e.set_state(&agent_id, state, now))?;
         Ok(pb::SetAgentStateResponse {
             previous: pb::AgentState::from(previous).into(),
         })
@@ -104,7 +110,7 @@ impl pb::routing_service_server::RoutingService for Routing {
             let contact = Contact::try_from(request.into_inner())?;
             let now = self.clock.now();
             let started = Instant::now();
-            let decision = self.with_engine(|e| e.route(&contact, now))?;
+            let decision = self.call(|e| e.route(&contact, now))?;
             let elapsed = started.elapsed().as_secs_f64();
             self.metrics.record(&decision, elapsed);
             tracing::debug!(
@@ -125,15 +131,13 @@ impl pb::routing_service_server::RoutingService for Routing {
         &self,
         request: Request<pb::UpsertAgentRequest>,
     ) -> Result<Response<pb::UpsertAgentResponse>, Status> {
-        let result = AgentSpec::try_from(request.into_inner()).map(|spec| {
-            let now = self.clock.now();
-            let (queues, created) = self.with_engine(|e| e.upsert_agent(spec, now));
-            pb::UpsertAgentResponse {
-                eligible_queue_ids: queues.iter().map(|q| q.to_string()).collect(),
-                created,
-            }
-        });
-        result.map(Response::new)
+        let spec = AgentSpec::try_from(request.into_inner())?;
+        let now = self.clock.now();
+        let (queues, created) = self.with_engine(|e| e.upsert_agent(spec, now))?;
+        Ok(Response::new(pb::UpsertAgentResponse {
+            eligible_queue_ids: queues.iter().map(|q| q.to_string()).collect(),
+            created,
+        }))
     }
 
     async fn set_agent_state(
@@ -169,7 +173,7 @@ impl pb::routing_service_server::RoutingService for Routing {
         let result = (|| {
             let id = convert::reservation_id(&request.get_ref().reservation_id)?;
             let now = self.clock.now();
-            let (agent_id, contact_id) = self.with_engine(|e| e.confirm(id, now))?;
+            let (agent_id, contact_id) = self.call(|e| e.confirm(id, now))?;
             Ok(pb::ConfirmReservationResponse {
                 agent_id: agent_id.to_string(),
                 contact_id,
@@ -187,7 +191,7 @@ impl pb::routing_service_server::RoutingService for Routing {
             let id = convert::reservation_id(&r.reservation_id)?;
             let reason = convert::release_reason(r.reason)?;
             let now = self.clock.now();
-            self.with_engine(|e| e.release(id, now))?;
+            self.call(|e| e.release(id, now))?;
             tracing::debug!(reservation_id = %id, reason, "released");
             Ok(pb::ReleaseReservationResponse {})
         })();
@@ -203,7 +207,7 @@ impl pb::routing_service_server::RoutingService for Routing {
             let agent_id = convert::agent_id("agent_id", r.agent_id)?;
             let contact_id = convert::contact_id("contact_id", r.contact_id)?;
             let now = self.clock.now();
-            let until = self.with_engine(|e| e.complete(&agent_id, &contact_id, now))?;
+            let until = self.call(|e| e.complete(&agent_id, &contact_id, now))?;
             Ok(pb::CompleteContactResponse {
                 wrap_up_until: Some(convert::timestamp(until)),
             })
@@ -216,7 +220,7 @@ impl pb::routing_service_server::RoutingService for Routing {
         _request: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
         let now = self.clock.now();
-        let views = self.with_engine(|e| e.queues(now));
+        let views = self.with_engine(|e| e.queues(now))?;
         Ok(Response::new(pb::ListQueuesResponse {
             queues: views.into_iter().map(pb::QueueView::from).collect(),
         }))
@@ -228,7 +232,7 @@ impl pb::routing_service_server::RoutingService for Routing {
     ) -> Result<Response<pb::CancelContactResponse>, Status> {
         let contact_id = convert::contact_id("contact_id", request.into_inner().contact_id)?;
         let now = self.clock.now();
-        self.with_engine(|e| e.cancel(&contact_id, now))?;
+        self.call(|e| e.cancel(&contact_id, now))?;
         Ok(Response::new(pb::CancelContactResponse {}))
     }
 
@@ -275,7 +279,7 @@ impl pb::routing_service_server::RoutingService for Routing {
     ) -> Result<Response<pb::GetContactPathResponse>, Status> {
         let result = (|| {
             let contact_id = convert::contact_id("contact_id", request.into_inner().contact_id)?;
-            let engine = self.engine.lock();
+            let engine = self.engine.lock()?;
             let hops = engine.path(&contact_id).ok_or_else(|| {
                 Status::not_found(format!("contact `{contact_id}` has no recorded path"))
             })?;

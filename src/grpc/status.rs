@@ -4,6 +4,13 @@
 use tonic::Status;
 
 use crate::engine::EngineError;
+use crate::shared::Halted;
+
+impl From<Halted> for Status {
+    fn from(e: Halted) -> Status {
+        Status::unavailable(e.to_string())
+    }
+}
 
 impl From<EngineError> for Status {
     fn from(e: EngineError) -> Status {

@@ -2,6 +2,8 @@
 //! clients; shared by the end-to-end tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod process;
+
 use std::{net::SocketAddr, sync::Arc};
 
 use careroute::{

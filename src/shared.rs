@@ -1,0 +1,129 @@
+//! The engine behind its one lock, and the process's fatal signal. A panic
+//! while the lock is held poisons it: from then on nothing reads or changes
+//! the engine (callers get [`Halted`]) and the server is told to stop and
+//! exit non-zero, so its supervisor restarts it from a clean state rather
+//! than serve from a half-updated one. Knows nothing of gRPC or metrics
+//! labels: the edge maps [`Halted`] to its own error.
+
+use std::sync::{Mutex, MutexGuard};
+
+use tokio::sync::watch;
+
+use crate::engine::Engine;
+
+/// The engine can no longer be trusted: a panic interrupted a change to it.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the routing engine stopped after an internal error; the service is restarting")]
+pub struct Halted;
+
+/// Tells the server to stop at once and exit non-zero. The first reason
+/// raised is the one reported.
+#[derive(Debug, Clone)]
+pub struct Fatal(watch::Sender<Option<String>>);
+
+impl Fatal {
+    /// A signal nobody has raised yet.
+    pub fn new() -> Fatal {
+        Fatal(watch::channel(None).0)
+    }
+
+    /// Raises the signal (once; later reasons are logged only).
+    pub fn raise(&self, why: &str) {
+        tracing::error!(reason = why, "fatal: the service stops and exits non-zero");
+        self.0.send_if_modified(|reason| {
+            if reason.is_none() {
+                *reason = Some(why.to_owned());
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Resolves with the reason once the signal is raised.
+    pub async fn raised(&self) -> String {
+        let mut rx = self.0.subscribe();
+        // The sender lives in `self`, so waiting cannot fail.
+        let reason = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|r| r.clone());
+        reason.unwrap_or_default()
+    }
+
+    /// Whether the signal has been raised.
+    pub fn is_raised(&self) -> bool {
+        self.0.borrow().is_some()
+    }
+}
+
+impl Default for Fatal {
+    fn default() -> Self {
+        Fatal::new()
+    }
+}
+
+/// The engine and the signal its poisoning raises.
+#[derive(Debug)]
+pub struct SharedEngine {
+    engine: Mutex<Engine>,
+    fatal: Fatal,
+}
+
+impl SharedEngine {
+    /// Shares `engine`; a poisoned lock raises `fatal`.
+    pub fn new(engine: Engine, fatal: Fatal) -> SharedEngine {
+        SharedEngine {
+            engine: Mutex::new(engine),
+            fatal,
+        }
+    }
+
+    /// The engine, unless a panic poisoned it. Never hold the guard across
+    /// an `.await`.
+    pub fn lock(&self) -> Result<MutexGuard<'_, Engine>, Halted> {
+        self.engine.lock().map_err(|_| {
+            self.fatal
+                .raise("a panic interrupted a change to the routing engine");
+            Halted
+        })
+    }
+
+    /// The signal this engine raises.
+    pub fn fatal(&self) -> &Fatal {
+        &self.fatal
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::engine::EngineConfig;
+    use crate::policy::Policy;
+
+    #[test]
+    fn a_panic_under_the_lock_halts_the_engine_and_raises_the_fatal_signal() {
+        let fatal = Fatal::new();
+        let shared = Arc::new(SharedEngine::new(
+            Engine::new(
+                Arc::new(Policy::embedded().unwrap()),
+                EngineConfig::default(),
+            ),
+            fatal.clone(),
+        ));
+        assert!(shared.lock().is_ok());
+        let poisoner = Arc::clone(&shared);
+        let joined = std::thread::spawn(move || {
+            let _engine = poisoner.lock().unwrap();
+            panic!("half-way through a change");
+        })
+        .join();
+        assert!(joined.is_err());
+        assert!(!fatal.is_raised(), "raised before anyone looked");
+        assert!(shared.lock().is_err(), "a poisoned engine was handed out");
+        assert!(fatal.is_raised());
+    }
+}

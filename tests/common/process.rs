@@ -1,0 +1,124 @@
+//! The real binary as a child process: started with JSON logs on free
+//! loopback ports, its log lines collected, signalled and waited for, so
+//! tests can cause faults for real (SIGHUP, SIGTERM, kill -9).
+
+use std::{
+    io::{BufRead, BufReader},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+/// A running careroute process.
+pub struct Process {
+    pub child: Child,
+    pub grpc: String,
+    pub metrics: String,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<JoinHandle<()>>,
+}
+
+impl Process {
+    /// Starts the binary with `args` (after loopback listeners on free
+    /// ports and JSON logs) and waits for its start-up event.
+    pub fn start(args: &[&str]) -> Process {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_careroute"))
+            .args([
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+            ])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+        let reader = {
+            let lines = Arc::clone(&lines);
+            let stderr = child.stderr.take().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    lines.lock().unwrap().push(line);
+                }
+            })
+        };
+        let mut p = Process {
+            child,
+            grpc: String::new(),
+            metrics: String::new(),
+            lines,
+            reader: Some(reader),
+        };
+        let serving = p.wait_for_log("careroute serving", Duration::from_secs(30));
+        let serving: serde_json::Value = serde_json::from_str(&serving).unwrap();
+        p.grpc = serving["fields"]["grpc"].as_str().unwrap().to_owned();
+        p.metrics = serving["fields"]["metrics"].as_str().unwrap().to_owned();
+        p
+    }
+
+    /// The first log line containing `text`, waiting up to `within`.
+    pub fn wait_for_log(&self, text: &str, within: Duration) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(l) = self.lines.lock().unwrap().iter().find(|l| l.contains(text)) {
+                return l.clone();
+            }
+            assert!(
+                started.elapsed() < within,
+                "no log line with {text:?} in {within:?}; logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every log line so far.
+    pub fn logs(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`, `KILL`, `STOP`, `CONT`).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// The exit status, if the process ends within `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                if let Some(reader) = self.reader.take() {
+                    reader.join().unwrap();
+                }
+                return Some(status);
+            }
+            if started.elapsed() >= within {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
