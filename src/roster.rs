@@ -58,6 +58,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<(AgentSpec, AgentState)>, Ros
         )
     })?;
     let mut agents = Vec::with_capacity(raw.agents.len());
+    let mut seen = std::collections::HashSet::with_capacity(raw.agents.len());
     for spanned in &raw.agents {
         let at = spanned.span().start;
         let a = spanned.get_ref();
@@ -96,10 +97,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<(AgentSpec, AgentState)>, Ros
         };
         spec.validate()
             .map_err(|(f, message)| invalid(at, field(&f), message))?;
-        if agents
-            .iter()
-            .any(|(s, _): &(AgentSpec, AgentState)| s.id == spec.id)
-        {
+        if !seen.insert(a.id.as_str()) {
             return Err(invalid(
                 at,
                 field("id"),
