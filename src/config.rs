@@ -75,6 +75,11 @@ pub struct Config {
         default_value_t = 256
     )]
     pub concurrency_per_connection: usize,
+    /// Largest number of calls in flight across all connections; beyond it
+    /// calls are refused at once with RESOURCE_EXHAUSTED, so accepted calls
+    /// keep their latency. Health checks and client streams are exempt.
+    #[arg(long, env = "CAREROUTE_MAX_IN_FLIGHT", default_value_t = 512)]
+    pub max_in_flight: usize,
     /// Largest number of concurrent HTTP/2 streams per connection.
     #[arg(long, env = "CAREROUTE_MAX_STREAMS", default_value_t = 128)]
     pub max_concurrent_streams: u32,

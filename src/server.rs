@@ -24,8 +24,8 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::file::FileError;
 use crate::grpc::{
-    FILE_DESCRIPTOR_SET, Routing, deadline::RequestDeadlineLayer, layer::RpcMetricsLayer,
-    panic::CatchPanicLayer, pb,
+    FILE_DESCRIPTOR_SET, Routing, admission::AdmissionLayer, deadline::RequestDeadlineLayer,
+    layer::RpcMetricsLayer, panic::CatchPanicLayer, pb,
 };
 use crate::incoming::Prefaced;
 use crate::policy::{self, Policy};
@@ -279,6 +279,7 @@ pub async fn run(
         .map(move |conn| conn.map(|io| Prefaced::new(io, handshake)));
     let grpc_server = tonic::transport::Server::builder()
         .layer(RpcMetricsLayer::new())
+        .layer(AdmissionLayer::new(config.max_in_flight))
         .layer(CatchPanicLayer::new(fatal.clone()))
         .layer(RequestDeadlineLayer::new(config.request_timeout))
         .concurrency_limit_per_connection(config.concurrency_per_connection)

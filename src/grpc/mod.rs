@@ -3,6 +3,7 @@
 //! status codes ([`status`]) and the service ([`service`]). Nothing outside
 //! this module names `pb::`.
 
+pub mod admission;
 pub mod convert;
 pub mod deadline;
 pub mod layer;
