@@ -75,6 +75,27 @@ pub struct Config {
         default_value_t = 256
     )]
     pub concurrency_per_connection: usize,
+    /// How long a RouteContact retry with the same request_id gets the
+    /// first decision back.
+    #[arg(long, env = "CAREROUTE_IDEMPOTENCY_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub idempotency_window: Duration,
+    /// The peak rate of new RouteContact requests (with a request_id) the
+    /// idempotency window holds in full; memory is sized from it (window x
+    /// rate entries). Above it, the oldest ids are forgotten early and
+    /// counted in careroute_idempotency_evictions_total.
+    #[arg(
+        long,
+        env = "CAREROUTE_PEAK_CONTACTS_PER_SECOND",
+        default_value_t = 1000
+    )]
+    pub peak_contacts_per_second: u32,
+    /// How long a contact's path is kept (GetContactPath).
+    #[arg(long, env = "CAREROUTE_PATH_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub path_window: Duration,
+    /// Contacts whose paths are kept at most; beyond it the oldest are
+    /// forgotten early and counted in careroute_path_evictions_total.
+    #[arg(long, env = "CAREROUTE_MAX_CONTACT_PATHS", default_value_t = 2_000_000)]
+    pub max_contact_paths: usize,
     /// Largest number of calls in flight across all connections; beyond it
     /// calls are refused at once with RESOURCE_EXHAUSTED, so accepted calls
     /// keep their latency. Health checks and client streams are exempt.

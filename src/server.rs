@@ -75,7 +75,18 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Engine, 
         Some(path) => policy::read(path)?,
         None => Policy::embedded()?,
     };
+    // At most a year: a window is added to times, which must not overflow.
+    let window = |d: Duration| {
+        chrono::Duration::from_std(d)
+            .unwrap_or(chrono::Duration::MAX)
+            .min(chrono::Duration::days(366))
+    };
+    let idempotency = window(config.idempotency_window);
     let engine_config = EngineConfig {
+        idempotency_retention: idempotency,
+        max_idempotency_keys: EngineConfig::keys_for(idempotency, config.peak_contacts_per_second),
+        path_retention: window(config.path_window),
+        max_paths: config.max_contact_paths,
         id_prefix: rand::random(),
         ..EngineConfig::default()
     };

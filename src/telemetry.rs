@@ -36,6 +36,10 @@ pub const RESERVATIONS_CONFIRMED: &str = "careroute_reservations_confirmed_total
 pub const RESERVATIONS_RELEASED: &str = "careroute_reservations_released_total";
 /// Reservations whose TTL passed.
 pub const RESERVATIONS_EXPIRED: &str = "careroute_reservations_expired_total";
+/// Request ids forgotten before their idempotency window ended.
+pub const IDEMPOTENCY_EVICTIONS: &str = "careroute_idempotency_evictions_total";
+/// Contact paths forgotten before their window ended.
+pub const PATH_EVICTIONS: &str = "careroute_path_evictions_total";
 /// Live reservations now.
 pub const RESERVATIONS_LIVE: &str = "careroute_reservations_live";
 /// Staffed agents per queue.
@@ -69,7 +73,7 @@ pub const PANICS: &str = "careroute_panics_total";
 pub const TASK_FAILURES: &str = "careroute_task_failures_total";
 
 /// Every metric the service exports, for checks of dashboards and alerts.
-pub const EXPORTED: [&str; 28] = [
+pub const EXPORTED: [&str; 30] = [
     QUEUE_WAITING,
     QUEUE_LONGEST_WAIT,
     QUEUE_ESTIMATED_WAIT,
@@ -97,6 +101,8 @@ pub const EXPORTED: [&str; 28] = [
     POLICY_RELOADS,
     PANICS,
     TASK_FAILURES,
+    IDEMPOTENCY_EVICTIONS,
+    PATH_EVICTIONS,
     "up",
 ];
 
@@ -185,6 +191,14 @@ fn describe() {
         "Reservations whose TTL passed without a confirm."
     );
     describe_gauge!(RESERVATIONS_LIVE, "Reservations live now.");
+    describe_counter!(
+        IDEMPOTENCY_EVICTIONS,
+        "Request ids forgotten before their idempotency window ended: traffic above the sized peak; a late retry would be decided anew."
+    );
+    describe_counter!(
+        PATH_EVICTIONS,
+        "Contact paths forgotten before their window ended: more contacts than --max-contact-paths."
+    );
     describe_gauge!(QUEUE_STAFFED, "Eligible agents logged in, per queue.");
     describe_gauge!(QUEUE_AVAILABLE, "Eligible agents free now, per queue.");
     describe_gauge!(
@@ -294,6 +308,8 @@ pub fn publish_engine(
     metrics::counter!(RESERVATIONS_CONFIRMED).absolute(counters.confirmed);
     metrics::counter!(RESERVATIONS_RELEASED).absolute(counters.released);
     metrics::counter!(RESERVATIONS_EXPIRED).absolute(counters.expired);
+    metrics::counter!(IDEMPOTENCY_EVICTIONS).absolute(counters.idempotency_evicted_early);
+    metrics::counter!(PATH_EVICTIONS).absolute(counters.paths_evicted_early);
     metrics::gauge!(RESERVATIONS_LIVE).set(live as f64);
     for q in queues {
         let id = q.id.to_string();

@@ -76,8 +76,11 @@ impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
         self.entries.is_empty()
     }
 
-    /// Forgets entries older than the retention, then the oldest over the cap.
-    pub fn evict(&mut self, now: Time) {
+    /// Forgets entries older than the retention, then the oldest over the
+    /// cap. Returns how many were forgotten before their retention ended
+    /// (the cap was too small for the traffic: a promise was cut short).
+    pub fn evict(&mut self, now: Time) -> u64 {
+        let mut early = 0;
         while let Some((stamp, _)) = self.order.front() {
             let expired = *stamp + self.retention <= now;
             if !expired && self.order.len() <= self.cap {
@@ -87,9 +90,11 @@ impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
                 // Only drop the entry this stamp belongs to.
                 if self.entries.get(&key).is_some_and(|(s, _)| *s == stamp) {
                     self.entries.remove(&key);
+                    early += u64::from(!expired);
                 }
             }
         }
+        early
     }
 }
 
@@ -104,15 +109,15 @@ mod tests {
         let mut m = Expiring::new(Duration::seconds(10), 3);
         m.insert("a", 1, t0);
         m.insert("b", 2, t0 + Duration::seconds(5));
-        m.evict(t0 + Duration::seconds(9));
+        assert_eq!(m.evict(t0 + Duration::seconds(9)), 0);
         assert_eq!(m.get("a"), Some(&1));
-        m.evict(t0 + Duration::seconds(10));
+        assert_eq!(m.evict(t0 + Duration::seconds(10)), 0);
         assert_eq!(m.get("a"), None);
         assert_eq!(m.get("b"), Some(&2));
         for (i, k) in ["c", "d", "e"].into_iter().enumerate() {
             m.insert(k, i, t0 + Duration::seconds(6));
         }
-        m.evict(t0 + Duration::seconds(6));
+        assert_eq!(m.evict(t0 + Duration::seconds(6)), 1, "b went early");
         assert_eq!(m.len(), 3);
         assert_eq!(m.get("b"), None, "oldest goes first over the cap");
         *m.get_or_insert_with("c", t0, || 99) += 10;

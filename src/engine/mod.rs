@@ -33,15 +33,21 @@ use waiting::WaitingRoom;
 use crate::model::{AgentState, CallbackReason, Channel, Contact, FastMap, Reason, Time};
 use crate::policy::{CallbackTerms, Policy, QueueIdx, Resolved, Step, Text, TextList};
 
-/// Limits of what the engine remembers.
+/// Limits of what the engine remembers. Each memory is a window of time,
+/// as promised to clients, with a cap sized for a stated peak so memory is
+/// bounded; an entry forgotten before its window ends is counted
+/// ([`Counters::idempotency_evicted_early`], [`Counters::paths_evicted_early`]).
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     /// How long a request id's decision is replayed to retries.
     pub idempotency_retention: Duration,
+    /// Request ids kept at most: the window times the peak rate of new
+    /// requests it must hold (see [`EngineConfig::keys_for`]).
+    pub max_idempotency_keys: usize,
     /// How long a contact's path is kept after its first hop.
     pub path_retention: Duration,
-    /// At most this many contacts' paths (and idempotency keys) are kept.
-    pub max_tracked_contacts: usize,
+    /// Contacts' paths kept at most.
+    pub max_paths: usize,
     /// Hops kept per contact; later hops replace the newest.
     pub max_hops: usize,
     /// High 32 bits of every decision and reservation id, so ids differ
@@ -49,12 +55,27 @@ pub struct EngineConfig {
     pub id_prefix: u32,
 }
 
+/// The peak rate of new requests with a request id the default window
+/// holds in full.
+pub const DEFAULT_PEAK_PER_SECOND: u32 = 1_000;
+
+impl EngineConfig {
+    /// Request ids a window must hold at `peak_per_second` new ones.
+    pub fn keys_for(window: Duration, peak_per_second: u32) -> usize {
+        let secs = usize::try_from(window.num_seconds().max(1)).unwrap_or(usize::MAX);
+        secs.saturating_mul(peak_per_second as usize)
+    }
+}
+
 impl Default for EngineConfig {
     fn default() -> Self {
+        let window = Duration::minutes(10);
         EngineConfig {
-            idempotency_retention: Duration::minutes(10),
+            idempotency_retention: window,
+            max_idempotency_keys: EngineConfig::keys_for(window, DEFAULT_PEAK_PER_SECOND),
             path_retention: Duration::hours(24),
-            max_tracked_contacts: 200_000,
+            // A day of a large contact centre: 2 million contacts.
+            max_paths: 2_000_000,
             max_hops: 32,
             id_prefix: 0,
         }
@@ -338,6 +359,11 @@ pub struct Counters {
     pub released: u64,
     /// Reservations whose TTL passed.
     pub expired: u64,
+    /// Request ids forgotten before their window ended (the cap was too
+    /// small for the traffic: a late retry would be decided anew).
+    pub idempotency_evicted_early: u64,
+    /// Contact paths forgotten before their window ended.
+    pub paths_evicted_early: u64,
 }
 
 /// What a reservation is for.
@@ -418,7 +444,8 @@ pub struct Engine {
     reservations: FastMap<ReservationId, Reservation>,
     ledger: Ledger,
     timers: BinaryHeap<Reverse<(Time, Timer)>>,
-    replies: Expiring<(String, String), Decision>,
+    /// The first decision per (contact id, request id), for retries.
+    replies: Expiring<(Text, Text), Arc<Decision>>,
     paths: Expiring<String, Vec<Hop>>,
     next_id: u32,
     counters: Counters,
@@ -431,7 +458,6 @@ pub struct Engine {
 impl Engine {
     /// An engine with no agents.
     pub fn new(policy: Arc<Policy>, config: EngineConfig) -> Engine {
-        let cap = config.max_tracked_contacts;
         Engine {
             roster: Roster::new(&policy),
             waiting: WaitingRoom::new(policy.queues.len()),
@@ -443,8 +469,8 @@ impl Engine {
                 fates: VecDeque::new(),
             },
             timers: BinaryHeap::new(),
-            replies: Expiring::new(config.idempotency_retention, cap),
-            paths: Expiring::new(config.path_retention, cap),
+            replies: Expiring::new(config.idempotency_retention, config.max_idempotency_keys),
+            paths: Expiring::new(config.path_retention, config.max_paths),
             next_id: 0,
             counters: Counters::default(),
             events: Vec::new(),
@@ -510,8 +536,8 @@ impl Engine {
             }
         }
         self.close_lines(now);
-        self.replies.evict(now);
-        self.paths.evict(now);
+        self.counters.idempotency_evicted_early += self.replies.evict(now);
+        self.counters.paths_evicted_early += self.paths.evict(now);
     }
 
     /// Ends a live reservation and frees the agent's slot; a failed offer of
@@ -561,9 +587,9 @@ impl Engine {
     pub fn route(&mut self, contact: &Contact, now: Time) -> Result<Decision, EngineError> {
         self.advance(now);
         if let Some(request_id) = &contact.request_id {
-            let key = (contact.contact_id.clone(), request_id.clone());
+            let key = (roster::text(&contact.contact_id), roster::text(request_id));
             if let Some(first) = self.replies.get(&key) {
-                let mut replay = first.clone();
+                let mut replay = Decision::clone(first);
                 replay.reasons.push(Reason::IdempotentReplay);
                 return Ok(replay);
             }
@@ -849,7 +875,9 @@ impl Engine {
             Some(hops) => hops,
             None => self
                 .paths
-                .get_or_insert_with(contact.contact_id.clone(), now, Vec::new),
+                // Most contacts take one hop: room for exactly one, not
+                // the four a first push would reserve.
+                .get_or_insert_with(contact.contact_id.clone(), now, || Vec::with_capacity(1)),
         };
         if hops.len() >= max_hops {
             hops.pop();
@@ -857,8 +885,8 @@ impl Engine {
         hops.push(hop);
         if let Some(request_id) = &contact.request_id {
             self.replies.insert(
-                (contact.contact_id.clone(), request_id.clone()),
-                decision.clone(),
+                (roster::text(&contact.contact_id), roster::text(request_id)),
+                Arc::new(decision.clone()),
                 now,
             );
         }

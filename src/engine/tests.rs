@@ -345,6 +345,45 @@ fn retry_with_the_same_request_id_reserves_nothing_new() {
     assert_ne!(e.route(&other, t).unwrap().id, first.id);
 }
 
+/// The window is a time: a retry late in the window still replays, and
+/// one after it is decided anew; traffic beyond the sized cap forgets the
+/// oldest ids early, and each is counted.
+#[test]
+fn the_idempotency_window_is_a_time_and_early_evictions_are_counted() {
+    let mut e = Engine::new(
+        Arc::new(Policy::embedded().unwrap()),
+        EngineConfig {
+            max_idempotency_keys: 3,
+            ..EngineConfig::default()
+        },
+    );
+    let t = open();
+    let contact = |i: u32| {
+        let mut c = billing(&format!("c{i}"));
+        c.request_id = Some(format!("req-{i}"));
+        c
+    };
+    let first = e.route(&contact(1), t).unwrap();
+    let late = t + Duration::minutes(10) - Duration::seconds(1);
+    let replay = e.route(&contact(1), late).unwrap();
+    assert_eq!(replay.id, first.id);
+    assert_eq!(replay.reasons.last(), Some(&Reason::IdempotentReplay));
+    let after = e.route(&contact(1), t + Duration::minutes(10)).unwrap();
+    assert_ne!(after.id, first.id);
+    assert_eq!(e.counters().idempotency_evicted_early, 0);
+
+    let t2 = t + Duration::minutes(30);
+    for i in 10..15 {
+        e.route(&contact(i), t2).unwrap();
+    }
+    e.advance(t2);
+    assert_eq!(e.counters().idempotency_evicted_early, 2);
+    let replay = e.route(&contact(14), t2).unwrap();
+    assert_eq!(replay.reasons.last(), Some(&Reason::IdempotentReplay));
+    let forgotten = e.route(&contact(10), t2).unwrap();
+    assert_ne!(forgotten.reasons.last(), Some(&Reason::IdempotentReplay));
+}
+
 #[test]
 fn vocabulary_is_checked_against_the_policy() {
     let mut e = engine();
