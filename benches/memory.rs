@@ -68,7 +68,8 @@ fn agents(n: usize) {
                 channels: vec![(Channel::Voice, 1), (Channel::Chat, 3)],
             },
             t,
-        );
+        )
+        .unwrap();
         e.set_state(&format!("agent-{i}"), AgentState::Available, t)
             .unwrap();
     }

@@ -52,7 +52,7 @@ fn engine_with(n: usize) -> Engine {
         };
         // Spread idle times so the ordered index is realistic.
         let at = t + Duration::milliseconds(i as i64);
-        e.upsert_agent(spec, at);
+        e.upsert_agent(spec, at).unwrap();
         e.set_state(&format!("agent-{i}"), AgentState::Available, at)
             .unwrap();
     }
@@ -143,7 +143,8 @@ fn busy_center() -> (Engine, Vec<String>) {
                 channels: vec![(Channel::Voice, 1)],
             },
             t,
-        );
+        )
+        .unwrap();
         e.set_state(&id, AgentState::Available, t).unwrap();
         let mut c = Contact::new(format!("busy-{i}"), "billing");
         c.identity = Identity::Verified;

@@ -96,6 +96,10 @@ pub struct Config {
     /// forgotten early and counted in careroute_path_evictions_total.
     #[arg(long, env = "CAREROUTE_MAX_CONTACT_PATHS", default_value_t = 2_000_000)]
     pub max_contact_paths: usize,
+    /// Agents registered at most (roster file and UpsertAgent); a new agent
+    /// beyond it is refused with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "CAREROUTE_MAX_AGENTS", default_value_t = 100_000)]
+    pub max_agents: usize,
     /// Largest number of calls in flight across all connections; beyond it
     /// calls are refused at once with RESOURCE_EXHAUSTED, so accepted calls
     /// keep their latency. Health checks and client streams are exempt.

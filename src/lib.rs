@@ -52,7 +52,7 @@
 //!         channels: vec![(Channel::Voice, 1)],
 //!     },
 //!     now,
-//! );
+//! )?;
 //! engine.set_state("b1", AgentState::Available, now)?;
 //!
 //! let mut contact = Contact::new("c-1", "billing");

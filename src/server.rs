@@ -87,6 +87,7 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Engine, 
         max_idempotency_keys: EngineConfig::keys_for(idempotency, config.peak_contacts_per_second),
         path_retention: window(config.path_window),
         max_paths: config.max_contact_paths,
+        max_agents: config.max_agents,
         id_prefix: rand::random(),
         ..EngineConfig::default()
     };
@@ -100,9 +101,9 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Engine, 
     };
     for (spec, state) in agents {
         let id = spec.id.clone();
-        engine.upsert_agent(spec, now);
         engine
-            .set_state(&id, state, now)
+            .upsert_agent(spec, now)
+            .and_then(|_| engine.set_state(&id, state, now))
             .map_err(|e| ServerError::RosterAgent(e.to_string()))?;
     }
     Ok(engine)

@@ -444,3 +444,42 @@ async fn policy_reload_refuses_an_invalid_file_and_keeps_the_running_policy() {
     assert!(server::reload(&path, &engine, common::monday_10am()));
     assert_eq!(engine.lock().unwrap().policy().version, "2026-11-23");
 }
+
+#[tokio::test]
+async fn remove_agent_and_the_roster_cap_over_grpc() {
+    let s = TestServer::start_with(monday_10am(), |c| {
+        c.no_demo_roster = true;
+        c.max_agents = 2;
+    })
+    .await;
+    let mut client = s.client.clone();
+    for id in ["b1", "b2"] {
+        client.upsert_agent(billing_agent(id)).await.unwrap();
+        client
+            .set_agent_state(state(id, pb::AgentState::Available))
+            .await
+            .unwrap();
+    }
+    let full = client.upsert_agent(billing_agent("b3")).await.unwrap_err();
+    assert_eq!(full.code(), Code::ResourceExhausted, "{full:?}");
+    assert!(full.message().contains("--max-agents"), "{full:?}");
+
+    let d = s.route(contact("c1", "billing")).await.unwrap();
+    let reserved = agent(&d).agent_id.clone();
+    let remove = |id: &str| pb::RemoveAgentRequest {
+        agent_id: id.into(),
+    };
+    let busy = client.remove_agent(remove(&reserved)).await.unwrap_err();
+    assert_eq!(busy.code(), Code::FailedPrecondition, "{busy:?}");
+    let idle = if reserved == "b1" { "b2" } else { "b1" };
+    client.remove_agent(remove(idle)).await.unwrap();
+    let gone = client.remove_agent(remove(idle)).await.unwrap_err();
+    assert_eq!(gone.code(), Code::NotFound);
+    let empty = client.remove_agent(remove("")).await.unwrap_err();
+    assert_eq!(empty.code(), Code::InvalidArgument);
+    assert!(empty.message().contains("agent_id"), "{empty:?}");
+    // Room again for a new agent.
+    client.upsert_agent(billing_agent("b3")).await.unwrap();
+    assert_eq!(s.queue("billing").await.agents_staffed, 1);
+    s.stop().await;
+}

@@ -54,6 +54,24 @@ pub enum EngineError {
     /// The contact is not waiting in any queue.
     #[error("contact `{0}` is not waiting in any queue")]
     NotWaiting(String),
+    /// The agent cannot be removed while it holds work.
+    #[error("agent `{agent}` holds {what}: remove it once that ends (or set it offline now)")]
+    AgentBusy {
+        /// The agent.
+        agent: String,
+        /// "a live reservation" or "an active contact".
+        what: &'static str,
+    },
+    /// Registering a new agent would pass the configured maximum.
+    #[error(
+        "agent `{agent}`: the roster is full ({max} agents, --max-agents); remove agents first"
+    )]
+    TooManyAgents {
+        /// The agent that was refused.
+        agent: String,
+        /// The configured maximum.
+        max: usize,
+    },
     /// The agent has no active contact with this id.
     #[error("agent `{agent}` has no active contact `{contact}`")]
     NoActiveContact {

@@ -50,6 +50,8 @@ pub struct EngineConfig {
     pub max_paths: usize,
     /// Hops kept per contact; later hops replace the newest.
     pub max_hops: usize,
+    /// Agents registered at most; a new one beyond it is refused.
+    pub max_agents: usize,
     /// High 32 bits of every decision and reservation id, so ids differ
     /// across restarts.
     pub id_prefix: u32,
@@ -77,6 +79,7 @@ impl Default for EngineConfig {
             // A day of a large contact centre: 2 million contacts.
             max_paths: 2_000_000,
             max_hops: 32,
+            max_agents: 100_000,
             id_prefix: 0,
         }
     }
@@ -1007,9 +1010,20 @@ impl Engine {
     }
 
     /// Registers an agent or replaces its profile, keeping its state and work.
-    /// Returns the eligible queue ids and whether the agent is new.
-    pub fn upsert_agent(&mut self, spec: AgentSpec, now: Time) -> (Vec<Text>, bool) {
+    /// Returns the eligible queue ids and whether the agent is new; a new
+    /// agent beyond [`EngineConfig::max_agents`] is refused.
+    pub fn upsert_agent(
+        &mut self,
+        spec: AgentSpec,
+        now: Time,
+    ) -> Result<(Vec<Text>, bool), EngineError> {
         self.advance(now);
+        if self.roster.find(&spec.id).is_none() && self.roster.live() >= self.config.max_agents {
+            return Err(EngineError::TooManyAgents {
+                agent: spec.id,
+                max: self.config.max_agents,
+            });
+        }
         let languages: Vec<_> = spec
             .languages
             .iter()
@@ -1047,7 +1061,36 @@ impl Engine {
             .map(|q| policy.queues[*q].id.clone())
             .collect();
         self.dispatch(a, now);
-        (queues, created)
+        Ok((queues, created))
+    }
+
+    /// Removes an agent from the roster: refused while it holds a live
+    /// reservation or an active contact (set it offline first, and remove
+    /// it once its work ends). Waiting contacts forget it.
+    pub fn remove_agent(&mut self, agent_id: &str, now: Time) -> Result<(), EngineError> {
+        self.advance(now);
+        let a = self
+            .roster
+            .find(agent_id)
+            .ok_or_else(|| EngineError::UnknownAgent(agent_id.to_owned()))?;
+        let agent = self.roster.agent(a);
+        let what = if agent.reserved.iter().any(|&n| n > 0) {
+            Some("a live reservation")
+        } else if !agent.contacts.is_empty() {
+            Some("an active contact")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(EngineError::AgentBusy {
+                agent: agent_id.to_owned(),
+                what,
+            });
+        }
+        self.roster.remove(a);
+        // Its slot will be someone else's: no waiting contact may hold it.
+        self.waiting.forget_agent(a);
+        Ok(())
     }
 
     /// Sets an agent's state; returns the previous one. An agent becoming

@@ -41,7 +41,8 @@ fn agent(e: &mut Engine, id: &str, skill: &str, at: Time) {
             channels: vec![(Channel::Voice, 1)],
         },
         at,
-    );
+    )
+    .unwrap();
     e.set_state(id, AgentState::Available, at).unwrap();
 }
 
@@ -339,9 +340,9 @@ fn a_closing_queue_hands_its_line_to_the_closed_action() {
         languages: vec!["en".into()],
         channels: vec![(Channel::Voice, 1)],
     };
-    e.upsert_agent(nurse.clone(), t);
+    e.upsert_agent(nurse.clone(), t).unwrap();
     nurse.id = "n2".into();
-    e.upsert_agent(nurse, t);
+    e.upsert_agent(nurse, t).unwrap();
     busy(&mut e, "c0", "scheduling", t);
     e.set_state("n2", AgentState::Available, t).unwrap();
     queued(
@@ -383,7 +384,8 @@ fn relaxation_moves_a_waiting_contact_to_wider_pools_over_time() {
             channels: vec![(Channel::Voice, 1)],
         },
         t,
-    );
+    )
+    .unwrap();
     agent(&mut e, "front", "patient_access", t);
     queued(
         &e.route(&call("w1", "billing", Urgency::Routine), t)

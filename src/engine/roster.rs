@@ -11,7 +11,8 @@ use std::sync::Arc;
 use crate::model::{AgentState, Channel, ChannelSet, FastMap, STATES};
 use crate::policy::{Policy, QueueIdx, Text};
 
-/// Index of an agent in the roster; agents are never removed, only set offline.
+/// Index of an agent in the roster. A removed agent's slot is reused by the
+/// next agent added.
 pub type AgentIdx = u32;
 /// An interned language tag.
 pub type LangId = u32;
@@ -54,6 +55,8 @@ pub struct Agent {
     pub contacts: Vec<(String, Channel, Text, crate::model::Time)>,
     /// Offers let time out in a row.
     pub missed_offers: u32,
+    /// The slot of a removed agent, waiting to be reused: in no index.
+    pub removed: bool,
     /// How the agent is entered in the indexes now.
     indexed: Option<Indexed>,
 }
@@ -101,6 +104,7 @@ impl Agent {
             queues: Vec::new(),
             contacts: Vec::new(),
             missed_offers: 0,
+            removed: false,
             indexed: None,
         }
     }
@@ -160,6 +164,8 @@ pub struct Roster {
     languages: FastMap<String, LangId>,
     pools: Vec<QueuePool>,
     by_state: [u32; STATES],
+    /// Slots of removed agents, reused first.
+    vacant: Vec<AgentIdx>,
 }
 
 /// The agent chosen for a contact.
@@ -221,13 +227,42 @@ impl Roster {
         *self.languages.entry(tag.to_owned()).or_insert(next)
     }
 
-    /// Adds an agent and returns its index.
-    pub fn add(&mut self, agent: Agent) -> AgentIdx {
-        let a = self.agents.len() as AgentIdx;
-        self.ids.insert(agent.id.clone(), a);
-        self.agents.push(agent);
+    /// Adds an agent and returns its index (a removed agent's, if any).
+    pub fn add(&mut self, mut agent: Agent) -> AgentIdx {
+        let a = match self.vacant.pop() {
+            Some(a) => {
+                // The slot's wrap-up generation carries on, so a wrap-up
+                // timer of the removed agent does nothing to this one.
+                agent.wrap_generation = self.agents[a as usize].wrap_generation;
+                self.agents[a as usize] = agent;
+                a
+            }
+            None => {
+                self.agents.push(agent);
+                (self.agents.len() - 1) as AgentIdx
+            }
+        };
+        self.ids.insert(self.agents[a as usize].id.clone(), a);
         self.reindex(a, None);
         a
+    }
+
+    /// Removes an agent: out of every index and count, its id forgotten,
+    /// its slot kept (empty) for the next agent added.
+    pub fn remove(&mut self, a: AgentIdx) {
+        self.reindex_out(a);
+        let slot = &mut self.agents[a as usize];
+        self.ids.remove(&slot.id);
+        let generation = slot.wrap_generation + 1;
+        *slot = Agent::new(text(""), text(""), text(""));
+        slot.wrap_generation = generation;
+        slot.removed = true;
+        self.vacant.push(a);
+    }
+
+    /// Agents registered (not counting removed ones).
+    pub fn live(&self) -> usize {
+        self.ids.len()
     }
 
     /// Changes an agent's state, capacity or work, and moves its index
@@ -270,6 +305,9 @@ impl Roster {
         self.by_state = [0; STATES];
         for a in 0..self.agents.len() {
             let agent = &mut self.agents[a];
+            if agent.removed {
+                continue;
+            }
             agent.indexed = None;
             Roster::place(agent, policy);
             self.reindex(a as AgentIdx, None);

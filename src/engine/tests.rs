@@ -42,7 +42,7 @@ fn billing_agent(id: &str, languages: &[&str], voice: u8, chat: u8) -> AgentSpec
 
 fn add(e: &mut Engine, spec: AgentSpec, at: Time) {
     let id = spec.id.clone();
-    e.upsert_agent(spec, at);
+    e.upsert_agent(spec, at).unwrap();
     e.set_state(&id, AgentState::Available, at).unwrap();
 }
 
@@ -385,6 +385,80 @@ fn the_idempotency_window_is_a_time_and_early_evictions_are_counted() {
 }
 
 #[test]
+fn an_agent_is_removed_only_without_work_and_its_slot_is_reused() {
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
+    add(
+        &mut e,
+        billing_agent("b2", &["en"], 1, 0),
+        t + Duration::seconds(1),
+    );
+    let d = e.route(&billing("c1"), t).unwrap();
+    assert_eq!(&*offer(&d).agent_id, "b1");
+    assert!(matches!(
+        e.remove_agent("b1", t),
+        Err(EngineError::AgentBusy {
+            what: "a live reservation",
+            ..
+        })
+    ));
+    e.confirm(offer(&d).reservation, t).unwrap();
+    assert!(matches!(
+        e.remove_agent("b1", t),
+        Err(EngineError::AgentBusy {
+            what: "an active contact",
+            ..
+        })
+    ));
+    e.complete("b1", "c1", t).unwrap();
+    e.remove_agent("b1", t).unwrap();
+    assert_eq!(
+        e.remove_agent("b1", t),
+        Err(EngineError::UnknownAgent("b1".into()))
+    );
+    assert_eq!(e.roster().live(), 1);
+    let billing_q = e.policy().queue_idx("billing").unwrap();
+    assert_eq!(e.roster().pool(billing_q).staffed, 1);
+    // b1's wrap-up timer (billing wraps up 45 s) must not touch the agent
+    // that takes its slot.
+    add(&mut e, billing_agent("b3", &["en"], 1, 0), t);
+    e.set_state("b3", AgentState::Away, t).unwrap();
+    e.advance(t + Duration::minutes(5));
+    let b3 = e.roster().find("b3").unwrap();
+    assert_eq!(e.roster().agent(b3).state, AgentState::Away);
+    assert_eq!(e.roster().live(), 2);
+    assert_eq!(e.roster().len(), 2, "the slot was reused");
+}
+
+#[test]
+fn no_new_agent_past_max_agents() {
+    let mut e = Engine::new(
+        Arc::new(Policy::embedded().unwrap()),
+        EngineConfig {
+            max_agents: 2,
+            ..EngineConfig::default()
+        },
+    );
+    let t = open();
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
+    add(&mut e, billing_agent("b2", &["en"], 1, 0), t);
+    assert_eq!(
+        e.upsert_agent(billing_agent("b3", &["en"], 1, 0), t),
+        Err(EngineError::TooManyAgents {
+            agent: "b3".into(),
+            max: 2
+        })
+    );
+    // A profile change of a known agent is not a new agent.
+    e.upsert_agent(billing_agent("b2", &["en", "es"], 1, 0), t)
+        .unwrap();
+    e.remove_agent("b1", t).unwrap();
+    e.upsert_agent(billing_agent("b3", &["en"], 1, 0), t)
+        .unwrap();
+}
+
+#[test]
 fn vocabulary_is_checked_against_the_policy() {
     let mut e = engine();
     let t = open();
@@ -580,6 +654,7 @@ enum Op {
     Reprofile(u8, u8),
     Cancel(u8),
     Reload(u8),
+    Remove(u8),
 }
 
 /// Policies a running engine is switched between: the example policy, and
@@ -627,6 +702,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..4, 0u8..3).prop_map(|(a, chat)| Op::Reprofile(a, chat)),
         1 => any::<u8>().prop_map(Op::Cancel),
         1 => any::<u8>().prop_map(Op::Reload),
+        1 => (0u8..4).prop_map(Op::Remove),
     ]
 }
 
@@ -705,8 +781,27 @@ fn run(mut e: Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 waiting.remove(&id);
             }
             Op::State(a, s) => {
-                e.set_state(&format!("b{a}"), AgentState::ALL[usize::from(s)], now)
-                    .unwrap();
+                let id = format!("b{a}");
+                let known = e.roster.find(&id).is_some();
+                let set = e.set_state(&id, AgentState::ALL[usize::from(s)], now);
+                prop_assert_eq!(set.is_ok(), known);
+            }
+            Op::Remove(a) => {
+                // Refused while the agent holds work; its slot is reused by
+                // the next agent added (a Reprofile of a removed agent).
+                let id = format!("b{a}");
+                let busy = e.roster.find(&id).map(|i| {
+                    let agent = e.roster.agent(i);
+                    agent.reserved.iter().any(|&n| n > 0) || !agent.contacts.is_empty()
+                });
+                match (e.remove_agent(&id, now), busy) {
+                    (Ok(()), Some(false)) => prop_assert!(e.roster.find(&id).is_none()),
+                    (Err(EngineError::AgentBusy { .. }), Some(true)) => {}
+                    (Err(EngineError::UnknownAgent(_)), None) => {}
+                    (got, busy) => {
+                        prop_assert!(false, "remove {}: {:?} (busy {:?})", id, got, busy)
+                    }
+                }
             }
             Op::Reprofile(a, chat) => {
                 // New languages and chat capacity, work in progress kept.
@@ -714,7 +809,8 @@ fn run(mut e: Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 e.upsert_agent(
                     billing_agent(&format!("b{a}"), languages, 1, chat.max(1)),
                     now,
-                );
+                )
+                .unwrap();
             }
             Op::Wait(ms) => {
                 now += Duration::milliseconds(i64::from(ms));

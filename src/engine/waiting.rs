@@ -159,6 +159,14 @@ impl WaitingRoom {
         waiters
     }
 
+    /// Drops a removed agent from every contact's exclusions (its slot is
+    /// reused by the next agent added).
+    pub fn forget_agent(&mut self, agent: AgentIdx) {
+        for w in self.waiters.values_mut() {
+            w.exclude.retain(|&a| a != agent);
+        }
+    }
+
     /// Every waiting contact, in no order.
     pub fn iter(&self) -> impl Iterator<Item = &Waiter> {
         self.waiters.values()

@@ -133,11 +133,22 @@ impl pb::routing_service_server::RoutingService for Routing {
     ) -> Result<Response<pb::UpsertAgentResponse>, Status> {
         let spec = AgentSpec::try_from(request.into_inner())?;
         let now = self.clock.now();
-        let (queues, created) = self.with_engine(|e| e.upsert_agent(spec, now))?;
+        let (queues, created) = self.call(|e| e.upsert_agent(spec, now))?;
         Ok(Response::new(pb::UpsertAgentResponse {
             eligible_queue_ids: queues.iter().map(|q| q.to_string()).collect(),
             created,
         }))
+    }
+
+    async fn remove_agent(
+        &self,
+        request: Request<pb::RemoveAgentRequest>,
+    ) -> Result<Response<pb::RemoveAgentResponse>, Status> {
+        let agent_id = convert::agent_id("agent_id", request.into_inner().agent_id)?;
+        let now = self.clock.now();
+        self.call(|e| e.remove_agent(&agent_id, now))?;
+        tracing::info!(agent_id = %agent_id, "agent removed");
+        Ok(Response::new(pb::RemoveAgentResponse {}))
     }
 
     async fn set_agent_state(

@@ -26,6 +26,8 @@ impl From<EngineError> for Status {
             EngineError::ReservationSettled { .. } => Status::failed_precondition(message),
             EngineError::NoActiveContact { .. } => Status::not_found(message),
             EngineError::NotWaiting(_) => Status::not_found(message),
+            EngineError::AgentBusy { .. } => Status::failed_precondition(message),
+            EngineError::TooManyAgents { .. } => Status::resource_exhausted(message),
         }
     }
 }
