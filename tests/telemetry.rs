@@ -249,3 +249,99 @@ fn no_patient_data_in_logs_or_metrics_and_health_flips_while_draining() {
         assert!(!scrape.contains(value), "/metrics contains {value:?}");
     }
 }
+
+/// A TCP proxy in front of the server whose connections can be cut: the
+/// client's side of the wire dies without a goodbye, as when a CTI host
+/// crashes or a network path drops.
+async fn cuttable_proxy(
+    server: std::net::SocketAddr,
+) -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (cut, cut_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let mut outbound = tokio::net::TcpStream::connect(server).await.unwrap();
+            let mut cut_rx = cut_rx.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                    _ = cut_rx.wait_for(|c| *c) => {
+                        // Reset, not a clean close: linger 0 on drop.
+                        let _ = outbound.set_linger(Some(Duration::ZERO));
+                    }
+                }
+            });
+        }
+    });
+    (addr, cut)
+}
+
+/// A value of a series on a scrape, 0 if absent.
+fn sample(scrape: &str, name_and_labels: &[&str]) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| name_and_labels.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// A CTI whose connection is cut mid-stream is a client going away:
+/// CANCELLED, never UNKNOWN (which the server-error alert pages on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_client_stream_counts_as_cancelled_not_unknown() {
+    let s = TestServer::start(monday_10am()).await;
+    let (proxy, cut) = cuttable_proxy(s.grpc).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{proxy}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = RoutingServiceClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(pb::SetAgentStateRequest {
+        agent_id: "agent-billing-1".into(),
+        state: pb::AgentState::Available.into(),
+    })
+    .await
+    .unwrap();
+    let call = tokio::spawn(async move {
+        client
+            .stream_agent_states(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    let stream_calls = |scrape: &str, code: &str| {
+        sample(
+            scrape,
+            &[
+                "careroute_rpc_requests_total{",
+                "method=\"StreamAgentStates\"",
+                &format!("code=\"{code}\""),
+            ],
+        )
+    };
+    // The stream is open on the server: its first entry was applied.
+    let started = Instant::now();
+    while sample(&s.scrape().await, &["careroute_rpc_in_flight_requests"]) < 1.0 {
+        assert!(started.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cut.send(true).unwrap();
+    let started = Instant::now();
+    let scrape = loop {
+        let scrape = s.scrape().await;
+        if stream_calls(&scrape, "CANCELLED") + stream_calls(&scrape, "UNKNOWN") > 0.0 {
+            break scrape;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the cut stream was never counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(stream_calls(&scrape, "UNKNOWN"), 0.0, "{scrape}");
+    assert_eq!(stream_calls(&scrape, "CANCELLED"), 1.0, "{scrape}");
+    drop(tx);
+    let _ = call.await;
+    s.stop().await;
+}

@@ -97,6 +97,24 @@ impl Routing {
     }
 }
 
+/// What a failed read of a client's request stream says: a transport
+/// failure (the client crashed, the connection was cut) is the client going
+/// away, `CANCELLED`, not a server fault; a message that does not decode is
+/// the client's error, `INVALID_ARGUMENT`.
+fn stream_broken(status: Status) -> Status {
+    match status.code() {
+        tonic::Code::Unknown | tonic::Code::Cancelled => Status::cancelled(format!(
+            "the client's stream ended before it finished: {}",
+            status.message()
+        )),
+        tonic::Code::Internal => Status::invalid_argument(format!(
+            "a stream message does not decode: {}",
+            status.message()
+        )),
+        _ => status,
+    }
+}
+
 /// Largest request accepted: far above any valid request.
 const MAX_MESSAGE_BYTES: usize = 64 * 1024;
 
@@ -164,7 +182,7 @@ impl pb::routing_service_server::RoutingService for Routing {
     ) -> Result<Response<pb::StreamAgentStatesResponse>, Status> {
         let mut stream = request.into_inner();
         let mut applied = 0u64;
-        while let Some(entry) = stream.message().await? {
+        while let Some(entry) = stream.message().await.map_err(stream_broken)? {
             if let Err(status) = self.set_state(entry) {
                 let status = Status::new(
                     status.code(),
