@@ -268,7 +268,7 @@ async fn cuttable_proxy(
                     _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
                     _ = cut_rx.wait_for(|c| *c) => {
                         // Reset, not a clean close: linger 0 on drop.
-                        let _ = outbound.set_linger(Some(Duration::ZERO));
+                        let _ = outbound.set_zero_linger();
                     }
                 }
             });
