@@ -45,7 +45,7 @@ fn per(label: &str, before: u64, after: u64, n: usize) {
     );
 }
 
-fn agents(n: usize) {
+fn agents(n: usize, state: AgentState) {
     let mut e = engine();
     let t = open();
     let before = rss();
@@ -70,14 +70,39 @@ fn agents(n: usize) {
             t,
         )
         .unwrap();
-        e.set_state(&format!("agent-{i}"), AgentState::Available, t)
-            .unwrap();
+        e.set_state(&format!("agent-{i}"), state, t).unwrap();
     }
-    per(
-        "agents (3 skills, voice + chat, available)",
-        before,
-        rss(),
-        n,
+    let label = format!("agents (3 skills, voice + chat, {})", state.as_str());
+    per(&label, before, rss(), n);
+    std::hint::black_box(&e);
+}
+
+/// A roster file of `n` agents parsed and loaded, as at start-up: time and
+/// resident growth (the parse's own peak included, as the process sees it).
+fn roster_file(n: usize) {
+    let mut text = String::new();
+    for i in 0..n {
+        text.push_str(&format!(
+            "[[agents]]\nid = \"agent-{i}\"\nteam = \"Team {}\"\ntransfer_address = \"sip:{}@pbx.careroute.example\"\nskills = {{ billing = 3, scheduling = 2, patient_access = 2 }}\nlanguages = [\"en\"]\nchannels = {{ voice = 1, chat = 3 }}\n\n",
+            i % 50,
+            10_000 + i
+        ));
+    }
+    let mut e = engine();
+    let t = open();
+    let before = rss();
+    let started = std::time::Instant::now();
+    for (spec, state) in careroute::roster::parse("bench-roster.toml", &text).unwrap() {
+        let id = spec.id.clone();
+        e.upsert_agent(spec, t).unwrap();
+        e.set_state(&id, state, t).unwrap();
+    }
+    let took = started.elapsed();
+    per("roster file parsed and loaded", before, rss(), n);
+    println!(
+        "{:<44} n={n:>9}  {:.2} s",
+        "roster file load time",
+        took.as_secs_f64()
     );
     std::hint::black_box(&e);
 }
@@ -114,12 +139,20 @@ fn main() {
     // reused by the next.
     let args: Vec<String> = std::env::args().collect();
     match args.iter().find_map(|a| a.strip_prefix("--measure=")) {
-        Some("agents") => agents(100_000),
+        Some("agents") => agents(100_000, AgentState::Available),
+        Some("agents-offline") => agents(100_000, AgentState::Offline),
+        Some("roster-file") => roster_file(100_000),
         Some("requests") => contacts(600_000, true),
         Some("paths") => contacts(600_000, false),
         Some(other) => panic!("unknown measurement {other}"),
         None if args.iter().any(|a| a == "--bench") => {
-            for m in ["agents", "requests", "paths"] {
+            for m in [
+                "agents",
+                "agents-offline",
+                "roster-file",
+                "requests",
+                "paths",
+            ] {
                 let status = std::process::Command::new(&args[0])
                     .arg(format!("--measure={m}"))
                     .status()

@@ -19,6 +19,7 @@ pub type RosterError = FileError;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRoster {
+    #[serde(default)]
     agents: Vec<toml::Spanned<RawAgent>>,
 }
 
@@ -46,19 +47,58 @@ pub fn read(path: &Path) -> Result<Vec<(AgentSpec, AgentState)>, RosterError> {
 
 /// Parses roster text; `file` names it in messages. Agents start in their
 /// `state` (default available).
+///
+/// The text is parsed one `[[agents]]` table at a time: a TOML document
+/// tree costs kilobytes per agent, so parsing a 100,000-agent file whole
+/// would hold most of a gigabyte at once. Each table is valid TOML on its
+/// own, and offsets are carried so refusals name the file's own lines.
 pub fn parse(file: &str, text: &str) -> Result<Vec<(AgentSpec, AgentState)>, RosterError> {
+    let mut agents = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for (start, chunk) in tables(text) {
+        parse_chunk(file, text, start, chunk, &mut agents, &mut seen)?;
+    }
+    Ok(agents)
+}
+
+/// The text split before every line that opens an `[[agents]]` table, each
+/// piece with its byte offset.
+fn tables(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let mut starts = vec![0];
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        if offset > 0 && line.trim_start().starts_with("[[agents]]") {
+            starts.push(offset);
+        }
+        offset += line.len();
+    }
+    starts.push(text.len());
+    starts
+        .windows(2)
+        .map(move |w| (w[0], &text[w[0]..w[1]]))
+        .collect::<Vec<_>>()
+        .into_iter()
+}
+
+/// Parses one piece of the roster (at byte `start` of `text`) into `agents`.
+fn parse_chunk(
+    file: &str,
+    text: &str,
+    start: usize,
+    chunk: &str,
+    agents: &mut Vec<(AgentSpec, AgentState)>,
+    seen: &mut std::collections::HashSet<String>,
+) -> Result<(), RosterError> {
     let invalid = |offset: usize, field: String, message: String| {
-        file::invalid(file, text, offset, field, message)
+        file::invalid(file, text, start + offset, field, message)
     };
-    let raw: RawRoster = toml::from_str(text).map_err(|e| {
+    let raw: RawRoster = toml::from_str(chunk).map_err(|e| {
         invalid(
             e.span().map_or(0, |s| s.start),
             "(document)".into(),
             e.message().trim().to_owned(),
         )
     })?;
-    let mut agents = Vec::with_capacity(raw.agents.len());
-    let mut seen = std::collections::HashSet::with_capacity(raw.agents.len());
     for spanned in &raw.agents {
         let at = spanned.span().start;
         let a = spanned.get_ref();
@@ -97,7 +137,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<(AgentSpec, AgentState)>, Ros
         };
         spec.validate()
             .map_err(|(f, message)| invalid(at, field(&f), message))?;
-        if !seen.insert(a.id.as_str()) {
+        if !seen.insert(a.id.clone()) {
             return Err(invalid(
                 at,
                 field("id"),
@@ -106,7 +146,7 @@ pub fn parse(file: &str, text: &str) -> Result<Vec<(AgentSpec, AgentState)>, Ros
         }
         agents.push((spec, state));
     }
-    Ok(agents)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -117,6 +157,23 @@ mod tests {
     fn demo_roster_is_valid() {
         let agents = parse("demo", DEMO_ROSTER).unwrap();
         assert!(agents.len() >= 10);
+    }
+
+    #[test]
+    fn refusals_name_the_files_own_line_across_tables() {
+        let text = "# seats\n\n[[agents]]\nid = \"a1\"\ntransfer_address = \"sip:a1\"\nchannels = { voice = 1 }\n\n[[agents]]\nid = \"a2\"\ntransfer_address = \"sip:a2\"\nchannels = { voice = 1 }\n[[agents]]\nid = \"a1\"\ntransfer_address = \"sip:a1\"\nchannels = { voice = 1 }\n";
+        let err = parse("r.toml", text).unwrap_err().to_string();
+        assert_eq!(err, "r.toml:12: agents.a1.id: duplicate agent `a1`");
+        let bad = text.replace("id = \"a2\"", "id = \"a2\"\nshift = \"early\"");
+        let err = parse("r.toml", &bad).unwrap_err().to_string();
+        assert!(
+            err.starts_with("r.toml:10: (document): unknown field `shift`"),
+            "{err}"
+        );
+        // The inline-array form is one piece, parsed whole.
+        let inline =
+            "agents = [{ id = \"a1\", transfer_address = \"sip:a1\", channels = { voice = 1 } }]\n";
+        assert_eq!(parse("r.toml", inline).unwrap().len(), 1);
     }
 
     #[test]

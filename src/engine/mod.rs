@@ -50,7 +50,8 @@ pub struct EngineConfig {
     pub max_paths: usize,
     /// Hops kept per contact; later hops replace the newest.
     pub max_hops: usize,
-    /// Agents registered at most; a new one beyond it is refused.
+    /// Agents registered at most; a new one beyond it is refused. At most
+    /// 16.7 million (the agent slots the idle indexes can name).
     pub max_agents: usize,
     /// High 32 bits of every decision and reservation id, so ids differ
     /// across restarts.
@@ -460,7 +461,8 @@ pub struct Engine {
 
 impl Engine {
     /// An engine with no agents.
-    pub fn new(policy: Arc<Policy>, config: EngineConfig) -> Engine {
+    pub fn new(policy: Arc<Policy>, mut config: EngineConfig) -> Engine {
+        config.max_agents = config.max_agents.min(roster::MAX_AGENT_SLOTS);
         Engine {
             roster: Roster::new(&policy),
             waiting: WaitingRoom::new(policy.queues.len()),
@@ -1034,21 +1036,28 @@ impl Engine {
             capacity[c.index()] = *n;
         }
         let policy = Arc::clone(&self.policy);
+        let team = self.roster.intern(&spec.team);
+        let skills: Vec<(Text, u8)> = spec
+            .skills
+            .iter()
+            .map(|(skill, level)| (self.roster.intern(skill), *level))
+            .collect();
+        let transfer_address = roster::text(&spec.transfer_address);
         let (a, created) = match self.roster.find(&spec.id) {
             Some(a) => (a, false),
             None => {
                 let agent = Agent::new(
                     roster::text(&spec.id),
-                    roster::text(&spec.team),
-                    roster::text(&spec.transfer_address),
+                    team.clone(),
+                    transfer_address.clone(),
                 );
                 (self.roster.add(agent), true)
             }
         };
         self.roster.reprofile(a, |agent| {
-            agent.team = roster::text(&spec.team);
-            agent.transfer_address = roster::text(&spec.transfer_address);
-            agent.skills = spec.skills;
+            agent.team = team;
+            agent.transfer_address = transfer_address;
+            agent.skills = skills;
             agent.languages = languages;
             agent.capacity = capacity;
             Roster::place(agent, &policy);

@@ -17,8 +17,31 @@ pub type AgentIdx = u32;
 /// An interned language tag.
 pub type LangId = u32;
 
-/// Idle order: when the agent became ready (microseconds), then its index.
-type IdleKey = (i64, AgentIdx);
+/// Idle order packed in one word, half the size of a (time, index) pair in
+/// every free-agent set (the sets are half of an agent's memory): when the
+/// agent became ready, in milliseconds since 2020-01-01 (40 bits, to 2054;
+/// earlier clamps to 0, later saturates), then its index (24 bits). Agents
+/// ready within the same millisecond go in index order.
+type IdleKey = u64;
+
+/// Distinct team and skill names shared across agents.
+const MAX_NAMES: usize = 1 << 16;
+
+/// Bits of an [`IdleKey`] that hold the agent's index.
+const AGENT_BITS: u32 = 24;
+/// Agent slots an [`IdleKey`] can name.
+pub const MAX_AGENT_SLOTS: usize = 1 << AGENT_BITS;
+/// 2020-01-01T00:00:00Z in milliseconds since the Unix epoch.
+const EPOCH_MS: i64 = 1_577_836_800_000;
+
+fn idle_key(ready_micros: i64, a: AgentIdx) -> IdleKey {
+    let ms = (ready_micros.div_euclid(1000) - EPOCH_MS).clamp(0, (1 << 40) - 1) as u64;
+    (ms << AGENT_BITS) | u64::from(a)
+}
+
+fn agent_of(key: IdleKey) -> AgentIdx {
+    (key & ((1 << AGENT_BITS) - 1)) as AgentIdx
+}
 
 const CHANNELS: usize = Channel::ALL.len();
 
@@ -31,8 +54,8 @@ pub struct Agent {
     pub team: Text,
     /// SIP URI or extension for warm transfers.
     pub transfer_address: Text,
-    /// Skills with proficiency 1-5.
-    pub skills: Vec<(String, u8)>,
+    /// Skills with proficiency 1-5 (names shared across agents).
+    pub skills: Vec<(Text, u8)>,
     /// Languages spoken.
     pub languages: Vec<LangId>,
     /// Contacts at once per channel; 0 means the channel is not served.
@@ -82,7 +105,7 @@ impl Indexed {
     fn key(entry: Option<Indexed>, channel: Channel, a: AgentIdx) -> Option<IdleKey> {
         entry
             .filter(|e| e.free.contains(channel))
-            .map(|e| (e.ready[channel.index()], a))
+            .map(|e| idle_key(e.ready[channel.index()], a))
     }
 }
 
@@ -130,7 +153,7 @@ impl Agent {
         requirements.iter().all(|(skill, min)| {
             self.skills
                 .iter()
-                .any(|(s, level)| s == skill && level >= min)
+                .any(|(s, level)| **s == **skill && level >= min)
         })
     }
 }
@@ -162,6 +185,8 @@ pub struct Roster {
     agents: Vec<Agent>,
     ids: FastMap<Text, AgentIdx>,
     languages: FastMap<String, LangId>,
+    /// Team and skill names, shared by the agents that carry them.
+    names: std::collections::HashSet<Text, ahash::RandomState>,
     pools: Vec<QueuePool>,
     by_state: [u32; STATES],
     /// Slots of removed agents, reused first.
@@ -225,6 +250,20 @@ impl Roster {
     pub fn intern_language(&mut self, tag: &str) -> LangId {
         let next = self.languages.len() as LangId;
         *self.languages.entry(tag.to_owned()).or_insert(next)
+    }
+
+    /// A shared copy of a team or skill name. The first [`MAX_NAMES`]
+    /// distinct names are shared; past that each caller gets its own copy,
+    /// so a feed of ever-new names cannot grow the table without bound.
+    pub fn intern(&mut self, name: &str) -> Text {
+        if let Some(t) = self.names.get(name) {
+            return t.clone();
+        }
+        let t = text(name);
+        if self.names.len() < MAX_NAMES {
+            self.names.insert(t.clone());
+        }
+        t
     }
 
     /// Adds an agent and returns its index (a removed agent's, if any).
@@ -296,6 +335,7 @@ impl Roster {
         agent.queues = (0..policy.queues.len())
             .filter(|&q| policy.qualifies(q, |skills| agent.meets(skills)))
             .collect();
+        agent.queues.shrink_to_fit();
     }
 
     /// Rebuilds every index for a new policy. Reservation counts start at zero;
@@ -387,8 +427,11 @@ impl Roster {
         exclude: &[AgentIdx],
     ) -> Option<Pick> {
         let cp = &self.pools[queue].free[channel.index()];
-        let first =
-            |set: &BTreeSet<IdleKey>| set.iter().map(|&(_, a)| a).find(|a| !exclude.contains(a));
+        let first = |set: &BTreeSet<IdleKey>| {
+            set.iter()
+                .map(|&k| agent_of(k))
+                .find(|a| !exclude.contains(a))
+        };
         if let Some(agent) = language
             .and_then(|l| cp.by_language.get(&l))
             .and_then(first)
@@ -409,7 +452,7 @@ impl Roster {
         self.pools[queue].free[channel.index()]
             .any
             .iter()
-            .map(|&(_, a)| a)
+            .map(|&k| agent_of(k))
             .collect()
     }
 
@@ -419,25 +462,6 @@ impl Roster {
         agent.queues.contains(&queue)
             && self.pools[queue].channels.contains(channel)
             && agent.free_channels().contains(channel)
-    }
-
-    /// The agents indexed as free for `queue` on `channel`, in idle order,
-    /// in all and per language: for invariant checks.
-    #[cfg(test)]
-    pub fn indexed_free(
-        &self,
-        queue: QueueIdx,
-        channel: Channel,
-    ) -> (Vec<AgentIdx>, Vec<(LangId, Vec<AgentIdx>)>) {
-        let cp = &self.pools[queue].free[channel.index()];
-        let mut by_language: Vec<_> = cp
-            .by_language
-            .iter()
-            .map(|(l, set)| (*l, set.iter().map(|k| k.1).collect::<Vec<_>>()))
-            .filter(|(_, v)| !v.is_empty())
-            .collect();
-        by_language.sort();
-        (cp.any.iter().map(|k| k.1).collect(), by_language)
     }
 
     /// Agents in the roster.
