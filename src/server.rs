@@ -24,8 +24,8 @@ use crate::config::Config;
 use crate::engine::{Engine, EngineConfig};
 use crate::file::FileError;
 use crate::grpc::{
-    FILE_DESCRIPTOR_SET, Routing, admission::AdmissionLayer, deadline::RequestDeadlineLayer,
-    layer::RpcMetricsLayer, panic::CatchPanicLayer, pb,
+    FILE_DESCRIPTOR_SET, Routing, admission::AdmissionLayer, client_faults::ClientFaultsLayer,
+    deadline::RequestDeadlineLayer, layer::RpcMetricsLayer, panic::CatchPanicLayer, pb,
 };
 use crate::incoming::Prefaced;
 use crate::policy::{self, Policy};
@@ -291,6 +291,7 @@ pub async fn run(
         .map(move |conn| conn.map(|io| Prefaced::new(io, handshake)));
     let grpc_server = tonic::transport::Server::builder()
         .layer(RpcMetricsLayer::new())
+        .layer(ClientFaultsLayer)
         .layer(AdmissionLayer::new(config.max_in_flight))
         .layer(CatchPanicLayer::new(fatal.clone()))
         .layer(RequestDeadlineLayer::new(config.request_timeout))

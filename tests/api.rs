@@ -483,3 +483,34 @@ async fn remove_agent_and_the_roster_cap_over_grpc() {
     assert_eq!(s.queue("billing").await.agents_staffed, 1);
     s.stop().await;
 }
+
+/// A body that does not decode as the method's message is the client's
+/// error: INVALID_ARGUMENT with the decoder's reason, not INTERNAL (which
+/// pages through the server-error alert).
+#[tokio::test]
+async fn a_body_that_does_not_decode_is_invalid_argument() {
+    let s = TestServer::start(monday_10am()).await;
+    let mut grpc = tonic::client::Grpc::new(s.channel.clone());
+    grpc.ready().await.unwrap();
+    // Field 1 as a varint where RouteContactRequest has a string.
+    let wrong = prost_types::Duration {
+        seconds: 5,
+        nanos: 0,
+    };
+    let codec = tonic_prost::ProstCodec::<prost_types::Duration, pb::RouteContactResponse>::default();
+    let path = http::uri::PathAndQuery::from_static("/careroute.v1.RoutingService/RouteContact");
+    let err = grpc
+        .unary(tonic::Request::new(wrong), path, codec)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("invalid wire type"), "{err:?}");
+    let scrape = s.scrape().await;
+    assert!(
+        scrape.lines().any(|l| l.starts_with("careroute_rpc_requests_total")
+            && l.contains("RouteContact")
+            && l.contains("INVALID_ARGUMENT")),
+        "{scrape}"
+    );
+    s.stop().await;
+}

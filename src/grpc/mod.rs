@@ -4,6 +4,7 @@
 //! this module names `pb::`.
 
 pub mod admission;
+pub mod client_faults;
 pub mod convert;
 pub mod deadline;
 pub mod layer;
