@@ -497,7 +497,8 @@ async fn a_body_that_does_not_decode_is_invalid_argument() {
         seconds: 5,
         nanos: 0,
     };
-    let codec = tonic_prost::ProstCodec::<prost_types::Duration, pb::RouteContactResponse>::default();
+    let codec =
+        tonic_prost::ProstCodec::<prost_types::Duration, pb::RouteContactResponse>::default();
     let path = http::uri::PathAndQuery::from_static("/careroute.v1.RoutingService/RouteContact");
     let err = grpc
         .unary(tonic::Request::new(wrong), path, codec)
@@ -507,9 +508,11 @@ async fn a_body_that_does_not_decode_is_invalid_argument() {
     assert!(err.message().contains("invalid wire type"), "{err:?}");
     let scrape = s.scrape().await;
     assert!(
-        scrape.lines().any(|l| l.starts_with("careroute_rpc_requests_total")
-            && l.contains("RouteContact")
-            && l.contains("INVALID_ARGUMENT")),
+        scrape
+            .lines()
+            .any(|l| l.starts_with("careroute_rpc_requests_total")
+                && l.contains("RouteContact")
+                && l.contains("INVALID_ARGUMENT")),
         "{scrape}"
     );
     s.stop().await;
