@@ -339,13 +339,13 @@ pub async fn run(
 /// Runs a background task that must live as long as the service: if it
 /// ends (or panics) before the stop signal, that is logged, counted, and
 /// raises the fatal signal, so the process stops and its supervisor
-/// restarts it; never a silent stop.
+/// restarts it; never a silent stop. Returns the supervisor's own task.
 fn supervise(
     task: &'static str,
     work: impl Future<Output = ()> + Send + 'static,
     stopping: watch::Receiver<bool>,
     fatal: Fatal,
-) {
+) -> tokio::task::JoinHandle<()> {
     let handle = tokio::spawn(work);
     tokio::spawn(async move {
         let result = handle.await;
@@ -467,5 +467,37 @@ pub fn reload(path: &std::path::Path, engine: &SharedEngine, now: crate::model::
             tracing::error!(error = %e, "policy reload refused; the running policy stays");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_task_that_ends_or_panics_before_shutdown_stops_the_service() {
+        for work in [
+            Box::pin(async {}) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+            Box::pin(async { panic!("housekeeping bug") }),
+        ] {
+            let fatal = Fatal::new();
+            let (_stop_tx, stop_rx) = watch::channel(false);
+            supervise("test", work, stop_rx, fatal.clone());
+            let reason = tokio::time::timeout(Duration::from_secs(10), fatal.raised())
+                .await
+                .expect("the fatal signal was never raised");
+            assert_eq!(reason, "a background task stopped unexpectedly");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_task_that_ends_after_shutdown_is_no_fault() {
+        let fatal = Fatal::new();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        stop_tx.send(true).unwrap();
+        supervise("test", async {}, stop_rx, fatal.clone())
+            .await
+            .unwrap();
+        assert!(!fatal.is_raised());
     }
 }
