@@ -360,7 +360,7 @@ fn supervise(
         metrics::counter!(telemetry::TASK_FAILURES, "task" => task).increment(1);
         tracing::error!(task, how, "background task stopped unexpectedly");
         fatal.raise("a background task stopped unexpectedly");
-    });
+    })
 }
 
 /// Applies expiries and wrap-up ends on time, even when no request comes,
