@@ -1,0 +1,174 @@
+//! Fuzz target: arbitrary bytes decoded as each gRPC request type and put
+//! through the edge's validation and conversion into domain types, exactly
+//! as the service handlers do; whatever converts is then applied to an
+//! engine with the embedded policy and the demo roster. Nothing may panic.
+//!
+//! Input: one selector byte, then the protobuf message. The low nibble picks
+//! the request type, the high nibble the instant (see `instants()`).
+
+#![no_main]
+
+use careroute::engine::AgentSpec;
+use careroute::grpc::{convert, pb};
+use careroute::model::{Contact, Identity};
+use careroute_fuzz::{
+    check_decision, check_invariants, demo_engine, drain_events, embedded, instants, list_queues,
+    status, to_wire,
+};
+use libfuzzer_sys::fuzz_target;
+use prost::Message;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&selector, bytes)) = data.split_first() else {
+        return;
+    };
+    let now = instants()[usize::from(selector >> 4) % instants().len()];
+    let engine = || {
+        // One live reservation (`r-0000000000000001`) and one active contact,
+        // so confirm, release and complete can succeed.
+        let mut e = demo_engine(embedded(), now);
+        let mut c = Contact::new("c-live", "billing");
+        c.identity = Identity::Verified;
+        let _ = e.route(&c, now);
+        c.contact_id = "c-active".into();
+        if let Ok(d) = e.route(&c, now)
+            && let careroute::engine::Outcome::Agent(a) = &d.outcome
+        {
+            let _ = e.confirm(a.reservation, now);
+        }
+        e
+    };
+    match selector & 0x0f {
+        0 => {
+            let Ok(r) = pb::RouteContactRequest::decode(bytes) else {
+                return;
+            };
+            let Ok(contact) = Contact::try_from(r) else {
+                return;
+            };
+            let mut e = engine();
+            if let Ok(decision) = e.route(&contact, now) {
+                check_decision(&e, &decision, now);
+                to_wire(decision);
+                // The same request again: a retry with a request id replays.
+                let again = e.route(&contact, now);
+                assert!(again.is_ok(), "a contact routed once is refused: {again:?}");
+                let hops = e.path(&contact.contact_id).unwrap();
+                for hop in hops {
+                    let _ = pb::ContactHop::from(hop).encode_to_vec();
+                }
+            }
+            drain_events(&mut e);
+            check_invariants(&e);
+        }
+        1 => {
+            let Ok(r) = pb::UpsertAgentRequest::decode(bytes) else {
+                return;
+            };
+            let Ok(spec) = AgentSpec::try_from(r) else {
+                return;
+            };
+            assert!(spec.validate().is_ok(), "converted an invalid agent");
+            let id = spec.id.clone();
+            let mut e = engine();
+            e.upsert_agent(spec, now);
+            e.set_state(&id, careroute::model::AgentState::Available, now)
+                .unwrap();
+            drain_events(&mut e);
+            list_queues(&mut e, now);
+            check_invariants(&e);
+        }
+        2 => {
+            let Ok(r) = pb::SetAgentStateRequest::decode(bytes) else {
+                return;
+            };
+            let (Ok(agent_id), Ok(state)) = (
+                convert::agent_id("agent_id", r.agent_id),
+                convert::agent_state(r.state),
+            ) else {
+                return;
+            };
+            let mut e = engine();
+            if let Ok(previous) = e.set_state(&agent_id, state, now) {
+                let _ = pb::AgentState::from(previous);
+            }
+            drain_events(&mut e);
+            check_invariants(&e);
+        }
+        3 => {
+            let Ok(r) = pb::ConfirmReservationRequest::decode(bytes) else {
+                return;
+            };
+            let Ok(id) = convert::reservation_id(&r.reservation_id) else {
+                return;
+            };
+            let mut e = engine();
+            let _ = e.confirm(id, now).map_err(status);
+            check_invariants(&e);
+        }
+        4 => {
+            let Ok(r) = pb::ReleaseReservationRequest::decode(bytes) else {
+                return;
+            };
+            let (Ok(id), Ok(_)) = (
+                convert::reservation_id(&r.reservation_id),
+                convert::release_reason(r.reason),
+            ) else {
+                return;
+            };
+            let mut e = engine();
+            let _ = e.release(id, now).map_err(status);
+            drain_events(&mut e);
+            check_invariants(&e);
+        }
+        5 => {
+            let Ok(r) = pb::CompleteContactRequest::decode(bytes) else {
+                return;
+            };
+            let (Ok(agent), Ok(contact)) = (
+                convert::agent_id("agent_id", r.agent_id),
+                convert::contact_id("contact_id", r.contact_id),
+            ) else {
+                return;
+            };
+            let mut e = engine();
+            if let Ok(until) = e.complete(&agent, &contact, now) {
+                let _ = convert::timestamp(until);
+            }
+            drain_events(&mut e);
+            check_invariants(&e);
+        }
+        6 => {
+            let Ok(r) = pb::GetContactPathRequest::decode(bytes) else {
+                return;
+            };
+            let Ok(contact) = convert::contact_id("contact_id", r.contact_id) else {
+                return;
+            };
+            let e = engine();
+            for hop in e.path(&contact).unwrap_or_default() {
+                let _ = pb::ContactHop::from(hop).encode_to_vec();
+            }
+        }
+        7 => {
+            let Ok(r) = pb::CancelContactRequest::decode(bytes) else {
+                return;
+            };
+            let Ok(contact) = convert::contact_id("contact_id", r.contact_id) else {
+                return;
+            };
+            let mut e = engine();
+            let _ = e.cancel(&contact, now).map_err(status);
+            drain_events(&mut e);
+            check_invariants(&e);
+        }
+        8 => {
+            if pb::ListQueuesRequest::decode(bytes).is_ok() {
+                list_queues(&mut engine(), now);
+            }
+        }
+        _ => {
+            let _ = pb::WatchAssignmentsRequest::decode(bytes);
+        }
+    }
+});
