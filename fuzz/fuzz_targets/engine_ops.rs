@@ -31,9 +31,12 @@ use prost::Message;
 
 #[derive(Arbitrary, Debug)]
 struct Input {
+    /// Below 128 the Monday opening hours, else one of `instants()`.
     start: u8,
-    start_offset_secs: u16,
+    start_offset_minutes: u8,
     policy: u8,
+    /// With the demo roster (13 agents) besides the four billing agents.
+    demo_roster: bool,
     config: Config,
     ops: Vec<Op>,
 }
@@ -49,11 +52,25 @@ struct Config {
 #[derive(Arbitrary, Debug)]
 enum Op {
     Route(Route),
+    /// A verified routine or urgent billing or scheduling contact, as in the
+    /// property test: the quickest way to fill lines.
+    Call {
+        contact: u8,
+        scheduling: bool,
+        chat: bool,
+        urgent: bool,
+    },
     Confirm(u8),
     Release(u8),
     Complete(u8),
-    CompleteAny { agent: u8, contact: u8 },
-    SetState { agent: u8, state: u8 },
+    CompleteAny {
+        agent: u8,
+        contact: u8,
+    },
+    SetState {
+        agent: u8,
+        state: u8,
+    },
     Upsert(Upsert),
     Wait(Wait),
     Cancel(u8),
@@ -352,9 +369,74 @@ struct Model {
     agents: HashSet<String>,
 }
 
+/// Routes `c` and holds the answer to what the model knows: a contact in
+/// the policy's vocabulary is accepted, an offer fits the agent's capacity
+/// and state, a new hop replaces the contact's place in line.
+fn route(e: &mut Engine, m: &mut Model, c: &Contact, known: bool, now: Time) {
+    match e.route(c, now) {
+        Ok(d) => {
+            let replay = d.reasons.last() == Some(&careroute::model::Reason::IdempotentReplay);
+            check_decision(e, &d, now);
+            if !replay {
+                assert!(
+                    e.path(&c.contact_id).is_some(),
+                    "a routed contact has no path"
+                );
+                // A new hop replaces the contact's place in line.
+                m.waiting.remove(&c.contact_id);
+                match &d.outcome {
+                    Outcome::Agent(a) => {
+                        let agent = e.roster().agent(
+                            e.roster()
+                                .find(&a.agent_id)
+                                .expect("offered an unknown agent"),
+                        );
+                        let k = c.channel.index();
+                        assert!(
+                            u16::from(agent.reserved[k]) + u16::from(agent.active[k])
+                                <= u16::from(agent.capacity[k]),
+                            "reserved {} beyond capacity on {}",
+                            agent.id,
+                            c.channel
+                        );
+                        assert!(
+                            agent.state == AgentState::Available,
+                            "reserved {} while {:?}",
+                            agent.id,
+                            agent.state
+                        );
+                        m.offers.push((
+                            a.reservation,
+                            a.agent_id.to_string(),
+                            c.contact_id.clone(),
+                            a.expires_at,
+                        ));
+                    }
+                    Outcome::Queued(_) => {
+                        m.waiting.insert(c.contact_id.clone());
+                    }
+                    _ => {}
+                }
+            }
+            to_wire(d);
+        }
+        Err(err) => {
+            assert!(
+                !known,
+                "refused a contact in the policy's vocabulary: {err}"
+            );
+            let _ = status(err);
+        }
+    }
+}
+
 fuzz_target!(|input: Input| {
-    let mut now = instants()[usize::from(input.start) % instants().len()]
-        + Duration::seconds(i64::from(input.start_offset_secs));
+    let start = if input.start < 128 {
+        instants()[0]
+    } else {
+        instants()[usize::from(input.start) % instants().len()]
+    };
+    let mut now = start + Duration::minutes(i64::from(input.start_offset_minutes));
     let policies = policies();
     let defaults = EngineConfig::default();
     let retention = input
@@ -375,7 +457,9 @@ fuzz_target!(|input: Input| {
     let policy = &policies[usize::from(input.policy) % policies.len()];
     let mut e = Engine::new(Arc::clone(policy), config);
     let mut m = Model::default();
-    register(&mut e, demo_roster(), now);
+    if input.demo_roster {
+        register(&mut e, demo_roster(), now);
+    }
     for i in 0..4u8 {
         let spec = billing_agent(&format!("b{i}"), i % 3);
         let id = spec.id.clone();
@@ -392,62 +476,24 @@ fuzz_target!(|input: Input| {
             Op::Route(r) => {
                 let policy = Arc::clone(e.policy());
                 let (c, known) = contact(r, &policy);
-                match e.route(&c, now) {
-                    Ok(d) => {
-                        let replay =
-                            d.reasons.last() == Some(&careroute::model::Reason::IdempotentReplay);
-                        check_decision(&e, &d, now);
-                        if !replay {
-                            assert!(
-                                e.path(&c.contact_id).is_some(),
-                                "a routed contact has no path"
-                            );
-                            // A new hop replaces the contact's place in line.
-                            m.waiting.remove(&c.contact_id);
-                            match &d.outcome {
-                                Outcome::Agent(a) => {
-                                    let agent = e.roster().agent(
-                                        e.roster()
-                                            .find(&a.agent_id)
-                                            .expect("offered an unknown agent"),
-                                    );
-                                    let k = c.channel.index();
-                                    assert!(
-                                        u16::from(agent.reserved[k]) + u16::from(agent.active[k])
-                                            <= u16::from(agent.capacity[k]),
-                                        "reserved {} beyond capacity on {}",
-                                        agent.id,
-                                        c.channel
-                                    );
-                                    assert!(
-                                        agent.state == AgentState::Available,
-                                        "reserved {} while {:?}",
-                                        agent.id,
-                                        agent.state
-                                    );
-                                    m.offers.push((
-                                        a.reservation,
-                                        a.agent_id.to_string(),
-                                        c.contact_id.clone(),
-                                        a.expires_at,
-                                    ));
-                                }
-                                Outcome::Queued(_) => {
-                                    m.waiting.insert(c.contact_id.clone());
-                                }
-                                _ => {}
-                            }
-                        }
-                        to_wire(d);
-                    }
-                    Err(err) => {
-                        assert!(
-                            !known,
-                            "refused a contact in the policy's vocabulary: {err}"
-                        );
-                        let _ = status(err);
-                    }
+                route(&mut e, &mut m, &c, known, now);
+            }
+            Op::Call {
+                contact,
+                scheduling,
+                chat,
+                urgent,
+            } => {
+                let intent = if *scheduling { "scheduling" } else { "billing" };
+                let mut c = Contact::new(format!("c{}", contact % 24), intent);
+                c.identity = Identity::Verified;
+                if *chat {
+                    c.channel = Channel::Chat;
                 }
+                if *urgent {
+                    c.urgency = Urgency::Urgent;
+                }
+                route(&mut e, &mut m, &c, true, now);
             }
             Op::Confirm(k) if !m.offers.is_empty() => {
                 let (r, agent, contact, expires_at) =
