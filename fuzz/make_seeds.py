@@ -136,7 +136,7 @@ def decode_request_seeds():
         ),
     )
     write(t, "set-state", request(2, message((1, "agent-billing-1"), (2, AWAY))))
-    write(t, "confirm", request(3, message((1, "r-0000000000000001"))))
+    write(t, "confirm", request(3, message((1, "r-0000000000000000"))))
     write(t, "release", request(4, message((1, "r-0000000000000001"), (2, 1))))
     write(t, "complete", request(5, message((1, "agent-billing-1"), (2, "c-active"))))
     write(t, "path", request(6, message((1, "c-live"))))

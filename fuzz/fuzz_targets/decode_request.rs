@@ -24,8 +24,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let now = instants()[usize::from(selector >> 4) % instants().len()];
     let engine = || {
-        // One live reservation (`r-0000000000000001`) and one active contact,
-        // so confirm, release and complete can succeed.
+        // A live reservation (`r-0000000000000000`, c-live) and a confirmed
+        // one (`r-0000000000000001`, c-active), so confirm, release and
+        // complete can succeed or meet a settled reservation.
         let mut e = demo_engine(embedded(), now);
         let mut c = Contact::new("c-live", "billing");
         c.identity = Identity::Verified;
