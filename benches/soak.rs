@@ -18,8 +18,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -70,71 +68,19 @@ fn policy(variant: usize) -> String {
     }
 }
 
-/// The server as a child process.
-struct Server {
-    child: Child,
-    grpc: String,
-}
+/// The server as a child process, as the end-to-end tests start it.
+#[allow(dead_code)]
+#[path = "../tests/common/process.rs"]
+mod process;
 
-impl Server {
-    fn start(policy: &std::path::Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_careroute"))
-            .args([
-                "--grpc-addr",
-                "127.0.0.1:0",
-                "--metrics-addr",
-                "127.0.0.1:0",
-            ])
-            .args(["--log-format", "json", "--policy"])
-            .arg(policy)
-            .env("RUST_LOG", "warn,careroute::server=info")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("careroute serving") {
-                    let _ = tx.send(line.clone());
-                }
-                if line.contains("\"ERROR\"") || line.contains("\"WARN\"") {
-                    eprintln!("server: {line}");
-                }
-            }
-        });
-        let serving = rx.recv_timeout(Duration::from_secs(30)).unwrap();
-        let v: serde_json::Value = serde_json::from_str(&serving).unwrap();
-        let grpc = v["fields"]["grpc"].as_str().unwrap().to_owned();
-        Server { child, grpc }
-    }
-
-    fn rss_mib(&self) -> f64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
-            .map_or(0.0, |kb| kb / 1024.0)
-    }
-
-    fn hangup(&self) {
-        let ok = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// What the client knows of one agent.
@@ -154,6 +100,9 @@ struct Ledger {
     /// Contacts queued and not yet settled (confirmed, called back or
     /// cancelled).
     waiting: HashSet<String>,
+    /// Contacts we cancelled (or are cancelling): an offer of one that
+    /// reaches us late was withdrawn with it.
+    cancelled: HashSet<String>,
     /// Offers to settle: (reservation, agent, contact, from a line).
     to_settle: Vec<(String, String, String, bool)>,
     /// Confirmed contacts to complete: (agent, contact).
@@ -185,6 +134,11 @@ impl Ledger {
                 "agent {agent} offered {contact} while on a call with {active}"
             ));
         }
+        if self.cancelled.contains(contact) {
+            // Withdrawn by our cancel before we heard of it.
+            book.offer = None;
+            return;
+        }
         book.offer = Some((reservation.to_owned(), contact.to_owned(), Instant::now()));
         self.to_settle.push((
             reservation.to_owned(),
@@ -197,6 +151,7 @@ impl Ledger {
     /// We are about to cancel `contact`: any offer of it is withdrawn with
     /// it, and the server may re-offer that agent before the call returns.
     fn withdraw(&mut self, contact: &str) {
+        self.cancelled.insert(contact.to_owned());
         self.to_settle.retain(|(_, _, c, _)| c != contact);
         for book in self.agents.values_mut() {
             if book.offer.as_ref().is_some_and(|(_, c, _)| c == contact) {
@@ -475,7 +430,10 @@ fn main() {
     std::fs::create_dir_all(&dir).unwrap();
     let policy_path = dir.join("policy.toml");
     std::fs::write(&policy_path, policy(0)).unwrap();
-    let server = Server::start(&policy_path);
+    let server = process::Process::start_logging(
+        &["--policy", policy_path.to_str().unwrap()],
+        "warn,careroute::server=info",
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -517,11 +475,11 @@ fn main() {
             };
             println!(
                 "{minute:>6} {:>9.1} {p99_ms:>9.2} {offers:>8} {queued:>8} {waiting:>8}  {codes:?}",
-                server.rss_mib()
+                rss_mib(server.id())
             );
             if minute < minutes {
                 std::fs::write(&policy_path, policy(minute as usize)).unwrap();
-                server.hangup();
+                server.signal("HUP");
             }
         }
         for w in workers {
@@ -560,6 +518,11 @@ fn main() {
         (l.violations.clone(), lost, phantom)
     });
     ledger.lock().unwrap().lost = lost.len() as u64;
+    for line in server.logs().lines() {
+        if line.contains("\"ERROR\"") || line.contains("\"WARN\"") {
+            println!("server: {line}");
+        }
+    }
     println!(
         "end: {} violations, {} lost waiting contacts, {} phantom lines",
         violations.len(),

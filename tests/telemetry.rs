@@ -7,12 +7,7 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Command, Stdio},
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use careroute::grpc::pb::{self, routing_service_client::RoutingServiceClient};
 use common::*;
@@ -133,48 +128,11 @@ const PHI: [&str; 6] = [
 
 #[test]
 fn no_patient_data_in_logs_or_metrics_and_health_flips_while_draining() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_careroute"))
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ])
-        .args(["--log-format", "json", "--drain-grace-ms", "3000"])
-        .env("RUST_LOG", "debug")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let reader = {
-        let lines = Arc::clone(&lines);
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                lines.lock().unwrap().push(line);
-            }
-        })
-    };
-    // The start-up event names the bound addresses.
-    let started = Instant::now();
-    let serving = loop {
-        if let Some(l) = lines
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.contains("careroute serving"))
-        {
-            break serde_json::from_str::<serde_json::Value>(l).unwrap();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no start-up event"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let grpc = serving["fields"]["grpc"].as_str().unwrap().to_owned();
-    let metrics = serving["fields"]["metrics"].as_str().unwrap().to_owned();
+    let mut p = process::Process::start_logging(
+        &["--drain-grace-ms", "3000"],
+        "debug",
+    );
+    let (grpc, metrics) = (p.grpc.clone(), p.metrics.clone());
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let scrape = rt.block_on(async {
@@ -206,11 +164,7 @@ fn no_patient_data_in_logs_or_metrics_and_health_flips_while_draining() {
     assert!(scrape.contains("careroute_decisions_total"), "{scrape}");
 
     // SIGTERM: not ready and NOT_SERVING during the grace, then a clean exit.
-    let term = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(term.success());
+    p.signal("TERM");
     rt.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
@@ -234,11 +188,11 @@ fn no_patient_data_in_logs_or_metrics_and_health_flips_while_draining() {
             tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
         );
     });
-    let exit = child.wait().unwrap();
+    let exit = p
+        .wait_exit(Duration::from_secs(30))
+        .expect("no exit after drain");
     assert!(exit.success(), "exit after drain: {exit:?}");
-    reader.join().unwrap();
-
-    let logs = lines.lock().unwrap().join("\n");
+    let logs = p.logs();
     assert!(logs.contains("\"routed\""), "no decision event at debug");
     assert!(
         logs.contains("decision_id"),

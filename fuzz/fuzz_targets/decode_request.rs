@@ -72,7 +72,7 @@ fuzz_target!(|data: &[u8]| {
             assert!(spec.validate().is_ok(), "converted an invalid agent");
             let id = spec.id.clone();
             let mut e = engine();
-            e.upsert_agent(spec, now);
+            e.upsert_agent(spec, now).unwrap();
             e.set_state(&id, careroute::model::AgentState::Available, now)
                 .unwrap();
             drain_events(&mut e);

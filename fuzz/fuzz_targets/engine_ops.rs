@@ -17,7 +17,9 @@ use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 
 use arbitrary::Arbitrary;
-use careroute::engine::{AgentSpec, Engine, EngineConfig, Event, Outcome, ReservationId};
+use careroute::engine::{
+    AgentSpec, Engine, EngineConfig, EngineError, Event, Outcome, ReservationId,
+};
 use careroute::grpc::pb;
 use careroute::model::{AgentState, Channel, Contact, Identity, Time, TransferFrom, Urgency};
 use careroute::policy::{DEFAULT_POLICY, Policy};
@@ -77,6 +79,7 @@ enum Op {
     Reload(u8),
     Queues,
     Path(u8),
+    Remove(u8),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -446,12 +449,17 @@ fuzz_target!(|input: Input| {
     let config = EngineConfig {
         idempotency_retention: retention.unwrap_or(defaults.idempotency_retention),
         path_retention: retention.unwrap_or(defaults.path_retention),
-        max_tracked_contacts: input
+        max_idempotency_keys: input
             .config
             .max_tracked_contacts
-            .map_or(defaults.max_tracked_contacts, usize::from),
+            .map_or(defaults.max_idempotency_keys, usize::from),
+        max_paths: input
+            .config
+            .max_tracked_contacts
+            .map_or(defaults.max_paths, usize::from),
         max_hops: input.config.max_hops.map_or(defaults.max_hops, usize::from),
         id_prefix: input.config.id_prefix,
+        ..defaults
     };
     let max_hops = config.max_hops;
     let policy = &policies[usize::from(input.policy) % policies.len()];
@@ -463,7 +471,7 @@ fuzz_target!(|input: Input| {
     for i in 0..4u8 {
         let spec = billing_agent(&format!("b{i}"), i % 3);
         let id = spec.id.clone();
-        e.upsert_agent(spec, now);
+        e.upsert_agent(spec, now).unwrap();
         e.set_state(&id, AgentState::Available, now).unwrap();
     }
     for a in e.roster().agents() {
@@ -562,11 +570,32 @@ fuzz_target!(|input: Input| {
                     let _ = pb::AgentState::from(previous);
                 }
             }
+            Op::Remove(a) => {
+                let ids = agent_ids();
+                let agent = &ids[usize::from(*a) % ids.len()];
+                match e.remove_agent(agent, now) {
+                    Ok(()) => {
+                        assert!(m.agents.remove(agent), "removed {agent}, never added");
+                        assert!(
+                            !m.active.iter().any(|(ag, _)| ag == agent),
+                            "removed {agent} while it held an active contact"
+                        );
+                        m.offers.retain(|(_, ag, _, _)| ag != agent);
+                    }
+                    Err(EngineError::AgentBusy { .. }) => {
+                        assert!(m.agents.contains(agent), "{agent} busy, never added");
+                    }
+                    Err(EngineError::UnknownAgent(_)) => {
+                        assert!(!m.agents.contains(agent), "{agent} added, not found");
+                    }
+                    Err(other) => panic!("remove {agent}: {other:?}"),
+                }
+            }
             Op::Upsert(u) => {
                 let spec = upsert_spec(u);
                 if spec.validate().is_ok() {
                     let id = spec.id.clone();
-                    let (_, created) = e.upsert_agent(spec, now);
+                    let (_, created) = e.upsert_agent(spec, now).unwrap();
                     assert_eq!(created, m.agents.insert(id), "upsert's `created` is wrong");
                 }
             }

@@ -51,7 +51,7 @@ pub fn demo_roster() -> &'static [(AgentSpec, AgentState)] {
 /// Registers `agents` in their states, as the server does at start.
 pub fn register(engine: &mut Engine, agents: &[(AgentSpec, AgentState)], now: Time) {
     for (spec, state) in agents {
-        engine.upsert_agent(spec.clone(), now);
+        engine.upsert_agent(spec.clone(), now).unwrap();
         engine.set_state(&spec.id, *state, now).unwrap();
     }
 }
@@ -77,7 +77,7 @@ pub fn staff_every_queue(engine: &mut Engine, now: Time) {
             channels: Channel::ALL.iter().map(|c| (*c, 1)).collect(),
         };
         if spec.validate().is_ok() {
-            engine.upsert_agent(spec, now);
+            engine.upsert_agent(spec, now).unwrap();
             engine
                 .set_state(&format!("staff-{i}"), AgentState::Available, now)
                 .unwrap();

@@ -23,6 +23,11 @@ impl Process {
     /// Starts the binary with `args` (after loopback listeners on free
     /// ports and JSON logs) and waits for its start-up event.
     pub fn start(args: &[&str]) -> Process {
+        Process::start_logging(args, "info")
+    }
+
+    /// [`Process::start`] with `RUST_LOG` set to `log`.
+    pub fn start_logging(args: &[&str], log: &str) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_careroute"))
             .args([
                 "--grpc-addr",
@@ -33,7 +38,7 @@ impl Process {
                 "json",
             ])
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", log)
             .stderr(Stdio::piped())
             .stdout(Stdio::null())
             .spawn()
@@ -108,6 +113,11 @@ impl Process {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process is still running.
