@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Admission control under overload (issue: "Nothing lost, nothing stuck").
-# A background h2load holds 100 connections x 128 streams (the per-connection
-# stream limit) of RouteContact for 40 s, far beyond --max-in-flight. Meanwhile
-# a probe opens a fresh connection per call, 200 times one after another, and
-# records its time to first byte: the same probe run first on an idle server
-# is the baseline of this run. The server's own histogram then tells how fast
-# shed calls (RESOURCE_EXHAUSTED) were refused. Done twice: with admission
-# control (the default --max-in-flight 512) and without it (a bound no load
-# reaches), so its effect is measured, not assumed.
+# Latency of a fresh connection under overload. A background h2load holds
+# 100 connections x 1,000 requested streams of RouteContact for 60 s (the
+# server grants --max-concurrent-streams of them per connection). Meanwhile a
+# probe opens a fresh connection per call, 100 times one after another, and
+# records its time to first byte; the same probe on the idle server first is
+# the baseline of the run. The server's histogram then says how fast shed
+# calls (RESOURCE_EXHAUSTED) were refused. Runs: the default stream limit
+# (8), larger ones (16, and the old default 128), and the default with
+# --max-in-flight 1 so that calls are shed and their refusal time measured.
 # Run by hand: bash benches/overload.sh   (figures go in BENCHMARKS.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,19 +47,20 @@ PY
 
 run() {
   local label=$1 limit=$2 grpc=127.0.0.1:50071 metrics=127.0.0.1:9481
+  local streams=$3
   ./target/release/careroute --grpc-addr "$grpc" --metrics-addr "$metrics" \
-    --max-in-flight "$limit" >/dev/null 2>&1 &
+    --max-in-flight "$limit" --max-concurrent-streams "$streams" >/dev/null 2>&1 &
   local pid=$!
   sleep 1
   local url="http://$grpc/careroute.v1.RoutingService/RouteContact"
-  echo "== $label (--max-in-flight $limit)"
+  echo "== $label (--max-in-flight $limit, --max-concurrent-streams $streams)"
   echo "baseline: idle server"
-  probe "$url" 200
-  h2 -c 100 -m 128 -D 40 "$url" >"$dir/load.txt" 2>&1 &
+  probe "$url" 100
+  h2 -c 100 -m 1000 -D 60 "$url" >"$dir/load.txt" 2>&1 &
   local load=$!
   sleep 5
-  echo "under load: 100 connections x 128 streams"
-  probe "$url" 200
+  echo "under load: 100 connections x 1,000 streams asked"
+  probe "$url" 100
   wait "$load" || true
   grep -E "finished in|requests:" "$dir/load.txt" | sed 's/^/  load: /'
   local scrape
@@ -67,8 +68,11 @@ run() {
   echo "$scrape" | grep -E '^careroute_rpc_requests_total\{.*RouteContact' | sed 's/^/  /'
   # Shed calls by how fast they were refused (le = seconds).
   echo "$scrape" | grep -E '^careroute_rpc_duration_seconds_bucket\{.*code="RESOURCE_EXHAUSTED".*le="(0.00001|0.0001|0.001|\+Inf)"' | sed 's/^/  /' || true
-  kill "$pid"; wait "$pid" 2>/dev/null || true
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
 }
 
-run "admission control" 512
-run "no admission control" 1000000
+run "default" 512 8
+run "16 streams" 512 16
+run "old default" 512 128
+run "shedding" 1 8

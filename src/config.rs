@@ -105,8 +105,12 @@ pub struct Config {
     /// keep their latency. Health checks and client streams are exempt.
     #[arg(long, env = "CAREROUTE_MAX_IN_FLIGHT", default_value_t = 512)]
     pub max_in_flight: usize,
-    /// Largest number of concurrent HTTP/2 streams per connection.
-    #[arg(long, env = "CAREROUTE_MAX_STREAMS", default_value_t = 128)]
+    /// Largest number of concurrent HTTP/2 streams per connection. Under
+    /// overload this bounds the work queued on each connection, and so how
+    /// long a new connection waits for its first answer (benches/overload.sh).
+    /// Long-lived streams (WatchAssignments, StreamAgentStates) hold a slot
+    /// each for their life.
+    #[arg(long, env = "CAREROUTE_MAX_STREAMS", default_value_t = 8)]
     pub max_concurrent_streams: u32,
     /// On SIGTERM, how long to keep serving while health reports
     /// NOT_SERVING (and /readyz 503), so load balancers move traffic away

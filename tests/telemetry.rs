@@ -128,10 +128,7 @@ const PHI: [&str; 6] = [
 
 #[test]
 fn no_patient_data_in_logs_or_metrics_and_health_flips_while_draining() {
-    let mut p = process::Process::start_logging(
-        &["--drain-grace-ms", "3000"],
-        "debug",
-    );
+    let mut p = process::Process::start_logging(&["--drain-grace-ms", "3000"], "debug");
     let (grpc, metrics) = (p.grpc.clone(), p.metrics.clone());
 
     let rt = tokio::runtime::Runtime::new().unwrap();
