@@ -89,8 +89,12 @@ struct AgentBook {
     /// A reservation not yet settled by us, its contact, and when we
     /// learnt of it.
     offer: Option<(String, String, Instant)>,
-    /// A confirmed voice contact not yet completed.
-    active: Option<String>,
+    /// A voice contact confirmed (true) or being confirmed (false), not
+    /// yet completed.
+    active: Option<(String, bool)>,
+    /// Offers that reached us while a confirm was on its way: legitimate if
+    /// it fails (the reservation had lapsed), a double booking if it works.
+    while_confirming: Vec<String>,
 }
 
 /// Everything the client was told, to check the server against.
@@ -129,10 +133,12 @@ impl Ledger {
                 since.elapsed()
             ));
         }
-        if let Some(active) = &book.active {
-            self.violations.push(format!(
+        match &book.active {
+            Some((active, true)) => self.violations.push(format!(
                 "agent {agent} offered {contact} while on a call with {active}"
-            ));
+            )),
+            Some((_, false)) => book.while_confirming.push(reservation.to_owned()),
+            None => {}
         }
         if self.cancelled.contains(contact) {
             // Withdrawn by our cancel before we heard of it.
@@ -285,7 +291,8 @@ async fn worker(
                     let mut l = ledger.lock().unwrap();
                     let book = l.agents.entry(agent.clone()).or_default();
                     book.offer = None;
-                    book.active = Some(contact.clone());
+                    book.active = Some((contact.clone(), false));
+                    book.while_confirming.clear();
                 }
                 let r = client
                     .confirm_reservation(pb::ConfirmReservationRequest {
@@ -299,11 +306,21 @@ async fn worker(
                         if from_line {
                             l.waiting.remove(&contact);
                         }
+                        let book = l.agents.entry(agent.clone()).or_default();
+                        book.active = Some((contact.clone(), true));
+                        let doubled = std::mem::take(&mut book.while_confirming);
+                        if !doubled.is_empty() {
+                            l.violations.push(format!(
+                                "agent {agent} offered {doubled:?} while its call with {contact} was being confirmed"
+                            ));
+                        }
                         l.to_complete.push((agent, contact));
                     }
                     Err(e) => {
                         l.code(e.code());
-                        l.agents.entry(agent).or_default().active = None;
+                        let book = l.agents.entry(agent).or_default();
+                        book.active = None;
+                        book.while_confirming.clear();
                     }
                 }
             } else if fate < 9 {
