@@ -97,8 +97,14 @@ pub struct Config {
     #[arg(long, env = "CAREROUTE_MAX_CONTACT_PATHS", default_value_t = 2_000_000)]
     pub max_contact_paths: usize,
     /// Agents registered at most (roster file and UpsertAgent); a new agent
-    /// beyond it is refused with RESOURCE_EXHAUSTED.
-    #[arg(long, env = "CAREROUTE_MAX_AGENTS", default_value_t = 100_000)]
+    /// beyond it is refused with RESOURCE_EXHAUSTED. At most 16,777,216 (the
+    /// agent slots the engine's idle indexes can name).
+    #[arg(
+        long,
+        env = "CAREROUTE_MAX_AGENTS",
+        default_value_t = 100_000,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16_777_216)
+    )]
     pub max_agents: usize,
     /// Largest number of calls in flight across all connections; beyond it
     /// calls are refused at once with RESOURCE_EXHAUSTED, so accepted calls

@@ -380,8 +380,9 @@ async fn housekeeping(
             _ = tick.tick() => {}
         }
         if routing.tick().is_err() {
-            // The engine is halted; the fatal signal is already raised.
-            return;
+            // The engine is halted and the fatal signal raised: wait for
+            // the stop rather than be reported as a second failure.
+            return stop.await;
         }
         if last_upkeep.elapsed() >= UPKEEP_EVERY {
             prometheus.run_upkeep();
@@ -444,8 +445,10 @@ async fn reload_on_hangup(
     _path: Option<PathBuf>,
     _engine: Arc<SharedEngine>,
     _clock: Arc<dyn Clock>,
-    _stop: impl Future<Output = ()>,
+    stop: impl Future<Output = ()>,
 ) {
+    // No SIGHUP here; the task lives until the stop, as its supervisor expects.
+    stop.await
 }
 
 /// Loads `path` and swaps it in if valid; returns whether it was.

@@ -63,9 +63,7 @@ pub enum EngineError {
         what: &'static str,
     },
     /// Registering a new agent would pass the configured maximum.
-    #[error(
-        "agent `{agent}`: the roster is full ({max} agents, --max-agents); remove agents first"
-    )]
+    #[error("agent `{agent}`: the roster is full ({max} agents); remove agents first")]
     TooManyAgents {
         /// The agent that was refused.
         agent: String,

@@ -527,6 +527,9 @@ impl Engine {
                         self.counters.expired += 1;
                     }
                 }
+                // A removed agent's slot stays out of every index and
+                // count until it is reused (its generation moved on).
+                Timer::WrapUpEnd(a, _) if self.roster.agent(a).removed => {}
                 Timer::WrapUpEnd(a, generation) => {
                     self.roster.update(a, |agent| {
                         if agent.state == AgentState::WrapUp && agent.wrap_generation == generation

@@ -221,7 +221,8 @@ impl Roster {
         &self.agents[a as usize]
     }
 
-    /// Every agent.
+    /// Every slot, removed agents' vacant ones included (they are offline
+    /// and in no queue).
     pub fn agents(&self) -> &[Agent] {
         &self.agents
     }
@@ -464,7 +465,8 @@ impl Roster {
             && agent.free_channels().contains(channel)
     }
 
-    /// Agents in the roster.
+    /// Slots in the roster, removed agents' vacant ones included; see
+    /// [`Roster::live`] for agents registered.
     pub fn len(&self) -> usize {
         self.agents.len()
     }

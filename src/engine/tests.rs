@@ -412,7 +412,10 @@ fn an_agent_is_removed_only_without_work_and_its_slot_is_reused() {
         })
     ));
     e.complete("b1", "c1", t).unwrap();
+    // Removed in wrap-up: its wrap-up timer must not count the empty slot.
     e.remove_agent("b1", t).unwrap();
+    e.advance(t + Duration::minutes(1));
+    assert_eq!(e.roster().by_state().iter().sum::<u32>(), 1);
     assert_eq!(
         e.remove_agent("b1", t),
         Err(EngineError::UnknownAgent("b1".into()))
@@ -578,6 +581,12 @@ fn check_invariants(e: &Engine, now: Time) {
             );
         }
     }
+    // Removed agents' slots are counted in no state.
+    assert_eq!(
+        e.roster.by_state().iter().sum::<u32>() as usize,
+        e.roster.live(),
+        "agents by state do not add up to the agents registered"
+    );
     // Arrival numbers only go forward, and every step timer names a live
     // pool of the waiting contact's own queue.
     for w in e.waiting.iter() {

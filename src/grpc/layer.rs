@@ -3,9 +3,8 @@
 //! calls in flight. It reads the status from a trailers-only response or from
 //! the trailers at the end of the body, so streaming calls count too.
 //! Service and method come from the descriptor sets (anything else is
-//! "unknown"),
-//! and codes from the 17 gRPC codes: the label set is bounded whatever
-//! clients send.
+//! "unknown") and codes from the 17 gRPC codes: the label set is bounded
+//! whatever clients send.
 
 use std::{
     future::Future,

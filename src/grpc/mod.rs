@@ -1,7 +1,10 @@
 //! The gRPC edge: generated types ([`pb`]), validation and conversion of
 //! every request field ([`convert`]), the one mapping of engine errors to
-//! status codes ([`status`]) and the service ([`service`]). Nothing outside
-//! this module names `pb::`.
+//! status codes ([`status`]), the service ([`service`]), the RPC table read
+//! from the descriptors ([`methods`]) and the tower layers around every call:
+//! metrics ([`layer`]), client-fault codes ([`client_faults`]), admission
+//! ([`admission`]), panics ([`panic`]) and the request deadline
+//! ([`deadline`]). Nothing outside this module names `pb::`.
 
 pub mod admission;
 pub mod client_faults;

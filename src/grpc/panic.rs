@@ -2,7 +2,9 @@
 //! (instead of a reset stream counted as `CANCELLED`) and raises the fatal
 //! signal: the process stops and exits non-zero rather than keep serving
 //! after a fault it did not expect. Sits inside the metrics layer, so the
-//! call is counted as `INTERNAL` and the server-error alert sees it.
+//! call is counted as `INTERNAL` and the server-error alert sees it. It
+//! watches the handler's future, not a streaming response's body: a panic
+//! there is caught by tokio, resets the stream, and is not counted here.
 
 use std::{
     future::Future,

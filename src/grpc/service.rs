@@ -99,19 +99,16 @@ impl Routing {
 
 /// What a failed read of a client's request stream says: a transport
 /// failure (the client crashed, the connection was cut) is the client going
-/// away, `CANCELLED`, not a server fault; a message that does not decode is
-/// the client's error, `INVALID_ARGUMENT`.
+/// away, `CANCELLED`, not a server fault. (A message that does not decode is
+/// turned into `INVALID_ARGUMENT` by the client-faults layer.)
 fn stream_broken(status: Status) -> Status {
-    match status.code() {
-        tonic::Code::Unknown | tonic::Code::Cancelled => Status::cancelled(format!(
+    if matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled) {
+        Status::cancelled(format!(
             "the client's stream ended before it finished: {}",
             status.message()
-        )),
-        tonic::Code::Internal => Status::invalid_argument(format!(
-            "a stream message does not decode: {}",
-            status.message()
-        )),
-        _ => status,
+        ))
+    } else {
+        status
     }
 }
 
