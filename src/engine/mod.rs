@@ -30,8 +30,8 @@ pub use queueing::{Event, QueueStats, QueuedOffer};
 pub use roster::{Agent, AgentIdx, Pick, QueuePool, Roster};
 use waiting::WaitingRoom;
 
-use crate::model::{AgentState, CallbackReason, Channel, Contact, FastMap, Reason, Time};
-use crate::policy::{CallbackTerms, Policy, QueueIdx, Resolved, Step, Text, TextList};
+use crate::model::{AgentState, CallbackReason, Channel, Contact, FastMap, Reason, Time, Urgency};
+use crate::policy::{CallbackTerms, IntentIdx, Policy, QueueIdx, Resolved, Step, Text, TextList};
 
 /// Limits of what the engine remembers. Each memory is a window of time,
 /// as promised to clients, with a cap sized for a stated peak so memory is
@@ -148,6 +148,25 @@ pub struct CallbackOffer {
     pub reason: CallbackReason,
     /// Ticket type, deadline, priority, intake fields.
     pub terms: CallbackTerms,
+}
+
+impl CallbackOffer {
+    /// The ticket `policy` gives a contact of `intent` and `urgency` owned
+    /// by `queue`, from `now`.
+    pub fn new(
+        policy: &Policy,
+        queue: QueueIdx,
+        reason: CallbackReason,
+        intent: IntentIdx,
+        urgency: Urgency,
+        now: Time,
+    ) -> CallbackOffer {
+        CallbackOffer {
+            queue_id: policy.queues[queue].id.clone(),
+            reason,
+            terms: policy.callback_terms(queue, intent, urgency, now),
+        }
+    }
 }
 
 /// Exactly one outcome per decision.
@@ -527,9 +546,6 @@ impl Engine {
                         self.counters.expired += 1;
                     }
                 }
-                // A removed agent's slot stays out of every index and
-                // count until it is reused (its generation moved on).
-                Timer::WrapUpEnd(a, _) if self.roster.agent(a).removed => {}
                 Timer::WrapUpEnd(a, generation) => {
                     self.roster.update(a, |agent| {
                         if agent.state == AgentState::WrapUp && agent.wrap_generation == generation
@@ -594,13 +610,15 @@ impl Engine {
     /// transfer when there is one.
     pub fn route(&mut self, contact: &Contact, now: Time) -> Result<Decision, EngineError> {
         self.advance(now);
-        if let Some(request_id) = &contact.request_id {
-            let key = (roster::text(&contact.contact_id), roster::text(request_id));
-            if let Some(first) = self.replies.get(&key) {
-                let mut replay = Decision::clone(first);
-                replay.reasons.push(Reason::IdempotentReplay);
-                return Ok(replay);
-            }
+        // Built once: looked up now, and kept with the reply if it is new.
+        let reply_key = contact
+            .request_id
+            .as_deref()
+            .map(|r| (roster::text(&contact.contact_id), roster::text(r)));
+        if let Some(first) = reply_key.as_ref().and_then(|key| self.replies.get(key)) {
+            let mut replay = Decision::clone(first);
+            replay.reasons.push(Reason::IdempotentReplay);
+            return Ok(replay);
         }
         let policy = Arc::clone(&self.policy);
         let facts = self.resolve(&policy, contact)?;
@@ -714,6 +732,7 @@ impl Engine {
             contact,
             &decision,
             queue.map(|q| policy.queues[q].id.clone()),
+            reply_key,
             now,
         );
         Ok(decision)
@@ -849,13 +868,14 @@ impl Engine {
         now: Time,
     ) -> Outcome {
         self.stats[queue].callbacks += 1;
-        Outcome::Callback(CallbackOffer {
-            queue_id: self.policy.queues[queue].id.clone(),
+        Outcome::Callback(CallbackOffer::new(
+            &self.policy,
+            queue,
             reason,
-            terms: self
-                .policy
-                .callback_terms(queue, facts.intent, contact.urgency, now),
-        })
+            facts.intent,
+            contact.urgency,
+            now,
+        ))
     }
 
     /// Appends the hop to the contact's path and keeps the reply for retries.
@@ -864,6 +884,7 @@ impl Engine {
         contact: &Contact,
         decision: &Decision,
         queue_id: Option<Text>,
+        reply_key: Option<(Text, Text)>,
         now: Time,
     ) {
         let hop = Hop {
@@ -891,12 +912,8 @@ impl Engine {
             hops.pop();
         }
         hops.push(hop);
-        if let Some(request_id) = &contact.request_id {
-            self.replies.insert(
-                (roster::text(&contact.contact_id), roster::text(request_id)),
-                Arc::new(decision.clone()),
-                now,
-            );
+        if let Some(key) = reply_key {
+            self.replies.insert(key, Arc::new(decision.clone()), now);
         }
     }
 

@@ -437,11 +437,14 @@ impl Engine {
                         };
                         let root = self.policy.root(q);
                         self.stats[root].callbacks += 1;
-                        let callback = CallbackOffer {
-                            queue_id: self.policy.queues[root].id.clone(),
-                            reason: CallbackReason::Closed,
-                            terms: self.policy.callback_terms(root, w.intent, w.urgency, now),
-                        };
+                        let callback = CallbackOffer::new(
+                            &self.policy,
+                            root,
+                            CallbackReason::Closed,
+                            w.intent,
+                            w.urgency,
+                            now,
+                        );
                         self.events.push(Event::CallbackInstead {
                             contact_id: w.contact_id,
                             callback,
@@ -484,19 +487,18 @@ impl Engine {
                 Some(i) => {
                     let q = new.default_queue;
                     stats[q].callbacks += 1;
-                    CallbackOffer {
-                        queue_id: new.queues[q].id.clone(),
-                        reason: CallbackReason::Policy,
-                        terms: new.callback_terms(q, i, w.urgency, now),
-                    }
+                    CallbackOffer::new(new, q, CallbackReason::Policy, i, w.urgency, now)
                 }
                 None => {
                     let root = self.policy.root(w.queue);
-                    CallbackOffer {
-                        queue_id: self.policy.queues[root].id.clone(),
-                        reason: CallbackReason::Policy,
-                        terms: self.policy.callback_terms(root, w.intent, w.urgency, now),
-                    }
+                    CallbackOffer::new(
+                        &self.policy,
+                        root,
+                        CallbackReason::Policy,
+                        w.intent,
+                        w.urgency,
+                        now,
+                    )
                 }
             };
             self.events.push(Event::CallbackInstead {

@@ -362,9 +362,12 @@ impl Roster {
     }
 
     /// Moves an agent's index entries from `before` to what it is now.
+    /// A removed agent's vacant slot stays out of every index and count,
+    /// whatever still reaches it (a wrap-up timer set before the removal).
     fn reindex(&mut self, a: AgentIdx, before: Option<Indexed>) {
-        let now = Indexed::of(&self.agents[a as usize]);
-        self.apply(a, before, Some(now));
+        let agent = &self.agents[a as usize];
+        let now = (!agent.removed).then(|| Indexed::of(agent));
+        self.apply(a, before, now);
     }
 
     fn apply(&mut self, a: AgentIdx, before: Option<Indexed>, after: Option<Indexed>) {
