@@ -14,7 +14,7 @@ use std::{
 };
 
 use careroute::{
-    engine::{AgentSpec, Engine, EngineConfig, Outcome},
+    engine::{AgentSpec, Engine, EngineConfig, Event, Outcome, WatchFilter},
     model::{AgentState, Channel, Contact, Identity, Time, Urgency},
     policy::Policy,
 };
@@ -130,6 +130,8 @@ fn busy_center() -> (Engine, Vec<String>) {
     let policy = careroute::policy::parse("bench.toml", &text).unwrap();
     let mut e = Engine::new(Arc::new(policy), EngineConfig::default());
     let t = open() - Duration::hours(1);
+    // A CTI watches the floor: waiting contacts are offered only then.
+    e.watch(WatchFilter::default(), t).unwrap();
     let mut agents = Vec::new();
     for i in 0..10_000 {
         let id = format!("agent-{i}");
@@ -210,10 +212,10 @@ fn queueing(c: &mut Criterion) {
                     .unwrap();
                 total += started.elapsed();
                 let events = e.take_events();
-                let Some(careroute::engine::Event::Assigned { contact_id, .. }) = events.first()
-                else {
+                let Some(Event::Assigned(a)) = events.first() else {
                     panic!("no assignment")
                 };
+                let contact_id = &a.contact_id;
                 e.set_state(agent, AgentState::Busy, now).unwrap();
                 e.cancel(contact_id, now).unwrap();
                 let mut c = Contact::new(format!("refill-{n}"), "billing");

@@ -166,6 +166,20 @@ impl Ledger {
         }
     }
 
+    /// The server withdrew an offer: nothing to settle, the agent is free.
+    fn withdrawn(&mut self, reservation: &str) {
+        self.to_settle.retain(|(r, _, _, _)| r != reservation);
+        for book in self.agents.values_mut() {
+            if book
+                .offer
+                .as_ref()
+                .is_some_and(|(r, _, _)| r == reservation)
+            {
+                book.offer = None;
+            }
+        }
+    }
+
     fn code(&mut self, code: tonic::Code) {
         *self.codes.entry(format!("{code:?}")).or_default() += 1;
     }
@@ -409,7 +423,7 @@ async fn worker(
 /// Every assignment event: offers to settle, callbacks that end a wait.
 async fn watcher(mut client: RoutingServiceClient<Channel>, ledger: Arc<Mutex<Ledger>>) {
     let mut stream = client
-        .watch_assignments(pb::WatchAssignmentsRequest {})
+        .watch_assignments(pb::WatchAssignmentsRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -422,7 +436,8 @@ async fn watcher(mut client: RoutingServiceClient<Channel>, ledger: Arc<Mutex<Le
             Some(pb::assignment_event::Event::Callback(_)) => {
                 l.waiting.remove(&event.contact_id);
             }
-            None => {}
+            Some(pb::assignment_event::Event::Withdrawn(w)) => l.withdrawn(&w.reservation_id),
+            Some(pb::assignment_event::Event::Moved(_)) | None => {}
         }
     }
 }

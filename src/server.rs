@@ -363,21 +363,32 @@ fn supervise(
     })
 }
 
-/// Applies expiries and wrap-up ends on time, even when no request comes,
-/// and runs the exporter's upkeep.
+/// Applies what the engine has due (expiries, wrap-up ends, relaxation
+/// steps, wait limits) when it is due, even when no request comes: it
+/// sleeps until the engine's next due time, woken early when a call makes
+/// something due sooner, and at least every [`HOUSEKEEPING_EVERY`]. Also
+/// runs the exporter's upkeep.
 async fn housekeeping(
     routing: Routing,
     prometheus: PrometheusHandle,
     stop: impl Future<Output = ()>,
 ) {
-    let mut tick = tokio::time::interval(HOUSEKEEPING_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut due = routing.next_due();
     let mut last_upkeep = tokio::time::Instant::now();
     tokio::pin!(stop);
     loop {
+        let wait = match *due.borrow_and_update() {
+            Some(at) => (at - routing.now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(HOUSEKEEPING_EVERY),
+            None => HOUSEKEEPING_EVERY,
+        };
         tokio::select! {
             _ = &mut stop => return,
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(wait) => {}
+            // Something is due sooner than we slept for: look again.
+            Ok(()) = due.changed() => continue,
         }
         if routing.tick().is_err() {
             // The engine is halted and the fatal signal raised: wait for

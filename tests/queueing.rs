@@ -47,7 +47,7 @@ async fn a_waiting_contact_is_assigned_when_an_agent_frees_up_and_offers_move_on
     let s = TestServer::start(monday_10am()).await;
     let mut client = s.client.clone();
     let mut stream = client
-        .watch_assignments(pb::WatchAssignmentsRequest {})
+        .watch_assignments(pb::WatchAssignmentsRequest::default())
         .await
         .unwrap()
         .into_inner();
@@ -168,7 +168,7 @@ async fn relaxation_widens_the_pool_after_its_step_time() {
     let s = TestServer::start(monday_10am()).await;
     let mut client = s.client.clone();
     let mut stream = client
-        .watch_assignments(pb::WatchAssignmentsRequest {})
+        .watch_assignments(pb::WatchAssignmentsRequest::default())
         .await
         .unwrap()
         .into_inner();

@@ -18,7 +18,8 @@ use std::sync::{Arc, OnceLock};
 
 use arbitrary::Arbitrary;
 use careroute::engine::{
-    AgentSpec, Engine, EngineConfig, EngineError, Event, Outcome, ReservationId,
+    AgentSpec, Engine, EngineConfig, EngineError, Event, Outcome, ReservationId, WatchFilter,
+    WatchId,
 };
 use careroute::grpc::pb;
 use careroute::model::{AgentState, Channel, Contact, Identity, Time, TransferFrom, Urgency};
@@ -80,6 +81,9 @@ enum Op {
     Queues,
     Path(u8),
     Remove(u8),
+    /// A CTI connects: the whole floor, one agent, or a team.
+    Watch(u8),
+    Unwatch(u8),
 }
 
 #[derive(Arbitrary, Debug)]
@@ -465,6 +469,7 @@ fuzz_target!(|input: Input| {
     let policy = &policies[usize::from(input.policy) % policies.len()];
     let mut e = Engine::new(Arc::clone(policy), config);
     let mut m = Model::default();
+    let mut watchers: Vec<WatchId> = vec![e.watch(WatchFilter::default(), now).unwrap().0];
     if input.demo_roster {
         register(&mut e, demo_roster(), now);
     }
@@ -612,6 +617,32 @@ fuzz_target!(|input: Input| {
                 e.replace_policy(Arc::clone(&policies[usize::from(*k) % policies.len()]), now);
             }
             Op::Queues => list_queues(&mut e, now),
+            Op::Watch(k) => {
+                let filter = match k % 3 {
+                    0 => WatchFilter::default(),
+                    1 => WatchFilter {
+                        agents: vec![format!("b{}", k % 4)],
+                        ..WatchFilter::default()
+                    },
+                    _ => WatchFilter {
+                        teams: vec!["Billing".into()],
+                        ..WatchFilter::default()
+                    },
+                };
+                let (id, live) = e.watch(filter, now).unwrap();
+                for event in &live {
+                    let Event::Assigned(a) = event else {
+                        panic!("a snapshot holds only offers: {event:?}")
+                    };
+                    assert!(a.resent && m.assignments.contains(&a.offer.reservation));
+                    let _ = pb::AssignmentEvent::from(event).encode_to_vec();
+                }
+                watchers.push(id);
+            }
+            Op::Unwatch(k) if !watchers.is_empty() => {
+                let id = watchers.remove(usize::from(*k) % watchers.len());
+                e.unwatch(id, now);
+            }
             Op::Path(c) => {
                 if let Some(hops) = e.path(&format!("c{}", c % 24)) {
                     assert!(hops.len() <= max_hops.max(1), "{} hops kept", hops.len());
@@ -624,9 +655,8 @@ fuzz_target!(|input: Input| {
         }
         for event in e.take_events() {
             match &event {
-                Event::Assigned {
-                    contact_id, offer, ..
-                } => {
+                Event::Assigned(a) => {
+                    let (contact_id, offer) = (&a.contact_id, &a.offer);
                     assert!(
                         m.waiting.contains(contact_id),
                         "assigned {contact_id}, which does not wait"
@@ -640,10 +670,25 @@ fuzz_target!(|input: Input| {
                     ));
                 }
                 Event::CallbackInstead { contact_id, .. } => {
-                    m.waiting.remove(contact_id);
+                    assert!(
+                        m.waiting.remove(contact_id),
+                        "called back {contact_id}, which does not wait"
+                    );
+                }
+                Event::Withdrawn { reservation, .. } => {
+                    assert!(
+                        m.assignments.contains(reservation),
+                        "withdrew an offer never made"
+                    );
+                }
+                Event::Moved { contact_id, .. } => {
+                    assert!(
+                        m.waiting.contains(contact_id),
+                        "moved {contact_id}, which does not wait"
+                    );
                 }
             }
-            let _ = pb::AssignmentEvent::from(event).encode_to_vec();
+            let _ = pb::AssignmentEvent::from(&event).encode_to_vec();
         }
         check_invariants(&e);
         // No agent gains work on a channel while at or over its capacity

@@ -125,7 +125,7 @@ pub fn to_wire(decision: careroute::engine::Decision) -> Vec<u8> {
 pub fn drain_events(engine: &mut Engine) -> Vec<Event> {
     let events = engine.take_events();
     for e in &events {
-        let _ = pb::AssignmentEvent::from(e.clone()).encode_to_vec();
+        let _ = pb::AssignmentEvent::from(e).encode_to_vec();
     }
     events
 }

@@ -13,6 +13,7 @@ mod expiring;
 mod queueing;
 mod roster;
 pub mod waiting;
+mod watchers;
 
 use std::{
     cmp::Reverse,
@@ -26,9 +27,14 @@ use chrono::Duration;
 
 pub use error::EngineError;
 pub use expiring::Expiring;
-pub use queueing::{Event, QueueStats, QueuedOffer};
+pub use queueing::{
+    Assignment, Event, HANDLE_TIMES_TRUSTED, Parked, QueueStats, QueuedOffer, UNSTAFFED_GRACE,
+    Withdrawal,
+};
 pub use roster::{Agent, AgentIdx, Pick, QueuePool, Roster};
 use waiting::WaitingRoom;
+use watchers::Watchers;
+pub use watchers::{WatchFilter, WatchId};
 
 use crate::model::{AgentState, CallbackReason, Channel, Contact, FastMap, Reason, Time, Urgency};
 use crate::policy::{CallbackTerms, IntentIdx, Policy, QueueIdx, Resolved, Step, Text, TextList};
@@ -257,23 +263,47 @@ impl Guidance {
     }
 }
 
-/// One hop of a contact through careroute.
+/// One hop of a contact through careroute: a decision, or something that
+/// happened to it while it waited in line.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hop {
-    /// The decision made.
+    /// The decision made, or for a hop in line the decision that queued it.
     pub decision: DecisionId,
     /// When.
     pub at: Time,
-    /// The rule that matched.
+    /// What happened.
+    pub kind: HopKind,
+    /// The rule that matched (decisions only).
     pub rule_id: Option<Text>,
-    /// The outcome kind.
-    pub outcome: &'static str,
     /// The queue that owns the contact after this hop.
     pub queue_id: Option<Text>,
-    /// The agent reserved, if any.
+    /// The agent reserved or offered, if any.
     pub agent_id: Option<Text>,
-    /// The queue that handed the contact on.
-    pub from_queue_id: Option<String>,
+    /// The queue that handed the contact on (a transfer, a move at closing).
+    pub from_queue_id: Option<Text>,
+    /// The reservation of an offer from the line.
+    pub reservation: Option<ReservationId>,
+}
+
+/// What a hop records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HopKind {
+    /// A decision, with its outcome kind ([`Outcome::kind`]).
+    Decided(&'static str),
+    /// Offered to an agent from the line.
+    Assigned,
+    /// The offer lapsed; the contact went back in line.
+    OfferExpired,
+    /// The offer was released; the contact went back in line.
+    OfferReleased,
+    /// Moved to its queue's n-th relaxation step.
+    Stepped(u32),
+    /// Moved at closing to the on-call queue.
+    Moved,
+    /// The caller hung up while waiting.
+    Cancelled,
+    /// Left the line for a callback ticket.
+    CalledBack(CallbackReason),
 }
 
 /// An agent's registration.
@@ -367,6 +397,9 @@ pub struct QueueView {
     pub longest_wait: Duration,
     /// Estimated wait for a contact arriving now.
     pub estimated_wait: Duration,
+    /// The handle time that estimate uses (see
+    /// [`QueueStats::handle_estimate`]).
+    pub handle_time: Duration,
     /// What the queue has counted since start.
     pub stats: QueueStats,
 }
@@ -400,6 +433,7 @@ struct Slot<'a> {
 
 #[derive(Debug)]
 struct Reservation {
+    id: ReservationId,
     agent: AgentIdx,
     contact_id: String,
     queue: Option<QueueIdx>,
@@ -410,6 +444,11 @@ struct Reservation {
     expires_at: Time,
     /// The waiting contact this offer is for, if it came from a line.
     waiter: Option<u64>,
+    /// No free agent spoke the contact's language.
+    interpreter_needed: bool,
+    /// Nobody watched the agent at some point while the offer was out: if
+    /// it lapses, that is not the agent's miss.
+    unseen: bool,
 }
 
 /// What became of a reservation.
@@ -456,6 +495,11 @@ enum Timer {
     WrapUpEnd(AgentIdx, u64),
     /// A waiting contact's relaxation step: move it to a wider pool.
     Step(u64, QueueIdx),
+    /// A waiting contact's wait limit: a callback if it is still in line.
+    WaitLimit(u64),
+    /// An agent's cool-down after passing on a contact ends: offer it
+    /// what it may take again.
+    Reoffer(AgentIdx),
 }
 
 /// The routing engine: one per process, behind one lock.
@@ -475,7 +519,8 @@ pub struct Engine {
     waiting: WaitingRoom,
     stats: Vec<QueueStats>,
     events: Vec<Event>,
-    last_close_check: Option<Time>,
+    last_sweep: Option<Time>,
+    watchers: Watchers,
 }
 
 impl Engine {
@@ -498,7 +543,8 @@ impl Engine {
             next_id: 0,
             counters: Counters::default(),
             events: Vec::new(),
-            last_close_check: None,
+            last_sweep: None,
+            watchers: Watchers::default(),
             config,
         }
     }
@@ -529,9 +575,12 @@ impl Engine {
     }
 
     /// Applies everything due by `now`: reservation expiries, wrap-up ends,
+    /// relaxation steps, wait limits, cool-downs, the sweep of the lines,
     /// and forgetting old replies and paths. Every operation calls it first,
-    /// so no reservation is ever seen past its TTL; a periodic call keeps
-    /// idle state tidy too.
+    /// so no reservation is ever seen past its TTL; the edge also calls it
+    /// when [`Engine::next_due`] comes. What a timer sets off (a new offer,
+    /// a callback) happens at `now`, when it is actually applied, so the
+    /// events report real waits and full TTLs.
     pub fn advance(&mut self, now: Time) {
         while let Some(Reverse((due, _))) = self.timers.peek() {
             if *due > now {
@@ -542,7 +591,7 @@ impl Engine {
             };
             match timer {
                 Timer::Expire(id) => {
-                    if self.settle(id, Fate::Expired, due).is_some() {
+                    if self.settle(id, Fate::Expired, now).is_some() {
                         self.counters.expired += 1;
                     }
                 }
@@ -554,12 +603,14 @@ impl Engine {
                             agent.ready_since = [due.timestamp_micros(); 5];
                         }
                     });
-                    self.dispatch(a, due);
+                    self.dispatch(a, now);
                 }
-                Timer::Step(seq, pool) => self.relax(seq, pool, due),
+                Timer::Step(seq, pool) => self.relax(seq, pool, now),
+                Timer::WaitLimit(seq) => self.wait_limit(seq, now),
+                Timer::Reoffer(a) => self.dispatch(a, now),
             }
         }
-        self.close_lines(now);
+        self.sweep_lines(now);
         self.counters.idempotency_evicted_early += self.replies.evict(now);
         self.counters.paths_evicted_early += self.paths.evict(now);
     }
@@ -569,18 +620,13 @@ impl Engine {
     /// the best waiting contact it can.
     fn settle(&mut self, id: ReservationId, fate: Fate, now: Time) -> Option<Reservation> {
         let r = self.free_slot(id, fate)?;
-        if fate == Fate::Expired {
+        // An offer nobody could have seen is not the agent's miss.
+        if fate == Fate::Expired && !r.unseen {
             self.missed_offer(r.agent);
         }
         match (r.waiter, fate) {
             (Some(seq), Fate::Confirmed) => self.answered(seq, now),
-            (Some(seq), Fate::Expired | Fate::Released) => {
-                // Its queue may have moved on (a relaxation step) while
-                // the offer was out: re-offer it from where it now waits.
-                if let Some(q) = self.waiting.step_back(seq, Some(r.agent)).map(|w| w.queue) {
-                    self.dispatch_line(q, r.channel, now);
-                }
-            }
+            (Some(seq), Fate::Expired | Fate::Released) => self.offer_failed(seq, &r, fate, now),
             _ => {}
         }
         if fate != Fate::Confirmed {
@@ -623,7 +669,7 @@ impl Engine {
         let policy = Arc::clone(&self.policy);
         let facts = self.resolve(&policy, contact)?;
         // A new hop supersedes any place in line the contact held.
-        self.withdraw(&contact.contact_id, now);
+        self.withdraw(&contact.contact_id, queueing::Withdrawal::Rerouted, now);
         let plan = policy.plan(contact, facts, now);
         let rule = plan.rule.map(|r| &policy.rules[r]);
         let mut reasons = plan.reasons;
@@ -679,7 +725,11 @@ impl Engine {
                         };
                         Outcome::Agent(self.reserve(pick.0, slot, now))
                     }
-                    None if self.roster.pool(queue).staffed == 0 => {
+                    // Nobody logged in, or the queue does not take the
+                    // contact's channel: no line could ever be served.
+                    None if self.roster.pool(queue).staffed == 0
+                        || !policy.queues[queue].channels.contains(contact.channel) =>
+                    {
                         reasons.push(Reason::NoAgentsStaffed);
                         self.callback(queue, CallbackReason::NoAgentsStaffed, facts, contact, now)
                     }
@@ -837,6 +887,7 @@ impl Engine {
         self.reservations.insert(
             id,
             Reservation {
+                id,
                 agent: pick.agent,
                 contact_id: contact_id.to_owned(),
                 queue: Some(queue),
@@ -844,6 +895,8 @@ impl Engine {
                 channel,
                 expires_at,
                 waiter,
+                interpreter_needed: pick.interpreter_needed,
+                unseen: false,
             },
         );
         self.timers.push(Reverse((expires_at, Timer::Expire(id))));
@@ -887,33 +940,59 @@ impl Engine {
         reply_key: Option<(Text, Text)>,
         now: Time,
     ) {
+        let (agent_id, reservation) = match &decision.outcome {
+            Outcome::Agent(offer) => (Some(offer.agent_id.clone()), Some(offer.reservation)),
+            _ => (None, None),
+        };
         let hop = Hop {
             decision: decision.id,
             at: now,
+            kind: HopKind::Decided(decision.outcome.kind()),
             rule_id: decision.rule_id.clone(),
-            outcome: decision.outcome.kind(),
             queue_id,
-            agent_id: match &decision.outcome {
-                Outcome::Agent(offer) => Some(offer.agent_id.clone()),
-                _ => None,
-            },
-            from_queue_id: contact.transfer_from.as_ref().map(|t| t.queue_id.clone()),
+            agent_id,
+            from_queue_id: contact
+                .transfer_from
+                .as_ref()
+                .map(|t| roster::text(&t.queue_id)),
+            reservation,
         };
+        self.push_hop(&contact.contact_id, hop, now);
+        if let Some(key) = reply_key {
+            self.replies.insert(key, Arc::new(decision.clone()), now);
+        }
+    }
+
+    /// Appends a hop to a contact's path; past the cap, it replaces the
+    /// newest.
+    fn push_hop(&mut self, contact_id: &str, hop: Hop, now: Time) {
         let max_hops = self.config.max_hops;
-        let hops = match self.paths.get_mut(contact.contact_id.as_str()) {
+        let hops = match self.paths.get_mut(contact_id) {
             Some(hops) => hops,
             None => self
                 .paths
                 // Most contacts take one hop: room for exactly one, not
                 // the four a first push would reserve.
-                .get_or_insert_with(contact.contact_id.clone(), now, || Vec::with_capacity(1)),
+                .get_or_insert_with(contact_id.to_owned(), now, || Vec::with_capacity(1)),
         };
         if hops.len() >= max_hops {
             hops.pop();
         }
         hops.push(hop);
-        if let Some(key) = reply_key {
-            self.replies.insert(key, Arc::new(decision.clone()), now);
+    }
+
+    /// When the engine next has something to do by itself (a timer, the
+    /// sweep of the lines), if anything: the edge calls [`Engine::advance`]
+    /// then, so timers fire on time rather than on a fixed tick.
+    pub fn next_due(&self) -> Option<Time> {
+        let timer = self.timers.peek().map(|Reverse((due, _))| *due);
+        let sweep = (!self.waiting.is_empty()).then(|| {
+            self.last_sweep
+                .map_or(Time::MIN_UTC, |last| last + queueing::SWEEP_EVERY)
+        });
+        match (timer, sweep) {
+            (Some(t), Some(s)) => Some(t.min(s)),
+            (t, s) => t.or(s),
         }
     }
 
@@ -1176,6 +1255,9 @@ impl Engine {
                 waiting,
                 longest_wait,
                 estimated_wait,
+                handle_time: Duration::milliseconds(
+                    (self.stats[i].handle_estimate(q.handle_time) * 1000.0) as i64,
+                ),
                 stats: self.stats[i],
             });
         }
@@ -1203,8 +1285,8 @@ impl Engine {
             }
         }
         let mut timers = std::mem::take(&mut self.timers).into_vec();
-        timers.retain(|Reverse((_, t))| !matches!(t, Timer::Step(..)));
-        timers.extend(self.step_timers(&policy, now).into_iter().map(Reverse));
+        timers.retain(|Reverse((_, t))| !matches!(t, Timer::Step(..) | Timer::WaitLimit(_)));
+        timers.extend(self.line_timers(&policy, now).into_iter().map(Reverse));
         self.timers = BinaryHeap::from(timers);
         self.policy = policy;
         for a in 0..self.roster.len() {

@@ -1,19 +1,26 @@
 //! Live queueing: contacts wait when their queue is open and staffed but no
 //! agent is free, and an agent who frees up is offered the best waiting
 //! contact across every queue it serves (priority, which rises with wait,
-//! then age). An offer that times out or is rejected puts the contact back
-//! at its own place in line, never to be offered to that agent again; an
-//! agent who lets too many offers time out in a row is set not-responding.
-//! A queue that closes hands its waiting contacts to its closed action.
+//! then age). Offers of waiting contacts go only to agents some watcher
+//! covers. An offer that times out or is rejected puts the contact back at
+//! its own place in line, not offered to that agent again before the
+//! policy's `reoffer_after`; an agent who lets too many offers it could
+//! have seen time out in a row is set not-responding. Nobody waits
+//! forever: a contact past its queue's `max_wait_in_line`, or in a line no
+//! agent is logged in to serve, leaves with a callback; a queue that closes
+//! hands its waiting contacts to its closed action.
 //!
-//! Assignments and callbacks decided here, outside any request, are queued
-//! as [`Event`]s for the edge to stream.
+//! Assignments, withdrawn offers, moves and callbacks decided here, outside
+//! any request, are queued as [`Event`]s for the edge to stream, and each
+//! adds a hop to the contact's path.
 
 use chrono::Duration;
 
-use super::waiting::Waiter;
+use super::waiting::{NEVER, Waiter};
+use super::watchers::WatchFilter;
 use super::{
-    AgentIdx, AgentOffer, CallbackOffer, DecisionId, Engine, EngineError, Fate, Slot, Timer, ewt,
+    AgentIdx, AgentOffer, CallbackOffer, DecisionId, Engine, EngineError, Fate, Hop, HopKind,
+    Reservation, ReservationId, Slot, Timer, ewt,
 };
 use crate::model::{AgentState, CallbackReason, Channel, Contact, Time, Urgency};
 use crate::policy::{Policy, QueueIdx, Resolved, Text};
@@ -24,8 +31,18 @@ use crate::policy::{Policy, QueueIdx, Resolved, Text};
 const URGENT_POINTS: i64 = 5;
 /// Weight of the newest observation in the moving averages.
 const EWMA_WEIGHT: f64 = 0.2;
-/// How often closed queues are looked for among those with contacts waiting.
-const CLOSE_CHECK_EVERY: Duration = Duration::seconds(1);
+/// Handle times observed before the observed average alone makes the
+/// estimate; until then it is blended with the configured `handle_time`
+/// in proportion (after 5 of 20, a quarter observed, three quarters
+/// configured).
+pub const HANDLE_TIMES_TRUSTED: u64 = 20;
+/// How often lines are swept for closed queues and for lines no agent is
+/// logged in to serve.
+pub(super) const SWEEP_EVERY: Duration = Duration::seconds(1);
+/// How long a line may have nobody logged in to serve it before its
+/// contacts get callbacks: rides out a CTI's offline-then-available reset
+/// and a shift change.
+pub const UNSTAFFED_GRACE: Duration = Duration::seconds(10);
 
 /// The answer for a contact that waits.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,31 +51,124 @@ pub struct QueuedOffer {
     pub queue_id: Text,
     /// Where the telephony platform parks the call meanwhile.
     pub transfer_address: Text,
-    /// 1-based place in its line now.
+    /// 1-based rank in its line now, by priority (which rises with wait),
+    /// not by arrival.
     pub position: u32,
     /// Estimated wait.
     pub estimated_wait: Duration,
+}
+
+/// Where a waiting call is parked: the queue it joined and that queue's
+/// transfer address. It stays there when the contact moves on (a wider
+/// pool, the on-call queue at closing).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Parked {
+    /// The queue the contact joined.
+    pub queue_id: Text,
+    /// Where the call is parked.
+    pub transfer_address: Text,
+}
+
+/// A waiting contact offered to an agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Assignment {
+    /// The contact.
+    pub contact_id: String,
+    /// The reserved agent; its queue is the one offering the contact.
+    pub offer: AgentOffer,
+    /// The agent's team, for watchers that cover teams.
+    pub team: Text,
+    /// Where the call is parked.
+    pub parked: Parked,
+    /// How long the contact had waited when offered (for an offer sent
+    /// again to a watcher that connected, until now).
+    pub waited: Duration,
+    /// The agent passed on this contact before (rejected or let it lapse)
+    /// and it comes back after the cool-down.
+    pub reoffer: bool,
+    /// An offer still live, sent again to a watcher that just connected.
+    pub resent: bool,
+}
+
+/// Why an offer was withdrawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Withdrawal {
+    /// The caller hung up.
+    Cancelled,
+    /// The contact was routed again (a new hop).
+    Rerouted,
+    /// A policy reload removed what the contact waited for.
+    PolicyChanged,
 }
 
 /// Something decided outside a request, for the edge to stream.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
     /// A waiting contact was matched to an agent: confirm or release it.
-    Assigned {
-        /// The contact.
-        contact_id: String,
-        /// The reserved agent.
-        offer: AgentOffer,
-        /// How long it waited.
-        waited: Duration,
-    },
-    /// A waiting contact's queue closed: open a callback ticket instead.
+    Assigned(Assignment),
+    /// A waiting contact left its line for a callback ticket: its queue
+    /// closed, it waited too long, nobody is logged in to serve it, or a
+    /// policy reload removed its queue.
     CallbackInstead {
         /// The contact.
         contact_id: String,
+        /// Where the call is parked.
+        parked: Parked,
         /// The ticket.
         callback: CallbackOffer,
+        /// How long it waited.
+        waited: Duration,
     },
+    /// An offer made on the stream is void: the agent's desktop stops
+    /// ringing, and neither confirm nor release is needed.
+    Withdrawn {
+        /// The contact.
+        contact_id: String,
+        /// The agent that was offered it.
+        agent_id: Text,
+        /// The agent's team.
+        team: Text,
+        /// The reservation, now released.
+        reservation: ReservationId,
+        /// Why.
+        reason: Withdrawal,
+    },
+    /// A waiting contact's queue closed and it moved to the on-call queue;
+    /// the call stays parked where it was.
+    Moved {
+        /// The contact.
+        contact_id: String,
+        /// Where the call is parked.
+        parked: Parked,
+        /// The queue that now offers it.
+        to_queue_id: Text,
+        /// How long it has waited.
+        waited: Duration,
+    },
+}
+
+impl Event {
+    /// The contact the event is about.
+    pub fn contact_id(&self) -> &str {
+        match self {
+            Event::Assigned(a) => &a.contact_id,
+            Event::CallbackInstead { contact_id, .. }
+            | Event::Withdrawn { contact_id, .. }
+            | Event::Moved { contact_id, .. } => contact_id,
+        }
+    }
+
+    /// Whether a watcher with `filter` receives the event: events for an
+    /// agent by agent or team, the others by the queue the call is parked at.
+    pub fn passes(&self, filter: &WatchFilter) -> bool {
+        match self {
+            Event::Assigned(a) => filter.covers_agent(&a.offer.agent_id, &a.team),
+            Event::Withdrawn { agent_id, team, .. } => filter.covers_agent(agent_id, team),
+            Event::CallbackInstead { parked, .. } | Event::Moved { parked, .. } => {
+                filter.covers_queue(&parked.queue_id)
+            }
+        }
+    }
 }
 
 /// What one queue counted since start.
@@ -74,13 +184,18 @@ pub struct QueueStats {
     pub abandoned: u64,
     /// Callback tickets this queue owns.
     pub callbacks: u64,
-    /// Average handle time observed (seconds), if any.
+    /// Moving average of the handle times observed (seconds), if any.
     pub handle_time: Option<f64>,
+    /// Handle times observed.
+    pub handle_times_observed: u64,
     /// Average gap between arrivals in line (seconds), if two or more.
     pub arrival_gap: Option<f64>,
     last_arrival: Option<Time>,
     /// Erlang C for (agents, load rounded to 1 %), reused while they hold.
     erlang_c: Option<(u32, i64, f64)>,
+    /// Since when contacts wait in this line with nobody logged in to
+    /// serve them.
+    unstaffed_since: Option<Time>,
 }
 
 fn ewma(old: Option<f64>, new: f64) -> f64 {
@@ -103,6 +218,21 @@ impl QueueStats {
     pub fn observe_handle_time(&mut self, d: Duration) {
         let secs = d.num_milliseconds().max(0) as f64 / 1000.0;
         self.handle_time = Some(ewma(self.handle_time, secs));
+        self.handle_times_observed += 1;
+    }
+
+    /// The handle time the wait estimate uses (seconds): the configured
+    /// value blended with the observed average in proportion to how many
+    /// have been observed, the observed average alone from
+    /// [`HANDLE_TIMES_TRUSTED`] on. One odd call cannot move it far.
+    pub fn handle_estimate(&self, configured: Duration) -> f64 {
+        let configured = configured.num_milliseconds() as f64 / 1000.0;
+        let Some(observed) = self.handle_time else {
+            return configured;
+        };
+        let w = self.handle_times_observed.min(HANDLE_TIMES_TRUSTED) as f64
+            / HANDLE_TIMES_TRUSTED as f64;
+        w * observed + (1.0 - w) * configured
     }
 
     fn observe_arrival(&mut self, now: Time) {
@@ -133,9 +263,7 @@ impl Engine {
         let q = &self.policy.queues[queue];
         let agents = self.roster.pool(queue).staffed.max(1);
         let stats = &mut self.stats[queue];
-        let handle = stats
-            .handle_time
-            .unwrap_or(q.handle_time.num_milliseconds() as f64 / 1000.0);
+        let handle = stats.handle_estimate(q.handle_time);
         let rate = stats.arrival_gap.map_or(0.0, |g| 1.0 / g);
         let erlangs = rate * handle;
         let bucket = if erlangs > 0.0 {
@@ -206,6 +334,7 @@ impl Engine {
             .as_ref()
             .and_then(|t| t.agent_id.as_deref())
             .and_then(|id| self.roster.find(id))
+            .map(|a| (a, NEVER))
             .into_iter()
             .collect();
         let offer = QueuedOffer {
@@ -215,16 +344,11 @@ impl Engine {
             estimated_wait,
         };
         self.stats[queue].observe_arrival(now);
-        for step in &self.policy.queues[queue].steps {
-            self.timers.push(std::cmp::Reverse((
-                now + step.after,
-                Timer::Step(seq, step.pool),
-            )));
-        }
-        self.waiting.enter(Waiter {
+        let waiter = Waiter {
             seq,
             contact_id: contact.contact_id.clone(),
             queue,
+            parked: queue,
             channel: contact.channel,
             language: contact.language.clone(),
             intent: facts.intent,
@@ -234,7 +358,10 @@ impl Engine {
             decision,
             exclude,
             offer: None,
-        });
+        };
+        let timers = timers_of(&self.policy, &waiter, now);
+        self.timers.extend(timers);
+        self.waiting.enter(waiter);
         Ok(offer)
     }
 
@@ -246,6 +373,32 @@ impl Engine {
                 .iter()
                 .map(|s| self.waiting.count(s.pool))
                 .sum::<u32>()
+    }
+
+    /// Where a contact that joined `queue` is parked.
+    fn parked(&self, queue: QueueIdx) -> Parked {
+        let q = &self.policy.queues[self.policy.root(queue)];
+        Parked {
+            queue_id: q.id.clone(),
+            transfer_address: q.transfer_address.clone(),
+        }
+    }
+
+    /// Adds a hop to a waiting contact's path: something that happened to
+    /// it in line, under the decision that queued it.
+    fn line_hop(&mut self, w: LineHop<'_>, kind: HopKind, now: Time) {
+        let root = self.policy.root(w.queue);
+        let hop = Hop {
+            decision: w.decision,
+            at: now,
+            kind,
+            rule_id: None,
+            queue_id: Some(self.policy.queues[root].id.clone()),
+            agent_id: w.agent,
+            from_queue_id: w.from.map(|f| self.policy.queues[f].id.clone()),
+            reservation: w.reservation,
+        };
+        self.push_hop(w.contact_id, hop, now);
     }
 
     /// A waiting contact's relaxation step is due: it moves to the wider
@@ -263,16 +416,21 @@ impl Engine {
         {
             return;
         }
+        let (contact_id, decision) = (w.contact_id.clone(), w.decision);
         self.waiting.move_to(seq, pool);
+        let step = self.policy.step_rank(pool) as u32;
+        let hop = LineHop::new(&contact_id, decision, pool);
+        self.line_hop(hop, HopKind::Stepped(step), now);
         self.dispatch_line(pool, channel, now);
     }
 
     /// Offers free agent `a` the best waiting contacts it can take, across
     /// every queue it serves, until it has no free capacity or none fits.
-    /// Reads the head of one line per (queue, channel): no scan of the
-    /// waiting contacts or the roster.
+    /// Only an agent some watcher covers is offered anything. Reads the
+    /// head of one line per (queue, channel): no scan of the waiting
+    /// contacts or the roster.
     pub(super) fn dispatch(&mut self, a: AgentIdx, now: Time) {
-        if self.waiting.is_empty() {
+        if self.waiting.is_empty() || !self.watchers.cover(self.roster.agent(a)) {
             return;
         }
         loop {
@@ -288,7 +446,7 @@ impl Engine {
                     if !(free.contains(c) && takes.contains(c)) {
                         continue;
                     }
-                    if let Some(key) = self.waiting.head_for(q, c, a)
+                    if let Some(key) = self.waiting.head_for(q, c, a, now)
                         && best.is_none_or(|(k, _, _)| key < k)
                     {
                         best = Some((key, q, c));
@@ -302,10 +460,11 @@ impl Engine {
 
     /// After a contact steps back into (`queue`, `channel`)'s line, offers
     /// free agents of that line the best contacts they may take. Free agents
-    /// exist here only if every contact in line excludes them, so the walk
-    /// is short; it stops as soon as the line is empty.
+    /// exist here only if every contact in line excludes them or nobody
+    /// watches them, so the walk is short; it stops as soon as the line is
+    /// empty.
     pub(super) fn dispatch_line(&mut self, queue: QueueIdx, channel: Channel, now: Time) {
-        if self.waiting.line_first(queue, channel).is_none() {
+        if self.watchers.is_empty() || self.waiting.line_first(queue, channel).is_none() {
             return;
         }
         for a in self.roster.free_in(queue, channel) {
@@ -321,8 +480,15 @@ impl Engine {
         let Some(w) = self.waiting.step_out(seq) else {
             return;
         };
-        let (queue, channel, contact_id, arrived) =
-            (w.queue, w.channel, w.contact_id.clone(), w.arrived);
+        let (queue, parked, channel, contact_id, arrived, decision) = (
+            w.queue,
+            w.parked,
+            w.channel,
+            w.contact_id.clone(),
+            w.arrived,
+            w.decision,
+        );
+        let reoffer = w.passed_by(a);
         let speaks = w.language.as_deref().is_none_or(|l| {
             self.roster
                 .language(l)
@@ -342,11 +508,21 @@ impl Engine {
         if let Some(w) = self.waiting.get_mut(seq) {
             w.offer = Some(offer.reservation);
         }
-        self.events.push(Event::Assigned {
+        let mut hop = LineHop::new(&contact_id, decision, queue);
+        hop.agent = Some(offer.agent_id.clone());
+        hop.reservation = Some(offer.reservation);
+        self.line_hop(hop, HopKind::Assigned, now);
+        let team = self.roster.agent(a).team.clone();
+        let parked = self.parked(parked);
+        self.events.push(Event::Assigned(Assignment {
             contact_id,
             offer,
+            team,
+            parked,
             waited: now - arrived,
-        });
+            reoffer,
+            resent: false,
+        }));
     }
 
     /// A waiting contact's offer was confirmed: it leaves the line answered.
@@ -358,6 +534,71 @@ impl Engine {
                 stats.answered_in_time += 1;
             }
         }
+    }
+
+    /// A waiting contact's offer lapsed or was released: it goes back to
+    /// its own place in line, and the agent may not have it again before
+    /// the cool-down, unless nobody could have seen the offer. A contact
+    /// past its wait limit leaves with a callback instead.
+    pub(super) fn offer_failed(&mut self, seq: u64, r: &Reservation, fate: Fate, now: Time) {
+        let passed = (!r.unseen).then(|| (r.agent, now + self.policy.reoffer_after));
+        let Some(w) = self.waiting.step_back(seq, passed) else {
+            return;
+        };
+        let (queue, parked, arrived, decision) = (w.queue, w.parked, w.arrived, w.decision);
+        let contact_id = w.contact_id.clone();
+        let mut hop = LineHop::new(&contact_id, decision, queue);
+        hop.agent = Some(self.roster.agent(r.agent).id.clone());
+        hop.reservation = Some(r.id);
+        let kind = if fate == Fate::Expired {
+            HopKind::OfferExpired
+        } else {
+            HopKind::OfferReleased
+        };
+        self.line_hop(hop, kind, now);
+        if let Some((a, until)) = passed {
+            self.timers
+                .push(std::cmp::Reverse((until, Timer::Reoffer(a))));
+        }
+        if now - arrived >= self.policy.queues[parked].max_wait_in_line {
+            self.call_back(seq, CallbackReason::WaitTooLong, now);
+            return;
+        }
+        // Its queue may have moved on (a relaxation step) while the offer
+        // was out: re-offer it from where it now waits.
+        self.dispatch_line(queue, r.channel, now);
+    }
+
+    /// A waiting contact's wait limit is due: if it is in line (no offer
+    /// out), it leaves with a callback. One with an offer out is checked
+    /// again if the offer fails.
+    pub(super) fn wait_limit(&mut self, seq: u64, now: Time) {
+        if self.waiting.get(seq).is_some_and(|w| w.offer.is_none()) {
+            self.call_back(seq, CallbackReason::WaitTooLong, now);
+        }
+    }
+
+    /// A contact in line leaves it for a callback ticket owned by the queue
+    /// it waits for, announced on the stream.
+    fn call_back(&mut self, seq: u64, reason: CallbackReason, now: Time) {
+        let Some(w) = self.waiting.leave(seq) else {
+            return;
+        };
+        let root = self.policy.root(w.queue);
+        self.stats[root].callbacks += 1;
+        let callback = CallbackOffer::new(&self.policy, root, reason, w.intent, w.urgency, now);
+        self.line_hop(
+            LineHop::new(&w.contact_id, w.decision, w.queue),
+            HopKind::CalledBack(reason),
+            now,
+        );
+        let parked = self.parked(w.parked);
+        self.events.push(Event::CallbackInstead {
+            contact_id: w.contact_id,
+            parked,
+            callback,
+            waited: now - w.arrived,
+        });
     }
 
     /// An offer to `a` timed out: after the policy's number in a row the
@@ -372,9 +613,9 @@ impl Engine {
         });
     }
 
-    /// Takes a contact out of any line (and any offer it has out): a new hop
-    /// for the same contact replaces its old place.
-    pub(super) fn withdraw(&mut self, contact_id: &str, now: Time) -> bool {
+    /// Takes a contact out of any line; an offer it has out is withdrawn
+    /// (announced on the stream) and its agent freed.
+    pub(super) fn withdraw(&mut self, contact_id: &str, why: Withdrawal, now: Time) -> bool {
         let Some((seq, offer)) = self.waiting.find(contact_id).map(|w| (w.seq, w.offer)) else {
             return false;
         };
@@ -383,74 +624,197 @@ impl Engine {
             && let Some(r) = self.free_slot(id, Fate::Released)
         {
             self.counters.released += 1;
+            self.withdrawn(&r, why);
             self.dispatch(r.agent, now);
         }
         true
+    }
+
+    /// Announces that reservation `r`, an offer on the stream, is void.
+    fn withdrawn(&mut self, r: &Reservation, reason: Withdrawal) {
+        let agent = self.roster.agent(r.agent);
+        self.events.push(Event::Withdrawn {
+            contact_id: r.contact_id.clone(),
+            agent_id: agent.id.clone(),
+            team: agent.team.clone(),
+            reservation: r.id,
+            reason,
+        });
     }
 
     /// The caller hung up while waiting: the contact leaves its line (and
     /// any offer out is withdrawn), counted as abandoned.
     pub fn cancel(&mut self, contact_id: &str, now: Time) -> Result<(), EngineError> {
         self.advance(now);
-        let queue = self
+        let (queue, decision) = self
             .waiting
             .find(contact_id)
-            .map(|w| w.queue)
+            .map(|w| (w.queue, w.decision))
             .ok_or_else(|| EngineError::NotWaiting(contact_id.to_owned()))?;
-        self.withdraw(contact_id, now);
+        self.withdraw(contact_id, Withdrawal::Cancelled, now);
         self.stats[self.policy.root(queue)].abandoned += 1;
+        self.line_hop(
+            LineHop::new(contact_id, decision, queue),
+            HopKind::Cancelled,
+            now,
+        );
         Ok(())
     }
 
-    /// Hands the waiting contacts of queues that have closed to the closed
-    /// action: urgent ones to the on-call queue if it is open, the rest to a
-    /// callback from the next opening. Checked at most once a second.
-    pub(super) fn close_lines(&mut self, now: Time) {
-        if self.waiting.is_empty()
-            || self
-                .last_close_check
-                .is_some_and(|last| now - last < CLOSE_CHECK_EVERY)
-        {
+    /// Sweeps the lines at most once a second. A closed queue hands its
+    /// waiting contacts to its closed action: urgent ones to the on-call
+    /// queue if it is open, the rest to a callback from the next opening.
+    /// A line nobody has been logged in to serve (in it or any wider pool
+    /// still ahead of it) for [`UNSTAFFED_GRACE`] hands its contacts to a
+    /// callback (`no_agents_staffed`). Contacts with an offer out keep it.
+    pub(super) fn sweep_lines(&mut self, now: Time) {
+        if self.waiting.is_empty() || self.last_sweep.is_some_and(|last| now - last < SWEEP_EVERY) {
             return;
         }
-        self.last_close_check = Some(now);
+        self.last_sweep = Some(now);
         for q in 0..self.policy.queues.len() {
-            if self.waiting.count(q) == 0 || self.policy.is_open(q, now) {
+            if self.waiting.count(q) == 0 {
+                self.stats[q].unstaffed_since = None;
                 continue;
             }
-            let on_call = self.policy.queues[q]
-                .after_hours_urgent_to
-                .filter(|oc| self.policy.is_open(*oc, now));
-            for seq in self.waiting.in_queue(q) {
-                let Some(w) = self.waiting.get(seq) else {
-                    continue;
-                };
-                match on_call {
-                    Some(oc) if w.urgency == Urgency::Urgent => {
-                        let channel = w.channel;
-                        self.waiting.move_to(seq, oc);
-                        self.dispatch_line(oc, channel, now);
+            if !self.policy.is_open(q, now) {
+                self.close_line(q, now);
+            } else if self.unservable(q) {
+                let since = *self.stats[q].unstaffed_since.get_or_insert(now);
+                if now - since >= UNSTAFFED_GRACE {
+                    for seq in self.waiting.in_queue(q) {
+                        self.call_back(seq, CallbackReason::NoAgentsStaffed, now);
                     }
-                    _ => {
-                        let Some(w) = self.waiting.leave(seq) else {
-                            continue;
-                        };
-                        let root = self.policy.root(q);
-                        self.stats[root].callbacks += 1;
-                        let callback = CallbackOffer::new(
-                            &self.policy,
-                            root,
-                            CallbackReason::Closed,
-                            w.intent,
-                            w.urgency,
-                            now,
-                        );
-                        self.events.push(Event::CallbackInstead {
-                            contact_id: w.contact_id,
-                            callback,
-                        });
-                    }
+                    self.stats[q].unstaffed_since = None;
                 }
+            } else {
+                self.stats[q].unstaffed_since = None;
+            }
+        }
+    }
+
+    /// Whether nobody eligible is logged in for `queue`'s line or any of
+    /// the wider pools its contacts have still to move to.
+    fn unservable(&self, queue: QueueIdx) -> bool {
+        let root = self.policy.root(queue);
+        self.roster.pool(queue).staffed == 0
+            && self.policy.queues[root]
+                .steps
+                .iter()
+                .skip(self.policy.step_rank(queue))
+                .all(|s| self.roster.pool(s.pool).staffed == 0)
+    }
+
+    /// Hands the contacts in closed `queue`'s line to its closed action.
+    fn close_line(&mut self, q: QueueIdx, now: Time) {
+        let on_call = self.policy.queues[q]
+            .after_hours_urgent_to
+            .filter(|oc| self.policy.is_open(*oc, now));
+        for seq in self.waiting.in_queue(q) {
+            let Some(w) = self.waiting.get(seq) else {
+                continue;
+            };
+            match on_call {
+                Some(oc)
+                    if w.urgency == Urgency::Urgent
+                        && self.policy.queues[oc].channels.contains(w.channel) =>
+                {
+                    let (channel, parked, arrived) = (w.channel, w.parked, w.arrived);
+                    let (contact_id, decision) = (w.contact_id.clone(), w.decision);
+                    self.waiting.move_to(seq, oc);
+                    let mut hop = LineHop::new(&contact_id, decision, oc);
+                    hop.from = Some(self.policy.root(q));
+                    self.line_hop(hop, HopKind::Moved, now);
+                    let parked = self.parked(parked);
+                    self.events.push(Event::Moved {
+                        contact_id,
+                        parked,
+                        to_queue_id: self.policy.queues[oc].id.clone(),
+                        waited: now - arrived,
+                    });
+                    self.dispatch_line(oc, channel, now);
+                }
+                _ => self.call_back(seq, CallbackReason::Closed, now),
+            }
+        }
+    }
+
+    /// Registers a watcher: agents it covers are offered waiting contacts
+    /// from now on. Returns its id and the offers still live for the agents
+    /// it covers (sent before it connected), oldest first. A queue the
+    /// filter names must exist.
+    pub fn watch(
+        &mut self,
+        filter: WatchFilter,
+        now: Time,
+    ) -> Result<(super::WatchId, Vec<Event>), EngineError> {
+        self.advance(now);
+        if let Some(q) = filter
+            .queues
+            .iter()
+            .find(|q| self.policy.queue_idx(q).is_none())
+        {
+            return Err(EngineError::UnknownQueue {
+                field: "queue_ids",
+                id: q.clone(),
+            });
+        }
+        let mut live: Vec<&Reservation> = self
+            .reservations
+            .values()
+            .filter(|r| r.waiter.is_some())
+            .filter(|r| {
+                let agent = self.roster.agent(r.agent);
+                filter.covers_agent(&agent.id, &agent.team)
+            })
+            .collect();
+        live.sort_unstable_by_key(|r| r.id);
+        let live: Vec<Event> = live
+            .into_iter()
+            .filter_map(|r| {
+                let w = self.waiting.get(r.waiter?)?;
+                let agent = self.roster.agent(r.agent);
+                let queue = &self.policy.queues[self.policy.root(w.queue)];
+                Some(Event::Assigned(Assignment {
+                    contact_id: r.contact_id.clone(),
+                    offer: AgentOffer {
+                        agent_id: agent.id.clone(),
+                        transfer_address: agent.transfer_address.clone(),
+                        queue_id: queue.id.clone(),
+                        reservation: r.id,
+                        expires_at: r.expires_at,
+                        interpreter_needed: r.interpreter_needed,
+                    },
+                    team: agent.team.clone(),
+                    parked: self.parked(w.parked),
+                    waited: now - w.arrived,
+                    reoffer: w.passed_by(r.agent),
+                    resent: true,
+                }))
+            })
+            .collect();
+        let id = self.watchers.add(filter.clone());
+        if !self.waiting.is_empty() {
+            for a in 0..self.roster.len() as AgentIdx {
+                let agent = self.roster.agent(a);
+                if filter.covers_agent(&agent.id, &agent.team) {
+                    self.dispatch(a, now);
+                }
+            }
+        }
+        Ok((id, live))
+    }
+
+    /// A watcher disconnected. Offers out to agents nobody covers any more
+    /// could not be seen: if one lapses it is not the agent's miss.
+    pub fn unwatch(&mut self, id: super::WatchId, now: Time) {
+        self.advance(now);
+        if self.watchers.remove(id).is_none() {
+            return;
+        }
+        for r in self.reservations.values_mut() {
+            if r.waiter.is_some() && !self.watchers.cover(self.roster.agent(r.agent)) {
+                r.unseen = true;
             }
         }
     }
@@ -471,15 +835,17 @@ impl Engine {
             let queue = map[w.queue].filter(|&q| new.queues[q].channels.contains(w.channel));
             let intent = new.intent_idx(&self.policy.intents[w.intent].id);
             if let (Some(q), Some(i)) = (queue, intent) {
+                w.parked = map[w.parked].map_or(new.root(q), |p| new.root(p));
                 w.queue = q;
                 w.intent = i;
                 self.waiting.enter(w);
                 continue;
             }
             if let Some(id) = w.offer
-                && self.free_slot(id, Fate::Released).is_some()
+                && let Some(r) = self.free_slot(id, Fate::Released)
             {
                 self.counters.released += 1;
+                self.withdrawn(&r, Withdrawal::PolicyChanged);
             }
             // The new policy's default queue owns the ticket when it knows
             // the intent; otherwise the terms it was promised under stand.
@@ -501,25 +867,80 @@ impl Engine {
                     )
                 }
             };
+            self.line_hop(
+                LineHop::new(&w.contact_id, w.decision, w.queue),
+                HopKind::CalledBack(CallbackReason::Policy),
+                now,
+            );
+            let parked = self.parked(w.parked);
             self.events.push(Event::CallbackInstead {
                 contact_id: w.contact_id,
+                parked,
                 callback,
+                waited: now - w.arrived,
             });
         }
         self.stats = stats;
     }
 
-    /// The relaxation-step timers of every waiting contact under `policy`:
-    /// one per step of its queue, due at arrival plus the step's wait (now,
-    /// if that has passed). Steps it has already taken do nothing.
-    pub(super) fn step_timers(&self, policy: &Policy, now: Time) -> Vec<(Time, Timer)> {
-        let mut timers = Vec::new();
-        for w in self.waiting.iter() {
-            for step in &policy.queues[policy.root(w.queue)].steps {
-                let due = (w.arrived + step.after).max(now);
-                timers.push((due, Timer::Step(w.seq, step.pool)));
-            }
+    /// The line timers of every waiting contact under `policy`: its
+    /// relaxation steps and its wait limit, counted from its arrival (due
+    /// now, if that has passed). Steps it has already taken do nothing.
+    pub(super) fn line_timers(&self, policy: &Policy, now: Time) -> Vec<(Time, Timer)> {
+        self.waiting
+            .iter()
+            .flat_map(|w| timers_of(policy, w, now))
+            .map(|std::cmp::Reverse(t)| t)
+            .collect()
+    }
+}
+
+/// A waiting contact's step and wait-limit timers under `policy`.
+fn timers_of(
+    policy: &Policy,
+    w: &Waiter,
+    now: Time,
+) -> impl Iterator<Item = std::cmp::Reverse<(Time, Timer)>> + use<> {
+    let root = &policy.queues[policy.root(w.queue)];
+    let steps: Vec<_> = root
+        .steps
+        .iter()
+        .map(|step| {
+            (
+                (w.arrived + step.after).max(now),
+                Timer::Step(w.seq, step.pool),
+            )
+        })
+        .collect();
+    let limit = (
+        (w.arrived + policy.queues[policy.root(w.parked)].max_wait_in_line).max(now),
+        Timer::WaitLimit(w.seq),
+    );
+    steps
+        .into_iter()
+        .chain(std::iter::once(limit))
+        .map(std::cmp::Reverse)
+}
+
+/// What a line hop is about.
+struct LineHop<'a> {
+    contact_id: &'a str,
+    decision: DecisionId,
+    queue: QueueIdx,
+    from: Option<QueueIdx>,
+    agent: Option<Text>,
+    reservation: Option<ReservationId>,
+}
+
+impl<'a> LineHop<'a> {
+    fn new(contact_id: &'a str, decision: DecisionId, queue: QueueIdx) -> LineHop<'a> {
+        LineHop {
+            contact_id,
+            decision,
+            queue,
+            from: None,
+            agent: None,
+            reservation: None,
         }
-        timers
     }
 }

@@ -27,7 +27,16 @@ pub(super) fn waiting_policy_text() -> String {
 }
 
 fn engine() -> Engine {
-    Engine::new(Arc::new(waiting_policy()), EngineConfig::default())
+    watched(Engine::new(
+        Arc::new(waiting_policy()),
+        EngineConfig::default(),
+    ))
+}
+
+/// `e` with a watcher of the whole floor connected, as a CTI would be.
+pub(super) fn watched(mut e: Engine) -> Engine {
+    e.watch(WatchFilter::default(), Time::UNIX_EPOCH).unwrap();
+    e
 }
 
 fn agent(e: &mut Engine, id: &str, skill: &str, at: Time) {
@@ -64,10 +73,8 @@ fn assigned(events: &[Event]) -> Vec<(String, String)> {
     events
         .iter()
         .filter_map(|e| match e {
-            Event::Assigned {
-                contact_id, offer, ..
-            } => Some((contact_id.clone(), offer.agent_id.to_string())),
-            Event::CallbackInstead { .. } => None,
+            Event::Assigned(a) => Some((a.contact_id.clone(), a.offer.agent_id.to_string())),
+            _ => None,
         })
         .collect()
 }
@@ -202,21 +209,43 @@ fn an_offer_not_confirmed_goes_to_the_next_agent_and_repeated_misses_pause_the_a
         assigned(&e.take_events()),
         [("w".to_string(), "b2".to_string())]
     );
-    // b2 lets the offer time out: w goes back to the head, b2 is not
-    // offered it again, and b1 (once free) gets it.
+    // b2 lets the offer time out: w goes back to the head, and b2 is not
+    // offered it again before the cool-down (`reoffer_after`, 30 s).
     let ttl = e.policy().reservation_ttl;
-    e.advance(t + Duration::seconds(1) + ttl);
+    let cool_down = e.policy().reoffer_after;
+    let lapsed = t + Duration::seconds(1) + ttl;
+    e.advance(lapsed);
     assert!(
         assigned(&e.take_events()).is_empty(),
         "b2 must not get w again"
     );
     assert_eq!(e.waiting.find("w").map(|w| w.offer), Some(None));
-    e.complete("b1", "c0", t + Duration::seconds(20)).unwrap();
-    e.advance(t + Duration::seconds(20) + Duration::seconds(45));
-    assert_eq!(
-        assigned(&e.take_events()),
-        [("w".to_string(), "b1".to_string())]
-    );
+    e.advance(lapsed + cool_down - Duration::milliseconds(1));
+    assert!(assigned(&e.take_events()).is_empty(), "cool-down not over");
+    // Then b2, the only free agent, is offered it again, and told so.
+    e.advance(lapsed + cool_down);
+    let events = e.take_events();
+    let Some(Event::Assigned(again)) = events.first() else {
+        panic!("no re-offer: {events:?}")
+    };
+    assert_eq!((&*again.offer.agent_id, again.reoffer), ("b2", true));
+    // b2 rejects it and steps away; b1 (once free) gets it.
+    e.release(again.offer.reservation, lapsed + cool_down)
+        .unwrap();
+    e.set_state("b2", AgentState::Away, lapsed + cool_down)
+        .unwrap();
+    e.complete("b1", "c0", t + Duration::seconds(50)).unwrap();
+    e.advance(t + Duration::seconds(50) + Duration::seconds(45));
+    let events = e.take_events();
+    assert_eq!(assigned(&events), [("w".to_string(), "b1".to_string())]);
+    let Some(Event::Assigned(first)) = events.first() else {
+        panic!()
+    };
+    assert!(!first.reoffer, "b1 never passed on w");
+    e.confirm(first.offer.reservation, t + Duration::seconds(96))
+        .unwrap();
+    e.set_state("b2", AgentState::Available, t + Duration::seconds(96))
+        .unwrap();
 
     // Three missed offers in a row: not responding.
     let limit = e.policy().missed_offers_to_pause;
@@ -357,7 +386,7 @@ fn a_closing_queue_hands_its_line_to_the_closed_action() {
     e.advance(t + Duration::minutes(1));
     let events = e.take_events();
     assert!(events.iter().any(
-        |ev| matches!(ev, Event::CallbackInstead { contact_id, callback }
+        |ev| matches!(ev, Event::CallbackInstead { contact_id, callback, .. }
         if contact_id == "routine" && callback.reason == CallbackReason::Closed)
     ));
     assert_eq!(
@@ -409,7 +438,7 @@ fn relaxation_moves_a_waiting_contact_to_wider_pools_over_time() {
         [("w1".to_string(), "trainee".to_string())]
     );
     // The offer names the queue the client knows, not the internal pool.
-    let Some(Event::Assigned { offer, .. }) = events.first() else {
+    let Some(Event::Assigned(Assignment { offer, .. })) = events.first() else {
         panic!()
     };
     assert_eq!(&*offer.queue_id, "billing");
@@ -437,10 +466,10 @@ fn relaxation_moves_a_waiting_contact_to_wider_pools_over_time() {
 /// to 1 at every reload).
 #[test]
 fn reload_keeps_the_line_and_later_arrivals_queue_behind_it() {
-    let mut e = Engine::new(
+    let mut e = watched(Engine::new(
         Arc::new(Policy::embedded().unwrap()),
         EngineConfig::default(),
-    );
+    ));
     let t = open();
     agent(&mut e, "s1", "scheduling", t);
     agent(&mut e, "s2", "scheduling", t);
@@ -516,10 +545,10 @@ fn reload_adds_steps_to_waiting_contacts_and_calls_back_a_removed_queue() {
         "steps = [{ after = \"60s\", skills = { billing = 1 } }, { after = \"120s\", overflow_to = \"frontline\" }]",
         "",
     );
-    let mut e = Engine::new(
+    let mut e = watched(Engine::new(
         Arc::new(crate::policy::parse("no-steps.toml", &text).unwrap()),
         EngineConfig::default(),
-    );
+    ));
     let t = open();
     agent(&mut e, "b1", "billing", t);
     busy(&mut e, "c0", "billing", t);
@@ -545,7 +574,7 @@ fn reload_adds_steps_to_waiting_contacts_and_calls_back_a_removed_queue() {
     let events = e.take_events();
     assert!(
         events.iter().any(
-            |ev| matches!(ev, Event::CallbackInstead { contact_id, callback }
+            |ev| matches!(ev, Event::CallbackInstead { contact_id, callback, .. }
             if contact_id == "w2" && callback.reason == CallbackReason::Policy)
         ),
         "{events:?}"

@@ -19,10 +19,10 @@ fn closed() -> Time {
 }
 
 fn engine() -> Engine {
-    Engine::new(
+    super::queueing_tests::watched(Engine::new(
         Arc::new(Policy::embedded().unwrap()),
         EngineConfig::default(),
-    )
+    ))
 }
 
 fn billing_agent(id: &str, languages: &[&str], voice: u8, chat: u8) -> AgentSpec {
@@ -513,7 +513,7 @@ fn path_records_every_hop() {
     let path = e.path("c1").unwrap();
     assert_eq!(path.len(), 2);
     assert_eq!(path[0].decision, d1.id);
-    assert_eq!(path[0].outcome, "agent");
+    assert_eq!(path[0].kind, HopKind::Decided("agent"));
     assert_eq!(path[0].queue_id.as_deref(), Some("billing"));
     assert_eq!(path[1].decision, d2.id);
     assert_eq!(path[1].from_queue_id.as_deref(), Some("billing"));
@@ -564,20 +564,42 @@ fn check_invariants(e: &Engine, now: Time) {
             assert_eq!(w.offer, Some(*id), "offer and waiter disagree");
         }
     }
+    // The oracle, by brute force over every agent: nobody waits in line
+    // while an agent a watcher covers, eligible for the line and free on
+    // its channel, may be offered it (its cool-down over).
     for q in 0..e.policy.queues.len() {
         for seq in e.waiting.in_queue(q) {
             let w = e.waiting.get(seq).unwrap();
             assert_eq!(w.offer, None, "a contact in line has an offer out");
-            let free = e.roster.pick(q, w.channel, None, &w.exclude);
+            let free = e.roster.agents().iter().enumerate().find(|(a, agent)| {
+                !agent.removed
+                    && agent.queues.contains(&q)
+                    && agent.free_channels().contains(w.channel)
+                    && e.watchers.cover(agent)
+                    && !w.excludes(*a as AgentIdx, now)
+            });
             assert!(
                 free.is_none(),
-                "{} waits in {} on {} while agent {:?} is free for it (excluded {:?}, agent {:?})",
+                "{} waits in {} on {} while agent {:?} is free for it (excluded {:?})",
                 w.contact_id,
                 e.policy.queues[q].id,
                 w.channel,
                 free,
                 w.exclude,
-                free.map(|p| e.roster.agent(p.agent)),
+            );
+        }
+    }
+    // Nobody waits past the wait limit of the queue it joined, unless an
+    // offer of it is out (checked again when the offer ends).
+    for w in e.waiting.iter() {
+        if w.offer.is_none() {
+            let limit = e.policy.queues[e.policy.root(w.parked)].max_wait_in_line;
+            assert!(
+                now - w.arrived < limit,
+                "{} waited {:?}, past its limit {:?}",
+                w.contact_id,
+                now - w.arrived,
+                limit
             );
         }
     }
@@ -664,6 +686,8 @@ enum Op {
     Cancel(u8),
     Reload(u8),
     Remove(u8),
+    Watch(u8),
+    Unwatch(u8),
 }
 
 /// Policies a running engine is switched between: the example policy, and
@@ -712,6 +736,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(Op::Cancel),
         1 => any::<u8>().prop_map(Op::Reload),
         1 => (0u8..4).prop_map(Op::Remove),
+        1 => (0u8..4).prop_map(Op::Watch),
+        1 => any::<u8>().prop_map(Op::Unwatch),
     ]
 }
 
@@ -728,6 +754,8 @@ fn run(mut e: Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
             now,
         );
     }
+    // The engine starts watched (see `engine`); more come and go.
+    let mut watchers: Vec<WatchId> = Vec::new();
     let mut offered: Vec<ReservationId> = Vec::new();
     let mut active: Vec<(String, String)> = Vec::new();
     let mut waiting: std::collections::HashSet<String> = Default::default();
@@ -829,23 +857,82 @@ fn run(mut e: Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let policies = reload_policies();
                 e.replace_policy(Arc::clone(&policies[usize::from(k) % policies.len()]), now);
             }
+            Op::Watch(k) => {
+                // The whole floor, one agent, the team, or the billing queue
+                // only (which covers no agent).
+                let filter = match k {
+                    0 => WatchFilter::default(),
+                    1 => WatchFilter {
+                        agents: vec!["b1".into()],
+                        ..WatchFilter::default()
+                    },
+                    2 => WatchFilter {
+                        teams: vec!["Billing".into()],
+                        ..WatchFilter::default()
+                    },
+                    _ => WatchFilter {
+                        queues: vec!["billing".into()],
+                        ..WatchFilter::default()
+                    },
+                };
+                let billing_gone = e.policy.queue_idx("billing").is_none();
+                let (id, live) = match e.watch(filter, now) {
+                    Ok(watched) => watched,
+                    Err(EngineError::UnknownQueue { .. }) if k >= 3 && billing_gone => continue,
+                    Err(other) => {
+                        prop_assert!(false, "watch refused: {:?}", other);
+                        continue;
+                    }
+                };
+                for event in &live {
+                    let Event::Assigned(a) = event else {
+                        prop_assert!(false, "a snapshot holds only offers");
+                        continue;
+                    };
+                    prop_assert!(a.resent);
+                    prop_assert!(
+                        e.reservations.contains_key(&a.offer.reservation),
+                        "resent an offer not live"
+                    );
+                }
+                watchers.push(id);
+            }
+            Op::Unwatch(k) if !watchers.is_empty() => {
+                let id = watchers.remove(usize::from(k) % watchers.len());
+                e.unwatch(id, now);
+            }
             _ => {}
         }
         for event in e.take_events() {
             match event {
-                Event::Assigned {
-                    offer, contact_id, ..
-                } => {
+                Event::Assigned(a) => {
                     prop_assert!(
-                        waiting.contains(&contact_id),
+                        waiting.contains(&a.contact_id),
                         "assigned a contact not waiting: {}",
-                        contact_id
+                        a.contact_id
                     );
-                    assignments.insert(offer.reservation);
-                    offered.push(offer.reservation);
+                    prop_assert!(!a.resent);
+                    assignments.insert(a.offer.reservation);
+                    offered.push(a.offer.reservation);
                 }
                 Event::CallbackInstead { contact_id, .. } => {
-                    waiting.remove(&contact_id);
+                    prop_assert!(
+                        waiting.remove(&contact_id),
+                        "called back a contact not waiting"
+                    );
+                }
+                Event::Withdrawn { reservation, .. } => {
+                    prop_assert!(
+                        assignments.contains(&reservation),
+                        "withdrew an offer never made"
+                    );
+                    prop_assert!(
+                        !e.reservations.contains_key(&reservation),
+                        "a withdrawn offer is live"
+                    );
+                }
+                Event::Moved { contact_id, .. } => {
+                    prop_assert!(waiting.contains(&contact_id), "moved a contact not waiting");
                 }
             }
         }
@@ -883,6 +970,6 @@ proptest! {
     #[test]
     fn no_interleaving_loses_or_double_assigns_a_waiting_contact(ops in proptest::collection::vec(op(), 1..160)) {
         let policy = Arc::new(super::queueing_tests::waiting_policy());
-        run(Engine::new(policy, EngineConfig::default()), ops)?;
+        run(super::queueing_tests::watched(Engine::new(policy, EngineConfig::default())), ops)?;
     }
 }

@@ -10,7 +10,8 @@ use std::collections::BTreeSet;
 
 use super::roster::AgentIdx;
 use super::{DecisionId, ReservationId};
-use crate::model::{Channel, FastMap, Time, Urgency};
+use crate::model::Time;
+use crate::model::{Channel, FastMap, Urgency};
 use crate::policy::{IntentIdx, QueueIdx};
 
 /// Order in a line: the fixed sort value, then arrival sequence.
@@ -25,8 +26,11 @@ pub struct Waiter {
     pub seq: u64,
     /// Opaque contact reference.
     pub contact_id: String,
-    /// The queue it waits in.
+    /// The queue it waits in (a wider pool or an on-call queue, as it
+    /// moves).
     pub queue: QueueIdx,
+    /// The queue it joined, whose transfer address the call is parked at.
+    pub parked: QueueIdx,
     /// The channel it came on.
     pub channel: Channel,
     /// Language tag, if the contact gave one.
@@ -41,11 +45,29 @@ pub struct Waiter {
     pub key: WaitKey,
     /// The decision that queued it.
     pub decision: DecisionId,
-    /// Agents never offered this contact again (the transferring agent, and
-    /// agents who let its offer time out or rejected it).
-    pub exclude: Vec<AgentIdx>,
+    /// Agents not offered this contact before a time: the transferring
+    /// agent never ([`NEVER`]); an agent who let its offer time out or
+    /// rejected it, not before the policy's cool-down has passed.
+    pub exclude: Vec<(AgentIdx, Time)>,
     /// The live offer of this contact, when one is out.
     pub offer: Option<ReservationId>,
+}
+
+/// The end of an exclusion that never ends.
+pub const NEVER: Time = Time::MAX_UTC;
+
+impl Waiter {
+    /// Whether `agent` may not be offered this contact at `now`.
+    pub fn excludes(&self, agent: AgentIdx, now: Time) -> bool {
+        self.exclude
+            .iter()
+            .any(|&(a, until)| a == agent && until > now)
+    }
+
+    /// Whether `agent` passed on this contact before.
+    pub fn passed_by(&self, agent: AgentIdx) -> bool {
+        self.exclude.iter().any(|&(a, _)| a == agent)
+    }
 }
 
 /// Every line, every waiting contact.
@@ -163,7 +185,7 @@ impl WaitingRoom {
     /// reused by the next agent added).
     pub fn forget_agent(&mut self, agent: AgentIdx) {
         for w in self.waiters.values_mut() {
-            w.exclude.retain(|&a| a != agent);
+            w.exclude.retain(|&(a, _)| a != agent);
         }
     }
 
@@ -182,12 +204,16 @@ impl WaitingRoom {
     }
 
     /// Puts a contact whose offer failed back at its own place (the head, if
-    /// it waited longest), never to be offered to `missed_by` again.
-    pub fn step_back(&mut self, seq: u64, missed_by: Option<AgentIdx>) -> Option<&Waiter> {
+    /// it waited longest), not to be offered to `missed_by` again before
+    /// the time given with it.
+    pub fn step_back(&mut self, seq: u64, missed_by: Option<(AgentIdx, Time)>) -> Option<&Waiter> {
         let w = self.waiters.get_mut(&seq)?;
         w.offer = None;
-        if let Some(a) = missed_by {
-            w.exclude.push(a);
+        if let Some((a, until)) = missed_by {
+            match w.exclude.iter_mut().find(|(x, _)| *x == a) {
+                Some(e) => e.1 = e.1.max(until),
+                None => w.exclude.push((a, until)),
+            }
         }
         if self.lines[w.queue][w.channel.index()].insert(w.key) {
             self.counts[w.queue] += 1;
@@ -215,14 +241,20 @@ impl WaitingRoom {
         self.waiters.get(&seq)
     }
 
-    /// The first contact of a line that `agent` may be offered.
-    pub fn head_for(&self, queue: QueueIdx, channel: Channel, agent: AgentIdx) -> Option<WaitKey> {
+    /// The first contact of a line that `agent` may be offered at `now`.
+    pub fn head_for(
+        &self,
+        queue: QueueIdx,
+        channel: Channel,
+        agent: AgentIdx,
+        now: Time,
+    ) -> Option<WaitKey> {
         self.lines[queue][channel.index()]
             .iter()
             .find(|k| {
                 self.waiters
                     .get(&k.1)
-                    .is_some_and(|w| !w.exclude.contains(&agent))
+                    .is_some_and(|w| !w.excludes(agent, now))
             })
             .copied()
     }

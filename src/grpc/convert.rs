@@ -10,7 +10,8 @@ use tonic::Status;
 
 use super::pb;
 use crate::engine::{
-    AgentOffer, AgentSpec, CallbackOffer, Decision, Event, Hop, Outcome, QueueView, ReservationId,
+    AgentOffer, AgentSpec, CallbackOffer, Decision, Event, Hop, HopKind, Outcome, Parked,
+    QueueView, ReservationId, WatchFilter, Withdrawal,
 };
 use crate::model::{
     AgentState, CallbackReason, Channel, Contact, Identity, Reason, Time, TransferFrom, Urgency,
@@ -242,6 +243,31 @@ impl TryFrom<pb::UpsertAgentRequest> for AgentSpec {
     }
 }
 
+/// Most ids in each list of a watch filter.
+pub const MAX_WATCH_LIST: usize = 10_000;
+
+impl TryFrom<pb::WatchAssignmentsRequest> for WatchFilter {
+    type Error = Status;
+
+    fn try_from(r: pb::WatchAssignmentsRequest) -> Result<WatchFilter, Status> {
+        let list = |name: &str, values: Vec<String>, max: usize, charset: Charset| {
+            if values.len() > MAX_WATCH_LIST {
+                return Err(invalid(name, format!("more than {MAX_WATCH_LIST} entries")));
+            }
+            values
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| required(&format!("{name}[{i}]"), v, max, charset))
+                .collect::<Result<Vec<_>, Status>>()
+        };
+        Ok(WatchFilter {
+            agents: list("agent_ids", r.agent_ids, MAX_ID_LEN, ID)?,
+            teams: list("teams", r.teams, MAX_TEXT_LEN, TEXT)?,
+            queues: list("queue_ids", r.queue_ids, MAX_ID_LEN, ID)?,
+        })
+    }
+}
+
 /// Validates an agent id field.
 pub fn agent_id(field: &str, value: String) -> Result<String, Status> {
     required(field, value, MAX_ID_LEN, ID)
@@ -388,27 +414,80 @@ impl From<&CallbackOffer> for pb::CallbackTicket {
     }
 }
 
-impl From<Event> for pb::AssignmentEvent {
-    fn from(e: Event) -> pb::AssignmentEvent {
+impl From<&Event> for pb::AssignmentEvent {
+    fn from(e: &Event) -> pb::AssignmentEvent {
         use pb::assignment_event::Event as E;
-        match e {
-            Event::Assigned {
-                contact_id,
-                offer,
-                waited,
-            } => pb::AssignmentEvent {
-                contact_id,
-                event: Some(E::Agent(pb::AgentTarget::from(&offer))),
-                waited: Some(duration(waited)),
-            },
+        let parked = |p: &Parked| (p.queue_id.to_string(), p.transfer_address.to_string());
+        let (event, waited, (parked_queue_id, parked_transfer_address), reoffer, resent) = match e {
+            Event::Assigned(a) => (
+                E::Agent(pb::AgentTarget::from(&a.offer)),
+                Some(a.waited),
+                parked(&a.parked),
+                a.reoffer,
+                a.resent,
+            ),
             Event::CallbackInstead {
-                contact_id,
+                parked: p,
                 callback,
-            } => pb::AssignmentEvent {
-                contact_id,
-                event: Some(E::Callback(pb::CallbackTicket::from(&callback))),
-                waited: None,
-            },
+                waited,
+                ..
+            } => (
+                E::Callback(pb::CallbackTicket::from(callback)),
+                Some(*waited),
+                parked(p),
+                false,
+                false,
+            ),
+            Event::Withdrawn {
+                agent_id,
+                reservation,
+                reason,
+                ..
+            } => (
+                E::Withdrawn(pb::OfferWithdrawn {
+                    agent_id: agent_id.to_string(),
+                    reservation_id: reservation.to_string(),
+                    reason: pb::WithdrawReason::from(*reason).into(),
+                }),
+                None,
+                (String::new(), String::new()),
+                false,
+                false,
+            ),
+            Event::Moved {
+                parked: p,
+                to_queue_id,
+                waited,
+                ..
+            } => (
+                E::Moved(pb::QueueMove {
+                    from_queue_id: p.queue_id.to_string(),
+                    to_queue_id: to_queue_id.to_string(),
+                }),
+                Some(*waited),
+                parked(p),
+                false,
+                false,
+            ),
+        };
+        pb::AssignmentEvent {
+            contact_id: e.contact_id().to_owned(),
+            event: Some(event),
+            waited: waited.map(duration),
+            parked_queue_id,
+            parked_transfer_address,
+            reoffer,
+            resent,
+        }
+    }
+}
+
+impl From<Withdrawal> for pb::WithdrawReason {
+    fn from(w: Withdrawal) -> pb::WithdrawReason {
+        match w {
+            Withdrawal::Cancelled => pb::WithdrawReason::Cancelled,
+            Withdrawal::Rerouted => pb::WithdrawReason::Rerouted,
+            Withdrawal::PolicyChanged => pb::WithdrawReason::PolicyChanged,
         }
     }
 }
@@ -481,7 +560,23 @@ impl From<QueueView> for pb::QueueView {
             abandonment_rate: q.stats.abandonment(),
             callbacks_issued: q.stats.callbacks,
             answered: q.stats.answered,
+            handle_time: Some(duration(q.handle_time)),
+            handle_times_observed: q.stats.handle_times_observed,
         }
+    }
+}
+
+/// The `outcome` a hop shows.
+fn hop_outcome(kind: HopKind) -> &'static str {
+    match kind {
+        HopKind::Decided(outcome) => outcome,
+        HopKind::Assigned => "assigned",
+        HopKind::OfferExpired => "offer_expired",
+        HopKind::OfferReleased => "offer_released",
+        HopKind::Stepped(_) => "step",
+        HopKind::Moved => "moved",
+        HopKind::Cancelled => "cancelled",
+        HopKind::CalledBack(_) => "callback",
     }
 }
 
@@ -491,10 +586,19 @@ impl From<&Hop> for pb::ContactHop {
             decision_id: h.decision.to_string(),
             at: Some(timestamp(h.at)),
             rule_id: h.rule_id.as_deref().unwrap_or_default().to_owned(),
-            outcome: h.outcome.to_owned(),
+            outcome: hop_outcome(h.kind).to_owned(),
             queue_id: h.queue_id.as_deref().unwrap_or_default().to_owned(),
             agent_id: h.agent_id.as_deref().unwrap_or_default().to_owned(),
-            from_queue_id: h.from_queue_id.clone().unwrap_or_default(),
+            from_queue_id: h.from_queue_id.as_deref().unwrap_or_default().to_owned(),
+            reservation_id: h.reservation.map(|r| r.to_string()).unwrap_or_default(),
+            step: match h.kind {
+                HopKind::Stepped(n) => n,
+                _ => 0,
+            },
+            callback_reason: match h.kind {
+                HopKind::CalledBack(r) => pb::CallbackReason::from(r).into(),
+                _ => pb::CallbackReason::Unspecified.into(),
+            },
         }
     }
 }

@@ -7,17 +7,14 @@ use std::{sync::Arc, time::Instant};
 
 use std::pin::Pin;
 
-use tokio::sync::{broadcast, watch};
-use tokio_stream::{
-    Stream, StreamExt,
-    wrappers::{BroadcastStream, WatchStream, errors::BroadcastStreamRecvError},
-};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, pb};
 use crate::clock::Clock;
-use crate::engine::{AgentSpec, Engine, EngineError};
-use crate::model::Contact;
+use crate::engine::{AgentSpec, Engine, EngineError, Event, WatchFilter, WatchId};
+use crate::model::{Contact, Time};
 use crate::shared::SharedEngine;
 use crate::telemetry::DecisionMetrics;
 
@@ -27,14 +24,22 @@ pub struct Routing {
     engine: Arc<SharedEngine>,
     clock: Arc<dyn Clock>,
     metrics: Arc<DecisionMetrics>,
-    events: broadcast::Sender<pb::AssignmentEvent>,
+    events: broadcast::Sender<Published>,
+    /// When the engine next has something due; housekeeping wakes then.
+    next_due: Arc<watch::Sender<Option<Time>>>,
     /// Turns true when the server drains: open assignment streams end, so
     /// a watching CTI never holds the shutdown up.
     stopping: watch::Receiver<bool>,
 }
 
+/// An event as watchers get it: the domain event their filters read, and
+/// its wire form, converted once for all of them.
+type Published = Arc<(Event, pb::AssignmentEvent)>;
+
 /// Assignment events buffered per watcher before it counts as lagging.
 const EVENT_BUFFER: usize = 4096;
+/// Events queued for one watcher's connection.
+const WATCHER_QUEUE: usize = 64;
 
 impl Routing {
     /// A service over `engine`, reading time from `clock`.
@@ -48,25 +53,43 @@ impl Routing {
             clock,
             metrics: Arc::new(DecisionMetrics::new()),
             events: broadcast::channel(EVENT_BUFFER).0,
+            next_due: Arc::new(watch::channel(None).0),
             stopping,
         }
     }
 
     /// Runs `f` on the engine under its lock, then publishes the events it
-    /// decided (assignments, callbacks) to watchers, outside the lock.
-    /// `UNAVAILABLE` once a panic has halted the engine.
+    /// decided (assignments, callbacks) to watchers and when the engine is
+    /// next due, still under the lock: watchers see events in the order the
+    /// engine decided them, and one that subscribes under the lock misses
+    /// none and sees none twice. `UNAVAILABLE` once a panic has halted the
+    /// engine.
     pub fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> Result<R, Status> {
-        let (result, events) = {
-            let mut engine = self.engine.lock()?;
-            let result = f(&mut engine);
-            (result, engine.take_events())
-        };
-        for e in events {
-            // No watcher is fine: the reservation lapses and the contact
-            // goes back in line.
-            let _ = self.events.send(pb::AssignmentEvent::from(e));
+        let mut engine = self.engine.lock()?;
+        let result = f(&mut engine);
+        for e in engine.take_events() {
+            let wire = pb::AssignmentEvent::from(&e);
+            // With no watcher connected nothing was offered; a callback
+            // with nobody watching is also recorded in the contact's path.
+            let _ = self.events.send(Arc::new((e, wire)));
         }
+        let due = engine.next_due();
+        self.next_due.send_if_modified(|d| {
+            let changed = *d != due;
+            *d = due;
+            changed
+        });
         Ok(result)
+    }
+
+    /// When the engine is next due, updated after every call.
+    pub fn next_due(&self) -> watch::Receiver<Option<Time>> {
+        self.next_due.subscribe()
+    }
+
+    /// The time now, by the service's clock.
+    pub fn now(&self) -> Time {
+        self.clock.now()
     }
 
     /// [`Routing::with_engine`] for an engine operation that may be refused.
@@ -94,6 +117,22 @@ impl Routing {
         Ok(pb::SetAgentStateResponse {
             previous: pb::AgentState::from(previous).into(),
         })
+    }
+}
+
+/// A connected watcher; dropping it unregisters the watcher, so offers to
+/// the agents it covered are no longer made, and those out are not counted
+/// as the agents' misses if they lapse.
+struct Watching {
+    routing: Routing,
+    id: WatchId,
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let now = self.routing.clock.now();
+        // A halted engine has nobody left to tell.
+        let _ = self.routing.with_engine(|e| e.unwatch(self.id, now));
     }
 }
 
@@ -267,36 +306,62 @@ impl pb::routing_service_server::RoutingService for Routing {
 
     async fn watch_assignments(
         &self,
-        _request: Request<pb::WatchAssignmentsRequest>,
+        request: Request<pb::WatchAssignmentsRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
-        enum Item {
-            Event(pb::AssignmentEvent),
-            Stop,
-        }
-        let events = BroadcastStream::new(self.events.subscribe()).filter_map(|e| match e {
-            Ok(event) => Some(Item::Event(event)),
-            // A watcher too slow to keep up misses events; their
-            // reservations lapse after the TTL and the contacts go back in
-            // line, so routing never waits for a watcher.
-            Err(BroadcastStreamRecvError::Lagged(n)) => {
-                tracing::warn!(
-                    missed = n,
-                    "assignment watcher lagging; missed events will re-offer after their TTL"
-                );
-                None
+        let filter = WatchFilter::try_from(request.into_inner())?;
+        let now = self.clock.now();
+        // Subscribed under the engine lock: the offers the new watcher makes
+        // possible, and every event after them, reach it exactly once.
+        let (mut events, watched) = self.with_engine(|e| {
+            let events = self.events.subscribe();
+            (events, e.watch(filter.clone(), now))
+        })?;
+        let (id, live) = watched.map_err(Status::from)?;
+        let watching = Watching {
+            routing: self.clone(),
+            id,
+        };
+        let mut stopping = self.stopping.clone();
+        let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
+        tokio::spawn(async move {
+            // Unwatched when this task ends: the client went away, the
+            // server stops, or the watcher fell behind.
+            let _watching = watching;
+            for e in &live {
+                if tx.send(Ok(pb::AssignmentEvent::from(e))).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let published = tokio::select! {
+                    _ = stopping.wait_for(|s| *s) => return,
+                    _ = tx.closed() => return,
+                    published = events.recv() => published,
+                };
+                match published {
+                    Ok(p) if p.0.passes(&filter) => {
+                        if tx.send(Ok(p.1.clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        // Routing never waits for a watcher. One that fell
+                        // behind is told to reconnect, and gets the live
+                        // offers again on connect.
+                        tracing::warn!(missed, "assignment watcher fell behind; ending its stream");
+                        let _ = tx
+                            .send(Err(Status::aborted(format!(
+                                "this watcher fell {missed} events behind; reconnect: offers still live are sent again on connect"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
             }
         });
-        let stop = WatchStream::new(self.stopping.clone())
-            .filter(|stopping| *stopping)
-            .map(|_| Item::Stop);
-        let events = events
-            .merge(stop)
-            .take_while(|item| matches!(item, Item::Event(_)))
-            .filter_map(|item| match item {
-                Item::Event(e) => Some(Ok(e)),
-                Item::Stop => None,
-            });
-        Ok(Response::new(Box::pin(events)))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn get_contact_path(

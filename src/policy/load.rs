@@ -65,6 +65,8 @@ struct RawPolicy {
     #[serde(default)]
     missed_offers_to_pause: Option<Spanned<i64>>,
     #[serde(default)]
+    reoffer_after: Option<Spanned<String>>,
+    #[serde(default)]
     intake_fields: Vec<String>,
     emergency: RawEmergency,
     authenticate: RawAuthenticate,
@@ -134,6 +136,8 @@ struct RawQueue {
     steps: Vec<RawStep>,
     #[serde(default)]
     max_wait: Option<Spanned<String>>,
+    #[serde(default)]
+    max_wait_in_line: Option<Spanned<String>>,
     #[serde(default)]
     service_level: Option<Spanned<String>>,
     #[serde(default)]
@@ -517,6 +521,12 @@ impl Cx<'_> {
                     "must not be empty",
                 ));
             }
+            let max_wait = self.duration_or(
+                &q.max_wait,
+                &format!("{field}.max_wait"),
+                24 * 3600,
+                Duration::minutes(10),
+            )?;
             queues.push(Queue {
                 id: text(q.id.get_ref()),
                 level: self.level(&q.level, &format!("{field}.level"))?,
@@ -551,11 +561,12 @@ impl Cx<'_> {
                     },
                     None => 0,
                 },
-                max_wait: self.duration_or(
-                    &q.max_wait,
-                    &format!("{field}.max_wait"),
+                max_wait,
+                max_wait_in_line: self.duration_or(
+                    &q.max_wait_in_line,
+                    &format!("{field}.max_wait_in_line"),
                     24 * 3600,
-                    Duration::minutes(10),
+                    max_wait,
                 )?,
                 service_level: self.duration_or(
                     &q.service_level,
@@ -690,6 +701,20 @@ impl Cx<'_> {
                     Duration::seconds(60),
                 )?
                 .max(Duration::seconds(1)),
+            reoffer_after: match &raw.reoffer_after {
+                Some(v) => {
+                    let d = self.duration(v, "reoffer_after", 3600)?;
+                    if d < Duration::seconds(1) {
+                        return Err(self.bad(
+                            v,
+                            "reoffer_after",
+                            "must be at least 1s: an agent who passed would be offered the contact again at once",
+                        ));
+                    }
+                    d
+                }
+                None => Duration::seconds(30),
+            },
             missed_offers_to_pause: match &raw.missed_offers_to_pause {
                 Some(v) => match *v.get_ref() {
                     n @ 1..=100 => n as u32,

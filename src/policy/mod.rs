@@ -54,6 +54,9 @@ pub struct Policy {
     pub priority_aging: Duration,
     /// Offers an agent may let time out in a row before being set not-responding.
     pub missed_offers_to_pause: u32,
+    /// A waiting contact every eligible agent passed on (rejected or let
+    /// lapse) may be offered again to one who passed after this long.
+    pub reoffer_after: Duration,
     /// The emergency answer.
     pub emergency: Emergency,
     /// The "authenticate first" answers.
@@ -145,6 +148,9 @@ pub struct Queue {
     pub max_waiting: u32,
     /// Longest estimated wait offered; beyond it, a callback.
     pub max_wait: Duration,
+    /// Longest actual wait in line: a contact still waiting then leaves
+    /// the line with a callback (`wait_too_long`). Defaults to `max_wait`.
+    pub max_wait_in_line: Duration,
     /// Answered within this counts toward the service level.
     pub service_level: Duration,
     /// Handle time assumed until the service has observed some.
