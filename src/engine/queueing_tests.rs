@@ -393,6 +393,41 @@ fn a_closing_queue_hands_its_line_to_the_closed_action() {
         assigned(&events),
         [("urgent".to_string(), "n2".to_string())]
     );
+    // The move is announced, and the offer carries both queues: the
+    // on-call queue offering it, and the queue where the call is parked.
+    assert!(events.iter().any(|ev| matches!(ev, Event::Moved { contact_id, parked, to_queue_id, .. }
+        if contact_id == "urgent" && &*parked.queue_id == "scheduling" && &**to_queue_id == "nurse_oncall")), "{events:?}");
+    let Some(Event::Assigned(a)) = events.iter().find(|ev| matches!(ev, Event::Assigned(_))) else {
+        panic!()
+    };
+    assert_eq!(&*a.offer.queue_id, "nurse_oncall");
+    assert_eq!(&*a.parked.queue_id, "scheduling");
+    assert_eq!(
+        &*a.parked.transfer_address,
+        "sip:scheduling@pbx.careroute.example"
+    );
+    // Every hop is in the path: queued, moved, assigned; and the routine
+    // contact's callback.
+    let kinds: Vec<HopKind> = e.path("urgent").unwrap().iter().map(|h| h.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            HopKind::Decided("queued"),
+            HopKind::Moved,
+            HopKind::Assigned
+        ]
+    );
+    let moved = &e.path("urgent").unwrap()[1];
+    assert_eq!(moved.from_queue_id.as_deref(), Some("scheduling"));
+    assert_eq!(moved.queue_id.as_deref(), Some("nurse_oncall"));
+    let kinds: Vec<HopKind> = e.path("routine").unwrap().iter().map(|h| h.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            HopKind::Decided("queued"),
+            HopKind::CalledBack(CallbackReason::Closed)
+        ]
+    );
 }
 
 #[test]
@@ -582,4 +617,333 @@ fn reload_adds_steps_to_waiting_contacts_and_calls_back_a_removed_queue() {
     assert!(e.waiting.find("w2").is_none());
     // w1's offer, made under the old queue, is withdrawn with it.
     assert!(e.waiting.find("w1").is_none());
+}
+
+/// Agents nobody watches are offered nothing from the line; a watcher that
+/// connects makes the offers, and only its agents' events pass its filter.
+#[test]
+fn waiting_contacts_are_offered_only_to_watched_agents() {
+    let mut e = Engine::new(Arc::new(waiting_policy()), EngineConfig::default());
+    let t = open();
+    agent(&mut e, "b1", "billing", t);
+    agent(&mut e, "b2", "billing", t);
+    busy(&mut e, "c1", "billing", t);
+    busy(&mut e, "c2", "billing", t);
+    queued(
+        &e.route(&call("w1", "billing", Urgency::Routine), t)
+            .unwrap(),
+    );
+    queued(
+        &e.route(&call("w2", "billing", Urgency::Routine), t)
+            .unwrap(),
+    );
+    e.complete("b1", "c1", t).unwrap();
+    e.complete("b2", "c2", t).unwrap();
+    e.advance(t + Duration::minutes(1));
+    assert!(assigned(&e.take_events()).is_empty(), "nobody watches");
+    // A CTI covering b2 only: b2 is offered the head of the line at once.
+    let t2 = t + Duration::minutes(1);
+    let only_b2 = WatchFilter {
+        agents: vec!["b2".into()],
+        ..WatchFilter::default()
+    };
+    let (id, live) = e.watch(only_b2.clone(), t2).unwrap();
+    assert!(live.is_empty());
+    let events = e.take_events();
+    assert_eq!(assigned(&events), [("w1".to_string(), "b2".to_string())]);
+    assert!(events.iter().all(|ev| ev.passes(&only_b2)));
+    let teams = WatchFilter {
+        teams: vec!["Other".into()],
+        ..WatchFilter::default()
+    };
+    assert!(!events[0].passes(&teams), "b2 is in team T");
+    // A second watcher of the same agent gets the live offer on connect.
+    let (_, live) = e.watch(only_b2, t2).unwrap();
+    let [Event::Assigned(a)] = live.as_slice() else {
+        panic!("{live:?}")
+    };
+    assert!(a.resent && &*a.offer.agent_id == "b2" && a.contact_id == "w1");
+    e.unwatch(id, t2);
+    // An unknown queue in a filter is refused.
+    let bad = WatchFilter {
+        queues: vec!["nope".into()],
+        ..WatchFilter::default()
+    };
+    assert!(matches!(
+        e.watch(bad, t2),
+        Err(EngineError::UnknownQueue { .. })
+    ));
+}
+
+/// A CTI restart: an offer out while nobody watched its agent lapses
+/// without counting as the agent's miss or barring the agent; a watcher
+/// that reconnects while an offer is live gets it again. An offer its
+/// watcher saw lapse counts.
+#[test]
+fn offers_nobody_could_see_are_not_the_agents_misses() {
+    let mut e = Engine::new(Arc::new(waiting_policy()), EngineConfig::default());
+    let t = open();
+    let (cti, _) = e.watch(WatchFilter::default(), t).unwrap();
+    agent(&mut e, "b1", "billing", t);
+    let ttl = e.policy().reservation_ttl;
+    busy(&mut e, "c0", "billing", t);
+    queued(&e.route(&call("w", "billing", Urgency::Routine), t).unwrap());
+    // Completed with billing's 45 s of wrap-up; then w is offered to b1.
+    let offered = e.complete("b1", "c0", t).unwrap();
+    e.advance(offered);
+    let events = e.take_events();
+    let [Event::Assigned(first)] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    // The CTI restarts: gone for 5 s, back with the offer still live.
+    e.unwatch(cti, offered + Duration::seconds(1));
+    let (cti, live) = e
+        .watch(WatchFilter::default(), offered + Duration::seconds(6))
+        .unwrap();
+    let [Event::Assigned(again)] = live.as_slice() else {
+        panic!("{live:?}")
+    };
+    assert!(again.resent);
+    assert_eq!(again.offer.reservation, first.offer.reservation);
+    assert_eq!(again.offer.expires_at, first.offer.expires_at);
+    // It lapses: nobody watched b1 for part of its life, so no miss, and
+    // b1 is not barred from w; w is offered to b1 again at once.
+    e.advance(offered + ttl);
+    let b1 = e.roster.find("b1").unwrap();
+    assert_eq!(e.roster.agent(b1).missed_offers, 0);
+    let events = e.take_events();
+    let [Event::Assigned(third)] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    assert!(!third.reoffer, "b1 never passed on w");
+    // This one its watcher saw throughout: its lapse is b1's miss, and w
+    // waits out the cool-down.
+    e.advance(offered + ttl + ttl);
+    assert_eq!(e.roster.agent(b1).missed_offers, 1);
+    assert!(e.take_events().is_empty());
+    assert!(
+        e.waiting
+            .find("w")
+            .unwrap()
+            .excludes(b1, offered + ttl + ttl)
+    );
+    e.unwatch(cti, offered + ttl + ttl);
+}
+
+/// Nobody waits forever: past `max_wait_in_line` a contact in line leaves
+/// with a callback event; one with an offer out is checked when the offer
+/// fails.
+#[test]
+fn a_contact_past_its_wait_limit_gets_a_callback() {
+    let text = waiting_policy_text().replacen(
+        "max_waiting = 20\nmax_wait = \"2h\"",
+        "max_waiting = 20\nmax_wait = \"2h\"\nmax_wait_in_line = \"90s\"",
+        1,
+    );
+    assert_ne!(text, waiting_policy_text());
+    let policy = crate::policy::parse("limit.toml", &text).unwrap();
+    let mut e = watched(Engine::new(Arc::new(policy), EngineConfig::default()));
+    let t = open();
+    agent(&mut e, "b1", "billing", t);
+    busy(&mut e, "c0", "billing", t);
+    queued(
+        &e.route(&call("w1", "billing", Urgency::Routine), t)
+            .unwrap(),
+    );
+    queued(
+        &e.route(
+            &call("w2", "billing", Urgency::Routine),
+            t + Duration::seconds(50),
+        )
+        .unwrap(),
+    );
+    e.take_events();
+    e.advance(t + Duration::seconds(90) - Duration::milliseconds(1));
+    assert!(e.take_events().is_empty());
+    e.advance(t + Duration::seconds(90));
+    let events = e.take_events();
+    let [
+        Event::CallbackInstead {
+            contact_id,
+            callback,
+            waited,
+            parked,
+        },
+    ] = events.as_slice()
+    else {
+        panic!("{events:?}")
+    };
+    assert_eq!(contact_id, "w1");
+    assert_eq!(callback.reason, CallbackReason::WaitTooLong);
+    assert_eq!(*waited, Duration::seconds(90));
+    assert_eq!(&*parked.queue_id, "billing");
+    assert!(e.waiting.find("w1").is_none());
+    let kinds: Vec<HopKind> = e.path("w1").unwrap().iter().map(|h| h.kind).collect();
+    assert_eq!(
+        kinds.last(),
+        Some(&HopKind::CalledBack(CallbackReason::WaitTooLong))
+    );
+    // w2 is offered at 130 s (after 45 s of wrap-up); its limit (140 s)
+    // passes while the offer is out; when the agent releases it, it
+    // leaves with a callback.
+    let done = e.complete("b1", "c0", t + Duration::seconds(85)).unwrap();
+    e.advance(done);
+    let events = e.take_events();
+    let [Event::Assigned(a)] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    e.advance(t + Duration::seconds(142));
+    assert!(
+        e.waiting.find("w2").is_some(),
+        "an offer out is not cut short"
+    );
+    e.release(a.offer.reservation, t + Duration::seconds(144))
+        .unwrap();
+    let events = e.take_events();
+    assert!(
+        matches!(events.as_slice(), [Event::CallbackInstead { contact_id, callback, .. }]
+            if contact_id == "w2" && callback.reason == CallbackReason::WaitTooLong),
+        "{events:?}"
+    );
+}
+
+/// A line nobody is logged in to serve any more: after the grace, its
+/// contacts get callbacks (`no_agents_staffed`); an offline-then-available
+/// reset within the grace changes nothing.
+#[test]
+fn a_line_nobody_can_serve_is_called_back_after_the_grace() {
+    let mut e = engine();
+    let t = open();
+    agent(&mut e, "s1", "scheduling", t);
+    busy(&mut e, "c0", "scheduling", t);
+    queued(
+        &e.route(&call("w", "scheduling", Urgency::Routine), t)
+            .unwrap(),
+    );
+    // A CTI reset: offline and back within the grace.
+    e.set_state("s1", AgentState::Offline, t + Duration::seconds(1))
+        .unwrap();
+    e.advance(t + Duration::seconds(2));
+    e.set_state("s1", AgentState::Busy, t + Duration::seconds(3))
+        .unwrap();
+    e.advance(t + Duration::seconds(30));
+    assert!(e.waiting.find("w").is_some());
+    // Logged out for good.
+    let out = t + Duration::seconds(31);
+    e.set_state("s1", AgentState::Offline, out).unwrap();
+    // Housekeeping sweeps the lines every second.
+    let mut now = out;
+    while now < out + UNSTAFFED_GRACE {
+        e.advance(now);
+        now += Duration::seconds(1);
+    }
+    assert!(e.take_events().is_empty());
+    e.advance(out + UNSTAFFED_GRACE + Duration::seconds(1));
+    let events = e.take_events();
+    assert!(
+        matches!(events.as_slice(), [Event::CallbackInstead { contact_id, callback, .. }]
+            if contact_id == "w" && callback.reason == CallbackReason::NoAgentsStaffed),
+        "{events:?}"
+    );
+}
+
+/// A cancelled contact's offer is withdrawn on the stream, and the path
+/// shows the assignment and the cancellation.
+#[test]
+fn a_cancel_withdraws_the_offer_and_every_hop_is_in_the_path() {
+    let mut e = engine();
+    let t = open();
+    agent(&mut e, "b1", "billing", t);
+    busy(&mut e, "c0", "billing", t);
+    let d = e.route(&call("w", "billing", Urgency::Routine), t).unwrap();
+    queued(&d);
+    let done = e.complete("b1", "c0", t + Duration::seconds(5)).unwrap();
+    e.advance(done);
+    let events = e.take_events();
+    let [Event::Assigned(a)] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(a.waited, done - t, "the actual wait");
+    e.cancel("w", done + Duration::seconds(2)).unwrap();
+    let events = e.take_events();
+    assert!(
+        matches!(events.as_slice(), [Event::Withdrawn { contact_id, agent_id, reservation, reason, .. }]
+            if contact_id == "w" && &**agent_id == "b1" && *reservation == a.offer.reservation
+            && *reason == Withdrawal::Cancelled),
+        "{events:?}"
+    );
+    let path = e.path("w").unwrap();
+    let kinds: Vec<HopKind> = path.iter().map(|h| h.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            HopKind::Decided("queued"),
+            HopKind::Assigned,
+            HopKind::Cancelled
+        ]
+    );
+    assert!(path.iter().all(|h| h.decision == d.id));
+    assert_eq!(path[1].reservation, Some(a.offer.reservation));
+    assert_eq!(path[1].agent_id.as_deref(), Some("b1"));
+}
+
+/// One odd call moves the estimate a twentieth of the way; twenty make it
+/// the observed average.
+#[test]
+fn the_handle_time_estimate_blends_in_observations() {
+    let mut stats = QueueStats::default();
+    let configured = Duration::minutes(20);
+    assert_eq!(stats.handle_estimate(configured), 1200.0);
+    stats.observe_handle_time(Duration::milliseconds(500));
+    let one = stats.handle_estimate(configured);
+    assert!(
+        (one - (0.5 / 20.0 + 1200.0 * 19.0 / 20.0)).abs() < 1e-9,
+        "{one}"
+    );
+    for _ in 1..HANDLE_TIMES_TRUSTED {
+        stats.observe_handle_time(Duration::seconds(60));
+    }
+    let observed = stats.handle_time.unwrap();
+    assert_eq!(stats.handle_estimate(configured), observed);
+    assert_eq!(stats.handle_times_observed, HANDLE_TIMES_TRUSTED);
+}
+
+/// The engine says when it is next due, so the edge fires timers on time.
+#[test]
+fn next_due_is_the_earliest_timer() {
+    let mut e = engine();
+    let t = open();
+    assert_eq!(e.next_due(), None);
+    agent(&mut e, "b1", "billing", t);
+    let d = e
+        .route(&call("c0", "billing", Urgency::Routine), t)
+        .unwrap();
+    let Outcome::Agent(a) = &d.outcome else {
+        panic!()
+    };
+    assert_eq!(e.next_due(), Some(a.expires_at));
+}
+
+/// A contact on a channel its queue does not take would wait in a line no
+/// agent could ever serve: it gets a callback instead.
+#[test]
+fn a_contact_on_a_channel_its_queue_does_not_take_is_not_queued() {
+    let text = waiting_policy_text().replacen(
+        "channels = [\"voice\", \"chat\", \"email\", \"portal\"]\nschedule = \"business\"\ntransfer_address = \"sip:billing@",
+        "channels = [\"voice\"]\nschedule = \"business\"\ntransfer_address = \"sip:billing@",
+        1,
+    );
+    assert_ne!(text, waiting_policy_text());
+    let policy = crate::policy::parse("voice-billing.toml", &text).unwrap();
+    let mut e = watched(Engine::new(Arc::new(policy), EngineConfig::default()));
+    let t = open();
+    agent(&mut e, "b1", "billing", t);
+    let mut chat = call("c1", "billing", Urgency::Routine);
+    chat.channel = Channel::Chat;
+    let d = e.route(&chat, t).unwrap();
+    let Outcome::Callback(c) = &d.outcome else {
+        panic!("{d:?}")
+    };
+    assert_eq!(c.reason, CallbackReason::NoAgentsStaffed);
+    assert_eq!(e.waiting_contacts(), 0);
 }

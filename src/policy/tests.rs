@@ -152,6 +152,20 @@ fn refusals_name_file_line_and_field() {
             "\"fifteen\"",
         ),
         (
+            "reservation_ttl = \"15s\"",
+            "reservation_ttl = \"15s\"\nreoffer_after = \"500ms\"",
+            "reoffer_after",
+            "at least 1s",
+            "\"500ms\"",
+        ),
+        (
+            "max_wait = \"15m\"",
+            "max_wait = \"15m\"\nmax_wait_in_line = \"soon\"",
+            "queues.scheduling.max_wait_in_line",
+            "not a duration",
+            "\"soon\"",
+        ),
+        (
             "[[rules]]\nid = \"identity-failed\"",
             "[[rules]]\nid = \"supervisor-other\"",
             "rules.supervisor-other.id",
