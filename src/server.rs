@@ -160,6 +160,9 @@ pub async fn run(
             addr: config.metrics_addr,
             source,
         })?;
+    // Listening for SIGHUP before announcing the service: a reload sent
+    // right after start-up must not find the default action (exit).
+    let hangups = listen_for_hangups();
     tracing::info!(
         grpc = %grpc_addr,
         metrics = %metrics_addr,
@@ -242,6 +245,7 @@ pub async fn run(
     supervise(
         "reload",
         reload_on_hangup(
+            hangups,
             config.policy.clone(),
             Arc::clone(&engine),
             Arc::clone(&clock),
@@ -424,15 +428,14 @@ fn scrape(engine: &SharedEngine, clock: &dyn Clock, prometheus: &PrometheusHandl
 /// action would end the process).
 #[cfg(unix)]
 async fn reload_on_hangup(
+    hangups: Hangups,
     path: Option<PathBuf>,
     engine: Arc<SharedEngine>,
     clock: Arc<dyn Clock>,
     stop: impl Future<Output = ()>,
 ) {
-    use tokio::signal::unix::{SignalKind, signal};
     tokio::pin!(stop);
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP: policy reload disabled");
+    let Some(mut hangups) = hangups else {
         return stop.await;
     };
     loop {
@@ -453,6 +456,7 @@ async fn reload_on_hangup(
 
 #[cfg(not(unix))]
 async fn reload_on_hangup(
+    _hangups: Hangups,
     _path: Option<PathBuf>,
     _engine: Arc<SharedEngine>,
     _clock: Arc<dyn Clock>,
@@ -461,6 +465,25 @@ async fn reload_on_hangup(
     // No SIGHUP here; the task lives until the stop, as its supervisor expects.
     stop.await
 }
+
+/// The SIGHUP listener, once installed (`None` if it cannot be).
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = ();
+
+#[cfg(unix)]
+fn listen_for_hangups() -> Hangups {
+    use tokio::signal::unix::{SignalKind, signal};
+    signal(SignalKind::hangup())
+        .inspect_err(
+            |e| tracing::warn!(error = %e, "cannot listen for SIGHUP: policy reload disabled"),
+        )
+        .ok()
+}
+
+#[cfg(not(unix))]
+fn listen_for_hangups() -> Hangups {}
 
 /// Loads `path` and swaps it in if valid; returns whether it was.
 pub fn reload(path: &std::path::Path, engine: &SharedEngine, now: crate::model::Time) -> bool {

@@ -1,0 +1,571 @@
+//! The real binary under real CTI behaviour, on the real clock: an only agent
+//! who rejects an offer, a watcher that disconnects for 5 s, two watchers
+//! splitting a floor, withdrawn offers, a move at closing, the wait limit,
+//! and every hop in the contact's path. The policy is a small one of the
+//! tests' own, open round the clock, with short TTLs so waits stay short.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use careroute::grpc::pb::{
+    self, assignment_event::Event as E, routing_service_client::RoutingServiceClient,
+};
+use common::{contact, process::Process};
+use tonic::{Streaming, transport::Channel};
+
+/// What varies between the tests' policies.
+struct Knobs {
+    missed_offers_to_pause: u32,
+    max_wait_in_line: &'static str,
+    /// Whether the scheduling queue is closed (a holiday around today).
+    scheduling_closed: bool,
+}
+
+const KNOBS: Knobs = Knobs {
+    missed_offers_to_pause: 3,
+    max_wait_in_line: "1h",
+    scheduling_closed: false,
+};
+
+fn policy(k: &Knobs) -> String {
+    let all_day = "hours = { mon = \"00:00-24:00\", tue = \"00:00-24:00\", wed = \"00:00-24:00\", thu = \"00:00-24:00\", fri = \"00:00-24:00\", sat = \"00:00-24:00\", sun = \"00:00-24:00\" }";
+    let today = chrono::Utc::now().date_naive();
+    let holidays = if k.scheduling_closed {
+        let days: Vec<String> = [-1, 0, 1]
+            .iter()
+            .map(|d| format!("\"{}\"", today + chrono::Duration::days(*d)))
+            .collect();
+        format!("holidays = [{}]", days.join(", "))
+    } else {
+        String::new()
+    };
+    format!(
+        r#"version = "cti-test"
+default_queue = "billing"
+main_schedule = "always"
+reservation_ttl = "2s"
+reoffer_after = "2s"
+missed_offers_to_pause = {pause}
+intake_fields = ["contact_reason", "callback_number"]
+
+[emergency]
+script_id = "SCRIPT-EMERGENCY"
+instruction = "Emergency."
+level = 3
+team = "Nurse Line"
+
+[authenticate]
+script_id = "SCRIPT-AUTH"
+instruction = "Verify."
+failed_script_id = "SCRIPT-AUTH-FAILED"
+failed_instruction = "Not verified."
+
+[intents.billing]
+callback_window = "4h"
+priority = 4
+
+[intents.scheduling]
+callback_window = "2h"
+priority = 3
+
+[schedules.always]
+time_zone = "UTC"
+{all_day}
+
+[schedules.desk]
+time_zone = "UTC"
+{all_day}
+{holidays}
+
+[[queues]]
+id = "billing"
+level = 1
+team = "Billing"
+skills = {{ billing = 1 }}
+channels = ["voice"]
+schedule = "always"
+transfer_address = "sip:billing@pbx"
+max_waiting = 20
+max_wait = "2h"
+max_wait_in_line = "{limit}"
+
+[[queues]]
+id = "scheduling"
+level = 1
+team = "Access"
+skills = {{ scheduling = 1 }}
+channels = ["voice"]
+schedule = "desk"
+transfer_address = "sip:scheduling@pbx"
+max_waiting = 20
+max_wait = "2h"
+after_hours_urgent_to = "oncall"
+
+[[queues]]
+id = "oncall"
+level = 1
+team = "Nurse Line"
+skills = {{ on_call = 1 }}
+channels = ["voice"]
+schedule = "always"
+transfer_address = "sip:oncall@pbx"
+max_waiting = 20
+max_wait = "2h"
+
+[[rules]]
+id = "billing"
+when = {{ intent = ["billing"] }}
+route_to = "billing"
+
+[[rules]]
+id = "scheduling"
+when = {{ intent = ["scheduling"] }}
+route_to = "scheduling"
+"#,
+        pause = k.missed_offers_to_pause,
+        limit = k.max_wait_in_line,
+    )
+}
+
+/// The binary on a policy file written from `knobs`; the file's path, for
+/// a reload.
+fn start(name: &str, knobs: &Knobs) -> (Process, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("careroute-cti-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, policy(knobs)).unwrap();
+    (Process::start(&["--policy", path.to_str().unwrap()]), path)
+}
+
+async fn client(p: &Process) -> RoutingServiceClient<Channel> {
+    RoutingServiceClient::connect(format!("http://{}", p.grpc))
+        .await
+        .unwrap()
+}
+
+async fn watch(
+    c: &mut RoutingServiceClient<Channel>,
+    filter: pb::WatchAssignmentsRequest,
+) -> Streaming<pb::AssignmentEvent> {
+    c.watch_assignments(filter).await.unwrap().into_inner()
+}
+
+/// The next event within `within`, or `None`.
+async fn next_within(
+    s: &mut Streaming<pb::AssignmentEvent>,
+    within: Duration,
+) -> Option<pb::AssignmentEvent> {
+    tokio::time::timeout(within, s.message())
+        .await
+        .ok()
+        .map(|m| m.unwrap().expect("the stream ended"))
+}
+
+async fn next(s: &mut Streaming<pb::AssignmentEvent>) -> pb::AssignmentEvent {
+    next_within(s, Duration::from_secs(10))
+        .await
+        .expect("no event within 10 s")
+}
+
+fn offer(e: &pb::AssignmentEvent) -> &pb::AgentTarget {
+    match &e.event {
+        Some(E::Agent(a)) => a,
+        other => panic!("expected an offer, got {other:?}"),
+    }
+}
+
+/// Registers an available agent with one skill.
+async fn agent(c: &mut RoutingServiceClient<Channel>, id: &str, team: &str, skill: &str) {
+    c.upsert_agent(pb::UpsertAgentRequest {
+        agent_id: id.into(),
+        team: team.into(),
+        transfer_address: format!("sip:{id}@pbx"),
+        skills: vec![pb::SkillLevel {
+            skill: skill.into(),
+            proficiency: 3,
+        }],
+        languages: vec!["en".into()],
+        channels: vec![pb::ChannelCapacity {
+            channel: pb::Channel::Voice.into(),
+            capacity: 1,
+        }],
+    })
+    .await
+    .unwrap();
+    set_state(c, id, pb::AgentState::Available).await;
+}
+
+/// Sets an agent's state; returns the previous one.
+async fn set_state(
+    c: &mut RoutingServiceClient<Channel>,
+    id: &str,
+    state: pb::AgentState,
+) -> pb::AgentState {
+    c.set_agent_state(pb::SetAgentStateRequest {
+        agent_id: id.into(),
+        state: state.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .previous()
+}
+
+/// Routes `id` with `intent`, which must reach an agent; confirms it.
+async fn busy(c: &mut RoutingServiceClient<Channel>, id: &str, intent: &str) -> String {
+    let d = c
+        .route_contact(contact(id, intent))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::route_contact_response::Outcome::Agent(a)) = d.outcome else {
+        panic!("expected an agent: {d:?}")
+    };
+    confirm(c, &a.reservation_id).await;
+    a.agent_id
+}
+
+/// Routes `id`, which must wait in line.
+async fn queue(c: &mut RoutingServiceClient<Channel>, mut r: pb::RouteContactRequest) {
+    let id = r.contact_id.clone();
+    r.request_id = format!("{id}-1");
+    let d = c.route_contact(r).await.unwrap().into_inner();
+    assert!(
+        matches!(
+            d.outcome,
+            Some(pb::route_contact_response::Outcome::Queued(_))
+        ),
+        "{id} should wait: {d:?}"
+    );
+}
+
+async fn confirm(c: &mut RoutingServiceClient<Channel>, reservation: &str) {
+    c.confirm_reservation(pb::ConfirmReservationRequest {
+        reservation_id: reservation.into(),
+    })
+    .await
+    .unwrap();
+}
+
+async fn release(c: &mut RoutingServiceClient<Channel>, reservation: &str) {
+    c.release_reservation(pb::ReleaseReservationRequest {
+        reservation_id: reservation.into(),
+        reason: pb::ReleaseReason::Rejected.into(),
+    })
+    .await
+    .unwrap();
+}
+
+async fn complete(c: &mut RoutingServiceClient<Channel>, agent: &str, contact: &str) {
+    c.complete_contact(pb::CompleteContactRequest {
+        agent_id: agent.into(),
+        contact_id: contact.into(),
+    })
+    .await
+    .unwrap();
+}
+
+async fn path(c: &mut RoutingServiceClient<Channel>, contact: &str) -> Vec<pb::ContactHop> {
+    c.get_contact_path(pb::GetContactPathRequest {
+        contact_id: contact.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .hops
+}
+
+fn outcomes(hops: &[pb::ContactHop]) -> Vec<&str> {
+    hops.iter().map(|h| h.outcome.as_str()).collect()
+}
+
+/// The only free agent rejects the contact: it is offered to that agent
+/// again after `reoffer_after` (2 s), marked as a re-offer, instead of
+/// waiting beside the agent forever.
+#[tokio::test]
+async fn an_only_agent_who_rejected_is_offered_the_contact_again_after_the_cool_down() {
+    let (p, _) = start("reject", &KNOBS);
+    let mut c = client(&p).await;
+    let mut events = watch(&mut c, Default::default()).await;
+    agent(&mut c, "b1", "Billing", "billing").await;
+    busy(&mut c, "c0", "billing").await;
+    queue(&mut c, contact("w", "billing")).await;
+    complete(&mut c, "b1", "c0").await;
+    let first = next(&mut events).await;
+    assert_eq!((first.contact_id.as_str(), first.reoffer), ("w", false));
+    assert_eq!(first.parked_queue_id, "billing");
+    let rejected = Instant::now();
+    release(&mut c, &offer(&first).reservation_id).await;
+    let again = next(&mut events).await;
+    assert!(
+        rejected.elapsed() >= Duration::from_secs(2),
+        "before the cool-down"
+    );
+    assert_eq!(offer(&again).agent_id, "b1");
+    assert!(again.reoffer, "the answer says it is a re-offer");
+    let waited = again.waited.unwrap();
+    assert!(waited.seconds >= 2, "the actual wait: {waited:?}");
+    confirm(&mut c, &offer(&again).reservation_id).await;
+    let hops = path(&mut c, "w").await;
+    assert_eq!(
+        outcomes(&hops),
+        ["queued", "assigned", "offer_released", "assigned"]
+    );
+    assert_eq!(hops[1].agent_id, "b1");
+    assert_eq!(hops[3].reservation_id, offer(&again).reservation_id);
+}
+
+/// The CTI restarts: its watcher is gone for 5 s while an offer is out. The
+/// lapse is not the agent's miss (one miss would pause it here), the
+/// contact is not offered to anybody while nobody watches, and the watcher
+/// that comes back gets it. One that reconnects while an offer is live
+/// gets that offer again.
+#[tokio::test]
+async fn a_watcher_gone_for_5_s_pauses_nobody_and_learns_the_live_offers_on_return() {
+    let knobs = Knobs {
+        missed_offers_to_pause: 1,
+        ..KNOBS
+    };
+    let (p, _) = start("reconnect", &knobs);
+    let mut c = client(&p).await;
+    agent(&mut c, "b1", "Billing", "billing").await;
+    busy(&mut c, "c0", "billing").await;
+    queue(&mut c, contact("w", "billing")).await;
+    let mut cti = client(&p).await;
+    let mut events = watch(&mut cti, Default::default()).await;
+    complete(&mut c, "b1", "c0").await;
+    let first = next(&mut events).await;
+    // The CTI dies with the offer ringing, and stays away 5 s (the TTL is 2 s).
+    drop(events);
+    drop(cti);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let b1 = set_state(&mut c, "b1", pb::AgentState::Available).await;
+    assert_eq!(b1, pb::AgentState::Available, "b1 was paused");
+    let queues = c
+        .list_queues(pb::ListQueuesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .queues;
+    let billing = queues.iter().find(|q| q.queue_id == "billing").unwrap();
+    assert_eq!(
+        (billing.waiting, billing.reservations),
+        (1, 0),
+        "no offer without a watcher"
+    );
+    // Back: the offer comes at once, to the same agent.
+    let mut cti = client(&p).await;
+    let mut events = watch(&mut cti, Default::default()).await;
+    let second = next(&mut events).await;
+    assert_eq!(offer(&second).agent_id, "b1");
+    assert_ne!(offer(&second).reservation_id, offer(&first).reservation_id);
+    assert!(!second.reoffer && !second.resent);
+    // Restarting again at once: the live offer is sent again on connect.
+    drop(events);
+    let mut events = watch(&mut cti, Default::default()).await;
+    let resent = next(&mut events).await;
+    assert!(resent.resent);
+    assert_eq!(offer(&resent).reservation_id, offer(&second).reservation_id);
+    confirm(&mut cti, &offer(&resent).reservation_id).await;
+    assert_eq!(
+        outcomes(&path(&mut c, "w").await),
+        ["queued", "assigned", "offer_expired", "assigned"]
+    );
+}
+
+/// Two CTI instances split one floor by agent: each receives only its
+/// agents' offers; callbacks go to the one naming the queue.
+#[tokio::test]
+async fn two_filtered_watchers_split_the_floor() {
+    let knobs = Knobs {
+        max_wait_in_line: "3s",
+        ..KNOBS
+    };
+    let (p, _) = start("split", &knobs);
+    let mut c = client(&p).await;
+    let mut left = watch(
+        &mut c,
+        pb::WatchAssignmentsRequest {
+            agent_ids: vec!["b1".into()],
+            queue_ids: vec!["billing".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut right = watch(
+        &mut c,
+        pb::WatchAssignmentsRequest {
+            teams: vec!["Billing Two".into()],
+            ..Default::default()
+        },
+    )
+    .await;
+    agent(&mut c, "b1", "Billing", "billing").await;
+    agent(&mut c, "b2", "Billing Two", "billing").await;
+    busy(&mut c, "c1", "billing").await;
+    busy(&mut c, "c2", "billing").await;
+    queue(&mut c, contact("w1", "billing")).await;
+    queue(&mut c, contact("w2", "billing")).await;
+    complete(&mut c, "b2", "c2").await;
+    let to_right = next(&mut right).await;
+    assert_eq!(
+        (
+            to_right.contact_id.as_str(),
+            offer(&to_right).agent_id.as_str()
+        ),
+        ("w1", "b2")
+    );
+    complete(&mut c, "b1", "c1").await;
+    let to_left = next(&mut left).await;
+    assert_eq!(
+        (
+            to_left.contact_id.as_str(),
+            offer(&to_left).agent_id.as_str()
+        ),
+        ("w2", "b1")
+    );
+    assert!(
+        next_within(&mut right, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "b1's offer reached the other instance"
+    );
+    // The second instance acting on the first's offer is refused: an offer
+    // is settled exactly once.
+    confirm(&mut c, &offer(&to_left).reservation_id).await;
+    let twice = c
+        .confirm_reservation(pb::ConfirmReservationRequest {
+            reservation_id: offer(&to_left).reservation_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(twice.code(), tonic::Code::FailedPrecondition);
+    // A contact past the wait limit (3 s) leaves with a callback, which
+    // only the instance naming the queue receives.
+    confirm(&mut c, &offer(&to_right).reservation_id).await;
+    queue(&mut c, contact("w3", "billing")).await;
+    let callback = next(&mut left).await;
+    let Some(E::Callback(ticket)) = &callback.event else {
+        panic!("{callback:?}")
+    };
+    assert_eq!(callback.contact_id, "w3");
+    assert_eq!(ticket.reason(), pb::CallbackReason::WaitTooLong);
+    assert!(callback.waited.unwrap().seconds >= 3);
+    assert!(
+        next_within(&mut right, Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+    // A filter naming a queue the policy does not have is refused, as a
+    // transfer from an unknown queue is: NOT_FOUND, naming the field.
+    let bad = c
+        .watch_assignments(pb::WatchAssignmentsRequest {
+            queue_ids: vec!["nope".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::NotFound);
+    assert!(bad.message().contains("queue_ids"), "{}", bad.message());
+    // A malformed id is INVALID_ARGUMENT naming the entry.
+    let bad = c
+        .watch_assignments(pb::WatchAssignmentsRequest {
+            agent_ids: vec!["b1".into(), "no spaces".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    assert!(bad.message().contains("agent_ids[1]"), "{}", bad.message());
+}
+
+/// A cancelled contact's ringing offer is withdrawn on the stream. A queue
+/// that closes (here by a policy reload that makes today a holiday) moves
+/// its urgent contact to the on-call queue: the move is announced, and the
+/// on-call offer carries both the offering queue and the parked one.
+#[tokio::test]
+async fn withdrawn_offers_and_a_move_at_closing_are_on_the_stream_and_in_the_path() {
+    let (p, policy_file) = start("close", &KNOBS);
+    let mut c = client(&p).await;
+    let mut events = watch(&mut c, Default::default()).await;
+    agent(&mut c, "b1", "Billing", "billing").await;
+    busy(&mut c, "c0", "billing").await;
+    queue(&mut c, contact("w", "billing")).await;
+    complete(&mut c, "b1", "c0").await;
+    let offered = next(&mut events).await;
+    c.cancel_contact(pb::CancelContactRequest {
+        contact_id: "w".into(),
+    })
+    .await
+    .unwrap();
+    let withdrawn = next(&mut events).await;
+    let Some(E::Withdrawn(w)) = &withdrawn.event else {
+        panic!("{withdrawn:?}")
+    };
+    assert_eq!(withdrawn.contact_id, "w");
+    assert_eq!(w.reservation_id, offer(&offered).reservation_id);
+    assert_eq!(w.reason(), pb::WithdrawReason::Cancelled);
+    assert_eq!(
+        outcomes(&path(&mut c, "w").await),
+        ["queued", "assigned", "cancelled"]
+    );
+
+    // Scheduling: its only agent is busy; an urgent and a routine contact
+    // wait. The on-call nurse is free but not eligible for scheduling.
+    agent(&mut c, "s1", "Access", "scheduling").await;
+    agent(&mut c, "n1", "Nurse Line", "on_call").await;
+    busy(&mut c, "s0", "scheduling").await;
+    let mut urgent = contact("u", "scheduling");
+    urgent.urgency = pb::Urgency::Urgent.into();
+    queue(&mut c, urgent).await;
+    queue(&mut c, contact("r", "scheduling")).await;
+    std::fs::write(
+        &policy_file,
+        policy(&Knobs {
+            scheduling_closed: true,
+            ..KNOBS
+        }),
+    )
+    .unwrap();
+    p.signal("HUP");
+    let (mut moved, mut to_nurse, mut callback) = (None, None, None);
+    while moved.is_none() || to_nurse.is_none() || callback.is_none() {
+        let e = next(&mut events).await;
+        match &e.event {
+            Some(E::Moved(m)) => moved = Some((m.clone(), e)),
+            Some(E::Agent(_)) => to_nurse = Some(e),
+            Some(E::Callback(t)) => callback = Some((e.contact_id.clone(), t.reason())),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let (m, moved) = moved.unwrap();
+    assert_eq!(moved.contact_id, "u");
+    assert_eq!(
+        (m.from_queue_id.as_str(), m.to_queue_id.as_str()),
+        ("scheduling", "oncall")
+    );
+    assert_eq!(moved.parked_transfer_address, "sip:scheduling@pbx");
+    assert_eq!(
+        callback.unwrap(),
+        ("r".to_string(), pb::CallbackReason::Closed)
+    );
+    // The nurse is offered the urgent contact under on-call; the call is
+    // parked at scheduling.
+    let to_nurse = to_nurse.unwrap();
+    assert_eq!(to_nurse.contact_id, "u");
+    assert_eq!(offer(&to_nurse).agent_id, "n1");
+    assert_eq!(offer(&to_nurse).queue_id, "oncall");
+    assert_eq!(to_nurse.parked_queue_id, "scheduling");
+    assert_eq!(to_nurse.parked_transfer_address, "sip:scheduling@pbx");
+    let hops = path(&mut c, "u").await;
+    assert_eq!(outcomes(&hops), ["queued", "moved", "assigned"]);
+    assert_eq!(
+        (hops[1].from_queue_id.as_str(), hops[1].queue_id.as_str()),
+        ("scheduling", "oncall")
+    );
+}
