@@ -414,10 +414,14 @@ fn scrape(engine: &SharedEngine, clock: &dyn Clock, prometheus: &PrometheusHandl
     // counters still are.
     if let Ok(mut e) = engine.lock() {
         let queues = e.queues(now);
-        let (by_state, counters, live) =
-            (e.roster().by_state(), e.counters(), e.live_reservations());
+        let (by_state, counters, live, watchers) = (
+            e.roster().by_state(),
+            e.counters(),
+            e.live_reservations(),
+            e.watchers(),
+        );
         drop(e);
-        telemetry::publish_engine(by_state, counters, live, &queues);
+        telemetry::publish_engine(by_state, counters, live, watchers, &queues);
     }
     prometheus.render()
 }

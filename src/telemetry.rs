@@ -9,7 +9,7 @@ use metrics::{Counter, Histogram, Unit, describe_counter, describe_gauge, descri
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::config::LogFormat;
-use crate::engine::{Counters, Decision, Outcome};
+use crate::engine::{Counters, Decision, Event, Outcome, Withdrawal};
 use crate::model::{AgentState, CallbackReason, Reason, STATES};
 
 /// Time the engine took to decide one RouteContact, in seconds.
@@ -72,8 +72,18 @@ pub const PANICS: &str = "careroute_panics_total";
 /// service).
 pub const TASK_FAILURES: &str = "careroute_task_failures_total";
 
+/// Waiting contacts that left their line for a callback, by reason.
+pub const LINE_CALLBACKS: &str = "careroute_line_callbacks_total";
+/// Offers of waiting contacts withdrawn, by reason.
+pub const OFFERS_WITHDRAWN: &str = "careroute_offers_withdrawn_total";
+/// Assignment watchers (CTI connections) connected now.
+pub const WATCHERS: &str = "careroute_assignment_watchers";
+
 /// Every metric the service exports, for checks of dashboards and alerts.
-pub const EXPORTED: [&str; 30] = [
+pub const EXPORTED: [&str; 33] = [
+    LINE_CALLBACKS,
+    OFFERS_WITHDRAWN,
+    WATCHERS,
     QUEUE_WAITING,
     QUEUE_LONGEST_WAIT,
     QUEUE_ESTIMATED_WAIT,
@@ -236,6 +246,18 @@ fn describe() {
         "Request handlers that panicked; the service answers INTERNAL, stops and exits non-zero."
     );
     describe_counter!(
+        LINE_CALLBACKS,
+        "Waiting contacts that left their line for a callback, by reason (closed, wait_too_long, no_agents_staffed, policy)."
+    );
+    describe_counter!(
+        OFFERS_WITHDRAWN,
+        "Offers of waiting contacts withdrawn, by reason (cancelled, rerouted, policy_changed)."
+    );
+    describe_gauge!(
+        WATCHERS,
+        "WatchAssignments streams connected now; waiting contacts are offered only to agents one of them covers."
+    );
+    describe_counter!(
         TASK_FAILURES,
         "Background tasks (housekeeping, reload, drain) that ended unexpectedly; the service stops and exits non-zero."
     );
@@ -294,13 +316,34 @@ impl Default for DecisionMetrics {
     }
 }
 
+/// Counts an event decided outside a request: a waiting contact's
+/// callback or a withdrawn offer.
+pub fn record_event(event: &Event) {
+    match event {
+        Event::CallbackInstead { callback, .. } => {
+            metrics::counter!(LINE_CALLBACKS, "reason" => callback.reason.as_str()).increment(1);
+        }
+        Event::Withdrawn { reason, .. } => {
+            let reason = match reason {
+                Withdrawal::Cancelled => "cancelled",
+                Withdrawal::Rerouted => "rerouted",
+                Withdrawal::PolicyChanged => "policy_changed",
+            };
+            metrics::counter!(OFFERS_WITHDRAWN, "reason" => reason).increment(1);
+        }
+        Event::Assigned(_) | Event::Moved { .. } => {}
+    }
+}
+
 /// Publishes the engine's gauges and cumulative counters.
 pub fn publish_engine(
     by_state: [u32; STATES],
     counters: Counters,
     live: usize,
+    watchers: usize,
     queues: &[crate::engine::QueueView],
 ) {
+    metrics::gauge!(WATCHERS).set(watchers as f64);
     for (state, n) in AgentState::ALL.iter().zip(by_state) {
         metrics::gauge!(AGENTS, "state" => state.as_str()).set(f64::from(n));
     }

@@ -15,7 +15,7 @@ use std::{
 use careroute::grpc::pb::{
     self, assignment_event::Event as E, routing_service_client::RoutingServiceClient,
 };
-use common::{contact, process::Process};
+use common::{contact, http_get, process::Process};
 use tonic::{Streaming, transport::Channel};
 
 /// What varies between the tests' policies.
@@ -461,6 +461,14 @@ async fn two_filtered_watchers_split_the_floor() {
             .await
             .is_none()
     );
+    // SREs see both watchers and the caller who left the line.
+    let metrics = http_get(&p.metrics, "/metrics").await;
+    for line in [
+        "careroute_assignment_watchers 2",
+        "careroute_line_callbacks_total{reason=\"wait_too_long\"} 1",
+    ] {
+        assert!(metrics.contains(line), "no `{line}` in\n{metrics}");
+    }
     // A filter naming a queue the policy does not have is refused, as a
     // transfer from an unknown queue is: NOT_FOUND, naming the field.
     let bad = c

@@ -805,6 +805,11 @@ impl Engine {
         Ok((id, live))
     }
 
+    /// Watchers connected now.
+    pub fn watchers(&self) -> usize {
+        self.watchers.len()
+    }
+
     /// A watcher disconnected. Offers out to agents nobody covers any more
     /// could not be seen: if one lapses it is not the agent's miss.
     pub fn unwatch(&mut self, id: super::WatchId, now: Time) {

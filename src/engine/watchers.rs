@@ -74,6 +74,11 @@ impl Watchers {
         Some(filter)
     }
 
+    /// Watchers connected.
+    pub fn len(&self) -> usize {
+        self.filters.len()
+    }
+
     /// Whether nobody watches.
     pub fn is_empty(&self) -> bool {
         self.filters.is_empty()

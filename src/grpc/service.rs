@@ -16,7 +16,7 @@ use crate::clock::Clock;
 use crate::engine::{AgentSpec, Engine, EngineError, Event, WatchFilter, WatchId};
 use crate::model::{Contact, Time};
 use crate::shared::SharedEngine;
-use crate::telemetry::DecisionMetrics;
+use crate::telemetry::{self, DecisionMetrics};
 
 /// Shared state behind every handler.
 #[derive(Clone)]
@@ -68,6 +68,7 @@ impl Routing {
         let mut engine = self.engine.lock()?;
         let result = f(&mut engine);
         for e in engine.take_events() {
+            telemetry::record_event(&e);
             let wire = pb::AssignmentEvent::from(&e);
             // With no watcher connected nothing was offered; a callback
             // with nobody watching is also recorded in the contact's path.
