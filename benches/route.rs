@@ -212,8 +212,8 @@ fn queueing(c: &mut Criterion) {
                     .unwrap();
                 total += started.elapsed();
                 let events = e.take_events();
-                let Some(Event::Assigned(a)) = events.first() else {
-                    panic!("no assignment")
+                let [Event::Assigned(a)] = events.as_slice() else {
+                    panic!("expected one assignment: {events:?}")
                 };
                 let contact_id = &a.contact_id;
                 e.set_state(agent, AgentState::Busy, now).unwrap();
@@ -221,6 +221,8 @@ fn queueing(c: &mut Criterion) {
                 let mut c = Contact::new(format!("refill-{n}"), "billing");
                 c.identity = Identity::Verified;
                 e.route(&c, now).unwrap();
+                // The cancel's withdrawn offer.
+                e.take_events();
             }
             total
         })

@@ -495,8 +495,6 @@ enum Timer {
     WrapUpEnd(AgentIdx, u64),
     /// A waiting contact's relaxation step: move it to a wider pool.
     Step(u64, QueueIdx),
-    /// A waiting contact's wait limit: a callback if it is still in line.
-    WaitLimit(u64),
     /// An agent's cool-down after passing on a contact ends: offer it
     /// what it may take again.
     Reoffer(AgentIdx),
@@ -606,10 +604,10 @@ impl Engine {
                     self.dispatch(a, now);
                 }
                 Timer::Step(seq, pool) => self.relax(seq, pool, now),
-                Timer::WaitLimit(seq) => self.wait_limit(seq, now),
                 Timer::Reoffer(a) => self.dispatch(a, now),
             }
         }
+        self.wait_limits(now);
         self.sweep_lines(now);
         self.counters.idempotency_evicted_early += self.replies.evict(now);
         self.counters.paths_evicted_early += self.paths.evict(now);
@@ -990,10 +988,10 @@ impl Engine {
             self.last_sweep
                 .map_or(Time::MIN_UTC, |last| last + queueing::SWEEP_EVERY)
         });
-        match (timer, sweep) {
-            (Some(t), Some(s)) => Some(t.min(s)),
-            (t, s) => t.or(s),
-        }
+        [timer, sweep, self.waiting.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The hops a contact took, oldest first.
@@ -1285,8 +1283,8 @@ impl Engine {
             }
         }
         let mut timers = std::mem::take(&mut self.timers).into_vec();
-        timers.retain(|Reverse((_, t))| !matches!(t, Timer::Step(..) | Timer::WaitLimit(_)));
-        timers.extend(self.line_timers(&policy, now).into_iter().map(Reverse));
+        timers.retain(|Reverse((_, t))| !matches!(t, Timer::Step(..)));
+        timers.extend(self.step_timers(&policy, now).into_iter().map(Reverse));
         self.timers = BinaryHeap::from(timers);
         self.policy = policy;
         for a in 0..self.roster.len() {

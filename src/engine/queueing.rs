@@ -354,12 +354,15 @@ impl Engine {
             intent: facts.intent,
             urgency: contact.urgency,
             arrived: now,
+            deadline: now + self.policy.queues[queue].max_wait_in_line,
             key,
             decision,
             exclude,
             offer: None,
         };
-        let timers = timers_of(&self.policy, &waiter, now);
+        let timers: Vec<_> = step_timers_of(&self.policy, &waiter, now)
+            .map(std::cmp::Reverse)
+            .collect();
         self.timers.extend(timers);
         self.waiting.enter(waiter);
         Ok(offer)
@@ -545,7 +548,7 @@ impl Engine {
         let Some(w) = self.waiting.step_back(seq, passed) else {
             return;
         };
-        let (queue, parked, arrived, decision) = (w.queue, w.parked, w.arrived, w.decision);
+        let (queue, deadline, decision) = (w.queue, w.deadline, w.decision);
         let contact_id = w.contact_id.clone();
         let mut hop = LineHop::new(&contact_id, decision, queue);
         hop.agent = Some(self.roster.agent(r.agent).id.clone());
@@ -560,7 +563,7 @@ impl Engine {
             self.timers
                 .push(std::cmp::Reverse((until, Timer::Reoffer(a))));
         }
-        if now - arrived >= self.policy.queues[parked].max_wait_in_line {
+        if now >= deadline {
             self.call_back(seq, CallbackReason::WaitTooLong, now);
             return;
         }
@@ -569,12 +572,14 @@ impl Engine {
         self.dispatch_line(queue, r.channel, now);
     }
 
-    /// A waiting contact's wait limit is due: if it is in line (no offer
-    /// out), it leaves with a callback. One with an offer out is checked
-    /// again if the offer fails.
-    pub(super) fn wait_limit(&mut self, seq: u64, now: Time) {
-        if self.waiting.get(seq).is_some_and(|w| w.offer.is_none()) {
-            self.call_back(seq, CallbackReason::WaitTooLong, now);
+    /// Contacts whose wait limit has come leave their line with a
+    /// callback. One with an offer out keeps it, and is checked again if
+    /// the offer fails.
+    pub(super) fn wait_limits(&mut self, now: Time) {
+        while let Some(seq) = self.waiting.pop_due(now) {
+            if self.waiting.get(seq).is_some_and(|w| w.offer.is_none()) {
+                self.call_back(seq, CallbackReason::WaitTooLong, now);
+            }
         }
     }
 
@@ -841,6 +846,7 @@ impl Engine {
             let intent = new.intent_idx(&self.policy.intents[w.intent].id);
             if let (Some(q), Some(i)) = (queue, intent) {
                 w.parked = map[w.parked].map_or(new.root(q), |p| new.root(p));
+                w.deadline = w.arrived + new.queues[w.parked].max_wait_in_line;
                 w.queue = q;
                 w.intent = i;
                 self.waiting.enter(w);
@@ -888,43 +894,32 @@ impl Engine {
         self.stats = stats;
     }
 
-    /// The line timers of every waiting contact under `policy`: its
-    /// relaxation steps and its wait limit, counted from its arrival (due
-    /// now, if that has passed). Steps it has already taken do nothing.
-    pub(super) fn line_timers(&self, policy: &Policy, now: Time) -> Vec<(Time, Timer)> {
+    /// The relaxation-step timers of every waiting contact under `policy`:
+    /// one per step of its queue, due at arrival plus the step's wait (now,
+    /// if that has passed). Steps it has already taken do nothing.
+    pub(super) fn step_timers(&self, policy: &Policy, now: Time) -> Vec<(Time, Timer)> {
         self.waiting
             .iter()
-            .flat_map(|w| timers_of(policy, w, now))
-            .map(|std::cmp::Reverse(t)| t)
+            .flat_map(|w| step_timers_of(policy, w, now))
             .collect()
     }
 }
 
-/// A waiting contact's step and wait-limit timers under `policy`.
-fn timers_of(
-    policy: &Policy,
-    w: &Waiter,
+/// A waiting contact's relaxation-step timers under `policy`.
+fn step_timers_of<'a>(
+    policy: &'a Policy,
+    w: &'a Waiter,
     now: Time,
-) -> impl Iterator<Item = std::cmp::Reverse<(Time, Timer)>> + use<> {
-    let root = &policy.queues[policy.root(w.queue)];
-    let steps: Vec<_> = root
+) -> impl Iterator<Item = (Time, Timer)> + 'a {
+    policy.queues[policy.root(w.queue)]
         .steps
         .iter()
-        .map(|step| {
+        .map(move |step| {
             (
                 (w.arrived + step.after).max(now),
                 Timer::Step(w.seq, step.pool),
             )
         })
-        .collect();
-    let limit = (
-        (w.arrived + policy.queues[policy.root(w.parked)].max_wait_in_line).max(now),
-        Timer::WaitLimit(w.seq),
-    );
-    steps
-        .into_iter()
-        .chain(std::iter::once(limit))
-        .map(std::cmp::Reverse)
 }
 
 /// What a line hop is about.

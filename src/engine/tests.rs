@@ -589,20 +589,26 @@ fn check_invariants(e: &Engine, now: Time) {
             );
         }
     }
-    // Nobody waits past the wait limit of the queue it joined, unless an
-    // offer of it is out (checked again when the offer ends).
+    // Nobody waits past its deadline (the wait limit of the queue it
+    // joined), unless an offer of it is out (checked again when the offer
+    // ends); the deadline index holds no more than one entry per contact.
     for w in e.waiting.iter() {
+        let limit = e.policy.queues[e.policy.root(w.parked)].max_wait_in_line;
+        assert_eq!(
+            w.deadline,
+            w.arrived + limit,
+            "{}'s deadline drifted",
+            w.contact_id
+        );
         if w.offer.is_none() {
-            let limit = e.policy.queues[e.policy.root(w.parked)].max_wait_in_line;
             assert!(
-                now - w.arrived < limit,
-                "{} waited {:?}, past its limit {:?}",
-                w.contact_id,
-                now - w.arrived,
-                limit
+                now < w.deadline,
+                "{} waited past its deadline",
+                w.contact_id
             );
         }
     }
+    assert!(e.waiting.deadline_count() <= e.waiting.len());
     // Removed agents' slots are counted in no state.
     assert_eq!(
         e.roster.by_state().iter().sum::<u32>() as usize,
@@ -692,7 +698,8 @@ enum Op {
 
 /// Policies a running engine is switched between: the example policy, and
 /// variants of the queueing one that drop, change and add relaxation steps,
-/// raise skills, narrow channels, and remove a queue (renaming it).
+/// raise skills, narrow channels, shorten the wait limit, and remove a
+/// queue (renaming it).
 fn reload_policies() -> &'static [Arc<Policy>] {
     static POLICIES: std::sync::OnceLock<Vec<Arc<Policy>>> = std::sync::OnceLock::new();
     POLICIES.get_or_init(|| {
@@ -708,6 +715,7 @@ fn reload_policies() -> &'static [Arc<Policy>] {
                 "channels = [\"voice\"]\nschedule = \"business\"\ntransfer_address = \"sip:billing@",
                 1,
             ),
+            base.replacen("max_wait = \"2h\"", "max_wait = \"2h\"\nmax_wait_in_line = \"90s\"", 1),
             base.replacen("id = \"billing\"\nlevel", "id = \"billing_v2\"\nlevel", 1)
                 .replacen("route_to = \"billing\"\n", "route_to = \"billing_v2\"\n", 1),
         ];

@@ -41,6 +41,9 @@ pub struct Waiter {
     pub urgency: Urgency,
     /// When it started waiting.
     pub arrived: Time,
+    /// When it leaves the line for a callback if still in it (the wait
+    /// limit of the queue it joined).
+    pub deadline: Time,
     /// Its place in line.
     pub key: WaitKey,
     /// The decision that queued it.
@@ -76,6 +79,9 @@ pub struct WaitingRoom {
     lines: Vec<[BTreeSet<WaitKey>; CHANNELS]>,
     waiters: FastMap<u64, Waiter>,
     by_contact: FastMap<String, u64>,
+    /// Every waiting contact's deadline: a waiting contact holds exactly
+    /// one entry, so the index never outgrows the room.
+    deadlines: BTreeSet<(Time, u64)>,
     counts: Vec<u32>,
     next: u64,
 }
@@ -124,7 +130,31 @@ impl WaitingRoom {
         }
         self.by_contact
             .insert(waiter.contact_id.clone(), waiter.seq);
+        self.deadlines.insert((waiter.deadline, waiter.seq));
         self.waiters.insert(waiter.seq, waiter);
+    }
+
+    /// Entries in the deadline index.
+    #[cfg(test)]
+    pub fn deadline_count(&self) -> usize {
+        self.deadlines.len()
+    }
+
+    /// The earliest deadline, if anyone waits.
+    pub fn next_deadline(&self) -> Option<Time> {
+        self.deadlines.first().map(|(t, _)| *t)
+    }
+
+    /// Takes the first contact whose deadline has come by `now` off the
+    /// deadline index, and returns it.
+    pub fn pop_due(&mut self, now: Time) -> Option<u64> {
+        match self.deadlines.first() {
+            Some(&(t, seq)) if t <= now => {
+                self.deadlines.pop_first();
+                Some(seq)
+            }
+            _ => None,
+        }
     }
 
     /// The 1-based position `key` takes in a line: contacts ahead of it,
@@ -226,6 +256,7 @@ impl WaitingRoom {
         self.step_out(seq);
         let w = self.waiters.remove(&seq)?;
         self.by_contact.remove(&w.contact_id);
+        self.deadlines.remove(&(w.deadline, seq));
         Some(w)
     }
 
