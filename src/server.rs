@@ -247,8 +247,7 @@ pub async fn run(
         reload_on_hangup(
             hangups,
             config.policy.clone(),
-            Arc::clone(&engine),
-            Arc::clone(&clock),
+            routing.clone(),
             stopped(stop_rx.clone()),
         ),
         stop_rx.clone(),
@@ -256,13 +255,13 @@ pub async fn run(
     );
 
     let metrics_app = {
-        let (engine, clock) = (Arc::clone(&engine), Arc::clone(&clock));
+        let routing = routing.clone();
         let ready = Arc::clone(&ready);
         axum::Router::new()
             .route(
                 "/metrics",
                 axum::routing::get(move || {
-                    let text = scrape(&engine, clock.as_ref(), &prometheus);
+                    let text = scrape(&routing, &prometheus);
                     async move { text }
                 }),
             )
@@ -407,21 +406,24 @@ async fn housekeeping(
 }
 
 /// Refreshes the engine's gauges and renders the Prometheus text: gauges
-/// are read at scrape time, so they are never stale.
-fn scrape(engine: &SharedEngine, clock: &dyn Clock, prometheus: &PrometheusHandle) -> String {
-    let now = clock.now();
+/// are read at scrape time, so they are never stale. The views apply what
+/// is due first, through the service's one door, so what that decides is
+/// streamed at once.
+fn scrape(routing: &Routing, prometheus: &PrometheusHandle) -> String {
+    let now = routing.now();
     // A halted engine has no state worth showing; the process metrics and
     // counters still are.
-    if let Ok(mut e) = engine.lock() {
-        let queues = e.queues(now);
-        let (by_state, counters, live, watchers) = (
+    let read = routing.with_engine(|e| {
+        (
+            e.queues(now),
             e.roster().by_state(),
             e.counters(),
             e.live_reservations(),
-            e.watchers(),
-        );
-        drop(e);
-        telemetry::publish_engine(by_state, counters, live, watchers, &queues);
+            (e.watchers(), e.undelivered()),
+        )
+    });
+    if let Ok((queues, by_state, counters, live, watch)) = read {
+        telemetry::publish_engine(by_state, counters, live, watch, &queues);
     }
     prometheus.render()
 }
@@ -434,8 +436,7 @@ fn scrape(engine: &SharedEngine, clock: &dyn Clock, prometheus: &PrometheusHandl
 async fn reload_on_hangup(
     hangups: Hangups,
     path: Option<PathBuf>,
-    engine: Arc<SharedEngine>,
-    clock: Arc<dyn Clock>,
+    routing: Routing,
     stop: impl Future<Output = ()>,
 ) {
     tokio::pin!(stop);
@@ -449,7 +450,7 @@ async fn reload_on_hangup(
         }
         match &path {
             Some(path) => {
-                reload(path, &engine, clock.now());
+                reload(path, &routing);
             }
             None => tracing::info!(
                 "SIGHUP: the embedded policy is in force (no --policy file): nothing to reload"
@@ -462,8 +463,7 @@ async fn reload_on_hangup(
 async fn reload_on_hangup(
     _hangups: Hangups,
     _path: Option<PathBuf>,
-    _engine: Arc<SharedEngine>,
-    _clock: Arc<dyn Clock>,
+    _routing: Routing,
     stop: impl Future<Output = ()>,
 ) {
     // No SIGHUP here; the task lives until the stop, as its supervisor expects.
@@ -489,16 +489,20 @@ fn listen_for_hangups() -> Hangups {
 #[cfg(not(unix))]
 fn listen_for_hangups() -> Hangups {}
 
-/// Loads `path` and swaps it in if valid; returns whether it was.
-pub fn reload(path: &std::path::Path, engine: &SharedEngine, now: crate::model::Time) -> bool {
+/// Loads `path` and swaps it in if valid, through the service's one door
+/// (so the callbacks and withdrawals it decides are streamed); returns
+/// whether it was.
+pub fn reload(path: &std::path::Path, routing: &Routing) -> bool {
     match policy::read(path) {
         Ok(p) => {
             let version = p.version.clone();
-            let Ok(mut e) = engine.lock() else {
+            let now = routing.now();
+            if routing
+                .with_engine(|e| e.replace_policy(Arc::new(p), now))
+                .is_err()
+            {
                 return false;
-            };
-            e.replace_policy(Arc::new(p), now);
-            drop(e);
+            }
             metrics::counter!(telemetry::POLICY_RELOADS, "result" => "ok").increment(1);
             tracing::info!(%version, "policy reloaded");
             true

@@ -78,9 +78,16 @@ pub const LINE_CALLBACKS: &str = "careroute_line_callbacks_total";
 pub const OFFERS_WITHDRAWN: &str = "careroute_offers_withdrawn_total";
 /// Assignment watchers (CTI connections) connected now.
 pub const WATCHERS: &str = "careroute_assignment_watchers";
+/// Callbacks and moves kept for a watcher of their queue that has not
+/// connected.
+pub const UNDELIVERED: &str = "careroute_undelivered_events";
+/// Of those, dropped (kept an hour, or past the cap) before one connected.
+pub const UNDELIVERED_DROPPED: &str = "careroute_undelivered_events_dropped_total";
 
 /// Every metric the service exports, for checks of dashboards and alerts.
-pub const EXPORTED: [&str; 33] = [
+pub const EXPORTED: [&str; 35] = [
+    UNDELIVERED,
+    UNDELIVERED_DROPPED,
     LINE_CALLBACKS,
     OFFERS_WITHDRAWN,
     WATCHERS,
@@ -254,6 +261,14 @@ fn describe() {
         "Offers of waiting contacts withdrawn, by reason (cancelled, rerouted, policy_changed)."
     );
     describe_gauge!(
+        UNDELIVERED,
+        "Callbacks and moves decided while no watcher covered their queue, kept (up to an hour) for the next one that does."
+    );
+    describe_counter!(
+        UNDELIVERED_DROPPED,
+        "Callbacks and moves dropped before any watcher of their queue connected: a parked caller nobody was told about."
+    );
+    describe_gauge!(
         WATCHERS,
         "WatchAssignments streams connected now; waiting contacts are offered only to agents one of them covers."
     );
@@ -340,10 +355,12 @@ pub fn publish_engine(
     by_state: [u32; STATES],
     counters: Counters,
     live: usize,
-    watchers: usize,
+    (watchers, undelivered): (usize, usize),
     queues: &[crate::engine::QueueView],
 ) {
     metrics::gauge!(WATCHERS).set(watchers as f64);
+    metrics::gauge!(UNDELIVERED).set(undelivered as f64);
+    metrics::counter!(UNDELIVERED_DROPPED).absolute(counters.undelivered_dropped);
     for (state, n) in AgentState::ALL.iter().zip(by_state) {
         metrics::gauge!(AGENTS, "state" => state.as_str()).set(f64::from(n));
     }

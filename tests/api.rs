@@ -417,7 +417,9 @@ async fn health_reflection_and_metrics() {
 #[tokio::test]
 async fn policy_reload_refuses_an_invalid_file_and_keeps_the_running_policy() {
     use careroute::{
+        clock::ManualClock,
         engine::Engine,
+        grpc::Routing,
         policy, server,
         shared::{Fatal, SharedEngine},
     };
@@ -427,13 +429,19 @@ async fn policy_reload_refuses_an_invalid_file_and_keeps_the_running_policy() {
     let path = dir.join("policy.toml");
     let good = include_str!("../examples/healthcare.toml");
     std::fs::write(&path, good).unwrap();
-    let engine = SharedEngine::new(
+    let engine = Arc::new(SharedEngine::new(
         Engine::new(Arc::new(policy::read(&path).unwrap()), Default::default()),
         Fatal::new(),
+    ));
+    let (_stop, stopping) = tokio::sync::watch::channel(false);
+    let routing = Routing::new(
+        Arc::clone(&engine),
+        Arc::new(ManualClock::new(common::monday_10am())),
+        stopping,
     );
     // A broken edit: refused, and the old policy still answers.
     std::fs::write(&path, good.replacen("level = 4", "level = 7", 1)).unwrap();
-    assert!(!server::reload(&path, &engine, common::monday_10am()));
+    assert!(!server::reload(&path, &routing));
     assert_eq!(engine.lock().unwrap().policy().visible_queues(), 13);
     // A valid edit: taken.
     std::fs::write(
@@ -441,7 +449,7 @@ async fn policy_reload_refuses_an_invalid_file_and_keeps_the_running_policy() {
         good.replacen("version = \"2026-11-22\"", "version = \"2026-11-23\"", 1),
     )
     .unwrap();
-    assert!(server::reload(&path, &engine, common::monday_10am()));
+    assert!(server::reload(&path, &routing));
     assert_eq!(engine.lock().unwrap().policy().version, "2026-11-23");
 }
 

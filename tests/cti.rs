@@ -577,3 +577,35 @@ async fn withdrawn_offers_and_a_move_at_closing_are_on_the_stream_and_in_the_pat
         ("scheduling", "oncall")
     );
 }
+
+/// The CTI is away when a caller's wait limit passes: the callback is kept,
+/// and the watcher that connects next receives it first, marked resent.
+#[tokio::test]
+async fn a_callback_decided_while_nobody_watched_reaches_the_next_watcher() {
+    let knobs = Knobs {
+        max_wait_in_line: "2s",
+        ..KNOBS
+    };
+    let (p, _) = start("kept", &knobs);
+    let mut c = client(&p).await;
+    agent(&mut c, "b1", "Billing", "billing").await;
+    busy(&mut c, "c0", "billing").await;
+    queue(&mut c, contact("w", "billing")).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut events = watch(&mut c, Default::default()).await;
+    let kept = next(&mut events).await;
+    let Some(E::Callback(ticket)) = &kept.event else {
+        panic!("{kept:?}")
+    };
+    assert!(kept.resent);
+    assert_eq!(kept.contact_id, "w");
+    assert_eq!(ticket.reason(), pb::CallbackReason::WaitTooLong);
+    assert_eq!(kept.parked_queue_id, "billing");
+    // Delivered once: a second watcher gets nothing.
+    let mut again = watch(&mut c, Default::default()).await;
+    assert!(
+        next_within(&mut again, Duration::from_millis(500))
+            .await
+            .is_none()
+    );
+}

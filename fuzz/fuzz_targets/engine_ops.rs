@@ -621,20 +621,36 @@ fuzz_target!(|input: Input| {
                 let filter = match k % 3 {
                     0 => WatchFilter::default(),
                     1 => WatchFilter {
-                        agents: vec![format!("b{}", k % 4)],
+                        agents: [format!("b{}", k % 4)].into(),
                         ..WatchFilter::default()
                     },
                     _ => WatchFilter {
-                        teams: vec!["Billing".into()],
+                        teams: ["Billing".into()].into(),
                         ..WatchFilter::default()
                     },
                 };
                 let (id, live) = e.watch(filter, now).unwrap();
                 for event in &live {
-                    let Event::Assigned(a) = event else {
-                        panic!("a snapshot holds only offers: {event:?}")
-                    };
-                    assert!(a.resent && m.assignments.contains(&a.offer.reservation));
+                    // Offers still live; callbacks and moves nobody watched.
+                    match event {
+                        Event::Assigned(a) => assert!(
+                            m.assignments.contains(&a.offer.reservation),
+                            "resent an offer never made"
+                        ),
+                        Event::CallbackInstead { contact_id, .. } => {
+                            assert!(
+                                !m.waiting.contains(contact_id),
+                                "a stale callback for {contact_id}"
+                            )
+                        }
+                        Event::Moved { contact_id, .. } => {
+                            assert!(
+                                m.waiting.contains(contact_id),
+                                "a stale move for {contact_id}"
+                            )
+                        }
+                        Event::Withdrawn { .. } => panic!("a withdrawal is never kept: {event:?}"),
+                    }
                     let _ = pb::AssignmentEvent::from(event).encode_to_vec();
                 }
                 watchers.push(id);

@@ -8,10 +8,12 @@
 //! agent for two contacts.
 
 mod error;
+mod event;
 pub mod ewt;
 mod expiring;
 mod queueing;
 mod roster;
+mod stats;
 pub mod waiting;
 mod watchers;
 
@@ -26,15 +28,14 @@ use std::{
 use chrono::Duration;
 
 pub use error::EngineError;
+pub use event::{Assignment, Event, Parked, Withdrawal};
 pub use expiring::Expiring;
-pub use queueing::{
-    Assignment, Event, HANDLE_TIMES_TRUSTED, Parked, QueueStats, QueuedOffer, UNSTAFFED_GRACE,
-    Withdrawal,
-};
+pub use queueing::{QueuedOffer, UNSTAFFED_GRACE};
 pub use roster::{Agent, AgentIdx, Pick, QueuePool, Roster};
+pub use stats::{HANDLE_TIMES_TRUSTED, QueueStats};
 use waiting::WaitingRoom;
-use watchers::Watchers;
-pub use watchers::{WatchFilter, WatchId};
+pub use watchers::{MAX_UNDELIVERED, UNDELIVERED_KEPT, WatchFilter, WatchId};
+use watchers::{Undelivered, Watchers};
 
 use crate::model::{AgentState, CallbackReason, Channel, Contact, FastMap, Reason, Time, Urgency};
 use crate::policy::{CallbackTerms, IntentIdx, Policy, QueueIdx, Resolved, Step, Text, TextList};
@@ -420,6 +421,9 @@ pub struct Counters {
     pub idempotency_evicted_early: u64,
     /// Contact paths forgotten before their window ended.
     pub paths_evicted_early: u64,
+    /// Callbacks and moves dropped before any watcher of their queue
+    /// connected.
+    pub undelivered_dropped: u64,
 }
 
 /// What a reservation is for.
@@ -518,7 +522,11 @@ pub struct Engine {
     stats: Vec<QueueStats>,
     events: Vec<Event>,
     last_sweep: Option<Time>,
+    /// Per queue: since when contacts wait in its line with nobody logged
+    /// in to serve them.
+    unstaffed_since: Vec<Option<Time>>,
     watchers: Watchers,
+    undelivered: Undelivered,
 }
 
 impl Engine {
@@ -529,6 +537,7 @@ impl Engine {
             roster: Roster::new(&policy),
             waiting: WaitingRoom::new(policy.queues.len()),
             stats: vec![QueueStats::default(); policy.queues.len()],
+            unstaffed_since: vec![None; policy.queues.len()],
             policy,
             reservations: FastMap::default(),
             ledger: Ledger {
@@ -543,6 +552,7 @@ impl Engine {
             events: Vec::new(),
             last_sweep: None,
             watchers: Watchers::default(),
+            undelivered: Undelivered::default(),
             config,
         }
     }
@@ -559,7 +569,10 @@ impl Engine {
 
     /// Cumulative counters.
     pub fn counters(&self) -> Counters {
-        self.counters
+        Counters {
+            undelivered_dropped: self.undelivered.dropped,
+            ..self.counters
+        }
     }
 
     /// Live reservations.
@@ -609,6 +622,7 @@ impl Engine {
         }
         self.wait_limits(now);
         self.sweep_lines(now);
+        self.undelivered.expire(now);
         self.counters.idempotency_evicted_early += self.replies.evict(now);
         self.counters.paths_evicted_early += self.paths.evict(now);
     }
@@ -666,8 +680,12 @@ impl Engine {
         }
         let policy = Arc::clone(&self.policy);
         let facts = self.resolve(&policy, contact)?;
-        // A new hop supersedes any place in line the contact held.
-        self.withdraw(&contact.contact_id, queueing::Withdrawal::Rerouted, now);
+        // A new hop supersedes any place in line the contact held, and any
+        // callback kept for a watcher that has not connected.
+        self.withdraw(&contact.contact_id, Withdrawal::Rerouted, now);
+        if !self.undelivered.is_empty() {
+            self.undelivered.forget(&contact.contact_id);
+        }
         let plan = policy.plan(contact, facts, now);
         let rule = plan.rule.map(|r| &policy.rules[r]);
         let mut reasons = plan.reasons;

@@ -16,11 +16,12 @@
 
 use chrono::Duration;
 
+use super::event::{Assignment, Event, Parked, Withdrawal};
+use super::stats::QueueStats;
 use super::waiting::{NEVER, Waiter};
-use super::watchers::WatchFilter;
 use super::{
-    AgentIdx, AgentOffer, CallbackOffer, DecisionId, Engine, EngineError, Fate, Hop, HopKind,
-    Reservation, ReservationId, Slot, Timer, ewt,
+    AgentIdx, CallbackOffer, DecisionId, Engine, EngineError, Fate, Hop, HopKind, Reservation,
+    ReservationId, Slot, Timer, ewt,
 };
 use crate::model::{AgentState, CallbackReason, Channel, Contact, Time, Urgency};
 use crate::policy::{Policy, QueueIdx, Resolved, Text};
@@ -29,13 +30,6 @@ use crate::policy::{Policy, QueueIdx, Resolved, Text};
 /// a minute, an urgent contact goes ahead of routine ones that have waited
 /// up to five minutes longer.
 const URGENT_POINTS: i64 = 5;
-/// Weight of the newest observation in the moving averages.
-const EWMA_WEIGHT: f64 = 0.2;
-/// Handle times observed before the observed average alone makes the
-/// estimate; until then it is blended with the configured `handle_time`
-/// in proportion (after 5 of 20, a quarter observed, three quarters
-/// configured).
-pub const HANDLE_TIMES_TRUSTED: u64 = 20;
 /// How often lines are swept for closed queues and for lines no agent is
 /// logged in to serve.
 pub(super) const SWEEP_EVERY: Duration = Duration::seconds(1);
@@ -56,193 +50,6 @@ pub struct QueuedOffer {
     pub position: u32,
     /// Estimated wait.
     pub estimated_wait: Duration,
-}
-
-/// Where a waiting call is parked: the queue it joined and that queue's
-/// transfer address. It stays there when the contact moves on (a wider
-/// pool, the on-call queue at closing).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Parked {
-    /// The queue the contact joined.
-    pub queue_id: Text,
-    /// Where the call is parked.
-    pub transfer_address: Text,
-}
-
-/// A waiting contact offered to an agent.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Assignment {
-    /// The contact.
-    pub contact_id: String,
-    /// The reserved agent; its queue is the one offering the contact.
-    pub offer: AgentOffer,
-    /// The agent's team, for watchers that cover teams.
-    pub team: Text,
-    /// Where the call is parked.
-    pub parked: Parked,
-    /// How long the contact had waited when offered (for an offer sent
-    /// again to a watcher that connected, until now).
-    pub waited: Duration,
-    /// The agent passed on this contact before (rejected or let it lapse)
-    /// and it comes back after the cool-down.
-    pub reoffer: bool,
-    /// An offer still live, sent again to a watcher that just connected.
-    pub resent: bool,
-}
-
-/// Why an offer was withdrawn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Withdrawal {
-    /// The caller hung up.
-    Cancelled,
-    /// The contact was routed again (a new hop).
-    Rerouted,
-    /// A policy reload removed what the contact waited for.
-    PolicyChanged,
-}
-
-/// Something decided outside a request, for the edge to stream.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// A waiting contact was matched to an agent: confirm or release it.
-    Assigned(Assignment),
-    /// A waiting contact left its line for a callback ticket: its queue
-    /// closed, it waited too long, nobody is logged in to serve it, or a
-    /// policy reload removed its queue.
-    CallbackInstead {
-        /// The contact.
-        contact_id: String,
-        /// Where the call is parked.
-        parked: Parked,
-        /// The ticket.
-        callback: CallbackOffer,
-        /// How long it waited.
-        waited: Duration,
-    },
-    /// An offer made on the stream is void: the agent's desktop stops
-    /// ringing, and neither confirm nor release is needed.
-    Withdrawn {
-        /// The contact.
-        contact_id: String,
-        /// The agent that was offered it.
-        agent_id: Text,
-        /// The agent's team.
-        team: Text,
-        /// The reservation, now released.
-        reservation: ReservationId,
-        /// Why.
-        reason: Withdrawal,
-    },
-    /// A waiting contact's queue closed and it moved to the on-call queue;
-    /// the call stays parked where it was.
-    Moved {
-        /// The contact.
-        contact_id: String,
-        /// Where the call is parked.
-        parked: Parked,
-        /// The queue that now offers it.
-        to_queue_id: Text,
-        /// How long it has waited.
-        waited: Duration,
-    },
-}
-
-impl Event {
-    /// The contact the event is about.
-    pub fn contact_id(&self) -> &str {
-        match self {
-            Event::Assigned(a) => &a.contact_id,
-            Event::CallbackInstead { contact_id, .. }
-            | Event::Withdrawn { contact_id, .. }
-            | Event::Moved { contact_id, .. } => contact_id,
-        }
-    }
-
-    /// Whether a watcher with `filter` receives the event: events for an
-    /// agent by agent or team, the others by the queue the call is parked at.
-    pub fn passes(&self, filter: &WatchFilter) -> bool {
-        match self {
-            Event::Assigned(a) => filter.covers_agent(&a.offer.agent_id, &a.team),
-            Event::Withdrawn { agent_id, team, .. } => filter.covers_agent(agent_id, team),
-            Event::CallbackInstead { parked, .. } | Event::Moved { parked, .. } => {
-                filter.covers_queue(&parked.queue_id)
-            }
-        }
-    }
-}
-
-/// What one queue counted since start.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct QueueStats {
-    /// Contacts that entered the line.
-    pub queued: u64,
-    /// Waiting contacts whose offer was confirmed.
-    pub answered: u64,
-    /// Of those, answered within the queue's service-level threshold.
-    pub answered_in_time: u64,
-    /// Waiting contacts cancelled (the caller hung up).
-    pub abandoned: u64,
-    /// Callback tickets this queue owns.
-    pub callbacks: u64,
-    /// Moving average of the handle times observed (seconds), if any.
-    pub handle_time: Option<f64>,
-    /// Handle times observed.
-    pub handle_times_observed: u64,
-    /// Average gap between arrivals in line (seconds), if two or more.
-    pub arrival_gap: Option<f64>,
-    last_arrival: Option<Time>,
-    /// Erlang C for (agents, load rounded to 1 %), reused while they hold.
-    erlang_c: Option<(u32, i64, f64)>,
-    /// Since when contacts wait in this line with nobody logged in to
-    /// serve them.
-    unstaffed_since: Option<Time>,
-}
-
-fn ewma(old: Option<f64>, new: f64) -> f64 {
-    old.map_or(new, |o| o + EWMA_WEIGHT * (new - o))
-}
-
-impl QueueStats {
-    /// Share of answered waiting contacts answered within the threshold.
-    pub fn service_level(&self) -> Option<f64> {
-        (self.answered > 0).then(|| self.answered_in_time as f64 / self.answered as f64)
-    }
-
-    /// Share of waiting contacts that hung up before an answer.
-    pub fn abandonment(&self) -> Option<f64> {
-        let ended = self.answered + self.abandoned;
-        (ended > 0).then(|| self.abandoned as f64 / ended as f64)
-    }
-
-    /// Records one finished contact's handle time.
-    pub fn observe_handle_time(&mut self, d: Duration) {
-        let secs = d.num_milliseconds().max(0) as f64 / 1000.0;
-        self.handle_time = Some(ewma(self.handle_time, secs));
-        self.handle_times_observed += 1;
-    }
-
-    /// The handle time the wait estimate uses (seconds): the configured
-    /// value blended with the observed average in proportion to how many
-    /// have been observed, the observed average alone from
-    /// [`HANDLE_TIMES_TRUSTED`] on. One odd call cannot move it far.
-    pub fn handle_estimate(&self, configured: Duration) -> f64 {
-        let configured = configured.num_milliseconds() as f64 / 1000.0;
-        let Some(observed) = self.handle_time else {
-            return configured;
-        };
-        let w = self.handle_times_observed.min(HANDLE_TIMES_TRUSTED) as f64
-            / HANDLE_TIMES_TRUSTED as f64;
-        w * observed + (1.0 - w) * configured
-    }
-
-    fn observe_arrival(&mut self, now: Time) {
-        if let Some(last) = self.last_arrival {
-            let gap = (now - last).num_milliseconds().max(1) as f64 / 1000.0;
-            self.arrival_gap = Some(ewma(self.arrival_gap, gap));
-        }
-        self.last_arrival = Some(now);
-        self.queued += 1;
-    }
 }
 
 impl Engine {
@@ -379,7 +186,7 @@ impl Engine {
     }
 
     /// Where a contact that joined `queue` is parked.
-    fn parked(&self, queue: QueueIdx) -> Parked {
+    pub(super) fn parked(&self, queue: QueueIdx) -> Parked {
         let q = &self.policy.queues[self.policy.root(queue)];
         Parked {
             queue_id: q.id.clone(),
@@ -522,15 +329,17 @@ impl Engine {
             offer,
             team,
             parked,
-            waited: now - arrived,
+            waited: (now - arrived).max(Duration::zero()),
             reoffer,
-            resent: false,
         }));
     }
 
     /// A waiting contact's offer was confirmed: it leaves the line answered.
     pub(super) fn answered(&mut self, seq: u64, now: Time) {
         if let Some(w) = self.waiting.leave(seq) {
+            if !self.undelivered.is_empty() {
+                self.undelivered.forget(&w.contact_id);
+            }
             let stats = &mut self.stats[self.policy.root(w.queue)];
             stats.answered += 1;
             if now - w.arrived <= self.policy.queues[w.queue].service_level {
@@ -544,7 +353,10 @@ impl Engine {
     /// the cool-down, unless nobody could have seen the offer. A contact
     /// past its wait limit leaves with a callback instead.
     pub(super) fn offer_failed(&mut self, seq: u64, r: &Reservation, fate: Fate, now: Time) {
-        let passed = (!r.unseen).then(|| (r.agent, now + self.policy.reoffer_after));
+        // A release is the agent's pass even on an offer it was resent; a
+        // lapse nobody could see is not.
+        let passed = (fate == Fate::Released || !r.unseen)
+            .then(|| (r.agent, now + self.policy.reoffer_after));
         let Some(w) = self.waiting.step_back(seq, passed) else {
             return;
         };
@@ -598,12 +410,13 @@ impl Engine {
             now,
         );
         let parked = self.parked(w.parked);
-        self.events.push(Event::CallbackInstead {
+        let event = Event::CallbackInstead {
             contact_id: w.contact_id,
             parked,
             callback,
-            waited: now - w.arrived,
-        });
+            waited: (now - w.arrived).max(Duration::zero()),
+        };
+        self.announce(event, now);
     }
 
     /// An offer to `a` timed out: after the policy's number in a row the
@@ -657,6 +470,7 @@ impl Engine {
             .map(|w| (w.queue, w.decision))
             .ok_or_else(|| EngineError::NotWaiting(contact_id.to_owned()))?;
         self.withdraw(contact_id, Withdrawal::Cancelled, now);
+        self.undelivered.forget(contact_id);
         self.stats[self.policy.root(queue)].abandoned += 1;
         self.line_hop(
             LineHop::new(contact_id, decision, queue),
@@ -679,21 +493,21 @@ impl Engine {
         self.last_sweep = Some(now);
         for q in 0..self.policy.queues.len() {
             if self.waiting.count(q) == 0 {
-                self.stats[q].unstaffed_since = None;
+                self.unstaffed_since[q] = None;
                 continue;
             }
             if !self.policy.is_open(q, now) {
                 self.close_line(q, now);
             } else if self.unservable(q) {
-                let since = *self.stats[q].unstaffed_since.get_or_insert(now);
+                let since = *self.unstaffed_since[q].get_or_insert(now);
                 if now - since >= UNSTAFFED_GRACE {
                     for seq in self.waiting.in_queue(q) {
                         self.call_back(seq, CallbackReason::NoAgentsStaffed, now);
                     }
-                    self.stats[q].unstaffed_since = None;
+                    self.unstaffed_since[q] = None;
                 }
             } else {
-                self.stats[q].unstaffed_since = None;
+                self.unstaffed_since[q] = None;
             }
         }
     }
@@ -730,101 +544,17 @@ impl Engine {
                     let mut hop = LineHop::new(&contact_id, decision, oc);
                     hop.from = Some(self.policy.root(q));
                     self.line_hop(hop, HopKind::Moved, now);
-                    let parked = self.parked(parked);
-                    self.events.push(Event::Moved {
+                    let event = Event::Moved {
                         contact_id,
-                        parked,
+                        parked: self.parked(parked),
+                        from_queue_id: self.policy.queues[self.policy.root(q)].id.clone(),
                         to_queue_id: self.policy.queues[oc].id.clone(),
-                        waited: now - arrived,
-                    });
+                        waited: (now - arrived).max(Duration::zero()),
+                    };
+                    self.announce(event, now);
                     self.dispatch_line(oc, channel, now);
                 }
                 _ => self.call_back(seq, CallbackReason::Closed, now),
-            }
-        }
-    }
-
-    /// Registers a watcher: agents it covers are offered waiting contacts
-    /// from now on. Returns its id and the offers still live for the agents
-    /// it covers (sent before it connected), oldest first. A queue the
-    /// filter names must exist.
-    pub fn watch(
-        &mut self,
-        filter: WatchFilter,
-        now: Time,
-    ) -> Result<(super::WatchId, Vec<Event>), EngineError> {
-        self.advance(now);
-        if let Some(q) = filter
-            .queues
-            .iter()
-            .find(|q| self.policy.queue_idx(q).is_none())
-        {
-            return Err(EngineError::UnknownQueue {
-                field: "queue_ids",
-                id: q.clone(),
-            });
-        }
-        let mut live: Vec<&Reservation> = self
-            .reservations
-            .values()
-            .filter(|r| r.waiter.is_some())
-            .filter(|r| {
-                let agent = self.roster.agent(r.agent);
-                filter.covers_agent(&agent.id, &agent.team)
-            })
-            .collect();
-        live.sort_unstable_by_key(|r| r.id);
-        let live: Vec<Event> = live
-            .into_iter()
-            .filter_map(|r| {
-                let w = self.waiting.get(r.waiter?)?;
-                let agent = self.roster.agent(r.agent);
-                let queue = &self.policy.queues[self.policy.root(w.queue)];
-                Some(Event::Assigned(Assignment {
-                    contact_id: r.contact_id.clone(),
-                    offer: AgentOffer {
-                        agent_id: agent.id.clone(),
-                        transfer_address: agent.transfer_address.clone(),
-                        queue_id: queue.id.clone(),
-                        reservation: r.id,
-                        expires_at: r.expires_at,
-                        interpreter_needed: r.interpreter_needed,
-                    },
-                    team: agent.team.clone(),
-                    parked: self.parked(w.parked),
-                    waited: now - w.arrived,
-                    reoffer: w.passed_by(r.agent),
-                    resent: true,
-                }))
-            })
-            .collect();
-        let id = self.watchers.add(filter.clone());
-        if !self.waiting.is_empty() {
-            for a in 0..self.roster.len() as AgentIdx {
-                let agent = self.roster.agent(a);
-                if filter.covers_agent(&agent.id, &agent.team) {
-                    self.dispatch(a, now);
-                }
-            }
-        }
-        Ok((id, live))
-    }
-
-    /// Watchers connected now.
-    pub fn watchers(&self) -> usize {
-        self.watchers.len()
-    }
-
-    /// A watcher disconnected. Offers out to agents nobody covers any more
-    /// could not be seen: if one lapses it is not the agent's miss.
-    pub fn unwatch(&mut self, id: super::WatchId, now: Time) {
-        self.advance(now);
-        if self.watchers.remove(id).is_none() {
-            return;
-        }
-        for r in self.reservations.values_mut() {
-            if r.waiter.is_some() && !self.watchers.cover(self.roster.agent(r.agent)) {
-                r.unseen = true;
             }
         }
     }
@@ -884,14 +614,16 @@ impl Engine {
                 now,
             );
             let parked = self.parked(w.parked);
-            self.events.push(Event::CallbackInstead {
+            let event = Event::CallbackInstead {
                 contact_id: w.contact_id,
                 parked,
                 callback,
-                waited: now - w.arrived,
-            });
+                waited: (now - w.arrived).max(Duration::zero()),
+            };
+            self.announce(event, now);
         }
         self.stats = stats;
+        self.unstaffed_since = vec![None; new.queues.len()];
     }
 
     /// The relaxation-step timers of every waiting contact under `policy`:

@@ -644,7 +644,7 @@ fn waiting_contacts_are_offered_only_to_watched_agents() {
     // A CTI covering b2 only: b2 is offered the head of the line at once.
     let t2 = t + Duration::minutes(1);
     let only_b2 = WatchFilter {
-        agents: vec!["b2".into()],
+        agents: ["b2".into()].into(),
         ..WatchFilter::default()
     };
     let (id, live) = e.watch(only_b2.clone(), t2).unwrap();
@@ -653,7 +653,7 @@ fn waiting_contacts_are_offered_only_to_watched_agents() {
     assert_eq!(assigned(&events), [("w1".to_string(), "b2".to_string())]);
     assert!(events.iter().all(|ev| ev.passes(&only_b2)));
     let teams = WatchFilter {
-        teams: vec!["Other".into()],
+        teams: ["Other".into()].into(),
         ..WatchFilter::default()
     };
     assert!(!events[0].passes(&teams), "b2 is in team T");
@@ -662,11 +662,11 @@ fn waiting_contacts_are_offered_only_to_watched_agents() {
     let [Event::Assigned(a)] = live.as_slice() else {
         panic!("{live:?}")
     };
-    assert!(a.resent && &*a.offer.agent_id == "b2" && a.contact_id == "w1");
+    assert!(&*a.offer.agent_id == "b2" && a.contact_id == "w1");
     e.unwatch(id, t2);
     // An unknown queue in a filter is refused.
     let bad = WatchFilter {
-        queues: vec!["nope".into()],
+        queues: ["nope".into()].into(),
         ..WatchFilter::default()
     };
     assert!(matches!(
@@ -703,7 +703,6 @@ fn offers_nobody_could_see_are_not_the_agents_misses() {
     let [Event::Assigned(again)] = live.as_slice() else {
         panic!("{live:?}")
     };
-    assert!(again.resent);
     assert_eq!(again.offer.reservation, first.offer.reservation);
     assert_eq!(again.offer.expires_at, first.offer.expires_at);
     // It lapses: nobody watched b1 for part of its life, so no miss, and
@@ -946,4 +945,144 @@ fn a_contact_on_a_channel_its_queue_does_not_take_is_not_queued() {
     };
     assert_eq!(c.reason, CallbackReason::NoAgentsStaffed);
     assert_eq!(e.waiting_contacts(), 0);
+}
+
+/// A callback decided while no watcher covers its queue is kept, and the
+/// next watcher of that queue receives it on connect; one for a contact
+/// that was routed again since is dropped.
+#[test]
+fn a_callback_nobody_could_receive_is_kept_for_the_next_watcher() {
+    let text = waiting_policy_text().replacen(
+        "max_waiting = 20\nmax_wait = \"2h\"",
+        "max_waiting = 20\nmax_wait = \"2h\"\nmax_wait_in_line = \"90s\"",
+        1,
+    );
+    let policy = crate::policy::parse("limit.toml", &text).unwrap();
+    let mut e = Engine::new(Arc::new(policy), EngineConfig::default());
+    let t = open();
+    agent(&mut e, "b1", "billing", t);
+    busy(&mut e, "c0", "billing", t);
+    queued(
+        &e.route(&call("w1", "billing", Urgency::Routine), t)
+            .unwrap(),
+    );
+    queued(
+        &e.route(&call("w2", "billing", Urgency::Routine), t)
+            .unwrap(),
+    );
+    // Nobody watches when their wait limit passes.
+    e.advance(t + Duration::seconds(90));
+    assert_eq!(e.take_events().len(), 2, "announced all the same");
+    assert_eq!(e.undelivered(), 2);
+    // w2 calls again and is routed anew: its old callback is void.
+    e.route(
+        &call("w2", "billing", Urgency::Routine),
+        t + Duration::seconds(91),
+    )
+    .unwrap();
+    // A watcher of another team's agents only gets nothing; one of the
+    // billing queue gets w1's callback.
+    let others = WatchFilter {
+        teams: ["Other".into()].into(),
+        ..WatchFilter::default()
+    };
+    let (_, missed) = e.watch(others, t + Duration::seconds(92)).unwrap();
+    assert!(missed.is_empty());
+    let billing = WatchFilter {
+        queues: ["billing".into()].into(),
+        ..WatchFilter::default()
+    };
+    let (_, missed) = e.watch(billing.clone(), t + Duration::seconds(93)).unwrap();
+    let [
+        Event::CallbackInstead {
+            contact_id,
+            callback,
+            ..
+        },
+    ] = missed.as_slice()
+    else {
+        panic!("{missed:?}")
+    };
+    assert_eq!(
+        (contact_id.as_str(), callback.reason),
+        ("w1", CallbackReason::WaitTooLong)
+    );
+    // Delivered once.
+    let (_, missed) = e.watch(billing, t + Duration::seconds(94)).unwrap();
+    assert!(missed.is_empty());
+    assert_eq!(e.undelivered(), 0);
+}
+
+/// An offer announced but not yet streamed when a watcher connects reaches
+/// it once, with the stream, not also in what it missed.
+#[test]
+fn a_watcher_connecting_as_an_offer_is_made_gets_it_once() {
+    let mut e = Engine::new(Arc::new(waiting_policy()), EngineConfig::default());
+    let t = open();
+    let (first, _) = e.watch(WatchFilter::default(), t).unwrap();
+    agent(&mut e, "b1", "billing", t);
+    busy(&mut e, "c0", "billing", t);
+    queued(&e.route(&call("w", "billing", Urgency::Routine), t).unwrap());
+    let done = e.complete("b1", "c0", t).unwrap();
+    e.take_events();
+    // The wrap-up ends exactly as the second watcher connects: the offer is
+    // made inside `watch` and queued for the stream.
+    let (_, missed) = e.watch(WatchFilter::default(), done).unwrap();
+    assert!(missed.is_empty(), "{missed:?}");
+    assert_eq!(
+        assigned(&e.take_events()),
+        [("w".to_string(), "b1".to_string())]
+    );
+    e.unwatch(first, done);
+}
+
+/// The next due time is the earliest of the timers, the next sweep of the
+/// lines (while anyone waits) and the earliest wait limit.
+#[test]
+fn next_due_is_the_earliest_of_timers_sweep_and_wait_limits() {
+    let mut e = engine();
+    let t = open();
+    agent(&mut e, "b1", "billing", t);
+    busy(&mut e, "c0", "billing", t);
+    let d = e.route(&call("w", "billing", Urgency::Routine), t).unwrap();
+    queued(&d);
+    // Before any sweep, the first one is due at once.
+    assert!(e.next_due().unwrap() <= t);
+    e.advance(t);
+    // Then the next sweep, a second on, comes before the confirmed
+    // reservation's (now stale) 15 s expiry, the 60 s step and the 2 h wait
+    // limit.
+    assert_eq!(e.next_due(), Some(t + Duration::seconds(1)));
+    e.cancel("w", t).unwrap();
+    // Nobody waits: no sweep and no wait limit; the stale expiry is next.
+    assert_eq!(e.next_due(), Some(t + e.policy().reservation_ttl));
+    e.advance(t + e.policy().reservation_ttl);
+    assert_eq!(e.next_due(), Some(t + Duration::seconds(60)));
+}
+
+/// An agent who rejects an offer it was resent after a CTI restart passed
+/// on it: the cool-down applies as to any rejection.
+#[test]
+fn rejecting_a_resent_offer_is_a_pass() {
+    let mut e = Engine::new(Arc::new(waiting_policy()), EngineConfig::default());
+    let t = open();
+    let (cti, _) = e.watch(WatchFilter::default(), t).unwrap();
+    agent(&mut e, "b1", "billing", t);
+    busy(&mut e, "c0", "billing", t);
+    queued(&e.route(&call("w", "billing", Urgency::Routine), t).unwrap());
+    let offered = e.complete("b1", "c0", t).unwrap();
+    e.advance(offered);
+    e.take_events();
+    e.unwatch(cti, offered);
+    let (_, missed) = e.watch(WatchFilter::default(), offered).unwrap();
+    let [Event::Assigned(a)] = missed.as_slice() else {
+        panic!("{missed:?}")
+    };
+    e.release(a.offer.reservation, offered).unwrap();
+    assert!(
+        assigned(&e.take_events()).is_empty(),
+        "offered again at once"
+    );
+    let b1 = e.roster.find("b1").unwrap();
+    assert!(e.waiting.find("w").unwrap().excludes(b1, offered));
 }

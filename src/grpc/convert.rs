@@ -3,7 +3,7 @@
 //! and what is expected; it never echoes the value, which could be patient
 //! data sent by mistake.
 
-use std::fmt::Display;
+use std::{collections::HashSet, fmt::Display};
 
 use prost_types::Timestamp;
 use tonic::Status;
@@ -258,7 +258,7 @@ impl TryFrom<pb::WatchAssignmentsRequest> for WatchFilter {
                 .into_iter()
                 .enumerate()
                 .map(|(i, v)| required(&format!("{name}[{i}]"), v, max, charset))
-                .collect::<Result<Vec<_>, Status>>()
+                .collect::<Result<HashSet<_>, Status>>()
         };
         Ok(WatchFilter {
             agents: list("agent_ids", r.agent_ids, MAX_ID_LEN, ID)?,
@@ -417,27 +417,32 @@ impl From<&CallbackOffer> for pb::CallbackTicket {
 impl From<&Event> for pb::AssignmentEvent {
     fn from(e: &Event) -> pb::AssignmentEvent {
         use pb::assignment_event::Event as E;
-        let parked = |p: &Parked| (p.queue_id.to_string(), p.transfer_address.to_string());
-        let (event, waited, (parked_queue_id, parked_transfer_address), reoffer, resent) = match e {
-            Event::Assigned(a) => (
-                E::Agent(pb::AgentTarget::from(&a.offer)),
-                Some(a.waited),
-                parked(&a.parked),
-                a.reoffer,
-                a.resent,
-            ),
+        let mut out = pb::AssignmentEvent {
+            contact_id: e.contact_id().to_owned(),
+            ..Default::default()
+        };
+        let mut parked = |p: &Parked| {
+            out.parked_queue_id = p.queue_id.to_string();
+            out.parked_transfer_address = p.transfer_address.to_string();
+        };
+        let (event, waited) = match e {
+            Event::Assigned(a) => {
+                parked(&a.parked);
+                out.reoffer = a.reoffer;
+                (E::Agent(pb::AgentTarget::from(&a.offer)), Some(a.waited))
+            }
             Event::CallbackInstead {
                 parked: p,
                 callback,
                 waited,
                 ..
-            } => (
-                E::Callback(pb::CallbackTicket::from(callback)),
-                Some(*waited),
-                parked(p),
-                false,
-                false,
-            ),
+            } => {
+                parked(p);
+                (
+                    E::Callback(pb::CallbackTicket::from(callback)),
+                    Some(*waited),
+                )
+            }
             Event::Withdrawn {
                 agent_id,
                 reservation,
@@ -450,35 +455,27 @@ impl From<&Event> for pb::AssignmentEvent {
                     reason: pb::WithdrawReason::from(*reason).into(),
                 }),
                 None,
-                (String::new(), String::new()),
-                false,
-                false,
             ),
             Event::Moved {
                 parked: p,
+                from_queue_id,
                 to_queue_id,
                 waited,
                 ..
-            } => (
-                E::Moved(pb::QueueMove {
-                    from_queue_id: p.queue_id.to_string(),
-                    to_queue_id: to_queue_id.to_string(),
-                }),
-                Some(*waited),
-                parked(p),
-                false,
-                false,
-            ),
+            } => {
+                parked(p);
+                (
+                    E::Moved(pb::QueueMove {
+                        from_queue_id: from_queue_id.to_string(),
+                        to_queue_id: to_queue_id.to_string(),
+                    }),
+                    Some(*waited),
+                )
+            }
         };
-        pb::AssignmentEvent {
-            contact_id: e.contact_id().to_owned(),
-            event: Some(event),
-            waited: waited.map(duration),
-            parked_queue_id,
-            parked_transfer_address,
-            reoffer,
-            resent,
-        }
+        out.event = Some(event);
+        out.waited = waited.map(duration);
+        out
     }
 }
 

@@ -40,6 +40,8 @@ type Published = Arc<(Event, pb::AssignmentEvent)>;
 const EVENT_BUFFER: usize = 4096;
 /// Events queued for one watcher's connection.
 const WATCHER_QUEUE: usize = 64;
+/// How long a watcher may leave a full queue unread before it is ended.
+const WATCHER_STALL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Routing {
     /// A service over `engine`, reading time from `clock`.
@@ -118,6 +120,25 @@ impl Routing {
         Ok(pb::SetAgentStateResponse {
             previous: pb::AgentState::from(previous).into(),
         })
+    }
+}
+
+/// Queues one item for a watcher's connection. False when the watcher is
+/// gone, the server stops, or the watcher has read nothing for
+/// [`WATCHER_STALL`]: one that stopped reading is ended, so its agents are
+/// no longer offered contacts it would never pass on.
+async fn deliver(
+    tx: &mpsc::Sender<Result<pb::AssignmentEvent, Status>>,
+    item: Result<pb::AssignmentEvent, Status>,
+    stopping: &mut watch::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        sent = tx.send(item) => sent.is_ok(),
+        _ = stopping.wait_for(|s| *s) => false,
+        _ = tokio::time::sleep(WATCHER_STALL) => {
+            tracing::warn!("assignment watcher stopped reading; ending its stream");
+            false
+        }
     }
 }
 
@@ -317,7 +338,7 @@ impl pb::routing_service_server::RoutingService for Routing {
             let events = self.events.subscribe();
             (events, e.watch(filter.clone(), now))
         })?;
-        let (id, live) = watched.map_err(Status::from)?;
+        let (id, missed) = watched.map_err(Status::from)?;
         let watching = Watching {
             routing: self.clone(),
             id,
@@ -328,8 +349,10 @@ impl pb::routing_service_server::RoutingService for Routing {
             // Unwatched when this task ends: the client went away, the
             // server stops, or the watcher fell behind.
             let _watching = watching;
-            for e in &live {
-                if tx.send(Ok(pb::AssignmentEvent::from(e))).await.is_err() {
+            for e in &missed {
+                let mut wire = pb::AssignmentEvent::from(e);
+                wire.resent = true;
+                if !deliver(&tx, Ok(wire), &mut stopping).await {
                     return;
                 }
             }
@@ -341,21 +364,20 @@ impl pb::routing_service_server::RoutingService for Routing {
                 };
                 match published {
                     Ok(p) if p.0.passes(&filter) => {
-                        if tx.send(Ok(p.1.clone())).await.is_err() {
+                        if !deliver(&tx, Ok(p.1.clone()), &mut stopping).await {
                             return;
                         }
                     }
                     Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    Err(broadcast::error::RecvError::Lagged(behind)) => {
                         // Routing never waits for a watcher. One that fell
                         // behind is told to reconnect, and gets the live
                         // offers again on connect.
-                        tracing::warn!(missed, "assignment watcher fell behind; ending its stream");
-                        let _ = tx
-                            .send(Err(Status::aborted(format!(
-                                "this watcher fell {missed} events behind; reconnect: offers still live are sent again on connect"
-                            ))))
-                            .await;
+                        tracing::warn!(behind, "assignment watcher fell behind; ending its stream");
+                        let aborted = Status::aborted(format!(
+                            "this watcher fell {behind} events behind; reconnect: offers still live are sent again on connect"
+                        ));
+                        deliver(&tx, Err(aborted), &mut stopping).await;
                         return;
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
