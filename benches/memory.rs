@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use careroute::{
-    engine::{AgentSpec, Engine, EngineConfig},
+    engine::{AgentSpec, Engine, EngineConfig, Route, SetAgentState, UpsertAgent},
     model::{AgentState, Channel, Contact, Identity, Time},
     policy::Policy,
 };
@@ -54,8 +54,8 @@ fn agents(n: usize, state: AgentState) {
         if i % 10 == 0 {
             languages.push("es".into());
         }
-        e.upsert_agent(
-            AgentSpec {
+        e.apply(
+            UpsertAgent(AgentSpec {
                 id: format!("agent-{i}"),
                 team: format!("Team {}", i % 50),
                 transfer_address: format!("sip:{}@pbx.careroute.example", 10_000 + i),
@@ -66,11 +66,18 @@ fn agents(n: usize, state: AgentState) {
                 ],
                 languages,
                 channels: vec![(Channel::Voice, 1), (Channel::Chat, 3)],
+            }),
+            t,
+        )
+        .unwrap();
+        e.apply(
+            SetAgentState {
+                agent_id: format!("agent-{i}"),
+                state,
             },
             t,
         )
         .unwrap();
-        e.set_state(&format!("agent-{i}"), state, t).unwrap();
     }
     let label = format!("agents (3 skills, voice + chat, {})", state.as_str());
     per(&label, before, rss(), n);
@@ -94,8 +101,15 @@ fn roster_file(n: usize) {
     let started = std::time::Instant::now();
     for (spec, state) in careroute::roster::parse("bench-roster.toml", &text).unwrap() {
         let id = spec.id.clone();
-        e.upsert_agent(spec, t).unwrap();
-        e.set_state(&id, state, t).unwrap();
+        e.apply(UpsertAgent(spec), t).unwrap();
+        e.apply(
+            SetAgentState {
+                agent_id: id.to_owned(),
+                state,
+            },
+            t,
+        )
+        .unwrap();
     }
     let took = started.elapsed();
     per("roster file parsed and loaded", before, rss(), n);
@@ -121,7 +135,7 @@ fn contacts(n: usize, request_ids: bool) {
         }
         // 1,000 new contacts a second: the default sizing's peak.
         let at = t + Duration::microseconds(i as i64 * 1_000);
-        e.route(&c, at).unwrap();
+        e.apply(Route(&c), at).unwrap();
     }
     let label = if request_ids {
         "contacts with a request id (path + idempotency)"

@@ -14,7 +14,10 @@ use std::{
 };
 
 use careroute::{
-    engine::{AgentSpec, Engine, EngineConfig, Event, Outcome, WatchFilter},
+    engine::{
+        AgentSpec, Cancel, Complete, Confirm, Engine, EngineConfig, Event, Outcome, Release, Route,
+        SetAgentState, UpsertAgent, Watch, WatchFilter,
+    },
     model::{AgentState, Channel, Contact, Identity, Time, Urgency},
     policy::Policy,
 };
@@ -52,9 +55,15 @@ fn engine_with(n: usize) -> Engine {
         };
         // Spread idle times so the ordered index is realistic.
         let at = t + Duration::milliseconds(i as i64);
-        e.upsert_agent(spec, at).unwrap();
-        e.set_state(&format!("agent-{i}"), AgentState::Available, at)
-            .unwrap();
+        e.apply(UpsertAgent(spec), at).unwrap();
+        e.apply(
+            SetAgentState {
+                agent_id: format!("agent-{i}"),
+                state: AgentState::Available,
+            },
+            at,
+        )
+        .unwrap();
     }
     e
 }
@@ -77,10 +86,10 @@ fn timed_routes(e: &mut Engine, contacts: &[Contact], iters: u64) -> StdDuration
     for i in 0..iters {
         let c = &contacts[i as usize % contacts.len()];
         let started = Instant::now();
-        let d = black_box(e.route(black_box(c), now).unwrap());
+        let d = black_box(e.apply(black_box(Route(c)), now).unwrap());
         total += started.elapsed();
         if let Outcome::Agent(a) = &d.outcome {
-            e.release(a.reservation, now).unwrap();
+            e.apply(Release(a.reservation), now).unwrap();
         }
     }
     total
@@ -109,9 +118,9 @@ fn route(c: &mut Criterion) {
             let mut i = 0usize;
             b.iter(|| {
                 i = (i + 1) % billing.len();
-                let d = e.route(&billing[i], now).unwrap();
+                let d = e.apply(Route(&billing[i]), now).unwrap();
                 if let Outcome::Agent(a) = &d.outcome {
-                    e.release(a.reservation, now).unwrap();
+                    e.apply(Release(a.reservation), now).unwrap();
                 }
                 black_box(d)
             })
@@ -131,42 +140,63 @@ fn busy_center() -> (Engine, Vec<String>) {
     let mut e = Engine::new(Arc::new(policy), EngineConfig::default());
     let t = open() - Duration::hours(1);
     // A CTI watches the floor: waiting contacts are offered only then.
-    e.watch(WatchFilter::default(), t).unwrap();
+    e.apply(Watch(WatchFilter::default()), t).unwrap();
     let mut agents = Vec::new();
     for i in 0..10_000 {
         let id = format!("agent-{i}");
-        e.upsert_agent(
-            AgentSpec {
+        e.apply(
+            UpsertAgent(AgentSpec {
                 id: id.clone(),
                 team: "Billing".into(),
                 transfer_address: format!("sip:{i}@pbx"),
                 skills: vec![("billing".into(), 3)],
                 languages: vec!["en".into()],
                 channels: vec![(Channel::Voice, 1)],
+            }),
+            t,
+        )
+        .unwrap();
+        e.apply(
+            SetAgentState {
+                agent_id: id.to_owned(),
+                state: AgentState::Available,
             },
             t,
         )
         .unwrap();
-        e.set_state(&id, AgentState::Available, t).unwrap();
         let mut c = Contact::new(format!("busy-{i}"), "billing");
         c.identity = Identity::Verified;
-        let Outcome::Agent(a) = e.route(&c, t).unwrap().outcome else {
+        let Outcome::Agent(a) = e.apply(Route(&c), t).unwrap().outcome else {
             panic!()
         };
-        e.confirm(a.reservation, t).unwrap();
+        e.apply(Confirm(a.reservation), t).unwrap();
         agents.push(id);
     }
     for i in 0..5_000 {
         let mut c = Contact::new(format!("waiting-{i}"), "billing");
         c.identity = Identity::Verified;
-        let d = e.route(&c, t + Duration::milliseconds(i)).unwrap();
+        let d = e.apply(Route(&c), t + Duration::milliseconds(i)).unwrap();
         assert!(matches!(d.outcome, Outcome::Queued(_)));
     }
     // Every call ends and every agent steps away during wrap-up: nobody is
     // free, nobody holds a contact.
     for (i, id) in agents.iter().enumerate() {
-        e.complete(id, &format!("busy-{i}"), t).unwrap();
-        e.set_state(id, AgentState::Away, t).unwrap();
+        e.apply(
+            Complete {
+                agent_id: id.to_owned(),
+                contact_id: format!("busy-{i}"),
+            },
+            t,
+        )
+        .unwrap();
+        e.apply(
+            SetAgentState {
+                agent_id: id.to_owned(),
+                state: AgentState::Away,
+            },
+            t,
+        )
+        .unwrap();
     }
     (e, agents)
 }
@@ -188,10 +218,10 @@ fn queueing(c: &mut Criterion) {
                 let mut c = Contact::new(format!("arrival-{i}"), "billing");
                 c.identity = Identity::Verified;
                 let started = Instant::now();
-                let d = black_box(e.route(black_box(&c), now).unwrap());
+                let d = black_box(e.apply(black_box(Route(&c)), now).unwrap());
                 total += started.elapsed();
                 assert!(matches!(d.outcome, Outcome::Queued(_)));
-                e.cancel(&c.contact_id, now).unwrap();
+                e.apply(Cancel(c.contact_id.to_owned()), now).unwrap();
             }
             total
         })
@@ -206,21 +236,41 @@ fn queueing(c: &mut Criterion) {
             for _ in 0..iters {
                 n += 1;
                 let agent = &agents[(n as usize) % agents.len()];
-                e.set_state(agent, AgentState::Away, now).unwrap();
+                e.apply(
+                    SetAgentState {
+                        agent_id: agent.to_owned(),
+                        state: AgentState::Away,
+                    },
+                    now,
+                )
+                .unwrap();
                 let started = Instant::now();
-                e.set_state(black_box(agent), AgentState::Available, now)
-                    .unwrap();
+                e.apply(
+                    SetAgentState {
+                        agent_id: black_box(agent).to_owned(),
+                        state: AgentState::Available,
+                    },
+                    now,
+                )
+                .unwrap();
                 total += started.elapsed();
                 let events = e.take_events();
                 let [Event::Assigned(a)] = events.as_slice() else {
                     panic!("expected one assignment: {events:?}")
                 };
                 let contact_id = &a.contact_id;
-                e.set_state(agent, AgentState::Busy, now).unwrap();
-                e.cancel(contact_id, now).unwrap();
+                e.apply(
+                    SetAgentState {
+                        agent_id: agent.to_owned(),
+                        state: AgentState::Busy,
+                    },
+                    now,
+                )
+                .unwrap();
+                e.apply(Cancel(contact_id.to_owned()), now).unwrap();
                 let mut c = Contact::new(format!("refill-{n}"), "billing");
                 c.identity = Identity::Verified;
-                e.route(&c, now).unwrap();
+                e.apply(Route(&c), now).unwrap();
                 // The cancel's withdrawn offer.
                 e.take_events();
             }
@@ -248,10 +298,10 @@ fn percentiles() {
             for i in 0..200_000usize {
                 let c = &contacts[i % contacts.len()];
                 let started = Instant::now();
-                let d = black_box(e.route(black_box(c), now).unwrap());
+                let d = black_box(e.apply(black_box(Route(c)), now).unwrap());
                 samples.push(started.elapsed().as_nanos());
                 if let Outcome::Agent(a) = &d.outcome {
-                    e.release(a.reservation, now).unwrap();
+                    e.apply(Release(a.reservation), now).unwrap();
                 }
             }
             samples.sort_unstable();

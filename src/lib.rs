@@ -29,11 +29,14 @@
 //!
 //! # Example
 //!
-//! The engine is usable without any runtime: time is an argument.
+//! The engine is usable without any runtime: every change is a command,
+//! applied with its time through `Engine::apply`.
 //!
 //! ```
 //! use std::sync::Arc;
-//! use careroute::engine::{AgentSpec, Engine, EngineConfig, Outcome};
+//! use careroute::engine::{
+//!     AgentSpec, Engine, EngineConfig, Outcome, Route, SetAgentState, UpsertAgent,
+//! };
 //! use careroute::model::{AgentState, Channel, Contact, Identity};
 //! use careroute::policy::Policy;
 //! use chrono::{TimeZone, Utc};
@@ -42,22 +45,21 @@
 //! let mut engine = Engine::new(policy, EngineConfig::default());
 //! // Monday 2026-11-23, 10:00 in New York: billing is open.
 //! let now = Utc.with_ymd_and_hms(2026, 11, 23, 15, 0, 0).unwrap();
-//! engine.upsert_agent(
-//!     AgentSpec {
-//!         id: "b1".into(),
-//!         team: "Billing".into(),
-//!         transfer_address: "sip:1201@pbx".into(),
-//!         skills: vec![("billing".into(), 3)],
-//!         languages: vec!["en".into()],
-//!         channels: vec![(Channel::Voice, 1)],
-//!     },
-//!     now,
-//! )?;
-//! engine.set_state("b1", AgentState::Available, now)?;
+//! let agent = AgentSpec {
+//!     id: "b1".into(),
+//!     team: "Billing".into(),
+//!     transfer_address: "sip:1201@pbx".into(),
+//!     skills: vec![("billing".into(), 3)],
+//!     languages: vec!["en".into()],
+//!     channels: vec![(Channel::Voice, 1)],
+//! };
+//! engine.apply(UpsertAgent(agent), now)?;
+//! let available = SetAgentState { agent_id: "b1".into(), state: AgentState::Available };
+//! engine.apply(available, now)?;
 //!
 //! let mut contact = Contact::new("c-1", "billing");
 //! contact.identity = Identity::Verified;
-//! let decision = engine.route(&contact, now)?;
+//! let decision = engine.apply(Route(&contact), now)?;
 //! let Outcome::Agent(offer) = &decision.outcome else { panic!("{decision:?}") };
 //! assert_eq!(&*offer.agent_id, "b1");
 //! assert_eq!(decision.rule_id.as_deref(), Some("billing"));

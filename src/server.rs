@@ -21,7 +21,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::engine::{Engine, EngineConfig};
+use crate::engine::{Engine, EngineConfig, ReplacePolicy, SetAgentState, Tick, UpsertAgent};
 use crate::file::FileError;
 use crate::grpc::{
     FILE_DESCRIPTOR_SET, Routing, admission::AdmissionLayer, client_faults::ClientFaultsLayer,
@@ -102,8 +102,16 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Engine, 
     for (spec, state) in agents {
         let id = spec.id.clone();
         engine
-            .upsert_agent(spec, now)
-            .and_then(|_| engine.set_state(&id, state, now))
+            .apply(UpsertAgent(spec), now)
+            .and_then(|_| {
+                engine.apply(
+                    SetAgentState {
+                        agent_id: id,
+                        state,
+                    },
+                    now,
+                )
+            })
             .map_err(|e| ServerError::RosterAgent(e.to_string()))?;
     }
     Ok(engine)
@@ -410,12 +418,13 @@ async fn housekeeping(
 /// is due first, through the service's one door, so what that decides is
 /// streamed at once.
 fn scrape(routing: &Routing, prometheus: &PrometheusHandle) -> String {
-    let now = routing.now();
     // A halted engine has no state worth showing; the process metrics and
     // counters still are.
-    let read = routing.with_engine(|e| {
+    let read = routing.with_engine(|e, now| {
+        // Time passing is a command like any other; it never fails.
+        let _ = e.apply(Tick, now);
         (
-            e.queues(now),
+            e.queues(),
             e.roster().by_state(),
             e.counters(),
             e.live_reservations(),
@@ -496,11 +505,7 @@ pub fn reload(path: &std::path::Path, routing: &Routing) -> bool {
     match policy::read(path) {
         Ok(p) => {
             let version = p.version.clone();
-            let now = routing.now();
-            if routing
-                .with_engine(|e| e.replace_policy(Arc::new(p), now))
-                .is_err()
-            {
+            if routing.apply(ReplacePolicy(Arc::new(p))).is_err() {
                 return false;
             }
             metrics::counter!(telemetry::POLICY_RELOADS, "result" => "ok").increment(1);

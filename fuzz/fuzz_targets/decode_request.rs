@@ -9,6 +9,7 @@
 #![no_main]
 
 use careroute::engine::AgentSpec;
+use careroute::engine::{Cancel, Complete, Confirm, Release, Route, SetAgentState, UpsertAgent};
 use careroute::grpc::{convert, pb};
 use careroute::model::{Contact, Identity};
 use careroute_fuzz::{
@@ -30,12 +31,12 @@ fuzz_target!(|data: &[u8]| {
         let mut e = demo_engine(embedded(), now);
         let mut c = Contact::new("c-live", "billing");
         c.identity = Identity::Verified;
-        let _ = e.route(&c, now);
+        let _ = e.apply(Route(&c), now);
         c.contact_id = "c-active".into();
-        if let Ok(d) = e.route(&c, now)
+        if let Ok(d) = e.apply(Route(&c), now)
             && let careroute::engine::Outcome::Agent(a) = &d.outcome
         {
-            let _ = e.confirm(a.reservation, now);
+            let _ = e.apply(Confirm(a.reservation), now);
         }
         e
     };
@@ -48,11 +49,11 @@ fuzz_target!(|data: &[u8]| {
                 return;
             };
             let mut e = engine();
-            if let Ok(decision) = e.route(&contact, now) {
+            if let Ok(decision) = e.apply(Route(&contact), now) {
                 check_decision(&e, &decision, now);
                 to_wire(decision);
                 // The same request again: a retry with a request id replays.
-                let again = e.route(&contact, now);
+                let again = e.apply(Route(&contact), now);
                 assert!(again.is_ok(), "a contact routed once is refused: {again:?}");
                 let hops = e.path(&contact.contact_id).unwrap();
                 for hop in hops {
@@ -72,9 +73,15 @@ fuzz_target!(|data: &[u8]| {
             assert!(spec.validate().is_ok(), "converted an invalid agent");
             let id = spec.id.clone();
             let mut e = engine();
-            e.upsert_agent(spec, now).unwrap();
-            e.set_state(&id, careroute::model::AgentState::Available, now)
-                .unwrap();
+            e.apply(UpsertAgent(spec), now).unwrap();
+            e.apply(
+                SetAgentState {
+                    agent_id: id.to_owned(),
+                    state: careroute::model::AgentState::Available,
+                },
+                now,
+            )
+            .unwrap();
             drain_events(&mut e);
             list_queues(&mut e, now);
             check_invariants(&e);
@@ -90,7 +97,13 @@ fuzz_target!(|data: &[u8]| {
                 return;
             };
             let mut e = engine();
-            if let Ok(previous) = e.set_state(&agent_id, state, now) {
+            if let Ok(previous) = e.apply(
+                SetAgentState {
+                    agent_id: agent_id.to_owned(),
+                    state,
+                },
+                now,
+            ) {
                 let _ = pb::AgentState::from(previous);
             }
             drain_events(&mut e);
@@ -104,7 +117,7 @@ fuzz_target!(|data: &[u8]| {
                 return;
             };
             let mut e = engine();
-            let _ = e.confirm(id, now).map_err(status);
+            let _ = e.apply(Confirm(id), now).map_err(status);
             check_invariants(&e);
         }
         4 => {
@@ -118,7 +131,7 @@ fuzz_target!(|data: &[u8]| {
                 return;
             };
             let mut e = engine();
-            let _ = e.release(id, now).map_err(status);
+            let _ = e.apply(Release(id), now).map_err(status);
             drain_events(&mut e);
             check_invariants(&e);
         }
@@ -133,7 +146,13 @@ fuzz_target!(|data: &[u8]| {
                 return;
             };
             let mut e = engine();
-            if let Ok(until) = e.complete(&agent, &contact, now) {
+            if let Ok(until) = e.apply(
+                Complete {
+                    agent_id: agent.to_owned(),
+                    contact_id: contact.to_owned(),
+                },
+                now,
+            ) {
                 let _ = convert::timestamp(until);
             }
             drain_events(&mut e);
@@ -159,7 +178,7 @@ fuzz_target!(|data: &[u8]| {
                 return;
             };
             let mut e = engine();
-            let _ = e.cancel(&contact, now).map_err(status);
+            let _ = e.apply(Cancel(contact.to_owned()), now).map_err(status);
             drain_events(&mut e);
             check_invariants(&e);
         }

@@ -21,6 +21,10 @@ use careroute::engine::{
     AgentSpec, Engine, EngineConfig, EngineError, Event, Outcome, ReservationId, WatchFilter,
     WatchId,
 };
+use careroute::engine::{
+    Cancel, Complete, Confirm, Release, RemoveAgent, ReplacePolicy, Route, SetAgentState, Tick,
+    Unwatch, UpsertAgent, Watch,
+};
 use careroute::grpc::pb;
 use careroute::model::{AgentState, Channel, Contact, Identity, Time, TransferFrom, Urgency};
 use careroute::policy::{DEFAULT_POLICY, Policy};
@@ -54,7 +58,7 @@ struct Config {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Route(Route),
+    Route(RouteInput),
     /// A verified routine or urgent billing or scheduling contact, as in the
     /// property test: the quickest way to fill lines.
     Call {
@@ -87,7 +91,7 @@ enum Op {
 }
 
 #[derive(Arbitrary, Debug)]
-struct Route {
+struct RouteInput {
     contact: u8,
     request: Option<u8>,
     /// Index into the policy's intents; past the end, an unknown intent.
@@ -239,7 +243,7 @@ fn policies() -> &'static [Arc<Policy>] {
 
 /// Builds the contact a route command describes, and whether the policy
 /// knows every word of it (then the engine must accept it).
-fn contact(r: &Route, policy: &Policy) -> (Contact, bool) {
+fn contact(r: &RouteInput, policy: &Policy) -> (Contact, bool) {
     let mut known = true;
     let intent = match policy
         .intents
@@ -380,7 +384,7 @@ struct Model {
 /// the policy's vocabulary is accepted, an offer fits the agent's capacity
 /// and state, a new hop replaces the contact's place in line.
 fn route(e: &mut Engine, m: &mut Model, c: &Contact, known: bool, now: Time) {
-    match e.route(c, now) {
+    match e.apply(Route(c), now) {
         Ok(d) => {
             let replay = d.reasons.last() == Some(&careroute::model::Reason::IdempotentReplay);
             check_decision(e, &d, now);
@@ -469,15 +473,22 @@ fuzz_target!(|input: Input| {
     let policy = &policies[usize::from(input.policy) % policies.len()];
     let mut e = Engine::new(Arc::clone(policy), config);
     let mut m = Model::default();
-    let mut watchers: Vec<WatchId> = vec![e.watch(WatchFilter::default(), now).unwrap().0];
+    let mut watchers: Vec<WatchId> = vec![e.apply(Watch(WatchFilter::default()), now).unwrap().0];
     if input.demo_roster {
         register(&mut e, demo_roster(), now);
     }
     for i in 0..4u8 {
         let spec = billing_agent(&format!("b{i}"), i % 3);
         let id = spec.id.clone();
-        e.upsert_agent(spec, now).unwrap();
-        e.set_state(&id, AgentState::Available, now).unwrap();
+        e.apply(UpsertAgent(spec), now).unwrap();
+        e.apply(
+            SetAgentState {
+                agent_id: id.to_owned(),
+                state: AgentState::Available,
+            },
+            now,
+        )
+        .unwrap();
     }
     for a in e.roster().agents() {
         m.agents.insert(a.id.to_string());
@@ -511,7 +522,7 @@ fuzz_target!(|input: Input| {
             Op::Confirm(k) if !m.offers.is_empty() => {
                 let (r, agent, contact, expires_at) =
                     m.offers.remove(usize::from(*k) % m.offers.len());
-                match e.confirm(r, now) {
+                match e.apply(Confirm(r), now) {
                     Ok((a, c)) => {
                         assert!(now < expires_at, "confirmed {r} after its TTL");
                         assert_eq!(
@@ -531,13 +542,19 @@ fuzz_target!(|input: Input| {
             }
             Op::Release(k) if !m.offers.is_empty() => {
                 let (r, _, _, expires_at) = m.offers.remove(usize::from(*k) % m.offers.len());
-                if e.release(r, now).is_ok() {
+                if e.apply(Release(r), now).is_ok() {
                     assert!(now < expires_at, "released {r} after its TTL");
                 }
             }
             Op::Complete(k) if !m.active.is_empty() => {
                 let (agent, contact) = m.active.remove(usize::from(*k) % m.active.len());
-                let until = e.complete(&agent, &contact, now);
+                let until = e.apply(
+                    Complete {
+                        agent_id: agent.to_owned(),
+                        contact_id: contact.to_owned(),
+                    },
+                    now,
+                );
                 assert!(
                     matches!(until, Ok(t) if t >= now),
                     "completing an active contact: {until:?}"
@@ -551,7 +568,13 @@ fuzz_target!(|input: Input| {
                     .active
                     .iter()
                     .position(|(a, c)| a == agent && *c == contact);
-                let done = e.complete(agent, &contact, now);
+                let done = e.apply(
+                    Complete {
+                        agent_id: agent.to_owned(),
+                        contact_id: contact.to_owned(),
+                    },
+                    now,
+                );
                 assert_eq!(
                     done.is_ok(),
                     listed.is_some(),
@@ -565,7 +588,13 @@ fuzz_target!(|input: Input| {
                 let ids = agent_ids();
                 let agent = &ids[usize::from(*agent) % ids.len()];
                 let state = AgentState::ALL[usize::from(*state) % AgentState::ALL.len()];
-                let done = e.set_state(agent, state, now);
+                let done = e.apply(
+                    SetAgentState {
+                        agent_id: agent.to_owned(),
+                        state,
+                    },
+                    now,
+                );
                 assert_eq!(
                     done.is_ok(),
                     m.agents.contains(agent),
@@ -578,7 +607,7 @@ fuzz_target!(|input: Input| {
             Op::Remove(a) => {
                 let ids = agent_ids();
                 let agent = &ids[usize::from(*a) % ids.len()];
-                match e.remove_agent(agent, now) {
+                match e.apply(RemoveAgent(agent.to_owned()), now) {
                     Ok(()) => {
                         assert!(m.agents.remove(agent), "removed {agent}, never added");
                         assert!(
@@ -600,21 +629,25 @@ fuzz_target!(|input: Input| {
                 let spec = upsert_spec(u);
                 if spec.validate().is_ok() {
                     let id = spec.id.clone();
-                    let (_, created) = e.upsert_agent(spec, now).unwrap();
+                    let (_, created) = e.apply(UpsertAgent(spec), now).unwrap();
                     assert_eq!(created, m.agents.insert(id), "upsert's `created` is wrong");
                 }
             }
             Op::Wait(w) => {
                 now += wait(w);
-                e.advance(now);
+                e.apply(Tick, now).unwrap();
             }
             Op::Cancel(c) => {
                 let id = format!("c{}", c % 24);
-                let done = e.cancel(&id, now);
+                let done = e.apply(Cancel(id.to_owned()), now);
                 assert_eq!(done.is_ok(), m.waiting.remove(&id), "cancel {id}: {done:?}");
             }
             Op::Reload(k) => {
-                e.replace_policy(Arc::clone(&policies[usize::from(*k) % policies.len()]), now);
+                e.apply(
+                    ReplacePolicy(Arc::clone(&policies[usize::from(*k) % policies.len()])),
+                    now,
+                )
+                .unwrap();
             }
             Op::Queues => list_queues(&mut e, now),
             Op::Watch(k) => {
@@ -629,7 +662,7 @@ fuzz_target!(|input: Input| {
                         ..WatchFilter::default()
                     },
                 };
-                let (id, live) = e.watch(filter, now).unwrap();
+                let (id, live) = e.apply(Watch(filter), now).unwrap();
                 for event in &live {
                     // Offers still live; callbacks and moves nobody watched.
                     match event {
@@ -657,7 +690,7 @@ fuzz_target!(|input: Input| {
             }
             Op::Unwatch(k) if !watchers.is_empty() => {
                 let id = watchers.remove(usize::from(*k) % watchers.len());
-                e.unwatch(id, now);
+                e.apply(Unwatch(id), now).unwrap();
             }
             Op::Path(c) => {
                 if let Some(hops) = e.path(&format!("c{}", c % 24)) {

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use careroute::engine::{Engine, EngineConfig};
+use careroute::engine::{ReplacePolicy, Tick};
 use careroute_fuzz::{
     check_invariants, drain_events, embedded, instants, list_queues, route_every_intent,
     staff_every_queue,
@@ -45,16 +46,16 @@ fuzz_target!(|data: &[u8]| {
         Duration::days(2),
     ] {
         now += step;
-        e.advance(now);
+        e.apply(Tick, now).unwrap();
         drain_events(&mut e);
         check_invariants(&e);
     }
     // Reload away from the fuzzed policy and back, with contacts waiting.
     route_every_intent(&mut e, now);
-    e.replace_policy(embedded(), now);
+    e.apply(ReplacePolicy(embedded()), now).unwrap();
     drain_events(&mut e);
     check_invariants(&e);
-    e.replace_policy(Arc::clone(&policy), now);
+    e.apply(ReplacePolicy(Arc::clone(&policy)), now).unwrap();
     drain_events(&mut e);
     check_invariants(&e);
     list_queues(&mut e, now);

@@ -5,6 +5,7 @@
 use std::sync::{Arc, OnceLock};
 
 use careroute::engine::{AgentSpec, Decision, Engine, EngineConfig, Event, Outcome};
+use careroute::engine::{Route, SetAgentState, Tick, UpsertAgent};
 use careroute::grpc::pb;
 use careroute::model::{AgentState, Channel, Contact, Identity, Reason, Time, Urgency};
 use careroute::policy::Policy;
@@ -51,8 +52,16 @@ pub fn demo_roster() -> &'static [(AgentSpec, AgentState)] {
 /// Registers `agents` in their states, as the server does at start.
 pub fn register(engine: &mut Engine, agents: &[(AgentSpec, AgentState)], now: Time) {
     for (spec, state) in agents {
-        engine.upsert_agent(spec.clone(), now).unwrap();
-        engine.set_state(&spec.id, *state, now).unwrap();
+        engine.apply(UpsertAgent(spec.clone()), now).unwrap();
+        engine
+            .apply(
+                SetAgentState {
+                    agent_id: spec.id.to_owned(),
+                    state: *state,
+                },
+                now,
+            )
+            .unwrap();
     }
 }
 
@@ -77,9 +86,15 @@ pub fn staff_every_queue(engine: &mut Engine, now: Time) {
             channels: Channel::ALL.iter().map(|c| (*c, 1)).collect(),
         };
         if spec.validate().is_ok() {
-            engine.upsert_agent(spec, now).unwrap();
+            engine.apply(UpsertAgent(spec), now).unwrap();
             engine
-                .set_state(&format!("staff-{i}"), AgentState::Available, now)
+                .apply(
+                    SetAgentState {
+                        agent_id: format!("staff-{i}"),
+                        state: AgentState::Available,
+                    },
+                    now,
+                )
                 .unwrap();
         }
     }
@@ -108,7 +123,7 @@ pub fn route_every_intent(engine: &mut Engine, now: Time) {
             if k == 4 {
                 c.language = Some("es".into());
             }
-            let decision = engine.route(&c, now).unwrap();
+            let decision = engine.apply(Route(&c), now).unwrap();
             check_decision(engine, &decision, now);
             to_wire(decision);
         }
@@ -130,9 +145,11 @@ pub fn drain_events(engine: &mut Engine) -> Vec<Event> {
     events
 }
 
-/// Lists queues and converts each view as the edge does.
+/// Lists queues and converts each view as the edge does (time passing
+/// first, as the edge applies it).
 pub fn list_queues(engine: &mut Engine, now: Time) {
-    for view in engine.queues(now) {
+    engine.apply(Tick, now).unwrap();
+    for view in engine.queues() {
         let _ = pb::QueueView::from(view).encode_to_vec();
     }
 }

@@ -17,6 +17,17 @@ pub struct Expiring<K, V> {
     cap: usize,
 }
 
+#[cfg(test)]
+impl<K: Hash + Eq + Clone + Ord + std::fmt::Debug, V: std::fmt::Debug> Expiring<K, V> {
+    /// The entries and their order, canonical, for tests that compare two
+    /// engines' states.
+    pub(super) fn fingerprint(&self) -> String {
+        let mut entries: Vec<_> = self.entries.iter().collect();
+        entries.sort_by(|a, b| a.0.cmp(b.0));
+        format!("{entries:?}\n{:?}", self.order)
+    }
+}
+
 impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
     /// Keeps entries for `retention`, and at most `cap` of them.
     pub fn new(retention: Duration, cap: usize) -> Self {

@@ -7,6 +7,7 @@
 //! every operation is atomic, so no interleaving of requests can reserve one
 //! agent for two contacts.
 
+mod command;
 mod error;
 mod event;
 pub mod ewt;
@@ -27,6 +28,10 @@ use std::{
 
 use chrono::Duration;
 
+pub use command::{
+    Apply, Cancel, Command, Complete, Confirm, Release, RemoveAgent, ReplacePolicy, Route,
+    SetAgentState, Tick, Unwatch, UpsertAgent, Watch,
+};
 pub use error::EngineError;
 pub use event::{Assignment, Event, Parked, Withdrawal};
 pub use expiring::Expiring;
@@ -424,6 +429,9 @@ pub struct Counters {
     /// Callbacks and moves dropped before any watcher of their queue
     /// connected.
     pub undelivered_dropped: u64,
+    /// Commands whose time was before the last command's (taken as the
+    /// last command's: the engine's clock never goes backwards).
+    pub clock_went_back: u64,
 }
 
 /// What a reservation is for.
@@ -527,6 +535,8 @@ pub struct Engine {
     unstaffed_since: Vec<Option<Time>>,
     watchers: Watchers,
     undelivered: Undelivered,
+    /// The time of the last command applied.
+    now: Option<Time>,
 }
 
 impl Engine {
@@ -553,6 +563,7 @@ impl Engine {
             last_sweep: None,
             watchers: Watchers::default(),
             undelivered: Undelivered::default(),
+            now: None,
             config,
         }
     }
@@ -592,7 +603,7 @@ impl Engine {
     /// when [`Engine::next_due`] comes. What a timer sets off (a new offer,
     /// a callback) happens at `now`, when it is actually applied, so the
     /// events report real waits and full TTLs.
-    pub fn advance(&mut self, now: Time) {
+    fn advance(&mut self, now: Time) {
         while let Some(Reverse((due, _))) = self.timers.peek() {
             if *due > now {
                 break;
@@ -666,7 +677,7 @@ impl Engine {
 
     /// Decides where one contact goes at `now`, reserving an agent for a warm
     /// transfer when there is one.
-    pub fn route(&mut self, contact: &Contact, now: Time) -> Result<Decision, EngineError> {
+    fn route(&mut self, contact: &Contact, now: Time) -> Result<Decision, EngineError> {
         self.advance(now);
         // Built once: looked up now, and kept with the reply if it is new.
         let reply_key = contact
@@ -1040,7 +1051,7 @@ impl Engine {
 
     /// The transfer connected: the reservation becomes an active contact.
     /// Returns the agent and contact ids.
-    pub fn confirm(&mut self, id: ReservationId, now: Time) -> Result<(Text, String), EngineError> {
+    fn confirm(&mut self, id: ReservationId, now: Time) -> Result<(Text, String), EngineError> {
         self.advance(now);
         let r = self
             .settle(id, Fate::Confirmed, now)
@@ -1059,7 +1070,7 @@ impl Engine {
     }
 
     /// The offer was rejected, not answered or cancelled: the agent is free.
-    pub fn release(&mut self, id: ReservationId, now: Time) -> Result<(), EngineError> {
+    fn release(&mut self, id: ReservationId, now: Time) -> Result<(), EngineError> {
         self.advance(now);
         self.settle(id, Fate::Released, now)
             .ok_or_else(|| self.reservation_error(id))?;
@@ -1069,7 +1080,7 @@ impl Engine {
 
     /// The agent finished an active contact: wrap-up for the queue's wrap-up
     /// time, then available. Returns when wrap-up ends.
-    pub fn complete(
+    fn complete(
         &mut self,
         agent_id: &str,
         contact_id: &str,
@@ -1129,7 +1140,7 @@ impl Engine {
     /// Registers an agent or replaces its profile, keeping its state and work.
     /// Returns the eligible queue ids and whether the agent is new; a new
     /// agent beyond [`EngineConfig::max_agents`] is refused.
-    pub fn upsert_agent(
+    fn upsert_agent(
         &mut self,
         spec: AgentSpec,
         now: Time,
@@ -1191,7 +1202,7 @@ impl Engine {
     /// Removes an agent from the roster: refused while it holds a live
     /// reservation or an active contact (set it offline first, and remove
     /// it once its work ends). Waiting contacts forget it.
-    pub fn remove_agent(&mut self, agent_id: &str, now: Time) -> Result<(), EngineError> {
+    fn remove_agent(&mut self, agent_id: &str, now: Time) -> Result<(), EngineError> {
         self.advance(now);
         let a = self
             .roster
@@ -1219,7 +1230,7 @@ impl Engine {
 
     /// Sets an agent's state; returns the previous one. An agent becoming
     /// available starts its idle time now.
-    pub fn set_state(
+    fn set_state(
         &mut self,
         agent_id: &str,
         state: AgentState,
@@ -1243,9 +1254,10 @@ impl Engine {
         Ok(previous)
     }
 
-    /// Every queue with its staffing now.
-    pub fn queues(&mut self, now: Time) -> Vec<QueueView> {
-        self.advance(now);
+    /// Every queue with its staffing as of the last command: a view, which
+    /// applies nothing (apply a [`Tick`] first for what is due now).
+    pub fn queues(&mut self) -> Vec<QueueView> {
+        let now = self.now.unwrap_or(Time::UNIX_EPOCH);
         let policy = Arc::clone(&self.policy);
         let mut views = Vec::with_capacity(policy.queues.len());
         for (i, q) in policy.queues.iter().enumerate() {
@@ -1288,7 +1300,7 @@ impl Engine {
     /// agents are placed in the new queues, and relaxation-step timers are
     /// re-made from the new queues' steps. A contact whose queue is gone
     /// gets a callback event.
-    pub fn replace_policy(&mut self, policy: Arc<Policy>, now: Time) {
+    fn replace_policy(&mut self, policy: Arc<Policy>, now: Time) {
         self.advance(now);
         let map = self.policy.queue_map(&policy);
         self.rehome_waiting(&policy, &map, now);

@@ -462,7 +462,7 @@ impl Engine {
 
     /// The caller hung up while waiting: the contact leaves its line (and
     /// any offer out is withdrawn), counted as abandoned.
-    pub fn cancel(&mut self, contact_id: &str, now: Time) -> Result<(), EngineError> {
+    pub(super) fn cancel(&mut self, contact_id: &str, now: Time) -> Result<(), EngineError> {
         self.advance(now);
         let (queue, decision) = self
             .waiting

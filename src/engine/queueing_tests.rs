@@ -349,7 +349,8 @@ fn estimated_wait_grows_with_position() {
         last = q.estimated_wait;
     }
     // The view estimates the next arrival.
-    let view = e.queues(t + Duration::seconds(10));
+    e.apply(Tick, t + Duration::seconds(10)).unwrap();
+    let view = e.queues();
     let billing = view.iter().find(|q| &*q.id == "billing").unwrap();
     assert_eq!(billing.waiting, 10);
     assert!(billing.estimated_wait > last);
@@ -489,7 +490,8 @@ fn relaxation_moves_a_waiting_contact_to_wider_pools_over_time() {
         [("w2".to_string(), "front".to_string())]
     );
     // Both still count as billing's.
-    let view = e.queues(t + Duration::seconds(121));
+    e.apply(Tick, t + Duration::seconds(121)).unwrap();
+    let view = e.queues();
     assert!(
         view.iter().all(|q| !q.id.contains('~')),
         "internal pools never show"

@@ -203,6 +203,39 @@ pub struct Pick {
 }
 
 impl Roster {
+    /// Everything the roster holds, in a canonical order (hash maps
+    /// sorted), for tests that compare two engines' states.
+    #[cfg(test)]
+    pub(super) fn fingerprint(&self) -> String {
+        let mut ids: Vec<_> = self.ids.iter().collect();
+        ids.sort();
+        let mut languages: Vec<_> = self.languages.iter().collect();
+        languages.sort();
+        let pools: Vec<String> = self
+            .pools
+            .iter()
+            .map(|p| {
+                let free: Vec<String> = p
+                    .free
+                    .iter()
+                    .map(|c| {
+                        let mut by_language: Vec<_> = c.by_language.iter().collect();
+                        by_language.sort_by_key(|(l, _)| **l);
+                        format!("{:?} {:?}", c.any, by_language)
+                    })
+                    .collect();
+                format!(
+                    "{free:?} {:?} {} {} {}",
+                    p.channels, p.staffed, p.available, p.reservations
+                )
+            })
+            .collect();
+        format!(
+            "{:?}\n{ids:?}\n{languages:?}\n{pools:?}\n{:?} {:?}",
+            self.agents, self.by_state, self.vacant
+        )
+    }
+
     /// An empty roster for `policy`.
     pub fn new(policy: &Policy) -> Roster {
         Roster {

@@ -134,6 +134,20 @@ impl WaitingRoom {
         self.waiters.insert(waiter.seq, waiter);
     }
 
+    /// Everything the room holds, canonical, for tests that compare two
+    /// engines' states.
+    #[cfg(test)]
+    pub fn fingerprint(&self) -> String {
+        let mut waiters: Vec<_> = self.waiters.iter().collect();
+        waiters.sort_by_key(|(seq, _)| **seq);
+        let mut by_contact: Vec<_> = self.by_contact.iter().collect();
+        by_contact.sort();
+        format!(
+            "{:?}\n{waiters:?}\n{by_contact:?}\n{:?} {} {:?}",
+            self.lines, self.counts, self.next, self.deadlines
+        )
+    }
+
     /// Entries in the deadline index.
     #[cfg(test)]
     pub fn deadline_count(&self) -> usize {

@@ -82,7 +82,36 @@ fn count(map: &mut FastMap<String, u32>, keys: &HashSet<String>, up: bool) {
     }
 }
 
+#[cfg(test)]
+fn sorted<T: Ord + std::fmt::Debug>(items: impl Iterator<Item = T>) -> String {
+    let mut v: Vec<T> = items.collect();
+    v.sort();
+    format!("{v:?}")
+}
+
 impl Watchers {
+    /// Everything the registry holds, canonical, for tests that compare
+    /// two engines' states.
+    #[cfg(test)]
+    pub(super) fn fingerprint(&self) -> String {
+        let filters = sorted(self.filters.iter().map(|(id, f)| {
+            (
+                id.0,
+                sorted(f.agents.iter()),
+                sorted(f.teams.iter()),
+                sorted(f.queues.iter()),
+            )
+        }));
+        format!(
+            "{} {} {filters} {} {} {}",
+            self.next,
+            self.everything,
+            sorted(self.agents.iter()),
+            sorted(self.teams.iter()),
+            sorted(self.queues.iter())
+        )
+    }
+
     /// Registers a watcher.
     pub fn add(&mut self, filter: WatchFilter) -> WatchId {
         self.next += 1;
@@ -148,6 +177,19 @@ pub struct Undelivered {
 }
 
 impl Undelivered {
+    /// Everything kept, canonical, for tests that compare two engines'
+    /// states.
+    #[cfg(test)]
+    pub(super) fn fingerprint(&self) -> String {
+        format!(
+            "{} {:?} {} {}",
+            self.next,
+            self.events,
+            sorted(self.by_contact.iter()),
+            self.dropped
+        )
+    }
+
     /// Keeps `event`, replacing what was kept for its contact (a callback
     /// after a move is what the contact is left with).
     fn keep(&mut self, at: Time, event: Event) {
@@ -243,7 +285,7 @@ impl Engine {
     /// the callbacks and moves of its queues that nobody could receive.
     /// Events decided by this call itself are not in that list; they are
     /// queued as usual. A queue the filter names must exist.
-    pub fn watch(
+    pub(super) fn watch(
         &mut self,
         filter: WatchFilter,
         now: Time,
@@ -335,7 +377,7 @@ impl Engine {
 
     /// A watcher disconnected. Offers out to agents nobody covers any more
     /// could not be seen: if one lapses it is not the agent's miss.
-    pub fn unwatch(&mut self, id: WatchId, now: Time) {
+    pub(super) fn unwatch(&mut self, id: WatchId, now: Time) {
         self.advance(now);
         if self.watchers.remove(id).is_none() {
             return;

@@ -13,7 +13,10 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{convert, pb};
 use crate::clock::Clock;
-use crate::engine::{AgentSpec, Engine, EngineError, Event, WatchFilter, WatchId};
+use crate::engine::{
+    AgentSpec, Apply, Cancel, Complete, Confirm, Engine, Event, Release, RemoveAgent, Route,
+    SetAgentState, Tick, Unwatch, UpsertAgent, Watch, WatchFilter, WatchId,
+};
 use crate::model::{Contact, Time};
 use crate::shared::SharedEngine;
 use crate::telemetry::{self, DecisionMetrics};
@@ -66,9 +69,12 @@ impl Routing {
     /// engine decided them, and one that subscribes under the lock misses
     /// none and sees none twice. `UNAVAILABLE` once a panic has halted the
     /// engine.
-    pub fn with_engine<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> Result<R, Status> {
+    pub fn with_engine<R>(&self, f: impl FnOnce(&mut Engine, Time) -> R) -> Result<R, Status> {
         let mut engine = self.engine.lock()?;
-        let result = f(&mut engine);
+        // Read once, under the lock that applies it: commands are applied
+        // in the order of their times.
+        let now = self.clock.now();
+        let result = f(&mut engine, now);
         for e in engine.take_events() {
             telemetry::record_event(&e);
             let wire = pb::AssignmentEvent::from(&e);
@@ -95,15 +101,15 @@ impl Routing {
         self.clock.now()
     }
 
-    /// [`Routing::with_engine`] for an engine operation that may be refused.
-    fn call<R>(&self, f: impl FnOnce(&mut Engine) -> Result<R, EngineError>) -> Result<R, Status> {
-        self.with_engine(f)?.map_err(Status::from)
+    /// Applies one command through the engine's one door, at the time now.
+    pub fn apply<C: Apply>(&self, command: C) -> Result<C::Output, Status> {
+        self.with_engine(|e, now| e.apply(command, now))?
+            .map_err(Status::from)
     }
 
     /// Applies what is due now (expiries, wrap-up ends, closed queues).
     pub fn tick(&self) -> Result<(), Status> {
-        let now = self.clock.now();
-        self.with_engine(|e| e.advance(now))
+        self.apply(Tick)
     }
 
     /// The tonic server wrapper with message size limits.
@@ -115,8 +121,7 @@ impl Routing {
     fn set_state(&self, r: pb::SetAgentStateRequest) -> Result<pb::SetAgentStateResponse, Status> {
         let agent_id = convert::agent_id("agent_id", r.agent_id)?;
         let state = convert::agent_state(r.state)?;
-        let now = self.clock.now();
-        let previous = self.call(|e| e.set_state(&agent_id, state, now))?;
+        let previous = self.apply(SetAgentState { agent_id, state })?;
         Ok(pb::SetAgentStateResponse {
             previous: pb::AgentState::from(previous).into(),
         })
@@ -152,9 +157,8 @@ struct Watching {
 
 impl Drop for Watching {
     fn drop(&mut self) {
-        let now = self.routing.clock.now();
         // A halted engine has nobody left to tell.
-        let _ = self.routing.with_engine(|e| e.unwatch(self.id, now));
+        let _ = self.routing.apply(Unwatch(self.id));
     }
 }
 
@@ -184,9 +188,8 @@ impl pb::routing_service_server::RoutingService for Routing {
     ) -> Result<Response<pb::RouteContactResponse>, Status> {
         let result = (|| {
             let contact = Contact::try_from(request.into_inner())?;
-            let now = self.clock.now();
             let started = Instant::now();
-            let decision = self.call(|e| e.route(&contact, now))?;
+            let decision = self.apply(Route(&contact))?;
             let elapsed = started.elapsed().as_secs_f64();
             self.metrics.record(&decision, elapsed);
             tracing::debug!(
@@ -208,8 +211,7 @@ impl pb::routing_service_server::RoutingService for Routing {
         request: Request<pb::UpsertAgentRequest>,
     ) -> Result<Response<pb::UpsertAgentResponse>, Status> {
         let spec = AgentSpec::try_from(request.into_inner())?;
-        let now = self.clock.now();
-        let (queues, created) = self.call(|e| e.upsert_agent(spec, now))?;
+        let (queues, created) = self.apply(UpsertAgent(spec))?;
         Ok(Response::new(pb::UpsertAgentResponse {
             eligible_queue_ids: queues.iter().map(|q| q.to_string()).collect(),
             created,
@@ -221,8 +223,7 @@ impl pb::routing_service_server::RoutingService for Routing {
         request: Request<pb::RemoveAgentRequest>,
     ) -> Result<Response<pb::RemoveAgentResponse>, Status> {
         let agent_id = convert::agent_id("agent_id", request.into_inner().agent_id)?;
-        let now = self.clock.now();
-        self.call(|e| e.remove_agent(&agent_id, now))?;
+        self.apply(RemoveAgent(agent_id.clone()))?;
         tracing::info!(agent_id = %agent_id, "agent removed");
         Ok(Response::new(pb::RemoveAgentResponse {}))
     }
@@ -259,8 +260,7 @@ impl pb::routing_service_server::RoutingService for Routing {
     ) -> Result<Response<pb::ConfirmReservationResponse>, Status> {
         let result = (|| {
             let id = convert::reservation_id(&request.get_ref().reservation_id)?;
-            let now = self.clock.now();
-            let (agent_id, contact_id) = self.call(|e| e.confirm(id, now))?;
+            let (agent_id, contact_id) = self.apply(Confirm(id))?;
             Ok(pb::ConfirmReservationResponse {
                 agent_id: agent_id.to_string(),
                 contact_id,
@@ -277,8 +277,7 @@ impl pb::routing_service_server::RoutingService for Routing {
             let r = request.get_ref();
             let id = convert::reservation_id(&r.reservation_id)?;
             let reason = convert::release_reason(r.reason)?;
-            let now = self.clock.now();
-            self.call(|e| e.release(id, now))?;
+            self.apply(Release(id))?;
             tracing::debug!(reservation_id = %id, reason, "released");
             Ok(pb::ReleaseReservationResponse {})
         })();
@@ -293,8 +292,10 @@ impl pb::routing_service_server::RoutingService for Routing {
             let r = request.into_inner();
             let agent_id = convert::agent_id("agent_id", r.agent_id)?;
             let contact_id = convert::contact_id("contact_id", r.contact_id)?;
-            let now = self.clock.now();
-            let until = self.call(|e| e.complete(&agent_id, &contact_id, now))?;
+            let until = self.apply(Complete {
+                agent_id,
+                contact_id,
+            })?;
             Ok(pb::CompleteContactResponse {
                 wrap_up_until: Some(convert::timestamp(until)),
             })
@@ -306,8 +307,7 @@ impl pb::routing_service_server::RoutingService for Routing {
         &self,
         _request: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
-        let now = self.clock.now();
-        let views = self.with_engine(|e| e.queues(now))?;
+        let views = self.with_engine(|e, now| e.apply(Tick, now).map(|()| e.queues()))??;
         Ok(Response::new(pb::ListQueuesResponse {
             queues: views.into_iter().map(pb::QueueView::from).collect(),
         }))
@@ -318,8 +318,7 @@ impl pb::routing_service_server::RoutingService for Routing {
         request: Request<pb::CancelContactRequest>,
     ) -> Result<Response<pb::CancelContactResponse>, Status> {
         let contact_id = convert::contact_id("contact_id", request.into_inner().contact_id)?;
-        let now = self.clock.now();
-        self.call(|e| e.cancel(&contact_id, now))?;
+        self.apply(Cancel(contact_id))?;
         Ok(Response::new(pb::CancelContactResponse {}))
     }
 
@@ -331,12 +330,11 @@ impl pb::routing_service_server::RoutingService for Routing {
         request: Request<pb::WatchAssignmentsRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
         let filter = WatchFilter::try_from(request.into_inner())?;
-        let now = self.clock.now();
         // Subscribed under the engine lock: the offers the new watcher makes
         // possible, and every event after them, reach it exactly once.
-        let (mut events, watched) = self.with_engine(|e| {
+        let (mut events, watched) = self.with_engine(|e, now| {
             let events = self.events.subscribe();
-            (events, e.watch(filter.clone(), now))
+            (events, e.apply(Watch(filter.clone()), now))
         })?;
         let (id, missed) = watched.map_err(Status::from)?;
         let watching = Watching {

@@ -1,0 +1,272 @@
+//! The one door into the engine: every change to routing state is a
+//! command, applied with its time through [`Engine::apply`]. Each command is
+//! a type with its own answer, so the edge never guesses what came back.
+//! The time is clamped there, once per command, so it never goes backwards
+//! inside the engine (and each clamp is counted). Views read state; nothing
+//! that advances time or fires timers happens outside a command ([`Tick`]
+//! is the command for time passing).
+
+use std::sync::Arc;
+
+use super::{AgentSpec, Decision, Engine, EngineError, Event, ReservationId, WatchFilter, WatchId};
+use crate::model::{AgentState, Contact, Time};
+use crate::policy::{Policy, Text};
+
+/// A change to routing state, with what the engine answers.
+pub trait Apply {
+    /// What the engine answers.
+    type Output;
+
+    /// Applies the command at `now`, already clamped by [`Engine::apply`].
+    fn apply_at(self, engine: &mut Engine, now: Time) -> Result<Self::Output, EngineError>;
+}
+
+/// Decide where a contact goes (a warm transfer reserves an agent). It
+/// borrows the contact: the edge keeps its request, and nothing is copied.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Route<'a>(pub &'a Contact);
+
+/// Register an agent or replace its profile; answers the eligible queues
+/// and whether it is new.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpsertAgent(pub AgentSpec);
+
+/// Remove an agent that holds no work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoveAgent(pub String);
+
+/// Set an agent's state; answers the previous one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetAgentState {
+    /// The agent.
+    pub agent_id: String,
+    /// Its new state.
+    pub state: AgentState,
+}
+
+/// The transfer connected; answers the agent and contact ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Confirm(pub ReservationId);
+
+/// The offer was rejected, not answered or cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Release(pub ReservationId);
+
+/// The agent finished an active contact; answers when wrap-up ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Complete {
+    /// The agent.
+    pub agent_id: String,
+    /// The contact it finished.
+    pub contact_id: String,
+}
+
+/// A waiting caller hung up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancel(pub String);
+
+/// Put a new policy in force.
+#[derive(Debug, Clone)]
+pub struct ReplacePolicy(pub Arc<Policy>);
+
+/// A CTI connected; answers its id and what it missed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watch(pub WatchFilter);
+
+/// A CTI disconnected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unwatch(pub WatchId);
+
+/// Time passed: apply what is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tick;
+
+impl Apply for Route<'_> {
+    type Output = Decision;
+    fn apply_at(self, e: &mut Engine, now: Time) -> Result<Decision, EngineError> {
+        e.route(self.0, now)
+    }
+}
+
+impl Apply for UpsertAgent {
+    type Output = (Vec<Text>, bool);
+    fn apply_at(self, e: &mut Engine, now: Time) -> Result<(Vec<Text>, bool), EngineError> {
+        e.upsert_agent(self.0, now)
+    }
+}
+
+impl Apply for RemoveAgent {
+    type Output = ();
+    fn apply_at(self, e: &mut Engine, now: Time) -> Result<(), EngineError> {
+        e.remove_agent(&self.0, now)
+    }
+}
+
+impl Apply for SetAgentState {
+    type Output = AgentState;
+    fn apply_at(self, e: &mut Engine, now: Time) -> Result<AgentState, EngineError> {
+        e.set_state(&self.agent_id, self.state, now)
+    }
+}
+
+impl Apply for Confirm {
+    type Output = (Text, String);
+    fn apply_at(self, e: &mut Engine, now: Time) -> Result<(Text, String), EngineError> {
+        e.confirm(self.0, now)
+    }
+}
+
+impl Apply for Release {
+    type Output = ();
+    fn apply_at(self, e: &mut Engine, now: Time) -> Result<(), EngineError> {
+        e.release(self.0, now)
+    }
+}
+
+impl Apply for Complete {
+    type Output = Time;
+    fn apply_at(self, e: &mut Engine, now: Time) -> Result<Time, EngineError> {
+        e.complete(&self.agent_id, &self.contact_id, now)
+    }
+}
+
+impl Apply for Cancel {
+    type Output = ();
+    fn apply_at(self, e: &mut Engine, now: Time) -> Result<(), EngineError> {
+        e.cancel(&self.0, now)
+    }
+}
+
+impl Apply for ReplacePolicy {
+    type Output = ();
+    fn apply_at(self, e: &mut Engine, now: Time) -> Result<(), EngineError> {
+        e.replace_policy(self.0, now);
+        Ok(())
+    }
+}
+
+impl Apply for Watch {
+    type Output = (WatchId, Vec<Event>);
+    fn apply_at(self, e: &mut Engine, now: Time) -> Result<(WatchId, Vec<Event>), EngineError> {
+        e.watch(self.0, now)
+    }
+}
+
+impl Apply for Unwatch {
+    type Output = ();
+    fn apply_at(self, e: &mut Engine, now: Time) -> Result<(), EngineError> {
+        e.unwatch(self.0, now);
+        Ok(())
+    }
+}
+
+impl Apply for Tick {
+    type Output = ();
+    fn apply_at(self, e: &mut Engine, now: Time) -> Result<(), EngineError> {
+        e.advance(now);
+        Ok(())
+    }
+}
+
+/// Any command, owned: what a log of the engine's inputs holds. Applying
+/// one answers nothing; the typed commands answer.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// [`Route`].
+    Route(Contact),
+    /// [`UpsertAgent`].
+    UpsertAgent(UpsertAgent),
+    /// [`RemoveAgent`].
+    RemoveAgent(RemoveAgent),
+    /// [`SetAgentState`].
+    SetAgentState(SetAgentState),
+    /// [`Confirm`].
+    Confirm(Confirm),
+    /// [`Release`].
+    Release(Release),
+    /// [`Complete`].
+    Complete(Complete),
+    /// [`Cancel`].
+    Cancel(Cancel),
+    /// [`ReplacePolicy`].
+    ReplacePolicy(ReplacePolicy),
+    /// [`Watch`].
+    Watch(Watch),
+    /// [`Unwatch`].
+    Unwatch(Unwatch),
+    /// [`Tick`].
+    Tick,
+}
+
+impl From<Route<'_>> for Command {
+    fn from(c: Route<'_>) -> Command {
+        Command::Route(c.0.clone())
+    }
+}
+
+macro_rules! into_command {
+    ($($name:ident),*) => {$(
+        impl From<$name> for Command {
+            fn from(c: $name) -> Command {
+                Command::$name(c)
+            }
+        }
+    )*};
+}
+
+into_command!(
+    UpsertAgent,
+    RemoveAgent,
+    SetAgentState,
+    Confirm,
+    Release,
+    Complete,
+    Cancel,
+    ReplacePolicy,
+    Watch,
+    Unwatch
+);
+
+impl From<Tick> for Command {
+    fn from(_: Tick) -> Command {
+        Command::Tick
+    }
+}
+
+impl Apply for Command {
+    type Output = ();
+    fn apply_at(self, e: &mut Engine, now: Time) -> Result<(), EngineError> {
+        match self {
+            Command::Route(c) => Route(&c).apply_at(e, now).map(drop),
+            Command::UpsertAgent(c) => c.apply_at(e, now).map(drop),
+            Command::RemoveAgent(c) => c.apply_at(e, now),
+            Command::SetAgentState(c) => c.apply_at(e, now).map(drop),
+            Command::Confirm(c) => c.apply_at(e, now).map(drop),
+            Command::Release(c) => c.apply_at(e, now),
+            Command::Complete(c) => c.apply_at(e, now).map(drop),
+            Command::Cancel(c) => c.apply_at(e, now),
+            Command::ReplacePolicy(c) => c.apply_at(e, now),
+            Command::Watch(c) => c.apply_at(e, now).map(drop),
+            Command::Unwatch(c) => c.apply_at(e, now),
+            Command::Tick => Tick.apply_at(e, now),
+        }
+    }
+}
+
+impl Engine {
+    /// Applies one command at `at`: the only way anything changes the
+    /// engine's state. A time before the last command's is taken as the
+    /// last command's (the clock never goes backwards inside the engine),
+    /// and counted in [`super::Counters::clock_went_back`].
+    pub fn apply<C: Apply>(&mut self, command: C, at: Time) -> Result<C::Output, EngineError> {
+        let now = match self.now {
+            Some(last) if at < last => {
+                self.counters.clock_went_back += 1;
+                last
+            }
+            _ => at,
+        };
+        self.now = Some(now);
+        command.apply_at(self, now)
+    }
+}
