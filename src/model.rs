@@ -8,7 +8,9 @@ use std::fmt;
 pub type Time = chrono::DateTime<chrono::Utc>;
 
 /// How the patient reached us.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Channel {
     /// A phone call.
     Voice,
@@ -87,7 +89,7 @@ impl ChannelSet {
 }
 
 /// How soon the patient needs help, as the IVR, NLU or agent judged it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Urgency {
     /// Can wait for the normal path.
     Routine,
@@ -116,7 +118,7 @@ impl Urgency {
 }
 
 /// Where the caller's identity check stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Identity {
     /// Nobody tried to verify the caller yet.
     NotAttempted,
@@ -148,7 +150,7 @@ impl Identity {
 pub const STATES: usize = AgentState::ALL.len();
 
 /// An agent's state as the CTI platform reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum AgentState {
     /// Logged out: not staffed.
     Offline,
@@ -190,7 +192,7 @@ impl AgentState {
 }
 
 /// The queue and agent handing a contact on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TransferFrom {
     /// A queue id of the policy.
     pub queue_id: String,
@@ -200,7 +202,7 @@ pub struct TransferFrom {
 
 /// One inbound contact as the edge validated it. Routing attributes and opaque
 /// references only: never a name, a date of birth or a phone number.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Contact {
     /// Opaque identity across hops.
     pub contact_id: String,

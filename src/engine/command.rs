@@ -8,6 +8,8 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
 use super::{AgentSpec, Decision, Engine, EngineError, Event, ReservationId, WatchFilter, WatchId};
 use crate::model::{AgentState, Contact, Time};
 use crate::policy::{Policy, Text};
@@ -28,15 +30,15 @@ pub struct Route<'a>(pub &'a Contact);
 
 /// Register an agent or replace its profile; answers the eligible queues
 /// and whether it is new.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpsertAgent(pub AgentSpec);
 
 /// Remove an agent that holds no work.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoveAgent(pub String);
 
 /// Set an agent's state; answers the previous one.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetAgentState {
     /// The agent.
     pub agent_id: String,
@@ -45,15 +47,15 @@ pub struct SetAgentState {
 }
 
 /// The transfer connected; answers the agent and contact ids.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confirm(pub ReservationId);
 
 /// The offer was rejected, not answered or cancelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Release(pub ReservationId);
 
 /// The agent finished an active contact; answers when wrap-up ends.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Complete {
     /// The agent.
     pub agent_id: String,
@@ -62,23 +64,49 @@ pub struct Complete {
 }
 
 /// A waiting caller hung up.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cancel(pub String);
 
-/// Put a new policy in force.
+/// Put a new policy in force. In a log it is its source name and text,
+/// parsed again when read.
 #[derive(Debug, Clone)]
 pub struct ReplacePolicy(pub Arc<Policy>);
 
+#[derive(Serialize, Deserialize)]
+struct PolicyText<'a> {
+    source: std::borrow::Cow<'a, str>,
+    text: std::borrow::Cow<'a, str>,
+}
+
+impl Serialize for ReplacePolicy {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        PolicyText {
+            source: (&*self.0.source).into(),
+            text: (&*self.0.text).into(),
+        }
+        .serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for ReplacePolicy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let p = PolicyText::deserialize(d)?;
+        crate::policy::parse(&p.source, &p.text)
+            .map(|policy| ReplacePolicy(Arc::new(policy)))
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// A CTI connected; answers its id and what it missed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Watch(pub WatchFilter);
 
 /// A CTI disconnected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unwatch(pub WatchId);
 
 /// Time passed: apply what is due.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tick;
 
 impl Apply for Route<'_> {
@@ -170,7 +198,8 @@ impl Apply for Tick {
 
 /// Any command, owned: what a log of the engine's inputs holds. Applying
 /// one answers nothing; the typed commands answer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Command {
     /// [`Route`].
     Route(Contact),
@@ -196,6 +225,9 @@ pub enum Command {
     Unwatch(Unwatch),
     /// [`Tick`].
     Tick,
+    /// The process restarted: the watchers of the one before are gone (their
+    /// connections died with it), so offers out to their agents are unseen.
+    Restarted,
 }
 
 impl From<Route<'_>> for Command {
@@ -249,6 +281,10 @@ impl Apply for Command {
             Command::Watch(c) => c.apply_at(e, now).map(drop),
             Command::Unwatch(c) => c.apply_at(e, now),
             Command::Tick => Tick.apply_at(e, now),
+            Command::Restarted => {
+                e.restarted(now);
+                Ok(())
+            }
         }
     }
 }

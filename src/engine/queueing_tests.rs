@@ -1088,3 +1088,28 @@ fn rejecting_a_resent_offer_is_a_pass() {
     let b1 = e.roster.find("b1").unwrap();
     assert!(e.waiting.find("w").unwrap().excludes(b1, offered));
 }
+
+/// A restart (replaying the log of the process before) drops that
+/// process's watchers: their connections died with it. Offers they had out
+/// are unseen, so their lapse is nobody's miss.
+#[test]
+fn a_restart_forgets_the_watchers_of_the_process_before() {
+    let mut e = Engine::new(Arc::new(waiting_policy()), EngineConfig::default());
+    let t = open();
+    e.apply(Watch(WatchFilter::default()), t).unwrap();
+    agent(&mut e, "b1", "billing", t);
+    busy(&mut e, "c0", "billing", t);
+    queued(&e.route(&call("w", "billing", Urgency::Routine), t).unwrap());
+    let offered = e.complete("b1", "c0", t).unwrap();
+    e.apply(Tick, offered).unwrap();
+    assert_eq!(assigned(&e.take_events()).len(), 1);
+    e.apply(Command::Restarted, offered).unwrap();
+    assert_eq!(e.watchers(), 0);
+    e.apply(Tick, offered + e.policy().reservation_ttl).unwrap();
+    let b1 = e.roster.find("b1").unwrap();
+    assert_eq!(e.roster.agent(b1).missed_offers, 0);
+    assert!(
+        e.take_events().is_empty(),
+        "nothing offered with nobody watching"
+    );
+}

@@ -1034,12 +1034,17 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
     }
     // The engine is a function of its log: the same commands at the same
     // times, applied to a fresh engine, give the same state.
+    // Through the log's own form: each command written as JSON and read
+    // back (a policy as its text, parsed again).
     let mut twin = make();
     for (at, command) in log {
+        let json = serde_json::to_string(&command).unwrap();
+        let command: Command = serde_json::from_str(&json).unwrap();
         let _ = twin.apply(command, at);
         twin.take_events();
     }
     prop_assert_eq!(fingerprint(&twin), fingerprint(&e), "replay diverged");
+
     Ok(())
 }
 

@@ -25,7 +25,7 @@ pub const MAX_UNDELIVERED: usize = 100_000;
 /// Events for an agent (offers, withdrawn offers) match by agent or team;
 /// events without an agent (callbacks, moves at closing) match by the queue
 /// the call is parked at.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WatchFilter {
     /// Agent ids.
     pub agents: HashSet<String>,
@@ -53,7 +53,7 @@ impl WatchFilter {
 }
 
 /// Identifies one watcher while it is connected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct WatchId(pub u64);
 
 /// The watchers connected now, with how many cover each agent id, team and
@@ -373,6 +373,21 @@ impl Engine {
     /// Callbacks and moves kept for a watcher that has not connected.
     pub fn undelivered(&self) -> usize {
         self.undelivered.len()
+    }
+
+    /// The process restarted: every watcher of the one before is gone with
+    /// its connection, and offers out to their agents could not be seen.
+    pub(super) fn restarted(&mut self, now: Time) {
+        self.advance(now);
+        self.watchers = Watchers {
+            next: self.watchers.next,
+            ..Watchers::default()
+        };
+        for r in self.reservations.values_mut() {
+            if r.waiter.is_some() {
+                r.unseen = true;
+            }
+        }
     }
 
     /// A watcher disconnected. Offers out to agents nobody covers any more

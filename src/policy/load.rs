@@ -688,6 +688,7 @@ impl Cx<'_> {
         }
         Ok(Policy {
             source: self.file.to_owned(),
+            text: Arc::from(self.text),
             version: raw.version.get_ref().clone(),
             default_language,
             default_queue,

@@ -40,6 +40,9 @@ pub type TextList = Arc<[Text]>;
 pub struct Policy {
     /// Where it came from, for messages.
     pub source: String,
+    /// The text it was parsed from: a log of the engine's commands holds
+    /// it, so a replay uses the policy that was in force.
+    pub text: Arc<str>,
     /// The policy's own version label.
     pub version: String,
     /// Language assumed when a contact names none.
