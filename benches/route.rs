@@ -18,7 +18,7 @@ use careroute::{
         AgentSpec, Cancel, Complete, Confirm, Engine, EngineConfig, Event, Outcome, Release, Route,
         SetAgentState, UpsertAgent, Watch, WatchFilter,
     },
-    model::{AgentState, Channel, Contact, Identity, Time, Urgency},
+    model::{AgentState, Channel, Contact, Identity, ReleaseReason, Time, Urgency},
     policy::Policy,
 };
 use chrono::{Duration, TimeZone, Utc};
@@ -89,7 +89,8 @@ fn timed_routes(e: &mut Engine, contacts: &[Contact], iters: u64) -> StdDuration
         let d = black_box(e.apply(black_box(Route(c)), now).unwrap());
         total += started.elapsed();
         if let Outcome::Agent(a) = &d.outcome {
-            e.apply(Release(a.reservation), now).unwrap();
+            e.apply(Release(a.reservation, ReleaseReason::Rejected), now)
+                .unwrap();
         }
     }
     total
@@ -120,7 +121,8 @@ fn route(c: &mut Criterion) {
                 i = (i + 1) % billing.len();
                 let d = e.apply(Route(&billing[i]), now).unwrap();
                 if let Outcome::Agent(a) = &d.outcome {
-                    e.apply(Release(a.reservation), now).unwrap();
+                    e.apply(Release(a.reservation, ReleaseReason::Rejected), now)
+                        .unwrap();
                 }
                 black_box(d)
             })
@@ -301,7 +303,8 @@ fn percentiles() {
                 let d = black_box(e.apply(black_box(Route(c)), now).unwrap());
                 samples.push(started.elapsed().as_nanos());
                 if let Outcome::Agent(a) = &d.outcome {
-                    e.apply(Release(a.reservation), now).unwrap();
+                    e.apply(Release(a.reservation, ReleaseReason::Rejected), now)
+                        .unwrap();
                 }
             }
             samples.sort_unstable();

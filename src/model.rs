@@ -357,6 +357,51 @@ impl Reason {
     }
 }
 
+/// Why an offer was released rather than confirmed. Only the agent's own
+/// misses (it rejected the offer, or did not answer) count toward pausing
+/// it; the IVR's and the network's do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ReleaseReason {
+    /// Not given: the agent may not have the contact again before the
+    /// cool-down, but it is not counted as the agent's miss.
+    Unspecified,
+    /// The agent rejected the offer.
+    Rejected,
+    /// The agent did not answer.
+    NoAnswer,
+    /// The caller hung up before the transfer connected.
+    CallerHungUp,
+    /// The transfer failed (telephony, network): nobody's miss.
+    TransferFailed,
+}
+
+impl ReleaseReason {
+    /// Whether the release is the agent's own miss.
+    pub fn agents_miss(self) -> bool {
+        matches!(self, ReleaseReason::Rejected | ReleaseReason::NoAnswer)
+    }
+
+    /// Whether the agent passed on the contact (it is not offered it again
+    /// before the cool-down).
+    pub fn passed(self) -> bool {
+        matches!(
+            self,
+            ReleaseReason::Rejected | ReleaseReason::NoAnswer | ReleaseReason::Unspecified
+        )
+    }
+
+    /// A bounded label for logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseReason::Unspecified => "unspecified",
+            ReleaseReason::Rejected => "rejected",
+            ReleaseReason::NoAnswer => "no_answer",
+            ReleaseReason::CallerHungUp => "caller_hung_up",
+            ReleaseReason::TransferFailed => "transfer_failed",
+        }
+    }
+}
+
 /// Why a callback ticket instead of a transfer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CallbackReason {

@@ -124,14 +124,14 @@ fuzz_target!(|data: &[u8]| {
             let Ok(r) = pb::ReleaseReservationRequest::decode(bytes) else {
                 return;
             };
-            let (Ok(id), Ok(_)) = (
+            let (Ok(id), Ok(reason)) = (
                 convert::reservation_id(&r.reservation_id),
                 convert::release_reason(r.reason),
             ) else {
                 return;
             };
             let mut e = engine();
-            let _ = e.apply(Release(id), now).map_err(status);
+            let _ = e.apply(Release(id, reason), now).map_err(status);
             drain_events(&mut e);
             check_invariants(&e);
         }

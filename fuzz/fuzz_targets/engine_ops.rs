@@ -26,7 +26,9 @@ use careroute::engine::{
     Unwatch, UpsertAgent, Watch,
 };
 use careroute::grpc::pb;
-use careroute::model::{AgentState, Channel, Contact, Identity, Time, TransferFrom, Urgency};
+use careroute::model::{
+    AgentState, Channel, Contact, Identity, ReleaseReason, Time, TransferFrom, Urgency,
+};
 use careroute::policy::{DEFAULT_POLICY, Policy};
 use careroute_fuzz::{
     check_decision, check_invariants, demo_roster, embedded, instants, list_queues, register,
@@ -68,7 +70,7 @@ enum Op {
         urgent: bool,
     },
     Confirm(u8),
-    Release(u8),
+    Release(u8, u8),
     Complete(u8),
     CompleteAny {
         agent: u8,
@@ -540,9 +542,20 @@ fuzz_target!(|input: Input| {
                     }
                 }
             }
-            Op::Release(k) if !m.offers.is_empty() => {
-                let (r, _, _, expires_at) = m.offers.remove(usize::from(*k) % m.offers.len());
-                if e.apply(Release(r), now).is_ok() {
+            Op::Release(k, why) if !m.offers.is_empty() => {
+                let (r, _, contact, expires_at) = m.offers.remove(usize::from(*k) % m.offers.len());
+                let reason = [
+                    ReleaseReason::Unspecified,
+                    ReleaseReason::Rejected,
+                    ReleaseReason::NoAnswer,
+                    ReleaseReason::CallerHungUp,
+                    ReleaseReason::TransferFailed,
+                ][usize::from(*why) % 5];
+                let hung_up = reason == ReleaseReason::CallerHungUp && m.assignments.contains(&r);
+                if e.apply(Release(r, reason), now).is_ok() {
+                    if hung_up {
+                        m.waiting.remove(&contact);
+                    }
                     assert!(now < expires_at, "released {r} after its TTL");
                 }
             }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{AgentSpec, Decision, Engine, EngineError, Event, ReservationId, WatchFilter, WatchId};
-use crate::model::{AgentState, Contact, Time};
+use crate::model::{AgentState, Contact, ReleaseReason, Time};
 use crate::policy::{Policy, Text};
 
 /// A change to routing state, with what the engine answers.
@@ -50,9 +50,9 @@ pub struct SetAgentState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Confirm(pub ReservationId);
 
-/// The offer was rejected, not answered or cancelled.
+/// The offer was released instead of confirmed, and why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Release(pub ReservationId);
+pub struct Release(pub ReservationId, pub ReleaseReason);
 
 /// The agent finished an active contact; answers when wrap-up ends.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,7 +147,7 @@ impl Apply for Confirm {
 impl Apply for Release {
     type Output = ();
     fn apply_at(self, e: &mut Engine, now: Time) -> Result<(), EngineError> {
-        e.release(self.0, now)
+        e.release(self.0, self.1, now)
     }
 }
 

@@ -42,7 +42,9 @@ use waiting::WaitingRoom;
 pub use watchers::{MAX_UNDELIVERED, UNDELIVERED_KEPT, WatchFilter, WatchId};
 use watchers::{Undelivered, Watchers};
 
-use crate::model::{AgentState, CallbackReason, Channel, Contact, FastMap, Reason, Time, Urgency};
+use crate::model::{
+    AgentState, CallbackReason, Channel, Contact, FastMap, Reason, ReleaseReason, Time, Urgency,
+};
 use crate::policy::{CallbackTerms, IntentIdx, Policy, QueueIdx, Resolved, Step, Text, TextList};
 
 /// Limits of what the engine remembers. Each memory is a window of time,
@@ -479,7 +481,7 @@ struct Reservation {
 enum Fate {
     Live,
     Confirmed,
-    Released,
+    Released(ReleaseReason),
     Expired,
 }
 
@@ -653,14 +655,21 @@ impl Engine {
     /// a waiting contact puts it back in line, and the freed agent takes
     /// the best waiting contact it can.
     fn settle(&mut self, id: ReservationId, fate: Fate, now: Time) -> Option<Reservation> {
-        let r = self.free_slot(id, fate)?;
-        // An offer nobody could have seen is not the agent's miss.
-        if fate == Fate::Expired && !r.unseen {
+        let r = self.free_slot(id, fate, now)?;
+        // Only the agent's own misses count: a lapse it could have seen, a
+        // rejection, no answer. The IVR's and the network's never do.
+        let agents_miss = match fate {
+            Fate::Expired => !r.unseen,
+            Fate::Released(reason) => reason.agents_miss(),
+            _ => false,
+        };
+        if agents_miss {
             self.missed_offer(r.agent);
         }
         match (r.waiter, fate) {
             (Some(seq), Fate::Confirmed) => self.answered(seq, now),
-            (Some(seq), Fate::Expired | Fate::Released) => self.offer_failed(seq, &r, fate, now),
+            (Some(seq), Fate::Released(ReleaseReason::CallerHungUp)) => self.hung_up(seq, &r, now),
+            (Some(seq), Fate::Expired | Fate::Released(_)) => self.offer_failed(seq, &r, fate, now),
             _ => {}
         }
         if fate != Fate::Confirmed {
@@ -670,15 +679,21 @@ impl Engine {
     }
 
     /// Removes a live reservation and frees the agent's slot.
-    fn free_slot(&mut self, id: ReservationId, fate: Fate) -> Option<Reservation> {
+    fn free_slot(&mut self, id: ReservationId, fate: Fate, now: Time) -> Option<Reservation> {
         let r = self.reservations.remove(&id)?;
         if let Some(q) = r.queue {
             let n = self.roster.reservations_mut(q);
             *n = n.saturating_sub(1);
         }
         let c = r.channel.index();
+        let freed = fate != Fate::Confirmed;
+        let micros = now.timestamp_micros();
         self.roster.update(r.agent, |agent| {
             agent.reserved[c] = agent.reserved[c].saturating_sub(1);
+            // Released or lapsed: free on this channel from now.
+            if freed {
+                agent.ready_since[c] = micros;
+            }
         });
         if let Some(slot) = self.ledger.slot(id.0 as u32) {
             *slot = fate;
@@ -1051,7 +1066,7 @@ impl Engine {
         let how = match fate {
             Some(Fate::Expired) => return EngineError::ReservationExpired(id.to_string()),
             Some(Fate::Confirmed) => "confirmed",
-            Some(Fate::Released) => "released",
+            Some(Fate::Released(_)) => "released",
             Some(Fate::Live) | None => return EngineError::UnknownReservation(id.to_string()),
         };
         EngineError::ReservationSettled {
@@ -1081,9 +1096,14 @@ impl Engine {
     }
 
     /// The offer was rejected, not answered or cancelled: the agent is free.
-    fn release(&mut self, id: ReservationId, now: Time) -> Result<(), EngineError> {
+    fn release(
+        &mut self,
+        id: ReservationId,
+        reason: ReleaseReason,
+        now: Time,
+    ) -> Result<(), EngineError> {
         self.advance(now);
-        self.settle(id, Fate::Released, now)
+        self.settle(id, Fate::Released(reason), now)
             .ok_or_else(|| self.reservation_error(id))?;
         self.counters.released += 1;
         Ok(())
@@ -1123,6 +1143,7 @@ impl Engine {
             self.stats[q].observe_handle_time(now - confirmed_at);
         }
         let until = now + wrap_up;
+        let micros = now.timestamp_micros();
         let generation = self.roster.update(a, |agent| {
             let (_, channel, _, _) = agent.contacts.swap_remove(pos);
             let c = channel.index();
@@ -1133,6 +1154,9 @@ impl Engine {
                 agent.wrap_generation += 1;
                 Some(agent.wrap_generation)
             } else {
+                // Free on this channel from now: its idle time starts now,
+                // not when the contact was offered.
+                agent.ready_since[c] = micros;
                 None
             }
         });

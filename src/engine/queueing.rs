@@ -23,7 +23,7 @@ use super::{
     AgentIdx, CallbackOffer, DecisionId, Engine, EngineError, Fate, Hop, HopKind, Reservation,
     ReservationId, Slot, Timer, ewt,
 };
-use crate::model::{AgentState, CallbackReason, Channel, Contact, Time, Urgency};
+use crate::model::{AgentState, CallbackReason, Channel, Contact, ReleaseReason, Time, Urgency};
 use crate::policy::{Policy, QueueIdx, Resolved, Text};
 
 /// Priority points of an urgent contact: with the default aging of one point
@@ -353,10 +353,13 @@ impl Engine {
     /// the cool-down, unless nobody could have seen the offer. A contact
     /// past its wait limit leaves with a callback instead.
     pub(super) fn offer_failed(&mut self, seq: u64, r: &Reservation, fate: Fate, now: Time) {
-        // A release is the agent's pass even on an offer it was resent; a
-        // lapse nobody could see is not.
-        let passed = (fate == Fate::Released || !r.unseen)
-            .then(|| (r.agent, now + self.policy.reoffer_after));
+        // A rejection is the agent's pass even on an offer it was resent; a
+        // lapse nobody could see, or a failed transfer, is not.
+        let passed = match fate {
+            Fate::Released(reason) => reason.passed(),
+            _ => !r.unseen,
+        }
+        .then(|| (r.agent, now + self.policy.reoffer_after));
         let Some(w) = self.waiting.step_back(seq, passed) else {
             return;
         };
@@ -365,7 +368,7 @@ impl Engine {
         let mut hop = LineHop::new(&contact_id, decision, queue);
         hop.agent = Some(self.roster.agent(r.agent).id.clone());
         hop.reservation = Some(r.id);
-        let kind = if fate == Fate::Expired {
+        let kind = if matches!(fate, Fate::Expired) {
             HopKind::OfferExpired
         } else {
             HopKind::OfferReleased
@@ -382,6 +385,22 @@ impl Engine {
         // Its queue may have moved on (a relaxation step) while the offer
         // was out: re-offer it from where it now waits.
         self.dispatch_line(queue, r.channel, now);
+    }
+
+    /// The caller hung up while its offer rang: the contact leaves its
+    /// line, counted as abandoned, as if cancelled.
+    pub(super) fn hung_up(&mut self, seq: u64, r: &Reservation, now: Time) {
+        let Some(w) = self.waiting.leave(seq) else {
+            return;
+        };
+        self.stats[self.policy.root(w.queue)].abandoned += 1;
+        let mut hop = LineHop::new(&w.contact_id, w.decision, w.queue);
+        hop.agent = Some(self.roster.agent(r.agent).id.clone());
+        hop.reservation = Some(r.id);
+        self.line_hop(hop, HopKind::Cancelled, now);
+        if !self.undelivered.is_empty() {
+            self.undelivered.forget(&w.contact_id);
+        }
     }
 
     /// Contacts whose wait limit has come leave their line with a
@@ -439,7 +458,7 @@ impl Engine {
         };
         self.waiting.leave(seq);
         if let Some(id) = offer
-            && let Some(r) = self.free_slot(id, Fate::Released)
+            && let Some(r) = self.free_slot(id, Fate::Released(ReleaseReason::Unspecified), now)
         {
             self.counters.released += 1;
             self.withdrawn(&r, why);
@@ -583,7 +602,7 @@ impl Engine {
                 continue;
             }
             if let Some(id) = w.offer
-                && let Some(r) = self.free_slot(id, Fate::Released)
+                && let Some(r) = self.free_slot(id, Fate::Released(ReleaseReason::Unspecified), now)
             {
                 self.counters.released += 1;
                 self.withdrawn(&r, Withdrawal::PolicyChanged);

@@ -105,7 +105,12 @@ fn waits_then_is_assigned_when_an_agent_frees_up() {
     assert!(d.reasons.contains(&Reason::Queued));
     assert!(e.take_events().is_empty());
     // b1's first offer is rejected: b1 is free and takes the waiting c2.
-    e.release(a.reservation, t + Duration::seconds(5)).unwrap();
+    e.release(
+        a.reservation,
+        ReleaseReason::Rejected,
+        t + Duration::seconds(5),
+    )
+    .unwrap();
     assert_eq!(
         assigned(&e.take_events()),
         [("c2".to_string(), "b1".to_string())]
@@ -230,8 +235,12 @@ fn an_offer_not_confirmed_goes_to_the_next_agent_and_repeated_misses_pause_the_a
     };
     assert_eq!((&*again.offer.agent_id, again.reoffer), ("b2", true));
     // b2 rejects it and steps away; b1 (once free) gets it.
-    e.release(again.offer.reservation, lapsed + cool_down)
-        .unwrap();
+    e.release(
+        again.offer.reservation,
+        ReleaseReason::Rejected,
+        lapsed + cool_down,
+    )
+    .unwrap();
     e.set_state("b2", AgentState::Away, lapsed + cool_down)
         .unwrap();
     e.complete("b1", "c0", t + Duration::seconds(50)).unwrap();
@@ -798,8 +807,12 @@ fn a_contact_past_its_wait_limit_gets_a_callback() {
         e.waiting.find("w2").is_some(),
         "an offer out is not cut short"
     );
-    e.release(a.offer.reservation, t + Duration::seconds(144))
-        .unwrap();
+    e.release(
+        a.offer.reservation,
+        ReleaseReason::Rejected,
+        t + Duration::seconds(144),
+    )
+    .unwrap();
     let events = e.take_events();
     assert!(
         matches!(events.as_slice(), [Event::CallbackInstead { contact_id, callback, .. }]
@@ -1080,7 +1093,8 @@ fn rejecting_a_resent_offer_is_a_pass() {
     let [Event::Assigned(a)] = missed.as_slice() else {
         panic!("{missed:?}")
     };
-    e.release(a.offer.reservation, offered).unwrap();
+    e.release(a.offer.reservation, ReleaseReason::Rejected, offered)
+        .unwrap();
     assert!(
         assigned(&e.take_events()).is_empty(),
         "offered again at once"
@@ -1111,5 +1125,36 @@ fn a_restart_forgets_the_watchers_of_the_process_before() {
     assert!(
         e.take_events().is_empty(),
         "nothing offered with nobody watching"
+    );
+}
+
+/// A waiting caller hangs up while its offer rings: released with that
+/// reason, the contact leaves the line as abandoned, and the path says so.
+#[test]
+fn a_caller_who_hung_up_while_the_offer_rang_leaves_the_line() {
+    let mut e = engine();
+    let t = open();
+    agent(&mut e, "b1", "billing", t);
+    busy(&mut e, "c0", "billing", t);
+    queued(&e.route(&call("w", "billing", Urgency::Routine), t).unwrap());
+    let done = e.complete("b1", "c0", t).unwrap();
+    e.advance(done);
+    let events = e.take_events();
+    let [Event::Assigned(a)] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    e.release(a.offer.reservation, ReleaseReason::CallerHungUp, done)
+        .unwrap();
+    assert!(e.waiting.find("w").is_none());
+    let billing = e.policy().queue_idx("billing").unwrap();
+    assert_eq!(e.stats[billing].abandoned, 1);
+    let kinds: Vec<HopKind> = e.path("w").unwrap().iter().map(|h| h.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            HopKind::Decided("queued"),
+            HopKind::Assigned,
+            HopKind::Cancelled
+        ]
     );
 }

@@ -302,16 +302,16 @@ fn release_frees_the_agent_and_unknown_ids_are_not_found() {
     add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
     let d = e.route(&billing("c1"), t).unwrap();
     let r = offer(&d).reservation;
-    e.release(r, t).unwrap();
+    e.release(r, ReleaseReason::Rejected, t).unwrap();
     assert!(matches!(
-        e.release(r, t),
+        e.release(r, ReleaseReason::Rejected, t),
         Err(EngineError::ReservationSettled {
             how: "released",
             ..
         })
     ));
     assert!(matches!(
-        e.release(ReservationId(7), t),
+        e.release(ReservationId(7), ReleaseReason::Rejected, t),
         Err(EngineError::UnknownReservation(_))
     ));
     assert!(matches!(
@@ -684,7 +684,7 @@ enum Op {
         preferred: Option<u8>,
     },
     Confirm(u8),
-    Release(u8),
+    Release(u8, u8),
     Complete(u8),
     State(u8, u8),
     Wait(u16),
@@ -698,8 +698,8 @@ enum Op {
 
 /// Policies a running engine is switched between: the example policy, and
 /// variants of the queueing one that drop, change and add relaxation steps,
-/// raise skills, narrow channels, shorten the wait limit, and remove a
-/// queue (renaming it).
+/// raise skills, narrow channels, shorten the wait limit, drop the wrap-up,
+/// and remove a queue (renaming it).
 fn reload_policies() -> &'static [Arc<Policy>] {
     static POLICIES: std::sync::OnceLock<Vec<Arc<Policy>>> = std::sync::OnceLock::new();
     POLICIES.get_or_init(|| {
@@ -716,6 +716,7 @@ fn reload_policies() -> &'static [Arc<Policy>] {
                 1,
             ),
             base.replacen("max_wait = \"2h\"", "max_wait = \"2h\"\nmax_wait_in_line = \"90s\"", 1),
+            base.replacen("wrap_up = \"45s\"\n", "", 1),
             base.replacen("id = \"billing\"\nlevel", "id = \"billing_v2\"\nlevel", 1)
                 .replacen("route_to = \"billing\"\n", "route_to = \"billing_v2\"\n", 1),
         ];
@@ -736,7 +737,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (any::<u8>(), any::<bool>(), proptest::option::of(0u8..4))
             .prop_map(|(contact, chat, preferred)| Op::Route { contact, chat, preferred }),
         2 => any::<u8>().prop_map(Op::Confirm),
-        1 => any::<u8>().prop_map(Op::Release),
+        1 => (any::<u8>(), 0u8..5).prop_map(|(k, why)| Op::Release(k, why)),
         1 => any::<u8>().prop_map(Op::Complete),
         1 => (0u8..4, 0u8..5).prop_map(|(a, s)| Op::State(a, s)),
         2 => (0u16..20_000).prop_map(Op::Wait),
@@ -752,6 +753,47 @@ fn op() -> impl Strategy<Value = Op> {
 /// Runs `ops` on `e`, checking the invariants after each, and that every
 /// contact that was queued ends assigned and confirmed, cancelled, called
 /// back, re-routed, or still waiting: none is lost.
+/// The oracle for "longest idle", by brute force over every agent: no
+/// agent eligible for the queue, free on the contact's channel and (unless
+/// an interpreter is needed) speaking its language, was idle longer on that
+/// channel than the one chosen, counting idle time from when each last
+/// became free there (a state change, a completion, a wrap-up's end, a
+/// release or a lapse). Ties go to the lower slot, at millisecond grain.
+fn longest_idle_oracle(
+    e: &Engine,
+    c: &Contact,
+    offer: &AgentOffer,
+    ready_before: &[[i64; 5]],
+) -> Result<(), TestCaseError> {
+    let q = e.policy.queue_idx(&offer.queue_id).unwrap();
+    let k = c.channel.index();
+    let chosen = e.roster.find(&offer.agent_id).unwrap();
+    let key = |a: AgentIdx| (ready_before[a as usize][k].div_euclid(1000), a);
+    let language = c.language.as_deref().unwrap_or(&e.policy.default_language);
+    let lang = e.roster.language(language);
+    for (i, agent) in e.roster.agents().iter().enumerate() {
+        let a = i as AgentIdx;
+        let speaks = lang.is_some_and(|l| agent.languages.contains(&l));
+        if a == chosen
+            || agent.removed
+            || !agent.queues.contains(&q)
+            || !agent.free_channels().contains(c.channel)
+            || (!offer.interpreter_needed && !speaks)
+        {
+            continue;
+        }
+        prop_assert!(
+            key(a) > key(chosen),
+            "{} chosen (free since {}) while {} was free since {}",
+            offer.agent_id,
+            ready_before[chosen as usize][k],
+            agent.id,
+            ready_before[i][k]
+        );
+    }
+    Ok(())
+}
+
 /// Everything an engine holds, in a canonical order (hash maps sorted),
 /// so two engines' states can be compared.
 fn fingerprint(e: &Engine) -> String {
@@ -829,7 +871,15 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     c.language = Some("es".into());
                 }
                 waiting.remove(&c.contact_id); // a new hop replaces its place
-                match apply!(Route(&c)).unwrap().outcome {
+                let ready_before: Vec<[i64; 5]> =
+                    e.roster.agents().iter().map(|a| a.ready_since).collect();
+                let d = apply!(Route(&c)).unwrap();
+                if let Outcome::Agent(a) = &d.outcome
+                    && d.reasons.contains(&Reason::LongestIdle)
+                {
+                    longest_idle_oracle(&e, &c, a, &ready_before)?;
+                }
+                match d.outcome {
                     Outcome::Agent(a) => {
                         // The reservation fits the agent's capacity on that
                         // channel. (A profile change may lower capacity below
@@ -854,9 +904,44 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     active.push((agent.to_string(), contact));
                 }
             }
-            Op::Release(k) if !offered.is_empty() => {
+            Op::Release(k, why) if !offered.is_empty() => {
+                // Every reason: the agent's own (rejected, no answer), the
+                // caller's (hung up: a waiting contact leaves its line) and
+                // the network's (transfer failed).
                 let r = offered.remove(usize::from(k) % offered.len());
-                let _ = apply!(Release(r));
+                let reason = [
+                    ReleaseReason::Unspecified,
+                    ReleaseReason::Rejected,
+                    ReleaseReason::NoAnswer,
+                    ReleaseReason::CallerHungUp,
+                    ReleaseReason::TransferFailed,
+                ][usize::from(why) % 5];
+                let line = e.reservations.get(&r).and_then(|x| {
+                    let w = e.waiting.get(x.waiter?)?;
+                    Some(w.contact_id.clone())
+                });
+                let agent = e.reservations.get(&r).map(|x| x.agent);
+                let missed = agent.map(|a| e.roster.agent(a).missed_offers);
+                if apply!(Release(r, reason)).is_ok() {
+                    if let Some(contact) = line.filter(|_| reason == ReleaseReason::CallerHungUp) {
+                        prop_assert!(
+                            e.waiting.find(&contact).is_none(),
+                            "a caller who hung up still waits"
+                        );
+                        waiting.remove(&contact);
+                    }
+                    // Only the agent's own misses count toward its pause.
+                    if let (Some(a), Some(before)) = (agent, missed) {
+                        let after = e.roster.agent(a).missed_offers;
+                        if !reason.agents_miss() {
+                            prop_assert!(
+                                after <= before,
+                                "{:?} counted as the agent's miss",
+                                reason
+                            );
+                        }
+                    }
+                }
             }
             Op::Complete(k) if !active.is_empty() => {
                 let (agent, contact) = active.remove(usize::from(k) % active.len());
@@ -1104,11 +1189,94 @@ fn the_clock_never_goes_backwards() {
     };
     assert_eq!(e.counters().clock_went_back, 0);
     let earlier = t - Duration::seconds(30);
-    e.apply(Release(first.reservation), t).unwrap();
+    e.apply(Release(first.reservation, ReleaseReason::Rejected), t)
+        .unwrap();
     let d = e.apply(Route(&billing("c2")), earlier).unwrap();
     let Outcome::Agent(second) = &d.outcome else {
         panic!("{d:?}")
     };
     assert_eq!(second.expires_at, t + e.policy().reservation_ttl);
     assert_eq!(e.counters().clock_went_back, 1);
+}
+
+/// Issue 10: with no wrap-up, an agent who just finished a long call goes
+/// behind agents who have waited longer; the same after a release. Idle time
+/// counts from when the agent last became free on the channel.
+#[test]
+fn idle_time_counts_from_the_end_of_the_last_contact() {
+    let text = crate::policy::DEFAULT_POLICY.replacen("wrap_up = \"45s\"\n", "", 1);
+    assert_ne!(text, crate::policy::DEFAULT_POLICY);
+    let policy = crate::policy::parse("no-wrap-up.toml", &text).unwrap();
+    let mut e =
+        super::queueing_tests::watched(Engine::new(Arc::new(policy), EngineConfig::default()));
+    let t = open();
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
+    let d = e.route(&billing("long-call"), t).unwrap();
+    let a = offer(&d).clone();
+    assert_eq!(&*a.agent_id, "b1");
+    e.confirm(a.reservation, t).unwrap();
+    // b2 logs in five seconds later; b1's call lasts ten minutes.
+    add(
+        &mut e,
+        billing_agent("b2", &["en"], 1, 0),
+        t + Duration::seconds(5),
+    );
+    let done = t + Duration::minutes(10);
+    e.complete("b1", "long-call", done).unwrap();
+    let next = e
+        .route(&billing("next"), done + Duration::seconds(1))
+        .unwrap();
+    assert_eq!(&*offer(&next).agent_id, "b2", "b2 has waited longer");
+    // b2 rejects it: b2 is free again from the release, behind b1.
+    e.release(
+        offer(&next).reservation,
+        ReleaseReason::Rejected,
+        done + Duration::seconds(2),
+    )
+    .unwrap();
+    let after = e
+        .route(&billing("after"), done + Duration::seconds(3))
+        .unwrap();
+    assert_eq!(&*offer(&after).agent_id, "b1");
+}
+
+/// Issue 10: only the agent's own misses pause it. Releases for a caller
+/// who hung up, a failed transfer or no reason never do; three rejections
+/// in a row do. A waiting caller who hung up while the offer rang leaves
+/// the line, counted as abandoned.
+#[test]
+fn only_the_agents_own_misses_pause_it() {
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
+    let limit = e.policy().missed_offers_to_pause;
+    let b1 = e.roster.find("b1").unwrap();
+    let mut now = t;
+    for (i, reason) in [
+        ReleaseReason::CallerHungUp,
+        ReleaseReason::TransferFailed,
+        ReleaseReason::Unspecified,
+    ]
+    .into_iter()
+    .cycle()
+    .take(3 * limit as usize)
+    .enumerate()
+    {
+        let d = e.route(&billing(&format!("c{i}")), now).unwrap();
+        e.release(offer(&d).reservation, reason, now).unwrap();
+        now += Duration::seconds(1);
+    }
+    assert_eq!(e.roster.agent(b1).state, AgentState::Available);
+    assert_eq!(e.roster.agent(b1).missed_offers, 0);
+    for i in 0..limit {
+        let d = e.route(&billing(&format!("r{i}")), now).unwrap();
+        let reason = if i % 2 == 0 {
+            ReleaseReason::Rejected
+        } else {
+            ReleaseReason::NoAnswer
+        };
+        e.release(offer(&d).reservation, reason, now).unwrap();
+        now += Duration::seconds(1);
+    }
+    assert_eq!(e.roster.agent(b1).state, AgentState::NotResponding);
 }

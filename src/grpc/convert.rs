@@ -14,7 +14,8 @@ use crate::engine::{
     QueueView, ReservationId, WatchFilter, Withdrawal,
 };
 use crate::model::{
-    AgentState, CallbackReason, Channel, Contact, Identity, Reason, Time, TransferFrom, Urgency,
+    AgentState, CallbackReason, Channel, Contact, Identity, Reason, ReleaseReason, Time,
+    TransferFrom, Urgency,
 };
 
 /// Longest opaque id (contact, request, agent, queue).
@@ -305,13 +306,14 @@ pub fn agent_state(value: i32) -> Result<AgentState, Status> {
     }
 }
 
-/// Validates a release reason; unspecified is allowed.
-pub fn release_reason(value: i32) -> Result<&'static str, Status> {
+/// Converts a release reason; unspecified is allowed.
+pub fn release_reason(value: i32) -> Result<ReleaseReason, Status> {
     match pb::ReleaseReason::try_from(value) {
-        Ok(pb::ReleaseReason::Unspecified) => Ok("unspecified"),
-        Ok(pb::ReleaseReason::Rejected) => Ok("rejected"),
-        Ok(pb::ReleaseReason::NoAnswer) => Ok("no_answer"),
-        Ok(pb::ReleaseReason::Cancelled) => Ok("cancelled"),
+        Ok(pb::ReleaseReason::Unspecified) => Ok(ReleaseReason::Unspecified),
+        Ok(pb::ReleaseReason::Rejected) => Ok(ReleaseReason::Rejected),
+        Ok(pb::ReleaseReason::NoAnswer) => Ok(ReleaseReason::NoAnswer),
+        Ok(pb::ReleaseReason::Cancelled) => Ok(ReleaseReason::CallerHungUp),
+        Ok(pb::ReleaseReason::TransferFailed) => Ok(ReleaseReason::TransferFailed),
         Err(_) => Err(invalid("reason", format!("unknown enum value {value}"))),
     }
 }

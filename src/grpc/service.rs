@@ -277,8 +277,8 @@ impl pb::routing_service_server::RoutingService for Routing {
             let r = request.get_ref();
             let id = convert::reservation_id(&r.reservation_id)?;
             let reason = convert::release_reason(r.reason)?;
-            self.apply(Release(id))?;
-            tracing::debug!(reservation_id = %id, reason, "released");
+            self.apply(Release(id, reason))?;
+            tracing::debug!(reservation_id = %id, reason = reason.as_str(), "released");
             Ok(pb::ReleaseReservationResponse {})
         })();
         result.map(Response::new)
