@@ -216,3 +216,92 @@ async fn relaxation_widens_the_pool_after_its_step_time() {
     assert_eq!(e.waited.unwrap().seconds, 120);
     s.stop().await;
 }
+
+async fn status(
+    client: &mut careroute::grpc::pb::routing_service_client::RoutingServiceClient<
+        tonic::transport::Channel,
+    >,
+    id: &str,
+) -> Result<pb::GetContactStatusResponse, tonic::Status> {
+    client
+        .get_contact_status(pb::GetContactStatusRequest {
+            contact_id: id.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+#[tokio::test]
+async fn an_ivr_polls_a_waiting_contacts_position_and_then_its_outcome() {
+    let s = TestServer::start(monday_10am()).await;
+    let mut client = s.client.clone();
+    let mut stream = client
+        .watch_assignments(pb::WatchAssignmentsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // Both scheduling agents take a contact; two more wait.
+    let first = s.route(scheduling("s1")).await.unwrap();
+    s.route(scheduling("s2")).await.unwrap();
+    s.route(scheduling("s3")).await.unwrap();
+    s.route(scheduling("s4")).await.unwrap();
+    // Within the offers' 15 s TTL.
+    s.clock.advance(Duration::seconds(10));
+    let Some(pb::get_contact_status_response::Status::Waiting(w)) =
+        status(&mut client, "s4").await.unwrap().status
+    else {
+        panic!("s4 should wait")
+    };
+    assert_eq!((w.queue_id.as_str(), w.position), ("scheduling", 2));
+    assert_eq!(w.waited.unwrap().seconds, 10);
+    assert!(w.estimated_wait.unwrap().seconds > 0);
+    assert_eq!(
+        w.parked_transfer_address,
+        "sip:scheduling@pbx.careroute.example"
+    );
+    // The first agent's offer is rejected: s3 is offered to that agent,
+    // and s4 moves up.
+    client
+        .release_reservation(pb::ReleaseReservationRequest {
+            reservation_id: agent(&first).reservation_id.clone(),
+            reason: pb::ReleaseReason::Rejected.into(),
+        })
+        .await
+        .unwrap();
+    let offered = next(&mut stream).await;
+    assert_eq!(offered.contact_id, "s3");
+    let Some(pb::get_contact_status_response::Status::Waiting(w)) =
+        status(&mut client, "s4").await.unwrap().status
+    else {
+        panic!("s4 should wait")
+    };
+    assert_eq!(w.position, 1);
+    let Some(pb::get_contact_status_response::Status::Waiting(w)) =
+        status(&mut client, "s3").await.unwrap().status
+    else {
+        panic!("s3 has an offer out")
+    };
+    assert_eq!(w.reservation_id, agent_of(&offered).reservation_id);
+    client
+        .confirm_reservation(pb::ConfirmReservationRequest {
+            reservation_id: w.reservation_id,
+        })
+        .await
+        .unwrap();
+    // Answered: its status is its last hop.
+    let Some(pb::get_contact_status_response::Status::Last(hop)) =
+        status(&mut client, "s3").await.unwrap().status
+    else {
+        panic!("s3 no longer waits")
+    };
+    assert_eq!(hop.outcome, "assigned");
+    // A stranger is NOT_FOUND; a malformed id is INVALID_ARGUMENT naming it.
+    assert_eq!(
+        status(&mut client, "nobody").await.unwrap_err().code(),
+        Code::NotFound
+    );
+    let bad = status(&mut client, "").await.unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().starts_with("contact_id"), "{}", bad.message());
+    s.stop().await;
+}

@@ -35,7 +35,7 @@ pub use command::{
 pub use error::EngineError;
 pub use event::{Assignment, Event, Parked, Withdrawal};
 pub use expiring::Expiring;
-pub use queueing::{QueuedOffer, UNSTAFFED_GRACE};
+pub use queueing::{ContactStatus, QueuedOffer, UNSTAFFED_GRACE};
 pub use roster::{Agent, AgentIdx, Pick, QueuePool, Roster};
 pub use stats::{HANDLE_TIMES_TRUSTED, QueueStats};
 use waiting::WaitingRoom;

@@ -38,6 +38,28 @@ pub(super) const SWEEP_EVERY: Duration = Duration::seconds(1);
 /// and a shift change.
 pub const UNSTAFFED_GRACE: Duration = Duration::seconds(10);
 
+/// Where a contact stands now.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContactStatus {
+    /// It waits in line.
+    Waiting {
+        /// Where the call is parked.
+        parked: Parked,
+        /// The queue it waits for (the one offering it, after a move).
+        queue_id: Text,
+        /// 1-based rank in line now, by priority; 1 while an offer is out.
+        position: u32,
+        /// Estimated wait from now (zero while an offer is out).
+        estimated_wait: Duration,
+        /// How long it has waited.
+        waited: Duration,
+        /// The agent offered it and the reservation, while an offer is out.
+        offered: Option<(Text, ReservationId)>,
+    },
+    /// It does not wait: the last hop of its path.
+    Done(Hop),
+}
+
 /// The answer for a contact that waits.
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueuedOffer {
@@ -173,6 +195,53 @@ impl Engine {
         self.timers.extend(timers);
         self.waiting.enter(waiter);
         Ok(offer)
+    }
+
+    /// Where a contact stands now, for an IVR's in-queue announcement: if
+    /// it waits, its current rank (by priority, as the line orders it), a
+    /// refreshed estimate and any offer out; otherwise its last hop. `None`
+    /// for a contact careroute does not know (or has forgotten). A view: it
+    /// applies nothing (apply a [`super::Tick`] first).
+    pub fn contact_status(&mut self, contact_id: &str) -> Option<ContactStatus> {
+        let now = self.now.unwrap_or(Time::UNIX_EPOCH);
+        let Some(w) = self.waiting.find(contact_id) else {
+            return self
+                .path(contact_id)
+                .and_then(|hops| hops.last())
+                .cloned()
+                .map(ContactStatus::Done);
+        };
+        let (queue, channel, key, arrived, parked, offer) =
+            (w.queue, w.channel, w.key, w.arrived, w.parked, w.offer);
+        let root = self.policy.root(queue);
+        // Contacts in the wider pools still ahead of this one's waited
+        // longer: they count as ahead.
+        let later_pools: u32 = self.policy.queues[root]
+            .steps
+            .iter()
+            .skip(self.policy.step_rank(queue))
+            .map(|s| self.waiting.count(s.pool))
+            .sum();
+        let position = match offer {
+            Some(_) => 1,
+            None => self.waiting.position_of(queue, channel, key) + later_pools,
+        };
+        let estimated_wait = match offer {
+            Some(_) => Duration::zero(),
+            None => self.estimated_wait(root, position),
+        };
+        let offered = offer.and_then(|id| {
+            let r = self.reservations.get(&id)?;
+            Some((self.roster.agent(r.agent).id.clone(), id))
+        });
+        Some(ContactStatus::Waiting {
+            parked: self.parked(parked),
+            queue_id: self.policy.queues[root].id.clone(),
+            position,
+            estimated_wait,
+            waited: (now - arrived).max(Duration::zero()),
+            offered,
+        })
     }
 
     /// Contacts waiting for `queue`, in its own line and its wider pools.

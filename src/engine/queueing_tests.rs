@@ -1158,3 +1158,80 @@ fn a_caller_who_hung_up_while_the_offer_rang_leaves_the_line() {
         ]
     );
 }
+
+/// An IVR's in-queue announcement: a waiting contact's current rank (by
+/// priority: an urgent arrival goes ahead), a refreshed estimate, the offer
+/// once one is out; afterwards its last hop; nothing for a stranger.
+#[test]
+fn a_waiting_contacts_status_is_its_current_rank_and_estimate() {
+    let mut e = engine();
+    let t = open();
+    agent(&mut e, "b1", "billing", t);
+    busy(&mut e, "c0", "billing", t);
+    queued(
+        &e.route(&call("w1", "billing", Urgency::Routine), t)
+            .unwrap(),
+    );
+    queued(
+        &e.route(&call("w2", "billing", Urgency::Routine), t)
+            .unwrap(),
+    );
+    let status = |e: &mut Engine, id: &str, at: Time| {
+        e.apply(Tick, at).unwrap();
+        e.contact_status(id)
+    };
+    let Some(ContactStatus::Waiting {
+        position,
+        estimated_wait: before,
+        ..
+    }) = status(&mut e, "w2", t + Duration::seconds(1))
+    else {
+        panic!()
+    };
+    assert_eq!(position, 2);
+    // An urgent contact arrives and ranks first: w2 is third now.
+    queued(
+        &e.route(
+            &call("u", "billing", Urgency::Urgent),
+            t + Duration::seconds(2),
+        )
+        .unwrap(),
+    );
+    let Some(ContactStatus::Waiting {
+        position,
+        estimated_wait,
+        waited,
+        offered,
+        queue_id,
+        ..
+    }) = status(&mut e, "w2", t + Duration::seconds(3))
+    else {
+        panic!()
+    };
+    assert_eq!((position, &*queue_id, offered), (3, "billing", None));
+    assert!(estimated_wait > before, "the estimate follows the rank");
+    assert_eq!(waited, Duration::seconds(3));
+    // b1 frees up and is offered u; u's status shows the offer.
+    let done = e.complete("b1", "c0", t + Duration::seconds(4)).unwrap();
+    e.advance(done);
+    let events = e.take_events();
+    let [Event::Assigned(a)] = events.as_slice() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(a.contact_id, "u");
+    let Some(ContactStatus::Waiting {
+        position, offered, ..
+    }) = status(&mut e, "u", done)
+    else {
+        panic!()
+    };
+    assert_eq!(position, 1);
+    assert_eq!(offered, Some(("b1".into(), a.offer.reservation)));
+    // Confirmed: u no longer waits; its status is its last hop.
+    e.confirm(a.offer.reservation, done).unwrap();
+    let Some(ContactStatus::Done(last)) = status(&mut e, "u", done) else {
+        panic!()
+    };
+    assert_eq!(last.kind, HopKind::Assigned);
+    assert_eq!(status(&mut e, "stranger", done), None);
+}

@@ -571,6 +571,16 @@ fn check_invariants(e: &Engine, now: Time) {
         for seq in e.waiting.in_queue(q) {
             let w = e.waiting.get(seq).unwrap();
             assert_eq!(w.offer, None, "a contact in line has an offer out");
+            // Its rank, walked in from both ends, is one plus the contacts
+            // ahead of it, counted one by one.
+            let ahead = e
+                .waiting
+                .in_queue(q)
+                .into_iter()
+                .filter_map(|s| e.waiting.get(s))
+                .filter(|o| o.channel == w.channel && o.key < w.key)
+                .count() as u32;
+            assert_eq!(e.waiting.position_of(q, w.channel, w.key), ahead + 1);
             let free = e.roster.agents().iter().enumerate().find(|(a, agent)| {
                 !agent.removed
                     && agent.queues.contains(&q)

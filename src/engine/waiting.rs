@@ -171,8 +171,8 @@ impl WaitingRoom {
         }
     }
 
-    /// The 1-based position `key` takes in a line: contacts ahead of it,
-    /// plus one. Walks in from both ends at once and stops at the key, so
+    /// The 1-based position `key` takes (or holds) in a line: contacts
+    /// ahead of it, plus one. Walks in from both ends at once and stops at the key, so
     /// the usual arrival at the back (or an urgent one near the front)
     /// costs a step or two, and no arrival walks more than half the line.
     pub fn position_of(&self, queue: QueueIdx, channel: Channel, key: WaitKey) -> u32 {
@@ -183,9 +183,9 @@ impl WaitingRoom {
         loop {
             match (ahead.next(), behind.next()) {
                 (None, _) => return steps as u32 + 1,
-                (_, None) => {
-                    return (line.len() - steps - usize::from(line.contains(&key))) as u32 + 1;
-                }
+                // Everything from the key on (the key itself, if in the
+                // line) is behind: the rest is ahead.
+                (_, None) => return (line.len() - steps) as u32 + 1,
                 _ => steps += 1,
             }
         }

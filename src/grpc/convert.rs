@@ -10,8 +10,8 @@ use tonic::Status;
 
 use super::pb;
 use crate::engine::{
-    AgentOffer, AgentSpec, CallbackOffer, Decision, Event, Hop, HopKind, Outcome, Parked,
-    QueueView, ReservationId, WatchFilter, Withdrawal,
+    AgentOffer, AgentSpec, CallbackOffer, ContactStatus, Decision, Event, Hop, HopKind, Outcome,
+    Parked, QueueView, ReservationId, WatchFilter, Withdrawal,
 };
 use crate::model::{
     AgentState, CallbackReason, Channel, Contact, Identity, Reason, ReleaseReason, Time,
@@ -561,6 +561,40 @@ impl From<QueueView> for pb::QueueView {
             answered: q.stats.answered,
             handle_time: Some(duration(q.handle_time)),
             handle_times_observed: q.stats.handle_times_observed,
+        }
+    }
+}
+
+impl From<ContactStatus> for pb::GetContactStatusResponse {
+    fn from(s: ContactStatus) -> pb::GetContactStatusResponse {
+        use pb::get_contact_status_response::Status as S;
+        let status = match s {
+            ContactStatus::Waiting {
+                parked,
+                queue_id,
+                position,
+                estimated_wait,
+                waited,
+                offered,
+            } => {
+                let (offered_agent_id, reservation_id) = offered
+                    .map(|(agent, r)| (agent.to_string(), r.to_string()))
+                    .unwrap_or_default();
+                S::Waiting(pb::WaitingStatus {
+                    queue_id: queue_id.to_string(),
+                    parked_queue_id: parked.queue_id.to_string(),
+                    parked_transfer_address: parked.transfer_address.to_string(),
+                    position,
+                    estimated_wait: Some(duration(estimated_wait)),
+                    waited: Some(duration(waited)),
+                    offered_agent_id,
+                    reservation_id,
+                })
+            }
+            ContactStatus::Done(hop) => S::Last(pb::ContactHop::from(&hop)),
+        };
+        pb::GetContactStatusResponse {
+            status: Some(status),
         }
     }
 }

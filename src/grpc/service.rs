@@ -385,6 +385,21 @@ impl pb::routing_service_server::RoutingService for Routing {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn get_contact_status(
+        &self,
+        request: Request<pb::GetContactStatusRequest>,
+    ) -> Result<Response<pb::GetContactStatusResponse>, Status> {
+        let contact_id = convert::contact_id("contact_id", request.into_inner().contact_id)?;
+        let status =
+            self.with_engine(|e, now| e.apply(Tick, now).map(|()| e.contact_status(&contact_id)))??;
+        let status = status.ok_or_else(|| {
+            Status::not_found(format!(
+                "contact `{contact_id}` is not known (or was forgotten)"
+            ))
+        })?;
+        Ok(Response::new(pb::GetContactStatusResponse::from(status)))
+    }
+
     async fn get_contact_path(
         &self,
         request: Request<pb::GetContactPathRequest>,
