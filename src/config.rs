@@ -40,9 +40,36 @@ pub enum LogFormat {
     Json,
 }
 
+/// When a journal batch counts as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum JournalSync {
+    /// Handed to the operating system: survives the process (kill -9), not
+    /// a power loss.
+    Write,
+    /// On disk (fsync): survives a power loss; slower.
+    Fsync,
+}
+
 /// Settings of the running service.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
+    /// Where the journal lives (created if missing): every change to routing
+    /// state, replayed at start.
+    #[arg(long, env = "CAREROUTE_DATA_DIR", default_value = "careroute-data")]
+    pub data_dir: PathBuf,
+    /// Keep no journal: state lives in this process's memory only, and a
+    /// restart starts empty.
+    #[arg(long, env = "CAREROUTE_NO_JOURNAL")]
+    pub no_journal: bool,
+    /// When an answer may leave: once its command's batch is handed to the
+    /// operating system (write) or on disk (fsync).
+    #[arg(
+        long,
+        env = "CAREROUTE_JOURNAL_SYNC",
+        value_enum,
+        default_value = "write"
+    )]
+    pub journal_sync: JournalSync,
     /// gRPC listen address.
     #[arg(long, env = "CAREROUTE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,
@@ -148,6 +175,7 @@ impl Config {
             "127.0.0.1:0",
             "--metrics-addr",
             "127.0.0.1:0",
+            "--no-journal",
         ])
         .serve
     }

@@ -72,6 +72,7 @@ pub mod engine;
 pub mod file;
 pub mod grpc;
 pub mod incoming;
+pub mod journal;
 pub mod model;
 pub mod policy;
 pub mod roster;

@@ -21,13 +21,16 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::clock::Clock;
 use crate::config::Config;
-use crate::engine::{Engine, EngineConfig, ReplacePolicy, SetAgentState, Tick, UpsertAgent};
+use crate::engine::{
+    Command, Engine, EngineConfig, ReplacePolicy, SetAgentState, Tick, UpsertAgent,
+};
 use crate::file::FileError;
 use crate::grpc::{
     FILE_DESCRIPTOR_SET, Routing, admission::AdmissionLayer, client_faults::ClientFaultsLayer,
     deadline::RequestDeadlineLayer, layer::RpcMetricsLayer, panic::CatchPanicLayer, pb,
 };
 use crate::incoming::Prefaced;
+use crate::journal::{JournalError, Store};
 use crate::policy::{self, Policy};
 use crate::roster;
 use crate::shared::{Fatal, SharedEngine};
@@ -66,15 +69,30 @@ pub enum ServerError {
     /// ended): it stopped rather than serve from state it cannot trust.
     #[error("stopped after an internal fault: {0}")]
     Fatal(String),
+    /// The journal cannot be opened, read or written.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
 }
 
-/// Builds the engine: the policy file (or the embedded default) and the
-/// roster file (or, on the embedded default, the demo roster).
-pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Engine, ServerError> {
-    let policy = match &config.policy {
+/// The engine, ready to serve, and its journal.
+pub struct Prepared {
+    /// The engine: replayed from the journal, or new.
+    pub engine: Engine,
+    journal: (Option<Store>, u64),
+}
+
+/// Builds the engine. With a journal that holds a log, the engine is that
+/// log replayed (a torn or corrupt tail reported and cut), then told the
+/// process restarted, then given the policy file if it changed; the roster
+/// file is not loaded again (the log holds the agents and their states).
+/// Otherwise it starts from the policy file (or the embedded default) and
+/// the roster file (or, on the embedded default, the demo roster), and the
+/// log starts with them.
+pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared, ServerError> {
+    let policy = Arc::new(match &config.policy {
         Some(path) => policy::read(path)?,
         None => Policy::embedded()?,
-    };
+    });
     // At most a year: a window is added to times, which must not overflow.
     let window = |d: Duration| {
         chrono::Duration::from_std(d)
@@ -82,7 +100,7 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Engine, 
             .min(chrono::Duration::days(366))
     };
     let idempotency = window(config.idempotency_window);
-    let engine_config = EngineConfig {
+    let mut engine_config = EngineConfig {
         idempotency_retention: idempotency,
         max_idempotency_keys: EngineConfig::keys_for(idempotency, config.peak_contacts_per_second),
         path_retention: window(config.path_window),
@@ -91,30 +109,110 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Engine, 
         id_prefix: rand::random(),
         ..EngineConfig::default()
     };
-    let mut engine = Engine::new(Arc::new(policy), engine_config);
-    let agents = match &config.roster {
-        Some(path) => roster::read(path)?,
-        None if config.wants_demo_roster() => {
-            roster::parse("examples/demo-roster.toml (embedded)", roster::DEMO_ROSTER)?
-        }
-        None => Vec::new(),
+    let (store, recovered) = if config.no_journal {
+        (None, None)
+    } else {
+        let (store, recovered) = Store::open(&config.data_dir, config.journal_sync)?;
+        (Some(store), Some(recovered))
     };
-    for (spec, state) in agents {
-        let id = spec.id.clone();
-        engine
-            .apply(UpsertAgent(spec), now)
-            .and_then(|_| {
-                engine.apply(
-                    SetAgentState {
-                        agent_id: id,
-                        state,
-                    },
+    // What this start adds to the log, applied as it is logged.
+    let mut added: Vec<(crate::model::Time, Command)> = Vec::new();
+    let mut last_seq = 0;
+    let engine = match recovered {
+        Some(r) if !r.records.is_empty() => {
+            if let Some((seq, why)) = &r.cut {
+                tracing::warn!(
+                    data_dir = %config.data_dir.display(),
+                    first_record_cut = seq,
+                    why = why.as_str(),
+                    "journal: a torn or corrupt tail was cut; the log before it is replayed"
+                );
+            }
+            last_seq = r.last_seq;
+            let replayed = r.records.len();
+            let mut records = r.records.into_iter();
+            let (Some((_, Command::ReplacePolicy(ReplacePolicy(start)))), Some(prefix)) =
+                (records.next(), r.id_prefix)
+            else {
+                return Err(ServerError::Journal(JournalError::NoStart {
+                    file: config.data_dir.join(crate::journal::FILE),
+                }));
+            };
+            engine_config.id_prefix = prefix;
+            let mut engine = Engine::new(start, engine_config);
+            for (at, command) in records {
+                // Refusals were refused the first time too: the state they
+                // left is the same.
+                let _ = engine.apply(command, at);
+            }
+            // Published the first time.
+            engine.take_events();
+            added.push((now, Command::Restarted));
+            if engine.policy().text != policy.text {
+                added.push((now, Command::ReplacePolicy(ReplacePolicy(policy))));
+            }
+            tracing::info!(
+                data_dir = %config.data_dir.display(),
+                replayed,
+                agents = engine.roster().live(),
+                waiting = engine.waiting_contacts(),
+                reservations = engine.live_reservations(),
+                "journal replayed"
+            );
+            engine
+        }
+        _ => {
+            if let Some(store) = &store {
+                store.set_id_prefix(engine_config.id_prefix)?;
+                // The log starts from the policy (not applied: the engine is
+                // built on it).
+                added.push((
                     now,
-                )
-            })
+                    Command::ReplacePolicy(ReplacePolicy(Arc::clone(&policy))),
+                ));
+            }
+            let engine = Engine::new(Arc::clone(&policy), engine_config);
+            let agents = match &config.roster {
+                Some(path) => roster::read(path)?,
+                None if config.wants_demo_roster() => {
+                    roster::parse("examples/demo-roster.toml (embedded)", roster::DEMO_ROSTER)?
+                }
+                None => Vec::new(),
+            };
+            for (spec, state) in agents {
+                let agent_id = spec.id.clone();
+                added.push((now, Command::UpsertAgent(UpsertAgent(spec))));
+                added.push((
+                    now,
+                    Command::SetAgentState(SetAgentState { agent_id, state }),
+                ));
+            }
+            engine
+        }
+    };
+    let mut engine = engine;
+    let fresh = last_seq == 0;
+    for (i, (at, command)) in added.iter().enumerate() {
+        // A new log's first record is the policy the engine was built on.
+        if fresh && i == 0 && store.is_some() {
+            continue;
+        }
+        engine
+            .apply(command.clone(), *at)
             .map_err(|e| ServerError::RosterAgent(e.to_string()))?;
     }
-    Ok(engine)
+    engine.take_events();
+    let store = match store {
+        Some(mut store) => {
+            last_seq = store.append_now(last_seq, &added)?;
+            Some(store)
+        }
+        None => None,
+    };
+    Ok(Prepared {
+        engine,
+        journal: (store, last_seq),
+    })
 }
 
 /// The two bound listeners.
@@ -153,7 +251,7 @@ impl Listeners {
 pub async fn run(
     config: &Config,
     listeners: Listeners,
-    engine: Engine,
+    prepared: Prepared,
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
@@ -168,6 +266,7 @@ pub async fn run(
             addr: config.metrics_addr,
             source,
         })?;
+    let Prepared { engine, journal } = prepared;
     // Listening for SIGHUP before announcing the service: a reload sent
     // right after start-up must not find the default action (exit).
     let hangups = listen_for_hangups();
@@ -186,7 +285,17 @@ pub async fn run(
     let ready = Arc::new(AtomicBool::new(true));
     // One stop signal for every task, and for open assignment streams.
     let (stop_tx, stop_rx) = watch::channel(false);
-    let routing = Routing::new(Arc::clone(&engine), Arc::clone(&clock), stop_rx.clone());
+    let raise = fatal.clone();
+    let routing = Routing::new(
+        Arc::clone(&engine),
+        Arc::clone(&clock),
+        stop_rx.clone(),
+        journal,
+        move |e| {
+            tracing::error!(error = %e, "journal write failed: nothing more can be acknowledged");
+            raise.raise("the journal cannot be written");
+        },
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -269,8 +378,8 @@ pub async fn run(
             .route(
                 "/metrics",
                 axum::routing::get(move || {
-                    let text = scrape(&routing, &prometheus);
-                    async move { text }
+                    let (routing, prometheus) = (routing.clone(), prometheus.clone());
+                    async move { scrape(&routing, &prometheus).await }
                 }),
             )
             // Alive while the process answers at all.
@@ -401,7 +510,7 @@ async fn housekeeping(
             // Something is due sooner than we slept for: look again.
             Ok(()) = due.changed() => continue,
         }
-        if routing.tick().is_err() {
+        if routing.tick().await.is_err() {
             // The engine is halted and the fatal signal raised: wait for
             // the stop rather than be reported as a second failure.
             return stop.await;
@@ -417,12 +526,11 @@ async fn housekeeping(
 /// are read at scrape time, so they are never stale. The views apply what
 /// is due first, through the service's one door, so what that decides is
 /// streamed at once.
-fn scrape(routing: &Routing, prometheus: &PrometheusHandle) -> String {
+async fn scrape(routing: &Routing, prometheus: &PrometheusHandle) -> String {
     // A halted engine has no state worth showing; the process metrics and
-    // counters still are.
-    let read = routing.with_engine(|e, now| {
-        // Time passing is a command like any other; it never fails.
-        let _ = e.apply(Tick, now);
+    // counters still are. Time passing is a command like any other.
+    let _ = routing.apply(Tick).await;
+    let read = routing.view(|e| {
         (
             e.queues(),
             e.roster().by_state(),
@@ -459,7 +567,7 @@ async fn reload_on_hangup(
         }
         match &path {
             Some(path) => {
-                reload(path, &routing);
+                reload(path, &routing).await;
             }
             None => tracing::info!(
                 "SIGHUP: the embedded policy is in force (no --policy file): nothing to reload"
@@ -501,11 +609,11 @@ fn listen_for_hangups() -> Hangups {}
 /// Loads `path` and swaps it in if valid, through the service's one door
 /// (so the callbacks and withdrawals it decides are streamed); returns
 /// whether it was.
-pub fn reload(path: &std::path::Path, routing: &Routing) -> bool {
+pub async fn reload(path: &std::path::Path, routing: &Routing) -> bool {
     match policy::read(path) {
         Ok(p) => {
             let version = p.version.clone();
-            if routing.apply(ReplacePolicy(Arc::new(p))).is_err() {
+            if routing.apply(ReplacePolicy(Arc::new(p))).await.is_err() {
                 return false;
             }
             metrics::counter!(telemetry::POLICY_RELOADS, "result" => "ok").increment(1);

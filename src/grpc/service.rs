@@ -14,9 +14,10 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{convert, pb};
 use crate::clock::Clock;
 use crate::engine::{
-    AgentSpec, Apply, Cancel, Complete, Confirm, Engine, Event, Release, RemoveAgent, Route,
-    SetAgentState, Tick, Unwatch, UpsertAgent, Watch, WatchFilter, WatchId,
+    AgentSpec, Apply, Cancel, Command, Complete, Confirm, Engine, EngineError, Event, Release,
+    RemoveAgent, Route, SetAgentState, Tick, Unwatch, UpsertAgent, Watch, WatchFilter, WatchId,
 };
+use crate::journal::{Journal, JournalError, Store};
 use crate::model::{Contact, Time};
 use crate::shared::SharedEngine;
 use crate::telemetry::{self, DecisionMetrics};
@@ -28,6 +29,9 @@ pub struct Routing {
     clock: Arc<dyn Clock>,
     metrics: Arc<DecisionMetrics>,
     events: broadcast::Sender<Published>,
+    /// Writes every command before its answer leaves, then publishes its
+    /// events.
+    journal: Arc<Journal<Published>>,
     /// When the engine next has something due; housekeeping wakes then.
     next_due: Arc<watch::Sender<Option<Time>>>,
     /// Turns true when the server drains: open assignment streams end, so
@@ -35,9 +39,19 @@ pub struct Routing {
     stopping: watch::Receiver<bool>,
 }
 
-/// An event as watchers get it: the domain event their filters read, and
-/// its wire form, converted once for all of them.
-type Published = Arc<(Event, pb::AssignmentEvent)>;
+/// A command applied and queued for the journal: the engine's answer, the
+/// sequence number to wait for before it may leave, and what was done
+/// beside it under the lock.
+pub struct Submitted<O, R> {
+    out: Result<O, EngineError>,
+    seq: u64,
+    also: R,
+}
+
+/// An event as watchers get it: the sequence number of the command that
+/// decided it, the domain event their filters read, and its wire form,
+/// converted once for all of them.
+type Published = Arc<(u64, Event, pb::AssignmentEvent)>;
 
 /// Assignment events buffered per watcher before it counts as lagging.
 const EVENT_BUFFER: usize = 4096;
@@ -47,48 +61,115 @@ const WATCHER_QUEUE: usize = 64;
 const WATCHER_STALL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Routing {
-    /// A service over `engine`, reading time from `clock`.
+    /// A service over `engine`, reading time from `clock`, logging every
+    /// command to `store` (none: memory only) after `last_seq`; `failed` is
+    /// told if a journal write fails.
     pub fn new(
         engine: Arc<SharedEngine>,
         clock: Arc<dyn Clock>,
         stopping: watch::Receiver<bool>,
+        (store, last_seq): (Option<Store>, u64),
+        failed: impl FnOnce(&JournalError) + Send + 'static,
     ) -> Routing {
+        let events = broadcast::channel(EVENT_BUFFER).0;
+        let publisher = events.clone();
+        let journal = Journal::start(
+            store,
+            last_seq,
+            move |batch: Vec<Published>| {
+                for p in batch {
+                    // With no watcher connected nothing was offered; a
+                    // callback with nobody watching is kept by the engine.
+                    let _ = publisher.send(p);
+                }
+            },
+            failed,
+        );
         Routing {
             engine,
             clock,
             metrics: Arc::new(DecisionMetrics::new()),
-            events: broadcast::channel(EVENT_BUFFER).0,
+            events,
+            journal,
             next_due: Arc::new(watch::channel(None).0),
             stopping,
         }
     }
 
-    /// Runs `f` on the engine under its lock, then publishes the events it
-    /// decided (assignments, callbacks) to watchers and when the engine is
-    /// next due, still under the lock: watchers see events in the order the
-    /// engine decided them, and one that subscribes under the lock misses
-    /// none and sees none twice. `UNAVAILABLE` once a panic has halted the
-    /// engine.
-    pub fn with_engine<R>(&self, f: impl FnOnce(&mut Engine, Time) -> R) -> Result<R, Status> {
+    /// Reads the engine under its lock: views only, which change nothing
+    /// (apply a [`Tick`] first for what is due). `UNAVAILABLE` once a panic
+    /// has halted the engine.
+    pub fn view<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> Result<R, Status> {
         let mut engine = self.engine.lock()?;
-        // Read once, under the lock that applies it: commands are applied
-        // in the order of their times.
+        Ok(f(&mut engine))
+    }
+
+    /// Applies one command under the engine's lock, at the time read under
+    /// that lock, and queues it for the journal with the events it decided
+    /// (and runs `also` under the same lock). Returns the engine's answer
+    /// and the sequence number to wait for before the answer may leave. A
+    /// tick with nothing due changes nothing that matters: it is not
+    /// logged.
+    fn submit_with<C, R>(
+        &self,
+        command: C,
+        also: impl FnOnce() -> R,
+    ) -> Result<Submitted<C::Output, R>, Status>
+    where
+        C: Apply + Clone + Into<Command>,
+    {
+        let mut engine = self.engine.lock()?;
         let now = self.clock.now();
-        let result = f(&mut engine, now);
-        for e in engine.take_events() {
-            telemetry::record_event(&e);
-            let wire = pb::AssignmentEvent::from(&e);
-            // With no watcher connected nothing was offered; a callback
-            // with nobody watching is also recorded in the contact's path.
-            let _ = self.events.send(Arc::new((e, wire)));
-        }
+        let logged: Command = command.clone().into();
+        let idle = matches!(logged, Command::Tick) && engine.next_due().is_none_or(|d| d > now);
+        let out = engine.apply(command, now);
+        let events = engine.take_events();
+        let also = also();
+        let idle = idle && events.is_empty();
+        let seq = self.journal.append(now, (!idle).then_some(logged), |seq| {
+            events
+                .into_iter()
+                .map(|e| {
+                    telemetry::record_event(&e);
+                    let wire = pb::AssignmentEvent::from(&e);
+                    Arc::new((seq, e, wire))
+                })
+                .collect()
+        });
         let due = engine.next_due();
         self.next_due.send_if_modified(|d| {
             let changed = *d != due;
             *d = due;
             changed
         });
-        Ok(result)
+        Ok(Submitted { out, seq, also })
+    }
+
+    /// [`Routing::submit_with`] with nothing else to do under the lock.
+    pub fn submit<C>(&self, command: C) -> Result<Submitted<C::Output, ()>, Status>
+    where
+        C: Apply + Clone + Into<Command>,
+    {
+        self.submit_with(command, || ())
+    }
+
+    /// Waits until the journal holds everything up to `seq`.
+    async fn durable(&self, seq: u64) -> Result<(), Status> {
+        self.journal
+            .durable(seq)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))
+    }
+
+    /// Applies one command through the engine's one door, at the time now,
+    /// and answers once it is in the journal.
+    pub async fn apply<C>(&self, command: C) -> Result<C::Output, Status>
+    where
+        C: Apply + Clone + Into<Command>,
+    {
+        let submitted = self.submit(command)?;
+        self.durable(submitted.seq).await?;
+        submitted.out.map_err(Status::from)
     }
 
     /// When the engine is next due, updated after every call.
@@ -101,15 +182,9 @@ impl Routing {
         self.clock.now()
     }
 
-    /// Applies one command through the engine's one door, at the time now.
-    pub fn apply<C: Apply>(&self, command: C) -> Result<C::Output, Status> {
-        self.with_engine(|e, now| e.apply(command, now))?
-            .map_err(Status::from)
-    }
-
     /// Applies what is due now (expiries, wrap-up ends, closed queues).
-    pub fn tick(&self) -> Result<(), Status> {
-        self.apply(Tick)
+    pub async fn tick(&self) -> Result<(), Status> {
+        self.apply(Tick).await
     }
 
     /// The tonic server wrapper with message size limits.
@@ -118,10 +193,13 @@ impl Routing {
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    fn set_state(&self, r: pb::SetAgentStateRequest) -> Result<pb::SetAgentStateResponse, Status> {
+    async fn set_state(
+        &self,
+        r: pb::SetAgentStateRequest,
+    ) -> Result<pb::SetAgentStateResponse, Status> {
         let agent_id = convert::agent_id("agent_id", r.agent_id)?;
         let state = convert::agent_state(r.state)?;
-        let previous = self.apply(SetAgentState { agent_id, state })?;
+        let previous = self.apply(SetAgentState { agent_id, state }).await?;
         Ok(pb::SetAgentStateResponse {
             previous: pb::AgentState::from(previous).into(),
         })
@@ -157,8 +235,9 @@ struct Watching {
 
 impl Drop for Watching {
     fn drop(&mut self) {
-        // A halted engine has nobody left to tell.
-        let _ = self.routing.apply(Unwatch(self.id));
+        // Logged, but nobody waits for an answer. A halted engine has nobody
+        // left to tell.
+        let _ = self.routing.submit(Unwatch(self.id));
     }
 }
 
@@ -186,11 +265,14 @@ impl pb::routing_service_server::RoutingService for Routing {
         &self,
         request: Request<pb::RouteContactRequest>,
     ) -> Result<Response<pb::RouteContactResponse>, Status> {
-        let result = (|| {
+        let result = async {
             let contact = Contact::try_from(request.into_inner())?;
             let started = Instant::now();
-            let decision = self.apply(Route(&contact))?;
+            let submitted = self.submit(Route(&contact))?;
+            // The engine's time, before the wait for the journal.
             let elapsed = started.elapsed().as_secs_f64();
+            self.durable(submitted.seq).await?;
+            let decision = submitted.out?;
             self.metrics.record(&decision, elapsed);
             tracing::debug!(
                 decision_id = %decision.id,
@@ -201,9 +283,9 @@ impl pb::routing_service_server::RoutingService for Routing {
                 latency_us = elapsed * 1e6,
                 "routed"
             );
-            Ok(pb::RouteContactResponse::from(decision))
-        })();
-        result.map(Response::new)
+            Ok::<_, Status>(pb::RouteContactResponse::from(decision))
+        };
+        result.await.map(Response::new)
     }
 
     async fn upsert_agent(
@@ -211,7 +293,7 @@ impl pb::routing_service_server::RoutingService for Routing {
         request: Request<pb::UpsertAgentRequest>,
     ) -> Result<Response<pb::UpsertAgentResponse>, Status> {
         let spec = AgentSpec::try_from(request.into_inner())?;
-        let (queues, created) = self.apply(UpsertAgent(spec))?;
+        let (queues, created) = self.apply(UpsertAgent(spec)).await?;
         Ok(Response::new(pb::UpsertAgentResponse {
             eligible_queue_ids: queues.iter().map(|q| q.to_string()).collect(),
             created,
@@ -223,7 +305,7 @@ impl pb::routing_service_server::RoutingService for Routing {
         request: Request<pb::RemoveAgentRequest>,
     ) -> Result<Response<pb::RemoveAgentResponse>, Status> {
         let agent_id = convert::agent_id("agent_id", request.into_inner().agent_id)?;
-        self.apply(RemoveAgent(agent_id.clone()))?;
+        self.apply(RemoveAgent(agent_id.clone())).await?;
         tracing::info!(agent_id = %agent_id, "agent removed");
         Ok(Response::new(pb::RemoveAgentResponse {}))
     }
@@ -232,7 +314,9 @@ impl pb::routing_service_server::RoutingService for Routing {
         &self,
         request: Request<pb::SetAgentStateRequest>,
     ) -> Result<Response<pb::SetAgentStateResponse>, Status> {
-        self.set_state(request.into_inner()).map(Response::new)
+        self.set_state(request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn stream_agent_states(
@@ -242,7 +326,7 @@ impl pb::routing_service_server::RoutingService for Routing {
         let mut stream = request.into_inner();
         let mut applied = 0u64;
         while let Some(entry) = stream.message().await.map_err(stream_broken)? {
-            if let Err(status) = self.set_state(entry) {
+            if let Err(status) = self.set_state(entry).await {
                 let status = Status::new(
                     status.code(),
                     format!("entry {applied}: {}", status.message()),
@@ -258,56 +342,50 @@ impl pb::routing_service_server::RoutingService for Routing {
         &self,
         request: Request<pb::ConfirmReservationRequest>,
     ) -> Result<Response<pb::ConfirmReservationResponse>, Status> {
-        let result = (|| {
-            let id = convert::reservation_id(&request.get_ref().reservation_id)?;
-            let (agent_id, contact_id) = self.apply(Confirm(id))?;
-            Ok(pb::ConfirmReservationResponse {
-                agent_id: agent_id.to_string(),
-                contact_id,
-            })
-        })();
-        result.map(Response::new)
+        let id = convert::reservation_id(&request.get_ref().reservation_id)?;
+        let (agent_id, contact_id) = self.apply(Confirm(id)).await?;
+        Ok(Response::new(pb::ConfirmReservationResponse {
+            agent_id: agent_id.to_string(),
+            contact_id,
+        }))
     }
 
     async fn release_reservation(
         &self,
         request: Request<pb::ReleaseReservationRequest>,
     ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
-        let result = (|| {
-            let r = request.get_ref();
-            let id = convert::reservation_id(&r.reservation_id)?;
-            let reason = convert::release_reason(r.reason)?;
-            self.apply(Release(id, reason))?;
-            tracing::debug!(reservation_id = %id, reason = reason.as_str(), "released");
-            Ok(pb::ReleaseReservationResponse {})
-        })();
-        result.map(Response::new)
+        let r = request.get_ref();
+        let id = convert::reservation_id(&r.reservation_id)?;
+        let reason = convert::release_reason(r.reason)?;
+        self.apply(Release(id, reason)).await?;
+        tracing::debug!(reservation_id = %id, reason = reason.as_str(), "released");
+        Ok(Response::new(pb::ReleaseReservationResponse {}))
     }
 
     async fn complete_contact(
         &self,
         request: Request<pb::CompleteContactRequest>,
     ) -> Result<Response<pb::CompleteContactResponse>, Status> {
-        let result = (|| {
-            let r = request.into_inner();
-            let agent_id = convert::agent_id("agent_id", r.agent_id)?;
-            let contact_id = convert::contact_id("contact_id", r.contact_id)?;
-            let until = self.apply(Complete {
+        let r = request.into_inner();
+        let agent_id = convert::agent_id("agent_id", r.agent_id)?;
+        let contact_id = convert::contact_id("contact_id", r.contact_id)?;
+        let until = self
+            .apply(Complete {
                 agent_id,
                 contact_id,
-            })?;
-            Ok(pb::CompleteContactResponse {
-                wrap_up_until: Some(convert::timestamp(until)),
             })
-        })();
-        result.map(Response::new)
+            .await?;
+        Ok(Response::new(pb::CompleteContactResponse {
+            wrap_up_until: Some(convert::timestamp(until)),
+        }))
     }
 
     async fn list_queues(
         &self,
         _request: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
-        let views = self.with_engine(|e, now| e.apply(Tick, now).map(|()| e.queues()))??;
+        self.apply(Tick).await?;
+        let views = self.view(|e| e.queues())?;
         Ok(Response::new(pb::ListQueuesResponse {
             queues: views.into_iter().map(pb::QueueView::from).collect(),
         }))
@@ -318,7 +396,7 @@ impl pb::routing_service_server::RoutingService for Routing {
         request: Request<pb::CancelContactRequest>,
     ) -> Result<Response<pb::CancelContactResponse>, Status> {
         let contact_id = convert::contact_id("contact_id", request.into_inner().contact_id)?;
-        self.apply(Cancel(contact_id))?;
+        self.apply(Cancel(contact_id)).await?;
         Ok(Response::new(pb::CancelContactResponse {}))
     }
 
@@ -330,13 +408,14 @@ impl pb::routing_service_server::RoutingService for Routing {
         request: Request<pb::WatchAssignmentsRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
         let filter = WatchFilter::try_from(request.into_inner())?;
-        // Subscribed under the engine lock: the offers the new watcher makes
-        // possible, and every event after them, reach it exactly once.
-        let (mut events, watched) = self.with_engine(|e, now| {
-            let events = self.events.subscribe();
-            (events, e.apply(Watch(filter.clone()), now))
-        })?;
-        let (id, missed) = watched.map_err(Status::from)?;
+        // Subscribed under the engine lock, and only to events of this
+        // command and later ones: what it missed before is in `missed`, and
+        // the offers it makes possible, and every event after them, reach it
+        // exactly once.
+        let submitted = self.submit_with(Watch(filter.clone()), || self.events.subscribe())?;
+        let (since, mut events) = (submitted.seq, submitted.also);
+        self.durable(since).await?;
+        let (id, missed) = submitted.out.map_err(Status::from)?;
         let watching = Watching {
             routing: self.clone(),
             id,
@@ -361,8 +440,8 @@ impl pb::routing_service_server::RoutingService for Routing {
                     published = events.recv() => published,
                 };
                 match published {
-                    Ok(p) if p.0.passes(&filter) => {
-                        if !deliver(&tx, Ok(p.1.clone()), &mut stopping).await {
+                    Ok(p) if p.0 >= since && p.1.passes(&filter) => {
+                        if !deliver(&tx, Ok(p.2.clone()), &mut stopping).await {
                             return;
                         }
                     }
@@ -390,8 +469,8 @@ impl pb::routing_service_server::RoutingService for Routing {
         request: Request<pb::GetContactStatusRequest>,
     ) -> Result<Response<pb::GetContactStatusResponse>, Status> {
         let contact_id = convert::contact_id("contact_id", request.into_inner().contact_id)?;
-        let status =
-            self.with_engine(|e, now| e.apply(Tick, now).map(|()| e.contact_status(&contact_id)))??;
+        self.apply(Tick).await?;
+        let status = self.view(|e| e.contact_status(&contact_id))?;
         let status = status.ok_or_else(|| {
             Status::not_found(format!(
                 "contact `{contact_id}` is not known (or was forgotten)"

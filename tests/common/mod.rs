@@ -2,6 +2,7 @@
 //! clients; shared by the end-to-end tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod floor;
 pub mod process;
 
 use std::{net::SocketAddr, sync::Arc};

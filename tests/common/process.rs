@@ -10,6 +10,20 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// A new, empty directory for one process's journal.
+pub fn fresh_data_dir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "careroute-journal-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// A running careroute process.
 pub struct Process {
     pub child: Child,
@@ -28,6 +42,13 @@ impl Process {
 
     /// [`Process::start`] with `RUST_LOG` set to `log`.
     pub fn start_logging(args: &[&str], log: &str) -> Process {
+        let data_dir = fresh_data_dir();
+        Process::start_in(&data_dir, args, log)
+    }
+
+    /// [`Process::start_logging`] with its journal in `data_dir` (a restart
+    /// on the same directory replays the log of the process before).
+    pub fn start_in(data_dir: &std::path::Path, args: &[&str], log: &str) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_careroute"))
             .args([
                 "--grpc-addr",
@@ -36,7 +57,9 @@ impl Process {
                 "127.0.0.1:0",
                 "--log-format",
                 "json",
+                "--data-dir",
             ])
+            .arg(data_dir)
             .args(args)
             .env("RUST_LOG", log)
             .stderr(Stdio::piped())

@@ -1,0 +1,159 @@
+//! Nothing acknowledged is lost: the real binary with its journal, killed
+//! with `kill -9` after a stretch of acknowledged answers, restarted on the
+//! same data directory; and a journal whose last record is corrupt, cut and
+//! reported at start. A ledger of what the clients were told is the oracle.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use careroute::grpc::pb;
+use common::{
+    contact,
+    floor::{KNOBS, Knobs, agent, busy, client, policy, queue},
+    process::{Process, fresh_data_dir},
+};
+use tonic::Code;
+
+/// A minute of TTL: reservations outlive the restart.
+const SLOW: Knobs = Knobs {
+    reservation_ttl: "60s",
+    ..KNOBS
+};
+
+fn policy_file(dir: &std::path::Path) -> String {
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, policy(&SLOW)).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+async fn status(
+    c: &mut pb::routing_service_client::RoutingServiceClient<tonic::transport::Channel>,
+    id: &str,
+) -> Option<pb::get_contact_status_response::Status> {
+    c.get_contact_status(pb::GetContactStatusRequest {
+        contact_id: id.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+}
+
+#[tokio::test]
+async fn kill_9_loses_nothing_acknowledged() {
+    let data = fresh_data_dir();
+    let policy = policy_file(&data);
+    let args = ["--policy", policy.as_str()];
+    let mut p = Process::start_in(&data, &args, "info");
+    let mut c = client(&p).await;
+    // Acknowledged before the kill: three agents; a confirmed call; an
+    // offer out; a decision with a request id; two callers in line.
+    for id in ["b1", "b2", "b3"] {
+        agent(&mut c, id, "Billing", "billing").await;
+    }
+    busy(&mut c, "on-call", "billing").await;
+    let mut retried = contact("offered", "billing");
+    retried.request_id = "req-1".into();
+    let offered = c.route_contact(retried.clone()).await.unwrap().into_inner();
+    let Some(pb::route_contact_response::Outcome::Agent(out)) = &offered.outcome else {
+        panic!("{offered:?}")
+    };
+    busy(&mut c, "third", "billing").await;
+    queue(&mut c, contact("w1", "billing")).await;
+    queue(&mut c, contact("w2", "billing")).await;
+    p.signal("KILL");
+    assert!(!p.wait_exit(Duration::from_secs(10)).unwrap().success());
+
+    let p = Process::start_in(&data, &args, "info");
+    let line = p.wait_for_log("journal replayed", Duration::from_secs(10));
+    assert!(line.contains("\"waiting\":2"), "{line}");
+    let mut c = client(&p).await;
+    // The retry gets the first decision, not a second agent.
+    let again = c.route_contact(retried).await.unwrap().into_inner();
+    assert_eq!(again.decision_id, offered.decision_id);
+    // The live offer can still be confirmed, once.
+    c.confirm_reservation(pb::ConfirmReservationRequest {
+        reservation_id: out.reservation_id.clone(),
+    })
+    .await
+    .unwrap();
+    let twice = c
+        .confirm_reservation(pb::ConfirmReservationRequest {
+            reservation_id: out.reservation_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(twice.code(), Code::FailedPrecondition);
+    // The line is there, in its order.
+    for (id, position) in [("w1", 1), ("w2", 2)] {
+        let Some(pb::get_contact_status_response::Status::Waiting(w)) = status(&mut c, id).await
+        else {
+            panic!("{id} no longer waits")
+        };
+        assert_eq!(w.position, position, "{id}");
+    }
+    // Every agent is busy, as before: a new caller waits third.
+    let d = c
+        .route_contact(contact("w3", "billing"))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::route_contact_response::Outcome::Queued(q)) = d.outcome else {
+        panic!("{d:?}")
+    };
+    assert_eq!(q.position, 3);
+}
+
+#[tokio::test]
+async fn a_corrupt_last_record_is_reported_with_its_position_and_cut() {
+    let data = fresh_data_dir();
+    let policy = policy_file(&data);
+    // The power-loss mode, for once.
+    let args = ["--policy", policy.as_str(), "--journal-sync", "fsync"];
+    let mut p = Process::start_in(&data, &args, "info");
+    let mut c = client(&p).await;
+    agent(&mut c, "b1", "Billing", "billing").await;
+    agent(&mut c, "b2", "Billing", "billing").await;
+    p.signal("KILL");
+    p.wait_exit(Duration::from_secs(10)).unwrap();
+    // Flip the last record's body: its checksum no longer matches.
+    let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
+    let last: i64 = db
+        .query_row("SELECT max(seq) FROM commands", [], |r| r.get(0))
+        .unwrap();
+    db.execute(
+        "UPDATE commands SET body = replace(body, 'b2', 'bX') WHERE seq = ?1",
+        [last],
+    )
+    .unwrap();
+    drop(db);
+
+    let p = Process::start_in(&data, &args, "info");
+    let cut = p.wait_for_log("torn or corrupt tail was cut", Duration::from_secs(10));
+    assert!(
+        cut.contains(&format!("\"first_record_cut\":{last}")),
+        "{cut}"
+    );
+    assert!(cut.contains("checksum"), "{cut}");
+    let mut c = client(&p).await;
+    // b1 is there and available; b2's last command (its state) was cut,
+    // so it is registered but offline.
+    let previous = |agent: &str| pb::SetAgentStateRequest {
+        agent_id: agent.into(),
+        state: pb::AgentState::Busy.into(),
+    };
+    let b1 = c
+        .set_agent_state(previous("b1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(b1.previous(), pb::AgentState::Available);
+    let b2 = c
+        .set_agent_state(previous("b2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(b2.previous(), pb::AgentState::Offline);
+}
