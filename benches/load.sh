@@ -8,11 +8,11 @@ cd "$(dirname "$0")/.."
 command -v h2load >/dev/null || { echo "install h2load: apt-get install nghttp2-client" >&2; exit 1; }
 cargo build --release --locked --quiet --bin careroute
 grpc=127.0.0.1:50061 metrics=127.0.0.1:9474
-./target/release/careroute --grpc-addr "$grpc" --metrics-addr "$metrics" >/dev/null 2>&1 &
+dir=$(mktemp -d)
+./target/release/careroute --grpc-addr "$grpc" --metrics-addr "$metrics" --data-dir "$dir/journal" ${JOURNAL_ARGS:-} >/dev/null 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null || true' EXIT
 sleep 1
-dir=$(mktemp -d)
 # gRPC framing: 0x00, 4-byte big-endian length, then the protobuf bytes.
 python3 - "$dir" <<'PY'
 import struct, sys

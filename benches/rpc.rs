@@ -4,7 +4,9 @@
 //!
 //! Cases: the baseline; an emergency decision (no agent choice); a warm
 //! transfer (agent reserved; the reservation is released outside the timed
-//! call). Run with `cargo bench --bench rpc`.
+//! call); and both again on a server with the default journal (every
+//! command written before its answer leaves). Run with
+//! `cargo bench --bench rpc`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
@@ -23,15 +25,23 @@ use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 /// Starts the server (embedded policy; one always-open agent pool) on its
-/// own runtime and returns a connected channel.
-fn start() -> (tokio::runtime::Runtime, Channel) {
+/// own runtime, with the default journal in a fresh directory or none, and
+/// returns a connected channel.
+fn start(journal: bool) -> (tokio::runtime::Runtime, Channel) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     let channel = rt.block_on(async {
-        let config = Config::ephemeral();
+        let mut config = Config::ephemeral();
+        if journal {
+            let dir =
+                std::env::temp_dir().join(format!("careroute-rpc-bench-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            config.no_journal = false;
+            config.data_dir = dir;
+        }
         let engine = server::build_engine(&config, chrono::Utc::now()).unwrap();
         let listeners = server::Listeners::bind(&config).await.unwrap();
         let addr = listeners.grpc_addr().unwrap();
@@ -98,8 +108,14 @@ fn agent_of(d: pb::RouteContactResponse) -> Option<pb::AgentTarget> {
 }
 
 fn rpc(c: &mut Criterion) {
-    let (rt, channel) = start();
-    let mut group = c.benchmark_group("rpc");
+    for journal in [false, true] {
+        cases(c, journal);
+    }
+}
+
+fn cases(c: &mut Criterion, journal: bool) {
+    let (rt, channel) = start(journal);
+    let mut group = c.benchmark_group(if journal { "rpc_journal" } else { "rpc" });
     group.bench_function("baseline_health_check", |b| {
         let mut health = HealthClient::new(channel.clone());
         b.to_async(&rt).iter(|| {
