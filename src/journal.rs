@@ -57,6 +57,26 @@ pub enum JournalError {
         /// The database file.
         file: PathBuf,
     },
+    /// A record that cannot be read, with good records after it (or the
+    /// first record): not a torn tail, so nothing is cut and the service
+    /// does not start.
+    #[error(
+        "journal {file}: record {seq} cannot be read ({why}) and is not the tail; refusing to start rather than lose the records after it (move the file aside to start anew)"
+    )]
+    Corrupt {
+        /// The database file.
+        file: PathBuf,
+        /// The record.
+        seq: u64,
+        /// Why.
+        why: String,
+    },
+    /// The journal is in use by another process.
+    #[error("journal {dir}: in use by another careroute process")]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
+    },
     /// A command could not be encoded.
     #[error("journal: cannot encode a command: {0}")]
     Encode(String),
@@ -78,10 +98,29 @@ pub struct Recovered {
     pub cut: Option<(u64, String)>,
 }
 
+/// One record, checked: its sequence number, its checksum, its body.
+fn read_record(row: &rusqlite::Row<'_>, expected: u64) -> Result<(Time, Command), String> {
+    let seq: i64 = row.get(0).map_err(|e| e.to_string())?;
+    let at: i64 = row.get(1).map_err(|e| e.to_string())?;
+    let body: String = row.get(2).map_err(|e| e.to_string())?;
+    let crc: i64 = row.get(3).map_err(|e| e.to_string())?;
+    if seq as u64 != expected {
+        return Err(format!("sequence {seq} where {expected} was due"));
+    }
+    if i64::from(crc32fast::hash(body.as_bytes())) != crc {
+        return Err("checksum mismatch".to_owned());
+    }
+    let at = Time::from_timestamp_micros(at).ok_or("time out of range")?;
+    let command: Command = serde_json::from_str(&body).map_err(|e| format!("undecodable: {e}"))?;
+    Ok((at, command))
+}
+
 /// An open journal database, before the writer takes it.
 pub struct Store {
     conn: Connection,
     file: PathBuf,
+    /// Held while the store is open: one process per journal.
+    _lock: std::fs::File,
 }
 
 impl Store {
@@ -91,6 +130,17 @@ impl Store {
             dir: dir.to_owned(),
             source,
         })?;
+        // One process per journal: a second one started on the same
+        // directory by mistake is refused before it writes anything.
+        let lock = std::fs::File::create(dir.join("LOCK")).map_err(|source| JournalError::Dir {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        if lock.try_lock().is_err() {
+            return Err(JournalError::Locked {
+                dir: dir.to_owned(),
+            });
+        }
         let file = dir.join(FILE);
         let sql = |source| JournalError::Sqlite {
             file: file.clone(),
@@ -113,12 +163,14 @@ impl Store {
              );"
         ))
         .map_err(sql)?;
-        let id_prefix = conn
-            .query_row("SELECT value FROM meta WHERE key = 'id_prefix'", [], |r| {
+        let id_prefix =
+            match conn.query_row("SELECT value FROM meta WHERE key = 'id_prefix'", [], |r| {
                 r.get::<_, String>(0)
-            })
-            .ok()
-            .and_then(|v| v.parse().ok());
+            }) {
+                Ok(v) => v.parse().ok(),
+                Err(rusqlite::Error::QueryReturnedNoRows) => None,
+                Err(e) => return Err(sql(e)),
+            };
         let mut records = Vec::new();
         let mut cut = None;
         {
@@ -128,44 +180,40 @@ impl Store {
             let mut rows = rows.query([]).map_err(sql)?;
             let mut expected = 1u64;
             while let Some(row) = rows.next().map_err(sql)? {
-                let read = (|| {
-                    let seq: i64 = row.get(0).map_err(|e| e.to_string())?;
-                    let at: i64 = row.get(1).map_err(|e| e.to_string())?;
-                    let body: String = row.get(2).map_err(|e| e.to_string())?;
-                    let crc: i64 = row.get(3).map_err(|e| e.to_string())?;
-                    if seq as u64 != expected {
-                        return Err(format!("sequence {seq} where {expected} was due"));
-                    }
-                    if i64::from(crc32fast::hash(body.as_bytes())) != crc {
-                        return Err("checksum mismatch".to_owned());
-                    }
-                    let at = Time::from_timestamp_micros(at).ok_or("time out of range")?;
-                    let command: Command =
-                        serde_json::from_str(&body).map_err(|e| format!("undecodable: {e}"))?;
-                    Ok((at, command))
-                })();
+                let read = read_record(row, expected);
+                expected += 1;
                 match read {
-                    Ok(record) => {
-                        records.push(record);
-                        expected += 1;
+                    Ok(record) if cut.is_none() => records.push(record),
+                    // A good record after a bad one: the damage is not a
+                    // tail, and cutting would lose acknowledged commands.
+                    Ok(_) => {
+                        let (seq, why) = cut.unwrap_or_default();
+                        return Err(JournalError::Corrupt { file, seq, why });
                     }
-                    Err(why) => {
-                        cut = Some((expected, why));
-                        break;
-                    }
+                    Err(why) if cut.is_none() => cut = Some((expected - 1, why)),
+                    Err(_) => {}
                 }
             }
         }
-        if let Some((from, _)) = &cut {
-            conn.execute(
-                "DELETE FROM commands WHERE seq >= ?1",
-                params![*from as i64],
-            )
-            .map_err(sql)?;
+        if let Some((seq, why)) = &cut {
+            // Nothing to start from: refuse rather than start anew.
+            if *seq == 1 {
+                return Err(JournalError::Corrupt {
+                    file,
+                    seq: 1,
+                    why: why.clone(),
+                });
+            }
+            conn.execute("DELETE FROM commands WHERE seq >= ?1", params![*seq as i64])
+                .map_err(sql)?;
         }
         let last_seq = records.len() as u64;
         Ok((
-            Store { conn, file },
+            Store {
+                conn,
+                file,
+                _lock: lock,
+            },
             Recovered {
                 records,
                 id_prefix,
@@ -233,6 +281,38 @@ impl Store {
     }
 }
 
+/// Told once if the writer fails.
+type OnFailure = Box<dyn FnOnce(&JournalError) + Send>;
+
+/// Raised once if the writer stops for any reason but the service's own
+/// stop (a failed write, a panic): the failure is told and recorded, so
+/// nobody waits for it and the service stops.
+struct Alarm {
+    failed: Option<OnFailure>,
+    written: watch::Sender<Written>,
+}
+
+impl Alarm {
+    fn disarm(&mut self) {
+        self.failed = None;
+    }
+
+    fn raise(&mut self, e: JournalError) {
+        if let Some(f) = self.failed.take() {
+            f(&e);
+        }
+        self.written.send_modify(|w| w.failed = Some(e.to_string()));
+    }
+}
+
+impl Drop for Alarm {
+    fn drop(&mut self) {
+        if self.failed.is_some() {
+            self.raise(JournalError::Failed("the journal writer stopped".into()));
+        }
+    }
+}
+
 /// How far the writer has got.
 #[derive(Debug, Clone, Default)]
 struct Written {
@@ -270,11 +350,15 @@ impl<T: Send + 'static> Journal<T> {
             upto: last_seq,
             failed: None,
         });
-        std::thread::Builder::new()
+        let failed: OnFailure = Box::new(failed);
+        let mut alarm = Alarm {
+            failed: Some(failed),
+            written: written_tx,
+        };
+        let spawned = std::thread::Builder::new()
             .name("journal".into())
             .spawn(move || {
                 let mut store = store;
-                let mut failed = Some(failed);
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     while batch.len() < MAX_BATCH {
@@ -291,10 +375,7 @@ impl<T: Send + 'static> Journal<T> {
                         if !rows.is_empty()
                             && let Err(e) = store.write(&rows)
                         {
-                            if let Some(f) = failed.take() {
-                                f(&e);
-                            }
-                            written_tx.send_modify(|w| w.failed = Some(e.to_string()));
+                            alarm.raise(e);
                             return;
                         }
                     }
@@ -302,11 +383,15 @@ impl<T: Send + 'static> Journal<T> {
                     for e in batch {
                         publish(e.events);
                     }
-                    written_tx.send_modify(|w| w.upto = w.upto.max(upto));
+                    alarm.written.send_modify(|w| w.upto = w.upto.max(upto));
                 }
-            })
-            .map(drop)
-            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the journal writer"));
+                // Every sender is gone: the service stopped. Not a fault.
+                alarm.disarm();
+            });
+        if let Err(e) = spawned {
+            // The closure is dropped with the error, and its alarm raised.
+            tracing::error!(error = %e, "cannot start the journal writer");
+        }
         Arc::new(Journal {
             tx,
             written,
@@ -341,6 +426,11 @@ impl<T: Send + 'static> Journal<T> {
             });
         }
         seq
+    }
+
+    /// The last sequence number handed out.
+    pub fn last(&self) -> u64 {
+        self.next.load(Ordering::SeqCst)
     }
 
     /// Waits until everything up to `seq` is written.

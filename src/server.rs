@@ -22,7 +22,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{
-    Command, Engine, EngineConfig, ReplacePolicy, SetAgentState, Tick, UpsertAgent,
+    Command, Configure, Engine, EngineConfig, ReplacePolicy, SetAgentState, Tick, UpsertAgent,
 };
 use crate::file::FileError;
 use crate::grpc::{
@@ -109,6 +109,7 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
         id_prefix: rand::random(),
         ..EngineConfig::default()
     };
+    let limits = engine_config.limits();
     let (store, recovered) = if config.no_journal {
         (None, None)
     } else {
@@ -148,7 +149,14 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
             // Published the first time.
             engine.take_events();
             added.push((now, Command::Restarted));
-            if engine.policy().text != policy.text {
+            // Limits changed by this start's flags are a logged change; the
+            // log before it replays under its own.
+            if engine.limits() != limits {
+                added.push((now, Command::Configure(Configure(limits))));
+            }
+            // Only a policy file named at start replaces the log's policy:
+            // without one, the policy in force carries on.
+            if config.policy.is_some() && engine.policy().text != policy.text {
                 added.push((now, Command::ReplacePolicy(ReplacePolicy(policy))));
             }
             tracing::info!(
@@ -170,6 +178,8 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
                     now,
                     Command::ReplacePolicy(ReplacePolicy(Arc::clone(&policy))),
                 ));
+                // And the limits it runs under, so a replay runs under them.
+                added.push((now, Command::Configure(Configure(limits))));
             }
             let engine = Engine::new(Arc::clone(&policy), engine_config);
             let agents = match &config.roster {

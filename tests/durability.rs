@@ -157,3 +157,81 @@ async fn a_corrupt_last_record_is_reported_with_its_position_and_cut() {
         .into_inner();
     assert_eq!(b2.previous(), pb::AgentState::Offline);
 }
+
+/// Runs the binary on `data` until it exits (it must refuse to start);
+/// its stderr.
+fn refused(data: &std::path::Path, policy: &str) -> String {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_careroute"))
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--policy", policy])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "it started: {status:?}\n{stderr}"
+    );
+    stderr
+}
+
+#[tokio::test]
+async fn damage_that_is_not_a_tail_is_refused_and_so_is_a_second_process() {
+    let data = fresh_data_dir();
+    let policy = policy_file(&data);
+    let args = ["--policy", policy.as_str()];
+    let mut p = Process::start_in(&data, &args, "info");
+    let mut c = client(&p).await;
+    for id in ["b1", "b2", "b3"] {
+        agent(&mut c, id, "Billing", "billing").await;
+    }
+    // A second careroute on the same journal is refused while the first
+    // runs, and writes nothing.
+    let second = refused(&data, &policy);
+    assert!(
+        second.contains("in use by another careroute process"),
+        "{second}"
+    );
+    p.signal("KILL");
+    p.wait_exit(Duration::from_secs(10)).unwrap();
+    // Damage a record in the middle: the records after it are readable, so
+    // cutting would lose acknowledged commands. Refused, naming it.
+    let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
+    db.execute("UPDATE commands SET crc = crc + 1 WHERE seq = 4", [])
+        .unwrap();
+    let count: i64 = db
+        .query_row("SELECT count(*) FROM commands", [], |r| r.get(0))
+        .unwrap();
+    drop(db);
+    let why = refused(&data, &policy);
+    assert!(
+        why.contains("record 4 cannot be read (checksum mismatch)"),
+        "{why}"
+    );
+    // Nothing was cut.
+    let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
+    let after: i64 = db
+        .query_row("SELECT count(*) FROM commands", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(after, count);
+}

@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{AgentSpec, Decision, Engine, EngineError, Event, ReservationId, WatchFilter, WatchId};
+use super::{
+    AgentSpec, Decision, Engine, EngineError, Event, Limits, ReservationId, WatchFilter, WatchId,
+};
 use crate::model::{AgentState, Contact, ReleaseReason, Time};
 use crate::policy::{Policy, Text};
 
@@ -97,6 +99,10 @@ impl<'de> Deserialize<'de> for ReplacePolicy {
     }
 }
 
+/// Put new limits in force (windows and caps of what the engine keeps).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Configure(pub Limits);
+
 /// A CTI connected; answers its id and what it missed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Watch(pub WatchFilter);
@@ -173,6 +179,14 @@ impl Apply for ReplacePolicy {
     }
 }
 
+impl Apply for Configure {
+    type Output = ();
+    fn apply_at(self, e: &mut Engine, now: Time) -> Result<(), EngineError> {
+        e.configure(self.0, now);
+        Ok(())
+    }
+}
+
 impl Apply for Watch {
     type Output = (WatchId, Vec<Event>);
     fn apply_at(self, e: &mut Engine, now: Time) -> Result<(WatchId, Vec<Event>), EngineError> {
@@ -219,6 +233,8 @@ pub enum Command {
     Cancel(Cancel),
     /// [`ReplacePolicy`].
     ReplacePolicy(ReplacePolicy),
+    /// [`Configure`].
+    Configure(Configure),
     /// [`Watch`].
     Watch(Watch),
     /// [`Unwatch`].
@@ -255,6 +271,7 @@ into_command!(
     Complete,
     Cancel,
     ReplacePolicy,
+    Configure,
     Watch,
     Unwatch
 );
@@ -278,6 +295,7 @@ impl Apply for Command {
             Command::Complete(c) => c.apply_at(e, now).map(drop),
             Command::Cancel(c) => c.apply_at(e, now),
             Command::ReplacePolicy(c) => c.apply_at(e, now),
+            Command::Configure(c) => c.apply_at(e, now),
             Command::Watch(c) => c.apply_at(e, now).map(drop),
             Command::Unwatch(c) => c.apply_at(e, now),
             Command::Tick => Tick.apply_at(e, now),

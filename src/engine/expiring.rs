@@ -39,6 +39,13 @@ impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
         }
     }
 
+    /// Changes how long entries are kept and how many; the next eviction
+    /// applies them.
+    pub fn set_limits(&mut self, retention: Duration, cap: usize) {
+        self.retention = retention;
+        self.cap = cap.max(1);
+    }
+
     /// The value for `key`, if still kept.
     pub fn get<Q>(&self, key: &Q) -> Option<&V>
     where

@@ -29,8 +29,8 @@ use std::{
 use chrono::Duration;
 
 pub use command::{
-    Apply, Cancel, Command, Complete, Confirm, Release, RemoveAgent, ReplacePolicy, Route,
-    SetAgentState, Tick, Unwatch, UpsertAgent, Watch,
+    Apply, Cancel, Command, Complete, Configure, Confirm, Release, RemoveAgent, ReplacePolicy,
+    Route, SetAgentState, Tick, Unwatch, UpsertAgent, Watch,
 };
 pub use error::EngineError;
 pub use event::{Assignment, Event, Parked, Withdrawal};
@@ -70,6 +70,39 @@ pub struct EngineConfig {
     /// High 32 bits of every decision and reservation id, so ids differ
     /// across restarts.
     pub id_prefix: u32,
+}
+
+/// The limits of [`EngineConfig`] that change what the engine decides (a
+/// retry answered from memory or decided anew, an agent refused), in the
+/// form a log keeps: a log replays under the limits it was written under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Limits {
+    /// [`EngineConfig::idempotency_retention`], in milliseconds.
+    pub idempotency_retention_ms: i64,
+    /// [`EngineConfig::max_idempotency_keys`].
+    pub max_idempotency_keys: usize,
+    /// [`EngineConfig::path_retention`], in milliseconds.
+    pub path_retention_ms: i64,
+    /// [`EngineConfig::max_paths`].
+    pub max_paths: usize,
+    /// [`EngineConfig::max_hops`].
+    pub max_hops: usize,
+    /// [`EngineConfig::max_agents`].
+    pub max_agents: usize,
+}
+
+impl EngineConfig {
+    /// The limits, as a log keeps them.
+    pub fn limits(&self) -> Limits {
+        Limits {
+            idempotency_retention_ms: self.idempotency_retention.num_milliseconds(),
+            max_idempotency_keys: self.max_idempotency_keys,
+            path_retention_ms: self.path_retention.num_milliseconds(),
+            max_paths: self.max_paths,
+            max_hops: self.max_hops,
+            max_agents: self.max_agents.min(roster::MAX_AGENT_SLOTS),
+        }
+    }
 }
 
 /// The peak rate of new requests with a request id the default window
@@ -579,6 +612,31 @@ impl Engine {
             now: None,
             config,
         }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> Limits {
+        self.config.limits()
+    }
+
+    /// Puts new limits in force; the next eviction applies them.
+    fn configure(&mut self, limits: Limits, now: Time) {
+        self.advance(now);
+        let c = &mut self.config;
+        c.idempotency_retention = Duration::milliseconds(limits.idempotency_retention_ms);
+        c.max_idempotency_keys = limits.max_idempotency_keys;
+        c.path_retention = Duration::milliseconds(limits.path_retention_ms);
+        c.max_paths = limits.max_paths;
+        c.max_hops = limits.max_hops;
+        c.max_agents = limits.max_agents.min(roster::MAX_AGENT_SLOTS);
+        self.replies
+            .set_limits(c.idempotency_retention, c.max_idempotency_keys);
+        self.paths.set_limits(c.path_retention, c.max_paths);
+    }
+
+    /// The time of the last command applied (the engine's clock).
+    pub fn now(&self) -> Option<Time> {
+        self.now
     }
 
     /// The policy in force.
@@ -1291,7 +1349,7 @@ impl Engine {
 
     /// Every queue with its staffing as of the last command: a view, which
     /// applies nothing (apply a [`Tick`] first for what is due now).
-    pub fn queues(&mut self) -> Vec<QueueView> {
+    pub fn queues(&self) -> Vec<QueueView> {
         let now = self.now.unwrap_or(Time::UNIX_EPOCH);
         let policy = Arc::clone(&self.policy);
         let mut views = Vec::with_capacity(policy.queues.len());
@@ -1300,7 +1358,7 @@ impl Engine {
                 continue;
             }
             let waiting = self.line_count(i);
-            let estimated_wait = self.estimated_wait(i, waiting + 1);
+            let estimated_wait = self.estimated_wait_view(i, waiting + 1);
             let longest_wait = std::iter::once(i)
                 .chain(q.steps.iter().map(|s| s.pool))
                 .map(|p| self.waiting.longest_wait(p, now))

@@ -85,13 +85,40 @@ impl Engine {
         self.waiting.len()
     }
 
-    /// Estimated wait for 1-based `position` in `queue`.
+    /// Estimated wait for 1-based `position` in `queue`, for a command.
     /// Erlang C's cost grows with the agents, so its value is kept per
     /// queue while the staffing and the load (to 1 %) stay the same.
     pub(super) fn estimated_wait(&mut self, queue: QueueIdx, position: u32) -> Duration {
+        let (agents, erlangs, bucket, handle) = self.load(queue);
+        let c = match self.stats[queue].erlang_c {
+            Some((n, b, c)) if n == agents && b == bucket => c,
+            _ => {
+                let c = ewt::erlang_c(agents, erlangs);
+                self.stats[queue].erlang_c = Some((agents, bucket, c));
+                c
+            }
+        };
+        wait(position, agents, erlangs, handle, c)
+    }
+
+    /// [`Engine::estimated_wait`] for a view: it reads the kept Erlang C
+    /// value but never keeps one, so views change nothing a later command
+    /// could see (a replay of the commands alone gives the same answers).
+    pub(super) fn estimated_wait_view(&self, queue: QueueIdx, position: u32) -> Duration {
+        let (agents, erlangs, bucket, handle) = self.load(queue);
+        let c = match self.stats[queue].erlang_c {
+            Some((n, b, c)) if n == agents && b == bucket => c,
+            _ => ewt::erlang_c(agents, erlangs),
+        };
+        wait(position, agents, erlangs, handle, c)
+    }
+
+    /// A queue's agents staffed, offered load (Erlangs), its 1 % bucket,
+    /// and the handle time in use.
+    fn load(&self, queue: QueueIdx) -> (u32, f64, i64, f64) {
         let q = &self.policy.queues[queue];
         let agents = self.roster.pool(queue).staffed.max(1);
-        let stats = &mut self.stats[queue];
+        let stats = &self.stats[queue];
         let handle = stats.handle_estimate(q.handle_time);
         let rate = stats.arrival_gap.map_or(0.0, |g| 1.0 / g);
         let erlangs = rate * handle;
@@ -100,16 +127,7 @@ impl Engine {
         } else {
             i64::MIN
         };
-        let c = match stats.erlang_c {
-            Some((n, b, c)) if n == agents && b == bucket => c,
-            _ => {
-                let c = ewt::erlang_c(agents, erlangs);
-                stats.erlang_c = Some((agents, bucket, c));
-                c
-            }
-        };
-        let secs = ewt::estimated_wait_with(position, agents, erlangs, handle, c);
-        Duration::milliseconds((secs * 1000.0).min(1e12) as i64)
+        (agents, erlangs, bucket, handle)
     }
 
     /// Puts a contact in its queue's line, or says why not (a callback
@@ -202,7 +220,7 @@ impl Engine {
     /// refreshed estimate and any offer out; otherwise its last hop. `None`
     /// for a contact careroute does not know (or has forgotten). A view: it
     /// applies nothing (apply a [`super::Tick`] first).
-    pub fn contact_status(&mut self, contact_id: &str) -> Option<ContactStatus> {
+    pub fn contact_status(&self, contact_id: &str) -> Option<ContactStatus> {
         let now = self.now.unwrap_or(Time::UNIX_EPOCH);
         let Some(w) = self.waiting.find(contact_id) else {
             return self
@@ -228,7 +246,7 @@ impl Engine {
         };
         let estimated_wait = match offer {
             Some(_) => Duration::zero(),
-            None => self.estimated_wait(root, position),
+            None => self.estimated_wait_view(root, position),
         };
         let offered = offer.and_then(|id| {
             let r = self.reservations.get(&id)?;
@@ -740,6 +758,12 @@ fn step_timers_of<'a>(
                 Timer::Step(w.seq, step.pool),
             )
         })
+}
+
+/// The estimate for `position` from the queue's load and Erlang C value.
+fn wait(position: u32, agents: u32, erlangs: f64, handle: f64, c: f64) -> Duration {
+    let secs = ewt::estimated_wait_with(position, agents, erlangs, handle, c);
+    Duration::milliseconds((secs * 1000.0).min(1e12) as i64)
 }
 
 /// What a line hop is about.

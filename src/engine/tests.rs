@@ -704,6 +704,7 @@ enum Op {
     Remove(u8),
     Watch(u8),
     Unwatch(u8),
+    Limits(u8),
 }
 
 /// Policies a running engine is switched between: the example policy, and
@@ -757,6 +758,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..4).prop_map(Op::Remove),
         1 => (0u8..4).prop_map(Op::Watch),
         1 => any::<u8>().prop_map(Op::Unwatch),
+        1 => any::<u8>().prop_map(Op::Limits),
     ]
 }
 
@@ -1075,6 +1077,20 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     );
                 }
                 watchers.push(id);
+            }
+            Op::Limits(k) => {
+                // Short and long windows, small and large caps: retries
+                // answered from memory or decided anew, paths forgotten.
+                let limits = Limits {
+                    idempotency_retention_ms: [1_000, 600_000][usize::from(k) % 2],
+                    max_idempotency_keys: [3, 10_000][usize::from(k / 2) % 2],
+                    path_retention_ms: [5_000, 86_400_000][usize::from(k / 4) % 2],
+                    max_paths: [4, 10_000][usize::from(k / 8) % 2],
+                    max_hops: [2, 32][usize::from(k / 16) % 2],
+                    max_agents: 100_000,
+                };
+                apply!(Configure(limits)).unwrap();
+                prop_assert_eq!(e.limits(), limits);
             }
             Op::Unwatch(k) if !watchers.is_empty() => {
                 let id = watchers.remove(usize::from(k) % watchers.len());

@@ -378,7 +378,8 @@ impl Engine {
     /// The process restarted: every watcher of the one before is gone with
     /// its connection, and offers out to their agents could not be seen.
     pub(super) fn restarted(&mut self, now: Time) {
-        self.advance(now);
+        // First: what fell due while the process was down happened with
+        // nobody watching (lapses are nobody's miss, callbacks are kept).
         self.watchers = Watchers {
             next: self.watchers.next,
             ..Watchers::default()
@@ -388,6 +389,7 @@ impl Engine {
                 r.unseen = true;
             }
         }
+        self.advance(now);
     }
 
     /// A watcher disconnected. Offers out to agents nobody covers any more

@@ -99,9 +99,20 @@ impl Routing {
     /// Reads the engine under its lock: views only, which change nothing
     /// (apply a [`Tick`] first for what is due). `UNAVAILABLE` once a panic
     /// has halted the engine.
-    pub fn view<R>(&self, f: impl FnOnce(&mut Engine) -> R) -> Result<R, Status> {
-        let mut engine = self.engine.lock()?;
-        Ok(f(&mut engine))
+    pub fn view<R>(&self, f: impl FnOnce(&Engine) -> R) -> Result<R, Status> {
+        let engine = self.engine.lock()?;
+        Ok(f(&engine))
+    }
+
+    /// [`Routing::view`] for an answer that leaves: it waits until the
+    /// journal holds every command the view reflects.
+    async fn settled_view<R>(&self, f: impl FnOnce(&Engine) -> R) -> Result<R, Status> {
+        let (out, seq) = {
+            let engine = self.engine.lock()?;
+            (f(&engine), self.journal.last())
+        };
+        self.durable(seq).await?;
+        Ok(out)
     }
 
     /// Applies one command under the engine's lock, at the time read under
@@ -119,7 +130,11 @@ impl Routing {
         C: Apply + Clone + Into<Command>,
     {
         let mut engine = self.engine.lock()?;
+        // The time the engine uses is the time logged: to the microsecond
+        // the log keeps, and never before the last command's.
         let now = self.clock.now();
+        let now = Time::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let now = engine.now().map_or(now, |last| now.max(last));
         let logged: Command = command.clone().into();
         let idle = matches!(logged, Command::Tick) && engine.next_due().is_none_or(|d| d > now);
         let out = engine.apply(command, now);
@@ -155,10 +170,7 @@ impl Routing {
 
     /// Waits until the journal holds everything up to `seq`.
     async fn durable(&self, seq: u64) -> Result<(), Status> {
-        self.journal
-            .durable(seq)
-            .await
-            .map_err(|e| Status::unavailable(e.to_string()))
+        self.journal.durable(seq).await.map_err(Status::from)
     }
 
     /// Applies one command through the engine's one door, at the time now,
@@ -385,7 +397,7 @@ impl pb::routing_service_server::RoutingService for Routing {
         _request: Request<pb::ListQueuesRequest>,
     ) -> Result<Response<pb::ListQueuesResponse>, Status> {
         self.apply(Tick).await?;
-        let views = self.view(|e| e.queues())?;
+        let views = self.settled_view(|e| e.queues()).await?;
         Ok(Response::new(pb::ListQueuesResponse {
             queues: views.into_iter().map(pb::QueueView::from).collect(),
         }))
@@ -414,12 +426,14 @@ impl pb::routing_service_server::RoutingService for Routing {
         // exactly once.
         let submitted = self.submit_with(Watch(filter.clone()), || self.events.subscribe())?;
         let (since, mut events) = (submitted.seq, submitted.also);
-        self.durable(since).await?;
         let (id, missed) = submitted.out.map_err(Status::from)?;
+        // Registered now: unregistered however this call ends, even if it
+        // is dropped while waiting for the journal.
         let watching = Watching {
             routing: self.clone(),
             id,
         };
+        self.durable(since).await?;
         let mut stopping = self.stopping.clone();
         let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
         tokio::spawn(async move {
@@ -470,7 +484,7 @@ impl pb::routing_service_server::RoutingService for Routing {
     ) -> Result<Response<pb::GetContactStatusResponse>, Status> {
         let contact_id = convert::contact_id("contact_id", request.into_inner().contact_id)?;
         self.apply(Tick).await?;
-        let status = self.view(|e| e.contact_status(&contact_id))?;
+        let status = self.settled_view(|e| e.contact_status(&contact_id)).await?;
         let status = status.ok_or_else(|| {
             Status::not_found(format!(
                 "contact `{contact_id}` is not known (or was forgotten)"
@@ -483,16 +497,16 @@ impl pb::routing_service_server::RoutingService for Routing {
         &self,
         request: Request<pb::GetContactPathRequest>,
     ) -> Result<Response<pb::GetContactPathResponse>, Status> {
-        let result = (|| {
-            let contact_id = convert::contact_id("contact_id", request.into_inner().contact_id)?;
-            let engine = self.engine.lock()?;
-            let hops = engine.path(&contact_id).ok_or_else(|| {
+        let contact_id = convert::contact_id("contact_id", request.into_inner().contact_id)?;
+        let hops = self
+            .settled_view(|e| {
+                e.path(&contact_id)
+                    .map(|hops| hops.iter().map(pb::ContactHop::from).collect::<Vec<_>>())
+            })
+            .await?
+            .ok_or_else(|| {
                 Status::not_found(format!("contact `{contact_id}` has no recorded path"))
             })?;
-            Ok(pb::GetContactPathResponse {
-                hops: hops.iter().map(pb::ContactHop::from).collect(),
-            })
-        })();
-        result.map(Response::new)
+        Ok(Response::new(pb::GetContactPathResponse { hops }))
     }
 }

@@ -4,11 +4,22 @@
 use tonic::Status;
 
 use crate::engine::EngineError;
+use crate::journal::JournalError;
 use crate::shared::Halted;
 
 impl From<Halted> for Status {
     fn from(e: Halted) -> Status {
         Status::unavailable(e.to_string())
+    }
+}
+
+impl From<JournalError> for Status {
+    /// Only a failed or stopped writer reaches a client: the answer was not
+    /// logged, so it does not leave. The details (file, SQLite's words) are
+    /// in the service's log, not in the answer.
+    fn from(e: JournalError) -> Status {
+        tracing::debug!(error = %e, "answer withheld: the journal did not take its command");
+        Status::unavailable("the journal cannot be written; the service is stopping")
     }
 }
 
