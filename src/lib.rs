@@ -11,7 +11,10 @@
 //! - [`engine`]: the pure synchronous core: agents, per-queue free-agent
 //!   indexes, reservations with TTLs, live queueing (waiting lines ordered by
 //!   priority and age, assignment when an agent frees up, Erlang C estimated
-//!   wait), contact paths, [`engine::Engine::route`].
+//!   wait), contact paths; every change a command through its one door,
+//!   [`engine::Engine::apply`].
+//! - [`journal`]: the log of those commands on disk (SQLite), written before
+//!   each answer leaves and replayed at start.
 //! - [`roster`]: roster files (the demo agents loaded at start).
 //! - [`file`]: errors in policy and roster files, with file, line and field.
 //! - [`grpc`]: the edge: generated types, validation and conversion, the

@@ -1,4 +1,5 @@
-//! Wiring: builds the engine from the policy and roster, binds the gRPC and
+//! Wiring: builds the engine (from the journal's log, or from the policy and
+//! roster), binds the gRPC and
 //! metrics listeners, serves RoutingService with health and reflection (v1
 //! and v1alpha), keeps the engine's timers and gauges current, reloads the
 //! policy on SIGHUP, and drains on the injected shutdown signal.

@@ -67,8 +67,9 @@ pub struct EngineConfig {
     /// Agents registered at most; a new one beyond it is refused. At most
     /// 16.7 million (the agent slots the idle indexes can name).
     pub max_agents: usize,
-    /// High 32 bits of every decision and reservation id, so ids differ
-    /// across restarts.
+    /// High 32 bits of every decision and reservation id: random for a new
+    /// journal (or without one), then kept with the journal, so replayed
+    /// ids are the ids clients were given.
     pub id_prefix: u32,
 }
 

@@ -1,7 +1,8 @@
 //! The `careroute.v1.RoutingService` implementation. Each handler converts
-//! the request, calls the engine under its lock (never across an `.await`,
-//! so a cancelled request cannot leave a half-made reservation), records
-//! metrics and converts back.
+//! the request into a command, applies it under the engine's lock (never
+//! across an `.await`, so a cancelled request cannot leave a half-made
+//! reservation) and queues it for the journal, waits until the journal
+//! holds it, records metrics and converts back.
 
 use std::{sync::Arc, time::Instant};
 
