@@ -510,9 +510,15 @@ impl Engine {
         let root = self.policy.root(w.queue);
         self.stats[root].callbacks += 1;
         let callback = CallbackOffer::new(&self.policy, root, reason, w.intent, w.urgency, now);
+        self.called_back(w, callback, now);
+    }
+
+    /// Records that `w`, out of its line, got `callback`: a hop in its path
+    /// and the event on the stream.
+    fn called_back(&mut self, w: Waiter, callback: CallbackOffer, now: Time) {
         self.line_hop(
             LineHop::new(&w.contact_id, w.decision, w.queue),
-            HopKind::CalledBack(reason),
+            HopKind::CalledBack(callback.reason),
             now,
         );
         let parked = self.parked(w.parked);
@@ -714,19 +720,7 @@ impl Engine {
                     )
                 }
             };
-            self.line_hop(
-                LineHop::new(&w.contact_id, w.decision, w.queue),
-                HopKind::CalledBack(CallbackReason::Policy),
-                now,
-            );
-            let parked = self.parked(w.parked);
-            let event = Event::CallbackInstead {
-                contact_id: w.contact_id,
-                parked,
-                callback,
-                waited: (now - w.arrived).max(Duration::zero()),
-            };
-            self.announce(event, now);
+            self.called_back(w, callback, now);
         }
         self.stats = stats;
         self.unstaffed_since = vec![None; new.queues.len()];

@@ -705,6 +705,7 @@ enum Op {
     Watch(u8),
     Unwatch(u8),
     Limits(u8),
+    Restart,
 }
 
 /// Policies a running engine is switched between: the example policy, and
@@ -759,6 +760,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..4).prop_map(Op::Watch),
         1 => any::<u8>().prop_map(Op::Unwatch),
         1 => any::<u8>().prop_map(Op::Limits),
+        1 => Just(Op::Restart),
     ]
 }
 
@@ -1091,6 +1093,12 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 };
                 apply!(Configure(limits)).unwrap();
                 prop_assert_eq!(e.limits(), limits);
+            }
+            Op::Restart => {
+                // The process restarted: every watcher is gone with it.
+                apply!(Command::Restarted).unwrap();
+                watchers.clear();
+                prop_assert_eq!(e.watchers(), 0);
             }
             Op::Unwatch(k) if !watchers.is_empty() => {
                 let id = watchers.remove(usize::from(k) % watchers.len());
