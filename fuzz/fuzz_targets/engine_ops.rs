@@ -22,8 +22,8 @@ use careroute::engine::{
     WatchId,
 };
 use careroute::engine::{
-    Cancel, Complete, Confirm, Release, RemoveAgent, ReplacePolicy, Route, SetAgentState, Tick,
-    Unwatch, UpsertAgent, Watch,
+    Cancel, Command, Complete, Confirm, Release, RemoveAgent, ReplacePolicy, Route, SetAgentState,
+    Tick, Unwatch, UpsertAgent, Watch,
 };
 use careroute::grpc::pb;
 use careroute::model::{
@@ -90,6 +90,8 @@ enum Op {
     /// A CTI connects: the whole floor, one agent, or a team.
     Watch(u8),
     Unwatch(u8),
+    /// The process restarted: its watchers are gone.
+    Restart,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -700,6 +702,11 @@ fuzz_target!(|input: Input| {
                     let _ = pb::AssignmentEvent::from(event).encode_to_vec();
                 }
                 watchers.push(id);
+            }
+            Op::Restart => {
+                e.apply(Command::Restarted, now).unwrap();
+                watchers.clear();
+                assert_eq!(e.watchers(), 0);
             }
             Op::Unwatch(k) if !watchers.is_empty() => {
                 let id = watchers.remove(usize::from(*k) % watchers.len());
