@@ -70,6 +70,15 @@ pub struct Config {
         default_value = "write"
     )]
     pub journal_sync: JournalSync,
+    /// A snapshot of the state is taken once this many commands were
+    /// logged since the last one, and the log before the previous snapshot
+    /// is compacted: a restart replays at most this many commands.
+    #[arg(long, env = "CAREROUTE_SNAPSHOT_EVERY", default_value_t = 100_000,
+        value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..))]
+    pub snapshot_every: u64,
+    /// And at least this often while commands are logged.
+    #[arg(long, env = "CAREROUTE_SNAPSHOT_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub snapshot_interval: Duration,
     /// gRPC listen address.
     #[arg(long, env = "CAREROUTE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     pub grpc_addr: SocketAddr,

@@ -8,6 +8,13 @@
 //! checksum of every record) and replayed; a torn or corrupt tail is
 //! reported with its position and cut. Without a database (`--no-journal`)
 //! the same thread only publishes.
+//!
+//! Snapshots: the engine's whole state at a sequence number, kept in the
+//! same database (`snapshots`). A start loads the newest snapshot that
+//! reads back whole and replays only the commands after it; each new
+//! snapshot compacts the log, keeping the snapshot before it and the
+//! commands since, so a damaged newest snapshot falls back to the one
+//! before.
 
 use std::{
     path::{Path, PathBuf},
@@ -22,11 +29,14 @@ use rusqlite::{Connection, params};
 use tokio::sync::watch;
 
 use crate::config::JournalSync;
-use crate::engine::Command;
+use crate::engine::{Command, Engine};
 use crate::model::Time;
 
 /// The database file inside the data directory.
 pub const FILE: &str = "careroute.db";
+/// The write-ahead file is truncated to this after a checkpoint (a large
+/// snapshot would otherwise leave it that large).
+const WAL_LIMIT: u64 = 64 << 20;
 /// Most commands written in one batch.
 const MAX_BATCH: usize = 4096;
 
@@ -77,6 +87,19 @@ pub enum JournalError {
         /// The data directory.
         dir: PathBuf,
     },
+    /// No snapshot reads back whole, and the log before the oldest one was
+    /// compacted: the state cannot be rebuilt.
+    #[error(
+        "journal {file}: no snapshot can be loaded ({why}) and the log before record {first} was compacted; refusing to start on half a state"
+    )]
+    NoSnapshot {
+        /// The database file.
+        file: PathBuf,
+        /// The first record kept.
+        first: u64,
+        /// Why each snapshot was refused.
+        why: String,
+    },
     /// A command could not be encoded.
     #[error("journal: cannot encode a command: {0}")]
     Encode(String),
@@ -87,7 +110,13 @@ pub enum JournalError {
 
 /// What the log held at start.
 pub struct Recovered {
-    /// The commands, in order, with their times.
+    /// The newest snapshot that loaded: its sequence number and engine.
+    pub snapshot: Option<(u64, Engine)>,
+    /// Newer snapshots that did not load, each with why (the log since
+    /// an older one is replayed instead).
+    pub refused_snapshots: Vec<(u64, String)>,
+    /// The commands after the snapshot (or from the start), in order,
+    /// with their times.
     pub records: Vec<(Time, Command)>,
     /// The id prefix the log's engine used, if the log is not new.
     pub id_prefix: Option<u32>,
@@ -96,6 +125,32 @@ pub struct Recovered {
     /// Records cut from a torn or corrupt tail: the first sequence number
     /// cut, and why.
     pub cut: Option<(u64, String)>,
+}
+
+/// The newest snapshot that reads back whole (checksum, layout, decoding),
+/// and the newer ones refused, with why.
+#[allow(clippy::type_complexity)]
+fn load_snapshot(
+    conn: &Connection,
+) -> Result<(Option<(u64, Engine)>, Vec<(u64, String)>), rusqlite::Error> {
+    let mut refused = Vec::new();
+    let mut rows = conn.prepare("SELECT seq, body, crc FROM snapshots ORDER BY seq DESC")?;
+    let mut rows = rows.query([])?;
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let body: Vec<u8> = row.get(1)?;
+        let crc: i64 = row.get(2)?;
+        let loaded = if i64::from(crc32fast::hash(&body)) != crc {
+            Err("checksum mismatch".to_owned())
+        } else {
+            Engine::decode_state(&body).map_err(|e| e.to_string())
+        };
+        match loaded {
+            Ok(engine) => return Ok((Some((seq as u64, engine)), refused)),
+            Err(why) => refused.push((seq as u64, why)),
+        }
+    }
+    Ok((None, refused))
 }
 
 /// One record, checked: its sequence number, its checksum, its body.
@@ -154,11 +209,19 @@ impl Store {
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = {synchronous};
+             PRAGMA journal_size_limit = {WAL_LIMIT};
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS commands (
                  seq INTEGER PRIMARY KEY,
                  at_us INTEGER NOT NULL,
                  body TEXT NOT NULL,
+                 crc INTEGER NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS snapshots (
+                 seq INTEGER PRIMARY KEY,
+                 at_us INTEGER NOT NULL,
+                 format INTEGER NOT NULL,
+                 body BLOB NOT NULL,
                  crc INTEGER NOT NULL
              );"
         ))
@@ -171,14 +234,37 @@ impl Store {
                 Err(rusqlite::Error::QueryReturnedNoRows) => None,
                 Err(e) => return Err(sql(e)),
             };
+        let (snapshot, refused_snapshots) = load_snapshot(&conn).map_err(sql)?;
+        let base = snapshot.as_ref().map_or(0, |(seq, _)| *seq);
+        let first: Option<i64> = conn
+            .query_row("SELECT MIN(seq) FROM commands", [], |r| r.get(0))
+            .map_err(sql)?;
+        if let Some(first) = first
+            && first as u64 > base + 1
+        {
+            let why = refused_snapshots
+                .iter()
+                .map(|(seq, why)| format!("snapshot {seq}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(JournalError::NoSnapshot {
+                file,
+                first: first as u64,
+                why: if why.is_empty() {
+                    "none kept".into()
+                } else {
+                    why
+                },
+            });
+        }
         let mut records = Vec::new();
         let mut cut = None;
         {
             let mut rows = conn
-                .prepare("SELECT seq, at_us, body, crc FROM commands ORDER BY seq")
+                .prepare("SELECT seq, at_us, body, crc FROM commands WHERE seq > ?1 ORDER BY seq")
                 .map_err(sql)?;
-            let mut rows = rows.query([]).map_err(sql)?;
-            let mut expected = 1u64;
+            let mut rows = rows.query(params![base as i64]).map_err(sql)?;
+            let mut expected = base + 1;
             while let Some(row) = rows.next().map_err(sql)? {
                 let read = read_record(row, expected);
                 expected += 1;
@@ -197,7 +283,7 @@ impl Store {
         }
         if let Some((seq, why)) = &cut {
             // Nothing to start from: refuse rather than start anew.
-            if *seq == 1 {
+            if *seq == 1 && snapshot.is_none() {
                 return Err(JournalError::Corrupt {
                     file,
                     seq: 1,
@@ -207,7 +293,7 @@ impl Store {
             conn.execute("DELETE FROM commands WHERE seq >= ?1", params![*seq as i64])
                 .map_err(sql)?;
         }
-        let last_seq = records.len() as u64;
+        let last_seq = base + records.len() as u64;
         Ok((
             Store {
                 conn,
@@ -215,6 +301,8 @@ impl Store {
                 _lock: lock,
             },
             Recovered {
+                snapshot,
+                refused_snapshots,
                 records,
                 id_prefix,
                 last_seq,
@@ -279,6 +367,42 @@ impl Store {
         }
         tx.commit().map_err(sql)
     }
+
+    /// Keeps a snapshot of the state after record `seq`, and compacts: the
+    /// snapshot before it stays (a fallback if this one is ever damaged),
+    /// with the records after that one; anything older goes.
+    fn write_snapshot(&mut self, seq: u64, at: Time, state: &[u8]) -> Result<(), JournalError> {
+        let sql = |source| JournalError::Sqlite {
+            file: self.file.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO snapshots (seq, at_us, format, body, crc) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                seq as i64,
+                at.timestamp_micros(),
+                crate::engine::STATE_FORMAT,
+                state,
+                i64::from(crc32fast::hash(state))
+            ],
+        )
+        .map_err(sql)?;
+        let previous: Option<i64> = tx
+            .query_row(
+                "SELECT MAX(seq) FROM snapshots WHERE seq < ?1",
+                params![seq as i64],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        if let Some(previous) = previous {
+            tx.execute("DELETE FROM snapshots WHERE seq < ?1", params![previous])
+                .map_err(sql)?;
+            tx.execute("DELETE FROM commands WHERE seq <= ?1", params![previous])
+                .map_err(sql)?;
+        }
+        tx.commit().map_err(sql)
+    }
 }
 
 /// Told once if the writer fails.
@@ -320,17 +444,26 @@ struct Written {
     failed: Option<String>,
 }
 
-struct Entry<T> {
-    seq: u64,
-    at: Time,
-    command: Option<Command>,
-    events: Vec<T>,
+/// What the writer is given, in order. Commands are nearly all of it:
+/// boxing them to shrink the rare snapshot's variant would cost an
+/// allocation per command.
+#[allow(clippy::large_enum_variant)]
+enum Work<T> {
+    /// A command (none: only events) and the events it decided.
+    Command {
+        seq: u64,
+        at: Time,
+        command: Option<Command>,
+        events: Vec<T>,
+    },
+    /// The engine's encoded state after record `seq`.
+    Snapshot { seq: u64, at: Time, state: Vec<u8> },
 }
 
 /// The writer's queue: commands (with the events they decided) in, written
 /// and published in order by one thread.
 pub struct Journal<T> {
-    tx: mpsc::Sender<Entry<T>>,
+    tx: mpsc::Sender<Work<T>>,
     written: watch::Receiver<Written>,
     next: AtomicU64,
 }
@@ -345,7 +478,7 @@ impl<T: Send + 'static> Journal<T> {
         mut publish: impl FnMut(Vec<T>) + Send + 'static,
         failed: impl FnOnce(&JournalError) + Send + 'static,
     ) -> Arc<Journal<T>> {
-        let (tx, rx) = mpsc::channel::<Entry<T>>();
+        let (tx, rx) = mpsc::channel::<Work<T>>();
         let (written_tx, written) = watch::channel(Written {
             upto: last_seq,
             failed: None,
@@ -367,21 +500,44 @@ impl<T: Send + 'static> Journal<T> {
                             Err(_) => break,
                         }
                     }
+                    let mut rows = Vec::new();
+                    let mut snapshots = Vec::new();
+                    let mut upto = 0;
+                    for work in &mut batch {
+                        match work {
+                            Work::Command {
+                                seq, at, command, ..
+                            } => {
+                                upto = *seq;
+                                if let Some(c) = command.take() {
+                                    rows.push((*seq, *at, c));
+                                }
+                            }
+                            Work::Snapshot { seq, at, state } => {
+                                snapshots.push((*seq, *at, std::mem::take(state)));
+                            }
+                        }
+                    }
                     if let Some(store) = store.as_mut() {
-                        let rows: Vec<(u64, Time, Command)> = batch
-                            .iter_mut()
-                            .filter_map(|e| e.command.take().map(|c| (e.seq, e.at, c)))
-                            .collect();
-                        if !rows.is_empty()
-                            && let Err(e) = store.write(&rows)
-                        {
+                        // The commands first: a snapshot covers records
+                        // already written.
+                        let mut written = if rows.is_empty() {
+                            Ok(())
+                        } else {
+                            store.write(&rows)
+                        };
+                        for (seq, at, state) in &snapshots {
+                            written = written.and_then(|()| store.write_snapshot(*seq, *at, state));
+                        }
+                        if let Err(e) = written {
                             alarm.raise(e);
                             return;
                         }
                     }
-                    let upto = batch.last().map_or(0, |e| e.seq);
-                    for e in batch {
-                        publish(e.events);
+                    for work in batch {
+                        if let Work::Command { events, .. } = work {
+                            publish(events);
+                        }
                     }
                     alarm.written.send_modify(|w| w.upto = w.upto.max(upto));
                 }
@@ -418,7 +574,7 @@ impl<T: Send + 'static> Journal<T> {
         if command.is_some() || !events.is_empty() {
             // The writer lives as long as the process; if it died, `durable`
             // says so.
-            let _ = self.tx.send(Entry {
+            let _ = self.tx.send(Work::Command {
                 seq,
                 at,
                 command,
@@ -426,6 +582,13 @@ impl<T: Send + 'static> Journal<T> {
             });
         }
         seq
+    }
+
+    /// Queues a snapshot: `state`, the engine's state after record `seq`,
+    /// applied up to `at`. Written after the commands queued before it.
+    pub fn snapshot(&self, seq: u64, at: Time, state: Vec<u8>) {
+        // If the writer died, `durable` says so.
+        let _ = self.tx.send(Work::Snapshot { seq, at, state });
     }
 
     /// The last sequence number handed out.

@@ -68,7 +68,7 @@ impl fmt::Display for Channel {
 }
 
 /// A set of channels as a bit mask.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct ChannelSet(pub u8);
 
 impl ChannelSet {
@@ -261,7 +261,7 @@ impl Contact {
 
 /// Why a decision came out as it did; several apply to one decision. The
 /// names are bounded and safe as metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Reason {
     /// A policy rule matched.
     RuleMatched,
@@ -403,7 +403,7 @@ impl ReleaseReason {
 }
 
 /// Why a callback ticket instead of a transfer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum CallbackReason {
     /// The queue is outside its opening hours.
     Closed,

@@ -41,6 +41,8 @@ use crate::telemetry;
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(250);
 /// How often the exporter drains histogram buckets, so memory stays flat.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+/// How often the snapshot task looks at how much was logged.
+const SNAPSHOT_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +123,15 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
     let mut added: Vec<(crate::model::Time, Command)> = Vec::new();
     let mut last_seq = 0;
     let engine = match recovered {
-        Some(r) if !r.records.is_empty() => {
+        Some(r) if r.last_seq > 0 => {
+            for (seq, why) in &r.refused_snapshots {
+                tracing::warn!(
+                    data_dir = %config.data_dir.display(),
+                    snapshot = seq,
+                    why = why.as_str(),
+                    "journal: a snapshot cannot be loaded; an older one and the log since are used"
+                );
+            }
             if let Some((seq, why)) = &r.cut {
                 tracing::warn!(
                     data_dir = %config.data_dir.display(),
@@ -133,15 +143,21 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
             last_seq = r.last_seq;
             let replayed = r.records.len();
             let mut records = r.records.into_iter();
-            let (Some((_, Command::ReplacePolicy(ReplacePolicy(start)))), Some(prefix)) =
-                (records.next(), r.id_prefix)
-            else {
-                return Err(ServerError::Journal(JournalError::NoStart {
-                    file: config.data_dir.join(crate::journal::FILE),
-                }));
+            let snapshot = r.snapshot.as_ref().map(|(seq, _)| *seq);
+            let mut engine = match r.snapshot {
+                Some((_, engine)) => engine,
+                None => {
+                    let (Some((_, Command::ReplacePolicy(ReplacePolicy(start)))), Some(prefix)) =
+                        (records.next(), r.id_prefix)
+                    else {
+                        return Err(ServerError::Journal(JournalError::NoStart {
+                            file: config.data_dir.join(crate::journal::FILE),
+                        }));
+                    };
+                    engine_config.id_prefix = prefix;
+                    Engine::new(start, engine_config)
+                }
             };
-            engine_config.id_prefix = prefix;
-            let mut engine = Engine::new(start, engine_config);
             for (at, command) in records {
                 // Refusals were refused the first time too: the state they
                 // left is the same.
@@ -162,6 +178,7 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
             }
             tracing::info!(
                 data_dir = %config.data_dir.display(),
+                snapshot,
                 replayed,
                 agents = engine.roster().live(),
                 waiting = engine.waiting_contacts(),
@@ -370,6 +387,19 @@ pub async fn run(
         stop_rx.clone(),
         fatal.clone(),
     );
+    if !config.no_journal {
+        supervise(
+            "snapshots",
+            snapshots(
+                routing.clone(),
+                config.snapshot_every,
+                config.snapshot_interval,
+                stopped(stop_rx.clone()),
+            ),
+            stop_rx.clone(),
+            fatal.clone(),
+        );
+    }
     supervise(
         "reload",
         reload_on_hangup(
@@ -529,6 +559,51 @@ async fn housekeeping(
         if last_upkeep.elapsed() >= UPKEEP_EVERY {
             prometheus.run_upkeep();
             last_upkeep = tokio::time::Instant::now();
+        }
+    }
+}
+
+/// Takes a snapshot once `every` commands were logged since the last one,
+/// or `interval` passed with any logged, so a restart replays little.
+async fn snapshots(
+    routing: Routing,
+    every: u64,
+    interval: Duration,
+    stop: impl Future<Output = ()>,
+) {
+    let mut last = (routing.last_logged(), tokio::time::Instant::now());
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = tokio::time::sleep(SNAPSHOT_CHECK_EVERY.min(interval)) => {}
+        }
+        let logged = routing.last_logged();
+        let since = logged.saturating_sub(last.0);
+        if since < every && (since == 0 || last.1.elapsed() < interval) {
+            continue;
+        }
+        match routing.snapshot() {
+            Ok(taken) => {
+                telemetry::record_snapshot(taken.pause, taken.bytes);
+                tracing::info!(
+                    seq = taken.seq,
+                    bytes = taken.bytes,
+                    pause_us = taken.pause.as_micros() as u64,
+                    commands_since_last = since,
+                    "journal: snapshot taken"
+                );
+                last = (taken.seq, tokio::time::Instant::now());
+            }
+            // A halted engine: the fatal stop is under way.
+            Err(status) if status.code() == tonic::Code::Unavailable => return stop.await,
+            Err(status) => {
+                tracing::error!(
+                    error = status.message(),
+                    "journal: a snapshot cannot be taken"
+                );
+                last.1 = tokio::time::Instant::now();
+            }
         }
     }
 }

@@ -83,9 +83,18 @@ pub const WATCHERS: &str = "careroute_assignment_watchers";
 pub const UNDELIVERED: &str = "careroute_undelivered_events";
 /// Of those, dropped (kept an hour, or past the cap) before one connected.
 pub const UNDELIVERED_DROPPED: &str = "careroute_undelivered_events_dropped_total";
+/// Snapshots of the engine's state taken for the journal.
+pub const SNAPSHOTS: &str = "careroute_journal_snapshots_total";
+/// Size of the last snapshot.
+pub const SNAPSHOT_BYTES: &str = "careroute_journal_snapshot_bytes";
+/// How long the last snapshot held the engine's lock (encoding).
+pub const SNAPSHOT_PAUSE: &str = "careroute_journal_snapshot_pause_seconds";
 
 /// Every metric the service exports, for checks of dashboards and alerts.
-pub const EXPORTED: [&str; 35] = [
+pub const EXPORTED: [&str; 38] = [
+    SNAPSHOTS,
+    SNAPSHOT_BYTES,
+    SNAPSHOT_PAUSE,
     UNDELIVERED,
     UNDELIVERED_DROPPED,
     LINE_CALLBACKS,
@@ -268,6 +277,20 @@ fn describe() {
         UNDELIVERED_DROPPED,
         "Callbacks and moves dropped before any watcher of their queue connected: a parked caller nobody was told about."
     );
+    describe_counter!(
+        SNAPSHOTS,
+        "Snapshots of the routing state written to the journal (each compacts the log before the previous one)."
+    );
+    describe_gauge!(
+        SNAPSHOT_BYTES,
+        Unit::Bytes,
+        "Size of the last snapshot of the routing state."
+    );
+    describe_gauge!(
+        SNAPSHOT_PAUSE,
+        Unit::Seconds,
+        "How long the last snapshot held the engine's lock to encode the state: calls wait that long."
+    );
     describe_gauge!(
         WATCHERS,
         "WatchAssignments streams connected now; waiting contacts are offered only to agents one of them covers."
@@ -329,6 +352,13 @@ impl Default for DecisionMetrics {
     fn default() -> Self {
         DecisionMetrics::new()
     }
+}
+
+/// Records a snapshot taken: the pause it caused and its size.
+pub fn record_snapshot(pause: std::time::Duration, bytes: usize) {
+    metrics::counter!(SNAPSHOTS).increment(1);
+    metrics::gauge!(SNAPSHOT_BYTES).set(bytes as f64);
+    metrics::gauge!(SNAPSHOT_PAUSE).set(pause.as_secs_f64());
 }
 
 /// Counts an event decided outside a request: a waiting contact's

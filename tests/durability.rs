@@ -235,3 +235,137 @@ async fn damage_that_is_not_a_tail_is_refused_and_so_is_a_second_process() {
         .unwrap();
     assert_eq!(after, count);
 }
+
+/// Polls the journal of a running process until `done` holds of (snapshots
+/// kept, first command kept).
+fn wait_for_journal(data: &std::path::Path, done: impl Fn(i64, i64) -> bool) -> (i64, i64) {
+    let started = std::time::Instant::now();
+    loop {
+        let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
+        let snapshots: i64 = db
+            .query_row("SELECT count(*) FROM snapshots", [], |r| r.get(0))
+            .unwrap();
+        let first: i64 = db
+            .query_row("SELECT coalesce(min(seq), 0) FROM commands", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        if done(snapshots, first) {
+            return (snapshots, first);
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "journal still at {snapshots} snapshots, first record {first}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn a_restart_loads_the_snapshot_and_a_damaged_one_falls_back_to_the_one_before() {
+    let data = fresh_data_dir();
+    let policy = policy_file(&data);
+    let snapshotting = [
+        "--policy",
+        policy.as_str(),
+        "--snapshot-every",
+        "4",
+        "--snapshot-interval",
+        "1h",
+    ];
+    // Restarts take no snapshot of their own, so the damage stays put.
+    let quiet = [
+        "--policy",
+        policy.as_str(),
+        "--snapshot-every",
+        "1000000",
+        "--snapshot-interval",
+        "1h",
+    ];
+    let mut p = Process::start_in(&data, &snapshotting, "info");
+    let mut c = client(&p).await;
+    for id in ["b1", "b2", "b3"] {
+        agent(&mut c, id, "Billing", "billing").await;
+    }
+    wait_for_journal(&data, |snapshots, _| snapshots >= 1);
+    busy(&mut c, "on-call", "billing").await;
+    let mut retried = contact("offered", "billing");
+    retried.request_id = "req-1".into();
+    let offered = c.route_contact(retried.clone()).await.unwrap().into_inner();
+    let Some(pb::route_contact_response::Outcome::Agent(out)) = &offered.outcome else {
+        panic!("{offered:?}")
+    };
+    busy(&mut c, "third", "billing").await;
+    queue(&mut c, contact("w1", "billing")).await;
+    // A second snapshot compacts the log before the first.
+    let (kept, first) = wait_for_journal(&data, |snapshots, first| snapshots == 2 && first > 1);
+    assert_eq!(kept, 2);
+    // And one more caller after it: the tail a restart replays.
+    queue(&mut c, contact("w2", "billing")).await;
+    p.signal("KILL");
+    p.wait_exit(Duration::from_secs(10)).unwrap();
+
+    // Each start must show the same floor: the retry answered from memory,
+    // the offer confirmable once, the line in order.
+    async fn same_floor(
+        c: &mut pb::routing_service_client::RoutingServiceClient<tonic::transport::Channel>,
+        retried: &pb::RouteContactRequest,
+        decision_id: &str,
+    ) {
+        let again = c.route_contact(retried.clone()).await.unwrap().into_inner();
+        assert_eq!(again.decision_id, decision_id);
+        for (id, position) in [("w1", 1), ("w2", 2)] {
+            let Some(pb::get_contact_status_response::Status::Waiting(w)) = status(c, id).await
+            else {
+                panic!("{id} no longer waits")
+            };
+            assert_eq!(w.position, position, "{id}");
+        }
+    }
+
+    let mut p = Process::start_in(&data, &quiet, "info");
+    let line = p.wait_for_log("journal replayed", Duration::from_secs(10));
+    assert!(line.contains("\"snapshot\":"), "{line}");
+    assert!(line.contains("\"waiting\":2"), "{line}");
+    let mut c = client(&p).await;
+    same_floor(&mut c, &retried, &offered.decision_id).await;
+    p.signal("KILL");
+    p.wait_exit(Duration::from_secs(10)).unwrap();
+
+    // The newest snapshot damaged: the one before it and the log since.
+    let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
+    let newest: i64 = db
+        .query_row("SELECT max(seq) FROM snapshots", [], |r| r.get(0))
+        .unwrap();
+    db.execute(
+        "UPDATE snapshots SET crc = crc + 1 WHERE seq = ?1",
+        [newest],
+    )
+    .unwrap();
+    drop(db);
+    let mut p = Process::start_in(&data, &quiet, "info");
+    let warned = p.wait_for_log("a snapshot cannot be loaded", Duration::from_secs(10));
+    assert!(
+        warned.contains(&format!("\"snapshot\":{newest}")),
+        "{warned}"
+    );
+    assert!(warned.contains("checksum"), "{warned}");
+    let mut c = client(&p).await;
+    same_floor(&mut c, &retried, &offered.decision_id).await;
+    c.confirm_reservation(pb::ConfirmReservationRequest {
+        reservation_id: out.reservation_id.clone(),
+    })
+    .await
+    .unwrap();
+    p.signal("KILL");
+    p.wait_exit(Duration::from_secs(10)).unwrap();
+
+    // Both damaged, and the log before the older one compacted: refused,
+    // rather than started on half a state.
+    let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
+    db.execute("UPDATE snapshots SET body = x'00'", []).unwrap();
+    drop(db);
+    let why = refused(&data, &policy);
+    assert!(why.contains("no snapshot can be loaded"), "{why}");
+    assert!(why.contains(&format!("before record {first}")), "{why}");
+}

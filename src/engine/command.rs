@@ -74,10 +74,11 @@ pub struct Cancel(pub String);
 #[derive(Debug, Clone)]
 pub struct ReplacePolicy(pub Arc<Policy>);
 
+/// A policy as a log or a snapshot keeps it: its source name and text.
 #[derive(Serialize, Deserialize)]
-struct PolicyText<'a> {
-    source: std::borrow::Cow<'a, str>,
-    text: std::borrow::Cow<'a, str>,
+pub(super) struct PolicyText<'a> {
+    pub source: std::borrow::Cow<'a, str>,
+    pub text: std::borrow::Cow<'a, str>,
 }
 
 impl Serialize for ReplacePolicy {

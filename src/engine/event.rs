@@ -11,7 +11,7 @@ use crate::policy::Text;
 /// Where a waiting call is parked: the queue it joined and that queue's
 /// transfer address. It stays there when the contact moves on (a wider
 /// pool, the on-call queue at closing).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Parked {
     /// The queue the contact joined.
     pub queue_id: Text,
@@ -20,7 +20,7 @@ pub struct Parked {
 }
 
 /// A waiting contact offered to an agent.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Assignment {
     /// The contact.
     pub contact_id: String,
@@ -32,6 +32,7 @@ pub struct Assignment {
     pub parked: Parked,
     /// How long the contact had waited when offered (for an offer sent
     /// again to a watcher that connected, until now).
+    #[serde(with = "super::snapshot::duration_micros")]
     pub waited: Duration,
     /// The agent passed on this contact before (rejected or let it lapse)
     /// and it comes back after the cool-down.
@@ -39,7 +40,7 @@ pub struct Assignment {
 }
 
 /// Why an offer was withdrawn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Withdrawal {
     /// The caller hung up.
     Cancelled,
@@ -50,7 +51,7 @@ pub enum Withdrawal {
 }
 
 /// Something decided outside a request, for the edge to stream.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Event {
     /// A waiting contact was matched to an agent: confirm or release it.
     Assigned(Assignment),

@@ -9,10 +9,15 @@ use chrono::Duration;
 use crate::model::{FastMap, Time};
 
 /// Entries keyed by `K`, forgotten by age of insertion.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(bound(
+    serialize = "K: serde::Serialize + Hash + Eq, V: serde::Serialize",
+    deserialize = "K: serde::Deserialize<'de> + Hash + Eq, V: serde::Deserialize<'de>"
+))]
 pub struct Expiring<K, V> {
     entries: FastMap<K, (Time, V)>,
     order: VecDeque<(Time, K)>,
+    #[serde(with = "super::snapshot::duration_micros")]
     retention: Duration,
     cap: usize,
 }

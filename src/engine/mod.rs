@@ -14,6 +14,7 @@ pub mod ewt;
 mod expiring;
 mod queueing;
 mod roster;
+mod snapshot;
 mod stats;
 pub mod waiting;
 mod watchers;
@@ -37,6 +38,7 @@ pub use event::{Assignment, Event, Parked, Withdrawal};
 pub use expiring::Expiring;
 pub use queueing::{ContactStatus, QueuedOffer, UNSTAFFED_GRACE};
 pub use roster::{Agent, AgentIdx, Pick, QueuePool, Roster};
+pub use snapshot::{STATE_FORMAT, SnapshotError};
 pub use stats::{HANDLE_TIMES_TRUSTED, QueueStats};
 use waiting::WaitingRoom;
 pub use watchers::{MAX_UNDELIVERED, UNDELIVERED_KEPT, WatchFilter, WatchId};
@@ -182,7 +184,7 @@ hex_id!(
 );
 
 /// A warm transfer to a reserved agent.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AgentOffer {
     /// Who.
     pub agent_id: Text,
@@ -199,7 +201,7 @@ pub struct AgentOffer {
 }
 
 /// A callback ticket to open.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CallbackOffer {
     /// Owning queue.
     pub queue_id: Text,
@@ -229,7 +231,7 @@ impl CallbackOffer {
 }
 
 /// Exactly one outcome per decision.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Outcome {
     /// Warm transfer to a reserved agent.
     Agent(AgentOffer),
@@ -267,7 +269,7 @@ impl Outcome {
 }
 
 /// Where one contact goes, and why.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Decision {
     /// Unique id.
     pub id: DecisionId,
@@ -298,7 +300,7 @@ impl Decision {
 }
 
 /// Guidance from the policy, shared with it rather than copied.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Guidance {
     /// The matched rule's.
     pub rule: Option<TextList>,
@@ -318,7 +320,7 @@ impl Guidance {
 
 /// One hop of a contact through careroute: a decision, or something that
 /// happened to it while it waited in line.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Hop {
     /// The decision made, or for a hop in line the decision that queued it.
     pub decision: DecisionId,
@@ -339,10 +341,10 @@ pub struct Hop {
 }
 
 /// What a hop records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum HopKind {
     /// A decision, with its outcome kind ([`Outcome::kind`]).
-    Decided(&'static str),
+    Decided(#[serde(with = "snapshot::outcome_kind")] snapshot::OutcomeKind),
     /// Offered to an agent from the line.
     Assigned,
     /// The offer lapsed; the contact went back in line.
@@ -458,7 +460,7 @@ pub struct QueueView {
 }
 
 /// Cumulative counts since start, for telemetry.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Counters {
     /// Reservations made.
     pub reserved: u64,
@@ -490,7 +492,7 @@ struct Slot<'a> {
     waiter: Option<u64>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Reservation {
     id: ReservationId,
     agent: AgentIdx,
@@ -511,7 +513,7 @@ struct Reservation {
 }
 
 /// What became of a reservation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 enum Fate {
     Live,
     Confirmed,
@@ -522,7 +524,7 @@ enum Fate {
 /// The fate of the most recent reservations, one byte each, indexed by
 /// their sequence number: answers "expired" or "already confirmed" for a
 /// late confirm without a hash lookup, in bounded memory.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct Ledger {
     /// Sequence number of `fates[0]`.
     first: u32,
@@ -548,7 +550,7 @@ impl Ledger {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
 enum Timer {
     Expire(ReservationId),
     WrapUpEnd(AgentIdx, u64),
@@ -560,9 +562,11 @@ enum Timer {
 }
 
 /// The routing engine: one per process, behind one lock.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Engine {
+    #[serde(with = "snapshot::policy_text")]
     policy: Arc<Policy>,
+    #[serde(with = "snapshot::config")]
     config: EngineConfig,
     roster: Roster,
     reservations: FastMap<ReservationId, Reservation>,
@@ -575,6 +579,8 @@ pub struct Engine {
     counters: Counters,
     waiting: WaitingRoom,
     stats: Vec<QueueStats>,
+    /// Decided by the command being applied, taken before the next one.
+    #[serde(skip)]
     events: Vec<Event>,
     last_sweep: Option<Time>,
     /// Per queue: since when contacts wait in its line with nobody logged

@@ -61,7 +61,7 @@ pub enum ContactStatus {
 }
 
 /// The answer for a contact that waits.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct QueuedOffer {
     /// Where it waits.
     pub queue_id: Text,

@@ -46,7 +46,7 @@ fn agent_of(key: IdleKey) -> AgentIdx {
 const CHANNELS: usize = Channel::ALL.len();
 
 /// Everything about one agent that routing needs.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct Agent {
     /// The CTI's id.
     pub id: Text,
@@ -85,7 +85,7 @@ pub struct Agent {
 }
 
 /// How an agent is entered in the indexes: what [`Roster::update`] diffs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Indexed {
     ready: [i64; CHANNELS],
     free: ChannelSet,
@@ -159,14 +159,14 @@ impl Agent {
 }
 
 /// The free agents of one queue on one channel.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct ChannelPool {
     any: BTreeSet<IdleKey>,
     by_language: FastMap<LangId, BTreeSet<IdleKey>>,
 }
 
 /// Counters and free-agent indexes of one queue.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct QueuePool {
     free: [ChannelPool; CHANNELS],
     /// The queue's channels: agents are indexed only on these.
@@ -180,7 +180,7 @@ pub struct QueuePool {
 }
 
 /// All agents, their ids and the per-queue indexes.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct Roster {
     agents: Vec<Agent>,
     ids: FastMap<Text, AgentIdx>,
@@ -298,6 +298,20 @@ impl Roster {
             self.names.insert(t.clone());
         }
         t
+    }
+
+    /// Shares the team and skill names again after a load, which gives
+    /// each agent its own copies.
+    pub(super) fn share_names(&mut self) {
+        let mut agents = std::mem::take(&mut self.agents);
+        self.names.clear();
+        for agent in &mut agents {
+            agent.team = self.intern(&agent.team);
+            for (skill, _) in &mut agent.skills {
+                *skill = self.intern(skill);
+            }
+        }
+        self.agents = agents;
     }
 
     /// Adds an agent and returns its index (a removed agent's, if any).

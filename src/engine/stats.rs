@@ -15,7 +15,7 @@ const EWMA_WEIGHT: f64 = 0.2;
 pub const HANDLE_TIMES_TRUSTED: u64 = 20;
 
 /// What one queue counted since start.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct QueueStats {
     /// Contacts that entered the line.
     pub queued: u64,

@@ -706,6 +706,7 @@ enum Op {
     Unwatch(u8),
     Limits(u8),
     Restart,
+    Snapshot,
 }
 
 /// Policies a running engine is switched between: the example policy, and
@@ -761,6 +762,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(Op::Unwatch),
         1 => any::<u8>().prop_map(Op::Limits),
         1 => Just(Op::Restart),
+        1 => Just(Op::Snapshot),
     ]
 }
 
@@ -816,7 +818,7 @@ fn fingerprint(e: &Engine) -> String {
     let mut timers: Vec<_> = e.timers.iter().collect();
     timers.sort();
     format!(
-        "{}\n{}\n{reservations:?}\n{} {:?}\n{timers:?}\n{}\n{}\n{} {:?}\n{}\n{:?}\n{:?} {:?} {:?}\n{}\n{}\n{:?}",
+        "{}\n{}\n{reservations:?}\n{} {:?}\n{timers:?}\n{}\n{}\n{} {:?}\n{}\n{:?}\n{:?} {:?} {:?}\n{}\n{}\n{:?}\n{:?} {}",
         e.policy.source,
         e.roster.fingerprint(),
         e.ledger.first,
@@ -833,6 +835,8 @@ fn fingerprint(e: &Engine) -> String {
         e.watchers.fingerprint(),
         e.undelivered.fingerprint(),
         e.now,
+        e.limits(),
+        e.config.id_prefix,
     )
 }
 
@@ -1099,6 +1103,14 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 apply!(Command::Restarted).unwrap();
                 watchers.clear();
                 prop_assert_eq!(e.watchers(), 0);
+            }
+            Op::Snapshot => {
+                // A restart from a snapshot: the loaded engine is the same
+                // state, and the same commands after it decide the same
+                // (the final replay of the whole log checks that).
+                let loaded = Engine::decode_state(&e.encode_state().unwrap()).unwrap();
+                prop_assert_eq!(fingerprint(&loaded), fingerprint(&e));
+                e = loaded;
             }
             Op::Unwatch(k) if !watchers.is_empty() => {
                 let id = watchers.remove(usize::from(k) % watchers.len());

@@ -20,7 +20,7 @@ pub type WaitKey = (i64, u64);
 const CHANNELS: usize = Channel::ALL.len();
 
 /// One waiting contact.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Waiter {
     /// Arrival sequence, unique.
     pub seq: u64,
@@ -74,7 +74,7 @@ impl Waiter {
 }
 
 /// Every line, every waiting contact.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct WaitingRoom {
     lines: Vec<[BTreeSet<WaitKey>; CHANNELS]>,
     waiters: FastMap<u64, Waiter>,

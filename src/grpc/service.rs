@@ -49,6 +49,17 @@ pub struct Submitted<O, R> {
     also: R,
 }
 
+/// A snapshot queued for the journal.
+#[derive(Debug, Clone, Copy)]
+pub struct Snapshot {
+    /// The sequence number of the last command it covers.
+    pub seq: u64,
+    /// Its encoded size.
+    pub bytes: usize,
+    /// How long encoding it held the engine's lock.
+    pub pause: std::time::Duration,
+}
+
 /// An event as watchers get it: the sequence number of the command that
 /// decided it, the domain event their filters read, and its wire form,
 /// converted once for all of them.
@@ -183,6 +194,33 @@ impl Routing {
         let submitted = self.submit(command)?;
         self.durable(submitted.seq).await?;
         submitted.out.map_err(Status::from)
+    }
+
+    /// Queues a snapshot of the engine for the journal: its state after
+    /// the last command logged. The state is encoded under the
+    /// engine's lock (a pause of calls, measured in BENCHMARKS.md) and
+    /// written by the journal's writer after the commands before it.
+    pub fn snapshot(&self) -> Result<Snapshot, Status> {
+        let (seq, at, state, pause) = {
+            let engine = self.engine.lock()?;
+            let locked = std::time::Instant::now();
+            let at = engine.now().unwrap_or_else(|| self.clock.now());
+            let state = engine.encode_state();
+            (self.journal.last(), at, state, locked.elapsed())
+        };
+        let state = state.map_err(|e| Status::internal(e.to_string()))?;
+        let taken = Snapshot {
+            seq,
+            bytes: state.len(),
+            pause,
+        };
+        self.journal.snapshot(seq, at, state);
+        Ok(taken)
+    }
+
+    /// The sequence number of the last command logged.
+    pub fn last_logged(&self) -> u64 {
+        self.journal.last()
     }
 
     /// When the engine is next due, updated after every call.

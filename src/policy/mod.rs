@@ -252,7 +252,7 @@ pub struct Resolved {
 }
 
 /// The callback terms for one ticket.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CallbackTerms {
     /// e.g. "Patient Callback".
     pub ticket_type: Text,
