@@ -80,12 +80,14 @@ pub struct Agent {
     pub missed_offers: u32,
     /// The slot of a removed agent, waiting to be reused: in no index.
     pub removed: bool,
-    /// How the agent is entered in the indexes now.
+    /// How the agent is entered in the indexes now. Derived: not kept in
+    /// a snapshot, rebuilt at load.
+    #[serde(skip)]
     indexed: Option<Indexed>,
 }
 
 /// How an agent is entered in the indexes: what [`Roster::update`] diffs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Indexed {
     ready: [i64; CHANNELS],
     free: ChannelSet,
@@ -159,7 +161,7 @@ impl Agent {
 }
 
 /// The free agents of one queue on one channel.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default)]
 struct ChannelPool {
     any: BTreeSet<IdleKey>,
     by_language: FastMap<LangId, BTreeSet<IdleKey>>,
@@ -168,6 +170,9 @@ struct ChannelPool {
 /// Counters and free-agent indexes of one queue.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct QueuePool {
+    /// Derived from the agents: not kept in a snapshot, rebuilt at load
+    /// ([`Roster::rebuild_free`]), which is faster than reading it.
+    #[serde(skip)]
     free: [ChannelPool; CHANNELS],
     /// The queue's channels: agents are indexed only on these.
     channels: ChannelSet,
@@ -219,7 +224,12 @@ impl Roster {
                     .free
                     .iter()
                     .map(|c| {
-                        let mut by_language: Vec<_> = c.by_language.iter().collect();
+                        // An emptied set is no set: both pick nobody.
+                        let mut by_language: Vec<_> = c
+                            .by_language
+                            .iter()
+                            .filter(|(_, s)| !s.is_empty())
+                            .collect();
                         by_language.sort_by_key(|(l, _)| **l);
                         format!("{:?} {:?}", c.any, by_language)
                     })
@@ -298,6 +308,46 @@ impl Roster {
             self.names.insert(t.clone());
         }
         t
+    }
+
+    /// Rebuilds the free-agent indexes after a load, from the agents:
+    /// every set built at once from its sorted keys.
+    pub(super) fn rebuild_free(&mut self) {
+        for agent in &mut self.agents {
+            agent.indexed = (!agent.removed).then(|| Indexed::of(agent));
+        }
+        let mut any: Vec<[Vec<IdleKey>; CHANNELS]> =
+            self.pools.iter().map(|_| Default::default()).collect();
+        let mut by_language: Vec<[FastMap<LangId, Vec<IdleKey>>; CHANNELS]> =
+            self.pools.iter().map(|_| Default::default()).collect();
+        for (a, agent) in self.agents.iter().enumerate() {
+            for &q in &agent.queues {
+                for c in Channel::ALL {
+                    if !self.pools[q].channels.contains(c) {
+                        continue;
+                    }
+                    if let Some(k) = Indexed::key(agent.indexed, c, a as AgentIdx) {
+                        any[q][c.index()].push(k);
+                        for l in &agent.languages {
+                            by_language[q][c.index()].entry(*l).or_default().push(k);
+                        }
+                    }
+                }
+            }
+        }
+        let set = |mut keys: Vec<IdleKey>| {
+            keys.sort_unstable();
+            keys.into_iter().collect::<BTreeSet<IdleKey>>()
+        };
+        for ((pool, any), by_language) in self.pools.iter_mut().zip(any).zip(by_language) {
+            for ((free, any), by_language) in pool.free.iter_mut().zip(any).zip(by_language) {
+                free.any = set(any);
+                free.by_language = by_language
+                    .into_iter()
+                    .map(|(l, keys)| (l, set(keys)))
+                    .collect();
+            }
+        }
     }
 
     /// Shares the team and skill names again after a load, which gives

@@ -49,6 +49,7 @@ impl Engine {
         let (_, mut engine): (u32, Engine) =
             postcard::from_bytes(bytes).map_err(|e| SnapshotError::Codec(e.to_string()))?;
         engine.roster.share_names();
+        engine.roster.rebuild_free();
         Ok(engine)
     }
 }
