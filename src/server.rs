@@ -31,7 +31,7 @@ use crate::grpc::{
     deadline::RequestDeadlineLayer, layer::RpcMetricsLayer, panic::CatchPanicLayer, pb,
 };
 use crate::incoming::Prefaced;
-use crate::journal::{JournalError, Store};
+use crate::journal::{JournalError, Snapshots, Store};
 use crate::policy::{self, Policy};
 use crate::roster;
 use crate::shared::{Fatal, SharedEngine};
@@ -41,8 +41,6 @@ use crate::telemetry;
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(250);
 /// How often the exporter drains histogram buckets, so memory stays flat.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
-/// How often the snapshot task looks at how much was logged.
-const SNAPSHOT_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Why the service could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +80,8 @@ pub struct Prepared {
     /// The engine: replayed from the journal, or new.
     pub engine: Engine,
     journal: (Option<Store>, u64),
+    /// With a journal, a copy of the engine that snapshots are taken from.
+    snapshots: Option<Snapshots>,
 }
 
 /// Builds the engine. With a journal that holds a log, the engine is that
@@ -237,9 +237,23 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
         }
         None => None,
     };
+    // The shadow starts as a copy of the engine as it now stands, through
+    // the snapshot codec (which the shadow's snapshots then go through).
+    let snapshots = match &store {
+        Some(_) => Some(Snapshots {
+            shadow: engine
+                .encode_state()
+                .and_then(|state| Engine::decode_state(&state))
+                .map_err(|e| ServerError::Journal(JournalError::Encode(e.to_string())))?,
+            every: config.snapshot_every,
+            interval: config.snapshot_interval,
+        }),
+        None => None,
+    };
     Ok(Prepared {
         engine,
         journal: (store, last_seq),
+        snapshots,
     })
 }
 
@@ -294,7 +308,11 @@ pub async fn run(
             addr: config.metrics_addr,
             source,
         })?;
-    let Prepared { engine, journal } = prepared;
+    let Prepared {
+        engine,
+        journal,
+        snapshots,
+    } = prepared;
     // Listening for SIGHUP before announcing the service: a reload sent
     // right after start-up must not find the default action (exit).
     let hangups = listen_for_hangups();
@@ -319,6 +337,7 @@ pub async fn run(
         Arc::clone(&clock),
         stop_rx.clone(),
         journal,
+        snapshots,
         move |e| {
             tracing::error!(error = %e, "journal write failed: nothing more can be acknowledged");
             raise.raise("the journal cannot be written");
@@ -387,19 +406,6 @@ pub async fn run(
         stop_rx.clone(),
         fatal.clone(),
     );
-    if !config.no_journal {
-        supervise(
-            "snapshots",
-            snapshots(
-                routing.clone(),
-                config.snapshot_every,
-                config.snapshot_interval,
-                stopped(stop_rx.clone()),
-            ),
-            stop_rx.clone(),
-            fatal.clone(),
-        );
-    }
     supervise(
         "reload",
         reload_on_hangup(
@@ -559,51 +565,6 @@ async fn housekeeping(
         if last_upkeep.elapsed() >= UPKEEP_EVERY {
             prometheus.run_upkeep();
             last_upkeep = tokio::time::Instant::now();
-        }
-    }
-}
-
-/// Takes a snapshot once `every` commands were logged since the last one,
-/// or `interval` passed with any logged, so a restart replays little.
-async fn snapshots(
-    routing: Routing,
-    every: u64,
-    interval: Duration,
-    stop: impl Future<Output = ()>,
-) {
-    let mut last = (routing.last_logged(), tokio::time::Instant::now());
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = tokio::time::sleep(SNAPSHOT_CHECK_EVERY.min(interval)) => {}
-        }
-        let logged = routing.last_logged();
-        let since = logged.saturating_sub(last.0);
-        if since < every && (since == 0 || last.1.elapsed() < interval) {
-            continue;
-        }
-        match routing.snapshot() {
-            Ok(taken) => {
-                telemetry::record_snapshot(taken.pause, taken.bytes);
-                tracing::info!(
-                    seq = taken.seq,
-                    bytes = taken.bytes,
-                    pause_us = taken.pause.as_micros() as u64,
-                    commands_since_last = since,
-                    "journal: snapshot taken"
-                );
-                last = (taken.seq, tokio::time::Instant::now());
-            }
-            // A halted engine: the fatal stop is under way.
-            Err(status) if status.code() == tonic::Code::Unavailable => return stop.await,
-            Err(status) => {
-                tracing::error!(
-                    error = status.message(),
-                    "journal: a snapshot cannot be taken"
-                );
-                last.1 = tokio::time::Instant::now();
-            }
         }
     }
 }

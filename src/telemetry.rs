@@ -87,14 +87,17 @@ pub const UNDELIVERED_DROPPED: &str = "careroute_undelivered_events_dropped_tota
 pub const SNAPSHOTS: &str = "careroute_journal_snapshots_total";
 /// Size of the last snapshot.
 pub const SNAPSHOT_BYTES: &str = "careroute_journal_snapshot_bytes";
-/// How long the last snapshot held the engine's lock (encoding).
-pub const SNAPSHOT_PAUSE: &str = "careroute_journal_snapshot_pause_seconds";
+/// How long the last snapshot took to encode and save.
+pub const SNAPSHOT_SECONDS: &str = "careroute_journal_snapshot_duration_seconds";
+/// Snapshots that could not be saved.
+pub const SNAPSHOT_FAILURES: &str = "careroute_journal_snapshot_failures_total";
 
 /// Every metric the service exports, for checks of dashboards and alerts.
-pub const EXPORTED: [&str; 38] = [
+pub const EXPORTED: [&str; 39] = [
     SNAPSHOTS,
     SNAPSHOT_BYTES,
-    SNAPSHOT_PAUSE,
+    SNAPSHOT_SECONDS,
+    SNAPSHOT_FAILURES,
     UNDELIVERED,
     UNDELIVERED_DROPPED,
     LINE_CALLBACKS,
@@ -287,9 +290,13 @@ fn describe() {
         "Size of the last snapshot of the routing state."
     );
     describe_gauge!(
-        SNAPSHOT_PAUSE,
+        SNAPSHOT_SECONDS,
         Unit::Seconds,
-        "How long the last snapshot held the engine's lock to encode the state: calls wait that long."
+        "How long the last snapshot took to encode and save, on the snapshot thread (serving does not wait for it)."
+    );
+    describe_counter!(
+        SNAPSHOT_FAILURES,
+        "Snapshots that could not be saved; the log is kept whole until one is, so restarts replay more."
     );
     describe_gauge!(
         WATCHERS,
@@ -354,11 +361,16 @@ impl Default for DecisionMetrics {
     }
 }
 
-/// Records a snapshot taken: the pause it caused and its size.
-pub fn record_snapshot(pause: std::time::Duration, bytes: usize) {
+/// Records a snapshot saved: how long it took and its size.
+pub fn record_snapshot(took: std::time::Duration, bytes: usize) {
     metrics::counter!(SNAPSHOTS).increment(1);
     metrics::gauge!(SNAPSHOT_BYTES).set(bytes as f64);
-    metrics::gauge!(SNAPSHOT_PAUSE).set(pause.as_secs_f64());
+    metrics::gauge!(SNAPSHOT_SECONDS).set(took.as_secs_f64());
+}
+
+/// Records a snapshot that could not be saved.
+pub fn record_snapshot_failure() {
+    metrics::counter!(SNAPSHOT_FAILURES).increment(1);
 }
 
 /// Counts an event decided outside a request: a waiting contact's

@@ -439,6 +439,7 @@ async fn policy_reload_refuses_an_invalid_file_and_keeps_the_running_policy() {
         Arc::new(ManualClock::new(common::monday_10am())),
         stopping,
         (None, 0),
+        None,
         |_| {},
     );
     // A broken edit: refused, and the old policy still answers.

@@ -241,10 +241,11 @@ async fn damage_that_is_not_a_tail_is_refused_and_so_is_a_second_process() {
 fn wait_for_journal(data: &std::path::Path, done: impl Fn(i64, i64) -> bool) -> (i64, i64) {
     let started = std::time::Instant::now();
     loop {
+        let snapshots: i64 =
+            rusqlite::Connection::open(data.join(careroute::journal::SNAPSHOT_FILE))
+                .and_then(|db| db.query_row("SELECT count(*) FROM snapshots", [], |r| r.get(0)))
+                .unwrap_or(0);
         let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
-        let snapshots: i64 = db
-            .query_row("SELECT count(*) FROM snapshots", [], |r| r.get(0))
-            .unwrap();
         let first: i64 = db
             .query_row("SELECT coalesce(min(seq), 0) FROM commands", [], |r| {
                 r.get(0)
@@ -298,8 +299,7 @@ async fn a_restart_loads_the_snapshot_and_a_damaged_one_falls_back_to_the_one_be
     busy(&mut c, "third", "billing").await;
     queue(&mut c, contact("w1", "billing")).await;
     // A second snapshot compacts the log before the first.
-    let (kept, first) = wait_for_journal(&data, |snapshots, first| snapshots == 2 && first > 1);
-    assert_eq!(kept, 2);
+    wait_for_journal(&data, |snapshots, first| snapshots == 2 && first > 1);
     // And one more caller after it: the tail a restart replays.
     queue(&mut c, contact("w2", "billing")).await;
     p.signal("KILL");
@@ -333,7 +333,7 @@ async fn a_restart_loads_the_snapshot_and_a_damaged_one_falls_back_to_the_one_be
     p.wait_exit(Duration::from_secs(10)).unwrap();
 
     // The newest snapshot damaged: the one before it and the log since.
-    let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
+    let db = rusqlite::Connection::open(data.join(careroute::journal::SNAPSHOT_FILE)).unwrap();
     let newest: i64 = db
         .query_row("SELECT max(seq) FROM snapshots", [], |r| r.get(0))
         .unwrap();
@@ -362,9 +362,10 @@ async fn a_restart_loads_the_snapshot_and_a_damaged_one_falls_back_to_the_one_be
 
     // Both damaged, and the log before the older one compacted: refused,
     // rather than started on half a state.
-    let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
+    let db = rusqlite::Connection::open(data.join(careroute::journal::SNAPSHOT_FILE)).unwrap();
     db.execute("UPDATE snapshots SET body = x'00'", []).unwrap();
     drop(db);
+    let (_, first) = wait_for_journal(&data, |_, _| true);
     let why = refused(&data, &policy);
     assert!(why.contains("no snapshot can be loaded"), "{why}");
     assert!(why.contains(&format!("before record {first}")), "{why}");

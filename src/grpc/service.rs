@@ -18,7 +18,7 @@ use crate::engine::{
     AgentSpec, Apply, Cancel, Command, Complete, Confirm, Engine, EngineError, Event, Release,
     RemoveAgent, Route, SetAgentState, Tick, Unwatch, UpsertAgent, Watch, WatchFilter, WatchId,
 };
-use crate::journal::{Journal, JournalError, Store};
+use crate::journal::{Journal, JournalError, Snapshots, Store};
 use crate::model::{Contact, Time};
 use crate::shared::SharedEngine;
 use crate::telemetry::{self, DecisionMetrics};
@@ -49,17 +49,6 @@ pub struct Submitted<O, R> {
     also: R,
 }
 
-/// A snapshot queued for the journal.
-#[derive(Debug, Clone, Copy)]
-pub struct Snapshot {
-    /// The sequence number of the last command it covers.
-    pub seq: u64,
-    /// Its encoded size.
-    pub bytes: usize,
-    /// How long encoding it held the engine's lock.
-    pub pause: std::time::Duration,
-}
-
 /// An event as watchers get it: the sequence number of the command that
 /// decided it, the domain event their filters read, and its wire form,
 /// converted once for all of them.
@@ -74,13 +63,15 @@ const WATCHER_STALL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Routing {
     /// A service over `engine`, reading time from `clock`, logging every
-    /// command to `store` (none: memory only) after `last_seq`; `failed` is
-    /// told if a journal write fails.
+    /// command to `store` (none: memory only) after `last_seq`, with
+    /// `snapshots` of the log taken off the serving path; `failed` is told
+    /// if a journal write fails.
     pub fn new(
         engine: Arc<SharedEngine>,
         clock: Arc<dyn Clock>,
         stopping: watch::Receiver<bool>,
         (store, last_seq): (Option<Store>, u64),
+        snapshots: Option<Snapshots>,
         failed: impl FnOnce(&JournalError) + Send + 'static,
     ) -> Routing {
         let events = broadcast::channel(EVENT_BUFFER).0;
@@ -88,6 +79,7 @@ impl Routing {
         let journal = Journal::start(
             store,
             last_seq,
+            snapshots,
             move |batch: Vec<Published>| {
                 for p in batch {
                     // With no watcher connected nothing was offered; a
@@ -194,33 +186,6 @@ impl Routing {
         let submitted = self.submit(command)?;
         self.durable(submitted.seq).await?;
         submitted.out.map_err(Status::from)
-    }
-
-    /// Queues a snapshot of the engine for the journal: its state after
-    /// the last command logged. The state is encoded under the
-    /// engine's lock (a pause of calls, measured in BENCHMARKS.md) and
-    /// written by the journal's writer after the commands before it.
-    pub fn snapshot(&self) -> Result<Snapshot, Status> {
-        let (seq, at, state, pause) = {
-            let engine = self.engine.lock()?;
-            let locked = std::time::Instant::now();
-            let at = engine.now().unwrap_or_else(|| self.clock.now());
-            let state = engine.encode_state();
-            (self.journal.last(), at, state, locked.elapsed())
-        };
-        let state = state.map_err(|e| Status::internal(e.to_string()))?;
-        let taken = Snapshot {
-            seq,
-            bytes: state.len(),
-            pause,
-        };
-        self.journal.snapshot(seq, at, state);
-        Ok(taken)
-    }
-
-    /// The sequence number of the last command logged.
-    pub fn last_logged(&self) -> u64 {
-        self.journal.last()
     }
 
     /// When the engine is next due, updated after every call.

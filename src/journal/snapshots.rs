@@ -1,0 +1,236 @@
+//! Snapshots of the engine's state, taken off the serving path: a copy of
+//! the engine (the shadow) is kept current on its own thread by applying
+//! every command once it is written, exactly as a restart would replay it,
+//! and it is the shadow that is encoded and saved. Serving never waits for
+//! a snapshot, whatever the state's size. Snapshots live in their own
+//! database (`snapshots.db`), so writing a large one never holds up the
+//! command log; after each, the log before the previous snapshot is
+//! compacted, keeping one fallback.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use rusqlite::{Connection, params};
+
+use super::{JournalError, WAL_LIMIT};
+use crate::config::JournalSync;
+use crate::engine::{Command, Engine, STATE_FORMAT};
+use crate::model::Time;
+
+/// The snapshot database inside the data directory.
+pub const SNAPSHOT_FILE: &str = "snapshots.db";
+
+/// The snapshot database.
+pub struct SnapshotFile {
+    conn: Connection,
+    file: PathBuf,
+}
+
+/// A snapshot loaded at start, or the newer ones refused with why.
+pub type Loaded = (Option<(u64, Engine)>, Vec<(u64, String)>);
+
+impl SnapshotFile {
+    /// Opens (creating if needed) the snapshot database in `dir`.
+    pub fn open(dir: &Path, sync: JournalSync) -> Result<SnapshotFile, JournalError> {
+        let file = dir.join(SNAPSHOT_FILE);
+        let sql = |source| JournalError::Sqlite {
+            file: file.clone(),
+            source,
+        };
+        let conn = Connection::open(&file).map_err(sql)?;
+        let synchronous = match sync {
+            JournalSync::Write => "OFF",
+            JournalSync::Fsync => "FULL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = {synchronous};
+             PRAGMA journal_size_limit = {WAL_LIMIT};
+             CREATE TABLE IF NOT EXISTS snapshots (
+                 seq INTEGER PRIMARY KEY,
+                 at_us INTEGER NOT NULL,
+                 format INTEGER NOT NULL,
+                 body BLOB NOT NULL,
+                 crc INTEGER NOT NULL
+             );"
+        ))
+        .map_err(sql)?;
+        Ok(SnapshotFile { conn, file })
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> JournalError {
+        JournalError::Sqlite {
+            file: self.file.clone(),
+            source,
+        }
+    }
+
+    /// The newest snapshot that reads back whole (checksum, layout,
+    /// decoding), and the newer ones refused, with why.
+    pub fn load(&self) -> Result<Loaded, JournalError> {
+        let mut refused = Vec::new();
+        let mut rows = self
+            .conn
+            .prepare("SELECT seq, body, crc FROM snapshots ORDER BY seq DESC")
+            .map_err(|e| self.sql(e))?;
+        let mut rows = rows.query([]).map_err(|e| self.sql(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.sql(e))? {
+            let read = || -> Result<(u64, Engine), (u64, String)> {
+                let seq: i64 = row.get(0).map_err(|e| (0, e.to_string()))?;
+                let seq = seq as u64;
+                let body: Vec<u8> = row.get(1).map_err(|e| (seq, e.to_string()))?;
+                let crc: i64 = row.get(2).map_err(|e| (seq, e.to_string()))?;
+                if i64::from(crc32fast::hash(&body)) != crc {
+                    return Err((seq, "checksum mismatch".to_owned()));
+                }
+                let engine = Engine::decode_state(&body).map_err(|e| (seq, e.to_string()))?;
+                Ok((seq, engine))
+            };
+            match read() {
+                Ok(loaded) => return Ok((Some(loaded), refused)),
+                Err(why) => refused.push(why),
+            }
+        }
+        Ok((None, refused))
+    }
+
+    /// Keeps `state`, the engine after record `seq` (applied up to `at`),
+    /// and drops the snapshots before the previous one. Returns the
+    /// previous one's sequence number: the log up to it is no longer
+    /// needed.
+    fn save(&mut self, seq: u64, at: Time, state: &[u8]) -> Result<Option<u64>, JournalError> {
+        let file = self.file.clone();
+        let sql = |source| JournalError::Sqlite {
+            file: file.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        tx.execute(
+            "INSERT OR REPLACE INTO snapshots (seq, at_us, format, body, crc) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                seq as i64,
+                at.timestamp_micros(),
+                STATE_FORMAT,
+                state,
+                i64::from(crc32fast::hash(state))
+            ],
+        )
+        .map_err(sql)?;
+        let previous: Option<i64> = tx
+            .query_row(
+                "SELECT MAX(seq) FROM snapshots WHERE seq < ?1",
+                params![seq as i64],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        if let Some(previous) = previous {
+            tx.execute("DELETE FROM snapshots WHERE seq < ?1", params![previous])
+                .map_err(sql)?;
+        }
+        tx.commit().map_err(sql)?;
+        Ok(previous.map(|p| p as u64))
+    }
+}
+
+/// When snapshots are taken, and the engine copy they are taken from.
+pub struct Snapshots {
+    /// A copy of the engine as it stands after the last record written.
+    pub shadow: Engine,
+    /// A snapshot once this many commands were applied since the last.
+    pub every: u64,
+    /// And at least this often while commands are applied.
+    pub interval: Duration,
+}
+
+/// Written commands, in order, for the shadow.
+pub(super) type Written = Vec<(u64, Time, Command)>;
+
+impl Snapshots {
+    /// Runs the shadow on its own thread: it applies what `written` sends
+    /// and saves snapshots to `file`; each saved one sends, on `compact`,
+    /// the record up to which the log may go.
+    pub(super) fn spawn(
+        self,
+        mut file: SnapshotFile,
+        last_seq: u64,
+        written: mpsc::Receiver<Written>,
+        compact: mpsc::Sender<u64>,
+    ) -> std::io::Result<()> {
+        let Snapshots {
+            mut shadow,
+            every,
+            interval,
+        } = self;
+        std::thread::Builder::new()
+            .name("snapshots".into())
+            .spawn(move || {
+                let mut at_seq = last_seq;
+                let mut since = 0u64;
+                let mut last_snapshot = Instant::now();
+                loop {
+                    let wait = if since == 0 {
+                        Duration::MAX
+                    } else {
+                        interval.saturating_sub(last_snapshot.elapsed())
+                    };
+                    let batch = match written.recv_timeout(wait.min(Duration::from_secs(3600))) {
+                        Ok(batch) => Some(batch),
+                        Err(mpsc::RecvTimeoutError::Timeout) => None,
+                        // The writer stopped: so does the shadow.
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    };
+                    for (seq, at, command) in batch.into_iter().flatten() {
+                        // Refusals were refused the first time too.
+                        let _ = shadow.apply(command, at);
+                        at_seq = seq;
+                        since += 1;
+                    }
+                    shadow.take_events();
+                    let due =
+                        since >= every || (since > 0 && last_snapshot.elapsed() >= interval);
+                    if !due {
+                        continue;
+                    }
+                    let started = Instant::now();
+                    let at = shadow.now().unwrap_or_else(chrono::Utc::now);
+                    let outcome = shadow
+                        .encode_state()
+                        .map_err(|e| JournalError::Encode(e.to_string()))
+                        .and_then(|state| {
+                            let previous = file.save(at_seq, at, &state)?;
+                            Ok((state.len(), previous))
+                        });
+                    // Whatever came of it, not again before the next
+                    // interval or count.
+                    since = 0;
+                    last_snapshot = Instant::now();
+                    match outcome {
+                        Ok((bytes, previous)) => {
+                            if let Some(previous) = previous {
+                                let _ = compact.send(previous);
+                            }
+                            let took = started.elapsed();
+                            crate::telemetry::record_snapshot(took, bytes);
+                            tracing::info!(
+                                seq = at_seq,
+                                bytes,
+                                took_ms = took.as_millis() as u64,
+                                "journal: snapshot saved"
+                            );
+                        }
+                        Err(e) => {
+                            crate::telemetry::record_snapshot_failure();
+                            tracing::error!(
+                                error = %e,
+                                "journal: a snapshot cannot be saved; the log is kept whole until one is"
+                            );
+                        }
+                    }
+                }
+            })
+            .map(drop)
+    }
+}

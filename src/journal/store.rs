@@ -1,0 +1,273 @@
+//! The journal's command log on disk: opened, checked and read back at
+//! start (sequence and checksum of every record, a torn tail cut), written
+//! in batches by the writer, compacted behind the snapshots.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, params};
+
+use super::snapshots::SnapshotFile;
+use super::{FILE, JournalError, WAL_LIMIT};
+use crate::config::JournalSync;
+use crate::engine::{Command, Engine};
+use crate::model::Time;
+
+/// What the log held at start.
+pub struct Recovered {
+    /// The newest snapshot that loaded: its sequence number and engine.
+    pub snapshot: Option<(u64, Engine)>,
+    /// Newer snapshots that did not load, each with why (the log since
+    /// an older one is replayed instead).
+    pub refused_snapshots: Vec<(u64, String)>,
+    /// The commands after the snapshot (or from the start), in order,
+    /// with their times.
+    pub records: Vec<(Time, Command)>,
+    /// The id prefix the log's engine used, if the log is not new.
+    pub id_prefix: Option<u32>,
+    /// The last sequence number kept.
+    pub last_seq: u64,
+    /// Records cut from a torn or corrupt tail: the first sequence number
+    /// cut, and why.
+    pub cut: Option<(u64, String)>,
+}
+
+/// One record, checked: its sequence number, its checksum, its body.
+fn read_record(row: &rusqlite::Row<'_>, expected: u64) -> Result<(Time, Command), String> {
+    let seq: i64 = row.get(0).map_err(|e| e.to_string())?;
+    let at: i64 = row.get(1).map_err(|e| e.to_string())?;
+    let body: String = row.get(2).map_err(|e| e.to_string())?;
+    let crc: i64 = row.get(3).map_err(|e| e.to_string())?;
+    if seq as u64 != expected {
+        return Err(format!("sequence {seq} where {expected} was due"));
+    }
+    if i64::from(crc32fast::hash(body.as_bytes())) != crc {
+        return Err("checksum mismatch".to_owned());
+    }
+    let at = Time::from_timestamp_micros(at).ok_or("time out of range")?;
+    let command: Command = serde_json::from_str(&body).map_err(|e| format!("undecodable: {e}"))?;
+    Ok((at, command))
+}
+
+/// An open journal database, before the writer takes it.
+pub struct Store {
+    conn: Connection,
+    file: PathBuf,
+    /// Where snapshots are kept, until the snapshotter takes it.
+    snapshots: Option<SnapshotFile>,
+    /// Held while the store is open: one process per journal.
+    _lock: std::fs::File,
+}
+
+impl Store {
+    /// Opens (creating if needed) the journal in `dir` and reads it back.
+    pub fn open(dir: &Path, sync: JournalSync) -> Result<(Store, Recovered), JournalError> {
+        std::fs::create_dir_all(dir).map_err(|source| JournalError::Dir {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        // One process per journal: a second one started on the same
+        // directory by mistake is refused before it writes anything.
+        let lock = std::fs::File::create(dir.join("LOCK")).map_err(|source| JournalError::Dir {
+            dir: dir.to_owned(),
+            source,
+        })?;
+        if lock.try_lock().is_err() {
+            return Err(JournalError::Locked {
+                dir: dir.to_owned(),
+            });
+        }
+        let file = dir.join(FILE);
+        let sql = |source| JournalError::Sqlite {
+            file: file.clone(),
+            source,
+        };
+        let conn = Connection::open(&file).map_err(sql)?;
+        let synchronous = match sync {
+            JournalSync::Write => "OFF",
+            JournalSync::Fsync => "FULL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = {synchronous};
+             PRAGMA journal_size_limit = {WAL_LIMIT};
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS commands (
+                 seq INTEGER PRIMARY KEY,
+                 at_us INTEGER NOT NULL,
+                 body TEXT NOT NULL,
+                 crc INTEGER NOT NULL
+             );
+"
+        ))
+        .map_err(sql)?;
+        let id_prefix =
+            match conn.query_row("SELECT value FROM meta WHERE key = 'id_prefix'", [], |r| {
+                r.get::<_, String>(0)
+            }) {
+                Ok(v) => v.parse().ok(),
+                Err(rusqlite::Error::QueryReturnedNoRows) => None,
+                Err(e) => return Err(sql(e)),
+            };
+        let snapshots = SnapshotFile::open(dir, sync)?;
+        let (snapshot, refused_snapshots) = snapshots.load()?;
+        let base = snapshot.as_ref().map_or(0, |(seq, _)| *seq);
+        let first: Option<i64> = conn
+            .query_row("SELECT MIN(seq) FROM commands", [], |r| r.get(0))
+            .map_err(sql)?;
+        if let Some(first) = first
+            && first as u64 > base + 1
+        {
+            let why = refused_snapshots
+                .iter()
+                .map(|(seq, why)| format!("snapshot {seq}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            return Err(JournalError::NoSnapshot {
+                file,
+                first: first as u64,
+                why: if why.is_empty() {
+                    "none kept".into()
+                } else {
+                    why
+                },
+            });
+        }
+        let mut records = Vec::new();
+        let mut cut = None;
+        {
+            let mut rows = conn
+                .prepare("SELECT seq, at_us, body, crc FROM commands WHERE seq > ?1 ORDER BY seq")
+                .map_err(sql)?;
+            let mut rows = rows.query(params![base as i64]).map_err(sql)?;
+            let mut expected = base + 1;
+            while let Some(row) = rows.next().map_err(sql)? {
+                let read = read_record(row, expected);
+                expected += 1;
+                match read {
+                    Ok(record) if cut.is_none() => records.push(record),
+                    // A good record after a bad one: the damage is not a
+                    // tail, and cutting would lose acknowledged commands.
+                    Ok(_) => {
+                        let (seq, why) = cut.unwrap_or_default();
+                        return Err(JournalError::Corrupt { file, seq, why });
+                    }
+                    Err(why) if cut.is_none() => cut = Some((expected - 1, why)),
+                    Err(_) => {}
+                }
+            }
+        }
+        if let Some((seq, why)) = &cut {
+            // Nothing to start from: refuse rather than start anew.
+            if *seq == 1 && snapshot.is_none() {
+                return Err(JournalError::Corrupt {
+                    file,
+                    seq: 1,
+                    why: why.clone(),
+                });
+            }
+            conn.execute("DELETE FROM commands WHERE seq >= ?1", params![*seq as i64])
+                .map_err(sql)?;
+        }
+        let last_seq = base + records.len() as u64;
+        Ok((
+            Store {
+                conn,
+                file,
+                snapshots: Some(snapshots),
+                _lock: lock,
+            },
+            Recovered {
+                snapshot,
+                refused_snapshots,
+                records,
+                id_prefix,
+                last_seq,
+                cut,
+            },
+        ))
+    }
+
+    /// Records the id prefix of a new log's engine.
+    pub fn set_id_prefix(&self, prefix: u32) -> Result<(), JournalError> {
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('id_prefix', ?1)",
+                params![prefix.to_string()],
+            )
+            .map(drop)
+            .map_err(|source| JournalError::Sqlite {
+                file: self.file.clone(),
+                source,
+            })
+    }
+
+    /// Writes `records` after `last_seq` at once (the commands of a start);
+    /// returns the last sequence number written.
+    pub fn append_now(
+        &mut self,
+        last_seq: u64,
+        records: &[(Time, Command)],
+    ) -> Result<u64, JournalError> {
+        let rows: Vec<(u64, Time, Command)> = records
+            .iter()
+            .enumerate()
+            .map(|(i, (at, c))| (last_seq + 1 + i as u64, *at, c.clone()))
+            .collect();
+        if !rows.is_empty() {
+            self.write(&rows)?;
+        }
+        Ok(last_seq + rows.len() as u64)
+    }
+
+    /// Where snapshots are kept, for the snapshotter (once).
+    pub(super) fn take_snapshots(&mut self) -> Option<SnapshotFile> {
+        self.snapshots.take()
+    }
+
+    /// Drops the records up to `upto`, at most `chunk` of them (a small
+    /// transaction between batches, so appends never wait long); returns
+    /// how far it got.
+    pub(super) fn compact(
+        &mut self,
+        done: u64,
+        upto: u64,
+        chunk: u64,
+    ) -> Result<u64, JournalError> {
+        let to = upto.min(done.saturating_add(chunk));
+        self.conn
+            .execute(
+                "DELETE FROM commands WHERE seq > ?1 AND seq <= ?2",
+                params![done as i64, to as i64],
+            )
+            .map_err(|source| JournalError::Sqlite {
+                file: self.file.clone(),
+                source,
+            })?;
+        Ok(to)
+    }
+
+    /// Writes one batch in one transaction.
+    pub(super) fn write(&mut self, batch: &[(u64, Time, Command)]) -> Result<(), JournalError> {
+        let sql = |source| JournalError::Sqlite {
+            file: self.file.clone(),
+            source,
+        };
+        let tx = self.conn.transaction().map_err(sql)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO commands (seq, at_us, body, crc) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(sql)?;
+            for (seq, at, command) in batch {
+                let body = serde_json::to_string(command)
+                    .map_err(|e| JournalError::Encode(e.to_string()))?;
+                let crc = i64::from(crc32fast::hash(body.as_bytes()));
+                insert
+                    .execute(params![*seq as i64, at.timestamp_micros(), body, crc])
+                    .map_err(sql)?;
+            }
+        }
+        tx.commit().map_err(sql)
+    }
+}
