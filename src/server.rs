@@ -31,7 +31,7 @@ use crate::grpc::{
     deadline::RequestDeadlineLayer, layer::RpcMetricsLayer, panic::CatchPanicLayer, pb,
 };
 use crate::incoming::Prefaced;
-use crate::journal::{JournalError, Snapshots, Store};
+use crate::journal::{Every, JournalError, Replay, Snapshots, Store};
 use crate::policy::{self, Policy};
 use crate::roster;
 use crate::shared::{Fatal, SharedEngine};
@@ -119,6 +119,36 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
         let (store, recovered) = Store::open(&config.data_dir, config.journal_sync)?;
         (Some(store), Some(recovered))
     };
+    // A log's engine keeps the log's id prefix.
+    if let Some(prefix) = recovered.as_ref().and_then(|r| r.id_prefix) {
+        engine_config.id_prefix = prefix;
+    }
+    // The snapshot shadow rebuilds its own copy of the log's engine on its
+    // own thread, while this one replays.
+    let mut store = store;
+    let snapshots = match store.as_mut() {
+        Some(store) => {
+            let file = store.take_snapshots().ok_or_else(|| {
+                JournalError::Failed("the snapshot database was taken twice".into())
+            })?;
+            let every = Every {
+                commands: config.snapshot_every,
+                interval: config.snapshot_interval,
+            };
+            let upto = recovered.as_ref().map_or(0, |r| r.last_seq);
+            let started = Snapshots::start(
+                file,
+                store.file().to_owned(),
+                upto,
+                engine_config.clone(),
+                every,
+            );
+            Some(started.map_err(|e| {
+                JournalError::Failed(format!("cannot start the snapshot shadow: {e}"))
+            })?)
+        }
+        None => None,
+    };
     // What this start adds to the log, applied as it is logged.
     let mut added: Vec<(crate::model::Time, Command)> = Vec::new();
     let mut last_seq = 0;
@@ -142,29 +172,18 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
             }
             last_seq = r.last_seq;
             let replayed = r.records.len();
-            let mut records = r.records.into_iter();
             let snapshot = r.snapshot.as_ref().map(|(seq, _)| *seq);
-            let mut engine = match r.snapshot {
-                Some((_, engine)) => engine,
-                None => {
-                    let (Some((_, Command::ReplacePolicy(ReplacePolicy(start)))), Some(prefix)) =
-                        (records.next(), r.id_prefix)
-                    else {
-                        return Err(ServerError::Journal(JournalError::NoStart {
-                            file: config.data_dir.join(crate::journal::FILE),
-                        }));
-                    };
-                    engine_config.id_prefix = prefix;
-                    Engine::new(start, engine_config)
-                }
+            let no_start = || JournalError::NoStart {
+                file: config.data_dir.join(crate::journal::FILE),
             };
-            for (at, command) in records {
-                // Refusals were refused the first time too: the state they
-                // left is the same.
-                let _ = engine.apply(command, at);
+            if r.snapshot.is_none() && r.id_prefix.is_none() {
+                return Err(no_start().into());
             }
-            // Published the first time.
-            engine.take_events();
+            let mut replay = Replay::new(r.snapshot.map(|(_, e)| e), engine_config);
+            for (at, command) in r.records {
+                replay.apply(at, command).map_err(|_| no_start())?;
+            }
+            let engine = replay.finish().ok_or_else(no_start)?;
             added.push((now, Command::Restarted));
             // Limits changed by this start's flags are a logged change; the
             // log before it replays under its own.
@@ -230,26 +249,15 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
             .map_err(|e| ServerError::RosterAgent(e.to_string()))?;
     }
     engine.take_events();
-    let store = match store {
-        Some(mut store) => {
-            last_seq = store.append_now(last_seq, &added)?;
-            Some(store)
+    if let Some(store) = store.as_mut() {
+        let rows = store.append_now(last_seq, added)?;
+        last_seq += rows.len() as u64;
+        if let Some(shadow) = &snapshots
+            && !shadow.feed(rows)
+        {
+            return Err(JournalError::Failed("the snapshot shadow stopped".into()).into());
         }
-        None => None,
-    };
-    // The shadow starts as a copy of the engine as it now stands, through
-    // the snapshot codec (which the shadow's snapshots then go through).
-    let snapshots = match &store {
-        Some(_) => Some(Snapshots {
-            shadow: engine
-                .encode_state()
-                .and_then(|state| Engine::decode_state(&state))
-                .map_err(|e| ServerError::Journal(JournalError::Encode(e.to_string())))?,
-            every: config.snapshot_every,
-            interval: config.snapshot_interval,
-        }),
-        None => None,
-    };
+    }
     Ok(Prepared {
         engine,
         journal: (store, last_seq),

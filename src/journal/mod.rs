@@ -16,6 +16,7 @@
 //! keeping the snapshot before it and the commands since, so a damaged
 //! newest snapshot falls back to the one before.
 
+mod replay;
 mod snapshots;
 mod store;
 
@@ -33,7 +34,8 @@ use tokio::sync::watch;
 
 use crate::engine::Command;
 use crate::model::Time;
-pub use snapshots::{SNAPSHOT_FILE, Snapshots};
+pub use replay::{NoStart, Replay};
+pub use snapshots::{Every, SNAPSHOT_FILE, SnapshotFile, Snapshots};
 pub use store::{Recovered, Store};
 
 /// The database file inside the data directory.
@@ -175,7 +177,7 @@ pub struct Journal<T> {
 
 impl<T: Send + 'static> Journal<T> {
     /// Starts the writer on `store` (none: publish only), continuing after
-    /// `last_seq`, with `snapshots` taken from a shadow engine if given.
+    /// `last_seq`, feeding the snapshot shadow if given.
     /// `publish` receives each command's events once its batch is written,
     /// in order; `failed` is called once if a write fails.
     pub fn start(
@@ -199,22 +201,6 @@ impl<T: Send + 'static> Journal<T> {
             .name("journal".into())
             .spawn(move || {
                 let mut store = store;
-                // The shadow is fed each batch once written, and answers
-                // with how far the log may be compacted.
-                let (compact_tx, compact_rx) = mpsc::channel::<u64>();
-                let mut shadow = None;
-                if let (Some(snapshots), Some(file)) =
-                    (snapshots, store.as_mut().and_then(Store::take_snapshots))
-                {
-                    let (feed, fed) = mpsc::channel();
-                    if let Err(e) = snapshots.spawn(file, last_seq, fed, compact_tx) {
-                        alarm.raise(JournalError::Failed(format!(
-                            "cannot start the snapshot thread: {e}"
-                        )));
-                        return;
-                    }
-                    shadow = Some(feed);
-                }
                 let (mut compacted, mut compact_to) = (0u64, 0u64);
                 loop {
                     let first = if compacted < compact_to {
@@ -256,15 +242,14 @@ impl<T: Send + 'static> Journal<T> {
                     }
                     alarm.written.send_modify(|w| w.upto = w.upto.max(upto));
                     // Then, off the answers' path, the shadow.
-                    if let Some(feed) = &shadow
-                        && !rows.is_empty()
-                        && feed.send(rows).is_err()
-                    {
-                        alarm.raise(JournalError::Failed("the snapshot thread stopped".into()));
-                        return;
-                    }
-                    while let Ok(to) = compact_rx.try_recv() {
-                        compact_to = compact_to.max(to);
+                    if let Some(shadow) = &snapshots {
+                        if !rows.is_empty() && !shadow.feed(rows) {
+                            alarm.raise(JournalError::Failed("the snapshot shadow stopped".into()));
+                            return;
+                        }
+                        while let Ok(to) = shadow.compact.try_recv() {
+                            compact_to = compact_to.max(to);
+                        }
                     }
                     if let Some(store) = store.as_mut()
                         && compacted < compact_to

@@ -1,7 +1,7 @@
 //! Snapshots of the engine's state, taken off the serving path: a copy of
-//! the engine (the shadow) is kept current on its own thread by applying
-//! every command once it is written, exactly as a restart would replay it,
-//! and it is the shadow that is encoded and saved. Serving never waits for
+//! the engine (the shadow) is rebuilt at start and kept current on its own
+//! thread by applying every command once it is written, exactly as a
+//! restart would replay it, and it is the shadow that is encoded and saved. Serving never waits for
 //! a snapshot, whatever the state's size. Snapshots live in their own
 //! database (`snapshots.db`), so writing a large one never holds up the
 //! command log; after each, the log before the previous snapshot is
@@ -15,9 +15,11 @@ use std::{
 
 use rusqlite::{Connection, params};
 
+use super::replay::Replay;
+use super::store::read_record;
 use super::{JournalError, WAL_LIMIT};
 use crate::config::JournalSync;
-use crate::engine::{Command, Engine, STATE_FORMAT};
+use crate::engine::{Command, Engine, EngineConfig, STATE_FORMAT};
 use crate::model::Time;
 
 /// The snapshot database inside the data directory.
@@ -135,12 +137,18 @@ impl SnapshotFile {
     }
 }
 
-/// When snapshots are taken, and the engine copy they are taken from.
+/// The shadow's thread: what feeds it, and what it answers (how far the
+/// log may be compacted).
 pub struct Snapshots {
-    /// A copy of the engine as it stands after the last record written.
-    pub shadow: Engine,
-    /// A snapshot once this many commands were applied since the last.
-    pub every: u64,
+    feed: mpsc::Sender<Written>,
+    pub(super) compact: mpsc::Receiver<u64>,
+}
+
+/// When snapshots are taken.
+#[derive(Debug, Clone, Copy)]
+pub struct Every {
+    /// Once this many commands were applied since the last.
+    pub commands: u64,
     /// And at least this often while commands are applied.
     pub interval: Duration,
 }
@@ -149,51 +157,62 @@ pub struct Snapshots {
 pub(super) type Written = Vec<(u64, Time, Command)>;
 
 impl Snapshots {
-    /// Runs the shadow on its own thread: it applies what `written` sends
-    /// and saves snapshots to `file`; each saved one sends, on `compact`,
-    /// the record up to which the log may go.
-    pub(super) fn spawn(
-        self,
+    /// Starts the shadow on its own thread. It first rebuilds the engine
+    /// as a restart does, from the newest snapshot in `file` that loads and
+    /// the records of the log at `log` after it up to `upto` (in parallel
+    /// with the start's own replay), building a new engine under `config`;
+    /// then it applies what is fed, in order, and saves a snapshot when
+    /// one is due.
+    pub fn start(
         mut file: SnapshotFile,
-        last_seq: u64,
-        written: mpsc::Receiver<Written>,
-        compact: mpsc::Sender<u64>,
-    ) -> std::io::Result<()> {
-        let Snapshots {
-            mut shadow,
-            every,
-            interval,
-        } = self;
+        log: PathBuf,
+        upto: u64,
+        config: EngineConfig,
+        every: Every,
+    ) -> std::io::Result<Snapshots> {
+        let (feed, written) = mpsc::channel::<Written>();
+        let (compact, compacted) = mpsc::channel();
         std::thread::Builder::new()
             .name("snapshots".into())
             .spawn(move || {
-                let mut at_seq = last_seq;
+                let mut replay = match rebuild(&file, &log, upto, config) {
+                    Ok(replay) => replay,
+                    Err(e) => {
+                        // The writer finds the feed closed and stops the
+                        // service: a log no snapshot is taken of grows
+                        // without bound.
+                        tracing::error!(error = %e, "journal: the snapshot shadow cannot be rebuilt");
+                        return;
+                    }
+                };
+                let mut at_seq = upto;
                 let mut since = 0u64;
                 let mut last_snapshot = Instant::now();
                 loop {
                     let wait = if since == 0 {
-                        Duration::MAX
+                        Duration::from_secs(3600)
                     } else {
-                        interval.saturating_sub(last_snapshot.elapsed())
+                        every.interval.saturating_sub(last_snapshot.elapsed())
                     };
-                    let batch = match written.recv_timeout(wait.min(Duration::from_secs(3600))) {
+                    let batch = match written.recv_timeout(wait) {
                         Ok(batch) => Some(batch),
                         Err(mpsc::RecvTimeoutError::Timeout) => None,
                         // The writer stopped: so does the shadow.
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     };
                     for (seq, at, command) in batch.into_iter().flatten() {
-                        // Refusals were refused the first time too.
-                        let _ = shadow.apply(command, at);
+                        if replay.apply(at, command).is_err() {
+                            tracing::error!(seq, "journal: the log fed to the snapshot shadow does not start with its policy");
+                            return;
+                        }
                         at_seq = seq;
                         since += 1;
                     }
-                    shadow.take_events();
-                    let due =
-                        since >= every || (since > 0 && last_snapshot.elapsed() >= interval);
-                    if !due {
+                    let due = since >= every.commands
+                        || (since > 0 && last_snapshot.elapsed() >= every.interval);
+                    let Some(shadow) = replay.engine().filter(|_| due) else {
                         continue;
-                    }
+                    };
                     let started = Instant::now();
                     let at = shadow.now().unwrap_or_else(chrono::Utc::now);
                     let outcome = shadow
@@ -230,7 +249,55 @@ impl Snapshots {
                         }
                     }
                 }
-            })
-            .map(drop)
+            })?;
+        Ok(Snapshots {
+            feed,
+            compact: compacted,
+        })
     }
+
+    /// Feeds the shadow records just written; false if it has stopped.
+    pub fn feed(&self, rows: Written) -> bool {
+        self.feed.send(rows).is_ok()
+    }
+}
+
+/// The shadow's engine as a restart would rebuild it: the newest snapshot
+/// that loads, then the log after it up to `upto`.
+fn rebuild(
+    file: &SnapshotFile,
+    log: &Path,
+    upto: u64,
+    config: EngineConfig,
+) -> Result<Replay, JournalError> {
+    let (snapshot, _) = file.load()?;
+    let base = snapshot.as_ref().map_or(0, |(seq, _)| *seq);
+    let mut replay = Replay::new(snapshot.map(|(_, engine)| engine), config);
+    let sql = |source| JournalError::Sqlite {
+        file: log.to_owned(),
+        source,
+    };
+    let conn = Connection::open_with_flags(log, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(sql)?;
+    let mut rows = conn
+        .prepare(
+            "SELECT seq, at_us, body, crc FROM commands WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+        )
+        .map_err(sql)?;
+    let mut rows = rows.query(params![base as i64, upto as i64]).map_err(sql)?;
+    let mut expected = base + 1;
+    while let Some(row) = rows.next().map_err(sql)? {
+        let (at, command) = read_record(row, expected).map_err(|why| JournalError::Corrupt {
+            file: log.to_owned(),
+            seq: expected,
+            why,
+        })?;
+        replay
+            .apply(at, command)
+            .map_err(|_| JournalError::NoStart {
+                file: log.to_owned(),
+            })?;
+        expected += 1;
+    }
+    Ok(replay)
 }

@@ -32,7 +32,10 @@ pub struct Recovered {
 }
 
 /// One record, checked: its sequence number, its checksum, its body.
-fn read_record(row: &rusqlite::Row<'_>, expected: u64) -> Result<(Time, Command), String> {
+pub(super) fn read_record(
+    row: &rusqlite::Row<'_>,
+    expected: u64,
+) -> Result<(Time, Command), String> {
     let seq: i64 = row.get(0).map_err(|e| e.to_string())?;
     let at: i64 = row.get(1).map_err(|e| e.to_string())?;
     let body: String = row.get(2).map_err(|e| e.to_string())?;
@@ -52,7 +55,7 @@ fn read_record(row: &rusqlite::Row<'_>, expected: u64) -> Result<(Time, Command)
 pub struct Store {
     conn: Connection,
     file: PathBuf,
-    /// Where snapshots are kept, until the snapshotter takes it.
+    /// Where snapshots are kept, until the shadow takes it.
     snapshots: Option<SnapshotFile>,
     /// Held while the store is open: one process per journal.
     _lock: std::fs::File,
@@ -202,25 +205,30 @@ impl Store {
     }
 
     /// Writes `records` after `last_seq` at once (the commands of a start);
-    /// returns the last sequence number written.
+    /// returns them numbered.
     pub fn append_now(
         &mut self,
         last_seq: u64,
-        records: &[(Time, Command)],
-    ) -> Result<u64, JournalError> {
+        records: Vec<(Time, Command)>,
+    ) -> Result<Vec<(u64, Time, Command)>, JournalError> {
         let rows: Vec<(u64, Time, Command)> = records
-            .iter()
+            .into_iter()
             .enumerate()
-            .map(|(i, (at, c))| (last_seq + 1 + i as u64, *at, c.clone()))
+            .map(|(i, (at, c))| (last_seq + 1 + i as u64, at, c))
             .collect();
         if !rows.is_empty() {
             self.write(&rows)?;
         }
-        Ok(last_seq + rows.len() as u64)
+        Ok(rows)
     }
 
-    /// Where snapshots are kept, for the snapshotter (once).
-    pub(super) fn take_snapshots(&mut self) -> Option<SnapshotFile> {
+    /// The database file of the command log.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// The snapshot database, for the shadow (once).
+    pub fn take_snapshots(&mut self) -> Option<SnapshotFile> {
         self.snapshots.take()
     }
 
