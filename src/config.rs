@@ -29,6 +29,25 @@ pub enum Command {
         #[arg(required = true)]
         policies: Vec<PathBuf>,
     },
+    /// Print a range of the journal as JSON lines, for audit, without
+    /// starting the service (it may be running). Exits non-zero if a record
+    /// in the range cannot be read (it is reported and skipped).
+    Journal {
+        /// The data directory whose journal to read.
+        #[arg(long, env = "CAREROUTE_DATA_DIR", default_value = "careroute-data")]
+        data_dir: PathBuf,
+        /// The first record (sequence number).
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// The last record (default: the last one kept).
+        #[arg(long)]
+        to: Option<u64>,
+        /// Replay the log (from the snapshot before `--from`) to show what
+        /// each command decided: decision, rule, reasons, outcome, agent,
+        /// reservation, or the refusal; and what it set off.
+        #[arg(long)]
+        outcomes: bool,
+    },
 }
 
 /// How logs are written.

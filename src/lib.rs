@@ -14,7 +14,9 @@
 //!   wait), contact paths; every change a command through its one door,
 //!   [`engine::Engine::apply`].
 //! - [`journal`]: the log of those commands on disk (SQLite), written before
-//!   each answer leaves and replayed at start.
+//!   each answer leaves, snapshotted from a shadow engine, and replayed
+//!   from the last snapshot at start.
+//! - [`audit`]: the log read by a person (`careroute journal`).
 //! - [`roster`]: roster files (the demo agents loaded at start).
 //! - [`file`]: errors in policy and roster files, with file, line and field.
 //! - [`grpc`]: the edge: generated types, validation and conversion, the
@@ -69,6 +71,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod engine;

@@ -1,10 +1,12 @@
 //! The careroute binary: parse flags, set up tracing, build the engine and
 //! serve until SIGTERM or Ctrl-C; or `careroute check FILE...` to validate
-//! policy files before they go live.
+//! policy files before they go live; or `careroute journal` to print the
+//! log for audit.
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use careroute::{
+    audit,
     clock::SystemClock,
     config::{Cli, Command, Config},
     policy, server, telemetry,
@@ -15,6 +17,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { policies }) => check(&policies),
+        Some(Command::Journal {
+            data_dir,
+            from,
+            to,
+            outcomes,
+        }) => journal(&data_dir, from, to.unwrap_or(u64::MAX), outcomes),
         Some(Command::Serve) | None => serve(cli.serve),
     }
 }
@@ -40,6 +48,40 @@ fn check(paths: &[PathBuf]) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+fn journal(data_dir: &std::path::Path, from: u64, to: u64, outcomes: bool) -> ExitCode {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let exported = audit::export(data_dir, from, to, outcomes, &mut out).and_then(|e| {
+        std::io::Write::flush(&mut out)
+            .map(|()| e)
+            .map_err(Into::into)
+    });
+    match exported {
+        Ok(e) => {
+            if let Some((first, last)) = e.span {
+                eprintln!(
+                    "careroute journal: {} records written; the log keeps records {first} to {last}",
+                    e.records
+                );
+            } else {
+                eprintln!("careroute journal: the log is empty");
+            }
+            for (seq, why) in &e.damaged {
+                eprintln!("careroute journal: record {seq} cannot be read ({why}); skipped");
+            }
+            if e.damaged.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("careroute journal: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

@@ -370,3 +370,83 @@ async fn a_restart_loads_the_snapshot_and_a_damaged_one_falls_back_to_the_one_be
     assert!(why.contains("no snapshot can be loaded"), "{why}");
     assert!(why.contains(&format!("before record {first}")), "{why}");
 }
+
+/// Runs `careroute journal` on `data` with `args`: whether it succeeded,
+/// its lines parsed, and its stderr.
+fn export(data: &std::path::Path, args: &[&str]) -> (bool, Vec<serde_json::Value>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_careroute"))
+        .arg("journal")
+        .arg("--data-dir")
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap();
+    let lines = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (
+        out.status.success(),
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_journal_export_shows_every_record_and_what_it_decided() {
+    let data = fresh_data_dir();
+    let policy = policy_file(&data);
+    let args = ["--policy", policy.as_str()];
+    let mut p = Process::start_in(&data, &args, "info");
+    let mut c = client(&p).await;
+    agent(&mut c, "b1", "Billing", "billing").await;
+    let d = c
+        .route_contact(contact("c-1", "billing"))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(pb::route_contact_response::Outcome::Agent(offer)) = &d.outcome else {
+        panic!("{d:?}")
+    };
+
+    // Read while the service runs, replayed: the decision as answered.
+    let (ok, lines, stderr) = export(&data, &["--outcomes"]);
+    assert!(ok, "{stderr}");
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    let routed = lines
+        .iter()
+        .find(|l| l["command"]["route"]["contact_id"] == "c-1")
+        .expect("the route is logged");
+    assert_eq!(routed["result"]["decision_id"], d.decision_id.as_str());
+    assert_eq!(routed["result"]["outcome"], "agent");
+    assert_eq!(routed["result"]["agent_id"], "b1");
+    assert_eq!(
+        routed["result"]["reservation_id"],
+        offer.reservation_id.as_str()
+    );
+    assert!(routed["at"].as_str().unwrap().ends_with('Z'));
+
+    // A range, as stored.
+    let (ok, lines, _) = export(&data, &["--from", "2", "--to", "3"]);
+    assert!(ok);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["seq"], 2);
+    assert!(lines[0].get("result").is_none());
+
+    // A damaged record is reported, skipped, and fails the export.
+    p.signal("KILL");
+    p.wait_exit(Duration::from_secs(10)).unwrap();
+    let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
+    db.execute("UPDATE commands SET crc = crc + 1 WHERE seq = 3", [])
+        .unwrap();
+    drop(db);
+    let (ok, lines, stderr) = export(&data, &["--to", "4"]);
+    assert!(!ok);
+    assert_eq!(lines.len(), 3);
+    assert!(
+        stderr.contains("record 3 cannot be read (checksum mismatch); skipped"),
+        "{stderr}"
+    );
+}

@@ -36,7 +36,7 @@ use crate::engine::Command;
 use crate::model::Time;
 pub use replay::{NoStart, Replay};
 pub use snapshots::{Every, SNAPSHOT_FILE, SnapshotFile, Snapshots};
-pub use store::{Recovered, Store};
+pub use store::{LogReader, Recovered, Store};
 
 /// The database file inside the data directory.
 pub const FILE: &str = "careroute.db";

@@ -70,15 +70,36 @@ impl SnapshotFile {
         }
     }
 
+    /// Opens the snapshot database in `dir` read-only, if there is one.
+    pub fn open_read_only(dir: &Path) -> Result<Option<SnapshotFile>, JournalError> {
+        let file = dir.join(SNAPSHOT_FILE);
+        if !file.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|source| JournalError::Sqlite {
+            file: file.clone(),
+            source,
+        })?;
+        Ok(Some(SnapshotFile { conn, file }))
+    }
+
     /// The newest snapshot that reads back whole (checksum, layout,
     /// decoding), and the newer ones refused, with why.
     pub fn load(&self) -> Result<Loaded, JournalError> {
+        self.load_before(u64::MAX)
+    }
+
+    /// [`SnapshotFile::load`] among the snapshots of records before `seq`.
+    pub fn load_before(&self, seq: u64) -> Result<Loaded, JournalError> {
         let mut refused = Vec::new();
         let mut rows = self
             .conn
-            .prepare("SELECT seq, body, crc FROM snapshots ORDER BY seq DESC")
+            .prepare("SELECT seq, body, crc FROM snapshots WHERE seq < ?1 ORDER BY seq DESC")
             .map_err(|e| self.sql(e))?;
-        let mut rows = rows.query([]).map_err(|e| self.sql(e))?;
+        let mut rows = rows
+            .query(params![seq.min(i64::MAX as u64) as i64])
+            .map_err(|e| self.sql(e))?;
         while let Some(row) = rows.next().map_err(|e| self.sql(e))? {
             let read = || -> Result<(u64, Engine), (u64, String)> {
                 let seq: i64 = row.get(0).map_err(|e| (0, e.to_string()))?;

@@ -279,3 +279,78 @@ impl Store {
         tx.commit().map_err(sql)
     }
 }
+
+/// The log read without the service (audit and export): read-only, no
+/// lock, so it can be read while the service runs.
+pub struct LogReader {
+    conn: Connection,
+    file: PathBuf,
+}
+
+impl LogReader {
+    /// Opens the log in `dir` read-only.
+    pub fn open(dir: &Path) -> Result<LogReader, JournalError> {
+        let file = dir.join(FILE);
+        let conn = Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|source| JournalError::Sqlite {
+            file: file.clone(),
+            source,
+        })?;
+        Ok(LogReader { conn, file })
+    }
+
+    fn sql(&self, source: rusqlite::Error) -> JournalError {
+        JournalError::Sqlite {
+            file: self.file.clone(),
+            source,
+        }
+    }
+
+    /// The first and last records kept (none: an empty log).
+    pub fn span(&self) -> Result<Option<(u64, u64)>, JournalError> {
+        let (first, last): (Option<i64>, Option<i64>) = self
+            .conn
+            .query_row("SELECT MIN(seq), MAX(seq) FROM commands", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(|e| self.sql(e))?;
+        Ok(first.zip(last).map(|(f, l)| (f as u64, l as u64)))
+    }
+
+    /// The id prefix of the log's engine, if recorded.
+    pub fn id_prefix(&self) -> Result<Option<u32>, JournalError> {
+        match self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'id_prefix'", [], |r| {
+                r.get::<_, String>(0)
+            }) {
+            Ok(v) => Ok(v.parse().ok()),
+            Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+            Err(e) => Err(self.sql(e)),
+        }
+    }
+
+    /// Calls `each` with every record after `after` up to `upto`, in order:
+    /// its sequence number, its body as stored (JSON), and the record
+    /// checked and decoded, or why it cannot be.
+    pub fn each(
+        &self,
+        after: u64,
+        upto: u64,
+        mut each: impl FnMut(u64, &str, Result<(Time, Command), String>),
+    ) -> Result<(), JournalError> {
+        let mut rows = self
+            .conn
+            .prepare("SELECT seq, at_us, body, crc FROM commands WHERE seq > ?1 AND seq <= ?2 ORDER BY seq")
+            .map_err(|e| self.sql(e))?;
+        let mut rows = rows
+            .query(params![after as i64, upto.min(i64::MAX as u64) as i64])
+            .map_err(|e| self.sql(e))?;
+        while let Some(row) = rows.next().map_err(|e| self.sql(e))? {
+            let seq: i64 = row.get(0).map_err(|e| self.sql(e))?;
+            let body: String = row.get(2).unwrap_or_default();
+            each(seq as u64, &body, read_record(row, seq as u64));
+        }
+        Ok(())
+    }
+}
