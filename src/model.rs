@@ -303,11 +303,14 @@ pub enum Reason {
     QueueFull,
     /// No agent free and the estimated wait is over the queue's limit.
     WaitTooLong,
+    /// An urgent contact for a clinical queue whose identity is not
+    /// verified: routed without waiting, to verify during the call.
+    IdentityDeferred,
 }
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Reason; 20] = [
+    pub const ALL: [Reason; 21] = [
         Reason::RuleMatched,
         Reason::DefaultQueue,
         Reason::EmergencyUrgency,
@@ -328,6 +331,7 @@ impl Reason {
         Reason::Queued,
         Reason::QueueFull,
         Reason::WaitTooLong,
+        Reason::IdentityDeferred,
     ];
 
     /// The snake_case name used in logs and metric labels.
@@ -353,6 +357,7 @@ impl Reason {
             Reason::Queued => "queued",
             Reason::QueueFull => "queue_full",
             Reason::WaitTooLong => "wait_too_long",
+            Reason::IdentityDeferred => "identity_deferred",
         }
     }
 }

@@ -312,6 +312,19 @@ async fn readiness_failed_identity_check() {
 }
 
 #[tokio::test]
+async fn a_failed_identity_supervisor_request_is_decided_by_the_identity_guard() {
+    let s = TestServer::start(monday_10am()).await;
+    let mut c = escalation("sup-failed", "scheduling", &[]);
+    c.identity = pb::Identity::Failed.into();
+    let d = s.route(c).await.unwrap();
+    assert_eq!(authenticate(&d).script_id, "SCRIPT-AUTH-FAILED");
+    // The guard decided, not the supervisor rule the contact matched.
+    assert_eq!(d.rule_id, "guard:identity");
+    assert!(has_reason(&d, Reason::IdentityFailed));
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn readiness_after_hours_call_triaged_by_urgency() {
     let s = TestServer::start(monday_8pm()).await;
     // Routine: next business day callback (09:00 + 2h).
@@ -330,10 +343,49 @@ async fn readiness_after_hours_call_triaged_by_urgency() {
         (d.escalation_level, d.owning_team.as_str()),
         (3, "Nurse Line")
     );
-    // Urgent but not authenticated: verify first (level 3).
+    // Urgent and not yet authenticated: clinical triage does not wait for
+    // identity. The on-call nurse line still owns it, with guidance to
+    // verify during the call.
     urgent.contact_id = "ah-3".into();
     urgent.identity = pb::Identity::NotAttempted.into();
-    authenticate(&s.route(urgent).await.unwrap());
+    let d = s.route(urgent.clone()).await.unwrap();
+    assert!(has_reason(&d, Reason::IdentityDeferred), "{d:?}");
+    assert_eq!(d.rule_id, "clinical");
+    match &d.outcome {
+        Some(pb::route_contact_response::Outcome::Agent(a)) => {
+            assert_eq!(a.queue_id, "nurse_oncall")
+        }
+        Some(pb::route_contact_response::Outcome::Queued(q)) => {
+            assert_eq!(q.queue_id, "nurse_oncall")
+        }
+        Some(pb::route_contact_response::Outcome::Callback(c)) => {
+            // The one on-call nurse is reserved for ah-2: the clinical
+            // path's own urgent callback, not an identity hold.
+            assert_eq!(c.queue_id, "nurse_oncall");
+            assert_eq!(c.reason, pb::CallbackReason::NoAgentAvailable as i32);
+        }
+        other => panic!("an urgent clinical contact held back: {other:?}"),
+    }
+    assert!(
+        d.guidance
+            .iter()
+            .any(|g| g.contains("verify identity during the call")),
+        "{:?}",
+        d.guidance
+    );
+    // A routine clinical question still verifies first (the nurse line
+    // requires identity); so does a failed check, urgent or not, when it
+    // is not clinical.
+    urgent.contact_id = "ah-3b".into();
+    urgent.urgency = pb::Urgency::Routine.into();
+    s.stop().await;
+    let s = TestServer::start(monday_10am()).await;
+    let d = s.route(urgent.clone()).await.unwrap();
+    authenticate(&d);
+    assert_eq!(d.rule_id, "guard:identity");
+    assert!(has_reason(&d, Reason::IdentityNotAttempted));
+    s.stop().await;
+    let s = TestServer::start(monday_8pm()).await;
     // Urgent callbacks get priority 1.
     let mut urgent_billing = contact("ah-4", "billing");
     urgent_billing.urgency = pb::Urgency::Urgent.into();

@@ -302,7 +302,10 @@ impl Decision {
 /// Guidance from the policy, shared with it rather than copied.
 #[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Guidance {
-    /// The matched rule's.
+    /// The identity guard's, when an urgent clinical contact goes on
+    /// before its identity is verified.
+    pub identity: Option<TextList>,
+    /// The matched rule's, when the rule decided.
     pub rule: Option<TextList>,
     /// The owning queue's.
     pub queue: Option<TextList>,
@@ -311,8 +314,9 @@ pub struct Guidance {
 impl Guidance {
     /// Every line, the rule's first.
     pub fn iter(&self) -> impl Iterator<Item = &Text> {
-        self.rule
+        self.identity
             .iter()
+            .chain(self.rule.iter())
             .chain(self.queue.iter())
             .flat_map(|l| l.iter())
     }
@@ -789,7 +793,11 @@ impl Engine {
             self.undelivered.forget(&contact.contact_id);
         }
         let plan = policy.plan(contact, facts, now);
-        let rule = plan.rule.map(|r| &policy.rules[r]);
+        // The rule that decided: none when a guard overrode it.
+        let rule = plan
+            .rule
+            .filter(|_| plan.guard.is_none())
+            .map(|r| &policy.rules[r]);
         let mut reasons = plan.reasons;
         self.next_id = self.next_id.wrapping_add(1);
         let id = DecisionId(self.id(self.next_id));
@@ -881,6 +889,9 @@ impl Engine {
             }
         };
         let guidance = Guidance {
+            identity: reasons
+                .contains(&Reason::IdentityDeferred)
+                .then(|| policy.authenticate.verify_during_call.clone()),
             rule: rule.map(|r| r.guidance.clone()),
             queue: match (queue, &outcome) {
                 (_, Outcome::Emergency { .. }) | (None, _) => None,
@@ -889,7 +900,10 @@ impl Engine {
         };
         let decision = Decision {
             id,
-            rule_id: rule.map(|r| r.id.clone()),
+            rule_id: match plan.guard {
+                Some(guard) => Some(Text::from(guard.id())),
+                None => rule.map(|r| r.id.clone()),
+            },
             reasons,
             level,
             team,

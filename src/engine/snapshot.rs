@@ -14,7 +14,7 @@ use crate::policy::Policy;
 /// The layout of the encoded state. Bump it with any change to a type the
 /// engine's state holds: a snapshot of another layout is not loaded (the
 /// log it covers is replayed instead, or the start refused).
-pub const STATE_FORMAT: u32 = 1;
+pub const STATE_FORMAT: u32 = 2;
 
 /// Why a snapshot cannot be made or loaded.
 #[derive(Debug, thiserror::Error)]

@@ -362,6 +362,7 @@ impl From<Reason> for pb::Reason {
             Reason::Queued => pb::Reason::Queued,
             Reason::QueueFull => pb::Reason::QueueFull,
             Reason::WaitTooLong => pb::Reason::WaitTooLong,
+            Reason::IdentityDeferred => pb::Reason::IdentityDeferred,
         }
     }
 }

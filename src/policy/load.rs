@@ -49,6 +49,9 @@ const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 const MAX_RESERVATION_TTL_SECS: i64 = 600;
 const DEFAULT_RESERVATION_TTL: Duration = Duration::seconds(15);
 const MAX_WRAP_UP_SECS: i64 = 3600;
+/// Guidance with an urgent clinical contact routed before its identity was
+/// verified, unless the policy words it.
+const DEFAULT_VERIFY_DURING_CALL: &str = "Urgent clinical contact, identity not yet verified: triage first, verify identity during the call, and disclose no records until it is verified.";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +99,10 @@ struct RawAuthenticate {
     instruction: String,
     failed_script_id: String,
     failed_instruction: String,
+    #[serde(default)]
+    escalations: Option<bool>,
+    #[serde(default)]
+    verify_during_call: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -151,6 +158,10 @@ struct RawQueue {
     #[serde(default)]
     escalate_to: Option<Spanned<String>>,
     #[serde(default)]
+    requires_identity: Option<bool>,
+    #[serde(default)]
+    clinical: Option<bool>,
+    #[serde(default)]
     guidance: Vec<String>,
 }
 
@@ -179,6 +190,8 @@ struct RawRule {
     callback_to: Option<Spanned<String>>,
     #[serde(default)]
     answer: Option<Spanned<String>>,
+    #[serde(default)]
+    requires_identity: Option<bool>,
     #[serde(default)]
     guidance: Vec<String>,
 }
@@ -588,6 +601,8 @@ impl Cx<'_> {
                 after_hours_urgent_to,
                 same_team_transfers,
                 escalate_to,
+                requires_identity: q.requires_identity.unwrap_or(false),
+                clinical: q.clinical.unwrap_or(false),
                 guidance: text_list(&q.guidance),
             });
         }
@@ -671,6 +686,7 @@ impl Cx<'_> {
                 id: text(r.id.get_ref()),
                 when,
                 action,
+                requires_identity: r.requires_identity,
                 guidance: text_list(&r.guidance),
             });
         }
@@ -741,7 +757,14 @@ impl Cx<'_> {
                 instruction: text(&raw.authenticate.instruction),
                 failed_script_id: text(&raw.authenticate.failed_script_id),
                 failed_instruction: text(&raw.authenticate.failed_instruction),
+                verify_during_call: text_list(
+                    raw.authenticate
+                        .verify_during_call
+                        .as_deref()
+                        .unwrap_or(&[DEFAULT_VERIFY_DURING_CALL.to_owned()]),
+                ),
             },
+            identity_before_escalation: raw.authenticate.escalations.unwrap_or(true),
             attributes,
             intents,
             schedules,

@@ -64,6 +64,9 @@ pub struct Policy {
     pub emergency: Emergency,
     /// The "authenticate first" answers.
     pub authenticate: Authenticate,
+    /// Whether an escalation request (a supervisor, a manager) needs a
+    /// verified identity first, unless its rule says otherwise.
+    pub identity_before_escalation: bool,
     /// Routing attributes contacts may carry, with their allowed values.
     pub attributes: FastMap<String, Vec<String>>,
     /// Request types.
@@ -104,6 +107,9 @@ pub struct Authenticate {
     pub failed_script_id: Text,
     /// Instruction when identity verification failed.
     pub failed_instruction: Text,
+    /// Guidance with an urgent clinical contact routed before its identity
+    /// was verified.
+    pub verify_during_call: TextList,
 }
 
 /// A request type and its callback terms.
@@ -166,6 +172,12 @@ pub struct Queue {
     pub same_team_transfers: bool,
     /// Where contacts go instead of a forbidden same-team transfer.
     pub escalate_to: Option<QueueIdx>,
+    /// Contacts reach it only with a verified identity ("authenticate
+    /// first" otherwise), urgent clinical contacts excepted.
+    pub requires_identity: bool,
+    /// Licensed clinical staff: an urgent contact bound here is never held
+    /// for identity; it is verified during the call.
+    pub clinical: bool,
     /// Guidance for the receiving agent.
     pub guidance: TextList,
 }
@@ -201,6 +213,9 @@ pub struct Rule {
     pub when: Match,
     /// What happens to it.
     pub action: Action,
+    /// Whether its contacts need a verified identity first: `None` leaves
+    /// it to the policy (escalation requests) and the target queue.
+    pub requires_identity: Option<bool>,
     /// Guidance for the agent.
     pub guidance: TextList,
 }
@@ -231,11 +246,32 @@ pub enum Step {
     },
 }
 
+/// A built-in guard that decided instead of the matched rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Emergency urgency or an emergency signal.
+    Emergency,
+    /// Identity before an escalation or a queue that requires it.
+    Identity,
+}
+
+impl Guard {
+    /// The id a decision names it by, where a rule's id would be.
+    pub fn id(self) -> &'static str {
+        match self {
+            Guard::Emergency => "guard:emergency",
+            Guard::Identity => "guard:identity",
+        }
+    }
+}
+
 /// The policy's verdict on one contact.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     /// Index of the matched rule.
     pub rule: Option<usize>,
+    /// The guard that decided instead of the rule, if one did.
+    pub guard: Option<Guard>,
     /// Why, so far.
     pub reasons: Vec<Reason>,
     /// What to do.
@@ -345,10 +381,15 @@ impl Policy {
             .is_none_or(|s| self.schedules[s].is_open(now))
     }
 
-    /// Whether an escalation to `queue` needs the identity step.
-    fn needs_identity(&self, contact: &Contact, queue: QueueIdx) -> bool {
-        (contact.escalation_requested || self.queues[queue].level > 1)
-            && contact.identity != Identity::Verified
+    /// Whether `contact`, matched by `rule`, needs a verified identity
+    /// before it reaches `queue`: an escalation request (unless the policy
+    /// or the rule says otherwise), a rule or a queue that requires it.
+    fn needs_identity(&self, contact: &Contact, rule: Option<&Rule>, queue: QueueIdx) -> bool {
+        let required = match rule.and_then(|r| r.requires_identity) {
+            Some(required) => required,
+            None => contact.escalation_requested && self.identity_before_escalation,
+        };
+        (required || self.queues[queue].requires_identity) && contact.identity != Identity::Verified
     }
 
     /// Applies the guards and the first matching rule to one contact. The
@@ -369,6 +410,7 @@ impl Policy {
         if !reasons.is_empty() {
             return Plan {
                 rule: None,
+                guard: Some(Guard::Emergency),
                 reasons,
                 step: Step::Emergency,
             };
@@ -389,6 +431,7 @@ impl Policy {
                 Action::Route(self.default_queue)
             }
         };
+        let mut guard = None;
         let step = match action {
             Action::Emergency => Step::Emergency,
             Action::Authenticate => {
@@ -411,7 +454,19 @@ impl Policy {
                     reasons.push(Reason::AfterHoursOnCall);
                     queue = on_call;
                 }
-                if self.needs_identity(contact, queue) {
+                let needs_identity =
+                    self.needs_identity(contact, rule.map(|i| &self.rules[i]), queue);
+                // Clinical triage never waits for identity: an urgent
+                // contact goes on, to be verified during the call.
+                let deferred = needs_identity
+                    && routed
+                    && contact.urgency == Urgency::Urgent
+                    && self.queues[queue].clinical;
+                if deferred {
+                    reasons.push(Reason::IdentityDeferred);
+                }
+                if needs_identity && !deferred {
+                    guard = Some(Guard::Identity);
                     let failed = contact.identity == Identity::Failed;
                     reasons.push(if failed {
                         Reason::IdentityFailed
@@ -441,6 +496,7 @@ impl Policy {
         };
         Plan {
             rule,
+            guard,
             reasons,
             step,
         }

@@ -328,3 +328,132 @@ fn emergency_wins_over_every_rule_and_guard() {
     c.channel = Channel::Chat;
     assert_eq!(plan(&p, &c).reasons, vec![Reason::EmergencyUrgency]);
 }
+
+/// A minimal policy for the identity gate: a level-1 frontline, a level-2
+/// escalation queue, and a clinical queue; `extra` lands in the queues and
+/// rules as given.
+fn identity_policy(authenticate: &str, clinical_queue: &str, escalation_rule: &str) -> Policy {
+    let text = format!(
+        r#"
+version = "t"
+default_queue = "frontline"
+main_schedule = "always"
+[emergency]
+script_id = "E"
+instruction = "e"
+level = 3
+team = "Nurse Line"
+[authenticate]
+script_id = "A"
+instruction = "a"
+failed_script_id = "AF"
+failed_instruction = "af"
+{authenticate}
+[intents.general]
+callback_window = "2h"
+priority = 3
+[intents.clinical]
+callback_window = "2h"
+priority = 1
+[schedules.always]
+time_zone = "UTC"
+hours = {{ mon = "00:00-24:00", tue = "00:00-24:00", wed = "00:00-24:00", thu = "00:00-24:00", fri = "00:00-24:00", sat = "00:00-24:00", sun = "00:00-24:00" }}
+[[queues]]
+id = "frontline"
+level = 1
+team = "Front"
+channels = ["voice"]
+transfer_address = "sip:f@x"
+[[queues]]
+id = "supervisors"
+level = 2
+team = "Sup"
+channels = ["voice"]
+transfer_address = "sip:s@x"
+[[queues]]
+id = "nurses"
+level = 3
+team = "Nurse Line"
+channels = ["voice"]
+transfer_address = "sip:n@x"
+{clinical_queue}
+[[rules]]
+id = "escalation"
+when = {{ escalation_requested = true }}
+route_to = "supervisors"
+{escalation_rule}
+[[rules]]
+id = "clinical"
+when = {{ intent = ["clinical"] }}
+route_to = "nurses"
+"#
+    );
+    parse("identity.toml", &text).unwrap()
+}
+
+#[test]
+fn identity_is_asked_for_escalations_and_where_the_policy_says_never_by_level_alone() {
+    let p = identity_policy("", "", "");
+    let supervisors = p.queue_idx("supervisors").unwrap();
+    let nurses = p.queue_idx("nurses").unwrap();
+    // An escalation request: verify first, and the guard is what decided.
+    let mut c = Contact::new("c1", "general");
+    c.escalation_requested = true;
+    let got = plan(&p, &c);
+    assert_eq!(
+        got.step,
+        Step::Authenticate {
+            failed: false,
+            target: Some(supervisors)
+        }
+    );
+    assert_eq!(got.guard, Some(Guard::Identity));
+    assert!(got.reasons.contains(&Reason::IdentityNotAttempted));
+    // A level-3 queue that does not require identity is reached unverified:
+    // the level alone gates nothing.
+    let c = Contact::new("c2", "clinical");
+    assert_eq!(plan(&p, &c).step, Step::Route { queue: nurses });
+    // The policy can let escalations through, and a rule can opt out.
+    let p = identity_policy("escalations = false", "", "");
+    let mut c = Contact::new("c3", "general");
+    c.escalation_requested = true;
+    assert_eq!(plan(&p, &c).step, Step::Route { queue: supervisors });
+    let p = identity_policy("", "", "requires_identity = false");
+    assert_eq!(plan(&p, &c).step, Step::Route { queue: supervisors });
+    assert_eq!(plan(&p, &c).guard, None);
+    // A verified caller is never asked.
+    c.identity = Identity::Verified;
+    let p = identity_policy("", "", "");
+    assert_eq!(plan(&p, &c).step, Step::Route { queue: supervisors });
+}
+
+#[test]
+fn urgent_clinical_contacts_are_never_held_for_identity() {
+    let p = identity_policy("", "requires_identity = true\nclinical = true", "");
+    let nurses = p.queue_idx("nurses").unwrap();
+    // Routine: the queue requires identity, so verify first.
+    let mut c = Contact::new("c1", "clinical");
+    c.identity = Identity::Failed;
+    let got = plan(&p, &c);
+    assert_eq!(
+        got.step,
+        Step::Authenticate {
+            failed: true,
+            target: Some(nurses)
+        }
+    );
+    // Urgent: straight to the clinical queue, the check deferred to the call.
+    c.urgency = Urgency::Urgent;
+    let got = plan(&p, &c);
+    assert_eq!(got.step, Step::Route { queue: nurses });
+    assert_eq!(got.guard, None);
+    assert!(got.reasons.contains(&Reason::IdentityDeferred));
+    assert!(!got.reasons.contains(&Reason::IdentityFailed));
+    // Not clinical: urgency alone does not lift the requirement.
+    let p = identity_policy("", "requires_identity = true", "");
+    assert!(matches!(plan(&p, &c).step, Step::Authenticate { .. }));
+    // Verified: nothing to defer.
+    let p = identity_policy("", "requires_identity = true\nclinical = true", "");
+    c.identity = Identity::Verified;
+    assert!(!plan(&p, &c).reasons.contains(&Reason::IdentityDeferred));
+}
