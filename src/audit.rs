@@ -111,8 +111,8 @@ fn rebuild_before(
     from: u64,
     span: Option<(u64, u64)>,
 ) -> Result<Replay, AuditError> {
-    let snapshot = match SnapshotFile::open_read_only(dir)? {
-        Some(file) => file.load_before(from)?.0,
+    let snapshot = match SnapshotFile::open_read_only(dir, reader.log_id()?)? {
+        Some(file) => file.load_before(from)?.snapshot,
         None => None,
     };
     let first = span.map_or(1, |(first, _)| first);

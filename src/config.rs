@@ -50,6 +50,15 @@ pub enum Command {
     },
 }
 
+/// A duration of at least a second.
+fn at_least_a_second(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_secs(1) {
+        return Err("at least 1s".into());
+    }
+    Ok(d)
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -96,7 +105,7 @@ pub struct Config {
         value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..))]
     pub snapshot_every: u64,
     /// And at least this often while commands are logged.
-    #[arg(long, env = "CAREROUTE_SNAPSHOT_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "CAREROUTE_SNAPSHOT_INTERVAL", default_value = "5m", value_parser = at_least_a_second)]
     pub snapshot_interval: Duration,
     /// gRPC listen address.
     #[arg(long, env = "CAREROUTE_GRPC_ADDR", default_value = "127.0.0.1:50051")]

@@ -129,7 +129,7 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
     let snapshots = match store.as_mut() {
         Some(store) => {
             let file = store.take_snapshots().ok_or_else(|| {
-                JournalError::Failed("the snapshot database was taken twice".into())
+                JournalError::Setup("the snapshot database was taken twice".into())
             })?;
             let every = Every {
                 commands: config.snapshot_every,
@@ -144,7 +144,7 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
                 every,
             );
             Some(started.map_err(|e| {
-                JournalError::Failed(format!("cannot start the snapshot shadow: {e}"))
+                JournalError::Setup(format!("cannot start the snapshot shadow: {e}"))
             })?)
         }
         None => None,
@@ -255,7 +255,7 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
         if let Some(shadow) = &snapshots
             && !shadow.feed(rows)
         {
-            return Err(JournalError::Failed("the snapshot shadow stopped".into()).into());
+            return Err(JournalError::Setup("the snapshot shadow stopped at start".into()).into());
         }
     }
     Ok(Prepared {

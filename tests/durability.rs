@@ -234,6 +234,15 @@ async fn damage_that_is_not_a_tail_is_refused_and_so_is_a_second_process() {
         .query_row("SELECT count(*) FROM commands", [], |r| r.get(0))
         .unwrap();
     assert_eq!(after, count);
+    // Missing records with later ones kept are not a tail either.
+    let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
+    db.execute("UPDATE commands SET crc = crc - 1 WHERE seq = 4", [])
+        .unwrap();
+    db.execute("DELETE FROM commands WHERE seq = 5", [])
+        .unwrap();
+    drop(db);
+    let why = refused(&data, &policy);
+    assert!(why.contains("records 5 to 5 are missing"), "{why}");
 }
 
 /// Polls the journal of a running process until `done` holds of (snapshots
@@ -359,6 +368,48 @@ async fn a_restart_loads_the_snapshot_and_a_damaged_one_falls_back_to_the_one_be
     .unwrap();
     p.signal("KILL");
     p.wait_exit(Duration::from_secs(10)).unwrap();
+
+    // A start that falls back takes snapshots again: the snapshot it loaded
+    // stays as the fallback and the damaged one goes, so damage to the new
+    // one still falls back to a snapshot the log reaches.
+    let mut p = Process::start_in(&data, &snapshotting, "info");
+    p.wait_for_log("a snapshot cannot be loaded", Duration::from_secs(10));
+    let db = data.join(careroute::journal::SNAPSHOT_FILE);
+    let kept = || -> Vec<i64> {
+        let db = rusqlite::Connection::open(&db).unwrap();
+        let mut q = db
+            .prepare("SELECT seq FROM snapshots ORDER BY seq")
+            .unwrap();
+        q.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let started = std::time::Instant::now();
+    while kept().contains(&newest) {
+        assert!(started.elapsed() < Duration::from_secs(15), "{:?}", kept());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    p.signal("KILL");
+    p.wait_exit(Duration::from_secs(10)).unwrap();
+    let snapshots = kept();
+    assert_eq!(snapshots.len(), 2, "{snapshots:?}");
+    let db = rusqlite::Connection::open(data.join(careroute::journal::SNAPSHOT_FILE)).unwrap();
+    db.execute(
+        "UPDATE snapshots SET crc = crc + 1 WHERE seq = ?1",
+        [snapshots[1]],
+    )
+    .unwrap();
+    drop(db);
+    let p = Process::start_in(&data, &quiet, "info");
+    let line = p.wait_for_log("journal replayed", Duration::from_secs(10));
+    assert!(
+        line.contains(&format!("\"snapshot\":{}", snapshots[0])),
+        "{line}"
+    );
+    let mut c = client(&p).await;
+    same_floor(&mut c, &retried, &offered.decision_id).await;
+    drop(p);
 
     // Both damaged, and the log before the older one compacted: refused,
     // rather than started on half a state.

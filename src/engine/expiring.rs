@@ -29,7 +29,10 @@ impl<K: Hash + Eq + Clone + Ord + std::fmt::Debug, V: std::fmt::Debug> Expiring<
     pub(super) fn fingerprint(&self) -> String {
         let mut entries: Vec<_> = self.entries.iter().collect();
         entries.sort_by(|a, b| a.0.cmp(b.0));
-        format!("{entries:?}\n{:?}", self.order)
+        format!(
+            "{entries:?}\n{:?}\n{:?} {}",
+            self.order, self.retention, self.cap
+        )
     }
 }
 

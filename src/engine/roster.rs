@@ -310,6 +310,11 @@ impl Roster {
         t
     }
 
+    /// Queues the roster keeps pools for.
+    pub(super) fn queue_count(&self) -> usize {
+        self.pools.len()
+    }
+
     /// Rebuilds the free-agent indexes after a load, from the agents:
     /// every set built at once from its sorted keys.
     pub(super) fn rebuild_free(&mut self) {

@@ -1,7 +1,10 @@
 //! The engine's whole state as one value: what a snapshot keeps, so a
 //! restart loads it and replays only the commands after it. The encoding
 //! is `postcard`; [`STATE_FORMAT`] names the layout, and a snapshot of
-//! another layout is refused rather than misread.
+//! another layout is refused rather than misread. Like the rest of the
+//! engine it knows no storage, runtime or wire: bytes in, bytes out.
+//! [`SnapshotError`] is the engine's second error type; it never reaches a
+//! client (the journal refuses the snapshot and says why in its log).
 
 use std::sync::Arc;
 
@@ -12,8 +15,12 @@ use super::{Engine, EngineConfig, Limits, command::PolicyText};
 use crate::policy::Policy;
 
 /// The layout of the encoded state. Bump it with any change to a type the
-/// engine's state holds: a snapshot of another layout is not loaded (the
-/// log it covers is replayed instead, or the start refused).
+/// engine's state holds (postcard does not describe itself: an unbumped
+/// change would misread). A snapshot of another layout is not loaded: the
+/// older snapshot and the log since are used if kept, or the start is
+/// refused. So an upgrade that bumps it needs a journal whose log still
+/// reaches back to a snapshot of the old layout's start, or a fresh one;
+/// the README says how.
 pub const STATE_FORMAT: u32 = 2;
 
 /// Why a snapshot cannot be made or loaded.
@@ -28,6 +35,38 @@ pub enum SnapshotError {
     /// The bytes do not decode (or encode) as an engine state.
     #[error("snapshot does not decode: {0}")]
     Codec(String),
+    /// The state decodes but does not fit its own policy (queues counted
+    /// differently): refused rather than indexed out of bounds.
+    #[error("snapshot does not fit its policy: {0}")]
+    Shape(String),
+}
+
+impl Engine {
+    /// Whether every per-queue table has one entry per queue of the policy,
+    /// and every agent's queues exist.
+    fn check_shape(&self) -> Result<(), String> {
+        let queues = self.policy.queues.len();
+        let tables = [
+            ("pools", self.roster.queue_count()),
+            ("lines", self.waiting.queue_count()),
+            ("stats", self.stats.len()),
+            ("unstaffed", self.unstaffed_since.len()),
+        ];
+        for (table, n) in tables {
+            if n != queues {
+                return Err(format!("{n} {table} for {queues} queues"));
+            }
+        }
+        if let Some(agent) = self
+            .roster
+            .agents()
+            .iter()
+            .find(|a| a.queues.iter().any(|&q| q >= queues))
+        {
+            return Err(format!("agent {} in a queue past {queues}", agent.id));
+        }
+        Ok(())
+    }
 }
 
 impl Engine {
@@ -48,6 +87,7 @@ impl Engine {
         }
         let (_, mut engine): (u32, Engine) =
             postcard::from_bytes(bytes).map_err(|e| SnapshotError::Codec(e.to_string()))?;
+        engine.check_shape().map_err(SnapshotError::Shape)?;
         engine.roster.share_names();
         engine.roster.rebuild_free();
         Ok(engine)

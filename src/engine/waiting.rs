@@ -96,6 +96,11 @@ impl WaitingRoom {
         }
     }
 
+    /// Queues the room keeps lines for.
+    pub fn queue_count(&self) -> usize {
+        self.lines.len()
+    }
+
     /// The next arrival sequence number.
     pub fn next_seq(&mut self) -> u64 {
         self.next += 1;

@@ -9,14 +9,15 @@
 //! reported with its position and cut. Without a database (`--no-journal`)
 //! the same thread only publishes.
 //!
-//! Snapshots (see `snapshots`): the engine's whole state at a sequence
-//! number, taken from a copy of the engine kept current off the serving
-//! path. A start loads the newest snapshot that reads back whole and
+//! Snapshots (see `snapshots` and `shadow`): the engine's whole state at a
+//! sequence number, taken from a copy of the engine kept current off the
+//! serving path. A start loads the newest snapshot that reads back whole and
 //! replays only the commands after it; each new snapshot compacts the log,
 //! keeping the snapshot before it and the commands since, so a damaged
 //! newest snapshot falls back to the one before.
 
 mod replay;
+mod shadow;
 mod snapshots;
 mod store;
 
@@ -35,7 +36,8 @@ use tokio::sync::watch;
 use crate::engine::Command;
 use crate::model::Time;
 pub use replay::{NoStart, Replay};
-pub use snapshots::{Every, SNAPSHOT_FILE, SnapshotFile, Snapshots};
+pub use shadow::{Every, Snapshots};
+pub use snapshots::{Loaded, SNAPSHOT_FILE, SnapshotFile};
 pub use store::{LogReader, Recovered, Store};
 
 /// The database file inside the data directory.
@@ -111,6 +113,9 @@ pub enum JournalError {
         /// Why each snapshot was refused.
         why: String,
     },
+    /// The journal could not be set up (a thread, the snapshot shadow).
+    #[error("journal: {0}")]
+    Setup(String),
     /// A command could not be encoded.
     #[error("journal: cannot encode a command: {0}")]
     Encode(String),
@@ -201,7 +206,9 @@ impl<T: Send + 'static> Journal<T> {
             .name("journal".into())
             .spawn(move || {
                 let mut store = store;
-                let (mut compacted, mut compact_to) = (0u64, 0u64);
+                // Compaction resumes where the log now starts.
+                let first_kept = store.as_ref().map_or(0, Store::first_kept);
+                let (mut compacted, mut compact_to) = (first_kept.saturating_sub(1), 0u64);
                 loop {
                     let first = if compacted < compact_to {
                         match rx.recv_timeout(COMPACT_PAUSE) {

@@ -32,6 +32,8 @@ impl Replay {
         match (&mut self.engine, command) {
             (Some(engine), command) => {
                 let _ = engine.apply(command, at);
+                // Published the first time; not kept across a long replay.
+                engine.take_events();
             }
             (None, Command::ReplacePolicy(ReplacePolicy(policy))) => {
                 self.engine = Some(Engine::new(policy, self.config.clone()));

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, params};
 
-use super::snapshots::SnapshotFile;
+use super::snapshots::{Loaded, SnapshotFile};
 use super::{FILE, JournalError, WAL_LIMIT};
 use crate::config::JournalSync;
 use crate::engine::{Command, Engine};
@@ -29,6 +29,17 @@ pub struct Recovered {
     /// Records cut from a torn or corrupt tail: the first sequence number
     /// cut, and why.
     pub cut: Option<(u64, String)>,
+}
+
+/// A value from the `meta` table, if set.
+fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, rusqlite::Error> {
+    match conn.query_row("SELECT value FROM meta WHERE key = ?1", params![key], |r| {
+        r.get::<_, String>(0)
+    }) {
+        Ok(v) => Ok(Some(v)),
+        Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// One record, checked: its sequence number, its checksum, its body.
@@ -57,6 +68,8 @@ pub struct Store {
     file: PathBuf,
     /// Where snapshots are kept, until the shadow takes it.
     snapshots: Option<SnapshotFile>,
+    /// The first record kept at open (0: none), where compaction resumes.
+    first_kept: u64,
     /// Held while the store is open: one process per journal.
     _lock: std::fs::File,
 }
@@ -103,20 +116,44 @@ impl Store {
 "
         ))
         .map_err(sql)?;
-        let id_prefix =
-            match conn.query_row("SELECT value FROM meta WHERE key = 'id_prefix'", [], |r| {
-                r.get::<_, String>(0)
-            }) {
-                Ok(v) => v.parse().ok(),
-                Err(rusqlite::Error::QueryReturnedNoRows) => None,
-                Err(e) => return Err(sql(e)),
-            };
-        let snapshots = SnapshotFile::open(dir, sync)?;
-        let (snapshot, refused_snapshots) = snapshots.load()?;
+        let id_prefix = meta_get(&conn, "id_prefix")
+            .map_err(sql)?
+            .and_then(|v| v.parse().ok());
+        let log_id = meta_get(&conn, "log_id").map_err(sql)?;
+        let log_id = match log_id.and_then(|v| v.parse::<u64>().ok()) {
+            Some(id) => id,
+            // A new log: snapshots of any other log are not its own.
+            None => {
+                let id = rand::random::<u64>();
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('log_id', ?1)",
+                    params![id.to_string()],
+                )
+                .map_err(sql)?;
+                id
+            }
+        };
+        let snapshots = SnapshotFile::open(dir, log_id)?;
+        let Loaded {
+            snapshot,
+            refused: refused_snapshots,
+        } = snapshots.load()?;
         let base = snapshot.as_ref().map_or(0, |(seq, _)| *seq);
-        let first: Option<i64> = conn
-            .query_row("SELECT MIN(seq) FROM commands", [], |r| r.get(0))
+        let (first, last): (Option<i64>, Option<i64>) = conn
+            .query_row("SELECT MIN(seq), MAX(seq) FROM commands", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .map_err(sql)?;
+        if let Some(last) = last
+            && (last as u64) < base
+        {
+            tracing::warn!(
+                file = %file.display(),
+                last_record = last,
+                snapshot = base,
+                "journal: the log ends before the snapshot: records after it were lost from the log (a power loss with --journal-sync write?); the snapshot holds their effect"
+            );
+        }
         if let Some(first) = first
             && first as u64 > base + 1
         {
@@ -144,6 +181,16 @@ impl Store {
             let mut rows = rows.query(params![base as i64]).map_err(sql)?;
             let mut expected = base + 1;
             while let Some(row) = rows.next().map_err(sql)? {
+                // Missing records with later ones present are not a tail:
+                // never cut, refuse.
+                let seq: i64 = row.get(0).map_err(sql)?;
+                if seq as u64 > expected && cut.is_none() {
+                    return Err(JournalError::Corrupt {
+                        file,
+                        seq: expected,
+                        why: format!("records {expected} to {} are missing", seq - 1),
+                    });
+                }
                 let read = read_record(row, expected);
                 expected += 1;
                 match read {
@@ -177,6 +224,7 @@ impl Store {
                 conn,
                 file,
                 snapshots: Some(snapshots),
+                first_kept: first.map_or(0, |f| f as u64),
                 _lock: lock,
             },
             Recovered {
@@ -220,6 +268,11 @@ impl Store {
             self.write(&rows)?;
         }
         Ok(rows)
+    }
+
+    /// The first record kept when the store was opened (0: none).
+    pub(super) fn first_kept(&self) -> u64 {
+        self.first_kept
     }
 
     /// The database file of the command log.
@@ -319,15 +372,17 @@ impl LogReader {
 
     /// The id prefix of the log's engine, if recorded.
     pub fn id_prefix(&self) -> Result<Option<u32>, JournalError> {
-        match self
-            .conn
-            .query_row("SELECT value FROM meta WHERE key = 'id_prefix'", [], |r| {
-                r.get::<_, String>(0)
-            }) {
-            Ok(v) => Ok(v.parse().ok()),
-            Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
-            Err(e) => Err(self.sql(e)),
-        }
+        Ok(meta_get(&self.conn, "id_prefix")
+            .map_err(|e| self.sql(e))?
+            .and_then(|v| v.parse().ok()))
+    }
+
+    /// The log's identity, which its snapshots carry.
+    pub fn log_id(&self) -> Result<u64, JournalError> {
+        Ok(meta_get(&self.conn, "log_id")
+            .map_err(|e| self.sql(e))?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
     }
 
     /// Calls `each` with every record after `after` up to `upto`, in order:

@@ -1,0 +1,195 @@
+//! The snapshot shadow: a copy of the engine on its own thread, rebuilt at
+//! start exactly as a restart would rebuild it (the newest snapshot that
+//! loads, then the log after it), then kept current by every batch the
+//! writer has written, once its answers have left. Snapshots are encoded
+//! from the shadow and saved to `snapshots.db`, so serving never waits for
+//! one whatever the state's size. After each, the writer may compact the
+//! log up to the snapshot the shadow started from (kept as the fallback).
+
+use std::{
+    path::{Path, PathBuf},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use rusqlite::{Connection, params};
+
+use super::JournalError;
+use super::replay::Replay;
+use super::snapshots::SnapshotFile;
+use super::store::read_record;
+use crate::engine::{Command, EngineConfig};
+use crate::model::Time;
+
+/// The shadow's thread: what feeds it, and what it answers (how far the
+/// log may be compacted).
+pub struct Snapshots {
+    feed: mpsc::Sender<Batch>,
+    pub(super) compact: mpsc::Receiver<u64>,
+}
+
+/// When snapshots are taken.
+#[derive(Debug, Clone, Copy)]
+pub struct Every {
+    /// Once this many commands were applied since the last.
+    pub commands: u64,
+    /// And at least this often while commands are applied.
+    pub interval: Duration,
+}
+
+/// Written records, in order, for the shadow.
+pub(super) type Batch = Vec<(u64, Time, Command)>;
+
+impl Snapshots {
+    /// Starts the shadow on its own thread. It first rebuilds the engine
+    /// from the newest snapshot in `file` that loads and the records of
+    /// the log at `log` after it up to `upto` (in parallel with the start's
+    /// own replay), building a new engine under `config`; then it applies
+    /// what is fed, in order, and saves a snapshot when one is due.
+    pub fn start(
+        mut file: SnapshotFile,
+        log: PathBuf,
+        upto: u64,
+        config: EngineConfig,
+        every: Every,
+    ) -> std::io::Result<Snapshots> {
+        let (feed, fed) = mpsc::channel::<Batch>();
+        let (compact, compacted) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("snapshots".into())
+            .spawn(move || {
+                let (mut replay, mut keep) = match rebuild(&file, &log, upto, config) {
+                    Ok(rebuilt) => rebuilt,
+                    Err(e) => {
+                        // The writer finds the feed closed and stops the
+                        // service: a log no snapshot is taken of grows
+                        // without bound.
+                        tracing::error!(error = %e, "journal: the snapshot shadow cannot be rebuilt");
+                        return;
+                    }
+                };
+                let mut at_seq = upto;
+                // The records replayed since the snapshot count: a process
+                // that restarts often still takes snapshots.
+                let mut since = upto - keep.unwrap_or(0);
+                let mut last_snapshot = Instant::now();
+                loop {
+                    let due = since >= every.commands
+                        || (since > 0 && last_snapshot.elapsed() >= every.interval);
+                    if due && let Some(shadow) = replay.engine() {
+                        let started = Instant::now();
+                        let at = shadow.now().unwrap_or_else(chrono::Utc::now);
+                        let saved = shadow
+                            .encode_state()
+                            .map_err(|e| JournalError::Encode(e.to_string()))
+                            .and_then(|state| {
+                                file.save(at_seq, at, &state, keep)?;
+                                Ok(state.len())
+                            });
+                        // Whatever came of it, not again before the next
+                        // interval or count.
+                        since = 0;
+                        last_snapshot = Instant::now();
+                        match saved {
+                            Ok(bytes) => {
+                                // The log up to the fallback is no longer
+                                // needed; this one is the next fallback.
+                                if let Some(fallback) = keep {
+                                    let _ = compact.send(fallback);
+                                }
+                                keep = Some(at_seq);
+                                let took = started.elapsed();
+                                crate::telemetry::record_snapshot(took, bytes);
+                                tracing::info!(
+                                    seq = at_seq,
+                                    bytes,
+                                    took_ms = took.as_millis() as u64,
+                                    "journal: snapshot saved"
+                                );
+                            }
+                            Err(e) => {
+                                crate::telemetry::record_snapshot_failure();
+                                tracing::error!(
+                                    error = %e,
+                                    "journal: a snapshot cannot be saved; the log is kept whole until one is"
+                                );
+                            }
+                        }
+                    }
+                    let wait = if since == 0 {
+                        Duration::from_secs(3600)
+                    } else {
+                        every.interval.saturating_sub(last_snapshot.elapsed())
+                    };
+                    let batch = match fed.recv_timeout(wait) {
+                        Ok(batch) => batch,
+                        Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                        // The writer stopped: so does the shadow.
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    };
+                    for (seq, at, command) in batch {
+                        if replay.apply(at, command).is_err() {
+                            tracing::error!(
+                                seq,
+                                "journal: the log fed to the snapshot shadow does not start with its policy"
+                            );
+                            return;
+                        }
+                        at_seq = seq;
+                        since += 1;
+                    }
+                }
+            })?;
+        Ok(Snapshots {
+            feed,
+            compact: compacted,
+        })
+    }
+
+    /// Feeds the shadow records just written; false if it has stopped.
+    pub fn feed(&self, rows: Batch) -> bool {
+        self.feed.send(rows).is_ok()
+    }
+}
+
+/// The shadow's engine as a restart would rebuild it: the newest snapshot
+/// that loads (returned too: the fallback to keep), then the log after it
+/// up to `upto`.
+fn rebuild(
+    file: &SnapshotFile,
+    log: &Path,
+    upto: u64,
+    config: EngineConfig,
+) -> Result<(Replay, Option<u64>), JournalError> {
+    let loaded = file.load()?;
+    let base = loaded.snapshot.as_ref().map(|(seq, _)| *seq);
+    let mut replay = Replay::new(loaded.snapshot.map(|(_, engine)| engine), config);
+    let sql = |source| JournalError::Sqlite {
+        file: log.to_owned(),
+        source,
+    };
+    let conn = Connection::open_with_flags(log, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(sql)?;
+    let mut rows = conn
+        .prepare(
+            "SELECT seq, at_us, body, crc FROM commands WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+        )
+        .map_err(sql)?;
+    let from = base.unwrap_or(0);
+    let mut rows = rows.query(params![from as i64, upto as i64]).map_err(sql)?;
+    let mut expected = from + 1;
+    while let Some(row) = rows.next().map_err(sql)? {
+        let (at, command) = read_record(row, expected).map_err(|why| JournalError::Corrupt {
+            file: log.to_owned(),
+            seq: expected,
+            why,
+        })?;
+        replay
+            .apply(at, command)
+            .map_err(|_| JournalError::NoStart {
+                file: log.to_owned(),
+            })?;
+        expected += 1;
+    }
+    Ok((replay, base))
+}
