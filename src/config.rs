@@ -20,7 +20,8 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the service (the default).
+    /// Run the service (the default). Its flags may come before or after
+    /// `serve`.
     Serve,
     /// Validate policy files and exit: non-zero with file, line and field on
     /// the first error of each.
@@ -29,13 +30,10 @@ pub enum Command {
         #[arg(required = true)]
         policies: Vec<PathBuf>,
     },
-    /// Print a range of the journal as JSON lines, for audit, without
-    /// starting the service (it may be running). Exits non-zero if a record
+    /// Print a range of the journal in --data-dir as JSON lines, for
+    /// audit, without starting the service (it may be running). Exits non-zero if a record
     /// in the range cannot be read (it is reported and skipped).
     Journal {
-        /// The data directory whose journal to read.
-        #[arg(long, env = "CAREROUTE_DATA_DIR", default_value = "careroute-data")]
-        data_dir: PathBuf,
         /// The first record (sequence number).
         #[arg(long, default_value_t = 1)]
         from: u64,
@@ -83,15 +81,21 @@ pub enum JournalSync {
 pub struct Config {
     /// Where the journal lives (created if missing): every change to routing
     /// state, replayed at start.
-    #[arg(long, env = "CAREROUTE_DATA_DIR", default_value = "careroute-data")]
+    #[arg(
+        global = true,
+        long,
+        env = "CAREROUTE_DATA_DIR",
+        default_value = "careroute-data"
+    )]
     pub data_dir: PathBuf,
     /// Keep no journal: state lives in this process's memory only, and a
     /// restart starts empty.
-    #[arg(long, env = "CAREROUTE_NO_JOURNAL")]
+    #[arg(global = true, long, env = "CAREROUTE_NO_JOURNAL")]
     pub no_journal: bool,
     /// When an answer may leave: once its command's batch is handed to the
     /// operating system (write) or on disk (fsync).
     #[arg(
+        global = true,
         long,
         env = "CAREROUTE_JOURNAL_SYNC",
         value_enum,
@@ -101,31 +105,42 @@ pub struct Config {
     /// A snapshot of the state is taken once this many commands were
     /// logged since the last one, and the log before the previous snapshot
     /// is compacted: a restart replays at most this many commands.
-    #[arg(long, env = "CAREROUTE_SNAPSHOT_EVERY", default_value_t = 100_000,
+    #[arg(global = true, long, env = "CAREROUTE_SNAPSHOT_EVERY", default_value_t = 100_000,
         value_parser = clap::builder::RangedU64ValueParser::<u64>::new().range(1..))]
     pub snapshot_every: u64,
     /// And at least this often while commands are logged.
-    #[arg(long, env = "CAREROUTE_SNAPSHOT_INTERVAL", default_value = "5m", value_parser = at_least_a_second)]
+    #[arg(global = true, long, env = "CAREROUTE_SNAPSHOT_INTERVAL", default_value = "5m", value_parser = at_least_a_second)]
     pub snapshot_interval: Duration,
     /// gRPC listen address.
-    #[arg(long, env = "CAREROUTE_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    #[arg(
+        global = true,
+        long,
+        env = "CAREROUTE_GRPC_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
     pub grpc_addr: SocketAddr,
     /// Prometheus /metrics listen address.
-    #[arg(long, env = "CAREROUTE_METRICS_ADDR", default_value = "127.0.0.1:9464")]
+    #[arg(
+        global = true,
+        long,
+        env = "CAREROUTE_METRICS_ADDR",
+        default_value = "127.0.0.1:9464"
+    )]
     pub metrics_addr: SocketAddr,
     /// Policy file; without it the embedded healthcare policy. SIGHUP reloads
     /// it; an invalid file is refused and the running policy stays.
-    #[arg(long, env = "CAREROUTE_POLICY")]
+    #[arg(global = true, long, env = "CAREROUTE_POLICY")]
     pub policy: Option<PathBuf>,
     /// Roster file of agents registered at start. Without --policy and
     /// without --roster, the embedded demo roster is loaded.
-    #[arg(long, env = "CAREROUTE_ROSTER")]
+    #[arg(global = true, long, env = "CAREROUTE_ROSTER")]
     pub roster: Option<PathBuf>,
     /// Start with no agents even on the embedded policy.
-    #[arg(long, env = "CAREROUTE_NO_DEMO_ROSTER")]
+    #[arg(global = true, long, env = "CAREROUTE_NO_DEMO_ROSTER")]
     pub no_demo_roster: bool,
     /// Log format.
     #[arg(
+        global = true,
         long,
         env = "CAREROUTE_LOG_FORMAT",
         value_enum,
@@ -134,6 +149,7 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Largest number of concurrent requests per connection.
     #[arg(
+        global = true,
         long,
         env = "CAREROUTE_CONCURRENCY_PER_CONNECTION",
         default_value_t = 256
@@ -141,29 +157,36 @@ pub struct Config {
     pub concurrency_per_connection: usize,
     /// How long a RouteContact retry with the same request_id gets the
     /// first decision back.
-    #[arg(long, env = "CAREROUTE_IDEMPOTENCY_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
+    #[arg(global = true, long, env = "CAREROUTE_IDEMPOTENCY_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
     pub idempotency_window: Duration,
     /// The peak rate of new RouteContact requests (with a request_id) the
     /// idempotency window holds in full; memory is sized from it (window x
     /// rate entries). Above it, the oldest ids are forgotten early and
     /// counted in careroute_idempotency_evictions_total.
     #[arg(
+        global = true,
         long,
         env = "CAREROUTE_PEAK_CONTACTS_PER_SECOND",
         default_value_t = 1000
     )]
     pub peak_contacts_per_second: u32,
     /// How long a contact's path is kept (GetContactPath).
-    #[arg(long, env = "CAREROUTE_PATH_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
+    #[arg(global = true, long, env = "CAREROUTE_PATH_WINDOW", default_value = "24h", value_parser = humantime::parse_duration)]
     pub path_window: Duration,
     /// Contacts whose paths are kept at most; beyond it the oldest are
     /// forgotten early and counted in careroute_path_evictions_total.
-    #[arg(long, env = "CAREROUTE_MAX_CONTACT_PATHS", default_value_t = 2_000_000)]
+    #[arg(
+        global = true,
+        long,
+        env = "CAREROUTE_MAX_CONTACT_PATHS",
+        default_value_t = 2_000_000
+    )]
     pub max_contact_paths: usize,
     /// Agents registered at most (roster file and UpsertAgent); a new agent
     /// beyond it is refused with RESOURCE_EXHAUSTED. At most 16,777,216 (the
     /// agent slots the engine's idle indexes can name).
     #[arg(
+        global = true,
         long,
         env = "CAREROUTE_MAX_AGENTS",
         default_value_t = 100_000,
@@ -173,33 +196,48 @@ pub struct Config {
     /// Largest number of calls in flight across all connections; beyond it
     /// calls are refused at once with RESOURCE_EXHAUSTED, so accepted calls
     /// keep their latency. Health checks and client streams are exempt.
-    #[arg(long, env = "CAREROUTE_MAX_IN_FLIGHT", default_value_t = 512)]
+    #[arg(
+        global = true,
+        long,
+        env = "CAREROUTE_MAX_IN_FLIGHT",
+        default_value_t = 512
+    )]
     pub max_in_flight: usize,
     /// Largest number of concurrent HTTP/2 streams per connection. Under
     /// overload this bounds the work queued on each connection, and so how
     /// long a new connection waits for its first answer (benches/overload.sh).
     /// Long-lived streams (WatchAssignments, StreamAgentStates) hold a slot
     /// each for their life.
-    #[arg(long, env = "CAREROUTE_MAX_STREAMS", default_value_t = 8)]
+    #[arg(
+        global = true,
+        long,
+        env = "CAREROUTE_MAX_STREAMS",
+        default_value_t = 8
+    )]
     pub max_concurrent_streams: u32,
     /// On SIGTERM, how long to keep serving while health reports
     /// NOT_SERVING (and /readyz 503), so load balancers move traffic away
     /// before the listeners close.
-    #[arg(long, env = "CAREROUTE_DRAIN_GRACE_MS", default_value_t = 0)]
+    #[arg(
+        global = true,
+        long,
+        env = "CAREROUTE_DRAIN_GRACE_MS",
+        default_value_t = 0
+    )]
     pub drain_grace_ms: u64,
     /// After the drain grace, how long requests in flight and open streams
     /// (assignment watches, health watches, agent-state streams) get to
     /// finish before they are cut and the process exits.
-    #[arg(long, env = "CAREROUTE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(global = true, long, env = "CAREROUTE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
     /// How long a new connection has to send the HTTP/2 preface before it
     /// is closed.
-    #[arg(long, env = "CAREROUTE_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(global = true, long, env = "CAREROUTE_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
     /// How long a call whose client sends one message has to arrive and be
     /// answered (a request trickled in slowly is answered DEADLINE_EXCEEDED).
     /// Client streams are exempt.
-    #[arg(long, env = "CAREROUTE_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(global = true, long, env = "CAREROUTE_REQUEST_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
 }
 

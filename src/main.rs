@@ -17,12 +17,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { policies }) => check(&policies),
-        Some(Command::Journal {
-            data_dir,
-            from,
-            to,
-            outcomes,
-        }) => journal(&data_dir, from, to.unwrap_or(u64::MAX), outcomes),
+        Some(Command::Journal { from, to, outcomes }) => {
+            journal(&cli.serve.data_dir, from, to.unwrap_or(u64::MAX), outcomes)
+        }
         Some(Command::Serve) | None => serve(cli.serve),
     }
 }

@@ -306,11 +306,14 @@ pub enum Reason {
     /// An urgent contact for a clinical queue whose identity is not
     /// verified: routed without waiting, to verify during the call.
     IdentityDeferred,
+    /// A preferred agent was named but could not take the contact: unknown,
+    /// not free, not eligible for the queue, or the agent handing it on.
+    PreferredAgentUnavailable,
 }
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Reason; 21] = [
+    pub const ALL: [Reason; 22] = [
         Reason::RuleMatched,
         Reason::DefaultQueue,
         Reason::EmergencyUrgency,
@@ -332,6 +335,7 @@ impl Reason {
         Reason::QueueFull,
         Reason::WaitTooLong,
         Reason::IdentityDeferred,
+        Reason::PreferredAgentUnavailable,
     ];
 
     /// The snake_case name used in logs and metric labels.
@@ -358,6 +362,7 @@ impl Reason {
             Reason::QueueFull => "queue_full",
             Reason::WaitTooLong => "wait_too_long",
             Reason::IdentityDeferred => "identity_deferred",
+            Reason::PreferredAgentUnavailable => "preferred_agent_unavailable",
         }
     }
 }

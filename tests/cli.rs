@@ -81,3 +81,23 @@ fn service_refuses_to_start_on_an_invalid_policy() {
     );
     assert!(stderr.contains(&format!("{}:", path.display())), "{stderr}");
 }
+
+#[test]
+fn serve_flags_work_on_both_sides_of_serve() {
+    use careroute::config::Cli;
+    use clap::Parser;
+    for args in [
+        ["careroute", "serve", "--grpc-addr", "127.0.0.1:7001"],
+        ["careroute", "--grpc-addr", "127.0.0.1:7001", "serve"],
+    ] {
+        let cli = Cli::try_parse_from(args).unwrap();
+        assert_eq!(cli.serve.grpc_addr, "127.0.0.1:7001".parse().unwrap());
+    }
+    let out = careroute().args(["serve", "--help"]).output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("--grpc-addr") && help.contains("--policy"),
+        "{help}"
+    );
+}

@@ -833,7 +833,11 @@ impl Engine {
                 self.callback(queue, reason, facts, contact, now),
             ),
             Step::Route { queue } => {
-                let outcome = match self.choose(queue, contact) {
+                let chosen = self.choose(queue, contact);
+                if contact.preferred_agent_id.is_some() && !matches!(chosen, Some((_, true))) {
+                    reasons.push(Reason::PreferredAgentUnavailable);
+                }
+                let outcome = match chosen {
                     Some(pick) => {
                         reasons.push(if pick.1 {
                             Reason::PreferredAgent

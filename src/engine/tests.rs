@@ -183,11 +183,14 @@ fn preferred_agent_when_eligible_and_free() {
     let d = e.route(&c, t + Duration::seconds(2)).unwrap();
     assert_eq!(&*offer(&d).agent_id, "b2");
     assert!(d.reasons.contains(&Reason::PreferredAgent));
-    // Preferred but busy: the longest idle instead.
+    assert!(!d.reasons.contains(&Reason::PreferredAgentUnavailable));
+    // Preferred but busy: the longest idle instead, and the answer says so.
     let mut c = billing("c2");
     c.preferred_agent_id = Some("b2".into());
     let d = e.route(&c, t + Duration::seconds(2)).unwrap();
     assert_eq!(&*offer(&d).agent_id, "b1");
+    assert!(d.reasons.contains(&Reason::PreferredAgentUnavailable));
+    assert!(d.reasons.contains(&Reason::LongestIdle));
     // Preferred but not eligible for the queue (no billing skill): ignored.
     let mut nurse = billing_agent("n1", &["en"], 1, 0);
     nurse.skills = vec![("clinical_triage".into(), 4)];
@@ -196,6 +199,14 @@ fn preferred_agent_when_eligible_and_free() {
     c.preferred_agent_id = Some("n1".into());
     let d = e.route(&c, t + Duration::seconds(2)).unwrap();
     assert_eq!(callback(&d).reason, CallbackReason::NoAgentAvailable);
+    assert!(d.reasons.contains(&Reason::PreferredAgentUnavailable));
+    // Unknown: said too, never silently ignored.
+    add(&mut e, billing_agent("b3", &["en"], 1, 0), t);
+    let mut c = billing("c4");
+    c.preferred_agent_id = Some("nobody".into());
+    let d = e.route(&c, t + Duration::seconds(3)).unwrap();
+    assert_eq!(&*offer(&d).agent_id, "b3");
+    assert!(d.reasons.contains(&Reason::PreferredAgentUnavailable));
 }
 
 #[test]

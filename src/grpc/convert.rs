@@ -363,6 +363,7 @@ impl From<Reason> for pb::Reason {
             Reason::QueueFull => pb::Reason::QueueFull,
             Reason::WaitTooLong => pb::Reason::WaitTooLong,
             Reason::IdentityDeferred => pb::Reason::IdentityDeferred,
+            Reason::PreferredAgentUnavailable => pb::Reason::PreferredAgentUnavailable,
         }
     }
 }
