@@ -4,7 +4,7 @@
 use chrono::{TimeZone, Utc};
 
 use super::*;
-use crate::model::{Identity, Urgency};
+use crate::model::{CallbackReason, Channel, Contact, Identity, Reason, ReleaseReason, Urgency};
 
 fn open() -> Time {
     Utc.with_ymd_and_hms(2026, 11, 23, 15, 0, 0).unwrap()

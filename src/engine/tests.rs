@@ -6,7 +6,7 @@ use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::Identity;
+use crate::model::{CallbackReason, Channel, Contact, Identity, Reason, ReleaseReason};
 
 /// Monday 2026-11-23 10:00 in New York: the business schedule is open.
 fn open() -> Time {

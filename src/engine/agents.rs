@@ -1,0 +1,196 @@
+//! Agents as the CTI reports them: a profile checked and registered,
+//! removal, and state changes, each kept in the roster's indexes.
+
+use std::sync::Arc;
+
+use super::roster::{self, Agent, Roster};
+use super::{Engine, EngineError};
+use crate::model::{AgentState, Channel, Time};
+use crate::policy::Text;
+
+/// An agent's registration.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AgentSpec {
+    /// The CTI's id.
+    pub id: String,
+    /// Team.
+    pub team: String,
+    /// SIP URI or extension.
+    pub transfer_address: String,
+    /// Skills with proficiency 1-5.
+    pub skills: Vec<(String, u8)>,
+    /// Language tags spoken.
+    pub languages: Vec<String>,
+    /// Contacts at once per channel.
+    pub channels: Vec<(Channel, u8)>,
+}
+
+/// Most contacts an agent takes at once on one channel.
+pub const MAX_CHANNEL_CAPACITY: u8 = 50;
+
+impl AgentSpec {
+    /// Checks the profile; on refusal names the field and what is wrong.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let bad = |field: &str, msg: String| Err((field.to_owned(), msg));
+        if self.id.is_empty() {
+            return bad("agent_id", "required".into());
+        }
+        if self.transfer_address.trim().is_empty() {
+            return bad(
+                "transfer_address",
+                "required: the SIP URI or extension of warm transfers".into(),
+            );
+        }
+        for (i, (skill, level)) in self.skills.iter().enumerate() {
+            if skill.is_empty() {
+                return bad(&format!("skills[{i}].skill"), "required".into());
+            }
+            if !(1..=5).contains(level) {
+                return bad(
+                    &format!("skills[{i}].proficiency"),
+                    format!("{level} is not 1-5"),
+                );
+            }
+            if self.skills[..i].iter().any(|(s, _)| s == skill) {
+                return bad(
+                    &format!("skills[{i}].skill"),
+                    format!("`{skill}` listed twice"),
+                );
+            }
+        }
+        for (i, (channel, capacity)) in self.channels.iter().enumerate() {
+            if !(1..=MAX_CHANNEL_CAPACITY).contains(capacity) {
+                return bad(
+                    &format!("channels[{i}].capacity"),
+                    format!("{capacity} is not 1-{MAX_CHANNEL_CAPACITY}"),
+                );
+            }
+            if self.channels[..i].iter().any(|(c, _)| c == channel) {
+                return bad(
+                    &format!("channels[{i}].channel"),
+                    format!("`{channel}` listed twice"),
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// Registers an agent or replaces its profile, keeping its state and work.
+    /// Returns the eligible queue ids and whether the agent is new; a new
+    /// agent beyond [`EngineConfig::max_agents`] is refused.
+    pub(super) fn upsert_agent(
+        &mut self,
+        spec: AgentSpec,
+        now: Time,
+    ) -> Result<(Vec<Text>, bool), EngineError> {
+        self.advance(now);
+        if self.roster.find(&spec.id).is_none() && self.roster.live() >= self.config.max_agents {
+            return Err(EngineError::TooManyAgents {
+                agent: spec.id,
+                max: self.config.max_agents,
+            });
+        }
+        let languages: Vec<_> = spec
+            .languages
+            .iter()
+            .map(|l| self.roster.intern_language(l))
+            .collect();
+        let mut capacity = [0u8; Channel::ALL.len()];
+        for (c, n) in &spec.channels {
+            capacity[c.index()] = *n;
+        }
+        let policy = Arc::clone(&self.policy);
+        let team = self.roster.intern(&spec.team);
+        let skills: Vec<(Text, u8)> = spec
+            .skills
+            .iter()
+            .map(|(skill, level)| (self.roster.intern(skill), *level))
+            .collect();
+        let transfer_address = roster::text(&spec.transfer_address);
+        let (a, created) = match self.roster.find(&spec.id) {
+            Some(a) => (a, false),
+            None => {
+                let agent = Agent::new(
+                    roster::text(&spec.id),
+                    team.clone(),
+                    transfer_address.clone(),
+                );
+                (self.roster.add(agent), true)
+            }
+        };
+        self.roster.reprofile(a, |agent| {
+            agent.team = team;
+            agent.transfer_address = transfer_address;
+            agent.skills = skills;
+            agent.languages = languages;
+            agent.capacity = capacity;
+            Roster::place(agent, &policy);
+        });
+        let queues = self
+            .roster
+            .agent(a)
+            .queues
+            .iter()
+            .map(|q| policy.queues[*q].id.clone())
+            .collect();
+        self.dispatch(a, now);
+        Ok((queues, created))
+    }
+
+    /// Removes an agent from the roster: refused while it holds a live
+    /// reservation or an active contact (set it offline first, and remove
+    /// it once its work ends). Waiting contacts forget it.
+    pub(super) fn remove_agent(&mut self, agent_id: &str, now: Time) -> Result<(), EngineError> {
+        self.advance(now);
+        let a = self
+            .roster
+            .find(agent_id)
+            .ok_or_else(|| EngineError::UnknownAgent(agent_id.to_owned()))?;
+        let agent = self.roster.agent(a);
+        let what = if agent.reserved.iter().any(|&n| n > 0) {
+            Some("a live reservation")
+        } else if !agent.contacts.is_empty() {
+            Some("an active contact")
+        } else {
+            None
+        };
+        if let Some(what) = what {
+            return Err(EngineError::AgentBusy {
+                agent: agent_id.to_owned(),
+                what,
+            });
+        }
+        self.roster.remove(a);
+        // Its slot will be someone else's: no waiting contact may hold it.
+        self.waiting.forget_agent(a);
+        Ok(())
+    }
+
+    /// Sets an agent's state; returns the previous one. An agent becoming
+    /// available starts its idle time now.
+    pub(super) fn set_state(
+        &mut self,
+        agent_id: &str,
+        state: AgentState,
+        now: Time,
+    ) -> Result<AgentState, EngineError> {
+        self.advance(now);
+        let a = self
+            .roster
+            .find(agent_id)
+            .ok_or_else(|| EngineError::UnknownAgent(agent_id.to_owned()))?;
+        let previous = self.roster.update(a, |agent| {
+            let previous = agent.state;
+            if state == AgentState::Available && previous != AgentState::Available {
+                agent.ready_since = [now.timestamp_micros(); 5];
+            }
+            agent.state = state;
+            agent.missed_offers = 0;
+            previous
+        });
+        self.dispatch(a, now);
+        Ok(previous)
+    }
+}

@@ -1,0 +1,313 @@
+//! Reservations: an agent held for one contact until the CTI confirms or
+//! releases it or its TTL passes; the ledger of their fates (so a late
+//! confirm is told why); confirm, release and complete.
+
+use std::{cmp::Reverse, collections::VecDeque};
+
+use chrono::Duration;
+
+use super::roster::{AgentIdx, Pick};
+use super::{AgentOffer, Engine, EngineError, ReservationId, Timer};
+use crate::model::{AgentState, Channel, ReleaseReason, Time};
+use crate::policy::{QueueIdx, Text};
+
+/// What a reservation is for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Slot<'a> {
+    pub(super) queue: QueueIdx,
+    pub(super) contact_id: &'a str,
+    pub(super) channel: Channel,
+    pub(super) waiter: Option<u64>,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct Reservation {
+    pub(super) id: ReservationId,
+    pub(super) agent: AgentIdx,
+    pub(super) contact_id: String,
+    pub(super) queue: Option<QueueIdx>,
+    pub(super) queue_id: Text,
+    pub(super) channel: Channel,
+    /// Also held by its expiry timer; kept here for the TTL invariant check.
+    #[cfg_attr(not(test), allow(dead_code))]
+    pub(super) expires_at: Time,
+    /// The waiting contact this offer is for, if it came from a line.
+    pub(super) waiter: Option<u64>,
+    /// No free agent spoke the contact's language.
+    pub(super) interpreter_needed: bool,
+    /// Nobody watched the agent at some point while the offer was out: if
+    /// it lapses, that is not the agent's miss.
+    pub(super) unseen: bool,
+}
+
+/// What became of a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(super) enum Fate {
+    Live,
+    Confirmed,
+    Released(ReleaseReason),
+    Expired,
+}
+
+/// The fate of the most recent reservations, one byte each, indexed by
+/// their sequence number: answers "expired" or "already confirmed" for a
+/// late confirm without a hash lookup, in bounded memory.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct Ledger {
+    /// Sequence number of `fates[0]`.
+    pub(super) first: u32,
+    pub(super) fates: VecDeque<Fate>,
+}
+
+/// Reservations whose fate is remembered (1 MiB).
+pub(super) const LEDGER_LEN: usize = 1 << 20;
+
+impl Ledger {
+    pub(super) fn push(&mut self) -> u32 {
+        let seq = self.first.wrapping_add(self.fates.len() as u32);
+        self.fates.push_back(Fate::Live);
+        if self.fates.len() > LEDGER_LEN {
+            self.fates.pop_front();
+            self.first = self.first.wrapping_add(1);
+        }
+        seq
+    }
+
+    pub(super) fn slot(&mut self, seq: u32) -> Option<&mut Fate> {
+        self.fates.get_mut(seq.wrapping_sub(self.first) as usize)
+    }
+}
+
+impl Engine {
+    /// Ends a live reservation and frees the agent's slot; a failed offer of
+    /// a waiting contact puts it back in line, and the freed agent takes
+    /// the best waiting contact it can.
+    pub(super) fn settle(
+        &mut self,
+        id: ReservationId,
+        fate: Fate,
+        now: Time,
+    ) -> Option<Reservation> {
+        let r = self.free_slot(id, fate, now)?;
+        // Only the agent's own misses count: a lapse it could have seen, a
+        // rejection, no answer. The IVR's and the network's never do.
+        let agents_miss = match fate {
+            Fate::Expired => !r.unseen,
+            Fate::Released(reason) => reason.agents_miss(),
+            _ => false,
+        };
+        if agents_miss {
+            self.missed_offer(r.agent);
+        }
+        match (r.waiter, fate) {
+            (Some(seq), Fate::Confirmed) => self.answered(seq, now),
+            (Some(seq), Fate::Released(ReleaseReason::CallerHungUp)) => self.hung_up(seq, &r, now),
+            (Some(seq), Fate::Expired | Fate::Released(_)) => self.offer_failed(seq, &r, fate, now),
+            _ => {}
+        }
+        if fate != Fate::Confirmed {
+            self.dispatch(r.agent, now);
+        }
+        Some(r)
+    }
+
+    /// Removes a live reservation and frees the agent's slot.
+    pub(super) fn free_slot(
+        &mut self,
+        id: ReservationId,
+        fate: Fate,
+        now: Time,
+    ) -> Option<Reservation> {
+        let r = self.reservations.remove(&id)?;
+        if let Some(q) = r.queue {
+            let n = self.roster.reservations_mut(q);
+            *n = n.saturating_sub(1);
+        }
+        let c = r.channel.index();
+        let freed = fate != Fate::Confirmed;
+        let micros = now.timestamp_micros();
+        self.roster.update(r.agent, |agent| {
+            agent.reserved[c] = agent.reserved[c].saturating_sub(1);
+            // Released or lapsed: free on this channel from now.
+            if freed {
+                agent.ready_since[c] = micros;
+            }
+        });
+        if let Some(slot) = self.ledger.slot(id.0 as u32) {
+            *slot = fate;
+        }
+        Some(r)
+    }
+
+    pub(super) fn reserve(&mut self, pick: Pick, slot: Slot<'_>, now: Time) -> AgentOffer {
+        let Slot {
+            queue,
+            contact_id,
+            channel,
+            waiter,
+        } = slot;
+        let seq = self.ledger.push();
+        let id = ReservationId(self.id(seq));
+        let expires_at = now + self.policy.reservation_ttl;
+        let c = channel.index();
+        let micros = now.timestamp_micros();
+        self.roster.update(pick.agent, |agent| {
+            agent.reserved[c] += 1;
+            // Work just arrived on this channel: the agent goes to the back
+            // of its idle order.
+            agent.ready_since[c] = micros;
+        });
+        *self.roster.reservations_mut(queue) += 1;
+        let queue_id = self.policy.queues[queue].id.clone();
+        // A step's wider pool is internal: clients see the queue it widens.
+        let shown_queue = self.policy.queues[self.policy.root(queue)].id.clone();
+        self.reservations.insert(
+            id,
+            Reservation {
+                id,
+                agent: pick.agent,
+                contact_id: contact_id.to_owned(),
+                queue: Some(queue),
+                queue_id: queue_id.clone(),
+                channel,
+                expires_at,
+                waiter,
+                interpreter_needed: pick.interpreter_needed,
+                unseen: false,
+            },
+        );
+        self.timers.push(Reverse((expires_at, Timer::Expire(id))));
+        self.counters.reserved += 1;
+        let agent = self.roster.agent(pick.agent);
+        AgentOffer {
+            agent_id: agent.id.clone(),
+            transfer_address: agent.transfer_address.clone(),
+            queue_id: shown_queue,
+            reservation: id,
+            expires_at,
+            interpreter_needed: pick.interpreter_needed,
+        }
+    }
+
+    pub(super) fn reservation_error(&self, id: ReservationId) -> EngineError {
+        let ours = id.0 >> 32 == u64::from(self.config.id_prefix);
+        let fate = if ours {
+            self.ledger
+                .fates
+                .get((id.0 as u32).wrapping_sub(self.ledger.first) as usize)
+        } else {
+            None
+        };
+        let how = match fate {
+            Some(Fate::Expired) => return EngineError::ReservationExpired(id.to_string()),
+            Some(Fate::Confirmed) => "confirmed",
+            Some(Fate::Released(_)) => "released",
+            Some(Fate::Live) | None => return EngineError::UnknownReservation(id.to_string()),
+        };
+        EngineError::ReservationSettled {
+            id: id.to_string(),
+            how,
+        }
+    }
+
+    /// The transfer connected: the reservation becomes an active contact.
+    /// Returns the agent and contact ids.
+    pub(super) fn confirm(
+        &mut self,
+        id: ReservationId,
+        now: Time,
+    ) -> Result<(Text, String), EngineError> {
+        self.advance(now);
+        let r = self
+            .settle(id, Fate::Confirmed, now)
+            .ok_or_else(|| self.reservation_error(id))?;
+        self.counters.confirmed += 1;
+        let c = r.channel.index();
+        let contact = r.contact_id.clone();
+        self.roster.update(r.agent, |agent| {
+            agent.active[c] += 1;
+            agent.missed_offers = 0;
+            agent
+                .contacts
+                .push((r.contact_id, r.channel, r.queue_id, now));
+        });
+        Ok((self.roster.agent(r.agent).id.clone(), contact))
+    }
+
+    /// The offer was rejected, not answered or cancelled: the agent is free.
+    pub(super) fn release(
+        &mut self,
+        id: ReservationId,
+        reason: ReleaseReason,
+        now: Time,
+    ) -> Result<(), EngineError> {
+        self.advance(now);
+        self.settle(id, Fate::Released(reason), now)
+            .ok_or_else(|| self.reservation_error(id))?;
+        self.counters.released += 1;
+        Ok(())
+    }
+
+    /// The agent finished an active contact: wrap-up for the queue's wrap-up
+    /// time, then available. Returns when wrap-up ends.
+    pub(super) fn complete(
+        &mut self,
+        agent_id: &str,
+        contact_id: &str,
+        now: Time,
+    ) -> Result<Time, EngineError> {
+        self.advance(now);
+        let a = self
+            .roster
+            .find(agent_id)
+            .ok_or_else(|| EngineError::UnknownAgent(agent_id.to_owned()))?;
+        let Some(pos) = self
+            .roster
+            .agent(a)
+            .contacts
+            .iter()
+            .position(|(c, _, _, _)| c == contact_id)
+        else {
+            return Err(EngineError::NoActiveContact {
+                agent: agent_id.to_owned(),
+                contact: contact_id.to_owned(),
+            });
+        };
+        let (queue, confirmed_at) = {
+            let (_, _, queue_id, at) = &self.roster.agent(a).contacts[pos];
+            (self.policy.queue_idx(queue_id), *at)
+        };
+        let wrap_up = queue.map_or(Duration::zero(), |q| self.policy.queues[q].wrap_up);
+        if let Some(q) = queue {
+            self.stats[q].observe_handle_time(now - confirmed_at);
+        }
+        let until = now + wrap_up;
+        let micros = now.timestamp_micros();
+        let generation = self.roster.update(a, |agent| {
+            let (_, channel, _, _) = agent.contacts.swap_remove(pos);
+            let c = channel.index();
+            agent.active[c] = agent.active[c].saturating_sub(1);
+            let working = matches!(agent.state, AgentState::Available | AgentState::Busy);
+            if wrap_up > Duration::zero() && working {
+                agent.state = AgentState::WrapUp;
+                agent.wrap_generation += 1;
+                Some(agent.wrap_generation)
+            } else {
+                // Free on this channel from now: its idle time starts now,
+                // not when the contact was offered.
+                agent.ready_since[c] = micros;
+                None
+            }
+        });
+        match generation {
+            Some(g) => {
+                self.timers.push(Reverse((until, Timer::WrapUpEnd(a, g))));
+                Ok(until)
+            }
+            None => {
+                self.dispatch(a, now);
+                Ok(now)
+            }
+        }
+    }
+}

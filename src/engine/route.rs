@@ -1,0 +1,264 @@
+//! Routing one contact: the policy's plan, then the preferred or longest
+//! idle agent, a place in line or a callback; the decision recorded.
+
+use std::sync::Arc;
+
+use super::roster::{self, Pick};
+use super::{
+    CallbackOffer, Decision, DecisionId, Engine, EngineError, Guidance, Outcome, Slot, Withdrawal,
+};
+use crate::model::{CallbackReason, Contact, Reason, Time};
+use crate::policy::{Policy, QueueIdx, Resolved, Step, Text};
+
+impl Engine {
+    /// Decides where one contact goes at `now`, reserving an agent for a warm
+    /// transfer when there is one.
+    pub(super) fn route(&mut self, contact: &Contact, now: Time) -> Result<Decision, EngineError> {
+        self.advance(now);
+        // Built once: looked up now, and kept with the reply if it is new.
+        let reply_key = contact
+            .request_id
+            .as_deref()
+            .map(|r| (roster::text(&contact.contact_id), roster::text(r)));
+        if let Some(first) = reply_key.as_ref().and_then(|key| self.replies.get(key)) {
+            let mut replay = Decision::clone(first);
+            replay.reasons.push(Reason::IdempotentReplay);
+            return Ok(replay);
+        }
+        let policy = Arc::clone(&self.policy);
+        let facts = self.resolve(&policy, contact)?;
+        // A new hop supersedes any place in line the contact held, and any
+        // callback kept for a watcher that has not connected.
+        self.withdraw(&contact.contact_id, Withdrawal::Rerouted, now);
+        if !self.undelivered.is_empty() {
+            self.undelivered.forget(&contact.contact_id);
+        }
+        let plan = policy.plan(contact, facts, now);
+        // The rule that decided: none when a guard overrode it.
+        let rule = plan
+            .rule
+            .filter(|_| plan.guard.is_none())
+            .map(|r| &policy.rules[r]);
+        let mut reasons = plan.reasons;
+        self.next_id = self.next_id.wrapping_add(1);
+        let id = DecisionId(self.id(self.next_id));
+
+        let (queue, outcome) = match plan.step {
+            Step::Emergency => {
+                let e = &policy.emergency;
+                (
+                    None,
+                    Outcome::Emergency {
+                        script_id: e.script_id.clone(),
+                        instruction: e.instruction.clone(),
+                    },
+                )
+            }
+            Step::Authenticate { failed, target } => {
+                let a = &policy.authenticate;
+                let (script_id, instruction) = if failed {
+                    (a.failed_script_id.clone(), a.failed_instruction.clone())
+                } else {
+                    (a.script_id.clone(), a.instruction.clone())
+                };
+                (
+                    target,
+                    Outcome::Authenticate {
+                        script_id,
+                        instruction,
+                    },
+                )
+            }
+            Step::Callback { queue, reason } => (
+                Some(queue),
+                self.callback(queue, reason, facts, contact, now),
+            ),
+            Step::Route { queue } => {
+                let chosen = self.choose(queue, contact);
+                if contact.preferred_agent_id.is_some() && !matches!(chosen, Some((_, true))) {
+                    reasons.push(Reason::PreferredAgentUnavailable);
+                }
+                let outcome = match chosen {
+                    Some(pick) => {
+                        reasons.push(if pick.1 {
+                            Reason::PreferredAgent
+                        } else {
+                            Reason::LongestIdle
+                        });
+                        if pick.0.interpreter_needed {
+                            reasons.push(Reason::InterpreterNeeded);
+                        }
+                        let slot = Slot {
+                            queue,
+                            contact_id: &contact.contact_id,
+                            channel: contact.channel,
+                            waiter: None,
+                        };
+                        Outcome::Agent(self.reserve(pick.0, slot, now))
+                    }
+                    // Nobody logged in, or the queue does not take the
+                    // contact's channel: no line could ever be served.
+                    None if self.roster.pool(queue).staffed == 0
+                        || !policy.queues[queue].channels.contains(contact.channel) =>
+                    {
+                        reasons.push(Reason::NoAgentsStaffed);
+                        self.callback(queue, CallbackReason::NoAgentsStaffed, facts, contact, now)
+                    }
+                    None => match self.enqueue(queue, contact, facts, id, now) {
+                        Ok(offer) => {
+                            reasons.push(Reason::Queued);
+                            Outcome::Queued(offer)
+                        }
+                        Err(reason) => {
+                            reasons.push(match reason {
+                                CallbackReason::QueueFull => Reason::QueueFull,
+                                CallbackReason::WaitTooLong => Reason::WaitTooLong,
+                                _ => Reason::NoAgentAvailable,
+                            });
+                            self.callback(queue, reason, facts, contact, now)
+                        }
+                    },
+                };
+                (Some(queue), outcome)
+            }
+        };
+
+        let (level, team) = match (&outcome, queue) {
+            (Outcome::Emergency { .. }, _) => {
+                (policy.emergency.level, policy.emergency.team.clone())
+            }
+            (_, Some(q)) => (policy.queues[q].level, policy.queues[q].team.clone()),
+            (_, None) => {
+                let q = &policy.queues[policy.default_queue];
+                (q.level, q.team.clone())
+            }
+        };
+        let guidance = Guidance {
+            identity: reasons
+                .contains(&Reason::IdentityDeferred)
+                .then(|| policy.authenticate.verify_during_call.clone()),
+            rule: rule.map(|r| r.guidance.clone()),
+            queue: match (queue, &outcome) {
+                (_, Outcome::Emergency { .. }) | (None, _) => None,
+                (Some(q), _) => Some(policy.queues[q].guidance.clone()),
+            },
+        };
+        let decision = Decision {
+            id,
+            rule_id: match plan.guard {
+                Some(guard) => Some(Text::from(guard.id())),
+                None => rule.map(|r| r.id.clone()),
+            },
+            reasons,
+            level,
+            team,
+            guidance,
+            outcome,
+        };
+        self.record(
+            contact,
+            &decision,
+            queue.map(|q| policy.queues[q].id.clone()),
+            reply_key,
+            now,
+        );
+        Ok(decision)
+    }
+
+    /// Checks the contact against the policy's vocabulary.
+    pub(super) fn resolve(
+        &self,
+        policy: &Policy,
+        contact: &Contact,
+    ) -> Result<Resolved, EngineError> {
+        let intent =
+            policy
+                .intent_idx(&contact.intent)
+                .ok_or_else(|| EngineError::UnknownIntent {
+                    allowed: policy.intent_names(),
+                })?;
+        for (key, value) in &contact.attributes {
+            let allowed =
+                policy
+                    .attributes
+                    .get(key)
+                    .ok_or_else(|| EngineError::UnknownAttribute {
+                        allowed: policy.attribute_names(),
+                    })?;
+            if !allowed.contains(value) {
+                return Err(EngineError::AttributeValue {
+                    key: key.clone(),
+                    allowed: allowed.join(", "),
+                });
+            }
+        }
+        let transfer_from =
+            match &contact.transfer_from {
+                Some(t) => Some(policy.queue_idx(&t.queue_id).ok_or_else(|| {
+                    EngineError::UnknownQueue {
+                        field: "transfer_from.queue_id",
+                        id: t.queue_id.clone(),
+                    }
+                })?),
+                None => None,
+            };
+        Ok(Resolved {
+            intent,
+            transfer_from,
+        })
+    }
+
+    /// The preferred agent if eligible and free, else the longest idle free
+    /// agent (speakers of the contact's language first). Never the agent
+    /// handing the contact on. The flag says whether the preferred agent won.
+    pub(super) fn choose(&self, queue: QueueIdx, contact: &Contact) -> Option<(Pick, bool)> {
+        let exclude = contact
+            .transfer_from
+            .as_ref()
+            .and_then(|t| t.agent_id.as_deref())
+            .and_then(|id| self.roster.find(id));
+        let language = contact
+            .language
+            .as_deref()
+            .unwrap_or(&self.policy.default_language);
+        let lang = self.roster.language(language);
+        if let Some(a) = contact
+            .preferred_agent_id
+            .as_deref()
+            .and_then(|id| self.roster.find(id))
+            && Some(a) != exclude
+            && self.roster.is_free_for(a, queue, contact.channel)
+        {
+            let speaks = lang.is_some_and(|l| self.roster.agent(a).languages.contains(&l));
+            return Some((
+                Pick {
+                    agent: a,
+                    interpreter_needed: !speaks,
+                },
+                true,
+            ));
+        }
+        self.roster
+            .pick(queue, contact.channel, lang, exclude.as_slice())
+            .map(|p| (p, false))
+    }
+
+    pub(super) fn callback(
+        &mut self,
+        queue: QueueIdx,
+        reason: CallbackReason,
+        facts: Resolved,
+        contact: &Contact,
+        now: Time,
+    ) -> Outcome {
+        self.stats[queue].callbacks += 1;
+        Outcome::Callback(CallbackOffer::new(
+            &self.policy,
+            queue,
+            reason,
+            facts.intent,
+            contact.urgency,
+            now,
+        ))
+    }
+}
