@@ -250,6 +250,50 @@ impl Contact {
         }
     }
 
+    /// A checksum (CRC-32) of everything in the request but its request
+    /// id: a retry carries the same, a different request under a reused
+    /// request id does not. Stable across processes and builds, since a
+    /// journal keeps it.
+    pub fn digest(&self) -> u32 {
+        let mut h = crc32fast::Hasher::new();
+        // Each field with its length, so no two contacts run together.
+        let mut put = |s: &str| {
+            h.update(&(s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        };
+        put(&self.contact_id);
+        put(self.channel.as_str());
+        put(&self.intent);
+        put(self.urgency.as_str());
+        put(self.identity.as_str());
+        put(self.language.as_deref().unwrap_or("\0none"));
+        put(if self.escalation_requested { "1" } else { "0" });
+        // Signals and attributes are sets: in any order, the same request
+        // (a map on the wire comes in no fixed order).
+        let mut signals: Vec<&str> = self.signals.iter().map(String::as_str).collect();
+        signals.sort_unstable();
+        put(&signals.len().to_string());
+        for s in signals {
+            put(s);
+        }
+        let mut attributes: Vec<&(String, String)> = self.attributes.iter().collect();
+        attributes.sort_unstable();
+        put(&attributes.len().to_string());
+        for (k, v) in attributes {
+            put(k);
+            put(v);
+        }
+        match &self.transfer_from {
+            Some(t) => {
+                put(&t.queue_id);
+                put(t.agent_id.as_deref().unwrap_or("\0none"));
+            }
+            None => put("\0none"),
+        }
+        put(self.preferred_agent_id.as_deref().unwrap_or("\0none"));
+        h.finalize()
+    }
+
     /// The value of one routing attribute.
     pub fn attribute(&self, key: &str) -> Option<&str> {
         self.attributes
@@ -461,6 +505,31 @@ pub type FastMap<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_digest_sees_the_request_not_its_id_or_the_order_of_its_sets() {
+        let mut a = Contact::new("c1", "billing");
+        a.attributes = vec![
+            ("coverage".into(), "in_network".into()),
+            ("plan".into(), "offered".into()),
+        ];
+        a.signals = vec!["x".into(), "y".into()];
+        let mut b = a.clone();
+        b.attributes.reverse();
+        b.signals.reverse();
+        b.request_id = Some("r-2".into());
+        assert_eq!(a.digest(), b.digest());
+        // Any field that routes is seen, and fields do not run together.
+        let mut c = a.clone();
+        c.language = Some("es".into());
+        assert_ne!(a.digest(), c.digest());
+        let mut d = a.clone();
+        d.attributes = vec![
+            ("coverage".into(), "in_networkplan".into()),
+            ("".into(), "offered".into()),
+        ];
+        assert_ne!(a.digest(), d.digest());
+    }
 
     #[test]
     fn all_lists_are_in_declaration_order() {

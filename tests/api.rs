@@ -275,6 +275,16 @@ async fn retries_are_idempotent_and_paths_show_every_hop() {
     assert_eq!(first.decision_id, again.decision_id);
     assert_eq!(agent(&first).reservation_id, agent(&again).reservation_id);
     assert!(has_reason(&again, pb::Reason::IdempotentReplay));
+    // The same request id with another request: refused, naming the field.
+    let mut reused = contact("c1", "scheduling");
+    reused.request_id = "ivr-req-1".into();
+    let err = s.route(reused).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("request_id:"),
+        "{}",
+        err.message()
+    );
 
     let mut escalated = contact("c1", "billing");
     escalated.escalation_requested = true;

@@ -34,6 +34,12 @@ pub enum EngineError {
         /// The id given.
         id: String,
     },
+    /// A request id already used for this contact with a different
+    /// request: refused, never answered with the first decision.
+    #[error(
+        "request_id: already used for a different request to this contact (REQUEST_ID_REUSED); a retry must repeat the request unchanged"
+    )]
+    RequestIdReused,
     /// No agent with this id.
     #[error("agent `{0}` not found")]
     UnknownAgent(String),

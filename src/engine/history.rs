@@ -80,7 +80,8 @@ impl Engine {
         };
         self.push_hop(&contact.contact_id, hop, now);
         if let Some(key) = reply_key {
-            self.replies.insert(key, Arc::new(decision.clone()), now);
+            self.replies
+                .insert(key, (contact.digest(), Arc::new(decision.clone())), now);
         }
     }
 

@@ -224,7 +224,9 @@ pub struct Engine {
     ledger: Ledger,
     timers: BinaryHeap<Reverse<(Time, Timer)>>,
     /// The first decision per (contact id, request id), for retries.
-    replies: Expiring<(Text, Text), Arc<Decision>>,
+    /// With the request's digest ([`Contact::digest`]): a reused request
+    /// id with another request is refused, not answered with this.
+    replies: Expiring<(Text, Text), (u32, Arc<Decision>)>,
     paths: Expiring<String, Vec<Hop>>,
     next_id: u32,
     counters: Counters,

@@ -20,7 +20,10 @@ impl Engine {
             .request_id
             .as_deref()
             .map(|r| (roster::text(&contact.contact_id), roster::text(r)));
-        if let Some(first) = reply_key.as_ref().and_then(|key| self.replies.get(key)) {
+        if let Some((digest, first)) = reply_key.as_ref().and_then(|key| self.replies.get(key)) {
+            if *digest != contact.digest() {
+                return Err(EngineError::RequestIdReused);
+            }
             let mut replay = Decision::clone(first);
             replay.reasons.push(Reason::IdempotentReplay);
             return Ok(replay);

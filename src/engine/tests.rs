@@ -6,7 +6,7 @@ use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::{CallbackReason, Channel, Contact, Identity, Reason, ReleaseReason};
+use crate::model::{CallbackReason, Channel, Contact, Identity, Reason, ReleaseReason, Urgency};
 
 /// Monday 2026-11-23 10:00 in New York: the business schedule is open.
 fn open() -> Time {
@@ -354,6 +354,24 @@ fn retry_with_the_same_request_id_reserves_nothing_new() {
     let mut other = billing("c2");
     other.request_id = Some("req-1".into());
     assert_ne!(e.route(&other, t).unwrap().id, first.id);
+    // The same request id with a different request is refused, never
+    // answered with the first decision; the first stays for true retries.
+    for change in [
+        (|c: &mut Contact| c.intent = "scheduling".into()) as fn(&mut Contact),
+        |c| c.urgency = Urgency::Urgent,
+        |c| c.escalation_requested = true,
+        |c| c.attributes = vec![("coverage".into(), "self_pay".into())],
+        |c| c.preferred_agent_id = Some("b2".into()),
+    ] {
+        let mut changed = c.clone();
+        change(&mut changed);
+        assert_eq!(
+            e.route(&changed, t + Duration::seconds(2)),
+            Err(EngineError::RequestIdReused)
+        );
+    }
+    assert_eq!(e.route(&c, t + Duration::seconds(3)).unwrap().id, first.id);
+    assert_eq!(e.counters().reserved, 2);
 }
 
 /// The window is a time: a retry late in the window still replays, and

@@ -157,6 +157,9 @@ impl TryFrom<pb::RouteContactRequest> for Contact {
             let value = required(&format!("attributes[{key}]"), value, MAX_VALUE_LEN, VALUE)?;
             attributes.push((key, value));
         }
+        // A map on the wire has no order: one order, so the same request
+        // is logged (and replayed) the same way.
+        attributes.sort_unstable();
         let transfer_from = match r.transfer_from {
             Some(t) => Some(TransferFrom {
                 queue_id: required("transfer_from.queue_id", t.queue_id, MAX_ID_LEN, ID)?,

@@ -28,6 +28,7 @@ impl From<EngineError> for Status {
         let message = e.to_string();
         match e {
             EngineError::UnknownIntent { .. } => Status::invalid_argument(message),
+            EngineError::RequestIdReused => Status::invalid_argument(message),
             EngineError::UnknownAttribute { .. } => Status::invalid_argument(message),
             EngineError::AttributeValue { .. } => Status::invalid_argument(message),
             EngineError::UnknownQueue { .. } => Status::not_found(message),
