@@ -382,6 +382,8 @@ struct Model {
     waiting: HashSet<String>,
     /// Agents registered.
     agents: HashSet<String>,
+    /// Requests decided with a request id: (contact, request id), digest.
+    requests: std::collections::HashMap<(String, String), u32>,
 }
 
 /// Routes `c` and holds the answer to what the model knows: a contact in
@@ -392,6 +394,18 @@ fn route(e: &mut Engine, m: &mut Model, c: &Contact, known: bool, now: Time) {
         Ok(d) => {
             let replay = d.reasons.last() == Some(&careroute::model::Reason::IdempotentReplay);
             check_decision(e, &d, now);
+            if let Some(r) = &c.request_id {
+                let first = m.requests.entry((c.contact_id.clone(), r.clone()));
+                if replay {
+                    // A retry is answered only for the request it repeats.
+                    if let std::collections::hash_map::Entry::Occupied(o) = &first {
+                        assert_eq!(*o.get(), c.digest(), "replayed a different request");
+                    }
+                } else {
+                    // Decided anew: the first for this id, or its window ended.
+                    *first.or_default() = c.digest();
+                }
+            }
             if !replay {
                 assert!(
                     e.path(&c.contact_id).is_some(),
@@ -434,6 +448,15 @@ fn route(e: &mut Engine, m: &mut Model, c: &Contact, known: bool, now: Time) {
                 }
             }
             to_wire(d);
+        }
+        Err(careroute::engine::EngineError::RequestIdReused) => {
+            // Only a request id already decided for another request.
+            let key = (c.contact_id.clone(), c.request_id.clone().unwrap_or_default());
+            let first = m.requests.get(&key).copied();
+            assert!(
+                first.is_some_and(|d| d != c.digest()),
+                "refused a request id never used for another request"
+            );
         }
         Err(err) => {
             assert!(
