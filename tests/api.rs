@@ -198,6 +198,9 @@ async fn bad_input_gets_the_right_code_and_names_the_field() {
     cases.push((c, Code::InvalidArgument, "attributes"));
     c = contact("c1", &"x".repeat(65));
     cases.push((c, Code::InvalidArgument, "intent"));
+    // Far over the field's limit, still named (not a generic size error).
+    c = contact("c1", &"x".repeat(64 * 1024));
+    cases.push((c, Code::InvalidArgument, "intent"));
     c = contact("c1", "horoscope");
     cases.push((c, Code::InvalidArgument, "intent"));
     c = contact("c1", "billing");
@@ -218,6 +221,12 @@ async fn bad_input_gets_the_right_code_and_names_the_field() {
             err.message()
         );
     }
+    // Beyond what careroute decodes at all: RESOURCE_EXHAUSTED, stating
+    // the limit.
+    let huge = contact("c1", &"x".repeat(600 * 1024));
+    let err = client.route_contact(huge).await.unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(err.message().contains("524288"), "{}", err.message());
     let err = client
         .set_agent_state(state("ghost", pb::AgentState::Available))
         .await

@@ -26,6 +26,8 @@ use tower_service::Service;
 
 /// How tonic's protobuf codec begins a decode failure's message.
 const DECODE_FAILURE: &str = "failed to decode Protobuf message";
+/// How tonic begins the status of a request over the decode limit.
+const TOO_LARGE: &str = "Error, decoded message length too large";
 
 /// The layer to add to the tonic server.
 #[derive(Debug, Clone, Copy, Default)]
@@ -81,6 +83,13 @@ fn client_code(status: &Status, transport_failed: bool) -> Option<Status> {
         Code::Unknown if transport_failed => Some(Status::cancelled(
             "the client went away while its request was being read",
         )),
+        Code::OutOfRange if status.message().starts_with(TOO_LARGE) => {
+            Some(Status::resource_exhausted(format!(
+                "the request is larger than careroute decodes ({} bytes): {}",
+                super::service::MAX_MESSAGE_BYTES,
+                status.message()
+            )))
+        }
         Code::Internal if status.message().starts_with(DECODE_FAILURE) => {
             Some(Status::invalid_argument(format!(
                 "the request body does not decode as this method's message: {}",

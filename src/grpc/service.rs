@@ -272,8 +272,12 @@ fn stream_broken(status: Status) -> Status {
     }
 }
 
-/// Largest request accepted: far above any valid request.
-const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// Largest request decoded: far above any valid request (the longest is
+/// an UpsertAgent of a few KiB), and high enough that an oversized field
+/// still reaches its field check and is named (a 64 KiB `intent` is
+/// `intent: longer than 64 bytes`). Larger requests get
+/// `RESOURCE_EXHAUSTED` stating the limit.
+pub const MAX_MESSAGE_BYTES: usize = 512 * 1024;
 
 #[tonic::async_trait]
 impl pb::routing_service_server::RoutingService for Routing {
