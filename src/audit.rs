@@ -34,6 +34,16 @@ pub enum AuditError {
         /// The first record kept.
         first: u64,
     },
+    /// The log was written by a build that decides differently: its
+    /// outcomes can only be replayed by that build.
+    #[error(
+        "the log was written by a build that routes by rules version {found} (this one: {ours}); replayed here it would show decisions that were never made: use that build's `careroute journal --outcomes`, or export without --outcomes",
+        ours = crate::engine::ROUTING_VERSION
+    )]
+    OtherRouting {
+        /// The version it was written under.
+        found: u32,
+    },
     /// The log does not start with the policy it was written under.
     #[error("the log does not start with its policy; nothing to replay")]
     NoStart,
@@ -69,6 +79,12 @@ pub fn export(
         ..Exported::default()
     };
     let from = from.max(1);
+    if outcomes {
+        let found = reader.routing_version()?;
+        if found != crate::engine::ROUTING_VERSION {
+            return Err(AuditError::OtherRouting { found });
+        }
+    }
     let mut replay = if outcomes {
         Some(rebuild_before(dir, &reader, from, exported.span)?)
     } else {

@@ -368,6 +368,13 @@ pub fn record_snapshot(took: std::time::Duration, bytes: usize) {
     metrics::gauge!(SNAPSHOT_SECONDS).set(took.as_secs_f64());
 }
 
+/// Sets the snapshot counters at zero, so the first failure is an
+/// increase an alert can see.
+pub fn register_snapshots() {
+    metrics::counter!(SNAPSHOTS).increment(0);
+    metrics::counter!(SNAPSHOT_FAILURES).increment(0);
+}
+
 /// Records a snapshot that could not be saved.
 pub fn record_snapshot_failure() {
     metrics::counter!(SNAPSHOT_FAILURES).increment(1);

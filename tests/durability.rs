@@ -501,3 +501,32 @@ async fn the_journal_export_shows_every_record_and_what_it_decided() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_log_written_under_other_routing_rules_is_not_replayed() {
+    let data = fresh_data_dir();
+    let policy = policy_file(&data);
+    let mut p = Process::start_in(&data, &["--policy", policy.as_str()], "info");
+    let mut c = client(&p).await;
+    agent(&mut c, "b1", "Billing", "billing").await;
+    p.signal("KILL");
+    p.wait_exit(Duration::from_secs(10)).unwrap();
+    // As if an older build had written it.
+    let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
+    db.execute(
+        "UPDATE meta SET value = '1' WHERE key = 'routing_version'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    let why = refused(&data, &policy);
+    assert!(why.contains("routes by rules version 1"), "{why}");
+    assert!(why.contains("fresh --data-dir"), "{why}");
+    // Its records can still be exported; their outcomes cannot be replayed
+    // here.
+    let (ok, lines, _) = export(&data, &[]);
+    assert!(ok && !lines.is_empty());
+    let (ok, _, stderr) = export(&data, &["--outcomes"]);
+    assert!(!ok);
+    assert!(stderr.contains("rules version 1"), "{stderr}");
+}

@@ -145,7 +145,9 @@ impl Outcome {
 pub struct Decision {
     /// Unique id.
     pub id: DecisionId,
-    /// The policy rule that matched.
+    /// What decided: the matched rule's id, or the guard's that overrode
+    /// it (`guard:identity`, `guard:emergency`); none for the default
+    /// queue.
     pub rule_id: Option<Text>,
     /// Why, in the order the reasons applied.
     pub reasons: Vec<Reason>,
@@ -184,7 +186,8 @@ pub struct Guidance {
 }
 
 impl Guidance {
-    /// Every line, the rule's first.
+    /// Every line: the identity guard's first, then the rule's, then the
+    /// queue's.
     pub fn iter(&self) -> impl Iterator<Item = &Text> {
         self.identity
             .iter()

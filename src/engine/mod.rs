@@ -119,6 +119,13 @@ impl EngineConfig {
     }
 }
 
+/// The version of the rules by which the engine decides. Bump it with any
+/// change that makes the same commands decide differently (a guard, a
+/// default, a tie-break): a log written under another version is not
+/// replayed, since that would rebuild decisions that were never made.
+/// 2: the explicit identity gate and REQUEST_ID_REUSED.
+pub const ROUTING_VERSION: u32 = 2;
+
 /// The peak rate of new requests with a request id the default window
 /// holds in full.
 pub const DEFAULT_PEAK_PER_SECOND: u32 = 1_000;

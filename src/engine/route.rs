@@ -169,11 +169,7 @@ impl Engine {
     }
 
     /// Checks the contact against the policy's vocabulary.
-    pub(super) fn resolve(
-        &self,
-        policy: &Policy,
-        contact: &Contact,
-    ) -> Result<Resolved, EngineError> {
+    fn resolve(&self, policy: &Policy, contact: &Contact) -> Result<Resolved, EngineError> {
         let intent =
             policy
                 .intent_idx(&contact.intent)
@@ -214,7 +210,7 @@ impl Engine {
     /// The preferred agent if eligible and free, else the longest idle free
     /// agent (speakers of the contact's language first). Never the agent
     /// handing the contact on. The flag says whether the preferred agent won.
-    pub(super) fn choose(&self, queue: QueueIdx, contact: &Contact) -> Option<(Pick, bool)> {
+    fn choose(&self, queue: QueueIdx, contact: &Contact) -> Option<(Pick, bool)> {
         let exclude = contact
             .transfer_from
             .as_ref()
@@ -246,7 +242,7 @@ impl Engine {
             .map(|p| (p, false))
     }
 
-    pub(super) fn callback(
+    fn callback(
         &mut self,
         queue: QueueIdx,
         reason: CallbackReason,

@@ -113,6 +113,18 @@ pub enum JournalError {
         /// Why each snapshot was refused.
         why: String,
     },
+    /// The log was written by a build that decides differently: replaying
+    /// it would rebuild decisions that were never made.
+    #[error(
+        "journal {file}: written by a build that routes by rules version {found}; this build routes by version {ours}, and replaying would rebuild decisions that were never made. Start on a fresh --data-dir (keep this one for audit: the older build's `careroute journal` reads it)",
+        ours = crate::engine::ROUTING_VERSION
+    )]
+    OtherRouting {
+        /// The database file.
+        file: PathBuf,
+        /// The version it was written under.
+        found: u32,
+    },
     /// The journal could not be set up (a thread, the snapshot shadow).
     #[error("journal: {0}")]
     Setup(String),

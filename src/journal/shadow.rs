@@ -53,6 +53,7 @@ impl Snapshots {
         config: EngineConfig,
         every: Every,
     ) -> std::io::Result<Snapshots> {
+        crate::telemetry::register_snapshots();
         let (feed, fed) = mpsc::channel::<Batch>();
         let (compact, compacted) = mpsc::channel();
         std::thread::Builder::new()

@@ -9,7 +9,7 @@ use rusqlite::{Connection, params};
 use super::snapshots::{Loaded, SnapshotFile};
 use super::{FILE, JournalError, WAL_LIMIT};
 use crate::config::JournalSync;
-use crate::engine::{Command, Engine};
+use crate::engine::{Command, Engine, ROUTING_VERSION};
 use crate::model::Time;
 
 /// What the log held at start.
@@ -119,7 +119,29 @@ impl Store {
         let id_prefix = meta_get(&conn, "id_prefix")
             .map_err(sql)?
             .and_then(|v| v.parse().ok());
+        let (first, last): (Option<i64>, Option<i64>) = conn
+            .query_row("SELECT MIN(seq), MAX(seq) FROM commands", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(sql)?;
         let log_id = meta_get(&conn, "log_id").map_err(sql)?;
+        // A log is replayed only by a build that decides as the one that
+        // wrote it; a log from before the version was kept is version 1.
+        let routing: u32 = meta_get(&conn, "routing_version")
+            .map_err(sql)?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1);
+        if (log_id.is_some() || first.is_some()) && routing != ROUTING_VERSION {
+            return Err(JournalError::OtherRouting {
+                file,
+                found: routing,
+            });
+        }
+        conn.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES ('routing_version', ?1)",
+            params![ROUTING_VERSION.to_string()],
+        )
+        .map_err(sql)?;
         let log_id = match log_id.and_then(|v| v.parse::<u64>().ok()) {
             Some(id) => id,
             // A new log: snapshots of any other log are not its own.
@@ -139,11 +161,6 @@ impl Store {
             refused: refused_snapshots,
         } = snapshots.load()?;
         let base = snapshot.as_ref().map_or(0, |(seq, _)| *seq);
-        let (first, last): (Option<i64>, Option<i64>) = conn
-            .query_row("SELECT MIN(seq), MAX(seq) FROM commands", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .map_err(sql)?;
         if let Some(last) = last
             && (last as u64) < base
         {
@@ -375,6 +392,15 @@ impl LogReader {
         Ok(meta_get(&self.conn, "id_prefix")
             .map_err(|e| self.sql(e))?
             .and_then(|v| v.parse().ok()))
+    }
+
+    /// The routing version of the build that wrote the log (1: before the
+    /// version was kept).
+    pub fn routing_version(&self) -> Result<u32, JournalError> {
+        Ok(meta_get(&self.conn, "routing_version")
+            .map_err(|e| self.sql(e))?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1))
     }
 
     /// The log's identity, which its snapshots carry.

@@ -601,7 +601,9 @@ impl Cx<'_> {
                 after_hours_urgent_to,
                 same_team_transfers,
                 escalate_to,
-                requires_identity: q.requires_identity.unwrap_or(false),
+                // Safe by default: a queue above level 1 requires a
+                // verified caller unless the policy says otherwise.
+                requires_identity: q.requires_identity.unwrap_or(*q.level.get_ref() > 1),
                 clinical: q.clinical.unwrap_or(false),
                 guidance: text_list(&q.guidance),
             });
@@ -640,6 +642,13 @@ impl Cx<'_> {
         let mut rule_lines: Vec<(String, usize)> = Vec::new();
         for r in &raw.rules {
             let field = format!("rules.{}", r.id.get_ref());
+            if r.id.get_ref().starts_with("guard:") {
+                return Err(self.bad(
+                    &r.id,
+                    format!("{field}.id"),
+                    "`guard:` names the built-in guards in answers; choose another id",
+                ));
+            }
             if rules.iter().any(|x| *x.id == **r.id.get_ref()) {
                 return Err(self.bad(
                     &r.id,

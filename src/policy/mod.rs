@@ -459,10 +459,15 @@ impl Policy {
                 // Clinical triage never waits for identity: an urgent
                 // contact goes on, to be verified during the call.
                 let deferred = needs_identity
-                    && routed
                     && contact.urgency == Urgency::Urgent
                     && self.queues[queue].clinical;
                 if deferred {
+                    // Said as it is: a failed check may be an impostor.
+                    reasons.push(if contact.identity == Identity::Failed {
+                        Reason::IdentityFailed
+                    } else {
+                        Reason::IdentityNotAttempted
+                    });
                     reasons.push(Reason::IdentityDeferred);
                 }
                 if needs_identity && !deferred {

@@ -409,16 +409,32 @@ fn identity_is_asked_for_escalations_and_where_the_policy_says_never_by_level_al
     );
     assert_eq!(got.guard, Some(Guard::Identity));
     assert!(got.reasons.contains(&Reason::IdentityNotAttempted));
-    // A level-3 queue that does not require identity is reached unverified:
-    // the level alone gates nothing.
+    // A queue above level 1 requires identity unless it says otherwise
+    // (safe by default for policies that predate the key).
     let c = Contact::new("c2", "clinical");
-    assert_eq!(plan(&p, &c).step, Step::Route { queue: nurses });
-    // The policy can let escalations through, and a rule can opt out.
-    let p = identity_policy("escalations = false", "", "");
+    assert!(matches!(plan(&p, &c).step, Step::Authenticate { .. }));
+    let open = identity_policy("", "requires_identity = false", "");
+    assert_eq!(plan(&open, &c).step, Step::Route { queue: nurses });
+    // The policy can let escalations through, and a rule can opt out (once
+    // the level-2 queue itself does not require identity).
+    let open_supervisors = |p: Policy| {
+        let text = p.text.replacen(
+            "transfer_address = \"sip:s@x\"",
+            "transfer_address = \"sip:s@x\"\nrequires_identity = false",
+            1,
+        );
+        parse("identity.toml", &text).unwrap()
+    };
     let mut c = Contact::new("c3", "general");
     c.escalation_requested = true;
+    let p = identity_policy("", "", "");
+    assert!(matches!(
+        plan(&open_supervisors(p), &c).step,
+        Step::Authenticate { .. }
+    ));
+    let p = open_supervisors(identity_policy("escalations = false", "", ""));
     assert_eq!(plan(&p, &c).step, Step::Route { queue: supervisors });
-    let p = identity_policy("", "", "requires_identity = false");
+    let p = open_supervisors(identity_policy("", "", "requires_identity = false"));
     assert_eq!(plan(&p, &c).step, Step::Route { queue: supervisors });
     assert_eq!(plan(&p, &c).guard, None);
     // A verified caller is never asked.
@@ -448,7 +464,19 @@ fn urgent_clinical_contacts_are_never_held_for_identity() {
     assert_eq!(got.step, Step::Route { queue: nurses });
     assert_eq!(got.guard, None);
     assert!(got.reasons.contains(&Reason::IdentityDeferred));
-    assert!(!got.reasons.contains(&Reason::IdentityFailed));
+    // The failed check is still said: it may be an impostor.
+    assert!(got.reasons.contains(&Reason::IdentityFailed));
+    // A rule answering with a callback to the clinical queue defers too.
+    let cb = identity_policy("", "requires_identity = true\nclinical = true", "");
+    let text = cb.text.replacen(
+        "when = { intent = [\"clinical\"] }\nroute_to = \"nurses\"",
+        "when = { intent = [\"clinical\"] }\ncallback_to = \"nurses\"",
+        1,
+    );
+    let cb = parse("identity.toml", &text).unwrap();
+    let got = plan(&cb, &c);
+    assert!(matches!(got.step, Step::Callback { .. }), "{:?}", got.step);
+    assert!(got.reasons.contains(&Reason::IdentityDeferred));
     // Not clinical: urgency alone does not lift the requirement.
     let p = identity_policy("", "requires_identity = true", "");
     assert!(matches!(plan(&p, &c).step, Step::Authenticate { .. }));
@@ -456,4 +484,14 @@ fn urgent_clinical_contacts_are_never_held_for_identity() {
     let p = identity_policy("", "requires_identity = true\nclinical = true", "");
     c.identity = Identity::Verified;
     assert!(!plan(&p, &c).reasons.contains(&Reason::IdentityDeferred));
+}
+
+#[test]
+fn rule_ids_may_not_take_a_guard_name() {
+    let (field, _, message) = refusal(
+        "id = \"clinical\"\ndescription",
+        "id = \"guard:clinical\"\ndescription",
+    );
+    assert_eq!(field, "rules.guard:clinical.id");
+    assert!(message.contains("built-in guards"), "{message}");
 }
