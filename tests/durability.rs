@@ -11,7 +11,7 @@ use std::time::Duration;
 use careroute::grpc::pb;
 use common::{
     contact,
-    floor::{KNOBS, Knobs, agent, busy, client, policy, queue},
+    floor::{self, KNOBS, Knobs, agent, busy, client, policy, queue},
     process::{Process, fresh_data_dir},
 };
 use tonic::Code;
@@ -28,17 +28,29 @@ fn policy_file(dir: &std::path::Path) -> String {
     path.to_str().unwrap().to_owned()
 }
 
+/// Where GetContactStatus says `id` is.
 async fn status(
     c: &mut pb::routing_service_client::RoutingServiceClient<tonic::transport::Channel>,
     id: &str,
 ) -> Option<pb::get_contact_status_response::Status> {
-    c.get_contact_status(pb::GetContactStatusRequest {
-        contact_id: id.into(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .status
+    floor::status(c, id).await.unwrap().status
+}
+
+/// The floor both restart tests stand up before the kill: three agents, a
+/// confirmed call, an offer out (decided with a request id), a second
+/// confirmed call; returns the request to retry and its first answer.
+async fn busy_floor(
+    c: &mut pb::routing_service_client::RoutingServiceClient<tonic::transport::Channel>,
+) -> (pb::RouteContactRequest, pb::RouteContactResponse) {
+    for id in ["b1", "b2", "b3"] {
+        agent(c, id, "Billing", "billing").await;
+    }
+    busy(c, "on-call", "billing").await;
+    let mut retried = contact("offered", "billing");
+    retried.request_id = "req-1".into();
+    let offered = c.route_contact(retried.clone()).await.unwrap().into_inner();
+    busy(c, "third", "billing").await;
+    (retried, offered)
 }
 
 #[tokio::test]
@@ -50,21 +62,13 @@ async fn kill_9_loses_nothing_acknowledged() {
     let mut c = client(&p).await;
     // Acknowledged before the kill: three agents; a confirmed call; an
     // offer out; a decision with a request id; two callers in line.
-    for id in ["b1", "b2", "b3"] {
-        agent(&mut c, id, "Billing", "billing").await;
-    }
-    busy(&mut c, "on-call", "billing").await;
-    let mut retried = contact("offered", "billing");
-    retried.request_id = "req-1".into();
-    let offered = c.route_contact(retried.clone()).await.unwrap().into_inner();
+    let (retried, offered) = busy_floor(&mut c).await;
     let Some(pb::route_contact_response::Outcome::Agent(out)) = &offered.outcome else {
         panic!("{offered:?}")
     };
-    busy(&mut c, "third", "billing").await;
     queue(&mut c, contact("w1", "billing")).await;
     queue(&mut c, contact("w2", "billing")).await;
-    p.signal("KILL");
-    assert!(!p.wait_exit(Duration::from_secs(10)).unwrap().success());
+    assert!(!p.kill9().success());
 
     let p = Process::start_in(&data, &args, "info");
     let line = p.wait_for_log("journal replayed", Duration::from_secs(10));
@@ -116,8 +120,7 @@ async fn a_corrupt_last_record_is_reported_with_its_position_and_cut() {
     let mut c = client(&p).await;
     agent(&mut c, "b1", "Billing", "billing").await;
     agent(&mut c, "b2", "Billing", "billing").await;
-    p.signal("KILL");
-    p.wait_exit(Duration::from_secs(10)).unwrap();
+    p.kill9();
     // Flip the last record's body: its checksum no longer matches.
     let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
     let last: i64 = db
@@ -212,8 +215,7 @@ async fn damage_that_is_not_a_tail_is_refused_and_so_is_a_second_process() {
         second.contains("in use by another careroute process"),
         "{second}"
     );
-    p.signal("KILL");
-    p.wait_exit(Duration::from_secs(10)).unwrap();
+    p.kill9();
     // Damage a record in the middle: the records after it are readable, so
     // cutting would lose acknowledged commands. Refused, naming it.
     let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
@@ -294,25 +296,17 @@ async fn a_restart_loads_the_snapshot_and_a_damaged_one_falls_back_to_the_one_be
     ];
     let mut p = Process::start_in(&data, &snapshotting, "info");
     let mut c = client(&p).await;
-    for id in ["b1", "b2", "b3"] {
-        agent(&mut c, id, "Billing", "billing").await;
-    }
+    let (retried, offered) = busy_floor(&mut c).await;
     wait_for_journal(&data, |snapshots, _| snapshots >= 1);
-    busy(&mut c, "on-call", "billing").await;
-    let mut retried = contact("offered", "billing");
-    retried.request_id = "req-1".into();
-    let offered = c.route_contact(retried.clone()).await.unwrap().into_inner();
     let Some(pb::route_contact_response::Outcome::Agent(out)) = &offered.outcome else {
         panic!("{offered:?}")
     };
-    busy(&mut c, "third", "billing").await;
     queue(&mut c, contact("w1", "billing")).await;
     // A second snapshot compacts the log before the first.
     wait_for_journal(&data, |snapshots, first| snapshots == 2 && first > 1);
     // And one more caller after it: the tail a restart replays.
     queue(&mut c, contact("w2", "billing")).await;
-    p.signal("KILL");
-    p.wait_exit(Duration::from_secs(10)).unwrap();
+    p.kill9();
 
     // Each start must show the same floor: the retry answered from memory,
     // the offer confirmable once, the line in order.
@@ -338,8 +332,7 @@ async fn a_restart_loads_the_snapshot_and_a_damaged_one_falls_back_to_the_one_be
     assert!(line.contains("\"waiting\":2"), "{line}");
     let mut c = client(&p).await;
     same_floor(&mut c, &retried, &offered.decision_id).await;
-    p.signal("KILL");
-    p.wait_exit(Duration::from_secs(10)).unwrap();
+    p.kill9();
 
     // The newest snapshot damaged: the one before it and the log since.
     let db = rusqlite::Connection::open(data.join(careroute::journal::SNAPSHOT_FILE)).unwrap();
@@ -366,8 +359,7 @@ async fn a_restart_loads_the_snapshot_and_a_damaged_one_falls_back_to_the_one_be
     })
     .await
     .unwrap();
-    p.signal("KILL");
-    p.wait_exit(Duration::from_secs(10)).unwrap();
+    p.kill9();
 
     // A start that falls back takes snapshots again: the snapshot it loaded
     // stays as the fallback and the damaged one goes, so damage to the new
@@ -390,8 +382,7 @@ async fn a_restart_loads_the_snapshot_and_a_damaged_one_falls_back_to_the_one_be
         assert!(started.elapsed() < Duration::from_secs(15), "{:?}", kept());
         std::thread::sleep(Duration::from_millis(50));
     }
-    p.signal("KILL");
-    p.wait_exit(Duration::from_secs(10)).unwrap();
+    p.kill9();
     let snapshots = kept();
     assert_eq!(snapshots.len(), 2, "{snapshots:?}");
     let db = rusqlite::Connection::open(data.join(careroute::journal::SNAPSHOT_FILE)).unwrap();
@@ -487,8 +478,7 @@ async fn the_journal_export_shows_every_record_and_what_it_decided() {
     assert!(lines[0].get("result").is_none());
 
     // A damaged record is reported, skipped, and fails the export.
-    p.signal("KILL");
-    p.wait_exit(Duration::from_secs(10)).unwrap();
+    p.kill9();
     let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
     db.execute("UPDATE commands SET crc = crc + 1 WHERE seq = 3", [])
         .unwrap();
@@ -509,8 +499,7 @@ async fn a_log_written_under_other_routing_rules_is_not_replayed() {
     let mut p = Process::start_in(&data, &["--policy", policy.as_str()], "info");
     let mut c = client(&p).await;
     agent(&mut c, "b1", "Billing", "billing").await;
-    p.signal("KILL");
-    p.wait_exit(Duration::from_secs(10)).unwrap();
+    p.kill9();
     // As if an older build had written it.
     let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
     db.execute(

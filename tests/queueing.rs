@@ -11,6 +11,7 @@ use std::time::Duration as StdDuration;
 
 use careroute::grpc::pb::{self, assignment_event::Event as E};
 use chrono::Duration;
+use common::floor::status;
 use common::*;
 use tonic::{Code, Streaming};
 
@@ -215,20 +216,6 @@ async fn relaxation_widens_the_pool_after_its_step_time() {
     assert_eq!(agent_of(&e).queue_id, "scheduling");
     assert_eq!(e.waited.unwrap().seconds, 120);
     s.stop().await;
-}
-
-async fn status(
-    client: &mut careroute::grpc::pb::routing_service_client::RoutingServiceClient<
-        tonic::transport::Channel,
-    >,
-    id: &str,
-) -> Result<pb::GetContactStatusResponse, tonic::Status> {
-    client
-        .get_contact_status(pb::GetContactStatusRequest {
-            contact_id: id.into(),
-        })
-        .await
-        .map(tonic::Response::into_inner)
 }
 
 #[tokio::test]

@@ -218,3 +218,15 @@ pub async fn confirm(c: &mut RoutingServiceClient<Channel>, reservation: &str) {
     .await
     .unwrap();
 }
+
+/// What GetContactStatus says of `id`.
+pub async fn status(
+    c: &mut RoutingServiceClient<Channel>,
+    id: &str,
+) -> Result<pb::GetContactStatusResponse, tonic::Status> {
+    c.get_contact_status(pb::GetContactStatusRequest {
+        contact_id: id.into(),
+    })
+    .await
+    .map(tonic::Response::into_inner)
+}

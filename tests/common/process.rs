@@ -138,6 +138,13 @@ impl Process {
         }
     }
 
+    /// `kill -9`, and waits for the process to be gone.
+    pub fn kill9(&mut self) -> ExitStatus {
+        self.signal("KILL");
+        self.wait_exit(Duration::from_secs(10))
+            .expect("still running 10 s after kill -9")
+    }
+
     /// The process id.
     pub fn id(&self) -> u32 {
         self.child.id()
