@@ -134,7 +134,7 @@ fn measure(tail: usize) {
     .unwrap();
     let journal = Journal::<()>::start(Some(store), 0, Some(shadow), |_| {}, |e| panic!("{e}"));
     let log = |journal: &Journal<()>, at: Time, c: Command| {
-        journal.append(at, Some(c), |_| Vec::new());
+        journal.append(at, true, Some(c), |_| Vec::new());
     };
     log(
         &journal,

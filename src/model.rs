@@ -257,40 +257,49 @@ impl Contact {
     pub fn digest(&self) -> u32 {
         let mut h = crc32fast::Hasher::new();
         // Each field with its length, so no two contacts run together.
-        let mut put = |s: &str| {
+        let mut put = |s: &[u8]| {
             h.update(&(s.len() as u64).to_le_bytes());
-            h.update(s.as_bytes());
+            h.update(s);
         };
-        put(&self.contact_id);
-        put(self.channel.as_str());
-        put(&self.intent);
-        put(self.urgency.as_str());
-        put(self.identity.as_str());
-        put(self.language.as_deref().unwrap_or("\0none"));
-        put(if self.escalation_requested { "1" } else { "0" });
+        const NONE: &[u8] = b"\0none";
+        put(self.contact_id.as_bytes());
+        put(self.channel.as_str().as_bytes());
+        put(self.intent.as_bytes());
+        put(self.urgency.as_str().as_bytes());
+        put(self.identity.as_str().as_bytes());
+        put(self.language.as_deref().map_or(NONE, str::as_bytes));
+        put(if self.escalation_requested {
+            b"1"
+        } else {
+            b"0"
+        });
         // Signals and attributes are sets: in any order, the same request
-        // (a map on the wire comes in no fixed order).
+        // (a map on the wire comes in no fixed order): hashed sorted, after
+        // their count.
         let mut signals: Vec<&str> = self.signals.iter().map(String::as_str).collect();
         signals.sort_unstable();
-        put(&signals.len().to_string());
+        put(&(signals.len() as u64).to_le_bytes());
         for s in signals {
-            put(s);
+            put(s.as_bytes());
         }
         let mut attributes: Vec<&(String, String)> = self.attributes.iter().collect();
         attributes.sort_unstable();
-        put(&attributes.len().to_string());
+        put(&(attributes.len() as u64).to_le_bytes());
         for (k, v) in attributes {
-            put(k);
-            put(v);
+            put(k.as_bytes());
+            put(v.as_bytes());
         }
         match &self.transfer_from {
             Some(t) => {
-                put(&t.queue_id);
-                put(t.agent_id.as_deref().unwrap_or("\0none"));
+                put(t.queue_id.as_bytes());
+                put(t.agent_id.as_deref().map_or(NONE, str::as_bytes));
             }
-            None => put("\0none"),
+            None => put(NONE),
         }
-        put(self.preferred_agent_id.as_deref().unwrap_or("\0none"));
+        put(self
+            .preferred_agent_id
+            .as_deref()
+            .map_or(NONE, str::as_bytes));
         h.finalize()
     }
 

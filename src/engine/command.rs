@@ -21,6 +21,10 @@ pub trait Apply {
     /// What the engine answers.
     type Output;
 
+    /// Whether the command only lets time pass (a [`Tick`]): with nothing
+    /// due it changes nothing a log needs to keep.
+    const ONLY_TIME: bool = false;
+
     /// Applies the command at `now`, already clamped by [`Engine::apply`].
     fn apply_at(self, engine: &mut Engine, now: Time) -> Result<Self::Output, EngineError>;
 }
@@ -205,6 +209,7 @@ impl Apply for Unwatch {
 
 impl Apply for Tick {
     type Output = ();
+    const ONLY_TIME: bool = true;
     fn apply_at(self, e: &mut Engine, now: Time) -> Result<(), EngineError> {
         e.advance(now);
         Ok(())

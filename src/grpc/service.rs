@@ -139,13 +139,14 @@ impl Routing {
         let now = self.clock.now();
         let now = Time::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
         let now = engine.now().map_or(now, |last| now.max(last));
-        let logged: Command = command.clone().into();
-        let idle = matches!(logged, Command::Tick) && engine.next_due().is_none_or(|d| d > now);
+        let idle = C::ONLY_TIME && engine.next_due().is_none_or(|d| d > now);
+        // Copied for the log only if a database keeps it.
+        let kept: Option<Command> = self.journal.keeps().then(|| command.clone().into());
         let out = engine.apply(command, now);
         let events = engine.take_events();
         let also = also();
         let idle = idle && events.is_empty();
-        let seq = self.journal.append(now, (!idle).then_some(logged), |seq| {
+        let seq = self.journal.append(now, !idle, kept, |seq| {
             events
                 .into_iter()
                 .map(|e| {

@@ -190,6 +190,8 @@ pub struct Journal<T> {
     tx: mpsc::Sender<Work<T>>,
     written: watch::Receiver<Written>,
     next: AtomicU64,
+    /// Whether a database keeps the commands.
+    keeps: bool,
 }
 
 impl<T: Send + 'static> Journal<T> {
@@ -204,6 +206,7 @@ impl<T: Send + 'static> Journal<T> {
         mut publish: impl FnMut(Vec<T>) + Send + 'static,
         failed: impl FnOnce(&JournalError) + Send + 'static,
     ) -> Arc<Journal<T>> {
+        let keeps = store.is_some();
         let (tx, rx) = mpsc::channel::<Work<T>>();
         let (written_tx, written) = watch::channel(Written {
             upto: last_seq,
@@ -293,26 +296,32 @@ impl<T: Send + 'static> Journal<T> {
             tx,
             written,
             next: AtomicU64::new(last_seq),
+            keeps,
         })
     }
 
-    /// Queues a command applied at `at` (none: nothing to log) and the
-    /// events it decided, built from its sequence number; returns the
-    /// sequence number to wait for. Called under the engine's lock, so
-    /// sequence numbers follow the order of application.
+    /// Queues a command applied at `at` (`logged` false: nothing to log)
+    /// and the events it decided, built from its sequence number; returns
+    /// the sequence number to wait for. `command` is the command itself,
+    /// given only if [`Journal::keeps`] commands: without a database
+    /// (`--no-journal`) a command is numbered, never copied. Called under
+    /// the engine's lock, so sequence numbers follow the order of
+    /// application.
     pub fn append(
         &self,
         at: Time,
+        logged: bool,
         command: Option<Command>,
         events: impl FnOnce(u64) -> Vec<T>,
     ) -> u64 {
-        let seq = if command.is_some() {
+        let seq = if logged {
             self.next.fetch_add(1, Ordering::SeqCst) + 1
         } else {
             self.next.load(Ordering::SeqCst)
         };
+        let command = command.filter(|_| logged && self.keeps);
         let events = events(seq);
-        if command.is_some() || !events.is_empty() {
+        if logged || !events.is_empty() {
             // The writer lives as long as the process; if it died, `durable`
             // says so.
             let _ = self.tx.send(Work {
@@ -323,6 +332,12 @@ impl<T: Send + 'static> Journal<T> {
             });
         }
         seq
+    }
+
+    /// Whether a database keeps the commands (else they are only
+    /// numbered).
+    pub fn keeps(&self) -> bool {
+        self.keeps
     }
 
     /// The last sequence number handed out.
