@@ -20,7 +20,7 @@ use careroute::{
         AgentSpec, Command, Complete, Configure, Confirm, Engine, EngineConfig, Outcome, Route,
         SetAgentState, UpsertAgent,
     },
-    journal::{Every, Journal, Snapshots, Store},
+    journal::{Every, Journal, Log, Snapshots, Store},
     model::{AgentState, Channel, Contact, Identity, Time},
     policy::Policy,
     server::build_engine,
@@ -132,7 +132,13 @@ fn measure(tail: usize) {
         },
     )
     .unwrap();
-    let journal = Journal::<()>::start(Some(store), 0, Some(shadow), |_| {}, |e| panic!("{e}"));
+    let journal = Journal::<()>::start(
+        Some(Log::Local(Box::new(store))),
+        0,
+        Some(shadow),
+        |_| {},
+        |e| panic!("{e}"),
+    );
     let log = |journal: &Journal<()>, at: Time, c: Command| {
         journal.append(at, true, Some(c), |_| Vec::new());
     };
@@ -184,7 +190,7 @@ fn measure(tail: usize) {
     wait_unlocked(&dir);
     let (store, recovered) = Store::open(&dir, JournalSync::Write).unwrap();
     let journal = Journal::<()>::start(
-        Some(store),
+        Some(Log::Local(Box::new(store))),
         recovered.last_seq,
         None,
         |_| {},

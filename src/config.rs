@@ -57,6 +57,33 @@ fn at_least_a_second(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// One or more `nats://HOST:PORT` URLs, separated by commas.
+fn nats_urls(s: &str) -> Result<String, String> {
+    for url in s.split(',') {
+        let rest = url
+            .trim()
+            .strip_prefix("nats://")
+            .ok_or_else(|| format!("`{url}` is not a nats://HOST:PORT URL"))?;
+        if rest.is_empty() {
+            return Err(format!("`{url}` names no host"));
+        }
+    }
+    Ok(s.to_owned())
+}
+
+/// A cluster id usable in stream and bucket names.
+fn cluster_id(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 32
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err("1 to 32 letters, digits, `-` or `_`".into())
+    }
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -102,6 +129,28 @@ pub struct Config {
         default_value = "write"
     )]
     pub journal_sync: JournalSync,
+    /// Put the log on a NATS JetStream stream instead of --data-dir
+    /// (`nats://HOST:PORT`, several separated by commas): processes on the
+    /// same --cluster-id elect one leader; the others are hot standbys.
+    #[arg(global = true, long, env = "CAREROUTE_JOURNAL", value_parser = nats_urls)]
+    pub journal: Option<String>,
+    /// Names the stream, the lease and the metadata buckets of one
+    /// replicated log (letters, digits, `-` and `_`).
+    #[arg(global = true, long, env = "CAREROUTE_CLUSTER_ID", default_value = "careroute", value_parser = cluster_id)]
+    pub cluster_id: String,
+    /// Replicas of the stream and buckets when this process creates them
+    /// (3 in production: a NATS server may be lost; 1 for a demo).
+    #[arg(global = true, long, env = "CAREROUTE_NATS_REPLICAS", default_value_t = 1,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=5))]
+    pub nats_replicas: usize,
+    /// How long the leader's lease lasts unless renewed: a standby takes
+    /// over this long after the leader stops renewing it.
+    #[arg(global = true, long, env = "CAREROUTE_LEASE_TTL", default_value = "3s", value_parser = at_least_a_second)]
+    pub lease_ttl: Duration,
+    /// The gRPC address standbys name as the leader's when this process
+    /// leads (default: --grpc-addr as bound).
+    #[arg(global = true, long, env = "CAREROUTE_ADVERTISE")]
+    pub advertise: Option<String>,
     /// A snapshot of the state is taken once this many commands were
     /// logged since the last one, and the log before the previous snapshot
     /// is compacted: a restart replays at most this many commands.

@@ -81,6 +81,7 @@ pub mod incoming;
 pub mod journal;
 pub mod model;
 pub mod policy;
+pub mod replication;
 pub mod roster;
 pub mod server;
 pub mod shared;

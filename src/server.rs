@@ -31,10 +31,11 @@ use crate::grpc::{
     deadline::RequestDeadlineLayer, layer::RpcMetricsLayer, panic::CatchPanicLayer, pb,
 };
 use crate::incoming::Prefaced;
-use crate::journal::{Every, JournalError, Replay, Snapshots, Store};
+use crate::journal::{Every, JournalError, Log, Nats, Replay, Snapshots, Store};
 use crate::policy::{self, Policy};
+use crate::replication::{self, Seed};
 use crate::roster;
-use crate::shared::{Fatal, SharedEngine};
+use crate::shared::{Fatal, Role, SharedEngine};
 use crate::telemetry;
 
 /// How often expiries are applied when no request does it.
@@ -82,6 +83,9 @@ pub struct Prepared {
     journal: (Option<Store>, u64),
     /// With a journal, a copy of the engine that snapshots are taken from.
     snapshots: Option<Snapshots>,
+    /// On a replicated log: what this process brings to it (the engine
+    /// above only holds the place until the log is read).
+    replicated: Option<Seed>,
 }
 
 /// Builds the engine. With a journal that holds a log, the engine is that
@@ -113,6 +117,9 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
         ..EngineConfig::default()
     };
     let limits = engine_config.limits();
+    if config.journal.is_some() {
+        return replicated(config, policy, engine_config);
+    }
     let (store, recovered) = if config.no_journal {
         (None, None)
     } else {
@@ -219,21 +226,7 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
                 added.push((now, Command::Configure(Configure(limits))));
             }
             let engine = Engine::new(Arc::clone(&policy), engine_config);
-            let agents = match &config.roster {
-                Some(path) => roster::read(path)?,
-                None if config.wants_demo_roster() => {
-                    roster::parse("examples/demo-roster.toml (embedded)", roster::DEMO_ROSTER)?
-                }
-                None => Vec::new(),
-            };
-            for (spec, state) in agents {
-                let agent_id = spec.id.clone();
-                added.push((now, Command::UpsertAgent(UpsertAgent(spec))));
-                added.push((
-                    now,
-                    Command::SetAgentState(SetAgentState { agent_id, state }),
-                ));
-            }
+            added.extend(roster_commands(config)?.into_iter().map(|c| (now, c)));
             engine
         }
     };
@@ -262,6 +255,52 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
         engine,
         journal: (store, last_seq),
         snapshots,
+        replicated: None,
+    })
+}
+
+/// The roster a new log starts with, as commands: the roster file, or on
+/// the embedded default the demo roster.
+fn roster_commands(config: &Config) -> Result<Vec<Command>, ServerError> {
+    let agents = match &config.roster {
+        Some(path) => roster::read(path)?,
+        None if config.wants_demo_roster() => {
+            roster::parse("examples/demo-roster.toml (embedded)", roster::DEMO_ROSTER)?
+        }
+        None => Vec::new(),
+    };
+    let mut commands = Vec::with_capacity(agents.len() * 2);
+    for (spec, state) in agents {
+        let agent_id = spec.id.clone();
+        commands.push(Command::UpsertAgent(UpsertAgent(spec)));
+        commands.push(Command::SetAgentState(SetAgentState { agent_id, state }));
+    }
+    Ok(commands)
+}
+
+/// On a replicated log the engine is the log's, read once the service
+/// runs; until then an engine on the policy alone holds its place.
+fn replicated(
+    config: &Config,
+    policy: Arc<Policy>,
+    engine_config: EngineConfig,
+) -> Result<Prepared, ServerError> {
+    let limits = engine_config.limits();
+    Ok(Prepared {
+        engine: Engine::new(Arc::clone(&policy), engine_config.clone()),
+        journal: (None, 0),
+        snapshots: None,
+        replicated: Some(Seed {
+            policy,
+            config: engine_config,
+            limits,
+            roster: roster_commands(config)?,
+            me: config
+                .advertise
+                .clone()
+                .unwrap_or_else(|| config.grpc_addr.to_string()),
+            ttl: config.lease_ttl,
+        }),
     })
 }
 
@@ -318,9 +357,35 @@ pub async fn run(
         })?;
     let Prepared {
         engine,
-        journal,
+        journal: (store, last_seq),
         snapshots,
+        replicated,
     } = prepared;
+    // On a replicated log: its stream, and this process's part in it.
+    let (log, replicated) = match replicated {
+        Some(mut seed) => {
+            let url = config.journal.as_deref().unwrap_or_default();
+            let nats = Nats::connect(
+                url,
+                &config.cluster_id,
+                config.nats_replicas,
+                config.lease_ttl,
+            )
+            .await?;
+            seed.config.id_prefix = nats.id_prefix(seed.config.id_prefix).await?;
+            if config.advertise.is_none() {
+                seed.me = grpc_addr.to_string();
+            }
+            let log = Log::Nats(Box::new(nats.clone()), tokio::runtime::Handle::current());
+            (Some(log), Some((nats, seed)))
+        }
+        None => (store.map(|s| Log::Local(Box::new(s))), None),
+    };
+    let role = if replicated.is_some() {
+        Role::Standby { leader: None }
+    } else {
+        Role::Alone
+    };
     // Listening for SIGHUP before announcing the service: a reload sent
     // right after start-up must not find the default action (exit).
     let hangups = listen_for_hangups();
@@ -330,10 +395,14 @@ pub async fn run(
         policy = %engine.policy().source,
         version = %engine.policy().version,
         agents = engine.roster().len(),
+        role = role_name(&role),
         "careroute serving"
     );
     let fatal = Fatal::new();
     let engine = Arc::new(SharedEngine::new(engine, fatal.clone()));
+    if let Ok(mut held) = engine.lock() {
+        engine.set_role(&mut held, role.clone());
+    }
     // Ready once the policy is loaded (it is) and the listeners are bound
     // (they are); not ready again from the start of the drain.
     let ready = Arc::new(AtomicBool::new(true));
@@ -344,7 +413,7 @@ pub async fn run(
         Arc::clone(&engine),
         Arc::clone(&clock),
         stop_rx.clone(),
-        journal,
+        (log, last_seq),
         snapshots,
         move |e| {
             tracing::error!(error = %e, "journal write failed: nothing more can be acknowledged");
@@ -353,9 +422,15 @@ pub async fn run(
     );
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<pb::routing_service_server::RoutingServiceServer<Routing>>()
-        .await;
+    if role == Role::Alone {
+        health
+            .set_serving::<pb::routing_service_server::RoutingServiceServer<Routing>>()
+            .await;
+    } else {
+        health
+            .set_not_serving::<pb::routing_service_server::RoutingServiceServer<Routing>>()
+            .await;
+    }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -404,6 +479,32 @@ pub async fn run(
         );
     }
 
+    if let Some((nats, seed)) = replicated {
+        let routing = routing.clone();
+        let stop = stopped(stop_rx.clone());
+        supervise(
+            "replication",
+            async move {
+                // An error ends the task, which stops the service.
+                if let Err(e) = replication::run(routing, nats, seed, stop).await {
+                    tracing::error!(error = %e, "replication cannot go on");
+                }
+            },
+            stop_rx.clone(),
+            fatal.clone(),
+        );
+        supervise(
+            "role",
+            serve_by_role(
+                engine.role(),
+                health.clone(),
+                Arc::clone(&ready),
+                stopped(stop_rx.clone()),
+            ),
+            stop_rx.clone(),
+            fatal.clone(),
+        );
+    }
     supervise(
         "housekeeping",
         housekeeping(
@@ -429,6 +530,7 @@ pub async fn run(
     let metrics_app = {
         let routing = routing.clone();
         let ready = Arc::clone(&ready);
+        let role = engine.role();
         axum::Router::new()
             .route(
                 "/metrics",
@@ -446,11 +548,14 @@ pub async fn run(
                 "/readyz",
                 axum::routing::get(move || {
                     let ready = ready.load(Ordering::SeqCst);
+                    let standby = matches!(*role.borrow(), Role::Standby { .. });
                     async move {
-                        if ready {
-                            (axum::http::StatusCode::OK, "ready\n")
-                        } else {
+                        if !ready {
                             (axum::http::StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+                        } else if standby {
+                            (axum::http::StatusCode::SERVICE_UNAVAILABLE, "standby\n")
+                        } else {
+                            (axum::http::StatusCode::OK, "ready\n")
                         }
                     }
                 }),
@@ -511,6 +616,47 @@ pub async fn run(
     Ok(())
 }
 
+/// How the role is named in logs.
+fn role_name(role: &Role) -> &'static str {
+    match role {
+        Role::Alone => "alone",
+        Role::Leader => "leader",
+        Role::Standby { .. } => "standby",
+    }
+}
+
+/// Reports the routing service SERVING on gRPC health while this process
+/// leads, NOT_SERVING while it is a standby, so a load balancer sends calls
+/// only to the leader; from the start of the drain it stays NOT_SERVING.
+async fn serve_by_role(
+    mut role: watch::Receiver<Role>,
+    health: tonic_health::server::HealthReporter,
+    ready: Arc<AtomicBool>,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    loop {
+        let now = role.borrow_and_update().clone();
+        if ready.load(Ordering::SeqCst) {
+            tracing::info!(role = role_name(&now), "role");
+            match now {
+                Role::Standby { .. } => health
+                    .set_not_serving::<pb::routing_service_server::RoutingServiceServer<Routing>>()
+                    .await,
+                Role::Alone | Role::Leader => {
+                    health
+                        .set_serving::<pb::routing_service_server::RoutingServiceServer<Routing>>()
+                        .await
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut stop => return,
+            changed = role.changed() => if changed.is_err() { return stop.await },
+        }
+    }
+}
+
 /// Runs a background task that must live as long as the service: if it
 /// ends (or panics) before the stop signal, that is logged, counted, and
 /// raises the fatal signal, so the process stops and its supervisor
@@ -565,9 +711,10 @@ async fn housekeeping(
             // Something is due sooner than we slept for: look again.
             Ok(()) = due.changed() => continue,
         }
-        if routing.tick().await.is_err() {
+        if routing.tick().await.is_err() && routing.engine().fatal().is_raised() {
             // The engine is halted and the fatal signal raised: wait for
-            // the stop rather than be reported as a second failure.
+            // the stop rather than be reported as a second failure. (A
+            // standby's tick is refused: the log brings its time.)
             return stop.await;
         }
         if last_upkeep.elapsed() >= UPKEEP_EVERY {

@@ -16,6 +16,35 @@ use crate::engine::Engine;
 #[error("the routing engine stopped after an internal error; the service is restarting")]
 pub struct Halted;
 
+/// Whether this process may change the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// The only process on its log (a local journal, or none).
+    Alone,
+    /// It holds the lease of a replicated log.
+    Leader,
+    /// It applies the replicated log as the leader writes it, and answers
+    /// nothing that changes or reads routing state.
+    Standby {
+        /// The leader's address, if known.
+        leader: Option<String>,
+    },
+}
+
+/// Why the engine cannot be changed here.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Closed {
+    /// A panic halted it.
+    #[error(transparent)]
+    Halted(#[from] Halted),
+    /// This process is a standby.
+    #[error("this careroute is a standby; send calls to the leader")]
+    Standby {
+        /// The leader's address, if known.
+        leader: Option<String>,
+    },
+}
+
 /// Tells the server to stop at once and exit non-zero. The first reason
 /// raised is the one reported.
 #[derive(Debug, Clone)]
@@ -69,6 +98,7 @@ impl Default for Fatal {
 pub struct SharedEngine {
     engine: Mutex<Engine>,
     fatal: Fatal,
+    role: watch::Sender<Role>,
 }
 
 impl SharedEngine {
@@ -77,7 +107,35 @@ impl SharedEngine {
         SharedEngine {
             engine: Mutex::new(engine),
             fatal,
+            role: watch::channel(Role::Alone).0,
         }
+    }
+
+    /// The engine, if this process may change it: not halted, not a
+    /// standby. Checked under the lock, so a standby's engine, which only
+    /// the log changes, is never changed by a call.
+    pub fn lock_leading(&self) -> Result<MutexGuard<'_, Engine>, Closed> {
+        let engine = self.lock()?;
+        match &*self.role.borrow() {
+            Role::Standby { leader } => Err(Closed::Standby {
+                leader: leader.clone(),
+            }),
+            Role::Alone | Role::Leader => Ok(engine),
+        }
+    }
+
+    /// Sets the role, under the engine's lock (`_held` proves it is held).
+    pub fn set_role(&self, _held: &mut Engine, role: Role) {
+        self.role.send_if_modified(|r| {
+            let changed = *r != role;
+            *r = role;
+            changed
+        });
+    }
+
+    /// The role, as it changes.
+    pub fn role(&self) -> watch::Receiver<Role> {
+        self.role.subscribe()
     }
 
     /// The engine, unless a panic poisoned it. Never hold the guard across

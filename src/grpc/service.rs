@@ -18,7 +18,7 @@ use crate::engine::{
     AgentSpec, Apply, Cancel, Command, Complete, Confirm, Engine, EngineError, Event, Release,
     RemoveAgent, Route, SetAgentState, Tick, Unwatch, UpsertAgent, Watch, WatchFilter, WatchId,
 };
-use crate::journal::{Journal, JournalError, Snapshots, Store};
+use crate::journal::{Journal, JournalError, Log, Snapshots, Ticket};
 use crate::model::{Contact, Time};
 use crate::shared::SharedEngine;
 use crate::telemetry::{self, DecisionMetrics};
@@ -45,14 +45,14 @@ pub struct Routing {
 /// beside it under the lock.
 pub struct Submitted<O, R> {
     out: Result<O, EngineError>,
-    seq: u64,
+    ticket: Ticket,
     also: R,
 }
 
 /// An event as watchers get it: the sequence number of the command that
 /// decided it, the domain event their filters read, and its wire form,
 /// converted once for all of them.
-type Published = Arc<(u64, Event, pb::AssignmentEvent)>;
+pub type Published = Arc<(u64, Event, pb::AssignmentEvent)>;
 
 /// Assignment events buffered per watcher before it counts as lagging.
 const EVENT_BUFFER: usize = 4096;
@@ -63,21 +63,21 @@ const WATCHER_STALL: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Routing {
     /// A service over `engine`, reading time from `clock`, logging every
-    /// command to `store` (none: memory only) after `last_seq`, with
+    /// command to `log` (none: memory only) after `last_seq`, with
     /// `snapshots` of the log taken off the serving path; `failed` is told
     /// if a journal write fails.
     pub fn new(
         engine: Arc<SharedEngine>,
         clock: Arc<dyn Clock>,
         stopping: watch::Receiver<bool>,
-        (store, last_seq): (Option<Store>, u64),
+        (log, last_seq): (Option<Log>, u64),
         snapshots: Option<Snapshots>,
         failed: impl FnOnce(&JournalError) + Send + 'static,
     ) -> Routing {
         let events = broadcast::channel(EVENT_BUFFER).0;
         let publisher = events.clone();
         let journal = Journal::start(
-            store,
+            log,
             last_seq,
             snapshots,
             move |batch: Vec<Published>| {
@@ -111,12 +111,22 @@ impl Routing {
     /// [`Routing::view`] for an answer that leaves: it waits until the
     /// journal holds every command the view reflects.
     async fn settled_view<R>(&self, f: impl FnOnce(&Engine) -> R) -> Result<R, Status> {
-        let (out, seq) = {
-            let engine = self.engine.lock()?;
+        let (out, ticket) = {
+            let engine = self.engine.lock_leading()?;
             (f(&engine), self.journal.last())
         };
-        self.durable(seq).await?;
+        self.durable(ticket).await?;
         Ok(out)
+    }
+
+    /// The engine and its role, for the replication that drives them.
+    pub fn engine(&self) -> &Arc<SharedEngine> {
+        &self.engine
+    }
+
+    /// The journal, for the replication that opens and ends its terms.
+    pub fn journal(&self) -> &Journal<Published> {
+        &self.journal
     }
 
     /// Applies one command under the engine's lock, at the time read under
@@ -133,12 +143,8 @@ impl Routing {
     where
         C: Apply + Clone + Into<Command>,
     {
-        let mut engine = self.engine.lock()?;
-        // The time the engine uses is the time logged: to the microsecond
-        // the log keeps, and never before the last command's.
-        let now = self.clock.now();
-        let now = Time::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
-        let now = engine.now().map_or(now, |last| now.max(last));
+        let mut engine = self.engine.lock_leading()?;
+        let now = self.now_for(&engine);
         let idle = C::ONLY_TIME && engine.next_due().is_none_or(|d| d > now);
         // Copied for the log only if a database keeps it.
         let kept: Option<Command> = self.journal.keeps().then(|| command.clone().into());
@@ -146,7 +152,7 @@ impl Routing {
         let events = engine.take_events();
         let also = also();
         let idle = idle && events.is_empty();
-        let seq = self.journal.append(now, !idle, kept, |seq| {
+        let ticket = self.journal.append(now, !idle, kept, |seq| {
             events
                 .into_iter()
                 .map(|e| {
@@ -162,7 +168,27 @@ impl Routing {
             *d = due;
             changed
         });
-        Ok(Submitted { out, seq, also })
+        Ok(Submitted { out, ticket, also })
+    }
+
+    /// The time a command applied now is given: to the microsecond the
+    /// log keeps, and never before the last command's.
+    fn now_for(&self, engine: &Engine) -> Time {
+        let now = self.clock.now();
+        let now = Time::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        engine.now().map_or(now, |last| now.max(last))
+    }
+
+    /// Logs a command the engine already reflects (a new log's first
+    /// record: the policy its engine was built on) and waits for it.
+    pub async fn log_unapplied(&self, command: Command) -> Result<(), Status> {
+        let ticket = {
+            let engine = self.engine.lock_leading()?;
+            let now = self.now_for(&engine);
+            self.journal
+                .append(now, true, Some(command), |_| Vec::new())
+        };
+        self.durable(ticket).await
     }
 
     /// [`Routing::submit_with`] with nothing else to do under the lock.
@@ -173,9 +199,9 @@ impl Routing {
         self.submit_with(command, || ())
     }
 
-    /// Waits until the journal holds everything up to `seq`.
-    async fn durable(&self, seq: u64) -> Result<(), Status> {
-        self.journal.durable(seq).await.map_err(Status::from)
+    /// Waits until the journal holds everything up to the ticket.
+    async fn durable(&self, ticket: Ticket) -> Result<(), Status> {
+        self.journal.durable(ticket).await.map_err(Status::from)
     }
 
     /// Applies one command through the engine's one door, at the time now,
@@ -185,7 +211,7 @@ impl Routing {
         C: Apply + Clone + Into<Command>,
     {
         let submitted = self.submit(command)?;
-        self.durable(submitted.seq).await?;
+        self.durable(submitted.ticket).await?;
         submitted.out.map_err(Status::from)
     }
 
@@ -292,7 +318,7 @@ impl pb::routing_service_server::RoutingService for Routing {
             let submitted = self.submit(Route(&contact))?;
             // The engine's time, before the wait for the journal.
             let elapsed = started.elapsed().as_secs_f64();
-            self.durable(submitted.seq).await?;
+            self.durable(submitted.ticket).await?;
             let decision = submitted.out?;
             self.metrics.record(&decision, elapsed);
             tracing::debug!(
@@ -434,7 +460,7 @@ impl pb::routing_service_server::RoutingService for Routing {
         // the offers it makes possible, and every event after them, reach it
         // exactly once.
         let submitted = self.submit_with(Watch(filter.clone()), || self.events.subscribe())?;
-        let (since, mut events) = (submitted.seq, submitted.also);
+        let (since, mut events) = (submitted.ticket, submitted.also);
         let (id, missed) = submitted.out.map_err(Status::from)?;
         // Registered now: unregistered however this call ends, even if it
         // is dropped while waiting for the journal.
@@ -463,7 +489,7 @@ impl pb::routing_service_server::RoutingService for Routing {
                     published = events.recv() => published,
                 };
                 match published {
-                    Ok(p) if p.0 >= since && p.1.passes(&filter) => {
+                    Ok(p) if p.0 >= since.seq && p.1.passes(&filter) => {
                         if !deliver(&tx, Ok(p.2.clone()), &mut stopping).await {
                             return;
                         }

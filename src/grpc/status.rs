@@ -5,11 +5,30 @@ use tonic::Status;
 
 use crate::engine::EngineError;
 use crate::journal::JournalError;
-use crate::shared::Halted;
+use crate::shared::{Closed, Halted};
+
+/// Metadata naming the leader, on a standby's refusals.
+pub const LEADER_METADATA: &str = "careroute-leader";
 
 impl From<Halted> for Status {
     fn from(e: Halted) -> Status {
         Status::unavailable(e.to_string())
+    }
+}
+
+impl From<Closed> for Status {
+    /// A standby's refusal names the leader in `careroute-leader` metadata
+    /// when it knows it, so a client can go there.
+    fn from(e: Closed) -> Status {
+        let mut status = Status::unavailable(e.to_string());
+        if let Closed::Standby {
+            leader: Some(leader),
+        } = &e
+            && let Ok(value) = leader.parse()
+        {
+            status.metadata_mut().insert(LEADER_METADATA, value);
+        }
+        status
     }
 }
 
@@ -19,7 +38,10 @@ impl From<JournalError> for Status {
     /// in the service's log, not in the answer.
     fn from(e: JournalError) -> Status {
         tracing::debug!(error = %e, "answer withheld: the journal did not take its command");
-        Status::unavailable("the journal cannot be written; the service is stopping")
+        match e {
+            JournalError::Deposed => Status::unavailable(e.to_string()),
+            _ => Status::unavailable("the journal cannot be written; the service is stopping"),
+        }
     }
 }
 

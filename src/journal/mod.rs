@@ -16,6 +16,7 @@
 //! keeping the snapshot before it and the commands since, so a damaged
 //! newest snapshot falls back to the one before.
 
+mod nats;
 mod replay;
 mod shadow;
 mod snapshots;
@@ -35,6 +36,7 @@ use tokio::sync::watch;
 
 use crate::engine::Command;
 use crate::model::Time;
+pub use nats::{Lease, Nats, Tail};
 pub use replay::{NoStart, Replay};
 pub use shadow::{Every, Snapshots};
 pub use snapshots::{Loaded, SNAPSHOT_FILE, SnapshotFile};
@@ -134,6 +136,58 @@ pub enum JournalError {
     /// The writer stopped after a failed write: nothing more is answered.
     #[error("journal: a write failed ({0}); the service stops")]
     Failed(String),
+    /// NATS refused or did not answer.
+    #[error("journal on NATS: {0}")]
+    Nats(String),
+    /// Another leader appended record `seq` first: this process no longer
+    /// leads.
+    #[error(
+        "journal on NATS: record {seq} was appended by another leader; this process steps down"
+    )]
+    Fenced {
+        /// The record.
+        seq: u64,
+    },
+    /// This process no longer leads: what it applied since it last led is
+    /// not in the log.
+    #[error("journal: leadership was lost before this command was logged")]
+    Deposed,
+}
+
+/// Where the writer appends.
+pub enum Log {
+    /// The local SQLite journal: a failed write stops the service.
+    Local(Box<Store>),
+    /// A NATS JetStream stream: a failed append ends this process's term
+    /// as leader (the runtime handle drives the client from the writer's
+    /// thread).
+    Nats(Box<Nats>, tokio::runtime::Handle),
+}
+
+impl Log {
+    fn write(&mut self, rows: &[(u64, Time, Command)]) -> Result<(), JournalError> {
+        match self {
+            Log::Local(store) => store.write(rows),
+            Log::Nats(nats, runtime) => runtime.block_on(nats.append(rows)),
+        }
+    }
+
+    fn store(&mut self) -> Option<&mut Store> {
+        match self {
+            Log::Local(store) => Some(store),
+            Log::Nats(..) => None,
+        }
+    }
+}
+
+/// What an answer waits for: its command's sequence number, in the term
+/// (of leadership) it was applied in. A ticket of an ended term is never
+/// honoured, even if the log later holds that many records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    /// The sequence number.
+    pub seq: u64,
+    term: u64,
 }
 
 /// Told once if the writer fails.
@@ -168,16 +222,18 @@ impl Drop for Alarm {
     }
 }
 
-/// How far the writer has got.
+/// How far the writer has got, in which term.
 #[derive(Debug, Clone, Default)]
 struct Written {
     upto: u64,
+    term: u64,
     failed: Option<String>,
 }
 
 /// What the writer is given, in order: a command (none: only events) and
 /// the events it decided.
 struct Work<T> {
+    term: u64,
     seq: u64,
     at: Time,
     command: Option<Command>,
@@ -189,29 +245,37 @@ struct Work<T> {
 pub struct Journal<T> {
     tx: mpsc::Sender<Work<T>>,
     written: watch::Receiver<Written>,
+    /// To open a new term.
+    terms: watch::Sender<Written>,
     next: AtomicU64,
+    term: AtomicU64,
     /// Whether a database keeps the commands.
     keeps: bool,
 }
 
 impl<T: Send + 'static> Journal<T> {
-    /// Starts the writer on `store` (none: publish only), continuing after
+    /// Starts the writer on `log` (none: publish only), continuing after
     /// `last_seq`, feeding the snapshot shadow if given.
     /// `publish` receives each command's events once its batch is written,
-    /// in order; `failed` is called once if a write fails.
+    /// in order; `failed` is called once if a write to a local journal
+    /// fails (the writer stops). A failed append to NATS ends the term
+    /// instead: nothing of it is answered, and the writer waits for the
+    /// next ([`Journal::lead`]).
     pub fn start(
-        store: Option<Store>,
+        log: Option<Log>,
         last_seq: u64,
         snapshots: Option<Snapshots>,
         mut publish: impl FnMut(Vec<T>) + Send + 'static,
         failed: impl FnOnce(&JournalError) + Send + 'static,
     ) -> Arc<Journal<T>> {
-        let keeps = store.is_some();
+        let keeps = log.is_some();
         let (tx, rx) = mpsc::channel::<Work<T>>();
         let (written_tx, written) = watch::channel(Written {
             upto: last_seq,
+            term: 0,
             failed: None,
         });
+        let terms = written_tx.clone();
         let failed: OnFailure = Box::new(failed);
         let mut alarm = Alarm {
             failed: Some(failed),
@@ -220,9 +284,12 @@ impl<T: Send + 'static> Journal<T> {
         let spawned = std::thread::Builder::new()
             .name("journal".into())
             .spawn(move || {
-                let mut store = store;
+                let mut log = log;
                 // Compaction resumes where the log now starts.
-                let first_kept = store.as_ref().map_or(0, Store::first_kept);
+                let first_kept = match &log {
+                    Some(Log::Local(store)) => store.first_kept(),
+                    _ => 0,
+                };
                 let (mut compacted, mut compact_to) = (first_kept.saturating_sub(1), 0u64);
                 loop {
                     let first = if compacted < compact_to {
@@ -244,6 +311,13 @@ impl<T: Send + 'static> Journal<T> {
                             Err(_) => break,
                         }
                     }
+                    // Work of an ended term is dropped: its answers never
+                    // leave, and the next term starts from the log.
+                    let (term, ended) = {
+                        let w = alarm.written.borrow();
+                        (w.term, w.failed.is_some())
+                    };
+                    batch.retain(|w| w.term == term && !ended);
                     let mut rows = Vec::new();
                     let mut upto = 0;
                     for work in &mut batch {
@@ -252,12 +326,21 @@ impl<T: Send + 'static> Journal<T> {
                             rows.push((work.seq, work.at, c));
                         }
                     }
-                    if let Some(store) = store.as_mut()
+                    if let Some(log) = log.as_mut()
                         && !rows.is_empty()
-                        && let Err(e) = store.write(&rows)
+                        && let Err(e) = log.write(&rows)
                     {
-                        alarm.raise(e);
-                        return;
+                        if matches!(log, Log::Local(_)) {
+                            alarm.raise(e);
+                            return;
+                        }
+                        tracing::warn!(error = %e, term, "journal: an append failed; this term ends");
+                        alarm.written.send_modify(|w| {
+                            if w.term == term {
+                                w.failed = Some(e.to_string());
+                            }
+                        });
+                        continue;
                     }
                     for work in batch {
                         publish(work.events);
@@ -273,7 +356,7 @@ impl<T: Send + 'static> Journal<T> {
                             compact_to = compact_to.max(to);
                         }
                     }
-                    if let Some(store) = store.as_mut()
+                    if let Some(store) = log.as_mut().and_then(Log::store)
                         && compacted < compact_to
                     {
                         match store.compact(compacted, compact_to, COMPACT_CHUNK) {
@@ -295,14 +378,16 @@ impl<T: Send + 'static> Journal<T> {
         Arc::new(Journal {
             tx,
             written,
+            terms,
             next: AtomicU64::new(last_seq),
+            term: AtomicU64::new(0),
             keeps,
         })
     }
 
     /// Queues a command applied at `at` (`logged` false: nothing to log)
     /// and the events it decided, built from its sequence number; returns
-    /// the sequence number to wait for. `command` is the command itself,
+    /// the ticket to wait for. `command` is the command itself,
     /// given only if [`Journal::keeps`] commands: without a database
     /// (`--no-journal`) a command is numbered, never copied. Called under
     /// the engine's lock, so sequence numbers follow the order of
@@ -313,7 +398,8 @@ impl<T: Send + 'static> Journal<T> {
         logged: bool,
         command: Option<Command>,
         events: impl FnOnce(u64) -> Vec<T>,
-    ) -> u64 {
+    ) -> Ticket {
+        let term = self.term.load(Ordering::SeqCst);
         let seq = if logged {
             self.next.fetch_add(1, Ordering::SeqCst) + 1
         } else {
@@ -325,13 +411,55 @@ impl<T: Send + 'static> Journal<T> {
             // The writer lives as long as the process; if it died, `durable`
             // says so.
             let _ = self.tx.send(Work {
+                term,
                 seq,
                 at,
                 command,
                 events,
             });
         }
-        seq
+        Ticket { seq, term }
+    }
+
+    /// Opens a new term after `last_seq` (the log's last record, all of
+    /// it applied): tickets of the term before are refused from now on.
+    /// Called under the engine's lock, with no command applied since the
+    /// log was read.
+    pub fn lead(&self, last_seq: u64) {
+        let term = self.term.fetch_add(1, Ordering::SeqCst) + 1;
+        self.next.store(last_seq, Ordering::SeqCst);
+        self.terms.send_modify(|w| {
+            w.term = term;
+            w.upto = last_seq;
+            w.failed = None;
+        });
+    }
+
+    /// Ends the current term (this process no longer leads): nothing
+    /// applied in it is written or answered.
+    pub fn end_term(&self, why: &str) {
+        let term = self.term.load(Ordering::SeqCst);
+        self.terms.send_modify(|w| {
+            if w.term == term && w.failed.is_none() {
+                w.failed = Some(why.to_owned());
+            }
+        });
+    }
+
+    /// Resolves once the current term has ended, with why.
+    pub async fn term_ended(&self) -> String {
+        let term = self.term.load(Ordering::SeqCst);
+        let mut written = self.written.clone();
+        match written
+            .wait_for(|w| w.term != term || w.failed.is_some())
+            .await
+        {
+            Ok(w) => w
+                .failed
+                .clone()
+                .unwrap_or_else(|| "a new term began".into()),
+            Err(_) => "the journal writer stopped".into(),
+        }
     }
 
     /// Whether a database keeps the commands (else they are only
@@ -340,21 +468,29 @@ impl<T: Send + 'static> Journal<T> {
         self.keeps
     }
 
-    /// The last sequence number handed out.
-    pub fn last(&self) -> u64 {
-        self.next.load(Ordering::SeqCst)
+    /// The ticket of the last sequence number handed out.
+    pub fn last(&self) -> Ticket {
+        Ticket {
+            seq: self.next.load(Ordering::SeqCst),
+            term: self.term.load(Ordering::SeqCst),
+        }
     }
 
-    /// Waits until everything up to `seq` is written.
-    pub async fn durable(&self, seq: u64) -> Result<(), JournalError> {
+    /// Waits until everything up to the ticket's sequence number is
+    /// written in its term.
+    pub async fn durable(&self, ticket: Ticket) -> Result<(), JournalError> {
         let mut written = self.written.clone();
         let w = written
-            .wait_for(|w| w.upto >= seq || w.failed.is_some())
+            .wait_for(|w| w.term != ticket.term || w.upto >= ticket.seq || w.failed.is_some())
             .await
             .map_err(|_| JournalError::Failed("the journal writer stopped".into()))?;
         match &w.failed {
-            Some(why) => Err(JournalError::Failed(why.clone())),
-            None => Ok(()),
+            _ if w.term != ticket.term => Err(JournalError::Deposed),
+            _ if w.upto >= ticket.seq => Ok(()),
+            // Term 0 is the local journal's only term: its failure stops
+            // the service.
+            Some(why) if w.term == 0 => Err(JournalError::Failed(why.clone())),
+            _ => Err(JournalError::Deposed),
         }
     }
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod floor;
+pub mod nats;
 pub mod process;
 
 use std::{net::SocketAddr, sync::Arc};

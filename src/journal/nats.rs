@@ -1,0 +1,333 @@
+//! The log on a NATS JetStream stream (`--journal nats://...`): one message
+//! per command, its stream sequence its log sequence, its time in a header
+//! and its body the same JSON the local journal keeps. The leader appends
+//! with the stream's expected-last-sequence check, so a deposed leader's
+//! append fails and it never answers from state the log does not hold;
+//! standbys read the stream back and tail it. Beside the stream, two KV
+//! buckets: the leader's lease (an entry that expires unless renewed, taken
+//! with create-if-absent and renewed with compare-and-set on its revision)
+//! and the log's metadata (the id prefix its engine uses, the routing rules
+//! version it was written under).
+
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self, Context,
+    consumer::{DeliverPolicy, pull::OrderedConfig},
+    context::PublishErrorKind,
+    kv,
+    message::PublishMessage,
+    stream,
+};
+use bytes::Bytes;
+use tokio_stream::StreamExt;
+
+use super::JournalError;
+use crate::engine::{Command, ROUTING_VERSION};
+use crate::model::Time;
+
+/// The header holding a command's time, in microseconds since the epoch.
+const AT: &str = "Careroute-At";
+/// The lease bucket's one key.
+const LEADER: &str = "leader";
+/// How long a call to NATS may take before the log counts as unreachable.
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the stream and buckets are asked for at start while
+/// JetStream is not ready (a cluster still electing its leader), a second
+/// apart.
+const SETUP_TRIES: u32 = 30;
+
+/// Why a NATS call failed, as the journal reports it.
+fn nats(what: &str, e: impl std::fmt::Display) -> JournalError {
+    JournalError::Nats(format!("{what}: {e}"))
+}
+
+/// The replicated log of one cluster id, and its buckets.
+#[derive(Clone)]
+pub struct Nats {
+    js: Context,
+    stream: String,
+    subject: String,
+    lease: kv::Store,
+    meta: kv::Store,
+}
+
+/// Where the log's records come from, in order.
+pub struct Tail {
+    messages: jetstream::consumer::pull::Ordered,
+}
+
+/// A standby's claim: the lease's revision while this process holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease(u64);
+
+impl Nats {
+    /// Connects to `urls` (comma-separated) and opens, creating if absent,
+    /// the stream and buckets of `cluster_id` with `replicas` replicas; the
+    /// lease expires `lease_ttl` after it was last renewed.
+    pub async fn connect(
+        urls: &str,
+        cluster_id: &str,
+        replicas: usize,
+        lease_ttl: Duration,
+    ) -> Result<Nats, JournalError> {
+        let servers = urls
+            .split(',')
+            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| nats(&format!("--journal {urls}"), e))?;
+        let client = async_nats::ConnectOptions::new()
+            .name(format!("careroute {cluster_id}"))
+            .connection_timeout(CALL_TIMEOUT)
+            .connect(servers)
+            .await
+            .map_err(|e| nats(&format!("cannot connect to {urls}"), e))?;
+        let mut js = jetstream::new(client);
+        js.set_timeout(CALL_TIMEOUT);
+        let mut tries = 0;
+        loop {
+            match Nats::open(js.clone(), cluster_id, replicas, lease_ttl).await {
+                Ok(nats) => return Ok(nats),
+                Err(e) if tries < SETUP_TRIES => {
+                    tries += 1;
+                    tracing::warn!(error = %e, "journal on NATS: JetStream not ready; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Opens, creating if absent, the stream and buckets of `cluster_id`.
+    async fn open(
+        js: Context,
+        cluster_id: &str,
+        replicas: usize,
+        lease_ttl: Duration,
+    ) -> Result<Nats, JournalError> {
+        let name = format!("CAREROUTE_{cluster_id}");
+        let subject = format!("careroute.{cluster_id}.log");
+        js.get_or_create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            num_replicas: replicas,
+            storage: stream::StorageType::File,
+            // Nothing is ever dropped by age or size: the log is the state.
+            discard: stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| nats(&format!("stream {name}"), e))?;
+        let bucket = |suffix: &str| format!("careroute_{cluster_id}_{suffix}");
+        let lease = open_bucket(&js, bucket("lease"), lease_ttl, replicas).await?;
+        let meta = open_bucket(&js, bucket("meta"), Duration::ZERO, replicas).await?;
+        Ok(Nats {
+            js,
+            stream: name,
+            subject,
+            lease,
+            meta,
+        })
+    }
+
+    /// The id prefix of the log's engine: the one kept with the log, or
+    /// `proposed` kept now for a new log. A log written under other routing
+    /// rules is refused, as the local journal refuses one.
+    pub async fn id_prefix(&self, proposed: u32) -> Result<u32, JournalError> {
+        let version = ROUTING_VERSION.to_string();
+        match self.meta.create("routing_version", version.into()).await {
+            Ok(_) => {}
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let found = self.meta_value("routing_version").await?;
+                if found != Some(ROUTING_VERSION) {
+                    return Err(JournalError::OtherRouting {
+                        file: self.stream.clone().into(),
+                        found: found.unwrap_or(1),
+                    });
+                }
+            }
+            Err(e) => return Err(nats("metadata", e)),
+        }
+        match self
+            .meta
+            .create("id_prefix", proposed.to_string().into())
+            .await
+        {
+            Ok(_) => Ok(proposed),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => self
+                .meta_value("id_prefix")
+                .await?
+                .ok_or_else(|| nats("metadata", "id_prefix is not a number")),
+            Err(e) => Err(nats("metadata", e)),
+        }
+    }
+
+    async fn meta_value(&self, key: &str) -> Result<Option<u32>, JournalError> {
+        let value = self.meta.get(key).await.map_err(|e| nats("metadata", e))?;
+        Ok(value.and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok()))
+    }
+
+    /// The stream's last sequence number (0: empty).
+    pub async fn last_seq(&self) -> Result<u64, JournalError> {
+        let mut stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| nats("stream", e))?;
+        let info = stream.info().await.map_err(|e| nats("stream", e))?;
+        Ok(info.state.last_sequence)
+    }
+
+    /// The records after `after`, in order, then each new one as it is
+    /// appended.
+    pub async fn tail(&self, after: u64) -> Result<Tail, JournalError> {
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| nats("stream", e))?;
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                filter_subject: self.subject.clone(),
+                deliver_policy: DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| nats("consumer", e))?;
+        let messages = consumer.messages().await.map_err(|e| nats("consumer", e))?;
+        Ok(Tail { messages })
+    }
+
+    /// Takes the lease for `me` if nobody holds it.
+    pub async fn try_lead(&self, me: &str) -> Result<Option<Lease>, JournalError> {
+        match self.lease.create(LEADER, Bytes::from(me.to_owned())).await {
+            Ok(revision) => Ok(Some(Lease(revision))),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+            Err(e) => Err(nats("lease", e)),
+        }
+    }
+
+    /// Renews the lease; fails if another process took it.
+    pub async fn renew(&self, me: &str, lease: Lease) -> Result<Lease, JournalError> {
+        self.lease
+            .update(LEADER, Bytes::from(me.to_owned()), lease.0)
+            .await
+            .map(Lease)
+            .map_err(|e| nats("lease", e))
+    }
+
+    /// Gives the lease up at once (a clean stop), if still held.
+    pub async fn resign(&self, lease: Lease) {
+        let _ = self
+            .lease
+            .delete_expect_revision(LEADER, Some(lease.0))
+            .await;
+    }
+
+    /// Who holds the lease, as they advertise themselves.
+    pub async fn leader(&self) -> Option<String> {
+        let value = self.lease.get(LEADER).await.ok()??;
+        String::from_utf8(value.to_vec()).ok()
+    }
+
+    /// Appends `batch` after `batch[0].0 - 1`, each record only if the one
+    /// before it is the stream's last: the publishes are pipelined, then
+    /// every acknowledgement awaited. Any failure fails the batch.
+    pub async fn append(&self, batch: &[(u64, Time, Command)]) -> Result<(), JournalError> {
+        let mut acks = Vec::with_capacity(batch.len());
+        for (seq, at, command) in batch {
+            let body =
+                serde_json::to_vec(command).map_err(|e| JournalError::Encode(e.to_string()))?;
+            let message = PublishMessage::build()
+                .payload(body.into())
+                .header(AT, at.timestamp_micros().to_string().as_str())
+                .expected_last_sequence(seq - 1);
+            let ack = self
+                .js
+                .send_publish(self.subject.clone(), message)
+                .await
+                .map_err(|e| append_error(*seq, e.kind(), e))?;
+            acks.push((*seq, ack));
+        }
+        for (seq, ack) in acks {
+            let ack = ack.await.map_err(|e| append_error(seq, e.kind(), e))?;
+            if ack.sequence != seq {
+                return Err(JournalError::Fenced { seq });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A failed append: another leader's record in the way, or NATS not
+/// answering.
+fn append_error(seq: u64, kind: PublishErrorKind, e: impl std::fmt::Display) -> JournalError {
+    match kind {
+        PublishErrorKind::WrongLastSequence => JournalError::Fenced { seq },
+        _ => nats(&format!("append of record {seq}"), e),
+    }
+}
+
+/// Opens a KV bucket, creating its stream if absent. The stream is made
+/// here, as the KV convention lays it out (`KV_<bucket>` over
+/// `$KV.<bucket>.>`), rather than by the client's bucket creation, which
+/// first asks for account details that NATS 2.9 does not give in the shape
+/// the client reads.
+async fn open_bucket(
+    js: &Context,
+    bucket: String,
+    max_age: Duration,
+    replicas: usize,
+) -> Result<kv::Store, JournalError> {
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: replicas,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| nats(&format!("bucket {bucket}"), e))?;
+    js.get_key_value(&bucket)
+        .await
+        .map_err(|e| nats(&format!("bucket {bucket}"), e))
+}
+
+impl Tail {
+    /// The next record: its sequence number, time and command. `None` if
+    /// the subscription ended.
+    pub async fn next(&mut self) -> Option<Result<(u64, Time, Command), JournalError>> {
+        let message = match self.messages.next().await? {
+            Ok(m) => m,
+            Err(e) => return Some(Err(nats("tail", e))),
+        };
+        Some(decode(&message))
+    }
+}
+
+fn decode(message: &jetstream::Message) -> Result<(u64, Time, Command), JournalError> {
+    let seq = message.info().map_err(|e| nats("tail", e))?.stream_sequence;
+    let bad = |why: String| JournalError::Corrupt {
+        file: "the NATS stream".into(),
+        seq,
+        why,
+    };
+    let at = message
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(AT))
+        .and_then(|v| v.as_str().parse::<i64>().ok())
+        .and_then(Time::from_timestamp_micros)
+        .ok_or_else(|| bad(format!("no {AT} header")))?;
+    let command: Command =
+        serde_json::from_slice(&message.payload).map_err(|e| bad(format!("undecodable: {e}")))?;
+    Ok((seq, at, command))
+}

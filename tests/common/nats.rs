@@ -1,0 +1,144 @@
+//! Real `nats-server` processes with JetStream for the replication tests:
+//! one, or a cluster of three, on free loopback ports, each with its own
+//! store directory; frozen, resumed and killed for real. Without the
+//! binary the tests say so and skip, unless `CI=true`, where they must run.
+
+use std::{
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// The `nats-server` binary: on PATH or where Debian puts it.
+pub fn binary() -> Option<PathBuf> {
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("nats-server"))
+            .find(|p| p.is_file())
+    });
+    let found = on_path.or_else(|| {
+        let debian = PathBuf::from("/usr/sbin/nats-server");
+        debian.is_file().then_some(debian)
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "nats-server is not installed, and CI=true: the replication tests must run (apt-get install nats-server)"
+        );
+        eprintln!(
+            "SKIPPED: nats-server is not on PATH (apt-get install nats-server); the replication tests did not run"
+        );
+    }
+    found
+}
+
+/// A free loopback port (bound, then released).
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// One running nats-server.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+}
+
+impl Server {
+    /// Sends a signal by name (`STOP`, `CONT`, `KILL`).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name} nats-server failed");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The servers of one test, and the URL list careroute is given.
+pub struct Nats {
+    pub servers: Vec<Server>,
+    dir: PathBuf,
+}
+
+impl Nats {
+    /// `n` servers (1, or a cluster of 3), JetStream on, each accepting
+    /// connections; `None` (the test skips) without the binary.
+    pub fn start(n: usize) -> Option<Nats> {
+        let binary = binary()?;
+        let dir = std::env::temp_dir().join(format!(
+            "careroute-nats-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let routes = ports
+            .iter()
+            .map(|(_, cluster)| format!("nats://127.0.0.1:{cluster}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut servers = Vec::new();
+        for (i, (port, cluster)) in ports.iter().enumerate() {
+            let store = dir.join(format!("n{i}"));
+            std::fs::create_dir_all(&store).unwrap();
+            let mut cmd = Command::new(&binary);
+            cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                .arg(&store)
+                .args(["-n", &format!("n{i}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if n > 1 {
+                cmd.args([
+                    "--cluster_name",
+                    "careroute-test",
+                    "--cluster",
+                    &format!("nats://127.0.0.1:{cluster}"),
+                    "--routes",
+                    &routes,
+                ]);
+            }
+            servers.push(Server {
+                child: cmd.spawn().unwrap(),
+                port: *port,
+            });
+        }
+        let started = Instant::now();
+        for s in &servers {
+            while TcpStream::connect(("127.0.0.1", s.port)).is_err() {
+                assert!(
+                    started.elapsed() < Duration::from_secs(20),
+                    "nats-server on port {} did not start",
+                    s.port
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Some(Nats { servers, dir })
+    }
+
+    /// The URLs of every server, as `--journal` takes them.
+    pub fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| format!("nats://127.0.0.1:{}", s.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.servers.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
