@@ -216,6 +216,15 @@ async fn a_frozen_leader_resumed_answers_nothing_and_rejoins_as_a_standby() {
     let mut ca = client(&a).await;
     agent(&mut ca, "b1", "Billing", "billing").await;
     let before = route(&mut ca, "before").await.unwrap();
+    // A CTI watching the leader's offers.
+    let mut watching = ca
+        .watch_assignments(pb::WatchAssignmentsRequest {
+            queue_ids: vec!["billing".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
 
     a.signal("STOP");
     let mut cb = client(&b).await;
@@ -248,6 +257,19 @@ async fn a_frozen_leader_resumed_answers_nothing_and_rejoins_as_a_standby() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     wait_for_readyz(&a, "503").await;
+    // Its watcher is told to go elsewhere rather than left waiting.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match watching.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the watch ended without a reason"),
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("the old leader's watcher was left open");
+    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
 
     // The new leader holds what was acknowledged, and not what was not.
     assert_eq!(

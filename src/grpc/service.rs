@@ -20,7 +20,7 @@ use crate::engine::{
 };
 use crate::journal::{Journal, JournalError, Log, Snapshots, Ticket};
 use crate::model::{Contact, Time};
-use crate::shared::SharedEngine;
+use crate::shared::{Closed, Role, SharedEngine};
 use crate::telemetry::{self, DecisionMetrics};
 
 /// Shared state behind every handler.
@@ -268,6 +268,14 @@ async fn deliver(
     }
 }
 
+/// Resolves once this process is a standby (an error: the role's sender
+/// is gone, and it never will).
+async fn stepped_down(role: &mut watch::Receiver<Role>) -> Result<(), watch::error::RecvError> {
+    role.wait_for(|r| matches!(r, Role::Standby { .. }))
+        .await
+        .map(drop)
+}
+
 /// A connected watcher; dropping it unregisters the watcher, so offers to
 /// the agents it covered are no longer made, and those out are not counted
 /// as the agents' misses if they lapse.
@@ -470,6 +478,7 @@ impl pb::routing_service_server::RoutingService for Routing {
         };
         self.durable(since).await?;
         let mut stopping = self.stopping.clone();
+        let mut role = self.engine.role();
         let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
         tokio::spawn(async move {
             // Unwatched when this task ends: the client went away, the
@@ -486,7 +495,15 @@ impl pb::routing_service_server::RoutingService for Routing {
                 let published = tokio::select! {
                     _ = stopping.wait_for(|s| *s) => return,
                     _ = tx.closed() => return,
-                    published = events.recv() => published,
+                    // This process stepped down: its offers are the new
+                    // leader's to make, to a watcher connected there.
+                    Ok(()) = stepped_down(&mut role) => None,
+                    published = events.recv() => Some(published),
+                };
+                let Some(published) = published else {
+                    let moved = Status::from(Closed::Standby { leader: None });
+                    deliver(&tx, Err(moved), &mut stopping).await;
+                    return;
                 };
                 match published {
                     Ok(p) if p.0 >= since.seq && p.1.passes(&filter) => {
