@@ -365,14 +365,15 @@ pub async fn run(
     let (log, replicated) = match replicated {
         Some(mut seed) => {
             let url = config.journal.as_deref().unwrap_or_default();
-            let nats = Nats::connect(
+            let (nats, prefix) = Nats::connect(
                 url,
                 &config.cluster_id,
                 config.nats_replicas,
                 config.lease_ttl,
+                seed.config.id_prefix,
             )
             .await?;
-            seed.config.id_prefix = nats.id_prefix(seed.config.id_prefix).await?;
+            seed.config.id_prefix = prefix;
             if config.advertise.is_none() {
                 seed.me = grpc_addr.to_string();
             }

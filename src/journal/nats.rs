@@ -64,13 +64,15 @@ pub struct Lease(u64);
 impl Nats {
     /// Connects to `urls` (comma-separated) and opens, creating if absent,
     /// the stream and buckets of `cluster_id` with `replicas` replicas; the
-    /// lease expires `lease_ttl` after it was last renewed.
+    /// lease expires `lease_ttl` after it was last renewed. Returns the log
+    /// and the id prefix of its engine (`proposed`, for a new log).
     pub async fn connect(
         urls: &str,
         cluster_id: &str,
         replicas: usize,
         lease_ttl: Duration,
-    ) -> Result<Nats, JournalError> {
+        proposed: u32,
+    ) -> Result<(Nats, u32), JournalError> {
         let servers = urls
             .split(',')
             .map(|u| u.trim().parse::<async_nats::ServerAddr>())
@@ -86,8 +88,14 @@ impl Nats {
         js.set_timeout(CALL_TIMEOUT);
         let mut tries = 0;
         loop {
-            match Nats::open(js.clone(), cluster_id, replicas, lease_ttl).await {
-                Ok(nats) => return Ok(nats),
+            let opened = async {
+                let nats = Nats::open(js.clone(), cluster_id, replicas, lease_ttl).await?;
+                let prefix = nats.id_prefix(proposed).await?;
+                Ok((nats, prefix))
+            };
+            match opened.await {
+                Ok(opened) => return Ok(opened),
+                Err(e @ JournalError::OtherRouting { .. }) => return Err(e),
                 Err(e) if tries < SETUP_TRIES => {
                     tries += 1;
                     tracing::warn!(error = %e, "journal on NATS: JetStream not ready; trying again");
@@ -133,7 +141,7 @@ impl Nats {
     /// The id prefix of the log's engine: the one kept with the log, or
     /// `proposed` kept now for a new log. A log written under other routing
     /// rules is refused, as the local journal refuses one.
-    pub async fn id_prefix(&self, proposed: u32) -> Result<u32, JournalError> {
+    async fn id_prefix(&self, proposed: u32) -> Result<u32, JournalError> {
         let version = ROUTING_VERSION.to_string();
         match self.meta.create("routing_version", version.into()).await {
             Ok(_) => {}
