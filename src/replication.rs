@@ -1,7 +1,9 @@
 //! Leader and hot standbys on a replicated log (`--journal nats://...`).
 //! Every process starts as a standby: it rebuilds the engine from the log
-//! and keeps it current by applying each record as the leader appends it,
-//! answering no call. When the leader's lease is free it takes it, applies
+//! (the newest snapshot that loads, then the records after it) and keeps it
+//! current by applying each record as the leader appends it, answering no
+//! call. Standbys take the snapshots, from their own copy, so the leader
+//! never waits for one. When the leader's lease is free it takes it, applies
 //! the rest of the log, puts its engine in service and opens a new term
 //! with a logged restart (the first append of a term fences the old leader
 //! out: its own appends now fail the expected-last-sequence check). It
@@ -9,11 +11,15 @@
 //! applied since the last record it logged is thrown away and the engine
 //! is rebuilt from the log.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use crate::engine::{Command, Engine, EngineConfig, Limits};
 use crate::grpc::Routing;
-use crate::journal::{JournalError, Lease, Nats, Replay, Tail};
+use crate::journal::{Every, JournalError, Lease, Nats, Replay, Tail};
 use crate::policy::Policy;
 use crate::shared::Role;
 
@@ -37,6 +43,8 @@ pub struct Seed {
     pub me: String,
     /// How long the lease lasts unless renewed.
     pub ttl: Duration,
+    /// When a standby takes a snapshot.
+    pub every: Every,
 }
 
 /// Runs this process's part in the cluster until `stop` resolves.
@@ -46,6 +54,7 @@ pub async fn run(
     seed: Seed,
     stop: impl Future<Output = ()>,
 ) -> Result<(), JournalError> {
+    crate::telemetry::register_snapshots();
     tokio::pin!(stop);
     loop {
         let standby = async {
@@ -85,29 +94,99 @@ pub async fn run(
 /// Reads the whole log into a new engine (none while the log is empty),
 /// returning the last record applied and the tail after it.
 async fn rebuild(nats: &Nats, seed: &Seed) -> Result<(Replay, u64, Tail), JournalError> {
-    let last = nats.last_seq().await?;
-    let mut tail = nats.tail(0).await?;
-    let mut replay = Replay::new(None, seed.config.clone());
-    let mut applied = 0;
+    let snapshot = nats.load_snapshot().await?;
+    for (seq, why) in &snapshot.refused {
+        tracing::warn!(
+            snapshot = seq,
+            why = why.as_str(),
+            "replication: a snapshot cannot be loaded; an older one and the log since are used"
+        );
+    }
+    let base = snapshot.loaded.as_ref().map_or(0, |(seq, _)| *seq);
+    let (first, last) = nats.span().await?;
+    if first > base + 1 {
+        let why = snapshot
+            .refused
+            .iter()
+            .map(|(seq, why)| format!("snapshot {seq}: {why}"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(JournalError::NoSnapshot {
+            file: "the NATS stream".into(),
+            first,
+            why: if why.is_empty() {
+                "none kept".into()
+            } else {
+                why
+            },
+        });
+    }
+    let mut tail = nats.tail(base).await?;
+    let mut replay = Replay::new(snapshot.loaded.map(|(_, e)| e), seed.config.clone());
+    let mut applied = base;
     while applied < last {
-        applied = apply_next(&mut tail, &mut replay, applied).await?;
+        applied = catch_up(&mut tail, &mut replay, applied).await?;
     }
     tracing::info!(
-        records = applied,
+        snapshot = base,
+        records = applied - base,
         "replication: standby rebuilt from the log"
     );
     Ok((replay, applied, tail))
 }
 
-/// Applies the tail's next record, which must follow `applied`.
+/// Applies a record known to be in the log: one that does not come within
+/// [`CATCH_UP`] means the subscription is broken.
+async fn catch_up(tail: &mut Tail, replay: &mut Replay, applied: u64) -> Result<u64, JournalError> {
+    tokio::time::timeout(CATCH_UP, apply_next(tail, replay, applied))
+        .await
+        .map_err(|_| JournalError::Nats("the log stopped delivering records".into()))?
+}
+
+/// Saves a snapshot of the standby's engine after record `applied`.
+async fn snapshot(nats: &Nats, replay: &mut Replay, applied: u64) {
+    let Some(engine) = replay.engine() else {
+        return;
+    };
+    let started = Instant::now();
+    // Encoded inline: a standby answers nothing, so nothing waits for it.
+    let saved = match engine.encode_state() {
+        Ok(state) => nats
+            .save_snapshot(applied, &state)
+            .await
+            .map(|fallback| (state.len(), fallback)),
+        Err(e) => Err(JournalError::Encode(e.to_string())),
+    };
+    match saved {
+        Ok((bytes, fallback)) => {
+            let took = started.elapsed();
+            crate::telemetry::record_snapshot(took, bytes);
+            tracing::info!(
+                seq = applied,
+                bytes,
+                took_ms = took.as_millis() as u64,
+                purged_before = fallback.map(|f| f + 1),
+                "replication: snapshot saved"
+            );
+        }
+        Err(e) => {
+            crate::telemetry::record_snapshot_failure();
+            tracing::error!(
+                error = %e,
+                "replication: a snapshot cannot be saved; the stream is kept whole until one is"
+            );
+        }
+    }
+}
+
+/// Applies the tail's next record, which must follow `applied`, waiting
+/// for it as long as it takes.
 async fn apply_next(
     tail: &mut Tail,
     replay: &mut Replay,
     applied: u64,
 ) -> Result<u64, JournalError> {
-    let record = tokio::time::timeout(CATCH_UP, tail.next())
-        .await
-        .map_err(|_| JournalError::Nats("the log stopped delivering records".into()))?;
+    let record = tail.next().await;
     let (seq, at, command) =
         record.ok_or_else(|| JournalError::Nats("the log's subscription ended".into()))??;
     if seq != applied + 1 {
@@ -136,9 +215,17 @@ async fn follow(
     mut tail: Tail,
 ) -> Result<Lease, JournalError> {
     let mut poll = tokio::time::interval(seed.ttl / 4);
+    let (mut since, mut last_snapshot) = (0u64, Instant::now());
     let lease = loop {
         tokio::select! {
-            next = apply_next(&mut tail, &mut replay, applied) => applied = next?,
+            next = apply_next(&mut tail, &mut replay, applied) => {
+                applied = next?;
+                since += 1;
+                if since >= seed.every.commands || last_snapshot.elapsed() >= seed.every.interval {
+                    snapshot(nats, &mut replay, applied).await;
+                    (since, last_snapshot) = (0, Instant::now());
+                }
+            }
             _ = poll.tick() => match nats.try_lead(&seed.me).await? {
                 Some(lease) => break lease,
                 None => {
@@ -154,7 +241,7 @@ async fn follow(
     let caught_up = async {
         let last = nats.last_seq().await?;
         while applied < last {
-            applied = apply_next(&mut tail, &mut replay, applied).await?;
+            applied = catch_up(&mut tail, &mut replay, applied).await?;
         }
         Ok::<_, JournalError>(())
     };

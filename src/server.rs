@@ -300,6 +300,10 @@ fn replicated(
                 .clone()
                 .unwrap_or_else(|| config.grpc_addr.to_string()),
             ttl: config.lease_ttl,
+            every: Every {
+                commands: config.snapshot_every,
+                interval: config.snapshot_interval,
+            },
         }),
     })
 }

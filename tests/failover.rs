@@ -31,26 +31,29 @@ const SLOW: Knobs = Knobs {
 
 /// A careroute on the replicated log `cluster` of `nats`.
 fn careroute(nats: &Nats, cluster: &str, replicas: &str) -> Process {
+    careroute_with(nats, cluster, replicas, &[])
+}
+
+/// [`careroute`] with more flags.
+fn careroute_with(nats: &Nats, cluster: &str, replicas: &str, more: &[&str]) -> Process {
     let data = fresh_data_dir();
     let path = data.join("policy.toml");
     std::fs::write(&path, policy(&SLOW)).unwrap();
     let urls = nats.urls();
-    Process::start_in(
-        &data,
-        &[
-            "--policy",
-            path.to_str().unwrap(),
-            "--journal",
-            &urls,
-            "--cluster-id",
-            cluster,
-            "--nats-replicas",
-            replicas,
-            "--lease-ttl",
-            "2s",
-        ],
-        "info",
-    )
+    let mut args = vec![
+        "--policy",
+        path.to_str().unwrap(),
+        "--journal",
+        &urls,
+        "--cluster-id",
+        cluster,
+        "--nats-replicas",
+        replicas,
+        "--lease-ttl",
+        "2s",
+    ];
+    args.extend_from_slice(more);
+    Process::start_in(&data, &args, "info")
 }
 
 /// A unique cluster id per test run.
@@ -113,7 +116,9 @@ async fn the_leader_killed_under_load_a_standby_answers_and_nothing_acknowledged
     let id = cluster_id("kill");
     let mut a = careroute(&nats, &id, "3");
     a.wait_for_log("this process leads", Duration::from_secs(30));
-    let b = careroute(&nats, &id, "3");
+    // The standby takes a snapshot every 100 records and purges the stream
+    // behind the one before.
+    let mut b = careroute_with(&nats, &id, "3", &["--snapshot-every", "100"]);
     b.wait_for_log("standby rebuilt from the log", Duration::from_secs(30));
 
     let mut ca = client(&a).await;
@@ -165,7 +170,7 @@ async fn the_leader_killed_under_load_a_standby_answers_and_nothing_acknowledged
     // Every acknowledged answer holds on the new leader: a retry gets the
     // same decision, every offer is confirmable (each agent once), every
     // caller told to wait still waits, each in its own place.
-    let (mut agents, mut positions) = (HashSet::new(), HashSet::new());
+    let (mut agents, mut positions) = (HashSet::new(), Vec::new());
     for (contact_id, d) in &ledger {
         match &d.outcome {
             Some(pb::route_contact_response::Outcome::Agent(t)) => {
@@ -189,11 +194,7 @@ async fn the_leader_killed_under_load_a_standby_answers_and_nothing_acknowledged
                 else {
                     panic!("a caller told to wait no longer waits: {status:?}")
                 };
-                assert!(
-                    positions.insert(w.position),
-                    "two callers at {}",
-                    w.position
-                );
+                positions.push((contact_id.clone(), w.position));
             }
             // The line is full: a callback ticket, kept as any decision.
             Some(pb::route_contact_response::Outcome::Callback(_)) => {}
@@ -203,6 +204,64 @@ async fn the_leader_killed_under_load_a_standby_answers_and_nothing_acknowledged
         assert_eq!(again.decision_id, d.decision_id, "{contact_id}");
     }
     assert_eq!(agents.len(), 12, "every agent was offered once");
+    let distinct: HashSet<u32> = positions.iter().map(|(_, p)| *p).collect();
+    assert_eq!(distinct.len(), positions.len(), "two callers in one place");
+
+    // The stream was purged behind the snapshots; the newest snapshot is
+    // then damaged (its body replaced), so a third process starts from the
+    // one before it and the stream after that. Then the second leader is
+    // killed too, and the third holds the same floor.
+    b.wait_for_log("replication: snapshot saved", Duration::from_secs(10));
+    let js = async_nats::jetstream::new(
+        async_nats::connect(format!("nats://127.0.0.1:{}", nats.servers[0].port))
+            .await
+            .unwrap(),
+    );
+    let mut stream = js.get_stream(format!("CAREROUTE_{id}")).await.unwrap();
+    let first = stream.info().await.unwrap().state.first_sequence;
+    assert!(
+        first > 100,
+        "the stream was not purged: it starts at {first}"
+    );
+    let snapshots = js
+        .get_object_store(format!("careroute_{id}_snapshots"))
+        .await
+        .unwrap();
+    let mut names = Vec::new();
+    let mut list = snapshots.list().await.unwrap();
+    while let Some(info) = tokio_stream::StreamExt::next(&mut list).await {
+        names.push(info.unwrap().name);
+    }
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    snapshots
+        .put(names[1].as_str(), &mut &b"not a snapshot"[..])
+        .await
+        .unwrap();
+    let c = careroute(&nats, &id, "3");
+    c.wait_for_log("a snapshot cannot be loaded", Duration::from_secs(30));
+    let rebuilt = c.wait_for_log("standby rebuilt from the log", Duration::from_secs(30));
+    let rebuilt: serde_json::Value = serde_json::from_str(&rebuilt).unwrap();
+    let older: u64 = names[0].trim_start_matches("state-").parse().unwrap();
+    assert_eq!(
+        rebuilt["fields"]["snapshot"].as_u64(),
+        Some(older),
+        "{rebuilt}"
+    );
+    b.kill9();
+    let mut cc = client(&c).await;
+    route_until_answered(&mut cc, "after-second", Duration::from_secs(30)).await;
+    for (contact_id, d) in &ledger {
+        let again = route(&mut cc, contact_id).await.unwrap();
+        assert_eq!(again.decision_id, d.decision_id, "{contact_id}");
+    }
+    for (contact_id, position) in &positions {
+        let status = floor::status(&mut cc, contact_id).await.unwrap();
+        let Some(pb::get_contact_status_response::Status::Waiting(w)) = status.status else {
+            panic!("{contact_id} no longer waits: {status:?}")
+        };
+        assert_eq!(w.position, *position, "{contact_id}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,9 +7,14 @@
 //! buckets: the leader's lease (an entry that expires unless renewed, taken
 //! with create-if-absent and renewed with compare-and-set on its revision)
 //! and the log's metadata (the id prefix its engine uses, the routing rules
-//! version it was written under).
+//! version it was written under). Snapshots of the engine's state go to
+//! an object store bucket, taken by a standby from its own copy (so the
+//! leader never waits for one); after each, the stream is purged up to the
+//! snapshot before it, which is kept as the fallback.
 
 use std::time::Duration;
+
+use std::collections::HashMap;
 
 use async_nats::jetstream::{
     self, Context,
@@ -17,13 +22,15 @@ use async_nats::jetstream::{
     context::PublishErrorKind,
     kv,
     message::PublishMessage,
+    object_store::{self, ObjectMetadata, ObjectStore},
     stream,
 };
 use bytes::Bytes;
+use tokio::io::AsyncReadExt;
 use tokio_stream::StreamExt;
 
 use super::JournalError;
-use crate::engine::{Command, ROUTING_VERSION};
+use crate::engine::{Command, Engine, ROUTING_VERSION, STATE_FORMAT};
 use crate::model::Time;
 
 /// The header holding a command's time, in microseconds since the epoch.
@@ -50,6 +57,15 @@ pub struct Nats {
     subject: String,
     lease: kv::Store,
     meta: kv::Store,
+    snapshots: ObjectStore,
+}
+
+/// The snapshot the log is rebuilt from, and the newer ones refused.
+pub struct NatsSnapshot {
+    /// The newest that loaded: its sequence number and engine.
+    pub loaded: Option<(u64, Engine)>,
+    /// Newer ones that did not load, each with why.
+    pub refused: Vec<(u64, String)>,
 }
 
 /// Where the log's records come from, in order.
@@ -129,12 +145,25 @@ impl Nats {
         let bucket = |suffix: &str| format!("careroute_{cluster_id}_{suffix}");
         let lease = open_bucket(&js, bucket("lease"), lease_ttl, replicas).await?;
         let meta = open_bucket(&js, bucket("meta"), Duration::ZERO, replicas).await?;
+        let snapshots = match js.get_object_store(bucket("snapshots")).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: bucket("snapshots"),
+                    storage: stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| nats("snapshot bucket", e))?,
+        };
         Ok(Nats {
             js,
             stream: name,
             subject,
             lease,
             meta,
+            snapshots,
         })
     }
 
@@ -177,13 +206,136 @@ impl Nats {
 
     /// The stream's last sequence number (0: empty).
     pub async fn last_seq(&self) -> Result<u64, JournalError> {
+        Ok(self.span().await?.1)
+    }
+
+    /// The first record the stream keeps (the one after its last if it
+    /// keeps none) and its last sequence number.
+    pub async fn span(&self) -> Result<(u64, u64), JournalError> {
         let mut stream = self
             .js
             .get_stream(&self.stream)
             .await
             .map_err(|e| nats("stream", e))?;
         let info = stream.info().await.map_err(|e| nats("stream", e))?;
-        Ok(info.state.last_sequence)
+        let state = &info.state;
+        let first = if state.messages == 0 {
+            state.last_sequence + 1
+        } else {
+            state.first_sequence
+        };
+        Ok((first, state.last_sequence))
+    }
+
+    /// The snapshots kept, newest first: each one's sequence number and
+    /// object name.
+    async fn snapshot_names(&self) -> Result<Vec<(u64, String)>, JournalError> {
+        let mut list = self
+            .snapshots
+            .list()
+            .await
+            .map_err(|e| nats("snapshots", e))?;
+        let mut names = Vec::new();
+        while let Some(info) = list.next().await {
+            let info = info.map_err(|e| nats("snapshots", e))?;
+            if let Some(seq) = info
+                .name
+                .strip_prefix("state-")
+                .and_then(|s| s.parse::<u64>().ok())
+            {
+                names.push((seq, info.name));
+            }
+        }
+        names.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        Ok(names)
+    }
+
+    /// Saves `state`, the engine after record `seq`; keeps it and the one
+    /// before it (the fallback), drops older ones, and purges the stream's
+    /// records up to the fallback. Returns the fallback's sequence number.
+    pub async fn save_snapshot(&self, seq: u64, state: &[u8]) -> Result<Option<u64>, JournalError> {
+        let metadata = HashMap::from([
+            ("format".to_owned(), STATE_FORMAT.to_string()),
+            ("crc".to_owned(), crc32fast::hash(state).to_string()),
+        ]);
+        self.snapshots
+            .put(
+                ObjectMetadata {
+                    name: format!("state-{seq:020}"),
+                    metadata,
+                    ..Default::default()
+                },
+                &mut &state[..],
+            )
+            .await
+            .map_err(|e| nats("snapshot", e))?;
+        let names = self.snapshot_names().await?;
+        for (_, name) in names.iter().skip(2) {
+            self.snapshots
+                .delete(name)
+                .await
+                .map_err(|e| nats("snapshot", e))?;
+        }
+        let fallback = names.get(1).map(|(seq, _)| *seq);
+        if let Some(fallback) = fallback {
+            let stream = self
+                .js
+                .get_stream(&self.stream)
+                .await
+                .map_err(|e| nats("stream", e))?;
+            stream
+                .purge()
+                .sequence(fallback + 1)
+                .await
+                .map_err(|e| nats("purge", e))?;
+        }
+        Ok(fallback)
+    }
+
+    /// The newest snapshot that reads back whole (checksum, layout,
+    /// decoding), and the newer ones refused, with why.
+    pub async fn load_snapshot(&self) -> Result<NatsSnapshot, JournalError> {
+        let mut refused = Vec::new();
+        for (seq, name) in self.snapshot_names().await? {
+            match self.read_snapshot(&name).await {
+                Ok(engine) => {
+                    return Ok(NatsSnapshot {
+                        loaded: Some((seq, engine)),
+                        refused,
+                    });
+                }
+                Err(why) => refused.push((seq, why)),
+            }
+        }
+        Ok(NatsSnapshot {
+            loaded: None,
+            refused,
+        })
+    }
+
+    async fn read_snapshot(&self, name: &str) -> Result<Engine, String> {
+        let mut object = self.snapshots.get(name).await.map_err(|e| e.to_string())?;
+        let info = object.info().clone();
+        let mut body = Vec::with_capacity(info.size);
+        object
+            .read_to_end(&mut body)
+            .await
+            .map_err(|e| e.to_string())?;
+        let crc = info.metadata.get("crc").and_then(|c| c.parse::<u32>().ok());
+        if crc != Some(crc32fast::hash(&body)) {
+            return Err("checksum mismatch".into());
+        }
+        let format = info
+            .metadata
+            .get("format")
+            .and_then(|f| f.parse::<u32>().ok());
+        if format != Some(STATE_FORMAT) {
+            return Err(format!(
+                "layout {}, this build reads layout {STATE_FORMAT}",
+                format.map_or("unknown".into(), |f| f.to_string())
+            ));
+        }
+        Engine::decode_state(&body).map_err(|e| e.to_string())
     }
 
     /// The records after `after`, in order, then each new one as it is
