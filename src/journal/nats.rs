@@ -246,7 +246,7 @@ impl Nats {
                 names.push((seq, info.name));
             }
         }
-        names.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        names.sort_unstable_by_key(|(seq, _)| std::cmp::Reverse(*seq));
         Ok(names)
     }
 
