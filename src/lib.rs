@@ -13,9 +13,11 @@
 //!   priority and age, assignment when an agent frees up, Erlang C estimated
 //!   wait), contact paths; every change a command through its one door,
 //!   [`engine::Engine::apply`].
-//! - [`journal`]: the log of those commands on disk (SQLite), written before
-//!   each answer leaves, snapshotted from a shadow engine, and replayed
-//!   from the last snapshot at start.
+//! - [`journal`]: the log of those commands, written before each answer
+//!   leaves: on disk (SQLite, snapshotted from a shadow engine, replayed
+//!   from the last snapshot at start) or on a NATS JetStream stream.
+//! - [`replication`]: leader and hot standbys on the NATS log: the lease,
+//!   the terms, following the log, snapshots taken by standbys.
 //! - [`audit`]: the log read by a person (`careroute journal`).
 //! - [`roster`]: roster files (the demo agents loaded at start).
 //! - [`file`]: errors in policy and roster files, with file, line and field.
@@ -26,8 +28,9 @@
 //! - [`telemetry`]: metric names, descriptions, the exporter and tracing setup.
 //! - [`clock`]: the time source the edge hands to the engine.
 //! - [`config`]: typed settings from flags and environment.
-//! - [`shared`]: the engine behind its one lock; a panic under it halts the
-//!   service (fail fast) through the fatal signal.
+//! - [`shared`]: the engine behind its one lock, and whether this process
+//!   may change it (its role); a panic under it halts the service (fail
+//!   fast) through the fatal signal.
 //! - [`server`]: wiring: listeners, health, reflection, metrics, drain,
 //!   supervised background tasks.
 

@@ -3,13 +3,16 @@
 //! (the newest snapshot that loads, then the records after it) and keeps it
 //! current by applying each record as the leader appends it, answering no
 //! call. Standbys take the snapshots, from their own copy, so the leader
-//! never waits for one. When the leader's lease is free it takes it, applies
-//! the rest of the log, puts its engine in service and opens a new term
-//! with a logged restart (the first append of a term fences the old leader
-//! out: its own appends now fail the expected-last-sequence check). It
-//! leads until an append or a lease renewal fails, then steps down: what it
-//! applied since the last record it logged is thrown away and the engine
-//! is rebuilt from the log.
+//! never waits for one. When the leader's lease is free a standby takes
+//! it, applies the rest of the log, and opens its term: its engine goes in
+//! service and the term's first records (a logged restart; on a new log,
+//! the policy, limits and roster) are appended under the engine's lock
+//! before any call is let in. The first append fences the old leader out:
+//! its own appends no longer fit the stream. The leader renews the lease
+//! and stops answering the moment its last renewal is older than the lease
+//! (a leader frozen and resumed answers nothing, reads included); when an
+//! append or a renewal fails it steps down: what it applied since its last
+//! logged record is thrown away and the engine rebuilt from the log.
 
 use std::{
     future::Future,
@@ -17,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::engine::{Command, Engine, EngineConfig, Limits};
+use crate::engine::{Command, Configure, Engine, EngineConfig, Limits, ReplacePolicy};
 use crate::grpc::Routing;
 use crate::journal::{Every, JournalError, Lease, Nats, Replay, Tail};
 use crate::policy::Policy;
@@ -47,6 +50,15 @@ pub struct Seed {
     pub every: Every,
 }
 
+impl Seed {
+    /// Until when a lease renewed (or taken) at `at` is surely still this
+    /// process's: its TTL counts from when NATS stored it, which is later,
+    /// less a tenth for clocks that run at different rates.
+    fn deadline(&self, at: Instant) -> Instant {
+        at + self.ttl - self.ttl / 10
+    }
+}
+
 /// Runs this process's part in the cluster until `stop` resolves.
 pub async fn run(
     routing: Routing,
@@ -65,7 +77,7 @@ pub async fn run(
             _ = &mut stop => return Ok(()),
             led = standby => led,
         };
-        let lease = match lease {
+        let mut lease = match lease {
             Ok(lease) => lease,
             Err(e @ (JournalError::OtherRouting { .. } | JournalError::NoStart { .. })) => {
                 return Err(e);
@@ -83,10 +95,10 @@ pub async fn run(
                 nats.resign(lease).await;
                 return Ok(());
             }
-            why = lead(&routing, &nats, &seed, lease) => why,
+            why = lead(&routing, &nats, &seed, &mut lease) => why,
         };
         tracing::warn!(reason = %why, "replication: this process steps down and rebuilds from the log");
-        step_down(&routing, &seed, None)?;
+        step_down(&routing, &seed)?;
         nats.resign(lease).await;
     }
 }
@@ -143,40 +155,43 @@ async fn catch_up(tail: &mut Tail, replay: &mut Replay, applied: u64) -> Result<
         .map_err(|_| JournalError::Nats("the log stopped delivering records".into()))?
 }
 
-/// Saves a snapshot of the standby's engine after record `applied`.
-async fn snapshot(nats: &Nats, replay: &mut Replay, applied: u64) {
-    let Some(engine) = replay.engine() else {
-        return;
-    };
+/// Encodes the standby's engine after record `applied` and saves it on a
+/// task of its own, so the standby keeps applying records and watching the
+/// lease while it uploads. None if there is no engine yet.
+fn snapshot(nats: &Nats, replay: &mut Replay, applied: u64) -> Option<tokio::task::JoinHandle<()>> {
+    let engine = replay.engine()?;
     let started = Instant::now();
-    // Encoded inline: a standby answers nothing, so nothing waits for it.
-    let saved = match engine.encode_state() {
-        Ok(state) => nats
-            .save_snapshot(applied, &state)
-            .await
-            .map(|fallback| (state.len(), fallback)),
-        Err(e) => Err(JournalError::Encode(e.to_string())),
-    };
-    match saved {
-        Ok((bytes, fallback)) => {
-            let took = started.elapsed();
-            crate::telemetry::record_snapshot(took, bytes);
-            tracing::info!(
-                seq = applied,
-                bytes,
-                took_ms = took.as_millis() as u64,
-                purged_before = fallback.map(|f| f + 1),
-                "replication: snapshot saved"
-            );
-        }
+    let state = match engine.encode_state() {
+        Ok(state) => state,
         Err(e) => {
             crate::telemetry::record_snapshot_failure();
-            tracing::error!(
-                error = %e,
-                "replication: a snapshot cannot be saved; the stream is kept whole until one is"
-            );
+            tracing::error!(error = %e, "replication: a snapshot cannot be encoded");
+            return None;
         }
-    }
+    };
+    let nats = nats.clone();
+    Some(tokio::spawn(async move {
+        match nats.save_snapshot(applied, &state).await {
+            Ok(purged) => {
+                let took = started.elapsed();
+                crate::telemetry::record_snapshot(took, state.len());
+                tracing::info!(
+                    seq = applied,
+                    bytes = state.len(),
+                    took_ms = took.as_millis() as u64,
+                    stream_starts_at = purged,
+                    "replication: snapshot saved"
+                );
+            }
+            Err(e) => {
+                crate::telemetry::record_snapshot_failure();
+                tracing::error!(
+                    error = %e,
+                    "replication: a snapshot cannot be saved; the stream is kept whole until one is"
+                );
+            }
+        }
+    }))
 }
 
 /// Applies the tail's next record, which must follow `applied`, waiting
@@ -205,7 +220,7 @@ async fn apply_next(
 }
 
 /// Follows the log as a standby until the lease is free, then takes it,
-/// catches up and puts the engine in service.
+/// catches up and opens this process's term.
 async fn follow(
     routing: &Routing,
     nats: &Nats,
@@ -216,32 +231,47 @@ async fn follow(
 ) -> Result<Lease, JournalError> {
     let mut poll = tokio::time::interval(seed.ttl / 4);
     let (mut since, mut last_snapshot) = (0u64, Instant::now());
-    let lease = loop {
+    let mut saving: Option<tokio::task::JoinHandle<()>> = None;
+    let (mut lease, mut taken) = loop {
         tokio::select! {
             next = apply_next(&mut tail, &mut replay, applied) => {
                 applied = next?;
                 since += 1;
-                if since >= seed.every.commands || last_snapshot.elapsed() >= seed.every.interval {
-                    snapshot(nats, &mut replay, applied).await;
+                let due = since >= seed.every.commands
+                    || last_snapshot.elapsed() >= seed.every.interval;
+                // One snapshot at a time; a due one waits for the next record.
+                if due && saving.as_ref().is_none_or(|s| s.is_finished()) {
+                    saving = snapshot(nats, &mut replay, applied);
                     (since, last_snapshot) = (0, Instant::now());
                 }
             }
-            _ = poll.tick() => match nats.try_lead(&seed.me).await? {
-                Some(lease) => break lease,
-                None => {
-                    let leader = nats.leader().await;
-                    let mut engine = held(routing)?;
-                    routing.engine().set_role(&mut engine, Role::Standby { leader });
+            _ = poll.tick() => {
+                let asked = Instant::now();
+                match nats.try_lead(&seed.me).await? {
+                    Some(lease) => break (lease, asked),
+                    None => {
+                        let leader = nats.leader().await;
+                        let mut engine = held(routing)?;
+                        routing.engine().set_role(&mut engine, Role::Standby { leader });
+                    }
                 }
-            },
+            }
         }
     };
     // Everything appended before the lease was taken is applied before
-    // anything is answered.
+    // anything is answered; the lease is renewed meanwhile.
+    let mut renew = tokio::time::interval(seed.ttl / 3);
+    renew.tick().await;
     let caught_up = async {
         let last = nats.last_seq().await?;
         while applied < last {
-            applied = catch_up(&mut tail, &mut replay, applied).await?;
+            tokio::select! {
+                next = catch_up(&mut tail, &mut replay, applied) => applied = next?,
+                _ = renew.tick() => {
+                    taken = Instant::now();
+                    lease = nats.renew(&seed.me, lease).await?;
+                }
+            }
         }
         Ok::<_, JournalError>(())
     };
@@ -255,66 +285,42 @@ async fn follow(
         Some(engine) => engine,
         None => Engine::new(Arc::clone(&seed.policy), seed.config.clone()),
     };
-    {
-        let mut held = held(routing)?;
-        *held = engine;
-        routing.journal().lead(applied);
-        routing.engine().set_role(&mut held, Role::Leader);
-    }
-    tracing::info!(after = applied, "replication: this process leads");
-    let opened = if fresh {
-        start_log(routing, seed).await
+    // The term's first records: on a new log, the policy the engine is
+    // built on (logged, not applied), the limits and the roster; otherwise
+    // a restart (the old leader's connections are gone) and the limits if
+    // this process runs under others.
+    let opening = if fresh {
+        let mut opening = vec![
+            Command::ReplacePolicy(ReplacePolicy(Arc::clone(&seed.policy))),
+            Command::Configure(Configure(seed.limits)),
+        ];
+        opening.extend(seed.roster.iter().cloned());
+        opening
     } else {
-        open_term(routing, seed).await
+        let mut opening = vec![Command::Restarted];
+        if engine.limits() != seed.limits {
+            opening.push(Command::Configure(Configure(seed.limits)));
+        }
+        opening
     };
-    if let Err(e) = opened {
+    if let Err(e) = routing.open_term(engine, applied, opening, !fresh).await {
         tracing::warn!(error = %e, "replication: the new term could not be opened");
-        step_down(routing, seed, None)?;
+        step_down(routing, seed)?;
         nats.resign(lease).await;
-        return Err(JournalError::Nats(e.message().to_owned()));
+        return Err(e);
     }
+    let mut engine = held(routing)?;
+    routing.engine().set_deadline(Some(seed.deadline(taken)));
+    routing.engine().set_role(&mut engine, Role::Leader);
+    drop(engine);
+    tracing::info!(after = applied, "replication: this process leads");
     Ok(lease)
 }
 
-/// Writes a new log's first records: the policy the engine was built on,
-/// the limits, the roster.
-async fn start_log(routing: &Routing, seed: &Seed) -> Result<(), tonic::Status> {
-    routing
-        .log_unapplied(Command::ReplacePolicy(crate::engine::ReplacePolicy(
-            Arc::clone(&seed.policy),
-        )))
-        .await?;
-    routing
-        .apply(Command::Configure(crate::engine::Configure(seed.limits)))
-        .await?;
-    for command in &seed.roster {
-        if let Err(e) = routing.apply(command.clone()).await {
-            // A refused agent is the roster's problem, not the log's.
-            if e.code() == tonic::Code::Unavailable {
-                return Err(e);
-            }
-            tracing::warn!(error = %e.message(), "replication: a roster entry was refused");
-        }
-    }
-    Ok(())
-}
-
-/// A new term on a log with records: a logged restart (connections to the
-/// old leader are gone), and the limits if this process runs under others.
-async fn open_term(routing: &Routing, seed: &Seed) -> Result<(), tonic::Status> {
-    routing.apply(Command::Restarted).await?;
-    let limits = routing.view(Engine::limits)?;
-    if limits != seed.limits {
-        routing
-            .apply(Command::Configure(crate::engine::Configure(seed.limits)))
-            .await?;
-    }
-    Ok(())
-}
-
 /// Leads until the term ends (an append failed) or the lease cannot be
-/// renewed; returns why it stopped.
-async fn lead(routing: &Routing, nats: &Nats, seed: &Seed, mut lease: Lease) -> String {
+/// renewed; returns why it stopped. `lease` is kept current, so it can be
+/// given back.
+async fn lead(routing: &Routing, nats: &Nats, seed: &Seed, lease: &mut Lease) -> String {
     let mut renew = tokio::time::interval(seed.ttl / 3);
     renew.tick().await;
     let ended = routing.journal().term_ended();
@@ -322,10 +328,16 @@ async fn lead(routing: &Routing, nats: &Nats, seed: &Seed, mut lease: Lease) -> 
     loop {
         tokio::select! {
             why = &mut ended => return why,
-            _ = renew.tick() => match nats.renew(&seed.me, lease).await {
-                Ok(renewed) => lease = renewed,
-                Err(e) => return format!("the lease could not be renewed: {e}"),
-            },
+            _ = renew.tick() => {
+                let asked = Instant::now();
+                match nats.renew(&seed.me, *lease).await {
+                    Ok(renewed) => {
+                        *lease = renewed;
+                        routing.engine().set_deadline(Some(seed.deadline(asked)));
+                    }
+                    Err(e) => return format!("the lease could not be renewed: {e}"),
+                }
+            }
         }
     }
 }
@@ -333,11 +345,12 @@ async fn lead(routing: &Routing, nats: &Nats, seed: &Seed, mut lease: Lease) -> 
 /// Stops answering and ends the term: the engine, which may hold commands
 /// the log does not, is put aside for one built on the policy alone until
 /// the log is read again.
-fn step_down(routing: &Routing, seed: &Seed, leader: Option<String>) -> Result<(), JournalError> {
+fn step_down(routing: &Routing, seed: &Seed) -> Result<(), JournalError> {
     let mut held = held(routing)?;
     routing
         .engine()
-        .set_role(&mut held, Role::Standby { leader });
+        .set_role(&mut held, Role::Standby { leader: None });
+    routing.engine().set_deadline(None);
     routing.journal().end_term("this process stepped down");
     *held = Engine::new(Arc::clone(&seed.policy), seed.config.clone());
     Ok(())

@@ -381,7 +381,7 @@ pub async fn run(
             if config.advertise.is_none() {
                 seed.me = grpc_addr.to_string();
             }
-            let log = Log::Nats(Box::new(nats.clone()), tokio::runtime::Handle::current());
+            let log = Log::nats(nats.clone(), tokio::runtime::Handle::current());
             (Some(log), Some((nats, seed)))
         }
         None => (store.map(|s| Log::Local(Box::new(s))), None),
@@ -716,11 +716,18 @@ async fn housekeeping(
             // Something is due sooner than we slept for: look again.
             Ok(()) = due.changed() => continue,
         }
-        if routing.tick().await.is_err() && routing.engine().fatal().is_raised() {
-            // The engine is halted and the fatal signal raised: wait for
-            // the stop rather than be reported as a second failure. (A
-            // standby's tick is refused: the log brings its time.)
-            return stop.await;
+        if routing.tick().await.is_err() {
+            if routing.engine().fatal().is_raised() {
+                // The engine is halted and the fatal signal raised: wait
+                // for the stop rather than be reported as a second failure.
+                return stop.await;
+            }
+            // A standby's tick is refused (the log brings its time): look
+            // again later, not at once for a due time that stays past.
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(HOUSEKEEPING_EVERY) => continue,
+            }
         }
         if last_upkeep.elapsed() >= UPKEEP_EVERY {
             prometheus.run_upkeep();

@@ -5,7 +5,10 @@
 //! than serve from a half-updated one. Knows nothing of gRPC or metrics
 //! labels: the edge maps [`Halted`] to its own error.
 
-use std::sync::{Mutex, MutexGuard};
+use std::{
+    sync::{Mutex, MutexGuard},
+    time::Instant,
+};
 
 use tokio::sync::watch;
 
@@ -99,6 +102,9 @@ pub struct SharedEngine {
     engine: Mutex<Engine>,
     fatal: Fatal,
     role: watch::Sender<Role>,
+    /// A leader's lease is surely its own until then; past it, it answers
+    /// nothing until renewed (none: no lease to watch).
+    deadline: parking_lot::Mutex<Option<Instant>>,
 }
 
 impl SharedEngine {
@@ -108,6 +114,7 @@ impl SharedEngine {
             engine: Mutex::new(engine),
             fatal,
             role: watch::channel(Role::Alone).0,
+            deadline: parking_lot::Mutex::new(None),
         }
     }
 
@@ -120,8 +127,16 @@ impl SharedEngine {
             Role::Standby { leader } => Err(Closed::Standby {
                 leader: leader.clone(),
             }),
+            Role::Leader if self.deadline.lock().is_some_and(|d| Instant::now() >= d) => {
+                Err(Closed::Standby { leader: None })
+            }
             Role::Alone | Role::Leader => Ok(engine),
         }
+    }
+
+    /// Until when this process's lease is surely its own (none: no lease).
+    pub fn set_deadline(&self, until: Option<Instant>) {
+        *self.deadline.lock() = until;
     }
 
     /// Sets the role, under the engine's lock (`_held` proves it is held).

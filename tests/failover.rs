@@ -152,7 +152,16 @@ async fn the_leader_killed_under_load_a_standby_answers_and_nothing_acknowledged
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Enough records for the standby's snapshots (every 100) to have
+    // purged the stream behind the one before the newest.
+    let loading = Instant::now();
+    while ledger.lock().unwrap().len() < 400 {
+        assert!(
+            loading.elapsed() < Duration::from_secs(60),
+            "the load stalled"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     a.kill9();
     for l in load {
         l.await.unwrap();
@@ -211,7 +220,7 @@ async fn the_leader_killed_under_load_a_standby_answers_and_nothing_acknowledged
     // then damaged (its body replaced), so a third process starts from the
     // one before it and the stream after that. Then the second leader is
     // killed too, and the third holds the same floor.
-    b.wait_for_log("replication: snapshot saved", Duration::from_secs(10));
+    b.wait_for_nth_log("replication: snapshot saved", 3, Duration::from_secs(10));
     let js = async_nats::jetstream::new(
         async_nats::connect(format!("nats://127.0.0.1:{}", nats.servers[0].port))
             .await
@@ -296,7 +305,7 @@ async fn a_frozen_leader_resumed_answers_nothing_and_rejoins_as_a_standby() {
     let stale = route(&mut ca, "stale").await.unwrap_err();
     assert_eq!(stale.code(), Code::Unavailable, "{stale:?}");
     a.wait_for_log("steps down", Duration::from_secs(10));
-    a.wait_for_log("standby rebuilt from the log", Duration::from_secs(30));
+    a.wait_for_nth_log("standby rebuilt from the log", 2, Duration::from_secs(30));
     // A standby now, pointing at the new leader.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -376,4 +385,40 @@ async fn with_nats_unreachable_the_leader_answers_nothing_and_resumes_by_itself(
         route(&mut ca, "cut-off").await.unwrap().decision_id,
         retried.decision_id
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leaders_batch_is_refused_whole_even_where_its_sequence_would_fit() {
+    use careroute::{
+        engine::Command,
+        journal::{JournalError, Nats as Log},
+    };
+    let Some(nats) = Nats::start(1) else { return };
+    let url = nats.urls();
+    let (log, _) = Log::connect(&url, &cluster_id("fence"), 1, Duration::from_secs(2), 7)
+        .await
+        .unwrap();
+    let at = chrono::Utc::now();
+    let record = |seq| (seq, at, Command::Restarted);
+    // The old leader appends 1 and 2; a new leader, having read 2, appends 3.
+    let mut old = None;
+    log.append(&[record(1), record(2)], "old", &mut old)
+        .await
+        .unwrap();
+    let mut new = None;
+    log.append(&[record(3)], "new", &mut new).await.unwrap();
+    // The old leader's next batch, 3 and 4: 3 is fenced, and 4, which
+    // would fit after the new leader's 3, is refused with it.
+    let refused = log
+        .append(&[record(3), record(4)], "old", &mut old)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, JournalError::Fenced { seq: 3 }),
+        "{refused:?}"
+    );
+    assert_eq!(log.last_seq().await.unwrap(), 3);
+    // The new leader carries on.
+    log.append(&[record(4)], "new", &mut new).await.unwrap();
+    assert_eq!(log.last_seq().await.unwrap(), 4);
 }

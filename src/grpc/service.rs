@@ -162,12 +162,7 @@ impl Routing {
                 })
                 .collect()
         });
-        let due = engine.next_due();
-        self.next_due.send_if_modified(|d| {
-            let changed = *d != due;
-            *d = due;
-            changed
-        });
+        self.publish_due(&engine);
         Ok(Submitted { out, ticket, also })
     }
 
@@ -179,16 +174,55 @@ impl Routing {
         engine.now().map_or(now, |last| now.max(last))
     }
 
-    /// Logs a command the engine already reflects (a new log's first
-    /// record: the policy its engine was built on) and waits for it.
-    pub async fn log_unapplied(&self, command: Command) -> Result<(), Status> {
+    /// Opens this process's term as leader of a replicated log, before its
+    /// role lets any call in: the engine becomes `engine` (the log applied
+    /// up to `last_seq`), and `opening`, the term's first records, is
+    /// applied and logged under one hold of the lock (the first one only
+    /// logged unless `first_applied`: a new log's policy, which the engine
+    /// is built on). A refused record is logged as refused, as replay will
+    /// refuse it. Returns once all of it is in the log.
+    pub async fn open_term(
+        &self,
+        engine: Engine,
+        last_seq: u64,
+        opening: Vec<Command>,
+        first_applied: bool,
+    ) -> Result<(), JournalError> {
         let ticket = {
-            let engine = self.engine.lock_leading()?;
-            let now = self.now_for(&engine);
-            self.journal
-                .append(now, true, Some(command), |_| Vec::new())
+            let mut held = self
+                .engine
+                .lock()
+                .map_err(|e| JournalError::Setup(e.to_string()))?;
+            *held = engine;
+            self.journal.lead(last_seq);
+            let mut ticket = self.journal.last();
+            for (i, command) in opening.into_iter().enumerate() {
+                let now = self.now_for(&held);
+                if (i > 0 || first_applied)
+                    && let Err(e) = held.apply(command.clone(), now)
+                {
+                    tracing::warn!(error = %e, "replication: an opening record was refused");
+                }
+                ticket = self
+                    .journal
+                    .append(now, true, Some(command), |_| Vec::new());
+            }
+            // Nobody watches yet: calls are let in once this is logged.
+            held.take_events();
+            self.publish_due(&held);
+            ticket
         };
-        self.durable(ticket).await
+        self.journal.durable(ticket).await
+    }
+
+    /// Tells housekeeping when the engine is next due.
+    fn publish_due(&self, engine: &Engine) {
+        let due = engine.next_due();
+        self.next_due.send_if_modified(|d| {
+            let changed = *d != due;
+            *d = due;
+            changed
+        });
     }
 
     /// [`Routing::submit_with`] with nothing else to do under the lock.

@@ -39,8 +39,23 @@ impl From<JournalError> for Status {
     fn from(e: JournalError) -> Status {
         tracing::debug!(error = %e, "answer withheld: the journal did not take its command");
         match e {
-            JournalError::Deposed => Status::unavailable(e.to_string()),
-            _ => Status::unavailable("the journal cannot be written; the service is stopping"),
+            // This process stepped down: the client should go to the leader.
+            JournalError::Deposed | JournalError::Fenced { .. } => {
+                Status::unavailable(e.to_string())
+            }
+            JournalError::Dir { .. }
+            | JournalError::Sqlite { .. }
+            | JournalError::NoStart { .. }
+            | JournalError::Corrupt { .. }
+            | JournalError::Locked { .. }
+            | JournalError::NoSnapshot { .. }
+            | JournalError::OtherRouting { .. }
+            | JournalError::Setup(_)
+            | JournalError::Encode(_)
+            | JournalError::Failed(_)
+            | JournalError::Nats(_) => {
+                Status::unavailable("the journal cannot be written; the service is stopping")
+            }
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The engine's log on disk: every command applied, with its time and its
-//! sequence number, in a SQLite database (WAL) that an operator can read
+//! The engine's log: every command applied, with its time and its
+//! sequence number, on a NATS JetStream stream (`nats`, replicated to
+//! standbys) or, by default, in a SQLite database (WAL) that an operator can read
 //! with `sqlite3` (`SELECT seq, at_us, body FROM commands`; bodies are
 //! JSON, contacts opaque references only). One writer thread appends the
 //! commands in batches (group commit); an answer leaves only once its
@@ -159,16 +160,48 @@ pub enum Log {
     /// The local SQLite journal: a failed write stops the service.
     Local(Box<Store>),
     /// A NATS JetStream stream: a failed append ends this process's term
-    /// as leader (the runtime handle drives the client from the writer's
-    /// thread).
-    Nats(Box<Nats>, tokio::runtime::Handle),
+    /// as leader.
+    Nats(Box<NatsLog>),
+}
+
+/// The writer's side of a NATS log: the runtime handle that drives the
+/// client from the writer's thread, and the chain of the term's appends.
+pub struct NatsLog {
+    nats: Nats,
+    runtime: tokio::runtime::Handle,
+    /// Names this process's terms (with the term number).
+    process: u64,
+    /// The term and the id of its last record appended.
+    chain: Option<(u64, String)>,
 }
 
 impl Log {
-    fn write(&mut self, rows: &[(u64, Time, Command)]) -> Result<(), JournalError> {
+    /// A NATS log written by this process, its client driven by `runtime`.
+    pub fn nats(nats: Nats, runtime: tokio::runtime::Handle) -> Log {
+        Log::Nats(Box::new(NatsLog {
+            nats,
+            runtime,
+            process: rand::random(),
+            chain: None,
+        }))
+    }
+
+    fn write(&mut self, rows: &[(u64, Time, Command)], term: u64) -> Result<(), JournalError> {
         match self {
             Log::Local(store) => store.write(rows),
-            Log::Nats(nats, runtime) => runtime.block_on(nats.append(rows)),
+            Log::Nats(log) => {
+                // A new term starts a new chain.
+                let mut chain = match log.chain.take() {
+                    Some((t, id)) if t == term => Some(id),
+                    _ => None,
+                };
+                let name = format!("{:016x}-{term}", log.process);
+                let written = log
+                    .runtime
+                    .block_on(log.nats.append(rows, &name, &mut chain));
+                log.chain = chain.map(|id| (term, id));
+                written
+            }
         }
     }
 
@@ -328,7 +361,7 @@ impl<T: Send + 'static> Journal<T> {
                     }
                     if let Some(log) = log.as_mut()
                         && !rows.is_empty()
-                        && let Err(e) = log.write(&rows)
+                        && let Err(e) = log.write(&rows, term)
                     {
                         if matches!(log, Log::Local(_)) {
                             alarm.raise(e);
@@ -342,10 +375,23 @@ impl<T: Send + 'static> Journal<T> {
                         });
                         continue;
                     }
+                    // Only while its term lasts: a batch of an ended term
+                    // that landed after all is not this term's to answer.
+                    let current = {
+                        let w = alarm.written.borrow();
+                        w.term == term && w.failed.is_none()
+                    };
+                    if !current {
+                        continue;
+                    }
                     for work in batch {
                         publish(work.events);
                     }
-                    alarm.written.send_modify(|w| w.upto = w.upto.max(upto));
+                    alarm.written.send_modify(|w| {
+                        if w.term == term {
+                            w.upto = w.upto.max(upto);
+                        }
+                    });
                     // Then, off the answers' path, the shadow.
                     if let Some(shadow) = &snapshots {
                         if !rows.is_empty() && !shadow.feed(rows) {

@@ -252,7 +252,8 @@ impl Nats {
 
     /// Saves `state`, the engine after record `seq`; keeps it and the one
     /// before it (the fallback), drops older ones, and purges the stream's
-    /// records up to the fallback. Returns the fallback's sequence number.
+    /// records up to the fallback if it loads. Returns the first record the
+    /// stream still keeps, if it was purged.
     pub async fn save_snapshot(&self, seq: u64, state: &[u8]) -> Result<Option<u64>, JournalError> {
         let metadata = HashMap::from([
             ("format".to_owned(), STATE_FORMAT.to_string()),
@@ -276,7 +277,21 @@ impl Nats {
                 .await
                 .map_err(|e| nats("snapshot", e))?;
         }
-        let fallback = names.get(1).map(|(seq, _)| *seq);
+        // The stream is purged only up to a fallback that loads.
+        let fallback = match names.get(1) {
+            Some((seq, name)) => match self.read_snapshot(name).await {
+                Ok(_) => Some(*seq),
+                Err(why) => {
+                    tracing::warn!(
+                        snapshot = seq,
+                        why = why.as_str(),
+                        "replication: the fallback snapshot does not load; the stream is not purged"
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
         if let Some(fallback) = fallback {
             let stream = self
                 .js
@@ -289,7 +304,7 @@ impl Nats {
                 .await
                 .map_err(|e| nats("purge", e))?;
         }
-        Ok(fallback)
+        Ok(fallback.map(|f| f + 1))
     }
 
     /// The newest snapshot that reads back whole (checksum, layout,
@@ -392,18 +407,34 @@ impl Nats {
         String::from_utf8(value.to_vec()).ok()
     }
 
-    /// Appends `batch` after `batch[0].0 - 1`, each record only if the one
-    /// before it is the stream's last: the publishes are pipelined, then
-    /// every acknowledgement awaited. Any failure fails the batch.
-    pub async fn append(&self, batch: &[(u64, Time, Command)]) -> Result<(), JournalError> {
+    /// Appends `batch` in the term named `term` (unique to this process and
+    /// term). `chain` is the id of the term's last record (none at its
+    /// start): the term's first record is accepted only if the stream's last
+    /// sequence is the one before it, and every later record only if the
+    /// stream's last message is this term's record before it. So once
+    /// another leader's record is in between, nothing more of this term is
+    /// accepted, even a record whose sequence would fit. The publishes are
+    /// pipelined, then every acknowledgement awaited; any failure fails the
+    /// batch (and ends the term).
+    pub async fn append(
+        &self,
+        batch: &[(u64, Time, Command)],
+        term: &str,
+        chain: &mut Option<String>,
+    ) -> Result<(), JournalError> {
         let mut acks = Vec::with_capacity(batch.len());
         for (seq, at, command) in batch {
             let body =
                 serde_json::to_vec(command).map_err(|e| JournalError::Encode(e.to_string()))?;
+            let id = format!("{term}.{seq}");
             let message = PublishMessage::build()
                 .payload(body.into())
                 .header(AT, at.timestamp_micros().to_string().as_str())
-                .expected_last_sequence(seq - 1);
+                .message_id(&id);
+            let message = match chain.replace(id) {
+                Some(previous) => message.expected_last_message_id(previous),
+                None => message.expected_last_sequence(seq - 1),
+            };
             let ack = self
                 .js
                 .send_publish(self.subject.clone(), message)
@@ -413,7 +444,7 @@ impl Nats {
         }
         for (seq, ack) in acks {
             let ack = ack.await.map_err(|e| append_error(seq, e.kind(), e))?;
-            if ack.sequence != seq {
+            if ack.sequence != seq || ack.duplicate {
                 return Err(JournalError::Fenced { seq });
             }
         }
@@ -425,7 +456,9 @@ impl Nats {
 /// answering.
 fn append_error(seq: u64, kind: PublishErrorKind, e: impl std::fmt::Display) -> JournalError {
     match kind {
-        PublishErrorKind::WrongLastSequence => JournalError::Fenced { seq },
+        PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId => {
+            JournalError::Fenced { seq }
+        }
         _ => nats(&format!("append of record {seq}"), e),
     }
 }

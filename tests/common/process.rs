@@ -106,6 +106,30 @@ impl Process {
         }
     }
 
+    /// Waits up to `within` until `n` log lines contain `text`; returns the
+    /// `n`th.
+    pub fn wait_for_nth_log(&self, text: &str, n: usize, within: Duration) -> String {
+        let started = Instant::now();
+        loop {
+            if let Some(l) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|l| l.contains(text))
+                .nth(n - 1)
+            {
+                return l.clone();
+            }
+            assert!(
+                started.elapsed() < within,
+                "fewer than {n} log lines with {text:?} in {within:?}; logs:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Every log line so far.
     pub fn logs(&self) -> String {
         self.lines.lock().unwrap().join("\n")
