@@ -160,6 +160,15 @@ pub struct Config {
     /// And at least this often while commands are logged.
     #[arg(global = true, long, env = "CAREROUTE_SNAPSHOT_INTERVAL", default_value = "5m", value_parser = at_least_a_second)]
     pub snapshot_interval: Duration,
+    /// Routing events kept for WatchEvents watchers that resume (since this
+    /// process started leading); older ones are read from the journal.
+    #[arg(
+        global = true,
+        long,
+        env = "CAREROUTE_EVENT_RETENTION",
+        default_value_t = 100_000
+    )]
+    pub event_retention: usize,
     /// gRPC listen address.
     #[arg(
         global = true,

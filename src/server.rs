@@ -420,6 +420,7 @@ pub async fn run(
         stop_rx.clone(),
         (log, last_seq),
         snapshots,
+        config.event_retention,
         move |e| {
             tracing::error!(error = %e, "journal write failed: nothing more can be acknowledged");
             raise.raise("the journal cannot be written");

@@ -459,6 +459,7 @@ async fn policy_reload_refuses_an_invalid_file_and_keeps_the_running_policy() {
         stopping,
         (None, 0),
         None,
+        0,
         |_| {},
     );
     // A broken edit: refused, and the old policy still answers.
@@ -547,6 +548,121 @@ async fn a_body_that_does_not_decode_is_invalid_argument() {
                 && l.contains("RouteContact")
                 && l.contains("INVALID_ARGUMENT")),
         "{scrape}"
+    );
+    s.stop().await;
+}
+
+/// The next event of a WatchEvents stream, within 10 s.
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+async fn next_event(s: &mut tonic::Streaming<pb::RoutingEvent>) -> pb::RoutingEvent {
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.message())
+        .await
+        .expect("no event within 10 s")
+        .unwrap()
+        .expect("the stream ended")
+}
+
+#[tokio::test]
+async fn the_event_stream_tells_every_change_and_resumes_after_a_sequence() {
+    let s = TestServer::start_with(monday_10am(), |c| c.no_demo_roster = true).await;
+    let mut client = s.client.clone();
+    let mut events = client
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    client.upsert_agent(billing_agent("b1")).await.unwrap();
+    client
+        .set_agent_state(state("b1", pb::AgentState::Available))
+        .await
+        .unwrap();
+    let d = client
+        .route_contact(contact("c-ev-1", "billing"))
+        .await
+        .unwrap()
+        .into_inner();
+    let reservation = agent(&d).reservation_id.clone();
+    client
+        .confirm_reservation(pb::ConfirmReservationRequest {
+            reservation_id: reservation.clone(),
+        })
+        .await
+        .unwrap();
+
+    use pb::routing_event::Event as E;
+    let upserted = next_event(&mut events).await;
+    assert!(
+        matches!(&upserted.event, Some(E::Agent(a)) if a.agent_id == "b1"
+            && a.change == Some(pb::agent_event::Change::Upserted(true))),
+        "{upserted:?}"
+    );
+    let available = next_event(&mut events).await;
+    assert!(
+        matches!(&available.event, Some(E::Agent(a))
+            if a.change == Some(pb::agent_event::Change::State(pb::AgentState::Available.into()))),
+        "{available:?}"
+    );
+    assert!(available.sequence > upserted.sequence);
+    let decided = next_event(&mut events).await;
+    let Some(E::Decision(decision)) = &decided.event else {
+        panic!("{decided:?}")
+    };
+    assert_eq!(decision.contact_id, "c-ev-1");
+    assert_eq!(
+        decision.decision.as_ref().unwrap().decision_id,
+        d.decision_id
+    );
+    let confirmed = next_event(&mut events).await;
+    let Some(E::Reservation(r)) = &confirmed.event else {
+        panic!("{confirmed:?}")
+    };
+    assert_eq!(r.reservation_id, reservation);
+    assert!(matches!(
+        &r.change,
+        Some(pb::reservation_event::Change::Confirmed(c)) if c.agent_id == "b1" && c.contact_id == "c-ev-1"
+    ));
+
+    // A watcher resuming after the decision gets the confirmation next,
+    // then what happens after.
+    let mut resumed = client
+        .watch_events(pb::WatchEventsRequest {
+            after_sequence: Some(decided.sequence),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next_event(&mut resumed).await, confirmed);
+    client
+        .set_agent_state(state("b1", pb::AgentState::Away))
+        .await
+        .unwrap();
+    let away = next_event(&mut resumed).await;
+    assert_eq!(next_event(&mut events).await, away);
+    assert!(away.sequence > confirmed.sequence);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn resuming_after_an_event_no_longer_retained_is_out_of_range() {
+    let s = TestServer::start_with(monday_10am(), |c| {
+        c.no_demo_roster = true;
+        c.event_retention = 2;
+    })
+    .await;
+    let mut client = s.client.clone();
+    for id in ["b1", "b2", "b3"] {
+        client.upsert_agent(billing_agent(id)).await.unwrap();
+    }
+    let refused = client
+        .watch_events(pb::WatchEventsRequest {
+            after_sequence: Some(0),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    assert!(
+        refused.message().starts_with("after_sequence: "),
+        "{refused:?}"
     );
     s.stop().await;
 }

@@ -134,6 +134,11 @@ async fn the_leader_killed_under_load_a_standby_answers_and_nothing_acknowledged
         a.grpc.as_str()
     );
     wait_for_readyz(&b, "503").await;
+    let no_events = cb
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(no_events.code(), Code::Unavailable, "{no_events:?}");
 
     // Load on the leader from four clients, each keeping a ledger of what
     // it was told, until the kill cuts them off.

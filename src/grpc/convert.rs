@@ -321,6 +321,18 @@ pub fn release_reason(value: i32) -> Result<ReleaseReason, Status> {
     }
 }
 
+impl From<ReleaseReason> for pb::ReleaseReason {
+    fn from(r: ReleaseReason) -> pb::ReleaseReason {
+        match r {
+            ReleaseReason::Unspecified => pb::ReleaseReason::Unspecified,
+            ReleaseReason::Rejected => pb::ReleaseReason::Rejected,
+            ReleaseReason::NoAnswer => pb::ReleaseReason::NoAnswer,
+            ReleaseReason::CallerHungUp => pb::ReleaseReason::Cancelled,
+            ReleaseReason::TransferFailed => pb::ReleaseReason::TransferFailed,
+        }
+    }
+}
+
 impl From<AgentState> for pb::AgentState {
     fn from(s: AgentState) -> pb::AgentState {
         match s {

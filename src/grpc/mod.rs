@@ -1,6 +1,7 @@
 //! The gRPC edge: generated types ([`pb`]), validation and conversion of
 //! every request field ([`convert`]), the one mapping of engine errors to
-//! status codes ([`status`]), the service ([`service`]), the RPC table read
+//! status codes ([`status`]), the service ([`service`]) and its event
+//! stream ([`events`]), the RPC table read
 //! from the descriptors ([`methods`]) and the tower layers around every call:
 //! metrics ([`layer`]), client-fault codes ([`client_faults`]), admission
 //! ([`admission`]), panics ([`panic`]) and the request deadline
@@ -10,6 +11,7 @@ pub mod admission;
 pub mod client_faults;
 pub mod convert;
 pub mod deadline;
+pub mod events;
 pub mod layer;
 pub mod methods;
 pub mod panic;

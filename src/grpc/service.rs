@@ -12,11 +12,12 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::events::{self, Describe, EventRing};
 use super::{convert, pb};
 use crate::clock::Clock;
 use crate::engine::{
-    AgentSpec, Apply, Cancel, Command, Complete, Confirm, Engine, EngineError, Event, Release,
-    RemoveAgent, Route, SetAgentState, Tick, Unwatch, UpsertAgent, Watch, WatchFilter, WatchId,
+    AgentSpec, Cancel, Command, Complete, Confirm, Engine, EngineError, Release, RemoveAgent,
+    Route, SetAgentState, Tick, Unwatch, UpsertAgent, Watch, WatchFilter, WatchId,
 };
 use crate::journal::{Journal, JournalError, Log, Snapshots, Ticket};
 use crate::model::{Contact, Time};
@@ -33,6 +34,8 @@ pub struct Routing {
     /// Writes every command before its answer leaves, then publishes its
     /// events.
     journal: Arc<Journal<Published>>,
+    /// The latest routing events, for WatchEvents.
+    ring: Arc<EventRing>,
     /// When the engine next has something due; housekeeping wakes then.
     next_due: Arc<watch::Sender<Option<Time>>>,
     /// Turns true when the server drains: open assignment streams end, so
@@ -49,10 +52,8 @@ pub struct Submitted<O, R> {
     also: R,
 }
 
-/// An event as watchers get it: the sequence number of the command that
-/// decided it, the domain event their filters read, and its wire form,
-/// converted once for all of them.
-pub type Published = Arc<(u64, Event, pb::AssignmentEvent)>;
+/// One command's events as watchers get them, once it is logged.
+pub type Published = Arc<events::Published>;
 
 /// Assignment events buffered per watcher before it counts as lagging.
 const EVENT_BUFFER: usize = 4096;
@@ -72,16 +73,20 @@ impl Routing {
         stopping: watch::Receiver<bool>,
         (log, last_seq): (Option<Log>, u64),
         snapshots: Option<Snapshots>,
+        event_retention: usize,
         failed: impl FnOnce(&JournalError) + Send + 'static,
     ) -> Routing {
         let events = broadcast::channel(EVENT_BUFFER).0;
         let publisher = events.clone();
+        let ring = Arc::new(EventRing::new(event_retention, last_seq));
+        let keeper = Arc::clone(&ring);
         let journal = Journal::start(
             log,
             last_seq,
             snapshots,
             move |batch: Vec<Published>| {
                 for p in batch {
+                    keeper.push(&p);
                     // With no watcher connected nothing was offered; a
                     // callback with nobody watching is kept by the engine.
                     let _ = publisher.send(p);
@@ -95,6 +100,7 @@ impl Routing {
             metrics: Arc::new(DecisionMetrics::new()),
             events,
             journal,
+            ring,
             next_due: Arc::new(watch::channel(None).0),
             stopping,
         }
@@ -141,26 +147,38 @@ impl Routing {
         also: impl FnOnce() -> R,
     ) -> Result<Submitted<C::Output, R>, Status>
     where
-        C: Apply + Clone + Into<Command>,
+        C: Describe + Clone + Into<Command>,
     {
         let mut engine = self.engine.lock_leading()?;
         let now = self.now_for(&engine);
         let idle = C::ONLY_TIME && engine.next_due().is_none_or(|d| d > now);
         // Copied for the log only if a database keeps it.
         let kept: Option<Command> = self.journal.keeps().then(|| command.clone().into());
+        // Told to event watchers with the engine's answer.
+        let about = command.clone();
         let out = engine.apply(command, now);
+        let change = about.describe(&out);
         let events = engine.take_events();
         let also = also();
         let idle = idle && events.is_empty();
         let ticket = self.journal.append(now, !idle, kept, |seq| {
-            events
+            if change.is_none() && events.is_empty() {
+                return Vec::new();
+            }
+            let assignments = events
                 .into_iter()
                 .map(|e| {
                     telemetry::record_event(&e);
                     let wire = pb::AssignmentEvent::from(&e);
-                    Arc::new((seq, e, wire))
+                    (e, wire)
                 })
-                .collect()
+                .collect();
+            vec![Arc::new(events::Published {
+                seq,
+                at: now,
+                change,
+                assignments,
+            })]
         });
         self.publish_due(&engine);
         Ok(Submitted { out, ticket, also })
@@ -195,6 +213,7 @@ impl Routing {
                 .map_err(|e| JournalError::Setup(e.to_string()))?;
             *held = engine;
             self.journal.lead(last_seq);
+            self.ring.restart(last_seq);
             let mut ticket = self.journal.last();
             for (i, command) in opening.into_iter().enumerate() {
                 let now = self.now_for(&held);
@@ -228,7 +247,7 @@ impl Routing {
     /// [`Routing::submit_with`] with nothing else to do under the lock.
     pub fn submit<C>(&self, command: C) -> Result<Submitted<C::Output, ()>, Status>
     where
-        C: Apply + Clone + Into<Command>,
+        C: Describe + Clone + Into<Command>,
     {
         self.submit_with(command, || ())
     }
@@ -242,7 +261,7 @@ impl Routing {
     /// and answers once it is in the journal.
     pub async fn apply<C>(&self, command: C) -> Result<C::Output, Status>
     where
-        C: Apply + Clone + Into<Command>,
+        C: Describe + Clone + Into<Command>,
     {
         let submitted = self.submit(command)?;
         self.durable(submitted.ticket).await?;
@@ -287,9 +306,9 @@ impl Routing {
 /// gone, the server stops, or the watcher has read nothing for
 /// [`WATCHER_STALL`]: one that stopped reading is ended, so its agents are
 /// no longer offered contacts it would never pass on.
-async fn deliver(
-    tx: &mpsc::Sender<Result<pb::AssignmentEvent, Status>>,
-    item: Result<pb::AssignmentEvent, Status>,
+async fn deliver<T>(
+    tx: &mpsc::Sender<Result<T, Status>>,
+    item: Result<T, Status>,
     stopping: &mut watch::Receiver<bool>,
 ) -> bool {
     tokio::select! {
@@ -540,9 +559,13 @@ impl pb::routing_service_server::RoutingService for Routing {
                     return;
                 };
                 match published {
-                    Ok(p) if p.0 >= since.seq && p.1.passes(&filter) => {
-                        if !deliver(&tx, Ok(p.2.clone()), &mut stopping).await {
-                            return;
+                    Ok(p) if p.seq >= since.seq => {
+                        for (event, wire) in &p.assignments {
+                            if event.passes(&filter)
+                                && !deliver(&tx, Ok(wire.clone()), &mut stopping).await
+                            {
+                                return;
+                            }
                         }
                     }
                     Ok(_) => {}
@@ -558,6 +581,64 @@ impl pb::routing_service_server::RoutingService for Routing {
                         return;
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type WatchEventsStream =
+        Pin<Box<dyn Stream<Item = Result<pb::RoutingEvent, Status>> + Send + 'static>>;
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let after = request.into_inner().after_sequence;
+        // Only the leader (or a lone process) has the events.
+        let (retained, mut live) = {
+            let _leading = self.engine.lock_leading()?;
+            self.ring.resume(after)
+        }?;
+        let mut last = retained.last().map_or(after.unwrap_or(0), |e| e.sequence);
+        let mut stopping = self.stopping.clone();
+        let mut role = self.engine.role();
+        let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
+        tokio::spawn(async move {
+            for event in retained {
+                if !deliver(&tx, Ok(event.as_ref().clone()), &mut stopping).await {
+                    return;
+                }
+            }
+            loop {
+                let next = tokio::select! {
+                    _ = stopping.wait_for(|s| *s) => return,
+                    _ = tx.closed() => return,
+                    Ok(()) = stepped_down(&mut role) => None,
+                    next = live.recv() => Some(next),
+                };
+                // The ring's events and the live feed were taken under one
+                // lock: nothing repeats, nothing falls between.
+                let item = match next {
+                    Some(Ok(e)) => {
+                        last = e.sequence;
+                        Ok(e.as_ref().clone())
+                    }
+                    Some(Err(broadcast::error::RecvError::Lagged(behind))) => {
+                        tracing::warn!(behind, "event watcher fell behind; ending its stream");
+                        // The last sequence may have been cut short: resume
+                        // before it; (sequence, index) names each event.
+                        Err(Status::aborted(format!(
+                            "this watcher fell {behind} events behind; resume with after_sequence = {}",
+                            last.saturating_sub(1)
+                        )))
+                    }
+                    Some(Err(broadcast::error::RecvError::Closed)) => return,
+                    None => Err(Status::from(Closed::Standby { leader: None })),
+                };
+                let end = item.is_err();
+                if !deliver(&tx, item, &mut stopping).await || end {
+                    return;
                 }
             }
         });
