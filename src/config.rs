@@ -169,6 +169,11 @@ pub struct Config {
         default_value_t = 100_000
     )]
     pub event_retention: usize,
+    /// Who may call what: a TOML file of clients, each with the SHA-256 of
+    /// its bearer token and its roles (route, cti, observe, admin). Without
+    /// it every call is accepted.
+    #[arg(global = true, long, env = "CAREROUTE_CREDENTIALS")]
+    pub credentials: Option<PathBuf>,
     /// gRPC listen address.
     #[arg(
         global = true,

@@ -19,6 +19,8 @@
 //! - [`replication`]: leader and hot standbys on the NATS log: the lease,
 //!   the terms, following the log, snapshots taken by standbys.
 //! - [`audit`]: the log read by a person (`careroute journal`).
+//! - [`auth`]: who may call what: roles, the RPCs of each, the credentials
+//!   file.
 //! - [`roster`]: roster files (the demo agents loaded at start).
 //! - [`file`]: errors in policy and roster files, with file, line and field.
 //! - [`grpc`]: the edge: generated types, validation and conversion, the
@@ -75,6 +77,7 @@
 //! ```
 
 pub mod audit;
+pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod engine;

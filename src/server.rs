@@ -20,6 +20,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
 
+use crate::auth::{Credentials, Role as Access};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{
@@ -27,8 +28,9 @@ use crate::engine::{
 };
 use crate::file::FileError;
 use crate::grpc::{
-    FILE_DESCRIPTOR_SET, Routing, admission::AdmissionLayer, client_faults::ClientFaultsLayer,
-    deadline::RequestDeadlineLayer, layer::RpcMetricsLayer, panic::CatchPanicLayer, pb,
+    FILE_DESCRIPTOR_SET, Routing, admission::AdmissionLayer, authorize::AuthorizeLayer,
+    client_faults::ClientFaultsLayer, deadline::RequestDeadlineLayer, layer::RpcMetricsLayer,
+    panic::CatchPanicLayer, pb,
 };
 use crate::incoming::Prefaced;
 use crate::journal::{Every, JournalError, Log, Nats, Replay, Snapshots, Store};
@@ -348,6 +350,11 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
+    // Who may call what, checked before anything is served.
+    let credentials = match &config.credentials {
+        Some(path) => Some(Arc::new(Credentials::read(path)?)),
+        None => None,
+    };
     let prometheus = telemetry::install();
     let grpc_addr = listeners.grpc_addr().map_err(|source| ServerError::Bind {
         addr: config.grpc_addr,
@@ -403,6 +410,7 @@ pub async fn run(
         role = role_name(&role),
         "careroute serving"
     );
+    metrics::gauge!(telemetry::LEADING).set(if role == Role::Alone { 1.0 } else { 0.0 });
     let fatal = Fatal::new();
     let engine = Arc::new(SharedEngine::new(engine, fatal.clone()));
     if let Ok(mut held) = engine.lock() {
@@ -537,12 +545,36 @@ pub async fn run(
         let routing = routing.clone();
         let ready = Arc::clone(&ready);
         let role = engine.role();
+        let credentials = credentials.clone();
         axum::Router::new()
             .route(
                 "/metrics",
-                axum::routing::get(move || {
+                axum::routing::get(move |headers: axum::http::HeaderMap| {
                     let (routing, prometheus) = (routing.clone(), prometheus.clone());
-                    async move { scrape(&routing, &prometheus).await }
+                    let credentials = credentials.clone();
+                    async move {
+                        // With credentials, a scrape needs the observe role.
+                        if let Some(credentials) = &credentials {
+                            use crate::grpc::authorize::{Refusal, check};
+                            match check(credentials, &headers, Access::Observe) {
+                                Ok(_) => {}
+                                Err(Refusal::Unauthenticated) => {
+                                    return (
+                                        axum::http::StatusCode::UNAUTHORIZED,
+                                        "a bearer token of a client with the observe role is required\n"
+                                            .to_owned(),
+                                    );
+                                }
+                                Err(Refusal::Denied(_)) => {
+                                    return (
+                                        axum::http::StatusCode::FORBIDDEN,
+                                        "this client lacks the observe role\n".to_owned(),
+                                    );
+                                }
+                            }
+                        }
+                        (axum::http::StatusCode::OK, scrape(&routing, &prometheus).await)
+                    }
                 }),
             )
             // Alive while the process answers at all.
@@ -578,6 +610,7 @@ pub async fn run(
     let grpc_server = tonic::transport::Server::builder()
         .layer(RpcMetricsLayer::new())
         .layer(ClientFaultsLayer)
+        .layer(AuthorizeLayer::new(credentials.clone()))
         .layer(AdmissionLayer::new(config.max_in_flight))
         .layer(CatchPanicLayer::new(fatal.clone()))
         .layer(RequestDeadlineLayer::new(config.request_timeout))
@@ -643,6 +676,8 @@ async fn serve_by_role(
     tokio::pin!(stop);
     loop {
         let now = role.borrow_and_update().clone();
+        let leading = matches!(now, Role::Alone | Role::Leader);
+        metrics::gauge!(telemetry::LEADING).set(if leading { 1.0 } else { 0.0 });
         if ready.load(Ordering::SeqCst) {
             tracing::info!(role = role_name(&now), "role");
             match now {

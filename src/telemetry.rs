@@ -92,8 +92,17 @@ pub const SNAPSHOT_SECONDS: &str = "careroute_journal_snapshot_duration_seconds"
 /// Snapshots that could not be saved.
 pub const SNAPSHOT_FAILURES: &str = "careroute_journal_snapshot_failures_total";
 
+/// Calls refused for their credentials, by method, the role it needs, and
+/// code (unauthenticated, permission_denied).
+pub const AUTH_REFUSALS: &str = "careroute_auth_refusals_total";
+/// Whether this process leads (or is alone on its log): 1, or 0 as a
+/// standby.
+pub const LEADING: &str = "careroute_leading";
+
 /// Every metric the service exports, for checks of dashboards and alerts.
-pub const EXPORTED: [&str; 39] = [
+pub const EXPORTED: [&str; 41] = [
+    AUTH_REFUSALS,
+    LEADING,
     SNAPSHOTS,
     SNAPSHOT_BYTES,
     SNAPSHOT_SECONDS,
@@ -293,6 +302,14 @@ fn describe() {
         SNAPSHOT_SECONDS,
         Unit::Seconds,
         "How long the last snapshot took to encode and save, on the snapshot thread (serving does not wait for it)."
+    );
+    describe_counter!(
+        AUTH_REFUSALS,
+        "Calls refused for their credentials, by method, the role the method needs, and code (unauthenticated: no or unknown token; permission_denied: the client lacks the role)."
+    );
+    describe_gauge!(
+        LEADING,
+        "1 while this process leads its replicated log (or is alone on a local journal), 0 as a standby."
     );
     describe_counter!(
         SNAPSHOT_FAILURES,

@@ -3,11 +3,13 @@
 //! status codes ([`status`]), the service ([`service`]) and its event
 //! stream ([`events`]), the RPC table read
 //! from the descriptors ([`methods`]) and the tower layers around every call:
-//! metrics ([`layer`]), client-fault codes ([`client_faults`]), admission
+//! metrics ([`layer`]), client-fault codes ([`client_faults`]),
+//! authorization ([`authorize`]), admission
 //! ([`admission`]), panics ([`panic`]) and the request deadline
 //! ([`deadline`]). Nothing outside this module names `pb::`.
 
 pub mod admission;
+pub mod authorize;
 pub mod client_faults;
 pub mod convert;
 pub mod deadline;

@@ -321,6 +321,15 @@ async fn deliver<T>(
     }
 }
 
+/// The client that made a call, as the credentials file names it (none
+/// without credentials).
+fn caller<T>(request: &Request<T>) -> Option<Arc<str>> {
+    request
+        .extensions()
+        .get::<super::authorize::Caller>()
+        .map(|c| Arc::clone(&c.0))
+}
+
 /// Resolves once this process is a standby (an error: the role's sender
 /// is gone, and it never will).
 async fn stepped_down(role: &mut watch::Receiver<Role>) -> Result<(), watch::error::RecvError> {
@@ -400,8 +409,19 @@ impl pb::routing_service_server::RoutingService for Routing {
         &self,
         request: Request<pb::UpsertAgentRequest>,
     ) -> Result<Response<pb::UpsertAgentResponse>, Status> {
+        let caller = caller(&request);
         let spec = AgentSpec::try_from(request.into_inner())?;
+        let (agent_id, address) = (spec.id.clone(), spec.transfer_address.clone());
         let (queues, created) = self.apply(UpsertAgent(spec)).await?;
+        // Who sent an agent's calls where: an audit record of every
+        // profile change (the address is the PBX's, not a patient's).
+        tracing::info!(
+            agent_id = %agent_id,
+            transfer_address = %address,
+            created,
+            by = caller.as_deref().unwrap_or("-"),
+            "agent profile set"
+        );
         Ok(Response::new(pb::UpsertAgentResponse {
             eligible_queue_ids: queues.iter().map(|q| q.to_string()).collect(),
             created,
@@ -412,9 +432,14 @@ impl pb::routing_service_server::RoutingService for Routing {
         &self,
         request: Request<pb::RemoveAgentRequest>,
     ) -> Result<Response<pb::RemoveAgentResponse>, Status> {
+        let caller = caller(&request);
         let agent_id = convert::agent_id("agent_id", request.into_inner().agent_id)?;
         self.apply(RemoveAgent(agent_id.clone())).await?;
-        tracing::info!(agent_id = %agent_id, "agent removed");
+        tracing::info!(
+            agent_id = %agent_id,
+            by = caller.as_deref().unwrap_or("-"),
+            "agent removed"
+        );
         Ok(Response::new(pb::RemoveAgentResponse {}))
     }
 

@@ -135,9 +135,15 @@ impl TestServer {
 
 /// A plain HTTP/1.1 GET, whole response (status line, headers, body).
 pub async fn http_get(addr: &str, path: &str) -> String {
+    http_get_with(addr, path, None).await
+}
+
+/// [`http_get`] with a bearer token, if given.
+pub async fn http_get_with(addr: &str, path: &str, token: Option<&str>) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n");
     s.write_all(request.as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();

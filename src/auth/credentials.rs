@@ -1,0 +1,241 @@
+//! The credentials file (`--credentials FILE`): the clients that may call,
+//! each with a name (what logs and audit records show; never the token),
+//! the SHA-256 of its bearer token (never the token itself), and its roles.
+//! Checked like the policy: a refusal names the file, the line and the
+//! field.
+//!
+//! ```toml
+//! [[clients]]
+//! name = "ivr-main"
+//! # printf %s "$TOKEN" | sha256sum
+//! token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+//! roles = ["route"]
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use super::Role;
+use crate::file::{self, FileError};
+
+/// A client the file names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// Who it is, in logs and audit records.
+    pub name: String,
+    /// What it may call.
+    pub roles: BTreeSet<Role>,
+}
+
+/// The clients, found by the hash of their token.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    by_token: HashMap<[u8; 32], Client>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    #[serde(default)]
+    clients: Vec<Spanned<RawClient>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    name: String,
+    token_sha256: Option<String>,
+    /// Refused with a message: a plaintext token has no place in a file.
+    token: Option<toml::Value>,
+    roles: Vec<String>,
+}
+
+impl Credentials {
+    /// Reads and checks the file at `path`.
+    pub fn read(path: &std::path::Path) -> Result<Credentials, FileError> {
+        let (file, text) = file::read_text(path)?;
+        Credentials::parse(&file, &text)
+    }
+
+    /// Checks `text`, the contents of `file`.
+    pub fn parse(file: &str, text: &str) -> Result<Credentials, FileError> {
+        let raw: Raw = toml::from_str(text).map_err(|e| {
+            let at = e.span().map_or(0, |s| s.start);
+            file::invalid(file, text, at, "(document)", e.message().trim())
+        })?;
+        if raw.clients.is_empty() {
+            return Err(file::invalid(
+                file,
+                text,
+                0,
+                "clients",
+                "no [[clients]]: every call would be refused",
+            ));
+        }
+        let mut by_token = HashMap::new();
+        let mut names = BTreeSet::new();
+        for spanned in &raw.clients {
+            let at = spanned.span().start;
+            let c = spanned.get_ref();
+            let invalid = |field: &str, message: String| {
+                file::invalid(file, text, at, format!("clients.{field}"), message)
+            };
+            if c.name.trim().is_empty() {
+                return Err(invalid("name", "empty".into()));
+            }
+            if !names.insert(c.name.clone()) {
+                return Err(invalid("name", format!("`{}` is named twice", c.name)));
+            }
+            if c.token.is_some() {
+                return Err(invalid(
+                    "token",
+                    "a plaintext token has no place here: give its SHA-256 as token_sha256 (printf %s \"$TOKEN\" | sha256sum)".into(),
+                ));
+            }
+            let Some(hash) = &c.token_sha256 else {
+                return Err(invalid("token_sha256", "required".into()));
+            };
+            let hash: [u8; 32] = hex::decode(hash.trim())
+                .ok()
+                .and_then(|h| h.try_into().ok())
+                .ok_or_else(|| {
+                    invalid(
+                        "token_sha256",
+                        "not 64 hexadecimal digits (a SHA-256)".into(),
+                    )
+                })?;
+            if c.roles.is_empty() {
+                return Err(invalid(
+                    "roles",
+                    "empty: the client could call nothing".into(),
+                ));
+            }
+            let mut roles = BTreeSet::new();
+            for r in &c.roles {
+                let role = Role::parse(r).ok_or_else(|| {
+                    invalid(
+                        "roles",
+                        format!("`{r}` is not one of: route, cti, observe, admin"),
+                    )
+                })?;
+                roles.insert(role);
+            }
+            let client = Client {
+                name: c.name.clone(),
+                roles,
+            };
+            if by_token.insert(hash, client).is_some() {
+                return Err(invalid(
+                    "token_sha256",
+                    "the same token is given to two clients".into(),
+                ));
+            }
+        }
+        Ok(Credentials { by_token })
+    }
+
+    /// The client whose bearer token is `token`, if any.
+    pub fn client(&self, token: &str) -> Option<&Client> {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.by_token.get(&hash)
+    }
+
+    /// How many clients the file names.
+    pub fn len(&self) -> usize {
+        self.by_token.len()
+    }
+
+    /// Whether the file names none (never, once checked).
+    pub fn is_empty(&self) -> bool {
+        self.by_token.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hex SHA-256 of `token`, as the file holds it.
+    fn hash(token: &str) -> String {
+        hex::encode(Sha256::digest(token.as_bytes()))
+    }
+
+    #[test]
+    fn tokens_are_found_by_their_hash_and_nothing_else() {
+        let text = format!(
+            "[[clients]]\nname = \"ivr\"\ntoken_sha256 = \"{}\"\nroles = [\"route\"]\n\n[[clients]]\nname = \"cti\"\ntoken_sha256 = \"{}\"\nroles = [\"cti\", \"observe\"]\n",
+            hash("secret-ivr"),
+            hash("secret-cti")
+        );
+        let c = Credentials::parse("creds.toml", &text).unwrap();
+        assert_eq!(c.len(), 2);
+        let ivr = c.client("secret-ivr").unwrap();
+        assert_eq!(ivr.name, "ivr");
+        assert_eq!(ivr.roles, BTreeSet::from([Role::Route]));
+        assert_eq!(
+            c.client("secret-cti").unwrap().roles,
+            BTreeSet::from([Role::Cti, Role::Observe])
+        );
+        assert!(c.client("secret-iv").is_none());
+        assert!(
+            c.client(&hash("secret-ivr")).is_none(),
+            "the hash is not the token"
+        );
+        assert!(c.client("").is_none());
+    }
+
+    #[test]
+    fn refusals_name_the_file_line_and_field() {
+        let good = hash("t");
+        let cases = [
+            (
+                "[[clients]]\nname = \"a\"\ntoken = \"t\"\nroles = [\"route\"]\n".to_owned(),
+                "creds.toml:1: clients.token: a plaintext token",
+            ),
+            (
+                "[[clients]]\nname = \"a\"\ntoken_sha256 = \"abc\"\nroles = [\"route\"]\n"
+                    .to_owned(),
+                "creds.toml:1: clients.token_sha256: not 64 hexadecimal",
+            ),
+            (
+                format!(
+                    "[[clients]]\nname = \"a\"\ntoken_sha256 = \"{good}\"\nroles = [\"root\"]\n"
+                ),
+                "creds.toml:1: clients.roles: `root` is not one of",
+            ),
+            (
+                format!(
+                    "[[clients]]\nname = \"a\"\ntoken_sha256 = \"{good}\"\nroles = [\"route\"]\n\n[[clients]]\nname = \"a\"\ntoken_sha256 = \"{}\"\nroles = [\"cti\"]\n",
+                    hash("u")
+                ),
+                "creds.toml:6: clients.name: `a` is named twice",
+            ),
+            (
+                format!(
+                    "[[clients]]\nname = \"a\"\ntoken_sha256 = \"{good}\"\nroles = [\"route\"]\n\n[[clients]]\nname = \"b\"\ntoken_sha256 = \"{good}\"\nroles = [\"cti\"]\n"
+                ),
+                "creds.toml:6: clients.token_sha256: the same token",
+            ),
+            (
+                format!("[[clients]]\nname = \"a\"\ntoken_sha256 = \"{good}\"\nroles = []\n"),
+                "creds.toml:1: clients.roles: empty",
+            ),
+            (String::new(), "creds.toml:1: clients: no [[clients]]"),
+            (
+                format!(
+                    "[[clients]]\nname = \"a\"\ntoken_sha256 = \"{good}\"\nroles = [\"route\"]\nrole = 1\n"
+                ),
+                "creds.toml:5: (document): unknown field `role`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = Credentials::parse("creds.toml", &text)
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(expected), "{e}\nexpected: {expected}");
+        }
+    }
+}

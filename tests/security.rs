@@ -1,0 +1,186 @@
+//! Only who should: with a credentials file, every RPC of the routing
+//! service answers only a client whose role includes it (a table over every
+//! RPC from the descriptor and every role), a call without a token or with
+//! an unknown one is UNAUTHENTICATED, health and reflection stay open, and
+//! /metrics needs the observe role.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use careroute::auth::{ROUTING_SERVICE, Role, role_of};
+use careroute::grpc::methods;
+use common::*;
+use sha2::Digest;
+use tonic::{Code, transport::Channel};
+
+/// The token of the client with `role` alone.
+fn token(role: Role) -> String {
+    format!("token-of-{}", role.as_str())
+}
+
+/// A credentials file with one client per role.
+fn credentials() -> std::path::PathBuf {
+    let mut text = String::new();
+    for role in Role::ALL {
+        text += &format!(
+            "[[clients]]\nname = \"{}-client\"\ntoken_sha256 = \"{}\"\nroles = [\"{}\"]\n\n",
+            role.as_str(),
+            hex::encode(sha2::Sha256::digest(token(role).as_bytes())),
+            role.as_str()
+        );
+    }
+    let dir = process::fresh_data_dir();
+    let path = dir.join("credentials.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// Calls `/service/method` with an empty message (and `token`, if any),
+/// whatever the method's shapes: the code it got before any answer, or
+/// None if the call was let in (an answer or a stream began, or the handler
+/// refused the empty request).
+async fn call(channel: &Channel, path: &str, token: Option<&str>) -> Code {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(tokio_stream::once(()));
+    if let Some(token) = token {
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    match grpc.streaming(request, path.parse().unwrap(), codec).await {
+        Ok(_) => Code::Ok,
+        Err(status) => status.code(),
+    }
+}
+
+#[tokio::test]
+async fn each_role_calls_exactly_its_rpcs() {
+    let path = credentials();
+    let s = TestServer::start_with(monday_10am(), |c| c.credentials = Some(path)).await;
+    let rpcs: Vec<_> = methods::all()
+        .iter()
+        .filter(|m| m.service == ROUTING_SERVICE)
+        .collect();
+    assert!(rpcs.len() >= 14);
+    for m in rpcs {
+        let path = format!("/{ROUTING_SERVICE}/{}", m.name);
+        let needed = role_of(&m.name).expect("every RPC has a role");
+        for role in Role::ALL {
+            let code = call(&s.channel, &path, Some(&token(role))).await;
+            if role == needed {
+                assert!(
+                    !matches!(code, Code::PermissionDenied | Code::Unauthenticated),
+                    "{} refused to the {} role: {code:?}",
+                    m.name,
+                    role.as_str()
+                );
+            } else {
+                assert_eq!(
+                    code,
+                    Code::PermissionDenied,
+                    "{} with the {} role",
+                    m.name,
+                    role.as_str()
+                );
+            }
+        }
+        assert_eq!(
+            call(&s.channel, &path, None).await,
+            Code::Unauthenticated,
+            "{}",
+            m.name
+        );
+        assert_eq!(
+            call(&s.channel, &path, Some("not-a-token")).await,
+            Code::Unauthenticated,
+            "{}",
+            m.name
+        );
+    }
+    // Health and reflection stay open.
+    assert_eq!(
+        health_status(s.channel.clone(), "").await,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    assert_eq!(
+        call(
+            &s.channel,
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            None
+        )
+        .await,
+        Code::Ok
+    );
+    // Refusals are counted by method, role and code; never by client.
+    let scrape = http_get_with(
+        &s.metrics.to_string(),
+        "/metrics",
+        Some(&token(Role::Observe)),
+    )
+    .await;
+    assert!(
+        scrape.contains(
+            r#"careroute_auth_refusals_total{method="RouteContact",role="route",code="permission_denied"} 3"#
+        ),
+        "{scrape}"
+    );
+    assert!(!scrape.contains("-client"), "a client's name in a metric");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_need_the_observe_role() {
+    let path = credentials();
+    let s = TestServer::start_with(monday_10am(), |c| c.credentials = Some(path)).await;
+    let metrics = s.metrics.to_string();
+    let status = |r: &str| r.lines().next().unwrap_or_default().to_owned();
+    assert!(status(&http_get_with(&metrics, "/metrics", None).await).contains("401"));
+    assert!(
+        status(&http_get_with(&metrics, "/metrics", Some(&token(Role::Cti))).await).contains("403")
+    );
+    assert!(
+        status(&http_get_with(&metrics, "/metrics", Some(&token(Role::Observe))).await)
+            .contains("200")
+    );
+    // Probes stay open.
+    assert!(status(&http_get(&metrics, "/readyz").await).contains("200"));
+    s.stop().await;
+}
+
+#[test]
+fn a_bad_credentials_file_is_refused_at_start_with_file_line_and_field() {
+    let dir = process::fresh_data_dir();
+    let path = dir.join("credentials.toml");
+    std::fs::write(
+        &path,
+        "[[clients]]\nname = \"ivr\"\ntoken = \"hunter2\"\nroles = [\"route\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_careroute"))
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--no-journal",
+        ])
+        .arg("--credentials")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}:1: clients.token: a plaintext token",
+            path.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("hunter2"),
+        "the token was echoed: {stderr}"
+    );
+}
