@@ -666,3 +666,69 @@ async fn resuming_after_an_event_no_longer_retained_is_out_of_range() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn errors_never_repeat_the_references_a_client_sent() {
+    let s = TestServer::start(monday_10am()).await;
+    let mut client = s.client.clone();
+    // Whatever a client puts in an id, an error does not send it back (nor
+    // would it be logged by the refusal).
+    let id = "Jane-Doe-1980-02-14";
+    let mut refusals = vec![
+        client
+            .set_agent_state(state(id, pb::AgentState::Available))
+            .await
+            .unwrap_err(),
+        client
+            .cancel_contact(pb::CancelContactRequest {
+                contact_id: id.into(),
+            })
+            .await
+            .unwrap_err(),
+        client
+            .get_contact_status(pb::GetContactStatusRequest {
+                contact_id: id.into(),
+            })
+            .await
+            .unwrap_err(),
+        client
+            .get_contact_path(pb::GetContactPathRequest {
+                contact_id: id.into(),
+            })
+            .await
+            .unwrap_err(),
+        client
+            .confirm_reservation(pb::ConfirmReservationRequest {
+                reservation_id: format!("r-{}", "9".repeat(16)),
+            })
+            .await
+            .unwrap_err(),
+        client
+            .complete_contact(pb::CompleteContactRequest {
+                agent_id: "agent-billing-1".into(),
+                contact_id: id.into(),
+            })
+            .await
+            .unwrap_err(),
+        client
+            .remove_agent(pb::RemoveAgentRequest {
+                agent_id: id.into(),
+            })
+            .await
+            .unwrap_err(),
+    ];
+    let mut transfer = contact("c-ok", "billing");
+    transfer.transfer_from = Some(pb::TransferFrom {
+        queue_id: id.into(),
+        agent_id: String::new(),
+    });
+    refusals.push(client.route_contact(transfer).await.unwrap_err());
+    for e in refusals {
+        assert_eq!(e.code(), Code::NotFound, "{e:?}");
+        assert!(!e.message().contains(id), "{e:?}");
+        assert!(!e.message().contains("9999"), "{e:?}");
+        let field = e.message().split(':').next().unwrap();
+        assert!(field.ends_with("_id"), "the message names no field: {e:?}");
+    }
+    s.stop().await;
+}

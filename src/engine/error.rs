@@ -1,5 +1,7 @@
 //! Why the engine refused an operation. The gRPC edge maps each variant to a
-//! status code in one exhaustive match.
+//! status code in one exhaustive match. Messages name the field, never the
+//! value a client sent (an id may be anything a client chose to put in it);
+//! the values are kept for tests and for the engine's own checks.
 
 /// An operation the engine refused; the state is unchanged.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,7 +29,7 @@ pub enum EngineError {
         allowed: String,
     },
     /// A request names a queue the policy does not have.
-    #[error("{field}: queue `{id}` not found")]
+    #[error("{field}: no such queue in the policy")]
     UnknownQueue {
         /// The request field.
         field: &'static str,
@@ -41,16 +43,16 @@ pub enum EngineError {
     )]
     RequestIdReused,
     /// No agent with this id.
-    #[error("agent `{0}` not found")]
+    #[error("agent_id: no such agent")]
     UnknownAgent(String),
     /// No reservation with this id was ever made here, or it was forgotten.
-    #[error("reservation `{0}` not found")]
+    #[error("reservation_id: no such reservation (never made here, or forgotten)")]
     UnknownReservation(String),
     /// The reservation's TTL passed before it was confirmed.
-    #[error("reservation `{0}` expired before it was confirmed")]
+    #[error("reservation_id: the reservation expired before it was confirmed")]
     ReservationExpired(String),
     /// The reservation was already confirmed or released.
-    #[error("reservation `{id}` was already {how}")]
+    #[error("reservation_id: the reservation was already {how}")]
     ReservationSettled {
         /// The reservation.
         id: String,
@@ -58,10 +60,10 @@ pub enum EngineError {
         how: &'static str,
     },
     /// The contact is not waiting in any queue.
-    #[error("contact `{0}` is not waiting in any queue")]
+    #[error("contact_id: the contact is not waiting in any queue")]
     NotWaiting(String),
     /// The agent cannot be removed while it holds work.
-    #[error("agent `{agent}` holds {what}: remove it once that ends (or set it offline now)")]
+    #[error("agent_id: the agent holds {what}: remove it once that ends (or set it offline now)")]
     AgentBusy {
         /// The agent.
         agent: String,
@@ -69,7 +71,7 @@ pub enum EngineError {
         what: &'static str,
     },
     /// Registering a new agent would pass the configured maximum.
-    #[error("agent `{agent}`: the roster is full ({max} agents); remove agents first")]
+    #[error("agent_id: the roster is full ({max} agents); remove agents first")]
     TooManyAgents {
         /// The agent that was refused.
         agent: String,
@@ -77,7 +79,7 @@ pub enum EngineError {
         max: usize,
     },
     /// The agent has no active contact with this id.
-    #[error("agent `{agent}` has no active contact `{contact}`")]
+    #[error("contact_id: the agent has no such active contact")]
     NoActiveContact {
         /// The agent.
         agent: String,

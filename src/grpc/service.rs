@@ -678,9 +678,7 @@ impl pb::routing_service_server::RoutingService for Routing {
         self.apply(Tick).await?;
         let status = self.settled_view(|e| e.contact_status(&contact_id)).await?;
         let status = status.ok_or_else(|| {
-            Status::not_found(format!(
-                "contact `{contact_id}` is not known (or was forgotten)"
-            ))
+            Status::not_found("contact_id: not known here (or forgotten after --path-window)")
         })?;
         Ok(Response::new(pb::GetContactStatusResponse::from(status)))
     }
@@ -697,7 +695,7 @@ impl pb::routing_service_server::RoutingService for Routing {
             })
             .await?
             .ok_or_else(|| {
-                Status::not_found(format!("contact `{contact_id}` has no recorded path"))
+                Status::not_found("contact_id: no recorded path (never routed here, or forgotten)")
             })?;
         Ok(Response::new(pb::GetContactPathResponse { hops }))
     }
