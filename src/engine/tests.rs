@@ -736,6 +736,10 @@ enum Op {
     Limits(u8),
     Restart,
     Snapshot,
+    /// The leader applies a command whose append is fenced (never logged),
+    /// then a standby takes over: it rebuilt from its last snapshot and
+    /// the log after it, and opens its term with a restart.
+    Failover,
 }
 
 /// Policies a running engine is switched between: the example policy, and
@@ -792,6 +796,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(Op::Limits),
         1 => Just(Op::Restart),
         1 => Just(Op::Snapshot),
+        1 => Just(Op::Failover),
     ]
 }
 
@@ -896,6 +901,9 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
     // A CTI watches the whole floor from the start; watchers come and go,
     // that one too.
     let mut watchers: Vec<WatchId> = vec![apply!(Watch(WatchFilter::default())).unwrap().0];
+    // A standby's last snapshot: the log's length when it was taken, and
+    // the state.
+    let mut standby: Option<(usize, Vec<u8>)> = None;
     let mut offered: Vec<ReservationId> = Vec::new();
     let mut active: Vec<(String, String)> = Vec::new();
     let mut waiting: std::collections::HashSet<String> = Default::default();
@@ -1137,9 +1145,33 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 // A restart from a snapshot: the loaded engine is the same
                 // state, and the same commands after it decide the same
                 // (the final replay of the whole log checks that).
-                let loaded = Engine::decode_state(&e.encode_state().unwrap()).unwrap();
+                let state = e.encode_state().unwrap();
+                let loaded = Engine::decode_state(&state).unwrap();
                 prop_assert_eq!(fingerprint(&loaded), fingerprint(&e));
                 e = loaded;
+                standby = Some((log.len(), state));
+            }
+            Op::Failover => {
+                // The old leader's last command never reached the log: a
+                // new contact routed (perhaps reserving an agent), its
+                // answer never sent. Nothing of it may survive.
+                let lost = billing("lost-in-failover");
+                let _ = e.apply(Route(&lost), now);
+                e.take_events();
+                // The standby: its snapshot (or the log's start) and every
+                // record after it, as it tailed them.
+                let (from, mut next) = match &standby {
+                    Some((at, state)) => (*at, Engine::decode_state(state).unwrap()),
+                    None => (0, make()),
+                };
+                for (at, command) in &log[from..] {
+                    let _ = next.apply(command.clone(), *at);
+                    next.take_events();
+                }
+                prop_assert!(next.contact_status(&lost.contact_id).is_none());
+                e = next;
+                apply!(Command::Restarted).unwrap();
+                watchers.clear();
             }
             Op::Unwatch(k) if !watchers.is_empty() => {
                 let id = watchers.remove(usize::from(k) % watchers.len());
