@@ -138,7 +138,7 @@ fn rebuild_before(
         None => return Err(AuditError::NotReplayable { from, first }),
     };
     let config = EngineConfig {
-        id_prefix: reader.id_prefix()?.unwrap_or(0),
+        id_key: reader.id_key()?.unwrap_or_default(),
         ..EngineConfig::default()
     };
     let mut replay = Replay::new(snapshot.map(|(_, e)| e), config);

@@ -20,7 +20,7 @@ use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
 
-use crate::auth::{Credentials, Role as Access};
+use crate::auth::Credentials;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{
@@ -28,9 +28,14 @@ use crate::engine::{
 };
 use crate::file::FileError;
 use crate::grpc::{
-    FILE_DESCRIPTOR_SET, Routing, admission::AdmissionLayer, authorize::AuthorizeLayer,
-    client_faults::ClientFaultsLayer, deadline::RequestDeadlineLayer, layer::RpcMetricsLayer,
-    panic::CatchPanicLayer, pb,
+    FILE_DESCRIPTOR_SET, Routing,
+    admission::AdmissionLayer,
+    authorize::{AuthorizeLayer, metrics_gate},
+    client_faults::ClientFaultsLayer,
+    deadline::RequestDeadlineLayer,
+    layer::RpcMetricsLayer,
+    panic::CatchPanicLayer,
+    pb,
 };
 use crate::incoming::Prefaced;
 use crate::journal::{Every, JournalError, Log, Nats, Replay, Snapshots, Store};
@@ -115,7 +120,7 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
         path_retention: window(config.path_window),
         max_paths: config.max_contact_paths,
         max_agents: config.max_agents,
-        id_prefix: rand::random(),
+        id_key: rand::random(),
         ..EngineConfig::default()
     };
     let limits = engine_config.limits();
@@ -129,8 +134,8 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
         (Some(store), Some(recovered))
     };
     // A log's engine keeps the log's id prefix.
-    if let Some(prefix) = recovered.as_ref().and_then(|r| r.id_prefix) {
-        engine_config.id_prefix = prefix;
+    if let Some(key) = recovered.as_ref().and_then(|r| r.id_key) {
+        engine_config.id_key = key;
     }
     // The snapshot shadow rebuilds its own copy of the log's engine on its
     // own thread, while this one replays.
@@ -185,7 +190,7 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
             let no_start = || JournalError::NoStart {
                 file: config.data_dir.join(crate::journal::FILE),
             };
-            if r.snapshot.is_none() && r.id_prefix.is_none() {
+            if r.snapshot.is_none() && r.id_key.is_none() {
                 return Err(no_start().into());
             }
             let mut replay = Replay::new(r.snapshot.map(|(_, e)| e), engine_config);
@@ -217,7 +222,7 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
         }
         _ => {
             if let Some(store) = &store {
-                store.set_id_prefix(engine_config.id_prefix)?;
+                store.set_id_key(&engine_config.id_key)?;
                 // The log starts from the policy (not applied: the engine is
                 // built on it).
                 added.push((
@@ -376,15 +381,15 @@ pub async fn run(
     let (log, replicated) = match replicated {
         Some(mut seed) => {
             let url = config.journal.as_deref().unwrap_or_default();
-            let (nats, prefix) = Nats::connect(
+            let (nats, key) = Nats::connect(
                 url,
                 &config.cluster_id,
                 config.nats_replicas,
                 config.lease_ttl,
-                seed.config.id_prefix,
+                seed.config.id_key,
             )
             .await?;
-            seed.config.id_prefix = prefix;
+            seed.config.id_key = key;
             if config.advertise.is_none() {
                 seed.me = grpc_addr.to_string();
             }
@@ -554,26 +559,21 @@ pub async fn run(
                     let credentials = credentials.clone();
                     async move {
                         // With credentials, a scrape needs the observe role.
-                        if let Some(credentials) = &credentials {
-                            use crate::grpc::authorize::{Refusal, check};
-                            match check(credentials, &headers, Access::Observe) {
-                                Ok(_) => {}
-                                Err(Refusal::Unauthenticated) => {
-                                    return (
-                                        axum::http::StatusCode::UNAUTHORIZED,
-                                        "a bearer token of a client with the observe role is required\n"
-                                            .to_owned(),
-                                    );
-                                }
-                                Err(Refusal::Denied(_)) => {
-                                    return (
-                                        axum::http::StatusCode::FORBIDDEN,
-                                        "this client lacks the observe role\n".to_owned(),
-                                    );
-                                }
+                        if let Err((status, body)) = metrics_gate(credentials.as_deref(), &headers)
+                        {
+                            let mut refused =
+                                axum::response::IntoResponse::into_response((status, body));
+                            if status == axum::http::StatusCode::UNAUTHORIZED {
+                                refused.headers_mut().insert(
+                                    axum::http::header::WWW_AUTHENTICATE,
+                                    axum::http::HeaderValue::from_static("Bearer"),
+                                );
                             }
+                            return refused;
                         }
-                        (axum::http::StatusCode::OK, scrape(&routing, &prometheus).await)
+                        axum::response::IntoResponse::into_response(
+                            scrape(&routing, &prometheus).await,
+                        )
                     }
                 }),
             )

@@ -123,6 +123,13 @@ impl SharedEngine {
     /// the log changes, is never changed by a call.
     pub fn lock_leading(&self) -> Result<MutexGuard<'_, Engine>, Closed> {
         let engine = self.lock()?;
+        self.leading()?;
+        Ok(engine)
+    }
+
+    /// Whether this process may answer now (not a standby, its lease
+    /// current), without taking the engine's lock.
+    pub fn leading(&self) -> Result<(), Closed> {
         match &*self.role.borrow() {
             Role::Standby { leader } => Err(Closed::Standby {
                 leader: leader.clone(),
@@ -130,7 +137,7 @@ impl SharedEngine {
             Role::Leader if self.deadline.lock().is_some_and(|d| Instant::now() >= d) => {
                 Err(Closed::Standby { leader: None })
             }
-            Role::Alone | Role::Leader => Ok(engine),
+            Role::Alone | Role::Leader => Ok(()),
         }
     }
 

@@ -242,7 +242,7 @@ async fn bad_input_gets_the_right_code_and_names_the_field() {
     );
     let err = client
         .confirm_reservation(pb::ConfirmReservationRequest {
-            reservation_id: "r-00000000deadbeef".into(),
+            reservation_id: format!("r-{}", "deadbeef".repeat(4)),
         })
         .await
         .unwrap_err();
@@ -699,7 +699,7 @@ async fn errors_never_repeat_the_references_a_client_sent() {
             .unwrap_err(),
         client
             .confirm_reservation(pb::ConfirmReservationRequest {
-                reservation_id: format!("r-{}", "9".repeat(16)),
+                reservation_id: format!("r-{}", "9".repeat(32)),
             })
             .await
             .unwrap_err(),
@@ -730,5 +730,72 @@ async fn errors_never_repeat_the_references_a_client_sent() {
         let field = e.message().split(':').next().unwrap();
         assert!(field.ends_with("_id"), "the message names no field: {e:?}");
     }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_resuming_under_load_gets_exactly_what_followed() {
+    let s = TestServer::start(monday_10am()).await;
+    let mut client = s.client.clone();
+    // The reference: a watcher from the start.
+    let mut reference = client
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    // Load from two clients while a second watcher resumes mid-way.
+    let mut load = Vec::new();
+    for k in 0..2 {
+        let mut c = s.client.clone();
+        load.push(tokio::spawn(async move {
+            for i in 0..150 {
+                c.route_contact(contact(&format!("c{k}-{i}"), "billing"))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    let first = next_event(&mut reference).await;
+    let resumed = client
+        .watch_events(pb::WatchEventsRequest {
+            after_sequence: Some(first.sequence),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for l in load {
+        l.await.unwrap();
+    }
+    // A last change marks the end of both streams.
+    client.upsert_agent(billing_agent("the-end")).await.unwrap();
+    let until_end = |mut stream: tonic::Streaming<pb::RoutingEvent>| async move {
+        let mut events = Vec::new();
+        loop {
+            let e = next_event(&mut stream).await;
+            let end = matches!(&e.event, Some(pb::routing_event::Event::Agent(a)) if a.agent_id == "the-end");
+            events.push(e);
+            if end {
+                return events;
+            }
+        }
+    };
+    let reference = until_end(reference).await;
+    let resumed = until_end(resumed).await;
+    let expected: Vec<_> = reference
+        .into_iter()
+        .filter(|e| e.sequence > first.sequence)
+        .collect();
+    assert!(expected.len() >= 250, "{}", expected.len());
+    assert_eq!(resumed.len(), expected.len());
+    assert!(
+        resumed == expected,
+        "the resumed stream is not what followed"
+    );
+    // In order, each (sequence, index) once.
+    assert!(
+        resumed
+            .windows(2)
+            .all(|w| (w[0].sequence, w[0].index) < (w[1].sequence, w[1].index))
+    );
     s.stop().await;
 }

@@ -400,9 +400,15 @@ async fn a_deposed_leaders_batch_is_refused_whole_even_where_its_sequence_would_
     };
     let Some(nats) = Nats::start(1) else { return };
     let url = nats.urls();
-    let (log, _) = Log::connect(&url, &cluster_id("fence"), 1, Duration::from_secs(2), 7)
-        .await
-        .unwrap();
+    let (log, _) = Log::connect(
+        &url,
+        &cluster_id("fence"),
+        1,
+        Duration::from_secs(2),
+        [7; 16],
+    )
+    .await
+    .unwrap();
     let at = chrono::Utc::now();
     let record = |seq| (seq, at, Command::Restarted);
     // The old leader appends 1 and 2; a new leader, having read 2, appends 3.

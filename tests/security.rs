@@ -40,13 +40,18 @@ fn credentials() -> std::path::PathBuf {
 /// None if the call was let in (an answer or a stream began, or the handler
 /// refused the empty request).
 async fn call(channel: &Channel, path: &str, token: Option<&str>) -> Code {
+    call_with(channel, path, token.map(|t| format!("Bearer {t}"))).await
+}
+
+/// [`call`] with the `authorization` header as given.
+async fn call_with(channel: &Channel, path: &str, authorization: Option<String>) -> Code {
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready().await.unwrap();
     let mut request = tonic::Request::new(tokio_stream::once(()));
-    if let Some(token) = token {
+    if let Some(value) = authorization {
         request
             .metadata_mut()
-            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+            .insert("authorization", value.parse().unwrap());
     }
     let codec = tonic_prost::ProstCodec::<(), ()>::default();
     match grpc.streaming(request, path.parse().unwrap(), codec).await {
@@ -183,4 +188,51 @@ fn a_bad_credentials_file_is_refused_at_start_with_file_line_and_field() {
         !stderr.contains("hunter2"),
         "the token was echoed: {stderr}"
     );
+}
+
+#[tokio::test]
+async fn paths_no_table_knows_are_refused_and_the_scheme_is_case_blind() {
+    let path = credentials();
+    let s = TestServer::start_with(monday_10am(), |c| c.credentials = Some(path)).await;
+    let admin = Some(token(Role::Admin));
+    // Fail closed: whatever a path names, without a role it is refused,
+    // even to a client with a good token.
+    for path in [
+        "/careroute.v1.RoutingService/removeagent",
+        "/careroute.v1.RoutingService/RemoveAgent/",
+        "/careroute.v1.RoutingService/Nope",
+        "/careroute.v1.OtherService/RemoveAgent",
+        "/careroute.v1.RoutingService",
+    ] {
+        assert_eq!(
+            call(&s.channel, path, admin.as_deref()).await,
+            Code::PermissionDenied,
+            "{path}"
+        );
+    }
+    let remove = "/careroute.v1.RoutingService/RemoveAgent";
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let code = call_with(
+            &s.channel,
+            remove,
+            Some(format!("{scheme} {}", token(Role::Admin))),
+        )
+        .await;
+        assert!(
+            !matches!(code, Code::Unauthenticated | Code::PermissionDenied),
+            "{scheme}: {code:?}"
+        );
+    }
+    for value in [
+        token(Role::Admin),
+        format!("Basic {}", token(Role::Admin)),
+        "Bearer ".into(),
+    ] {
+        assert_eq!(
+            call_with(&s.channel, remove, Some(value.clone())).await,
+            Code::Unauthenticated,
+            "{value}"
+        );
+    }
+    s.stop().await;
 }

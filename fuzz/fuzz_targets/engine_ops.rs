@@ -55,7 +55,7 @@ struct Config {
     max_tracked_contacts: Option<u8>,
     max_hops: Option<u8>,
     retention_secs: Option<u16>,
-    id_prefix: u32,
+    id_key: [u8; 16],
 }
 
 #[derive(Arbitrary, Debug)]
@@ -493,7 +493,7 @@ fuzz_target!(|input: Input| {
             .max_tracked_contacts
             .map_or(defaults.max_paths, usize::from),
         max_hops: input.config.max_hops.map_or(defaults.max_hops, usize::from),
-        id_prefix: input.config.id_prefix,
+        id_key: input.config.id_key,
         ..defaults
     };
     let max_hops = config.max_hops;

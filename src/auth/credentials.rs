@@ -25,7 +25,7 @@ use crate::file::{self, FileError};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Client {
     /// Who it is, in logs and audit records.
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     /// What it may call.
     pub roles: BTreeSet<Role>,
 }
@@ -124,7 +124,7 @@ impl Credentials {
                 roles.insert(role);
             }
             let client = Client {
-                name: c.name.clone(),
+                name: c.name.as_str().into(),
                 roles,
             };
             if by_token.insert(hash, client).is_some() {
@@ -173,7 +173,7 @@ mod tests {
         let c = Credentials::parse("creds.toml", &text).unwrap();
         assert_eq!(c.len(), 2);
         let ivr = c.client("secret-ivr").unwrap();
-        assert_eq!(ivr.name, "ivr");
+        assert_eq!(&*ivr.name, "ivr");
         assert_eq!(ivr.roles, BTreeSet::from([Role::Route]));
         assert_eq!(
             c.client("secret-cti").unwrap().roles,

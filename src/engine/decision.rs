@@ -23,11 +23,11 @@ macro_rules! hex_id {
             serde::Serialize,
             serde::Deserialize,
         )]
-        pub struct $name(pub u64);
+        pub struct $name(pub u128);
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                write!(f, concat!($prefix, "{:016x}"), self.0)
+                write!(f, concat!($prefix, "{:032x}"), self.0)
             }
         }
 
@@ -35,10 +35,10 @@ macro_rules! hex_id {
             type Err = ();
             fn from_str(s: &str) -> Result<Self, ()> {
                 let hex = s.strip_prefix($prefix).ok_or(())?;
-                if hex.len() != 16 {
+                if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
                     return Err(());
                 }
-                u64::from_str_radix(hex, 16).map($name).map_err(|_| ())
+                u128::from_str_radix(hex, 16).map($name).map_err(|_| ())
             }
         }
     };

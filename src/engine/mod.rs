@@ -19,6 +19,7 @@ mod event;
 pub mod ewt;
 mod expiring;
 mod history;
+mod ids;
 mod queueing;
 mod reservation;
 mod roster;
@@ -27,6 +28,8 @@ mod snapshot;
 mod stats;
 pub mod waiting;
 mod watchers;
+
+use ids::IdKind;
 
 use std::{
     cmp::Reverse,
@@ -80,10 +83,11 @@ pub struct EngineConfig {
     /// Agents registered at most; a new one beyond it is refused. At most
     /// 16.7 million (the agent slots the idle indexes can name).
     pub max_agents: usize,
-    /// High 32 bits of every decision and reservation id: random for a new
-    /// journal (or without one), then kept with the journal, so replayed
-    /// ids are the ids clients were given.
-    pub id_prefix: u32,
+    /// The key decision and reservation ids are enciphered under (AES-128
+    /// of a counter): 128 bits no client can predict from the ids it saw,
+    /// yet the same on every replay. Random for a new log, then kept with
+    /// it, so replayed ids are the ids clients were given.
+    pub id_key: [u8; 16],
 }
 
 /// The limits of [`EngineConfig`] that change what the engine decides (a
@@ -124,7 +128,8 @@ impl EngineConfig {
 /// default, a tie-break): a log written under another version is not
 /// replayed, since that would rebuild decisions that were never made.
 /// 2: the explicit identity gate and REQUEST_ID_REUSED.
-pub const ROUTING_VERSION: u32 = 2;
+/// 3: 128-bit enciphered ids.
+pub const ROUTING_VERSION: u32 = 3;
 
 /// The peak rate of new requests with a request id the default window
 /// holds in full.
@@ -149,7 +154,7 @@ impl Default for EngineConfig {
             max_paths: 2_000_000,
             max_hops: 32,
             max_agents: 100_000,
-            id_prefix: 0,
+            id_key: [0; 16],
         }
     }
 }
@@ -329,9 +334,10 @@ impl Engine {
         self.reservations.len()
     }
 
-    /// An id in this process's id space.
-    fn id(&self, seq: u32) -> u64 {
-        (u64::from(self.config.id_prefix) << 32) | u64::from(seq)
+    /// The id of the `seq`th decision or reservation (`kind`): the counter
+    /// enciphered, so neighbouring ids share no visible part.
+    fn id(&self, kind: IdKind, seq: u32) -> u128 {
+        ids::encipher(&self.config.id_key, kind, seq)
     }
 
     /// Applies everything due by `now`: reservation expiries, wrap-up ends,

@@ -7,7 +7,7 @@ use std::{cmp::Reverse, collections::VecDeque};
 use chrono::Duration;
 
 use super::roster::{AgentIdx, Pick};
-use super::{AgentOffer, Engine, EngineError, ReservationId, Timer};
+use super::{AgentOffer, Engine, EngineError, IdKind, ReservationId, Timer, ids};
 use crate::model::{AgentState, Channel, ReleaseReason, Time};
 use crate::policy::{QueueIdx, Text};
 
@@ -133,7 +133,9 @@ impl Engine {
                 agent.ready_since[c] = micros;
             }
         });
-        if let Some(slot) = self.ledger.slot(id.0 as u32) {
+        if let Some(seq) = ids::decipher(&self.config.id_key, IdKind::Reservation, id.0)
+            && let Some(slot) = self.ledger.slot(seq)
+        {
             *slot = fate;
         }
         Some(r)
@@ -147,7 +149,7 @@ impl Engine {
             waiter,
         } = slot;
         let seq = self.ledger.push();
-        let id = ReservationId(self.id(seq));
+        let id = ReservationId(self.id(IdKind::Reservation, seq));
         let expires_at = now + self.policy.reservation_ttl;
         let c = channel.index();
         let micros = now.timestamp_micros();
@@ -190,14 +192,11 @@ impl Engine {
     }
 
     pub(super) fn reservation_error(&self, id: ReservationId) -> EngineError {
-        let ours = id.0 >> 32 == u64::from(self.config.id_prefix);
-        let fate = if ours {
+        let fate = ids::decipher(&self.config.id_key, IdKind::Reservation, id.0).and_then(|seq| {
             self.ledger
                 .fates
-                .get((id.0 as u32).wrapping_sub(self.ledger.first) as usize)
-        } else {
-            None
-        };
+                .get(seq.wrapping_sub(self.ledger.first) as usize)
+        });
         let how = match fate {
             Some(Fate::Expired) => return EngineError::ReservationExpired(id.to_string()),
             Some(Fate::Confirmed) => "confirmed",

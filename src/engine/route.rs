@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use super::roster::{self, Pick};
 use super::{
-    CallbackOffer, Decision, DecisionId, Engine, EngineError, Guidance, Outcome, Slot, Withdrawal,
+    CallbackOffer, Decision, DecisionId, Engine, EngineError, Guidance, IdKind, Outcome, Slot,
+    Withdrawal,
 };
 use crate::model::{CallbackReason, Contact, Reason, Time};
 use crate::policy::{Policy, QueueIdx, Resolved, Step, Text};
@@ -44,7 +45,7 @@ impl Engine {
             .map(|r| &policy.rules[r]);
         let mut reasons = plan.reasons;
         self.next_id = self.next_id.wrapping_add(1);
-        let id = DecisionId(self.id(self.next_id));
+        let id = DecisionId(self.id(IdKind::Decision, self.next_id));
 
         let (queue, outcome) = match plan.step {
             Step::Emergency => {

@@ -21,7 +21,7 @@ use crate::policy::Policy;
 /// refused. So an upgrade that bumps it needs a journal whose log still
 /// reaches back to a snapshot of the old layout's start, or a fresh one;
 /// the README says how.
-pub const STATE_FORMAT: u32 = 3;
+pub const STATE_FORMAT: u32 = 4;
 
 /// Why a snapshot cannot be made or loaded.
 #[derive(Debug, thiserror::Error)]
@@ -114,16 +114,16 @@ pub(super) mod policy_text {
     }
 }
 
-/// The configuration as the limits it puts in force and the id prefix.
+/// The configuration as the limits it puts in force and the id key.
 pub(super) mod config {
     use super::*;
 
     pub fn serialize<S: Serializer>(c: &EngineConfig, s: S) -> Result<S::Ok, S::Error> {
-        (c.limits(), c.id_prefix).serialize(s)
+        (c.limits(), c.id_key).serialize(s)
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<EngineConfig, D::Error> {
-        let (l, id_prefix) = <(Limits, u32)>::deserialize(d)?;
+        let (l, id_key) = <(Limits, [u8; 16])>::deserialize(d)?;
         Ok(EngineConfig {
             idempotency_retention: Duration::milliseconds(l.idempotency_retention_ms),
             max_idempotency_keys: l.max_idempotency_keys,
@@ -131,7 +131,7 @@ pub(super) mod config {
             max_paths: l.max_paths,
             max_hops: l.max_hops,
             max_agents: l.max_agents,
-            id_prefix,
+            id_key,
         })
     }
 }
@@ -180,7 +180,7 @@ mod tests {
         Engine::new(
             Arc::new(Policy::embedded().unwrap()),
             EngineConfig {
-                id_prefix: 7,
+                id_key: [7; 16],
                 ..EngineConfig::default()
             },
         )
@@ -210,7 +210,7 @@ mod tests {
         let e = engine();
         let bytes = e.encode_state().unwrap();
         let loaded = Engine::decode_state(&bytes).unwrap();
-        assert_eq!(loaded.config.id_prefix, 7);
+        assert_eq!(loaded.config.id_key, [7; 16]);
         assert_eq!(loaded.limits(), e.limits());
 
         let mut other = postcard::to_stdvec(&(STATE_FORMAT + 1, &e)).unwrap();

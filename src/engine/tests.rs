@@ -852,7 +852,7 @@ fn fingerprint(e: &Engine) -> String {
     let mut timers: Vec<_> = e.timers.iter().collect();
     timers.sort();
     format!(
-        "{}\n{}\n{reservations:?}\n{} {:?}\n{timers:?}\n{}\n{}\n{} {:?}\n{}\n{:?}\n{:?} {:?} {:?}\n{}\n{}\n{:?}\n{:?} {}",
+        "{}\n{}\n{reservations:?}\n{} {:?}\n{timers:?}\n{}\n{}\n{} {:?}\n{}\n{:?}\n{:?} {:?} {:?}\n{}\n{}\n{:?}\n{:?} {:?}",
         e.policy.source,
         e.roster.fingerprint(),
         e.ledger.first,
@@ -870,7 +870,7 @@ fn fingerprint(e: &Engine) -> String {
         e.undelivered.fingerprint(),
         e.now,
         e.limits(),
-        e.config.id_prefix,
+        e.config.id_key,
     )
 }
 

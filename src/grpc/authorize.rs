@@ -5,9 +5,10 @@
 //! `PERMISSION_DENIED`, each counted by method and role (never by client).
 //! The client found rides in the request's extensions as a [`Caller`], for
 //! logs and audit. Health and reflection stay open (probes and tools need
-//! them; they tell nothing about contacts). Without a credentials file
-//! every call passes: the service then listens on loopback only, or was
-//! told `--insecure`.
+//! them; they tell nothing about contacts); every other path, whatever
+//! service it names, is refused unless a client holds its role (fail
+//! closed). `/metrics` is guarded the same way ([`metrics_gate`]). Without
+//! a credentials file every call passes.
 
 use std::{
     future::Future,
@@ -20,6 +21,7 @@ use tonic::Status;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::methods;
 use crate::auth::{Client, Credentials, ROUTING_SERVICE, Role, role_of};
 use crate::telemetry;
 
@@ -63,8 +65,8 @@ pub struct Authorize<S> {
 pub enum Refusal {
     /// No token, or one no client has.
     Unauthenticated,
-    /// The client lacks the role.
-    Denied(String),
+    /// The client (named) lacks the role.
+    Denied(Arc<str>),
 }
 
 /// The bearer token of an `authorization` header value.
@@ -92,7 +94,7 @@ pub fn check<'c>(
     if client.roles.contains(&role) {
         Ok(client)
     } else {
-        Err(Refusal::Denied(client.name.clone()))
+        Err(Refusal::Denied(Arc::clone(&client.name)))
     }
 }
 
@@ -118,34 +120,38 @@ where
             return Box::pin(self.inner.call(request));
         };
         let path = request.uri().path();
-        let Some(method) = path
-            .strip_prefix('/')
-            .and_then(|p| p.strip_prefix(ROUTING_SERVICE))
-            .and_then(|p| p.strip_prefix('/'))
-        else {
-            // Health, reflection, and paths no service has (tonic answers
-            // UNIMPLEMENTED).
+        if open(path) {
             return Box::pin(self.inner.call(request));
-        };
-        let Some(role) = role_of(method) else {
-            return Box::pin(self.inner.call(request));
+        }
+        // Any other path needs a role: one of the routing service's RPCs,
+        // or nothing (a path no table knows is refused, not let through).
+        let known = methods::index(path)
+            .map(|i| &methods::all()[i])
+            .filter(|m| m.service == ROUTING_SERVICE)
+            .and_then(|m| Some((m.name.as_str(), role_of(&m.name)?)));
+        let Some((method, role)) = known else {
+            count("unknown", "none", "permission_denied");
+            let refused = Status::permission_denied("no role may call this path");
+            return Box::pin(std::future::ready(Ok(refused.into_http())));
         };
         let refused = match check(credentials, request.headers(), role) {
             Ok(client) => {
-                let caller = Caller(Arc::from(client.name.as_str()));
-                request.extensions_mut().insert(caller);
+                request
+                    .extensions_mut()
+                    .insert(Caller(Arc::clone(&client.name)));
                 return Box::pin(self.inner.call(request));
             }
             Err(Refusal::Unauthenticated) => {
-                count(method, role, "unauthenticated");
+                count(method, role.as_str(), "unauthenticated");
+                tracing::debug!(method, "call refused: no known bearer token");
                 Status::unauthenticated(
                     "a bearer token of a client in the credentials file is required (authorization: Bearer <token>)",
                 )
             }
             Err(Refusal::Denied(name)) => {
-                count(method, role, "permission_denied");
+                count(method, role.as_str(), "permission_denied");
                 tracing::warn!(
-                    client = name.as_str(),
+                    client = &*name,
                     method,
                     role = role.as_str(),
                     "call refused: the client lacks the role"
@@ -160,12 +166,56 @@ where
     }
 }
 
-fn count(method: &str, role: Role, code: &'static str) {
-    // The method is one of the service's (role_of knew it): a bounded set.
+/// Paths open to anyone: health and reflection.
+fn open(path: &str) -> bool {
+    [
+        "/grpc.health.v1.Health/",
+        "/grpc.reflection.v1.ServerReflection/",
+        "/grpc.reflection.v1alpha.ServerReflection/",
+    ]
+    .iter()
+    .any(|prefix| path.starts_with(prefix))
+}
+
+/// Whether a scrape of `/metrics` may be answered: with credentials, only
+/// for a client with the observe role. A refusal is the HTTP status and
+/// body to answer with, counted as refusals of calls are.
+pub fn metrics_gate(
+    credentials: Option<&Credentials>,
+    headers: &http::HeaderMap,
+) -> Result<(), (http::StatusCode, &'static str)> {
+    let Some(credentials) = credentials else {
+        return Ok(());
+    };
+    match check(credentials, headers, Role::Observe) {
+        Ok(_) => Ok(()),
+        Err(Refusal::Unauthenticated) => {
+            count("/metrics", Role::Observe.as_str(), "unauthenticated");
+            Err((
+                http::StatusCode::UNAUTHORIZED,
+                "a bearer token of a client with the observe role is required\n",
+            ))
+        }
+        Err(Refusal::Denied(name)) => {
+            count("/metrics", Role::Observe.as_str(), "permission_denied");
+            tracing::warn!(
+                client = &*name,
+                "scrape refused: the client lacks the observe role"
+            );
+            Err((
+                http::StatusCode::FORBIDDEN,
+                "this client lacks the observe role\n",
+            ))
+        }
+    }
+}
+
+fn count(method: &'static str, role: &'static str, code: &'static str) {
+    // Methods come from the descriptor table: a bounded set.
     metrics::counter!(
         telemetry::AUTH_REFUSALS,
-        "method" => method.to_owned(),
-        "role" => role.as_str(),
+        "method" => method,
+        "role" => role,
         "code" => code
     )
     .increment(1);

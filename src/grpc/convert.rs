@@ -8,6 +8,7 @@ use std::{collections::HashSet, fmt::Display};
 use prost_types::Timestamp;
 use tonic::Status;
 
+use super::events::Change;
 use super::pb;
 use crate::engine::{
     AgentOffer, AgentSpec, CallbackOffer, ContactStatus, Decision, Event, Hop, HopKind, Outcome,
@@ -290,7 +291,7 @@ pub fn reservation_id(value: &str) -> Result<ReservationId, Status> {
     value.parse().map_err(|()| {
         invalid(
             "reservation_id",
-            "not a reservation id (r- and 16 hex digits)",
+            "not a reservation id (r- and 32 hex digits)",
         )
     })
 }
@@ -318,6 +319,74 @@ pub fn release_reason(value: i32) -> Result<ReleaseReason, Status> {
         Ok(pb::ReleaseReason::Cancelled) => Ok(ReleaseReason::CallerHungUp),
         Ok(pb::ReleaseReason::TransferFailed) => Ok(ReleaseReason::TransferFailed),
         Err(_) => Err(invalid("reason", format!("unknown enum value {value}"))),
+    }
+}
+
+impl From<&Change> for pb::routing_event::Event {
+    fn from(change: &Change) -> pb::routing_event::Event {
+        use pb::routing_event::Event as E;
+        let agent = |agent_id: &str, change| {
+            E::Agent(pb::AgentEvent {
+                agent_id: agent_id.to_owned(),
+                change: Some(change),
+            })
+        };
+        let contact = |contact_id: &str, change| {
+            E::Contact(pb::ContactEvent {
+                contact_id: contact_id.to_owned(),
+                change: Some(change),
+            })
+        };
+        match change {
+            Change::Decision {
+                contact_id,
+                decision,
+            } => E::Decision(pb::DecisionEvent {
+                contact_id: contact_id.clone(),
+                decision: Some(pb::RouteContactResponse::from(decision.clone())),
+            }),
+            Change::Confirmed {
+                reservation,
+                agent_id,
+                contact_id,
+            } => E::Reservation(pb::ReservationEvent {
+                reservation_id: reservation.to_string(),
+                change: Some(pb::reservation_event::Change::Confirmed(
+                    pb::ReservationConfirmed {
+                        agent_id: agent_id.to_string(),
+                        contact_id: contact_id.clone(),
+                    },
+                )),
+            }),
+            Change::Released {
+                reservation,
+                reason,
+            } => E::Reservation(pb::ReservationEvent {
+                reservation_id: reservation.to_string(),
+                change: Some(pb::reservation_event::Change::Released(
+                    pb::ReleaseReason::from(*reason).into(),
+                )),
+            }),
+            Change::Completed {
+                agent_id,
+                contact_id,
+            } => contact(
+                contact_id,
+                pb::contact_event::Change::CompletedByAgentId(agent_id.clone()),
+            ),
+            Change::Cancelled { contact_id } => {
+                contact(contact_id, pb::contact_event::Change::Cancelled(true))
+            }
+            Change::Upserted { agent_id } => {
+                agent(agent_id, pb::agent_event::Change::Upserted(true))
+            }
+            Change::Removed { agent_id } => agent(agent_id, pb::agent_event::Change::Removed(true)),
+            Change::State { agent_id, state } => agent(
+                agent_id,
+                pb::agent_event::Change::State(pb::AgentState::from(*state).into()),
+            ),
+            Change::Policy { version } => E::PolicyVersion(version.clone()),
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The gRPC edge: generated types ([`pb`]), validation and conversion of
 //! every request field ([`convert`]), the one mapping of engine errors to
 //! status codes ([`status`]), the service ([`service`]) and its event
-//! stream ([`events`]), the RPC table read
+//! streams ([`events`], [`event_ring`]), the RPC table read
 //! from the descriptors ([`methods`]) and the tower layers around every call:
 //! metrics ([`layer`]), client-fault codes ([`client_faults`]),
 //! authorization ([`authorize`]), admission
@@ -13,6 +13,7 @@ pub mod authorize;
 pub mod client_faults;
 pub mod convert;
 pub mod deadline;
+pub mod event_ring;
 pub mod events;
 pub mod layer;
 pub mod methods;

@@ -12,7 +12,8 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::events::{self, Describe, EventRing};
+use super::event_ring::{EventRing, Resumed};
+use super::events::{self, Describe};
 use super::{convert, pb};
 use crate::clock::Clock;
 use crate::engine::{
@@ -87,6 +88,10 @@ impl Routing {
             move |batch: Vec<Published>| {
                 for p in batch {
                     keeper.push(&p);
+                    // Assignment watchers are woken only for assignments.
+                    if p.assignments.is_empty() {
+                        continue;
+                    }
                     // With no watcher connected nothing was offered; a
                     // callback with nobody watching is kept by the engine.
                     let _ = publisher.send(p);
@@ -155,9 +160,9 @@ impl Routing {
         // Copied for the log only if a database keeps it.
         let kept: Option<Command> = self.journal.keeps().then(|| command.clone().into());
         // Told to event watchers with the engine's answer.
-        let about = command.clone();
+        let note = command.note();
         let out = engine.apply(command, now);
-        let change = about.describe(&out);
+        let change = C::describe(note, &out);
         let events = engine.take_events();
         let also = also();
         let idle = idle && events.is_empty();
@@ -213,7 +218,6 @@ impl Routing {
                 .map_err(|e| JournalError::Setup(e.to_string()))?;
             *held = engine;
             self.journal.lead(last_seq);
-            self.ring.restart(last_seq);
             let mut ticket = self.journal.last();
             for (i, command) in opening.into_iter().enumerate() {
                 let now = self.now_for(&held);
@@ -226,8 +230,11 @@ impl Routing {
                     .journal
                     .append(now, true, Some(command), |_| Vec::new());
             }
-            // Nobody watches yet: calls are let in once this is logged.
+            // Nobody watches yet: calls are let in once this is logged. The
+            // event ring starts after the opening records, whose events
+            // nobody could receive.
             held.take_events();
+            self.ring.restart(ticket.seq);
             self.publish_due(&held);
             ticket
         };
@@ -621,42 +628,63 @@ impl pb::routing_service_server::RoutingService for Routing {
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         let after = request.into_inner().after_sequence;
         // Only the leader (or a lone process) has the events.
-        let (retained, mut live) = {
-            let _leading = self.engine.lock_leading()?;
-            self.ring.resume(after)
-        }?;
-        let mut last = retained.last().map_or(after.unwrap_or(0), |e| e.sequence);
+        self.engine.leading()?;
+        let Resumed {
+            retained,
+            live,
+            head,
+        } = self.ring.resume(after)?;
+        // The last event sent, as (sequence, index); a whole sequence is
+        // index u32::MAX.
+        let seen = (after.unwrap_or(head), u32::MAX);
+        let ring = Arc::clone(&self.ring);
         let mut stopping = self.stopping.clone();
         let mut role = self.engine.role();
         let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
         tokio::spawn(async move {
-            for event in retained {
-                if !deliver(&tx, Ok(event.as_ref().clone()), &mut stopping).await {
-                    return;
-                }
-            }
+            let (mut seen, mut retained, mut live) = (seen, retained, live);
             loop {
+                for event in retained.drain(..) {
+                    if (event.sequence, event.index) <= seen {
+                        continue;
+                    }
+                    seen = (event.sequence, event.index);
+                    if !deliver(&tx, Ok(event.as_ref().clone()), &mut stopping).await {
+                        return;
+                    }
+                }
                 let next = tokio::select! {
                     _ = stopping.wait_for(|s| *s) => return,
                     _ = tx.closed() => return,
                     Ok(()) = stepped_down(&mut role) => None,
                     next = live.recv() => Some(next),
                 };
-                // The ring's events and the live feed were taken under one
-                // lock: nothing repeats, nothing falls between.
                 let item = match next {
-                    Some(Ok(e)) => {
-                        last = e.sequence;
-                        Ok(e.as_ref().clone())
+                    Some(Ok(event)) if (event.sequence, event.index) <= seen => continue,
+                    Some(Ok(event)) => {
+                        seen = (event.sequence, event.index);
+                        Ok(event.as_ref().clone())
                     }
-                    Some(Err(broadcast::error::RecvError::Lagged(behind))) => {
-                        tracing::warn!(behind, "event watcher fell behind; ending its stream");
-                        // The last sequence may have been cut short: resume
-                        // before it; (sequence, index) names each event.
-                        Err(Status::aborted(format!(
-                            "this watcher fell {behind} events behind; resume with after_sequence = {}",
-                            last.saturating_sub(1)
-                        )))
+                    // Behind the live feed: catch up from the ring, from the
+                    // start of the sequence last sent (what was sent of it
+                    // is skipped).
+                    Some(Err(broadcast::error::RecvError::Lagged(_))) => {
+                        match ring.resume(Some(seen.0.saturating_sub(1))) {
+                            Ok(again) => {
+                                (retained, live) = (again.retained, again.live);
+                                continue;
+                            }
+                            Err(_) => {
+                                tracing::warn!(
+                                    "event watcher fell behind the ring; ending its stream"
+                                );
+                                Err(Status::aborted(format!(
+                                    "this watcher fell behind what is retained; resume with after_sequence = {} from the journal (careroute journal --outcomes --from {})",
+                                    seen.0.saturating_sub(1),
+                                    seen.0
+                                )))
+                            }
+                        }
                     }
                     Some(Err(broadcast::error::RecvError::Closed)) => return,
                     None => Err(Status::from(Closed::Standby { leader: None })),

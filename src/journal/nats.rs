@@ -87,8 +87,8 @@ impl Nats {
         cluster_id: &str,
         replicas: usize,
         lease_ttl: Duration,
-        proposed: u32,
-    ) -> Result<(Nats, u32), JournalError> {
+        proposed: [u8; 16],
+    ) -> Result<(Nats, [u8; 16]), JournalError> {
         let servers = urls
             .split(',')
             .map(|u| u.trim().parse::<async_nats::ServerAddr>())
@@ -106,8 +106,8 @@ impl Nats {
         loop {
             let opened = async {
                 let nats = Nats::open(js.clone(), cluster_id, replicas, lease_ttl).await?;
-                let prefix = nats.id_prefix(proposed).await?;
-                Ok((nats, prefix))
+                let key = nats.id_key(proposed).await?;
+                Ok((nats, key))
             };
             match opened.await {
                 Ok(opened) => return Ok(opened),
@@ -167,10 +167,10 @@ impl Nats {
         })
     }
 
-    /// The id prefix of the log's engine: the one kept with the log, or
+    /// The id key of the log's engine: the one kept with the log, or
     /// `proposed` kept now for a new log. A log written under other routing
     /// rules is refused, as the local journal refuses one.
-    async fn id_prefix(&self, proposed: u32) -> Result<u32, JournalError> {
+    async fn id_key(&self, proposed: [u8; 16]) -> Result<[u8; 16], JournalError> {
         let version = ROUTING_VERSION.to_string();
         match self.meta.create("routing_version", version.into()).await {
             Ok(_) => {}
@@ -187,14 +187,20 @@ impl Nats {
         }
         match self
             .meta
-            .create("id_prefix", proposed.to_string().into())
+            .create("id_key", hex::encode(proposed).into())
             .await
         {
             Ok(_) => Ok(proposed),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => self
-                .meta_value("id_prefix")
-                .await?
-                .ok_or_else(|| nats("metadata", "id_prefix is not a number")),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let value = self
+                    .meta
+                    .get("id_key")
+                    .await
+                    .map_err(|e| nats("metadata", e))?;
+                value
+                    .and_then(|v| super::store::parse_key(std::str::from_utf8(&v).ok()?))
+                    .ok_or_else(|| nats("metadata", "id_key is not 32 hexadecimal digits"))
+            }
             Err(e) => Err(nats("metadata", e)),
         }
     }

@@ -23,7 +23,7 @@ pub struct Recovered {
     /// with their times.
     pub records: Vec<(Time, Command)>,
     /// The id prefix the log's engine used, if the log is not new.
-    pub id_prefix: Option<u32>,
+    pub id_key: Option<[u8; 16]>,
     /// The last sequence number kept.
     pub last_seq: u64,
     /// Records cut from a torn or corrupt tail: the first sequence number
@@ -40,6 +40,11 @@ fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, rusqlite::Er
         Err(rusqlite::Error::QueryReturnedNoRows) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// An id key as the log keeps it: 32 hexadecimal digits.
+pub(super) fn parse_key(hex: &str) -> Option<[u8; 16]> {
+    hex::decode(hex.trim()).ok()?.try_into().ok()
 }
 
 /// One record, checked: its sequence number, its checksum, its body.
@@ -116,9 +121,9 @@ impl Store {
 "
         ))
         .map_err(sql)?;
-        let id_prefix = meta_get(&conn, "id_prefix")
+        let id_key = meta_get(&conn, "id_key")
             .map_err(sql)?
-            .and_then(|v| v.parse().ok());
+            .and_then(|v| parse_key(&v));
         let (first, last): (Option<i64>, Option<i64>) = conn
             .query_row("SELECT MIN(seq), MAX(seq) FROM commands", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -248,19 +253,19 @@ impl Store {
                 snapshot,
                 refused_snapshots,
                 records,
-                id_prefix,
+                id_key,
                 last_seq,
                 cut,
             },
         ))
     }
 
-    /// Records the id prefix of a new log's engine.
-    pub fn set_id_prefix(&self, prefix: u32) -> Result<(), JournalError> {
+    /// Records the id key of a new log's engine.
+    pub fn set_id_key(&self, key: &[u8; 16]) -> Result<(), JournalError> {
         self.conn
             .execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('id_prefix', ?1)",
-                params![prefix.to_string()],
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('id_key', ?1)",
+                params![hex::encode(key)],
             )
             .map(drop)
             .map_err(|source| JournalError::Sqlite {
@@ -387,11 +392,11 @@ impl LogReader {
         Ok(first.zip(last).map(|(f, l)| (f as u64, l as u64)))
     }
 
-    /// The id prefix of the log's engine, if recorded.
-    pub fn id_prefix(&self) -> Result<Option<u32>, JournalError> {
-        Ok(meta_get(&self.conn, "id_prefix")
+    /// The id key of the log's engine, if recorded.
+    pub fn id_key(&self) -> Result<Option<[u8; 16]>, JournalError> {
+        Ok(meta_get(&self.conn, "id_key")
             .map_err(|e| self.sql(e))?
-            .and_then(|v| v.parse().ok()))
+            .and_then(|v| parse_key(&v)))
     }
 
     /// The routing version of the build that wrote the log (1: before the
