@@ -140,7 +140,7 @@ fn measure(tail: usize) {
         |e| panic!("{e}"),
     );
     let log = |journal: &Journal<()>, at: Time, c: Command| {
-        journal.append(at, true, Some(c), |_| Vec::new());
+        journal.append(at, true, Some(c), None, |_| Vec::new());
     };
     log(
         &journal,

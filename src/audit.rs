@@ -91,7 +91,7 @@ pub fn export(
         None
     };
     let mut written: Result<(), std::io::Error> = Ok(());
-    reader.each(from - 1, to, |seq, body, read| {
+    reader.each(from - 1, to, |seq, body, client, read| {
         if written.is_err() {
             return;
         }
@@ -107,9 +107,13 @@ pub fn export(
         let result = replay
             .as_mut()
             .map(|replay| format!(",\"result\":{}", apply(replay, at, command)));
+        // Who sent it, if a client did (the name in the credentials file).
+        let by = client
+            .map(|c| format!(",\"by\":{}", json!(c)))
+            .unwrap_or_default();
         written = writeln!(
             out,
-            "{{\"seq\":{seq},\"at\":\"{}\",\"command\":{body}{}}}",
+            "{{\"seq\":{seq},\"at\":\"{}\"{by},\"command\":{body}{}}}",
             time(at),
             result.unwrap_or_default()
         );
@@ -143,7 +147,7 @@ fn rebuild_before(
     };
     let mut replay = Replay::new(snapshot.map(|(_, e)| e), config);
     let mut failed = false;
-    reader.each(base, from - 1, |_, _, read| {
+    reader.each(base, from - 1, |_, _, _, read| {
         if let Ok((at, command)) = read {
             failed |= replay.apply(at, command).is_err();
         }

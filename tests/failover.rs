@@ -413,15 +413,17 @@ async fn a_deposed_leaders_batch_is_refused_whole_even_where_its_sequence_would_
     let record = |seq| (seq, at, Command::Restarted);
     // The old leader appends 1 and 2; a new leader, having read 2, appends 3.
     let mut old = None;
-    log.append(&[record(1), record(2)], "old", &mut old)
+    log.append(&[record(1), record(2)], &[], "old", &mut old)
         .await
         .unwrap();
     let mut new = None;
-    log.append(&[record(3)], "new", &mut new).await.unwrap();
+    log.append(&[record(3)], &[], "new", &mut new)
+        .await
+        .unwrap();
     // The old leader's next batch, 3 and 4: 3 is fenced, and 4, which
     // would fit after the new leader's 3, is refused with it.
     let refused = log
-        .append(&[record(3), record(4)], "old", &mut old)
+        .append(&[record(3), record(4)], &[], "old", &mut old)
         .await
         .unwrap_err();
     assert!(
@@ -430,6 +432,8 @@ async fn a_deposed_leaders_batch_is_refused_whole_even_where_its_sequence_would_
     );
     assert_eq!(log.last_seq().await.unwrap(), 3);
     // The new leader carries on.
-    log.append(&[record(4)], "new", &mut new).await.unwrap();
+    log.append(&[record(4)], &[], "new", &mut new)
+        .await
+        .unwrap();
     assert_eq!(log.last_seq().await.unwrap(), 4);
 }

@@ -236,3 +236,49 @@ async fn paths_no_table_knows_are_refused_and_the_scheme_is_case_blind() {
     }
     s.stop().await;
 }
+
+#[tokio::test]
+async fn the_journal_records_which_client_made_each_change() {
+    let data = process::fresh_data_dir();
+    let creds = credentials();
+    let p = process::Process::start_in(&data, &["--credentials", creds.to_str().unwrap()], "info");
+    let channel = Channel::from_shared(format!("http://{}", p.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client =
+        careroute::grpc::pb::routing_service_client::RoutingServiceClient::new(channel);
+    let mut request = tonic::Request::new(contact("c-audit", "billing"));
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", token(Role::Route)).parse().unwrap(),
+    );
+    client.route_contact(request).await.unwrap();
+    drop(p);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_careroute"))
+        .arg("journal")
+        .arg("--data-dir")
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let routed = lines
+        .iter()
+        .find(|l| l["command"]["route"]["contact_id"] == "c-audit")
+        .expect("the route is in the journal");
+    assert_eq!(routed["by"], "route-client", "{routed}");
+    // What the service did by itself (its start) names no client; tokens
+    // appear nowhere.
+    assert!(lines[0].get("by").is_none(), "{}", lines[0]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains(&token(Role::Route)));
+}

@@ -29,6 +29,17 @@ use crate::telemetry;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller(pub Arc<str>);
 
+tokio::task_local! {
+    /// The client of the call being handled, for the journal's record of
+    /// who changed what.
+    static CALLER: Arc<str>;
+}
+
+/// The client of the call this task is handling, if credentials named one.
+pub fn caller() -> Option<Arc<str>> {
+    CALLER.try_with(Arc::clone).ok()
+}
+
 /// The layer to add to the tonic server.
 #[derive(Debug, Clone)]
 pub struct AuthorizeLayer {
@@ -136,10 +147,11 @@ where
         };
         let refused = match check(credentials, request.headers(), role) {
             Ok(client) => {
-                request
-                    .extensions_mut()
-                    .insert(Caller(Arc::clone(&client.name)));
-                return Box::pin(self.inner.call(request));
+                let name = Arc::clone(&client.name);
+                request.extensions_mut().insert(Caller(Arc::clone(&name)));
+                // The handler runs inside this scope: what it logs is
+                // recorded as this client's.
+                return Box::pin(CALLER.scope(name, self.inner.call(request)));
             }
             Err(Refusal::Unauthenticated) => {
                 count(method, role.as_str(), "unauthenticated");

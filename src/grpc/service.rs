@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::authorize;
 use super::event_ring::{EventRing, Resumed};
 use super::events::{self, Describe};
 use super::{convert, pb};
@@ -166,25 +167,27 @@ impl Routing {
         let events = engine.take_events();
         let also = also();
         let idle = idle && events.is_empty();
-        let ticket = self.journal.append(now, !idle, kept, |seq| {
-            if change.is_none() && events.is_empty() {
-                return Vec::new();
-            }
-            let assignments = events
-                .into_iter()
-                .map(|e| {
-                    telemetry::record_event(&e);
-                    let wire = pb::AssignmentEvent::from(&e);
-                    (e, wire)
-                })
-                .collect();
-            vec![Arc::new(events::Published {
-                seq,
-                at: now,
-                change,
-                assignments,
-            })]
-        });
+        let ticket = self
+            .journal
+            .append(now, !idle, kept, authorize::caller(), |seq| {
+                if change.is_none() && events.is_empty() {
+                    return Vec::new();
+                }
+                let assignments = events
+                    .into_iter()
+                    .map(|e| {
+                        telemetry::record_event(&e);
+                        let wire = pb::AssignmentEvent::from(&e);
+                        (e, wire)
+                    })
+                    .collect();
+                vec![Arc::new(events::Published {
+                    seq,
+                    at: now,
+                    change,
+                    assignments,
+                })]
+            });
         self.publish_due(&engine);
         Ok(Submitted { out, ticket, also })
     }
@@ -228,7 +231,7 @@ impl Routing {
                 }
                 ticket = self
                     .journal
-                    .append(now, true, Some(command), |_| Vec::new());
+                    .append(now, true, Some(command), None, |_| Vec::new());
             }
             // Nobody watches yet: calls are let in once this is logged. The
             // event ring starts after the opening records, whose events

@@ -186,9 +186,14 @@ impl Log {
         }))
     }
 
-    fn write(&mut self, rows: &[(u64, Time, Command)], term: u64) -> Result<(), JournalError> {
+    fn write(
+        &mut self,
+        rows: &[(u64, Time, Command)],
+        clients: &[Option<Arc<str>>],
+        term: u64,
+    ) -> Result<(), JournalError> {
         match self {
-            Log::Local(store) => store.write(rows),
+            Log::Local(store) => store.write(rows, clients),
             Log::Nats(log) => {
                 // A new term starts a new chain.
                 let mut chain = match log.chain.take() {
@@ -198,7 +203,7 @@ impl Log {
                 let name = format!("{:016x}-{term}", log.process);
                 let written = log
                     .runtime
-                    .block_on(log.nats.append(rows, &name, &mut chain));
+                    .block_on(log.nats.append(rows, clients, &name, &mut chain));
                 log.chain = chain.map(|id| (term, id));
                 written
             }
@@ -270,6 +275,8 @@ struct Work<T> {
     seq: u64,
     at: Time,
     command: Option<Command>,
+    /// The client that sent it, if one did.
+    client: Option<Arc<str>>,
     events: Vec<T>,
 }
 
@@ -351,17 +358,18 @@ impl<T: Send + 'static> Journal<T> {
                         (w.term, w.failed.is_some())
                     };
                     batch.retain(|w| w.term == term && !ended);
-                    let mut rows = Vec::new();
+                    let (mut rows, mut clients) = (Vec::new(), Vec::new());
                     let mut upto = 0;
                     for work in &mut batch {
                         upto = work.seq;
                         if let Some(c) = work.command.take() {
                             rows.push((work.seq, work.at, c));
+                            clients.push(work.client.take());
                         }
                     }
                     if let Some(log) = log.as_mut()
                         && !rows.is_empty()
-                        && let Err(e) = log.write(&rows, term)
+                        && let Err(e) = log.write(&rows, &clients, term)
                     {
                         if matches!(log, Log::Local(_)) {
                             alarm.raise(e);
@@ -431,9 +439,10 @@ impl<T: Send + 'static> Journal<T> {
         })
     }
 
-    /// Queues a command applied at `at` (`logged` false: nothing to log)
-    /// and the events it decided, built from its sequence number; returns
-    /// the ticket to wait for. `command` is the command itself,
+    /// Queues a command applied at `at` (`logged` false: nothing to log),
+    /// sent by `client` if a client sent it, and the events it decided,
+    /// built from its sequence number; returns the ticket to wait for.
+    /// `command` is the command itself,
     /// given only if [`Journal::keeps`] commands: without a database
     /// (`--no-journal`) a command is numbered, never copied. Called under
     /// the engine's lock, so sequence numbers follow the order of
@@ -443,6 +452,7 @@ impl<T: Send + 'static> Journal<T> {
         at: Time,
         logged: bool,
         command: Option<Command>,
+        client: Option<Arc<str>>,
         events: impl FnOnce(u64) -> Vec<T>,
     ) -> Ticket {
         let term = self.term.load(Ordering::SeqCst);
@@ -461,6 +471,7 @@ impl<T: Send + 'static> Journal<T> {
                 seq,
                 at,
                 command,
+                client,
                 events,
             });
         }

@@ -35,6 +35,8 @@ use crate::model::Time;
 
 /// The header holding a command's time, in microseconds since the epoch.
 const AT: &str = "Careroute-At";
+/// The header naming the client that sent a command, if one did.
+const CLIENT: &str = "Careroute-Client";
 /// The lease bucket's one key.
 const LEADER: &str = "leader";
 /// How long a call to NATS may take before the log counts as unreachable.
@@ -425,11 +427,12 @@ impl Nats {
     pub async fn append(
         &self,
         batch: &[(u64, Time, Command)],
+        clients: &[Option<std::sync::Arc<str>>],
         term: &str,
         chain: &mut Option<String>,
     ) -> Result<(), JournalError> {
         let mut acks = Vec::with_capacity(batch.len());
-        for (seq, at, command) in batch {
+        for (i, (seq, at, command)) in batch.iter().enumerate() {
             let body =
                 serde_json::to_vec(command).map_err(|e| JournalError::Encode(e.to_string()))?;
             let id = format!("{term}.{seq}");
@@ -437,6 +440,10 @@ impl Nats {
                 .payload(body.into())
                 .header(AT, at.timestamp_micros().to_string().as_str())
                 .message_id(&id);
+            let message = match clients.get(i).and_then(Option::as_deref) {
+                Some(client) => message.header(CLIENT, client),
+                None => message,
+            };
             let message = match chain.replace(id) {
                 Some(previous) => message.expected_last_message_id(previous),
                 None => message.expected_last_sequence(seq - 1),

@@ -173,7 +173,7 @@ fn rebuild(
         .map_err(sql)?;
     let mut rows = conn
         .prepare(
-            "SELECT seq, at_us, body, crc FROM commands WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+            "SELECT seq, at_us, body, crc, client FROM commands WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
         )
         .map_err(sql)?;
     let from = base.unwrap_or(0);

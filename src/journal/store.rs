@@ -2,7 +2,10 @@
 //! start (sequence and checksum of every record, a torn tail cut), written
 //! in batches by the writer, compacted behind the snapshots.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use rusqlite::{Connection, params};
 
@@ -47,6 +50,18 @@ pub(super) fn parse_key(hex: &str) -> Option<[u8; 16]> {
     hex::decode(hex.trim()).ok()?.try_into().ok()
 }
 
+/// A record's checksum: of its body, and of the client that sent it if
+/// one is named.
+fn record_crc(body: &str, client: Option<&str>) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(body.as_bytes());
+    if let Some(client) = client {
+        crc.update(b"\n");
+        crc.update(client.as_bytes());
+    }
+    crc.finalize()
+}
+
 /// One record, checked: its sequence number, its checksum, its body.
 pub(super) fn read_record(
     row: &rusqlite::Row<'_>,
@@ -56,10 +71,11 @@ pub(super) fn read_record(
     let at: i64 = row.get(1).map_err(|e| e.to_string())?;
     let body: String = row.get(2).map_err(|e| e.to_string())?;
     let crc: i64 = row.get(3).map_err(|e| e.to_string())?;
+    let client: Option<String> = row.get(4).map_err(|e| e.to_string())?;
     if seq as u64 != expected {
         return Err(format!("sequence {seq} where {expected} was due"));
     }
-    if i64::from(crc32fast::hash(body.as_bytes())) != crc {
+    if i64::from(record_crc(&body, client.as_deref())) != crc {
         return Err("checksum mismatch".to_owned());
     }
     let at = Time::from_timestamp_micros(at).ok_or("time out of range")?;
@@ -116,7 +132,8 @@ impl Store {
                  seq INTEGER PRIMARY KEY,
                  at_us INTEGER NOT NULL,
                  body TEXT NOT NULL,
-                 crc INTEGER NOT NULL
+                 crc INTEGER NOT NULL,
+                 client TEXT
              );
 "
         ))
@@ -198,7 +215,7 @@ impl Store {
         let mut cut = None;
         {
             let mut rows = conn
-                .prepare("SELECT seq, at_us, body, crc FROM commands WHERE seq > ?1 ORDER BY seq")
+                .prepare("SELECT seq, at_us, body, crc, client FROM commands WHERE seq > ?1 ORDER BY seq")
                 .map_err(sql)?;
             let mut rows = rows.query(params![base as i64]).map_err(sql)?;
             let mut expected = base + 1;
@@ -287,7 +304,7 @@ impl Store {
             .map(|(i, (at, c))| (last_seq + 1 + i as u64, at, c))
             .collect();
         if !rows.is_empty() {
-            self.write(&rows)?;
+            self.write(&rows, &[])?;
         }
         Ok(rows)
     }
@@ -330,7 +347,13 @@ impl Store {
     }
 
     /// Writes one batch in one transaction.
-    pub(super) fn write(&mut self, batch: &[(u64, Time, Command)]) -> Result<(), JournalError> {
+    /// `clients[i]` names who sent `batch[i]`, if anyone did (the edge's
+    /// authenticated client; none for what the service did by itself).
+    pub(super) fn write(
+        &mut self,
+        batch: &[(u64, Time, Command)],
+        clients: &[Option<Arc<str>>],
+    ) -> Result<(), JournalError> {
         let sql = |source| JournalError::Sqlite {
             file: self.file.clone(),
             source,
@@ -339,15 +362,22 @@ impl Store {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO commands (seq, at_us, body, crc) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO commands (seq, at_us, body, crc, client) VALUES (?1, ?2, ?3, ?4, ?5)",
                 )
                 .map_err(sql)?;
-            for (seq, at, command) in batch {
+            for (i, (seq, at, command)) in batch.iter().enumerate() {
                 let body = serde_json::to_string(command)
                     .map_err(|e| JournalError::Encode(e.to_string()))?;
-                let crc = i64::from(crc32fast::hash(body.as_bytes()));
+                let client = clients.get(i).and_then(Option::as_deref);
+                let crc = i64::from(record_crc(&body, client));
                 insert
-                    .execute(params![*seq as i64, at.timestamp_micros(), body, crc])
+                    .execute(params![
+                        *seq as i64,
+                        at.timestamp_micros(),
+                        body,
+                        crc,
+                        client
+                    ])
                     .map_err(sql)?;
             }
         }
@@ -423,11 +453,11 @@ impl LogReader {
         &self,
         after: u64,
         upto: u64,
-        mut each: impl FnMut(u64, &str, Result<(Time, Command), String>),
+        mut each: impl FnMut(u64, &str, Option<&str>, Result<(Time, Command), String>),
     ) -> Result<(), JournalError> {
         let mut rows = self
             .conn
-            .prepare("SELECT seq, at_us, body, crc FROM commands WHERE seq > ?1 AND seq <= ?2 ORDER BY seq")
+            .prepare("SELECT seq, at_us, body, crc, client FROM commands WHERE seq > ?1 AND seq <= ?2 ORDER BY seq")
             .map_err(|e| self.sql(e))?;
         let mut rows = rows
             .query(params![after as i64, upto.min(i64::MAX as u64) as i64])
@@ -435,7 +465,13 @@ impl LogReader {
         while let Some(row) = rows.next().map_err(|e| self.sql(e))? {
             let seq: i64 = row.get(0).map_err(|e| self.sql(e))?;
             let body: String = row.get(2).unwrap_or_default();
-            each(seq as u64, &body, read_record(row, seq as u64));
+            let client: Option<String> = row.get(4).unwrap_or_default();
+            each(
+                seq as u64,
+                &body,
+                client.as_deref(),
+                read_record(row, seq as u64),
+            );
         }
         Ok(())
     }
