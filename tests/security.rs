@@ -179,7 +179,7 @@ fn a_bad_credentials_file_is_refused_at_start_with_file_line_and_field() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!(
-            "{}:1: clients.token: a plaintext token",
+            "{}:3: clients.token: a plaintext token",
             path.display()
         )),
         "{stderr}"

@@ -46,11 +46,11 @@ struct Raw {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawClient {
-    name: String,
-    token_sha256: Option<String>,
+    name: Spanned<String>,
+    token_sha256: Option<Spanned<String>>,
     /// Refused with a message: a plaintext token has no place in a file.
-    token: Option<toml::Value>,
-    roles: Vec<String>,
+    token: Option<Spanned<toml::Value>>,
+    roles: Spanned<Vec<String>>,
 }
 
 impl Credentials {
@@ -78,45 +78,56 @@ impl Credentials {
         let mut by_token = HashMap::new();
         let mut names = BTreeSet::new();
         for spanned in &raw.clients {
-            let at = spanned.span().start;
             let c = spanned.get_ref();
-            let invalid = |field: &str, message: String| {
+            // Each refusal points at the line of the field it names.
+            let invalid = |at: usize, field: &str, message: String| {
                 file::invalid(file, text, at, format!("clients.{field}"), message)
             };
-            if c.name.trim().is_empty() {
-                return Err(invalid("name", "empty".into()));
+            let (name, name_at) = (c.name.get_ref(), c.name.span().start);
+            if name.trim().is_empty() {
+                return Err(invalid(name_at, "name", "empty".into()));
             }
-            if !names.insert(c.name.clone()) {
-                return Err(invalid("name", format!("`{}` is named twice", c.name)));
+            if !names.insert(name.clone()) {
+                return Err(invalid(name_at, "name", format!("`{name}` is named twice")));
             }
-            if c.token.is_some() {
+            if let Some(token) = &c.token {
                 return Err(invalid(
+                    token.span().start,
                     "token",
                     "a plaintext token has no place here: give its SHA-256 as token_sha256 (printf %s \"$TOKEN\" | sha256sum)".into(),
                 ));
             }
             let Some(hash) = &c.token_sha256 else {
-                return Err(invalid("token_sha256", "required".into()));
+                return Err(invalid(
+                    spanned.span().start,
+                    "token_sha256",
+                    "required".into(),
+                ));
             };
-            let hash: [u8; 32] = hex::decode(hash.trim())
+            let hash_at = hash.span().start;
+            let hash: [u8; 32] = hex::decode(hash.get_ref().trim())
                 .ok()
                 .and_then(|h| h.try_into().ok())
                 .ok_or_else(|| {
                     invalid(
+                        hash_at,
                         "token_sha256",
                         "not 64 hexadecimal digits (a SHA-256)".into(),
                     )
                 })?;
-            if c.roles.is_empty() {
+            let roles_at = c.roles.span().start;
+            if c.roles.get_ref().is_empty() {
                 return Err(invalid(
+                    roles_at,
                     "roles",
                     "empty: the client could call nothing".into(),
                 ));
             }
             let mut roles = BTreeSet::new();
-            for r in &c.roles {
+            for r in c.roles.get_ref() {
                 let role = Role::parse(r).ok_or_else(|| {
                     invalid(
+                        roles_at,
                         "roles",
                         format!("`{r}` is not one of: route, cti, observe, admin"),
                     )
@@ -124,11 +135,12 @@ impl Credentials {
                 roles.insert(role);
             }
             let client = Client {
-                name: c.name.as_str().into(),
+                name: name.as_str().into(),
                 roles,
             };
             if by_token.insert(hash, client).is_some() {
                 return Err(invalid(
+                    hash_at,
                     "token_sha256",
                     "the same token is given to two clients".into(),
                 ));
@@ -193,35 +205,35 @@ mod tests {
         let cases = [
             (
                 "[[clients]]\nname = \"a\"\ntoken = \"t\"\nroles = [\"route\"]\n".to_owned(),
-                "creds.toml:1: clients.token: a plaintext token",
+                "creds.toml:3: clients.token: a plaintext token",
             ),
             (
                 "[[clients]]\nname = \"a\"\ntoken_sha256 = \"abc\"\nroles = [\"route\"]\n"
                     .to_owned(),
-                "creds.toml:1: clients.token_sha256: not 64 hexadecimal",
+                "creds.toml:3: clients.token_sha256: not 64 hexadecimal",
             ),
             (
                 format!(
                     "[[clients]]\nname = \"a\"\ntoken_sha256 = \"{good}\"\nroles = [\"root\"]\n"
                 ),
-                "creds.toml:1: clients.roles: `root` is not one of",
+                "creds.toml:4: clients.roles: `root` is not one of",
             ),
             (
                 format!(
                     "[[clients]]\nname = \"a\"\ntoken_sha256 = \"{good}\"\nroles = [\"route\"]\n\n[[clients]]\nname = \"a\"\ntoken_sha256 = \"{}\"\nroles = [\"cti\"]\n",
                     hash("u")
                 ),
-                "creds.toml:6: clients.name: `a` is named twice",
+                "creds.toml:7: clients.name: `a` is named twice",
             ),
             (
                 format!(
                     "[[clients]]\nname = \"a\"\ntoken_sha256 = \"{good}\"\nroles = [\"route\"]\n\n[[clients]]\nname = \"b\"\ntoken_sha256 = \"{good}\"\nroles = [\"cti\"]\n"
                 ),
-                "creds.toml:6: clients.token_sha256: the same token",
+                "creds.toml:8: clients.token_sha256: the same token",
             ),
             (
                 format!("[[clients]]\nname = \"a\"\ntoken_sha256 = \"{good}\"\nroles = []\n"),
-                "creds.toml:1: clients.roles: empty",
+                "creds.toml:4: clients.roles: empty",
             ),
             (String::new(), "creds.toml:1: clients: no [[clients]]"),
             (
