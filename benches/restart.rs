@@ -108,7 +108,7 @@ fn measure(tail: usize) {
     let t = open();
     let policy = Arc::new(Policy::embedded().unwrap());
     let config = EngineConfig {
-        id_key: [42; 16],
+        id_key: careroute::engine::IdKey([42; 16]),
         ..EngineConfig::default()
     };
     let mut e = Engine::new(Arc::clone(&policy), config.clone());
@@ -120,7 +120,9 @@ fn measure(tail: usize) {
     // The journal, written as a running service writes it: the roster,
     // snapshotted by the shadow once it has applied all of it.
     let (mut store, _) = Store::open(&dir, JournalSync::Write).unwrap();
-    store.set_id_key(&[42; 16]).unwrap();
+    store
+        .set_id_key(&careroute::engine::IdKey([42; 16]))
+        .unwrap();
     let shadow = Snapshots::start(
         store.take_snapshots().unwrap(),
         store.file().to_owned(),

@@ -36,7 +36,7 @@ const CATCH_UP: Duration = Duration::from_secs(30);
 pub struct Seed {
     /// The policy a new log starts from.
     pub policy: Arc<Policy>,
-    /// The engine's settings (the id prefix is the log's).
+    /// The engine's settings (the id key is the log's).
     pub config: EngineConfig,
     /// The limits this process runs under (logged when they differ).
     pub limits: Limits,

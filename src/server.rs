@@ -24,7 +24,8 @@ use crate::auth::Credentials;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{
-    Command, Configure, Engine, EngineConfig, ReplacePolicy, SetAgentState, Tick, UpsertAgent,
+    Command, Configure, Engine, EngineConfig, IdKey, ReplacePolicy, SetAgentState, Tick,
+    UpsertAgent,
 };
 use crate::file::FileError;
 use crate::grpc::{
@@ -120,7 +121,7 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
         path_retention: window(config.path_window),
         max_paths: config.max_contact_paths,
         max_agents: config.max_agents,
-        id_key: rand::random(),
+        id_key: IdKey(rand::random()),
         ..EngineConfig::default()
     };
     let limits = engine_config.limits();
@@ -133,7 +134,7 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
         let (store, recovered) = Store::open(&config.data_dir, config.journal_sync)?;
         (Some(store), Some(recovered))
     };
-    // A log's engine keeps the log's id prefix.
+    // A log's engine keeps the log's id key.
     if let Some(key) = recovered.as_ref().and_then(|r| r.id_key) {
         engine_config.id_key = key;
     }

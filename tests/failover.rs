@@ -405,7 +405,7 @@ async fn a_deposed_leaders_batch_is_refused_whole_even_where_its_sequence_would_
         &cluster_id("fence"),
         1,
         Duration::from_secs(2),
-        [7; 16],
+        careroute::engine::IdKey([7; 16]),
     )
     .await
     .unwrap();

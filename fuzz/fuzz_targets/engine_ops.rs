@@ -493,7 +493,7 @@ fuzz_target!(|input: Input| {
             .max_tracked_contacts
             .map_or(defaults.max_paths, usize::from),
         max_hops: input.config.max_hops.map_or(defaults.max_hops, usize::from),
-        id_key: input.config.id_key,
+        id_key: careroute::engine::IdKey(input.config.id_key),
         ..defaults
     };
     let max_hops = config.max_hops;

@@ -87,6 +87,14 @@ impl Credentials {
             if name.trim().is_empty() {
                 return Err(invalid(name_at, "name", "empty".into()));
             }
+            // It goes into logs, headers and the journal as it is.
+            if name.len() > 128 || name.chars().any(char::is_control) {
+                return Err(invalid(
+                    name_at,
+                    "name",
+                    "at most 128 characters, none of them control characters".into(),
+                ));
+            }
             if !names.insert(name.clone()) {
                 return Err(invalid(name_at, "name", format!("`{name}` is named twice")));
             }
@@ -236,6 +244,12 @@ mod tests {
                 "creds.toml:4: clients.roles: empty",
             ),
             (String::new(), "creds.toml:1: clients: no [[clients]]"),
+            (
+                format!(
+                    "[[clients]]\nname = \"a\\nb\"\ntoken_sha256 = \"{good}\"\nroles = [\"route\"]\n"
+                ),
+                "creds.toml:2: clients.name: at most 128 characters, none of them control",
+            ),
             (
                 format!(
                     "[[clients]]\nname = \"a\"\ntoken_sha256 = \"{good}\"\nroles = [\"route\"]\nrole = 1\n"

@@ -18,35 +18,72 @@ pub enum IdKind {
     Reservation,
 }
 
+/// The key ids are enciphered under: drawn for a new log and kept with
+/// it. Its value never appears in debug output.
+#[derive(Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IdKey(pub [u8; 16]);
+
+impl std::fmt::Debug for IdKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdKey(..)")
+    }
+}
+
+/// The key's cipher, set up once per engine.
+#[derive(Clone)]
+pub struct IdCipher(Aes128);
+
+impl std::fmt::Debug for IdCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdCipher(..)")
+    }
+}
+
+impl Default for IdCipher {
+    /// The all-zero key's: replaced as soon as an engine is built or
+    /// decoded.
+    fn default() -> IdCipher {
+        IdCipher::new(&IdKey::default())
+    }
+}
+
 /// The block enciphered: a tag naming careroute and the kind, then the
-/// counter. A guessed id deciphers to the tag with odds of 2^-96.
-fn block(kind: IdKind, seq: u32) -> [u8; 16] {
+/// counter. A guessed id deciphers to the tag with odds of 2^-64.
+fn block(kind: IdKind, seq: u64) -> [u8; 16] {
     let mut b = [0u8; 16];
-    b[..11].copy_from_slice(b"careroute-i");
-    b[11] = match kind {
+    b[..7].copy_from_slice(b"crroute");
+    b[7] = match kind {
         IdKind::Decision => b'd',
         IdKind::Reservation => b'r',
     };
-    b[12..].copy_from_slice(&seq.to_be_bytes());
+    b[8..].copy_from_slice(&seq.to_be_bytes());
     b
 }
 
-/// The id of the `seq`th id of `kind` under `key`.
-pub fn encipher(key: &[u8; 16], kind: IdKind, seq: u32) -> u128 {
-    let cipher = Aes128::new(GenericArray::from_slice(key));
-    let mut b = GenericArray::from(block(kind, seq));
-    cipher.encrypt_block(&mut b);
-    u128::from_be_bytes(b.into())
-}
+impl IdCipher {
+    /// The cipher of `key`.
+    pub fn new(key: &IdKey) -> IdCipher {
+        IdCipher(Aes128::new(GenericArray::from_slice(&key.0)))
+    }
 
-/// The counter of an id of `kind` made under `key`, or none if it was not.
-pub fn decipher(key: &[u8; 16], kind: IdKind, id: u128) -> Option<u32> {
-    let cipher = Aes128::new(GenericArray::from_slice(key));
-    let mut b = GenericArray::from(id.to_be_bytes());
-    cipher.decrypt_block(&mut b);
-    let b: [u8; 16] = b.into();
-    let seq = u32::from_be_bytes([b[12], b[13], b[14], b[15]]);
-    (b == block(kind, seq)).then_some(seq)
+    /// The id of the `seq`th id of `kind`.
+    pub fn encipher(&self, kind: IdKind, seq: u64) -> u128 {
+        let mut b = GenericArray::from(block(kind, seq));
+        self.0.encrypt_block(&mut b);
+        u128::from_be_bytes(b.into())
+    }
+
+    /// The counter of an id of `kind` made under this key, or none if it
+    /// was not.
+    pub fn decipher(&self, kind: IdKind, id: u128) -> Option<u64> {
+        let mut b = GenericArray::from(id.to_be_bytes());
+        self.0.decrypt_block(&mut b);
+        let b: [u8; 16] = b.into();
+        let mut seq = [0u8; 8];
+        seq.copy_from_slice(&b[8..]);
+        let seq = u64::from_be_bytes(seq);
+        (b == block(kind, seq)).then_some(seq)
+    }
 }
 
 #[cfg(test)]
@@ -55,14 +92,16 @@ mod tests {
 
     #[test]
     fn ids_round_trip_and_kinds_do_not_mix() {
-        let key = [42u8; 16];
-        for seq in [0, 1, 2, 1000, u32::MAX] {
-            let id = encipher(&key, IdKind::Reservation, seq);
-            assert_eq!(decipher(&key, IdKind::Reservation, id), Some(seq));
-            assert_eq!(decipher(&key, IdKind::Decision, id), None);
-            assert_eq!(decipher(&[43u8; 16], IdKind::Reservation, id), None);
+        let ids = IdCipher::new(&IdKey([42; 16]));
+        let other = IdCipher::new(&IdKey([43; 16]));
+        for seq in [0, 1, 2, 1000, u64::from(u32::MAX) + 1, u64::MAX] {
+            let id = ids.encipher(IdKind::Reservation, seq);
+            assert_eq!(ids.decipher(IdKind::Reservation, id), Some(seq));
+            assert_eq!(ids.decipher(IdKind::Decision, id), None);
+            assert_eq!(other.decipher(IdKind::Reservation, id), None);
         }
-        assert_eq!(decipher(&key, IdKind::Reservation, 12345), None);
+        assert_eq!(ids.decipher(IdKind::Reservation, 12345), None);
+        assert_eq!(format!("{:?}", IdKey([42; 16])), "IdKey(..)");
     }
 
     /// Neighbouring ids share no predictable part: over a run of ids from
@@ -70,9 +109,9 @@ mod tests {
     /// differ in about half their 128 bits.
     #[test]
     fn neighbouring_ids_share_no_predictable_part() {
-        let key = [9u8; 16];
+        let cipher = IdCipher::new(&IdKey([9; 16]));
         let ids: Vec<u128> = (0..2000)
-            .map(|seq| encipher(&key, IdKind::Reservation, seq))
+            .map(|seq| cipher.encipher(IdKind::Reservation, seq))
             .collect();
         for digit in 0..32 {
             let first = (ids[0] >> (digit * 4)) & 0xf;

@@ -29,6 +29,7 @@ mod stats;
 pub mod waiting;
 mod watchers;
 
+pub use ids::IdKey;
 use ids::IdKind;
 
 use std::{
@@ -87,7 +88,7 @@ pub struct EngineConfig {
     /// of a counter): 128 bits no client can predict from the ids it saw,
     /// yet the same on every replay. Random for a new log, then kept with
     /// it, so replayed ids are the ids clients were given.
-    pub id_key: [u8; 16],
+    pub id_key: IdKey,
 }
 
 /// The limits of [`EngineConfig`] that change what the engine decides (a
@@ -154,7 +155,7 @@ impl Default for EngineConfig {
             max_paths: 2_000_000,
             max_hops: 32,
             max_agents: 100_000,
-            id_key: [0; 16],
+            id_key: IdKey::default(),
         }
     }
 }
@@ -240,7 +241,10 @@ pub struct Engine {
     /// id with another request is refused, not answered with this.
     replies: Expiring<(Text, Text), (u32, Arc<Decision>)>,
     paths: Expiring<String, Vec<Hop>>,
-    next_id: u32,
+    next_id: u64,
+    /// The cipher of [`EngineConfig::id_key`], set up once.
+    #[serde(skip)]
+    ids: ids::IdCipher,
     counters: Counters,
     waiting: WaitingRoom,
     stats: Vec<QueueStats>,
@@ -276,6 +280,7 @@ impl Engine {
             replies: Expiring::new(config.idempotency_retention, config.max_idempotency_keys),
             paths: Expiring::new(config.path_retention, config.max_paths),
             next_id: 0,
+            ids: ids::IdCipher::new(&config.id_key),
             counters: Counters::default(),
             events: Vec::new(),
             last_sweep: None,
@@ -336,8 +341,8 @@ impl Engine {
 
     /// The id of the `seq`th decision or reservation (`kind`): the counter
     /// enciphered, so neighbouring ids share no visible part.
-    fn id(&self, kind: IdKind, seq: u32) -> u128 {
-        ids::encipher(&self.config.id_key, kind, seq)
+    fn id(&self, kind: IdKind, seq: u64) -> u128 {
+        self.ids.encipher(kind, seq)
     }
 
     /// Applies everything due by `now`: reservation expiries, wrap-up ends,

@@ -7,7 +7,7 @@ use std::{cmp::Reverse, collections::VecDeque};
 use chrono::Duration;
 
 use super::roster::{AgentIdx, Pick};
-use super::{AgentOffer, Engine, EngineError, IdKind, ReservationId, Timer, ids};
+use super::{AgentOffer, Engine, EngineError, IdKind, ReservationId, Timer};
 use crate::model::{AgentState, Channel, ReleaseReason, Time};
 use crate::policy::{QueueIdx, Text};
 
@@ -55,7 +55,7 @@ pub(super) enum Fate {
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub(super) struct Ledger {
     /// Sequence number of `fates[0]`.
-    pub(super) first: u32,
+    pub(super) first: u64,
     pub(super) fates: VecDeque<Fate>,
 }
 
@@ -63,18 +63,19 @@ pub(super) struct Ledger {
 pub(super) const LEDGER_LEN: usize = 1 << 20;
 
 impl Ledger {
-    pub(super) fn push(&mut self) -> u32 {
-        let seq = self.first.wrapping_add(self.fates.len() as u32);
+    pub(super) fn push(&mut self) -> u64 {
+        let seq = self.first + self.fates.len() as u64;
         self.fates.push_back(Fate::Live);
         if self.fates.len() > LEDGER_LEN {
             self.fates.pop_front();
-            self.first = self.first.wrapping_add(1);
+            self.first += 1;
         }
         seq
     }
 
-    pub(super) fn slot(&mut self, seq: u32) -> Option<&mut Fate> {
-        self.fates.get_mut(seq.wrapping_sub(self.first) as usize)
+    pub(super) fn slot(&mut self, seq: u64) -> Option<&mut Fate> {
+        self.fates
+            .get_mut(usize::try_from(seq.checked_sub(self.first)?).ok()?)
     }
 }
 
@@ -133,7 +134,7 @@ impl Engine {
                 agent.ready_since[c] = micros;
             }
         });
-        if let Some(seq) = ids::decipher(&self.config.id_key, IdKind::Reservation, id.0)
+        if let Some(seq) = self.ids.decipher(IdKind::Reservation, id.0)
             && let Some(slot) = self.ledger.slot(seq)
         {
             *slot = fate;
@@ -192,11 +193,11 @@ impl Engine {
     }
 
     pub(super) fn reservation_error(&self, id: ReservationId) -> EngineError {
-        let fate = ids::decipher(&self.config.id_key, IdKind::Reservation, id.0).and_then(|seq| {
-            self.ledger
-                .fates
-                .get(seq.wrapping_sub(self.ledger.first) as usize)
-        });
+        let fate = self
+            .ids
+            .decipher(IdKind::Reservation, id.0)
+            .and_then(|seq| seq.checked_sub(self.ledger.first))
+            .and_then(|i| self.ledger.fates.get(usize::try_from(i).ok()?));
         let how = match fate {
             Some(Fate::Expired) => return EngineError::ReservationExpired(id.to_string()),
             Some(Fate::Confirmed) => "confirmed",

@@ -44,7 +44,7 @@ impl Engine {
             .filter(|_| plan.guard.is_none())
             .map(|r| &policy.rules[r]);
         let mut reasons = plan.reasons;
-        self.next_id = self.next_id.wrapping_add(1);
+        self.next_id += 1;
         let id = DecisionId(self.id(IdKind::Decision, self.next_id));
 
         let (queue, outcome) = match plan.step {

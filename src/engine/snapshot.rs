@@ -11,7 +11,7 @@ use std::sync::Arc;
 use chrono::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{Engine, EngineConfig, Limits, command::PolicyText};
+use super::{Engine, EngineConfig, IdKey, Limits, command::PolicyText};
 use crate::policy::Policy;
 
 /// The layout of the encoded state. Bump it with any change to a type the
@@ -88,6 +88,7 @@ impl Engine {
         let (_, mut engine): (u32, Engine) =
             postcard::from_bytes(bytes).map_err(|e| SnapshotError::Codec(e.to_string()))?;
         engine.check_shape().map_err(SnapshotError::Shape)?;
+        engine.ids = super::ids::IdCipher::new(&engine.config.id_key);
         engine.roster.share_names();
         engine.roster.rebuild_free();
         Ok(engine)
@@ -123,7 +124,7 @@ pub(super) mod config {
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<EngineConfig, D::Error> {
-        let (l, id_key) = <(Limits, [u8; 16])>::deserialize(d)?;
+        let (l, id_key) = <(Limits, IdKey)>::deserialize(d)?;
         Ok(EngineConfig {
             idempotency_retention: Duration::milliseconds(l.idempotency_retention_ms),
             max_idempotency_keys: l.max_idempotency_keys,
@@ -180,7 +181,7 @@ mod tests {
         Engine::new(
             Arc::new(Policy::embedded().unwrap()),
             EngineConfig {
-                id_key: [7; 16],
+                id_key: IdKey([7; 16]),
                 ..EngineConfig::default()
             },
         )
@@ -210,7 +211,7 @@ mod tests {
         let e = engine();
         let bytes = e.encode_state().unwrap();
         let loaded = Engine::decode_state(&bytes).unwrap();
-        assert_eq!(loaded.config.id_key, [7; 16]);
+        assert_eq!(loaded.config.id_key, IdKey([7; 16]));
         assert_eq!(loaded.limits(), e.limits());
 
         let mut other = postcard::to_stdvec(&(STATE_FORMAT + 1, &e)).unwrap();

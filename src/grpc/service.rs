@@ -167,27 +167,31 @@ impl Routing {
         let events = engine.take_events();
         let also = also();
         let idle = idle && events.is_empty();
-        let ticket = self
-            .journal
-            .append(now, !idle, kept, authorize::caller(), |seq| {
-                if change.is_none() && events.is_empty() {
-                    return Vec::new();
-                }
-                let assignments = events
-                    .into_iter()
-                    .map(|e| {
-                        telemetry::record_event(&e);
-                        let wire = pb::AssignmentEvent::from(&e);
-                        (e, wire)
-                    })
-                    .collect();
-                vec![Arc::new(events::Published {
-                    seq,
-                    at: now,
-                    change,
-                    assignments,
-                })]
-            });
+        // Time passing is nobody's doing, whoever's call applied it.
+        let client = if C::ONLY_TIME {
+            None
+        } else {
+            authorize::caller()
+        };
+        let ticket = self.journal.append(now, !idle, kept, client, |seq| {
+            if change.is_none() && events.is_empty() {
+                return Vec::new();
+            }
+            let assignments = events
+                .into_iter()
+                .map(|e| {
+                    telemetry::record_event(&e);
+                    let wire = pb::AssignmentEvent::from(&e);
+                    (e, wire)
+                })
+                .collect();
+            vec![Arc::new(events::Published {
+                seq,
+                at: now,
+                change,
+                assignments,
+            })]
+        });
         self.publish_due(&engine);
         Ok(Submitted { out, ticket, also })
     }

@@ -6,7 +6,7 @@
 //! standbys read the stream back and tail it. Beside the stream, two KV
 //! buckets: the leader's lease (an entry that expires unless renewed, taken
 //! with create-if-absent and renewed with compare-and-set on its revision)
-//! and the log's metadata (the id prefix its engine uses, the routing rules
+//! and the log's metadata (the id key its engine uses, the routing rules
 //! version it was written under). Snapshots of the engine's state go to
 //! an object store bucket, taken by a standby from its own copy (so the
 //! leader never waits for one); after each, the stream is purged up to the
@@ -30,7 +30,7 @@ use tokio::io::AsyncReadExt;
 use tokio_stream::StreamExt;
 
 use super::JournalError;
-use crate::engine::{Command, Engine, ROUTING_VERSION, STATE_FORMAT};
+use crate::engine::{Command, Engine, IdKey, ROUTING_VERSION, STATE_FORMAT};
 use crate::model::Time;
 
 /// The header holding a command's time, in microseconds since the epoch.
@@ -83,14 +83,14 @@ impl Nats {
     /// Connects to `urls` (comma-separated) and opens, creating if absent,
     /// the stream and buckets of `cluster_id` with `replicas` replicas; the
     /// lease expires `lease_ttl` after it was last renewed. Returns the log
-    /// and the id prefix of its engine (`proposed`, for a new log).
+    /// and the id key of its engine (`proposed`, for a new log).
     pub async fn connect(
         urls: &str,
         cluster_id: &str,
         replicas: usize,
         lease_ttl: Duration,
-        proposed: [u8; 16],
-    ) -> Result<(Nats, [u8; 16]), JournalError> {
+        proposed: IdKey,
+    ) -> Result<(Nats, IdKey), JournalError> {
         let servers = urls
             .split(',')
             .map(|u| u.trim().parse::<async_nats::ServerAddr>())
@@ -172,7 +172,7 @@ impl Nats {
     /// The id key of the log's engine: the one kept with the log, or
     /// `proposed` kept now for a new log. A log written under other routing
     /// rules is refused, as the local journal refuses one.
-    async fn id_key(&self, proposed: [u8; 16]) -> Result<[u8; 16], JournalError> {
+    async fn id_key(&self, proposed: IdKey) -> Result<IdKey, JournalError> {
         let version = ROUTING_VERSION.to_string();
         match self.meta.create("routing_version", version.into()).await {
             Ok(_) => {}
@@ -189,7 +189,7 @@ impl Nats {
         }
         match self
             .meta
-            .create("id_key", hex::encode(proposed).into())
+            .create("id_key", hex::encode(proposed.0).into())
             .await
         {
             Ok(_) => Ok(proposed),

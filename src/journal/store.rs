@@ -12,7 +12,7 @@ use rusqlite::{Connection, params};
 use super::snapshots::{Loaded, SnapshotFile};
 use super::{FILE, JournalError, WAL_LIMIT};
 use crate::config::JournalSync;
-use crate::engine::{Command, Engine, ROUTING_VERSION};
+use crate::engine::{Command, Engine, IdKey, ROUTING_VERSION};
 use crate::model::Time;
 
 /// What the log held at start.
@@ -25,8 +25,8 @@ pub struct Recovered {
     /// The commands after the snapshot (or from the start), in order,
     /// with their times.
     pub records: Vec<(Time, Command)>,
-    /// The id prefix the log's engine used, if the log is not new.
-    pub id_key: Option<[u8; 16]>,
+    /// The id key of the log's engine, if the log is not new.
+    pub id_key: Option<IdKey>,
     /// The last sequence number kept.
     pub last_seq: u64,
     /// Records cut from a torn or corrupt tail: the first sequence number
@@ -46,8 +46,8 @@ fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, rusqlite::Er
 }
 
 /// An id key as the log keeps it: 32 hexadecimal digits.
-pub(super) fn parse_key(hex: &str) -> Option<[u8; 16]> {
-    hex::decode(hex.trim()).ok()?.try_into().ok()
+pub(super) fn parse_key(hex: &str) -> Option<IdKey> {
+    hex::decode(hex.trim()).ok()?.try_into().ok().map(IdKey)
 }
 
 /// A record's checksum: of its body, and of the client that sent it if
@@ -138,9 +138,14 @@ impl Store {
 "
         ))
         .map_err(sql)?;
-        let id_key = meta_get(&conn, "id_key")
-            .map_err(sql)?
-            .and_then(|v| parse_key(&v));
+        let id_key = match meta_get(&conn, "id_key").map_err(sql)? {
+            Some(v) => Some(parse_key(&v).ok_or_else(|| JournalError::Corrupt {
+                file: file.clone(),
+                seq: 0,
+                why: "the id key in meta is not 32 hexadecimal digits".into(),
+            })?),
+            None => None,
+        };
         let (first, last): (Option<i64>, Option<i64>) = conn
             .query_row("SELECT MIN(seq), MAX(seq) FROM commands", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
@@ -278,11 +283,11 @@ impl Store {
     }
 
     /// Records the id key of a new log's engine.
-    pub fn set_id_key(&self, key: &[u8; 16]) -> Result<(), JournalError> {
+    pub fn set_id_key(&self, key: &IdKey) -> Result<(), JournalError> {
         self.conn
             .execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES ('id_key', ?1)",
-                params![hex::encode(key)],
+                params![hex::encode(key.0)],
             )
             .map(drop)
             .map_err(|source| JournalError::Sqlite {
@@ -423,10 +428,17 @@ impl LogReader {
     }
 
     /// The id key of the log's engine, if recorded.
-    pub fn id_key(&self) -> Result<Option<[u8; 16]>, JournalError> {
-        Ok(meta_get(&self.conn, "id_key")
-            .map_err(|e| self.sql(e))?
-            .and_then(|v| parse_key(&v)))
+    pub fn id_key(&self) -> Result<Option<IdKey>, JournalError> {
+        match meta_get(&self.conn, "id_key").map_err(|e| self.sql(e))? {
+            Some(v) => parse_key(&v)
+                .map(Some)
+                .ok_or_else(|| JournalError::Corrupt {
+                    file: self.file.clone(),
+                    seq: 0,
+                    why: "the id key in meta is not 32 hexadecimal digits".into(),
+                }),
+            None => Ok(None),
+        }
     }
 
     /// The routing version of the build that wrote the log (1: before the
