@@ -162,11 +162,13 @@ pub struct Config {
     pub snapshot_interval: Duration,
     /// Routing events kept for WatchEvents watchers that resume (since this
     /// process started leading); older ones are read from the journal.
+    /// Each holds its wire form (a decision's is its whole answer), so this
+    /// bounds the memory it takes.
     #[arg(
         global = true,
         long,
         env = "CAREROUTE_EVENT_RETENTION",
-        default_value_t = 100_000
+        default_value_t = 10_000
     )]
     pub event_retention: usize,
     /// Who may call what: a TOML file of clients, each with the SHA-256 of

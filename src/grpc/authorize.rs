@@ -90,7 +90,7 @@ fn bearer(value: &str) -> Option<&str> {
 }
 
 /// The client a request's `authorization` header names, if any.
-pub fn client<'c>(credentials: &'c Credentials, headers: &http::HeaderMap) -> Option<&'c Client> {
+fn client<'c>(credentials: &'c Credentials, headers: &http::HeaderMap) -> Option<&'c Client> {
     let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
     credentials.client(bearer(value)?)
 }
