@@ -34,7 +34,7 @@ fn authorize(c: &mut Criterion) {
         b.iter(|| black_box(black_box(&headers).get(http::header::AUTHORIZATION)))
     });
     group.bench_function("check_token_and_role", |b| {
-        b.iter(|| black_box(check(&credentials, black_box(&headers), Role::Route)).is_ok())
+        b.iter(|| black_box(check(&credentials, black_box(&headers), None, Role::Route)).is_ok())
     });
     group.finish();
 }

@@ -176,6 +176,30 @@ pub struct Config {
     /// it every call is accepted.
     #[arg(global = true, long, env = "CAREROUTE_CREDENTIALS")]
     pub credentials: Option<PathBuf>,
+    /// The server's certificate chain (PEM): with --tls-key, both
+    /// listeners speak TLS only. Re-read when the file changes, so a
+    /// rotated certificate is served without a restart.
+    #[arg(global = true, long, env = "CAREROUTE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(global = true, long, env = "CAREROUTE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Mutual TLS: the CA certificates (PEM) that sign client certificates.
+    /// A gRPC client without a certificate they sign is refused at the
+    /// handshake; a client's identity is then its certificate's names
+    /// (matched against `certificate` in --credentials).
+    #[arg(
+        global = true,
+        long,
+        env = "CAREROUTE_TLS_CLIENT_CA",
+        requires = "tls_cert"
+    )]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Listen on an address other than loopback without TLS or without
+    /// credentials. Without it such a start is refused: anyone who reaches
+    /// the port could route contacts, reserve agents and change them.
+    #[arg(global = true, long, env = "CAREROUTE_INSECURE")]
+    pub insecure: bool,
     /// gRPC listen address.
     #[arg(
         global = true,
@@ -318,6 +342,36 @@ impl Config {
             "--no-journal",
         ])
         .serve
+    }
+
+    /// Refuses to expose the service: a listener on an address other than
+    /// loopback needs TLS and credentials, unless --insecure says to run
+    /// without. The refusal says what to configure.
+    pub fn exposure(&self) -> Result<(), String> {
+        if self.insecure {
+            return Ok(());
+        }
+        let exposed: Vec<String> = [self.grpc_addr, self.metrics_addr]
+            .iter()
+            .filter(|addr| !addr.ip().is_loopback())
+            .map(ToString::to_string)
+            .collect();
+        let mut missing = Vec::new();
+        if self.tls_cert.is_none() {
+            missing.push("TLS (--tls-cert and --tls-key)");
+        }
+        if self.credentials.is_none() {
+            missing.push("credentials (--credentials)");
+        }
+        if exposed.is_empty() || missing.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to listen on {} without {}: anyone who reaches the port could route contacts, reserve agents and change them. Configure {}, listen on 127.0.0.1, or give --insecure to run exposed anyway",
+            exposed.join(" and "),
+            missing.join(" or "),
+            missing.join(" and "),
+        ))
     }
 
     /// Whether the embedded demo roster is loaded.

@@ -2,7 +2,7 @@
 //! preface: a client that connects and never finishes its first 24 bytes
 //! (or trickles them) is cut when the deadline passes, instead of holding
 //! a connection, and the shutdown, open forever. After the preface the
-//! connection is plain TCP again.
+//! connection is as it was (TCP, or TLS once its handshake is done).
 
 use std::{
     future::Future,
@@ -14,26 +14,25 @@ use std::{
 
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::TcpStream,
     time::Sleep,
 };
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
 /// Length of the HTTP/2 client connection preface.
 const PREFACE_LEN: usize = 24;
 
-/// A TCP connection that must deliver the HTTP/2 preface in time.
+/// A connection that must deliver the HTTP/2 preface in time.
 #[derive(Debug)]
-pub struct Prefaced {
-    io: TcpStream,
+pub struct Prefaced<IO> {
+    io: IO,
     /// Until the preface is in; `None` after.
     deadline: Option<Pin<Box<Sleep>>>,
     received: usize,
 }
 
-impl Prefaced {
+impl<IO> Prefaced<IO> {
     /// Wraps a just-accepted connection; the preface is due within `within`.
-    pub fn new(io: TcpStream, within: Duration) -> Prefaced {
+    pub fn new(io: IO, within: Duration) -> Prefaced<IO> {
         Prefaced {
             io,
             deadline: Some(Box::pin(tokio::time::sleep(within))),
@@ -42,7 +41,7 @@ impl Prefaced {
     }
 }
 
-impl AsyncRead for Prefaced {
+impl<IO: AsyncRead + Unpin> AsyncRead for Prefaced<IO> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -69,7 +68,7 @@ impl AsyncRead for Prefaced {
     }
 }
 
-impl AsyncWrite for Prefaced {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefaced<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -99,10 +98,10 @@ impl AsyncWrite for Prefaced {
     }
 }
 
-impl Connected for Prefaced {
-    type ConnectInfo = TcpConnectInfo;
+impl<IO: Connected> Connected for Prefaced<IO> {
+    type ConnectInfo = IO::ConnectInfo;
 
-    fn connect_info(&self) -> TcpConnectInfo {
+    fn connect_info(&self) -> IO::ConnectInfo {
         self.io.connect_info()
     }
 }

@@ -89,6 +89,8 @@ pub mod model;
 pub mod policy;
 pub mod replication;
 pub mod roster;
+pub mod secrets;
 pub mod server;
 pub mod shared;
 pub mod telemetry;
+pub mod tls;

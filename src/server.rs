@@ -20,7 +20,6 @@ use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::StreamExt;
 use tonic::transport::server::TcpIncoming;
 
-use crate::auth::Credentials;
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::engine::{
@@ -43,8 +42,10 @@ use crate::journal::{Every, JournalError, Log, Nats, Replay, Snapshots, Store};
 use crate::policy::{self, Policy};
 use crate::replication::{self, Seed};
 use crate::roster;
+use crate::secrets::{Secrets, SecretsError};
 use crate::shared::{Fatal, Role, SharedEngine};
 use crate::telemetry;
+use crate::tls::{self, HttpListener, Peer, Side};
 
 /// How often expiries are applied when no request does it.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(250);
@@ -82,6 +83,12 @@ pub enum ServerError {
     /// The journal cannot be opened, read or written.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// A listener would be open to the network without protection.
+    #[error("{0}")]
+    Exposed(String),
+    /// The TLS or credentials files were refused.
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
 }
 
 /// The engine, ready to serve, and its journal.
@@ -323,8 +330,10 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds both addresses of `config`.
+    /// Binds both addresses of `config`, unless that would expose the
+    /// service unprotected ([`Config::exposure`]).
     pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
+        config.exposure().map_err(ServerError::Exposed)?;
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await
@@ -356,12 +365,11 @@ pub async fn run(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    // Who may call what, checked before anything is served.
-    let credentials = match &config.credentials {
-        Some(path) => Some(Arc::new(Credentials::read(path)?)),
-        None => None,
-    };
     let prometheus = telemetry::install();
+    // Who may connect and call what, checked before anything is served.
+    let secrets = Secrets::load(config)?;
+    let credentials = secrets.credentials.clone();
+    let tls = secrets.tls.clone();
     let grpc_addr = listeners.grpc_addr().map_err(|source| ServerError::Bind {
         addr: config.grpc_addr,
         source,
@@ -536,6 +544,12 @@ pub async fn run(
         fatal.clone(),
     );
     supervise(
+        "secrets",
+        secrets.watch(stopped(stop_rx.clone())),
+        stop_rx.clone(),
+        fatal.clone(),
+    );
+    supervise(
         "reload",
         reload_on_hangup(
             hangups,
@@ -555,28 +569,33 @@ pub async fn run(
         axum::Router::new()
             .route(
                 "/metrics",
-                axum::routing::get(move |headers: axum::http::HeaderMap| {
-                    let (routing, prometheus) = (routing.clone(), prometheus.clone());
-                    let credentials = credentials.clone();
-                    async move {
-                        // With credentials, a scrape needs the observe role.
-                        if let Err((status, body)) = metrics_gate(credentials.as_deref(), &headers)
-                        {
-                            let mut refused =
-                                axum::response::IntoResponse::into_response((status, body));
-                            if status == axum::http::StatusCode::UNAUTHORIZED {
-                                refused.headers_mut().insert(
-                                    axum::http::header::WWW_AUTHENTICATE,
-                                    axum::http::HeaderValue::from_static("Bearer"),
-                                );
+                axum::routing::get(
+                    move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<Peer>,
+                          headers: axum::http::HeaderMap| {
+                        let (routing, prometheus) = (routing.clone(), prometheus.clone());
+                        let credentials = credentials.clone();
+                        async move {
+                            // With credentials, a scrape needs the observe role.
+                            let credentials = credentials.as_ref().map(|c| c.load_full());
+                            if let Err((status, body)) =
+                                metrics_gate(credentials.as_deref(), &headers, Some(&peer))
+                            {
+                                let mut refused =
+                                    axum::response::IntoResponse::into_response((status, body));
+                                if status == axum::http::StatusCode::UNAUTHORIZED {
+                                    refused.headers_mut().insert(
+                                        axum::http::header::WWW_AUTHENTICATE,
+                                        axum::http::HeaderValue::from_static("Bearer"),
+                                    );
+                                }
+                                return refused;
                             }
-                            return refused;
+                            axum::response::IntoResponse::into_response(
+                                scrape(&routing, &prometheus).await,
+                            )
                         }
-                        axum::response::IntoResponse::into_response(
-                            scrape(&routing, &prometheus).await,
-                        )
-                    }
-                }),
+                    },
+                ),
             )
             // Alive while the process answers at all.
             .route("/healthz", axum::routing::get(|| async { "ok\n" }))
@@ -600,13 +619,19 @@ pub async fn run(
                 }),
             )
     };
-    let metrics_server = axum::serve(listeners.metrics, metrics_app)
-        .with_graceful_shutdown(stopped(stop_rx.clone()));
-
     let handshake = config.handshake_timeout;
-    let incoming = TcpIncoming::from(listeners.grpc)
+    let metrics_listener = HttpListener::new(listeners.metrics, tls.clone(), handshake)
+        .map_err(ServerError::Metrics)?;
+    let metrics_server = axum::serve(
+        metrics_listener,
+        metrics_app.into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(stopped(stop_rx.clone()));
+
+    let tcp = TcpIncoming::from(listeners.grpc)
         .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)))
+        .with_keepalive(Some(Duration::from_secs(60)));
+    let incoming = tls::accept(tcp, tls.map(|t| (t, Side::Grpc)), handshake)
         .map(move |conn| conn.map(|io| Prefaced::new(io, handshake)));
     let grpc_server = tonic::transport::Server::builder()
         .layer(RpcMetricsLayer::new())

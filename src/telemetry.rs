@@ -98,10 +98,21 @@ pub const AUTH_REFUSALS: &str = "careroute_auth_refusals_total";
 /// Whether this process leads (or is alone on its log): 1, or 0 as a
 /// standby.
 pub const LEADING: &str = "careroute_leading";
+/// TLS handshakes that failed or ran late (no client certificate under
+/// mutual TLS, an unknown CA, plaintext to a TLS port).
+pub const TLS_HANDSHAKE_FAILURES: &str = "careroute_tls_handshake_failures_total";
+/// Re-readings of changed files by file (tls, credentials) and result (ok,
+/// refused).
+pub const FILE_RELOADS: &str = "careroute_file_reloads_total";
+/// When the server's TLS certificate in force expires (Unix seconds).
+pub const TLS_CERT_EXPIRY: &str = "careroute_tls_certificate_expiry_timestamp_seconds";
 
 /// Every metric the service exports, for checks of dashboards and alerts.
-pub const EXPORTED: [&str; 41] = [
+pub const EXPORTED: [&str; 44] = [
     AUTH_REFUSALS,
+    TLS_HANDSHAKE_FAILURES,
+    FILE_RELOADS,
+    TLS_CERT_EXPIRY,
     LEADING,
     SNAPSHOTS,
     SNAPSHOT_BYTES,
@@ -306,6 +317,19 @@ fn describe() {
     describe_counter!(
         AUTH_REFUSALS,
         "Calls refused for their credentials, by method, the role the method needs, and code (unauthenticated: no or unknown token; permission_denied: the client lacks the role)."
+    );
+    describe_counter!(
+        TLS_HANDSHAKE_FAILURES,
+        "TLS handshakes that failed or did not finish in time (no or untrusted client certificate under mutual TLS, plaintext to a TLS port)."
+    );
+    describe_counter!(
+        FILE_RELOADS,
+        "Changed TLS or credentials files re-read, by file (tls, credentials) and result (ok; refused: the previous contents stay in force)."
+    );
+    describe_gauge!(
+        TLS_CERT_EXPIRY,
+        Unit::Seconds,
+        "When the TLS certificate being served expires, as a Unix time."
     );
     describe_gauge!(
         LEADING,

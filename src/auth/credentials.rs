@@ -1,8 +1,9 @@
 //! The credentials file (`--credentials FILE`): the clients that may call,
 //! each with a name (what logs and audit records show; never the token),
-//! the SHA-256 of its bearer token (never the token itself), and its roles.
-//! Checked like the policy: a refusal names the file, the line and the
-//! field.
+//! how it proves who it is (the SHA-256 of its bearer token, never the
+//! token itself; or, under mutual TLS, a name its client certificate
+//! carries), and its roles. Checked like the policy: a refusal names the
+//! file, the line and the field.
 //!
 //! ```toml
 //! [[clients]]
@@ -10,6 +11,12 @@
 //! # printf %s "$TOKEN" | sha256sum
 //! token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 //! roles = ["route"]
+//!
+//! [[clients]]
+//! name = "cti-adapter"
+//! # a DNS, URI or e-mail subject alternative name, or the subject's CN
+//! certificate = "cti.clinic.example"
+//! roles = ["cti", "observe"]
 //! ```
 
 use std::collections::{BTreeSet, HashMap};
@@ -30,10 +37,13 @@ pub struct Client {
     pub roles: BTreeSet<Role>,
 }
 
-/// The clients, found by the hash of their token.
+/// The clients, found by the hash of their token or by a name of their
+/// certificate.
 #[derive(Debug, Clone, Default)]
 pub struct Credentials {
-    by_token: HashMap<[u8; 32], Client>,
+    clients: Vec<Client>,
+    by_token: HashMap<[u8; 32], usize>,
+    by_certificate: HashMap<Box<str>, usize>,
 }
 
 #[derive(Deserialize)]
@@ -50,6 +60,7 @@ struct RawClient {
     token_sha256: Option<Spanned<String>>,
     /// Refused with a message: a plaintext token has no place in a file.
     token: Option<Spanned<toml::Value>>,
+    certificate: Option<Spanned<String>>,
     roles: Spanned<Vec<String>>,
 }
 
@@ -75,7 +86,7 @@ impl Credentials {
                 "no [[clients]]: every call would be refused",
             ));
         }
-        let mut by_token = HashMap::new();
+        let mut credentials = Credentials::default();
         let mut names = BTreeSet::new();
         for spanned in &raw.clients {
             let c = spanned.get_ref();
@@ -105,24 +116,52 @@ impl Credentials {
                     "a plaintext token has no place here: give its SHA-256 as token_sha256 (printf %s \"$TOKEN\" | sha256sum)".into(),
                 ));
             }
-            let Some(hash) = &c.token_sha256 else {
+            if c.token_sha256.is_none() && c.certificate.is_none() {
                 return Err(invalid(
                     spanned.span().start,
                     "token_sha256",
-                    "required".into(),
+                    "required, unless the client is known by its certificate".into(),
                 ));
-            };
-            let hash_at = hash.span().start;
-            let hash: [u8; 32] = hex::decode(hash.get_ref().trim())
-                .ok()
-                .and_then(|h| h.try_into().ok())
-                .ok_or_else(|| {
-                    invalid(
+            }
+            let index = credentials.clients.len();
+            if let Some(hash) = &c.token_sha256 {
+                let hash_at = hash.span().start;
+                let hash: [u8; 32] = hex::decode(hash.get_ref().trim())
+                    .ok()
+                    .and_then(|h| h.try_into().ok())
+                    .ok_or_else(|| {
+                        invalid(
+                            hash_at,
+                            "token_sha256",
+                            "not 64 hexadecimal digits (a SHA-256)".into(),
+                        )
+                    })?;
+                if credentials.by_token.insert(hash, index).is_some() {
+                    return Err(invalid(
                         hash_at,
                         "token_sha256",
-                        "not 64 hexadecimal digits (a SHA-256)".into(),
-                    )
-                })?;
+                        "the same token is given to two clients".into(),
+                    ));
+                }
+            }
+            if let Some(certificate) = &c.certificate {
+                let at = certificate.span().start;
+                let certificate = certificate.get_ref().trim();
+                if certificate.is_empty() {
+                    return Err(invalid(at, "certificate", "empty".into()));
+                }
+                if credentials
+                    .by_certificate
+                    .insert(certificate.into(), index)
+                    .is_some()
+                {
+                    return Err(invalid(
+                        at,
+                        "certificate",
+                        format!("`{certificate}` is given to two clients"),
+                    ));
+                }
+            }
             let roles_at = c.roles.span().start;
             if c.roles.get_ref().is_empty() {
                 return Err(invalid(
@@ -142,35 +181,44 @@ impl Credentials {
                 })?;
                 roles.insert(role);
             }
-            let client = Client {
+            credentials.clients.push(Client {
                 name: name.as_str().into(),
                 roles,
-            };
-            if by_token.insert(hash, client).is_some() {
-                return Err(invalid(
-                    hash_at,
-                    "token_sha256",
-                    "the same token is given to two clients".into(),
-                ));
-            }
+            });
         }
-        Ok(Credentials { by_token })
+        Ok(credentials)
     }
 
     /// The client whose bearer token is `token`, if any.
     pub fn client(&self, token: &str) -> Option<&Client> {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        self.by_token.get(&hash)
+        self.by_token.get(&hash).map(|&i| &self.clients[i])
+    }
+
+    /// The client a verified certificate with these names belongs to: the
+    /// one whose `certificate` is among them. None if no client's is, or
+    /// if the names match two clients (which one is meant cannot be told).
+    pub fn certified(&self, names: &[Box<str>]) -> Option<&Client> {
+        let mut found = None;
+        for name in names {
+            if let Some(&i) = self.by_certificate.get(name) {
+                match found {
+                    Some(j) if j != i => return None,
+                    _ => found = Some(i),
+                }
+            }
+        }
+        found.map(|i| &self.clients[i])
     }
 
     /// How many clients the file names.
     pub fn len(&self) -> usize {
-        self.by_token.len()
+        self.clients.len()
     }
 
     /// Whether the file names none (never, once checked).
     pub fn is_empty(&self) -> bool {
-        self.by_token.is_empty()
+        self.clients.is_empty()
     }
 }
 
@@ -205,6 +253,31 @@ mod tests {
             "the hash is not the token"
         );
         assert!(c.client("").is_none());
+    }
+
+    #[test]
+    fn certificates_name_their_client_unless_they_name_two() {
+        let text = format!(
+            "[[clients]]\nname = \"ivr\"\ncertificate = \"ivr.example\"\nroles = [\"route\"]\n\n[[clients]]\nname = \"cti\"\ncertificate = \"cti.example\"\ntoken_sha256 = \"{}\"\nroles = [\"cti\"]\n",
+            hash("secret-cti")
+        );
+        let c = Credentials::parse("creds.toml", &text).unwrap();
+        let names = |n: &[&str]| n.iter().map(|s| Box::<str>::from(*s)).collect::<Vec<_>>();
+        assert_eq!(&*c.certified(&names(&["ivr.example"])).unwrap().name, "ivr");
+        assert_eq!(
+            &*c.certified(&names(&["spiffe://x", "cti.example", "cti.example"]))
+                .unwrap()
+                .name,
+            "cti"
+        );
+        assert_eq!(&*c.client("secret-cti").unwrap().name, "cti");
+        assert!(c.certified(&names(&["other.example"])).is_none());
+        assert!(c.certified(&names(&[])).is_none());
+        assert!(
+            c.certified(&names(&["ivr.example", "cti.example"]))
+                .is_none(),
+            "a certificate naming two clients names neither"
+        );
     }
 
     #[test]
@@ -244,6 +317,14 @@ mod tests {
                 "creds.toml:4: clients.roles: empty",
             ),
             (String::new(), "creds.toml:1: clients: no [[clients]]"),
+            (
+                "[[clients]]\nname = \"a\"\nroles = [\"route\"]\n".to_owned(),
+                "creds.toml:1: clients.token_sha256: required, unless the client is known by its certificate",
+            ),
+            (
+                "[[clients]]\nname = \"a\"\ncertificate = \"x\"\nroles = [\"route\"]\n\n[[clients]]\nname = \"b\"\ncertificate = \"x\"\nroles = [\"cti\"]\n".to_owned(),
+                "creds.toml:8: clients.certificate: `x` is given to two clients",
+            ),
             (
                 format!(
                     "[[clients]]\nname = \"a\\nb\"\ntoken_sha256 = \"{good}\"\nroles = [\"route\"]\n"

@@ -1,7 +1,9 @@
 //! Authorization at the edge. With a credentials file, a call to the
-//! routing service must carry `authorization: Bearer <token>` of a client
-//! whose roles include the RPC's ([`crate::auth::role_of`]): no token or an
-//! unknown one is `UNAUTHENTICATED`, a client without the role is
+//! routing service must come from a client whose roles include the RPC's
+//! ([`crate::auth::role_of`]), known by `authorization: Bearer <token>` or,
+//! without that header, by the verified client certificate of its
+//! connection (mutual TLS): no token or an unknown one, and no certificate
+//! the file names, is `UNAUTHENTICATED`; a client without the role is
 //! `PERMISSION_DENIED`, each counted by method and role (never by client).
 //! The client found rides in the request's extensions as a [`Caller`], for
 //! logs and audit. Health and reflection stay open (probes and tools need
@@ -17,6 +19,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use arc_swap::ArcSwap;
 use tonic::Status;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -24,6 +27,10 @@ use tower_service::Service;
 use super::methods;
 use crate::auth::{Client, Credentials, ROUTING_SERVICE, Role, role_of};
 use crate::telemetry;
+use crate::tls::Peer;
+
+/// The credentials in force, swapped whole when the file changes.
+pub type SharedCredentials = Arc<ArcSwap<Credentials>>;
 
 /// Who made a call, as the credentials file names them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,12 +50,12 @@ pub fn caller() -> Option<Arc<str>> {
 /// The layer to add to the tonic server.
 #[derive(Debug, Clone)]
 pub struct AuthorizeLayer {
-    credentials: Option<Arc<Credentials>>,
+    credentials: Option<SharedCredentials>,
 }
 
 impl AuthorizeLayer {
     /// Checks every call against `credentials` (none: every call passes).
-    pub fn new(credentials: Option<Arc<Credentials>>) -> AuthorizeLayer {
+    pub fn new(credentials: Option<SharedCredentials>) -> AuthorizeLayer {
         AuthorizeLayer { credentials }
     }
 }
@@ -68,13 +75,13 @@ impl<S> Layer<S> for AuthorizeLayer {
 #[derive(Debug, Clone)]
 pub struct Authorize<S> {
     inner: S,
-    credentials: Option<Arc<Credentials>>,
+    credentials: Option<SharedCredentials>,
 }
 
 /// Why a call is refused, before anything runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
-    /// No token, or one no client has.
+    /// No token, or one no client has; and no certificate a client has.
     Unauthenticated,
     /// The client (named) lacks the role.
     Denied(Arc<str>),
@@ -89,19 +96,28 @@ fn bearer(value: &str) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// The client a request's `authorization` header names, if any.
-fn client<'c>(credentials: &'c Credentials, headers: &http::HeaderMap) -> Option<&'c Client> {
-    let value = headers.get(http::header::AUTHORIZATION)?.to_str().ok()?;
-    credentials.client(bearer(value)?)
+/// The client a request names: by its `authorization` header if it has
+/// one (an unknown token is not made good by a certificate), else by its
+/// connection's verified client certificate.
+fn client<'c>(
+    credentials: &'c Credentials,
+    headers: &http::HeaderMap,
+    peer: Option<&Peer>,
+) -> Option<&'c Client> {
+    match headers.get(http::header::AUTHORIZATION) {
+        Some(value) => credentials.client(bearer(value.to_str().ok()?)?),
+        None => credentials.certified(peer?.certificate.as_deref()?),
+    }
 }
 
-/// Checks a call of `method` of the routing service (which needs `role`).
+/// Checks a call that needs `role`.
 pub fn check<'c>(
     credentials: &'c Credentials,
     headers: &http::HeaderMap,
+    peer: Option<&Peer>,
     role: Role,
 ) -> Result<&'c Client, Refusal> {
-    let client = client(credentials, headers).ok_or(Refusal::Unauthenticated)?;
+    let client = client(credentials, headers, peer).ok_or(Refusal::Unauthenticated)?;
     if client.roles.contains(&role) {
         Ok(client)
     } else {
@@ -145,7 +161,9 @@ where
             let refused = Status::permission_denied("no role may call this path");
             return Box::pin(std::future::ready(Ok(refused.into_http())));
         };
-        let refused = match check(credentials, request.headers(), role) {
+        let credentials = credentials.load();
+        let peer = request.extensions().get::<Peer>();
+        let refused = match check(&credentials, request.headers(), peer, role) {
             Ok(client) => {
                 let name = Arc::clone(&client.name);
                 request.extensions_mut().insert(Caller(Arc::clone(&name)));
@@ -157,7 +175,7 @@ where
                 count(method, role.as_str(), "unauthenticated");
                 tracing::debug!(method, "call refused: no known bearer token");
                 Status::unauthenticated(
-                    "a bearer token of a client in the credentials file is required (authorization: Bearer <token>)",
+                    "a client of the credentials file is required: its bearer token (authorization: Bearer <token>) or, under mutual TLS, its certificate",
                 )
             }
             Err(Refusal::Denied(name)) => {
@@ -195,17 +213,18 @@ fn open(path: &str) -> bool {
 pub fn metrics_gate(
     credentials: Option<&Credentials>,
     headers: &http::HeaderMap,
+    peer: Option<&Peer>,
 ) -> Result<(), (http::StatusCode, &'static str)> {
     let Some(credentials) = credentials else {
         return Ok(());
     };
-    match check(credentials, headers, Role::Observe) {
+    match check(credentials, headers, peer, Role::Observe) {
         Ok(_) => Ok(()),
         Err(Refusal::Unauthenticated) => {
             count("/metrics", Role::Observe.as_str(), "unauthenticated");
             Err((
                 http::StatusCode::UNAUTHORIZED,
-                "a bearer token of a client with the observe role is required\n",
+                "a bearer token (or client certificate) of a client with the observe role is required\n",
             ))
         }
         Err(Refusal::Denied(name)) => {

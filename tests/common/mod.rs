@@ -4,6 +4,7 @@
 
 pub mod floor;
 pub mod nats;
+pub mod pki;
 pub mod process;
 
 use std::{net::SocketAddr, sync::Arc};
