@@ -116,3 +116,97 @@ fn the_checker_catches_a_wrong_name() {
     );
     assert!(!exported(&metrics_in("careroute_decisions_totl")[0]));
 }
+
+/// The `CAREROUTE_*` variables a deployment file sets, with their values:
+/// `ENV NAME=value` pairs of the Dockerfile, `- name:`/`value:` pairs of a
+/// manifest.
+fn env_in(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut pending: Option<String> = None;
+    for line in text.lines() {
+        let line = line
+            .trim()
+            .trim_start_matches("ENV ")
+            .trim_end_matches('\\')
+            .trim();
+        if let Some(name) = line.strip_prefix("- name: ") {
+            pending = name.starts_with("CAREROUTE_").then(|| name.to_owned());
+        } else if let (Some(value), Some(name)) = (line.strip_prefix("value: "), pending.take()) {
+            out.push((name, value.trim_matches('"').to_owned()));
+        } else if let Some((name, value)) = line.split_once('=')
+            && name.starts_with("CAREROUTE_")
+        {
+            out.push((name.to_owned(), value.to_owned()));
+        }
+    }
+    out
+}
+
+/// The settings careroute would run with under these variables, read the
+/// way clap reads them (each variable stands for its flag).
+fn settings(env: &[(String, String)]) -> careroute::config::Config {
+    use clap::CommandFactory;
+    let command = careroute::config::Cli::command();
+    let mut args = vec!["careroute".to_owned()];
+    for (name, value) in env {
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_env().is_some_and(|e| e == name.as_str()))
+            .unwrap_or_else(|| panic!("{name} is no flag's environment variable"));
+        args.push(format!("--{}", arg.get_long().unwrap()));
+        if !matches!(arg.get_action(), clap::ArgAction::SetTrue) {
+            // A pod's own address is filled in by Kubernetes.
+            args.push(value.replace("$(POD_IP)", "10.0.0.7"));
+        }
+    }
+    <careroute::config::Cli as clap::Parser>::try_parse_from(&args)
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"))
+        .serve
+}
+
+#[test]
+fn the_image_and_the_manifests_run_protected_on_their_own_variables() {
+    let image = env_in(include_str!("../Dockerfile"));
+    assert!(image.len() >= 5, "{image:?}");
+    let config = settings(&image);
+    // It listens beyond loopback, so it must be protected, and is.
+    assert!(!config.grpc_addr.ip().is_loopback());
+    assert!(config.tls_cert.is_some() && config.credentials.is_some());
+    assert!(!config.insecure);
+    config.exposure().unwrap();
+
+    // The manifests add to the image's variables.
+    let pod = env_in(include_str!("../deploy/kubernetes/deployment.yaml"));
+    assert!(pod.iter().any(|(n, _)| n == "CAREROUTE_TLS_CLIENT_CA"));
+    let config = settings(&[image, pod].concat());
+    assert!(config.journal.is_some() && config.tls_client_ca.is_some());
+    config.exposure().unwrap();
+    // ... and mount what the image's variables point at.
+    let manifest = include_str!("../deploy/kubernetes/deployment.yaml");
+    for file in [&config.tls_cert, &config.tls_key, &config.credentials] {
+        let dir = file.as_ref().unwrap().parent().unwrap();
+        assert!(
+            manifest.contains(&format!("mountPath: {}", dir.display())),
+            "nothing is mounted at {}",
+            dir.display()
+        );
+    }
+}
+
+#[test]
+fn kustomization_lists_every_manifest() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");
+    let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    let listed: HashSet<String> = kustomization
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .filter(|l| l.ends_with(".yaml"))
+        .map(str::to_owned)
+        .collect();
+    let present: HashSet<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    assert_eq!(listed, present);
+}
