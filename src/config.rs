@@ -30,6 +30,17 @@ pub enum Command {
         #[arg(required = true)]
         policies: Vec<PathBuf>,
     },
+    /// Run policy unit tests: each case of each file routes on the real
+    /// engine at its own time, and its answer is checked. Non-zero if a
+    /// case fails or a file is refused (file, line and field).
+    Test {
+        /// Test files (`examples/healthcare.test.toml` shows the format).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Also write the results as JUnit XML here, for CI systems.
+        #[arg(long)]
+        junit: Option<PathBuf>,
+    },
     /// Print a range of the journal in --data-dir as JSON lines, for
     /// audit, without starting the service (it may be running). Exits non-zero if a record
     /// in the range cannot be read (it is reported and skipped).

@@ -87,6 +87,7 @@ pub mod incoming;
 pub mod journal;
 pub mod model;
 pub mod policy;
+pub mod policy_test;
 pub mod replication;
 pub mod roster;
 pub mod secrets;

@@ -1,7 +1,7 @@
 //! The careroute binary: parse flags, set up tracing, build the engine and
 //! serve until SIGTERM or Ctrl-C; or `careroute check FILE...` to validate
-//! policy files before they go live; or `careroute journal` to print the
-//! log for audit.
+//! policy files before they go live; or `careroute test FILE...` to run
+//! policy unit tests; or `careroute journal` to print the log for audit.
 
 use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
@@ -9,7 +9,7 @@ use careroute::{
     audit,
     clock::SystemClock,
     config::{Cli, Command, Config},
-    policy, server, telemetry,
+    policy, policy_test, server, telemetry,
 };
 use clap::Parser;
 
@@ -17,6 +17,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Check { policies }) => check(&policies),
+        Some(Command::Test { files, junit }) => test(&files, junit.as_deref()),
         Some(Command::Journal { from, to, outcomes }) => {
             journal(&cli.serve.data_dir, from, to.unwrap_or(u64::MAX), outcomes)
         }
@@ -39,6 +40,39 @@ fn check(paths: &[PathBuf]) -> ExitCode {
                 eprintln!("{e}");
                 ok = false;
             }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn test(paths: &[PathBuf], junit: Option<&std::path::Path>) -> ExitCode {
+    let mut ok = true;
+    let mut results = Vec::new();
+    for path in paths {
+        match policy_test::read(path) {
+            Ok(suite) => {
+                let result = policy_test::run(&suite);
+                print!("{}", policy_test::text(&result));
+                ok &= result.passed();
+                results.push(result);
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ok = false;
+            }
+        }
+    }
+    if let Some(out) = junit {
+        let written = policy_test::junit(&results)
+            .map_err(|e| e.to_string())
+            .and_then(|xml| std::fs::write(out, xml).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!("careroute test: cannot write {}: {e}", out.display());
+            ok = false;
         }
     }
     if ok {

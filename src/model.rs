@@ -439,6 +439,15 @@ pub enum ReleaseReason {
 }
 
 impl ReleaseReason {
+    /// Every reason.
+    pub const ALL: [ReleaseReason; 5] = [
+        ReleaseReason::Unspecified,
+        ReleaseReason::Rejected,
+        ReleaseReason::NoAnswer,
+        ReleaseReason::CallerHungUp,
+        ReleaseReason::TransferFailed,
+    ];
+
     /// Whether the release is the agent's own miss.
     pub fn agents_miss(self) -> bool {
         matches!(self, ReleaseReason::Rejected | ReleaseReason::NoAnswer)

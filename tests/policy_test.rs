@@ -1,0 +1,196 @@
+//! `careroute test`, run as operations staff run it: the example readiness
+//! check passes; a case that does not hold fails with expected against got
+//! and what decided, a non-zero exit, and a JUnit report; a bad test file
+//! is refused with file, line and field.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::{path::PathBuf, process::Command};
+
+fn careroute(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_careroute"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A test file in a fresh directory, on the example policy and roster.
+fn test_file(body: &str) -> PathBuf {
+    let dir = common::process::fresh_data_dir();
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let path = dir.join("site.test.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "policy = \"{}\"\nroster = \"{}\"\n\n{body}",
+            examples.join("healthcare.toml").display(),
+            examples.join("demo-roster.toml").display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[test]
+fn the_example_readiness_check_passes_and_exercises_every_rule() {
+    let (ok, out, err) = careroute(&["test", "examples/healthcare.test.toml"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("passed, 0 failed"), "{out}");
+    assert!(!out.contains("rules no case exercised"), "{out}");
+}
+
+#[test]
+fn a_failing_case_says_what_was_expected_what_came_and_what_decided() {
+    let path = test_file(
+        r#"[[cases]]
+name = "billing goes to pharmacy (it does not)"
+at = "2026-11-23 10:00 America/New_York"
+contact = { intent = "billing", identity = "verified" }
+expect = { outcome = "agent", queue = "pharmacy", level = 1 }
+
+[[cases]]
+name = "billing goes to billing"
+at = "2026-11-23 10:00 America/New_York"
+contact = { intent = "billing", identity = "verified" }
+expect = { queue = "billing" }
+"#,
+    );
+    let junit = path.with_extension("xml");
+    let (ok, out, _) = careroute(&[
+        "test",
+        path.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    assert!(!ok, "a failing case exits non-zero");
+    assert!(out.contains("2 cases, 1 passed, 1 failed"), "{out}");
+    assert!(
+        out.contains("FAILED: \"billing goes to pharmacy (it does not)\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("line 7: queue: expected pharmacy, got billing"),
+        "{out}"
+    );
+    assert!(
+        out.contains("decided by `billing`; reasons: rule_matched"),
+        "{out}"
+    );
+    // Keys the case does not give are not checked; those it gives and
+    // hold are not reported.
+    assert!(!out.contains("level:"), "{out}");
+    assert!(
+        out.contains("rules no case exercised: resolutions-unresolved"),
+        "{out}"
+    );
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("<testsuites"), "{xml}");
+    assert!(xml.contains("tests=\"2\""), "{xml}");
+    assert!(xml.contains("failures=\"1\""), "{xml}");
+    assert!(xml.contains("expected pharmacy, got billing"), "{xml}");
+}
+
+#[test]
+fn a_sequence_runs_each_step_through_the_engine_and_reports_a_refused_one() {
+    let path = test_file(
+        r#"[[cases]]
+name = "a billing agent takes a voice call, then a chat beside it; a second confirm is refused"
+at = "2026-11-23 10:00 America/New_York"
+agents = { agent-billing-escalations-1 = "offline" }
+
+[[cases.steps]]
+route = { contact_id = "first", intent = "billing", identity = "verified" }
+expect = { outcome = "agent", agent = "agent-billing-1" }
+
+[[cases.steps]]
+confirm = "first"
+
+[[cases.steps]]
+route = { contact_id = "second", intent = "billing", identity = "verified", channel = "chat" }
+expect = { outcome = "agent", agent = "agent-billing-1" }
+
+[[cases.steps]]
+confirm = "first"
+"#,
+    );
+    // The voice call and the chat pass (the agent takes two chats beside
+    // a call); confirming the call twice is refused by the engine, and the
+    // case fails there, at its line.
+    let (ok, out, _) = careroute(&["test", path.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(out.contains("1 cases, 0 passed, 1 failed"), "{out}");
+    assert!(
+        out.contains("line 20: step: expected accepted, got refused: reservation_id: the reservation was already confirmed"),
+        "{out}"
+    );
+    assert_eq!(out.matches("line ").count(), 1, "{out}");
+}
+
+#[test]
+fn bad_test_files_are_refused_with_file_line_and_field() {
+    let case = |expect: &str, at: &str| {
+        format!(
+            "[[cases]]\nname = \"x\"\nat = \"{at}\"\ncontact = {{ intent = \"billing\" }}\nexpect = {{ {expect} }}\n"
+        )
+    };
+    for (body, message) in [
+        (
+            case("queue = \"farmacy\"", "2026-11-23 10:00 business"),
+            ":8: cases.expect.queue: unknown queue `farmacy`",
+        ),
+        (
+            case("rule = \"nope\"", "2026-11-23 10:00 business"),
+            ":8: cases.expect.rule: unknown rule `nope`",
+        ),
+        (
+            case("outcome = \"transfer\"", "2026-11-23 10:00 business"),
+            ":8: cases.expect.outcome: `transfer` is not one of",
+        ),
+        (
+            case("queue = \"billing\"", "2026-11-23 25:00 business"),
+            ":6: cases.at: `2026-11-23 25:00` is not `YYYY-MM-DD HH:MM`",
+        ),
+        (
+            case("queue = \"billing\"", "2026-11-23 10:00 Mars/Olympus"),
+            ":6: cases.at: `Mars/Olympus` is neither an IANA time zone nor a schedule",
+        ),
+        (
+            case("reasons = [\"because\"]", "2026-11-23 10:00 business"),
+            ":8: cases.expect.reasons: `because` is not a reason",
+        ),
+        (
+            "[[cases]]\nname = \"x\"\nat = \"2026-11-23 10:00 business\"\nagents = { nobody = \"away\" }\ncontact = { intent = \"billing\" }\nexpect = { queue = \"billing\" }\n".to_owned(),
+            ":7: cases.agents: `nobody` is not an agent of the roster",
+        ),
+        (
+            "[[cases]]\nname = \"x\"\nat = \"2026-11-23 10:00 business\"\ncontact = { intent = \"biling\" }\nexpect = { queue = \"billing\" }\n".to_owned(),
+            ":7: cases.contact.intent: `biling` is not an intent of the policy",
+        ),
+        (
+            "[[cases]]\nname = \"x\"\nat = \"2026-11-23 10:00 business\"\ncontact = { intent = \"billing\" }\n".to_owned(),
+            ":7: cases.expect: required with `contact`",
+        ),
+        (
+            "[[cases]]\nname = \"x\"\nat = \"2026-11-23 10:00 business\"\n[[cases.steps]]\nwait = \"soon\"\n".to_owned(),
+            ":8: cases.steps.wait: `soon`",
+        ),
+        (
+            "[[cases]]\nname = \"x\"\nat = \"2026-11-23 10:00 business\"\n[[cases.steps]]\nconfirm = \"a\"\ncancel = \"a\"\n".to_owned(),
+            ":7: cases.steps: each step is one of",
+        ),
+        ("".to_owned(), ":1: cases: no [[cases]]"),
+    ] {
+        let path = test_file(&body);
+        let (ok, out, err) = careroute(&["test", path.to_str().unwrap()]);
+        assert!(!ok, "{body}");
+        let expected = format!("{}{message}", path.display());
+        assert!(err.starts_with(&expected), "{err}{out}\nexpected: {expected}");
+    }
+}
