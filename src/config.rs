@@ -330,8 +330,9 @@ pub struct Config {
     /// finish before they are cut and the process exits.
     #[arg(global = true, long, env = "CAREROUTE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Duration,
-    /// How long a new connection has to send the HTTP/2 preface before it
-    /// is closed.
+    /// How long a new connection has to finish its TLS handshake (with
+    /// TLS), and then again to send the HTTP/2 preface, before it is
+    /// closed.
     #[arg(global = true, long, env = "CAREROUTE_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub handshake_timeout: Duration,
     /// How long a call whose client sends one message has to arrive and be
@@ -364,11 +365,12 @@ impl Config {
         }
         let exposed: Vec<String> = [self.grpc_addr, self.metrics_addr]
             .iter()
-            .filter(|addr| !addr.ip().is_loopback())
+            // ::ffff:127.0.0.1 is loopback too; :: and 0.0.0.0 are not.
+            .filter(|addr| !addr.ip().to_canonical().is_loopback())
             .map(ToString::to_string)
             .collect();
         let mut missing = Vec::new();
-        if self.tls_cert.is_none() {
+        if self.tls_cert.is_none() || self.tls_key.is_none() {
             missing.push("TLS (--tls-cert and --tls-key)");
         }
         if self.credentials.is_none() {
@@ -388,5 +390,52 @@ impl Config {
     /// Whether the embedded demo roster is loaded.
     pub fn wants_demo_roster(&self) -> bool {
         self.policy.is_none() && self.roster.is_none() && !self.no_demo_roster
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_may_listen_unprotected() {
+        let with = |grpc: &str, metrics: &str, protect: &dyn Fn(&mut Config)| {
+            let mut config = Config::ephemeral();
+            config.grpc_addr = grpc.parse().unwrap();
+            config.metrics_addr = metrics.parse().unwrap();
+            protect(&mut config);
+            config.exposure()
+        };
+        let open = |_: &mut Config| {};
+        for loopback in [
+            "127.0.0.1:1",
+            "127.8.9.10:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(with(loopback, "127.0.0.1:2", &open).is_ok(), "{loopback}");
+        }
+        for exposed in ["0.0.0.0:1", "[::]:1", "10.0.0.7:1", "[::ffff:10.0.0.7]:1"] {
+            let refused = with(exposed, "127.0.0.1:2", &open).unwrap_err();
+            assert!(refused.starts_with("refusing to listen on "), "{refused}");
+            // Either listener counts.
+            assert!(with("127.0.0.1:1", exposed, &open).is_err(), "{exposed}");
+        }
+        let tls = |c: &mut Config| {
+            c.tls_cert = Some("c".into());
+            c.tls_key = Some("k".into());
+        };
+        let full = |c: &mut Config| {
+            tls(c);
+            c.credentials = Some("creds".into());
+        };
+        let half_tls = |c: &mut Config| {
+            c.tls_cert = Some("c".into());
+            c.credentials = Some("creds".into());
+        };
+        assert!(with("0.0.0.0:1", "0.0.0.0:2", &full).is_ok());
+        assert!(with("0.0.0.0:1", "0.0.0.0:2", &tls).is_err());
+        assert!(with("0.0.0.0:1", "0.0.0.0:2", &half_tls).is_err());
+        assert!(with("0.0.0.0:1", "0.0.0.0:2", &|c| c.insecure = true).is_ok());
     }
 }

@@ -27,6 +27,12 @@
 //!   service, and the one mapping of engine errors to gRPC status codes.
 //! - [`incoming`]: accepted connections with a deadline for the HTTP/2
 //!   preface.
+//! - [`tls`]: TLS on both listeners: the files, re-read when they change,
+//!   the handshakes off the accept loop, the names of client certificates.
+//! - [`secrets`]: the TLS and credentials files at start, and watched for
+//!   changes.
+//! - [`policy_test`]: `careroute test`, policy unit tests on the engine
+//!   and a virtual clock.
 //! - [`telemetry`]: metric names, descriptions, the exporter and tracing setup.
 //! - [`clock`]: the time source the edge hands to the engine.
 //! - [`config`]: typed settings from flags and environment.

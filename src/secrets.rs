@@ -9,9 +9,9 @@ use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
 use arc_swap::ArcSwap;
 
 use crate::auth::Credentials;
+use crate::auth::SharedCredentials;
 use crate::config::Config;
-use crate::file::FileError;
-use crate::grpc::authorize::SharedCredentials;
+use crate::file::{self, FileError};
 use crate::telemetry;
 use crate::tls::{Tls, TlsError, TlsFiles};
 
@@ -27,6 +27,9 @@ pub enum SecretsError {
     /// A TLS file was refused.
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    /// Some of the TLS files are named, not all that are needed.
+    #[error("TLS needs both --tls-cert and --tls-key (and --tls-client-ca only with them)")]
+    Incomplete,
 }
 
 /// The TLS configuration and credentials in force.
@@ -38,22 +41,33 @@ pub struct Secrets {
     pub credentials: Option<SharedCredentials>,
     /// Where the credentials come from.
     credentials_file: Option<PathBuf>,
+    /// The contents the credentials in force were parsed from.
+    credentials_read: Option<Vec<u8>>,
 }
 
 impl Secrets {
     /// Loads the files `config` names.
     pub fn load(config: &Config) -> Result<Secrets, SecretsError> {
-        let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(Arc::new(Tls::load(TlsFiles {
+        let tls = match (&config.tls_cert, &config.tls_key, &config.tls_client_ca) {
+            (Some(cert), Some(key), client_ca) => Some(Arc::new(Tls::load(TlsFiles {
                 cert: cert.clone(),
                 key: key.clone(),
-                client_ca: config.tls_client_ca.clone(),
+                client_ca: client_ca.clone(),
             })?)),
-            _ => None,
+            (None, None, None) => None,
+            // Half a TLS configuration is refused, never served as plaintext.
+            _ => return Err(SecretsError::Incomplete),
         };
-        let credentials = match &config.credentials {
-            Some(path) => Some(Arc::new(ArcSwap::from_pointee(Credentials::read(path)?))),
-            None => None,
+        let (credentials, credentials_read) = match &config.credentials {
+            Some(path) => {
+                let (file, text) = file::read_text(path)?;
+                let credentials = Credentials::parse(&file, &text)?;
+                (
+                    Some(Arc::new(ArcSwap::from_pointee(credentials))),
+                    Some(text.into_bytes()),
+                )
+            }
+            None => (None, None),
         };
         if let Some(tls) = &tls {
             metrics::gauge!(telemetry::TLS_CERT_EXPIRY).set(tls.not_after() as f64);
@@ -62,23 +76,21 @@ impl Secrets {
             tls,
             credentials,
             credentials_file: config.credentials.clone(),
+            credentials_read,
         })
     }
 
     /// Re-reads the files every [`RECHECK_EVERY`] until `stop`, swapping in
     /// what changed and is valid; each refusal is logged once (until the
     /// file changes again) and counted.
-    pub async fn watch(self, stop: impl Future<Output = ()>) {
+    pub async fn watch(self, every: Duration, stop: impl Future<Output = ()>) {
         tokio::pin!(stop);
-        let mut credentials_read = self
-            .credentials_file
-            .as_deref()
-            .and_then(|path| std::fs::read(path).ok());
-        let mut tls_refused = None;
+        let mut credentials_read = self.credentials_read.clone();
+        let (mut tls_refused, mut unreadable) = (None, false);
         loop {
             tokio::select! {
                 _ = &mut stop => return,
-                _ = tokio::time::sleep(RECHECK_EVERY) => {}
+                _ = tokio::time::sleep(every) => {}
             }
             if let Some(tls) = &self.tls {
                 match tls.reload() {
@@ -103,16 +115,40 @@ impl Secrets {
                 }
             }
             if let (Some(path), Some(shared)) = (&self.credentials_file, &self.credentials) {
-                let Ok(read) = std::fs::read(path) else {
-                    // A file being replaced may be missing for a moment;
-                    // what was read last stays in force.
-                    continue;
+                let read = match std::fs::read(path) {
+                    Ok(read) => {
+                        unreadable = false;
+                        read
+                    }
+                    // A file being replaced may be missing for a moment:
+                    // what was read last stays in force, and the reading
+                    // is tried again. Said once, until it reads again.
+                    Err(e) => {
+                        if !unreadable {
+                            reloaded("credentials", "unreadable");
+                            tracing::warn!(file = %path.display(), error = %e, "credentials file cannot be read; the credentials in force stay");
+                            unreadable = true;
+                        }
+                        continue;
+                    }
                 };
                 if credentials_read.as_ref() == Some(&read) {
                     continue;
                 }
+                // The bytes compared are the bytes parsed.
+                let parsed = String::from_utf8(read.clone())
+                    .map_err(|_| {
+                        file::invalid(
+                            &path.display().to_string(),
+                            "",
+                            0,
+                            "(document)",
+                            "not UTF-8 text",
+                        )
+                    })
+                    .and_then(|text| Credentials::parse(&path.display().to_string(), &text));
                 credentials_read = Some(read);
-                match Credentials::read(path) {
+                match parsed {
                     Ok(credentials) => {
                         reloaded("credentials", "ok");
                         tracing::info!(
@@ -121,7 +157,7 @@ impl Secrets {
                         );
                         shared.store(Arc::new(credentials));
                     }
-                    // Logged once: the same contents are not read again.
+                    // Logged once: the same contents are not parsed again.
                     Err(e) => {
                         reloaded("credentials", "refused");
                         tracing::error!(error = %e, "credentials file changed but is refused; the previous one stays in force");

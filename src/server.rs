@@ -545,7 +545,7 @@ pub async fn run(
     );
     supervise(
         "secrets",
-        secrets.watch(stopped(stop_rx.clone())),
+        secrets.watch(crate::secrets::RECHECK_EVERY, stopped(stop_rx.clone())),
         stop_rx.clone(),
         fatal.clone(),
     );
@@ -620,8 +620,10 @@ pub async fn run(
             )
     };
     let handshake = config.handshake_timeout;
-    let metrics_listener = HttpListener::new(listeners.metrics, tls.clone(), handshake)
-        .map_err(ServerError::Metrics)?;
+    let (metrics_listener, accepting) =
+        HttpListener::new(listeners.metrics, tls.clone(), handshake)
+            .map_err(ServerError::Metrics)?;
+    supervise("accept metrics", accepting, stop_rx.clone(), fatal.clone());
     let metrics_server = axum::serve(
         metrics_listener,
         metrics_app.into_make_service_with_connect_info::<Peer>(),
@@ -631,8 +633,9 @@ pub async fn run(
     let tcp = TcpIncoming::from(listeners.grpc)
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
-    let incoming = tls::accept(tcp, tls.map(|t| (t, Side::Grpc)), handshake)
-        .map(move |conn| conn.map(|io| Prefaced::new(io, handshake)));
+    let (incoming, accepting) = tls::accept(tcp, tls.map(|t| (t, Side::Grpc)), handshake);
+    supervise("accept grpc", accepting, stop_rx.clone(), fatal.clone());
+    let incoming = incoming.map(move |conn| conn.map(|io| Prefaced::new(io, handshake)));
     let grpc_server = tonic::transport::Server::builder()
         .layer(RpcMetricsLayer::new())
         .layer(ClientFaultsLayer)

@@ -181,9 +181,18 @@ fn the_image_and_the_manifests_run_protected_on_their_own_variables() {
     let config = settings(&[image, pod].concat());
     assert!(config.journal.is_some() && config.tls_client_ca.is_some());
     config.exposure().unwrap();
-    // ... and mount what the image's variables point at.
+    // ... and mount what the image's variables point at, readable by the
+    // image's user (65532): the secret files belong to its group.
     let manifest = include_str!("../deploy/kubernetes/deployment.yaml");
-    for file in [&config.tls_cert, &config.tls_key, &config.credentials] {
+    assert!(manifest.contains("runAsUser: 65532"));
+    assert!(manifest.contains("fsGroup: 65532"));
+    assert!(include_str!("../Dockerfile").contains("USER nonroot:nonroot"));
+    for file in [
+        &config.tls_cert,
+        &config.tls_key,
+        &config.credentials,
+        &config.tls_client_ca,
+    ] {
         let dir = file.as_ref().unwrap().parent().unwrap();
         assert!(
             manifest.contains(&format!("mountPath: {}", dir.display())),

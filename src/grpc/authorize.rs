@@ -19,18 +19,14 @@ use std::{
     task::{Context, Poll},
 };
 
-use arc_swap::ArcSwap;
 use tonic::Status;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::methods;
-use crate::auth::{Client, Credentials, ROUTING_SERVICE, Role, role_of};
+use crate::auth::{Client, Credentials, ROUTING_SERVICE, Role, SharedCredentials, role_of};
 use crate::telemetry;
 use crate::tls::Peer;
-
-/// The credentials in force, swapped whole when the file changes.
-pub type SharedCredentials = Arc<ArcSwap<Credentials>>;
 
 /// Who made a call, as the credentials file names them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,4 +246,77 @@ fn count(method: &'static str, role: &'static str, code: &'static str) {
         "code" => code
     )
     .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sha2::Digest;
+
+    fn credentials() -> Credentials {
+        let text = format!(
+            "[[clients]]\nname = \"ivr\"\ncertificate = \"ivr.example\"\nroles = [\"route\"]\n\n[[clients]]\nname = \"cti\"\ntoken_sha256 = \"{}\"\nroles = [\"cti\"]\n",
+            hex::encode(sha2::Sha256::digest(b"cti-token"))
+        );
+        Credentials::parse("creds.toml", &text).unwrap()
+    }
+
+    fn peer(names: &[&str]) -> Peer {
+        Peer {
+            remote: None,
+            certificate: Some(names.iter().map(|n| Box::<str>::from(*n)).collect()),
+        }
+    }
+
+    fn headers(authorization: Option<&str>) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        if let Some(a) = authorization {
+            h.insert(http::header::AUTHORIZATION, a.parse().unwrap());
+        }
+        h
+    }
+
+    fn who(
+        authorization: Option<&str>,
+        peer: Option<&Peer>,
+        role: Role,
+    ) -> Result<String, Refusal> {
+        let c = credentials();
+        check(&c, &headers(authorization), peer, role).map(|c| c.name.to_string())
+    }
+
+    #[test]
+    fn a_token_decides_when_sent_and_the_certificate_otherwise() {
+        let ivr = peer(&["ivr.example"]);
+        // The certificate alone names the IVR.
+        assert_eq!(who(None, Some(&ivr), Role::Route), Ok("ivr".into()));
+        // A token, when sent, decides: the CTI's token on the IVR's
+        // connection is the CTI, with the CTI's roles only.
+        assert_eq!(
+            who(Some("Bearer cti-token"), Some(&ivr), Role::Cti),
+            Ok("cti".into())
+        );
+        assert_eq!(
+            who(Some("Bearer cti-token"), Some(&ivr), Role::Route),
+            Err(Refusal::Denied("cti".into()))
+        );
+        // An unknown or malformed token is not made good by the certificate.
+        for bad in ["Bearer guess", "Basic aXZy", "Bearer ", "cti-token"] {
+            assert_eq!(
+                who(Some(bad), Some(&ivr), Role::Route),
+                Err(Refusal::Unauthenticated),
+                "{bad}"
+            );
+        }
+        // No token and no certificate, or one no client is known by.
+        assert_eq!(who(None, None, Role::Route), Err(Refusal::Unauthenticated));
+        assert_eq!(
+            who(None, Some(&peer(&["stranger.example"])), Role::Route),
+            Err(Refusal::Unauthenticated)
+        );
+        assert_eq!(
+            who(None, Some(&Peer::default()), Role::Route),
+            Err(Refusal::Unauthenticated)
+        );
+    }
 }

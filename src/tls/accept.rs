@@ -1,10 +1,14 @@
-//! Accepted connections, plaintext or TLS: a task accepts TCP connections
-//! and hands each one over once its TLS handshake is done (handshakes run
-//! side by side, each within the handshake deadline, so a slow client holds
-//! up nobody). A connection carries its [`Peer`]: the remote address and
-//! the names of its verified client certificate, read once at handshake.
+//! Accepted connections, plaintext or TLS: a loop accepts TCP connections
+//! and hands each one over once its TLS handshake is done. Handshakes run
+//! side by side, each within the handshake deadline and at most
+//! [`MAX_HANDSHAKES`] at once, so a slow or hostile client holds up
+//! nobody. A failed accept (out of file descriptors) is retried after a
+//! pause, never in a spin. A connection carries its [`Peer`]: the remote
+//! address and the names of its verified client certificate, read once at
+//! the handshake.
 
 use std::{
+    future::Future,
     io,
     net::SocketAddr,
     pin::Pin,
@@ -16,12 +20,12 @@ use std::{
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
-    sync::mpsc,
+    sync::{Semaphore, mpsc},
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::{Stream, StreamExt};
 
-use super::{Side, Tls};
+use super::{Side, Tls, identity};
 use crate::telemetry;
 
 /// Who is at the other end of a connection.
@@ -55,34 +59,45 @@ impl Conn {
 
 /// How many accepted connections may wait to be taken by the server.
 const BACKLOG: usize = 64;
+/// TLS handshakes in progress at most; beyond it new connections wait in
+/// the kernel's backlog.
+pub const MAX_HANDSHAKES: usize = 256;
+/// How long to wait after a failed accept that is not one connection's.
+const ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Accepts the TCP connections of `tcp` and yields them plain (`tls` is
 /// `None`) or after their TLS handshake for `side`, which must finish
 /// within `handshake`; a handshake that fails or runs late is counted and
-/// logged, and the connection dropped. Ends when the stream returned is
-/// dropped.
+/// logged, and the connection dropped. Returns the connections and the
+/// accept loop, which the caller runs as long as the service (it ends
+/// when the connections are no longer taken).
 pub fn accept<S>(
     tcp: S,
     tls: Option<(Arc<Tls>, Side)>,
     handshake: Duration,
-) -> impl Stream<Item = io::Result<Conn>> + Send + 'static
+) -> (
+    impl Stream<Item = io::Result<Conn>> + Send + 'static,
+    impl Future<Output = ()> + Send + 'static,
+)
 where
     S: Stream<Item = io::Result<TcpStream>> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(BACKLOG);
-    tokio::spawn(async move {
+    let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let accepting = async move {
         tokio::pin!(tcp);
         loop {
             let next = tokio::select! {
                 next = tcp.next() => next,
                 () = tx.closed() => return,
             };
-            let Some(accepted) = next else { return };
-            let stream = match accepted {
-                Ok(stream) => stream,
-                Err(e) => {
-                    if tx.send(Err(e)).await.is_err() {
-                        return;
+            let stream = match next {
+                None => return,
+                Some(Ok(stream)) => stream,
+                Some(Err(e)) => {
+                    if !one_connections(&e) {
+                        tracing::warn!(error = %e, "accept failed; trying again in a second");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
                     }
                     continue;
                 }
@@ -98,17 +113,26 @@ where
                 }
                 continue;
             };
+            let permit = tokio::select! {
+                permit = Arc::clone(&handshakes).acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+                () = tx.closed() => return,
+            };
             let acceptor = TlsAcceptor::from(tls.config(*side));
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(handshake, acceptor.accept(stream)).await {
+                let handshaken = tokio::time::timeout(handshake, acceptor.accept(stream)).await;
+                drop(permit);
+                match handshaken {
                     Ok(Ok(stream)) => {
                         let certificate = stream
                             .get_ref()
                             .1
                             .peer_certificates()
                             .and_then(|chain| chain.first())
-                            .map(|leaf| names(leaf).into());
+                            .map(|leaf| identity::names(leaf).into());
                         let peer = Peer {
                             remote,
                             certificate,
@@ -120,39 +144,24 @@ where
                 }
             });
         }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(rx)
+    };
+    (tokio_stream::wrappers::ReceiverStream::new(rx), accepting)
+}
+
+/// Whether a failed accept concerns one connection only (the next accept
+/// may well succeed at once), as hyper and axum judge it.
+fn one_connections(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
 }
 
 fn refused(remote: Option<SocketAddr>, why: &str) {
     metrics::counter!(telemetry::TLS_HANDSHAKE_FAILURES).increment(1);
     tracing::debug!(remote = ?remote, why, "TLS handshake failed");
-}
-
-/// The names a client certificate gives its holder: its DNS, URI and
-/// e-mail subject alternative names, then its subject's common names.
-fn names(der: &[u8]) -> Vec<Box<str>> {
-    use x509_parser::extensions::GeneralName;
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-        return Vec::new();
-    };
-    let mut names: Vec<Box<str>> = Vec::new();
-    if let Ok(Some(san)) = cert.subject_alternative_name() {
-        for name in &san.value.general_names {
-            match name {
-                GeneralName::DNSName(n) | GeneralName::URI(n) | GeneralName::RFC822Name(n) => {
-                    names.push((*n).into())
-                }
-                _ => {}
-            }
-        }
-    }
-    for cn in cert.subject().iter_common_name() {
-        if let Ok(cn) = cn.as_str() {
-            names.push(cn.into());
-        }
-    }
-    names
 }
 
 impl AsyncRead for Conn {
@@ -218,66 +227,5 @@ impl tonic::transport::server::Connected for Conn {
 
     fn connect_info(&self) -> Peer {
         self.peer().clone()
-    }
-}
-
-/// The listener of /metrics and the probes, for axum: connections from
-/// [`accept`].
-pub struct HttpListener {
-    incoming: Pin<Box<dyn Stream<Item = io::Result<Conn>> + Send>>,
-    local: SocketAddr,
-}
-
-impl HttpListener {
-    /// Serves the connections of `listener`, over TLS if `tls` is given.
-    pub fn new(
-        listener: tokio::net::TcpListener,
-        tls: Option<Arc<Tls>>,
-        handshake: Duration,
-    ) -> io::Result<HttpListener> {
-        let local = listener.local_addr()?;
-        let tcp = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        Ok(HttpListener {
-            incoming: Box::pin(accept(tcp, tls.map(|t| (t, Side::Http)), handshake)),
-            local,
-        })
-    }
-}
-
-impl axum::serve::Listener for HttpListener {
-    type Io = Conn;
-    type Addr = Peer;
-
-    async fn accept(&mut self) -> (Conn, Peer) {
-        loop {
-            match self.incoming.next().await {
-                Some(Ok(conn)) => {
-                    let peer = conn.peer().clone();
-                    return (conn, peer);
-                }
-                // As axum does for its TCP listener: a failed accept
-                // (out of file descriptors, say) is retried after a pause.
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "metrics listener: accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                None => std::future::pending().await,
-            }
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Peer> {
-        Ok(Peer {
-            remote: Some(self.local),
-            certificate: None,
-        })
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, HttpListener>>
-    for Peer
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, HttpListener>) -> Peer {
-        stream.remote_addr().clone()
     }
 }

@@ -89,11 +89,6 @@ impl Tls {
         self.current.load().not_after
     }
 
-    /// Whether client certificates are verified (mutual TLS).
-    pub fn mutual(&self) -> bool {
-        self.files.client_ca.is_some()
-    }
-
     /// Re-reads the files; if their contents changed and are valid, new
     /// connections get them (connections already open keep theirs).
     /// `Ok(false)`: nothing changed. On an error the configuration in
@@ -147,7 +142,7 @@ fn build(files: &TlsFiles, read: [Vec<u8>; 3]) -> Result<Loaded, TlsError> {
             for cert in certificates(path, &read[2])? {
                 roots
                     .add(cert)
-                    .map_err(|e| fault(path, format!("not a CA certificate: {e}")))?;
+                    .map_err(|e| fault(path, format!("a certificate cannot be read: {e}")))?;
             }
             Some(Arc::new(roots))
         }
