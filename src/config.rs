@@ -82,6 +82,23 @@ fn nats_urls(s: &str) -> Result<String, String> {
     Ok(s.to_owned())
 }
 
+/// Whether a `nats://HOST:PORT` URL names this machine (localhost or a
+/// loopback address).
+fn nats_loopback(url: &str) -> bool {
+    let rest = url.trim();
+    let rest = rest.split_once("://").map_or(rest, |(_, r)| r);
+    // Credentials in the URL (user:pass@) are not the host.
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, r)| r);
+    let host = match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => rest.split(':').next().unwrap_or(""),
+    };
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
 /// A cluster id usable in stream and bucket names.
 fn cluster_id(s: &str) -> Result<String, String> {
     let ok = !s.is_empty()
@@ -158,6 +175,26 @@ pub struct Config {
     /// over this long after the leader stops renewing it.
     #[arg(global = true, long, env = "CAREROUTE_LEASE_TTL", default_value = "3s", value_parser = at_least_a_second)]
     pub lease_ttl: Duration,
+    /// NATS authentication: a file holding an NKEY user seed (`SU...`); it
+    /// signs the server's challenge and is never sent.
+    #[arg(global = true, long, env = "CAREROUTE_NATS_NKEY_SEED")]
+    pub nats_nkey_seed: Option<PathBuf>,
+    /// The CA certificates (PEM) the NATS servers' certificates must chain
+    /// to; with it, the connection to NATS must be TLS.
+    #[arg(global = true, long, env = "CAREROUTE_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
+    /// For NATS servers that verify clients (mutual TLS): this process's
+    /// certificate (PEM); with --nats-key and --nats-ca.
+    #[arg(global = true, long, env = "CAREROUTE_NATS_CERT", requires_all = ["nats_key", "nats_ca"])]
+    pub nats_cert: Option<PathBuf>,
+    /// The private key of --nats-cert (PEM).
+    #[arg(
+        global = true,
+        long,
+        env = "CAREROUTE_NATS_KEY",
+        requires = "nats_cert"
+    )]
+    pub nats_key: Option<PathBuf>,
     /// The gRPC address standbys name as the leader's when this process
     /// leads (default: --grpc-addr as bound).
     #[arg(global = true, long, env = "CAREROUTE_ADVERTISE")]
@@ -376,6 +413,24 @@ impl Config {
         if self.credentials.is_none() {
             missing.push("credentials (--credentials)");
         }
+        if let Some(urls) = &self.journal
+            && urls.split(',').any(|url| !nats_loopback(url))
+        {
+            let mut nats_missing = Vec::new();
+            if self.nats_ca.is_none() {
+                nats_missing.push("TLS (--nats-ca)");
+            }
+            if self.nats_nkey_seed.is_none() {
+                nats_missing.push("authentication (--nats-nkey-seed)");
+            }
+            if !nats_missing.is_empty() {
+                return Err(format!(
+                    "refusing to use the log on {urls} without {}: anyone who reaches NATS could read the log and append commands every careroute applies. Configure {}, use NATS on 127.0.0.1, or give --insecure to run exposed anyway",
+                    nats_missing.join(" or "),
+                    nats_missing.join(" and "),
+                ));
+            }
+        }
         if exposed.is_empty() || missing.is_empty() {
             return Ok(());
         }
@@ -437,5 +492,44 @@ mod tests {
         assert!(with("0.0.0.0:1", "0.0.0.0:2", &tls).is_err());
         assert!(with("0.0.0.0:1", "0.0.0.0:2", &half_tls).is_err());
         assert!(with("0.0.0.0:1", "0.0.0.0:2", &|c| c.insecure = true).is_ok());
+    }
+
+    #[test]
+    fn a_log_on_nats_beyond_loopback_needs_tls_and_authentication() {
+        let with = |urls: &str, protect: &dyn Fn(&mut Config)| {
+            let mut config = Config::ephemeral();
+            config.journal = Some(urls.to_owned());
+            protect(&mut config);
+            config.exposure()
+        };
+        let open = |_: &mut Config| {};
+        for local in [
+            "nats://127.0.0.1:4222",
+            "nats://localhost:4222,nats://[::1]:4223",
+        ] {
+            assert!(with(local, &open).is_ok(), "{local}");
+        }
+        for remote in [
+            "nats://nats.nats.svc:4222",
+            "nats://127.0.0.1:4222,nats://10.0.0.9:4222",
+            "nats://user:pw@10.0.0.9:4222",
+            "nats://[2001:db8::1]:4222",
+        ] {
+            let refused = with(remote, &open).unwrap_err();
+            assert!(
+                refused.starts_with("refusing to use the log on "),
+                "{refused}"
+            );
+            assert!(refused.contains("--nats-ca") && refused.contains("--nats-nkey-seed"));
+        }
+        let remote = "nats://nats.nats.svc:4222";
+        assert!(with(remote, &|c| c.nats_ca = Some("ca".into())).is_err());
+        assert!(with(remote, &|c| c.nats_nkey_seed = Some("seed".into())).is_err());
+        let both = |c: &mut Config| {
+            c.nats_ca = Some("ca".into());
+            c.nats_nkey_seed = Some("seed".into());
+        };
+        assert!(with(remote, &both).is_ok());
+        assert!(with(remote, &|c| c.insecure = true).is_ok());
     }
 }

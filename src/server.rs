@@ -38,7 +38,7 @@ use crate::grpc::{
     pb,
 };
 use crate::incoming::Prefaced;
-use crate::journal::{Every, JournalError, Log, Nats, Replay, Snapshots, Store};
+use crate::journal::{Every, JournalError, Log, Nats, NatsSecurity, Replay, Snapshots, Store};
 use crate::policy::{self, Policy};
 use crate::replication::{self, Seed};
 use crate::roster;
@@ -390,8 +390,14 @@ pub async fn run(
     let (log, replicated) = match replicated {
         Some(mut seed) => {
             let url = config.journal.as_deref().unwrap_or_default();
+            let security = NatsSecurity {
+                nkey_seed: config.nats_nkey_seed.clone(),
+                ca: config.nats_ca.clone(),
+                client: config.nats_cert.clone().zip(config.nats_key.clone()),
+            };
             let (nats, key) = Nats::connect(
                 url,
+                &security,
                 &config.cluster_id,
                 config.nats_replicas,
                 config.lease_ttl,

@@ -187,11 +187,14 @@ fn the_image_and_the_manifests_run_protected_on_their_own_variables() {
     assert!(manifest.contains("runAsUser: 65532"));
     assert!(manifest.contains("fsGroup: 65532"));
     assert!(include_str!("../Dockerfile").contains("USER nonroot:nonroot"));
+    assert!(config.nats_ca.is_some() && config.nats_nkey_seed.is_some());
     for file in [
         &config.tls_cert,
         &config.tls_key,
         &config.credentials,
         &config.tls_client_ca,
+        &config.nats_ca,
+        &config.nats_nkey_seed,
     ] {
         let dir = file.as_ref().unwrap().parent().unwrap();
         assert!(

@@ -402,6 +402,7 @@ async fn a_deposed_leaders_batch_is_refused_whole_even_where_its_sequence_would_
     let url = nats.urls();
     let (log, _) = Log::connect(
         &url,
+        &careroute::journal::NatsSecurity::default(),
         &cluster_id("fence"),
         1,
         Duration::from_secs(2),
@@ -436,4 +437,119 @@ async fn a_deposed_leaders_batch_is_refused_whole_even_where_its_sequence_would_
         .await
         .unwrap();
     assert_eq!(log.last_seq().await.unwrap(), 4);
+}
+
+/// The log on a NATS server that speaks TLS only, verifies its clients'
+/// certificates and admits one NKEY user: careroute given the CA, its
+/// certificate and the seed leads and answers; without any one of them it
+/// does not start, and says which file or what NATS refused (never the
+/// seed).
+#[tokio::test]
+async fn the_log_on_nats_over_mutual_tls_with_an_nkey_user() {
+    use common::pki::{self, Ca};
+    let dir = fresh_data_dir();
+    let ca = Ca::new("nats test CA");
+    let (server_cert, server_key) = pki::write(&dir, "nats", &ca.server());
+    let (client_cert, client_key) = pki::write(&dir, "careroute", &ca.client("careroute"));
+    let ca_file = dir.join("ca.crt");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let user = nkeys::KeyPair::new_user();
+    let seed = dir.join("careroute.nk");
+    std::fs::write(&seed, format!("{}\n", user.seed().unwrap())).unwrap();
+    let conf = format!(
+        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  ca_file: \"{}\"\n  verify: true\n}}\nauthorization {{\n  users = [ {{ nkey: \"{}\" }} ]\n}}\n",
+        server_cert.display(),
+        server_key.display(),
+        ca_file.display(),
+        user.public_key()
+    );
+    let Some(nats) = Nats::start_with(1, &conf) else {
+        return;
+    };
+    let id = cluster_id("secured");
+    let (ca_arg, seed_arg) = (ca_file.to_str().unwrap(), seed.to_str().unwrap());
+    let (cert_arg, key_arg) = (client_cert.to_str().unwrap(), client_key.to_str().unwrap());
+    let all = [
+        "--nats-ca",
+        ca_arg,
+        "--nats-nkey-seed",
+        seed_arg,
+        "--nats-cert",
+        cert_arg,
+        "--nats-key",
+        key_arg,
+    ];
+    let a = careroute_with(&nats, &id, "1", &all);
+    a.wait_for_log("this process leads", Duration::from_secs(30));
+    wait_for_readyz(&a, "200").await;
+    let mut ca_client = client(&a).await;
+    agent(&mut ca_client, "b1", "Billing", "billing").await;
+    route(&mut ca_client, "over-tls").await.unwrap();
+
+    // Each missing piece: the start fails, naming what NATS refused.
+    let without = |skip: &str| -> Vec<&str> {
+        let mut args = Vec::new();
+        for pair in all.chunks(2) {
+            // A certificate is given only with its key and the CA.
+            let skipped = pair[0] == skip
+                || (skip != "--nats-nkey-seed" && ["--nats-cert", "--nats-key"].contains(&pair[0]));
+            if !skipped {
+                args.extend_from_slice(pair);
+            }
+        }
+        args
+    };
+    let urls = nats.urls();
+    let refused = |more: &[&str]| -> String {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_careroute"))
+            .args([
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .args(["--journal", &urls, "--cluster-id", &id, "--data-dir"])
+            .arg(fresh_data_dir())
+            .args(more)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("started with only {more:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(!status.success(), "{more:?}");
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        stderr
+    };
+    for skip in ["--nats-nkey-seed", "--nats-ca", "--nats-cert"] {
+        let said = refused(&without(skip));
+        assert!(
+            said.contains("careroute: journal on NATS: cannot connect to"),
+            "{skip}: {said}"
+        );
+    }
+    // A seed file that holds no seed is refused naming the file, and its
+    // contents are not repeated.
+    let bad = dir.join("bad.nk");
+    std::fs::write(&bad, "SUA-not-really-a-seed-secret-part\n").unwrap();
+    let mut args = without("--nats-nkey-seed");
+    args.extend_from_slice(&["--nats-nkey-seed", bad.to_str().unwrap()]);
+    let said = refused(&args);
+    assert!(
+        said.contains(&format!("{}: not an NKEY user seed", bad.display())),
+        "{said}"
+    );
+    assert!(!said.contains("secret-part"), "{said}");
+    // The leader kept on through all of it.
+    route(&mut ca_client, "still").await.unwrap();
 }

@@ -37,7 +37,7 @@ use tokio::sync::watch;
 
 use crate::engine::Command;
 use crate::model::Time;
-pub use nats::{Lease, Nats, Tail};
+pub use nats::{Lease, Nats, NatsSecurity, Tail};
 pub use replay::{NoStart, Replay};
 pub use shadow::{Every, Snapshots};
 pub use snapshots::{Loaded, SNAPSHOT_FILE, SnapshotFile};

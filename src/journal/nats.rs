@@ -12,7 +12,7 @@
 //! leader never waits for one); after each, the stream is purged up to the
 //! snapshot before it, which is kept as the fallback.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use std::collections::HashMap;
 
@@ -79,6 +79,52 @@ pub struct Tail {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease(u64);
 
+/// How this process checks the NATS servers and proves itself to them.
+#[derive(Debug, Clone, Default)]
+pub struct NatsSecurity {
+    /// A file holding an NKEY user seed: it signs the server's challenge.
+    pub nkey_seed: Option<PathBuf>,
+    /// The CA of the servers' certificates: with it, TLS is required.
+    pub ca: Option<PathBuf>,
+    /// This process's certificate and key, for servers that verify clients.
+    pub client: Option<(PathBuf, PathBuf)>,
+}
+
+impl NatsSecurity {
+    /// The connection options they make; a file that cannot serve is
+    /// refused here, naming it (a seed is never shown).
+    fn options(&self) -> Result<async_nats::ConnectOptions, JournalError> {
+        let refused =
+            |path: &PathBuf, why: String| JournalError::Setup(format!("{}: {why}", path.display()));
+        let mut options = async_nats::ConnectOptions::new();
+        if let Some(path) = &self.nkey_seed {
+            let seed = std::fs::read_to_string(path)
+                .map_err(|e| refused(path, format!("cannot read: {e}")))?;
+            let seed = seed.trim().to_owned();
+            let user = nkeys::KeyPair::from_seed(&seed)
+                .is_ok_and(|k| matches!(k.key_pair_type(), nkeys::KeyPairType::User));
+            if !user {
+                return Err(refused(
+                    path,
+                    "not an NKEY user seed (one line starting SU)".into(),
+                ));
+            }
+            options = options.nkey(seed);
+        }
+        if let Some(ca) = &self.ca {
+            std::fs::metadata(ca).map_err(|e| refused(ca, format!("cannot read: {e}")))?;
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let Some((cert, key)) = &self.client {
+            for path in [cert, key] {
+                std::fs::metadata(path).map_err(|e| refused(path, format!("cannot read: {e}")))?;
+            }
+            options = options.add_client_certificate(cert.clone(), key.clone());
+        }
+        Ok(options)
+    }
+}
+
 impl Nats {
     /// Connects to `urls` (comma-separated) and opens, creating if absent,
     /// the stream and buckets of `cluster_id` with `replicas` replicas; the
@@ -86,6 +132,7 @@ impl Nats {
     /// and the id key of its engine (`proposed`, for a new log).
     pub async fn connect(
         urls: &str,
+        security: &NatsSecurity,
         cluster_id: &str,
         replicas: usize,
         lease_ttl: Duration,
@@ -96,7 +143,8 @@ impl Nats {
             .map(|u| u.trim().parse::<async_nats::ServerAddr>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| nats(&format!("--journal {urls}"), e))?;
-        let client = async_nats::ConnectOptions::new()
+        let client = security
+            .options()?
             .name(format!("careroute {cluster_id}"))
             .connection_timeout(CALL_TIMEOUT)
             .connect(servers)

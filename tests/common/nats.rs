@@ -74,6 +74,12 @@ impl Nats {
     /// `n` servers (1, or a cluster of 3), JetStream on, each accepting
     /// connections; `None` (the test skips) without the binary.
     pub fn start(n: usize) -> Option<Nats> {
+        Nats::start_with(n, "")
+    }
+
+    /// [`Nats::start`] with a configuration file of `conf` (TLS,
+    /// authorization) under the command line's settings.
+    pub fn start_with(n: usize, conf: &str) -> Option<Nats> {
         let binary = binary()?;
         let dir = std::env::temp_dir().join(format!(
             "careroute-nats-{}-{}",
@@ -92,11 +98,25 @@ impl Nats {
             let store = dir.join(format!("n{i}"));
             std::fs::create_dir_all(&store).unwrap();
             let mut cmd = Command::new(&binary);
+            if !conf.is_empty() {
+                let file = dir.join(format!("n{i}.conf"));
+                std::fs::write(&file, conf).unwrap();
+                cmd.arg("-c").arg(&file);
+            }
             cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
                 .arg(&store)
                 .args(["-n", &format!("n{i}")])
                 .stdout(Stdio::null())
-                .stderr(Stdio::null());
+                .stderr(match std::env::var_os("NATS_TEST_LOG") {
+                    // NATS_TEST_LOG=DIR keeps each server's log there.
+                    Some(logs) => Stdio::from(
+                        std::fs::File::create(
+                            PathBuf::from(logs).join(format!("nats-{}.log", port)),
+                        )
+                        .unwrap(),
+                    ),
+                    None => Stdio::null(),
+                });
             if n > 1 {
                 cmd.args([
                     "--cluster_name",
