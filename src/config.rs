@@ -41,6 +41,21 @@ pub enum Command {
         #[arg(long)]
         junit: Option<PathBuf>,
     },
+    /// Rehearse a day: the real engine routes the demand of --demand on a
+    /// virtual clock with the shift plan of --roster (and --policy, or the
+    /// embedded one), and reports per queue and half-hour beside Erlang C:
+    /// a table here, DIR/queues.csv and the chart DIR/day.svg.
+    Simulate {
+        /// The demand: arrivals by half-hour, handle times, patience.
+        #[arg(long)]
+        demand: PathBuf,
+        /// Where queues.csv and day.svg go (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Show progress on stderr (also when stderr is a terminal).
+        #[arg(long)]
+        progress: bool,
+    },
     /// Print a range of the journal in --data-dir as JSON lines, for
     /// audit, without starting the service (it may be running). Exits non-zero if a record
     /// in the range cannot be read (it is reported and skipped).

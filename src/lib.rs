@@ -99,5 +99,6 @@ pub mod roster;
 pub mod secrets;
 pub mod server;
 pub mod shared;
+pub mod simulate;
 pub mod telemetry;
 pub mod tls;

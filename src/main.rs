@@ -1,15 +1,20 @@
 //! The careroute binary: parse flags, set up tracing, build the engine and
 //! serve until SIGTERM or Ctrl-C; or `careroute check FILE...` to validate
 //! policy files before they go live; or `careroute test FILE...` to run
-//! policy unit tests; or `careroute journal` to print the log for audit.
+//! policy unit tests; or `careroute simulate` to rehearse a day; or
+//! `careroute journal` to print the log for audit.
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+};
 
 use careroute::{
     audit,
     clock::SystemClock,
     config::{Cli, Command, Config},
-    policy, policy_test, server, telemetry,
+    policy, policy_test, server, simulate, telemetry,
 };
 use clap::Parser;
 
@@ -18,6 +23,11 @@ fn main() -> ExitCode {
     match cli.command {
         Some(Command::Check { policies }) => check(&policies),
         Some(Command::Test { files, junit }) => test(&files, junit.as_deref()),
+        Some(Command::Simulate {
+            demand,
+            out,
+            progress,
+        }) => simulate(&cli.serve, &demand, &out, progress),
         Some(Command::Journal { from, to, outcomes }) => {
             journal(&cli.serve.data_dir, from, to.unwrap_or(u64::MAX), outcomes)
         }
@@ -80,6 +90,68 @@ fn test(paths: &[PathBuf], junit: Option<&std::path::Path>) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn simulate(config: &Config, demand: &Path, out: &Path, progress: bool) -> ExitCode {
+    let Some(shifts) = &config.roster else {
+        eprintln!(
+            "careroute simulate: --roster SHIFTS is required: who works when (examples/healthcare.shifts.toml shows the format)"
+        );
+        return ExitCode::FAILURE;
+    };
+    let started = std::time::Instant::now();
+    let inputs = (|| {
+        let policy = match &config.policy {
+            Some(path) => policy::read(path)?,
+            None => policy::Policy::embedded()?,
+        };
+        let shifts = simulate::read_shifts(shifts)?;
+        let demand = simulate::read_demand(demand, &policy)?;
+        Ok::<_, careroute::file::FileError>((policy, shifts, demand))
+    })();
+    let (policy, shifts, demand) = match inputs {
+        Ok(inputs) => inputs,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let show = progress || std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let run = simulate::run(std::sync::Arc::new(policy), &shifts, &demand, |done| {
+        if show {
+            eprint!("\rsimulating: {:>3.0}%", done * 100.0);
+        }
+    });
+    if show {
+        eprintln!();
+    }
+    let run = match run {
+        Ok(run) => run,
+        Err(e) => {
+            eprintln!("careroute simulate: the engine refused a step: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let elapsed = started.elapsed();
+    print!("{}", simulate::report::table(&run));
+    let written = std::fs::create_dir_all(out)
+        .and_then(|()| std::fs::write(out.join("queues.csv"), simulate::report::csv(&run)))
+        .map_err(|e| e.to_string())
+        .and_then(|()| simulate::report::chart(&run, &out.join("day.svg")));
+    if let Err(e) = written {
+        eprintln!("careroute simulate: cannot write to {}: {e}", out.display());
+        return ExitCode::FAILURE;
+    }
+    println!(
+        "{} agents, {} contacts, {} day(s) simulated in {:.2} s; {} and {} written",
+        shifts.len(),
+        run.contacts,
+        demand.days,
+        elapsed.as_secs_f64(),
+        out.join("queues.csv").display(),
+        out.join("day.svg").display()
+    );
+    ExitCode::SUCCESS
 }
 
 fn journal(data_dir: &std::path::Path, from: u64, to: u64, outcomes: bool) -> ExitCode {

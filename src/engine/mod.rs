@@ -130,7 +130,9 @@ impl EngineConfig {
 /// replayed, since that would rebuild decisions that were never made.
 /// 2: the explicit identity gate and REQUEST_ID_REUSED.
 /// 3: 128-bit enciphered ids.
-pub const ROUTING_VERSION: u32 = 3;
+/// 4: the estimated wait is the time to free as many agents as are ahead,
+/// without Erlang C's steady-state term.
+pub const ROUTING_VERSION: u32 = 4;
 
 /// The peak rate of new requests with a request id the default window
 /// holds in full.
@@ -413,7 +415,7 @@ impl Engine {
                 continue;
             }
             let waiting = self.line_count(i);
-            let estimated_wait = self.estimated_wait_view(i, waiting + 1);
+            let estimated_wait = self.estimated_wait(i, waiting + 1);
             let longest_wait = std::iter::once(i)
                 .chain(q.steps.iter().map(|s| s.pool))
                 .map(|p| self.waiting.longest_wait(p, now))

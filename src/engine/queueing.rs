@@ -85,49 +85,14 @@ impl Engine {
         self.waiting.len()
     }
 
-    /// Estimated wait for 1-based `position` in `queue`, for a command.
-    /// Erlang C's cost grows with the agents, so its value is kept per
-    /// queue while the staffing and the load (to 1 %) stay the same.
-    pub(super) fn estimated_wait(&mut self, queue: QueueIdx, position: u32) -> Duration {
-        let (agents, erlangs, bucket, handle) = self.load(queue);
-        let c = match self.stats[queue].erlang_c {
-            Some((n, b, c)) if n == agents && b == bucket => c,
-            _ => {
-                let c = ewt::erlang_c(agents, erlangs);
-                self.stats[queue].erlang_c = Some((agents, bucket, c));
-                c
-            }
-        };
-        wait(position, agents, erlangs, handle, c)
-    }
-
-    /// [`Engine::estimated_wait`] for a view: it reads the kept Erlang C
-    /// value but never keeps one, so views change nothing a later command
-    /// could see (a replay of the commands alone gives the same answers).
-    pub(super) fn estimated_wait_view(&self, queue: QueueIdx, position: u32) -> Duration {
-        let (agents, erlangs, bucket, handle) = self.load(queue);
-        let c = match self.stats[queue].erlang_c {
-            Some((n, b, c)) if n == agents && b == bucket => c,
-            _ => ewt::erlang_c(agents, erlangs),
-        };
-        wait(position, agents, erlangs, handle, c)
-    }
-
-    /// A queue's agents staffed, offered load (Erlangs), its 1 % bucket,
-    /// and the handle time in use.
-    fn load(&self, queue: QueueIdx) -> (u32, f64, i64, f64) {
+    /// Estimated wait for 1-based `position` in `queue`: the time for its
+    /// staffed agents to free up that many times ([`ewt`]).
+    pub(super) fn estimated_wait(&self, queue: QueueIdx, position: u32) -> Duration {
         let q = &self.policy.queues[queue];
-        let agents = self.roster.pool(queue).staffed.max(1);
-        let stats = &self.stats[queue];
-        let handle = stats.handle_estimate(q.handle_time);
-        let rate = stats.arrival_gap.map_or(0.0, |g| 1.0 / g);
-        let erlangs = rate * handle;
-        let bucket = if erlangs > 0.0 {
-            (erlangs.ln() * 100.0).round() as i64
-        } else {
-            i64::MIN
-        };
-        (agents, erlangs, bucket, handle)
+        let agents = self.roster.pool(queue).staffed;
+        let handle = self.stats[queue].handle_estimate(q.handle_time);
+        let secs = ewt::estimated_wait(position, agents, handle);
+        Duration::milliseconds((secs * 1000.0).min(1e12) as i64)
     }
 
     /// Puts a contact in its queue's line, or says why not (a callback
@@ -246,7 +211,7 @@ impl Engine {
         };
         let estimated_wait = match offer {
             Some(_) => Duration::zero(),
-            None => self.estimated_wait_view(root, position),
+            None => self.estimated_wait(root, position),
         };
         let offered = offer.and_then(|id| {
             let r = self.reservations.get(&id)?;
@@ -752,12 +717,6 @@ fn step_timers_of<'a>(
                 Timer::Step(w.seq, step.pool),
             )
         })
-}
-
-/// The estimate for `position` from the queue's load and Erlang C value.
-fn wait(position: u32, agents: u32, erlangs: f64, handle: f64, c: f64) -> Duration {
-    let secs = ewt::estimated_wait_with(position, agents, erlangs, handle, c);
-    Duration::milliseconds((secs * 1000.0).min(1e12) as i64)
 }
 
 /// What a line hop is about.

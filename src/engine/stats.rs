@@ -34,8 +34,6 @@ pub struct QueueStats {
     /// Average gap between arrivals in line (seconds), if two or more.
     pub arrival_gap: Option<f64>,
     last_arrival: Option<Time>,
-    /// Erlang C for (agents, load rounded to 1 %), reused while they hold.
-    pub(super) erlang_c: Option<(u32, i64, f64)>,
 }
 
 fn ewma(old: Option<f64>, new: f64) -> f64 {

@@ -1,0 +1,440 @@
+//! The simulator's inputs, checked like the policy (a refusal names the
+//! file, the line and the field): the shifts (which agents work when,
+//! copies of a roster's agents) and the demand (arrivals per intent,
+//! channel and urgency by half-hour, handle times per queue, caller
+//! patience, the share that asks for escalation).
+//!
+//! ```toml
+//! # shifts
+//! roster = "demo-roster.toml"     # the agents' profiles, beside this file
+//! [[shifts]]
+//! agent = "agent-billing-1"       # copied `count` times: agent-billing-1.1, ...
+//! count = 6
+//! start = "08:00"                 # local, in the demand's zone
+//! end = "17:00"
+//!
+//! # demand
+//! date = "2026-11-23"             # the (first) day simulated
+//! zone = "America/New_York"       # or a schedule id of the policy
+//! days = 1
+//! seed = 7
+//! patience = "4m"                 # mean, exponential; "none": nobody hangs up
+//! [handle_time]
+//! default = { mean = "5m" }       # exponential unless cv is given (lognormal)
+//! billing = { mean = "6m", cv = 0.6 }
+//! [[arrivals]]
+//! intent = "billing"
+//! channel = "voice"
+//! escalation_share = 0.05
+//! per_half_hour = { "08:00" = 20, "08:30" = 24 }
+//! ```
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use chrono::{NaiveDate, NaiveTime, TimeZone};
+use chrono_tz::Tz;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::engine::AgentSpec;
+use crate::file::{self, FileError};
+use crate::model::{Channel, Identity, Time, Urgency};
+use crate::policy::Policy;
+use crate::roster;
+
+/// Half-hours in a day.
+pub const SLOTS: usize = 48;
+
+/// One agent's working hours, every simulated day.
+#[derive(Debug, Clone)]
+pub struct Shift {
+    /// The agent (a copy of a roster agent, its own id).
+    pub agent: AgentSpec,
+    /// From, in minutes after local midnight.
+    pub start: u32,
+    /// To, in minutes after local midnight (up to 1440).
+    pub end: u32,
+}
+
+/// A handle time distribution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HandleTime {
+    /// Its mean.
+    pub mean: Duration,
+    /// Its coefficient of variation: `None` is exponential, else lognormal.
+    pub cv: Option<f64>,
+}
+
+/// One stream of arrivals.
+#[derive(Debug, Clone)]
+pub struct Arrivals {
+    /// The contacts' intent.
+    pub intent: String,
+    /// Their channel.
+    pub channel: Channel,
+    /// Their urgency.
+    pub urgency: Urgency,
+    /// Their identity check.
+    pub identity: Identity,
+    /// The share that asks for a supervisor.
+    pub escalation_share: f64,
+    /// Expected arrivals in each half-hour of the day.
+    pub per_slot: [f64; SLOTS],
+}
+
+/// The demand of a simulated day.
+#[derive(Debug, Clone)]
+pub struct Demand {
+    /// Local midnight of the first day.
+    pub start: Time,
+    /// The zone the day is local to.
+    pub zone: Tz,
+    /// How many days.
+    pub days: u32,
+    /// The random seed: the same inputs and seed give the same run.
+    pub seed: u64,
+    /// Mean patience of a waiting caller (exponential); `None`: unlimited.
+    pub patience: Option<Duration>,
+    /// Handle time per queue id; `default` for the others.
+    pub handle: BTreeMap<String, HandleTime>,
+    /// The arrival streams.
+    pub arrivals: Vec<Arrivals>,
+}
+
+impl Demand {
+    /// The handle time of `queue`.
+    pub fn handle_time(&self, queue: &str) -> HandleTime {
+        self.handle
+            .get(queue)
+            .or_else(|| self.handle.get("default"))
+            .copied()
+            .unwrap_or(HandleTime {
+                mean: Duration::from_secs(300),
+                cv: None,
+            })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShifts {
+    roster: Spanned<String>,
+    #[serde(default)]
+    shifts: Vec<Spanned<RawShift>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShift {
+    agent: Spanned<String>,
+    #[serde(default = "one")]
+    count: u32,
+    start: Spanned<String>,
+    end: Spanned<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDemand {
+    date: Spanned<String>,
+    zone: Spanned<String>,
+    #[serde(default = "one")]
+    days: u32,
+    #[serde(default)]
+    seed: u64,
+    patience: Option<Spanned<String>>,
+    #[serde(default)]
+    handle_time: BTreeMap<String, Spanned<RawHandle>>,
+    #[serde(default)]
+    arrivals: Vec<Spanned<RawArrivals>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHandle {
+    mean: Spanned<String>,
+    cv: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawArrivals {
+    intent: Spanned<String>,
+    channel: Option<Spanned<String>>,
+    urgency: Option<Spanned<String>>,
+    identity: Option<Spanned<String>>,
+    #[serde(default)]
+    escalation_share: f64,
+    per_half_hour: Spanned<BTreeMap<String, f64>>,
+}
+
+/// Minutes after midnight of `HH:MM` (`24:00` allowed for an end).
+fn minutes(s: &str) -> Option<u32> {
+    if s == "24:00" {
+        return Some(1440);
+    }
+    let t = NaiveTime::parse_from_str(s, "%H:%M").ok()?;
+    Some(chrono::Timelike::hour(&t) * 60 + chrono::Timelike::minute(&t))
+}
+
+/// Reads and checks a shifts file; its roster is taken from beside it.
+pub fn read_shifts(path: &Path) -> Result<Vec<Shift>, FileError> {
+    let (file, text) = file::read_text(path)?;
+    let raw: RawShifts = toml::from_str(&text).map_err(|e| {
+        file::invalid(
+            &file,
+            &text,
+            e.span().map_or(0, |s| s.start),
+            "(document)",
+            e.message().trim(),
+        )
+    })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let roster = roster::read(&dir.join(raw.roster.get_ref()))?;
+    let invalid = |at: usize, field: &str, why: String| file::invalid(&file, &text, at, field, why);
+    if raw.shifts.is_empty() {
+        return Err(invalid(
+            0,
+            "shifts",
+            "no [[shifts]]: nobody would work".into(),
+        ));
+    }
+    let mut shifts = Vec::new();
+    for s in &raw.shifts {
+        let s = s.get_ref();
+        let template = roster
+            .iter()
+            .find(|(a, _)| a.id == *s.agent.get_ref())
+            .ok_or_else(|| {
+                invalid(
+                    s.agent.span().start,
+                    "shifts.agent",
+                    format!("`{}` is not an agent of the roster", s.agent.get_ref()),
+                )
+            })?;
+        let time = |t: &Spanned<String>, field: &str| {
+            minutes(t.get_ref()).ok_or_else(|| {
+                invalid(
+                    t.span().start,
+                    field,
+                    format!("`{}` is not HH:MM", t.get_ref()),
+                )
+            })
+        };
+        let (start, end) = (time(&s.start, "shifts.start")?, time(&s.end, "shifts.end")?);
+        if end <= start || start >= 1440 {
+            return Err(invalid(
+                s.end.span().start,
+                "shifts.end",
+                "must come after start, on the same day (up to 24:00)".into(),
+            ));
+        }
+        for k in 1..=s.count {
+            let mut agent = template.0.clone();
+            agent.id = format!("{}.{k}", template.0.id);
+            agent.transfer_address = format!("{};copy={k}", template.0.transfer_address);
+            shifts.push(Shift { agent, start, end });
+        }
+    }
+    Ok(shifts)
+}
+
+/// Reads and checks a demand file against `policy` (its intents, queues
+/// and schedules).
+pub fn read_demand(path: &Path, policy: &Policy) -> Result<Demand, FileError> {
+    let (file, text) = file::read_text(path)?;
+    parse_demand(&file, &text, policy)
+}
+
+/// Checks demand text; `file` names it in messages.
+pub fn parse_demand(file: &str, text: &str, policy: &Policy) -> Result<Demand, FileError> {
+    let raw: RawDemand = toml::from_str(text).map_err(|e| {
+        file::invalid(
+            file,
+            text,
+            e.span().map_or(0, |s| s.start),
+            "(document)",
+            e.message().trim(),
+        )
+    })?;
+    let invalid = |at: usize, field: &str, why: String| file::invalid(file, text, at, field, why);
+    let zone: Tz = match raw.zone.get_ref().parse() {
+        Ok(tz) => tz,
+        Err(_) => policy
+            .schedules
+            .iter()
+            .find(|s| s.id == *raw.zone.get_ref())
+            .map(|s| s.time_zone)
+            .ok_or_else(|| {
+                invalid(
+                    raw.zone.span().start,
+                    "zone",
+                    format!(
+                        "`{}` is neither an IANA time zone nor a schedule of the policy",
+                        raw.zone.get_ref()
+                    ),
+                )
+            })?,
+    };
+    let date = NaiveDate::parse_from_str(raw.date.get_ref(), "%Y-%m-%d").map_err(|_| {
+        invalid(
+            raw.date.span().start,
+            "date",
+            format!("`{}` is not YYYY-MM-DD", raw.date.get_ref()),
+        )
+    })?;
+    let start = zone
+        .from_local_datetime(&date.and_time(NaiveTime::MIN))
+        .earliest()
+        .ok_or_else(|| {
+            invalid(
+                raw.date.span().start,
+                "date",
+                "its midnight does not exist in the zone".into(),
+            )
+        })?
+        .with_timezone(&chrono::Utc);
+    if raw.days == 0 || raw.days > 366 {
+        return Err(invalid(0, "days", "1 to 366".into()));
+    }
+    let duration = |s: &Spanned<String>, field: &str| {
+        humantime::parse_duration(s.get_ref())
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                invalid(
+                    s.span().start,
+                    field,
+                    format!("`{}` is not a duration above zero", s.get_ref()),
+                )
+            })
+    };
+    let patience = match &raw.patience {
+        Some(p) if p.get_ref() == "none" => None,
+        Some(p) => Some(duration(p, "patience")?),
+        None => None,
+    };
+    let mut handle = BTreeMap::new();
+    for (queue, h) in &raw.handle_time {
+        if queue != "default" && policy.queue_idx(queue).is_none() {
+            return Err(invalid(
+                h.span().start,
+                "handle_time",
+                format!("unknown queue `{queue}`"),
+            ));
+        }
+        let h = h.get_ref();
+        let cv = match h.cv {
+            Some(cv) if !(cv > 0.0 && cv <= 5.0) => {
+                return Err(invalid(
+                    h.mean.span().start,
+                    &format!("handle_time.{queue}.cv"),
+                    "between 0 and 5".into(),
+                ));
+            }
+            cv => cv,
+        };
+        handle.insert(
+            queue.clone(),
+            HandleTime {
+                mean: duration(&h.mean, &format!("handle_time.{queue}.mean"))?,
+                cv,
+            },
+        );
+    }
+    let mut arrivals = Vec::new();
+    for a in &raw.arrivals {
+        let a = a.get_ref();
+        if policy.intent_idx(a.intent.get_ref()).is_none() {
+            return Err(invalid(
+                a.intent.span().start,
+                "arrivals.intent",
+                format!("`{}` is not an intent of the policy", a.intent.get_ref()),
+            ));
+        }
+        let named = |s: &Option<Spanned<String>>,
+                     field: &str,
+                     names: &[&str]|
+         -> Result<Option<usize>, FileError> {
+            let Some(s) = s else { return Ok(None) };
+            names
+                .iter()
+                .position(|n| *n == s.get_ref())
+                .map(Some)
+                .ok_or_else(|| {
+                    invalid(
+                        s.span().start,
+                        field,
+                        format!("`{}` is not one of: {}", s.get_ref(), names.join(", ")),
+                    )
+                })
+        };
+        let channels: Vec<_> = Channel::ALL.iter().map(|c| c.as_str()).collect();
+        let channel = named(&a.channel, "arrivals.channel", &channels)?
+            .map_or(Channel::Voice, |i| Channel::ALL[i]);
+        let urgencies = [Urgency::Routine, Urgency::Urgent, Urgency::Emergency];
+        let names: Vec<_> = urgencies.iter().map(|u| u.as_str()).collect();
+        let urgency = named(&a.urgency, "arrivals.urgency", &names)?
+            .map_or(Urgency::Routine, |i| urgencies[i]);
+        let identities = [Identity::NotAttempted, Identity::Verified, Identity::Failed];
+        let names: Vec<_> = identities.iter().map(|i| i.as_str()).collect();
+        let identity = named(&a.identity, "arrivals.identity", &names)?
+            .map_or(Identity::Verified, |i| identities[i]);
+        if !(0.0..=1.0).contains(&a.escalation_share) {
+            return Err(invalid(
+                a.intent.span().start,
+                "arrivals.escalation_share",
+                "between 0 and 1".into(),
+            ));
+        }
+        let mut per_slot = [0.0; SLOTS];
+        for (at, expected) in a.per_half_hour.get_ref() {
+            let slot = minutes(at)
+                .filter(|m| m % 30 == 0 && *m < 1440)
+                .map(|m| (m / 30) as usize)
+                .ok_or_else(|| {
+                    invalid(
+                        a.per_half_hour.span().start,
+                        "arrivals.per_half_hour",
+                        format!("`{at}` is not the start of a half-hour (HH:00 or HH:30)"),
+                    )
+                })?;
+            if !(*expected >= 0.0 && expected.is_finite()) {
+                return Err(invalid(
+                    a.per_half_hour.span().start,
+                    "arrivals.per_half_hour",
+                    format!("`{at}`: expected arrivals must be zero or more"),
+                ));
+            }
+            per_slot[slot] = *expected;
+        }
+        arrivals.push(Arrivals {
+            intent: a.intent.get_ref().clone(),
+            channel,
+            urgency,
+            identity,
+            escalation_share: a.escalation_share,
+            per_slot,
+        });
+    }
+    if arrivals.is_empty() {
+        return Err(invalid(
+            0,
+            "arrivals",
+            "no [[arrivals]]: nobody would call".into(),
+        ));
+    }
+    Ok(Demand {
+        start,
+        zone,
+        days: raw.days,
+        seed: raw.seed,
+        patience,
+        handle,
+        arrivals,
+    })
+}
