@@ -61,3 +61,29 @@ pub fn invalid(
         message: message.into(),
     }
 }
+
+/// The one of `options` that `s` names (by `name`), or a refusal at its
+/// line naming `field` and listing the names there are.
+pub fn one_of<T: Copy>(
+    file: &str,
+    text: &str,
+    s: &toml::Spanned<String>,
+    field: &str,
+    options: &[T],
+    name: fn(T) -> &'static str,
+) -> Result<T, FileError> {
+    options
+        .iter()
+        .copied()
+        .find(|o| name(*o) == s.get_ref())
+        .ok_or_else(|| {
+            let names: Vec<&str> = options.iter().map(|o| name(*o)).collect();
+            invalid(
+                file,
+                text,
+                s.span().start,
+                field,
+                format!("`{}` is not one of: {}", s.get_ref(), names.join(", ")),
+            )
+        })
+}

@@ -10,7 +10,7 @@
 //!   rule and guard evaluation ([`policy::Policy::plan`]).
 //! - [`engine`]: the pure synchronous core: agents, per-queue free-agent
 //!   indexes, reservations with TTLs, live queueing (waiting lines ordered by
-//!   priority and age, assignment when an agent frees up, Erlang C estimated
+//!   priority and age, assignment when an agent frees up, the estimated
 //!   wait), contact paths; every change a command through its one door,
 //!   [`engine::Engine::apply`].
 //! - [`journal`]: the log of those commands, written before each answer
@@ -33,6 +33,8 @@
 //!   changes.
 //! - [`policy_test`]: `careroute test`, policy unit tests on the engine
 //!   and a virtual clock.
+//! - [`simulate`]: `careroute simulate`, a day of demand through the engine
+//!   on a virtual clock, beside Erlang C.
 //! - [`telemetry`]: metric names, descriptions, the exporter and tracing setup.
 //! - [`clock`]: the time source the edge hands to the engine.
 //! - [`config`]: typed settings from flags and environment.

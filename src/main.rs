@@ -62,22 +62,25 @@ fn check(paths: &[PathBuf]) -> ExitCode {
 fn test(paths: &[PathBuf], junit: Option<&std::path::Path>) -> ExitCode {
     let mut ok = true;
     let mut results = Vec::new();
+    // Files refused before any case ran: an errored test in the report.
+    let mut errored = Vec::new();
     for path in paths {
         match policy_test::read(path) {
             Ok(suite) => {
                 let result = policy_test::run(&suite);
-                print!("{}", policy_test::text(&result));
+                say(&policy_test::text(&result));
                 ok &= result.passed();
                 results.push(result);
             }
             Err(e) => {
                 eprintln!("{e}");
+                errored.push((path.display().to_string(), e.to_string()));
                 ok = false;
             }
         }
     }
     if let Some(out) = junit {
-        let written = policy_test::junit(&results)
+        let written = policy_test::junit(&results, &errored)
             .map_err(|e| e.to_string())
             .and_then(|xml| std::fs::write(out, xml).map_err(|e| e.to_string()));
         if let Err(e) = written {
@@ -133,7 +136,7 @@ fn simulate(config: &Config, demand: &Path, out: &Path, progress: bool) -> ExitC
         }
     };
     let elapsed = started.elapsed();
-    print!("{}", simulate::report::table(&run));
+    say(&simulate::report::table(&run));
     let written = std::fs::create_dir_all(out)
         .and_then(|()| std::fs::write(out.join("queues.csv"), simulate::report::csv(&run)))
         .map_err(|e| e.to_string())
@@ -142,15 +145,15 @@ fn simulate(config: &Config, demand: &Path, out: &Path, progress: bool) -> ExitC
         eprintln!("careroute simulate: cannot write to {}: {e}", out.display());
         return ExitCode::FAILURE;
     }
-    println!(
-        "{} agents, {} contacts, {} day(s) simulated in {:.2} s; {} and {} written",
+    say(&format!(
+        "{} agents, {} contacts, {} day(s) simulated in {:.2} s; {} and {} written\n",
         shifts.len(),
         run.contacts,
         demand.days,
         elapsed.as_secs_f64(),
         out.join("queues.csv").display(),
         out.join("day.svg").display()
-    );
+    ));
     ExitCode::SUCCESS
 }
 
@@ -218,6 +221,12 @@ fn serve(config: Config) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes a report to stdout; a closed pipe (`| head`) is not an error.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -100,6 +100,9 @@ pub enum Urgency {
 }
 
 impl Urgency {
+    /// Every urgency.
+    pub const ALL: [Urgency; 3] = [Urgency::Routine, Urgency::Urgent, Urgency::Emergency];
+
     /// The lowercase name used in policy files.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -111,9 +114,7 @@ impl Urgency {
 
     /// Parses a policy-file name.
     pub fn parse(name: &str) -> Option<Urgency> {
-        [Urgency::Routine, Urgency::Urgent, Urgency::Emergency]
-            .into_iter()
-            .find(|u| u.as_str() == name)
+        Urgency::ALL.into_iter().find(|u| u.as_str() == name)
     }
 }
 
@@ -129,6 +130,9 @@ pub enum Identity {
 }
 
 impl Identity {
+    /// Every state of the check.
+    pub const ALL: [Identity; 3] = [Identity::NotAttempted, Identity::Verified, Identity::Failed];
+
     /// The lowercase name used in policy files.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -140,9 +144,7 @@ impl Identity {
 
     /// Parses a policy-file name.
     pub fn parse(name: &str) -> Option<Identity> {
-        [Identity::NotAttempted, Identity::Verified, Identity::Failed]
-            .into_iter()
-            .find(|i| i.as_str() == name)
+        Identity::ALL.into_iter().find(|i| i.as_str() == name)
     }
 }
 

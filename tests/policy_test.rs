@@ -194,3 +194,62 @@ fn bad_test_files_are_refused_with_file_line_and_field() {
         assert!(err.starts_with(&expected), "{err}{out}\nexpected: {expected}");
     }
 }
+
+#[test]
+fn an_offer_that_never_comes_fails_the_assigned_step() {
+    let path = test_file(
+        r#"[[cases]]
+name = "nobody finishes, so nobody is offered the waiting caller"
+at = "2026-11-23 10:00 America/New_York"
+
+[[cases.steps]]
+route = { contact_id = "s1", intent = "scheduling" }
+
+[[cases.steps]]
+confirm = "s1"
+
+[[cases.steps]]
+route = { contact_id = "s2", intent = "scheduling" }
+
+[[cases.steps]]
+confirm = "s2"
+
+[[cases.steps]]
+route = { contact_id = "s3", intent = "scheduling" }
+expect = { outcome = "queued", position = 1 }
+
+[[cases.steps]]
+wait = "20s"
+
+[[cases.steps]]
+assigned = "s3"
+"#,
+    );
+    let junit = path.with_extension("xml");
+    let (ok, out, _) = careroute(&[
+        "test",
+        path.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        out.contains(
+            "assigned: expected `s3` offered to an agent, got no offer since the step before"
+        ),
+        "{out}"
+    );
+    // A file refused before any case ran is an errored test in the report.
+    let bad = test_file("[[cases]]\nname = \"x\"\n");
+    let (ok, _, _) = careroute(&[
+        "test",
+        bad.to_str().unwrap(),
+        path.to_str().unwrap(),
+        "--junit",
+        junit.to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    let xml = std::fs::read_to_string(&junit).unwrap();
+    assert!(xml.contains("errors=\"1\""), "{xml}");
+    assert!(xml.contains("the test file"), "{xml}");
+}

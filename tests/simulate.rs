@@ -200,6 +200,22 @@ fn the_example_day_writes_its_table_csv_and_chart() {
         String::from_utf8_lossy(&status.stderr)
     );
     assert!(stdout.contains("scheduling"), "{stdout}");
+    // Every line of the table has a value under each heading.
+    let table: Vec<&str> = stdout
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.contains("simulated in"))
+        .collect();
+    // Five headings are two words: "SL erlC", "ASA s", "ASA erlC", "erlC over", "agent h".
+    let headings = table[0].split_whitespace().count() - 5;
+    for row in &table[1..] {
+        assert_eq!(
+            row.split_whitespace().count(),
+            headings,
+            "{row}\n{}",
+            table[0]
+        );
+    }
     assert!(stdout.contains("agents,"), "{stdout}");
     let csv = std::fs::read_to_string(out.join("queues.csv")).unwrap();
     assert!(csv.starts_with("queue,day,start,offered,answered"), "{csv}");
@@ -278,4 +294,47 @@ fn bad_demand_and_shifts_are_refused_with_file_line_and_field() {
         e.contains(":3: shifts.agent: `b` is not an agent of the roster"),
         "{e}"
     );
+}
+
+#[test]
+fn shifts_of_one_agent_are_different_people_who_stop_taking_work_when_they_end() {
+    let dir = common::process::fresh_data_dir();
+    one_queue(&dir, 1, 20.0, 1, "2m");
+    std::fs::write(
+        dir.join("shifts.toml"),
+        "roster = \"roster.toml\"\n\
+         [[shifts]]\nagent = \"a\"\ncount = 3\nstart = \"08:00\"\nend = \"10:00\"\n\
+         [[shifts]]\nagent = \"a\"\ncount = 2\nstart = \"10:00\"\nend = \"12:00\"\n",
+    )
+    .unwrap();
+    let shifts = simulate::read_shifts(&dir.join("shifts.toml")).unwrap();
+    let ids: std::collections::HashSet<_> = shifts.iter().map(|s| s.agent.id.clone()).collect();
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    let run = run(&dir);
+    let q = &run.queues[0];
+    let slot = |hh: usize, mm: usize| &q.slots[hh * 2 + mm / 30];
+    assert!(
+        (slot(9, 0).staffed() - 3.0).abs() < 0.01,
+        "{}",
+        slot(9, 0).staffed()
+    );
+    assert!(
+        (slot(11, 0).staffed() - 2.0).abs() < 0.01,
+        "{}",
+        slot(11, 0).staffed()
+    );
+    // After the last shift: nobody logged in, nobody answered; contacts
+    // get callbacks.
+    for hh in 13..24 {
+        assert_eq!(slot(hh, 0).staffed(), 0.0, "{hh}:00");
+        assert_eq!(slot(hh, 0).answered + slot(hh, 30).answered, 0, "{hh}:00");
+    }
+    assert!(slot(15, 0).callback_total() > 0);
+    // Another seed, another day.
+    let text = std::fs::read_to_string(dir.join("demand.toml"))
+        .unwrap()
+        .replace("seed = 11", "seed = 12");
+    std::fs::write(dir.join("demand.toml"), text).unwrap();
+    let other = self::run(&dir);
+    assert_ne!(other.queues[0].total().offered, q.total().offered);
 }

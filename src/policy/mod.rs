@@ -310,6 +310,17 @@ impl Policy {
         parse(DEFAULT_POLICY_NAME, DEFAULT_POLICY)
     }
 
+    /// The time zone `name` names: an IANA zone, or a schedule of this
+    /// policy (its zone).
+    pub fn time_zone(&self, name: &str) -> Option<Tz> {
+        name.parse().ok().or_else(|| {
+            self.schedules
+                .iter()
+                .find(|s| s.id == name)
+                .map(|s| s.time_zone)
+        })
+    }
+
     /// A queue by id.
     pub fn queue_idx(&self, id: &str) -> Option<QueueIdx> {
         self.queue_ids.get(id).copied()

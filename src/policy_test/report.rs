@@ -51,9 +51,21 @@ pub fn text(result: &SuiteResult) -> String {
 
 /// The results as JUnit XML: one test suite per file, one test case per
 /// case; a failure's message is its first difference, its text all of them.
-pub fn junit(results: &[SuiteResult]) -> Result<String, quick_junit::SerializeError> {
+/// A file refused before any case ran (`errored`: its name and why) is a
+/// suite with one errored test case, so CI does not pass over it.
+pub fn junit(
+    results: &[SuiteResult],
+    errored: &[(String, String)],
+) -> Result<String, quick_junit::SerializeError> {
     use quick_junit::{NonSuccessKind, Report, TestCase, TestCaseStatus, TestSuite};
     let mut report = Report::new("careroute test");
+    for (file, why) in errored {
+        let mut suite = TestSuite::new(file.as_str());
+        let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
+        status.set_message(why.as_str());
+        suite.add_test_case(TestCase::new("the test file", status));
+        report.add_test_suite(suite);
+    }
     for result in results {
         let mut suite = TestSuite::new(result.file.as_str());
         for case in &result.cases {

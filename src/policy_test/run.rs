@@ -175,9 +175,8 @@ fn run_case(suite: &Suite, case: &Case, decided: &mut BTreeSet<String>) -> CaseR
                 }
                 Err(e) => Err(e),
             },
-            StepKind::Confirm(contact) => match held.by_contact.get(contact) {
-                Some((_, r)) => engine.apply(Confirm(*r), now).map(drop),
-                None => {
+            StepKind::Confirm(contact) | StepKind::Release(contact, _) => {
+                let Some(&(_, r)) = held.by_contact.get(contact) else {
                     fail(
                         step.line,
                         "step",
@@ -186,21 +185,14 @@ fn run_case(suite: &Suite, case: &Case, decided: &mut BTreeSet<String>) -> CaseR
                         String::new(),
                     );
                     continue;
+                };
+                match &step.kind {
+                    StepKind::Release(_, reason) => {
+                        engine.apply(Release(r, *reason), now).map(drop)
+                    }
+                    _ => engine.apply(Confirm(r), now).map(drop),
                 }
-            },
-            StepKind::Release(contact, reason) => match held.by_contact.get(contact) {
-                Some((_, r)) => engine.apply(Release(*r, *reason), now).map(drop),
-                None => {
-                    fail(
-                        step.line,
-                        "step",
-                        format!("`{contact}` holds a reservation"),
-                        "it holds none".into(),
-                        String::new(),
-                    );
-                    continue;
-                }
-            },
+            }
             StepKind::Complete(contact) => match held.by_contact.get(contact) {
                 Some((agent, _)) => engine
                     .apply(
@@ -223,9 +215,21 @@ fn run_case(suite: &Suite, case: &Case, decided: &mut BTreeSet<String>) -> CaseR
                 }
             },
             StepKind::Cancel(contact) => engine.apply(Cancel(contact.clone()), now).map(drop),
+            // Time passes as it would live: each timer fires when it is
+            // due (an offer lapses, then is made again, ...), up to the end.
             StepKind::Wait(d) => {
-                now = advance(now, *d);
-                engine.apply(Tick, now).map(drop)
+                let until = advance(now, *d);
+                let mut ticked = Ok(());
+                while let Some(due) = engine.next_due().filter(|due| *due < until) {
+                    now = due.max(now);
+                    ticked = engine.apply(Tick, now).map(drop);
+                    held.take_events(&mut engine);
+                    if ticked.is_err() {
+                        break;
+                    }
+                }
+                now = until;
+                ticked.and_then(|()| engine.apply(Tick, now).map(drop))
             }
             StepKind::SetState(agent, state) => engine
                 .apply(

@@ -204,6 +204,16 @@ impl Cx<'_> {
     fn invalid(&self, at: usize, field: &str, message: impl Into<String>) -> FileError {
         file::invalid(self.file, self.text, at, field, message)
     }
+
+    fn one_of<T: Copy>(
+        &self,
+        s: &Spanned<String>,
+        field: &str,
+        options: &[T],
+        name: fn(T) -> &'static str,
+    ) -> Result<T, FileError> {
+        file::one_of(self.file, self.text, s, field, options, name)
+    }
 }
 
 /// Reads and checks the test file at `path`; its policy and roster paths
@@ -328,19 +338,11 @@ fn time(cx: &Cx, policy: &Policy, s: &Spanned<String>, field: &str) -> Result<Ti
             "`{text}` is not `YYYY-MM-DD HH:MM ZONE` (an IANA zone or a schedule id)"
         ))
     })?;
-    let tz: chrono_tz::Tz = match zone.parse() {
-        Ok(tz) => tz,
-        Err(_) => policy
-            .schedules
-            .iter()
-            .find(|sch| sch.id == zone)
-            .map(|sch| sch.time_zone)
-            .ok_or_else(|| {
-                bad(format!(
-                    "`{zone}` is neither an IANA time zone nor a schedule of the policy"
-                ))
-            })?,
-    };
+    let tz = policy.time_zone(zone).ok_or_else(|| {
+        bad(format!(
+            "`{zone}` is neither an IANA time zone nor a schedule of the policy"
+        ))
+    })?;
     let naive = NaiveDateTime::parse_from_str(local, "%Y-%m-%d %H:%M")
         .or_else(|_| NaiveDateTime::parse_from_str(local, "%Y-%m-%d %H:%M:%S"))
         .map_err(|_| bad(format!("`{local}` is not `YYYY-MM-DD HH:MM`")))?;
@@ -355,17 +357,7 @@ fn time(cx: &Cx, policy: &Policy, s: &Spanned<String>, field: &str) -> Result<Ti
 }
 
 fn agent_state(cx: &Cx, s: &Spanned<String>, field: &str) -> Result<AgentState, FileError> {
-    AgentState::ALL
-        .into_iter()
-        .find(|a| a.as_str() == s.get_ref())
-        .ok_or_else(|| {
-            let names: Vec<_> = AgentState::ALL.iter().map(|a| a.as_str()).collect();
-            cx.invalid(
-                s.span().start,
-                field,
-                format!("`{}` is not one of: {}", s.get_ref(), names.join(", ")),
-            )
-        })
+    cx.one_of(s, field, &AgentState::ALL, AgentState::as_str)
 }
 
 fn contact(
@@ -376,33 +368,18 @@ fn contact(
 ) -> Result<Contact, FileError> {
     let c = raw.get_ref();
     let field = |f: &str| format!("cases.contact.{f}");
-    let named = |s: &Option<Spanned<String>>,
-                 f: &str,
-                 names: &[&str]|
-     -> Result<Option<usize>, FileError> {
-        let Some(s) = s else { return Ok(None) };
-        names
-            .iter()
-            .position(|n| *n == s.get_ref())
-            .map(Some)
-            .ok_or_else(|| {
-                cx.invalid(
-                    s.span().start,
-                    &field(f),
-                    format!("`{}` is not one of: {}", s.get_ref(), names.join(", ")),
-                )
-            })
+    let channel = match &c.channel {
+        Some(ch) => cx.one_of(ch, &field("channel"), &Channel::ALL, Channel::as_str)?,
+        None => Channel::Voice,
     };
-    let channels: Vec<_> = Channel::ALL.iter().map(|c| c.as_str()).collect();
-    let channel =
-        named(&c.channel, "channel", &channels)?.map_or(Channel::Voice, |i| Channel::ALL[i]);
-    let urgencies = [Urgency::Routine, Urgency::Urgent, Urgency::Emergency];
-    let names: Vec<_> = urgencies.iter().map(|u| u.as_str()).collect();
-    let urgency = named(&c.urgency, "urgency", &names)?.map_or(Urgency::Routine, |i| urgencies[i]);
-    let identities = [Identity::NotAttempted, Identity::Verified, Identity::Failed];
-    let names: Vec<_> = identities.iter().map(|i| i.as_str()).collect();
-    let identity =
-        named(&c.identity, "identity", &names)?.map_or(Identity::NotAttempted, |i| identities[i]);
+    let urgency = match &c.urgency {
+        Some(u) => cx.one_of(u, &field("urgency"), &Urgency::ALL, Urgency::as_str)?,
+        None => Urgency::Routine,
+    };
+    let identity = match &c.identity {
+        Some(i) => cx.one_of(i, &field("identity"), &Identity::ALL, Identity::as_str)?,
+        None => Identity::NotAttempted,
+    };
     if policy.intent_idx(c.intent.get_ref()).is_none() {
         return Err(cx.invalid(
             c.intent.span().start,
@@ -494,19 +471,12 @@ fn expect(
         }
     }
     let callback_reason = match &e.callback_reason {
-        Some(r) => Some(
-            CallbackReason::ALL
-                .into_iter()
-                .find(|x| x.as_str() == r.get_ref())
-                .ok_or_else(|| {
-                    let names: Vec<_> = CallbackReason::ALL.iter().map(|c| c.as_str()).collect();
-                    cx.invalid(
-                        r.span().start,
-                        &field("callback_reason"),
-                        format!("`{}` is not one of: {}", r.get_ref(), names.join(", ")),
-                    )
-                })?,
-        ),
+        Some(r) => Some(cx.one_of(
+            r,
+            &field("callback_reason"),
+            &CallbackReason::ALL,
+            CallbackReason::as_str,
+        )?),
         None => None,
     };
     Ok(Expect {
@@ -574,17 +544,12 @@ fn step(
         StepKind::Confirm(c.clone())
     } else if let Some(c) = &s.release {
         let reason = match &s.reason {
-            Some(r) => ReleaseReason::ALL
-                .into_iter()
-                .find(|x| x.as_str() == r.get_ref())
-                .ok_or_else(|| {
-                    let names: Vec<_> = ReleaseReason::ALL.iter().map(|x| x.as_str()).collect();
-                    cx.invalid(
-                        r.span().start,
-                        "cases.steps.reason",
-                        format!("`{}` is not one of: {}", r.get_ref(), names.join(", ")),
-                    )
-                })?,
+            Some(r) => cx.one_of(
+                r,
+                "cases.steps.reason",
+                &ReleaseReason::ALL,
+                ReleaseReason::as_str,
+            )?,
             None => ReleaseReason::Unspecified,
         };
         StepKind::Release(c.clone(), reason)

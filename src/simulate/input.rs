@@ -9,6 +9,7 @@
 //! roster = "demo-roster.toml"     # the agents' profiles, beside this file
 //! [[shifts]]
 //! agent = "agent-billing-1"       # copied `count` times: agent-billing-1.1, ...
+//!                                 # (numbered on across shifts of the same agent)
 //! count = 6
 //! start = "08:00"                 # local, in the demand's zone
 //! end = "17:00"
@@ -18,7 +19,7 @@
 //! zone = "America/New_York"       # or a schedule id of the policy
 //! days = 1
 //! seed = 7
-//! patience = "4m"                 # mean, exponential; "none": nobody hangs up
+//! patience = "4m"                 # voice and chat: mean, exponential; "none": nobody hangs up
 //! [handle_time]
 //! default = { mean = "5m" }       # exponential unless cv is given (lognormal)
 //! billing = { mean = "6m", cv = 0.6 }
@@ -78,6 +79,8 @@ pub struct Arrivals {
     pub identity: Identity,
     /// The share that asks for a supervisor.
     pub escalation_share: f64,
+    /// Mean patience while waiting (exponential); `None`: unlimited.
+    pub patience: Option<Duration>,
     /// Expected arrivals in each half-hour of the day.
     pub per_slot: [f64; SLOTS],
 }
@@ -93,7 +96,9 @@ pub struct Demand {
     pub days: u32,
     /// The random seed: the same inputs and seed give the same run.
     pub seed: u64,
-    /// Mean patience of a waiting caller (exponential); `None`: unlimited.
+    /// Mean patience of a waiting caller or chatter (exponential), unless
+    /// a stream gives its own; `None`: unlimited. Written channels (sms,
+    /// email, portal) wait unless their stream says otherwise.
     pub patience: Option<Duration>,
     /// Handle time per queue id; `default` for the others.
     pub handle: BTreeMap<String, HandleTime>,
@@ -169,6 +174,7 @@ struct RawArrivals {
     identity: Option<Spanned<String>>,
     #[serde(default)]
     escalation_share: f64,
+    patience: Option<Spanned<String>>,
     per_half_hour: Spanned<BTreeMap<String, f64>>,
 }
 
@@ -204,6 +210,7 @@ pub fn read_shifts(path: &Path) -> Result<Vec<Shift>, FileError> {
         ));
     }
     let mut shifts = Vec::new();
+    let mut copies_made: BTreeMap<String, u32> = BTreeMap::new();
     for s in &raw.shifts {
         let s = s.get_ref();
         let template = roster
@@ -233,7 +240,12 @@ pub fn read_shifts(path: &Path) -> Result<Vec<Shift>, FileError> {
                 "must come after start, on the same day (up to 24:00)".into(),
             ));
         }
-        for k in 1..=s.count {
+        // Copies are numbered across the file: two shifts of one roster
+        // agent are different people.
+        let copies = copies_made.entry(template.0.id.clone()).or_insert(0u32);
+        for _ in 0..s.count {
+            *copies += 1;
+            let k = *copies;
             let mut agent = template.0.clone();
             agent.id = format!("{}.{k}", template.0.id);
             agent.transfer_address = format!("{};copy={k}", template.0.transfer_address);
@@ -262,24 +274,16 @@ pub fn parse_demand(file: &str, text: &str, policy: &Policy) -> Result<Demand, F
         )
     })?;
     let invalid = |at: usize, field: &str, why: String| file::invalid(file, text, at, field, why);
-    let zone: Tz = match raw.zone.get_ref().parse() {
-        Ok(tz) => tz,
-        Err(_) => policy
-            .schedules
-            .iter()
-            .find(|s| s.id == *raw.zone.get_ref())
-            .map(|s| s.time_zone)
-            .ok_or_else(|| {
-                invalid(
-                    raw.zone.span().start,
-                    "zone",
-                    format!(
-                        "`{}` is neither an IANA time zone nor a schedule of the policy",
-                        raw.zone.get_ref()
-                    ),
-                )
-            })?,
-    };
+    let zone = policy.time_zone(raw.zone.get_ref()).ok_or_else(|| {
+        invalid(
+            raw.zone.span().start,
+            "zone",
+            format!(
+                "`{}` is neither an IANA time zone nor a schedule of the policy",
+                raw.zone.get_ref()
+            ),
+        )
+    })?;
     let date = NaiveDate::parse_from_str(raw.date.get_ref(), "%Y-%m-%d").map_err(|_| {
         invalid(
             raw.date.span().start,
@@ -356,34 +360,39 @@ pub fn parse_demand(file: &str, text: &str, policy: &Policy) -> Result<Demand, F
                 format!("`{}` is not an intent of the policy", a.intent.get_ref()),
             ));
         }
-        let named = |s: &Option<Spanned<String>>,
-                     field: &str,
-                     names: &[&str]|
-         -> Result<Option<usize>, FileError> {
-            let Some(s) = s else { return Ok(None) };
-            names
-                .iter()
-                .position(|n| *n == s.get_ref())
-                .map(Some)
-                .ok_or_else(|| {
-                    invalid(
-                        s.span().start,
-                        field,
-                        format!("`{}` is not one of: {}", s.get_ref(), names.join(", ")),
-                    )
-                })
+        let channel = match &a.channel {
+            Some(c) => file::one_of(
+                file,
+                text,
+                c,
+                "arrivals.channel",
+                &Channel::ALL,
+                Channel::as_str,
+            )?,
+            None => Channel::Voice,
         };
-        let channels: Vec<_> = Channel::ALL.iter().map(|c| c.as_str()).collect();
-        let channel = named(&a.channel, "arrivals.channel", &channels)?
-            .map_or(Channel::Voice, |i| Channel::ALL[i]);
-        let urgencies = [Urgency::Routine, Urgency::Urgent, Urgency::Emergency];
-        let names: Vec<_> = urgencies.iter().map(|u| u.as_str()).collect();
-        let urgency = named(&a.urgency, "arrivals.urgency", &names)?
-            .map_or(Urgency::Routine, |i| urgencies[i]);
-        let identities = [Identity::NotAttempted, Identity::Verified, Identity::Failed];
-        let names: Vec<_> = identities.iter().map(|i| i.as_str()).collect();
-        let identity = named(&a.identity, "arrivals.identity", &names)?
-            .map_or(Identity::Verified, |i| identities[i]);
+        let urgency = match &a.urgency {
+            Some(u) => file::one_of(
+                file,
+                text,
+                u,
+                "arrivals.urgency",
+                &Urgency::ALL,
+                Urgency::as_str,
+            )?,
+            None => Urgency::Routine,
+        };
+        let identity = match &a.identity {
+            Some(i) => file::one_of(
+                file,
+                text,
+                i,
+                "arrivals.identity",
+                &Identity::ALL,
+                Identity::as_str,
+            )?,
+            None => Identity::Verified,
+        };
         if !(0.0..=1.0).contains(&a.escalation_share) {
             return Err(invalid(
                 a.intent.span().start,
@@ -412,12 +421,21 @@ pub fn parse_demand(file: &str, text: &str, policy: &Policy) -> Result<Demand, F
             }
             per_slot[slot] = *expected;
         }
+        // Callers and chatters give up; written messages wait for their
+        // answer, unless the stream says otherwise.
+        let stream_patience = match &a.patience {
+            Some(p) if p.get_ref() == "none" => None,
+            Some(p) => Some(duration(p, "arrivals.patience")?),
+            None if matches!(channel, Channel::Voice | Channel::Chat) => patience,
+            None => None,
+        };
         arrivals.push(Arrivals {
             intent: a.intent.get_ref().clone(),
             channel,
             urgency,
             identity,
             escalation_share: a.escalation_share,
+            patience: stream_patience,
             per_slot,
         });
     }

@@ -4,7 +4,8 @@
 //! what happened (offered, answered, service level, speed of answer,
 //! abandonment, callbacks, occupancy) beside Erlang C's prediction. Inputs
 //! ([`input`]), the run ([`run`]), the formula ([`erlang`]) and the
-//! reports ([`report`]) are apart.
+//! reports ([`report`]) are apart. No server, no runtime: it drives the
+//! engine directly, as a log replay does.
 
 pub mod erlang;
 pub mod input;

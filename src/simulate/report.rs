@@ -52,8 +52,10 @@ fn erlang_overall(q: &QueueRun) -> (Option<f64>, Option<f64>, u32) {
 /// agents (it then predicts a line that grows without end; the simulated
 /// engine answers with callbacks and relaxation steps instead).
 /// Occupancy is the queue's handle time over its eligible agents' logged-in
-/// time: above 100% where agents work contacts side by side (chats) or are
-/// shared with other queues.
+/// time: above 100% where agents work contacts side by side (chats), or
+/// where a relaxation step or an overflow has agents of other queues
+/// answer; agents eligible for several queues count in each, which pulls
+/// it down.
 pub fn table(run: &Run) -> String {
     let mut out = String::new();
     let _ = writeln!(
@@ -63,7 +65,7 @@ pub fn table(run: &Run) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<22} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>8} {:>9} {:>9}",
+        "{:<22} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9} {:>8} {:>9} {:>9}",
         "queue",
         "offered",
         "answered",
@@ -71,6 +73,7 @@ pub fn table(run: &Run) -> String {
         "SL erlC",
         "ASA s",
         "ASA erlC",
+        "erlC over",
         "abandon",
         "callback",
         "occupancy",

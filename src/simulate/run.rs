@@ -81,9 +81,10 @@ impl Slot {
         }
     }
 
-    /// The queue's handling time over its eligible agents' logged-in time
-    /// (an agent eligible for several queues counts in each, so shared
-    /// agents make each queue's figure low).
+    /// The queue's handling time over its eligible agents' logged-in time:
+    /// an agent eligible for several queues counts in each (which pulls it
+    /// down); chats worked side by side, and agents of other queues
+    /// answering after a relaxation step, push it up (past 100%).
     pub fn occupancy(&self) -> Option<f64> {
         let staffed_seconds = self.staffed * SAMPLE_EVERY.as_secs_f64();
         (staffed_seconds > 0.0).then(|| self.handled_seconds / staffed_seconds)
@@ -275,7 +276,7 @@ pub fn run(
         push(&mut next, t, Next::Sample);
         t += chrono::Duration::from_std(SAMPLE_EVERY).unwrap_or(chrono::Duration::MAX);
     }
-    let total_events = next.len().max(1) as f64;
+    let run_seconds = (end - demand.start).num_seconds().max(1) as f64;
 
     engine.apply(Watch(WatchFilter::default()), demand.start)?;
     for s in shifts {
@@ -300,6 +301,7 @@ pub fn run(
     let mut contacts = 0u64;
     let mut scripted = 0u64;
     let mut done_events = 0u64;
+    let mut last_now = demand.start;
 
     let handle_sample = |h: HandleTime, rng: &mut StdRng| -> Duration {
         let mean = h.mean.as_secs_f64();
@@ -329,6 +331,10 @@ pub fn run(
         if now >= end {
             break;
         }
+        // The engine may report something due before the last step (its
+        // sweep of a line just joined): it is done now, not in the past.
+        let now = now.max(last_now);
+        last_now = now;
         let mut confirmations = Vec::new();
         match what {
             None => {
@@ -352,52 +358,51 @@ pub fn run(
                     preferred_agent_id: None,
                 };
                 let decision = engine.apply(Route(&contact), now)?;
-                let Some(queue) = decision
+                match decision
                     .queue_id()
                     .and_then(|q| queue_index.get(q))
                     .copied()
-                else {
-                    scripted += 1;
-                    continue;
-                };
-                let slot = slot_of(now);
-                let s = &mut queue_runs[queue].slots[slot];
-                s.offered += 1;
-                match &decision.outcome {
-                    Outcome::Agent(offer) => {
-                        s.answered += 1;
-                        s.answered_in_time += 1;
-                        confirmations.push((
-                            contacts,
-                            offer.agent_id.to_string(),
-                            offer.reservation,
-                            queue,
-                        ));
-                    }
-                    Outcome::Queued(_) => {
-                        tracked.insert(
-                            contacts,
-                            Tracked {
-                                queue,
-                                slot,
-                                arrived: now,
-                                waiting: true,
-                            },
-                        );
-                        if let Some(mean) = demand.patience {
-                            let secs = Exp::new(1.0 / mean.as_secs_f64())
-                                .map_or(mean.as_secs_f64(), |e| e.sample(&mut rng));
-                            let gives_up =
-                                now + chrono::Duration::milliseconds((secs * 1000.0) as i64);
-                            push(&mut next, gives_up, Next::GiveUp(contacts));
+                {
+                    None => scripted += 1,
+                    Some(queue) => {
+                        let slot = slot_of(now);
+                        let s = &mut queue_runs[queue].slots[slot];
+                        s.offered += 1;
+                        match &decision.outcome {
+                            Outcome::Agent(offer) => {
+                                s.answered += 1;
+                                s.answered_in_time += 1;
+                                confirmations.push((
+                                    contacts,
+                                    offer.agent_id.to_string(),
+                                    offer.reservation,
+                                    queue,
+                                ));
+                            }
+                            Outcome::Queued(_) => {
+                                tracked.insert(
+                                    contacts,
+                                    Tracked {
+                                        queue,
+                                        slot,
+                                        arrived: now,
+                                        waiting: true,
+                                    },
+                                );
+                                if let Some(mean) = a.patience {
+                                    let secs = Exp::new(1.0 / mean.as_secs_f64())
+                                        .map_or(mean.as_secs_f64(), |e| e.sample(&mut rng));
+                                    let gives_up = now
+                                        + chrono::Duration::milliseconds((secs * 1000.0) as i64);
+                                    push(&mut next, gives_up, Next::GiveUp(contacts));
+                                }
+                            }
+                            Outcome::Callback(c) => {
+                                *s.callbacks.entry(c.reason.as_str()).or_default() += 1;
+                            }
+                            // Scripted answers own no queue (queue_id is none).
+                            Outcome::Emergency { .. } | Outcome::Authenticate { .. } => {}
                         }
-                    }
-                    Outcome::Callback(c) => {
-                        *s.callbacks.entry(c.reason.as_str()).or_default() += 1;
-                    }
-                    Outcome::Emergency { .. } | Outcome::Authenticate { .. } => {
-                        s.offered -= 1;
-                        scripted += 1;
                     }
                 }
             }
@@ -413,9 +418,20 @@ pub fn run(
             }
             Some(Next::ShiftEnd(i)) => {
                 on_shift[i] = false;
-                if handling[i] == 0 {
-                    log_out(&mut engine, &shifts[i].agent.id, now)?;
-                }
+                // Busy: offered nothing more (away), logged out after the
+                // last contact in hand.
+                let state = if handling[i] == 0 {
+                    AgentState::Offline
+                } else {
+                    AgentState::Away
+                };
+                engine.apply(
+                    SetAgentState {
+                        agent_id: shifts[i].agent.id.clone(),
+                        state,
+                    },
+                    now,
+                )?;
             }
             Some(Next::Done(i, contact)) => {
                 engine.apply(
@@ -431,10 +447,9 @@ pub fn run(
                 }
             }
             Some(Next::GiveUp(contact)) => {
-                if let Some(c) = tracked.get_mut(&contact)
+                if let Some(c) = tracked.remove(&contact)
                     && c.waiting
                 {
-                    c.waiting = false;
                     engine.apply(Cancel(format!("c{contact}")), now)?;
                     queue_runs[c.queue].slots[c.slot].abandoned += 1;
                 }
@@ -455,7 +470,7 @@ pub fn run(
         if what.is_some() {
             done_events += 1;
             if done_events.is_multiple_of(4096) {
-                progress(done_events as f64 / total_events);
+                progress((now - demand.start).num_seconds() as f64 / run_seconds);
             }
         }
         // What the engine decided by itself: offers to waiting contacts
@@ -491,14 +506,27 @@ pub fn run(
                         callback,
                         ..
                     } => {
-                        if let Some(c) = tracked.get_mut(&contact_number(&contact_id))
+                        if let Some(c) = tracked.remove(&contact_number(&contact_id))
                             && c.waiting
                         {
-                            c.waiting = false;
                             *queue_runs[c.queue].slots[c.slot]
                                 .callbacks
                                 .entry(callback.reason.as_str())
                                 .or_default() += 1;
+                        }
+                    }
+                    // A closing queue moved the contact to its on-call
+                    // queue: what follows counts there.
+                    Event::Moved {
+                        contact_id,
+                        to_queue_id,
+                        ..
+                    } => {
+                        if let (Some(c), Some(&q)) = (
+                            tracked.get_mut(&contact_number(&contact_id)),
+                            queue_index.get(&*to_queue_id),
+                        ) {
+                            c.queue = q;
                         }
                     }
                     _ => {}
