@@ -266,6 +266,17 @@ fn bad_demand_and_shifts_are_refused_with_file_line_and_field() {
             format!("{head}patience = \"soon\"\n"),
             "demand.toml:3: patience: `soon` is not a duration",
         ),
+        (format!("{head}days = 0\n"), "demand.toml:3: days: 1 to 366"),
+        (
+            format!("{head}[handle_time]\nq = {{ mean = \"5m\",\n  cv = 9.0 }}\n"),
+            "demand.toml:5: handle_time.q.cv: between 0 and 5",
+        ),
+        (
+            format!(
+                "{head}[[arrivals]]\nintent = \"x\"\nescalation_share = 1.5\nper_half_hour = {{}}\n"
+            ),
+            "demand.toml:5: arrivals.escalation_share: between 0 and 1",
+        ),
     ] {
         let e = demand(&text);
         assert!(e.starts_with(expected), "{e}\nexpected: {expected}");

@@ -155,7 +155,7 @@ impl Engine {
             position,
             estimated_wait,
         };
-        self.stats[queue].observe_arrival(now);
+        self.stats[queue].observe_arrival();
         let waiter = Waiter {
             seq,
             contact_id: contact.contact_id.clone(),

@@ -1,10 +1,8 @@
 //! What each queue has counted since start (answered, abandoned, callbacks)
-//! and observed (handle times, arrival gaps), from which its service level,
-//! abandonment and the wait estimate's inputs come.
+//! and observed (handle times), from which its service level, abandonment
+//! and the wait estimate's handle time come.
 
 use chrono::Duration;
-
-use crate::model::Time;
 
 /// Weight of the newest observation in the moving averages.
 const EWMA_WEIGHT: f64 = 0.2;
@@ -31,9 +29,6 @@ pub struct QueueStats {
     pub handle_time: Option<f64>,
     /// Handle times observed.
     pub handle_times_observed: u64,
-    /// Average gap between arrivals in line (seconds), if two or more.
-    pub arrival_gap: Option<f64>,
-    last_arrival: Option<Time>,
 }
 
 fn ewma(old: Option<f64>, new: f64) -> f64 {
@@ -73,12 +68,7 @@ impl QueueStats {
         w * observed + (1.0 - w) * configured
     }
 
-    pub(super) fn observe_arrival(&mut self, now: Time) {
-        if let Some(last) = self.last_arrival {
-            let gap = (now - last).num_milliseconds().max(1) as f64 / 1000.0;
-            self.arrival_gap = Some(ewma(self.arrival_gap, gap));
-        }
-        self.last_arrival = Some(now);
+    pub(super) fn observe_arrival(&mut self) {
         self.queued += 1;
     }
 }

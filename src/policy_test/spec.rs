@@ -424,8 +424,11 @@ fn expect(
             ));
         }
     }
+    // Internal queues (a relaxation step's wider pool) own no contact.
     if let Some(q) = &e.queue
-        && policy.queue_idx(q.get_ref()).is_none()
+        && policy
+            .queue_idx(q.get_ref())
+            .is_none_or(|i| policy.queues[i].parent.is_some())
     {
         return Err(cx.invalid(
             q.span().start,
@@ -434,8 +437,7 @@ fn expect(
         ));
     }
     if let Some(r) = &e.rule {
-        let known = r.get_ref().is_empty()
-            || r.get_ref().starts_with("guard:")
+        let known = ["", "guard:identity", "guard:emergency"].contains(&r.get_ref().as_str())
             || policy.rules.iter().any(|rule| &*rule.id == r.get_ref());
         if !known {
             return Err(cx.invalid(

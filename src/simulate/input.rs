@@ -147,8 +147,7 @@ fn one() -> u32 {
 struct RawDemand {
     date: Spanned<String>,
     zone: Spanned<String>,
-    #[serde(default = "one")]
-    days: u32,
+    days: Option<Spanned<u32>>,
     #[serde(default)]
     seed: u64,
     patience: Option<Spanned<String>>,
@@ -162,7 +161,7 @@ struct RawDemand {
 #[serde(deny_unknown_fields)]
 struct RawHandle {
     mean: Spanned<String>,
-    cv: Option<f64>,
+    cv: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -172,8 +171,7 @@ struct RawArrivals {
     channel: Option<Spanned<String>>,
     urgency: Option<Spanned<String>>,
     identity: Option<Spanned<String>>,
-    #[serde(default)]
-    escalation_share: f64,
+    escalation_share: Option<Spanned<f64>>,
     patience: Option<Spanned<String>>,
     per_half_hour: Spanned<BTreeMap<String, f64>>,
 }
@@ -302,9 +300,13 @@ pub fn parse_demand(file: &str, text: &str, policy: &Policy) -> Result<Demand, F
             )
         })?
         .with_timezone(&chrono::Utc);
-    if raw.days == 0 || raw.days > 366 {
-        return Err(invalid(0, "days", "1 to 366".into()));
-    }
+    let days = match &raw.days {
+        Some(d) if !(1..=366).contains(d.get_ref()) => {
+            return Err(invalid(d.span().start, "days", "1 to 366".into()));
+        }
+        Some(d) => *d.get_ref(),
+        None => 1,
+    };
     let duration = |s: &Spanned<String>, field: &str| {
         humantime::parse_duration(s.get_ref())
             .ok()
@@ -324,7 +326,8 @@ pub fn parse_demand(file: &str, text: &str, policy: &Policy) -> Result<Demand, F
     };
     let mut handle = BTreeMap::new();
     for (queue, h) in &raw.handle_time {
-        if queue != "default" && policy.queue_idx(queue).is_none() {
+        let internal = |i: usize| policy.queues[i].parent.is_some();
+        if queue != "default" && policy.queue_idx(queue).is_none_or(internal) {
             return Err(invalid(
                 h.span().start,
                 "handle_time",
@@ -332,15 +335,15 @@ pub fn parse_demand(file: &str, text: &str, policy: &Policy) -> Result<Demand, F
             ));
         }
         let h = h.get_ref();
-        let cv = match h.cv {
-            Some(cv) if !(cv > 0.0 && cv <= 5.0) => {
+        let cv = match &h.cv {
+            Some(cv) if !(*cv.get_ref() > 0.0 && *cv.get_ref() <= 5.0) => {
                 return Err(invalid(
-                    h.mean.span().start,
+                    cv.span().start,
                     &format!("handle_time.{queue}.cv"),
                     "between 0 and 5".into(),
                 ));
             }
-            cv => cv,
+            cv => cv.as_ref().map(|c| *c.get_ref()),
         };
         handle.insert(
             queue.clone(),
@@ -393,13 +396,17 @@ pub fn parse_demand(file: &str, text: &str, policy: &Policy) -> Result<Demand, F
             )?,
             None => Identity::Verified,
         };
-        if !(0.0..=1.0).contains(&a.escalation_share) {
-            return Err(invalid(
-                a.intent.span().start,
-                "arrivals.escalation_share",
-                "between 0 and 1".into(),
-            ));
-        }
+        let escalation_share = match &a.escalation_share {
+            Some(e) if !(0.0..=1.0).contains(e.get_ref()) => {
+                return Err(invalid(
+                    e.span().start,
+                    "arrivals.escalation_share",
+                    "between 0 and 1".into(),
+                ));
+            }
+            Some(e) => *e.get_ref(),
+            None => 0.0,
+        };
         let mut per_slot = [0.0; SLOTS];
         for (at, expected) in a.per_half_hour.get_ref() {
             let slot = minutes(at)
@@ -434,7 +441,7 @@ pub fn parse_demand(file: &str, text: &str, policy: &Policy) -> Result<Demand, F
             channel,
             urgency,
             identity,
-            escalation_share: a.escalation_share,
+            escalation_share,
             patience: stream_patience,
             per_slot,
         });
@@ -449,7 +456,7 @@ pub fn parse_demand(file: &str, text: &str, policy: &Policy) -> Result<Demand, F
     Ok(Demand {
         start,
         zone,
-        days: raw.days,
+        days,
         seed: raw.seed,
         patience,
         handle,
