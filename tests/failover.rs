@@ -241,12 +241,22 @@ async fn the_leader_killed_under_load_a_standby_answers_and_nothing_acknowledged
         .get_object_store(format!("careroute_{id}_snapshots"))
         .await
         .unwrap();
-    let mut names = Vec::new();
-    let mut list = snapshots.list().await.unwrap();
-    while let Some(info) = tokio_stream::StreamExt::next(&mut list).await {
-        names.push(info.unwrap().name);
-    }
-    names.sort();
+    // A new snapshot is saved before the oldest is deleted (never fewer
+    // than two that load): a listing taken in between shows three. The
+    // newest two are what is kept once the standby is done.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let names = loop {
+        let mut names = Vec::new();
+        let mut list = snapshots.list().await.unwrap();
+        while let Some(info) = tokio_stream::StreamExt::next(&mut list).await {
+            names.push(info.unwrap().name);
+        }
+        names.sort();
+        if names.len() == 2 || Instant::now() > deadline {
+            break names;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     assert_eq!(names.len(), 2, "{names:?}");
     snapshots
         .put(names[1].as_str(), &mut &b"not a snapshot"[..])
