@@ -868,11 +868,7 @@ impl Cx<'_> {
                 format!("`{s}` is not opening hours like \"08:00-17:00\" or \"closed\""),
             )
         };
-        let minutes = |t: &str| -> Option<u16> {
-            let (h, m) = t.trim().split_once(':')?;
-            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
-            (m < 60 && (h < 24 || (h == 24 && m == 0))).then_some(h * 60 + m)
-        };
+        let minutes = super::schedule::minutes_of_day;
         let (open, close) = s.split_once('-').ok_or_else(bad)?;
         let (open, close) = (
             minutes(open).ok_or_else(bad)?,

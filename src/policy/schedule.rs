@@ -27,6 +27,14 @@ pub struct Schedule {
     pub holidays: BTreeSet<NaiveDate>,
 }
 
+/// Minutes after local midnight of `HH:MM` (`24:00`, the end of the day,
+/// included), as policy, shift and demand files write times of day.
+pub fn minutes_of_day(t: &str) -> Option<u16> {
+    let (h, m) = t.trim().split_once(':')?;
+    let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+    (m < 60 && (h < 24 || (h == 24 && m == 0))).then_some(h * 60 + m)
+}
+
 impl Schedule {
     /// A schedule open around the clock, every day, in UTC.
     pub fn always(id: &str) -> Schedule {

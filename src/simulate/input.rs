@@ -178,11 +178,7 @@ struct RawArrivals {
 
 /// Minutes after midnight of `HH:MM` (`24:00` allowed for an end).
 fn minutes(s: &str) -> Option<u32> {
-    if s == "24:00" {
-        return Some(1440);
-    }
-    let t = NaiveTime::parse_from_str(s, "%H:%M").ok()?;
-    Some(chrono::Timelike::hour(&t) * 60 + chrono::Timelike::minute(&t))
+    crate::policy::schedule::minutes_of_day(s).map(u32::from)
 }
 
 /// Reads and checks a shifts file; its roster is taken from beside it.
