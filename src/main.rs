@@ -131,7 +131,7 @@ fn simulate(config: &Config, demand: &Path, out: &Path, progress: bool) -> ExitC
     let run = match run {
         Ok(run) => run,
         Err(e) => {
-            eprintln!("careroute simulate: the engine refused a step: {e}");
+            eprintln!("careroute simulate: {e}");
             return ExitCode::FAILURE;
         }
     };

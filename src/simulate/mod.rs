@@ -13,4 +13,4 @@ pub mod report;
 pub mod run;
 
 pub use input::{Demand, Shift, read_demand, read_shifts};
-pub use run::{QueueRun, Run, Slot, run};
+pub use run::{QueueRun, Run, SimulateError, Slot, run};

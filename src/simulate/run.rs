@@ -19,8 +19,8 @@ use rand_distr::{Distribution, Exp, LogNormal, Poisson};
 use super::erlang::{self, Prediction};
 use super::input::{Demand, HandleTime, SLOTS, Shift};
 use crate::engine::{
-    Cancel, Complete, Confirm, Engine, EngineConfig, EngineError, Event, Outcome, Route,
-    SetAgentState, Tick, UpsertAgent, Watch, WatchFilter,
+    AgentSpec, Cancel, Complete, Confirm, Engine, EngineConfig, EngineError, Event, Outcome,
+    ReservationId, Route, SetAgentState, SnapshotError, Tick, UpsertAgent, Watch, WatchFilter,
 };
 use crate::model::{AgentState, Contact, Time};
 use crate::policy::Policy;
@@ -174,6 +174,18 @@ pub struct Run {
     pub left_waiting: u64,
 }
 
+/// Why a simulation stopped short.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    /// The engine refused a command the simulation gave it.
+    #[error("the engine refused a step: {0}")]
+    Engine(#[from] EngineError),
+    /// A copy of the simulation's state (for `--staff-for`'s trials)
+    /// could not be made.
+    #[error("cannot copy the simulation's state: {0}")]
+    Fork(#[from] SnapshotError),
+}
+
 /// What happens next, besides the engine's own timers.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Next {
@@ -192,6 +204,7 @@ enum Next {
 }
 
 /// A contact in the run.
+#[derive(Debug, Clone)]
 struct Tracked {
     queue: usize,
     slot: usize,
@@ -207,144 +220,318 @@ pub fn run(
     shifts: &[Shift],
     demand: &Demand,
     mut progress: impl FnMut(f64),
-) -> Result<Run, EngineError> {
-    let mut rng = StdRng::seed_from_u64(demand.seed);
-    let mut engine = Engine::new(Arc::clone(&policy), EngineConfig::default());
-    let days = demand.days as usize;
-    let end = demand.start + chrono::Duration::days(i64::from(demand.days));
-    let mut queue_runs: Vec<QueueRun> = policy
-        .queues
-        .iter()
-        .map(|q| QueueRun {
-            id: q.id.to_string(),
-            threshold: q.service_level.to_std().unwrap_or_default(),
-            handle: demand.handle_time(&q.id),
-            slots: vec![Slot::default(); SLOTS * days],
-        })
-        .collect();
-    let queue_index: HashMap<String, usize> = policy
-        .queues
-        .iter()
-        .enumerate()
-        .map(|(i, q)| (q.id.to_string(), i))
-        .collect();
-    let slot_of = |t: Time| -> usize {
-        let minutes = (t - demand.start).num_minutes().max(0) as usize;
-        (minutes / 30).min(SLOTS * days - 1)
-    };
-    let at = |day: usize, minute: f64| {
-        demand.start
+) -> Result<Run, SimulateError> {
+    let mut sim = Sim::new(policy, shifts, demand)?;
+    sim.run_until(sim.end, &mut progress)?;
+    progress(1.0);
+    Ok(sim.finish())
+}
+
+/// A simulation under way: the engine, what is planned, what each agent
+/// and contact is doing, and what each queue saw so far. It can be run up
+/// to a time, staffed anew there, and copied ([`Sim::fork`]) to try
+/// something from the same point.
+pub(super) struct Sim<'a> {
+    demand: &'a Demand,
+    engine: Engine,
+    rng: StdRng,
+    next: BinaryHeap<Reverse<(Time, u64, Next)>>,
+    seq: u64,
+    /// The end of the last day.
+    pub end: Time,
+    queue_runs: Vec<QueueRun>,
+    queue_index: HashMap<String, usize>,
+    /// Every agent registered, in order.
+    agents: Vec<AgentSpec>,
+    agent_index: HashMap<String, usize>,
+    on_shift: Vec<bool>,
+    /// Contacts each agent is handling.
+    handling: Vec<u32>,
+    tracked: HashMap<u64, Tracked>,
+    contacts: u64,
+    scripted: u64,
+    done_events: u64,
+    last_now: Time,
+}
+
+impl<'a> Sim<'a> {
+    /// The first day's midnight, with the agents of `shifts` registered
+    /// (logged out) and everything known in advance planned: arrivals,
+    /// shift starts and ends, samples.
+    pub fn new(
+        policy: Arc<Policy>,
+        shifts: &[Shift],
+        demand: &'a Demand,
+    ) -> Result<Sim<'a>, SimulateError> {
+        let days = demand.days as usize;
+        let queue_runs: Vec<QueueRun> = policy
+            .queues
+            .iter()
+            .map(|q| QueueRun {
+                id: q.id.to_string(),
+                threshold: q.service_level.to_std().unwrap_or_default(),
+                handle: demand.handle_time(&q.id),
+                slots: vec![Slot::default(); SLOTS * days],
+            })
+            .collect();
+        let queue_index = policy
+            .queues
+            .iter()
+            .enumerate()
+            .map(|(i, q)| (q.id.to_string(), i))
+            .collect();
+        let mut sim = Sim {
+            demand,
+            engine: Engine::new(policy, EngineConfig::default()),
+            rng: StdRng::seed_from_u64(demand.seed),
+            next: BinaryHeap::new(),
+            seq: 0,
+            end: demand.start + chrono::Duration::days(i64::from(demand.days)),
+            queue_runs,
+            queue_index,
+            agents: Vec::new(),
+            agent_index: HashMap::new(),
+            on_shift: Vec::new(),
+            handling: Vec::new(),
+            tracked: HashMap::new(),
+            contacts: 0,
+            scripted: 0,
+            done_events: 0,
+            last_now: demand.start,
+        };
+        for day in 0..days {
+            for (stream, a) in demand.arrivals.iter().enumerate() {
+                for (slot, &expected) in a.per_slot.iter().enumerate() {
+                    if expected <= 0.0 {
+                        continue;
+                    }
+                    let n = Poisson::new(expected).map_or(0.0, |p| p.sample(&mut sim.rng)) as u64;
+                    for _ in 0..n {
+                        let minute = slot as f64 * 30.0 + sim.rng.random::<f64>() * 30.0;
+                        let escalation = sim.rng.random::<f64>() < a.escalation_share;
+                        sim.plan(sim.at(day, minute), Next::Arrive(stream, escalation));
+                    }
+                }
+            }
+            for (i, s) in shifts.iter().enumerate() {
+                // A round-the-clock shift runs on across midnight: its
+                // agent does not log out and in again between days.
+                let all_day = s.start == 0 && s.end == 1440;
+                if !all_day || day == 0 {
+                    sim.plan(sim.at(day, f64::from(s.start)), Next::ShiftStart(i));
+                }
+                if !all_day || day + 1 == days {
+                    sim.plan(sim.at(day, f64::from(s.end)), Next::ShiftEnd(i));
+                }
+            }
+        }
+        let mut t = demand.start;
+        while t < sim.end {
+            sim.plan(t, Next::Sample);
+            t += chrono::Duration::from_std(SAMPLE_EVERY).unwrap_or(chrono::Duration::MAX);
+        }
+        sim.engine
+            .apply(Watch(WatchFilter::default()), demand.start)?;
+        for s in shifts {
+            sim.add_agent(s.agent.clone())?;
+        }
+        Ok(sim)
+    }
+
+    /// `minute` minutes after the local midnight of day `day`.
+    fn at(&self, day: usize, minute: f64) -> Time {
+        self.demand.start
             + chrono::Duration::days(day as i64)
             + chrono::Duration::milliseconds((minute * 60_000.0) as i64)
-    };
-
-    // Everything known in advance: arrivals, shifts, samples.
-    let mut next: BinaryHeap<Reverse<(Time, u64, Next)>> = BinaryHeap::new();
-    let mut seq = 0u64;
-    let mut push = |next: &mut BinaryHeap<_>, t: Time, what: Next| {
-        seq += 1;
-        next.push(Reverse((t, seq, what)));
-    };
-    for day in 0..days {
-        for (stream, a) in demand.arrivals.iter().enumerate() {
-            for (slot, &expected) in a.per_slot.iter().enumerate() {
-                if expected <= 0.0 {
-                    continue;
-                }
-                let n = Poisson::new(expected).map_or(0.0, |p| p.sample(&mut rng)) as u64;
-                for _ in 0..n {
-                    let minute = slot as f64 * 30.0 + rng.random::<f64>() * 30.0;
-                    let escalation = rng.random::<f64>() < a.escalation_share;
-                    push(&mut next, at(day, minute), Next::Arrive(stream, escalation));
-                }
-            }
-        }
-        for (i, s) in shifts.iter().enumerate() {
-            // A round-the-clock shift runs on across midnight: its agent
-            // does not log out and in again between days.
-            let all_day = s.start == 0 && s.end == 1440;
-            if !all_day || day == 0 {
-                push(&mut next, at(day, f64::from(s.start)), Next::ShiftStart(i));
-            }
-            if !all_day || day + 1 == days {
-                push(&mut next, at(day, f64::from(s.end)), Next::ShiftEnd(i));
-            }
-        }
     }
-    let mut t = demand.start;
-    while t < end {
-        push(&mut next, t, Next::Sample);
-        t += chrono::Duration::from_std(SAMPLE_EVERY).unwrap_or(chrono::Duration::MAX);
-    }
-    let run_seconds = (end - demand.start).num_seconds().max(1) as f64;
 
-    engine.apply(Watch(WatchFilter::default()), demand.start)?;
-    for s in shifts {
-        engine.apply(UpsertAgent(s.agent.clone()), demand.start)?;
-        engine.apply(
+    fn plan(&mut self, t: Time, what: Next) {
+        self.seq += 1;
+        self.next.push(Reverse((t, self.seq, what)));
+    }
+
+    /// The half-hour of the run `t` falls in.
+    pub fn slot_of(&self, t: Time) -> usize {
+        let minutes = (t - self.demand.start).num_minutes().max(0) as usize;
+        (minutes / 30).min(self.queue_runs[0].slots.len().saturating_sub(1))
+    }
+
+    /// The start of half-hour `slot` of the run.
+    pub fn slot_start(&self, slot: usize) -> Time {
+        self.demand.start + chrono::Duration::minutes(30 * slot as i64)
+    }
+
+    /// Registers an agent, logged out; its number.
+    pub fn add_agent(&mut self, agent: AgentSpec) -> Result<usize, SimulateError> {
+        let now = self.last_now;
+        self.engine.apply(UpsertAgent(agent.clone()), now)?;
+        log_out(&mut self.engine, &agent.id, now)?;
+        let i = self.agents.len();
+        self.agent_index.insert(agent.id.clone(), i);
+        self.agents.push(agent);
+        self.on_shift.push(false);
+        self.handling.push(0);
+        Ok(i)
+    }
+
+    /// Whether agent `i` is on shift.
+    pub fn on_shift(&self, i: usize) -> bool {
+        self.on_shift[i]
+    }
+
+    /// Puts agent `i` on shift or takes it off, now (the last step's time),
+    /// and settles what that sets off.
+    pub fn set_shift(&mut self, i: usize, on: bool) -> Result<(), SimulateError> {
+        let now = self.last_now;
+        if on {
+            self.shift_start(i, now)?;
+        } else {
+            self.shift_end(i, now)?;
+        }
+        self.settle(now, Vec::new())
+    }
+
+    fn shift_start(&mut self, i: usize, now: Time) -> Result<(), SimulateError> {
+        self.on_shift[i] = true;
+        self.engine.apply(
             SetAgentState {
-                agent_id: s.agent.id.clone(),
-                state: AgentState::Offline,
+                agent_id: self.agents[i].id.clone(),
+                state: AgentState::Available,
             },
-            demand.start,
+            now,
         )?;
+        Ok(())
     }
-    let agent_index: HashMap<String, usize> = shifts
-        .iter()
-        .enumerate()
-        .map(|(i, s)| (s.agent.id.clone(), i))
-        .collect();
-    let mut on_shift = vec![false; shifts.len()];
-    // Contacts each agent is handling.
-    let mut handling: Vec<u32> = vec![0; shifts.len()];
-    let mut tracked: HashMap<u64, Tracked> = HashMap::new();
-    let mut contacts = 0u64;
-    let mut scripted = 0u64;
-    let mut done_events = 0u64;
-    let mut last_now = demand.start;
 
-    let handle_sample = |h: HandleTime, rng: &mut StdRng| -> Duration {
+    fn shift_end(&mut self, i: usize, now: Time) -> Result<(), SimulateError> {
+        self.on_shift[i] = false;
+        // Busy: offered nothing more (away), logged out after the last
+        // contact in hand.
+        let state = if self.handling[i] == 0 {
+            AgentState::Offline
+        } else {
+            AgentState::Away
+        };
+        self.engine.apply(
+            SetAgentState {
+                agent_id: self.agents[i].id.clone(),
+                state,
+            },
+            now,
+        )?;
+        Ok(())
+    }
+
+    /// Contacts waiting in queue `queue`'s line now.
+    pub fn waiting_in(&self, queue: usize) -> usize {
+        self.tracked
+            .values()
+            .filter(|c| c.waiting && c.queue == queue)
+            .count()
+    }
+
+    /// What queue `queue` saw in half-hour `slot` so far.
+    pub fn slot(&self, queue: usize, slot: usize) -> &Slot {
+        &self.queue_runs[queue].slots[slot]
+    }
+
+    /// The queue runs, in policy order.
+    pub fn queue_runs(&self) -> &[QueueRun] {
+        &self.queue_runs
+    }
+
+    /// A copy to try something from this point; the same state, so the
+    /// same steps give the same result.
+    pub fn fork(&self) -> Result<Sim<'a>, SimulateError> {
+        Ok(Sim {
+            demand: self.demand,
+            engine: Engine::decode_state(&self.engine.encode_state()?)?,
+            rng: self.rng.clone(),
+            next: self.next.clone(),
+            seq: self.seq,
+            end: self.end,
+            queue_runs: self.queue_runs.clone(),
+            queue_index: self.queue_index.clone(),
+            agents: self.agents.clone(),
+            agent_index: self.agent_index.clone(),
+            on_shift: self.on_shift.clone(),
+            handling: self.handling.clone(),
+            tracked: self.tracked.clone(),
+            contacts: self.contacts,
+            scripted: self.scripted,
+            done_events: self.done_events,
+            last_now: self.last_now,
+        })
+    }
+
+    fn handle_sample(&mut self, queue: usize) -> Duration {
+        let h = self.queue_runs[queue].handle;
         let mean = h.mean.as_secs_f64();
         let secs = match h.cv {
-            None => Exp::new(1.0 / mean).map_or(mean, |e| e.sample(rng)),
+            None => Exp::new(1.0 / mean).map_or(mean, |e| e.sample(&mut self.rng)),
             Some(cv) => {
                 let sigma2 = (1.0 + cv * cv).ln();
                 LogNormal::new(mean.ln() - sigma2 / 2.0, sigma2.sqrt())
-                    .map_or(mean, |l| l.sample(rng))
+                    .map_or(mean, |l| l.sample(&mut self.rng))
             }
         };
         Duration::from_secs_f64(secs.max(1.0))
-    };
+    }
 
-    loop {
-        let event_at = next.peek().map(|Reverse((t, _, _))| *t);
-        let due = engine.next_due().filter(|d| *d < end);
-        let (now, what) = match (event_at, due) {
-            (None, None) => break,
-            (Some(e), Some(d)) if d < e => (d, None),
-            (None, Some(d)) => (d, None),
-            (Some(_), _) => match next.pop() {
-                Some(Reverse((t, _, what))) => (t, Some(what)),
-                None => break,
-            },
-        };
-        if now >= end {
-            break;
+    /// Runs every step before `limit` (planned, and the engine's timers);
+    /// `progress` is told the share of the run done now and then.
+    pub fn run_until(
+        &mut self,
+        limit: Time,
+        progress: &mut impl FnMut(f64),
+    ) -> Result<(), SimulateError> {
+        let run_seconds = (self.end - self.demand.start).num_seconds().max(1) as f64;
+        loop {
+            let event_at = self.next.peek().map(|Reverse((t, _, _))| *t);
+            let due = self.engine.next_due().filter(|d| *d < limit);
+            let (now, what) = match (event_at, due) {
+                (None, None) => break,
+                (Some(e), Some(d)) if d < e => (d, None),
+                (None, Some(d)) => (d, None),
+                (Some(e), _) if e >= limit => break,
+                (Some(_), _) => match self.next.pop() {
+                    Some(Reverse((t, _, what))) => (t, Some(what)),
+                    None => break,
+                },
+            };
+            // The engine may report something due before the last step
+            // (its sweep of a line just joined): it is done now, not in
+            // the past.
+            let now = now.max(self.last_now);
+            self.last_now = now;
+            let confirmations = match what {
+                None => {
+                    self.engine.apply(Tick, now)?;
+                    Vec::new()
+                }
+                Some(what) => {
+                    let confirmations = self.step(what, now)?;
+                    self.done_events += 1;
+                    if self.done_events.is_multiple_of(4096) {
+                        progress((now - self.demand.start).num_seconds() as f64 / run_seconds);
+                    }
+                    confirmations
+                }
+            };
+            self.settle(now, confirmations)?;
         }
-        // The engine may report something due before the last step (its
-        // sweep of a line just joined): it is done now, not in the past.
-        let now = now.max(last_now);
-        last_now = now;
+        Ok(())
+    }
+
+    /// One planned step; the offers it made at once, to confirm.
+    fn step(&mut self, what: Next, now: Time) -> Result<Vec<Confirmation>, SimulateError> {
         let mut confirmations = Vec::new();
         match what {
-            None => {
-                engine.apply(Tick, now)?;
-            }
-            Some(Next::Arrive(stream, escalation)) => {
-                contacts += 1;
-                let a = &demand.arrivals[stream];
+            Next::Arrive(stream, escalation) => {
+                self.contacts += 1;
+                let a = &self.demand.arrivals[stream];
                 let contact = Contact {
-                    contact_id: format!("c{contacts}"),
+                    contact_id: format!("c{}", self.contacts),
                     request_id: None,
                     channel: a.channel,
                     intent: a.intent.clone(),
@@ -357,109 +544,84 @@ pub fn run(
                     transfer_from: None,
                     preferred_agent_id: None,
                 };
-                let decision = engine.apply(Route(&contact), now)?;
-                match decision
+                let decision = self.engine.apply(Route(&contact), now)?;
+                let Some(queue) = decision
                     .queue_id()
-                    .and_then(|q| queue_index.get(q))
+                    .and_then(|q| self.queue_index.get(q))
                     .copied()
-                {
-                    None => scripted += 1,
-                    Some(queue) => {
-                        let slot = slot_of(now);
-                        let s = &mut queue_runs[queue].slots[slot];
-                        s.offered += 1;
-                        match &decision.outcome {
-                            Outcome::Agent(offer) => {
-                                s.answered += 1;
-                                s.answered_in_time += 1;
-                                confirmations.push((
-                                    contacts,
-                                    offer.agent_id.to_string(),
-                                    offer.reservation,
-                                    queue,
-                                ));
-                            }
-                            Outcome::Queued(_) => {
-                                tracked.insert(
-                                    contacts,
-                                    Tracked {
-                                        queue,
-                                        slot,
-                                        arrived: now,
-                                        waiting: true,
-                                    },
-                                );
-                                if let Some(mean) = a.patience {
-                                    let secs = Exp::new(1.0 / mean.as_secs_f64())
-                                        .map_or(mean.as_secs_f64(), |e| e.sample(&mut rng));
-                                    let gives_up = now
-                                        + chrono::Duration::milliseconds((secs * 1000.0) as i64);
-                                    push(&mut next, gives_up, Next::GiveUp(contacts));
-                                }
-                            }
-                            Outcome::Callback(c) => {
-                                *s.callbacks.entry(c.reason.as_str()).or_default() += 1;
-                            }
-                            // Scripted answers own no queue (queue_id is none).
-                            Outcome::Emergency { .. } | Outcome::Authenticate { .. } => {}
+                else {
+                    // Scripted answers own no queue.
+                    self.scripted += 1;
+                    return Ok(confirmations);
+                };
+                let slot = self.slot_of(now);
+                let s = &mut self.queue_runs[queue].slots[slot];
+                s.offered += 1;
+                match &decision.outcome {
+                    Outcome::Agent(offer) => {
+                        s.answered += 1;
+                        s.answered_in_time += 1;
+                        confirmations.push(Confirmation {
+                            contact: self.contacts,
+                            agent: offer.agent_id.to_string(),
+                            reservation: offer.reservation,
+                            queue,
+                        });
+                    }
+                    Outcome::Queued(_) => {
+                        self.tracked.insert(
+                            self.contacts,
+                            Tracked {
+                                queue,
+                                slot,
+                                arrived: now,
+                                waiting: true,
+                            },
+                        );
+                        if let Some(mean) = a.patience {
+                            let secs = Exp::new(1.0 / mean.as_secs_f64())
+                                .map_or(mean.as_secs_f64(), |e| e.sample(&mut self.rng));
+                            let gives_up =
+                                now + chrono::Duration::milliseconds((secs * 1000.0) as i64);
+                            self.plan(gives_up, Next::GiveUp(self.contacts));
                         }
                     }
+                    Outcome::Callback(c) => {
+                        *s.callbacks.entry(c.reason.as_str()).or_default() += 1;
+                    }
+                    // Scripted answers own no queue (queue_id is none).
+                    Outcome::Emergency { .. } | Outcome::Authenticate { .. } => {}
                 }
             }
-            Some(Next::ShiftStart(i)) => {
-                on_shift[i] = true;
-                engine.apply(
-                    SetAgentState {
-                        agent_id: shifts[i].agent.id.clone(),
-                        state: AgentState::Available,
-                    },
-                    now,
-                )?;
-            }
-            Some(Next::ShiftEnd(i)) => {
-                on_shift[i] = false;
-                // Busy: offered nothing more (away), logged out after the
-                // last contact in hand.
-                let state = if handling[i] == 0 {
-                    AgentState::Offline
-                } else {
-                    AgentState::Away
-                };
-                engine.apply(
-                    SetAgentState {
-                        agent_id: shifts[i].agent.id.clone(),
-                        state,
-                    },
-                    now,
-                )?;
-            }
-            Some(Next::Done(i, contact)) => {
-                engine.apply(
+            Next::ShiftStart(i) => self.shift_start(i, now)?,
+            Next::ShiftEnd(i) => self.shift_end(i, now)?,
+            Next::Done(i, contact) => {
+                self.engine.apply(
                     Complete {
-                        agent_id: shifts[i].agent.id.clone(),
+                        agent_id: self.agents[i].id.clone(),
                         contact_id: format!("c{contact}"),
                     },
                     now,
                 )?;
-                handling[i] = handling[i].saturating_sub(1);
-                if !on_shift[i] && handling[i] == 0 {
-                    log_out(&mut engine, &shifts[i].agent.id, now)?;
+                self.handling[i] = self.handling[i].saturating_sub(1);
+                if !self.on_shift[i] && self.handling[i] == 0 {
+                    log_out(&mut self.engine, &self.agents[i].id, now)?;
                 }
             }
-            Some(Next::GiveUp(contact)) => {
-                if let Some(c) = tracked.remove(&contact)
+            Next::GiveUp(contact) => {
+                if let Some(c) = self.tracked.remove(&contact)
                     && c.waiting
                 {
-                    engine.apply(Cancel(format!("c{contact}")), now)?;
-                    queue_runs[c.queue].slots[c.slot].abandoned += 1;
+                    self.engine.apply(Cancel(format!("c{contact}")), now)?;
+                    self.queue_runs[c.queue].slots[c.slot].abandoned += 1;
                 }
             }
-            Some(Next::Sample) => {
-                engine.apply(Tick, now)?;
-                let slot = slot_of(now);
-                for view in engine.queues() {
-                    if let Some(&q) = queue_index.get(&*view.id) {
-                        let s = &mut queue_runs[q].slots[slot];
+            Next::Sample => {
+                self.engine.apply(Tick, now)?;
+                let slot = self.slot_of(now);
+                for view in self.engine.queues() {
+                    if let Some(&q) = self.queue_index.get(&*view.id) {
+                        let s = &mut self.queue_runs[q].slots[slot];
                         s.staffed += f64::from(view.staffed);
                         s.waiting += f64::from(view.waiting);
                         s.samples += 1;
@@ -467,99 +629,120 @@ pub fn run(
                 }
             }
         }
-        if what.is_some() {
-            done_events += 1;
-            if done_events.is_multiple_of(4096) {
-                progress((now - demand.start).num_seconds() as f64 / run_seconds);
-            }
-        }
-        // What the engine decided by itself: offers to waiting contacts
-        // (confirmed at once), callbacks instead of waiting; until a round
-        // of confirmations sets off nothing more.
+        Ok(confirmations)
+    }
+
+    /// What the engine decided by itself: offers to waiting contacts
+    /// (confirmed at once), callbacks instead of waiting; until a round of
+    /// confirmations sets off nothing more.
+    fn settle(
+        &mut self,
+        now: Time,
+        mut confirmations: Vec<Confirmation>,
+    ) -> Result<(), SimulateError> {
         loop {
-            for event in engine.take_events() {
-                match event {
-                    Event::Assigned(a) => {
-                        let id = contact_number(&a.contact_id);
-                        if let Some(c) = tracked.get_mut(&id)
-                            && c.waiting
-                        {
-                            c.waiting = false;
-                            let threshold = queue_runs[c.queue].threshold;
-                            let s = &mut queue_runs[c.queue].slots[c.slot];
-                            let waited = (now - c.arrived).to_std().unwrap_or_default();
-                            s.answered += 1;
-                            s.wait_seconds += waited.as_secs_f64();
-                            if waited <= threshold {
-                                s.answered_in_time += 1;
-                            }
-                            confirmations.push((
-                                id,
-                                a.offer.agent_id.to_string(),
-                                a.offer.reservation,
-                                c.queue,
-                            ));
-                        }
-                    }
-                    Event::CallbackInstead {
-                        contact_id,
-                        callback,
-                        ..
-                    } => {
-                        if let Some(c) = tracked.remove(&contact_number(&contact_id))
-                            && c.waiting
-                        {
-                            *queue_runs[c.queue].slots[c.slot]
-                                .callbacks
-                                .entry(callback.reason.as_str())
-                                .or_default() += 1;
-                        }
-                    }
-                    // A closing queue moved the contact to its on-call
-                    // queue: what follows counts there.
-                    Event::Moved {
-                        contact_id,
-                        to_queue_id,
-                        ..
-                    } => {
-                        if let (Some(c), Some(&q)) = (
-                            tracked.get_mut(&contact_number(&contact_id)),
-                            queue_index.get(&*to_queue_id),
-                        ) {
-                            c.queue = q;
-                        }
-                    }
-                    _ => {}
-                }
+            for event in self.engine.take_events() {
+                self.saw(event, now, &mut confirmations);
             }
             if confirmations.is_empty() {
-                break;
+                return Ok(());
             }
-            for (contact, agent, reservation, queue) in std::mem::take(&mut confirmations) {
-                engine.apply(Confirm(reservation), now)?;
-                if let Some(&i) = agent_index.get(&agent) {
-                    handling[i] += 1;
-                    let took = handle_sample(queue_runs[queue].handle, &mut rng);
-                    queue_runs[queue].slots[slot_of(now)].handled_seconds += took.as_secs_f64();
+            for c in std::mem::take(&mut confirmations) {
+                self.engine.apply(Confirm(c.reservation), now)?;
+                if let Some(&i) = self.agent_index.get(&c.agent) {
+                    self.handling[i] += 1;
+                    let took = self.handle_sample(c.queue);
+                    let slot = self.slot_of(now);
+                    self.queue_runs[c.queue].slots[slot].handled_seconds += took.as_secs_f64();
                     let done =
                         now + chrono::Duration::from_std(took).unwrap_or(chrono::Duration::MAX);
-                    push(&mut next, done, Next::Done(i, contact));
+                    self.plan(done, Next::Done(i, c.contact));
                 }
-                tracked.remove(&contact);
+                self.tracked.remove(&c.contact);
             }
         }
     }
-    progress(1.0);
-    let left_waiting = tracked.values().filter(|c| c.waiting).count() as u64;
-    queue_runs.retain(|q| q.slots.iter().any(|s| s.offered > 0));
-    Ok(Run {
-        start: demand.start,
-        zone: demand.zone,
-        queues: queue_runs,
-        contacts,
-        scripted,
-        left_waiting,
-    })
+
+    /// Counts what an engine event says about a tracked contact.
+    fn saw(&mut self, event: Event, now: Time, confirmations: &mut Vec<Confirmation>) {
+        match event {
+            Event::Assigned(a) => {
+                let id = contact_number(&a.contact_id);
+                if let Some(c) = self.tracked.get_mut(&id)
+                    && c.waiting
+                {
+                    c.waiting = false;
+                    let threshold = self.queue_runs[c.queue].threshold;
+                    let s = &mut self.queue_runs[c.queue].slots[c.slot];
+                    let waited = (now - c.arrived).to_std().unwrap_or_default();
+                    s.answered += 1;
+                    s.wait_seconds += waited.as_secs_f64();
+                    if waited <= threshold {
+                        s.answered_in_time += 1;
+                    }
+                    confirmations.push(Confirmation {
+                        contact: id,
+                        agent: a.offer.agent_id.to_string(),
+                        reservation: a.offer.reservation,
+                        queue: c.queue,
+                    });
+                }
+            }
+            Event::CallbackInstead {
+                contact_id,
+                callback,
+                ..
+            } => {
+                if let Some(c) = self.tracked.remove(&contact_number(&contact_id))
+                    && c.waiting
+                {
+                    *self.queue_runs[c.queue].slots[c.slot]
+                        .callbacks
+                        .entry(callback.reason.as_str())
+                        .or_default() += 1;
+                }
+            }
+            // A closing queue moved the contact to its on-call queue:
+            // what follows counts there.
+            Event::Moved {
+                contact_id,
+                to_queue_id,
+                ..
+            } => {
+                if let (Some(c), Some(&q)) = (
+                    self.tracked.get_mut(&contact_number(&contact_id)),
+                    self.queue_index.get(&*to_queue_id),
+                ) {
+                    c.queue = q;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// What the run gave: the queues that owned any contact, in policy
+    /// order.
+    pub fn finish(mut self) -> Run {
+        let left_waiting = self.tracked.values().filter(|c| c.waiting).count() as u64;
+        self.queue_runs
+            .retain(|q| q.slots.iter().any(|s| s.offered > 0));
+        Run {
+            start: self.demand.start,
+            zone: self.demand.zone,
+            queues: self.queue_runs,
+            contacts: self.contacts,
+            scripted: self.scripted,
+            left_waiting,
+        }
+    }
+}
+
+/// An offer made, to confirm at once as a CTI would.
+struct Confirmation {
+    contact: u64,
+    agent: String,
+    reservation: ReservationId,
+    queue: usize,
 }
 
 /// The number of a contact id this run made (`c<n>`).
