@@ -44,7 +44,9 @@ pub enum Command {
     /// Rehearse a day: the real engine routes the demand of --demand on a
     /// virtual clock with the shift plan of --roster (and --policy, or the
     /// embedded one), and reports per queue and half-hour beside Erlang C:
-    /// a table here, DIR/queues.csv and the chart DIR/day.svg.
+    /// a table here, DIR/queues.csv and the chart DIR/day.svg. With
+    /// --staff-for, finds the fewest agents per queue and half-hour that
+    /// meet the goal instead (DIR/staffing.csv too).
     Simulate {
         /// The demand: arrivals by half-hour, handle times, patience.
         #[arg(long)]
@@ -55,6 +57,22 @@ pub enum Command {
         /// Show progress on stderr (also when stderr is a terminal).
         #[arg(long)]
         progress: bool,
+        /// Find the fewest agents per queue and half-hour that meet
+        /// --goal and --max-abandonment, by simulation, beside Erlang C's.
+        /// Each queue's agents copy the --roster agent that qualifies for
+        /// it and the fewest other queues (the roster is optional: without
+        /// it, an agent with exactly the queue's skills, one contact at a
+        /// time); the shift times are not used.
+        #[arg(long)]
+        staff_for: bool,
+        /// With --staff-for: the percentage to answer within each queue's
+        /// `service_level` threshold.
+        #[arg(long, default_value_t = 80.0, value_parser = percent)]
+        goal: f64,
+        /// With --staff-for: the largest percentage of callers who may
+        /// hang up while waiting.
+        #[arg(long, default_value_t = 5.0, value_parser = percent)]
+        max_abandonment: f64,
     },
     /// Print a range of the journal in --data-dir as JSON lines, for
     /// audit, without starting the service (it may be running). Exits non-zero if a record
@@ -72,6 +90,18 @@ pub enum Command {
         #[arg(long)]
         outcomes: bool,
     },
+}
+
+/// A percentage, 0 to 100.
+fn percent(s: &str) -> Result<f64, String> {
+    let p: f64 = s
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("`{s}` is not a percentage"))?;
+    if !(0.0..=100.0).contains(&p) {
+        return Err("a percentage from 0 to 100".into());
+    }
+    Ok(p)
 }
 
 /// A duration of at least a second.

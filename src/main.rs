@@ -27,7 +27,21 @@ fn main() -> ExitCode {
             demand,
             out,
             progress,
-        }) => simulate(&cli.serve, &demand, &out, progress),
+            staff_for,
+            goal,
+            max_abandonment,
+        }) => simulate(
+            &cli.serve,
+            &SimulateArgs {
+                demand: &demand,
+                out: &out,
+                progress,
+                staff_for: staff_for.then_some(simulate::Goal {
+                    service_level: goal / 100.0,
+                    max_abandonment: max_abandonment / 100.0,
+                }),
+            },
+        ),
         Some(Command::Journal { from, to, outcomes }) => {
             journal(&cli.serve.data_dir, from, to.unwrap_or(u64::MAX), outcomes)
         }
@@ -95,12 +109,25 @@ fn test(paths: &[PathBuf], junit: Option<&std::path::Path>) -> ExitCode {
     }
 }
 
-fn simulate(config: &Config, demand: &Path, out: &Path, progress: bool) -> ExitCode {
-    let Some(shifts) = &config.roster else {
-        eprintln!(
-            "careroute simulate: --roster SHIFTS is required: who works when (examples/healthcare.shifts.toml shows the format)"
-        );
-        return ExitCode::FAILURE;
+/// What `careroute simulate` was asked for.
+struct SimulateArgs<'a> {
+    demand: &'a Path,
+    out: &'a Path,
+    progress: bool,
+    /// `--staff-for`, with its goal.
+    staff_for: Option<simulate::Goal>,
+}
+
+fn simulate(config: &Config, args: &SimulateArgs) -> ExitCode {
+    let shifts = match (&config.roster, args.staff_for) {
+        (Some(path), _) => Some(path),
+        (None, Some(_)) => None,
+        (None, None) => {
+            eprintln!(
+                "careroute simulate: --roster SHIFTS is required: who works when (examples/healthcare.shifts.toml shows the format)"
+            );
+            return ExitCode::FAILURE;
+        }
     };
     let started = std::time::Instant::now();
     let inputs = (|| {
@@ -108,9 +135,9 @@ fn simulate(config: &Config, demand: &Path, out: &Path, progress: bool) -> ExitC
             Some(path) => policy::read(path)?,
             None => policy::Policy::embedded()?,
         };
-        let shifts = simulate::read_shifts(shifts)?;
-        let demand = simulate::read_demand(demand, &policy)?;
-        Ok::<_, careroute::file::FileError>((policy, shifts, demand))
+        let shifts = shifts.map(|s| simulate::read_shifts(s)).transpose()?;
+        let demand = simulate::read_demand(args.demand, &policy)?;
+        Ok::<_, careroute::file::FileError>((std::sync::Arc::new(policy), shifts, demand))
     })();
     let (policy, shifts, demand) = match inputs {
         Ok(inputs) => inputs,
@@ -119,40 +146,62 @@ fn simulate(config: &Config, demand: &Path, out: &Path, progress: bool) -> ExitC
             return ExitCode::FAILURE;
         }
     };
-    let show = progress || std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let run = simulate::run(std::sync::Arc::new(policy), &shifts, &demand, |done| {
+    let show = args.progress || std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = |done: f64| {
         if show {
             eprint!("\rsimulating: {:>3.0}%", done * 100.0);
         }
-    });
+    };
+    let outcome = match args.staff_for {
+        Some(goal) => simulate::staff_for(policy, shifts.as_deref(), &demand, goal, progress)
+            .map(|s| (s.run.clone(), Some(s))),
+        None => simulate::run(
+            policy,
+            shifts.as_deref().unwrap_or_default(),
+            &demand,
+            progress,
+        )
+        .map(|run| (run, None)),
+    };
     if show {
         eprintln!();
     }
-    let run = match run {
-        Ok(run) => run,
+    let (run, staffing) = match outcome {
+        Ok(outcome) => outcome,
         Err(e) => {
             eprintln!("careroute simulate: {e}");
             return ExitCode::FAILURE;
         }
     };
     let elapsed = started.elapsed();
+    if let Some(staffing) = &staffing {
+        say(&simulate::report::staffing_table(staffing));
+        say("\nthe day with that staffing:\n");
+    }
     say(&simulate::report::table(&run));
+    let out = args.out;
     let written = std::fs::create_dir_all(out)
         .and_then(|()| std::fs::write(out.join("queues.csv"), simulate::report::csv(&run)))
+        .and_then(|()| match &staffing {
+            Some(s) => std::fs::write(out.join("staffing.csv"), simulate::report::staffing_csv(s)),
+            None => Ok(()),
+        })
         .map_err(|e| e.to_string())
         .and_then(|()| simulate::report::chart(&run, &out.join("day.svg")));
     if let Err(e) = written {
         eprintln!("careroute simulate: cannot write to {}: {e}", out.display());
         return ExitCode::FAILURE;
     }
+    let agents = match &staffing {
+        Some(s) => format!("{} queues staffed", s.queues.len()),
+        None => format!("{} agents", shifts.as_deref().map_or(0, <[_]>::len)),
+    };
     say(&format!(
-        "{} agents, {} contacts, {} day(s) simulated in {:.2} s; {} and {} written\n",
-        shifts.len(),
+        "{agents}, {} contacts, {} day(s) simulated in {:.2} s; written to {}\n",
         run.contacts,
         demand.days,
         elapsed.as_secs_f64(),
-        out.join("queues.csv").display(),
-        out.join("day.svg").display()
+        out.display()
     ));
     ExitCode::SUCCESS
 }

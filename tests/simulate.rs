@@ -1,8 +1,10 @@
 //! `careroute simulate`: the simulator agrees with Erlang C where the
 //! formula is exact (one queue, one skill, Poisson arrivals, exponential
 //! handle times, nobody hanging up), a run is reproducible from its seed,
-//! the command writes its table, CSV and chart for the example day, and bad
-//! input is refused with file, line and field.
+//! the command writes its table, CSV and chart for the example day, bad
+//! input is refused with file, line and field, and `--staff-for` finds the
+//! fewest agents that meet the goal (exactly, where that can be counted;
+//! near Erlang C where the formula holds).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -348,4 +350,150 @@ fn shifts_of_one_agent_are_different_people_who_stop_taking_work_when_they_end()
     std::fs::write(dir.join("demand.toml"), text).unwrap();
     let other = self::run(&dir);
     assert_ne!(other.queues[0].total().offered, q.total().offered);
+}
+
+fn staff_for(dir: &Path, goal: simulate::Goal) -> simulate::Staffing {
+    let policy = careroute::policy::read(&dir.join("policy.toml")).unwrap();
+    let demand = simulate::read_demand(&dir.join("demand.toml"), &policy).unwrap();
+    simulate::staff_for(Arc::new(policy), None, &demand, goal, |_| {}).unwrap()
+}
+
+#[test]
+fn staff_for_finds_exactly_the_fewest_agents_where_they_can_be_counted() {
+    // Nobody may wait (an immediate callback when no agent is free) and
+    // every contact holds its agent for about a day: to answer 80% at once
+    // takes exactly an agent for each of 80% of the contacts, rounded up;
+    // in the next half-hour, as many again on top of those still busy.
+    let dir = common::process::fresh_data_dir();
+    one_queue(&dir, 1, 0.0, 1, "none");
+    let policy = POLICY.replace("max_waiting = 10000", "max_waiting = 0");
+    std::fs::write(dir.join("policy.toml"), policy).unwrap();
+    std::fs::write(
+        dir.join("demand.toml"),
+        "date = \"2026-11-23\"\nzone = \"UTC\"\nseed = 5\npatience = \"none\"\n[handle_time]\nq = { mean = \"24h\", cv = 0.1 }\n[[arrivals]]\nintent = \"x\"\nper_half_hour = { \"00:00\" = 20, \"00:30\" = 12 }\n",
+    )
+    .unwrap();
+    let found = staff_for(&dir, simulate::Goal::default());
+    let q = &found.queues[0];
+    let (first, second) = (&q.slots[0], &q.slots[1]);
+    assert!(
+        first.offered > 5 && second.offered > 5,
+        "{first:?} {second:?}"
+    );
+    let need = |n: u32| (f64::from(n) * 0.8).ceil() as u32;
+    assert_eq!(first.agents, need(first.offered), "{first:?}");
+    assert_eq!(
+        second.agents,
+        first.agents + need(second.offered),
+        "{second:?}"
+    );
+    assert!(first.met && second.met);
+    assert!(first.service_level.unwrap() >= 0.8);
+    // With one agent fewer, the same half-hour misses: the day run with
+    // that plan answers fewer than 80% at once.
+    assert!(f64::from(first.agents - 1) / f64::from(first.offered) < 0.8);
+    // No demand after: nobody new is staffed (those busy stay on).
+    assert!(q.slots[2..].iter().all(|n| n.offered == 0 && n.agents == 0));
+    assert_eq!(
+        found.run.queues[0].total().answered,
+        need(first.offered) + need(second.offered)
+    );
+}
+
+#[test]
+fn staff_for_meets_the_goal_every_half_hour_near_erlang_c_where_it_holds() {
+    // 8 Erlangs around the clock, exponential handle times, nobody hangs
+    // up: Erlang C holds, so the simulated headcount stays near its answer.
+    let dir = common::process::fresh_data_dir();
+    one_queue(&dir, 1, 48.0, 1, "none");
+    let goal = simulate::Goal {
+        service_level: 0.8,
+        max_abandonment: 0.05,
+    };
+    let found = staff_for(&dir, goal);
+    let q = &found.queues[0];
+    assert_eq!(q.slots.len(), 48);
+    for (i, n) in q.slots.iter().enumerate() {
+        assert!(n.met, "half-hour {i}: {n:?}");
+        assert!(n.service_level.unwrap() >= 0.8, "half-hour {i}: {n:?}");
+        assert!(n.erlang_c.is_some(), "half-hour {i}: {n:?}");
+    }
+    let (hours, erlang_hours) = q.agent_hours();
+    let off = hours / erlang_hours - 1.0;
+    eprintln!(
+        "simulated {hours} agent-hours, Erlang C {erlang_hours} ({:+.1}%)",
+        off * 100.0
+    );
+    assert!(
+        off.abs() < 0.15,
+        "simulated {hours} agent-hours, Erlang C {erlang_hours} ({:+.1}%)",
+        off * 100.0
+    );
+    // The same inputs find the same plan.
+    let again = staff_for(&dir, goal);
+    assert_eq!(again.queues[0].slots, q.slots);
+    // A stricter goal never needs fewer agents.
+    let strict = staff_for(
+        &dir,
+        simulate::Goal {
+            service_level: 0.95,
+            max_abandonment: 0.05,
+        },
+    );
+    let (strict_hours, _) = strict.queues[0].agent_hours();
+    assert!(strict_hours > hours, "{strict_hours} vs {hours}");
+}
+
+#[test]
+fn the_staff_for_command_writes_its_table_and_csv_and_refuses_a_bad_goal() {
+    let dir = common::process::fresh_data_dir();
+    one_queue(&dir, 1, 12.0, 1, "3m");
+    let out = dir.join("out");
+    let careroute = || {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_careroute"));
+        c.arg("simulate")
+            .arg("--policy")
+            .arg(dir.join("policy.toml"))
+            .arg("--demand")
+            .arg(dir.join("demand.toml"))
+            .arg("--out")
+            .arg(&out)
+            .arg("--staff-for");
+        c
+    };
+    let done = careroute().args(["--goal", "90"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        done.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert!(
+        stdout.contains("fewest agents for 90% answered"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("(the queue's own skills)"), "{stdout}");
+    let csv = std::fs::read_to_string(out.join("staffing.csv")).unwrap();
+    let mut lines = csv.lines();
+    assert_eq!(
+        lines.next(),
+        Some("queue,day,start,offered,agents,erlang_c_agents,service_level,abandonment,met")
+    );
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 48, "{csv}");
+    for row in &rows {
+        assert_eq!(row[0], "q");
+        assert_eq!(row[8], "true", "{row:?}");
+        let sl: f64 = row[6].parse().unwrap();
+        assert!(sl >= 0.9, "{row:?}");
+    }
+    assert!(out.join("queues.csv").exists() && out.join("day.svg").exists());
+
+    let refused = careroute().args(["--goal", "120"]).output().unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("--goal") && stderr.contains("0 to 100"),
+        "{stderr}"
+    );
 }

@@ -9,7 +9,7 @@ use chrono::Duration;
 use crate::model::{FastMap, Time};
 
 /// Entries keyed by `K`, forgotten by age of insertion.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(bound(
     serialize = "K: serde::Serialize + Hash + Eq, V: serde::Serialize",
     deserialize = "K: serde::Deserialize<'de> + Hash + Eq, V: serde::Deserialize<'de>"

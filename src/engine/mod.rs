@@ -228,7 +228,7 @@ enum Timer {
 }
 
 /// The routing engine: one per process, behind one lock.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Engine {
     #[serde(with = "snapshot::policy_text")]
     policy: Arc<Policy>,

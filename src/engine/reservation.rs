@@ -20,7 +20,7 @@ pub(super) struct Slot<'a> {
     pub(super) waiter: Option<u64>,
 }
 
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Reservation {
     pub(super) id: ReservationId,
     pub(super) agent: AgentIdx,
@@ -52,7 +52,7 @@ pub(super) enum Fate {
 /// The fate of the most recent reservations, one byte each, indexed by
 /// their sequence number: answers "expired" or "already confirmed" for a
 /// late confirm without a hash lookup, in bounded memory.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) struct Ledger {
     /// Sequence number of `fates[0]`.
     pub(super) first: u64,

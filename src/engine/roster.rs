@@ -46,7 +46,7 @@ fn agent_of(key: IdleKey) -> AgentIdx {
 const CHANNELS: usize = Channel::ALL.len();
 
 /// Everything about one agent that routing needs.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Agent {
     /// The CTI's id.
     pub id: Text,
@@ -161,14 +161,14 @@ impl Agent {
 }
 
 /// The free agents of one queue on one channel.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 struct ChannelPool {
     any: BTreeSet<IdleKey>,
     by_language: FastMap<LangId, BTreeSet<IdleKey>>,
 }
 
 /// Counters and free-agent indexes of one queue.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct QueuePool {
     /// Derived from the agents: not kept in a snapshot, rebuilt at load
     /// ([`Roster::rebuild_free`]), which is faster than reading it.
@@ -185,7 +185,7 @@ pub struct QueuePool {
 }
 
 /// All agents, their ids and the per-queue indexes.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Roster {
     agents: Vec<Agent>,
     ids: FastMap<Text, AgentIdx>,

@@ -74,7 +74,7 @@ impl Waiter {
 }
 
 /// Every line, every waiting contact.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct WaitingRoom {
     lines: Vec<[BTreeSet<WaitKey>; CHANNELS]>,
     waiters: FastMap<u64, Waiter>,

@@ -58,7 +58,7 @@ pub struct WatchId(pub u64);
 
 /// The watchers connected now, with how many cover each agent id, team and
 /// queue, so whether anyone covers an agent is one lookup.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Watchers {
     next: u64,
     /// Watchers with an empty filter.
@@ -167,7 +167,7 @@ impl Watchers {
 
 /// Callbacks and moves that no watcher could receive when they were
 /// decided, the latest per contact, oldest first, each with when.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Undelivered {
     next: u64,
     events: BTreeMap<u64, (Time, Event)>,

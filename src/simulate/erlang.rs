@@ -61,7 +61,8 @@ fn wait_probability(agents: u32, load: f64) -> f64 {
 }
 
 /// The fewest agents Erlang C says reach `goal` (a share answered within
-/// the threshold), at most `cap`.
+/// the threshold), at most `cap`. One pass of the Erlang B recursion: the
+/// cost grows with the answer, not with the cap.
 pub fn agents_for(
     goal: f64,
     arrivals_per_second: f64,
@@ -69,9 +70,24 @@ pub fn agents_for(
     threshold_seconds: f64,
     cap: u32,
 ) -> Option<u32> {
-    (0..=cap).find(|&n| {
-        predict(n, arrivals_per_second, aht_seconds, threshold_seconds).service_level >= goal
-    })
+    if arrivals_per_second <= 0.0 {
+        return Some(0);
+    }
+    let load = arrivals_per_second * aht_seconds;
+    let mut b = 1.0;
+    for n in 1..=cap {
+        b = load * b / (f64::from(n) + load * b);
+        let agents = f64::from(n);
+        if agents <= load {
+            continue;
+        }
+        let pw = b / (1.0 - (load / agents) * (1.0 - b));
+        let spare = agents - load;
+        if 1.0 - pw * (-spare * threshold_seconds / aht_seconds).exp() >= goal {
+            return Some(n);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -111,6 +127,16 @@ mod tests {
         assert!((p.service_level - 0.7613).abs() < 1e-4, "{p:?}");
         // 28 agents miss 80% in 20 s; 29 reach it.
         assert_eq!(agents_for(0.8, 0.1, 240.0, 20.0, 100), Some(29));
+        assert_eq!(agents_for(0.8, 0.1, 240.0, 20.0, 28), None);
+        // The same answer as trying each headcount with `predict`.
+        for (rate, aht, goal) in [(0.02, 300.0, 0.8), (0.5, 180.0, 0.9), (0.001, 600.0, 0.8)] {
+            let slow = (0..=500).find(|&n| predict(n, rate, aht, 30.0).service_level >= goal);
+            assert_eq!(
+                agents_for(goal, rate, aht, 30.0, 500),
+                slow,
+                "{rate} {aht} {goal}"
+            );
+        }
     }
 
     #[test]

@@ -4,13 +4,16 @@
 //! what happened (offered, answered, service level, speed of answer,
 //! abandonment, callbacks, occupancy) beside Erlang C's prediction. Inputs
 //! ([`input`]), the run ([`run`]), the formula ([`erlang`]) and the
-//! reports ([`report`]) are apart. No server, no runtime: it drives the
+//! reports ([`report`]) are apart; `--staff-for`'s search for the fewest
+//! agents ([`staff`]) runs the same days half-hour by half-hour. No server, no runtime: it drives the
 //! engine directly, as a log replay does.
 
 pub mod erlang;
 pub mod input;
 pub mod report;
 pub mod run;
+pub mod staff;
 
 pub use input::{Demand, Shift, read_demand, read_shifts};
 pub use run::{QueueRun, Run, SimulateError, Slot, run};
+pub use staff::{Goal, Staffing, staff_for};

@@ -1,13 +1,16 @@
 //! The simulator's reports: a table for the terminal (each queue's day,
 //! simulated beside Erlang C), `queues.csv` (every queue and half-hour),
 //! and `day.svg` (service level and waiting contacts over the day, per
-//! queue), drawn with plotters.
+//! queue), drawn with plotters; for `--staff-for`, the headcounts found
+//! beside Erlang C's (a table and `staffing.csv`).
 
 use std::{fmt::Write as _, path::Path};
 
 use plotters::prelude::*;
 
+use super::input::SLOTS;
 use super::run::{QueueRun, Run};
+use super::staff::Staffing;
 
 fn pct(x: Option<f64>) -> String {
     x.map_or("-".into(), |x| format!("{:.1}%", x * 100.0))
@@ -216,4 +219,101 @@ pub fn chart(run: &Run, path: &Path) -> Result<(), String> {
         .draw()
         .map_err(|e| e.to_string())?;
     root.present().map_err(|e| e.to_string())
+}
+
+/// The `--staff-for` table: per queue, the agent-hours and the peak found
+/// beside Erlang C's, and the half-hours no headcount could meet; then the
+/// headcount per half-hour of the day (the most any day needed), with
+/// Erlang C's in brackets.
+pub fn staffing_table(staffing: &Staffing) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "fewest agents for {:.0}% answered within each queue's threshold and at most {:.0}% hanging up, found by simulation; Erlang C's beside",
+        staffing.goal.service_level * 100.0,
+        staffing.goal.max_abandonment * 100.0
+    );
+    let _ = writeln!(
+        out,
+        "{:<22} {:>9} {:>9} {:>6} {:>9} {:>7}  profile",
+        "queue", "agent h", "erlC h", "peak", "erlC peak", "unmet"
+    );
+    for q in &staffing.queues {
+        let (hours, erlang_hours) = q.agent_hours();
+        let peak = q.slots.iter().map(|n| n.agents).max().unwrap_or(0);
+        let erlang_peak = q.slots.iter().filter_map(|n| n.erlang_c).max().unwrap_or(0);
+        let unmet = q.slots.iter().filter(|n| !n.met).count();
+        let _ = writeln!(
+            out,
+            "{:<22} {:>9.1} {:>9.1} {:>6} {:>9} {:>7}  {}",
+            q.id,
+            hours,
+            erlang_hours,
+            peak,
+            erlang_peak,
+            unmet,
+            q.profile.as_deref().unwrap_or("(the queue's own skills)")
+        );
+    }
+    let _ = writeln!(out);
+    let width = |id: &str| id.len().max(9);
+    let _ = write!(out, "{:<6}", "local");
+    for q in &staffing.queues {
+        let _ = write!(out, " {:>w$}", q.id, w = width(&q.id));
+    }
+    let _ = writeln!(out);
+    for i in 0..SLOTS {
+        let needs: Vec<_> = staffing.queues.iter().map(|q| q.of_day(i)).collect();
+        if needs.iter().all(|n| n.offered == 0 && n.agents == 0) {
+            continue;
+        }
+        let _ = write!(out, "{:02}:{:02} ", i / 2, (i % 2) * 30);
+        for (q, n) in staffing.queues.iter().zip(&needs) {
+            let cell = match n.erlang_c {
+                Some(e) => format!("{}{} ({e})", n.agents, if n.met { "" } else { "!" }),
+                None => format!("{}{}", n.agents, if n.met { "" } else { "!" }),
+            };
+            let _ = write!(out, " {:>w$}", cell, w = width(&q.id));
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(
+        out,
+        "(n) Erlang C; ! not met even with an agent per contact (closed, or a channel the queue does not take)"
+    );
+    out
+}
+
+/// `staffing.csv`: every queue and half-hour with any contact or agent:
+/// what was offered, the headcount found, Erlang C's, and what the
+/// headcount gave.
+pub fn staffing_csv(staffing: &Staffing) -> String {
+    let mut out = String::from(
+        "queue,day,start,offered,agents,erlang_c_agents,service_level,abandonment,met\n",
+    );
+    let run = &staffing.run;
+    for q in &staffing.queues {
+        for (i, n) in q.slots.iter().enumerate() {
+            if n.offered == 0 && n.agents == 0 {
+                continue;
+            }
+            let local =
+                (run.start + chrono::Duration::minutes(30 * i as i64)).with_timezone(&run.zone);
+            let share = |x: Option<f64>| x.map_or(String::new(), |x| format!("{x:.4}"));
+            let _ = writeln!(
+                out,
+                "{},{},{},{},{},{},{},{},{}",
+                q.id,
+                local.format("%Y-%m-%d"),
+                local.format("%H:%M"),
+                n.offered,
+                n.agents,
+                n.erlang_c.map_or(String::new(), |e| e.to_string()),
+                share(n.service_level),
+                share(n.abandonment),
+                n.met
+            );
+        }
+    }
+    out
 }

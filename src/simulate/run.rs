@@ -20,7 +20,7 @@ use super::erlang::{self, Prediction};
 use super::input::{Demand, HandleTime, SLOTS, Shift};
 use crate::engine::{
     AgentSpec, Cancel, Complete, Confirm, Engine, EngineConfig, EngineError, Event, Outcome,
-    ReservationId, Route, SetAgentState, SnapshotError, Tick, UpsertAgent, Watch, WatchFilter,
+    ReservationId, Route, SetAgentState, Tick, UpsertAgent, Watch, WatchFilter,
 };
 use crate::model::{AgentState, Contact, Time};
 use crate::policy::Policy;
@@ -180,10 +180,6 @@ pub enum SimulateError {
     /// The engine refused a command the simulation gave it.
     #[error("the engine refused a step: {0}")]
     Engine(#[from] EngineError),
-    /// A copy of the simulation's state (for `--staff-for`'s trials)
-    /// could not be made.
-    #[error("cannot copy the simulation's state: {0}")]
-    Fork(#[from] SnapshotError),
 }
 
 /// What happens next, besides the engine's own timers.
@@ -229,8 +225,9 @@ pub fn run(
 
 /// A simulation under way: the engine, what is planned, what each agent
 /// and contact is doing, and what each queue saw so far. It can be run up
-/// to a time, staffed anew there, and copied ([`Sim::fork`]) to try
-/// something from the same point.
+/// to a time, staffed anew there, and cloned to try something from the
+/// same point (the same state, so the same steps give the same result).
+#[derive(Clone)]
 pub(super) struct Sim<'a> {
     demand: &'a Demand,
     engine: Engine,
@@ -379,10 +376,12 @@ impl<'a> Sim<'a> {
         self.on_shift[i]
     }
 
-    /// Puts agent `i` on shift or takes it off, now (the last step's time),
-    /// and settles what that sets off.
-    pub fn set_shift(&mut self, i: usize, on: bool) -> Result<(), SimulateError> {
-        let now = self.last_now;
+    /// Puts agent `i` on shift or takes it off at `at` (or the last step's
+    /// time, if later: the clock only goes forward), and settles what that
+    /// sets off. Run up to `at` first.
+    pub fn set_shift(&mut self, i: usize, on: bool, at: Time) -> Result<(), SimulateError> {
+        let now = at.max(self.last_now);
+        self.last_now = now;
         if on {
             self.shift_start(i, now)?;
         } else {
@@ -422,6 +421,11 @@ impl<'a> Sim<'a> {
         Ok(())
     }
 
+    /// Whether agent `i` has a contact in hand.
+    pub fn busy(&self, i: usize) -> bool {
+        self.handling[i] > 0
+    }
+
     /// Contacts waiting in queue `queue`'s line now.
     pub fn waiting_in(&self, queue: usize) -> usize {
         self.tracked
@@ -438,30 +442,6 @@ impl<'a> Sim<'a> {
     /// The queue runs, in policy order.
     pub fn queue_runs(&self) -> &[QueueRun] {
         &self.queue_runs
-    }
-
-    /// A copy to try something from this point; the same state, so the
-    /// same steps give the same result.
-    pub fn fork(&self) -> Result<Sim<'a>, SimulateError> {
-        Ok(Sim {
-            demand: self.demand,
-            engine: Engine::decode_state(&self.engine.encode_state()?)?,
-            rng: self.rng.clone(),
-            next: self.next.clone(),
-            seq: self.seq,
-            end: self.end,
-            queue_runs: self.queue_runs.clone(),
-            queue_index: self.queue_index.clone(),
-            agents: self.agents.clone(),
-            agent_index: self.agent_index.clone(),
-            on_shift: self.on_shift.clone(),
-            handling: self.handling.clone(),
-            tracked: self.tracked.clone(),
-            contacts: self.contacts,
-            scripted: self.scripted,
-            done_events: self.done_events,
-            last_now: self.last_now,
-        })
     }
 
     fn handle_sample(&mut self, queue: usize) -> Duration {
