@@ -80,6 +80,47 @@ fn dashboard_is_importable_and_queries_only_exported_metrics() {
             }
         }
     }
+    // Variables for instance and queue, and every query filtered by them:
+    // by instance everywhere, by queue where the metric has a queue.
+    let vars: Vec<&str> = dash["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(vars, ["instance", "queue"]);
+    for v in dash["templating"]["list"].as_array().unwrap() {
+        let query = v["query"]["query"].as_str().unwrap();
+        let metric = query
+            .trim_start_matches("label_values(")
+            .split(',')
+            .next()
+            .unwrap();
+        assert!(exported(metric), "variable {} reads {metric}", v["name"]);
+        assert_eq!(v["multi"], true);
+        assert_eq!(v["includeAll"], true);
+    }
+    for p in panels.iter().filter(|p| p["type"] != "row") {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            for selector in expr.split("careroute_").skip(1) {
+                let labels = selector
+                    .split_once('{')
+                    .filter(|(name, _)| !name.contains(['(', ')', ' ', '[']))
+                    .map(|(_, rest)| rest.split('}').next().unwrap())
+                    .unwrap_or_else(|| panic!("an unfiltered selector in {expr}"));
+                assert!(labels.contains(r#"instance=~"$instance""#), "{expr}");
+                if selector.starts_with("queue_") {
+                    assert!(labels.contains(r#"queue=~"$queue""#), "{expr}");
+                }
+            }
+            // A standby holds the leader's state: replicated gauges are
+            // not summed across instances.
+            if expr.contains("careroute_queue_") || expr.contains("careroute_agents{") {
+                assert!(!expr.starts_with("sum"), "{expr}");
+            }
+        }
+    }
     // The issue's list: latency, RPC rate and errors, outcomes, callbacks,
     // agents by state, per-queue staffing.
     for m in [
