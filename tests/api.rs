@@ -275,6 +275,110 @@ async fn bad_input_gets_the_right_code_and_names_the_field() {
 }
 
 #[tokio::test]
+async fn refusals_carry_a_stable_reason_and_every_field_violation() {
+    let s = TestServer::start_with(monday_10am(), |c| c.no_demo_roster = true).await;
+    let mut client = s.client.clone();
+    let reason = |e: &tonic::Status| error_reason(e).map(|(r, _)| r);
+
+    // Four fields wrong at once: one refusal names all four.
+    let mut c = contact("", "Billing!");
+    c.channel = 0;
+    c.language = "en US".into();
+    c.signals = vec!["ok".into(), "NOT OK".into()];
+    let err = client.route_contact(c).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(
+        error_reason(&err),
+        Some(("INVALID_FIELD".to_owned(), "careroute".to_owned()))
+    );
+    let mut fields = violated_fields(&err);
+    fields.sort();
+    assert_eq!(
+        fields,
+        ["channel", "contact_id", "intent", "language", "signals[1]"],
+        "{err:?}"
+    );
+    for f in &fields {
+        assert!(err.message().contains(f.as_str()), "{}", err.message());
+    }
+    // An agent profile with two wrong fields, likewise.
+    let mut a = billing_agent("");
+    a.transfer_address = String::new();
+    let err = client.upsert_agent(a).await.unwrap_err();
+    assert_eq!(violated_fields(&err), ["agent_id", "transfer_address"]);
+    // Two fields of a small request.
+    let err = client
+        .release_reservation(pb::ReleaseReservationRequest {
+            reservation_id: "bogus".into(),
+            reason: 99,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["reservation_id", "reason"]);
+    // A word the policy does not know: its own reason, the field named.
+    let err = client
+        .route_contact(contact("c0", "horoscope"))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err).as_deref(), Some("UNKNOWN_INTENT"));
+    assert_eq!(violated_fields(&err), ["intent"]);
+    let err = client
+        .set_agent_state(state("ghost", pb::AgentState::Available))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&err).as_deref(), Some("UNKNOWN_AGENT"));
+
+    // A CTI retrying a lost confirm tells "already done" from "expired".
+    client.upsert_agent(billing_agent("b1")).await.unwrap();
+    client.upsert_agent(billing_agent("b2")).await.unwrap();
+    for id in ["b1", "b2"] {
+        client
+            .set_agent_state(state(id, pb::AgentState::Available))
+            .await
+            .unwrap();
+    }
+    let confirm = |id: &str| pb::ConfirmReservationRequest {
+        reservation_id: id.to_owned(),
+    };
+    let r1 = agent(&s.route(contact("c1", "billing")).await.unwrap())
+        .reservation_id
+        .clone();
+    client.confirm_reservation(confirm(&r1)).await.unwrap();
+    let again = client.confirm_reservation(confirm(&r1)).await.unwrap_err();
+    assert_eq!(again.code(), Code::FailedPrecondition);
+    assert_eq!(
+        reason(&again).as_deref(),
+        Some("RESERVATION_ALREADY_CONFIRMED")
+    );
+    let release = |id: &str| pb::ReleaseReservationRequest {
+        reservation_id: id.to_owned(),
+        reason: pb::ReleaseReason::Rejected.into(),
+    };
+    let r2 = agent(&s.route(contact("c2", "billing")).await.unwrap())
+        .reservation_id
+        .clone();
+    client.release_reservation(release(&r2)).await.unwrap();
+    let late = client.confirm_reservation(confirm(&r2)).await.unwrap_err();
+    assert_eq!(
+        reason(&late).as_deref(),
+        Some("RESERVATION_ALREADY_RELEASED")
+    );
+    let r3 = agent(&s.route(contact("c3", "billing")).await.unwrap())
+        .reservation_id
+        .clone();
+    s.clock.advance(Duration::seconds(60));
+    let lapsed = client.confirm_reservation(confirm(&r3)).await.unwrap_err();
+    assert_eq!(lapsed.code(), Code::FailedPrecondition);
+    assert_eq!(reason(&lapsed).as_deref(), Some("RESERVATION_EXPIRED"));
+    let unknown = client
+        .confirm_reservation(confirm(&format!("r-{}", "deadbeef".repeat(4))))
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&unknown).as_deref(), Some("UNKNOWN_RESERVATION"));
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn retries_are_idempotent_and_paths_show_every_hop() {
     let s = TestServer::start(monday_10am()).await;
     let mut c = contact("c1", "billing");

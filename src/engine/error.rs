@@ -56,8 +56,8 @@ pub enum EngineError {
     ReservationSettled {
         /// The reservation.
         id: String,
-        /// "confirmed" or "released".
-        how: &'static str,
+        /// Which.
+        how: Settled,
     },
     /// The contact is not waiting in any queue.
     #[error("contact_id: the contact is not waiting in any queue")]
@@ -86,4 +86,22 @@ pub enum EngineError {
         /// The contact id given.
         contact: String,
     },
+}
+
+/// How a reservation was settled before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Confirmed: the contact went to the agent.
+    Confirmed,
+    /// Released: the offer was given up.
+    Released,
+}
+
+impl std::fmt::Display for Settled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Settled::Confirmed => "confirmed",
+            Settled::Released => "released",
+        })
+    }
 }

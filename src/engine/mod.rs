@@ -48,7 +48,7 @@ pub use command::{
 pub use decision::{
     AgentOffer, CallbackOffer, Decision, DecisionId, Guidance, Outcome, ReservationId,
 };
-pub use error::EngineError;
+pub use error::{EngineError, Settled};
 pub use event::{Assignment, Event, Parked, Withdrawal};
 pub use expiring::Expiring;
 pub use history::{Hop, HopKind};

@@ -7,7 +7,7 @@ use std::{cmp::Reverse, collections::VecDeque};
 use chrono::Duration;
 
 use super::roster::{AgentIdx, Pick};
-use super::{AgentOffer, Engine, EngineError, IdKind, ReservationId, Timer};
+use super::{AgentOffer, Engine, EngineError, IdKind, ReservationId, Settled, Timer};
 use crate::model::{AgentState, Channel, ReleaseReason, Time};
 use crate::policy::{QueueIdx, Text};
 
@@ -200,8 +200,8 @@ impl Engine {
             .and_then(|i| self.ledger.fates.get(usize::try_from(i).ok()?));
         let how = match fate {
             Some(Fate::Expired) => return EngineError::ReservationExpired(id.to_string()),
-            Some(Fate::Confirmed) => "confirmed",
-            Some(Fate::Released(_)) => "released",
+            Some(Fate::Confirmed) => Settled::Confirmed,
+            Some(Fate::Released(_)) => Settled::Released,
             Some(Fate::Live) | None => return EngineError::UnknownReservation(id.to_string()),
         };
         EngineError::ReservationSettled {

@@ -268,7 +268,7 @@ fn confirm_complete_wrap_up_then_available() {
     assert!(matches!(
         e.confirm(r, t),
         Err(EngineError::ReservationSettled {
-            how: "confirmed",
+            how: Settled::Confirmed,
             ..
         })
     ));
@@ -317,7 +317,7 @@ fn release_frees_the_agent_and_unknown_ids_are_not_found() {
     assert!(matches!(
         e.release(r, ReleaseReason::Rejected, t),
         Err(EngineError::ReservationSettled {
-            how: "released",
+            how: Settled::Released,
             ..
         })
     ));

@@ -18,6 +18,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::methods;
+use super::status::{Reason, refusal};
 
 /// The layer to add to the tonic server; clones share one bound.
 #[derive(Debug, Clone)]
@@ -85,10 +86,15 @@ where
             return Box::pin(self.inner.call(request));
         }
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
-            let status = tonic::Status::resource_exhausted(format!(
-                "overloaded: {} calls in flight; retry with backoff",
-                self.limit
-            ));
+            let status = refusal(
+                tonic::Code::ResourceExhausted,
+                format!(
+                    "overloaded: {} calls in flight; retry with backoff",
+                    self.limit
+                ),
+                Reason::Overloaded,
+                Vec::new(),
+            );
             return Box::pin(std::future::ready(Ok(status.into_http())));
         };
         let response = self.inner.call(request);

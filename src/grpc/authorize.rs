@@ -19,11 +19,12 @@ use std::{
     task::{Context, Poll},
 };
 
-use tonic::Status;
+use tonic::Code;
 use tower_layer::Layer;
 use tower_service::Service;
 
 use super::methods;
+use super::status::{Reason, refusal};
 use crate::auth::{Client, Credentials, ROUTING_SERVICE, Role, SharedCredentials, role_of};
 use crate::telemetry;
 use crate::tls::Peer;
@@ -154,7 +155,12 @@ where
             .and_then(|m| Some((m.name.as_str(), role_of(&m.name)?)));
         let Some((method, role)) = known else {
             count("unknown", "none", "permission_denied");
-            let refused = Status::permission_denied("no role may call this path");
+            let refused = refusal(
+                Code::PermissionDenied,
+                "no role may call this path",
+                Reason::RoleRequired,
+                Vec::new(),
+            );
             return Box::pin(std::future::ready(Ok(refused.into_http())));
         };
         let credentials = credentials.load();
@@ -170,8 +176,11 @@ where
             Err(Refusal::Unauthenticated) => {
                 count(method, role.as_str(), "unauthenticated");
                 tracing::debug!(method, "call refused: no known bearer token");
-                Status::unauthenticated(
+                refusal(
+                    Code::Unauthenticated,
                     "a client of the credentials file is required: its bearer token (authorization: Bearer <token>) or, under mutual TLS, its certificate",
+                    Reason::Unauthenticated,
+                    Vec::new(),
                 )
             }
             Err(Refusal::Denied(name)) => {
@@ -182,10 +191,15 @@ where
                     role = role.as_str(),
                     "call refused: the client lacks the role"
                 );
-                Status::permission_denied(format!(
-                    "this client may not call {method}: it needs the {} role",
-                    role.as_str()
-                ))
+                refusal(
+                    Code::PermissionDenied,
+                    format!(
+                        "this client may not call {method}: it needs the {} role",
+                        role.as_str()
+                    ),
+                    Reason::RoleRequired,
+                    Vec::new(),
+                )
             }
         };
         Box::pin(std::future::ready(Ok(refused.into_http())))

@@ -18,6 +18,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use super::status::{Reason, refusal};
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use tonic::{Code, Status, body::Body};
@@ -83,19 +84,25 @@ fn client_code(status: &Status, transport_failed: bool) -> Option<Status> {
         Code::Unknown if transport_failed => Some(Status::cancelled(
             "the client went away while its request was being read",
         )),
-        Code::OutOfRange if status.message().starts_with(TOO_LARGE) => {
-            Some(Status::resource_exhausted(format!(
+        Code::OutOfRange if status.message().starts_with(TOO_LARGE) => Some(refusal(
+            Code::ResourceExhausted,
+            format!(
                 "the request is larger than careroute decodes ({} bytes): {}",
                 super::service::MAX_MESSAGE_BYTES,
                 status.message()
-            )))
-        }
-        Code::Internal if status.message().starts_with(DECODE_FAILURE) => {
-            Some(Status::invalid_argument(format!(
+            ),
+            Reason::RequestTooLarge,
+            Vec::new(),
+        )),
+        Code::Internal if status.message().starts_with(DECODE_FAILURE) => Some(refusal(
+            Code::InvalidArgument,
+            format!(
                 "the request body does not decode as this method's message: {}",
                 status.message()
-            )))
-        }
+            ),
+            Reason::MalformedBody,
+            Vec::new(),
+        )),
         _ => None,
     }
 }

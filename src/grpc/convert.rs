@@ -10,6 +10,7 @@ use tonic::Status;
 
 use super::events::Change;
 use super::pb;
+use super::status::{self, Violation};
 use crate::engine::{
     AgentOffer, AgentSpec, CallbackOffer, ContactStatus, Decision, Event, Hop, HopKind, Outcome,
     Parked, QueueView, ReservationId, WatchFilter, Withdrawal,
@@ -36,8 +37,33 @@ pub const MAX_AGENT_LIST: usize = 64;
 /// Longest team name or transfer address.
 pub const MAX_TEXT_LEN: usize = 256;
 
-fn invalid(field: impl Display, problem: impl Display) -> Status {
-    Status::invalid_argument(format!("{field}: {problem}"))
+fn invalid(field: impl Display, problem: impl Display) -> Violation {
+    Violation {
+        field: field.to_string(),
+        description: problem.to_string(),
+    }
+}
+
+/// Every field violation of one request, so a client fixes its request in
+/// one go rather than one refusal at a time.
+#[derive(Debug, Default)]
+struct Violations(Vec<Violation>);
+
+impl Violations {
+    /// The value, or `None` with its violation noted.
+    fn take<T>(&mut self, checked: Result<T, Violation>) -> Option<T> {
+        checked.map_err(|v| self.0.push(v)).ok()
+    }
+
+    /// Notes a violation.
+    fn add(&mut self, v: Violation) {
+        self.0.push(v);
+    }
+
+    /// The refusal naming them all.
+    fn refusal(self) -> Status {
+        status::invalid(self.0)
+    }
 }
 
 /// Characters allowed in a kind of field, and how to say so.
@@ -75,7 +101,7 @@ fn checked(
     max: usize,
     charset: Charset,
     required: bool,
-) -> Result<Option<String>, Status> {
+) -> Result<Option<String>, Violation> {
     if value.is_empty() {
         return if required {
             Err(invalid(field, "required"))
@@ -92,11 +118,16 @@ fn checked(
     Ok(Some(value))
 }
 
-fn required(field: &str, value: String, max: usize, charset: Charset) -> Result<String, Status> {
+fn required(
+    field: impl Display,
+    value: String,
+    max: usize,
+    charset: Charset,
+) -> Result<String, Violation> {
     checked(field, value, max, charset, true).map(Option::unwrap_or_default)
 }
 
-fn channel(field: impl Display, value: i32) -> Result<Channel, Status> {
+fn channel(field: impl Display, value: i32) -> Result<Channel, Violation> {
     match pb::Channel::try_from(value) {
         Ok(pb::Channel::Voice) => Ok(Channel::Voice),
         Ok(pb::Channel::Chat) => Ok(Channel::Chat),
@@ -108,86 +139,137 @@ fn channel(field: impl Display, value: i32) -> Result<Channel, Status> {
     }
 }
 
+/// At most `max` entries in a list field.
+fn at_most(field: &str, len: usize, max: usize) -> Result<(), Violation> {
+    if len > max {
+        return Err(invalid(field, format!("more than {max} entries")));
+    }
+    Ok(())
+}
+
 impl TryFrom<pb::RouteContactRequest> for Contact {
     type Error = Status;
 
     fn try_from(r: pb::RouteContactRequest) -> Result<Contact, Status> {
-        let urgency = match pb::Urgency::try_from(r.urgency) {
-            Ok(pb::Urgency::Unspecified | pb::Urgency::Routine) => Urgency::Routine,
-            Ok(pb::Urgency::Urgent) => Urgency::Urgent,
-            Ok(pb::Urgency::Emergency) => Urgency::Emergency,
-            Err(_) => {
-                return Err(invalid(
-                    "urgency",
-                    format!("unknown enum value {}", r.urgency),
-                ));
+        let mut v = Violations::default();
+        let urgency = v.take(match pb::Urgency::try_from(r.urgency) {
+            Ok(pb::Urgency::Unspecified | pb::Urgency::Routine) => Ok(Urgency::Routine),
+            Ok(pb::Urgency::Urgent) => Ok(Urgency::Urgent),
+            Ok(pb::Urgency::Emergency) => Ok(Urgency::Emergency),
+            Err(_) => Err(invalid(
+                "urgency",
+                format!("unknown enum value {}", r.urgency),
+            )),
+        });
+        let identity = v.take(match pb::Identity::try_from(r.identity) {
+            Ok(pb::Identity::Unspecified | pb::Identity::NotAttempted) => {
+                Ok(Identity::NotAttempted)
             }
-        };
-        let identity = match pb::Identity::try_from(r.identity) {
-            Ok(pb::Identity::Unspecified | pb::Identity::NotAttempted) => Identity::NotAttempted,
-            Ok(pb::Identity::Verified) => Identity::Verified,
-            Ok(pb::Identity::Failed) => Identity::Failed,
-            Err(_) => {
-                return Err(invalid(
-                    "identity",
-                    format!("unknown enum value {}", r.identity),
-                ));
-            }
-        };
-        if r.signals.len() > MAX_SIGNALS {
-            return Err(invalid(
-                "signals",
-                format!("more than {MAX_SIGNALS} entries"),
-            ));
-        }
-        let signals = r
+            Ok(pb::Identity::Verified) => Ok(Identity::Verified),
+            Ok(pb::Identity::Failed) => Ok(Identity::Failed),
+            Err(_) => Err(invalid(
+                "identity",
+                format!("unknown enum value {}", r.identity),
+            )),
+        });
+        v.take(at_most("signals", r.signals.len(), MAX_SIGNALS));
+        let signals: Vec<String> = r
             .signals
             .into_iter()
+            .take(MAX_SIGNALS)
             .enumerate()
-            .map(|(i, s)| required(&format!("signals[{i}]"), s, MAX_NAME_LEN, NAME))
-            .collect::<Result<Vec<_>, _>>()?;
-        if r.attributes.len() > MAX_ATTRIBUTES {
-            return Err(invalid(
-                "attributes",
-                format!("more than {MAX_ATTRIBUTES} entries"),
-            ));
-        }
-        let mut attributes = Vec::with_capacity(r.attributes.len());
-        for (key, value) in r.attributes {
-            let key = required("attributes key", key, MAX_NAME_LEN, NAME)?;
-            let value = required(&format!("attributes[{key}]"), value, MAX_VALUE_LEN, VALUE)?;
-            attributes.push((key, value));
+            .filter_map(|(i, s)| v.take(required(format!("signals[{i}]"), s, MAX_NAME_LEN, NAME)))
+            .collect();
+        v.take(at_most("attributes", r.attributes.len(), MAX_ATTRIBUTES));
+        let mut attributes = Vec::with_capacity(r.attributes.len().min(MAX_ATTRIBUTES));
+        for (key, value) in r.attributes.into_iter().take(MAX_ATTRIBUTES) {
+            let Some(key) = v.take(required("attributes key", key, MAX_NAME_LEN, NAME)) else {
+                continue;
+            };
+            let field = format!("attributes[{key}]");
+            if let Some(value) = v.take(required(field, value, MAX_VALUE_LEN, VALUE)) {
+                attributes.push((key, value));
+            }
         }
         // A map on the wire has no order: one order, so the same request
         // is logged (and replayed) the same way.
         attributes.sort_unstable();
         let transfer_from = match r.transfer_from {
-            Some(t) => Some(TransferFrom {
-                queue_id: required("transfer_from.queue_id", t.queue_id, MAX_ID_LEN, ID)?,
-                agent_id: checked("transfer_from.agent_id", t.agent_id, MAX_ID_LEN, ID, false)?,
-            }),
-            None => None,
+            Some(t) => {
+                let queue_id = v.take(required(
+                    "transfer_from.queue_id",
+                    t.queue_id,
+                    MAX_ID_LEN,
+                    ID,
+                ));
+                let agent_id = v.take(checked(
+                    "transfer_from.agent_id",
+                    t.agent_id,
+                    MAX_ID_LEN,
+                    ID,
+                    false,
+                ));
+                queue_id
+                    .zip(agent_id)
+                    .map(|(queue_id, agent_id)| Some(TransferFrom { queue_id, agent_id }))
+            }
+            None => Some(None),
         };
-        Ok(Contact {
-            contact_id: required("contact_id", r.contact_id, MAX_ID_LEN, ID)?,
-            request_id: checked("request_id", r.request_id, MAX_ID_LEN, ID, false)?,
-            channel: channel("channel", r.channel)?,
-            intent: required("intent", r.intent, MAX_NAME_LEN, NAME)?,
+        let contact_id = v.take(required("contact_id", r.contact_id, MAX_ID_LEN, ID));
+        let request_id = v.take(checked("request_id", r.request_id, MAX_ID_LEN, ID, false));
+        let channel = v.take(channel("channel", r.channel));
+        let intent = v.take(required("intent", r.intent, MAX_NAME_LEN, NAME));
+        let language = v.take(checked(
+            "language",
+            r.language,
+            MAX_LANGUAGE_LEN,
+            LANGUAGE,
+            false,
+        ));
+        let preferred_agent_id = v.take(checked(
+            "preferred_agent_id",
+            r.preferred_agent_id,
+            MAX_ID_LEN,
+            ID,
+            false,
+        ));
+        match (
+            contact_id,
+            request_id,
+            channel,
+            intent,
             urgency,
             identity,
-            language: checked("language", r.language, MAX_LANGUAGE_LEN, LANGUAGE, false)?,
-            escalation_requested: r.escalation_requested,
-            signals,
-            attributes,
+            language,
             transfer_from,
-            preferred_agent_id: checked(
-                "preferred_agent_id",
-                r.preferred_agent_id,
-                MAX_ID_LEN,
-                ID,
-                false,
-            )?,
-        })
+            preferred_agent_id,
+        ) {
+            (
+                Some(contact_id),
+                Some(request_id),
+                Some(channel),
+                Some(intent),
+                Some(urgency),
+                Some(identity),
+                Some(language),
+                Some(transfer_from),
+                Some(preferred_agent_id),
+            ) if v.0.is_empty() => Ok(Contact {
+                contact_id,
+                request_id,
+                channel,
+                intent,
+                urgency,
+                identity,
+                language,
+                escalation_requested: r.escalation_requested,
+                signals,
+                attributes,
+                transfer_from,
+                preferred_agent_id,
+            }),
+            _ => Err(v.refusal()),
+        }
     }
 }
 
@@ -195,55 +277,74 @@ impl TryFrom<pb::UpsertAgentRequest> for AgentSpec {
     type Error = Status;
 
     fn try_from(r: pb::UpsertAgentRequest) -> Result<AgentSpec, Status> {
-        for (name, len) in [
-            ("skills", r.skills.len()),
-            ("languages", r.languages.len()),
-            ("channels", r.channels.len()),
-        ] {
-            if len > MAX_AGENT_LIST {
-                return Err(invalid(name, format!("more than {MAX_AGENT_LIST} entries")));
-            }
-        }
-        let skills = r
+        let mut v = Violations::default();
+        v.take(at_most("skills", r.skills.len(), MAX_AGENT_LIST));
+        v.take(at_most("languages", r.languages.len(), MAX_AGENT_LIST));
+        v.take(at_most("channels", r.channels.len(), MAX_AGENT_LIST));
+        let skills: Vec<(String, u8)> = r
             .skills
             .into_iter()
+            .take(MAX_AGENT_LIST)
             .enumerate()
-            .map(|(i, s)| {
+            .filter_map(|(i, s)| {
                 let level = u8::try_from(s.proficiency).unwrap_or(u8::MAX);
-                Ok((
-                    required(&format!("skills[{i}].skill"), s.skill, MAX_NAME_LEN, NAME)?,
-                    level,
-                ))
+                let skill = required(format!("skills[{i}].skill"), s.skill, MAX_NAME_LEN, NAME);
+                v.take(skill).map(|skill| (skill, level))
             })
-            .collect::<Result<Vec<_>, Status>>()?;
-        let languages = r
+            .collect();
+        let languages: Vec<String> = r
             .languages
             .into_iter()
+            .take(MAX_AGENT_LIST)
             .enumerate()
-            .map(|(i, l)| required(&format!("languages[{i}]"), l, MAX_LANGUAGE_LEN, LANGUAGE))
-            .collect::<Result<Vec<_>, _>>()?;
-        let channels = r
-            .channels
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let capacity = u8::try_from(c.capacity).unwrap_or(u8::MAX);
-                Ok((
-                    channel(format!("channels[{i}].channel"), c.channel)?,
-                    capacity,
+            .filter_map(|(i, l)| {
+                v.take(required(
+                    format!("languages[{i}]"),
+                    l,
+                    MAX_LANGUAGE_LEN,
+                    LANGUAGE,
                 ))
             })
-            .collect::<Result<Vec<_>, Status>>()?;
+            .collect();
+        let channels: Vec<(Channel, u8)> = r
+            .channels
+            .into_iter()
+            .take(MAX_AGENT_LIST)
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let capacity = u8::try_from(c.capacity).unwrap_or(u8::MAX);
+                v.take(channel(format!("channels[{i}].channel"), c.channel))
+                    .map(|channel| (channel, capacity))
+            })
+            .collect();
+        let id = v.take(required("agent_id", r.agent_id, MAX_ID_LEN, ID));
+        let team = v.take(checked("team", r.team, MAX_TEXT_LEN, TEXT, false));
+        let transfer_address = v.take(required(
+            "transfer_address",
+            r.transfer_address,
+            MAX_TEXT_LEN,
+            TEXT,
+        ));
+        let (Some(id), Some(team), Some(transfer_address)) = (id, team, transfer_address) else {
+            return Err(v.refusal());
+        };
+        if !v.0.is_empty() {
+            return Err(v.refusal());
+        }
         let spec = AgentSpec {
-            id: required("agent_id", r.agent_id, MAX_ID_LEN, ID)?,
-            team: checked("team", r.team, MAX_TEXT_LEN, TEXT, false)?.unwrap_or_default(),
-            transfer_address: required("transfer_address", r.transfer_address, MAX_TEXT_LEN, TEXT)?,
+            id,
+            team: team.unwrap_or_default(),
+            transfer_address,
             skills,
             languages,
             channels,
         };
-        spec.validate()
-            .map_err(|(field, problem)| invalid(field, problem))?;
+        // What only the whole profile shows (proficiency and capacity
+        // ranges, duplicates).
+        if let Err((field, problem)) = spec.validate() {
+            v.add(invalid(field, problem));
+            return Err(v.refusal());
+        }
         Ok(spec)
     }
 }
@@ -255,36 +356,43 @@ impl TryFrom<pb::WatchAssignmentsRequest> for WatchFilter {
     type Error = Status;
 
     fn try_from(r: pb::WatchAssignmentsRequest) -> Result<WatchFilter, Status> {
-        let list = |name: &str, values: Vec<String>, max: usize, charset: Charset| {
-            if values.len() > MAX_WATCH_LIST {
-                return Err(invalid(name, format!("more than {MAX_WATCH_LIST} entries")));
-            }
+        let mut v = Violations::default();
+        let mut list = |name: &str, values: Vec<String>, max: usize, charset: Charset| {
+            v.take(at_most(name, values.len(), MAX_WATCH_LIST));
             values
                 .into_iter()
+                .take(MAX_WATCH_LIST)
                 .enumerate()
-                .map(|(i, v)| required(&format!("{name}[{i}]"), v, max, charset))
-                .collect::<Result<HashSet<_>, Status>>()
+                .filter_map(|(i, value)| {
+                    v.take(required(format!("{name}[{i}]"), value, max, charset))
+                })
+                .collect::<HashSet<_>>()
         };
-        Ok(WatchFilter {
-            agents: list("agent_ids", r.agent_ids, MAX_ID_LEN, ID)?,
-            teams: list("teams", r.teams, MAX_TEXT_LEN, TEXT)?,
-            queues: list("queue_ids", r.queue_ids, MAX_ID_LEN, ID)?,
-        })
+        let filter = WatchFilter {
+            agents: list("agent_ids", r.agent_ids, MAX_ID_LEN, ID),
+            teams: list("teams", r.teams, MAX_TEXT_LEN, TEXT),
+            queues: list("queue_ids", r.queue_ids, MAX_ID_LEN, ID),
+        };
+        if v.0.is_empty() {
+            Ok(filter)
+        } else {
+            Err(v.refusal())
+        }
     }
 }
 
 /// Validates an agent id field.
-pub fn agent_id(field: &str, value: String) -> Result<String, Status> {
+pub fn agent_id(field: &str, value: String) -> Result<String, Violation> {
     required(field, value, MAX_ID_LEN, ID)
 }
 
 /// Validates a contact id field.
-pub fn contact_id(field: &str, value: String) -> Result<String, Status> {
+pub fn contact_id(field: &str, value: String) -> Result<String, Violation> {
     required(field, value, MAX_ID_LEN, ID)
 }
 
 /// Parses a reservation id field.
-pub fn reservation_id(value: &str) -> Result<ReservationId, Status> {
+pub fn reservation_id(value: &str) -> Result<ReservationId, Violation> {
     if value.is_empty() {
         return Err(invalid("reservation_id", "required"));
     }
@@ -297,7 +405,7 @@ pub fn reservation_id(value: &str) -> Result<ReservationId, Status> {
 }
 
 /// Converts an agent state field; unspecified is refused.
-pub fn agent_state(value: i32) -> Result<AgentState, Status> {
+pub fn agent_state(value: i32) -> Result<AgentState, Violation> {
     match pb::AgentState::try_from(value) {
         Ok(pb::AgentState::Offline) => Ok(AgentState::Offline),
         Ok(pb::AgentState::Available) => Ok(AgentState::Available),
@@ -311,7 +419,7 @@ pub fn agent_state(value: i32) -> Result<AgentState, Status> {
 }
 
 /// Converts a release reason; unspecified is allowed.
-pub fn release_reason(value: i32) -> Result<ReleaseReason, Status> {
+pub fn release_reason(value: i32) -> Result<ReleaseReason, Violation> {
     match pb::ReleaseReason::try_from(value) {
         Ok(pb::ReleaseReason::Unspecified) => Ok(ReleaseReason::Unspecified),
         Ok(pb::ReleaseReason::Rejected) => Ok(ReleaseReason::Rejected),
@@ -319,6 +427,16 @@ pub fn release_reason(value: i32) -> Result<ReleaseReason, Status> {
         Ok(pb::ReleaseReason::Cancelled) => Ok(ReleaseReason::CallerHungUp),
         Ok(pb::ReleaseReason::TransferFailed) => Ok(ReleaseReason::TransferFailed),
         Err(_) => Err(invalid("reason", format!("unknown enum value {value}"))),
+    }
+}
+
+/// Two fields of one request, both checked: a refusal names every one
+/// that is wrong.
+pub fn both<A, B>(a: Result<A, Violation>, b: Result<B, Violation>) -> Result<(A, B), Status> {
+    let mut v = Violations::default();
+    match (v.take(a), v.take(b)) {
+        (Some(a), Some(b)) => Ok((a, b)),
+        _ => Err(v.refusal()),
     }
 }
 

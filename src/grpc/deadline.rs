@@ -18,6 +18,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::methods;
+use super::status::{Reason, refusal};
 
 /// The layer to add to the tonic server.
 #[derive(Debug, Clone, Copy)]
@@ -77,10 +78,15 @@ where
         Box::pin(async move {
             match tokio::time::timeout(within, response).await {
                 Ok(answered) => answered,
-                Err(_) => Ok(tonic::Status::deadline_exceeded(format!(
-                    "the request was not received and answered within {} ms",
-                    within.as_millis()
-                ))
+                Err(_) => Ok(refusal(
+                    tonic::Code::DeadlineExceeded,
+                    format!(
+                        "the request was not received and answered within {} ms",
+                        within.as_millis()
+                    ),
+                    Reason::ServerDeadline,
+                    Vec::new(),
+                )
                 .into_http()),
             }
         })

@@ -11,6 +11,7 @@ use tonic::Status;
 
 use super::events::Published;
 use super::pb;
+use super::status::{Reason, refusal};
 
 /// Events buffered per live watcher before it counts as lagging (then it
 /// catches up from the ring).
@@ -104,10 +105,15 @@ impl EventRing {
             });
         };
         if after < ring.resumable_after || after > head {
-            return Err(Status::out_of_range(format!(
-                "after_sequence: this process can resume after {} to {head}; read the events before from the journal (careroute journal --outcomes)",
-                ring.resumable_after
-            )));
+            return Err(refusal(
+                tonic::Code::OutOfRange,
+                format!(
+                    "after_sequence: this process can resume after {} to {head}; read the events before from the journal (careroute journal --outcomes)",
+                    ring.resumable_after
+                ),
+                Reason::ResumeOutOfRange,
+                Vec::new(),
+            ));
         }
         let start = ring.events.partition_point(|e| e.sequence <= after);
         Ok(Resumed {

@@ -307,8 +307,10 @@ impl Routing {
         &self,
         r: pb::SetAgentStateRequest,
     ) -> Result<pb::SetAgentStateResponse, Status> {
-        let agent_id = convert::agent_id("agent_id", r.agent_id)?;
-        let state = convert::agent_state(r.state)?;
+        let (agent_id, state) = convert::both(
+            convert::agent_id("agent_id", r.agent_id),
+            convert::agent_state(r.state),
+        )?;
         let previous = self.apply(SetAgentState { agent_id, state }).await?;
         Ok(pb::SetAgentStateResponse {
             previous: pb::AgentState::from(previous).into(),
@@ -502,8 +504,10 @@ impl pb::routing_service_server::RoutingService for Routing {
         request: Request<pb::ReleaseReservationRequest>,
     ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
         let r = request.get_ref();
-        let id = convert::reservation_id(&r.reservation_id)?;
-        let reason = convert::release_reason(r.reason)?;
+        let (id, reason) = convert::both(
+            convert::reservation_id(&r.reservation_id),
+            convert::release_reason(r.reason),
+        )?;
         self.apply(Release(id, reason)).await?;
         tracing::debug!(reservation_id = %id, reason = reason.as_str(), "released");
         Ok(Response::new(pb::ReleaseReservationResponse {}))
@@ -514,8 +518,10 @@ impl pb::routing_service_server::RoutingService for Routing {
         request: Request<pb::CompleteContactRequest>,
     ) -> Result<Response<pb::CompleteContactResponse>, Status> {
         let r = request.into_inner();
-        let agent_id = convert::agent_id("agent_id", r.agent_id)?;
-        let contact_id = convert::contact_id("contact_id", r.contact_id)?;
+        let (agent_id, contact_id) = convert::both(
+            convert::agent_id("agent_id", r.agent_id),
+            convert::contact_id("contact_id", r.contact_id),
+        )?;
         let until = self
             .apply(Complete {
                 agent_id,

@@ -1,31 +1,248 @@
-//! The one mapping from engine errors to gRPC status codes: an exhaustive
-//! match, so a new error variant forces a deliberate choice of code.
+//! The one mapping from refusals to gRPC statuses: an exhaustive match over
+//! engine errors, so a new variant forces a deliberate choice of code; and
+//! the richer error model every refusal carries (`google.rpc.ErrorInfo`
+//! with a stable reason, `google.rpc.BadRequest` with every field
+//! violation), so a program can act on it without reading the message.
 
-use tonic::Status;
+use std::collections::HashMap;
 
-use crate::engine::EngineError;
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+use crate::engine::{EngineError, Settled};
 use crate::journal::JournalError;
 use crate::shared::{Closed, Halted};
 
 /// Metadata naming the leader, on a standby's refusals.
 pub const LEADER_METADATA: &str = "careroute-leader";
 
+/// The `google.rpc.ErrorInfo` domain of careroute's refusals.
+pub const ERROR_DOMAIN: &str = "careroute";
+
+/// The stable reasons of `google.rpc.ErrorInfo`, one per kind of refusal:
+/// what a client program matches on (the message is for people and may
+/// change). The README lists each with what to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A request field is missing, malformed or out of range (BadRequest
+    /// names every one).
+    InvalidField,
+    /// The body does not decode as the method's message.
+    MalformedBody,
+    /// The request is larger than careroute decodes.
+    RequestTooLarge,
+    /// The intent is not in the policy's vocabulary.
+    UnknownIntent,
+    /// An attribute key the policy does not declare.
+    UnknownAttribute,
+    /// An attribute value the policy does not declare.
+    AttributeValueNotAllowed,
+    /// A request id reused with a different request.
+    RequestIdReused,
+    /// A queue id the policy does not have.
+    UnknownQueue,
+    /// An agent id the roster does not have.
+    UnknownAgent,
+    /// A reservation never made here, or forgotten.
+    UnknownReservation,
+    /// The reservation lapsed before it was confirmed.
+    ReservationExpired,
+    /// The reservation was confirmed already.
+    ReservationAlreadyConfirmed,
+    /// The reservation was released already.
+    ReservationAlreadyReleased,
+    /// The contact is not waiting in any queue.
+    ContactNotWaiting,
+    /// The agent has no such active contact.
+    NoActiveContact,
+    /// The agent holds work and cannot be removed.
+    AgentBusy,
+    /// The roster is at its configured maximum.
+    RosterFull,
+    /// This process is a standby (the leader is in `careroute-leader`
+    /// metadata and in ErrorInfo's `leader`, when known).
+    NotLeader,
+    /// The journal cannot take commands; the process is stopping.
+    JournalUnavailable,
+    /// An internal error stopped the engine; the process is restarting.
+    EngineHalted,
+    /// Too many calls in flight.
+    Overloaded,
+    /// The call was not answered within the server's own limit.
+    ServerDeadline,
+    /// No credential the credentials file knows.
+    Unauthenticated,
+    /// The client lacks the role the method needs.
+    RoleRequired,
+    /// An event stream cannot resume from the sequence asked for.
+    ResumeOutOfRange,
+}
+
+impl Reason {
+    /// Every reason, in declaration order.
+    pub const ALL: [Reason; 25] = [
+        Reason::InvalidField,
+        Reason::MalformedBody,
+        Reason::RequestTooLarge,
+        Reason::UnknownIntent,
+        Reason::UnknownAttribute,
+        Reason::AttributeValueNotAllowed,
+        Reason::RequestIdReused,
+        Reason::UnknownQueue,
+        Reason::UnknownAgent,
+        Reason::UnknownReservation,
+        Reason::ReservationExpired,
+        Reason::ReservationAlreadyConfirmed,
+        Reason::ReservationAlreadyReleased,
+        Reason::ContactNotWaiting,
+        Reason::NoActiveContact,
+        Reason::AgentBusy,
+        Reason::RosterFull,
+        Reason::NotLeader,
+        Reason::JournalUnavailable,
+        Reason::EngineHalted,
+        Reason::Overloaded,
+        Reason::ServerDeadline,
+        Reason::Unauthenticated,
+        Reason::RoleRequired,
+        Reason::ResumeOutOfRange,
+    ];
+
+    /// The UPPER_SNAKE_CASE name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::InvalidField => "INVALID_FIELD",
+            Reason::MalformedBody => "MALFORMED_BODY",
+            Reason::RequestTooLarge => "REQUEST_TOO_LARGE",
+            Reason::UnknownIntent => "UNKNOWN_INTENT",
+            Reason::UnknownAttribute => "UNKNOWN_ATTRIBUTE",
+            Reason::AttributeValueNotAllowed => "ATTRIBUTE_VALUE_NOT_ALLOWED",
+            Reason::RequestIdReused => "REQUEST_ID_REUSED",
+            Reason::UnknownQueue => "UNKNOWN_QUEUE",
+            Reason::UnknownAgent => "UNKNOWN_AGENT",
+            Reason::UnknownReservation => "UNKNOWN_RESERVATION",
+            Reason::ReservationExpired => "RESERVATION_EXPIRED",
+            Reason::ReservationAlreadyConfirmed => "RESERVATION_ALREADY_CONFIRMED",
+            Reason::ReservationAlreadyReleased => "RESERVATION_ALREADY_RELEASED",
+            Reason::ContactNotWaiting => "CONTACT_NOT_WAITING",
+            Reason::NoActiveContact => "NO_ACTIVE_CONTACT",
+            Reason::AgentBusy => "AGENT_BUSY",
+            Reason::RosterFull => "ROSTER_FULL",
+            Reason::NotLeader => "NOT_LEADER",
+            Reason::JournalUnavailable => "JOURNAL_UNAVAILABLE",
+            Reason::EngineHalted => "ENGINE_HALTED",
+            Reason::Overloaded => "OVERLOADED",
+            Reason::ServerDeadline => "SERVER_DEADLINE",
+            Reason::Unauthenticated => "UNAUTHENTICATED",
+            Reason::RoleRequired => "ROLE_REQUIRED",
+            Reason::ResumeOutOfRange => "RESUME_OUT_OF_RANGE",
+        }
+    }
+}
+
+/// One field of a request that is wrong, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// The field's path, as in the proto (`skills[2].skill`).
+    pub field: String,
+    /// What is expected; never the value sent.
+    pub description: String,
+}
+
+impl From<Violation> for Status {
+    fn from(v: Violation) -> Status {
+        invalid(vec![v])
+    }
+}
+
+/// INVALID_ARGUMENT for `violations` (at least one): the message names
+/// each field and what is wrong, ErrorInfo says `INVALID_FIELD`, and
+/// BadRequest lists them.
+pub fn invalid(violations: Vec<Violation>) -> Status {
+    let message = violations
+        .iter()
+        .map(|v| format!("{}: {}", v.field, v.description))
+        .collect::<Vec<_>>()
+        .join("; ");
+    refusal(
+        Code::InvalidArgument,
+        message,
+        Reason::InvalidField,
+        violations,
+    )
+}
+
+/// A refusal: `code` and `message`, ErrorInfo with `reason`, and
+/// BadRequest when there are field violations.
+pub fn refusal(
+    code: Code,
+    message: impl Into<String>,
+    reason: Reason,
+    violations: Vec<Violation>,
+) -> Status {
+    refusal_with(code, message, reason, violations, HashMap::new())
+}
+
+/// [`refusal`] with ErrorInfo metadata.
+fn refusal_with(
+    code: Code,
+    message: impl Into<String>,
+    reason: Reason,
+    violations: Vec<Violation>,
+    metadata: HashMap<String, String>,
+) -> Status {
+    let mut details = ErrorDetails::with_error_info(reason.as_str(), ERROR_DOMAIN, metadata);
+    if !violations.is_empty() {
+        details.set_bad_request(
+            violations
+                .into_iter()
+                .map(|v| FieldViolation::new(v.field, v.description))
+                .collect::<Vec<_>>(),
+        );
+    }
+    Status::with_error_details(code, message, details)
+}
+
+/// A violation of `field`.
+fn field(field: impl Into<String>, description: impl Into<String>) -> Vec<Violation> {
+    vec![Violation {
+        field: field.into(),
+        description: description.into(),
+    }]
+}
+
 impl From<Halted> for Status {
     fn from(e: Halted) -> Status {
-        Status::unavailable(e.to_string())
+        refusal(
+            Code::Unavailable,
+            e.to_string(),
+            Reason::EngineHalted,
+            Vec::new(),
+        )
     }
 }
 
 impl From<Closed> for Status {
     /// A standby's refusal names the leader in `careroute-leader` metadata
-    /// when it knows it, so a client can go there.
+    /// (and ErrorInfo's `leader`) when it knows it, so a client can go
+    /// there.
     fn from(e: Closed) -> Status {
-        let mut status = Status::unavailable(e.to_string());
-        if let Closed::Standby {
-            leader: Some(leader),
-        } = &e
-            && let Ok(value) = leader.parse()
-        {
+        let leader = match &e {
+            Closed::Halted(h) => return Status::from(*h),
+            Closed::Standby { leader } => leader.clone(),
+        };
+        let metadata = leader
+            .iter()
+            .map(|l| ("leader".to_owned(), l.clone()))
+            .collect();
+        let mut status = refusal_with(
+            Code::Unavailable,
+            e.to_string(),
+            Reason::NotLeader,
+            Vec::new(),
+            metadata,
+        );
+        if let Some(value) = leader.and_then(|l| l.parse().ok()) {
             status.metadata_mut().insert(LEADER_METADATA, value);
         }
         status
@@ -40,9 +257,12 @@ impl From<JournalError> for Status {
         tracing::debug!(error = %e, "answer withheld: the journal did not take its command");
         match e {
             // This process stepped down: the client should go to the leader.
-            JournalError::Deposed | JournalError::Fenced { .. } => {
-                Status::unavailable(e.to_string())
-            }
+            JournalError::Deposed | JournalError::Fenced { .. } => refusal(
+                Code::Unavailable,
+                e.to_string(),
+                Reason::NotLeader,
+                Vec::new(),
+            ),
             JournalError::Dir { .. }
             | JournalError::Sqlite { .. }
             | JournalError::NoStart { .. }
@@ -53,9 +273,12 @@ impl From<JournalError> for Status {
             | JournalError::Setup(_)
             | JournalError::Encode(_)
             | JournalError::Failed(_)
-            | JournalError::Nats(_) => {
-                Status::unavailable("the journal cannot be written; the service is stopping")
-            }
+            | JournalError::Nats(_) => refusal(
+                Code::Unavailable,
+                "the journal cannot be written; the service is stopping",
+                Reason::JournalUnavailable,
+                Vec::new(),
+            ),
         }
     }
 }
@@ -63,28 +286,119 @@ impl From<JournalError> for Status {
 impl From<EngineError> for Status {
     fn from(e: EngineError) -> Status {
         let message = e.to_string();
-        match e {
-            EngineError::UnknownIntent { .. } => Status::invalid_argument(message),
-            EngineError::RequestIdReused => Status::invalid_argument(message),
-            EngineError::UnknownAttribute { .. } => Status::invalid_argument(message),
-            EngineError::AttributeValue { .. } => Status::invalid_argument(message),
-            EngineError::UnknownQueue { .. } => Status::not_found(message),
-            EngineError::UnknownAgent(_) => Status::not_found(message),
-            EngineError::UnknownReservation(_) => Status::not_found(message),
-            EngineError::ReservationExpired(_) => Status::failed_precondition(message),
-            EngineError::ReservationSettled { .. } => Status::failed_precondition(message),
-            EngineError::NoActiveContact { .. } => Status::not_found(message),
-            EngineError::NotWaiting(_) => Status::not_found(message),
-            EngineError::AgentBusy { .. } => Status::failed_precondition(message),
-            EngineError::TooManyAgents { .. } => Status::resource_exhausted(message),
-        }
+        let (code, reason, violations) = match &e {
+            EngineError::UnknownIntent { .. } => (
+                Code::InvalidArgument,
+                Reason::UnknownIntent,
+                field("intent", "not an intent of the policy"),
+            ),
+            EngineError::RequestIdReused => (
+                Code::InvalidArgument,
+                Reason::RequestIdReused,
+                field("request_id", "already used for a different request"),
+            ),
+            EngineError::UnknownAttribute { .. } => (
+                Code::InvalidArgument,
+                Reason::UnknownAttribute,
+                field("attributes", "a key is not declared by the policy"),
+            ),
+            EngineError::AttributeValue { key, .. } => (
+                Code::InvalidArgument,
+                Reason::AttributeValueNotAllowed,
+                field(
+                    format!("attributes[{key}]"),
+                    "not one of the declared values",
+                ),
+            ),
+            EngineError::UnknownQueue { .. } => (Code::NotFound, Reason::UnknownQueue, vec![]),
+            EngineError::UnknownAgent(_) => (Code::NotFound, Reason::UnknownAgent, vec![]),
+            EngineError::UnknownReservation(_) => {
+                (Code::NotFound, Reason::UnknownReservation, vec![])
+            }
+            EngineError::ReservationExpired(_) => {
+                (Code::FailedPrecondition, Reason::ReservationExpired, vec![])
+            }
+            EngineError::ReservationSettled { how, .. } => (
+                Code::FailedPrecondition,
+                match how {
+                    Settled::Confirmed => Reason::ReservationAlreadyConfirmed,
+                    Settled::Released => Reason::ReservationAlreadyReleased,
+                },
+                vec![],
+            ),
+            EngineError::NoActiveContact { .. } => {
+                (Code::NotFound, Reason::NoActiveContact, vec![])
+            }
+            EngineError::NotWaiting(_) => (Code::NotFound, Reason::ContactNotWaiting, vec![]),
+            EngineError::AgentBusy { .. } => (Code::FailedPrecondition, Reason::AgentBusy, vec![]),
+            EngineError::TooManyAgents { .. } => {
+                (Code::ResourceExhausted, Reason::RosterFull, vec![])
+            }
+        };
+        refusal(code, message, reason, violations)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tonic::Code;
+
+    #[test]
+    fn every_reason_is_documented_and_named_once() {
+        let readme = include_str!("../../README.md");
+        let mut seen = std::collections::HashSet::new();
+        for r in Reason::ALL {
+            assert!(seen.insert(r.as_str()), "{} twice", r.as_str());
+            assert!(
+                readme.contains(&format!("| `{}` |", r.as_str())),
+                "the README's table lacks {}",
+                r.as_str()
+            );
+        }
+    }
+
+    #[test]
+    fn refusals_carry_their_reason_and_violations() {
+        let s = Status::from(EngineError::ReservationSettled {
+            id: "r".into(),
+            how: Settled::Released,
+        });
+        let info = s.get_details_error_info().unwrap();
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("RESERVATION_ALREADY_RELEASED", ERROR_DOMAIN)
+        );
+        let s = invalid(vec![
+            Violation {
+                field: "a".into(),
+                description: "required".into(),
+            },
+            Violation {
+                field: "b[2]".into(),
+                description: "only digits".into(),
+            },
+        ]);
+        assert_eq!(s.code(), Code::InvalidArgument);
+        assert_eq!(s.message(), "a: required; b[2]: only digits");
+        let fields: Vec<String> = s
+            .get_details_bad_request()
+            .unwrap()
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, ["a", "b[2]"]);
+        let standby = Status::from(Closed::Standby {
+            leader: Some("10.0.0.7:50051".into()),
+        });
+        let info = standby.get_details_error_info().unwrap();
+        assert_eq!(info.reason, "NOT_LEADER");
+        assert_eq!(info.metadata["leader"], "10.0.0.7:50051");
+        assert_eq!(
+            standby.metadata().get(LEADER_METADATA).unwrap(),
+            "10.0.0.7:50051"
+        );
+    }
 
     #[test]
     fn codes() {

@@ -210,3 +210,20 @@ pub fn emergency(d: &pb::RouteContactResponse) -> &pb::EmergencyScript {
 pub fn has_reason(d: &pb::RouteContactResponse, r: pb::Reason) -> bool {
     d.reasons.contains(&(r as i32))
 }
+
+/// The stable reason of a refusal's `google.rpc.ErrorInfo`, and its domain.
+pub fn error_reason(status: &tonic::Status) -> Option<(String, String)> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_error_info()
+        .map(|info| (info.reason, info.domain))
+}
+
+/// The fields a refusal's `google.rpc.BadRequest` names, in order.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|b| b.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}
