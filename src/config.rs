@@ -67,11 +67,11 @@ pub enum Command {
         staff_for: bool,
         /// With --staff-for: the percentage to answer within each queue's
         /// `service_level` threshold.
-        #[arg(long, default_value_t = 80.0, value_parser = percent)]
+        #[arg(long, default_value_t = 80.0, value_parser = percent, requires = "staff_for")]
         goal: f64,
         /// With --staff-for: the largest percentage of callers who may
         /// hang up while waiting.
-        #[arg(long, default_value_t = 5.0, value_parser = percent)]
+        #[arg(long, default_value_t = 5.0, value_parser = percent, requires = "staff_for")]
         max_abandonment: f64,
     },
     /// Print a range of the journal in --data-dir as JSON lines, for

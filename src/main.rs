@@ -4,11 +4,7 @@
 //! policy unit tests; or `careroute simulate` to rehearse a day; or
 //! `careroute journal` to print the log for audit.
 
-use std::{
-    path::{Path, PathBuf},
-    process::ExitCode,
-    sync::Arc,
-};
+use std::{path::PathBuf, process::ExitCode, sync::Arc};
 
 use careroute::{
     audit,
@@ -30,18 +26,17 @@ fn main() -> ExitCode {
             staff_for,
             goal,
             max_abandonment,
-        }) => simulate(
-            &cli.serve,
-            &SimulateArgs {
-                demand: &demand,
-                out: &out,
-                progress,
-                staff_for: staff_for.then_some(simulate::Goal {
-                    service_level: goal / 100.0,
-                    max_abandonment: max_abandonment / 100.0,
-                }),
-            },
-        ),
+        }) => simulate::command(&simulate::Args {
+            policy: cli.serve.policy.as_deref(),
+            roster: cli.serve.roster.as_deref(),
+            demand: &demand,
+            out: &out,
+            progress,
+            staff_for: staff_for.then_some(simulate::Goal {
+                service_level: goal / 100.0,
+                max_abandonment: max_abandonment / 100.0,
+            }),
+        }),
         Some(Command::Journal { from, to, outcomes }) => {
             journal(&cli.serve.data_dir, from, to.unwrap_or(u64::MAX), outcomes)
         }
@@ -107,103 +102,6 @@ fn test(paths: &[PathBuf], junit: Option<&std::path::Path>) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
-}
-
-/// What `careroute simulate` was asked for.
-struct SimulateArgs<'a> {
-    demand: &'a Path,
-    out: &'a Path,
-    progress: bool,
-    /// `--staff-for`, with its goal.
-    staff_for: Option<simulate::Goal>,
-}
-
-fn simulate(config: &Config, args: &SimulateArgs) -> ExitCode {
-    let shifts = match (&config.roster, args.staff_for) {
-        (Some(path), _) => Some(path),
-        (None, Some(_)) => None,
-        (None, None) => {
-            eprintln!(
-                "careroute simulate: --roster SHIFTS is required: who works when (examples/healthcare.shifts.toml shows the format)"
-            );
-            return ExitCode::FAILURE;
-        }
-    };
-    let started = std::time::Instant::now();
-    let inputs = (|| {
-        let policy = match &config.policy {
-            Some(path) => policy::read(path)?,
-            None => policy::Policy::embedded()?,
-        };
-        let shifts = shifts.map(|s| simulate::read_shifts(s)).transpose()?;
-        let demand = simulate::read_demand(args.demand, &policy)?;
-        Ok::<_, careroute::file::FileError>((std::sync::Arc::new(policy), shifts, demand))
-    })();
-    let (policy, shifts, demand) = match inputs {
-        Ok(inputs) => inputs,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let show = args.progress || std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let progress = |done: f64| {
-        if show {
-            eprint!("\rsimulating: {:>3.0}%", done * 100.0);
-        }
-    };
-    let outcome = match args.staff_for {
-        Some(goal) => simulate::staff_for(policy, shifts.as_deref(), &demand, goal, progress)
-            .map(|s| (s.run.clone(), Some(s))),
-        None => simulate::run(
-            policy,
-            shifts.as_deref().unwrap_or_default(),
-            &demand,
-            progress,
-        )
-        .map(|run| (run, None)),
-    };
-    if show {
-        eprintln!();
-    }
-    let (run, staffing) = match outcome {
-        Ok(outcome) => outcome,
-        Err(e) => {
-            eprintln!("careroute simulate: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let elapsed = started.elapsed();
-    if let Some(staffing) = &staffing {
-        say(&simulate::report::staffing_table(staffing));
-        say("\nthe day with that staffing:\n");
-    }
-    say(&simulate::report::table(&run));
-    let out = args.out;
-    let written = std::fs::create_dir_all(out)
-        .and_then(|()| std::fs::write(out.join("queues.csv"), simulate::report::csv(&run)))
-        .and_then(|()| match &staffing {
-            Some(s) => std::fs::write(out.join("staffing.csv"), simulate::report::staffing_csv(s)),
-            None => Ok(()),
-        })
-        .map_err(|e| e.to_string())
-        .and_then(|()| simulate::report::chart(&run, &out.join("day.svg")));
-    if let Err(e) = written {
-        eprintln!("careroute simulate: cannot write to {}: {e}", out.display());
-        return ExitCode::FAILURE;
-    }
-    let agents = match &staffing {
-        Some(s) => format!("{} queues staffed", s.queues.len()),
-        None => format!("{} agents", shifts.as_deref().map_or(0, <[_]>::len)),
-    };
-    say(&format!(
-        "{agents}, {} contacts, {} day(s) simulated in {:.2} s; written to {}\n",
-        run.contacts,
-        demand.days,
-        elapsed.as_secs_f64(),
-        out.display()
-    ));
-    ExitCode::SUCCESS
 }
 
 fn journal(data_dir: &std::path::Path, from: u64, to: u64, outcomes: bool) -> ExitCode {

@@ -227,7 +227,9 @@ enum Timer {
     Reoffer(AgentIdx),
 }
 
-/// The routing engine: one per process, behind one lock.
+/// The routing engine: one per process, behind one lock. `Clone` is for
+/// what-if copies off the serving path (the simulator's trials); a clone
+/// is the same state, so the same commands decide the same.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Engine {
     #[serde(with = "snapshot::policy_text")]

@@ -239,14 +239,19 @@ pub fn read_shifts(path: &Path) -> Result<Vec<Shift>, FileError> {
         let copies = copies_made.entry(template.0.id.clone()).or_insert(0u32);
         for _ in 0..s.count {
             *copies += 1;
-            let k = *copies;
-            let mut agent = template.0.clone();
-            agent.id = format!("{}.{k}", template.0.id);
-            agent.transfer_address = format!("{};copy={k}", template.0.transfer_address);
+            let agent = copy_of(&template.0, *copies);
             shifts.push(Shift { agent, start, end });
         }
     }
     Ok(shifts)
+}
+
+/// Copy number `k` of `agent`: its own id (`<id>.<k>`) and address.
+pub fn copy_of(agent: &AgentSpec, k: u32) -> AgentSpec {
+    let mut copy = agent.clone();
+    copy.id = format!("{}.{k}", agent.id);
+    copy.transfer_address = format!("{};copy={k}", agent.transfer_address);
+    copy
 }
 
 /// Reads and checks a demand file against `policy` (its intents, queues

@@ -180,6 +180,16 @@ pub enum SimulateError {
     /// The engine refused a command the simulation gave it.
     #[error("the engine refused a step: {0}")]
     Engine(#[from] EngineError),
+    /// `--staff-for` over more days than it searches.
+    #[error(
+        "--staff-for searches at most {max} days (the demand file's `days` is {days}): each trial copies the rest of the run"
+    )]
+    TooManyDays {
+        /// The demand's days.
+        days: u32,
+        /// The most searched.
+        max: u32,
+    },
 }
 
 /// What happens next, besides the engine's own timers.
@@ -325,7 +335,7 @@ impl<'a> Sim<'a> {
         let mut t = demand.start;
         while t < sim.end {
             sim.plan(t, Next::Sample);
-            t += chrono::Duration::from_std(SAMPLE_EVERY).unwrap_or(chrono::Duration::MAX);
+            t += chrono_of(SAMPLE_EVERY);
         }
         sim.engine
             .apply(Watch(WatchFilter::default()), demand.start)?;
@@ -634,8 +644,7 @@ impl<'a> Sim<'a> {
                     let took = self.handle_sample(c.queue);
                     let slot = self.slot_of(now);
                     self.queue_runs[c.queue].slots[slot].handled_seconds += took.as_secs_f64();
-                    let done =
-                        now + chrono::Duration::from_std(took).unwrap_or(chrono::Duration::MAX);
+                    let done = now + chrono_of(took);
                     self.plan(done, Next::Done(i, c.contact));
                 }
                 self.tracked.remove(&c.contact);
@@ -723,6 +732,11 @@ struct Confirmation {
     agent: String,
     reservation: ReservationId,
     queue: usize,
+}
+
+/// A duration on the simulated clock (saturating: no run lasts that long).
+pub(super) fn chrono_of(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
 /// The number of a contact id this run made (`c<n>`).

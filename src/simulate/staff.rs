@@ -14,8 +14,8 @@
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use super::erlang;
-use super::input::{Demand, SLOTS, Shift};
-use super::run::{Run, Sim, SimulateError, Slot};
+use super::input::{Demand, SLOTS, Shift, copy_of};
+use super::run::{Run, Sim, SimulateError, Slot, chrono_of};
 use crate::engine::AgentSpec;
 use crate::model::{CallbackReason, Channel, Time};
 use crate::policy::{Policy, QueueIdx};
@@ -104,9 +104,17 @@ pub struct Staffing {
     pub run: Run,
 }
 
-/// Trials per half-hour at most; the search moves each queue one way
-/// only, so it ends well before.
+/// Trials per half-hour at most. Each queue goes down while it meets the
+/// goal, then settles one above; a settled queue only goes up again (when
+/// another queue's change made it miss), up to its cap; so the search ends
+/// well before this, which only guards against a bug. Reached, the last
+/// trial's headcounts are kept as they are.
 const MAX_TRIALS: u32 = 500;
+
+/// Days `--staff-for` searches at most: each trial copies the rest of the
+/// run (its planned arrivals), so the time grows with the square of the
+/// days.
+pub const MAX_DAYS: u32 = 14;
 
 /// Where a queue's search stands in the current half-hour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +146,12 @@ pub fn staff_for(
         .iter()
         .map(|&q| profile(&policy, q, roster))
         .collect();
+    if demand.days > MAX_DAYS {
+        return Err(SimulateError::TooManyDays {
+            days: demand.days,
+            max: MAX_DAYS,
+        });
+    }
     let mut pools: Vec<Vec<usize>> = vec![Vec::new(); queues.len()];
     let mut sim = Sim::new(Arc::clone(&policy), &[], demand)?;
     let slots = SLOTS * demand.days as usize;
@@ -148,10 +162,8 @@ pub fn staff_for(
         let start = sim.slot_start(slot);
         let end = sim.slot_start(slot + 1);
         // A queue with callers still in line is not left without anyone.
-        let floor: Vec<u32> = queues
-            .iter()
-            .map(|&q| u32::from(sim.waiting_in(q) > 0))
-            .collect();
+        let waiting: Vec<u32> = queues.iter().map(|&q| sim.waiting_in(q) as u32).collect();
+        let floor: Vec<u32> = waiting.iter().map(|&w| u32::from(w > 0)).collect();
         let busy: Vec<u32> = pools
             .iter()
             .map(|pool| pool.iter().filter(|&&i| sim.busy(i)).count() as u32)
@@ -188,10 +200,11 @@ pub fn staff_for(
                 let (counted, sl, abandonment) = judged(seen);
                 let met = counted == 0
                     || (sl >= goal.service_level && abandonment <= goal.max_abandonment);
-                // An agent per contact (and per agent still busy with
-                // one from before) answers each at once, if anything can.
-                let cap = seen.offered + trial.waiting_in(q) as u32 + floor[k] + busy[k];
-                let erlang_c = erlang_c(&trial, q, slot, goal, cap);
+                // An agent per contact (arriving, or waiting when the
+                // half-hour began) and per agent still busy with one from
+                // before answers each at once, if anything can.
+                let cap = seen.offered + waiting[k] + busy[k] + 1;
+                let erlang_c = erlang_c(&trial, q, counted, goal, cap);
                 let before = headcount[k];
                 (search[k], headcount[k]) = if counted == 0 {
                     // Nothing an agent could answer: nobody is needed.
@@ -279,10 +292,10 @@ fn judged(seen: &Slot) -> (u32, f64, f64) {
     (counted, of(seen.answered_in_time), of(seen.abandoned))
 }
 
-/// Erlang C's fewest agents for what queue `q` was offered in `slot`.
-fn erlang_c(sim: &Sim, q: QueueIdx, slot: usize, goal: Goal, cap: u32) -> Option<u32> {
+/// Erlang C's fewest agents for the `offered` contacts queue `q` had to
+/// answer in a half-hour (those an agent could answer).
+fn erlang_c(sim: &Sim, q: QueueIdx, offered: u32, goal: Goal, cap: u32) -> Option<u32> {
     let run = &sim.queue_runs()[q];
-    let offered = run.slots[slot].offered;
     if offered == 0 {
         return Some(0);
     }
@@ -305,11 +318,7 @@ fn staff(
     at: Time,
 ) -> Result<(), SimulateError> {
     while pool.len() < n as usize {
-        let k = pool.len() + 1;
-        let mut agent = profile.clone();
-        agent.id = format!("{}.{k}", profile.id);
-        agent.transfer_address = format!("{};copy={k}", profile.transfer_address);
-        pool.push(sim.add_agent(agent)?);
+        pool.push(sim.add_agent(copy_of(profile, pool.len() as u32 + 1))?);
     }
     for (i, &agent) in pool.iter().enumerate() {
         let on = i < n as usize;
@@ -321,9 +330,11 @@ fn staff(
 }
 
 /// The agent queue `q`'s staff copy, and the roster agent it is, if any:
-/// of the roster's agents qualifying for the queue, the one qualifying for
-/// the fewest others (first in the file on a tie); else one with exactly
-/// the queue's skills, one contact at a time on each of its channels.
+/// of the roster's agents with the queue's own skills and one of its
+/// channels, the one that could serve the fewest other queues (their own
+/// skills or a relaxation step's wider pool; first in the file on a tie);
+/// else one with exactly the queue's skills, one contact at a time on each
+/// of its channels.
 fn profile(policy: &Policy, q: QueueIdx, roster: Option<&[Shift]>) -> (AgentSpec, Option<String>) {
     let queue = &policy.queues[q];
     let meets = |agent: &AgentSpec, needs: &[(String, u8)]| {
@@ -331,12 +342,16 @@ fn profile(policy: &Policy, q: QueueIdx, roster: Option<&[Shift]>) -> (AgentSpec
             .iter()
             .all(|(skill, min)| agent.skills.iter().any(|(s, l)| s == skill && l >= min))
     };
-    let serves = |agent: &AgentSpec, queue: &crate::policy::Queue| {
-        meets(agent, &queue.skills)
-            && agent
-                .channels
-                .iter()
-                .any(|(c, n)| *n > 0 && queue.channels.contains(*c))
+    let takes = |agent: &AgentSpec, queue: &crate::policy::Queue| {
+        agent
+            .channels
+            .iter()
+            .any(|(c, n)| *n > 0 && queue.channels.contains(*c))
+    };
+    let serves = |agent: &AgentSpec, o: QueueIdx| {
+        policy.queues[o].parent.is_none()
+            && takes(agent, &policy.queues[o])
+            && policy.qualifies(o, |needs| meets(agent, needs))
     };
     let mut seen = BTreeSet::new();
     let best = roster
@@ -344,8 +359,8 @@ fn profile(policy: &Policy, q: QueueIdx, roster: Option<&[Shift]>) -> (AgentSpec
         .iter()
         .map(|s| &s.agent)
         .filter(|a| seen.insert(template_id(&a.id)))
-        .filter(|a| serves(a, queue))
-        .min_by_key(|a| policy.queues.iter().filter(|o| serves(a, o)).count());
+        .filter(|a| meets(a, &queue.skills) && takes(a, queue))
+        .min_by_key(|a| (0..policy.queues.len()).filter(|&o| serves(a, o)).count());
     if let Some(agent) = best {
         let mut agent = agent.clone();
         let id = template_id(&agent.id).to_owned();
@@ -373,10 +388,6 @@ fn profile(policy: &Policy, q: QueueIdx, roster: Option<&[Shift]>) -> (AgentSpec
 /// The roster agent a shift's copy was made from (`agent.3` → `agent`).
 fn template_id(id: &str) -> &str {
     id.rsplit_once('.').map_or(id, |(base, _)| base)
-}
-
-fn chrono_of(d: Duration) -> chrono::Duration {
-    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
 }
 
 #[cfg(test)]
@@ -451,7 +462,9 @@ mod tests {
         s.offered = 10;
         s.answered_in_time = 6;
         s.abandoned = 1;
-        s.callbacks.insert("closed", 2);
+        s.callbacks.insert("closed", 1);
+        s.callbacks.insert("policy", 1);
+        s.callbacks.insert("queue_full", 1);
         let (counted, sl, ab) = judged(&s);
         assert_eq!(counted, 8);
         assert!((sl - 0.75).abs() < 1e-9 && (ab - 0.125).abs() < 1e-9);
