@@ -375,6 +375,23 @@ async fn refusals_carry_a_stable_reason_and_every_field_violation() {
         .await
         .unwrap_err();
     assert_eq!(reason(&unknown).as_deref(), Some("UNKNOWN_RESERVATION"));
+    let never = client
+        .get_contact_status(pb::GetContactStatusRequest {
+            contact_id: "never-routed".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&never).as_deref(), Some("UNKNOWN_CONTACT"));
+    // A refused entry of the state feed: its number in the message, its
+    // reason and field kept.
+    let feed = tokio_stream::iter(vec![
+        state("b1", pb::AgentState::Away),
+        state("b2", pb::AgentState::Unspecified),
+    ]);
+    let err = client.stream_agent_states(feed).await.unwrap_err();
+    assert!(err.message().starts_with("entry 1: state"), "{err:?}");
+    assert_eq!(reason(&err).as_deref(), Some("INVALID_FIELD"));
+    assert_eq!(violated_fields(&err), ["state"]);
     s.stop().await;
 }
 

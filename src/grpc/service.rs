@@ -15,6 +15,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::authorize;
 use super::event_ring::{EventRing, Resumed};
 use super::events::{self, Describe};
+use super::status::{Reason, refusal};
 use super::{convert, pb};
 use crate::clock::Clock;
 use crate::engine::{
@@ -476,9 +477,11 @@ impl pb::routing_service_server::RoutingService for Routing {
         let mut applied = 0u64;
         while let Some(entry) = stream.message().await.map_err(stream_broken)? {
             if let Err(status) = self.set_state(entry).await {
-                let status = Status::new(
+                // The entry's number first; the reason and violations kept.
+                let status = Status::with_details(
                     status.code(),
                     format!("entry {applied}: {}", status.message()),
+                    status.details().to_vec().into(),
                 );
                 return Err(status);
             }
@@ -619,9 +622,14 @@ impl pb::routing_service_server::RoutingService for Routing {
                         // behind is told to reconnect, and gets the live
                         // offers again on connect.
                         tracing::warn!(behind, "assignment watcher fell behind; ending its stream");
-                        let aborted = Status::aborted(format!(
-                            "this watcher fell {behind} events behind; reconnect: offers still live are sent again on connect"
-                        ));
+                        let aborted = refusal(
+                            tonic::Code::Aborted,
+                            format!(
+                                "this watcher fell {behind} events behind; reconnect: offers still live are sent again on connect"
+                            ),
+                            Reason::WatcherBehind,
+                            Vec::new(),
+                        );
                         deliver(&tx, Err(aborted), &mut stopping).await;
                         return;
                     }
@@ -691,11 +699,16 @@ impl pb::routing_service_server::RoutingService for Routing {
                                 tracing::warn!(
                                     "event watcher fell behind the ring; ending its stream"
                                 );
-                                Err(Status::aborted(format!(
-                                    "this watcher fell behind what is retained; resume with after_sequence = {} from the journal (careroute journal --outcomes --from {})",
-                                    seen.0.saturating_sub(1),
-                                    seen.0
-                                )))
+                                Err(refusal(
+                                    tonic::Code::Aborted,
+                                    format!(
+                                        "this watcher fell behind what is retained; resume with after_sequence = {} from the journal (careroute journal --outcomes --from {})",
+                                        seen.0.saturating_sub(1),
+                                        seen.0
+                                    ),
+                                    Reason::WatcherBehind,
+                                    Vec::new(),
+                                ))
                             }
                         }
                     }
@@ -719,7 +732,12 @@ impl pb::routing_service_server::RoutingService for Routing {
         self.apply(Tick).await?;
         let status = self.settled_view(|e| e.contact_status(&contact_id)).await?;
         let status = status.ok_or_else(|| {
-            Status::not_found("contact_id: not known here (or forgotten after --path-window)")
+            refusal(
+                tonic::Code::NotFound,
+                "contact_id: not known here (or forgotten after --path-window)",
+                Reason::UnknownContact,
+                Vec::new(),
+            )
         })?;
         Ok(Response::new(pb::GetContactStatusResponse::from(status)))
     }
@@ -736,7 +754,12 @@ impl pb::routing_service_server::RoutingService for Routing {
             })
             .await?
             .ok_or_else(|| {
-                Status::not_found("contact_id: no recorded path (never routed here, or forgotten)")
+                refusal(
+                    tonic::Code::NotFound,
+                    "contact_id: no recorded path (never routed here, or forgotten)",
+                    Reason::UnknownContact,
+                    Vec::new(),
+                )
             })?;
         Ok(Response::new(pb::GetContactPathResponse { hops }))
     }

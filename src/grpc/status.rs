@@ -76,11 +76,16 @@ pub enum Reason {
     RoleRequired,
     /// An event stream cannot resume from the sequence asked for.
     ResumeOutOfRange,
+    /// A contact this process has no record of (never routed here, or
+    /// forgotten after `--path-window`).
+    UnknownContact,
+    /// A watcher fell behind the events and its stream ended.
+    WatcherBehind,
 }
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Reason; 25] = [
+    pub const ALL: [Reason; 27] = [
         Reason::InvalidField,
         Reason::MalformedBody,
         Reason::RequestTooLarge,
@@ -106,6 +111,8 @@ impl Reason {
         Reason::Unauthenticated,
         Reason::RoleRequired,
         Reason::ResumeOutOfRange,
+        Reason::UnknownContact,
+        Reason::WatcherBehind,
     ];
 
     /// The UPPER_SNAKE_CASE name on the wire.
@@ -136,6 +143,8 @@ impl Reason {
             Reason::Unauthenticated => "UNAUTHENTICATED",
             Reason::RoleRequired => "ROLE_REQUIRED",
             Reason::ResumeOutOfRange => "RESUME_OUT_OF_RANGE",
+            Reason::UnknownContact => "UNKNOWN_CONTACT",
+            Reason::WatcherBehind => "WATCHER_BEHIND",
         }
     }
 }
