@@ -15,8 +15,8 @@ use std::{
 
 use careroute::{
     engine::{
-        AgentSpec, Cancel, Complete, Confirm, Engine, EngineConfig, Event, Outcome, Release, Route,
-        SetAgentState, UpsertAgent, Watch, WatchFilter,
+        AgentFilter, AgentSpec, Cancel, Complete, Confirm, Engine, EngineConfig, Event, Outcome,
+        Release, Route, SetAgentState, UpsertAgent, Watch, WatchFilter,
     },
     model::{AgentState, Channel, Contact, Identity, ReleaseReason, Time, Urgency},
     policy::Policy,
@@ -128,6 +128,35 @@ fn route(c: &mut Criterion) {
             })
         });
     }
+    group.finish();
+}
+
+/// Supervisor views at 100,000 agents (GetAgent, ListAgents pages), beside
+/// a routing decision measured in the same run: a page is read under the
+/// engine's lock, so what it costs is what routing waits.
+fn views(c: &mut Criterion) {
+    let billing = contacts("billing", |_| {});
+    let mut e = engine_with(100_000);
+    let mut group = c.benchmark_group("views_100k_agents");
+    group.bench_function("baseline_route_longest_idle", |b| {
+        b.iter_custom(|iters| timed_routes(&mut e, &billing, iters))
+    });
+    group.bench_function("get_agent", |b| {
+        b.iter(|| black_box(e.agent_view(black_box("agent-54321")).unwrap()))
+    });
+    let all = AgentFilter::default();
+    group.bench_function("list_agents_page_of_1000", |b| {
+        b.iter(|| black_box(e.agent_page(&all, 50_000, 1000).unwrap()))
+    });
+    // The worst page: a filter nobody matches scans every agent.
+    let away = AgentFilter {
+        queue_id: Some("billing".into()),
+        team: None,
+        states: vec![AgentState::Away],
+    };
+    group.bench_function("list_agents_filter_matching_none", |b| {
+        b.iter(|| black_box(e.agent_page(&away, 0, 1000).unwrap()))
+    });
     group.finish();
 }
 
@@ -324,7 +353,7 @@ criterion_group! {
     config = Criterion::default()
         .warm_up_time(StdDuration::from_millis(500))
         .measurement_time(StdDuration::from_secs(2));
-    targets = route, queueing
+    targets = route, queueing, views
 }
 
 fn main() {

@@ -396,6 +396,190 @@ async fn refusals_carry_a_stable_reason_and_every_field_violation() {
 }
 
 #[tokio::test]
+async fn supervisors_see_each_agent_and_page_through_them() {
+    let s = TestServer::start_with(monday_10am(), |c| c.no_demo_roster = true).await;
+    let mut client = s.client.clone();
+    for id in ["b1", "b2", "b3", "b4"] {
+        let mut a = billing_agent(id);
+        if id == "b4" {
+            a.team = "Night".into();
+        }
+        client.upsert_agent(a).await.unwrap();
+    }
+    client
+        .set_agent_state(state("b1", pb::AgentState::Available))
+        .await
+        .unwrap();
+    let get = |id: &str| pb::GetAgentRequest {
+        agent_id: id.to_owned(),
+    };
+    // Free: idle since it became available, room for one call.
+    let b1 = client.get_agent(get("b1")).await.unwrap().into_inner();
+    let b1 = b1.agent.unwrap();
+    assert_eq!(b1.state, pb::AgentState::Available as i32);
+    assert_eq!(b1.eligible_queue_ids, ["billing"]);
+    assert_eq!(b1.languages, ["en"]);
+    let voice = &b1.channels[0];
+    assert_eq!(
+        (voice.capacity, voice.reserved, voice.active, voice.free),
+        (1, 0, 0, 1)
+    );
+    assert!(voice.idle_since.is_some());
+    // An offer out: the reservation shows, the channel is full.
+    let offer = agent(&s.route(contact("c1", "billing")).await.unwrap()).clone();
+    assert_eq!(offer.agent_id, "b1");
+    let b1 = client
+        .get_agent(get("b1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .agent
+        .unwrap();
+    assert_eq!(b1.reservations.len(), 1);
+    assert_eq!(b1.reservations[0].reservation_id, offer.reservation_id);
+    assert_eq!(b1.reservations[0].contact_id, "c1");
+    assert_eq!(b1.reservations[0].queue_id, "billing");
+    assert_eq!(b1.reservations[0].expires_at, offer.reservation_expires_at);
+    assert_eq!((b1.channels[0].reserved, b1.channels[0].free), (1, 0));
+    assert!(b1.channels[0].idle_since.is_none());
+    // Confirmed: a contact in hand.
+    client
+        .confirm_reservation(pb::ConfirmReservationRequest {
+            reservation_id: offer.reservation_id.clone(),
+        })
+        .await
+        .unwrap();
+    let b1 = client
+        .get_agent(get("b1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .agent
+        .unwrap();
+    assert!(b1.reservations.is_empty());
+    assert_eq!(b1.contacts.len(), 1);
+    assert_eq!(
+        (b1.contacts[0].contact_id.as_str(), b1.channels[0].active),
+        ("c1", 1)
+    );
+    // Three offers rejected in a row: careroute pauses the agent, and says
+    // why; one the CTI set says so too.
+    client
+        .set_agent_state(state("b2", pb::AgentState::Available))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let offer = agent(&s.route(contact(&format!("r{i}"), "billing")).await.unwrap()).clone();
+        assert_eq!(offer.agent_id, "b2");
+        client
+            .release_reservation(pb::ReleaseReservationRequest {
+                reservation_id: offer.reservation_id,
+                reason: pb::ReleaseReason::Rejected.into(),
+            })
+            .await
+            .unwrap();
+    }
+    let b2 = client
+        .get_agent(get("b2"))
+        .await
+        .unwrap()
+        .into_inner()
+        .agent
+        .unwrap();
+    assert_eq!(b2.state, pb::AgentState::NotResponding as i32);
+    assert_eq!(b2.paused_reason, pb::PausedReason::MissedOffers as i32);
+    assert_eq!(b2.missed_offers, 3);
+    client
+        .set_agent_state(state("b3", pb::AgentState::NotResponding))
+        .await
+        .unwrap();
+    let b3 = client
+        .get_agent(get("b3"))
+        .await
+        .unwrap()
+        .into_inner()
+        .agent
+        .unwrap();
+    assert_eq!(b3.paused_reason, pb::PausedReason::SetByCti as i32);
+    assert_eq!(b1.paused_reason, pb::PausedReason::Unspecified as i32);
+
+    // Pages of two, in registration order, then filters.
+    let list = |r: pb::ListAgentsRequest| {
+        let mut client = s.client.clone();
+        async move { client.list_agents(r).await }
+    };
+    let ids = |page: &pb::ListAgentsResponse| -> Vec<String> {
+        page.agents.iter().map(|a| a.agent_id.clone()).collect()
+    };
+    let first = list(pb::ListAgentsRequest {
+        page_size: 2,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(ids(&first), ["b1", "b2"]);
+    assert!(!first.next_page_token.is_empty());
+    let second = list(pb::ListAgentsRequest {
+        page_size: 2,
+        page_token: first.next_page_token.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(ids(&second), ["b3", "b4"]);
+    assert!(second.next_page_token.is_empty());
+    let paused = list(pb::ListAgentsRequest {
+        states: vec![pb::AgentState::NotResponding.into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(ids(&paused), ["b2", "b3"]);
+    let night = list(pb::ListAgentsRequest {
+        team: "Night".into(),
+        queue_id: "billing".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert_eq!(ids(&night), ["b4"]);
+    let nobody = list(pb::ListAgentsRequest {
+        queue_id: "frontline".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner();
+    assert!(nobody.agents.is_empty() && nobody.next_page_token.is_empty());
+
+    // Bad input: named, with its reason.
+    let err = list(pb::ListAgentsRequest {
+        queue_id: "nowhere".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
+    assert_eq!(error_reason(&err).unwrap().0, "UNKNOWN_QUEUE");
+    let err = list(pb::ListAgentsRequest {
+        states: vec![pb::AgentState::Available.into(), 42],
+        page_token: "forged".into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&err), ["states[1]", "page_token"]);
+    let err = client.get_agent(get("ghost")).await.unwrap_err();
+    assert_eq!(error_reason(&err).unwrap().0, "UNKNOWN_AGENT");
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn retries_are_idempotent_and_paths_show_every_hop() {
     let s = TestServer::start(monday_10am()).await;
     let mut c = contact("c1", "billing");

@@ -187,6 +187,23 @@ fuzz_target!(|data: &[u8]| {
                 list_queues(&mut engine(), now);
             }
         }
+        9 => {
+            // A page of agents, and the agent view of each on it.
+            let Ok(r) = pb::ListAgentsRequest::decode(bytes) else {
+                return;
+            };
+            let Ok(q) = convert::AgentQuery::try_from(r) else {
+                return;
+            };
+            let e = engine();
+            if let Ok(page) = e.agent_page(&q.filter, q.from, q.limit).map_err(status) {
+                assert!(page.agents.len() <= q.limit, "a page longer than asked");
+                for a in &page.agents {
+                    assert_eq!(e.agent_view(&a.id).ok().as_ref(), Some(a));
+                }
+                let _ = pb::ListAgentsResponse::from(page).encode_to_vec();
+            }
+        }
         _ => {
             let _ = pb::WatchAssignmentsRequest::decode(bytes);
         }

@@ -451,7 +451,10 @@ fn route(e: &mut Engine, m: &mut Model, c: &Contact, known: bool, now: Time) {
         }
         Err(careroute::engine::EngineError::RequestIdReused) => {
             // Only a request id already decided for another request.
-            let key = (c.contact_id.clone(), c.request_id.clone().unwrap_or_default());
+            let key = (
+                c.contact_id.clone(),
+                c.request_id.clone().unwrap_or_default(),
+            );
             let first = m.requests.get(&key).copied();
             assert!(
                 first.is_some_and(|d| d != c.digest()),

@@ -48,7 +48,7 @@ pub fn role_of(method: &str) -> Option<Role> {
         | "ReleaseReservation" | "CompleteContact" | "WatchAssignments" | "WatchEvents" => {
             Role::Cti
         }
-        "ListQueues" | "GetContactPath" => Role::Observe,
+        "ListQueues" | "GetContactPath" | "GetAgent" | "ListAgents" => Role::Observe,
         "RemoveAgent" => Role::Admin,
         _ => return None,
     })

@@ -11,6 +11,7 @@
 //! every operation is atomic, so no interleaving of requests can reserve one
 //! agent for two contacts.
 
+mod agent_view;
 mod agents;
 mod command;
 mod decision;
@@ -40,6 +41,9 @@ use std::{
 
 use chrono::Duration;
 
+pub use agent_view::{
+    AgentFilter, AgentPage, AgentView, ChannelLoad, HeldContact, HeldOffer, Paused,
+};
 pub use agents::{AgentSpec, MAX_CHANNEL_CAPACITY};
 pub use command::{
     Apply, Cancel, Command, Complete, Configure, Confirm, Release, RemoveAgent, ReplacePolicy,

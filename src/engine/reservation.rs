@@ -28,8 +28,8 @@ pub(super) struct Reservation {
     pub(super) queue: Option<QueueIdx>,
     pub(super) queue_id: Text,
     pub(super) channel: Channel,
-    /// Also held by its expiry timer; kept here for the TTL invariant check.
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Also held by its expiry timer; kept here for views and the TTL
+    /// invariant check.
     pub(super) expires_at: Time,
     /// The waiting contact this offer is for, if it came from a line.
     pub(super) waiter: Option<u64>,

@@ -290,6 +290,14 @@ impl Roster {
         self.languages.get(tag).copied()
     }
 
+    /// The tag of a language id.
+    pub fn language_tag(&self, id: LangId) -> Option<&str> {
+        self.languages
+            .iter()
+            .find(|&(_, &l)| l == id)
+            .map(|(tag, _)| tag.as_str())
+    }
+
     /// The id of a language tag, interning it.
     pub fn intern_language(&mut self, tag: &str) -> LangId {
         let next = self.languages.len() as LangId;

@@ -12,8 +12,9 @@ use super::events::Change;
 use super::pb;
 use super::status::{self, Violation};
 use crate::engine::{
-    AgentOffer, AgentSpec, CallbackOffer, ContactStatus, Decision, Event, Hop, HopKind, Outcome,
-    Parked, QueueView, ReservationId, WatchFilter, Withdrawal,
+    AgentFilter, AgentOffer, AgentPage, AgentSpec, AgentView, CallbackOffer, ContactStatus,
+    Decision, Event, Hop, HopKind, Outcome, Parked, Paused, QueueView, ReservationId, WatchFilter,
+    Withdrawal,
 };
 use crate::model::{
     AgentState, CallbackReason, Channel, Contact, Identity, Reason, ReleaseReason, Time,
@@ -427,6 +428,161 @@ pub fn release_reason(value: i32) -> Result<ReleaseReason, Violation> {
         Ok(pb::ReleaseReason::Cancelled) => Ok(ReleaseReason::CallerHungUp),
         Ok(pb::ReleaseReason::TransferFailed) => Ok(ReleaseReason::TransferFailed),
         Err(_) => Err(invalid("reason", format!("unknown enum value {value}"))),
+    }
+}
+
+/// Agents per ListAgents page when the request gives none.
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
+/// Agents per ListAgents page at most; a larger page size gives this many.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// Most states in a ListAgents filter (there are six).
+const MAX_STATES: usize = 16;
+
+/// A ListAgents request, checked: the filter, the cursor, the page size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentQuery {
+    /// Which agents.
+    pub filter: AgentFilter,
+    /// Where the page starts.
+    pub from: u32,
+    /// How many at most.
+    pub limit: usize,
+}
+
+impl TryFrom<pb::ListAgentsRequest> for AgentQuery {
+    type Error = Status;
+
+    fn try_from(r: pb::ListAgentsRequest) -> Result<AgentQuery, Status> {
+        let mut v = Violations::default();
+        let queue_id = v.take(checked("queue_id", r.queue_id, MAX_ID_LEN, ID, false));
+        let team = v.take(checked("team", r.team, MAX_TEXT_LEN, TEXT, false));
+        v.take(at_most("states", r.states.len(), MAX_STATES));
+        let states: Vec<AgentState> = r
+            .states
+            .iter()
+            .take(MAX_STATES)
+            .enumerate()
+            .filter_map(|(i, &s)| {
+                v.take(agent_state(s).map_err(|e| invalid(format!("states[{i}]"), e.description)))
+            })
+            .collect();
+        let from = if r.page_token.is_empty() {
+            Some(0)
+        } else {
+            v.take(
+                r.page_token
+                    .strip_prefix("agents:")
+                    .and_then(|n| n.parse().ok())
+                    .ok_or_else(|| {
+                        invalid(
+                            "page_token",
+                            "not a token this service gave (give a previous page's next_page_token)",
+                        )
+                    }),
+            )
+        };
+        let limit = match r.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => n.min(MAX_PAGE_SIZE),
+        } as usize;
+        match (queue_id, team, from) {
+            (Some(queue_id), Some(team), Some(from)) if v.0.is_empty() => Ok(AgentQuery {
+                filter: AgentFilter {
+                    queue_id,
+                    team,
+                    states,
+                },
+                from,
+                limit,
+            }),
+            _ => Err(v.refusal()),
+        }
+    }
+}
+
+impl From<AgentPage> for pb::ListAgentsResponse {
+    fn from(page: AgentPage) -> pb::ListAgentsResponse {
+        pb::ListAgentsResponse {
+            agents: page.agents.into_iter().map(pb::AgentView::from).collect(),
+            next_page_token: page.next.map_or(String::new(), |n| format!("agents:{n}")),
+        }
+    }
+}
+
+impl From<AgentView> for pb::AgentView {
+    fn from(a: AgentView) -> pb::AgentView {
+        let paused = match a.paused {
+            None => pb::PausedReason::Unspecified,
+            Some(Paused::MissedOffers) => pb::PausedReason::MissedOffers,
+            Some(Paused::ByCti) => pb::PausedReason::SetByCti,
+        };
+        pb::AgentView {
+            agent_id: a.id.to_string(),
+            team: a.team.to_string(),
+            transfer_address: a.transfer_address.to_string(),
+            state: pb::AgentState::from(a.state).into(),
+            paused_reason: paused.into(),
+            missed_offers: a.missed_offers,
+            channels: a
+                .channels
+                .into_iter()
+                .map(|c| pb::ChannelLoad {
+                    channel: pb::Channel::from(c.channel).into(),
+                    capacity: u32::from(c.capacity),
+                    reserved: u32::from(c.reserved),
+                    active: u32::from(c.active),
+                    free: if c.idle_since.is_some() {
+                        u32::from(c.capacity.saturating_sub(c.reserved + c.active))
+                    } else {
+                        0
+                    },
+                    idle_since: c.idle_since.map(timestamp),
+                })
+                .collect(),
+            reservations: a
+                .reservations
+                .into_iter()
+                .map(|r| pb::HeldOffer {
+                    reservation_id: r.reservation.to_string(),
+                    contact_id: r.contact_id,
+                    queue_id: r.queue_id.to_string(),
+                    channel: pb::Channel::from(r.channel).into(),
+                    expires_at: Some(timestamp(r.expires_at)),
+                })
+                .collect(),
+            contacts: a
+                .contacts
+                .into_iter()
+                .map(|c| pb::HeldContact {
+                    contact_id: c.contact_id,
+                    channel: pb::Channel::from(c.channel).into(),
+                    queue_id: c.queue_id.to_string(),
+                    since: Some(timestamp(c.since)),
+                })
+                .collect(),
+            eligible_queue_ids: a.queues.iter().map(ToString::to_string).collect(),
+            skills: a
+                .skills
+                .iter()
+                .map(|(skill, level)| pb::SkillLevel {
+                    skill: skill.to_string(),
+                    proficiency: u32::from(*level),
+                })
+                .collect(),
+            languages: a.languages,
+        }
+    }
+}
+
+impl From<Channel> for pb::Channel {
+    fn from(c: Channel) -> pb::Channel {
+        match c {
+            Channel::Voice => pb::Channel::Voice,
+            Channel::Chat => pb::Channel::Chat,
+            Channel::Sms => pb::Channel::Sms,
+            Channel::Email => pb::Channel::Email,
+            Channel::Portal => pb::Channel::Portal,
+        }
     }
 }
 

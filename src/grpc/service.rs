@@ -547,6 +547,30 @@ impl pb::routing_service_server::RoutingService for Routing {
         }))
     }
 
+    async fn get_agent(
+        &self,
+        request: Request<pb::GetAgentRequest>,
+    ) -> Result<Response<pb::GetAgentResponse>, Status> {
+        let agent_id = convert::agent_id("agent_id", request.into_inner().agent_id)?;
+        self.apply(Tick).await?;
+        let view = self.settled_view(|e| e.agent_view(&agent_id)).await??;
+        Ok(Response::new(pb::GetAgentResponse {
+            agent: Some(pb::AgentView::from(view)),
+        }))
+    }
+
+    async fn list_agents(
+        &self,
+        request: Request<pb::ListAgentsRequest>,
+    ) -> Result<Response<pb::ListAgentsResponse>, Status> {
+        let query = convert::AgentQuery::try_from(request.into_inner())?;
+        self.apply(Tick).await?;
+        let page = self
+            .settled_view(|e| e.agent_page(&query.filter, query.from, query.limit))
+            .await??;
+        Ok(Response::new(pb::ListAgentsResponse::from(page)))
+    }
+
     async fn cancel_contact(
         &self,
         request: Request<pb::CancelContactRequest>,

@@ -1,0 +1,252 @@
+//! What supervisors and wallboards see of agents: one agent as the engine
+//! holds it now (state, why it is paused, load and idle time per channel,
+//! live reservations, contacts in hand, eligible queues), and pages of
+//! agents filtered by queue, team and state. Views only: nothing here
+//! changes the engine.
+
+use super::roster::{Agent, AgentIdx};
+use super::{Engine, EngineError, ReservationId};
+use crate::model::{AgentState, Channel, FastMap, Time};
+use crate::policy::Text;
+
+/// One agent now.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentView {
+    /// The CTI's id.
+    pub id: Text,
+    /// Team.
+    pub team: Text,
+    /// SIP URI or extension.
+    pub transfer_address: Text,
+    /// State.
+    pub state: AgentState,
+    /// Why it is offered nothing while `not_responding`.
+    pub paused: Option<Paused>,
+    /// Offers the agent let lapse or rejected in a row.
+    pub missed_offers: u32,
+    /// Each channel it serves.
+    pub channels: Vec<ChannelLoad>,
+    /// Live reservations (offers out), oldest first.
+    pub reservations: Vec<HeldOffer>,
+    /// Contacts confirmed and not completed, oldest first.
+    pub contacts: Vec<HeldContact>,
+    /// Queues whose requirements it meets, in policy order.
+    pub queues: Vec<Text>,
+    /// Skills with proficiency.
+    pub skills: Vec<(Text, u8)>,
+    /// Language tags.
+    pub languages: Vec<String>,
+}
+
+/// Why an agent in `not_responding` is paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paused {
+    /// careroute paused it: it missed the policy's `missed_offers_to_pause`
+    /// offers in a row.
+    MissedOffers,
+    /// The CTI set the state.
+    ByCti,
+}
+
+/// One channel of an agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelLoad {
+    /// The channel.
+    pub channel: Channel,
+    /// Contacts at once.
+    pub capacity: u8,
+    /// Offers out on it.
+    pub reserved: u8,
+    /// Contacts in hand on it.
+    pub active: u8,
+    /// When it last became free there, while it is free (available, with
+    /// room): idle since then.
+    pub idle_since: Option<Time>,
+}
+
+/// A live reservation of an agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldOffer {
+    /// Its id.
+    pub reservation: ReservationId,
+    /// The contact offered.
+    pub contact_id: String,
+    /// The queue it is for.
+    pub queue_id: Text,
+    /// Its channel.
+    pub channel: Channel,
+    /// When it lapses unless confirmed.
+    pub expires_at: Time,
+}
+
+/// A contact in an agent's hands.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldContact {
+    /// The contact.
+    pub contact_id: String,
+    /// Its channel.
+    pub channel: Channel,
+    /// The queue it came through.
+    pub queue_id: Text,
+    /// When it was confirmed.
+    pub since: Time,
+}
+
+/// Which agents a page holds; empty parts match everyone.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AgentFilter {
+    /// Only agents eligible for this queue.
+    pub queue_id: Option<String>,
+    /// Only agents of this team.
+    pub team: Option<String>,
+    /// Only agents in one of these states.
+    pub states: Vec<AgentState>,
+}
+
+/// A page of agents, in registration order, and where the next starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentPage {
+    /// The agents.
+    pub agents: Vec<AgentView>,
+    /// The cursor of the next page; `None` at the end.
+    pub next: Option<u32>,
+}
+
+impl Engine {
+    /// The agent `agent_id` now: a view, which applies nothing.
+    pub fn agent_view(&self, agent_id: &str) -> Result<AgentView, EngineError> {
+        let a = self
+            .roster
+            .find(agent_id)
+            .ok_or_else(|| EngineError::UnknownAgent(agent_id.to_owned()))?;
+        let offers = self.offers_of(|i| i == a);
+        Ok(self.view_of(a, offers.get(&a).cloned().unwrap_or_default()))
+    }
+
+    /// Up to `limit` agents matching `filter`, from cursor `from` (0 for
+    /// the first page), in registration order.
+    pub fn agent_page(
+        &self,
+        filter: &AgentFilter,
+        from: u32,
+        limit: usize,
+    ) -> Result<AgentPage, EngineError> {
+        let queue = match &filter.queue_id {
+            Some(id) => Some(
+                self.policy
+                    .queue_idx(id)
+                    .filter(|&q| self.policy.queues[q].parent.is_none())
+                    .ok_or_else(|| EngineError::UnknownQueue {
+                        field: "queue_id",
+                        id: id.clone(),
+                    })?,
+            ),
+            None => None,
+        };
+        let matches = |agent: &Agent| {
+            !agent.removed
+                && queue.is_none_or(|q| agent.queues.contains(&q))
+                && filter.team.as_deref().is_none_or(|t| *agent.team == *t)
+                && (filter.states.is_empty() || filter.states.contains(&agent.state))
+        };
+        let all = self.roster.agents();
+        let mut picked = Vec::with_capacity(limit.min(all.len()));
+        let mut next = None;
+        for (i, agent) in all.iter().enumerate().skip(from as usize) {
+            if !matches(agent) {
+                continue;
+            }
+            if picked.len() == limit {
+                next = Some(i as u32);
+                break;
+            }
+            picked.push(i as AgentIdx);
+        }
+        let mut offers = self.offers_of(|i| picked.binary_search(&i).is_ok());
+        let agents = picked
+            .iter()
+            .map(|&a| self.view_of(a, offers.remove(&a).unwrap_or_default()))
+            .collect();
+        Ok(AgentPage { agents, next })
+    }
+
+    /// The live reservations of the agents `wanted` picks, oldest first.
+    fn offers_of(&self, wanted: impl Fn(AgentIdx) -> bool) -> FastMap<AgentIdx, Vec<HeldOffer>> {
+        let mut by_agent: FastMap<AgentIdx, Vec<HeldOffer>> = FastMap::default();
+        for r in self.reservations.values().filter(|r| wanted(r.agent)) {
+            by_agent.entry(r.agent).or_default().push(HeldOffer {
+                reservation: r.id,
+                contact_id: r.contact_id.clone(),
+                queue_id: r.queue_id.clone(),
+                channel: r.channel,
+                expires_at: r.expires_at,
+            });
+        }
+        for offers in by_agent.values_mut() {
+            offers.sort_by_key(|o| (o.expires_at, o.reservation));
+        }
+        by_agent
+    }
+
+    fn view_of(&self, a: AgentIdx, reservations: Vec<HeldOffer>) -> AgentView {
+        let agent = self.roster.agent(a);
+        let policy = &self.policy;
+        let paused = (agent.state == AgentState::NotResponding).then(|| {
+            if agent.missed_offers >= policy.missed_offers_to_pause {
+                Paused::MissedOffers
+            } else {
+                Paused::ByCti
+            }
+        });
+        let channels = Channel::ALL
+            .into_iter()
+            .filter(|c| agent.capacity[c.index()] > 0)
+            .map(|c| {
+                let i = c.index();
+                let free = agent.state == AgentState::Available
+                    && agent.reserved[i] + agent.active[i] < agent.capacity[i];
+                ChannelLoad {
+                    channel: c,
+                    capacity: agent.capacity[i],
+                    reserved: agent.reserved[i],
+                    active: agent.active[i],
+                    idle_since: free
+                        .then(|| Time::from_timestamp_micros(agent.ready_since[i]))
+                        .flatten(),
+                }
+            })
+            .collect();
+        AgentView {
+            id: agent.id.clone(),
+            team: agent.team.clone(),
+            transfer_address: agent.transfer_address.clone(),
+            state: agent.state,
+            paused,
+            missed_offers: agent.missed_offers,
+            channels,
+            reservations,
+            contacts: agent
+                .contacts
+                .iter()
+                .map(|(contact_id, channel, queue_id, since)| HeldContact {
+                    contact_id: contact_id.clone(),
+                    channel: *channel,
+                    queue_id: queue_id.clone(),
+                    since: *since,
+                })
+                .collect(),
+            queues: agent
+                .queues
+                .iter()
+                .filter(|&&q| policy.queues[q].parent.is_none())
+                .map(|&q| policy.queues[q].id.clone())
+                .collect(),
+            skills: agent.skills.clone(),
+            languages: agent
+                .languages
+                .iter()
+                .filter_map(|&l| self.roster.language_tag(l).map(str::to_owned))
+                .collect(),
+        }
+    }
+}
