@@ -49,6 +49,9 @@ use crate::tls::{self, HttpListener, Peer, Side};
 
 /// How often expiries are applied when no request does it.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(250);
+/// How often the policy file is looked at for changes (a ConfigMap update
+/// sends no SIGHUP).
+const POLICY_RECHECK_EVERY: Duration = crate::secrets::RECHECK_EVERY;
 /// How often the exporter drains histogram buckets, so memory stays flat.
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
@@ -557,10 +560,11 @@ pub async fn run(
     );
     supervise(
         "reload",
-        reload_on_hangup(
+        reload_on_change(
             hangups,
             config.policy.clone(),
             routing.clone(),
+            POLICY_RECHECK_EVERY,
             stopped(stop_rx.clone()),
         ),
         stop_rx.clone(),
@@ -830,46 +834,76 @@ async fn scrape(routing: &Routing, prometheus: &PrometheusHandle) -> String {
     prometheus.render()
 }
 
-/// Re-reads the policy file on SIGHUP; an invalid file is refused with its
-/// message and the running policy stays. On the embedded policy there is
-/// nothing to re-read: SIGHUP is logged and otherwise ignored (its default
-/// action would end the process).
-#[cfg(unix)]
-async fn reload_on_hangup(
-    hangups: Hangups,
+/// Re-reads the policy file on SIGHUP, and when its contents change (looked
+/// at every `every`): a Kubernetes ConfigMap update sends no signal, it
+/// swaps the mounted file. An invalid file is refused with its message and
+/// the running policy stays; the same contents are not tried again until
+/// they change or a SIGHUP asks. On the embedded policy there is nothing to
+/// re-read: SIGHUP is logged and otherwise ignored (its default action
+/// would end the process).
+async fn reload_on_change(
+    mut hangups: Hangups,
     path: Option<PathBuf>,
     routing: Routing,
+    every: Duration,
     stop: impl Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    let Some(mut hangups) = hangups else {
-        return stop.await;
+    // What the running policy was read from (or last tried).
+    let mut seen = match &path {
+        Some(path) => tokio::fs::read(path).await.ok(),
+        None => None,
     };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let asked = tokio::select! {
             _ = &mut stop => return,
-            _ = hangups.recv() => {}
-        }
-        match &path {
-            Some(path) => {
-                reload(path, &routing).await;
+            _ = hangup(&mut hangups) => true,
+            _ = tick.tick() => false,
+        };
+        let Some(path) = &path else {
+            if asked {
+                tracing::info!(
+                    "SIGHUP: the embedded policy is in force (no --policy file): nothing to reload"
+                );
             }
-            None => tracing::info!(
-                "SIGHUP: the embedded policy is in force (no --policy file): nothing to reload"
-            ),
+            continue;
+        };
+        // A file being replaced can be missing for a moment: looked at
+        // again next time.
+        let Ok(now) = tokio::fs::read(path).await else {
+            if asked {
+                tracing::error!(path = %path.display(), "SIGHUP: the policy file cannot be read; the running policy stays");
+            }
+            continue;
+        };
+        if asked || seen.as_deref() != Some(now.as_slice()) {
+            if !asked {
+                tracing::info!(path = %path.display(), "the policy file changed; reloading");
+            }
+            seen = Some(now);
+            reload(path, &routing).await;
         }
     }
 }
 
+/// The next SIGHUP; never, where there are none to listen for.
+#[cfg(unix)]
+async fn hangup(hangups: &mut Hangups) {
+    match hangups {
+        Some(h) => {
+            if h.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
 #[cfg(not(unix))]
-async fn reload_on_hangup(
-    _hangups: Hangups,
-    _path: Option<PathBuf>,
-    _routing: Routing,
-    stop: impl Future<Output = ()>,
-) {
-    // No SIGHUP here; the task lives until the stop, as its supervisor expects.
-    stop.await
+async fn hangup(_hangups: &mut Hangups) {
+    std::future::pending::<()>().await
 }
 
 /// The SIGHUP listener, once installed (`None` if it cannot be).

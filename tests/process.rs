@@ -60,6 +60,53 @@ fn sighup_reloads_the_policy_file_and_refuses_a_broken_one() {
     assert!(line.contains("2026-11-29"), "{line}");
 }
 
+/// A Kubernetes ConfigMap update sends no signal: the kubelet writes the
+/// new files into a fresh directory and swaps the `..data` symlink the
+/// mounted file points through. careroute notices the changed contents.
+#[cfg(unix)]
+#[test]
+fn a_configmap_style_update_of_the_policy_is_reloaded_without_a_signal() {
+    use std::os::unix::fs::symlink;
+    let dir = common::process::fresh_data_dir();
+    let good = include_str!("../examples/healthcare.toml");
+    let publish = |generation: u32, text: &str| {
+        let data = dir.join(format!("..gen{generation}"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::write(data.join("policy.toml"), text).unwrap();
+        let next = dir.join("..data_tmp");
+        let _ = std::fs::remove_file(&next);
+        symlink(format!("..gen{generation}"), &next).unwrap();
+        std::fs::rename(&next, dir.join("..data")).unwrap();
+    };
+    publish(1, good);
+    symlink("..data/policy.toml", dir.join("policy.toml")).unwrap();
+    let path = dir.join("policy.toml");
+    let p = Process::start(&["--policy", path.to_str().unwrap()]);
+    publish(
+        2,
+        &good.replacen("version = \"2026-11-22\"", "version = \"2026-12-01\"", 1),
+    );
+    let line = p.wait_for_log("policy reloaded", Duration::from_secs(20));
+    assert!(line.contains("2026-12-01"), "{line}");
+    assert!(p.logs().contains("the policy file changed"));
+    // A broken update is refused once, and the policy in force stays.
+    publish(3, &good.replacen("level = 4", "level = 7", 1));
+    p.wait_for_log("policy reload refused", Duration::from_secs(20));
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(p.logs().matches("policy reload refused").count(), 1);
+    assert_eq!(p.logs().matches("policy reloaded").count(), 1);
+    let grpc = p.grpc.clone();
+    runtime().block_on(async {
+        let mut client = RoutingServiceClient::connect(format!("http://{grpc}"))
+            .await
+            .unwrap();
+        client
+            .route_contact(contact("c-1", "billing"))
+            .await
+            .unwrap();
+    });
+}
+
 /// An open Health/Watch stream and a TCP connection that never sends the
 /// HTTP/2 preface both once kept a SIGTERM'd process alive forever.
 #[test]
