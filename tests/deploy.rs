@@ -236,6 +236,7 @@ fn the_image_and_the_manifests_run_protected_on_their_own_variables() {
         &config.tls_client_ca,
         &config.nats_ca,
         &config.nats_nkey_seed,
+        &config.policy,
     ] {
         let dir = file.as_ref().unwrap().parent().unwrap();
         assert!(
@@ -244,6 +245,24 @@ fn the_image_and_the_manifests_run_protected_on_their_own_variables() {
             dir.display()
         );
     }
+}
+
+#[test]
+fn the_configmap_policy_is_the_example_and_is_mounted_so_updates_arrive() {
+    // The same policy as the one the README documents and `careroute test`
+    // checks: one edited without the other would drift.
+    assert_eq!(
+        include_str!("../deploy/kubernetes/policy.toml"),
+        include_str!("../examples/healthcare.toml")
+    );
+    let kustomization = include_str!("../deploy/kubernetes/kustomization.yaml");
+    assert!(kustomization.contains("- policy.toml"));
+    // No hash in the name (an edit updates the file in place, no restart),
+    // and a directory mount (a subPath never sees an update).
+    assert!(kustomization.contains("disableNameSuffixHash: true"));
+    let manifest = include_str!("../deploy/kubernetes/deployment.yaml");
+    assert!(manifest.contains("name: careroute-policy"));
+    assert!(!manifest.lines().any(|l| l.trim_start().starts_with("subPath")));
 }
 
 #[test]
