@@ -5,6 +5,7 @@ mod common;
 
 use std::collections::HashSet;
 
+use careroute::clock::Clock;
 use careroute::grpc::pb;
 use chrono::Duration;
 use common::*;
@@ -280,7 +281,7 @@ async fn refusals_carry_a_stable_reason_and_every_field_violation() {
     let mut client = s.client.clone();
     let reason = |e: &tonic::Status| error_reason(e).map(|(r, _)| r);
 
-    // Four fields wrong at once: one refusal names all four.
+    // Five fields wrong at once: one refusal names all five.
     let mut c = contact("", "Billing!");
     c.channel = 0;
     c.language = "en US".into();
@@ -301,11 +302,26 @@ async fn refusals_carry_a_stable_reason_and_every_field_violation() {
     for f in &fields {
         assert!(err.message().contains(f.as_str()), "{}", err.message());
     }
-    // An agent profile with two wrong fields, likewise.
+    // An agent profile with wrong fields and a wrong profile, likewise,
+    // and no value repeated.
     let mut a = billing_agent("");
     a.transfer_address = String::new();
+    a.skills[0].proficiency = 9;
+    a.channels.push(a.channels[0]);
     let err = client.upsert_agent(a).await.unwrap_err();
-    assert_eq!(violated_fields(&err), ["agent_id", "transfer_address"]);
+    let mut fields = violated_fields(&err);
+    fields.sort();
+    assert_eq!(
+        fields,
+        [
+            "agent_id",
+            "channels[1].channel",
+            "skills[0].proficiency",
+            "transfer_address"
+        ],
+        "{err:?}"
+    );
+    assert!(!err.message().contains('9'), "{}", err.message());
     // Two fields of a small request.
     let err = client
         .release_reservation(pb::ReleaseReservationRequest {
@@ -424,7 +440,9 @@ async fn supervisors_see_each_agent_and_page_through_them() {
         (voice.capacity, voice.reserved, voice.active, voice.free),
         (1, 0, 0, 1)
     );
-    assert!(voice.idle_since.is_some());
+    // Idle since it was set available, at the test clock's time.
+    let set_at = careroute::grpc::convert::timestamp(s.clock.now());
+    assert_eq!(voice.idle_since, Some(set_at));
     // An offer out: the reservation shows, the channel is full.
     let offer = agent(&s.route(contact("c1", "billing")).await.unwrap()).clone();
     assert_eq!(offer.agent_id, "b1");
@@ -501,7 +519,30 @@ async fn supervisors_see_each_agent_and_page_through_them() {
         .agent
         .unwrap();
     assert_eq!(b3.paused_reason, pb::PausedReason::SetByCti as i32);
+    let b1 = client
+        .get_agent(get("b1"))
+        .await
+        .unwrap()
+        .into_inner()
+        .agent
+        .unwrap();
     assert_eq!(b1.paused_reason, pb::PausedReason::Unspecified as i32);
+    // The CTI brings the paused agent back: no longer paused, count reset.
+    client
+        .set_agent_state(state("b2", pb::AgentState::Available))
+        .await
+        .unwrap();
+    let b2 = client
+        .get_agent(get("b2"))
+        .await
+        .unwrap()
+        .into_inner()
+        .agent
+        .unwrap();
+    assert_eq!(
+        (b2.paused_reason, b2.missed_offers),
+        (pb::PausedReason::Unspecified as i32, 0)
+    );
 
     // Pages of two, in registration order, then filters.
     let list = |r: pb::ListAgentsRequest| {
@@ -537,7 +578,7 @@ async fn supervisors_see_each_agent_and_page_through_them() {
     .await
     .unwrap()
     .into_inner();
-    assert_eq!(ids(&paused), ["b2", "b3"]);
+    assert_eq!(ids(&paused), ["b3"]);
     let night = list(pb::ListAgentsRequest {
         team: "Night".into(),
         queue_id: "billing".into(),

@@ -262,7 +262,11 @@ fn the_configmap_policy_is_the_example_and_is_mounted_so_updates_arrive() {
     assert!(kustomization.contains("disableNameSuffixHash: true"));
     let manifest = include_str!("../deploy/kubernetes/deployment.yaml");
     assert!(manifest.contains("name: careroute-policy"));
-    assert!(!manifest.lines().any(|l| l.trim_start().starts_with("subPath")));
+    assert!(
+        !manifest
+            .lines()
+            .any(|l| l.trim_start().starts_with("subPath"))
+    );
 }
 
 #[test]

@@ -42,7 +42,7 @@ pub struct AgentView {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Paused {
     /// careroute paused it: it missed the policy's `missed_offers_to_pause`
-    /// offers in a row.
+    /// offers in a row (recorded when it did, until the CTI sets a state).
     MissedOffers,
     /// The CTI set the state.
     ByCti,
@@ -59,8 +59,10 @@ pub struct ChannelLoad {
     pub reserved: u8,
     /// Contacts in hand on it.
     pub active: u8,
-    /// When it last became free there, while it is free (available, with
-    /// room): idle since then.
+    /// Room for more now: what the capacity leaves, while available.
+    pub free: u8,
+    /// While it is available with nothing on this channel: since when
+    /// (the last time it became free there).
     pub idle_since: Option<Time>,
 }
 
@@ -103,7 +105,9 @@ pub struct AgentFilter {
     pub states: Vec<AgentState>,
 }
 
-/// A page of agents, in registration order, and where the next starts.
+/// A page of agents, in roster order (registration order, except that a
+/// removed agent's slot goes to a later new agent), and where the next
+/// starts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AgentPage {
     /// The agents.
@@ -124,7 +128,7 @@ impl Engine {
     }
 
     /// Up to `limit` agents matching `filter`, from cursor `from` (0 for
-    /// the first page), in registration order.
+    /// the first page), in roster order.
     pub fn agent_page(
         &self,
         filter: &AgentFilter,
@@ -177,7 +181,7 @@ impl Engine {
             by_agent.entry(r.agent).or_default().push(HeldOffer {
                 reservation: r.id,
                 contact_id: r.contact_id.clone(),
-                queue_id: r.queue_id.clone(),
+                queue_id: self.shown_queue(&r.queue_id),
                 channel: r.channel,
                 expires_at: r.expires_at,
             });
@@ -188,29 +192,45 @@ impl Engine {
         by_agent
     }
 
+    /// The queue clients know a pool by: a step's wider pool is internal,
+    /// shown as the queue it widens.
+    fn shown_queue(&self, pool: &Text) -> Text {
+        match self.policy.queue_idx(pool) {
+            Some(q) => self.policy.queues[self.policy.root(q)].id.clone(),
+            None => pool.clone(),
+        }
+    }
+
     fn view_of(&self, a: AgentIdx, reservations: Vec<HeldOffer>) -> AgentView {
         let agent = self.roster.agent(a);
         let policy = &self.policy;
-        let paused = (agent.state == AgentState::NotResponding).then(|| {
-            if agent.missed_offers >= policy.missed_offers_to_pause {
+        let paused =
+            (agent.state == AgentState::NotResponding).then_some(if agent.paused_for_misses {
                 Paused::MissedOffers
             } else {
                 Paused::ByCti
-            }
-        });
+            });
         let channels = Channel::ALL
             .into_iter()
             .filter(|c| agent.capacity[c.index()] > 0)
             .map(|c| {
                 let i = c.index();
-                let free = agent.state == AgentState::Available
-                    && agent.reserved[i] + agent.active[i] < agent.capacity[i];
+                let available = agent.state == AgentState::Available;
+                let held = agent.reserved[i].saturating_add(agent.active[i]);
+                // With work on the channel its ready time is when the last
+                // offer came (the routing order), not idle time.
+                let idle = available && held == 0;
                 ChannelLoad {
                     channel: c,
                     capacity: agent.capacity[i],
                     reserved: agent.reserved[i],
                     active: agent.active[i],
-                    idle_since: free
+                    free: if available {
+                        agent.capacity[i].saturating_sub(held)
+                    } else {
+                        0
+                    },
+                    idle_since: idle
                         .then(|| Time::from_timestamp_micros(agent.ready_since[i]))
                         .flatten(),
                 }
@@ -225,16 +245,20 @@ impl Engine {
             missed_offers: agent.missed_offers,
             channels,
             reservations,
-            contacts: agent
-                .contacts
-                .iter()
-                .map(|(contact_id, channel, queue_id, since)| HeldContact {
-                    contact_id: contact_id.clone(),
-                    channel: *channel,
-                    queue_id: queue_id.clone(),
-                    since: *since,
-                })
-                .collect(),
+            contacts: {
+                let mut held: Vec<HeldContact> = agent
+                    .contacts
+                    .iter()
+                    .map(|(contact_id, channel, queue_id, since)| HeldContact {
+                        contact_id: contact_id.clone(),
+                        channel: *channel,
+                        queue_id: self.shown_queue(queue_id),
+                        since: *since,
+                    })
+                    .collect();
+                held.sort_by(|x, y| (x.since, &x.contact_id).cmp(&(y.since, &y.contact_id)));
+                held
+            },
             queues: agent
                 .queues
                 .iter()
@@ -248,5 +272,80 @@ impl Engine {
                 .filter_map(|&l| self.roster.language_tag(l).map(str::to_owned))
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::{TimeZone, Utc};
+
+    use super::*;
+    use crate::engine::{AgentSpec, EngineConfig, RemoveAgent, UpsertAgent};
+    use crate::policy::Policy;
+
+    fn spec(id: &str, team: &str) -> AgentSpec {
+        AgentSpec {
+            id: id.into(),
+            team: team.into(),
+            transfer_address: format!("sip:{id}"),
+            skills: vec![("billing".into(), 3)],
+            languages: vec!["en".into()],
+            channels: vec![(Channel::Voice, 1)],
+        }
+    }
+
+    /// Every page walk, whatever the page size, sees each matching agent
+    /// exactly once, removed slots skipped and reused ones included.
+    #[test]
+    fn pages_cover_every_matching_agent_once() {
+        let t = Utc.with_ymd_and_hms(2026, 11, 23, 15, 0, 0).unwrap();
+        let mut e = Engine::new(
+            Arc::new(Policy::embedded().unwrap()),
+            EngineConfig::default(),
+        );
+        for i in 0..23 {
+            let team = if i % 3 == 0 { "A" } else { "B" };
+            e.apply(UpsertAgent(spec(&format!("a{i}"), team)), t)
+                .unwrap();
+        }
+        for i in [4, 9, 10] {
+            e.apply(RemoveAgent(format!("a{i}")), t).unwrap();
+        }
+        e.apply(UpsertAgent(spec("late", "A")), t).unwrap();
+        let brute = |team: Option<&str>| -> Vec<String> {
+            let mut ids: Vec<String> = e
+                .roster()
+                .agents()
+                .iter()
+                .filter(|a| !a.removed && team.is_none_or(|t| *a.team == *t))
+                .map(|a| a.id.to_string())
+                .collect();
+            ids.sort();
+            ids
+        };
+        for team in [None, Some("A"), Some("B")] {
+            let filter = AgentFilter {
+                team: team.map(str::to_owned),
+                ..AgentFilter::default()
+            };
+            for size in [1, 2, 5, 100] {
+                let (mut seen, mut from) = (Vec::new(), 0);
+                loop {
+                    let page = e.agent_page(&filter, from, size).unwrap();
+                    assert!(page.agents.len() <= size);
+                    seen.extend(page.agents.iter().map(|a| a.id.to_string()));
+                    match page.next {
+                        Some(next) => from = next,
+                        None => break,
+                    }
+                }
+                seen.sort();
+                assert_eq!(seen, brute(team), "team {team:?}, pages of {size}");
+            }
+        }
+        assert!(e.agent_view("a4").is_err());
+        assert_eq!(&*e.agent_view("late").unwrap().team, "A");
     }
 }

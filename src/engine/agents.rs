@@ -29,50 +29,57 @@ pub struct AgentSpec {
 pub const MAX_CHANNEL_CAPACITY: u8 = 50;
 
 impl AgentSpec {
-    /// Checks the profile; on refusal names the field and what is wrong.
+    /// Checks the profile; on refusal names the field and what is wrong
+    /// (the first problem; [`AgentSpec::profile_problems`] gives them all).
     pub fn validate(&self) -> Result<(), (String, String)> {
-        let bad = |field: &str, msg: String| Err((field.to_owned(), msg));
         if self.id.is_empty() {
-            return bad("agent_id", "required".into());
+            return Err(("agent_id".into(), "required".into()));
         }
         if self.transfer_address.trim().is_empty() {
-            return bad(
-                "transfer_address",
+            return Err((
+                "transfer_address".into(),
                 "required: the SIP URI or extension of warm transfers".into(),
-            );
+            ));
         }
+        match self.profile_problems().into_iter().next() {
+            Some(problem) => Err(problem),
+            None => Ok(()),
+        }
+    }
+
+    /// Every problem of the skills and channels (empty names, ranges,
+    /// duplicates), each with its field; never the value given.
+    pub fn profile_problems(&self) -> Vec<(String, String)> {
+        let mut problems = Vec::new();
         for (i, (skill, level)) in self.skills.iter().enumerate() {
             if skill.is_empty() {
-                return bad(&format!("skills[{i}].skill"), "required".into());
+                problems.push((format!("skills[{i}].skill"), "required".into()));
             }
             if !(1..=5).contains(level) {
-                return bad(
-                    &format!("skills[{i}].proficiency"),
-                    format!("{level} is not 1-5"),
-                );
+                problems.push((format!("skills[{i}].proficiency"), "must be 1-5".into()));
             }
-            if self.skills[..i].iter().any(|(s, _)| s == skill) {
-                return bad(
-                    &format!("skills[{i}].skill"),
-                    format!("`{skill}` listed twice"),
-                );
+            if let Some(j) = self.skills[..i].iter().position(|(s, _)| s == skill) {
+                problems.push((
+                    format!("skills[{i}].skill"),
+                    format!("the same skill as skills[{j}]"),
+                ));
             }
         }
         for (i, (channel, capacity)) in self.channels.iter().enumerate() {
             if !(1..=MAX_CHANNEL_CAPACITY).contains(capacity) {
-                return bad(
-                    &format!("channels[{i}].capacity"),
-                    format!("{capacity} is not 1-{MAX_CHANNEL_CAPACITY}"),
-                );
+                problems.push((
+                    format!("channels[{i}].capacity"),
+                    format!("must be 1-{MAX_CHANNEL_CAPACITY}"),
+                ));
             }
-            if self.channels[..i].iter().any(|(c, _)| c == channel) {
-                return bad(
-                    &format!("channels[{i}].channel"),
-                    format!("`{channel}` listed twice"),
-                );
+            if let Some(j) = self.channels[..i].iter().position(|(c, _)| c == channel) {
+                problems.push((
+                    format!("channels[{i}].channel"),
+                    format!("the same channel as channels[{j}]"),
+                ));
             }
         }
-        Ok(())
+        problems
     }
 }
 
@@ -188,6 +195,7 @@ impl Engine {
             }
             agent.state = state;
             agent.missed_offers = 0;
+            agent.paused_for_misses = false;
             previous
         });
         self.dispatch(a, now);

@@ -504,6 +504,7 @@ impl Engine {
             agent.missed_offers += 1;
             if agent.missed_offers >= limit && agent.state == AgentState::Available {
                 agent.state = AgentState::NotResponding;
+                agent.paused_for_misses = true;
             }
         });
     }

@@ -487,8 +487,13 @@ fn relaxation_moves_a_waiting_contact_to_wider_pools_over_time() {
         panic!()
     };
     assert_eq!(&*offer.queue_id, "billing");
+    // Supervisors see the queue clients know too, offer and contact alike.
+    let trainee = e.agent_view("trainee").unwrap();
+    assert_eq!(&*trainee.reservations[0].queue_id, "billing");
     e.confirm(offer.reservation, t + Duration::seconds(60))
         .unwrap();
+    let trainee = e.agent_view("trainee").unwrap();
+    assert_eq!(&*trainee.contacts[0].queue_id, "billing");
     // At 61 s w2 relaxes too, but nobody is free; at 121 s it overflows to
     // frontline's agents.
     e.advance(t + Duration::seconds(61));

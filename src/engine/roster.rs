@@ -78,6 +78,8 @@ pub struct Agent {
     pub contacts: Vec<(String, Channel, Text, crate::model::Time)>,
     /// Offers let time out in a row.
     pub missed_offers: u32,
+    /// careroute set it not-responding for missing offers (not the CTI).
+    pub paused_for_misses: bool,
     /// The slot of a removed agent, waiting to be reused: in no index.
     pub removed: bool,
     /// How the agent is entered in the indexes now. Derived: not kept in
@@ -129,6 +131,7 @@ impl Agent {
             queues: Vec::new(),
             contacts: Vec::new(),
             missed_offers: 0,
+            paused_for_misses: false,
             removed: false,
             indexed: None,
         }

@@ -38,7 +38,7 @@ pub const MAX_AGENT_LIST: usize = 64;
 /// Longest team name or transfer address.
 pub const MAX_TEXT_LEN: usize = 256;
 
-fn invalid(field: impl Display, problem: impl Display) -> Violation {
+fn violation(field: impl Display, problem: impl Display) -> Violation {
     Violation {
         field: field.to_string(),
         description: problem.to_string(),
@@ -59,6 +59,11 @@ impl Violations {
     /// Notes a violation.
     fn add(&mut self, v: Violation) {
         self.0.push(v);
+    }
+
+    /// Whether there are none.
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     /// The refusal naming them all.
@@ -105,16 +110,16 @@ fn checked(
 ) -> Result<Option<String>, Violation> {
     if value.is_empty() {
         return if required {
-            Err(invalid(field, "required"))
+            Err(violation(field, "required"))
         } else {
             Ok(None)
         };
     }
     if value.len() > max {
-        return Err(invalid(field, format!("longer than {max} bytes")));
+        return Err(violation(field, format!("longer than {max} bytes")));
     }
     if !value.chars().all(charset.allowed) {
-        return Err(invalid(field, format!("only {}", charset.describe)));
+        return Err(violation(field, format!("only {}", charset.describe)));
     }
     Ok(Some(value))
 }
@@ -135,15 +140,15 @@ fn channel(field: impl Display, value: i32) -> Result<Channel, Violation> {
         Ok(pb::Channel::Sms) => Ok(Channel::Sms),
         Ok(pb::Channel::Email) => Ok(Channel::Email),
         Ok(pb::Channel::Portal) => Ok(Channel::Portal),
-        Ok(pb::Channel::Unspecified) => Err(invalid(field, "required")),
-        Err(_) => Err(invalid(field, format!("unknown enum value {value}"))),
+        Ok(pb::Channel::Unspecified) => Err(violation(field, "required")),
+        Err(_) => Err(violation(field, "not a value of the enum")),
     }
 }
 
 /// At most `max` entries in a list field.
 fn at_most(field: &str, len: usize, max: usize) -> Result<(), Violation> {
     if len > max {
-        return Err(invalid(field, format!("more than {max} entries")));
+        return Err(violation(field, format!("more than {max} entries")));
     }
     Ok(())
 }
@@ -157,10 +162,7 @@ impl TryFrom<pb::RouteContactRequest> for Contact {
             Ok(pb::Urgency::Unspecified | pb::Urgency::Routine) => Ok(Urgency::Routine),
             Ok(pb::Urgency::Urgent) => Ok(Urgency::Urgent),
             Ok(pb::Urgency::Emergency) => Ok(Urgency::Emergency),
-            Err(_) => Err(invalid(
-                "urgency",
-                format!("unknown enum value {}", r.urgency),
-            )),
+            Err(_) => Err(violation("urgency", "not a value of the enum")),
         });
         let identity = v.take(match pb::Identity::try_from(r.identity) {
             Ok(pb::Identity::Unspecified | pb::Identity::NotAttempted) => {
@@ -168,10 +170,7 @@ impl TryFrom<pb::RouteContactRequest> for Contact {
             }
             Ok(pb::Identity::Verified) => Ok(Identity::Verified),
             Ok(pb::Identity::Failed) => Ok(Identity::Failed),
-            Err(_) => Err(invalid(
-                "identity",
-                format!("unknown enum value {}", r.identity),
-            )),
+            Err(_) => Err(violation("identity", "not a value of the enum")),
         });
         v.take(at_most("signals", r.signals.len(), MAX_SIGNALS));
         let signals: Vec<String> = r
@@ -183,14 +182,36 @@ impl TryFrom<pb::RouteContactRequest> for Contact {
             .collect();
         v.take(at_most("attributes", r.attributes.len(), MAX_ATTRIBUTES));
         let mut attributes = Vec::with_capacity(r.attributes.len().min(MAX_ATTRIBUTES));
+        // A map's keys are the client's words: a refusal names the map,
+        // never a key (it could be anything), and says it once.
+        let mut bad_keys = false;
+        let mut bad_values = false;
         for (key, value) in r.attributes.into_iter().take(MAX_ATTRIBUTES) {
-            let Some(key) = v.take(required("attributes key", key, MAX_NAME_LEN, NAME)) else {
-                continue;
-            };
-            let field = format!("attributes[{key}]");
-            if let Some(value) = v.take(required(field, value, MAX_VALUE_LEN, VALUE)) {
+            let key = required("attributes", key, MAX_NAME_LEN, NAME).ok();
+            let value = required("attributes", value, MAX_VALUE_LEN, VALUE).ok();
+            bad_keys |= key.is_none();
+            bad_values |= value.is_none();
+            if let (Some(key), Some(value)) = (key, value) {
                 attributes.push((key, value));
             }
+        }
+        if bad_keys {
+            v.add(violation(
+                "attributes",
+                format!(
+                    "a key is not {MAX_NAME_LEN} bytes or fewer of {}",
+                    NAME.describe
+                ),
+            ));
+        }
+        if bad_values {
+            v.add(violation(
+                "attributes",
+                format!(
+                    "a value is not 1 to {MAX_VALUE_LEN} bytes of {}",
+                    VALUE.describe
+                ),
+            ));
         }
         // A map on the wire has no order: one order, so the same request
         // is logged (and replayed) the same way.
@@ -255,7 +276,7 @@ impl TryFrom<pb::RouteContactRequest> for Contact {
                 Some(language),
                 Some(transfer_from),
                 Some(preferred_agent_id),
-            ) if v.0.is_empty() => Ok(Contact {
+            ) if v.is_empty() => Ok(Contact {
                 contact_id,
                 request_id,
                 channel,
@@ -326,27 +347,28 @@ impl TryFrom<pb::UpsertAgentRequest> for AgentSpec {
             MAX_TEXT_LEN,
             TEXT,
         ));
-        let (Some(id), Some(team), Some(transfer_address)) = (id, team, transfer_address) else {
-            return Err(v.refusal());
-        };
-        if !v.0.is_empty() {
-            return Err(v.refusal());
-        }
-        let spec = AgentSpec {
-            id,
-            team: team.unwrap_or_default(),
-            transfer_address,
+        let mut spec = AgentSpec {
+            id: String::new(),
+            team: String::new(),
+            transfer_address: String::new(),
             skills,
             languages,
             channels,
         };
         // What only the whole profile shows (proficiency and capacity
-        // ranges, duplicates).
-        if let Err((field, problem)) = spec.validate() {
-            v.add(invalid(field, problem));
-            return Err(v.refusal());
+        // ranges, duplicates), with the rest.
+        for (field, problem) in spec.profile_problems() {
+            v.add(violation(field, problem));
         }
-        Ok(spec)
+        match (id, team, transfer_address) {
+            (Some(id), Some(team), Some(transfer_address)) if v.is_empty() => {
+                spec.id = id;
+                spec.team = team.unwrap_or_default();
+                spec.transfer_address = transfer_address;
+                Ok(spec)
+            }
+            _ => Err(v.refusal()),
+        }
     }
 }
 
@@ -374,7 +396,7 @@ impl TryFrom<pb::WatchAssignmentsRequest> for WatchFilter {
             teams: list("teams", r.teams, MAX_TEXT_LEN, TEXT),
             queues: list("queue_ids", r.queue_ids, MAX_ID_LEN, ID),
         };
-        if v.0.is_empty() {
+        if v.is_empty() {
             Ok(filter)
         } else {
             Err(v.refusal())
@@ -395,10 +417,10 @@ pub fn contact_id(field: &str, value: String) -> Result<String, Violation> {
 /// Parses a reservation id field.
 pub fn reservation_id(value: &str) -> Result<ReservationId, Violation> {
     if value.is_empty() {
-        return Err(invalid("reservation_id", "required"));
+        return Err(violation("reservation_id", "required"));
     }
     value.parse().map_err(|()| {
-        invalid(
+        violation(
             "reservation_id",
             "not a reservation id (r- and 32 hex digits)",
         )
@@ -414,8 +436,8 @@ pub fn agent_state(value: i32) -> Result<AgentState, Violation> {
         Ok(pb::AgentState::WrapUp) => Ok(AgentState::WrapUp),
         Ok(pb::AgentState::Away) => Ok(AgentState::Away),
         Ok(pb::AgentState::NotResponding) => Ok(AgentState::NotResponding),
-        Ok(pb::AgentState::Unspecified) => Err(invalid("state", "required")),
-        Err(_) => Err(invalid("state", format!("unknown enum value {value}"))),
+        Ok(pb::AgentState::Unspecified) => Err(violation("state", "required")),
+        Err(_) => Err(violation("state", "not a value of the enum")),
     }
 }
 
@@ -427,7 +449,7 @@ pub fn release_reason(value: i32) -> Result<ReleaseReason, Violation> {
         Ok(pb::ReleaseReason::NoAnswer) => Ok(ReleaseReason::NoAnswer),
         Ok(pb::ReleaseReason::Cancelled) => Ok(ReleaseReason::CallerHungUp),
         Ok(pb::ReleaseReason::TransferFailed) => Ok(ReleaseReason::TransferFailed),
-        Err(_) => Err(invalid("reason", format!("unknown enum value {value}"))),
+        Err(_) => Err(violation("reason", "not a value of the enum")),
     }
 }
 
@@ -463,7 +485,7 @@ impl TryFrom<pb::ListAgentsRequest> for AgentQuery {
             .take(MAX_STATES)
             .enumerate()
             .filter_map(|(i, &s)| {
-                v.take(agent_state(s).map_err(|e| invalid(format!("states[{i}]"), e.description)))
+                v.take(agent_state(s).map_err(|e| violation(format!("states[{i}]"), e.description)))
             })
             .collect();
         let from = if r.page_token.is_empty() {
@@ -474,7 +496,7 @@ impl TryFrom<pb::ListAgentsRequest> for AgentQuery {
                     .strip_prefix("agents:")
                     .and_then(|n| n.parse().ok())
                     .ok_or_else(|| {
-                        invalid(
+                        violation(
                             "page_token",
                             "not a token this service gave (give a previous page's next_page_token)",
                         )
@@ -486,7 +508,7 @@ impl TryFrom<pb::ListAgentsRequest> for AgentQuery {
             n => n.min(MAX_PAGE_SIZE),
         } as usize;
         match (queue_id, team, from) {
-            (Some(queue_id), Some(team), Some(from)) if v.0.is_empty() => Ok(AgentQuery {
+            (Some(queue_id), Some(team), Some(from)) if v.is_empty() => Ok(AgentQuery {
                 filter: AgentFilter {
                     queue_id,
                     team,
@@ -531,11 +553,7 @@ impl From<AgentView> for pb::AgentView {
                     capacity: u32::from(c.capacity),
                     reserved: u32::from(c.reserved),
                     active: u32::from(c.active),
-                    free: if c.idle_since.is_some() {
-                        u32::from(c.capacity.saturating_sub(c.reserved + c.active))
-                    } else {
-                        0
-                    },
+                    free: u32::from(c.free),
                     idle_since: c.idle_since.map(timestamp),
                 })
                 .collect(),
@@ -1052,8 +1070,9 @@ mod tests {
                     r.attributes = (0..17).map(|i| (format!("k{i}"), "v".into())).collect()
                 }),
             ),
+            // A bad value names the map, never the key the client chose.
             (
-                "attributes[dob]",
+                "attributes",
                 Box::new(|r| {
                     r.attributes.insert("dob".into(), "01/02/1980".into());
                 }),

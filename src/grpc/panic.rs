@@ -16,6 +16,7 @@ use std::{
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::status::{Reason, refusal};
 use crate::shared::Fatal;
 use crate::telemetry::PANICS;
 
@@ -75,7 +76,13 @@ where
                 Err(_) => {
                     metrics::counter!(PANICS).increment(1);
                     fatal.raise("a request handler panicked");
-                    Poll::Ready(Ok(tonic::Status::internal("internal error").into_http()))
+                    Poll::Ready(Ok(refusal(
+                        tonic::Code::Internal,
+                        "internal error",
+                        Reason::InternalError,
+                        Vec::new(),
+                    )
+                    .into_http()))
                 }
             }
         }))

@@ -477,11 +477,13 @@ impl pb::routing_service_server::RoutingService for Routing {
         let mut applied = 0u64;
         while let Some(entry) = stream.message().await.map_err(stream_broken)? {
             if let Err(status) = self.set_state(entry).await {
-                // The entry's number first; the reason and violations kept.
-                let status = Status::with_details(
+                // The entry's number first; the reason, violations and
+                // metadata (a standby's careroute-leader) kept.
+                let status = Status::with_details_and_metadata(
                     status.code(),
                     format!("entry {applied}: {}", status.message()),
                     status.details().to_vec().into(),
+                    status.metadata().clone(),
                 );
                 return Err(status);
             }

@@ -81,11 +81,13 @@ pub enum Reason {
     UnknownContact,
     /// A watcher fell behind the events and its stream ended.
     WatcherBehind,
+    /// A bug in careroute: the call failed, the process stops.
+    InternalError,
 }
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Reason; 27] = [
+    pub const ALL: [Reason; 28] = [
         Reason::InvalidField,
         Reason::MalformedBody,
         Reason::RequestTooLarge,
@@ -113,6 +115,7 @@ impl Reason {
         Reason::ResumeOutOfRange,
         Reason::UnknownContact,
         Reason::WatcherBehind,
+        Reason::InternalError,
     ];
 
     /// The UPPER_SNAKE_CASE name on the wire.
@@ -145,6 +148,7 @@ impl Reason {
             Reason::ResumeOutOfRange => "RESUME_OUT_OF_RANGE",
             Reason::UnknownContact => "UNKNOWN_CONTACT",
             Reason::WatcherBehind => "WATCHER_BEHIND",
+            Reason::InternalError => "INTERNAL_ERROR",
         }
     }
 }
