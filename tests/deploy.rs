@@ -269,6 +269,75 @@ fn the_configmap_policy_is_the_example_and_is_mounted_so_updates_arrive() {
     );
 }
 
+/// The gRPC service config clients load (deadlines, retries) names real
+/// methods, covers every single-answer RPC of the routing service (read
+/// from the descriptor, so a new RPC cannot be forgotten), and retries only
+/// what is safe to send twice.
+#[test]
+fn the_service_config_covers_every_rpc_and_retries_only_what_is_safe() {
+    let config: Value =
+        serde_json::from_str(include_str!("../deploy/grpc/service-config.json")).unwrap();
+    let rpcs: Vec<_> = careroute::grpc::methods::all()
+        .iter()
+        .filter(|m| m.service == "careroute.v1.RoutingService")
+        .collect();
+    // Safe twice: RouteContact with its request_id (a retry is answered
+    // from the first decision), setting a profile or a state, and reads.
+    let retryable = [
+        "RouteContact",
+        "UpsertAgent",
+        "SetAgentState",
+        "ListQueues",
+        "GetAgent",
+        "ListAgents",
+        "GetContactPath",
+        "GetContactStatus",
+    ];
+    let mut named = HashSet::new();
+    for mc in config["methodConfig"].as_array().unwrap() {
+        let timeout = mc["timeout"].as_str().unwrap();
+        let seconds: f64 = timeout.strip_suffix('s').unwrap().parse().unwrap();
+        assert!(seconds > 0.0 && seconds <= 10.0, "{timeout}");
+        let retry = mc.get("retryPolicy");
+        if let Some(r) = retry {
+            assert!((2..=5).contains(&r["maxAttempts"].as_u64().unwrap()));
+            for key in ["initialBackoff", "maxBackoff"] {
+                assert!(r[key].as_str().unwrap().ends_with('s'), "{key}");
+            }
+            assert!(r["backoffMultiplier"].as_f64().unwrap() > 1.0);
+            let codes = r["retryableStatusCodes"].as_array().unwrap();
+            assert!(
+                codes
+                    .iter()
+                    .all(|c| c == "UNAVAILABLE" || c == "RESOURCE_EXHAUSTED")
+            );
+        }
+        for name in mc["name"].as_array().unwrap() {
+            assert_eq!(name["service"], "careroute.v1.RoutingService");
+            let method = name["method"].as_str().unwrap();
+            let rpc = rpcs
+                .iter()
+                .find(|m| m.name == method)
+                .unwrap_or_else(|| panic!("{method} is not an RPC of the service"));
+            assert!(
+                !rpc.client_streaming && !rpc.server_streaming,
+                "{method} streams: no deadline or retry fits it"
+            );
+            assert!(named.insert(method.to_owned()), "{method} twice");
+            assert_eq!(
+                retry.is_some(),
+                retryable.contains(&method),
+                "{method}: retried only if safe to send twice"
+            );
+        }
+    }
+    for m in rpcs {
+        if !m.client_streaming && !m.server_streaming {
+            assert!(named.contains(&m.name), "{} has no method config", m.name);
+        }
+    }
+}
+
 #[test]
 fn kustomization_lists_every_manifest() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes");

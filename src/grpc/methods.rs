@@ -18,6 +18,8 @@ pub struct Method {
     /// Whether the client sends a stream (its call lasts as long as the
     /// client keeps sending, so no request deadline applies).
     pub client_streaming: bool,
+    /// Whether the server answers with a stream (a watch).
+    pub server_streaming: bool,
 }
 
 /// The descriptor sets of every service the server registers.
@@ -49,6 +51,7 @@ pub fn all() -> &'static [Method] {
                             service: format!("{package}.{}", service.name()),
                             name: m.name().to_owned(),
                             client_streaming: m.client_streaming(),
+                            server_streaming: m.server_streaming(),
                         });
                     }
                 }
