@@ -182,6 +182,7 @@ fn cases(c: &mut Criterion, journal: bool) {
                             .release_reservation(pb::ReleaseReservationRequest {
                                 reservation_id: a.reservation_id,
                                 reason: pb::ReleaseReason::Cancelled.into(),
+                                ..Default::default()
                             })
                             .await
                             .unwrap();

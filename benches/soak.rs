@@ -311,6 +311,7 @@ async fn worker(
                 let r = client
                     .confirm_reservation(pb::ConfirmReservationRequest {
                         reservation_id: reservation,
+                        ..Default::default()
                     })
                     .await;
                 let mut l = ledger.lock().unwrap();
@@ -346,6 +347,7 @@ async fn worker(
                     .release_reservation(pb::ReleaseReservationRequest {
                         reservation_id: reservation,
                         reason: pb::ReleaseReason::Rejected.into(),
+                        ..Default::default()
                     })
                     .await;
                 let code = r.err().map_or(tonic::Code::Ok, |e| e.code());
@@ -376,6 +378,7 @@ async fn worker(
                 .complete_contact(pb::CompleteContactRequest {
                     agent_id: agent,
                     contact_id: contact,
+                    ..Default::default()
                 })
                 .await;
             let code = r.err().map_or(tonic::Code::Ok, |e| e.code());
@@ -393,6 +396,7 @@ async fn worker(
             let r = client
                 .cancel_contact(pb::CancelContactRequest {
                     contact_id: contact.clone(),
+                    ..Default::default()
                 })
                 .await;
             let mut l = ledger.lock().unwrap();
@@ -526,6 +530,7 @@ fn main() {
             let r = client
                 .cancel_contact(pb::CancelContactRequest {
                     contact_id: contact.clone(),
+                    ..Default::default()
                 })
                 .await;
             if let Err(e) = r {

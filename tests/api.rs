@@ -75,6 +75,7 @@ async fn reservation_lifecycle_over_grpc() {
         .release_reservation(pb::ReleaseReservationRequest {
             reservation_id: r1.clone(),
             reason: pb::ReleaseReason::Rejected.into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -92,13 +93,17 @@ async fn reservation_lifecycle_over_grpc() {
     );
     assert!(billing.open);
     client
-        .confirm_reservation(pb::ConfirmReservationRequest { reservation_id: r2 })
+        .confirm_reservation(pb::ConfirmReservationRequest {
+            reservation_id: r2,
+            ..Default::default()
+        })
         .await
         .unwrap();
     let done = client
         .complete_contact(pb::CompleteContactRequest {
             agent_id: "b1".into(),
             contact_id: "c3".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -116,7 +121,10 @@ async fn reservation_lifecycle_over_grpc() {
 
     // A released reservation cannot be confirmed.
     let err = client
-        .confirm_reservation(pb::ConfirmReservationRequest { reservation_id: r1 })
+        .confirm_reservation(pb::ConfirmReservationRequest {
+            reservation_id: r1,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -137,7 +145,10 @@ async fn expired_reservation_frees_the_agent_and_refuses_confirm() {
         .clone();
     s.clock.advance(Duration::seconds(15));
     let err = client
-        .confirm_reservation(pb::ConfirmReservationRequest { reservation_id: r })
+        .confirm_reservation(pb::ConfirmReservationRequest {
+            reservation_id: r,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::FailedPrecondition);
@@ -244,6 +255,7 @@ async fn bad_input_gets_the_right_code_and_names_the_field() {
     let err = client
         .confirm_reservation(pb::ConfirmReservationRequest {
             reservation_id: format!("r-{}", "deadbeef".repeat(4)),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -251,6 +263,7 @@ async fn bad_input_gets_the_right_code_and_names_the_field() {
     let err = client
         .confirm_reservation(pb::ConfirmReservationRequest {
             reservation_id: "bogus".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -259,6 +272,7 @@ async fn bad_input_gets_the_right_code_and_names_the_field() {
         .complete_contact(pb::CompleteContactRequest {
             agent_id: "agent-billing-1".into(),
             contact_id: "never".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -327,6 +341,7 @@ async fn refusals_carry_a_stable_reason_and_every_field_violation() {
         .release_reservation(pb::ReleaseReservationRequest {
             reservation_id: "bogus".into(),
             reason: 99,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -355,6 +370,7 @@ async fn refusals_carry_a_stable_reason_and_every_field_violation() {
     }
     let confirm = |id: &str| pb::ConfirmReservationRequest {
         reservation_id: id.to_owned(),
+        ..Default::default()
     };
     let r1 = agent(&s.route(contact("c1", "billing")).await.unwrap())
         .reservation_id
@@ -369,6 +385,7 @@ async fn refusals_carry_a_stable_reason_and_every_field_violation() {
     let release = |id: &str| pb::ReleaseReservationRequest {
         reservation_id: id.to_owned(),
         reason: pb::ReleaseReason::Rejected.into(),
+        ..Default::default()
     };
     let r2 = agent(&s.route(contact("c2", "billing")).await.unwrap())
         .reservation_id
@@ -408,6 +425,100 @@ async fn refusals_carry_a_stable_reason_and_every_field_violation() {
     assert!(err.message().starts_with("entry 1: state"), "{err:?}");
     assert_eq!(reason(&err).as_deref(), Some("INVALID_FIELD"));
     assert_eq!(violated_fields(&err), ["state"]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn settling_calls_retried_with_their_request_id_are_answered_as_the_first() {
+    let s = TestServer::start_with(monday_10am(), |c| c.no_demo_roster = true).await;
+    let mut client = s.client.clone();
+    for id in ["b1", "b2"] {
+        client.upsert_agent(billing_agent(id)).await.unwrap();
+        client
+            .set_agent_state(state(id, pb::AgentState::Available))
+            .await
+            .unwrap();
+    }
+    let offer = agent(&s.route(contact("c1", "billing")).await.unwrap()).clone();
+    let confirm = pb::ConfirmReservationRequest {
+        reservation_id: offer.reservation_id.clone(),
+        request_id: "cti-7".into(),
+    };
+    let first = client.confirm_reservation(confirm.clone()).await.unwrap();
+    // The answer was lost; the CTI sends the same request again.
+    let again = client.confirm_reservation(confirm.clone()).await.unwrap();
+    assert_eq!(first.into_inner(), again.into_inner());
+    // Without the id (or another CTI's), still refused: only a retry is
+    // answered.
+    let mut other = confirm.clone();
+    other.request_id = "cti-8".into();
+    let err = client.confirm_reservation(other).await.unwrap_err();
+    assert_eq!(
+        error_reason(&err).unwrap().0,
+        "RESERVATION_ALREADY_CONFIRMED"
+    );
+    // The same id for another request on the same reservation: refused.
+    let err = client
+        .release_reservation(pb::ReleaseReservationRequest {
+            reservation_id: offer.reservation_id.clone(),
+            reason: pb::ReleaseReason::Rejected.into(),
+            request_id: "cti-7".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(error_reason(&err).unwrap().0, "REQUEST_ID_REUSED");
+    // A completion retried: the same wrap-up end.
+    let complete = pb::CompleteContactRequest {
+        agent_id: offer.agent_id.clone(),
+        contact_id: "c1".into(),
+        request_id: "cti-9".into(),
+    };
+    let done = client.complete_contact(complete.clone()).await.unwrap();
+    let again = client.complete_contact(complete).await.unwrap();
+    assert_eq!(done.into_inner(), again.into_inner());
+    // A malformed request id is named with the other fields.
+    let err = client
+        .complete_contact(pb::CompleteContactRequest {
+            agent_id: String::new(),
+            contact_id: "c1".into(),
+            request_id: "not an id".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(violated_fields(&err), ["agent_id", "request_id"]);
+    // One confirm and one completion happened, whatever was retried: the
+    // event stream says each once.
+    let mut events = client
+        .watch_events(pb::WatchEventsRequest {
+            after_sequence: Some(0),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut confirmed = 0;
+    let mut completed = 0;
+    while let Ok(Ok(Some(e))) =
+        tokio::time::timeout(std::time::Duration::from_millis(300), events.message()).await
+    {
+        match e.event {
+            Some(pb::routing_event::Event::Reservation(r))
+                if matches!(r.change, Some(pb::reservation_event::Change::Confirmed(_))) =>
+            {
+                confirmed += 1
+            }
+            Some(pb::routing_event::Event::Contact(c))
+                if matches!(
+                    c.change,
+                    Some(pb::contact_event::Change::CompletedByAgentId(_))
+                ) =>
+            {
+                completed += 1
+            }
+            _ => {}
+        }
+    }
+    assert_eq!((confirmed, completed), (1, 1));
     s.stop().await;
 }
 
@@ -464,6 +575,7 @@ async fn supervisors_see_each_agent_and_page_through_them() {
     client
         .confirm_reservation(pb::ConfirmReservationRequest {
             reservation_id: offer.reservation_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -493,6 +605,7 @@ async fn supervisors_see_each_agent_and_page_through_them() {
             .release_reservation(pb::ReleaseReservationRequest {
                 reservation_id: offer.reservation_id,
                 reason: pb::ReleaseReason::Rejected.into(),
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -931,6 +1044,7 @@ async fn the_event_stream_tells_every_change_and_resumes_after_a_sequence() {
     client
         .confirm_reservation(pb::ConfirmReservationRequest {
             reservation_id: reservation.clone(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -1028,6 +1142,7 @@ async fn errors_never_repeat_the_references_a_client_sent() {
         client
             .cancel_contact(pb::CancelContactRequest {
                 contact_id: id.into(),
+                ..Default::default()
             })
             .await
             .unwrap_err(),
@@ -1046,6 +1161,7 @@ async fn errors_never_repeat_the_references_a_client_sent() {
         client
             .confirm_reservation(pb::ConfirmReservationRequest {
                 reservation_id: format!("r-{}", "9".repeat(32)),
+                ..Default::default()
             })
             .await
             .unwrap_err(),
@@ -1053,6 +1169,7 @@ async fn errors_never_repeat_the_references_a_client_sent() {
             .complete_contact(pb::CompleteContactRequest {
                 agent_id: "agent-billing-1".into(),
                 contact_id: id.into(),
+                ..Default::default()
             })
             .await
             .unwrap_err(),

@@ -54,6 +54,7 @@ async fn release(c: &mut RoutingServiceClient<Channel>, reservation: &str) {
     c.release_reservation(pb::ReleaseReservationRequest {
         reservation_id: reservation.into(),
         reason: pb::ReleaseReason::Rejected.into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -63,6 +64,7 @@ async fn complete(c: &mut RoutingServiceClient<Channel>, agent: &str, contact: &
     c.complete_contact(pb::CompleteContactRequest {
         agent_id: agent.into(),
         contact_id: contact.into(),
+        ..Default::default()
     })
     .await
     .unwrap();
@@ -239,6 +241,7 @@ async fn two_filtered_watchers_split_the_floor() {
     let twice = c
         .confirm_reservation(pb::ConfirmReservationRequest {
             reservation_id: offer(&to_left).reservation_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -306,6 +309,7 @@ async fn withdrawn_offers_and_a_move_at_closing_are_on_the_stream_and_in_the_pat
     let offered = next(&mut events).await;
     c.cancel_contact(pb::CancelContactRequest {
         contact_id: "w".into(),
+        ..Default::default()
     })
     .await
     .unwrap();

@@ -80,12 +80,14 @@ async fn kill_9_loses_nothing_acknowledged() {
     // The live offer can still be confirmed, once.
     c.confirm_reservation(pb::ConfirmReservationRequest {
         reservation_id: out.reservation_id.clone(),
+        ..Default::default()
     })
     .await
     .unwrap();
     let twice = c
         .confirm_reservation(pb::ConfirmReservationRequest {
             reservation_id: out.reservation_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -356,6 +358,7 @@ async fn a_restart_loads_the_snapshot_and_a_damaged_one_falls_back_to_the_one_be
     same_floor(&mut c, &retried, &offered.decision_id).await;
     c.confirm_reservation(pb::ConfirmReservationRequest {
         reservation_id: out.reservation_id.clone(),
+        ..Default::default()
     })
     .await
     .unwrap();

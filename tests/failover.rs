@@ -191,6 +191,7 @@ async fn the_leader_killed_under_load_a_standby_answers_and_nothing_acknowledged
                 let confirmed = cb
                     .confirm_reservation(pb::ConfirmReservationRequest {
                         reservation_id: t.reservation_id.clone(),
+                        ..Default::default()
                     })
                     .await
                     .unwrap_or_else(|e| panic!("{}: {e:?}", t.reservation_id))

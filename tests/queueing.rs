@@ -69,6 +69,7 @@ async fn a_waiting_contact_is_assigned_when_an_agent_frees_up_and_offers_move_on
         .release_reservation(pb::ReleaseReservationRequest {
             reservation_id: r1.reservation_id,
             reason: pb::ReleaseReason::Rejected.into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -83,6 +84,7 @@ async fn a_waiting_contact_is_assigned_when_an_agent_frees_up_and_offers_move_on
         .release_reservation(pb::ReleaseReservationRequest {
             reservation_id: r2.reservation_id,
             reason: pb::ReleaseReason::NoAnswer.into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -99,6 +101,7 @@ async fn a_waiting_contact_is_assigned_when_an_agent_frees_up_and_offers_move_on
     client
         .confirm_reservation(pb::ConfirmReservationRequest {
             reservation_id: offer.reservation_id,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -148,12 +151,14 @@ async fn cancel_leaves_the_line_and_the_wait_estimate_grows_with_position() {
     client
         .cancel_contact(pb::CancelContactRequest {
             contact_id: "w3".into(),
+            ..Default::default()
         })
         .await
         .unwrap();
     let err = client
         .cancel_contact(pb::CancelContactRequest {
             contact_id: "w3".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -203,7 +208,10 @@ async fn relaxation_widens_the_pool_after_its_step_time() {
             .reservation_id
             .clone();
         client
-            .confirm_reservation(pb::ConfirmReservationRequest { reservation_id: r })
+            .confirm_reservation(pb::ConfirmReservationRequest {
+                reservation_id: r,
+                ..Default::default()
+            })
             .await
             .unwrap();
     }
@@ -252,6 +260,7 @@ async fn an_ivr_polls_a_waiting_contacts_position_and_then_its_outcome() {
         .release_reservation(pb::ReleaseReservationRequest {
             reservation_id: agent(&first).reservation_id.clone(),
             reason: pb::ReleaseReason::Rejected.into(),
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -272,6 +281,7 @@ async fn an_ivr_polls_a_waiting_contacts_position_and_then_its_outcome() {
     client
         .confirm_reservation(pb::ConfirmReservationRequest {
             reservation_id: w.reservation_id,
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -205,6 +205,7 @@ async fn protocol_always_warm_transfer_reserved_agent_then_confirm() {
         .clone()
         .confirm_reservation(pb::ConfirmReservationRequest {
             reservation_id: a.reservation_id,
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::once::Once;
 use super::{
     AgentSpec, Decision, Engine, EngineError, Event, Limits, ReservationId, WatchFilter, WatchId,
 };
@@ -250,6 +251,13 @@ pub enum Command {
     /// The process restarted: the watchers of the one before are gone (their
     /// connections died with it), so offers out to their agents are unseen.
     Restarted,
+    /// A settling command with the client's request id ([`Once`]).
+    Once {
+        /// The client's id for the request.
+        request_id: String,
+        /// A [`Confirm`], [`Release`], [`Complete`] or [`Cancel`].
+        command: Box<Command>,
+    },
 }
 
 impl From<Route<'_>> for Command {
@@ -308,6 +316,40 @@ impl Apply for Command {
             Command::Restarted => {
                 e.restarted(now);
                 Ok(())
+            }
+            Command::Once {
+                request_id,
+                command,
+            } => {
+                match *command {
+                    Command::Confirm(c) => Once {
+                        request_id,
+                        command: c,
+                    }
+                    .apply_at(e, now)
+                    .map(drop),
+                    Command::Release(c) => Once {
+                        request_id,
+                        command: c,
+                    }
+                    .apply_at(e, now)
+                    .map(drop),
+                    Command::Complete(c) => Once {
+                        request_id,
+                        command: c,
+                    }
+                    .apply_at(e, now)
+                    .map(drop),
+                    Command::Cancel(c) => Once {
+                        request_id,
+                        command: c,
+                    }
+                    .apply_at(e, now)
+                    .map(drop),
+                    // Only settling commands are sent with a request id;
+                    // anything else in a log applies as itself.
+                    other => other.apply_at(e, now),
+                }
             }
         }
     }

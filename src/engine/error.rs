@@ -39,7 +39,7 @@ pub enum EngineError {
     /// A request id already used for this contact with a different
     /// request: refused, never answered with the first decision.
     #[error(
-        "request_id: already used for a different request to this contact (REQUEST_ID_REUSED); a retry must repeat the request unchanged"
+        "request_id: already used for a different request to the same contact or reservation (REQUEST_ID_REUSED); a retry must repeat the request unchanged"
     )]
     RequestIdReused,
     /// No agent with this id.

@@ -21,6 +21,7 @@ pub mod ewt;
 mod expiring;
 mod history;
 mod ids;
+mod once;
 mod queueing;
 mod reservation;
 mod roster;
@@ -56,6 +57,7 @@ pub use error::{EngineError, Settled};
 pub use event::{Assignment, Event, Parked, Withdrawal};
 pub use expiring::Expiring;
 pub use history::{Hop, HopKind};
+pub use once::{Answered, Kept, Once, Settle};
 pub use queueing::{ContactStatus, QueuedOffer, UNSTAFFED_GRACE};
 use reservation::{Fate, Ledger, Reservation, Slot};
 pub use roster::{Agent, AgentIdx, Pick, QueuePool, Roster};
@@ -248,6 +250,9 @@ pub struct Engine {
     /// With the request's digest ([`Contact::digest`]): a reused request
     /// id with another request is refused, not answered with this.
     replies: Expiring<(Text, Text), (u32, Arc<Decision>)>,
+    /// The answers of settling commands sent with a request id, by (request
+    /// id, what they acted on), with the command's digest.
+    settle_replies: Expiring<(Text, Text), (u32, Kept)>,
     paths: Expiring<String, Vec<Hop>>,
     next_id: u64,
     /// The cipher of [`EngineConfig::id_key`], set up once.
@@ -286,6 +291,10 @@ impl Engine {
             },
             timers: BinaryHeap::new(),
             replies: Expiring::new(config.idempotency_retention, config.max_idempotency_keys),
+            settle_replies: Expiring::new(
+                config.idempotency_retention,
+                config.max_idempotency_keys,
+            ),
             paths: Expiring::new(config.path_retention, config.max_paths),
             next_id: 0,
             ids: ids::IdCipher::new(&config.id_key),
@@ -315,6 +324,8 @@ impl Engine {
         c.max_hops = limits.max_hops;
         c.max_agents = limits.max_agents.min(roster::MAX_AGENT_SLOTS);
         self.replies
+            .set_limits(c.idempotency_retention, c.max_idempotency_keys);
+        self.settle_replies
             .set_limits(c.idempotency_retention, c.max_idempotency_keys);
         self.paths.set_limits(c.path_retention, c.max_paths);
     }
@@ -392,6 +403,7 @@ impl Engine {
         self.sweep_lines(now);
         self.undelivered.expire(now);
         self.counters.idempotency_evicted_early += self.replies.evict(now);
+        self.counters.idempotency_evicted_early += self.settle_replies.evict(now);
         self.counters.paths_evicted_early += self.paths.evict(now);
     }
 

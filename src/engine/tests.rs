@@ -729,6 +729,9 @@ enum Op {
     Wait(u16),
     Reprofile(u8, u8),
     Cancel(u8),
+    /// A settling command sent again with its request id, as a CTI retries
+    /// after a lost answer.
+    Retry(u8),
     Reload(u8),
     Remove(u8),
     Watch(u8),
@@ -789,6 +792,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u16..20_000).prop_map(Op::Wait),
         1 => (0u8..4, 0u8..3).prop_map(|(a, chat)| Op::Reprofile(a, chat)),
         1 => any::<u8>().prop_map(Op::Cancel),
+        1 => any::<u8>().prop_map(Op::Retry),
         1 => any::<u8>().prop_map(Op::Reload),
         1 => (0u8..4).prop_map(Op::Remove),
         1 => (0u8..4).prop_map(Op::Watch),
@@ -852,12 +856,13 @@ fn fingerprint(e: &Engine) -> String {
     let mut timers: Vec<_> = e.timers.iter().collect();
     timers.sort();
     format!(
-        "{}\n{}\n{reservations:?}\n{} {:?}\n{timers:?}\n{}\n{}\n{} {:?}\n{}\n{:?}\n{:?} {:?} {:?}\n{}\n{}\n{:?}\n{:?} {:?}",
+        "{}\n{}\n{reservations:?}\n{} {:?}\n{timers:?}\n{}\n{}\n{}\n{} {:?}\n{}\n{:?}\n{:?} {:?} {:?}\n{}\n{}\n{:?}\n{:?} {:?}",
         e.policy.source,
         e.roster.fingerprint(),
         e.ledger.first,
         e.ledger.fates,
         e.replies.fingerprint(),
+        e.settle_replies.fingerprint(),
         e.paths.fingerprint(),
         e.next_id,
         e.counters,
@@ -910,6 +915,9 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
     // Offers made to waiting contacts (an immediate offer to a contact that
     // is also queued under a later hop answers the earlier hop only).
     let mut assignments: std::collections::HashSet<ReservationId> = Default::default();
+    // Confirms sent with a request id (every other one), with their answer,
+    // for retries.
+    let mut confirmed_once: Vec<(Once<Confirm>, (Text, String))> = Vec::new();
     for op in ops {
         match op {
             Op::Route {
@@ -952,7 +960,21 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Confirm(k) if !offered.is_empty() => {
                 let r = offered.remove(usize::from(k) % offered.len());
-                if let Ok((agent, contact)) = apply!(Confirm(r)) {
+                let confirmed = if k % 2 == 1 {
+                    let once = Once {
+                        request_id: format!("q{}", log.len()),
+                        command: Confirm(r),
+                    };
+                    let answered = apply!(once.clone());
+                    if let Ok(a) = &answered {
+                        prop_assert!(!a.replayed);
+                        confirmed_once.push((once, a.out.clone()));
+                    }
+                    answered.map(|a| a.out)
+                } else {
+                    apply!(Confirm(r))
+                };
+                if let Ok((agent, contact)) = confirmed {
                     if assignments.contains(&r) {
                         waiting.remove(&contact);
                     }
@@ -1005,6 +1027,31 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     contact_id: contact
                 })
                 .unwrap();
+            }
+            Op::Retry(k) if !confirmed_once.is_empty() => {
+                // Within the window the first answer comes back and nothing
+                // changes; after it (or once the limits shrank it), the
+                // confirm acts anew and is refused as settled.
+                let (once, first) = confirmed_once[usize::from(k) % confirmed_once.len()].clone();
+                // What is due now fires first, so the retry alone is seen.
+                apply!(Tick).unwrap();
+                let before = fingerprint(&e);
+                match apply!(once) {
+                    Ok(a) => {
+                        prop_assert!(a.replayed);
+                        prop_assert_eq!(&a.out, &first);
+                        prop_assert_eq!(fingerprint(&e), before, "a retry changed the state");
+                    }
+                    Err(err) => prop_assert!(
+                        matches!(
+                            err,
+                            EngineError::ReservationSettled { .. }
+                                | EngineError::UnknownReservation(_)
+                        ),
+                        "{:?}",
+                        err
+                    ),
+                }
             }
             Op::Cancel(contact) => {
                 let id = format!("c{contact}");

@@ -604,12 +604,30 @@ impl From<Channel> for pb::Channel {
     }
 }
 
+/// Validates an optional request id field (empty: none).
+pub fn request_id(value: String) -> Result<Option<String>, Violation> {
+    checked("request_id", value, MAX_ID_LEN, ID, false)
+}
+
 /// Two fields of one request, both checked: a refusal names every one
 /// that is wrong.
 pub fn both<A, B>(a: Result<A, Violation>, b: Result<B, Violation>) -> Result<(A, B), Status> {
     let mut v = Violations::default();
     match (v.take(a), v.take(b)) {
         (Some(a), Some(b)) => Ok((a, b)),
+        _ => Err(v.refusal()),
+    }
+}
+
+/// Three fields of one request, all checked, as [`both`].
+pub fn three<A, B, C>(
+    a: Result<A, Violation>,
+    b: Result<B, Violation>,
+    c: Result<C, Violation>,
+) -> Result<(A, B, C), Status> {
+    let mut v = Violations::default();
+    match (v.take(a), v.take(b), v.take(c)) {
+        (Some(a), Some(b), Some(c)) => Ok((a, b, c)),
         _ => Err(v.refusal()),
     }
 }

@@ -5,9 +5,9 @@
 
 use super::pb;
 use crate::engine::{
-    Apply, Cancel, Complete, Configure, Confirm, Decision, EngineError, Event, Release,
-    RemoveAgent, ReplacePolicy, ReservationId, Route, SetAgentState, Tick, Unwatch, UpsertAgent,
-    Watch,
+    Answered, Apply, Cancel, Complete, Configure, Confirm, Decision, EngineError, Event, Once,
+    Release, RemoveAgent, ReplacePolicy, ReservationId, Route, SetAgentState, Settle, Tick,
+    Unwatch, UpsertAgent, Watch,
 };
 use crate::model::{AgentState, ReleaseReason, Time};
 use crate::policy::Text;
@@ -162,6 +162,25 @@ impl Describe for Cancel {
     fn describe(contact_id: String, out: &Result<(), EngineError>) -> Option<Change> {
         out.as_ref().ok()?;
         Some(Change::Cancelled { contact_id })
+    }
+}
+
+impl<C> Describe for Once<C>
+where
+    C: Describe + Settle,
+    C::Output: Clone,
+{
+    type Note = C::Note;
+    fn note(&self) -> C::Note {
+        self.command.note()
+    }
+    /// A retry answered from the first changed nothing: no event.
+    fn describe(note: C::Note, out: &Result<Answered<C::Output>, EngineError>) -> Option<Change> {
+        match out {
+            Ok(a) if a.replayed => None,
+            Ok(a) => C::describe(note, &Ok(a.out.clone())),
+            Err(e) => C::describe(note, &Err(e.clone())),
+        }
     }
 }
 

@@ -19,8 +19,8 @@ use super::status::{Reason, refusal};
 use super::{convert, pb};
 use crate::clock::Clock;
 use crate::engine::{
-    AgentSpec, Cancel, Command, Complete, Confirm, Engine, EngineError, Release, RemoveAgent,
-    Route, SetAgentState, Tick, Unwatch, UpsertAgent, Watch, WatchFilter, WatchId,
+    AgentSpec, Cancel, Command, Complete, Confirm, Engine, EngineError, Once, Release, RemoveAgent,
+    Route, SetAgentState, Settle, Tick, Unwatch, UpsertAgent, Watch, WatchFilter, WatchId,
 };
 use crate::journal::{Journal, JournalError, Log, Snapshots, Ticket};
 use crate::model::{Contact, Time};
@@ -283,6 +283,29 @@ impl Routing {
         submitted.out.map_err(Status::from)
     }
 
+    /// Applies a settling command; with the client's request id, a retry
+    /// is answered as the first was ([`Once`]).
+    pub async fn settle<C>(
+        &self,
+        command: C,
+        request_id: Option<String>,
+    ) -> Result<C::Output, Status>
+    where
+        C: Settle + Describe + Clone + Into<Command>,
+        C::Output: Clone,
+    {
+        match request_id {
+            Some(request_id) => self
+                .apply(Once {
+                    request_id,
+                    command,
+                })
+                .await
+                .map(|answered| answered.out),
+            None => self.apply(command).await,
+        }
+    }
+
     /// When the engine is next due, updated after every call.
     pub fn next_due(&self) -> watch::Receiver<Option<Time>> {
         self.next_due.subscribe()
@@ -496,8 +519,12 @@ impl pb::routing_service_server::RoutingService for Routing {
         &self,
         request: Request<pb::ConfirmReservationRequest>,
     ) -> Result<Response<pb::ConfirmReservationResponse>, Status> {
-        let id = convert::reservation_id(&request.get_ref().reservation_id)?;
-        let (agent_id, contact_id) = self.apply(Confirm(id)).await?;
+        let r = request.into_inner();
+        let (id, request_id) = convert::both(
+            convert::reservation_id(&r.reservation_id),
+            convert::request_id(r.request_id),
+        )?;
+        let (agent_id, contact_id) = self.settle(Confirm(id), request_id).await?;
         Ok(Response::new(pb::ConfirmReservationResponse {
             agent_id: agent_id.to_string(),
             contact_id,
@@ -509,11 +536,12 @@ impl pb::routing_service_server::RoutingService for Routing {
         request: Request<pb::ReleaseReservationRequest>,
     ) -> Result<Response<pb::ReleaseReservationResponse>, Status> {
         let r = request.get_ref();
-        let (id, reason) = convert::both(
+        let (id, reason, request_id) = convert::three(
             convert::reservation_id(&r.reservation_id),
             convert::release_reason(r.reason),
+            convert::request_id(r.request_id.clone()),
         )?;
-        self.apply(Release(id, reason)).await?;
+        self.settle(Release(id, reason), request_id).await?;
         tracing::debug!(reservation_id = %id, reason = reason.as_str(), "released");
         Ok(Response::new(pb::ReleaseReservationResponse {}))
     }
@@ -523,16 +551,16 @@ impl pb::routing_service_server::RoutingService for Routing {
         request: Request<pb::CompleteContactRequest>,
     ) -> Result<Response<pb::CompleteContactResponse>, Status> {
         let r = request.into_inner();
-        let (agent_id, contact_id) = convert::both(
+        let (agent_id, contact_id, request_id) = convert::three(
             convert::agent_id("agent_id", r.agent_id),
             convert::contact_id("contact_id", r.contact_id),
+            convert::request_id(r.request_id),
         )?;
-        let until = self
-            .apply(Complete {
-                agent_id,
-                contact_id,
-            })
-            .await?;
+        let complete = Complete {
+            agent_id,
+            contact_id,
+        };
+        let until = self.settle(complete, request_id).await?;
         Ok(Response::new(pb::CompleteContactResponse {
             wrap_up_until: Some(convert::timestamp(until)),
         }))
@@ -577,8 +605,12 @@ impl pb::routing_service_server::RoutingService for Routing {
         &self,
         request: Request<pb::CancelContactRequest>,
     ) -> Result<Response<pb::CancelContactResponse>, Status> {
-        let contact_id = convert::contact_id("contact_id", request.into_inner().contact_id)?;
-        self.apply(Cancel(contact_id)).await?;
+        let r = request.into_inner();
+        let (contact_id, request_id) = convert::both(
+            convert::contact_id("contact_id", r.contact_id),
+            convert::request_id(r.request_id),
+        )?;
+        self.settle(Cancel(contact_id), request_id).await?;
         Ok(Response::new(pb::CancelContactResponse {}))
     }
 

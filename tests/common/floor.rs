@@ -214,6 +214,7 @@ pub async fn queue(c: &mut RoutingServiceClient<Channel>, mut r: pb::RouteContac
 pub async fn confirm(c: &mut RoutingServiceClient<Channel>, reservation: &str) {
     c.confirm_reservation(pb::ConfirmReservationRequest {
         reservation_id: reservation.into(),
+        ..Default::default()
     })
     .await
     .unwrap();
