@@ -210,22 +210,24 @@ impl Engine {
             } else {
                 Paused::ByCti
             });
+        // Free: available, room under the capacity, and no work on another
+        // channel that blocks this one (the policy's utilization).
+        let free = agent.free_channels(self.roster.blocks());
         let channels = Channel::ALL
             .into_iter()
             .filter(|c| agent.capacity[c.index()] > 0)
             .map(|c| {
                 let i = c.index();
-                let available = agent.state == AgentState::Available;
                 let held = agent.reserved[i].saturating_add(agent.active[i]);
                 // With work on the channel its ready time is when the last
                 // offer came (the routing order), not idle time.
-                let idle = available && held == 0;
+                let idle = free.contains(c) && held == 0;
                 ChannelLoad {
                     channel: c,
                     capacity: agent.capacity[i],
                     reserved: agent.reserved[i],
                     active: agent.active[i],
-                    free: if available {
+                    free: if free.contains(c) {
                         agent.capacity[i].saturating_sub(held)
                     } else {
                         0

@@ -297,7 +297,7 @@ impl Engine {
         }
         loop {
             let agent = self.roster.agent(a);
-            let free = agent.free_channels();
+            let free = agent.free_channels(self.roster.blocks());
             if free.0 == 0 {
                 return;
             }

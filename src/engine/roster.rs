@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use crate::model::{AgentState, Channel, ChannelSet, FastMap, STATES};
-use crate::policy::{Policy, QueueIdx, Text};
+use crate::policy::{Blocks, Policy, QueueIdx, Text};
 
 /// Index of an agent in the roster. A removed agent's slot is reused by the
 /// next agent added.
@@ -97,10 +97,10 @@ struct Indexed {
 }
 
 impl Indexed {
-    fn of(agent: &Agent) -> Indexed {
+    fn of(agent: &Agent, blocks: &Blocks) -> Indexed {
         Indexed {
             ready: agent.ready_since,
-            free: agent.free_channels(),
+            free: agent.free_channels(blocks),
             state: agent.state,
         }
     }
@@ -137,15 +137,16 @@ impl Agent {
         }
     }
 
-    /// Channels on which the agent can take one more contact now.
-    pub fn free_channels(&self) -> ChannelSet {
+    /// Channels on which the agent can take one more contact now: room
+    /// under its capacity there, and no work elsewhere that `blocks` it.
+    pub fn free_channels(&self, blocks: &Blocks) -> ChannelSet {
         let mut free = ChannelSet::default();
         if self.state == AgentState::Available {
+            let held: [u16; CHANNELS] =
+                std::array::from_fn(|i| u16::from(self.reserved[i]) + u16::from(self.active[i]));
             for c in Channel::ALL {
                 let i = c.index();
-                if u16::from(self.reserved[i]) + u16::from(self.active[i])
-                    < u16::from(self.capacity[i])
-                {
+                if held[i] < u16::from(self.capacity[i]) && !blocks.blocked(c, &held) {
                     free.insert(c);
                 }
             }
@@ -199,6 +200,9 @@ pub struct Roster {
     by_state: [u32; STATES],
     /// Slots of removed agents, reused first.
     vacant: Vec<AgentIdx>,
+    /// The policy's cross-channel utilization: which work blocks which
+    /// channel.
+    blocks: Blocks,
 }
 
 /// The agent chosen for a contact.
@@ -253,8 +257,14 @@ impl Roster {
     pub fn new(policy: &Policy) -> Roster {
         Roster {
             pools: pools(policy),
+            blocks: policy.blocks,
             ..Roster::default()
         }
+    }
+
+    /// The cross-channel utilization in force.
+    pub fn blocks(&self) -> &Blocks {
+        &self.blocks
     }
 
     /// An agent by id.
@@ -329,8 +339,9 @@ impl Roster {
     /// Rebuilds the free-agent indexes after a load, from the agents:
     /// every set built at once from its sorted keys.
     pub(super) fn rebuild_free(&mut self) {
+        let blocks = self.blocks;
         for agent in &mut self.agents {
-            agent.indexed = (!agent.removed).then(|| Indexed::of(agent));
+            agent.indexed = (!agent.removed).then(|| Indexed::of(agent, &blocks));
         }
         let mut any: Vec<[Vec<IdleKey>; CHANNELS]> =
             self.pools.iter().map(|_| Default::default()).collect();
@@ -456,6 +467,7 @@ impl Roster {
     /// the caller re-adds the live ones.
     pub fn rebuild(&mut self, policy: &Policy) {
         self.pools = pools(policy);
+        self.blocks = policy.blocks;
         self.by_state = [0; STATES];
         for a in 0..self.agents.len() {
             let agent = &mut self.agents[a];
@@ -479,7 +491,7 @@ impl Roster {
     /// whatever still reaches it (a wrap-up timer set before the removal).
     fn reindex(&mut self, a: AgentIdx, before: Option<Indexed>) {
         let agent = &self.agents[a as usize];
-        let now = (!agent.removed).then(|| Indexed::of(agent));
+        let now = (!agent.removed).then(|| Indexed::of(agent, &self.blocks));
         self.apply(a, before, now);
     }
 
@@ -578,7 +590,7 @@ impl Roster {
         let agent = self.agent(a);
         agent.queues.contains(&queue)
             && self.pools[queue].channels.contains(channel)
-            && agent.free_channels().contains(channel)
+            && agent.free_channels(&self.blocks).contains(channel)
     }
 
     /// Slots in the roster, removed agents' vacant ones included; see

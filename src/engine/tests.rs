@@ -613,7 +613,7 @@ fn check_invariants(e: &Engine, now: Time) {
             let free = e.roster.agents().iter().enumerate().find(|(a, agent)| {
                 !agent.removed
                     && agent.queues.contains(&q)
-                    && agent.free_channels().contains(w.channel)
+                    && agent.free_channels(e.roster.blocks()).contains(w.channel)
                     && e.watchers.cover(agent)
                     && !w.excludes(*a as AgentIdx, now)
             });
@@ -701,7 +701,7 @@ fn check_invariants(e: &Engine, now: Time) {
             .filter(|a| a.state != AgentState::Offline)
             .count() as u32;
         let available = eligible
-            .filter(|a| a.free_channels().0 & queue.channels.0 != 0)
+            .filter(|a| a.free_channels(e.roster.blocks()).0 & queue.channels.0 != 0)
             .count() as u32;
         let pool = e.roster.pool(q);
         assert_eq!(pool.staffed, staffed, "staffed count of {}", queue.id);
@@ -712,6 +712,66 @@ fn check_invariants(e: &Engine, now: Time) {
             .filter(|r| r.queue == Some(q))
             .count() as u32;
         assert_eq!(pool.reservations, live, "reservation count of {}", queue.id);
+    }
+}
+
+/// Issue 10: an agent on two chats was handed a voice call, because
+/// channels were independent. With the policy's utilization, work on one
+/// channel blocks another; without it, nothing changes.
+#[test]
+fn work_on_one_channel_blocks_another_as_the_policy_says() {
+    let text = format!(
+        "{}\n[utilization.voice]\nblocked_by = {{ chat = 2 }}\n[utilization.chat]\nblocked_by = {{ voice = 1 }}\n",
+        crate::policy::DEFAULT_POLICY
+    );
+    let policy = Arc::new(crate::policy::parse("utilization.toml", &text).unwrap());
+    let chat = |id: &str| {
+        let mut c = billing(id);
+        c.channel = Channel::Chat;
+        c
+    };
+    let t = open();
+    for (policy, blocks) in [
+        (Arc::new(Policy::embedded().unwrap()), false),
+        (policy, true),
+    ] {
+        let mut e = super::queueing_tests::watched(Engine::new(policy, EngineConfig::default()));
+        add(&mut e, billing_agent("a", &["en"], 1, 3), t);
+        // Two chats in hand.
+        for id in ["chat-1", "chat-2"] {
+            let d = e.route(&chat(id), t).unwrap();
+            e.confirm(offer(&d).reservation, t).unwrap();
+        }
+        // A call: the agent has voice capacity, but two chats block it.
+        let d = e.route(&billing("call-1"), t).unwrap();
+        match (&d.outcome, blocks) {
+            (Outcome::Agent(a), false) => assert_eq!(&*a.agent_id, "a"),
+            (Outcome::Agent(a), true) => panic!("two chats did not block a call: {a:?}"),
+            (_, false) => panic!("channels are independent by default: {d:?}"),
+            (_, true) => {}
+        }
+        if !blocks {
+            continue;
+        }
+        // One chat done: the call may come; once it is in hand, it blocks
+        // new chats, though chat capacity is left.
+        // (After billing's wrap-up.)
+        e.complete("a", "chat-2", t).unwrap();
+        let t = t + Duration::seconds(60);
+        let d = e.route(&billing("call-2"), t).unwrap();
+        e.confirm(offer(&d).reservation, t).unwrap();
+        assert!(matches!(
+            e.route(&chat("chat-3"), t).unwrap().outcome,
+            Outcome::Callback(_) | Outcome::Queued(_)
+        ));
+        // Supervisors see it: no room on chat while the call lasts.
+        let view = e.agent_view("a").unwrap();
+        let chat_load = view
+            .channels
+            .iter()
+            .find(|c| c.channel == Channel::Chat)
+            .unwrap();
+        assert_eq!((chat_load.active, chat_load.free), (1, 0));
     }
 }
 
@@ -768,6 +828,10 @@ fn reload_policies() -> &'static [Arc<Policy>] {
             base.replacen("wrap_up = \"45s\"\n", "", 1),
             base.replacen("id = \"billing\"\nlevel", "id = \"billing_v2\"\nlevel", 1)
                 .replacen("route_to = \"billing\"\n", "route_to = \"billing_v2\"\n", 1),
+            // Cross-channel utilization: a chat blocks calls, a call chats.
+            format!(
+                "{base}\n[utilization.voice]\nblocked_by = {{ chat = 1 }}\n[utilization.chat]\nblocked_by = {{ voice = 1 }}\n"
+            ),
         ];
         let mut policies = vec![
             Arc::new(Policy::embedded().unwrap()),
@@ -831,7 +895,7 @@ fn longest_idle_oracle(
         if a == chosen
             || agent.removed
             || !agent.queues.contains(&q)
-            || !agent.free_channels().contains(c.channel)
+            || !agent.free_channels(e.roster.blocks()).contains(c.channel)
             || (!offer.interpreter_needed && !speaks)
         {
             continue;

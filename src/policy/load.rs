@@ -14,8 +14,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Action, Authenticate, Emergency, Intent, IntentIdx, Match, Policy, Queue, QueueIdx, Rule,
-    Schedule, Text, TextList,
+    Action, Authenticate, Blocks, Emergency, Intent, IntentIdx, Match, Policy, Queue, QueueIdx,
+    Rule, Schedule, Text, TextList,
 };
 use crate::file::{self, FileError};
 use crate::model::{Channel, ChannelSet, FastMap, Identity, Urgency};
@@ -69,6 +69,10 @@ struct RawPolicy {
     missed_offers_to_pause: Option<Spanned<i64>>,
     #[serde(default)]
     reoffer_after: Option<Spanned<String>>,
+    /// Per channel, the work on other channels that blocks new contacts on
+    /// it: `[utilization.voice] blocked_by = { chat = 2 }`.
+    #[serde(default)]
+    utilization: BTreeMap<Spanned<String>, RawUtilization>,
     #[serde(default)]
     intake_fields: Vec<String>,
     emergency: RawEmergency,
@@ -79,6 +83,12 @@ struct RawPolicy {
     schedules: BTreeMap<Spanned<String>, RawSchedule>,
     queues: Vec<RawQueue>,
     rules: Vec<RawRule>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUtilization {
+    blocked_by: BTreeMap<Spanned<String>, Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -741,6 +751,7 @@ impl Cx<'_> {
                 }
                 None => Duration::seconds(30),
             },
+            blocks: self.blocks(&raw.utilization)?,
             missed_offers_to_pause: match &raw.missed_offers_to_pause {
                 Some(v) => match *v.get_ref() {
                     n @ 1..=100 => n as u32,
@@ -782,6 +793,42 @@ impl Cx<'_> {
             intent_ids,
             queue_ids,
         })
+    }
+
+    /// The `[utilization]` section: for each channel, how many contacts on
+    /// each other channel block new ones on it.
+    fn blocks(
+        &self,
+        raw: &BTreeMap<Spanned<String>, RawUtilization>,
+    ) -> Result<Blocks, PolicyError> {
+        let mut blocks = Blocks::default();
+        for (channel, u) in raw {
+            let c = self.channel(channel, "utilization")?;
+            for (other, n) in &u.blocked_by {
+                let field = format!("utilization.{}.blocked_by", c.as_str());
+                let o = self.channel(other, &field)?;
+                if o == c {
+                    return Err(self.bad(
+                        other,
+                        field,
+                        "a channel does not block itself: its capacity is the agent's `channels`",
+                    ));
+                }
+                let max = i64::from(crate::engine::MAX_CHANNEL_CAPACITY);
+                let n = match *n.get_ref() {
+                    n @ 1.. if n <= max => n as u8,
+                    v => {
+                        return Err(self.bad(
+                            n,
+                            format!("{field}.{}", o.as_str()),
+                            format!("{v} is not 1-{max}: the number of contacts on it that blocks"),
+                        ));
+                    }
+                };
+                blocks.set(c, o, n);
+            }
+        }
+        Ok(blocks)
     }
 
     fn line_of(&self, span: Range<usize>) -> usize {

@@ -18,7 +18,12 @@ pub use load::{PolicyError, parse, read};
 pub use rules::Match;
 pub use schedule::Schedule;
 
-use crate::model::{CallbackReason, ChannelSet, Contact, FastMap, Identity, Reason, Time, Urgency};
+use crate::model::{
+    CallbackReason, Channel, ChannelSet, Contact, FastMap, Identity, Reason, Time, Urgency,
+};
+
+/// Channels there are.
+const CHANNELS: usize = Channel::ALL.len();
 
 /// The default policy compiled into the binary: the healthcare example.
 pub const DEFAULT_POLICY: &str = include_str!("../../examples/healthcare.toml");
@@ -57,6 +62,9 @@ pub struct Policy {
     pub priority_aging: Duration,
     /// Offers an agent may let time out in a row before being set not-responding.
     pub missed_offers_to_pause: u32,
+    /// Cross-channel utilization: which work blocks new contacts on which
+    /// channel. None by default: channels are independent.
+    pub blocks: Blocks,
     /// A waiting contact every eligible agent passed on (rejected or let
     /// lapse) may be offered again to one who passed after this long.
     pub reoffer_after: Duration,
@@ -579,3 +587,31 @@ impl Policy {
 
 #[cfg(test)]
 mod tests;
+
+/// Cross-channel utilization: for each channel, how many contacts (offered
+/// or in hand) on each other channel keep an agent from new contacts on
+/// it; 0 is no limit. `[utilization.voice] blocked_by = { chat = 2 }`: an
+/// agent with two chats gets no call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Blocks([[u8; CHANNELS]; CHANNELS]);
+
+impl Blocks {
+    /// Sets that `n` contacts on `by` block new ones on `channel`.
+    pub fn set(&mut self, channel: Channel, by: Channel, n: u8) {
+        self.0[channel.index()][by.index()] = n;
+    }
+
+    /// Whether work held (`held[c]`: contacts offered or in hand on each
+    /// channel) blocks new contacts on `channel`.
+    pub fn blocked(&self, channel: Channel, held: &[u16; CHANNELS]) -> bool {
+        self.0[channel.index()]
+            .iter()
+            .zip(held)
+            .any(|(&n, &h)| n > 0 && h >= u16::from(n))
+    }
+
+    /// Whether any channel blocks another.
+    pub fn any(&self) -> bool {
+        self.0.iter().flatten().any(|&n| n > 0)
+    }
+}

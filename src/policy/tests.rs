@@ -188,6 +188,28 @@ fn refusals_name_file_line_and_field() {
             "later than the one before",
             "after = \"1m\"",
         ),
+        // Cross-channel utilization, added after the escalation settings.
+        (
+            "missed_offers_to_pause = 3",
+            "missed_offers_to_pause = 3\nutilization = { voice = { blocked_by = { fax = 1 } } }",
+            "utilization.voice.blocked_by",
+            "not one of: voice, chat",
+            "fax = 1",
+        ),
+        (
+            "missed_offers_to_pause = 3",
+            "missed_offers_to_pause = 3\nutilization = { voice = { blocked_by = { voice = 1 } } }",
+            "utilization.voice.blocked_by",
+            "does not block itself",
+            "voice = 1 } } }",
+        ),
+        (
+            "missed_offers_to_pause = 3",
+            "missed_offers_to_pause = 3\nutilization = { chat = { blocked_by = { voice = 0 } } }",
+            "utilization.chat.blocked_by.voice",
+            "not 1-50",
+            "0 } } }",
+        ),
     ]);
     for (from, to, field, word, holds) in cases {
         let (got_field, line, message) = refusal(from, to);
@@ -494,4 +516,26 @@ fn rule_ids_may_not_take_a_guard_name() {
     );
     assert_eq!(field, "rules.guard:clinical.id");
     assert!(message.contains("built-in guards"), "{message}");
+}
+
+#[test]
+fn utilization_is_read_per_channel_and_absent_by_default() {
+    assert!(!Policy::embedded().unwrap().blocks.any());
+    let text = DEFAULT_POLICY.replacen(
+        "missed_offers_to_pause = 3",
+        "missed_offers_to_pause = 3\nutilization = { voice = { blocked_by = { chat = 2, sms = 3 } } }",
+        1,
+    );
+    let p = parse(FILE, &text).unwrap();
+    let held = |chat: u16, sms: u16| {
+        let mut h = [0u16; 5];
+        h[Channel::Chat.index()] = chat;
+        h[Channel::Sms.index()] = sms;
+        h
+    };
+    assert!(!p.blocks.blocked(Channel::Voice, &held(1, 2)));
+    assert!(p.blocks.blocked(Channel::Voice, &held(2, 0)));
+    assert!(p.blocks.blocked(Channel::Voice, &held(0, 3)));
+    // Only voice was named: chat is blocked by nothing.
+    assert!(!p.blocks.blocked(Channel::Chat, &held(9, 9)));
 }
