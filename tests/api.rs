@@ -28,6 +28,14 @@ fn billing_agent(id: &str) -> pb::UpsertAgentRequest {
     }
 }
 
+/// An entry of the StreamAgentStates feed.
+fn entry(id: &str, s: pb::AgentState) -> pb::StreamAgentStatesRequest {
+    pb::StreamAgentStatesRequest {
+        agent_id: id.into(),
+        state: s.into(),
+    }
+}
+
 fn state(id: &str, s: pb::AgentState) -> pb::SetAgentStateRequest {
     pb::SetAgentStateRequest {
         agent_id: id.into(),
@@ -167,7 +175,7 @@ async fn cti_feed_streams_agent_states() {
     for id in ["b1", "b2", "b3"] {
         client.upsert_agent(billing_agent(id)).await.unwrap();
     }
-    let feed = ["b1", "b2", "b3"].map(|id| state(id, pb::AgentState::Available));
+    let feed = ["b1", "b2", "b3"].map(|id| entry(id, pb::AgentState::Available));
     let applied = client
         .stream_agent_states(tokio_stream::iter(feed))
         .await
@@ -180,9 +188,9 @@ async fn cti_feed_streams_agent_states() {
     // An unknown agent ends the stream with NOT_FOUND naming its entry;
     // entries before it stay applied.
     let feed = vec![
-        state("b1", pb::AgentState::Away),
-        state("ghost", pb::AgentState::Available),
-        state("b2", pb::AgentState::Away),
+        entry("b1", pb::AgentState::Away),
+        entry("ghost", pb::AgentState::Available),
+        entry("b2", pb::AgentState::Away),
     ];
     let err = client
         .stream_agent_states(tokio_stream::iter(feed))
@@ -418,8 +426,8 @@ async fn refusals_carry_a_stable_reason_and_every_field_violation() {
     // A refused entry of the state feed: its number in the message, its
     // reason and field kept.
     let feed = tokio_stream::iter(vec![
-        state("b1", pb::AgentState::Away),
-        state("b2", pb::AgentState::Unspecified),
+        entry("b1", pb::AgentState::Away),
+        entry("b2", pb::AgentState::Unspecified),
     ]);
     let err = client.stream_agent_states(feed).await.unwrap_err();
     assert!(err.message().starts_with("entry 1: state"), "{err:?}");

@@ -250,7 +250,7 @@ async fn a_cut_client_stream_counts_as_cancelled_not_unknown() {
         .unwrap();
     let mut client = RoutingServiceClient::new(channel);
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    tx.send(pb::SetAgentStateRequest {
+    tx.send(pb::StreamAgentStatesRequest {
         agent_id: "agent-billing-1".into(),
         state: pb::AgentState::Available.into(),
     })

@@ -65,7 +65,7 @@ def main():
     # Watch first, then go available: an offer made as they log in is not
     # missed.
     watch = api.WatchAssignments(pb2.WatchAssignmentsRequest(agent_ids=args.agent))
-    states = (pb2.SetAgentStateRequest(agent_id=a, state=pb2.AGENT_STATE_AVAILABLE)
+    states = (pb2.StreamAgentStatesRequest(agent_id=a, state=pb2.AGENT_STATE_AVAILABLE)
               for a in args.agent)
     fed = api.StreamAgentStates(states, timeout=5.0)
     say("available", applied=fed.applied)

@@ -494,11 +494,15 @@ impl pb::routing_service_server::RoutingService for Routing {
 
     async fn stream_agent_states(
         &self,
-        request: Request<Streaming<pb::SetAgentStateRequest>>,
+        request: Request<Streaming<pb::StreamAgentStatesRequest>>,
     ) -> Result<Response<pb::StreamAgentStatesResponse>, Status> {
         let mut stream = request.into_inner();
         let mut applied = 0u64;
         while let Some(entry) = stream.message().await.map_err(stream_broken)? {
+            let entry = pb::SetAgentStateRequest {
+                agent_id: entry.agent_id,
+                state: entry.state,
+            };
             if let Err(status) = self.set_state(entry).await {
                 // The entry's number first; the reason, violations and
                 // metadata (a standby's careroute-leader) kept.
