@@ -849,11 +849,9 @@ async fn reload_on_change(
     stop: impl Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    // What the running policy was read from (or last tried).
-    let mut seen = match &path {
-        Some(path) => tokio::fs::read(path).await.ok(),
-        None => None,
-    };
+    // What was last tried: at first the policy in force (the file may have
+    // changed since it was read at start, and that change is to be seen).
+    let mut seen = routing.view(|e| e.policy().text.as_bytes().to_vec()).ok();
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
