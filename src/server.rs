@@ -849,9 +849,9 @@ async fn reload_on_change(
     stop: impl Future<Output = ()>,
 ) {
     tokio::pin!(stop);
-    // What was last tried: at first the policy in force (the file may have
-    // changed since it was read at start, and that change is to be seen).
-    let mut seen = routing.view(|e| e.policy().text.as_bytes().to_vec()).ok();
+    // The contents last refused as invalid: not tried again until they
+    // change (or a SIGHUP asks), so a bad file is logged once.
+    let mut refused: Option<Vec<u8>> = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -876,12 +876,22 @@ async fn reload_on_change(
             }
             continue;
         };
-        if asked || seen.as_deref() != Some(now.as_slice()) {
-            if !asked {
-                tracing::info!(path = %path.display(), "the policy file changed; reloading");
+        if !asked {
+            // Only the leader changes the policy (a standby takes the
+            // leader's from the log); and only when the file differs from
+            // the policy in force, which also catches a change that landed
+            // while this process was a standby, once it leads.
+            let leading = routing.engine().leading().is_ok();
+            let in_force = routing.view(|e| *e.policy().text.as_bytes() == *now.as_slice());
+            if !leading || in_force.unwrap_or(true) || refused.as_deref() == Some(now.as_slice()) {
+                continue;
             }
-            seen = Some(now);
-            reload(path, &routing).await;
+            tracing::info!(path = %path.display(), "the policy file differs from the policy in force; reloading");
+        }
+        match reload(path, &routing).await {
+            Reloaded::Refused => refused = Some(now),
+            Reloaded::Applied => refused = None,
+            Reloaded::NotApplied => {}
         }
     }
 }
@@ -923,24 +933,36 @@ fn listen_for_hangups() -> Hangups {
 #[cfg(not(unix))]
 fn listen_for_hangups() -> Hangups {}
 
+/// What became of a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The new policy is in force.
+    Applied,
+    /// The file was refused (its error logged); the running policy stays.
+    Refused,
+    /// A valid file not applied: this process does not lead, or the
+    /// journal did not take the change.
+    NotApplied,
+}
+
 /// Loads `path` and swaps it in if valid, through the service's one door
-/// (so the callbacks and withdrawals it decides are streamed); returns
-/// whether it was.
-pub async fn reload(path: &std::path::Path, routing: &Routing) -> bool {
+/// (so the callbacks and withdrawals it decides are streamed).
+pub async fn reload(path: &std::path::Path, routing: &Routing) -> Reloaded {
     match policy::read(path) {
         Ok(p) => {
             let version = p.version.clone();
-            if routing.apply(ReplacePolicy(Arc::new(p))).await.is_err() {
-                return false;
+            if let Err(status) = routing.apply(ReplacePolicy(Arc::new(p))).await {
+                tracing::info!(%version, reason = status.message(), "policy reload not applied");
+                return Reloaded::NotApplied;
             }
             metrics::counter!(telemetry::POLICY_RELOADS, "result" => "ok").increment(1);
             tracing::info!(%version, "policy reloaded");
-            true
+            Reloaded::Applied
         }
         Err(e) => {
             metrics::counter!(telemetry::POLICY_RELOADS, "result" => "refused").increment(1);
             tracing::error!(error = %e, "policy reload refused; the running policy stays");
-            false
+            Reloaded::Refused
         }
     }
 }

@@ -931,7 +931,10 @@ async fn policy_reload_refuses_an_invalid_file_and_keeps_the_running_policy() {
     );
     // A broken edit: refused, and the old policy still answers.
     std::fs::write(&path, good.replacen("level = 4", "level = 7", 1)).unwrap();
-    assert!(!server::reload(&path, &routing).await);
+    assert_eq!(
+        server::reload(&path, &routing).await,
+        server::Reloaded::Refused
+    );
     assert_eq!(engine.lock().unwrap().policy().visible_queues(), 13);
     // A valid edit: taken.
     std::fs::write(
@@ -939,7 +942,10 @@ async fn policy_reload_refuses_an_invalid_file_and_keeps_the_running_policy() {
         good.replacen("version = \"2026-11-22\"", "version = \"2026-11-23\"", 1),
     )
     .unwrap();
-    assert!(server::reload(&path, &routing).await);
+    assert_eq!(
+        server::reload(&path, &routing).await,
+        server::Reloaded::Applied
+    );
     assert_eq!(engine.lock().unwrap().policy().version, "2026-11-23");
 }
 

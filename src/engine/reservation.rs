@@ -127,11 +127,13 @@ impl Engine {
         let c = r.channel.index();
         let freed = fate != Fate::Confirmed;
         let micros = now.timestamp_micros();
+        let blocks = *self.roster.blocks();
         self.roster.update(r.agent, |agent| {
+            let blocked_before = agent.blocked_channels(&blocks);
             agent.reserved[c] = agent.reserved[c].saturating_sub(1);
             // Released or lapsed: free on this channel from now.
             if freed {
-                agent.ready_since[c] = micros;
+                agent.freed(r.channel, micros, blocked_before, &blocks);
             }
         });
         if let Some(seq) = self.ids.decipher(IdKind::Reservation, id.0)
@@ -283,7 +285,9 @@ impl Engine {
         }
         let until = now + wrap_up;
         let micros = now.timestamp_micros();
+        let blocks = *self.roster.blocks();
         let generation = self.roster.update(a, |agent| {
+            let blocked_before = agent.blocked_channels(&blocks);
             let (_, channel, _, _) = agent.contacts.swap_remove(pos);
             let c = channel.index();
             agent.active[c] = agent.active[c].saturating_sub(1);
@@ -293,9 +297,10 @@ impl Engine {
                 agent.wrap_generation += 1;
                 Some(agent.wrap_generation)
             } else {
-                // Free on this channel from now: its idle time starts now,
-                // not when the contact was offered.
-                agent.ready_since[c] = micros;
+                // Free on this channel from now (and on any it was
+                // blocking): its idle time starts now, not when the contact
+                // was offered.
+                agent.freed(channel, micros, blocked_before, &blocks);
                 None
             }
         });

@@ -154,6 +154,40 @@ impl Agent {
         free
     }
 
+    /// Channels the agent's work elsewhere blocks now (the policy's
+    /// utilization), whatever its state and room.
+    pub fn blocked_channels(&self, blocks: &Blocks) -> ChannelSet {
+        let held: [u16; CHANNELS] =
+            std::array::from_fn(|i| u16::from(self.reserved[i]) + u16::from(self.active[i]));
+        let mut blocked = ChannelSet::default();
+        for c in Channel::ALL {
+            if blocks.blocked(c, &held) {
+                blocked.insert(c);
+            }
+        }
+        blocked
+    }
+
+    /// Work on `channel` ended at `micros` (released, lapsed, or completed
+    /// without wrap-up): the agent is free there from now, and so on every
+    /// channel that work was blocking (`blocked_before`): idle time starts
+    /// now on those too, not when they were last free before the block.
+    pub fn freed(
+        &mut self,
+        channel: Channel,
+        micros: i64,
+        blocked_before: ChannelSet,
+        blocks: &Blocks,
+    ) {
+        self.ready_since[channel.index()] = micros;
+        let blocked_now = self.blocked_channels(blocks);
+        for c in Channel::ALL {
+            if blocked_before.contains(c) && !blocked_now.contains(c) {
+                self.ready_since[c.index()] = micros;
+            }
+        }
+    }
+
     /// Whether the agent meets every skill requirement of the queue.
     pub fn meets(&self, requirements: &[(String, u8)]) -> bool {
         requirements.iter().all(|(skill, min)| {

@@ -775,6 +775,49 @@ fn work_on_one_channel_blocks_another_as_the_policy_says() {
     }
 }
 
+/// A channel another channel's work blocked becomes free when that work
+/// ends: its idle time starts then, so an agent just off a chat is not
+/// "longest idle" for a call ahead of one who waited.
+#[test]
+fn a_channel_freed_from_a_block_counts_its_idle_time_from_then() {
+    let text = format!(
+        "{}\n[utilization.voice]\nblocked_by = {{ chat = 1 }}\n",
+        crate::policy::DEFAULT_POLICY
+    );
+    let policy = Arc::new(crate::policy::parse("utilization.toml", &text).unwrap());
+    let mut e = super::queueing_tests::watched(Engine::new(policy, EngineConfig::default()));
+    let t = open();
+    // a has been free for a minute longer than b.
+    add(
+        &mut e,
+        billing_agent("a", &["en"], 1, 3),
+        t - Duration::seconds(60),
+    );
+    add(&mut e, billing_agent("b", &["en"], 1, 0), t);
+    let mut chat = billing("chat-1");
+    chat.channel = Channel::Chat;
+    let d = e.route(&chat, t + Duration::seconds(10)).unwrap();
+    assert_eq!(&*offer(&d).agent_id, "a");
+    // The chat offer fails at 20 s: a is free on chat and voice from then.
+    e.release(
+        offer(&d).reservation,
+        ReleaseReason::TransferFailed,
+        t + Duration::seconds(20),
+    )
+    .unwrap();
+    let d = e
+        .route(&billing("call-1"), t + Duration::seconds(21))
+        .unwrap();
+    assert_eq!(&*offer(&d).agent_id, "b", "b has waited longer on voice");
+    let view = e.agent_view("a").unwrap();
+    let voice = view
+        .channels
+        .iter()
+        .find(|c| c.channel == Channel::Voice)
+        .unwrap();
+    assert_eq!(voice.idle_since, Some(t + Duration::seconds(20)));
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Route {
