@@ -172,7 +172,7 @@ pub fn check_invariants(engine: &Engine) {
             .filter(|a| a.state != AgentState::Offline)
             .count() as u32;
         let available = eligible
-            .filter(|a| a.free_channels().0 & queue.channels.0 != 0)
+            .filter(|a| a.free_channels(engine.roster().blocks()).0 & queue.channels.0 != 0)
             .count() as u32;
         let pool = engine.roster().pool(q);
         assert_eq!(pool.staffed, staffed, "staffed count of {}", queue.id);
