@@ -517,6 +517,10 @@ impl CallbackReason {
     }
 }
 
+/// Most contacts an agent takes at once on one channel (its profile's
+/// capacity, and a policy's cross-channel thresholds).
+pub const MAX_CHANNEL_CAPACITY: u8 = 50;
+
 /// The hash map of the routing path: aHash with per-process random keys,
 /// several times faster than SipHash and still resistant to hash flooding
 /// through client-chosen ids.

@@ -25,8 +25,7 @@ pub struct AgentSpec {
     pub channels: Vec<(Channel, u8)>,
 }
 
-/// Most contacts an agent takes at once on one channel.
-pub const MAX_CHANNEL_CAPACITY: u8 = 50;
+pub use crate::model::MAX_CHANNEL_CAPACITY;
 
 impl AgentSpec {
     /// Checks the profile; on refusal names the field and what is wrong

@@ -814,7 +814,7 @@ impl Cx<'_> {
                         "a channel does not block itself: its capacity is the agent's `channels`",
                     ));
                 }
-                let max = i64::from(crate::engine::MAX_CHANNEL_CAPACITY);
+                let max = i64::from(crate::model::MAX_CHANNEL_CAPACITY);
                 let n = match *n.get_ref() {
                     n @ 1.. if n <= max => n as u8,
                     v => {
