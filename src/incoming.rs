@@ -1,5 +1,6 @@
 //! Accepted gRPC connections with a deadline for the HTTP/2 connection
-//! preface: a client that connects and never finishes its first 24 bytes
+//! preface (or, from an HTTP/JSON client, the first 24 bytes of its HTTP/1.1
+//! request): a client that connects and never finishes its first 24 bytes
 //! (or trickles them) is cut when the deadline passes, instead of holding
 //! a connection, and the shutdown, open forever. After the preface the
 //! connection is as it was (TCP, or TLS once its handshake is done).

@@ -33,6 +33,7 @@ use crate::grpc::{
     authorize::{AuthorizeLayer, metrics_gate},
     client_faults::ClientFaultsLayer,
     deadline::RequestDeadlineLayer,
+    http_json::HttpJsonLayer,
     layer::RpcMetricsLayer,
     panic::CatchPanicLayer,
     pb,
@@ -92,6 +93,9 @@ pub enum ServerError {
     /// The TLS or credentials files were refused.
     #[error(transparent)]
     Secrets(#[from] SecretsError),
+    /// The proto's HTTP/JSON bindings cannot be served (a build defect).
+    #[error("HTTP/JSON routes: {0}")]
+    Routes(#[from] crate::grpc::http_json::RouteError),
 }
 
 /// The engine, ready to serve, and its journal.
@@ -646,7 +650,11 @@ pub async fn run(
     let (incoming, accepting) = tls::accept(tcp, tls.map(|t| (t, Side::Grpc)), handshake);
     supervise("accept grpc", accepting, stop_rx.clone(), fatal.clone());
     let incoming = incoming.map(move |conn| conn.map(|io| Prefaced::new(io, handshake)));
+    let http_json = HttpJsonLayer::new()?;
     let grpc_server = tonic::transport::Server::builder()
+        // HTTP/1.1 too, for HTTP/JSON clients (gRPC needs HTTP/2).
+        .accept_http1(true)
+        .layer(http_json)
         .layer(RpcMetricsLayer::new())
         .layer(ClientFaultsLayer)
         .layer(AuthorizeLayer::new(credentials.clone()))

@@ -106,10 +106,15 @@ pub const TLS_HANDSHAKE_FAILURES: &str = "careroute_tls_handshake_failures_total
 pub const FILE_RELOADS: &str = "careroute_file_reloads_total";
 /// When the server's TLS certificate in force expires (Unix seconds).
 pub const TLS_CERT_EXPIRY: &str = "careroute_tls_certificate_expiry_timestamp_seconds";
+/// HTTP/JSON requests refused before they became a call, by reason
+/// (UNKNOWN_ROUTE, NOT_JSON, MALFORMED_BODY, REQUEST_TOO_LARGE); the calls
+/// themselves count as their RPC's.
+pub const HTTP_JSON_REFUSED: &str = "careroute_http_json_refused_total";
 
 /// Every metric the service exports, for checks of dashboards and alerts.
-pub const EXPORTED: [&str; 44] = [
+pub const EXPORTED: [&str; 45] = [
     AUTH_REFUSALS,
+    HTTP_JSON_REFUSED,
     TLS_HANDSHAKE_FAILURES,
     FILE_RELOADS,
     TLS_CERT_EXPIRY,
@@ -317,6 +322,10 @@ fn describe() {
     describe_counter!(
         AUTH_REFUSALS,
         "Calls refused for their credentials, by method, the role the method needs, and code (unauthenticated: no or unknown token; permission_denied: the client lacks the role)."
+    );
+    describe_counter!(
+        HTTP_JSON_REFUSED,
+        "HTTP/JSON requests refused before they became a call, by reason (UNKNOWN_ROUTE, NOT_JSON, MALFORMED_BODY, REQUEST_TOO_LARGE); the calls themselves count as their RPC's."
     );
     describe_counter!(
         TLS_HANDSHAKE_FAILURES,

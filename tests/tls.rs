@@ -507,3 +507,85 @@ fn bad_tls_files_are_refused_naming_the_file() {
         );
     }
 }
+
+/// A JSON POST over TLS offering only ALPN `http/1.1`, as an HTTP/1.1
+/// client does, trusting `ca` and presenting `client`'s certificate: the
+/// protocol agreed and the whole response.
+async fn https_post_json(
+    server: &Tls,
+    ca: &str,
+    client: &str,
+    path: &str,
+    body: &str,
+) -> (Option<Vec<u8>>, String) {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(
+        rustls_pki_types::pem::PemObject::pem_slice_iter(ca.as_bytes()).map(Result::unwrap),
+    );
+    let cert = std::fs::read(server.dir.join(format!("{client}.crt"))).unwrap();
+    let key = std::fs::read(server.dir.join(format!("{client}.key"))).unwrap();
+    let chain =
+        <rustls_pki_types::CertificateDer as rustls_pki_types::pem::PemObject>::pem_slice_iter(
+            &cert,
+        )
+        .map(Result::unwrap)
+        .collect();
+    let key = rustls_pki_types::pem::PemObject::from_pem_slice(&key).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(server.grpc).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = connector.connect(name, tcp).await.unwrap();
+    let agreed = s.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    (agreed, out)
+}
+
+#[tokio::test]
+async fn http_json_is_served_over_tls_to_http1_clients_with_their_certificate_roles() {
+    let dir = process::fresh_data_dir();
+    let ca = Ca::new("careroute test CA");
+    pki::write(&dir, "server", &ca.server());
+    pki::write(&dir, "ivr", &ca.client("ivr.clinic.example"));
+    std::fs::write(dir.join("clients-ca.crt"), ca.pem()).unwrap();
+    let creds = credentials(&dir);
+    let server = Tls::start(dir.clone(), |c| {
+        c.tls_client_ca = Some(dir.join("clients-ca.crt"));
+        c.credentials = Some(creds);
+    })
+    .await;
+    let contact = r#"{"contactId":"c-https","channel":"CHANNEL_VOICE","intent":"clinical","urgency":"URGENCY_URGENT","identity":"IDENTITY_VERIFIED"}"#;
+    let (agreed, answer) =
+        https_post_json(&server, &ca.pem(), "ivr", "/v1/contacts:route", contact).await;
+    assert_eq!(agreed.as_deref(), Some(&b"http/1.1"[..]));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"decisionId\":\"d-"), "{answer}");
+    // The certificate's roles hold over HTTP/JSON too: the IVR may not
+    // register agents.
+    let (_, refused) = https_post_json(
+        &server,
+        &ca.pem(),
+        "ivr",
+        "/v1/agents:upsert",
+        r#"{"agentId":"a-1"}"#,
+    )
+    .await;
+    assert!(refused.starts_with("HTTP/1.1 403"), "{refused}");
+    assert!(refused.contains("ROLE_REQUIRED"), "{refused}");
+    server.stop().await;
+}

@@ -12,6 +12,8 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTO_ROOT = os.path.normpath(os.path.join(HERE, "..", "..", "proto"))
 PROTO = os.path.join("careroute", "v1", "careroute.proto")
+# The HTTP/JSON bindings' annotations, vendored beside it.
+IMPORTS = [os.path.join("google", "api", f) for f in ("http.proto", "annotations.proto")]
 
 
 def load():
@@ -29,6 +31,7 @@ def load():
             f"--python_out={out}",
             f"--grpc_python_out={out}",
             PROTO,
+            *IMPORTS,
         ]
     )
     if status != 0:

@@ -3,7 +3,7 @@
 //! status codes ([`status`]), the service ([`service`]) and its event
 //! streams ([`events`], [`event_ring`]), the RPC table read
 //! from the descriptors ([`methods`]) and the tower layers around every call:
-//! metrics ([`layer`]), client-fault codes ([`client_faults`]),
+//! HTTP/JSON transcoding ([`http_json`]), metrics ([`layer`]), client-fault codes ([`client_faults`]),
 //! authorization ([`authorize`]), admission
 //! ([`admission`]), panics ([`panic`]) and the request deadline
 //! ([`deadline`]). Nothing outside this module names `pb::`.
@@ -15,6 +15,7 @@ pub mod convert;
 pub mod deadline;
 pub mod event_ring;
 pub mod events;
+pub mod http_json;
 pub mod layer;
 pub mod methods;
 pub mod panic;

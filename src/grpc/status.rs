@@ -83,11 +83,16 @@ pub enum Reason {
     WatcherBehind,
     /// A bug in careroute: the call failed, the process stops.
     InternalError,
+    /// HTTP/JSON: no method is bound to this path, or not with this HTTP
+    /// method.
+    UnknownRoute,
+    /// HTTP/JSON: the request's content type is not `application/json`.
+    NotJson,
 }
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Reason; 28] = [
+    pub const ALL: [Reason; 30] = [
         Reason::InvalidField,
         Reason::MalformedBody,
         Reason::RequestTooLarge,
@@ -116,6 +121,8 @@ impl Reason {
         Reason::UnknownContact,
         Reason::WatcherBehind,
         Reason::InternalError,
+        Reason::UnknownRoute,
+        Reason::NotJson,
     ];
 
     /// The UPPER_SNAKE_CASE name on the wire.
@@ -149,6 +156,8 @@ impl Reason {
             Reason::UnknownContact => "UNKNOWN_CONTACT",
             Reason::WatcherBehind => "WATCHER_BEHIND",
             Reason::InternalError => "INTERNAL_ERROR",
+            Reason::UnknownRoute => "UNKNOWN_ROUTE",
+            Reason::NotJson => "NOT_JSON",
         }
     }
 }

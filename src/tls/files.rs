@@ -181,7 +181,8 @@ fn build(files: &TlsFiles, read: [Vec<u8>; 3]) -> Result<Loaded, TlsError> {
                 )
             })?;
         config.alpn_protocols = match side {
-            Side::Grpc => vec![b"h2".to_vec()],
+            // HTTP/1.1 for HTTP/JSON clients beside gRPC.
+            Side::Grpc => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
             Side::Http => vec![b"http/1.1".to_vec()],
         };
         Ok(Arc::new(config))
