@@ -104,6 +104,26 @@ fn percent(s: &str) -> Result<f64, String> {
     Ok(p)
 }
 
+/// A ratio, 0 to 1.
+fn ratio(s: &str) -> Result<f64, String> {
+    let r: f64 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if !(0.0..=1.0).contains(&r) {
+        return Err("a ratio from 0 to 1".into());
+    }
+    Ok(r)
+}
+
+/// An OTLP/gRPC collector URL: `http://` or `https://`, with a host.
+fn otlp_endpoint(s: &str) -> Result<String, String> {
+    let uri: http::Uri = s.parse().map_err(|_| format!("`{s}` is not a URL"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(format!(
+            "`{s}` is not an http:// or https:// URL with a host"
+        ));
+    }
+    Ok(s.to_owned())
+}
+
 /// A duration of at least a second.
 fn at_least_a_second(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
@@ -320,6 +340,14 @@ pub struct Config {
     /// Start with no agents even on the embedded policy.
     #[arg(global = true, long, env = "CAREROUTE_NO_DEMO_ROSTER")]
     pub no_demo_roster: bool,
+    /// Export a trace span per RPC over OTLP/gRPC to this collector (e.g.
+    /// `http://otel-collector:4317`). Off when not set: then no span is made.
+    #[arg(global = true, long, env = "CAREROUTE_OTLP_ENDPOINT", value_parser = otlp_endpoint)]
+    pub otlp_endpoint: Option<String>,
+    /// The share of calls without a sampled `traceparent` that are traced
+    /// (0 to 1). A call whose caller sampled its trace is always traced.
+    #[arg(global = true, long, env = "CAREROUTE_TRACE_SAMPLE_RATIO", default_value_t = 0.01, value_parser = ratio)]
+    pub trace_sample_ratio: f64,
     /// Log format.
     #[arg(
         global = true,

@@ -139,7 +139,6 @@ fn journal(data_dir: &std::path::Path, from: u64, to: u64, outcomes: bool) -> Ex
 }
 
 fn serve(config: Config) -> ExitCode {
-    telemetry::init_tracing(config.log_format);
     // A panic is logged as an event like any other (JSON included); the
     // server then answers INTERNAL, stops and exits non-zero.
     std::panic::set_hook(Box::new(|info| {
@@ -155,12 +154,29 @@ fn serve(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The trace exporter's channel lives on the runtime.
+    let tracing = {
+        let _entered = runtime.enter();
+        telemetry::init_tracing(
+            config.log_format,
+            config.otlp_endpoint.as_deref(),
+            config.trace_sample_ratio,
+        )
+    };
+    let tracing = match tracing {
+        Ok(tracing) => tracing,
+        Err(e) => {
+            eprintln!("careroute: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = runtime.block_on(async {
         let clock = Arc::new(SystemClock);
         let engine = server::build_engine(&config, chrono::Utc::now())?;
         let listeners = server::Listeners::bind(&config).await?;
         server::run(&config, listeners, engine, clock, shutdown_signal()).await
     });
+    tracing.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -7,6 +7,12 @@ use std::sync::OnceLock;
 
 use metrics::{Counter, Histogram, Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+use tracing_subscriber::{
+    Layer, filter::Targets, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 
 use crate::config::LogFormat;
 use crate::engine::{Counters, Decision, Event, Outcome, Withdrawal};
@@ -110,6 +116,20 @@ pub const TLS_CERT_EXPIRY: &str = "careroute_tls_certificate_expiry_timestamp_se
 /// (UNKNOWN_ROUTE, NOT_JSON, MALFORMED_BODY, REQUEST_TOO_LARGE); the calls
 /// themselves count as their RPC's.
 pub const HTTP_JSON_REFUSED: &str = "careroute_http_json_refused_total";
+
+/// The target of the per-call trace spans: exported over OTLP, never logged.
+pub const TRACE_TARGET: &str = "careroute::trace";
+/// Span attribute: the decision's id (RouteContact).
+pub const TRACE_DECISION_ID: &str = "careroute.decision_id";
+/// Span attribute: the rule that decided (RouteContact).
+pub const TRACE_RULE_ID: &str = "careroute.rule_id";
+/// Span attribute: the outcome (agent, queued, callback, emergency,
+/// authenticate).
+pub const TRACE_OUTCOME: &str = "careroute.outcome";
+/// Span attribute: the call's gRPC status code number.
+pub const TRACE_GRPC_STATUS: &str = "rpc.grpc.status_code";
+/// Span status (`ERROR` for a server fault), as tracing-opentelemetry reads it.
+pub const TRACE_STATUS: &str = "otel.status_code";
 
 /// Every metric the service exports, for checks of dashboards and alerts.
 pub const EXPORTED: [&str; 45] = [
@@ -494,16 +514,86 @@ fn seconds(d: chrono::Duration) -> f64 {
     d.num_milliseconds() as f64 / 1000.0
 }
 
+/// Trace export, when configured: flush it with [`Tracing::shutdown`]
+/// before the process ends.
+#[must_use]
+pub struct Tracing {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Tracing {
+    /// Exports the spans still queued and stops the exporter.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider
+            && let Err(e) = provider.shutdown()
+        {
+            tracing::warn!(error = %e, "the last trace spans could not be exported");
+        }
+    }
+}
+
+/// The OTLP exporter could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("--otlp-endpoint: {0}")]
+pub struct TracingError(#[from] opentelemetry_otlp::ExporterBuildError);
+
 /// Sets up tracing: human or JSON lines on stderr, filtered by RUST_LOG
-/// (default `info`). Safe to call more than once.
-pub fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+/// (default `info`), and with `otlp` a span per RPC exported over OTLP/gRPC
+/// (batched on a thread of its own; a collector that is down or slow drops
+/// spans, never delays a call). Calls without a sampled `traceparent` are
+/// traced at `sample_ratio`. Exporting needs the Tokio runtime entered (its
+/// channel lives there). Safe to call more than once: the first wins.
+pub fn init_tracing(
+    format: LogFormat,
+    otlp: Option<&str>,
+    sample_ratio: f64,
+) -> Result<Tracing, TracingError> {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Human => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    // The per-call spans are exported, never logged.
+    if let Ok(off) = format!("{TRACE_TARGET}=off").parse() {
+        filter = filter.add_directive(off);
+    }
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Human => logs.boxed(),
+        LogFormat::Json => logs.json().boxed(),
     };
+    let mut provider = None;
+    let mut spans = None;
+    if let Some(endpoint) = otlp {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .with_endpoint(endpoint)
+            .build()?;
+        let sdk = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                sample_ratio,
+            ))))
+            .with_resource(
+                opentelemetry_sdk::Resource::builder()
+                    .with_service_name("careroute")
+                    .build(),
+            )
+            .build();
+        spans = Some(span_layer(sdk.tracer("careroute")));
+        provider = Some(sdk);
+    }
+    let _ = tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(spans)
+        .try_init();
+    Ok(Tracing { provider })
+}
+
+/// The layer that exports the per-call spans (target [`TRACE_TARGET`]),
+/// and nothing else, to `tracer`.
+pub fn span_layer<S>(tracer: opentelemetry_sdk::trace::Tracer) -> impl Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        .with_filter(Targets::new().with_target(TRACE_TARGET, tracing::Level::INFO))
 }

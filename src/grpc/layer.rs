@@ -1,6 +1,7 @@
 //! A tower layer that records, for every gRPC call, a request counter and a
-//! latency histogram by service, method and status code, and the number of
-//! calls in flight. It reads the status from a trailers-only response or from
+//! latency histogram by service, method and status code, the number of
+//! calls in flight, and the call's trace span ([`super::trace`]) when spans
+//! are exported. It reads the status from a trailers-only response or from
 //! the trailers at the end of the body, so streaming calls count too.
 //! Service and method come from the descriptor sets (anything else is
 //! "unknown") and codes from the 17 gRPC codes: the label set is bounded
@@ -18,8 +19,9 @@ use http_body::{Body, Frame, SizeHint};
 use metrics::{Counter, Gauge, Histogram};
 use tower_layer::Layer;
 use tower_service::Service;
+use tracing::{Instrument, Span};
 
-use super::methods;
+use super::{methods, trace};
 use crate::telemetry::{RPC_IN_FLIGHT, RPC_REQUESTS, RPC_SECONDS};
 
 /// gRPC status codes by number, as their canonical names.
@@ -149,12 +151,14 @@ struct Call {
     method: usize,
     started: Instant,
     done: bool,
+    span: Span,
 }
 
 impl Call {
     fn finish(&mut self, code: usize) {
         if !self.done {
             self.done = true;
+            trace::finish(&self.span, code);
             self.handles
                 .record(self.method, code, self.started.elapsed().as_secs_f64());
         }
@@ -201,13 +205,16 @@ where
 
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         self.handles.in_flight.increment(1.0);
+        let method = method_index(request.uri().path());
+        let span = trace::call_span(methods::all().get(method), request.headers());
         let mut call = Call {
             handles: Arc::clone(&self.handles),
-            method: method_index(request.uri().path()),
+            method,
             started: Instant::now(),
             done: false,
+            span: span.clone(),
         };
-        let response = self.inner.call(request);
+        let response = self.inner.call(request).instrument(span);
         Box::pin(async move {
             match response.await {
                 Ok(response) => {

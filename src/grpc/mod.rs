@@ -3,7 +3,8 @@
 //! status codes ([`status`]), the service ([`service`]) and its event
 //! streams ([`events`], [`event_ring`]), the RPC table read
 //! from the descriptors ([`methods`]) and the tower layers around every call:
-//! HTTP/JSON transcoding ([`http_json`]), metrics ([`layer`]), client-fault codes ([`client_faults`]),
+//! HTTP/JSON transcoding ([`http_json`]), metrics and trace spans ([`layer`],
+//! [`trace`]), client-fault codes ([`client_faults`]),
 //! authorization ([`authorize`]), admission
 //! ([`admission`]), panics ([`panic`]) and the request deadline
 //! ([`deadline`]). Nothing outside this module names `pb::`.
@@ -21,6 +22,7 @@ pub mod methods;
 pub mod panic;
 pub mod service;
 pub mod status;
+pub mod trace;
 
 pub use service::Routing;
 

@@ -431,6 +431,11 @@ impl pb::routing_service_server::RoutingService for Routing {
             self.durable(submitted.ticket).await?;
             let decision = submitted.out?;
             self.metrics.record(&decision, elapsed);
+            super::trace::record(
+                &decision.id,
+                decision.rule_id.as_deref(),
+                decision.outcome.kind(),
+            );
             tracing::debug!(
                 decision_id = %decision.id,
                 rule = decision.rule_id.as_deref().unwrap_or("-"),

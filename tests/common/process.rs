@@ -49,7 +49,18 @@ impl Process {
     /// [`Process::start_logging`] with its journal in `data_dir` (a restart
     /// on the same directory replays the log of the process before).
     pub fn start_in(data_dir: &std::path::Path, args: &[&str], log: &str) -> Process {
+        Process::start_with_env(data_dir, args, log, &[])
+    }
+
+    /// [`Process::start_in`] with environment variables set.
+    pub fn start_with_env(
+        data_dir: &std::path::Path,
+        args: &[&str],
+        log: &str,
+        env: &[(&str, &str)],
+    ) -> Process {
         let mut child = Command::new(env!("CARGO_BIN_EXE_careroute"))
+            .envs(env.iter().copied())
             .args([
                 "--grpc-addr",
                 "127.0.0.1:0",
