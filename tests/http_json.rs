@@ -354,12 +354,10 @@ async fn bad_input_gets_its_http_code_reason_and_field() {
     )
     .await;
     assert_eq!(a.code, 400, "{}", a.body);
+    // The map key is the client's: only the field is named.
     assert_eq!(
         a.refusal(),
-        (
-            "MALFORMED_BODY".to_owned(),
-            vec!["attributes.member_id".to_owned()]
-        )
+        ("MALFORMED_BODY".to_owned(), vec!["attributes".to_owned()])
     );
     assert!(!a.body.contains("4125550123"), "{}", a.body);
     let a = post(
@@ -489,6 +487,12 @@ async fn bad_input_gets_its_http_code_reason_and_field() {
 
     // The refusals made before any RPC are counted by reason.
     let scrape = common::http_get_with(&p.metrics, "/metrics", Some(ADMIN)).await;
+    // A body that did not convert counts as the RPC's client fault, never
+    // as a server fault or a client gone away.
+    for code in ["CANCELLED", "UNKNOWN", "INTERNAL"] {
+        let series = format!("method=\"RouteContact\",code=\"{code}\"");
+        assert!(!scrape.contains(&series), "{series} in\n{scrape}");
+    }
     for (reason, n) in [
         ("MALFORMED_BODY", 3),
         ("UNKNOWN_ROUTE", 2),
@@ -498,4 +502,132 @@ async fn bad_input_gets_its_http_code_reason_and_field() {
         let line = format!("careroute_http_json_refused_total{{reason=\"{reason}\"}} {n}");
         assert!(scrape.contains(&line), "no {line} in\n{scrape}");
     }
+}
+
+/// Reads one HTTP/1.1 answer with a content length from `s`.
+async fn read_answer(s: &mut tokio::net::TcpStream) -> Answer {
+    let mut raw = Vec::new();
+    let mut byte = [0u8; 1];
+    while !raw.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed mid-answer");
+        raw.push(byte[0]);
+    }
+    let head = String::from_utf8(raw).unwrap();
+    let mut lines = head.lines();
+    let code = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap();
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).await.unwrap();
+    Answer {
+        code,
+        headers,
+        body: String::from_utf8(body).unwrap(),
+    }
+}
+
+#[tokio::test]
+async fn one_connection_carries_a_chatbots_calls_and_a_body_is_read_only_once_let_in() {
+    let dir = std::env::temp_dir().join(format!("careroute-http-slow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, floor::policy(&KNOBS)).unwrap();
+    let credentials = dir.join("credentials.toml");
+    std::fs::write(
+        &credentials,
+        format!(
+            "[[clients]]\nname = \"ops\"\ntoken_sha256 = \"{}\"\nroles = [\"route\", \"observe\"]\n",
+            hex::encode(sha2::Sha256::digest(ADMIN.as_bytes()))
+        ),
+    )
+    .unwrap();
+    let p = Process::start(&[
+        "--policy",
+        policy.to_str().unwrap(),
+        "--credentials",
+        credentials.to_str().unwrap(),
+        "--request-timeout",
+        "1s",
+    ]);
+
+    // Keep-alive: three calls on one connection, as curl and webhook
+    // clients make them.
+    let mut s = tokio::net::TcpStream::connect(&p.grpc).await.unwrap();
+    for (path, body) in [
+        ("/v1/queues:list", "{}".to_owned()),
+        (
+            "/v1/contacts:route",
+            json!({"contactId": "c-ka", "channel": "CHANNEL_VOICE", "intent": "billing"})
+                .to_string(),
+        ),
+        (
+            "/v1/contacts:status",
+            json!({"contactId": "c-ka"}).to_string(),
+        ),
+    ] {
+        let request = format!(
+            "POST {path} HTTP/1.1\r\nHost: careroute\r\nContent-Type: application/json\r\n\
+             Authorization: Bearer {ADMIN}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        s.write_all(request.as_bytes()).await.unwrap();
+        let a = read_answer(&mut s).await;
+        assert_eq!(a.code, 200, "{path}: {}", a.body);
+    }
+
+    // Without credentials, a body promised and never sent: refused at
+    // once, before anything is read.
+    let mut s = tokio::net::TcpStream::connect(&p.grpc).await.unwrap();
+    s.write_all(
+        b"POST /v1/contacts:route HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 100000\r\n\r\n{\"contactId\"",
+    )
+    .await
+    .unwrap();
+    let a = tokio::time::timeout(std::time::Duration::from_secs(5), read_answer(&mut s))
+        .await
+        .expect("the refusal waited for the body");
+    assert_eq!(
+        (a.code, a.refusal().0.as_str()),
+        (401, "UNAUTHENTICATED"),
+        "{}",
+        a.body
+    );
+
+    // Let in, a body that trickles is cut at the request deadline (1 s).
+    let mut s = tokio::net::TcpStream::connect(&p.grpc).await.unwrap();
+    let started = std::time::Instant::now();
+    s.write_all(
+        format!(
+            "POST /v1/contacts:route HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Authorization: Bearer {ADMIN}\r\nContent-Length: 100000\r\n\r\n{{\"contactId\""
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let a = tokio::time::timeout(std::time::Duration::from_secs(10), read_answer(&mut s))
+        .await
+        .expect("no answer to a trickling body");
+    assert_eq!(
+        (a.code, a.refusal().0.as_str()),
+        (504, "SERVER_DEADLINE"),
+        "{}",
+        a.body
+    );
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
 }

@@ -15,10 +15,9 @@ use std::{
     task::{Context, Poll},
 };
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use http::{HeaderValue, Method, StatusCode, header};
-use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
-use prost::Message;
+use http_body_util::{BodyExt, Either, Full};
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
 use serde_json::{Value, json};
 use tonic::{Code, Status, body::Body};
@@ -26,11 +25,9 @@ use tonic_types::StatusExt;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::json_body::{Fault, FaultSlot, JsonBody, MAX_JSON_BYTES};
 use super::status::{Reason, Violation, refusal};
 use crate::telemetry;
-
-/// The largest JSON body read: as for a binary request.
-pub const MAX_JSON_BYTES: usize = super::service::MAX_MESSAGE_BYTES;
 
 /// The bindings could not be read from the descriptor, or one asks for more
 /// than this gateway does (a build defect, caught by this module's tests).
@@ -56,8 +53,16 @@ pub struct Route {
     pub path: String,
     /// The gRPC path, e.g. `/careroute.v1.RoutingService/RouteContact`.
     pub grpc_path: String,
+    grpc_uri: http::Uri,
     input: MessageDescriptor,
     output: MessageDescriptor,
+}
+
+impl Route {
+    /// The method's request message.
+    pub fn input(&self) -> &MessageDescriptor {
+        &self.input
+    }
 }
 
 /// Every binding of the careroute descriptor, by HTTP path.
@@ -108,9 +113,14 @@ impl Routes {
                 if method.is_client_streaming() || method.is_server_streaming() {
                     return Err(unsupported("streaming RPCs are served over gRPC only"));
                 }
+                let grpc_path = format!("/{}/{}", service.full_name(), method.name());
+                let Ok(grpc_uri) = http::Uri::try_from(grpc_path.as_str()) else {
+                    return Err(unsupported("its gRPC path is not a URI"));
+                };
                 let route = Route {
                     path: path.clone(),
-                    grpc_path: format!("/{}/{}", service.full_name(), method.name()),
+                    grpc_path,
+                    grpc_uri,
                     input: method.input(),
                     output: method.output(),
                 };
@@ -203,7 +213,8 @@ fn is_grpc<B>(request: &http::Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// A JSON request refused before it became a call.
+/// A JSON request refused by this layer.
+#[derive(Debug)]
 struct Refused {
     http: StatusCode,
     status: Status,
@@ -228,10 +239,42 @@ impl Refused {
             status: refusal(code, message, reason, violations),
         }
     }
+
+    /// The refusal of a body with `fault`.
+    fn body(fault: Fault) -> Refused {
+        match fault {
+            Fault::TooLarge => Refused::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                Code::ResourceExhausted,
+                Reason::RequestTooLarge,
+                format!("the request is larger than careroute reads ({MAX_JSON_BYTES} bytes)"),
+            ),
+            Fault::Malformed { field, why } => {
+                let message = match &field {
+                    Some(field) => format!("{field}: {why}"),
+                    None => format!("the body is not this method's request in JSON: {why}"),
+                };
+                let violations = field
+                    .map(|field| Violation {
+                        field,
+                        description: why,
+                    })
+                    .into_iter()
+                    .collect();
+                Refused::naming(
+                    StatusCode::BAD_REQUEST,
+                    Code::InvalidArgument,
+                    Reason::MalformedBody,
+                    message,
+                    violations,
+                )
+            }
+        }
+    }
 }
 
-/// Serves one JSON request: checks and converts it, calls the method, and
-/// converts its answer.
+/// Serves one JSON request: checks it, calls the method with its body
+/// converted as the call reads it, and converts the answer.
 async fn transcode<S, ResBody>(
     mut inner: S,
     routes: &Routes,
@@ -242,27 +285,26 @@ where
     ResBody: http_body::Body<Data = Bytes>,
     ResBody::Error: std::fmt::Display,
 {
-    let (route, call) = match to_call(routes, request).await {
+    let fault = FaultSlot::default();
+    let (route, call) = match to_call(routes, request, &fault) {
         Ok(prepared) => prepared,
-        Err(refused) => {
-            let mut answer = error_answer(refused.http, &refused.status);
-            if refused.http == StatusCode::METHOD_NOT_ALLOWED {
-                answer
-                    .headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
-            }
-            return Ok(answer.map(Either::Right));
-        }
+        Err(refused) => return Ok(refused_answer(&refused).map(Either::Right)),
     };
     let answer = inner.call(call).await?;
+    // A body that did not convert failed the call: say why.
+    if let Some(fault) = fault.lock().take() {
+        return Ok(refused_answer(&Refused::body(fault)).map(Either::Right));
+    }
     Ok(from_answer(route, answer).await.map(Either::Right))
 }
 
-/// The gRPC call a JSON request asks for, with its route.
-async fn to_call(
-    routes: &Routes,
+/// The gRPC call a JSON request asks for, with its route; its body is
+/// converted when the call reads it, and a fault left in `fault`.
+fn to_call<'r>(
+    routes: &'r Routes,
     request: http::Request<Body>,
-) -> Result<(&Route, http::Request<Body>), Refused> {
+    fault: &FaultSlot,
+) -> Result<(&'r Route, http::Request<Body>), Refused> {
     let Some(route) = routes.by_path.get(request.uri().path()) else {
         return Err(Refused::new(
             StatusCode::NOT_FOUND,
@@ -294,141 +336,29 @@ async fn to_call(
         ));
     }
     let (mut parts, body) = request.into_parts();
-    let body = match Limited::new(body, MAX_JSON_BYTES).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(e) if e.is::<LengthLimitError>() => {
-            return Err(Refused::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                Code::ResourceExhausted,
-                Reason::RequestTooLarge,
-                format!("the request is larger than careroute reads ({MAX_JSON_BYTES} bytes)"),
-            ));
-        }
-        Err(_) => {
-            return Err(Refused::new(
-                StatusCode::BAD_REQUEST,
-                Code::Cancelled,
-                Reason::MalformedBody,
-                "the request body could not be read",
-            ));
-        }
-    };
-    let message = from_json(&route.input, &body).map_err(|fault| {
-        let message = match &fault.field {
-            Some(field) => format!("{field}: {}", fault.why),
-            None => format!(
-                "the body is not this method's request in JSON: {}",
-                fault.why
-            ),
-        };
-        let violations = fault
-            .field
-            .map(|field| Violation {
-                field,
-                description: fault.why,
-            })
-            .into_iter()
-            .collect();
-        Refused::naming(
-            StatusCode::BAD_REQUEST,
-            Code::InvalidArgument,
-            Reason::MalformedBody,
-            message,
-            violations,
-        )
-    })?;
-    let encoded = message.encode_to_vec();
-    let Ok(length) = u32::try_from(encoded.len()) else {
-        return Err(Refused::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            Code::ResourceExhausted,
-            Reason::RequestTooLarge,
-            format!("the request is larger than careroute reads ({MAX_JSON_BYTES} bytes)"),
-        ));
-    };
-    let mut framed = BytesMut::with_capacity(5 + encoded.len());
-    framed.put_u8(0);
-    framed.put_u32(length);
-    framed.extend_from_slice(&encoded);
-
-    parts.uri = http::Uri::from_maybe_shared(route.grpc_path.clone()).map_err(|_| {
-        Refused::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Code::Internal,
-            Reason::InternalError,
-            "the route's gRPC path is not a URI",
-        )
-    })?;
+    parts.uri = route.grpc_uri.clone();
     let headers = &mut parts.headers;
     headers.remove(header::CONTENT_LENGTH);
     headers.remove("grpc-encoding");
+    headers.remove("grpc-accept-encoding");
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
     headers.insert(header::TE, HeaderValue::from_static("trailers"));
-    let call = http::Request::from_parts(parts, Body::new(Full::new(framed.freeze())));
-    Ok((route, call))
+    let body = JsonBody::new(body, route.input.clone(), fault.clone());
+    Ok((route, http::Request::from_parts(parts, Body::new(body))))
 }
 
-/// Why a JSON body is not the method's request.
-#[derive(Debug)]
-struct JsonFault {
-    /// The JSON path of the field at fault (`attributes.age`), when the
-    /// body reached one.
-    field: Option<String>,
-    /// What is wrong there, and where in the body; never a value sent.
-    why: String,
-}
-
-/// The request message in `body`, an empty body being the empty message.
-fn from_json(input: &MessageDescriptor, body: &[u8]) -> Result<DynamicMessage, JsonFault> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(DynamicMessage::new(input.clone()));
+/// The JSON answer to a refusal of this layer.
+fn refused_answer(refused: &Refused) -> http::Response<Full<Bytes>> {
+    let mut answer = error_answer(refused.http, &refused.status);
+    if refused.http == StatusCode::METHOD_NOT_ALLOWED {
+        answer
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
     }
-    let mut reader = serde_json::Deserializer::from_slice(body);
-    let mut track = serde_path_to_error::Track::new();
-    let parsed = DynamicMessage::deserialize(
-        input.clone(),
-        serde_path_to_error::Deserializer::new(&mut reader, &mut track),
-    )
-    .and_then(|message| reader.end().map(|()| message));
-    parsed.map_err(|e| {
-        let path = track.path().to_string();
-        JsonFault {
-            field: (path != ".").then_some(path),
-            why: without_values(&e.to_string()),
-        }
-    })
-}
-
-/// `reason` with every quoted value before its "expected" left out: serde
-/// quotes the value it could not take there (and a value may be patient
-/// data), then says what it expected (the proto's names and types, kept).
-fn without_values(reason: &str) -> String {
-    let (said, expected) = match reason.find("expected") {
-        Some(at) => reason.split_at(at),
-        None => (reason, ""),
-    };
-    let mut out = String::with_capacity(reason.len());
-    let mut open: Option<char> = None;
-    for c in said.chars() {
-        match open {
-            None if matches!(c, '"' | '\'' | '`') => {
-                open = Some(c);
-                out.push(c);
-                out.push('…');
-            }
-            None => out.push(c),
-            Some(quote) if c == quote => {
-                open = None;
-                out.push(c);
-            }
-            Some(_) => {}
-        }
-    }
-    out.push_str(expected);
-    out
+    answer
 }
 
 /// The JSON answer to the gRPC answer `answer` of `route`.
@@ -519,12 +449,18 @@ fn error_answer(http: StatusCode, status: &Status) -> http::Response<Full<Bytes>
     let body = json!({
         "error": {
             "code": http.as_u16(),
-            "status": code_name(status.code()),
+            "status": super::layer::code_name(status.code() as i32),
             "message": status.message(),
             "details": listed,
         }
     });
-    json_answer(http, Bytes::from(body.to_string()))
+    let mut answer = json_answer(http, Bytes::from(body.to_string()));
+    if status.code() == Code::Unauthenticated {
+        answer
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    answer
 }
 
 /// The HTTP code of a gRPC code, as Google's APIs map them.
@@ -545,29 +481,6 @@ pub fn http_status(code: Code) -> StatusCode {
         Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
         Code::Unknown | Code::Internal | Code::DataLoss => StatusCode::INTERNAL_SERVER_ERROR,
-    }
-}
-
-/// The name of a gRPC code as in `google.rpc.Code`.
-fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -602,29 +515,15 @@ mod tests {
             let row = format!("| `POST {}` | {method} |", route.path);
             assert!(readme.contains(&row), "the README lacks the row {row}");
         }
-    }
-
-    #[test]
-    fn json_errors_never_repeat_a_value() {
-        let routes = Routes::from_descriptor(crate::grpc::FILE_DESCRIPTOR_SET).unwrap();
-        let route = &routes.by_path["/v1/contacts:route"];
-        for (body, value, field) in [
-            (r#"{"contactId": 12345678}"#, "12345678", "contactId"),
-            (r#"{"channel": "Jane Doe"}"#, "Jane", "channel"),
-            (r#"{"attributes": {"age": 71}}"#, "71", "attributes.age"),
-            (r#"{"intent": true}"#, "true", "intent"),
-        ] {
-            let fault = from_json(&route.input, body.as_bytes()).unwrap_err();
-            assert!(!fault.why.contains(value), "{body}: {fault:?}");
-            assert_eq!(fault.field.as_deref(), Some(field), "{body}: {fault:?}");
-        }
-        let why = from_json(&route.input, br#"{"noSuchField": 1}"#)
-            .unwrap_err()
-            .why;
-        assert!(why.starts_with("unrecognized field name"), "{why}");
-        assert!(!why.contains("noSuchField"), "{why}");
-        assert!(from_json(&route.input, b"  ").is_ok());
-        assert!(from_json(&route.input, b"{} trailing").is_err());
+        let rows = readme
+            .lines()
+            .filter(|l| l.starts_with("| `POST /"))
+            .count();
+        assert_eq!(
+            rows,
+            routes.all().count(),
+            "the README lists a route careroute lacks"
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! status codes ([`status`]), the service ([`service`]) and its event
 //! streams ([`events`], [`event_ring`]), the RPC table read
 //! from the descriptors ([`methods`]) and the tower layers around every call:
-//! HTTP/JSON transcoding ([`http_json`]), metrics and trace spans ([`layer`],
+//! HTTP/JSON transcoding ([`http_json`], [`json_body`]), metrics and trace spans ([`layer`],
 //! [`trace`]), client-fault codes ([`client_faults`]),
 //! authorization ([`authorize`]), admission
 //! ([`admission`]), panics ([`panic`]) and the request deadline
@@ -17,6 +17,7 @@ pub mod deadline;
 pub mod event_ring;
 pub mod events;
 pub mod http_json;
+pub mod json_body;
 pub mod layer;
 pub mod methods;
 pub mod panic;
