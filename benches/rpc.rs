@@ -2,9 +2,10 @@
 //! baseline (grpc.health.v1 Check) measured in the same run, one call at a
 //! time on one connection, client and server in this process.
 //!
-//! Cases: the baseline; an emergency decision (no agent choice); a warm
-//! transfer (agent reserved; the reservation is released outside the timed
-//! call); and both again on a server with the default journal (every
+//! Cases: the baseline; an emergency decision (no agent choice), over gRPC
+//! and as HTTP/JSON on the same HTTP/2 connection (the transcoding's cost);
+//! a warm transfer (agent reserved; the reservation is released outside the
+//! timed call); and all again on a server with the default journal (every
 //! command written before its answer leaves). Run with
 //! `cargo bench --bench rpc`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
@@ -151,6 +152,27 @@ fn cases(c: &mut Criterion, journal: bool) {
                 },
                 |_| async {},
             )
+        });
+    });
+    // The same decision as a chatbot asks for it: JSON in, JSON out.
+    group.bench_function("route_emergency_http_json", |b| {
+        b.to_async(&rt).iter(|| {
+            let mut channel = channel.clone();
+            async move {
+                use http_body_util::BodyExt;
+                use tower_service::Service;
+                let body = r#"{"contactId":"bench-json","channel":"CHANNEL_VOICE","intent":"clinical","urgency":"URGENCY_EMERGENCY","identity":"IDENTITY_VERIFIED"}"#;
+                let request = http::Request::post("/v1/contacts:route")
+                    .header("content-type", "application/json")
+                    .body(tonic::body::Body::new(http_body_util::Full::new(
+                        bytes::Bytes::from_static(body.as_bytes()),
+                    )))
+                    .unwrap();
+                std::future::poll_fn(|cx| channel.poll_ready(cx)).await.unwrap();
+                let answer = channel.call(request).await.unwrap();
+                assert_eq!(answer.status(), 200);
+                answer.into_body().collect().await.unwrap().to_bytes()
+            }
         });
     });
     // Urgent clinical from a verified caller: the nurse line in hours, the
