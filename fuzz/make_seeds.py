@@ -169,7 +169,24 @@ def engine_seeds():
         write("engine_ops", f"random-{n}", bytes(rng.randrange(256) for _ in range(n)))
 
 
+def json_seeds():
+    # One selector byte (the route, in path order), then the JSON body.
+    bodies = [
+        '{"contactId":"c-1","channel":"CHANNEL_VOICE","intent":"billing","urgency":"URGENCY_URGENT",'
+        '"identity":"IDENTITY_VERIFIED","attributes":{"coverage":"in_network"},"signals":["x"],'
+        '"transferFrom":{"queueId":"q"}}',
+        '{"agentId":"a-1","team":"T","skills":[{"skill":"billing","proficiency":3}],'
+        '"channels":[{"channel":"CHANNEL_CHAT","capacity":2}]}',
+        '{"reservationId":"r-1","requestId":"x","reason":"RELEASE_REASON_CANCELLED"}',
+        '{"queueId":"billing","states":["AGENT_STATE_AVAILABLE"],"pageSize":10,"pageToken":"agents:3"}',
+        "{}",
+    ]
+    for i, body in enumerate(bodies):
+        write("json_request", str(i), bytes([i]) + body.encode())
+
+
 if __name__ == "__main__":
     decode_request_seeds()
     parser_seeds()
     engine_seeds()
+    json_seeds()

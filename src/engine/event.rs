@@ -6,7 +6,7 @@ use chrono::Duration;
 
 use super::watchers::WatchFilter;
 use super::{AgentOffer, CallbackOffer, ReservationId};
-use crate::policy::Text;
+use crate::policy::{Text, TextList};
 
 /// Where a waiting call is parked: the queue it joined and that queue's
 /// transfer address. It stays there when the contact moves on (a wider
@@ -37,6 +37,9 @@ pub struct Assignment {
     /// The agent passed on this contact before (rejected or let it lapse)
     /// and it comes back after the cool-down.
     pub reoffer: bool,
+    /// The policy's guidance to verify the caller's identity during the
+    /// call, when it went on unverified (an urgent clinical contact).
+    pub verify_identity: Option<TextList>,
 }
 
 /// Why an offer was withdrawn.

@@ -103,6 +103,7 @@ impl Engine {
         contact: &Contact,
         facts: Resolved,
         decision: DecisionId,
+        verify_identity: bool,
         now: Time,
     ) -> Result<QueuedOffer, CallbackReason> {
         let q = &self.policy.queues[queue];
@@ -165,6 +166,7 @@ impl Engine {
             language: contact.language.clone(),
             intent: facts.intent,
             urgency: contact.urgency,
+            verify_identity,
             arrived: now,
             deadline: now + self.policy.queues[queue].max_wait_in_line,
             key,
@@ -351,6 +353,9 @@ impl Engine {
             w.decision,
         );
         let reoffer = w.passed_by(a);
+        let verify_identity = w
+            .verify_identity
+            .then(|| self.policy.authenticate.verify_during_call.clone());
         let speaks = w.language.as_deref().is_none_or(|l| {
             self.roster
                 .language(l)
@@ -383,6 +388,7 @@ impl Engine {
             parked,
             waited: (now - arrived).max(Duration::zero()),
             reoffer,
+            verify_identity,
         }));
     }
 

@@ -1240,3 +1240,54 @@ fn a_waiting_contacts_status_is_its_current_rank_and_estimate() {
     assert_eq!(last.kind, HopKind::Assigned);
     assert_eq!(status(&mut e, "stranger", done), None);
 }
+
+#[test]
+fn an_urgent_clinical_caller_queued_unverified_is_offered_with_the_verify_guidance() {
+    // The nurse line with a line of its own.
+    let text = waiting_policy_text().replacen(
+        "transfer_address = \"sip:nurse-line@pbx.careroute.example\"",
+        "transfer_address = \"sip:nurse-line@pbx.careroute.example\"\nmax_waiting = 5\nmax_wait = \"2h\"",
+        1,
+    );
+    let policy = crate::policy::parse("nurse-line.toml", &text).unwrap();
+    let mut e = watched(Engine::new(Arc::new(policy), EngineConfig::default()));
+    let t = open();
+    agent(&mut e, "n1", "clinical_triage", t);
+    busy(&mut e, "first", "clinical", t);
+    // Unverified and urgent: never held for identity, queued for a nurse.
+    let mut unverified = call("unverified", "clinical", Urgency::Urgent);
+    unverified.identity = Identity::NotAttempted;
+    let d = e.route(&unverified, t).unwrap();
+    queued(&d);
+    assert!(d.reasons.contains(&Reason::IdentityDeferred));
+    // Verified and urgent: queued behind it, nothing to verify.
+    let d = e
+        .route(&call("verified", "clinical", Urgency::Urgent), t)
+        .unwrap();
+    queued(&d);
+    assert!(!d.reasons.contains(&Reason::IdentityDeferred));
+
+    let guidance = e.policy().authenticate.verify_during_call.clone();
+    assert!(!guidance.is_empty());
+    let mut offered = Vec::new();
+    let mut at = t;
+    for _ in 0..2 {
+        at += Duration::minutes(10);
+        let contact = e.agent_view("n1").unwrap().contacts[0].contact_id.clone();
+        // Free again after wrap-up: the next in line is offered.
+        let free = finish(&mut e, "n1", &contact, at);
+        for event in e.take_events() {
+            if let Event::Assigned(a) = event {
+                offered.push((a.contact_id.clone(), a.verify_identity.clone()));
+                e.confirm(a.offer.reservation, free).unwrap();
+            }
+        }
+    }
+    assert_eq!(
+        offered,
+        [
+            ("unverified".to_string(), Some(guidance)),
+            ("verified".to_string(), None)
+        ]
+    );
+}

@@ -108,7 +108,14 @@ impl Engine {
                         reasons.push(Reason::NoAgentsStaffed);
                         self.callback(queue, CallbackReason::NoAgentsStaffed, facts, contact, now)
                     }
-                    None => match self.enqueue(queue, contact, facts, id, now) {
+                    None => match self.enqueue(
+                        queue,
+                        contact,
+                        facts,
+                        id,
+                        reasons.contains(&Reason::IdentityDeferred),
+                        now,
+                    ) {
                         Ok(offer) => {
                             reasons.push(Reason::Queued);
                             Outcome::Queued(offer)

@@ -39,6 +39,9 @@ pub struct Waiter {
     pub intent: IntentIdx,
     /// Its urgency.
     pub urgency: Urgency,
+    /// It went on before the caller's identity was verified (an urgent
+    /// clinical contact): the agent it is offered to verifies it.
+    pub verify_identity: bool,
     /// When it started waiting.
     pub arrived: Time,
     /// When it leaves the line for a callback if still in it (the wait

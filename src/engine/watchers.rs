@@ -362,6 +362,9 @@ impl Engine {
             parked: self.parked(w.parked),
             waited: (now - w.arrived).max(Duration::zero()),
             reoffer: w.passed_by(r.agent),
+            verify_identity: w
+                .verify_identity
+                .then(|| self.policy.authenticate.verify_during_call.clone()),
         }))
     }
 

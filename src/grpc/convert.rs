@@ -827,6 +827,10 @@ impl From<&Event> for pb::AssignmentEvent {
             Event::Assigned(a) => {
                 parked(&a.parked);
                 out.reoffer = a.reoffer;
+                if let Some(guidance) = &a.verify_identity {
+                    out.verify_identity = true;
+                    out.identity_guidance = guidance.iter().map(ToString::to_string).collect();
+                }
                 (E::Agent(pb::AgentTarget::from(&a.offer)), Some(a.waited))
             }
             Event::CallbackInstead {
