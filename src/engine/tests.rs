@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use chrono::{TimeZone, Utc};
 use proptest::prelude::*;
 
+use super::once::{Kept, Settle};
 use super::*;
 use crate::model::{CallbackReason, Channel, Contact, Identity, Reason, ReleaseReason, Urgency};
 
@@ -818,6 +819,15 @@ fn a_channel_freed_from_a_block_counts_its_idle_time_from_then() {
     assert_eq!(voice.idle_since, Some(t + Duration::seconds(20)));
 }
 
+/// A settling command sent with a request id, kept for its retries.
+#[derive(Debug, Clone)]
+enum SentOnce {
+    Confirm(Once<Confirm>),
+    Release(Once<Release>),
+    Complete(Once<Complete>),
+    Cancel(Once<Cancel>),
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Route {
@@ -1022,9 +1032,9 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
     // Offers made to waiting contacts (an immediate offer to a contact that
     // is also queued under a later hop answers the earlier hop only).
     let mut assignments: std::collections::HashSet<ReservationId> = Default::default();
-    // Confirms sent with a request id (every other one), with their answer,
-    // for retries.
-    let mut confirmed_once: Vec<(Once<Confirm>, (Text, String))> = Vec::new();
+    // Settling commands sent with a request id (every other one), with
+    // their first answer, for retries.
+    let mut settled_once: Vec<(SentOnce, Kept)> = Vec::new();
     for op in ops {
         match op {
             Op::Route {
@@ -1075,7 +1085,7 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let answered = apply!(once.clone());
                     if let Ok(a) = &answered {
                         prop_assert!(!a.replayed);
-                        confirmed_once.push((once, a.out.clone()));
+                        settled_once.push((SentOnce::Confirm(once), Confirm::keep(&a.out)));
                     }
                     answered.map(|a| a.out)
                 } else {
@@ -1106,7 +1116,21 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 });
                 let agent = e.reservations.get(&r).map(|x| x.agent);
                 let missed = agent.map(|a| e.roster.agent(a).missed_offers);
-                if apply!(Release(r, reason)).is_ok() {
+                let released = if k % 2 == 1 {
+                    let once = Once {
+                        request_id: format!("q{}", log.len()),
+                        command: Release(r, reason),
+                    };
+                    let answered = apply!(once.clone());
+                    if let Ok(a) = &answered {
+                        prop_assert!(!a.replayed);
+                        settled_once.push((SentOnce::Release(once), Release::keep(&a.out)));
+                    }
+                    answered.map(|a| a.out)
+                } else {
+                    apply!(Release(r, reason))
+                };
+                if released.is_ok() {
                     if let Some(contact) = line.filter(|_| reason == ReleaseReason::CallerHungUp) {
                         prop_assert!(
                             e.waiting.find(&contact).is_none(),
@@ -1129,31 +1153,79 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Complete(k) if !active.is_empty() => {
                 let (agent, contact) = active.remove(usize::from(k) % active.len());
-                apply!(Complete {
+                let complete = Complete {
                     agent_id: agent,
-                    contact_id: contact
-                })
-                .unwrap();
+                    contact_id: contact,
+                };
+                if k % 2 == 1 {
+                    let once = Once {
+                        request_id: format!("q{}", log.len()),
+                        command: complete,
+                    };
+                    let a = apply!(once.clone()).unwrap();
+                    prop_assert!(!a.replayed);
+                    settled_once.push((SentOnce::Complete(once), Complete::keep(&a.out)));
+                } else {
+                    apply!(complete).unwrap();
+                }
             }
-            Op::Retry(k) if !confirmed_once.is_empty() => {
-                // Within the window the first answer comes back and nothing
-                // changes; after it (or once the limits shrank it), the
-                // confirm acts anew and is refused as settled.
-                let (once, first) = confirmed_once[usize::from(k) % confirmed_once.len()].clone();
+            Op::Retry(k) if !settled_once.is_empty() => {
+                // While its reply is kept the first answer comes back and
+                // nothing changes; once it is forgotten (the window passed,
+                // or the limits shrank it) the command acts anew: a confirm
+                // or release meets its settled reservation, a completion or
+                // cancel acts only on work the model says is there.
+                let (sent, first) = settled_once[usize::from(k) % settled_once.len()].clone();
                 // What is due now fires first, so the retry alone is seen.
                 apply!(Tick).unwrap();
                 let before = fingerprint(&e);
-                match apply!(once) {
-                    Ok(a) => {
-                        prop_assert!(a.replayed);
-                        prop_assert_eq!(&a.out, &first);
+                let was_waiting = match &sent {
+                    SentOnce::Cancel(once) => e.waiting.find(&once.command.0).is_some(),
+                    _ => false,
+                };
+                let answered = match sent.clone() {
+                    SentOnce::Confirm(once) => {
+                        apply!(once).map(|a| (Confirm::keep(&a.out), a.replayed))
+                    }
+                    SentOnce::Release(once) => {
+                        apply!(once).map(|a| (Release::keep(&a.out), a.replayed))
+                    }
+                    SentOnce::Complete(once) => {
+                        apply!(once).map(|a| (Complete::keep(&a.out), a.replayed))
+                    }
+                    SentOnce::Cancel(once) => {
+                        apply!(once).map(|a| (Cancel::keep(&a.out), a.replayed))
+                    }
+                };
+                match (answered, &sent) {
+                    (Ok((kept, true)), _) => {
+                        prop_assert_eq!(&kept, &first);
                         prop_assert_eq!(fingerprint(&e), before, "a retry changed the state");
                     }
-                    Err(err) => prop_assert!(
+                    (Ok(_), SentOnce::Complete(once)) => {
+                        let pair = (
+                            once.command.agent_id.clone(),
+                            once.command.contact_id.clone(),
+                        );
+                        let held = active.iter().position(|p| *p == pair);
+                        prop_assert!(held.is_some(), "completed work the model does not hold");
+                        if let Some(i) = held {
+                            active.remove(i);
+                        }
+                    }
+                    (Ok(_), SentOnce::Cancel(once)) => {
+                        prop_assert!(was_waiting, "cancelled a contact not waiting");
+                        waiting.remove(&once.command.0);
+                    }
+                    (Ok(_), sent) => prop_assert!(false, "{:?} settled twice", sent),
+                    (Err(err), _) => prop_assert!(
                         matches!(
                             err,
                             EngineError::ReservationSettled { .. }
                                 | EngineError::UnknownReservation(_)
+                                | EngineError::NoActiveContact { .. }
+                                | EngineError::NotWaiting(_)
+                                | EngineError::UnknownAgent(_)
                         ),
                         "{:?}",
                         err
@@ -1163,7 +1235,21 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
             Op::Cancel(contact) => {
                 let id = format!("c{contact}");
                 let was = e.waiting.find(&id).is_some();
-                prop_assert_eq!(apply!(Cancel(id.clone())).is_ok(), was);
+                let cancelled = if contact % 2 == 1 {
+                    let once = Once {
+                        request_id: format!("q{}", log.len()),
+                        command: Cancel(id.clone()),
+                    };
+                    let answered = apply!(once.clone());
+                    if let Ok(a) = &answered {
+                        prop_assert!(!a.replayed);
+                        settled_once.push((SentOnce::Cancel(once), Cancel::keep(&a.out)));
+                    }
+                    answered.map(|a| a.out)
+                } else {
+                    apply!(Cancel(id.clone()))
+                };
+                prop_assert_eq!(cancelled.is_ok(), was);
                 waiting.remove(&id);
             }
             Op::State(a, s) => {
