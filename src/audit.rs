@@ -11,7 +11,7 @@ use std::{io::Write, path::Path};
 use chrono::SecondsFormat;
 use serde_json::{Value, json};
 
-use crate::engine::{Command, Decision, Engine, EngineConfig, Event, Outcome, Route};
+use crate::engine::{Command, Decision, Engine, EngineConfig, Event, Once, Outcome, Route};
 use crate::journal::{JournalError, LogReader, Replay, SnapshotFile};
 use crate::model::Time;
 
@@ -172,6 +172,56 @@ fn apply(replay: &mut Replay, at: Time, command: Command) -> Value {
             Ok(decision) => decided(&decision),
             Err(e) => json!({ "refused": e.to_string() }),
         },
+        Command::Once {
+            request_id,
+            command,
+        } => {
+            let replayed = match *command {
+                Command::Confirm(c) => engine
+                    .apply(
+                        Once {
+                            request_id,
+                            command: c,
+                        },
+                        at,
+                    )
+                    .map(|a| a.replayed),
+                Command::Release(c) => engine
+                    .apply(
+                        Once {
+                            request_id,
+                            command: c,
+                        },
+                        at,
+                    )
+                    .map(|a| a.replayed),
+                Command::Complete(c) => engine
+                    .apply(
+                        Once {
+                            request_id,
+                            command: c,
+                        },
+                        at,
+                    )
+                    .map(|a| a.replayed),
+                Command::Cancel(c) => engine
+                    .apply(
+                        Once {
+                            request_id,
+                            command: c,
+                        },
+                        at,
+                    )
+                    .map(|a| a.replayed),
+                other => engine.apply(other, at).map(|()| false),
+            };
+            match replayed {
+                Ok(false) => json!({ "accepted": true }),
+                // A retry after a lost answer: answered as the first was.
+                Ok(true) => json!({ "accepted": true, "retry_of_an_answered_request": true }),
+                Err(e) => json!({ "refused": e.to_string() }),
+            }
+        }
         command => match engine.apply(command, at) {
             Ok(()) => json!({ "accepted": true }),
             Err(e) => json!({ "refused": e.to_string() }),

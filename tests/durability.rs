@@ -455,6 +455,16 @@ async fn the_journal_export_shows_every_record_and_what_it_decided() {
         panic!("{d:?}")
     };
 
+    // The CTI's confirm, sent again after a lost answer.
+    for _ in 0..2 {
+        c.confirm_reservation(pb::ConfirmReservationRequest {
+            reservation_id: offer.reservation_id.clone(),
+            request_id: "confirm-c-1".into(),
+        })
+        .await
+        .unwrap();
+    }
+
     // Read while the service runs, replayed: the decision as answered.
     let (ok, lines, stderr) = export(&data, &["--outcomes"]);
     assert!(ok, "{stderr}");
@@ -472,6 +482,19 @@ async fn the_journal_export_shows_every_record_and_what_it_decided() {
         offer.reservation_id.as_str()
     );
     assert!(routed["at"].as_str().unwrap().ends_with('Z'));
+    // The confirm and its retry, told apart.
+    let confirms: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["command"].to_string().contains("confirm-c-1"))
+        .map(|l| &l["result"])
+        .collect();
+    assert_eq!(
+        confirms,
+        [
+            &serde_json::json!({"accepted": true}),
+            &serde_json::json!({"accepted": true, "retry_of_an_answered_request": true})
+        ]
+    );
 
     // A range, as stored.
     let (ok, lines, _) = export(&data, &["--from", "2", "--to", "3"]);
