@@ -879,6 +879,24 @@ async fn health_reflection_and_metrics() {
     };
     let names: Vec<_> = list.service.iter().map(|s| s.name.as_str()).collect();
     assert!(names.contains(&"careroute.v1.RoutingService"), "{names:?}");
+    // The error details every refusal carries resolve too, so a reflection
+    // client prints them decoded.
+    for symbol in ["google.rpc.ErrorInfo", "google.rpc.BadRequest"] {
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(symbol.into())),
+        };
+        let mut responses = reflection
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = responses.message().await.unwrap().unwrap().message_response;
+        assert!(
+            matches!(answer, Some(MessageResponse::FileDescriptorResponse(_))),
+            "{symbol}: {answer:?}"
+        );
+    }
 
     agent(&s.route(contact("m1", "billing")).await.unwrap());
     let body = s.scrape().await;
