@@ -8,27 +8,39 @@
 
 #![no_main]
 
-use std::collections::HashSet;
+use std::{collections::HashSet, sync::OnceLock};
 
 use careroute::grpc::{
     FILE_DESCRIPTOR_SET,
-    http_json::Routes,
+    http_json::{Route, Routes},
     json_body::{Fault, from_json},
 };
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use prost_reflect::DynamicMessage;
 
+/// The words of 6 or more letters in the reasons `json_body` writes.
+const TEMPLATE_WORDS: [&str; 10] = [
+    "string", "base64", "number", "integer", "digits", "duration", "object", "message", "fields",
+    "column",
+];
+
+/// The routes, by path, read from the descriptor once.
+fn routes() -> Vec<&'static Route> {
+    static ROUTES: OnceLock<Routes> = OnceLock::new();
+    let routes = ROUTES
+        .get_or_init(|| Routes::from_descriptor(FILE_DESCRIPTOR_SET).expect("the routes build"));
+    let mut all: Vec<&Route> = routes.all().collect();
+    all.sort_by(|a, b| a.path.cmp(&b.path));
+    all
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((&selector, body)) = data.split_first() else {
         return;
     };
-    let Ok(routes) = Routes::from_descriptor(FILE_DESCRIPTOR_SET) else {
-        panic!("the routes do not build");
-    };
-    let mut all: Vec<_> = routes.all().collect();
-    all.sort_by(|a, b| a.path.cmp(&b.path));
-    let route = all[usize::from(selector) % all.len()];
+    let routes = routes();
+    let route = routes[usize::from(selector) % routes.len()];
     match from_json(route.input(), body) {
         Ok(message) => {
             let bytes = message.encode_to_vec();
@@ -50,22 +62,19 @@ fuzz_target!(|data: &[u8]| {
                     assert!(names.contains(name), "{field} names {name}");
                 }
             }
-            // Any run of 6 or more letters and digits the body sent that the
-            // reason repeats must be a word of the proto (a name) or of the
-            // reasons careroute writes.
+            // Any word of 6 or more letters and digits the body sent that
+            // the reason repeats must be a word of the proto (a name) or of
+            // the reasons careroute writes.
+            let said: HashSet<&str> = why.split(|c: char| !c.is_ascii_alphanumeric()).collect();
             let text = String::from_utf8_lossy(body);
             for word in text.split(|c: char| !c.is_ascii_alphanumeric()) {
-                if word.len() >= 6 && why.contains(word) {
+                if word.len() >= 6 && said.contains(word) {
                     let known = names.contains(word)
                         || route.input().parent_pool().all_enums().any(|e| {
                             e.values()
-                                .any(|v| v.name().split('_').any(|w| w == word) || v.name() == word)
+                                .any(|v| v.name() == word || v.name().split('_').any(|w| w == word))
                         })
-                        || [
-                            "number", "string", "object", "column", "integer", "digits", "message",
-                            "fields", "base64", "Duration", "duration", "RFC",
-                        ]
-                        .contains(&word);
+                        || TEMPLATE_WORDS.contains(&word);
                     assert!(known, "the reason repeats {word:?}: {why}");
                 }
             }
