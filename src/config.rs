@@ -344,8 +344,9 @@ pub struct Config {
     /// `http://otel-collector:4317`). Off when not set: then no span is made.
     #[arg(global = true, long, env = "CAREROUTE_OTLP_ENDPOINT", value_parser = otlp_endpoint)]
     pub otlp_endpoint: Option<String>,
-    /// The share of calls without a sampled `traceparent` that are traced
-    /// (0 to 1). A call whose caller sampled its trace is always traced.
+    /// The share of calls without a `traceparent` that are traced (0 to 1).
+    /// A call with one follows its caller: traced if the caller sampled its
+    /// trace, not traced if it did not.
     #[arg(global = true, long, env = "CAREROUTE_TRACE_SAMPLE_RATIO", default_value_t = 0.01, value_parser = ratio)]
     pub trace_sample_ratio: f64,
     /// Log format.

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use metrics::{Counter, Histogram, Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use tracing_subscriber::{
     Layer, filter::Targets, layer::SubscriberExt as _, util::SubscriberInitExt as _,
@@ -562,10 +562,16 @@ pub fn init_tracing(
     let mut provider = None;
     let mut spans = None;
     if let Some(endpoint) = otlp {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
+        let mut builder = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
-            .with_endpoint(endpoint)
-            .build()?;
+            .with_endpoint(endpoint);
+        if endpoint.starts_with("https://") {
+            // The collector's certificate is checked against the Mozilla
+            // roots built in (webpki-roots).
+            builder = builder
+                .with_tls_config(tonic::transport::ClientTlsConfig::new().with_enabled_roots());
+        }
+        let exporter = builder.build()?;
         let sdk = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(

@@ -153,6 +153,10 @@ async fn a_call_with_a_traceparent_is_a_span_of_the_callers_trace() {
     request
         .metadata_mut()
         .insert("traceparent", traceparent(trace, ivr_span).parse().unwrap());
+    // Vendor values the caller chose: not passed on.
+    request
+        .metadata_mut()
+        .insert("tracestate", "ivr=c-trace-1".parse().unwrap());
     let decision = c.route_contact(request).await.unwrap().into_inner();
     let Some(pb::route_contact_response::Outcome::Agent(agent)) = &decision.outcome else {
         panic!("expected an agent: {decision:?}")
@@ -164,6 +168,7 @@ async fn a_call_with_a_traceparent_is_a_span_of_the_callers_trace() {
     assert_eq!(service, "careroute");
     assert_eq!(span.name, "careroute.v1.RoutingService/RouteContact");
     assert_eq!(span.parent_span_id, hex_bytes(ivr_span));
+    assert_eq!(span.trace_state, "");
     // SPAN_KIND_SERVER
     assert_eq!(span.kind, 2);
     assert_eq!(
@@ -257,5 +262,68 @@ async fn a_call_with_a_traceparent_is_a_span_of_the_callers_trace() {
         collector
             .wait_for(&hex_bytes(unsampled), 1, Duration::ZERO)
             .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_without_a_traceparent_are_sampled_at_the_ratio_and_the_callers_choice_holds() {
+    let collector = Collector::default();
+    let endpoint = collector.start().await;
+    let dir = fresh_data_dir();
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, floor::policy(&KNOBS)).unwrap();
+    let p = Process::start_with_env(
+        &dir,
+        &[
+            "--policy",
+            policy.to_str().unwrap(),
+            "--otlp-endpoint",
+            &endpoint,
+            "--trace-sample-ratio",
+            "1",
+        ],
+        "info",
+        &[("OTEL_BSP_SCHEDULE_DELAY", "50")],
+    );
+    let mut c = floor::client(&p).await;
+    // No traceparent, ratio 1: a root span of a trace of careroute's own.
+    c.list_queues(tonic::Request::new(Default::default()))
+        .await
+        .unwrap();
+    // The caller chose not to sample: no span, whatever the ratio.
+    let unsampled = "0af7651916cd43dd8448eb211c80319c";
+    let mut request = tonic::Request::new(pb::ListQueuesRequest::default());
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{unsampled}-00f067aa0ba902b7-00")
+            .parse()
+            .unwrap(),
+    );
+    c.list_queues(request).await.unwrap();
+    // A sampled call after both, to know the exporter sent what it had.
+    let last = "22222222222222222222222222222222";
+    let mut request = tonic::Request::new(pb::ListQueuesRequest::default());
+    request.metadata_mut().insert(
+        "traceparent",
+        traceparent(last, "00f067aa0ba902b7").parse().unwrap(),
+    );
+    c.list_queues(request).await.unwrap();
+    assert_eq!(
+        collector
+            .wait_for(&hex_bytes(last), 1, Duration::from_secs(20))
+            .len(),
+        1
+    );
+    let spans = collector.spans.lock().unwrap().clone();
+    let roots: Vec<_> = spans
+        .iter()
+        .filter(|(_, s)| s.name == "careroute.v1.RoutingService/ListQueues")
+        .filter(|(_, s)| s.parent_span_id.is_empty())
+        .collect();
+    assert_eq!(roots.len(), 1, "{spans:?}");
+    assert!(
+        spans
+            .iter()
+            .all(|(_, s)| s.trace_id != hex_bytes(unsampled))
     );
 }

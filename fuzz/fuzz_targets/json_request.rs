@@ -58,8 +58,14 @@ fuzz_target!(|data: &[u8]| {
                 .collect();
             if let Some(field) = field {
                 for part in field.split('.') {
-                    let name = part.split('[').next().unwrap_or_default();
+                    // `name` or `name[3]`: a list index, never a key.
+                    let (name, index) = part.split_once('[').unwrap_or((part, "]"));
                     assert!(names.contains(name), "{field} names {name}");
+                    let digits = index.strip_suffix(']').unwrap_or("x");
+                    assert!(
+                        digits.chars().all(|c| c.is_ascii_digit()),
+                        "{field} holds {index}"
+                    );
                 }
             }
             // Any word of 6 or more letters and digits the body sent that

@@ -1034,7 +1034,10 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut assignments: std::collections::HashSet<ReservationId> = Default::default();
     // Settling commands sent with a request id (every other one), with
     // their first answer, for retries.
-    let mut settled_once: Vec<(SentOnce, Kept)> = Vec::new();
+    let mut settled_once: Vec<(SentOnce, Kept, Time, usize)> = Vec::new();
+    // The log's length when the limits last changed: replies sent before
+    // it may have been forgotten early (a smaller window or cap).
+    let mut limits_changed = 0usize;
     for op in ops {
         match op {
             Op::Route {
@@ -1085,7 +1088,12 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let answered = apply!(once.clone());
                     if let Ok(a) = &answered {
                         prop_assert!(!a.replayed);
-                        settled_once.push((SentOnce::Confirm(once), Confirm::keep(&a.out)));
+                        settled_once.push((
+                            SentOnce::Confirm(once),
+                            Confirm::keep(&a.out),
+                            now,
+                            log.len(),
+                        ));
                     }
                     answered.map(|a| a.out)
                 } else {
@@ -1124,7 +1132,12 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let answered = apply!(once.clone());
                     if let Ok(a) = &answered {
                         prop_assert!(!a.replayed);
-                        settled_once.push((SentOnce::Release(once), Release::keep(&a.out)));
+                        settled_once.push((
+                            SentOnce::Release(once),
+                            Release::keep(&a.out),
+                            now,
+                            log.len(),
+                        ));
                     }
                     answered.map(|a| a.out)
                 } else {
@@ -1164,7 +1177,12 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     };
                     let a = apply!(once.clone()).unwrap();
                     prop_assert!(!a.replayed);
-                    settled_once.push((SentOnce::Complete(once), Complete::keep(&a.out)));
+                    settled_once.push((
+                        SentOnce::Complete(once),
+                        Complete::keep(&a.out),
+                        now,
+                        log.len(),
+                    ));
                 } else {
                     apply!(complete).unwrap();
                 }
@@ -1175,7 +1193,18 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 // or the limits shrank it) the command acts anew: a confirm
                 // or release meets its settled reservation, a completion or
                 // cancel acts only on work the model says is there.
-                let (sent, first) = settled_once[usize::from(k) % settled_once.len()].clone();
+                let (sent, first, sent_at, sent_len) =
+                    settled_once[usize::from(k) % settled_once.len()].clone();
+                // Kept for sure: no limit changed since, well inside the
+                // window, and fewer requests sent with an id than the cap.
+                let window = Duration::milliseconds(e.limits().idempotency_retention_ms);
+                let kept_for_sure = limits_changed < sent_len
+                    && now - sent_at + Duration::seconds(1) < window
+                    && log
+                        .iter()
+                        .filter(|(_, c)| matches!(c, Command::Once { .. }))
+                        .count()
+                        < e.limits().max_idempotency_keys;
                 // What is due now fires first, so the retry alone is seen.
                 apply!(Tick).unwrap();
                 let before = fingerprint(&e);
@@ -1197,6 +1226,14 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         apply!(once).map(|a| (Cancel::keep(&a.out), a.replayed))
                     }
                 };
+                if kept_for_sure {
+                    prop_assert!(
+                        matches!(answered, Ok((_, true))),
+                        "a retry inside the window was not answered from the first: {:?} -> {:?}",
+                        sent,
+                        answered
+                    );
+                }
                 match (answered, &sent) {
                     (Ok((kept, true)), _) => {
                         prop_assert_eq!(&kept, &first);
@@ -1218,18 +1255,27 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         waiting.remove(&once.command.0);
                     }
                     (Ok(_), sent) => prop_assert!(false, "{:?} settled twice", sent),
-                    (Err(err), _) => prop_assert!(
+                    // Forgotten, and acting anew: only what each can meet.
+                    (Err(err), SentOnce::Confirm(_) | SentOnce::Release(_)) => prop_assert!(
                         matches!(
                             err,
                             EngineError::ReservationSettled { .. }
                                 | EngineError::UnknownReservation(_)
-                                | EngineError::NoActiveContact { .. }
-                                | EngineError::NotWaiting(_)
-                                | EngineError::UnknownAgent(_)
                         ),
                         "{:?}",
                         err
                     ),
+                    (Err(err), SentOnce::Complete(_)) => prop_assert!(
+                        matches!(
+                            err,
+                            EngineError::NoActiveContact { .. } | EngineError::UnknownAgent(_)
+                        ),
+                        "{:?}",
+                        err
+                    ),
+                    (Err(err), SentOnce::Cancel(_)) => {
+                        prop_assert!(matches!(err, EngineError::NotWaiting(_)), "{:?}", err)
+                    }
                 }
             }
             Op::Cancel(contact) => {
@@ -1243,7 +1289,12 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     let answered = apply!(once.clone());
                     if let Ok(a) = &answered {
                         prop_assert!(!a.replayed);
-                        settled_once.push((SentOnce::Cancel(once), Cancel::keep(&a.out)));
+                        settled_once.push((
+                            SentOnce::Cancel(once),
+                            Cancel::keep(&a.out),
+                            now,
+                            log.len(),
+                        ));
                     }
                     answered.map(|a| a.out)
                 } else {
@@ -1374,6 +1425,7 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 };
                 apply!(Configure(limits)).unwrap();
                 prop_assert_eq!(e.limits(), limits);
+                limits_changed = log.len();
             }
             Op::Restart => {
                 // The process restarted: every watcher is gone with it.

@@ -1,5 +1,5 @@
 //! The trace span of one call: named after the RPC, a child of the caller's
-//! W3C `traceparent` (and `tracestate`) when it sent one, so an IVR,
+//! W3C `traceparent` when it sent one (its `tracestate` is not passed on), so an IVR,
 //! careroute and a CTI appear in one trace. Handlers add what was decided
 //! (decision id, rule, outcome: never contact data) with [`record`]; the
 //! metrics layer records the status and closes it. Spans are made only when
@@ -76,7 +76,12 @@ pub fn record(decision_id: &impl std::fmt::Display, rule_id: Option<&str>, outco
 struct Headers<'a>(&'a http::HeaderMap);
 
 impl Extractor for Headers<'_> {
+    /// `traceparent` only: the caller's `tracestate` (vendor values it
+    /// chose) is not passed on to the collector.
     fn get(&self, key: &str) -> Option<&str> {
+        if key.eq_ignore_ascii_case("tracestate") {
+            return None;
+        }
         self.0.get(key).and_then(|v| v.to_str().ok())
     }
 
