@@ -112,9 +112,10 @@ pub const TLS_HANDSHAKE_FAILURES: &str = "careroute_tls_handshake_failures_total
 pub const FILE_RELOADS: &str = "careroute_file_reloads_total";
 /// When the server's TLS certificate in force expires (Unix seconds).
 pub const TLS_CERT_EXPIRY: &str = "careroute_tls_certificate_expiry_timestamp_seconds";
-/// HTTP/JSON requests refused before they became a call, by reason
-/// (UNKNOWN_ROUTE, NOT_JSON, MALFORMED_BODY, REQUEST_TOO_LARGE); the calls
-/// themselves count as their RPC's.
+/// HTTP/JSON requests refused by the HTTP/JSON layer, by reason
+/// (UNKNOWN_ROUTE, NOT_JSON before any call; MALFORMED_BODY,
+/// REQUEST_TOO_LARGE for a body, which the call reads, so those count under
+/// their RPC too).
 pub const HTTP_JSON_REFUSED: &str = "careroute_http_json_refused_total";
 
 /// The target of the per-call trace spans: exported over OTLP, never logged.
@@ -345,7 +346,7 @@ fn describe() {
     );
     describe_counter!(
         HTTP_JSON_REFUSED,
-        "HTTP/JSON requests refused before they became a call, by reason (UNKNOWN_ROUTE, NOT_JSON, MALFORMED_BODY, REQUEST_TOO_LARGE); the calls themselves count as their RPC's."
+        "HTTP/JSON requests refused by the HTTP/JSON layer, by reason: UNKNOWN_ROUTE and NOT_JSON before any call; MALFORMED_BODY and REQUEST_TOO_LARGE for a body, which the call reads, so those also count under their RPC (INVALID_ARGUMENT, RESOURCE_EXHAUSTED)."
     );
     describe_counter!(
         TLS_HANDSHAKE_FAILURES,

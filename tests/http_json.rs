@@ -489,6 +489,12 @@ async fn bad_input_gets_its_http_code_reason_and_field() {
     let scrape = common::http_get_with(&p.metrics, "/metrics", Some(ADMIN)).await;
     // A body that did not convert counts as the RPC's client fault, never
     // as a server fault or a client gone away.
+    // The body over the limit counts as the RPC's RESOURCE_EXHAUSTED, as
+    // over gRPC.
+    assert!(
+        scrape.contains("method=\"RouteContact\",code=\"RESOURCE_EXHAUSTED\"} 1"),
+        "{scrape}"
+    );
     for code in ["CANCELLED", "UNKNOWN", "INTERNAL"] {
         let series = format!("method=\"RouteContact\",code=\"{code}\"");
         assert!(!scrape.contains(&series), "{series} in\n{scrape}");

@@ -30,7 +30,8 @@ pub struct AgentView {
     pub reservations: Vec<HeldOffer>,
     /// Contacts confirmed and not completed, oldest first.
     pub contacts: Vec<HeldContact>,
-    /// Queues whose requirements it meets, in policy order.
+    /// Queues it may be offered contacts of (its requirements met, or a
+    /// relaxation step reaching it), in policy order, as clients know them.
     pub queues: Vec<Text>,
     /// Skills with proficiency.
     pub skills: Vec<(Text, u8)>,
@@ -149,7 +150,7 @@ impl Engine {
         };
         let matches = |agent: &Agent| {
             !agent.removed
-                && queue.is_none_or(|q| agent.queues.contains(&q))
+                && queue.is_none_or(|q| agent.queues.iter().any(|&a| self.policy.root(a) == q))
                 && filter.team.as_deref().is_none_or(|t| *agent.team == *t)
                 && (filter.states.is_empty() || filter.states.contains(&agent.state))
         };
@@ -261,12 +262,7 @@ impl Engine {
                 held.sort_by(|x, y| (x.since, &x.contact_id).cmp(&(y.since, &y.contact_id)));
                 held
             },
-            queues: agent
-                .queues
-                .iter()
-                .filter(|&&q| policy.queues[q].parent.is_none())
-                .map(|&q| policy.queues[q].id.clone())
-                .collect(),
+            queues: policy.client_queue_ids(&agent.queues),
             skills: agent.skills.clone(),
             languages: agent
                 .languages

@@ -134,13 +134,8 @@ impl Engine {
             agent.capacity = capacity;
             Roster::place(agent, &policy);
         });
-        let queues = self
-            .roster
-            .agent(a)
-            .queues
-            .iter()
-            .map(|q| policy.queues[*q].id.clone())
-            .collect();
+        // Step pools are internal: clients know their queues.
+        let queues = policy.client_queue_ids(&self.roster.agent(a).queues);
         self.dispatch(a, now);
         Ok((queues, created))
     }

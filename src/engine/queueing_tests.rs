@@ -1291,3 +1291,34 @@ fn an_urgent_clinical_caller_queued_unverified_is_offered_with_the_verify_guidan
         ]
     );
 }
+
+#[test]
+fn an_agent_reached_by_a_relaxation_step_is_eligible_for_the_queue_clients_know() {
+    let mut e = engine();
+    let t = open();
+    // Billing needs 2; its first step takes billing 1 after 60 s.
+    let (queues, created) = e
+        .upsert_agent(
+            AgentSpec {
+                id: "trainee".into(),
+                team: "T".into(),
+                transfer_address: "sip:trainee".into(),
+                skills: vec![("billing".into(), 1)],
+                languages: vec!["en".into()],
+                channels: vec![(Channel::Voice, 1)],
+            },
+            t,
+        )
+        .unwrap();
+    assert!(created);
+    let ids: Vec<&str> = queues.iter().map(|q| &**q).collect();
+    assert_eq!(ids, ["billing"], "step pools are internal");
+    let view = e.agent_view("trainee").unwrap();
+    assert_eq!(view.queues, queues);
+    let filter = AgentFilter {
+        queue_id: Some("billing".into()),
+        ..AgentFilter::default()
+    };
+    let page = e.agent_page(&filter, 0, 10).unwrap();
+    assert!(page.agents.iter().any(|a| &*a.id == "trainee"));
+}

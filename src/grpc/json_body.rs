@@ -64,7 +64,14 @@ impl JsonBody {
 
     fn fail(&mut self, fault: Fault) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         self.done = true;
-        let status = Status::invalid_argument("the HTTP/JSON body is not the method's request");
+        // The call's own code, as its metrics count it; the answer the
+        // client gets is the layer's, from the fault.
+        let status = match fault {
+            Fault::TooLarge => Status::resource_exhausted("the HTTP/JSON body is too large"),
+            Fault::Malformed { .. } => {
+                Status::invalid_argument("the HTTP/JSON body is not the method's request")
+            }
+        };
         *self.fault.lock() = Some(fault);
         Poll::Ready(Some(Err(status)))
     }
@@ -199,8 +206,17 @@ fn describe(
             (at, _) => at,
         };
     }
+    // A message field's value is an object of that message's fields.
+    if let At::Field(f) | At::Element(f) = &at
+        && !(f.is_list() && matches!(at, At::Field(_)))
+        && !(f.is_map() && matches!(at, At::Field(_)))
+        && let Kind::Message(m) = element_kind(f)
+        && !is_well_known(&m)
+    {
+        at = At::Message(m);
+    }
     let why = match &at {
-        At::Message(_) => "must be an object with only this message's fields".to_owned(),
+        At::Message(m) => format!("must be an object with only the fields of {}", m.name()),
         At::Field(f) if f.is_list() => "must be an array".to_owned(),
         At::Field(f) if f.is_map() => "must be an object".to_owned(),
         At::Field(f) => must_be(&f.kind()),
@@ -223,6 +239,14 @@ fn enter(at: At) -> At {
         Kind::Message(m) => At::Message(m),
         _ => at,
     }
+}
+
+/// Whether `m` has a JSON form of its own (a string), not an object.
+fn is_well_known(m: &MessageDescriptor) -> bool {
+    matches!(
+        m.full_name(),
+        "google.protobuf.Timestamp" | "google.protobuf.Duration"
+    )
 }
 
 /// The kind of one element of a list field, or one value of a map field.
@@ -325,7 +349,21 @@ mod tests {
                 Some("attributes"),
                 "must be an object",
             ),
-            (r#"{"Jane Doe": 1}"#, None, "only this message's fields"),
+            (
+                r#"{"Jane Doe": 1}"#,
+                None,
+                "only the fields of RouteContactRequest",
+            ),
+            (
+                r#"{"transferFrom": {"Jane": 1}}"#,
+                Some("transfer_from"),
+                "only the fields of TransferFrom",
+            ),
+            (
+                r#"{"transferFrom": 5}"#,
+                Some("transfer_from"),
+                "only the fields of TransferFrom",
+            ),
             (r#"["Jane Doe"]"#, None, "must be an object"),
             (
                 r#"{"contactId": "Jane Doe"} trailing"#,

@@ -362,6 +362,22 @@ impl Policy {
         self.queues[queue].parent.unwrap_or(queue)
     }
 
+    /// The ids clients know of `queues`: a step pool as its queue, each
+    /// once, in order.
+    pub fn client_queue_ids(&self, queues: &[QueueIdx]) -> Vec<Text> {
+        let mut roots: Vec<QueueIdx> = Vec::with_capacity(queues.len());
+        for &q in queues {
+            let root = self.root(q);
+            if !roots.contains(&root) {
+                roots.push(root);
+            }
+        }
+        roots
+            .into_iter()
+            .map(|q| self.queues[q].id.clone())
+            .collect()
+    }
+
     /// How far along its queue's relaxation steps a pool is: 0 for a queue
     /// itself, n for the pool of its n-th step.
     pub fn step_rank(&self, queue: QueueIdx) -> usize {

@@ -1,0 +1,10 @@
+careroute_http_json_refused_total{reason="MALFORMED_BODY"} 63
+careroute_http_json_refused_total{reason="NOT_JSON"} 59
+careroute_http_json_refused_total{reason="REQUEST_TOO_LARGE"} 17
+careroute_http_json_refused_total{reason="UNKNOWN_ROUTE"} 419
+careroute_rpc_requests_total{service="careroute.v1.RoutingService",method="GetAgent",code="DEADLINE_EXCEEDED"} 2
+careroute_rpc_requests_total{service="careroute.v1.RoutingService",method="GetAgent",code="INVALID_ARGUMENT"} 14
+careroute_rpc_requests_total{service="careroute.v1.RoutingService",method="GetAgent",code="NOT_FOUND"} 1
+careroute_rpc_requests_total{service="careroute.v1.RoutingService",method="GetAgent",code="OK"} 72
+careroute_rpc_requests_total{service="careroute.v1.RoutingService",method="ListQueues",code="INVALID_ARGUMENT"} 14
+careroute_rpc_requests_total{service="careroute.v1.RoutingService",method="ListQueues",code="OK"} 817
