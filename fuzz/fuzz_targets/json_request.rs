@@ -54,7 +54,11 @@ fuzz_target!(|data: &[u8]| {
                 .input()
                 .parent_pool()
                 .all_messages()
-                .flat_map(|m| m.fields().map(|f| f.name().to_owned()).collect::<Vec<_>>())
+                .flat_map(|m| {
+                    let mut names: Vec<String> = m.fields().map(|f| f.name().to_owned()).collect();
+                    names.push(m.name().to_owned());
+                    names
+                })
                 .collect();
             if let Some(field) = field {
                 for part in field.split('.') {
@@ -69,7 +73,8 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             // Any word of 6 or more letters and digits the body sent that
-            // the reason repeats must be a word of the proto (a name) or of
+            // the reason repeats must be a word of the proto (a field or message
+            // name) or of
             // the reasons careroute writes.
             let said: HashSet<&str> = why.split(|c: char| !c.is_ascii_alphanumeric()).collect();
             let text = String::from_utf8_lossy(body);
