@@ -11,7 +11,7 @@ use std::{io::Write, path::Path};
 use chrono::SecondsFormat;
 use serde_json::{Value, json};
 
-use crate::engine::{Command, Decision, Engine, EngineConfig, Event, Once, Outcome, Route};
+use crate::engine::{Command, Decision, Engine, EngineConfig, Event, LoggedOnce, Outcome, Route};
 use crate::journal::{JournalError, LogReader, Replay, SnapshotFile};
 use crate::model::Time;
 
@@ -176,45 +176,13 @@ fn apply(replay: &mut Replay, at: Time, command: Command) -> Value {
             request_id,
             command,
         } => {
-            let replayed = match *command {
-                Command::Confirm(c) => engine
-                    .apply(
-                        Once {
-                            request_id,
-                            command: c,
-                        },
-                        at,
-                    )
-                    .map(|a| a.replayed),
-                Command::Release(c) => engine
-                    .apply(
-                        Once {
-                            request_id,
-                            command: c,
-                        },
-                        at,
-                    )
-                    .map(|a| a.replayed),
-                Command::Complete(c) => engine
-                    .apply(
-                        Once {
-                            request_id,
-                            command: c,
-                        },
-                        at,
-                    )
-                    .map(|a| a.replayed),
-                Command::Cancel(c) => engine
-                    .apply(
-                        Once {
-                            request_id,
-                            command: c,
-                        },
-                        at,
-                    )
-                    .map(|a| a.replayed),
-                other => engine.apply(other, at).map(|()| false),
-            };
+            let replayed = engine.apply(
+                LoggedOnce {
+                    request_id,
+                    command: *command,
+                },
+                at,
+            );
             match replayed {
                 Ok(false) => json!({ "accepted": true }),
                 // A retry after a lost answer: answered as the first was.

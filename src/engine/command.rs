@@ -296,6 +296,52 @@ impl From<Tick> for Command {
     }
 }
 
+/// A logged settling command with its request id ([`Command::Once`]), as
+/// its typed [`Once`]: answers whether it was a retry answered from the
+/// first. Only settling commands are sent with a request id; anything else
+/// in a log applies as itself (never a retry).
+#[derive(Debug, Clone)]
+pub struct LoggedOnce {
+    /// The client's id for the request.
+    pub request_id: String,
+    /// A [`Confirm`], [`Release`], [`Complete`] or [`Cancel`].
+    pub command: Command,
+}
+
+impl Apply for LoggedOnce {
+    type Output = bool;
+    fn apply_at(self, e: &mut Engine, now: Time) -> Result<bool, EngineError> {
+        let request_id = self.request_id;
+        match self.command {
+            Command::Confirm(command) => Once {
+                request_id,
+                command,
+            }
+            .apply_at(e, now)
+            .map(|a| a.replayed),
+            Command::Release(command) => Once {
+                request_id,
+                command,
+            }
+            .apply_at(e, now)
+            .map(|a| a.replayed),
+            Command::Complete(command) => Once {
+                request_id,
+                command,
+            }
+            .apply_at(e, now)
+            .map(|a| a.replayed),
+            Command::Cancel(command) => Once {
+                request_id,
+                command,
+            }
+            .apply_at(e, now)
+            .map(|a| a.replayed),
+            other => other.apply_at(e, now).map(|()| false),
+        }
+    }
+}
+
 impl Apply for Command {
     type Output = ();
     fn apply_at(self, e: &mut Engine, now: Time) -> Result<(), EngineError> {
@@ -320,37 +366,12 @@ impl Apply for Command {
             Command::Once {
                 request_id,
                 command,
-            } => {
-                match *command {
-                    Command::Confirm(c) => Once {
-                        request_id,
-                        command: c,
-                    }
-                    .apply_at(e, now)
-                    .map(drop),
-                    Command::Release(c) => Once {
-                        request_id,
-                        command: c,
-                    }
-                    .apply_at(e, now)
-                    .map(drop),
-                    Command::Complete(c) => Once {
-                        request_id,
-                        command: c,
-                    }
-                    .apply_at(e, now)
-                    .map(drop),
-                    Command::Cancel(c) => Once {
-                        request_id,
-                        command: c,
-                    }
-                    .apply_at(e, now)
-                    .map(drop),
-                    // Only settling commands are sent with a request id;
-                    // anything else in a log applies as itself.
-                    other => other.apply_at(e, now),
-                }
+            } => LoggedOnce {
+                request_id,
+                command: *command,
             }
+            .apply_at(e, now)
+            .map(drop),
         }
     }
 }

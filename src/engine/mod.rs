@@ -47,8 +47,8 @@ pub use agent_view::{
 };
 pub use agents::{AgentSpec, MAX_CHANNEL_CAPACITY};
 pub use command::{
-    Apply, Cancel, Command, Complete, Configure, Confirm, Release, RemoveAgent, ReplacePolicy,
-    Route, SetAgentState, Tick, Unwatch, UpsertAgent, Watch,
+    Apply, Cancel, Command, Complete, Configure, Confirm, LoggedOnce, Release, RemoveAgent,
+    ReplacePolicy, Route, SetAgentState, Tick, Unwatch, UpsertAgent, Watch,
 };
 pub use decision::{
     AgentOffer, CallbackOffer, Decision, DecisionId, Guidance, Outcome, ReservationId,
