@@ -122,8 +122,9 @@ fn hex_bytes(s: &str) -> Vec<u8> {
     hex::decode(s).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_call_with_a_traceparent_is_a_span_of_the_callers_trace() {
+/// A collector, and the binary on the floor's policy exporting to it at
+/// `ratio`, each batch at once rather than every 5 s.
+async fn start(ratio: &str) -> (Collector, Process) {
     let collector = Collector::default();
     let endpoint = collector.start().await;
     let dir = fresh_data_dir();
@@ -136,14 +137,19 @@ async fn a_call_with_a_traceparent_is_a_span_of_the_callers_trace() {
             policy.to_str().unwrap(),
             "--otlp-endpoint",
             &endpoint,
-            // Only what the caller sampled.
             "--trace-sample-ratio",
-            "0",
+            ratio,
         ],
         "info",
-        // Export each batch at once rather than every 5 s.
         &[("OTEL_BSP_SCHEDULE_DELAY", "50")],
     );
+    (collector, p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_with_a_traceparent_is_a_span_of_the_callers_trace() {
+    // Only what the caller sampled.
+    let (collector, p) = start("0").await;
     let mut c = floor::client(&p).await;
     floor::agent(&mut c, "agent-1", "Access", "scheduling").await;
 
@@ -267,24 +273,7 @@ async fn a_call_with_a_traceparent_is_a_span_of_the_callers_trace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_without_a_traceparent_are_sampled_at_the_ratio_and_the_callers_choice_holds() {
-    let collector = Collector::default();
-    let endpoint = collector.start().await;
-    let dir = fresh_data_dir();
-    let policy = dir.join("policy.toml");
-    std::fs::write(&policy, floor::policy(&KNOBS)).unwrap();
-    let p = Process::start_with_env(
-        &dir,
-        &[
-            "--policy",
-            policy.to_str().unwrap(),
-            "--otlp-endpoint",
-            &endpoint,
-            "--trace-sample-ratio",
-            "1",
-        ],
-        "info",
-        &[("OTEL_BSP_SCHEDULE_DELAY", "50")],
-    );
+    let (collector, p) = start("1").await;
     let mut c = floor::client(&p).await;
     // No traceparent, ratio 1: a root span of a trace of careroute's own.
     c.list_queues(tonic::Request::new(Default::default()))

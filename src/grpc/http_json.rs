@@ -16,6 +16,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes};
+use futures_util::TryFutureExt as _;
 use http::{HeaderValue, Method, StatusCode, header};
 use http_body_util::{BodyExt, Either, Full};
 use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
@@ -51,14 +52,18 @@ pub enum RouteError {
 pub struct Route {
     /// The HTTP path, e.g. `/v1/contacts:route`.
     pub path: String,
-    /// The gRPC path, e.g. `/careroute.v1.RoutingService/RouteContact`.
-    pub grpc_path: String,
+    /// The gRPC call's URI: the method's path.
     grpc_uri: http::Uri,
     input: MessageDescriptor,
     output: MessageDescriptor,
 }
 
 impl Route {
+    /// The gRPC path, e.g. `/careroute.v1.RoutingService/RouteContact`.
+    pub fn grpc_path(&self) -> &str {
+        self.grpc_uri.path()
+    }
+
     /// The method's request message.
     pub fn input(&self) -> &MessageDescriptor {
         &self.input
@@ -119,7 +124,6 @@ impl Routes {
                 };
                 let route = Route {
                     path: path.clone(),
-                    grpc_path,
                     grpc_uri,
                     input: method.input(),
                     output: method.output(),
@@ -176,6 +180,18 @@ type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
 /// A gRPC answer passed through, or a JSON one.
 type Answer<B> = http::Response<Either<B, Full<Bytes>>>;
 
+/// A gRPC call's answer, passed through as it is.
+fn passed<B>(answer: http::Response<B>) -> Answer<B> {
+    answer.map(Either::Left)
+}
+
+/// The future of a call: a gRPC call's own (no allocation on that path),
+/// or a JSON call's.
+type CallFuture<F, B, E> = futures_util::future::Either<
+    futures_util::future::MapOk<F, fn(http::Response<B>) -> Answer<B>>,
+    BoxFuture<Answer<B>, E>,
+>;
+
 impl<S, ResBody> Service<http::Request<Body>> for HttpJson<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<ResBody>> + Clone + Send + 'static,
@@ -186,7 +202,7 @@ where
 {
     type Response = Answer<ResBody>;
     type Error = S::Error;
-    type Future = BoxFuture<Answer<ResBody>, S::Error>;
+    type Future = CallFuture<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -194,14 +210,16 @@ where
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         if is_grpc(&request) {
-            let call = self.inner.call(request);
-            return Box::pin(async move { Ok(call.await?.map(Either::Left)) });
+            let pass: fn(http::Response<ResBody>) -> Answer<ResBody> = passed;
+            return futures_util::future::Either::Left(self.inner.call(request).map_ok(pass));
         }
         // The service made ready by poll_ready goes with this call.
         let ready = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, ready);
         let routes = self.routes.clone();
-        Box::pin(async move { transcode(inner, &routes, request).await })
+        futures_util::future::Either::Right(Box::pin(async move {
+            transcode(inner, &routes, request).await
+        }))
     }
 }
 
@@ -492,7 +510,7 @@ mod tests {
     #[test]
     fn every_unary_routing_rpc_is_bound_once_and_nothing_else() {
         let routes = Routes::from_descriptor(crate::grpc::FILE_DESCRIPTOR_SET).unwrap();
-        let mut bound: Vec<&str> = routes.all().map(|r| r.grpc_path.as_str()).collect();
+        let mut bound: Vec<&str> = routes.all().map(Route::grpc_path).collect();
         bound.sort_unstable();
         let mut unary: Vec<String> = methods::all()
             .iter()
@@ -503,7 +521,7 @@ mod tests {
         unary.sort_unstable();
         assert_eq!(bound, unary);
         assert!(routes.all().any(|r| r.path == "/v1/contacts:route"
-            && r.grpc_path == "/careroute.v1.RoutingService/RouteContact"));
+            && r.grpc_path() == "/careroute.v1.RoutingService/RouteContact"));
     }
 
     #[test]
@@ -511,7 +529,7 @@ mod tests {
         let readme = include_str!("../../README.md");
         let routes = Routes::from_descriptor(crate::grpc::FILE_DESCRIPTOR_SET).unwrap();
         for route in routes.all() {
-            let method = route.grpc_path.rsplit('/').next().unwrap();
+            let method = route.grpc_path().rsplit('/').next().unwrap();
             let row = format!("| `POST {}` | {method} |", route.path);
             assert!(readme.contains(&row), "the README lacks the row {row}");
         }
