@@ -2,7 +2,8 @@
 //! Every process starts as a standby: it rebuilds the engine from the log
 //! (the newest snapshot that loads, then the records after it) and keeps it
 //! current by applying each record as the leader appends it, answering no
-//! call. Standbys take the snapshots, from their own copy, so the leader
+//! call (the events of the last records are kept, so a watcher resumes
+//! across a failover). Standbys take the snapshots, from their own copy, so the leader
 //! never waits for one. When the leader's lease is free a standby takes
 //! it, applies the rest of the log, and opens its term: its engine goes in
 //! service and the term's first records (a logged restart; on a new log,
@@ -21,7 +22,7 @@ use std::{
 };
 
 use crate::engine::{Command, Configure, Engine, EngineConfig, Limits, ReplacePolicy};
-use crate::grpc::Routing;
+use crate::grpc::{Routing, events::Published};
 use crate::journal::{Every, JournalError, Lease, Nats, Replay, Tail};
 use crate::policy::Policy;
 use crate::shared::Role;
@@ -70,7 +71,7 @@ pub async fn run(
     tokio::pin!(stop);
     loop {
         let standby = async {
-            let (replay, applied, tail) = rebuild(&nats, &seed).await?;
+            let (replay, applied, tail) = rebuild(&routing, &nats, &seed).await?;
             follow(&routing, &nats, &seed, replay, applied, tail).await
         };
         let lease = tokio::select! {
@@ -104,8 +105,14 @@ pub async fn run(
 }
 
 /// Reads the whole log into a new engine (none while the log is empty),
-/// returning the last record applied and the tail after it.
-async fn rebuild(nats: &Nats, seed: &Seed) -> Result<(Replay, u64, Tail), JournalError> {
+/// returning the last record applied and the tail after it. The events of
+/// the last records are kept for watchers that resume once this process
+/// leads.
+async fn rebuild(
+    routing: &Routing,
+    nats: &Nats,
+    seed: &Seed,
+) -> Result<(Replay, u64, Tail), JournalError> {
     let snapshot = nats.load_snapshot().await?;
     for (seq, why) in &snapshot.refused {
         tracing::warn!(
@@ -135,9 +142,16 @@ async fn rebuild(nats: &Nats, seed: &Seed) -> Result<(Replay, u64, Tail), Journa
     }
     let mut tail = nats.tail(base).await?;
     let mut replay = Replay::new(snapshot.loaded.map(|(_, e)| e), seed.config.clone());
+    // At least one event per record told: the records before these would
+    // be dropped from the ring anyway.
+    let told_from = last
+        .saturating_sub(routing.event_retention() as u64)
+        .max(base);
+    routing.retain_after(told_from);
     let mut applied = base;
     while applied < last {
-        applied = catch_up(&mut tail, &mut replay, applied).await?;
+        let told = (applied >= told_from).then_some(routing);
+        applied = catch_up(&mut tail, &mut replay, applied, told).await?;
     }
     tracing::info!(
         snapshot = base,
@@ -149,8 +163,13 @@ async fn rebuild(nats: &Nats, seed: &Seed) -> Result<(Replay, u64, Tail), Journa
 
 /// Applies a record known to be in the log: one that does not come within
 /// [`CATCH_UP`] means the subscription is broken.
-async fn catch_up(tail: &mut Tail, replay: &mut Replay, applied: u64) -> Result<u64, JournalError> {
-    tokio::time::timeout(CATCH_UP, apply_next(tail, replay, applied))
+async fn catch_up(
+    tail: &mut Tail,
+    replay: &mut Replay,
+    applied: u64,
+    told: Option<&Routing>,
+) -> Result<u64, JournalError> {
+    tokio::time::timeout(CATCH_UP, apply_next(tail, replay, applied, told))
         .await
         .map_err(|_| JournalError::Nats("the log stopped delivering records".into()))?
 }
@@ -195,11 +214,12 @@ fn snapshot(nats: &Nats, replay: &mut Replay, applied: u64) -> Option<tokio::tas
 }
 
 /// Applies the tail's next record, which must follow `applied`, waiting
-/// for it as long as it takes.
+/// for it as long as it takes; its events are kept in `told`'s ring.
 async fn apply_next(
     tail: &mut Tail,
     replay: &mut Replay,
     applied: u64,
+    told: Option<&Routing>,
 ) -> Result<u64, JournalError> {
     let record = tail.next().await;
     let (seq, at, command) =
@@ -211,11 +231,20 @@ async fn apply_next(
             why: format!("record {seq} came where {} was due", applied + 1),
         });
     }
-    replay
-        .apply(at, command)
-        .map_err(|_| JournalError::NoStart {
-            file: "the NATS stream".into(),
-        })?;
+    let no_start = |_| JournalError::NoStart {
+        file: "the NATS stream".into(),
+    };
+    match told {
+        Some(routing) => {
+            let published = replay
+                .apply_with(at, command, |engine, at, command| {
+                    Published::replayed(engine, seq, at, command)
+                })
+                .map_err(no_start)?;
+            routing.retain(seq, published.flatten());
+        }
+        None => replay.apply(at, command).map_err(no_start)?,
+    }
     Ok(seq)
 }
 
@@ -234,7 +263,7 @@ async fn follow(
     let mut saving: Option<tokio::task::JoinHandle<()>> = None;
     let (mut lease, mut taken) = loop {
         tokio::select! {
-            next = apply_next(&mut tail, &mut replay, applied) => {
+            next = apply_next(&mut tail, &mut replay, applied, Some(routing)) => {
                 applied = next?;
                 since += 1;
                 let due = since >= seed.every.commands
@@ -266,7 +295,7 @@ async fn follow(
         let last = nats.last_seq().await?;
         while applied < last {
             tokio::select! {
-                next = catch_up(&mut tail, &mut replay, applied) => applied = next?,
+                next = catch_up(&mut tail, &mut replay, applied, Some(routing)) => applied = next?,
                 _ = renew.tick() => {
                     taken = Instant::now();
                     lease = nats.renew(&seed.me, lease).await?;

@@ -33,6 +33,7 @@ use crate::grpc::{
     authorize::{AuthorizeLayer, metrics_gate},
     client_faults::ClientFaultsLayer,
     deadline::RequestDeadlineLayer,
+    events::Published,
     http_json::HttpJsonLayer,
     layer::RpcMetricsLayer,
     panic::CatchPanicLayer,
@@ -108,6 +109,9 @@ pub struct Prepared {
     /// On a replicated log: what this process brings to it (the engine
     /// above only holds the place until the log is read).
     replicated: Option<Seed>,
+    /// The events of the log's last records, told again for watchers that
+    /// resume across the restart, and the record they start after.
+    retained: (u64, Vec<Published>),
 }
 
 /// Builds the engine. With a journal that holds a log, the engine is that
@@ -181,6 +185,7 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
     // What this start adds to the log, applied as it is logged.
     let mut added: Vec<(crate::model::Time, Command)> = Vec::new();
     let mut last_seq = 0;
+    let mut retained = (0, Vec::new());
     let engine = match recovered {
         Some(r) if r.last_seq > 0 => {
             for (seq, why) in &r.refused_snapshots {
@@ -209,8 +214,22 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
                 return Err(no_start().into());
             }
             let mut replay = Replay::new(r.snapshot.map(|(_, e)| e), engine_config);
-            for (at, command) in r.records {
-                replay.apply(at, command).map_err(|_| no_start())?;
+            // The records are numbered up to the last; at least one event
+            // per record told, so only the last ones can be retained.
+            let first = r.last_seq + 1 - replayed as u64;
+            let told_from = first + replayed.saturating_sub(config.event_retention) as u64;
+            retained.0 = told_from - 1;
+            for (seq, (at, command)) in (first..).zip(r.records) {
+                if seq < told_from {
+                    replay.apply(at, command).map_err(|_| no_start())?;
+                    continue;
+                }
+                let told = replay
+                    .apply_with(at, command, |engine, at, command| {
+                        Published::replayed(engine, seq, at, command)
+                    })
+                    .map_err(|_| no_start())?;
+                retained.1.extend(told.flatten());
             }
             let engine = replay.finish().ok_or_else(no_start)?;
             added.push((now, Command::Restarted));
@@ -254,16 +273,21 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
     };
     let mut engine = engine;
     let fresh = last_seq == 0;
-    for (i, (at, command)) in added.iter().enumerate() {
+    for (seq, (at, command)) in (last_seq + 1..).zip(&added) {
         // A new log's first record is the policy the engine was built on.
-        if fresh && i == 0 && store.is_some() {
+        if fresh && seq == 1 && store.is_some() {
             continue;
         }
-        engine
-            .apply(command.clone(), *at)
+        let change = crate::grpc::events::apply_logged(&mut engine, *at, command.clone())
             .map_err(|e| ServerError::RosterAgent(e.to_string()))?;
+        let assigned = engine.take_events();
+        // Told to watchers that resume, once logged.
+        if store.is_some() {
+            retained
+                .1
+                .extend(Published::new(seq, *at, change, assigned));
+        }
     }
-    engine.take_events();
     if let Some(store) = store.as_mut() {
         let rows = store.append_now(last_seq, added)?;
         last_seq += rows.len() as u64;
@@ -278,6 +302,7 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
         journal: (store, last_seq),
         snapshots,
         replicated: None,
+        retained,
     })
 }
 
@@ -312,6 +337,7 @@ fn replicated(
         engine: Engine::new(Arc::clone(&policy), engine_config.clone()),
         journal: (None, 0),
         snapshots: None,
+        retained: (0, Vec::new()),
         replicated: Some(Seed {
             policy,
             config: engine_config,
@@ -392,6 +418,7 @@ pub async fn run(
         journal: (store, last_seq),
         snapshots,
         replicated,
+        retained,
     } = prepared;
     // On a replicated log: its stream, and this process's part in it.
     let (log, replicated) = match replicated {
@@ -461,6 +488,14 @@ pub async fn run(
             raise.raise("the journal cannot be written");
         },
     );
+    // A watcher resumes across the restart: the events of the log's last
+    // records, told again, up to the last record.
+    let (after, told) = retained;
+    routing.retain_after(after);
+    for p in told {
+        routing.retain(p.seq, Some(p));
+    }
+    routing.retain(last_seq, None);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     if role == Role::Alone {

@@ -11,7 +11,9 @@ use std::time::Duration;
 use careroute::grpc::pb;
 use common::{
     contact,
-    floor::{self, KNOBS, Knobs, agent, busy, client, policy, queue},
+    floor::{
+        self, KNOBS, Knobs, agent, busy, client, decides, next_event, policy, queue, watch_after,
+    },
     process::{Process, fresh_data_dir},
 };
 use tonic::Code;
@@ -110,6 +112,59 @@ async fn kill_9_loses_nothing_acknowledged() {
         panic!("{d:?}")
     };
     assert_eq!(q.position, 3);
+}
+
+#[tokio::test]
+async fn a_watcher_resumes_across_a_kill_9_and_is_told_what_it_was_told_before() {
+    let data = fresh_data_dir();
+    let policy = policy_file(&data);
+    let args = ["--policy", policy.as_str()];
+    let mut p = Process::start_in(&data, &args, "info");
+    let mut c = client(&p).await;
+    let mut watch = watch_after(&mut c, 0).await.unwrap();
+    busy_floor(&mut c).await;
+    queue(&mut c, contact("w1", "billing")).await;
+    queue(&mut c, contact("w2", "billing")).await;
+    // Everything the watcher was told before the kill, up to w2's decision.
+    let mut before = Vec::new();
+    while before.last().is_none_or(|e| !decides(e, "w2")) {
+        before.push(next_event(&mut watch).await);
+    }
+    assert!(before.len() > 10, "{before:?}");
+    assert!(!p.kill9().success());
+
+    let p = Process::start_in(&data, &args, "info");
+    let mut c = client(&p).await;
+    // From the start of the log: every event again, the same to the byte
+    // (decisions with their whole answer, at the time they were made).
+    let mut again = watch_after(&mut c, 0).await.unwrap();
+    for (i, expected) in before.iter().enumerate() {
+        assert_eq!(&next_event(&mut again).await, expected, "event {i}");
+    }
+    // From the middle, after a whole command: what came after it.
+    let middle = before[before.len() / 2].sequence;
+    let mut resumed = watch_after(&mut c, middle).await.unwrap();
+    let after_middle: Vec<_> = before.iter().filter(|e| e.sequence > middle).collect();
+    for expected in &after_middle {
+        assert_eq!(&&next_event(&mut resumed).await, expected);
+    }
+    // Then the events of this process's own commands, in log order.
+    let last = before.last().unwrap().sequence;
+    queue(&mut c, contact("w3", "billing")).await;
+    for stream in [&mut again, &mut resumed] {
+        let mut seen = last;
+        loop {
+            let e = next_event(stream).await;
+            assert!(e.sequence > last && e.sequence >= seen, "{e:?}");
+            seen = e.sequence;
+            if decides(&e, "w3") {
+                break;
+            }
+        }
+    }
+    // A sequence the log has not reached is still refused.
+    let ahead = watch_after(&mut c, last + 1000).await.unwrap_err();
+    assert_eq!(ahead.code(), Code::OutOfRange, "{ahead:?}");
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use std::{
 use careroute::grpc::pb::{self, routing_service_client::RoutingServiceClient};
 use common::{
     contact,
-    floor::{self, KNOBS, Knobs, agent, client, policy},
+    floor::{self, KNOBS, Knobs, agent, client, decides, next_event, policy, watch_after},
     nats::Nats,
     process::{Process, fresh_data_dir},
 };
@@ -140,6 +140,18 @@ async fn the_leader_killed_under_load_a_standby_answers_and_nothing_acknowledged
         .unwrap_err();
     assert_eq!(no_events.code(), Code::Unavailable, "{no_events:?}");
 
+    // A watcher on the leader, from the start of the log, until the kill.
+    let told: Arc<Mutex<Vec<pb::RoutingEvent>>> = Arc::default();
+    let watcher = {
+        let mut events = watch_after(&mut ca, 0).await.unwrap();
+        let told = Arc::clone(&told);
+        tokio::spawn(async move {
+            while let Ok(Some(e)) = events.message().await {
+                told.lock().unwrap().push(e);
+            }
+        })
+    };
+
     // Load on the leader from four clients, each keeping a ledger of what
     // it was told, until the kill cuts them off.
     let ledger: Arc<Mutex<Vec<(String, pb::RouteContactResponse)>>> = Arc::default();
@@ -171,6 +183,8 @@ async fn the_leader_killed_under_load_a_standby_answers_and_nothing_acknowledged
     for l in load {
         l.await.unwrap();
     }
+    watcher.await.unwrap();
+    let told = std::mem::take(&mut *told.lock().unwrap());
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(ledger.len() > 12, "too little load: {}", ledger.len());
 
@@ -180,6 +194,33 @@ async fn the_leader_killed_under_load_a_standby_answers_and_nothing_acknowledged
         ledger.len()
     );
     wait_for_readyz(&b, "200").await;
+
+    // The watcher resumes on the new leader from the start of the log and
+    // is told what the old leader told it, the same to the byte, then the
+    // rest: each event of the log once, in order, up to the first answer
+    // of the new term.
+    assert!(told.len() > 12, "the watcher was told too little: {told:?}");
+    let mut resumed = watch_after(&mut cb, 0).await.unwrap();
+    let mut by_b = Vec::new();
+    for (i, expected) in told.iter().enumerate() {
+        let e = next_event(&mut resumed).await;
+        assert_eq!(&e, expected, "event {i}");
+        by_b.push(e);
+    }
+    while !by_b.last().is_some_and(|e| decides(e, "after")) {
+        let e = next_event(&mut resumed).await;
+        let last = by_b.last().unwrap();
+        assert!(
+            (e.sequence, e.index) > (last.sequence, last.index),
+            "{e:?} after {last:?}"
+        );
+        by_b.push(e);
+    }
+    eprintln!(
+        "failover: a watcher resumed on the new leader; {} events told before the kill, {} up to the new term's first answer",
+        told.len(),
+        by_b.len()
+    );
 
     // Every acknowledged answer holds on the new leader: a retry gets the
     // same decision, every offer is confirmable (each agent once), every
@@ -276,6 +317,14 @@ async fn the_leader_killed_under_load_a_standby_answers_and_nothing_acknowledged
     b.kill9();
     let mut cc = client(&c).await;
     route_until_answered(&mut cc, "after-second", Duration::from_secs(30)).await;
+    // A watcher resumes on the third leader from that snapshot on (the log
+    // before it is gone from the stream): told what the second told.
+    let before = watch_after(&mut cc, 0).await.unwrap_err();
+    assert_eq!(before.code(), Code::OutOfRange, "{before:?}");
+    let mut resumed = watch_after(&mut cc, older).await.unwrap();
+    for expected in by_b.iter().filter(|e| e.sequence > older) {
+        assert_eq!(&next_event(&mut resumed).await, expected);
+    }
     for (contact_id, d) in &ledger {
         let again = route(&mut cc, contact_id).await.unwrap();
         assert_eq!(again.decision_id, d.decision_id, "{contact_id}");

@@ -494,6 +494,6 @@ impl Engine {
 }
 
 #[cfg(test)]
-mod queueing_tests;
+pub(crate) mod queueing_tests;
 #[cfg(test)]
 mod tests;

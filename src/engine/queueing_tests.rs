@@ -11,7 +11,7 @@ fn open() -> Time {
 }
 
 /// The example policy with lines on billing (20) and scheduling (2).
-pub(super) fn waiting_policy() -> Policy {
+pub(crate) fn waiting_policy() -> Policy {
     crate::policy::parse("waiting.toml", &waiting_policy_text()).unwrap()
 }
 

@@ -81,13 +81,33 @@ impl EventRing {
         }
     }
 
-    /// Starts over after record `after` (a new term: what this process
-    /// kept from an earlier one may have gaps).
+    /// Notes that record `seq` told nothing: a resume after it is one
+    /// this log has reached.
+    pub fn passed(&self, seq: u64) {
+        let mut ring = self.ring.lock();
+        ring.head = ring.head.max(seq);
+    }
+
+    /// Starts over after record `after` (the engine rebuilt from the log).
     pub fn restart(&self, after: u64) {
         let mut ring = self.ring.lock();
         ring.events.clear();
         ring.resumable_after = after;
         ring.head = after;
+    }
+
+    /// Carries on after record `seq` (a new term): kept as it is if it
+    /// has seen every record up to it (a standby that followed the log),
+    /// otherwise started over after it.
+    pub fn continue_after(&self, seq: u64) {
+        if self.ring.lock().head != seq {
+            self.restart(seq);
+        }
+    }
+
+    /// How many events it keeps.
+    pub fn capacity(&self) -> usize {
+        self.ring.lock().capacity
     }
 
     /// The retained events after `after` (none: from now on) and the live
@@ -200,5 +220,19 @@ mod tests {
         ring.restart(10);
         assert!(ring.resume(Some(9)).is_err());
         assert!(ring.resume(Some(10)).unwrap().retained.is_empty());
+    }
+
+    #[test]
+    fn a_new_term_carries_on_only_from_a_ring_that_saw_every_record() {
+        let ring = EventRing::new(10, 0);
+        ring.push(&command(1, 1));
+        ring.passed(2);
+        // Followed up to 2: a term opening after 2 keeps what it has.
+        ring.continue_after(2);
+        assert_eq!(seqs(&ring.resume(Some(0)).unwrap().retained), [1]);
+        // A term opening after records it never saw starts over.
+        ring.continue_after(5);
+        assert!(ring.resume(Some(0)).is_err());
+        assert!(ring.resume(Some(5)).unwrap().retained.is_empty());
     }
 }

@@ -1,13 +1,15 @@
 //! What each command changed, as the event streams tell it: under the
 //! engine's lock a command only notes what it changed (domain values); the
 //! wire form is built on the journal's writer thread, once the command is
-//! in the log. The ring that keeps them for resuming is `event_ring`.
+//! in the log. A record read back from the log (a restart, a standby) is
+//! told the same way, so a watcher resumes across them. The ring that
+//! keeps them for resuming is `event_ring`.
 
 use super::pb;
 use crate::engine::{
-    Answered, Apply, Cancel, Complete, Configure, Confirm, Decision, EngineError, Event, Once,
-    Release, RemoveAgent, ReplacePolicy, ReservationId, Route, SetAgentState, Settle, Tick,
-    Unwatch, UpsertAgent, Watch,
+    Answered, Apply, Cancel, Command, Complete, Configure, Confirm, Decision, Engine, EngineError,
+    Event, Once, Release, RemoveAgent, ReplacePolicy, ReservationId, Route, SetAgentState, Settle,
+    Tick, Unwatch, UpsertAgent, Watch,
 };
 use crate::model::{AgentState, ReleaseReason, Time};
 use crate::policy::Text;
@@ -246,6 +248,86 @@ macro_rules! untold {
 
 untold!(Configure, Watch, Unwatch, Tick);
 
+/// Applies a typed command and says what it changed, or why it was
+/// refused.
+fn told<C: Describe>(
+    engine: &mut Engine,
+    command: C,
+    at: Time,
+) -> Result<Option<Change>, EngineError> {
+    let note = command.note();
+    let out = engine.apply(command, at);
+    let change = C::describe(note, &out);
+    out.map(|_| change)
+}
+
+/// Applies a command as the log holds it, through its typed form, and says
+/// what it changed, as it was told when the command was first applied (its
+/// assignment events are left in the engine, as then), or why it was
+/// refused (a refusal replays as a refusal).
+pub fn apply_logged(
+    engine: &mut Engine,
+    at: Time,
+    command: Command,
+) -> Result<Option<Change>, EngineError> {
+    match command {
+        Command::Route(contact) => told(engine, Route(&contact), at),
+        Command::UpsertAgent(c) => told(engine, c, at),
+        Command::RemoveAgent(c) => told(engine, c, at),
+        Command::SetAgentState(c) => told(engine, c, at),
+        Command::Confirm(c) => told(engine, c, at),
+        Command::Release(c) => told(engine, c, at),
+        Command::Complete(c) => told(engine, c, at),
+        Command::Cancel(c) => told(engine, c, at),
+        Command::ReplacePolicy(c) => told(engine, c, at),
+        Command::Configure(c) => told(engine, c, at),
+        Command::Watch(c) => told(engine, c, at),
+        Command::Unwatch(c) => told(engine, c, at),
+        Command::Tick => told(engine, Tick, at),
+        // Its effects are told as assignment events.
+        restarted @ Command::Restarted => engine.apply(restarted, at).map(|()| None),
+        Command::Once {
+            request_id,
+            command,
+        } => match *command {
+            Command::Confirm(command) => told(
+                engine,
+                Once {
+                    request_id,
+                    command,
+                },
+                at,
+            ),
+            Command::Release(command) => told(
+                engine,
+                Once {
+                    request_id,
+                    command,
+                },
+                at,
+            ),
+            Command::Complete(command) => told(
+                engine,
+                Once {
+                    request_id,
+                    command,
+                },
+                at,
+            ),
+            Command::Cancel(command) => told(
+                engine,
+                Once {
+                    request_id,
+                    command,
+                },
+                at,
+            ),
+            // Only settling commands are sent with a request id.
+            other => apply_logged(engine, at, other),
+        },
+    }
+}
+
 /// One command's events, as the journal publishes them once it is logged:
 /// its sequence number and time, what it changed, and the assignment
 /// events it set off (domain and wire form, converted once for every
@@ -263,6 +345,47 @@ pub struct Published {
 }
 
 impl Published {
+    /// A command's events, none if it changed nothing a watcher is told;
+    /// `assigned` are the assignment events it set off, in order.
+    pub fn new(
+        seq: u64,
+        at: Time,
+        change: Option<Change>,
+        assigned: Vec<Event>,
+    ) -> Option<Published> {
+        if change.is_none() && assigned.is_empty() {
+            return None;
+        }
+        let assignments = assigned
+            .into_iter()
+            .map(|e| {
+                let wire = pb::AssignmentEvent::from(&e);
+                (e, wire)
+            })
+            .collect();
+        Some(Published {
+            seq,
+            at,
+            change,
+            assignments,
+        })
+    }
+
+    /// Applies record `seq` read back from the log (a restart's replay, a
+    /// standby following the leader) and tells its events as they were
+    /// told when it was first logged.
+    pub fn replayed(
+        engine: &mut Engine,
+        seq: u64,
+        at: Time,
+        command: Command,
+    ) -> Option<Published> {
+        let change = apply_logged(engine, at, command).unwrap_or_default();
+        // The time it was applied at, as the engine clamped it.
+        let at = engine.now().unwrap_or(at);
+        Published::new(seq, at, change, engine.take_events())
+    }
+
     /// The command's events in wire form, in order.
     pub fn routing_events(&self) -> Vec<pb::RoutingEvent> {
         let at = Some(prost_types::Timestamp {
@@ -285,5 +408,164 @@ impl Published {
                 event: Some(event),
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use chrono::{TimeZone, Utc};
+
+    use super::*;
+    use crate::engine::{AgentSpec, EngineConfig, Outcome, WatchFilter};
+    use crate::model::{Channel, Contact, Identity};
+    use crate::policy::Policy;
+
+    /// A log being written as the service writes it: each command applied
+    /// live, its events told as `submit` tells them.
+    #[derive(Default)]
+    struct Live {
+        log: Vec<(Time, Command)>,
+        told: Vec<pb::RoutingEvent>,
+    }
+
+    impl Live {
+        fn apply<C>(
+            &mut self,
+            e: &mut Engine,
+            command: C,
+            at: Time,
+        ) -> Result<C::Output, EngineError>
+        where
+            C: Describe + Clone + Into<Command>,
+        {
+            self.log.push((at, command.clone().into()));
+            let note = command.note();
+            let out = e.apply(command, at);
+            let change = C::describe(note, &out);
+            let seq = self.log.len() as u64;
+            if let Some(p) = Published::new(seq, at, change, e.take_events()) {
+                self.told.extend(p.routing_events());
+            }
+            out
+        }
+    }
+
+    /// The example policy with a waiting line on billing.
+    fn engine() -> Engine {
+        let policy = crate::engine::queueing_tests::waiting_policy();
+        Engine::new(Arc::new(policy), EngineConfig::default())
+    }
+
+    fn agent(id: &str) -> UpsertAgent {
+        UpsertAgent(AgentSpec {
+            id: id.into(),
+            team: "Billing".into(),
+            transfer_address: format!("sip:{id}@pbx"),
+            skills: vec![("billing".into(), 3)],
+            languages: vec!["en".into()],
+            channels: vec![(Channel::Voice, 1)],
+        })
+    }
+
+    fn billing(id: &str) -> Contact {
+        let mut c = Contact::new(id, "billing");
+        c.identity = Identity::Verified;
+        c
+    }
+
+    fn reservation(d: &Decision) -> ReservationId {
+        match &d.outcome {
+            Outcome::Agent(a) => a.reservation,
+            other => panic!("expected an agent, got {other:?}"),
+        }
+    }
+
+    fn once<C>(request_id: &str, command: C) -> Once<C> {
+        Once {
+            request_id: request_id.into(),
+            command,
+        }
+    }
+
+    #[test]
+    fn a_log_read_back_tells_every_event_as_it_was_told_live() {
+        // Monday 10:00 in New York: billing is open.
+        let t0 = Utc.with_ymd_and_hms(2026, 11, 23, 15, 0, 0).unwrap();
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        let (mut e, mut live) = (engine(), Live::default());
+        live.apply(&mut e, Watch(WatchFilter::default()), at(0))
+            .unwrap();
+        for id in ["b1", "b2"] {
+            live.apply(&mut e, agent(id), at(1)).unwrap();
+            let available = SetAgentState {
+                agent_id: id.into(),
+                state: AgentState::Available,
+            };
+            live.apply(&mut e, available, at(1)).unwrap();
+        }
+        let c1 = billing("c1");
+        let r1 = reservation(&live.apply(&mut e, Route(&c1), at(2)).unwrap());
+        live.apply(&mut e, once("q1", Confirm(r1)), at(3)).unwrap();
+        // A retry answered from the first tells nothing.
+        live.apply(&mut e, once("q1", Confirm(r1)), at(4)).unwrap();
+        let c2 = billing("c2");
+        let r2 = reservation(&live.apply(&mut e, Route(&c2), at(5)).unwrap());
+        let busy = Release(r2, crate::model::ReleaseReason::Rejected);
+        live.apply(&mut e, once("q2", busy), at(6)).unwrap();
+        // Refused: told nothing, logged all the same.
+        assert!(live.apply(&mut e, Confirm(r2), at(7)).is_err());
+        // b2 is offered c3; with both agents busy c4 and c5 wait, and c4
+        // hangs up.
+        let c3 = billing("c3");
+        reservation(&live.apply(&mut e, Route(&c3), at(8)).unwrap());
+        for id in ["c4", "c5"] {
+            let d = live.apply(&mut e, Route(&billing(id)), at(8)).unwrap();
+            assert!(matches!(d.outcome, Outcome::Queued(_)), "{d:?}");
+        }
+        live.apply(&mut e, once("q3", Cancel("c4".into())), at(9))
+            .unwrap();
+        let done = Complete {
+            agent_id: "b1".into(),
+            contact_id: "c1".into(),
+        };
+        live.apply(&mut e, once("q4", done), at(10)).unwrap();
+        // Time passes: wrap-up ends, c5 is offered, and what falls due
+        // later.
+        live.apply(&mut e, Tick, at(600)).unwrap();
+        live.apply(&mut e, Tick, at(900)).unwrap();
+        let policy = ReplacePolicy(Arc::new(Policy::embedded().unwrap()));
+        live.apply(&mut e, policy, at(901)).unwrap();
+        live.apply(&mut e, RemoveAgent("b2".into()), at(902))
+            .unwrap();
+        live.log.push((at(903), Command::Restarted));
+        let restarted = e.apply(Command::Restarted, at(903));
+        assert!(restarted.is_ok() && e.take_events().is_empty());
+
+        // Every kind of event was told.
+        use pb::routing_event::Event as E;
+        let kinds: std::collections::HashSet<_> = live
+            .told
+            .iter()
+            .map(|t| std::mem::discriminant(t.event.as_ref().unwrap()))
+            .collect();
+        assert_eq!(kinds.len(), 6, "{:#?}", live.told);
+        assert!(
+            live.told
+                .iter()
+                .any(|t| matches!(t.event, Some(E::Assignment(_))))
+        );
+
+        let mut replayed = engine();
+        let mut again = Vec::new();
+        for (seq, (at, command)) in (1..).zip(live.log.clone()) {
+            again.extend(
+                Published::replayed(&mut replayed, seq, at, command)
+                    .iter()
+                    .flat_map(Published::routing_events),
+            );
+        }
+        assert_eq!(again, live.told);
     }
 }

@@ -137,6 +137,27 @@ impl Routing {
         &self.engine
     }
 
+    /// How many events are kept for watchers that resume.
+    pub fn event_retention(&self) -> usize {
+        self.ring.capacity()
+    }
+
+    /// Starts the events kept for watchers that resume over, after record
+    /// `after` (the engine being rebuilt from the log).
+    pub fn retain_after(&self, after: u64) {
+        self.ring.restart(after);
+    }
+
+    /// Keeps the events of record `seq`, read back from the log (none: it
+    /// told nothing), for watchers that resume: a restart's replay, a
+    /// standby following the leader.
+    pub fn retain(&self, seq: u64, published: Option<events::Published>) {
+        match published {
+            Some(p) => self.ring.push(&p),
+            None => self.ring.passed(seq),
+        }
+    }
+
     /// The journal, for the replication that opens and ends its terms.
     pub fn journal(&self) -> &Journal<Published> {
         &self.journal
@@ -175,23 +196,11 @@ impl Routing {
             authorize::caller()
         };
         let ticket = self.journal.append(now, !idle, kept, client, |seq| {
-            if change.is_none() && events.is_empty() {
-                return Vec::new();
-            }
-            let assignments = events
+            events.iter().for_each(telemetry::record_event);
+            events::Published::new(seq, now, change, events)
                 .into_iter()
-                .map(|e| {
-                    telemetry::record_event(&e);
-                    let wire = pb::AssignmentEvent::from(&e);
-                    (e, wire)
-                })
-                .collect();
-            vec![Arc::new(events::Published {
-                seq,
-                at: now,
-                change,
-                assignments,
-            })]
+                .map(Arc::new)
+                .collect()
         });
         self.publish_due(&engine);
         Ok(Submitted { out, ticket, also })
@@ -227,22 +236,29 @@ impl Routing {
             *held = engine;
             self.journal.lead(last_seq);
             let mut ticket = self.journal.last();
+            // The event ring carries on from the records this process
+            // applied as a standby (when it followed them all).
+            self.ring.continue_after(last_seq);
             for (i, command) in opening.into_iter().enumerate() {
                 let now = self.now_for(&held);
-                if (i > 0 || first_applied)
-                    && let Err(e) = held.apply(command.clone(), now)
-                {
-                    tracing::warn!(error = %e, "replication: an opening record was refused");
-                }
-                ticket = self
-                    .journal
-                    .append(now, true, Some(command), None, |_| Vec::new());
+                let change = if i > 0 || first_applied {
+                    events::apply_logged(&mut held, now, command.clone()).unwrap_or_else(|e| {
+                        tracing::warn!(error = %e, "replication: an opening record was refused");
+                        None
+                    })
+                } else {
+                    None
+                };
+                // Nobody watches yet (calls are let in once this is
+                // logged): the events are kept for watchers that resume.
+                let assigned = held.take_events();
+                ticket = self.journal.append(now, true, Some(command), None, |seq| {
+                    events::Published::new(seq, now, change, assigned)
+                        .into_iter()
+                        .map(Arc::new)
+                        .collect()
+                });
             }
-            // Nobody watches yet: calls are let in once this is logged. The
-            // event ring starts after the opening records, whose events
-            // nobody could receive.
-            held.take_events();
-            self.ring.restart(ticket.seq);
             self.publish_due(&held);
             ticket
         };

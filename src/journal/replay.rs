@@ -29,18 +29,31 @@ impl Replay {
 
     /// Applies one record.
     pub fn apply(&mut self, at: Time, command: Command) -> Result<(), NoStart> {
+        self.apply_with(at, command, |engine, at, command| {
+            let _ = engine.apply(command, at);
+            // Published the first time; not kept across a long replay.
+            engine.take_events();
+        })
+        .map(drop)
+    }
+
+    /// Applies one record with `apply`, which answers what the caller
+    /// keeps of it; none for the log's first record, which the engine is
+    /// built from.
+    pub fn apply_with<R>(
+        &mut self,
+        at: Time,
+        command: Command,
+        apply: impl FnOnce(&mut Engine, Time, Command) -> R,
+    ) -> Result<Option<R>, NoStart> {
         match (&mut self.engine, command) {
-            (Some(engine), command) => {
-                let _ = engine.apply(command, at);
-                // Published the first time; not kept across a long replay.
-                engine.take_events();
-            }
+            (Some(engine), command) => Ok(Some(apply(engine, at, command))),
             (None, Command::ReplacePolicy(ReplacePolicy(policy))) => {
                 self.engine = Some(Engine::new(policy, self.config.clone()));
+                Ok(None)
             }
-            (None, _) => return Err(NoStart),
+            (None, _) => Err(NoStart),
         }
-        Ok(())
     }
 
     /// The engine so far, once there is one; events it decided were

@@ -231,3 +231,29 @@ pub async fn status(
     .await
     .map(tonic::Response::into_inner)
 }
+
+/// WatchEvents resumed after record `after`.
+pub async fn watch_after(
+    c: &mut RoutingServiceClient<Channel>,
+    after: u64,
+) -> Result<tonic::Streaming<pb::RoutingEvent>, tonic::Status> {
+    c.watch_events(pb::WatchEventsRequest {
+        after_sequence: Some(after),
+    })
+    .await
+    .map(tonic::Response::into_inner)
+}
+
+/// The next routing event of a stream, within 10 s.
+pub async fn next_event(s: &mut tonic::Streaming<pb::RoutingEvent>) -> pb::RoutingEvent {
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.message())
+        .await
+        .expect("no event within 10 s")
+        .unwrap()
+        .expect("the stream ended")
+}
+
+/// Whether `e` tells the decision for `contact_id`.
+pub fn decides(e: &pb::RoutingEvent, contact_id: &str) -> bool {
+    matches!(&e.event, Some(pb::routing_event::Event::Decision(d)) if d.contact_id == contact_id)
+}
