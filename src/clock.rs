@@ -11,6 +11,12 @@ pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Time;
 }
 
+/// `t` to the microsecond, as a log keeps a command's time: a command
+/// is applied at the time it is read back with.
+pub fn as_logged(t: Time) -> Time {
+    Time::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
 /// The system's wall clock.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SystemClock;

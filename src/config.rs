@@ -273,9 +273,9 @@ pub struct Config {
     /// And at least this often while commands are logged.
     #[arg(global = true, long, env = "CAREROUTE_SNAPSHOT_INTERVAL", default_value = "5m", value_parser = at_least_a_second)]
     pub snapshot_interval: Duration,
-    /// Routing events kept for WatchEvents watchers that resume (the log's
-    /// last, told again after a restart and kept by a standby for its
-    /// term); older ones are read from the journal.
+    /// Routing events kept for WatchEvents watchers that resume: the log's
+    /// last (whole commands), told again by a restart's replay and kept by
+    /// a standby as it follows; older ones are read from the journal.
     /// Each holds its wire form (a decision's is its whole answer), so this
     /// bounds the memory it takes.
     #[arg(

@@ -3,8 +3,8 @@
 //! (the newest snapshot that loads, then the records after it) and keeps it
 //! current by applying each record as the leader appends it, answering no
 //! call (the events of the last records are kept, so a watcher resumes
-//! across a failover). Standbys take the snapshots, from their own copy, so the leader
-//! never waits for one. When the leader's lease is free a standby takes
+//! across a failover). Standbys take the snapshots, from their own copy,
+//! so the leader never waits for one. When the leader's lease is free a standby takes
 //! it, applies the rest of the log, and opens its term: its engine goes in
 //! service and the term's first records (a logged restart; on a new log,
 //! the policy, limits and roster) are appended under the engine's lock
@@ -142,17 +142,14 @@ async fn rebuild(
     }
     let mut tail = nats.tail(base).await?;
     let mut replay = Replay::new(snapshot.loaded.map(|(_, e)| e), seed.config.clone());
-    // At least one event per record told: the records before these would
-    // be dropped from the ring anyway.
-    let told_from = last
-        .saturating_sub(routing.event_retention() as u64)
-        .max(base);
-    routing.retain_after(told_from);
+    let mut told = routing.replay_events(base);
     let mut applied = base;
     while applied < last {
-        let told = (applied >= told_from).then_some(routing);
-        applied = catch_up(&mut tail, &mut replay, applied, told).await?;
+        let published;
+        (applied, published) = catch_up(&mut tail, &mut replay, applied).await?;
+        told.keep(applied, published);
     }
+    routing.restore_events(told);
     tracing::info!(
         snapshot = base,
         records = applied - base,
@@ -167,9 +164,8 @@ async fn catch_up(
     tail: &mut Tail,
     replay: &mut Replay,
     applied: u64,
-    told: Option<&Routing>,
-) -> Result<u64, JournalError> {
-    tokio::time::timeout(CATCH_UP, apply_next(tail, replay, applied, told))
+) -> Result<(u64, Option<Published>), JournalError> {
+    tokio::time::timeout(CATCH_UP, apply_next(tail, replay, applied))
         .await
         .map_err(|_| JournalError::Nats("the log stopped delivering records".into()))?
 }
@@ -214,13 +210,13 @@ fn snapshot(nats: &Nats, replay: &mut Replay, applied: u64) -> Option<tokio::tas
 }
 
 /// Applies the tail's next record, which must follow `applied`, waiting
-/// for it as long as it takes; its events are kept in `told`'s ring.
+/// for it as long as it takes; returns its sequence and the events it
+/// tells.
 async fn apply_next(
     tail: &mut Tail,
     replay: &mut Replay,
     applied: u64,
-    told: Option<&Routing>,
-) -> Result<u64, JournalError> {
+) -> Result<(u64, Option<Published>), JournalError> {
     let record = tail.next().await;
     let (seq, at, command) =
         record.ok_or_else(|| JournalError::Nats("the log's subscription ended".into()))??;
@@ -231,21 +227,14 @@ async fn apply_next(
             why: format!("record {seq} came where {} was due", applied + 1),
         });
     }
-    let no_start = |_| JournalError::NoStart {
-        file: "the NATS stream".into(),
-    };
-    match told {
-        Some(routing) => {
-            let published = replay
-                .apply_with(at, command, |engine, at, command| {
-                    Published::replayed(engine, seq, at, command)
-                })
-                .map_err(no_start)?;
-            routing.retain(seq, published.flatten());
-        }
-        None => replay.apply(at, command).map_err(no_start)?,
-    }
-    Ok(seq)
+    let told = replay
+        .apply_with(at, command, |engine, at, command| {
+            Published::replayed(engine, seq, at, command).0
+        })
+        .map_err(|_| JournalError::NoStart {
+            file: "the NATS stream".into(),
+        })?;
+    Ok((seq, told.flatten()))
 }
 
 /// Follows the log as a standby until the lease is free, then takes it,
@@ -263,8 +252,10 @@ async fn follow(
     let mut saving: Option<tokio::task::JoinHandle<()>> = None;
     let (mut lease, mut taken) = loop {
         tokio::select! {
-            next = apply_next(&mut tail, &mut replay, applied, Some(routing)) => {
-                applied = next?;
+            next = apply_next(&mut tail, &mut replay, applied) => {
+                let told;
+                (applied, told) = next?;
+                routing.keep_events(applied, told.as_ref());
                 since += 1;
                 let due = since >= seed.every.commands
                     || last_snapshot.elapsed() >= seed.every.interval;
@@ -295,7 +286,11 @@ async fn follow(
         let last = nats.last_seq().await?;
         while applied < last {
             tokio::select! {
-                next = catch_up(&mut tail, &mut replay, applied, Some(routing)) => applied = next?,
+                next = catch_up(&mut tail, &mut replay, applied) => {
+                    let told;
+                    (applied, told) = next?;
+                    routing.keep_events(applied, told.as_ref());
+                }
                 _ = renew.tick() => {
                     taken = Instant::now();
                     lease = nats.renew(&seed.me, lease).await?;

@@ -33,6 +33,7 @@ use crate::grpc::{
     authorize::{AuthorizeLayer, metrics_gate},
     client_faults::ClientFaultsLayer,
     deadline::RequestDeadlineLayer,
+    event_ring::Replayed,
     events::Published,
     http_json::HttpJsonLayer,
     layer::RpcMetricsLayer,
@@ -110,8 +111,8 @@ pub struct Prepared {
     /// above only holds the place until the log is read).
     replicated: Option<Seed>,
     /// The events of the log's last records, told again for watchers that
-    /// resume across the restart, and the record they start after.
-    retained: (u64, Vec<Published>),
+    /// resume across the restart.
+    retained: Replayed,
 }
 
 /// Builds the engine. With a journal that holds a log, the engine is that
@@ -122,6 +123,8 @@ pub struct Prepared {
 /// the roster file (or, on the embedded default, the demo roster), and the
 /// log starts with them.
 pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared, ServerError> {
+    // What this start logs is applied at the time it is read back with.
+    let now = crate::clock::as_logged(now);
     let policy = Arc::new(match &config.policy {
         Some(path) => policy::read(path)?,
         None => Policy::embedded()?,
@@ -185,7 +188,7 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
     // What this start adds to the log, applied as it is logged.
     let mut added: Vec<(crate::model::Time, Command)> = Vec::new();
     let mut last_seq = 0;
-    let mut retained = (0, Vec::new());
+    let mut retained = Replayed::new(0, config.event_retention);
     let engine = match recovered {
         Some(r) if r.last_seq > 0 => {
             for (seq, why) in &r.refused_snapshots {
@@ -214,22 +217,17 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
                 return Err(no_start().into());
             }
             let mut replay = Replay::new(r.snapshot.map(|(_, e)| e), engine_config);
-            // The records are numbered up to the last; at least one event
-            // per record told, so only the last ones can be retained.
+            // The records are numbered up to the last; the last ones' events
+            // are told again for watchers that resume across the restart.
             let first = r.last_seq + 1 - replayed as u64;
-            let told_from = first + replayed.saturating_sub(config.event_retention) as u64;
-            retained.0 = told_from - 1;
+            retained = Replayed::new(first - 1, config.event_retention);
             for (seq, (at, command)) in (first..).zip(r.records) {
-                if seq < told_from {
-                    replay.apply(at, command).map_err(|_| no_start())?;
-                    continue;
-                }
                 let told = replay
                     .apply_with(at, command, |engine, at, command| {
-                        Published::replayed(engine, seq, at, command)
+                        Published::replayed(engine, seq, at, command).0
                     })
                     .map_err(|_| no_start())?;
-                retained.1.extend(told.flatten());
+                retained.keep(seq, told.flatten());
             }
             let engine = replay.finish().ok_or_else(no_start)?;
             added.push((now, Command::Restarted));
@@ -278,14 +276,11 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
         if fresh && seq == 1 && store.is_some() {
             continue;
         }
-        let change = crate::grpc::events::apply_logged(&mut engine, *at, command.clone())
-            .map_err(|e| ServerError::RosterAgent(e.to_string()))?;
-        let assigned = engine.take_events();
+        let (told, refused) = Published::replayed(&mut engine, seq, *at, command.clone());
+        refused.map_err(|e| ServerError::RosterAgent(e.to_string()))?;
         // Told to watchers that resume, once logged.
         if store.is_some() {
-            retained
-                .1
-                .extend(Published::new(seq, *at, change, assigned));
+            retained.keep(seq, told);
         }
     }
     if let Some(store) = store.as_mut() {
@@ -337,7 +332,7 @@ fn replicated(
         engine: Engine::new(Arc::clone(&policy), engine_config.clone()),
         journal: (None, 0),
         snapshots: None,
-        retained: (0, Vec::new()),
+        retained: Replayed::new(0, 0),
         replicated: Some(Seed {
             policy,
             config: engine_config,
@@ -488,14 +483,8 @@ pub async fn run(
             raise.raise("the journal cannot be written");
         },
     );
-    // A watcher resumes across the restart: the events of the log's last
-    // records, told again, up to the last record.
-    let (after, told) = retained;
-    routing.retain_after(after);
-    for p in told {
-        routing.retain(p.seq, Some(p));
-    }
-    routing.retain(last_seq, None);
+    // A watcher resumes across the restart.
+    routing.restore_events(retained);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     if role == Role::Alone {

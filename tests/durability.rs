@@ -12,7 +12,8 @@ use careroute::grpc::pb;
 use common::{
     contact,
     floor::{
-        self, KNOBS, Knobs, agent, busy, client, decides, next_event, policy, queue, watch_after,
+        self, KNOBS, Knobs, agent, busy, client, decides, follows, next_event, policy, queue,
+        watch_after,
     },
     process::{Process, fresh_data_dir},
 };
@@ -114,6 +115,25 @@ async fn kill_9_loses_nothing_acknowledged() {
     assert_eq!(q.position, 3);
 }
 
+/// Reads `stream` until the decision for `contact_id`, checking each event
+/// follows the one before (none lost, none twice, in order).
+async fn until_decided(
+    stream: &mut tonic::Streaming<pb::RoutingEvent>,
+    mut prev: pb::RoutingEvent,
+    contact_id: &str,
+) -> Vec<pb::RoutingEvent> {
+    let mut read = Vec::new();
+    loop {
+        let e = next_event(stream).await;
+        assert!(follows(&prev, &e), "{e:?} after {prev:?}");
+        prev = e.clone();
+        read.push(e);
+        if decides(&prev, contact_id) {
+            return read;
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_watcher_resumes_across_a_kill_9_and_is_told_what_it_was_told_before() {
     let data = fresh_data_dir();
@@ -126,45 +146,44 @@ async fn a_watcher_resumes_across_a_kill_9_and_is_told_what_it_was_told_before()
     queue(&mut c, contact("w1", "billing")).await;
     queue(&mut c, contact("w2", "billing")).await;
     // Everything the watcher was told before the kill, up to w2's decision.
-    let mut before = Vec::new();
-    while before.last().is_none_or(|e| !decides(e, "w2")) {
-        before.push(next_event(&mut watch).await);
-    }
+    let first = next_event(&mut watch).await;
+    let mut before = vec![first.clone()];
+    before.extend(until_decided(&mut watch, first, "w2").await);
     assert!(before.len() > 10, "{before:?}");
     assert!(!p.kill9().success());
 
-    let p = Process::start_in(&data, &args, "info");
-    let mut c = client(&p).await;
-    // From the start of the log: every event again, the same to the byte
-    // (decisions with their whole answer, at the time they were made).
-    let mut again = watch_after(&mut c, 0).await.unwrap();
-    for (i, expected) in before.iter().enumerate() {
-        assert_eq!(&next_event(&mut again).await, expected, "event {i}");
-    }
-    // From the middle, after a whole command: what came after it.
-    let middle = before[before.len() / 2].sequence;
-    let mut resumed = watch_after(&mut c, middle).await.unwrap();
-    let after_middle: Vec<_> = before.iter().filter(|e| e.sequence > middle).collect();
-    for expected in &after_middle {
-        assert_eq!(&&next_event(&mut resumed).await, expected);
-    }
-    // Then the events of this process's own commands, in log order.
-    let last = before.last().unwrap().sequence;
-    queue(&mut c, contact("w3", "billing")).await;
-    for stream in [&mut again, &mut resumed] {
-        let mut seen = last;
-        loop {
-            let e = next_event(stream).await;
-            assert!(e.sequence > last && e.sequence >= seen, "{e:?}");
-            seen = e.sequence;
-            if decides(&e, "w3") {
-                break;
-            }
+    // Twice: the second restart tells again the first's own records (its
+    // restart, what fell due while it was down), as they were told.
+    for restart in ["w3", "w4"] {
+        let p = Process::start_in(&data, &args, "info");
+        let mut c = client(&p).await;
+        // From the start of the log: every event again, the same to the
+        // byte (decisions with their whole answer, at the time they were
+        // made).
+        let mut again = watch_after(&mut c, 0).await.unwrap();
+        for (i, expected) in before.iter().enumerate() {
+            assert_eq!(&next_event(&mut again).await, expected, "event {i}");
         }
+        // From the middle, after a whole command: what came after it.
+        let middle = before[before.len() / 2].sequence;
+        let mut resumed = watch_after(&mut c, middle).await.unwrap();
+        for expected in before.iter().filter(|e| e.sequence > middle) {
+            assert_eq!(&next_event(&mut resumed).await, expected);
+        }
+        // Then the rest, the same on both streams, up to this process's
+        // own first decision.
+        queue(&mut c, contact(restart, "billing")).await;
+        let last = before.last().unwrap().clone();
+        let rest = until_decided(&mut again, last.clone(), restart).await;
+        assert_eq!(until_decided(&mut resumed, last, restart).await, rest);
+        before.extend(rest);
+        // A sequence the log has not reached is still refused.
+        let ahead = watch_after(&mut c, before.last().unwrap().sequence + 1000)
+            .await
+            .unwrap_err();
+        assert_eq!(ahead.code(), Code::OutOfRange, "{ahead:?}");
+        drop(p);
     }
-    // A sequence the log has not reached is still refused.
-    let ahead = watch_after(&mut c, last + 1000).await.unwrap_err();
-    assert_eq!(ahead.code(), Code::OutOfRange, "{ahead:?}");
 }
 
 #[tokio::test]

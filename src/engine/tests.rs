@@ -1534,7 +1534,7 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
         told_again.extend(twin.take_events());
     }
     prop_assert_eq!(fingerprint(&twin), fingerprint(&e), "replay diverged");
-    prop_assert!(told_again == told, "the replay told other events");
+    prop_assert_eq!(told_again, told, "the replay told other events");
 
     Ok(())
 }

@@ -32,6 +32,77 @@ struct Ring {
     head: u64,
 }
 
+impl Ring {
+    /// Keeps one command's events, dropping the oldest beyond capacity;
+    /// returns them for the live feed.
+    fn keep(&mut self, published: &Published) -> Vec<Arc<pb::RoutingEvent>> {
+        self.head = self.head.max(published.seq);
+        let events: Vec<_> = published
+            .routing_events()
+            .into_iter()
+            .map(Arc::new)
+            .collect();
+        for event in &events {
+            if self.events.len() >= self.capacity {
+                // Part of that command's events may be gone: resuming after
+                // the one before it would miss them.
+                let dropped = self
+                    .events
+                    .pop_front()
+                    .map_or(event.sequence, |d| d.sequence);
+                self.resumable_after = self.resumable_after.max(dropped);
+            }
+            if self.capacity > 0 {
+                self.events.push_back(Arc::clone(event));
+            }
+        }
+        events
+    }
+}
+
+/// The events of records read back from the log (a restart's replay, a
+/// standby catching up), in domain form: the last commands' whole, as many
+/// as the ring keeps, for it to take once the replay is done.
+pub struct Replayed {
+    kept: VecDeque<Published>,
+    /// Events in `kept`.
+    events: usize,
+    capacity: usize,
+    /// Every event of the records after this one is kept.
+    after: u64,
+    /// The last record read.
+    head: u64,
+}
+
+impl Replayed {
+    /// Keeping at most `capacity` events, of the records after `after`.
+    pub fn new(after: u64, capacity: usize) -> Replayed {
+        Replayed {
+            kept: VecDeque::new(),
+            events: 0,
+            capacity,
+            after,
+            head: after,
+        }
+    }
+
+    /// Keeps record `seq`'s events (none: it told nothing), dropping the
+    /// oldest commands' beyond capacity.
+    pub fn keep(&mut self, seq: u64, published: Option<Published>) {
+        self.head = self.head.max(seq);
+        let Some(p) = published else { return };
+        self.events += p.told();
+        self.kept.push_back(p);
+        while self.events > self.capacity {
+            let Some(oldest) = self.kept.pop_front() else {
+                break;
+            };
+            self.events -= oldest.told();
+            self.after = oldest.seq;
+        }
+    }
+}
+
 /// What a resume starts from: the retained events to send first, the live
 /// feed after them, and the last sequence the ring had seen.
 pub struct Resumed {
@@ -59,41 +130,41 @@ impl EventRing {
 
     /// Keeps one command's events and sends them live.
     pub fn push(&self, published: &Published) {
-        let events = published.routing_events();
-        let mut ring = self.ring.lock();
-        ring.head = ring.head.max(published.seq);
+        let events = self.ring.lock().keep(published);
         for event in events {
-            let event = Arc::new(event);
-            if ring.events.len() >= ring.capacity {
-                // Part of that command's events may be gone: resuming after
-                // the one before it would miss them.
-                let dropped = ring
-                    .events
-                    .pop_front()
-                    .map_or(event.sequence, |d| d.sequence);
-                ring.resumable_after = ring.resumable_after.max(dropped);
-            }
-            if ring.capacity > 0 {
-                ring.events.push_back(Arc::clone(&event));
-            }
             // Nobody listening is fine.
             let _ = self.live.send(event);
         }
     }
 
-    /// Notes that record `seq` told nothing: a resume after it is one
-    /// this log has reached.
-    pub fn passed(&self, seq: u64) {
+    /// Keeps the events of record `seq` read back from the log (none: it
+    /// told nothing) as a standby follows the leader. No watcher is told:
+    /// none is let in before the term opens, and the live feed carries
+    /// only what is logged from then on.
+    pub fn keep(&self, seq: u64, published: Option<&Published>) {
         let mut ring = self.ring.lock();
+        if let Some(p) = published {
+            ring.keep(p);
+        }
         ring.head = ring.head.max(seq);
     }
 
-    /// Starts over after record `after` (the engine rebuilt from the log).
-    pub fn restart(&self, after: u64) {
+    /// Starts over from what a replay kept (the engine rebuilt from the
+    /// log), telling no watcher, as [`EventRing::keep`].
+    pub fn restore(&self, replayed: Replayed) {
         let mut ring = self.ring.lock();
         ring.events.clear();
-        ring.resumable_after = after;
-        ring.head = after;
+        ring.resumable_after = replayed.after;
+        ring.head = replayed.after;
+        for p in &replayed.kept {
+            ring.keep(p);
+        }
+        ring.head = ring.head.max(replayed.head);
+    }
+
+    /// Starts over after record `after`.
+    fn restart(&self, after: u64) {
+        self.restore(Replayed::new(after, 0));
     }
 
     /// Carries on after record `seq` (a new term): kept as it is if it
@@ -161,6 +232,27 @@ mod tests {
         }
     }
 
+    /// A command at `seq` with `events` events: a policy reload, and
+    /// withdrawn offers for the rest.
+    fn many(seq: u64, events: usize) -> Published {
+        use crate::engine::{Event, ReservationId, Withdrawal};
+        let withdrawn = (1..events).map(|i| Event::Withdrawn {
+            contact_id: format!("c{i}"),
+            agent_id: "a".into(),
+            team: "t".into(),
+            reservation: ReservationId(i as u128),
+            reason: Withdrawal::Cancelled,
+        });
+        let mut p = command(seq, events);
+        p.assignments = withdrawn
+            .map(|e| {
+                let wire = pb::AssignmentEvent::from(&e);
+                (e, wire)
+            })
+            .collect();
+        p
+    }
+
     fn seqs(events: &[Arc<pb::RoutingEvent>]) -> Vec<u64> {
         events.iter().map(|e| e.sequence).collect()
     }
@@ -223,10 +315,36 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_keeps_the_last_commands_whole_and_tells_no_live_watcher() {
+        let ring = EventRing::new(3, 0);
+        let mut live = ring.resume(None).unwrap().live;
+        // Commands 1 to 6 with 2, 0, 1, 2, 0, 0 events: at most 3 kept, a
+        // command's whole.
+        let mut replayed = Replayed::new(0, 3);
+        for (seq, events) in (1..).zip([2, 0, 1, 2, 0, 0]) {
+            replayed.keep(seq, (events > 0).then(|| many(seq, events)));
+        }
+        ring.restore(replayed);
+        // 3 and 4 are kept (3 events); 1 went whole, with its 2; 2 told
+        // nothing.
+        assert!(ring.resume(Some(0)).is_err());
+        assert_eq!(seqs(&ring.resume(Some(1)).unwrap().retained), [3, 4, 4]);
+        assert_eq!(seqs(&ring.resume(Some(3)).unwrap().retained), [4, 4]);
+        // Resumable up to the last record read, which told nothing.
+        assert!(ring.resume(Some(6)).unwrap().retained.is_empty());
+        // A standby keeps what it follows, and nobody is told live.
+        ring.keep(7, Some(&command(7, 1)));
+        ring.keep(8, None);
+        assert_eq!(seqs(&ring.resume(Some(6)).unwrap().retained), [7]);
+        assert!(ring.resume(Some(8)).is_ok());
+        assert!(live.try_recv().is_err());
+    }
+
+    #[test]
     fn a_new_term_carries_on_only_from_a_ring_that_saw_every_record() {
         let ring = EventRing::new(10, 0);
         ring.push(&command(1, 1));
-        ring.passed(2);
+        ring.keep(2, None);
         // Followed up to 2: a term opening after 2 keeps what it has.
         ring.continue_after(2);
         assert_eq!(seqs(&ring.resume(Some(0)).unwrap().retained), [1]);

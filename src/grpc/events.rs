@@ -371,19 +371,31 @@ impl Published {
         })
     }
 
-    /// Applies record `seq` read back from the log (a restart's replay, a
-    /// standby following the leader) and tells its events as they were
-    /// told when it was first logged.
+    /// Applies record `seq` as the log holds it (read back by a restart or
+    /// a standby, or an opening record being logged) and tells its events
+    /// as they were told when it was first applied, at the time the engine
+    /// applied it; and whether it was refused (a refusal may still set
+    /// off what fell due).
     pub fn replayed(
         engine: &mut Engine,
         seq: u64,
         at: Time,
         command: Command,
-    ) -> Option<Published> {
-        let change = apply_logged(engine, at, command).unwrap_or_default();
-        // The time it was applied at, as the engine clamped it.
+    ) -> (Option<Published>, Result<(), EngineError>) {
+        let (change, refused) = match apply_logged(engine, at, command) {
+            Ok(change) => (change, Ok(())),
+            Err(e) => (None, Err(e)),
+        };
         let at = engine.now().unwrap_or(at);
-        Published::new(seq, at, change, engine.take_events())
+        (
+            Published::new(seq, at, change, engine.take_events()),
+            refused,
+        )
+    }
+
+    /// How many events it tells.
+    pub fn told(&self) -> usize {
+        usize::from(self.change.is_some()) + self.assignments.len()
     }
 
     /// The command's events in wire form, in order.
@@ -510,6 +522,8 @@ mod tests {
         live.apply(&mut e, once("q1", Confirm(r1)), at(3)).unwrap();
         // A retry answered from the first tells nothing.
         live.apply(&mut e, once("q1", Confirm(r1)), at(4)).unwrap();
+        let retry = live.log.len() as u64;
+        assert!(live.told.iter().all(|t| t.sequence != retry));
         let c2 = billing("c2");
         let r2 = reservation(&live.apply(&mut e, Route(&c2), at(5)).unwrap());
         let busy = Release(r2, crate::model::ReleaseReason::Rejected);
@@ -560,11 +574,8 @@ mod tests {
         let mut replayed = engine();
         let mut again = Vec::new();
         for (seq, (at, command)) in (1..).zip(live.log.clone()) {
-            again.extend(
-                Published::replayed(&mut replayed, seq, at, command)
-                    .iter()
-                    .flat_map(Published::routing_events),
-            );
+            let (told, _) = Published::replayed(&mut replayed, seq, at, command);
+            again.extend(told.iter().flat_map(Published::routing_events));
         }
         assert_eq!(again, live.told);
     }

@@ -13,7 +13,7 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::authorize;
-use super::event_ring::{EventRing, Resumed};
+use super::event_ring::{EventRing, Replayed, Resumed};
 use super::events::{self, Describe};
 use super::status::{Reason, refusal};
 use super::{convert, pb};
@@ -137,25 +137,23 @@ impl Routing {
         &self.engine
     }
 
-    /// How many events are kept for watchers that resume.
-    pub fn event_retention(&self) -> usize {
-        self.ring.capacity()
+    /// An empty keeper of the events of records read back from the log,
+    /// after record `after`, holding as many as watchers that resume are
+    /// kept (see [`Routing::restore_events`]).
+    pub fn replay_events(&self, after: u64) -> Replayed {
+        Replayed::new(after, self.ring.capacity())
     }
 
-    /// Starts the events kept for watchers that resume over, after record
-    /// `after` (the engine being rebuilt from the log).
-    pub fn retain_after(&self, after: u64) {
-        self.ring.restart(after);
+    /// The events kept for watchers that resume start over from those a
+    /// replay kept (the engine rebuilt from the log).
+    pub fn restore_events(&self, replayed: Replayed) {
+        self.ring.restore(replayed);
     }
 
-    /// Keeps the events of record `seq`, read back from the log (none: it
-    /// told nothing), for watchers that resume: a restart's replay, a
-    /// standby following the leader.
-    pub fn retain(&self, seq: u64, published: Option<events::Published>) {
-        match published {
-            Some(p) => self.ring.push(&p),
-            None => self.ring.passed(seq),
-        }
+    /// Keeps the events of record `seq` (none: it told nothing) for
+    /// watchers that resume, as a standby follows the leader.
+    pub fn keep_events(&self, seq: u64, published: Option<&events::Published>) {
+        self.ring.keep(seq, published);
     }
 
     /// The journal, for the replication that opens and ends its terms.
@@ -210,7 +208,7 @@ impl Routing {
     /// log keeps, and never before the last command's.
     fn now_for(&self, engine: &Engine) -> Time {
         let now = self.clock.now();
-        let now = Time::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+        let now = crate::clock::as_logged(now);
         engine.now().map_or(now, |last| now.max(last))
     }
 
@@ -241,23 +239,22 @@ impl Routing {
             self.ring.continue_after(last_seq);
             for (i, command) in opening.into_iter().enumerate() {
                 let now = self.now_for(&held);
-                let change = if i > 0 || first_applied {
-                    events::apply_logged(&mut held, now, command.clone()).unwrap_or_else(|e| {
-                        tracing::warn!(error = %e, "replication: an opening record was refused");
-                        None
-                    })
-                } else {
-                    None
-                };
+                let applied = i > 0 || first_applied;
                 // Nobody watches yet (calls are let in once this is
                 // logged): the events are kept for watchers that resume.
-                let assigned = held.take_events();
-                ticket = self.journal.append(now, true, Some(command), None, |seq| {
-                    events::Published::new(seq, now, change, assigned)
-                        .into_iter()
-                        .map(Arc::new)
-                        .collect()
-                });
+                ticket = self
+                    .journal
+                    .append(now, true, Some(command.clone()), None, |seq| {
+                        if !applied {
+                            return Vec::new();
+                        }
+                        let (told, refused) =
+                            events::Published::replayed(&mut held, seq, now, command);
+                        if let Err(e) = refused {
+                            tracing::warn!(error = %e, "replication: an opening record was refused");
+                        }
+                        told.into_iter().map(Arc::new).collect()
+                    });
             }
             self.publish_due(&held);
             ticket
@@ -758,6 +755,7 @@ impl pb::routing_service_server::RoutingService for Routing {
                     }
                 }
                 let next = tokio::select! {
+                    biased;
                     _ = stopping.wait_for(|s| *s) => return,
                     _ = tx.closed() => return,
                     Ok(()) = stepped_down(&mut role) => None,

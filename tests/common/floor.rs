@@ -257,3 +257,10 @@ pub async fn next_event(s: &mut tonic::Streaming<pb::RoutingEvent>) -> pb::Routi
 pub fn decides(e: &pb::RoutingEvent, contact_id: &str) -> bool {
     matches!(&e.event, Some(pb::routing_event::Event::Decision(d)) if d.contact_id == contact_id)
 }
+
+/// Whether `next` follows `prev` on a routing event stream: the next event
+/// of the same command, or the first of a later one.
+pub fn follows(prev: &pb::RoutingEvent, next: &pb::RoutingEvent) -> bool {
+    (next.sequence == prev.sequence && next.index == prev.index + 1)
+        || (next.sequence > prev.sequence && next.index == 0)
+}
