@@ -14,6 +14,11 @@ use careroute::{
 };
 use clap::Parser;
 
+/// mimalloc: a replay and a busy engine allocate and free small objects at
+/// a rate glibc's allocator spends a fifth of the time on (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
