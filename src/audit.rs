@@ -1,19 +1,156 @@
 //! The journal read by a person (`careroute journal`): a range of the log
-//! as JSON lines, read without the service (which may be running), each
-//! record as stored; with outcomes, the log replayed from the snapshot
-//! before the range to show what each command decided: the decision (id,
-//! rule, reasons, outcome, queue, agent, reservation) or the refusal, and
-//! what it set off (offers from the line, callbacks, moves, withdrawals).
-//! Contacts appear as the opaque references the log holds.
+//! as JSON lines, read without the service (which may be running), from
+//! the local journal or a NATS stream, each record as stored; with
+//! outcomes, the log replayed from the snapshot before the range to show
+//! what each command decided: the decision (id, rule, reasons, outcome,
+//! queue, agent, reservation) or the refusal, and what it set off (offers
+//! from the line, callbacks, moves, withdrawals). Contacts appear as the
+//! opaque references the log holds.
 
-use std::{io::Write, path::Path};
+use std::{io::Write, path::Path, time::Duration};
 
 use chrono::SecondsFormat;
 use serde_json::{Value, json};
 
-use crate::engine::{Command, Decision, Engine, EngineConfig, Event, LoggedOnce, Outcome, Route};
-use crate::journal::{JournalError, LogReader, Replay, SnapshotFile};
+use crate::engine::{
+    Command, Decision, Engine, EngineConfig, Event, IdKey, LoggedOnce, Outcome, Route,
+};
+use crate::journal::{JournalError, LogReader, Nats, NatsSecurity, Replay, SnapshotFile};
 use crate::model::Time;
+
+/// How long a NATS stream may take to deliver a record it holds.
+const DELIVERY: Duration = Duration::from_secs(30);
+
+/// A record as an export reads it: its sequence number, its body as stored
+/// (JSON), the client that sent it, and the record checked and decoded, or
+/// why it cannot be.
+type Each<'a> = &'a mut dyn FnMut(u64, &str, Option<&str>, Result<(Time, Command), String>);
+
+/// A log an export reads.
+pub trait Source {
+    /// The first and last records kept (none: an empty log).
+    fn span(&mut self) -> Result<Option<(u64, u64)>, JournalError>;
+    /// The routing rules version the log was written under.
+    fn routing_version(&mut self) -> Result<u32, JournalError>;
+    /// The id key of the log's engine, if kept.
+    fn id_key(&mut self) -> Result<Option<IdKey>, JournalError>;
+    /// The newest snapshot of the records before `seq` that loads.
+    fn snapshot_before(&mut self, seq: u64) -> Result<Option<(u64, Engine)>, JournalError>;
+    /// Every record after `after` up to `upto`, in order.
+    fn each(&mut self, after: u64, upto: u64, each: Each<'_>) -> Result<(), JournalError>;
+}
+
+/// The local journal in a data directory.
+pub struct Local<'a> {
+    dir: &'a Path,
+    reader: LogReader,
+}
+
+impl Local<'_> {
+    /// Opens the journal in `dir` read-only.
+    pub fn open(dir: &Path) -> Result<Local<'_>, JournalError> {
+        Ok(Local {
+            dir,
+            reader: LogReader::open(dir)?,
+        })
+    }
+}
+
+impl Source for Local<'_> {
+    fn span(&mut self) -> Result<Option<(u64, u64)>, JournalError> {
+        self.reader.span()
+    }
+    fn routing_version(&mut self) -> Result<u32, JournalError> {
+        self.reader.routing_version()
+    }
+    fn id_key(&mut self) -> Result<Option<IdKey>, JournalError> {
+        self.reader.id_key()
+    }
+    fn snapshot_before(&mut self, seq: u64) -> Result<Option<(u64, Engine)>, JournalError> {
+        match SnapshotFile::open_read_only(self.dir, self.reader.log_id()?)? {
+            Some(file) => Ok(file.load_before(seq)?.snapshot),
+            None => Ok(None),
+        }
+    }
+    fn each(&mut self, after: u64, upto: u64, each: Each<'_>) -> Result<(), JournalError> {
+        self.reader.each(after, upto, each)
+    }
+}
+
+/// A log on a NATS JetStream stream (`--journal nats://...`).
+pub struct OnNats {
+    nats: Nats,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl OnNats {
+    /// Connects to `urls` and opens the log of `cluster_id`, creating
+    /// nothing.
+    pub fn open(
+        urls: &str,
+        security: &NatsSecurity,
+        cluster_id: &str,
+    ) -> Result<OnNats, JournalError> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| JournalError::Setup(format!("cannot start a runtime: {e}")))?;
+        let nats = runtime.block_on(Nats::open_to_read(urls, security, cluster_id))?;
+        Ok(OnNats { nats, runtime })
+    }
+}
+
+impl Source for OnNats {
+    fn span(&mut self) -> Result<Option<(u64, u64)>, JournalError> {
+        let (first, last) = self.runtime.block_on(self.nats.span())?;
+        Ok((first <= last).then_some((first, last)))
+    }
+    fn routing_version(&mut self) -> Result<u32, JournalError> {
+        self.runtime.block_on(self.nats.routing_version())
+    }
+    fn id_key(&mut self) -> Result<Option<IdKey>, JournalError> {
+        self.runtime.block_on(self.nats.kept_id_key())
+    }
+    fn snapshot_before(&mut self, seq: u64) -> Result<Option<(u64, Engine)>, JournalError> {
+        Ok(self
+            .runtime
+            .block_on(self.nats.load_snapshot_before(seq))?
+            .loaded)
+    }
+    fn each(&mut self, after: u64, upto: u64, each: Each<'_>) -> Result<(), JournalError> {
+        let Some((_, last)) = self.span()? else {
+            return Ok(());
+        };
+        // The records there are now: the stream may grow meanwhile.
+        let upto = upto.min(last);
+        if after >= upto {
+            return Ok(());
+        }
+        let nats = &self.nats;
+        self.runtime.block_on(async {
+            let mut tail = nats.tail(after).await?;
+            loop {
+                let record = tokio::time::timeout(DELIVERY, tail.next_record())
+                    .await
+                    .ok()
+                    .flatten()
+                    .ok_or_else(|| {
+                        JournalError::Nats("the stream stopped delivering records".into())
+                    })??;
+                // Records purged behind a snapshot are not delivered: the
+                // first one may already be past the range.
+                if record.seq > upto {
+                    return Ok(());
+                }
+                let body = String::from_utf8_lossy(&record.body);
+                each(record.seq, &body, record.client.as_deref(), record.read);
+                if record.seq == upto {
+                    return Ok(());
+                }
+            }
+        })
+    }
+}
 
 /// Why a range cannot be exported.
 #[derive(Debug, thiserror::Error)]
@@ -64,34 +201,33 @@ fn time(at: Time) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// Writes the records `from..=to` of the log in `dir` to `out`, one JSON
+/// Writes the records `from..=to` of the log `source` to `out`, one JSON
 /// object per line; with `outcomes`, each with what it decided.
 pub fn export(
-    dir: &Path,
+    source: &mut dyn Source,
     from: u64,
     to: u64,
     outcomes: bool,
     out: &mut impl Write,
 ) -> Result<Exported, AuditError> {
-    let reader = LogReader::open(dir)?;
     let mut exported = Exported {
-        span: reader.span()?,
+        span: source.span()?,
         ..Exported::default()
     };
     let from = from.max(1);
     if outcomes {
-        let found = reader.routing_version()?;
+        let found = source.routing_version()?;
         if found != crate::engine::ROUTING_VERSION {
             return Err(AuditError::OtherRouting { found });
         }
     }
     let mut replay = if outcomes {
-        Some(rebuild_before(dir, &reader, from, exported.span)?)
+        Some(rebuild_before(source, from, exported.span)?)
     } else {
         None
     };
     let mut written: Result<(), std::io::Error> = Ok(());
-    reader.each(from - 1, to, |seq, body, client, read| {
+    source.each(from - 1, to, &mut |seq, body, client, read| {
         if written.is_err() {
             return;
         }
@@ -126,15 +262,11 @@ pub fn export(
 /// The engine as it stood just before record `from`: the newest snapshot
 /// before it that loads, or the start of the log, then the records up to it.
 fn rebuild_before(
-    dir: &Path,
-    reader: &LogReader,
+    source: &mut dyn Source,
     from: u64,
     span: Option<(u64, u64)>,
 ) -> Result<Replay, AuditError> {
-    let snapshot = match SnapshotFile::open_read_only(dir, reader.log_id()?)? {
-        Some(file) => file.load_before(from)?.snapshot,
-        None => None,
-    };
+    let snapshot = source.snapshot_before(from)?;
     let first = span.map_or(1, |(first, _)| first);
     let base = match &snapshot {
         Some((seq, _)) => *seq,
@@ -142,12 +274,12 @@ fn rebuild_before(
         None => return Err(AuditError::NotReplayable { from, first }),
     };
     let config = EngineConfig {
-        id_key: reader.id_key()?.unwrap_or_default(),
+        id_key: source.id_key()?.unwrap_or_default(),
         ..EngineConfig::default()
     };
     let mut replay = Replay::new(snapshot.map(|(_, e)| e), config);
     let mut failed = false;
-    reader.each(base, from - 1, |_, _, _, read| {
+    source.each(base, from - 1, &mut |_, _, _, read| {
         if let Ok((at, command)) = read {
             failed |= replay.apply(at, command).is_err();
         }

@@ -74,9 +74,11 @@ pub enum Command {
         #[arg(long, default_value_t = 5.0, value_parser = percent, requires = "staff_for")]
         max_abandonment: f64,
     },
-    /// Print a range of the journal in --data-dir as JSON lines, for
-    /// audit, without starting the service (it may be running). Exits non-zero if a record
-    /// in the range cannot be read (it is reported and skipped).
+    /// Print a range of the journal as JSON lines, for audit, without
+    /// starting the service (it may be running): the local journal in
+    /// --data-dir, or with --journal the log of --cluster-id on NATS. Exits
+    /// non-zero if a record in the range cannot be read (it is reported
+    /// and skipped).
     Journal {
         /// The first record (sequence number).
         #[arg(long, default_value_t = 1)]

@@ -43,7 +43,7 @@ fn main() -> ExitCode {
             }),
         }),
         Some(Command::Journal { from, to, outcomes }) => {
-            journal(&cli.serve.data_dir, from, to.unwrap_or(u64::MAX), outcomes)
+            journal(&cli.serve, from, to.unwrap_or(u64::MAX), outcomes)
         }
         Some(Command::Serve) | None => serve(cli.serve),
     }
@@ -109,10 +109,23 @@ fn test(paths: &[PathBuf], junit: Option<&std::path::Path>) -> ExitCode {
     }
 }
 
-fn journal(data_dir: &std::path::Path, from: u64, to: u64, outcomes: bool) -> ExitCode {
+fn journal(config: &Config, from: u64, to: u64, outcomes: bool) -> ExitCode {
+    // The log on NATS with --journal, the local journal otherwise.
+    let opened = match &config.journal {
+        Some(urls) => audit::OnNats::open(urls, &server::nats_security(config), &config.cluster_id)
+            .map(|s| Box::new(s) as Box<dyn audit::Source>),
+        None => audit::Local::open(&config.data_dir).map(|s| Box::new(s) as Box<dyn audit::Source>),
+    };
+    let mut source = match opened {
+        Ok(source) => source,
+        Err(e) => {
+            eprintln!("careroute journal: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let exported = audit::export(data_dir, from, to, outcomes, &mut out).and_then(|e| {
+    let exported = audit::export(source.as_mut(), from, to, outcomes, &mut out).and_then(|e| {
         std::io::Write::flush(&mut out)
             .map(|()| e)
             .map_err(Into::into)

@@ -115,6 +115,15 @@ pub struct Prepared {
     retained: Replayed,
 }
 
+/// How this process checks the NATS servers and proves itself to them.
+pub fn nats_security(config: &Config) -> NatsSecurity {
+    NatsSecurity {
+        nkey_seed: config.nats_nkey_seed.clone(),
+        ca: config.nats_ca.clone(),
+        client: config.nats_cert.clone().zip(config.nats_key.clone()),
+    }
+}
+
 /// Builds the engine. With a journal that holds a log, the engine is that
 /// log replayed (a torn or corrupt tail reported and cut), then told the
 /// process restarted, then given the policy file if it changed; the roster
@@ -419,11 +428,7 @@ pub async fn run(
     let (log, replicated) = match replicated {
         Some(mut seed) => {
             let url = config.journal.as_deref().unwrap_or_default();
-            let security = NatsSecurity {
-                nkey_seed: config.nats_nkey_seed.clone(),
-                ca: config.nats_ca.clone(),
-                client: config.nats_cert.clone().zip(config.nats_key.clone()),
-            };
+            let security = nats_security(config);
             let (nats, key) = Nats::connect(
                 url,
                 &security,

@@ -612,3 +612,100 @@ async fn the_log_on_nats_over_mutual_tls_with_an_nkey_user() {
     // The leader kept on through all of it.
     route(&mut ca_client, "still").await.unwrap();
 }
+
+/// `careroute journal` on the log of `cluster` on `nats`, with `args`:
+/// whether it succeeded, its lines, and its stderr.
+fn journal_on(nats: &Nats, cluster: &str, args: &[&str]) -> (bool, Vec<serde_json::Value>, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_careroute"))
+        .args([
+            "journal",
+            "--journal",
+            &nats.urls(),
+            "--cluster-id",
+            cluster,
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    let lines = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (
+        out.status.success(),
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn careroute_journal_reads_the_log_on_nats_with_what_each_command_decided() {
+    let Some(nats) = Nats::start(1) else { return };
+    let id = cluster_id("audit");
+    let a = careroute(&nats, &id, "1");
+    a.wait_for_log("this process leads", Duration::from_secs(30));
+    // A standby snapshots every 20 records: the stream is purged behind
+    // the one before the newest.
+    let b = careroute_with(&nats, &id, "1", &["--snapshot-every", "20"]);
+    b.wait_for_log("standby rebuilt from the log", Duration::from_secs(30));
+    let mut ca = client(&a).await;
+    agent(&mut ca, "b1", "Billing", "billing").await;
+    let mut answered = Vec::new();
+    for i in 0..60 {
+        let contact_id = format!("c{i}");
+        answered.push((
+            contact_id.clone(),
+            route(&mut ca, &contact_id).await.unwrap(),
+        ));
+    }
+    b.wait_for_nth_log("replication: snapshot saved", 3, Duration::from_secs(10));
+
+    // Every record the stream keeps, as stored, in order.
+    let (ok, lines, stderr) = journal_on(&nats, &id, &[]);
+    assert!(ok, "{stderr}");
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    let (first, last) = (seqs[0], *seqs.last().unwrap());
+    assert!(first > 1, "the stream was not purged: {stderr}");
+    assert_eq!(seqs, (first..=last).collect::<Vec<_>>());
+    assert!(
+        stderr.contains(&format!("the log keeps records {first} to {last}")),
+        "{stderr}"
+    );
+
+    // With outcomes from a record after the oldest kept snapshot: each
+    // decision as it was answered.
+    let from = (last - 10).to_string();
+    let (ok, lines, stderr) = journal_on(&nats, &id, &["--outcomes", "--from", &from]);
+    assert!(ok, "{stderr}");
+    assert_eq!(lines.len(), 11);
+    let mut checked = 0;
+    for line in &lines {
+        let Some(contact_id) = line["command"]["route"]["contact_id"].as_str() else {
+            continue;
+        };
+        let (_, answer) = answered.iter().find(|(c, _)| c == contact_id).unwrap();
+        assert_eq!(line["result"]["decision_id"], answer.decision_id.as_str());
+        checked += 1;
+    }
+    assert!(checked >= 5, "{lines:?}");
+
+    // Outcomes from before what the stream keeps cannot be rebuilt.
+    let (ok, _, stderr) = journal_on(&nats, &id, &["--outcomes", "--from", "1"]);
+    assert!(!ok);
+    assert!(stderr.contains("was compacted"), "{stderr}");
+
+    // A cluster id with no log is refused, and none is made for it.
+    let (ok, _, stderr) = journal_on(&nats, "nosuch", &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("no log for --cluster-id nosuch"),
+        "{stderr}"
+    );
+    let js = async_nats::jetstream::new(
+        async_nats::connect(format!("nats://127.0.0.1:{}", nats.servers[0].port))
+            .await
+            .unwrap(),
+    );
+    assert!(js.get_stream("CAREROUTE_nosuch").await.is_err());
+}

@@ -138,20 +138,7 @@ impl Nats {
         lease_ttl: Duration,
         proposed: IdKey,
     ) -> Result<(Nats, IdKey), JournalError> {
-        let servers = urls
-            .split(',')
-            .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| nats(&format!("--journal {urls}"), e))?;
-        let client = security
-            .options()?
-            .name(format!("careroute {cluster_id}"))
-            .connection_timeout(CALL_TIMEOUT)
-            .connect(servers)
-            .await
-            .map_err(|e| nats(&format!("cannot connect to {urls}"), e))?;
-        let mut js = jetstream::new(client);
-        js.set_timeout(CALL_TIMEOUT);
+        let js = jetstream_at(urls, security, cluster_id).await?;
         let mut tries = 0;
         loop {
             let opened = async {
@@ -169,6 +156,67 @@ impl Nats {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// Opens the log of `cluster_id` to read it (`careroute journal`),
+    /// creating nothing: a cluster id with no log is refused.
+    pub async fn open_to_read(
+        urls: &str,
+        security: &NatsSecurity,
+        cluster_id: &str,
+    ) -> Result<Nats, JournalError> {
+        let js = jetstream_at(urls, security, cluster_id).await?;
+        let name = format!("CAREROUTE_{cluster_id}");
+        let missing = |what: &str, e: &dyn std::fmt::Display| {
+            JournalError::Setup(format!(
+                "no log for --cluster-id {cluster_id} on {urls} ({what}: {e})"
+            ))
+        };
+        js.get_stream(&name).await.map_err(|e| missing(&name, &e))?;
+        let bucket = |suffix: &str| format!("careroute_{cluster_id}_{suffix}");
+        let lease = js
+            .get_key_value(bucket("lease"))
+            .await
+            .map_err(|e| missing("lease bucket", &e))?;
+        let meta = js
+            .get_key_value(bucket("meta"))
+            .await
+            .map_err(|e| missing("metadata bucket", &e))?;
+        let snapshots = js
+            .get_object_store(bucket("snapshots"))
+            .await
+            .map_err(|e| missing("snapshot bucket", &e))?;
+        Ok(Nats {
+            js,
+            stream: name,
+            subject: format!("careroute.{cluster_id}.log"),
+            lease,
+            meta,
+            snapshots,
+        })
+    }
+
+    /// The routing rules version the log was written under (1: before the
+    /// version was kept).
+    pub async fn routing_version(&self) -> Result<u32, JournalError> {
+        Ok(self.meta_value("routing_version").await?.unwrap_or(1))
+    }
+
+    /// The id key of the log's engine, if one is kept.
+    pub async fn kept_id_key(&self) -> Result<Option<IdKey>, JournalError> {
+        let value = self
+            .meta
+            .get("id_key")
+            .await
+            .map_err(|e| nats("metadata", e))?;
+        match value {
+            None => Ok(None),
+            Some(v) => std::str::from_utf8(&v)
+                .ok()
+                .and_then(super::store::parse_key)
+                .map(Some)
+                .ok_or_else(|| nats("metadata", "id_key is not 32 hexadecimal digits")),
         }
     }
 
@@ -241,16 +289,10 @@ impl Nats {
             .await
         {
             Ok(_) => Ok(proposed),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let value = self
-                    .meta
-                    .get("id_key")
-                    .await
-                    .map_err(|e| nats("metadata", e))?;
-                value
-                    .and_then(|v| super::store::parse_key(std::str::from_utf8(&v).ok()?))
-                    .ok_or_else(|| nats("metadata", "id_key is not 32 hexadecimal digits"))
-            }
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => self
+                .kept_id_key()
+                .await?
+                .ok_or_else(|| nats("metadata", "id_key is missing")),
             Err(e) => Err(nats("metadata", e)),
         }
     }
@@ -366,8 +408,14 @@ impl Nats {
     /// The newest snapshot that reads back whole (checksum, layout,
     /// decoding), and the newer ones refused, with why.
     pub async fn load_snapshot(&self) -> Result<NatsSnapshot, JournalError> {
+        self.load_snapshot_before(u64::MAX).await
+    }
+
+    /// [`Nats::load_snapshot`] among the snapshots of records before `seq`.
+    pub async fn load_snapshot_before(&self, seq: u64) -> Result<NatsSnapshot, JournalError> {
         let mut refused = Vec::new();
-        for (seq, name) in self.snapshot_names().await? {
+        let names = self.snapshot_names().await?;
+        for (seq, name) in names.into_iter().filter(|(s, _)| *s < seq) {
             match self.read_snapshot(&name).await {
                 Ok(engine) => {
                     return Ok(NatsSnapshot {
@@ -555,33 +603,92 @@ async fn open_bucket(
         .map_err(|e| nats(&format!("bucket {bucket}"), e))
 }
 
+/// One record of the stream as stored, and read.
+pub struct Record {
+    /// Its sequence number.
+    pub seq: u64,
+    /// Its body as stored (JSON).
+    pub body: Bytes,
+    /// The client that sent it, if one did.
+    pub client: Option<String>,
+    /// Its time and command, or why it cannot be read.
+    pub read: Result<(Time, Command), String>,
+}
+
 impl Tail {
     /// The next record: its sequence number, time and command. `None` if
     /// the subscription ended.
     pub async fn next(&mut self) -> Option<Result<(u64, Time, Command), JournalError>> {
+        let record = match self.next_record().await? {
+            Ok(record) => record,
+            Err(e) => return Some(Err(e)),
+        };
+        let seq = record.seq;
+        Some(
+            record
+                .read
+                .map(|(at, command)| (seq, at, command))
+                .map_err(|why| JournalError::Corrupt {
+                    file: "the NATS stream".into(),
+                    seq,
+                    why,
+                }),
+        )
+    }
+
+    /// The next record as stored, and read. `None` if the subscription
+    /// ended.
+    pub async fn next_record(&mut self) -> Option<Result<Record, JournalError>> {
         let message = match self.messages.next().await? {
             Ok(m) => m,
             Err(e) => return Some(Err(nats("tail", e))),
         };
-        Some(decode(&message))
+        let seq = match message.info() {
+            Ok(info) => info.stream_sequence,
+            Err(e) => return Some(Err(nats("tail", e))),
+        };
+        let header = |name: &str| {
+            let headers = message.headers.as_ref()?;
+            Some(headers.get(name)?.as_str().to_owned())
+        };
+        let at = header(AT)
+            .and_then(|v| v.parse::<i64>().ok())
+            .and_then(Time::from_timestamp_micros)
+            .ok_or_else(|| format!("no {AT} header"));
+        let read = at.and_then(|at| {
+            serde_json::from_slice(&message.payload)
+                .map(|command| (at, command))
+                .map_err(|e| format!("undecodable: {e}"))
+        });
+        Some(Ok(Record {
+            seq,
+            client: header(CLIENT),
+            body: message.payload.clone(),
+            read,
+        }))
     }
 }
 
-fn decode(message: &jetstream::Message) -> Result<(u64, Time, Command), JournalError> {
-    let seq = message.info().map_err(|e| nats("tail", e))?.stream_sequence;
-    let bad = |why: String| JournalError::Corrupt {
-        file: "the NATS stream".into(),
-        seq,
-        why,
-    };
-    let at = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(AT))
-        .and_then(|v| v.as_str().parse::<i64>().ok())
-        .and_then(Time::from_timestamp_micros)
-        .ok_or_else(|| bad(format!("no {AT} header")))?;
-    let command: Command =
-        serde_json::from_slice(&message.payload).map_err(|e| bad(format!("undecodable: {e}")))?;
-    Ok((seq, at, command))
+/// JetStream on the servers `urls` (comma-separated), connected as this
+/// process of `cluster_id`.
+async fn jetstream_at(
+    urls: &str,
+    security: &NatsSecurity,
+    cluster_id: &str,
+) -> Result<Context, JournalError> {
+    let servers = urls
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| nats(&format!("--journal {urls}"), e))?;
+    let client = security
+        .options()?
+        .name(format!("careroute {cluster_id}"))
+        .connection_timeout(CALL_TIMEOUT)
+        .connect(servers)
+        .await
+        .map_err(|e| nats(&format!("cannot connect to {urls}"), e))?;
+    let mut js = jetstream::new(client);
+    js.set_timeout(CALL_TIMEOUT);
+    Ok(js)
 }
