@@ -22,7 +22,7 @@ use std::{
 };
 
 use crate::engine::{Command, Configure, Engine, EngineConfig, Limits, ReplacePolicy};
-use crate::grpc::{Routing, events::Published};
+use crate::grpc::{Routing, event_ring::Replayed, events::Published};
 use crate::journal::{Every, JournalError, Lease, Nats, Replay, Tail};
 use crate::policy::Policy;
 use crate::shared::Role;
@@ -113,6 +113,20 @@ async fn rebuild(
     nats: &Nats,
     seed: &Seed,
 ) -> Result<(Replay, u64, Tail), JournalError> {
+    let (replay, applied, tail, told) =
+        read_log(nats, &seed.config, routing.event_retention()).await?;
+    routing.restore_events(told);
+    Ok((replay, applied, tail))
+}
+
+/// Reads the whole log into a new engine: the newest snapshot that loads,
+/// then the records after it up to the stream's last, keeping the events
+/// of the last (at most `retention`).
+async fn read_log(
+    nats: &Nats,
+    config: &EngineConfig,
+    retention: usize,
+) -> Result<(Replay, u64, Tail, Replayed), JournalError> {
     let snapshot = nats.load_snapshot().await?;
     for (seq, why) in &snapshot.refused {
         tracing::warn!(
@@ -141,21 +155,20 @@ async fn rebuild(
         });
     }
     let mut tail = nats.tail(base).await?;
-    let mut replay = Replay::new(snapshot.loaded.map(|(_, e)| e), seed.config.clone());
-    let mut told = routing.replay_events(base);
+    let mut replay = Replay::new(snapshot.loaded.map(|(_, e)| e), config.clone());
+    let mut told = Replayed::new(base, retention);
     let mut applied = base;
     while applied < last {
         let published;
         (applied, published) = catch_up(&mut tail, &mut replay, applied).await?;
         told.keep(applied, published);
     }
-    routing.restore_events(told);
     tracing::info!(
         snapshot = base,
         records = applied - base,
         "replication: standby rebuilt from the log"
     );
-    Ok((replay, applied, tail))
+    Ok((replay, applied, tail, told))
 }
 
 /// Applies a record known to be in the log: one that does not come within
@@ -343,15 +356,20 @@ async fn follow(
 
 /// Leads until the term ends (an append failed) or the lease cannot be
 /// renewed; returns why it stopped. `lease` is kept current, so it can be
-/// given back.
+/// given back. Meanwhile it takes the snapshots no standby takes.
 async fn lead(routing: &Routing, nats: &Nats, seed: &Seed, lease: &mut Lease) -> String {
     let mut renew = tokio::time::interval(seed.ttl / 3);
     renew.tick().await;
+    // Standbys snapshot at least every interval while records arrive: two
+    // without a new one and there is none.
+    let mut check = tokio::time::interval(seed.every.interval * 2);
+    let mut checking: Option<tokio::task::JoinHandle<Option<u64>>> = None;
+    let mut seen: Option<Option<u64>> = None;
     let ended = routing.journal().term_ended();
     tokio::pin!(ended);
-    loop {
+    let why = loop {
         tokio::select! {
-            why = &mut ended => return why,
+            why = &mut ended => break why,
             _ = renew.tick() => {
                 let asked = Instant::now();
                 match nats.renew(&seed.me, *lease).await {
@@ -359,9 +377,62 @@ async fn lead(routing: &Routing, nats: &Nats, seed: &Seed, lease: &mut Lease) ->
                         *lease = renewed;
                         routing.engine().set_deadline(Some(seed.deadline(asked)));
                     }
-                    Err(e) => return format!("the lease could not be renewed: {e}"),
+                    Err(e) => break format!("the lease could not be renewed: {e}"),
                 }
             }
+            _ = check.tick() => {
+                if let Some(done) = checking.take_if(|c| c.is_finished()) {
+                    seen = done.await.ok();
+                }
+                if checking.is_none() {
+                    let (nats, config, every) = (nats.clone(), seed.config.clone(), seed.every);
+                    checking = Some(tokio::spawn(snapshot_unless_taken(nats, config, every, seen)));
+                }
+            }
+        }
+    };
+    if let Some(checking) = checking {
+        checking.abort();
+    }
+    why
+}
+
+/// The leader's snapshot when no standby takes them (a deployment without
+/// one), so the stream is still purged and a restart stays short: taken if
+/// the newest snapshot is still `seen`, the newest at the check before,
+/// with records after it, or if twice `every.commands` records are after
+/// it. It is taken from an engine rebuilt for it alone (the newest snapshot
+/// and the stream after it) and dropped after, so the serving engine never
+/// waits. Returns the newest snapshot now.
+async fn snapshot_unless_taken(
+    nats: Nats,
+    config: EngineConfig,
+    every: Every,
+    seen: Option<Option<u64>>,
+) -> Option<u64> {
+    let taken = async {
+        let newest = nats.newest_snapshot().await?;
+        let behind = nats.last_seq().await? - newest.unwrap_or(0);
+        let nobody = seen == Some(newest) && behind > 0;
+        if !nobody && behind < every.commands.saturating_mul(2) {
+            return Ok(newest);
+        }
+        tracing::info!(
+            after = newest,
+            records = behind,
+            "replication: no standby took a snapshot; the leader takes one"
+        );
+        let (mut replay, applied, _, _) = read_log(&nats, &config, 0).await?;
+        if let Some(saving) = snapshot(&nats, &mut replay, applied) {
+            let _ = saving.await;
+        }
+        nats.newest_snapshot().await
+    };
+    match taken.await {
+        Ok(newest) => newest,
+        Err(e) => {
+            tracing::warn!(error = %e, "replication: the leader's snapshot check failed");
+            seen.flatten()
         }
     }
 }

@@ -709,3 +709,64 @@ async fn careroute_journal_reads_the_log_on_nats_with_what_each_command_decided(
     );
     assert!(js.get_stream("CAREROUTE_nosuch").await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_without_a_standby_takes_the_snapshots_and_a_restart_loads_them() {
+    let Some(nats) = Nats::start(1) else { return };
+    let id = cluster_id("alone");
+    let flags = ["--snapshot-every", "20", "--snapshot-interval", "1s"];
+    let mut a = careroute_with(&nats, &id, "1", &flags);
+    a.wait_for_log("this process leads", Duration::from_secs(30));
+    let mut ca = client(&a).await;
+    agent(&mut ca, "b1", "Billing", "billing").await;
+    let mut answered = Vec::new();
+    for round in 0..2 {
+        for i in 0..50 {
+            let contact_id = format!("c{round}-{i}");
+            answered.push((
+                contact_id.clone(),
+                route(&mut ca, &contact_id).await.unwrap(),
+            ));
+        }
+        // 50 records behind the newest snapshot, more than twice 20: the
+        // leader's next check (every two intervals) takes one.
+        a.wait_for_nth_log(
+            "replication: snapshot saved",
+            round + 1,
+            Duration::from_secs(15),
+        );
+    }
+    assert!(
+        a.logs()
+            .contains("no standby took a snapshot; the leader takes one")
+    );
+    // The second purged the stream up to the first.
+    let js = async_nats::jetstream::new(
+        async_nats::connect(format!("nats://127.0.0.1:{}", nats.servers[0].port))
+            .await
+            .unwrap(),
+    );
+    let mut stream = js.get_stream(format!("CAREROUTE_{id}")).await.unwrap();
+    let first = stream.info().await.unwrap().state.first_sequence;
+    assert!(
+        first > 50,
+        "the stream was not purged: it starts at {first}"
+    );
+
+    // Killed and started again: rebuilt from the newest snapshot, every
+    // decision still the one answered.
+    a.kill9();
+    let b = careroute_with(&nats, &id, "1", &flags);
+    let rebuilt = b.wait_for_log("standby rebuilt from the log", Duration::from_secs(30));
+    let rebuilt: serde_json::Value = serde_json::from_str(&rebuilt).unwrap();
+    assert!(
+        rebuilt["fields"]["snapshot"].as_u64().unwrap() >= first - 1,
+        "{rebuilt}"
+    );
+    let mut cb = client(&b).await;
+    route_until_answered(&mut cb, "after", Duration::from_secs(30)).await;
+    for (contact_id, d) in &answered {
+        let again = route(&mut cb, contact_id).await.unwrap();
+        assert_eq!(again.decision_id, d.decision_id, "{contact_id}");
+    }
+}

@@ -137,11 +137,9 @@ impl Routing {
         &self.engine
     }
 
-    /// An empty keeper of the events of records read back from the log,
-    /// after record `after`, holding as many as watchers that resume are
-    /// kept (see [`Routing::restore_events`]).
-    pub fn replay_events(&self, after: u64) -> Replayed {
-        Replayed::new(after, self.ring.capacity())
+    /// How many events are kept for watchers that resume.
+    pub fn event_retention(&self) -> usize {
+        self.ring.capacity()
     }
 
     /// The events kept for watchers that resume start over from those a

@@ -325,6 +325,11 @@ impl Nats {
         Ok((first, state.last_sequence))
     }
 
+    /// The record the newest snapshot kept was taken after (none kept).
+    pub async fn newest_snapshot(&self) -> Result<Option<u64>, JournalError> {
+        Ok(self.snapshot_names().await?.first().map(|(seq, _)| *seq))
+    }
+
     /// The snapshots kept, newest first: each one's sequence number and
     /// object name.
     async fn snapshot_names(&self) -> Result<Vec<(u64, String)>, JournalError> {
