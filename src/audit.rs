@@ -171,6 +171,17 @@ pub enum AuditError {
         /// The first record kept.
         first: u64,
     },
+    /// A record between the snapshot and the range cannot be read, or was
+    /// not delivered.
+    #[error(
+        "outcomes from record {from} need every record before it since the snapshot: record {seq} is damaged, or was purged while the export read (export without --outcomes, run it again, or from a later record)"
+    )]
+    Unreplayable {
+        /// The first record asked for.
+        from: u64,
+        /// The record that is missing.
+        seq: u64,
+    },
     /// The log was written by a build that decides differently: its
     /// outcomes can only be replayed by that build.
     #[error(
@@ -227,10 +238,16 @@ pub fn export(
         None
     };
     let mut written: Result<(), std::io::Error> = Ok(());
+    // Records the log kept when the export began must all come, in order:
+    // any not delivered are reported (purged while it read).
+    let (first, last) = exported.span.unwrap_or((1, 0));
+    let mut next = from.max(first);
     source.each(from - 1, to, &mut |seq, body, client, read| {
         if written.is_err() {
             return;
         }
+        missing(seq.saturating_sub(1), next, &mut exported.damaged);
+        next = next.max(seq + 1);
         let (at, command) = match read {
             Ok(record) => record,
             Err(why) => {
@@ -256,7 +273,20 @@ pub fn export(
         exported.records += 1;
     })?;
     written?;
+    missing(to.min(last), next, &mut exported.damaged);
     Ok(exported)
+}
+
+/// Notes records `next` to `upto` as not delivered, if any.
+fn missing(upto: u64, next: u64, damaged: &mut Vec<(u64, String)>) {
+    if upto >= next {
+        damaged.push((
+            next,
+            format!(
+                "records {next} to {upto} were not delivered (purged behind a snapshot while the export read: run it again)"
+            ),
+        ));
+    }
 }
 
 /// The engine as it stood just before record `from`: the newest snapshot
@@ -278,16 +308,30 @@ fn rebuild_before(
         ..EngineConfig::default()
     };
     let mut replay = Replay::new(snapshot.map(|(_, e)| e), config);
-    let mut failed = false;
-    source.each(base, from - 1, &mut |_, _, _, read| {
-        if let Ok((at, command)) = read {
-            failed |= replay.apply(at, command).is_err();
+    // Every record from the snapshot to `from`, in order, readable: a state
+    // missing one would show outcomes that were never decided.
+    let upto = (from - 1).min(span.map_or(0, |(_, last)| last));
+    let (mut next, mut unreplayable, mut failed) = (base + 1, None, false);
+    source.each(base, from - 1, &mut |seq, _, _, read| {
+        if unreplayable.is_some() {
+            return;
+        }
+        match read {
+            Ok((at, command)) if seq == next => {
+                failed |= replay.apply(at, command).is_err();
+                next += 1;
+            }
+            Ok(_) => unreplayable = Some(next),
+            Err(_) => unreplayable = Some(seq),
         }
     })?;
     if failed {
         return Err(AuditError::NoStart);
     }
-    Ok(replay)
+    match unreplayable.or((next <= upto).then_some(next)) {
+        Some(seq) => Err(AuditError::Unreplayable { from, seq }),
+        None => Ok(replay),
+    }
 }
 
 /// Applies one record and says what it decided.

@@ -470,6 +470,33 @@ impl Config {
         .serve
     }
 
+    /// Refuses to use a log on NATS other than on loopback without TLS and
+    /// authentication, unless --insecure says to: the service and
+    /// `careroute journal` both read it.
+    pub fn nats_exposure(&self) -> Result<(), String> {
+        let Some(urls) = &self.journal else {
+            return Ok(());
+        };
+        if self.insecure || urls.split(',').all(nats_loopback) {
+            return Ok(());
+        }
+        let mut missing = Vec::new();
+        if self.nats_ca.is_none() {
+            missing.push("TLS (--nats-ca)");
+        }
+        if self.nats_nkey_seed.is_none() {
+            missing.push("authentication (--nats-nkey-seed)");
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "refusing to use the log on {urls} without {}: anyone who reaches NATS could read the log and append commands every careroute applies. Configure {}, use NATS on 127.0.0.1, or give --insecure to run exposed anyway",
+            missing.join(" or "),
+            missing.join(" and "),
+        ))
+    }
+
     /// Refuses to expose the service: a listener on an address other than
     /// loopback needs TLS and credentials, unless --insecure says to run
     /// without. The refusal says what to configure.
@@ -490,24 +517,7 @@ impl Config {
         if self.credentials.is_none() {
             missing.push("credentials (--credentials)");
         }
-        if let Some(urls) = &self.journal
-            && urls.split(',').any(|url| !nats_loopback(url))
-        {
-            let mut nats_missing = Vec::new();
-            if self.nats_ca.is_none() {
-                nats_missing.push("TLS (--nats-ca)");
-            }
-            if self.nats_nkey_seed.is_none() {
-                nats_missing.push("authentication (--nats-nkey-seed)");
-            }
-            if !nats_missing.is_empty() {
-                return Err(format!(
-                    "refusing to use the log on {urls} without {}: anyone who reaches NATS could read the log and append commands every careroute applies. Configure {}, use NATS on 127.0.0.1, or give --insecure to run exposed anyway",
-                    nats_missing.join(" or "),
-                    nats_missing.join(" and "),
-                ));
-            }
-        }
+        self.nats_exposure()?;
         if exposed.is_empty() || missing.is_empty() {
             return Ok(());
         }

@@ -110,6 +110,10 @@ fn test(paths: &[PathBuf], junit: Option<&std::path::Path>) -> ExitCode {
 }
 
 fn journal(config: &Config, from: u64, to: u64, outcomes: bool) -> ExitCode {
+    if let Err(e) = config.nats_exposure() {
+        eprintln!("careroute journal: {e}");
+        return ExitCode::FAILURE;
+    }
     // The log on NATS with --journal, the local journal otherwise.
     let opened = match &config.journal {
         Some(urls) => audit::OnNats::open(urls, &server::nats_security(config), &config.cluster_id)

@@ -62,6 +62,28 @@ pub struct Nats {
     snapshots: ObjectStore,
 }
 
+/// What a cluster id's log is kept in on JetStream.
+struct Names {
+    stream: String,
+    subject: String,
+    lease: String,
+    meta: String,
+    snapshots: String,
+}
+
+impl Names {
+    fn of(cluster_id: &str) -> Names {
+        let bucket = |suffix: &str| format!("careroute_{cluster_id}_{suffix}");
+        Names {
+            stream: format!("CAREROUTE_{cluster_id}"),
+            subject: format!("careroute.{cluster_id}.log"),
+            lease: bucket("lease"),
+            meta: bucket("meta"),
+            snapshots: bucket("snapshots"),
+        }
+    }
+}
+
 /// The snapshot the log is rebuilt from, and the newer ones refused.
 pub struct NatsSnapshot {
     /// The newest that loaded: its sequence number and engine.
@@ -167,30 +189,38 @@ impl Nats {
         cluster_id: &str,
     ) -> Result<Nats, JournalError> {
         let js = jetstream_at(urls, security, cluster_id).await?;
-        let name = format!("CAREROUTE_{cluster_id}");
-        let missing = |what: &str, e: &dyn std::fmt::Display| {
-            JournalError::Setup(format!(
-                "no log for --cluster-id {cluster_id} on {urls} ({what}: {e})"
-            ))
-        };
-        js.get_stream(&name).await.map_err(|e| missing(&name, &e))?;
-        let bucket = |suffix: &str| format!("careroute_{cluster_id}_{suffix}");
+        let names = Names::of(cluster_id);
+        js.get_stream(&names.stream).await.map_err(|e| {
+            let absent = matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(j)
+                    if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            );
+            if absent {
+                JournalError::Setup(format!(
+                    "no log for --cluster-id {cluster_id} on {urls} (no stream {})",
+                    names.stream
+                ))
+            } else {
+                nats(&format!("stream {}", names.stream), e)
+            }
+        })?;
         let lease = js
-            .get_key_value(bucket("lease"))
+            .get_key_value(&names.lease)
             .await
-            .map_err(|e| missing("lease bucket", &e))?;
+            .map_err(|e| nats(&format!("bucket {}", names.lease), e))?;
         let meta = js
-            .get_key_value(bucket("meta"))
+            .get_key_value(&names.meta)
             .await
-            .map_err(|e| missing("metadata bucket", &e))?;
+            .map_err(|e| nats(&format!("bucket {}", names.meta), e))?;
         let snapshots = js
-            .get_object_store(bucket("snapshots"))
+            .get_object_store(&names.snapshots)
             .await
-            .map_err(|e| missing("snapshot bucket", &e))?;
+            .map_err(|e| nats(&format!("bucket {}", names.snapshots), e))?;
         Ok(Nats {
             js,
-            stream: name,
-            subject: format!("careroute.{cluster_id}.log"),
+            stream: names.stream,
+            subject: names.subject,
             lease,
             meta,
             snapshots,
@@ -227,8 +257,8 @@ impl Nats {
         replicas: usize,
         lease_ttl: Duration,
     ) -> Result<Nats, JournalError> {
-        let name = format!("CAREROUTE_{cluster_id}");
-        let subject = format!("careroute.{cluster_id}.log");
+        let names = Names::of(cluster_id);
+        let (name, subject) = (names.stream, names.subject);
         js.get_or_create_stream(stream::Config {
             name: name.clone(),
             subjects: vec![subject.clone()],
@@ -240,14 +270,13 @@ impl Nats {
         })
         .await
         .map_err(|e| nats(&format!("stream {name}"), e))?;
-        let bucket = |suffix: &str| format!("careroute_{cluster_id}_{suffix}");
-        let lease = open_bucket(&js, bucket("lease"), lease_ttl, replicas).await?;
-        let meta = open_bucket(&js, bucket("meta"), Duration::ZERO, replicas).await?;
-        let snapshots = match js.get_object_store(bucket("snapshots")).await {
+        let lease = open_bucket(&js, names.lease, lease_ttl, replicas).await?;
+        let meta = open_bucket(&js, names.meta, Duration::ZERO, replicas).await?;
+        let snapshots = match js.get_object_store(&names.snapshots).await {
             Ok(store) => store,
             Err(_) => js
                 .create_object_store(object_store::Config {
-                    bucket: bucket("snapshots"),
+                    bucket: names.snapshots,
                     storage: stream::StorageType::File,
                     num_replicas: replicas,
                     ..Default::default()
@@ -417,10 +446,10 @@ impl Nats {
     }
 
     /// [`Nats::load_snapshot`] among the snapshots of records before `seq`.
-    pub async fn load_snapshot_before(&self, seq: u64) -> Result<NatsSnapshot, JournalError> {
+    pub async fn load_snapshot_before(&self, before: u64) -> Result<NatsSnapshot, JournalError> {
         let mut refused = Vec::new();
         let names = self.snapshot_names().await?;
-        for (seq, name) in names.into_iter().filter(|(s, _)| *s < seq) {
+        for (seq, name) in names.into_iter().filter(|(seq, _)| *seq < before) {
             match self.read_snapshot(&name).await {
                 Ok(engine) => {
                     return Ok(NatsSnapshot {
