@@ -4,8 +4,10 @@
 //! current by applying each record as the leader appends it, answering no
 //! call (the events of the last records are kept, so a watcher resumes
 //! across a failover). Standbys take the snapshots, from their own copy,
-//! so the leader never waits for one. When the leader's lease is free a standby takes
-//! it, applies the rest of the log, and opens its term: its engine goes in
+//! so the leader never waits for one; a leader no standby snapshots for
+//! takes them itself, on a thread of its own, from a copy rebuilt for each.
+//! When the leader's lease is free a standby takes it, applies the rest of
+//! the log, and opens its term: its engine goes in
 //! service and the term's first records (a logged restart; on a new log,
 //! the policy, limits and roster) are appended under the engine's lock
 //! before any call is let in. The first append fences the old leader out:
@@ -47,7 +49,8 @@ pub struct Seed {
     pub me: String,
     /// How long the lease lasts unless renewed.
     pub ttl: Duration,
-    /// When a standby takes a snapshot.
+    /// When a standby takes a snapshot (and how often the leader looks
+    /// for one).
     pub every: Every,
 }
 
@@ -113,20 +116,26 @@ async fn rebuild(
     nats: &Nats,
     seed: &Seed,
 ) -> Result<(Replay, u64, Tail), JournalError> {
-    let (replay, applied, tail, told) =
+    let (replay, base, applied, tail, told) =
         read_log(nats, &seed.config, routing.event_retention()).await?;
+    tracing::info!(
+        snapshot = base,
+        records = applied - base,
+        "replication: standby rebuilt from the log"
+    );
     routing.restore_events(told);
     Ok((replay, applied, tail))
 }
 
 /// Reads the whole log into a new engine: the newest snapshot that loads,
 /// then the records after it up to the stream's last, keeping the events
-/// of the last (at most `retention`).
+/// of the last (at most `retention`). Returns the engine, the snapshot's
+/// record and the last applied, the tail after it, and the events kept.
 async fn read_log(
     nats: &Nats,
     config: &EngineConfig,
     retention: usize,
-) -> Result<(Replay, u64, Tail, Replayed), JournalError> {
+) -> Result<(Replay, u64, u64, Tail, Replayed), JournalError> {
     let snapshot = nats.load_snapshot().await?;
     for (seq, why) in &snapshot.refused {
         tracing::warn!(
@@ -163,12 +172,7 @@ async fn read_log(
         (applied, published) = catch_up(&mut tail, &mut replay, applied).await?;
         told.keep(applied, published);
     }
-    tracing::info!(
-        snapshot = base,
-        records = applied - base,
-        "replication: standby rebuilt from the log"
-    );
-    Ok((replay, applied, tail, told))
+    Ok((replay, base, applied, tail, told))
 }
 
 /// Applies a record known to be in the log: one that does not come within
@@ -360,11 +364,11 @@ async fn follow(
 async fn lead(routing: &Routing, nats: &Nats, seed: &Seed, lease: &mut Lease) -> String {
     let mut renew = tokio::time::interval(seed.ttl / 3);
     renew.tick().await;
-    // Standbys snapshot at least every interval while records arrive: two
-    // without a new one and there is none.
-    let mut check = tokio::time::interval(seed.every.interval * 2);
-    let mut checking: Option<tokio::task::JoinHandle<Option<u64>>> = None;
-    let mut seen: Option<Option<u64>> = None;
+    // The snapshots no standby takes, looked for every interval; each look
+    // on a thread of its own, off the serving runtime.
+    let mut look = tokio::time::interval(seed.every.interval);
+    let mut looking: Option<std::thread::JoinHandle<Looks>> = None;
+    let mut looks = Looks::default();
     let ended = routing.journal().term_ended();
     tokio::pin!(ended);
     let why = loop {
@@ -380,41 +384,96 @@ async fn lead(routing: &Routing, nats: &Nats, seed: &Seed, lease: &mut Lease) ->
                     Err(e) => break format!("the lease could not be renewed: {e}"),
                 }
             }
-            _ = check.tick() => {
-                if let Some(done) = checking.take_if(|c| c.is_finished()) {
-                    seen = done.await.ok();
+            _ = look.tick() => {
+                if let Some(done) = looking.take_if(|l| l.is_finished()) {
+                    looks = done.join().unwrap_or(looks);
                 }
-                if checking.is_none() {
-                    let (nats, config, every) = (nats.clone(), seed.config.clone(), seed.every);
-                    checking = Some(tokio::spawn(snapshot_unless_taken(nats, config, every, seen)));
+                if looking.is_none() {
+                    looking = look_for_snapshot(nats.clone(), seed.config.clone(), seed.every, looks);
                 }
             }
         }
     };
-    if let Some(checking) = checking {
-        checking.abort();
-    }
+    // A look under way finishes by itself: a snapshot saved after the term
+    // is as good as one saved in it (each save keeps the newest two that
+    // load, and purges only up to one of them).
     why
 }
 
+/// What the leader saw at its last two looks at the newest snapshot (none
+/// before it looked; an inner none: there was no snapshot).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Looks {
+    last: Option<Option<u64>>,
+    before: Option<Option<u64>>,
+}
+
+impl Looks {
+    /// Whether the leader takes a snapshot, finding `newest` with `behind`
+    /// records after it: standbys take one at least every interval (or
+    /// `every.commands` records) while records arrive, so none since the
+    /// last two looks means there is none; none since the last look with
+    /// twice the count behind means none keeps up.
+    fn due(self, newest: Option<u64>, behind: u64, every: Every) -> bool {
+        let since_last = self.last == Some(newest);
+        let since_before = since_last && self.before == Some(newest);
+        behind > 0 && (since_before || (since_last && behind >= every.commands.saturating_mul(2)))
+    }
+
+    /// The looks after one that found `newest`.
+    fn then(self, newest: Option<u64>) -> Looks {
+        Looks {
+            last: Some(newest),
+            before: self.last,
+        }
+    }
+}
+
+/// Starts one look on a thread of its own (so neither the replay nor the
+/// state's encoding and decoding ever holds a serving thread); none if the
+/// thread cannot be started (the next look tries again).
+fn look_for_snapshot(
+    nats: Nats,
+    config: EngineConfig,
+    every: Every,
+    looks: Looks,
+) -> Option<std::thread::JoinHandle<Looks>> {
+    let spawned = std::thread::Builder::new()
+        .name("leader-snapshot".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(snapshot_unless_taken(nats, config, every, looks)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "replication: the leader's snapshot look cannot run");
+                    looks
+                }
+            }
+        });
+    spawned
+        .inspect_err(
+            |e| tracing::warn!(error = %e, "replication: the leader's snapshot look cannot start"),
+        )
+        .ok()
+}
+
 /// The leader's snapshot when no standby takes them (a deployment without
-/// one), so the stream is still purged and a restart stays short: taken if
-/// the newest snapshot is still `seen`, the newest at the check before,
-/// with records after it, or if twice `every.commands` records are after
-/// it. It is taken from an engine rebuilt for it alone (the newest snapshot
-/// and the stream after it) and dropped after, so the serving engine never
-/// waits. Returns the newest snapshot now.
+/// one), so the stream is still purged and a restart stays short: taken
+/// when [`Looks::due`], from an engine rebuilt for it alone (the newest
+/// snapshot and the stream after it) and dropped once encoded. Returns the
+/// looks after this one.
 async fn snapshot_unless_taken(
     nats: Nats,
     config: EngineConfig,
     every: Every,
-    seen: Option<Option<u64>>,
-) -> Option<u64> {
+    looks: Looks,
+) -> Looks {
     let taken = async {
         let newest = nats.newest_snapshot().await?;
-        let behind = nats.last_seq().await? - newest.unwrap_or(0);
-        let nobody = seen == Some(newest) && behind > 0;
-        if !nobody && behind < every.commands.saturating_mul(2) {
+        let behind = nats.last_seq().await?.saturating_sub(newest.unwrap_or(0));
+        if !looks.due(newest, behind, every) {
             return Ok(newest);
         }
         tracing::info!(
@@ -422,17 +481,21 @@ async fn snapshot_unless_taken(
             records = behind,
             "replication: no standby took a snapshot; the leader takes one"
         );
-        let (mut replay, applied, _, _) = read_log(&nats, &config, 0).await?;
-        if let Some(saving) = snapshot(&nats, &mut replay, applied) {
-            let _ = saving.await;
+        let (mut replay, _, applied, _, _) = read_log(&nats, &config, 0).await?;
+        let saving = snapshot(&nats, &mut replay, applied);
+        drop(replay);
+        if let Some(saving) = saving
+            && let Err(e) = saving.await
+        {
+            tracing::error!(error = %e, "replication: the leader's snapshot save failed");
         }
         nats.newest_snapshot().await
     };
     match taken.await {
-        Ok(newest) => newest,
+        Ok(newest) => looks.then(newest),
         Err(e) => {
-            tracing::warn!(error = %e, "replication: the leader's snapshot check failed");
-            seen.flatten()
+            tracing::warn!(error = %e, "replication: the leader's look for a snapshot failed");
+            looks
         }
     }
 }
@@ -458,4 +521,39 @@ fn held(routing: &Routing) -> Result<std::sync::MutexGuard<'_, Engine>, JournalE
         .engine()
         .lock()
         .map_err(|e| JournalError::Setup(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EVERY: Every = Every {
+        commands: 100,
+        interval: Duration::from_secs(60),
+    };
+
+    #[test]
+    fn the_leader_snapshots_only_when_no_standby_does() {
+        let first = Looks::default();
+        // The first look only notes what it finds.
+        assert!(!first.due(None, 10, EVERY));
+        assert!(!first.due(Some(5), 10_000, EVERY));
+        let once = first.then(None);
+        // Nothing new for one interval: not yet, unless far behind.
+        assert!(!once.due(None, 150, EVERY));
+        assert!(once.due(None, 200, EVERY));
+        // Nothing new for two intervals, with records: due.
+        let twice = once.then(None);
+        assert!(twice.due(None, 1, EVERY));
+        // ... but not without records after the newest.
+        assert!(!twice.due(None, 0, EVERY));
+        // A standby's snapshot since the last look: never due, however
+        // far behind.
+        assert!(!twice.due(Some(7), 10_000, EVERY));
+        let standby = twice.then(Some(7));
+        assert!(!standby.due(Some(7), 150, EVERY));
+        assert!(standby.due(Some(7), 200, EVERY));
+        assert!(standby.then(Some(7)).due(Some(7), 1, EVERY));
+        assert!(!standby.then(Some(7)).due(Some(9), 1, EVERY));
+    }
 }

@@ -722,6 +722,7 @@ async fn a_leader_without_a_standby_takes_the_snapshots_and_a_restart_loads_them
     let mut ca = client(&a).await;
     agent(&mut ca, "b1", "Billing", "billing").await;
     let mut answered = Vec::new();
+    let mut saved = Vec::new();
     for round in 0..2 {
         for i in 0..50 {
             let contact_id = format!("c{round}-{i}");
@@ -730,19 +731,22 @@ async fn a_leader_without_a_standby_takes_the_snapshots_and_a_restart_loads_them
                 route(&mut ca, &contact_id).await.unwrap(),
             ));
         }
-        // 50 records behind the newest snapshot, more than twice 20: the
-        // leader's next check (every two intervals) takes one.
-        a.wait_for_nth_log(
+        // No snapshot, and 50 records behind (more than twice 20): the
+        // leader's next look (every second) takes one.
+        let line = a.wait_for_nth_log(
             "replication: snapshot saved",
             round + 1,
             Duration::from_secs(15),
         );
+        let line: serde_json::Value = serde_json::from_str(&line).unwrap();
+        saved.push(line["fields"]["seq"].as_u64().unwrap());
     }
     assert!(
         a.logs()
             .contains("no standby took a snapshot; the leader takes one")
     );
-    // The second purged the stream up to the first.
+    assert!(saved[1] > saved[0], "{saved:?}");
+    // The second purged the stream up to the first, its fallback.
     let js = async_nats::jetstream::new(
         async_nats::connect(format!("nats://127.0.0.1:{}", nats.servers[0].port))
             .await
@@ -750,9 +754,21 @@ async fn a_leader_without_a_standby_takes_the_snapshots_and_a_restart_loads_them
     );
     let mut stream = js.get_stream(format!("CAREROUTE_{id}")).await.unwrap();
     let first = stream.info().await.unwrap().state.first_sequence;
+    // (One more may have been saved meanwhile: it purges up to the one
+    // before it.)
+    let all: Vec<u64> = a
+        .logs()
+        .lines()
+        .filter(|l| l.contains("replication: snapshot saved"))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["fields"]["seq"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
     assert!(
-        first > 50,
-        "the stream was not purged: it starts at {first}"
+        all.len() >= 2 && all.contains(&(first - 1)),
+        "stream starts at {first}, snapshots at {all:?}"
     );
 
     // Killed and started again: rebuilt from the newest snapshot, every
@@ -762,7 +778,7 @@ async fn a_leader_without_a_standby_takes_the_snapshots_and_a_restart_loads_them
     let rebuilt = b.wait_for_log("standby rebuilt from the log", Duration::from_secs(30));
     let rebuilt: serde_json::Value = serde_json::from_str(&rebuilt).unwrap();
     assert!(
-        rebuilt["fields"]["snapshot"].as_u64().unwrap() >= first - 1,
+        rebuilt["fields"]["snapshot"].as_u64().unwrap() >= saved[1],
         "{rebuilt}"
     );
     let mut cb = client(&b).await;

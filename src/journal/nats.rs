@@ -403,13 +403,9 @@ impl Nats {
             .await
             .map_err(|e| nats("snapshot", e))?;
         let names = self.snapshot_names().await?;
-        for (_, name) in names.iter().skip(2) {
-            self.snapshots
-                .delete(name)
-                .await
-                .map_err(|e| nats("snapshot", e))?;
-        }
-        // The stream is purged only up to a fallback that loads.
+        // Older snapshots are dropped, and the stream purged, only behind a
+        // fallback that loads: otherwise an older one may be the last that
+        // does.
         let fallback = match names.get(1) {
             Some((seq, name)) => match self.read_snapshot(name).await {
                 Ok(_) => Some(*seq),
@@ -425,6 +421,12 @@ impl Nats {
             None => None,
         };
         if let Some(fallback) = fallback {
+            for (_, name) in names.iter().skip(2) {
+                self.snapshots
+                    .delete(name)
+                    .await
+                    .map_err(|e| nats("snapshot", e))?;
+            }
             let stream = self
                 .js
                 .get_stream(&self.stream)
