@@ -493,23 +493,10 @@ async fn a_restart_loads_the_snapshot_and_a_damaged_one_falls_back_to_the_one_be
 /// Runs `careroute journal` on `data` with `args`: whether it succeeded,
 /// its lines parsed, and its stderr.
 fn export(data: &std::path::Path, args: &[&str]) -> (bool, Vec<serde_json::Value>, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_careroute"))
-        .arg("journal")
-        .arg("--data-dir")
-        .arg(data)
-        .args(args)
-        .output()
-        .unwrap();
-    let lines = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (
-        out.status.success(),
-        lines,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let data = data.to_str().unwrap();
+    let mut all = vec!["--data-dir", data];
+    all.extend_from_slice(args);
+    common::process::journal(&all)
 }
 
 #[tokio::test]

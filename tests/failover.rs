@@ -265,18 +265,14 @@ async fn the_leader_killed_under_load_a_standby_answers_and_nothing_acknowledged
     // one before it and the stream after that. Then the second leader is
     // killed too, and the third holds the same floor.
     b.wait_for_nth_log("replication: snapshot saved", 3, Duration::from_secs(10));
-    let js = async_nats::jetstream::new(
-        async_nats::connect(format!("nats://127.0.0.1:{}", nats.servers[0].port))
-            .await
-            .unwrap(),
-    );
-    let mut stream = js.get_stream(format!("CAREROUTE_{id}")).await.unwrap();
-    let first = stream.info().await.unwrap().state.first_sequence;
+    let first = nats.first_record(&id).await;
     assert!(
         first > 100,
         "the stream was not purged: it starts at {first}"
     );
-    let snapshots = js
+    let snapshots = nats
+        .jetstream()
+        .await
         .get_object_store(format!("careroute_{id}_snapshots"))
         .await
         .unwrap();
@@ -613,30 +609,12 @@ async fn the_log_on_nats_over_mutual_tls_with_an_nkey_user() {
     route(&mut ca_client, "still").await.unwrap();
 }
 
-/// `careroute journal` on the log of `cluster` on `nats`, with `args`:
-/// whether it succeeded, its lines, and its stderr.
+/// `careroute journal` on the log of `cluster` on `nats`, with `args`.
 fn journal_on(nats: &Nats, cluster: &str, args: &[&str]) -> (bool, Vec<serde_json::Value>, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_careroute"))
-        .args([
-            "journal",
-            "--journal",
-            &nats.urls(),
-            "--cluster-id",
-            cluster,
-        ])
-        .args(args)
-        .output()
-        .unwrap();
-    let lines = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    (
-        out.status.success(),
-        lines,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let urls = nats.urls();
+    let mut all = vec!["--journal", urls.as_str(), "--cluster-id", cluster];
+    all.extend_from_slice(args);
+    common::process::journal(&all)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -704,11 +682,7 @@ async fn careroute_journal_reads_the_log_on_nats_with_what_each_command_decided(
         stderr.contains("no log for --cluster-id nosuch"),
         "{stderr}"
     );
-    let js = async_nats::jetstream::new(
-        async_nats::connect(format!("nats://127.0.0.1:{}", nats.servers[0].port))
-            .await
-            .unwrap(),
-    );
+    let js = nats.jetstream().await;
     assert!(js.get_stream("CAREROUTE_nosuch").await.is_err());
 }
 
@@ -747,13 +721,7 @@ async fn a_leader_without_a_standby_takes_the_snapshots_and_a_restart_loads_them
     );
     assert!(saved[1] > saved[0], "{saved:?}");
     // The second purged the stream up to the first, its fallback.
-    let js = async_nats::jetstream::new(
-        async_nats::connect(format!("nats://127.0.0.1:{}", nats.servers[0].port))
-            .await
-            .unwrap(),
-    );
-    let mut stream = js.get_stream(format!("CAREROUTE_{id}")).await.unwrap();
-    let first = stream.info().await.unwrap().state.first_sequence;
+    let first = nats.first_record(&id).await;
     // (One more may have been saved meanwhile: it purges up to the one
     // before it.)
     let all: Vec<u64> = a

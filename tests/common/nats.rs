@@ -146,6 +146,22 @@ impl Nats {
         Some(Nats { servers, dir })
     }
 
+    /// A JetStream client of the first server, to look at what careroute
+    /// keeps there.
+    pub async fn jetstream(&self) -> async_nats::jetstream::Context {
+        let client = async_nats::connect(format!("nats://127.0.0.1:{}", self.servers[0].port))
+            .await
+            .expect("connect to nats-server");
+        async_nats::jetstream::new(client)
+    }
+
+    /// The first record the log of `cluster` keeps.
+    pub async fn first_record(&self, cluster: &str) -> u64 {
+        let js = self.jetstream().await;
+        let mut stream = js.get_stream(format!("CAREROUTE_{cluster}")).await.unwrap();
+        stream.info().await.unwrap().state.first_sequence
+    }
+
     /// The URLs of every server, as `--journal` takes them.
     pub fn urls(&self) -> String {
         self.servers

@@ -197,3 +197,23 @@ impl Drop for Process {
         let _ = self.child.wait();
     }
 }
+
+/// `careroute journal` with `args`: whether it succeeded, its JSON lines,
+/// and its stderr.
+pub fn journal(args: &[&str]) -> (bool, Vec<serde_json::Value>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_careroute"))
+        .arg("journal")
+        .args(args)
+        .output()
+        .unwrap();
+    let lines = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    (
+        out.status.success(),
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
