@@ -518,7 +518,7 @@ async fn the_log_on_nats_over_mutual_tls_with_an_nkey_user() {
         ca_file.display(),
         user.public_key()
     );
-    let Some(nats) = Nats::start_with(1, &conf) else {
+    let Some(mut nats) = Nats::start_with(1, &conf) else {
         return;
     };
     let id = cluster_id("secured");
@@ -607,6 +607,16 @@ async fn the_log_on_nats_over_mutual_tls_with_an_nkey_user() {
     assert!(!said.contains("secret-part"), "{said}");
     // The leader kept on through all of it.
     route(&mut ca_client, "still").await.unwrap();
+
+    // The seed rotated: the seed file holds a new user's, and NATS, started
+    // again, knows only that user. The leader reconnects with the seed read
+    // again and answers again, without a restart of its own.
+    let rotated = nkeys::KeyPair::new_user();
+    std::fs::write(&seed, format!("{}\n", rotated.seed().unwrap())).unwrap();
+    nats.restart_with(&conf.replace(&user.public_key(), &rotated.public_key()));
+    let (_, took) = route_until_answered(&mut ca_client, "rotated", Duration::from_secs(30)).await;
+    a.wait_for_nth_log("connected successfully", 2, Duration::from_secs(5));
+    eprintln!("rotation: the leader answered {took:?} after NATS came back with only the new user");
 }
 
 /// `careroute journal` on the log of `cluster` on `nats`, with `args`.

@@ -118,21 +118,29 @@ impl NatsSecurity {
     fn options(&self) -> Result<async_nats::ConnectOptions, JournalError> {
         let refused =
             |path: &PathBuf, why: String| JournalError::Setup(format!("{}: {why}", path.display()));
-        let mut options = async_nats::ConnectOptions::new();
-        if let Some(path) = &self.nkey_seed {
-            let seed = std::fs::read_to_string(path)
-                .map_err(|e| refused(path, format!("cannot read: {e}")))?;
-            let seed = seed.trim().to_owned();
-            let user = nkeys::KeyPair::from_seed(&seed)
-                .is_ok_and(|k| matches!(k.key_pair_type(), nkeys::KeyPairType::User));
-            if !user {
-                return Err(refused(
-                    path,
-                    "not an NKEY user seed (one line starting SU)".into(),
-                ));
+        let mut options = match &self.nkey_seed {
+            Some(path) => {
+                // Checked now, so a start with a bad seed fails at once;
+                // read again at every connection, so a rotated seed is
+                // used from the next reconnect on, without a restart.
+                user_seed(path).map_err(|why| refused(path, why))?;
+                let path = path.clone();
+                async_nats::ConnectOptions::with_auth_callback(move |nonce| {
+                    let signed = user_seed(&path).and_then(|key| {
+                        let signature = key.sign(&nonce).map_err(|e| e.to_string())?;
+                        let mut auth = async_nats::Auth::new();
+                        auth.nkey = Some(key.public_key());
+                        auth.signature = Some(signature);
+                        Ok(auth)
+                    });
+                    let path = path.display().to_string();
+                    async move {
+                        signed.map_err(|why| async_nats::AuthError::new(format!("{path}: {why}")))
+                    }
+                })
             }
-            options = options.nkey(seed);
-        }
+            None => async_nats::ConnectOptions::new(),
+        };
         if let Some(ca) = &self.ca {
             std::fs::metadata(ca).map_err(|e| refused(ca, format!("cannot read: {e}")))?;
             options = options.add_root_certificates(ca.clone()).require_tls(true);
@@ -613,6 +621,16 @@ fn append_error(seq: u64, kind: PublishErrorKind, e: impl std::fmt::Display) -> 
 /// `$KV.<bucket>.>`), rather than by the client's bucket creation, which
 /// first asks for account details that NATS 2.9 does not give in the shape
 /// the client reads.
+/// The NKEY user in the seed file at `path`, or why there is none (a seed
+/// is never shown).
+fn user_seed(path: &std::path::Path) -> Result<nkeys::KeyPair, String> {
+    let seed = std::fs::read_to_string(path).map_err(|e| format!("cannot read: {e}"))?;
+    nkeys::KeyPair::from_seed(seed.trim())
+        .ok()
+        .filter(|k| matches!(k.key_pair_type(), nkeys::KeyPairType::User))
+        .ok_or_else(|| "not an NKEY user seed (one line starting SU)".to_owned())
+}
+
 async fn open_bucket(
     js: &Context,
     bucket: String,

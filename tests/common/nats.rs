@@ -43,6 +43,37 @@ fn free_port() -> u16 {
 pub struct Server {
     child: Child,
     pub port: u16,
+    binary: PathBuf,
+    args: Vec<std::ffi::OsString>,
+}
+
+/// Starts nats-server with `args`, its log kept if NATS_TEST_LOG names a
+/// directory.
+fn spawn(binary: &PathBuf, args: &[std::ffi::OsString], port: u16) -> Child {
+    Command::new(binary)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(match std::env::var_os("NATS_TEST_LOG") {
+            Some(logs) => Stdio::from(
+                std::fs::File::create(PathBuf::from(logs).join(format!("nats-{port}.log")))
+                    .unwrap(),
+            ),
+            None => Stdio::null(),
+        })
+        .spawn()
+        .unwrap()
+}
+
+/// Waits (20 s at most) until a server accepts connections on `port`.
+fn wait_for(port: u16) {
+    let started = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "nats-server on port {port} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 impl Server {
@@ -97,53 +128,54 @@ impl Nats {
         for (i, (port, cluster)) in ports.iter().enumerate() {
             let store = dir.join(format!("n{i}"));
             std::fs::create_dir_all(&store).unwrap();
-            let mut cmd = Command::new(&binary);
+            let mut args: Vec<std::ffi::OsString> = Vec::new();
             if !conf.is_empty() {
                 let file = dir.join(format!("n{i}.conf"));
                 std::fs::write(&file, conf).unwrap();
-                cmd.arg("-c").arg(&file);
+                args.extend(["-c".into(), file.into()]);
             }
-            cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-                .arg(&store)
-                .args(["-n", &format!("n{i}")])
-                .stdout(Stdio::null())
-                .stderr(match std::env::var_os("NATS_TEST_LOG") {
-                    // NATS_TEST_LOG=DIR keeps each server's log there.
-                    Some(logs) => Stdio::from(
-                        std::fs::File::create(
-                            PathBuf::from(logs).join(format!("nats-{}.log", port)),
-                        )
-                        .unwrap(),
-                    ),
-                    None => Stdio::null(),
-                });
+            let port_text = port.to_string();
+            args.extend(["-a", "127.0.0.1", "-p", &port_text, "-js", "-sd"].map(Into::into));
+            args.push(store.into());
+            args.extend(["-n".into(), format!("n{i}").into()]);
             if n > 1 {
-                cmd.args([
-                    "--cluster_name",
-                    "careroute-test",
-                    "--cluster",
-                    &format!("nats://127.0.0.1:{cluster}"),
-                    "--routes",
-                    &routes,
-                ]);
+                args.extend(
+                    [
+                        "--cluster_name",
+                        "careroute-test",
+                        "--cluster",
+                        &format!("nats://127.0.0.1:{cluster}"),
+                        "--routes",
+                        &routes,
+                    ]
+                    .map(Into::into),
+                );
             }
             servers.push(Server {
-                child: cmd.spawn().unwrap(),
+                child: spawn(&binary, &args, *port),
                 port: *port,
+                binary: binary.clone(),
+                args,
             });
         }
-        let started = Instant::now();
         for s in &servers {
-            while TcpStream::connect(("127.0.0.1", s.port)).is_err() {
-                assert!(
-                    started.elapsed() < Duration::from_secs(20),
-                    "nats-server on port {} did not start",
-                    s.port
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            wait_for(s.port);
         }
         Some(Nats { servers, dir })
+    }
+
+    /// Stops every server and starts it again, on its ports and its
+    /// store, with the configuration `conf`: every client reconnects.
+    pub fn restart_with(&mut self, conf: &str) {
+        for (i, server) in self.servers.iter_mut().enumerate() {
+            let _ = server.child.kill();
+            let _ = server.child.wait();
+            std::fs::write(self.dir.join(format!("n{i}.conf")), conf).unwrap();
+            server.child = spawn(&server.binary, &server.args, server.port);
+        }
+        for s in &self.servers {
+            wait_for(s.port);
+        }
     }
 
     /// A JetStream client of the first server, to look at what careroute
