@@ -7,10 +7,10 @@
 //! so the leader never waits for one; a leader no standby snapshots for
 //! takes them itself, on a thread of its own, from a copy rebuilt for each.
 //! When the leader's lease is free a standby takes it, applies the rest of
-//! the log, and opens its term: its engine goes in
-//! service and the term's first records (a logged restart; on a new log,
-//! the policy, limits and roster) are appended under the engine's lock
-//! before any call is let in. The first append fences the old leader out:
+//! the log, and opens its term: its engine goes in service and the term's
+//! first records (a logged restart; on a new log, the policy, limits and
+//! roster) are appended under the engine's lock before any call is let
+//! in. The first append fences the old leader out:
 //! its own appends no longer fit the stream. The leader renews the lease
 //! and stops answering the moment its last renewal is older than the lease
 //! (a leader frozen and resumed answers nothing, reads included); when an
@@ -129,7 +129,7 @@ async fn rebuild(
 
 /// Reads the whole log into a new engine: the newest snapshot that loads,
 /// then the records after it up to the stream's last, keeping the events
-/// of the last (at most `retention`). Returns the engine, the snapshot's
+/// of the last (at most `retention`; none told at all with 0). Returns the engine, the snapshot's
 /// record and the last applied, the tail after it, and the events kept.
 async fn read_log(
     nats: &Nats,
@@ -169,7 +169,7 @@ async fn read_log(
     let mut applied = base;
     while applied < last {
         let published;
-        (applied, published) = catch_up(&mut tail, &mut replay, applied).await?;
+        (applied, published) = catch_up(&mut tail, &mut replay, applied, retention > 0).await?;
         told.keep(applied, published);
     }
     Ok((replay, base, applied, tail, told))
@@ -181,8 +181,9 @@ async fn catch_up(
     tail: &mut Tail,
     replay: &mut Replay,
     applied: u64,
+    tell: bool,
 ) -> Result<(u64, Option<Published>), JournalError> {
-    tokio::time::timeout(CATCH_UP, apply_next(tail, replay, applied))
+    tokio::time::timeout(CATCH_UP, apply_next(tail, replay, applied, tell))
         .await
         .map_err(|_| JournalError::Nats("the log stopped delivering records".into()))?
 }
@@ -227,12 +228,13 @@ fn snapshot(nats: &Nats, replay: &mut Replay, applied: u64) -> Option<tokio::tas
 }
 
 /// Applies the tail's next record, which must follow `applied`, waiting
-/// for it as long as it takes; returns its sequence and the events it
-/// tells.
+/// for it as long as it takes; returns its sequence and, with `tell`, the
+/// events it tells.
 async fn apply_next(
     tail: &mut Tail,
     replay: &mut Replay,
     applied: u64,
+    tell: bool,
 ) -> Result<(u64, Option<Published>), JournalError> {
     let record = tail.next().await;
     let (seq, at, command) =
@@ -244,13 +246,18 @@ async fn apply_next(
             why: format!("record {seq} came where {} was due", applied + 1),
         });
     }
+    let no_start = |_| JournalError::NoStart {
+        file: "the NATS stream".into(),
+    };
+    if !tell {
+        replay.apply(at, command).map_err(no_start)?;
+        return Ok((seq, None));
+    }
     let told = replay
         .apply_with(at, command, |engine, at, command| {
             Published::replayed(engine, seq, at, command).0
         })
-        .map_err(|_| JournalError::NoStart {
-            file: "the NATS stream".into(),
-        })?;
+        .map_err(no_start)?;
     Ok((seq, told.flatten()))
 }
 
@@ -269,7 +276,7 @@ async fn follow(
     let mut saving: Option<tokio::task::JoinHandle<()>> = None;
     let (mut lease, mut taken) = loop {
         tokio::select! {
-            next = apply_next(&mut tail, &mut replay, applied) => {
+            next = apply_next(&mut tail, &mut replay, applied, true) => {
                 let told;
                 (applied, told) = next?;
                 routing.keep_events(applied, told.as_ref());
@@ -303,7 +310,7 @@ async fn follow(
         let last = nats.last_seq().await?;
         while applied < last {
             tokio::select! {
-                next = catch_up(&mut tail, &mut replay, applied) => {
+                next = catch_up(&mut tail, &mut replay, applied, true) => {
                     let told;
                     (applied, told) = next?;
                     routing.keep_events(applied, told.as_ref());

@@ -577,6 +577,13 @@ async fn the_journal_export_shows_every_record_and_what_it_decided() {
         stderr.contains("record 3 cannot be read (checksum mismatch); skipped"),
         "{stderr}"
     );
+    // Outcomes after it would come from a state missing it: refused.
+    let (ok, lines, stderr) = export(&data, &["--outcomes", "--from", "4"]);
+    assert!(!ok && lines.is_empty());
+    assert!(
+        stderr.contains("outcomes from record 4 need every record before it since the snapshot: record 3 is damaged"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]

@@ -311,32 +311,12 @@ pub struct LoggedOnce {
 impl Apply for LoggedOnce {
     type Output = bool;
     fn apply_at(self, e: &mut Engine, now: Time) -> Result<bool, EngineError> {
-        let request_id = self.request_id;
+        let id = self.request_id;
         match self.command {
-            Command::Confirm(command) => Once {
-                request_id,
-                command,
-            }
-            .apply_at(e, now)
-            .map(|a| a.replayed),
-            Command::Release(command) => Once {
-                request_id,
-                command,
-            }
-            .apply_at(e, now)
-            .map(|a| a.replayed),
-            Command::Complete(command) => Once {
-                request_id,
-                command,
-            }
-            .apply_at(e, now)
-            .map(|a| a.replayed),
-            Command::Cancel(command) => Once {
-                request_id,
-                command,
-            }
-            .apply_at(e, now)
-            .map(|a| a.replayed),
+            Command::Confirm(c) => Once::new(id, c).apply_at(e, now).map(|a| a.replayed),
+            Command::Release(c) => Once::new(id, c).apply_at(e, now).map(|a| a.replayed),
+            Command::Complete(c) => Once::new(id, c).apply_at(e, now).map(|a| a.replayed),
+            Command::Cancel(c) => Once::new(id, c).apply_at(e, now).map(|a| a.replayed),
             other => other.apply_at(e, now).map(|()| false),
         }
     }

@@ -124,6 +124,16 @@ impl Settle for Cancel {
     }
 }
 
+impl<C> Once<C> {
+    /// `command`, sent with the client's `request_id`.
+    pub fn new(request_id: impl Into<String>, command: C) -> Once<C> {
+        Once {
+            request_id: request_id.into(),
+            command,
+        }
+    }
+}
+
 impl<C: Settle> Apply for Once<C> {
     type Output = Answered<C::Output>;
     fn apply_at(self, e: &mut Engine, now: Time) -> Result<Self::Output, EngineError> {

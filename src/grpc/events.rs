@@ -248,6 +248,19 @@ macro_rules! untold {
 
 untold!(Configure, Watch, Unwatch, Tick);
 
+/// Applies a typed command: the engine's answer, and what it changed (the
+/// ids it needs are noted before, so the command is never copied for it).
+pub fn apply<C: Describe>(
+    engine: &mut Engine,
+    command: C,
+    at: Time,
+) -> (Result<C::Output, EngineError>, Option<Change>) {
+    let note = command.note();
+    let out = engine.apply(command, at);
+    let change = C::describe(note, &out);
+    (out, change)
+}
+
 /// Applies a typed command and says what it changed, or why it was
 /// refused.
 fn told<C: Describe>(
@@ -255,9 +268,7 @@ fn told<C: Describe>(
     command: C,
     at: Time,
 ) -> Result<Option<Change>, EngineError> {
-    let note = command.note();
-    let out = engine.apply(command, at);
-    let change = C::describe(note, &out);
+    let (out, change) = apply(engine, command, at);
     out.map(|_| change)
 }
 
@@ -290,38 +301,10 @@ pub fn apply_logged(
             request_id,
             command,
         } => match *command {
-            Command::Confirm(command) => told(
-                engine,
-                Once {
-                    request_id,
-                    command,
-                },
-                at,
-            ),
-            Command::Release(command) => told(
-                engine,
-                Once {
-                    request_id,
-                    command,
-                },
-                at,
-            ),
-            Command::Complete(command) => told(
-                engine,
-                Once {
-                    request_id,
-                    command,
-                },
-                at,
-            ),
-            Command::Cancel(command) => told(
-                engine,
-                Once {
-                    request_id,
-                    command,
-                },
-                at,
-            ),
+            Command::Confirm(c) => told(engine, Once::new(request_id, c), at),
+            Command::Release(c) => told(engine, Once::new(request_id, c), at),
+            Command::Complete(c) => told(engine, Once::new(request_id, c), at),
+            Command::Cancel(c) => told(engine, Once::new(request_id, c), at),
             // Only settling commands are sent with a request id.
             other => apply_logged(engine, at, other),
         },
@@ -453,9 +436,7 @@ mod tests {
             C: Describe + Clone + Into<Command>,
         {
             self.log.push((at, command.clone().into()));
-            let note = command.note();
-            let out = e.apply(command, at);
-            let change = C::describe(note, &out);
+            let (out, change) = apply(e, command, at);
             let seq = self.log.len() as u64;
             if let Some(p) = Published::new(seq, at, change, e.take_events()) {
                 self.told.extend(p.routing_events());
@@ -494,13 +475,6 @@ mod tests {
         }
     }
 
-    fn once<C>(request_id: &str, command: C) -> Once<C> {
-        Once {
-            request_id: request_id.into(),
-            command,
-        }
-    }
-
     #[test]
     fn a_log_read_back_tells_every_event_as_it_was_told_live() {
         // Monday 10:00 in New York: billing is open.
@@ -519,15 +493,17 @@ mod tests {
         }
         let c1 = billing("c1");
         let r1 = reservation(&live.apply(&mut e, Route(&c1), at(2)).unwrap());
-        live.apply(&mut e, once("q1", Confirm(r1)), at(3)).unwrap();
+        live.apply(&mut e, Once::new("q1", Confirm(r1)), at(3))
+            .unwrap();
         // A retry answered from the first tells nothing.
-        live.apply(&mut e, once("q1", Confirm(r1)), at(4)).unwrap();
+        live.apply(&mut e, Once::new("q1", Confirm(r1)), at(4))
+            .unwrap();
         let retry = live.log.len() as u64;
         assert!(live.told.iter().all(|t| t.sequence != retry));
         let c2 = billing("c2");
         let r2 = reservation(&live.apply(&mut e, Route(&c2), at(5)).unwrap());
         let busy = Release(r2, crate::model::ReleaseReason::Rejected);
-        live.apply(&mut e, once("q2", busy), at(6)).unwrap();
+        live.apply(&mut e, Once::new("q2", busy), at(6)).unwrap();
         // Refused: told nothing, logged all the same.
         assert!(live.apply(&mut e, Confirm(r2), at(7)).is_err());
         // b2 is offered c3; with both agents busy c4 and c5 wait, and c4
@@ -538,13 +514,13 @@ mod tests {
             let d = live.apply(&mut e, Route(&billing(id)), at(8)).unwrap();
             assert!(matches!(d.outcome, Outcome::Queued(_)), "{d:?}");
         }
-        live.apply(&mut e, once("q3", Cancel("c4".into())), at(9))
+        live.apply(&mut e, Once::new("q3", Cancel("c4".into())), at(9))
             .unwrap();
         let done = Complete {
             agent_id: "b1".into(),
             contact_id: "c1".into(),
         };
-        live.apply(&mut e, once("q4", done), at(10)).unwrap();
+        live.apply(&mut e, Once::new("q4", done), at(10)).unwrap();
         // Time passes: wrap-up ends, c5 is offered, and what falls due
         // later.
         live.apply(&mut e, Tick, at(600)).unwrap();

@@ -179,9 +179,7 @@ impl Routing {
         // Copied for the log only if a database keeps it.
         let kept: Option<Command> = self.journal.keeps().then(|| command.clone().into());
         // Told to event watchers with the engine's answer.
-        let note = command.note();
-        let out = engine.apply(command, now);
-        let change = C::describe(note, &out);
+        let (out, change) = events::apply(&mut engine, command, now);
         let events = engine.take_events();
         let also = also();
         let idle = idle && events.is_empty();
@@ -307,10 +305,7 @@ impl Routing {
     {
         match request_id {
             Some(request_id) => self
-                .apply(Once {
-                    request_id,
-                    command,
-                })
+                .apply(Once::new(request_id, command))
                 .await
                 .map(|answered| answered.out),
             None => self.apply(command).await,

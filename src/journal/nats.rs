@@ -455,7 +455,8 @@ impl Nats {
         self.load_snapshot_before(u64::MAX).await
     }
 
-    /// [`Nats::load_snapshot`] among the snapshots of records before `seq`.
+    /// [`Nats::load_snapshot`] among the snapshots of records before
+    /// `before`.
     pub async fn load_snapshot_before(&self, before: u64) -> Result<NatsSnapshot, JournalError> {
         let mut refused = Vec::new();
         let names = self.snapshot_names().await?;
@@ -666,28 +667,25 @@ pub struct Record {
     /// The client that sent it, if one did.
     pub client: Option<String>,
     /// Its time and command, or why it cannot be read.
-    pub read: Result<(Time, Command), String>,
+    pub read: Read,
 }
 
 impl Tail {
     /// The next record: its sequence number, time and command. `None` if
     /// the subscription ended.
     pub async fn next(&mut self) -> Option<Result<(u64, Time, Command), JournalError>> {
-        let record = match self.next_record().await? {
-            Ok(record) => record,
-            Err(e) => return Some(Err(e)),
+        let message = match self.messages.next().await? {
+            Ok(m) => m,
+            Err(e) => return Some(Err(nats("tail", e))),
         };
-        let seq = record.seq;
-        Some(
-            record
-                .read
-                .map(|(at, command)| (seq, at, command))
+        Some(read(&message).and_then(|(seq, read)| {
+            read.map(|(at, command)| (seq, at, command))
                 .map_err(|why| JournalError::Corrupt {
                     file: "the NATS stream".into(),
                     seq,
                     why,
-                }),
-        )
+                })
+        }))
     }
 
     /// The next record as stored, and read. `None` if the subscription
@@ -697,30 +695,36 @@ impl Tail {
             Ok(m) => m,
             Err(e) => return Some(Err(nats("tail", e))),
         };
-        let seq = match message.info() {
-            Ok(info) => info.stream_sequence,
-            Err(e) => return Some(Err(nats("tail", e))),
-        };
-        let header = |name: &str| {
-            let headers = message.headers.as_ref()?;
-            Some(headers.get(name)?.as_str().to_owned())
-        };
-        let at = header(AT)
-            .and_then(|v| v.parse::<i64>().ok())
-            .and_then(Time::from_timestamp_micros)
-            .ok_or_else(|| format!("no {AT} header"));
-        let read = at.and_then(|at| {
-            serde_json::from_slice(&message.payload)
-                .map(|command| (at, command))
-                .map_err(|e| format!("undecodable: {e}"))
-        });
-        Some(Ok(Record {
+        Some(read(&message).map(|(seq, read)| Record {
             seq,
-            client: header(CLIENT),
+            client: header(&message, CLIENT),
             body: message.payload.clone(),
             read,
         }))
     }
+}
+
+/// A message's header `name`, if it has one.
+fn header(message: &jetstream::Message, name: &str) -> Option<String> {
+    Some(message.headers.as_ref()?.get(name)?.as_str().to_owned())
+}
+
+/// A record's time and command, or why it cannot be read.
+type Read = Result<(Time, Command), String>;
+
+/// A message's record sequence number, and the record read.
+fn read(message: &jetstream::Message) -> Result<(u64, Read), JournalError> {
+    let seq = message.info().map_err(|e| nats("tail", e))?.stream_sequence;
+    let at = header(message, AT)
+        .and_then(|v| v.parse::<i64>().ok())
+        .and_then(Time::from_timestamp_micros)
+        .ok_or_else(|| format!("no {AT} header"));
+    let read = at.and_then(|at| {
+        serde_json::from_slice(&message.payload)
+            .map(|command| (at, command))
+            .map_err(|e| format!("undecodable: {e}"))
+    });
+    Ok((seq, read))
 }
 
 /// JetStream on the servers `urls` (comma-separated), connected as this
