@@ -195,9 +195,10 @@ fn measure(tail: usize) {
     // The traffic after it, with no further snapshot.
     wait_unlocked(&dir);
     let (store, recovered) = Store::open(&dir, JournalSync::Write).unwrap();
+    let last_seq = recovered.records.finish(&store).unwrap().last_seq;
     let journal = Journal::<()>::start(
         Some(Log::Local(Box::new(store))),
-        recovered.last_seq,
+        last_seq,
         None,
         |_| {},
         |e| panic!("{e}"),
@@ -264,9 +265,9 @@ fn measure(tail: usize) {
         restarts.push(took);
         assert_eq!(prepared.engine.roster().live(), AGENTS);
         drop(prepared);
-        // The snapshot shadow rebuilds its copy on the other core while a
-        // start replays, and ends once it has (the start is dropped): let
-        // it end before the next start is timed.
+        // The snapshot shadow rebuilds its copy on the other core once the
+        // start has replayed, and ends once it has (the start is dropped):
+        // let it end before the next start is timed.
         std::thread::sleep(took + StdDuration::from_secs(1));
     }
     baseline.sort();

@@ -168,38 +168,13 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
     if let Some(key) = recovered.as_ref().and_then(|r| r.id_key) {
         engine_config.id_key = key;
     }
-    // The snapshot shadow rebuilds its own copy of the log's engine on its
-    // own thread, while this one replays.
     let mut store = store;
-    let snapshots = match store.as_mut() {
-        Some(store) => {
-            let file = store.take_snapshots().ok_or_else(|| {
-                JournalError::Setup("the snapshot database was taken twice".into())
-            })?;
-            let every = Every {
-                commands: config.snapshot_every,
-                interval: config.snapshot_interval,
-            };
-            let upto = recovered.as_ref().map_or(0, |r| r.last_seq);
-            let started = Snapshots::start(
-                file,
-                store.file().to_owned(),
-                upto,
-                engine_config.clone(),
-                every,
-            );
-            Some(started.map_err(|e| {
-                JournalError::Setup(format!("cannot start the snapshot shadow: {e}"))
-            })?)
-        }
-        None => None,
-    };
     // What this start adds to the log, applied as it is logged.
     let mut added: Vec<(crate::model::Time, Command)> = Vec::new();
     let mut last_seq = 0;
     let mut retained = Replayed::new(0, config.event_retention);
-    let engine = match recovered {
-        Some(r) if r.last_seq > 0 => {
+    let engine = match (recovered, store.as_ref()) {
+        (Some(r), Some(store)) if !r.is_new() => {
             for (seq, why) in &r.refused_snapshots {
                 tracing::warn!(
                     data_dir = %config.data_dir.display(),
@@ -208,16 +183,6 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
                     "journal: a snapshot cannot be loaded; an older one and the log since are used"
                 );
             }
-            if let Some((seq, why)) = &r.cut {
-                tracing::warn!(
-                    data_dir = %config.data_dir.display(),
-                    first_record_cut = seq,
-                    why = why.as_str(),
-                    "journal: a torn or corrupt tail was cut; the log before it is replayed"
-                );
-            }
-            last_seq = r.last_seq;
-            let replayed = r.records.len();
             let snapshot = r.snapshot.as_ref().map(|(seq, _)| *seq);
             let no_start = || JournalError::NoStart {
                 file: config.data_dir.join(crate::journal::FILE),
@@ -225,12 +190,22 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
             if r.snapshot.is_none() && r.id_key.is_none() {
                 return Err(no_start().into());
             }
-            let mut replay = Replay::new(r.snapshot.map(|(_, e)| e), engine_config);
-            // The records are numbered up to the last; the last ones' events
-            // are told again for watchers that resume across the restart.
-            let first = r.last_seq + 1 - replayed as u64;
-            retained = Replayed::new(first - 1, config.event_retention);
-            for (seq, (at, command)) in (first..).zip(r.records) {
+            let mut replay = Replay::new(r.snapshot.map(|(_, e)| e), engine_config.clone());
+            let mut records = r.records;
+            let first = records.first();
+            // Only the last records' events can be retained for watchers
+            // that resume across the restart: the ones before are applied
+            // telling nothing.
+            let tell_after = records
+                .last_present()
+                .saturating_sub(config.event_retention as u64)
+                .max(first - 1);
+            retained = Replayed::new(tell_after, config.event_retention);
+            for (seq, (at, command)) in (first..).zip(&mut records) {
+                if seq <= tell_after {
+                    replay.apply(at, command).map_err(|_| no_start())?;
+                    continue;
+                }
                 let told = replay
                     .apply_with(at, command, |engine, at, command| {
                         Published::replayed(engine, seq, at, command).0
@@ -238,6 +213,16 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
                     .map_err(|_| no_start())?;
                 retained.keep(seq, told.flatten());
             }
+            let end = records.finish(store)?;
+            if let Some((seq, why)) = &end.cut {
+                tracing::warn!(
+                    data_dir = %config.data_dir.display(),
+                    first_record_cut = seq,
+                    why = why.as_str(),
+                    "journal: a torn or corrupt tail was cut; the log before it is replayed"
+                );
+            }
+            last_seq = end.last_seq;
             let engine = replay.finish().ok_or_else(no_start)?;
             added.push((now, Command::Restarted));
             // Limits changed by this start's flags are a logged change; the
@@ -253,7 +238,7 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
             tracing::info!(
                 data_dir = %config.data_dir.display(),
                 snapshot,
-                replayed,
+                replayed = last_seq + 1 - first,
                 agents = engine.roster().live(),
                 waiting = engine.waiting_contacts(),
                 reservations = engine.live_reservations(),
@@ -261,8 +246,8 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
             );
             engine
         }
-        _ => {
-            if let Some(store) = &store {
+        (_, store) => {
+            if let Some(store) = store {
                 store.set_id_key(&engine_config.id_key)?;
                 // The log starts from the policy (not applied: the engine is
                 // built on it).
@@ -273,10 +258,36 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
                 // And the limits it runs under, so a replay runs under them.
                 added.push((now, Command::Configure(Configure(limits))));
             }
-            let engine = Engine::new(Arc::clone(&policy), engine_config);
+            let engine = Engine::new(Arc::clone(&policy), engine_config.clone());
             added.extend(roster_commands(config)?.into_iter().map(|c| (now, c)));
             engine
         }
+    };
+    // The snapshot shadow rebuilds its own copy of the log's engine on its
+    // own thread, now that this one has replayed (not beside it: the
+    // second core reads the records while this one applies them); it is
+    // fed what this start adds once it is written.
+    let snapshots = match store.as_mut() {
+        Some(store) => {
+            let file = store.take_snapshots().ok_or_else(|| {
+                JournalError::Setup("the snapshot database was taken twice".into())
+            })?;
+            let every = Every {
+                commands: config.snapshot_every,
+                interval: config.snapshot_interval,
+            };
+            let started = Snapshots::start(
+                file,
+                store.file().to_owned(),
+                last_seq,
+                engine_config,
+                every,
+            );
+            Some(started.map_err(|e| {
+                JournalError::Setup(format!("cannot start the snapshot shadow: {e}"))
+            })?)
+        }
+        None => None,
     };
     let mut engine = engine;
     let fresh = last_seq == 0;

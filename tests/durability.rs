@@ -186,6 +186,62 @@ async fn a_watcher_resumes_across_a_kill_9_and_is_told_what_it_was_told_before()
     }
 }
 
+/// The sequence a refused resume names as the first it can resume after.
+fn resumable_after(refused: &tonic::Status) -> u64 {
+    let m = refused.message();
+    let after = m
+        .split("resume after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no resumable sequence in {m:?}"));
+    after.parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_restart_retains_only_the_last_events_and_tells_them_as_before() {
+    // A ring of six events: a restart applies the records before the last
+    // six telling nothing, and those after as they were told.
+    let data = fresh_data_dir();
+    let policy = policy_file(&data);
+    let args = ["--policy", policy.as_str(), "--event-retention", "6"];
+    let mut p = Process::start_in(&data, &args, "info");
+    let mut c = client(&p).await;
+    let mut watch = watch_after(&mut c, 0).await.unwrap();
+    busy_floor(&mut c).await;
+    let waiting = ["w1", "w2", "w3", "w4", "w5", "w6"];
+    for id in waiting {
+        queue(&mut c, contact(id, "billing")).await;
+    }
+    let first = next_event(&mut watch).await;
+    let mut before = vec![first.clone()];
+    before.extend(until_decided(&mut watch, first, "w6").await);
+    assert!(before.len() > 12, "{}", before.len());
+    assert!(!p.kill9().success());
+
+    let p = Process::start_in(&data, &args, "info");
+    let mut c = client(&p).await;
+    let refused = watch_after(&mut c, 0).await.unwrap_err();
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    let after = resumable_after(&refused);
+    // Some of the last events before the kill are retained, not all.
+    let last = before.last().unwrap().sequence;
+    assert!(
+        after > before[0].sequence && after < last,
+        "{after} of {last}"
+    );
+    // Resumed there: every one of them, the same to the byte, in order.
+    let mut resumed = watch_after(&mut c, after).await.unwrap();
+    let retained: Vec<_> = before.iter().filter(|e| e.sequence > after).collect();
+    assert!(!retained.is_empty());
+    for expected in retained {
+        assert_eq!(&next_event(&mut resumed).await, expected);
+    }
+    // And one before it is refused, naming the same sequence.
+    let earlier = watch_after(&mut c, after - 1).await.unwrap_err();
+    assert_eq!(resumable_after(&earlier), after, "{earlier:?}");
+    drop(p);
+}
+
 #[tokio::test]
 async fn a_corrupt_last_record_is_reported_with_its_position_and_cut() {
     let data = fresh_data_dir();

@@ -18,6 +18,7 @@
 //! newest snapshot falls back to the one before.
 
 mod nats;
+mod records;
 mod replay;
 mod shadow;
 mod snapshots;
@@ -38,6 +39,7 @@ use tokio::sync::watch;
 use crate::engine::Command;
 use crate::model::Time;
 pub use nats::{Lease, Nats, NatsSecurity, Tail};
+pub use records::{End, Records};
 pub use replay::{NoStart, Replay};
 pub use shadow::{Every, Snapshots};
 pub use snapshots::{Loaded, SNAPSHOT_FILE, SnapshotFile};

@@ -43,9 +43,13 @@ pub(super) type Batch = Vec<(u64, Time, Command)>;
 impl Snapshots {
     /// Starts the shadow on its own thread. It first rebuilds the engine
     /// from the newest snapshot in `file` that loads and the records of
-    /// the log at `log` after it up to `upto` (in parallel with the start's
-    /// own replay), building a new engine under `config`; then it applies
-    /// what is fed, in order, and saves a snapshot when one is due.
+    /// the log at `log` after it up to `upto`, building a new engine under
+    /// `config`; then it applies what is fed, in order, and saves a
+    /// snapshot when one is due. A start begins it once its own replay is
+    /// done, so the rebuild takes the second core while the service
+    /// serves, not while the start replays (copying the started engine
+    /// instead would cost the start 0.6 s at 1,000,000 commands of
+    /// traffic).
     pub fn start(
         mut file: SnapshotFile,
         log: PathBuf,

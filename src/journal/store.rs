@@ -1,6 +1,6 @@
-//! The journal's command log on disk: opened, checked and read back at
-//! start (sequence and checksum of every record, a torn tail cut), written
-//! in batches by the writer, compacted behind the snapshots.
+//! The journal's command log on disk: opened and checked at start (its
+//! records are read back by `records`), written in batches by the writer,
+//! compacted behind the snapshots.
 
 use std::{
     path::{Path, PathBuf},
@@ -9,6 +9,7 @@ use std::{
 
 use rusqlite::{Connection, params};
 
+use super::records::Records;
 use super::snapshots::{Loaded, SnapshotFile};
 use super::{FILE, JournalError, WAL_LIMIT};
 use crate::config::JournalSync;
@@ -23,15 +24,18 @@ pub struct Recovered {
     /// an older one is replayed instead).
     pub refused_snapshots: Vec<(u64, String)>,
     /// The commands after the snapshot (or from the start), in order,
-    /// with their times.
-    pub records: Vec<(Time, Command)>,
+    /// with their times, read as they are taken; how the log ends is
+    /// known once the last is (see [`Records::finish`]).
+    pub records: Records,
     /// The id key of the log's engine, if the log is not new.
     pub id_key: Option<IdKey>,
-    /// The last sequence number kept.
-    pub last_seq: u64,
-    /// Records cut from a torn or corrupt tail: the first sequence number
-    /// cut, and why.
-    pub cut: Option<(u64, String)>,
+}
+
+impl Recovered {
+    /// Whether the log holds nothing yet: no snapshot and no record.
+    pub fn is_new(&self) -> bool {
+        self.snapshot.is_none() && self.records.last_present() == 0
+    }
 }
 
 /// A value from the `meta` table, if set.
@@ -96,7 +100,8 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the journal in `dir` and reads it back.
+    /// Opens (creating if needed) the journal in `dir`, loads its newest
+    /// snapshot that loads, and starts reading the records after it.
     pub fn open(dir: &Path, sync: JournalSync) -> Result<(Store, Recovered), JournalError> {
         std::fs::create_dir_all(dir).map_err(|source| JournalError::Dir {
             dir: dir.to_owned(),
@@ -216,53 +221,12 @@ impl Store {
                 },
             });
         }
-        let mut records = Vec::new();
-        let mut cut = None;
-        {
-            let mut rows = conn
-                .prepare("SELECT seq, at_us, body, crc, client FROM commands WHERE seq > ?1 ORDER BY seq")
-                .map_err(sql)?;
-            let mut rows = rows.query(params![base as i64]).map_err(sql)?;
-            let mut expected = base + 1;
-            while let Some(row) = rows.next().map_err(sql)? {
-                // Missing records with later ones present are not a tail:
-                // never cut, refuse.
-                let seq: i64 = row.get(0).map_err(sql)?;
-                if seq as u64 > expected && cut.is_none() {
-                    return Err(JournalError::Corrupt {
-                        file,
-                        seq: expected,
-                        why: format!("records {expected} to {} are missing", seq - 1),
-                    });
-                }
-                let read = read_record(row, expected);
-                expected += 1;
-                match read {
-                    Ok(record) if cut.is_none() => records.push(record),
-                    // A good record after a bad one: the damage is not a
-                    // tail, and cutting would lose acknowledged commands.
-                    Ok(_) => {
-                        let (seq, why) = cut.unwrap_or_default();
-                        return Err(JournalError::Corrupt { file, seq, why });
-                    }
-                    Err(why) if cut.is_none() => cut = Some((expected - 1, why)),
-                    Err(_) => {}
-                }
-            }
-        }
-        if let Some((seq, why)) = &cut {
-            // Nothing to start from: refuse rather than start anew.
-            if *seq == 1 && snapshot.is_none() {
-                return Err(JournalError::Corrupt {
-                    file,
-                    seq: 1,
-                    why: why.clone(),
-                });
-            }
-            conn.execute("DELETE FROM commands WHERE seq >= ?1", params![*seq as i64])
-                .map_err(sql)?;
-        }
-        let last_seq = base + records.len() as u64;
+        let records = Records::start(
+            &file,
+            base,
+            last.map_or(0, |l| l as u64),
+            snapshot.is_some(),
+        )?;
         Ok((
             Store {
                 conn,
@@ -276,8 +240,6 @@ impl Store {
                 refused_snapshots,
                 records,
                 id_key,
-                last_seq,
-                cut,
             },
         ))
     }
@@ -312,6 +274,17 @@ impl Store {
             self.write(&rows, &[])?;
         }
         Ok(rows)
+    }
+
+    /// Cuts the log's records from `from` on (a torn or corrupt tail).
+    pub(super) fn cut(&self, from: u64) -> Result<(), JournalError> {
+        self.conn
+            .execute("DELETE FROM commands WHERE seq >= ?1", params![from as i64])
+            .map(drop)
+            .map_err(|source| JournalError::Sqlite {
+                file: self.file.clone(),
+                source,
+            })
     }
 
     /// The first record kept when the store was opened (0: none).
