@@ -82,6 +82,16 @@ impl SnapshotFile {
         }
     }
 
+    /// The record the newest snapshot covers, whether it loads or not.
+    pub fn newest(&self) -> Result<Option<u64>, JournalError> {
+        self.conn
+            .query_row("SELECT MAX(seq) FROM snapshots", [], |r| {
+                r.get::<_, Option<i64>>(0)
+            })
+            .map(|seq| seq.map(|s| s as u64))
+            .map_err(|e| self.sql(e))
+    }
+
     /// The newest snapshot that reads back whole (its log, checksum,
     /// layout, decoding), and the newer ones refused, with why.
     pub fn load(&self) -> Result<Loaded, JournalError> {
