@@ -496,4 +496,4 @@ impl Engine {
 #[cfg(test)]
 pub(crate) mod queueing_tests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -967,7 +967,7 @@ fn longest_idle_oracle(
 
 /// Everything an engine holds, in a canonical order (hash maps sorted),
 /// so two engines' states can be compared.
-fn fingerprint(e: &Engine) -> String {
+pub(crate) fn fingerprint(e: &Engine) -> String {
     let mut reservations: Vec<_> = e.reservations.iter().collect();
     reservations.sort_by_key(|(id, _)| **id);
     let mut timers: Vec<_> = e.timers.iter().collect();
