@@ -1,9 +1,11 @@
 //! Agents and the per-queue indexes of who is free: for every queue and
 //! channel, the free eligible agents ordered by how long they have been idle,
-//! in all and per language. Picking an agent reads the first entry of one
-//! ordered set, so its cost does not grow with the roster; every change to an
-//! agent goes through [`Roster::update`], which takes the agent out of the
-//! indexes and puts it back as it now is.
+//! in all and per language (a language every agent of the queue speaks has
+//! no set of its own: its set would be the queue's whole one, kept twice).
+//! Picking an agent reads the first entry of one ordered set, so its cost
+//! does not grow with the roster; every change to an agent goes through
+//! [`Roster::update`], which takes the agent out of the indexes and puts it
+//! back as it now is.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -198,11 +200,21 @@ impl Agent {
     }
 }
 
-/// The free agents of one queue on one channel.
+/// The free agents of one queue on one channel: all of them, and per
+/// language the speakers, for the languages not every agent of the queue
+/// speaks (see [`QueuePool::universal`]).
 #[derive(Debug, Clone, Default)]
 struct ChannelPool {
     any: BTreeSet<IdleKey>,
     by_language: FastMap<LangId, BTreeSet<IdleKey>>,
+}
+
+/// Who is eligible for a queue, in counts: how many agents, and how many
+/// of them speak each language.
+#[derive(Debug, Clone, Default)]
+struct Members {
+    agents: u32,
+    speakers: FastMap<LangId, u32>,
 }
 
 /// Counters and free-agent indexes of one queue.
@@ -212,6 +224,10 @@ pub struct QueuePool {
     /// ([`Roster::rebuild_free`]), which is faster than reading it.
     #[serde(skip)]
     free: [ChannelPool; CHANNELS],
+    /// Derived too: the agents eligible (removed ones aside), which tells
+    /// the languages that need no free set of their own.
+    #[serde(skip)]
+    members: Members,
     /// The queue's channels: agents are indexed only on these.
     channels: ChannelSet,
     /// Eligible agents not offline.
@@ -220,6 +236,66 @@ pub struct QueuePool {
     pub available: u32,
     /// Live reservations made for this queue.
     pub reservations: u32,
+}
+
+impl QueuePool {
+    /// Whether every agent eligible for the queue speaks `language`: then
+    /// its speakers free on a channel are all the agents free there, and
+    /// no set of its own is kept.
+    fn universal(&self, language: LangId) -> bool {
+        self.members.agents > 0
+            && self.members.speakers.get(&language) == Some(&self.members.agents)
+    }
+
+    /// Counts an agent speaking `languages` in. A language every agent
+    /// spoke until now that this one does not gets its own free sets,
+    /// copied from the whole ones (before this agent is entered in them).
+    fn join(&mut self, languages: &[LangId]) {
+        let mut split = Vec::new();
+        for (&l, &n) in &self.members.speakers {
+            if n == self.members.agents && n > 0 && !languages.contains(&l) {
+                split.push(l);
+            }
+        }
+        for l in split {
+            for c in Channel::ALL {
+                if self.channels.contains(c) {
+                    let cp = &mut self.free[c.index()];
+                    cp.by_language.insert(l, cp.any.clone());
+                }
+            }
+        }
+        self.members.agents += 1;
+        for &l in languages {
+            *self.members.speakers.entry(l).or_default() += 1;
+        }
+    }
+
+    /// Counts an agent speaking `languages` out (once it is out of the
+    /// free sets). A language every agent left speaks drops its own sets.
+    fn leave(&mut self, languages: &[LangId]) {
+        self.members.agents = self.members.agents.saturating_sub(1);
+        for l in languages {
+            if let Some(n) = self.members.speakers.get_mut(l) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.members.speakers.remove(l);
+                }
+            }
+        }
+        let whole: Vec<LangId> = self
+            .members
+            .speakers
+            .keys()
+            .copied()
+            .filter(|&l| self.universal(l))
+            .collect();
+        for l in whole {
+            for cp in &mut self.free {
+                cp.by_language.remove(&l);
+            }
+        }
+    }
 }
 
 /// All agents, their ids and the per-queue indexes.
@@ -381,6 +457,18 @@ impl Roster {
             self.pools.iter().map(|_| Default::default()).collect();
         let mut by_language: Vec<[FastMap<LangId, Vec<IdleKey>>; CHANNELS]> =
             self.pools.iter().map(|_| Default::default()).collect();
+        for pool in &mut self.pools {
+            pool.members = Members::default();
+        }
+        for agent in self.agents.iter().filter(|a| !a.removed) {
+            for &q in &agent.queues {
+                let members = &mut self.pools[q].members;
+                members.agents += 1;
+                for &l in &agent.languages {
+                    *members.speakers.entry(l).or_default() += 1;
+                }
+            }
+        }
         for (a, agent) in self.agents.iter().enumerate() {
             for &q in &agent.queues {
                 for c in Channel::ALL {
@@ -389,8 +477,10 @@ impl Roster {
                     }
                     if let Some(k) = Indexed::key(agent.indexed, c, a as AgentIdx) {
                         any[q][c.index()].push(k);
-                        for l in &agent.languages {
-                            by_language[q][c.index()].entry(*l).or_default().push(k);
+                        for &l in &agent.languages {
+                            if !self.pools[q].universal(l) {
+                                by_language[q][c.index()].entry(l).or_default().push(k);
+                            }
                         }
                     }
                 }
@@ -548,8 +638,12 @@ impl Roster {
             by_state[state_slot(n.state)] += 1;
         }
         let staffed = |e: Option<Indexed>| e.is_some_and(|e| e.state != AgentState::Offline);
+        let (joined, left) = (before.is_none(), after.is_none());
         for &q in &agent.queues {
             let pool = &mut pools[q];
+            if joined {
+                pool.join(&agent.languages);
+            }
             let available = |e: Option<Indexed>| e.is_some_and(|e| e.free.0 & pool.channels.0 != 0);
             pool.staffed = adjust(pool.staffed, staffed(before), staffed(after));
             pool.available = adjust(pool.available, available(before), available(after));
@@ -561,21 +655,32 @@ impl Roster {
                 if old == new {
                     continue;
                 }
-                let cp = &mut pool.free[c.index()];
+                let QueuePool { free, members, .. } = pool;
+                let cp = &mut free[c.index()];
+                let universal = |l: LangId| {
+                    members.agents > 0 && members.speakers.get(&l) == Some(&members.agents)
+                };
                 if let Some(k) = old {
                     cp.any.remove(&k);
-                    for l in &agent.languages {
-                        if let Some(set) = cp.by_language.get_mut(l) {
+                    for &l in &agent.languages {
+                        if !universal(l)
+                            && let Some(set) = cp.by_language.get_mut(&l)
+                        {
                             set.remove(&k);
                         }
                     }
                 }
                 if let Some(k) = new {
                     cp.any.insert(k);
-                    for l in &agent.languages {
-                        cp.by_language.entry(*l).or_default().insert(k);
+                    for &l in &agent.languages {
+                        if !universal(l) {
+                            cp.by_language.entry(l).or_default().insert(k);
+                        }
                     }
                 }
+            }
+            if left {
+                pool.leave(&agent.languages);
             }
         }
     }
@@ -589,14 +694,21 @@ impl Roster {
         language: Option<LangId>,
         exclude: &[AgentIdx],
     ) -> Option<Pick> {
-        let cp = &self.pools[queue].free[channel.index()];
+        let pool = &self.pools[queue];
+        let cp = &pool.free[channel.index()];
         let first = |set: &BTreeSet<IdleKey>| {
             set.iter()
                 .map(|&k| agent_of(k))
                 .find(|a| !exclude.contains(a))
         };
         if let Some(agent) = language
-            .and_then(|l| cp.by_language.get(&l))
+            .and_then(|l| {
+                if pool.universal(l) {
+                    Some(&cp.any)
+                } else {
+                    cp.by_language.get(&l)
+                }
+            })
             .and_then(first)
         {
             return Some(Pick {

@@ -930,6 +930,7 @@ fn op() -> impl Strategy<Value = Op> {
 /// channel than the one chosen, counting idle time from when each last
 /// became free there (a state change, a completion, a wrap-up's end, a
 /// release or a lapse). Ties go to the lower slot, at millisecond grain.
+/// An interpreter is needed only if no such agent speaks the language.
 fn longest_idle_oracle(
     e: &Engine,
     c: &Contact,
@@ -949,8 +950,18 @@ fn longest_idle_oracle(
             || agent.removed
             || !agent.queues.contains(&q)
             || !agent.free_channels(e.roster.blocks()).contains(c.channel)
-            || (!offer.interpreter_needed && !speaks)
         {
+            continue;
+        }
+        // An interpreter only when no free agent speaks the language.
+        prop_assert!(
+            !(offer.interpreter_needed && speaks),
+            "{} chosen with an interpreter while {} speaks {}",
+            offer.agent_id,
+            agent.id,
+            language
+        );
+        if !offer.interpreter_needed && !speaks {
             continue;
         }
         prop_assert!(
