@@ -214,6 +214,11 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
                 retained.keep(seq, told.flatten());
             }
             let end = records.finish(store)?;
+            // A tail cut before the records told: none was, and the ring
+            // starts where the log now ends.
+            if end.last_seq < tell_after {
+                retained = Replayed::new(end.last_seq, config.event_retention);
+            }
             if let Some((seq, why)) = &end.cut {
                 tracing::warn!(
                     data_dir = %config.data_dir.display(),

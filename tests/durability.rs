@@ -216,6 +216,18 @@ async fn a_restart_retains_only_the_last_events_and_tells_them_as_before() {
     let mut before = vec![first.clone()];
     before.extend(until_decided(&mut watch, first, "w6").await);
     assert!(before.len() > 12, "{}", before.len());
+    // Refusals are logged and tell nothing: the last six records hold
+    // fewer than six events.
+    for _ in 0..3 {
+        let refused = c
+            .confirm_reservation(pb::ConfirmReservationRequest {
+                reservation_id: format!("r-{}", "9".repeat(32)),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::NotFound, "{refused:?}");
+    }
     assert!(!p.kill9().success());
 
     let p = Process::start_in(&data, &args, "info");

@@ -213,8 +213,35 @@ struct ChannelPool {
 /// of them speak each language.
 #[derive(Debug, Clone, Default)]
 struct Members {
+    /// Agents eligible for the queue.
     agents: u32,
+    /// Of them, those who speak each language (each agent once per
+    /// language, however often its profile lists it).
     speakers: FastMap<LangId, u32>,
+}
+
+impl Members {
+    /// Whether every agent counted speaks `language`.
+    fn universal(&self, language: LangId) -> bool {
+        self.agents > 0 && self.speakers.get(&language) == Some(&self.agents)
+    }
+
+    /// Counts in an agent speaking `languages`.
+    fn add(&mut self, languages: &[LangId]) {
+        self.agents += 1;
+        for l in distinct(languages) {
+            *self.speakers.entry(l).or_default() += 1;
+        }
+    }
+}
+
+/// Each language of a profile once, in order: a profile may list one twice.
+fn distinct(languages: &[LangId]) -> impl Iterator<Item = LangId> + '_ {
+    languages
+        .iter()
+        .enumerate()
+        .filter(|&(i, l)| !languages[..i].contains(l))
+        .map(|(_, &l)| l)
 }
 
 /// Counters and free-agent indexes of one queue.
@@ -243,8 +270,7 @@ impl QueuePool {
     /// its speakers free on a channel are all the agents free there, and
     /// no set of its own is kept.
     fn universal(&self, language: LangId) -> bool {
-        self.members.agents > 0
-            && self.members.speakers.get(&language) == Some(&self.members.agents)
+        self.members.universal(language)
     }
 
     /// Counts an agent speaking `languages` in. A language every agent
@@ -265,21 +291,18 @@ impl QueuePool {
                 }
             }
         }
-        self.members.agents += 1;
-        for &l in languages {
-            *self.members.speakers.entry(l).or_default() += 1;
-        }
+        self.members.add(languages);
     }
 
     /// Counts an agent speaking `languages` out (once it is out of the
     /// free sets). A language every agent left speaks drops its own sets.
     fn leave(&mut self, languages: &[LangId]) {
         self.members.agents = self.members.agents.saturating_sub(1);
-        for l in languages {
-            if let Some(n) = self.members.speakers.get_mut(l) {
+        for l in distinct(languages) {
+            if let Some(n) = self.members.speakers.get_mut(&l) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
-                    self.members.speakers.remove(l);
+                    self.members.speakers.remove(&l);
                 }
             }
         }
@@ -462,11 +485,7 @@ impl Roster {
         }
         for agent in self.agents.iter().filter(|a| !a.removed) {
             for &q in &agent.queues {
-                let members = &mut self.pools[q].members;
-                members.agents += 1;
-                for &l in &agent.languages {
-                    *members.speakers.entry(l).or_default() += 1;
-                }
+                self.pools[q].members.add(&agent.languages);
             }
         }
         for (a, agent) in self.agents.iter().enumerate() {
@@ -657,9 +676,7 @@ impl Roster {
                 }
                 let QueuePool { free, members, .. } = pool;
                 let cp = &mut free[c.index()];
-                let universal = |l: LangId| {
-                    members.agents > 0 && members.speakers.get(&l) == Some(&members.agents)
-                };
+                let universal = |l: LangId| members.universal(l);
                 if let Some(k) = old {
                     cp.any.remove(&k);
                     for &l in &agent.languages {

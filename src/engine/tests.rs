@@ -170,6 +170,34 @@ fn language_speakers_first_else_interpreter() {
 }
 
 #[test]
+fn a_language_listed_twice_counts_its_speaker_once() {
+    // One agent lists English twice and the other speaks only Spanish:
+    // English is not the whole queue's, so the Spanish speaker is no
+    // English speaker, however the profiles are counted.
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("twice", &["en", "en"], 1, 0), t);
+    add(
+        &mut e,
+        billing_agent("es1", &["es"], 1, 0),
+        t + Duration::seconds(1),
+    );
+    e.set_state("twice", AgentState::Away, t + Duration::seconds(2))
+        .unwrap();
+    let mut c = billing("c1");
+    c.language = Some("en".into());
+    let d = e.route(&c, t + Duration::seconds(3)).unwrap();
+    assert_eq!(&*offer(&d).agent_id, "es1");
+    assert!(offer(&d).interpreter_needed, "{d:?}");
+    // Back, the one who lists it twice is the English speaker.
+    e.set_state("twice", AgentState::Available, t + Duration::seconds(4))
+        .unwrap();
+    let d = e.route(&billing("c2"), t + Duration::seconds(5)).unwrap();
+    assert_eq!(&*offer(&d).agent_id, "twice");
+    assert!(!offer(&d).interpreter_needed, "{d:?}");
+}
+
+#[test]
 fn preferred_agent_when_eligible_and_free() {
     let mut e = engine();
     let t = open();

@@ -91,12 +91,15 @@ impl Records {
         self.last_present
     }
 
-    /// How the log ends, once every record was taken: a torn or corrupt
-    /// tail is cut from `store` (and refused when nothing is left to start
-    /// from); damage that is not a tail (records missing, or good records
-    /// after a bad one) is refused, since cutting would lose acknowledged
-    /// commands.
-    pub fn finish(self, store: &Store) -> Result<End, JournalError> {
+    /// How the log ends (records not taken are read and dropped): a torn
+    /// or corrupt tail is cut from `store` (and refused when nothing is
+    /// left to start from); damage that is not a tail (records missing, or
+    /// good records after a bad one) is refused, since cutting would lose
+    /// acknowledged commands.
+    pub fn finish(mut self, store: &Store) -> Result<End, JournalError> {
+        // Records not taken are read to the end all the same: how the log
+        // ends is known only then.
+        for _ in self.by_ref() {}
         drop(self.batches);
         let Read { last_seq, cut } = self
             .reader

@@ -1,6 +1,6 @@
-//! The snapshot shadow: a copy of the engine on its own thread, rebuilt at
-//! start exactly as a restart would rebuild it (the newest snapshot that
-//! loads, then the log after it), then kept current by every batch the
+//! The snapshot shadow: a copy of the engine on its own thread, rebuilt
+//! once the start has replayed, as the restart rebuilt it (the newest
+//! snapshot that loads, then the log after it), then kept current by every batch the
 //! writer has written, once its answers have left. Snapshots are encoded
 //! from the shadow and saved to `snapshots.db`, so serving never waits for
 //! one whatever the state's size. After each, the writer may compact the
