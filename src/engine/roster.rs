@@ -589,11 +589,27 @@ impl Roster {
         result
     }
 
-    /// Changes an agent's profile (skills, languages, queues): takes it out
-    /// of every index and enters it again.
+    /// Changes an agent's profile (skills, languages, queues): if its
+    /// queues or languages changed, takes it out of every index as it was
+    /// and enters it again as it is; otherwise only moves its entries, as
+    /// [`Roster::update`] does (a roster sent again unchanged moves
+    /// nothing, and never splits a language's sets off the whole ones).
     pub fn reprofile<R>(&mut self, a: AgentIdx, change: impl FnOnce(&mut Agent) -> R) -> R {
+        let agent = &mut self.agents[a as usize];
+        let before = agent.indexed;
+        let (queues, languages) = (agent.queues.clone(), agent.languages.clone());
+        let result = change(agent);
+        if agent.queues == queues && agent.languages == languages {
+            self.reindex(a, before);
+            return result;
+        }
+        // Out under the queues and languages it had, in under the new.
+        let queues = std::mem::replace(&mut agent.queues, queues);
+        let languages = std::mem::replace(&mut agent.languages, languages);
         self.reindex_out(a);
-        let result = change(&mut self.agents[a as usize]);
+        let agent = &mut self.agents[a as usize];
+        agent.queues = queues;
+        agent.languages = languages;
         self.reindex(a, None);
         result
     }
