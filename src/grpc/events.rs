@@ -582,10 +582,10 @@ mod tests {
         prop_oneof![
             4 => (0u8..8).prop_map(Op::Route),
             3 => (any::<u8>(), id.clone()).prop_map(|(r, q)| Op::Confirm(r, q)),
-            2 => (any::<u8>(), 0u8..5, id.clone()).prop_map(|(r, w, q)| Op::Release(r, w, q)),
+            2 => (any::<u8>(), 0u8..ReleaseReason::ALL.len() as u8, id.clone()).prop_map(|(r, w, q)| Op::Release(r, w, q)),
             2 => (0u8..4, 0u8..8, id.clone()).prop_map(|(a, c, q)| Op::Complete(a, c, q)),
             2 => (0u8..8, id).prop_map(|(c, q)| Op::Cancel(c, q)),
-            2 => (0u8..4, 0u8..6).prop_map(|(a, s)| Op::State(a, s)),
+            2 => (0u8..4, 0u8..AgentState::ALL.len() as u8).prop_map(|(a, s)| Op::State(a, s)),
             2 => (1u16..400).prop_map(Op::Tick),
             1 => (0u8..4).prop_map(Op::Upsert),
             1 => (0u8..4).prop_map(Op::Remove),
@@ -636,21 +636,6 @@ mod tests {
                 live.apply(&mut e, available, now).unwrap();
             }
             let mut reservations: Vec<ReservationId> = Vec::new();
-            let states = [
-                AgentState::Offline,
-                AgentState::Available,
-                AgentState::Busy,
-                AgentState::WrapUp,
-                AgentState::Away,
-                AgentState::NotResponding,
-            ];
-            let reasons = [
-                ReleaseReason::Unspecified,
-                ReleaseReason::Rejected,
-                ReleaseReason::NoAnswer,
-                ReleaseReason::CallerHungUp,
-                ReleaseReason::TransferFailed,
-            ];
             for op in ops {
                 now += chrono::Duration::milliseconds(250);
                 match op {
@@ -668,7 +653,7 @@ mod tests {
                     }
                     Op::Release(r, why, q) => {
                         if let Some(r) = nth(&reservations, r) {
-                            let release = Release(r, reasons[usize::from(why)]);
+                            let release = Release(r, ReleaseReason::ALL[usize::from(why)]);
                             settle(&mut live, &mut e, q, release, now);
                         }
                     }
@@ -683,7 +668,7 @@ mod tests {
                     Op::State(a, s) => {
                         let state = SetAgentState {
                             agent_id: format!("b{a}"),
-                            state: states[usize::from(s)],
+                            state: AgentState::ALL[usize::from(s)],
                         };
                         let _ = live.apply(&mut e, state, now);
                     }
