@@ -386,6 +386,81 @@ impl Roster {
         )
     }
 
+    /// The free-agent sets checked against the agents by brute force: each
+    /// queue counts its agents and speakers right; on each of its channels
+    /// its whole set holds exactly its free agents; a language all of them
+    /// speak has no set of its own (or an empty one), any other's holds
+    /// exactly its free speakers.
+    #[cfg(test)]
+    pub(super) fn check_free_sets(&self) -> Result<(), String> {
+        for (q, pool) in self.pools.iter().enumerate() {
+            let members: Vec<(AgentIdx, &Agent)> = (0..)
+                .zip(&self.agents)
+                .filter(|(_, agent)| !agent.removed && agent.queues.contains(&q))
+                .collect();
+            let mut speakers: FastMap<LangId, u32> = FastMap::default();
+            for (_, agent) in &members {
+                for l in distinct(&agent.languages) {
+                    *speakers.entry(l).or_default() += 1;
+                }
+            }
+            if pool.members.agents as usize != members.len() || pool.members.speakers != speakers {
+                return Err(format!(
+                    "queue {q} counts {:?}, has {} agents and speakers {speakers:?}",
+                    pool.members,
+                    members.len()
+                ));
+            }
+            for c in Channel::ALL
+                .into_iter()
+                .filter(|&c| pool.channels.contains(c))
+            {
+                let cp = &pool.free[c.index()];
+                let key = |a: AgentIdx, agent: &Agent| {
+                    Indexed::key(Some(Indexed::of(agent, &self.blocks)), c, a)
+                };
+                let free: BTreeSet<IdleKey> =
+                    members.iter().filter_map(|&(a, g)| key(a, g)).collect();
+                if cp.any != free {
+                    return Err(format!(
+                        "queue {q} on {c:?}: free {:?}, should be {free:?}",
+                        cp.any
+                    ));
+                }
+                for (&l, set) in &cp.by_language {
+                    let speaking: BTreeSet<IdleKey> = members
+                        .iter()
+                        .filter(|(_, g)| g.languages.contains(&l))
+                        .filter_map(|&(a, g)| key(a, g))
+                        .collect();
+                    let expected = if pool.universal(l) {
+                        BTreeSet::new()
+                    } else {
+                        speaking
+                    };
+                    if *set != expected {
+                        return Err(format!(
+                            "queue {q} on {c:?}, language {l}: {set:?}, should be {expected:?}"
+                        ));
+                    }
+                }
+                for &l in speakers.keys() {
+                    if !pool.universal(l)
+                        && !cp.by_language.contains_key(&l)
+                        && members
+                            .iter()
+                            .any(|&(a, g)| g.languages.contains(&l) && key(a, g).is_some())
+                    {
+                        return Err(format!(
+                            "queue {q} on {c:?}, language {l}: free speakers and no set"
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// An empty roster for `policy`.
     pub fn new(policy: &Policy) -> Roster {
         Roster {

@@ -611,6 +611,10 @@ fn policy_reload_keeps_live_reservations() {
 
 /// Checks everything that must hold between any two operations.
 fn check_invariants(e: &Engine, now: Time) {
+    // The free-agent sets hold exactly who is free, by brute force.
+    if let Err(why) = e.roster.check_free_sets() {
+        panic!("{why}");
+    }
     // Waiting contacts and offers point at each other, and no waiting
     // contact sits in line while an agent who may take it is free.
     for (id, r) in &e.reservations {
