@@ -277,12 +277,13 @@ impl QueuePool {
     /// spoke until now that this one does not gets its own free sets,
     /// copied from the whole ones (before this agent is entered in them).
     fn join(&mut self, languages: &[LangId]) {
-        let mut split = Vec::new();
-        for (&l, &n) in &self.members.speakers {
-            if n == self.members.agents && n > 0 && !languages.contains(&l) {
-                split.push(l);
-            }
-        }
+        let split: Vec<LangId> = self
+            .members
+            .speakers
+            .keys()
+            .copied()
+            .filter(|&l| self.members.universal(l) && !languages.contains(&l))
+            .collect();
         for l in split {
             for c in Channel::ALL {
                 if self.channels.contains(c) {
