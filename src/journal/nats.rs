@@ -41,6 +41,11 @@ const CLIENT: &str = "Careroute-Client";
 const LEADER: &str = "leader";
 /// How long a call to NATS may take before the log counts as unreachable.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long listing or reading the snapshots may go without a message
+/// before it counts as stalled. Both run on an ordered consumer, which a
+/// request's timeout does not bound: a stalled one would otherwise hold a
+/// standby's saves (one at a time) forever.
+const STALL: Duration = Duration::from_secs(10);
 /// How often the stream and buckets are asked for at start while
 /// JetStream is not ready (a cluster still electing its leader), a second
 /// apart.
@@ -376,7 +381,10 @@ impl Nats {
             .await
             .map_err(|e| nats("snapshots", e))?;
         let mut names = Vec::new();
-        while let Some(info) = list.next().await {
+        while let Some(info) = tokio::time::timeout(STALL, list.next())
+            .await
+            .map_err(|_| nats("snapshots", format!("listing stalled for {STALL:?}")))?
+        {
             let info = info.map_err(|e| nats("snapshots", e))?;
             if let Some(seq) = info
                 .name
@@ -481,10 +489,15 @@ impl Nats {
         let mut object = self.snapshots.get(name).await.map_err(|e| e.to_string())?;
         let info = object.info().clone();
         let mut body = Vec::with_capacity(info.size);
-        object
-            .read_to_end(&mut body)
-            .await
-            .map_err(|e| e.to_string())?;
+        // Read a chunk at a time, so a stall is told from a long read.
+        loop {
+            match tokio::time::timeout(STALL, object.read_buf(&mut body)).await {
+                Ok(Ok(0)) => break,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err(format!("reading stalled for {STALL:?}")),
+            }
+        }
         let crc = info.metadata.get("crc").and_then(|c| c.parse::<u32>().ok());
         if crc != Some(crc32fast::hash(&body)) {
             return Err("checksum mismatch".into());
