@@ -165,11 +165,16 @@ async fn read_log(
     }
     let mut tail = nats.tail(base).await?;
     let mut replay = Replay::new(snapshot.loaded.map(|(_, e)| e), config.clone());
-    let mut told = Replayed::new(base, retention);
+    // Only the last records' events can be kept: the ones before are
+    // applied telling nothing, as a local restart does (telling them would
+    // build wire forms the ring drops at once).
+    let tell_after = last.saturating_sub(retention as u64).max(base);
+    let mut told = Replayed::new(tell_after, retention);
     let mut applied = base;
     while applied < last {
         let published;
-        (applied, published) = catch_up(&mut tail, &mut replay, applied, retention > 0).await?;
+        (applied, published) =
+            catch_up(&mut tail, &mut replay, applied, applied >= tell_after).await?;
         told.keep(applied, published);
     }
     Ok((replay, base, applied, tail, told))

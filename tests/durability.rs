@@ -13,7 +13,7 @@ use common::{
     contact,
     floor::{
         self, KNOBS, Knobs, agent, busy, client, decides, follows, next_event, policy, queue,
-        watch_after,
+        resumable_after, watch_after,
     },
     process::{Process, fresh_data_dir},
 };
@@ -184,17 +184,6 @@ async fn a_watcher_resumes_across_a_kill_9_and_is_told_what_it_was_told_before()
         assert_eq!(ahead.code(), Code::OutOfRange, "{ahead:?}");
         drop(p);
     }
-}
-
-/// The sequence a refused resume names as the first it can resume after.
-fn resumable_after(refused: &tonic::Status) -> u64 {
-    let m = refused.message();
-    let after = m
-        .split("resume after ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .unwrap_or_else(|| panic!("no resumable sequence in {m:?}"));
-    after.parse().unwrap()
 }
 
 #[tokio::test]

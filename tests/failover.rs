@@ -337,6 +337,45 @@ async fn the_leader_killed_under_load_a_standby_answers_and_nothing_acknowledged
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_rebuilt_from_the_log_retains_only_the_last_events_and_tells_them_as_told() {
+    let Some(nats) = Nats::start(1) else { return };
+    let id = cluster_id("retain");
+    let mut a = careroute(&nats, &id, "1");
+    a.wait_for_log("this process leads", Duration::from_secs(30));
+    let mut ca = client(&a).await;
+    let mut watch = watch_after(&mut ca, 0).await.unwrap();
+    for i in 0..20 {
+        route(&mut ca, &format!("c{i}")).await.unwrap();
+    }
+    let mut told = Vec::new();
+    while !told.last().is_some_and(|e| decides(e, "c19")) {
+        told.push(next_event(&mut watch).await);
+    }
+    // A standby that starts now rebuilds from the log with a ring of six
+    // events: the records before the last ones are applied telling
+    // nothing, and those after as the leader told them.
+    let b = careroute_with(&nats, &id, "1", &["--event-retention", "6"]);
+    b.wait_for_log("standby rebuilt from the log", Duration::from_secs(30));
+    a.kill9();
+    b.wait_for_log("this process leads", Duration::from_secs(30));
+    let mut cb = client(&b).await;
+    let refused = watch_after(&mut cb, 0).await.unwrap_err();
+    assert_eq!(refused.code(), Code::OutOfRange, "{refused:?}");
+    let after = floor::resumable_after(&refused);
+    let last = told.last().unwrap().sequence;
+    assert!(
+        after > told[0].sequence && after < last,
+        "{after} of {last}"
+    );
+    let mut resumed = watch_after(&mut cb, after).await.unwrap();
+    let retained: Vec<_> = told.iter().filter(|e| e.sequence > after).collect();
+    assert!(!retained.is_empty());
+    for expected in retained {
+        assert_eq!(&next_event(&mut resumed).await, expected);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_leader_resumed_answers_nothing_and_rejoins_as_a_standby() {
     let Some(nats) = Nats::start(3) else { return };
     let id = cluster_id("freeze");

@@ -253,6 +253,17 @@ pub async fn next_event(s: &mut tonic::Streaming<pb::RoutingEvent>) -> pb::Routi
         .expect("the stream ended")
 }
 
+/// The sequence a refused resume names as the first it can resume after.
+pub fn resumable_after(refused: &tonic::Status) -> u64 {
+    let m = refused.message();
+    let after = m
+        .split("resume after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no resumable sequence in {m:?}"));
+    after.parse().unwrap()
+}
+
 /// Whether `e` tells the decision for `contact_id`.
 pub fn decides(e: &pb::RoutingEvent, contact_id: &str) -> bool {
     matches!(&e.event, Some(pb::routing_event::Event::Decision(d)) if d.contact_id == contact_id)
