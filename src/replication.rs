@@ -128,9 +128,12 @@ async fn rebuild(
 }
 
 /// Reads the whole log into a new engine: the newest snapshot that loads,
-/// then the records after it up to the stream's last, keeping the events
-/// of the last (at most `retention`; none told at all with 0). Returns the engine, the snapshot's
-/// record and the last applied, the tail after it, and the events kept.
+/// then the records after it up to the stream's last, telling the events
+/// of the last `retention` records only (none with 0) and keeping at most
+/// `retention` of them: a record that told nothing (a refusal) still counts
+/// among those records, so a rebuilt standby may keep fewer events than
+/// one that followed the log. Returns the engine, the snapshot's record
+/// and the last applied, the tail after it, and the events kept.
 async fn read_log(
     nats: &Nats,
     config: &EngineConfig,

@@ -418,7 +418,11 @@ impl Nats {
             )
             .await
             .map_err(|e| nats("snapshot", e))?;
-        let names = self.snapshot_names().await?;
+        let names = self.snapshot_names().await.map_err(|e| {
+            JournalError::Nats(format!(
+                "snapshot {seq} is stored, but older ones are kept and the stream is not purged: {e}"
+            ))
+        })?;
         // Older snapshots are dropped, and the stream purged, only behind a
         // fallback that loads: otherwise an older one may be the last that
         // does.
