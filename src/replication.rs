@@ -168,16 +168,13 @@ async fn read_log(
     }
     let mut tail = nats.tail(base).await?;
     let mut replay = Replay::new(snapshot.loaded.map(|(_, e)| e), config.clone());
-    // Only the last records' events can be kept: the ones before are
-    // applied telling nothing, as a local restart does (telling them would
-    // build wire forms the ring drops at once).
-    let tell_after = last.saturating_sub(retention as u64).max(base);
-    let mut told = Replayed::new(tell_after, retention);
+    // Only the last records' events can be kept, as in a local restart.
+    let mut told = Replayed::reading(base, last, retention);
     let mut applied = base;
     while applied < last {
         let published;
-        (applied, published) =
-            catch_up(&mut tail, &mut replay, applied, applied >= tell_after).await?;
+        let tell = told.tells(applied + 1);
+        (applied, published) = catch_up(&mut tail, &mut replay, applied, tell).await?;
         told.keep(applied, published);
     }
     Ok((replay, base, applied, tail, told))

@@ -194,15 +194,10 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
             let mut records = r.records;
             let first = records.first();
             // Only the last records' events can be retained for watchers
-            // that resume across the restart: the ones before are applied
-            // telling nothing.
-            let tell_after = records
-                .last_present()
-                .saturating_sub(config.event_retention as u64)
-                .max(first - 1);
-            retained = Replayed::new(tell_after, config.event_retention);
+            // that resume across the restart.
+            retained = Replayed::reading(first - 1, records.last_present(), config.event_retention);
             for (seq, (at, command)) in (first..).zip(&mut records) {
-                if seq <= tell_after {
+                if !retained.tells(seq) {
                     replay.apply(at, command).map_err(|_| no_start())?;
                     continue;
                 }
@@ -214,9 +209,9 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
                 retained.keep(seq, told.flatten());
             }
             let end = records.finish(store)?;
-            // A tail cut before the records told: none was, and the ring
-            // starts where the log now ends.
-            if end.last_seq < tell_after {
+            // A tail cut before the first record that tells: none did, and
+            // the ring starts where the log now ends.
+            if !retained.tells(end.last_seq + 1) {
                 retained = Replayed::new(end.last_seq, config.event_retention);
             }
             if let Some((seq, why)) = &end.cut {

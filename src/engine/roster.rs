@@ -233,6 +233,19 @@ impl Members {
             *self.speakers.entry(l).or_default() += 1;
         }
     }
+
+    /// Counts out an agent speaking `languages`.
+    fn remove(&mut self, languages: &[LangId]) {
+        self.agents = self.agents.saturating_sub(1);
+        for l in distinct(languages) {
+            if let Some(n) = self.speakers.get_mut(&l) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.speakers.remove(&l);
+                }
+            }
+        }
+    }
 }
 
 /// Each language of a profile once, in order: a profile may list one twice.
@@ -298,15 +311,7 @@ impl QueuePool {
     /// Counts an agent speaking `languages` out (once it is out of the
     /// free sets). A language every agent left speaks drops its own sets.
     fn leave(&mut self, languages: &[LangId]) {
-        self.members.agents = self.members.agents.saturating_sub(1);
-        for l in distinct(languages) {
-            if let Some(n) = self.members.speakers.get_mut(&l) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
-                    self.members.speakers.remove(&l);
-                }
-            }
-        }
+        self.members.remove(languages);
         let whole: Vec<LangId> = self
             .members
             .speakers

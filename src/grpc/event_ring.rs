@@ -86,6 +86,19 @@ impl Replayed {
         }
     }
 
+    /// For reading back the records after `after` up to `last`: only the
+    /// last `capacity` of them can have their events kept, so only those
+    /// tell ([`Replayed::tells`]); the ones before are applied telling
+    /// nothing.
+    pub fn reading(after: u64, last: u64, capacity: usize) -> Replayed {
+        Replayed::new(last.saturating_sub(capacity as u64).max(after), capacity)
+    }
+
+    /// Whether record `seq`, read next, tells its events.
+    pub fn tells(&self, seq: u64) -> bool {
+        seq > self.after
+    }
+
     /// Keeps record `seq`'s events (none: it told nothing), dropping the
     /// oldest commands' beyond capacity.
     pub fn keep(&mut self, seq: u64, published: Option<Published>) {
