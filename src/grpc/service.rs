@@ -650,6 +650,7 @@ impl pb::routing_service_server::RoutingService for Routing {
             routing: self.clone(),
             id,
         };
+        let since_seq = since.seq;
         self.durable(since).await?;
         let mut stopping = self.stopping.clone();
         let mut role = self.engine.role();
@@ -680,7 +681,7 @@ impl pb::routing_service_server::RoutingService for Routing {
                     return;
                 };
                 match published {
-                    Ok(p) if p.seq >= since.seq => {
+                    Ok(p) if p.seq >= since_seq => {
                         for (event, wire) in &p.assignments {
                             if event.passes(&filter)
                                 && !deliver(&tx, Ok(wire.clone()), &mut stopping).await

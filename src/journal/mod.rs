@@ -34,7 +34,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::engine::Command;
 use crate::model::Time;
@@ -223,11 +223,16 @@ impl Log {
 /// What an answer waits for: its command's sequence number, in the term
 /// (of leadership) it was applied in. A ticket of an ended term is never
 /// honoured, even if the log later holds that many records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Ticket {
     /// The sequence number.
     pub seq: u64,
     term: u64,
+    /// Told by the writer once the command's batch is written and its
+    /// events published; dropped untold if it never will be. Waking only
+    /// the answers of each batch, not every waiting one, keeps the cost of
+    /// a batch independent of how many calls are in flight.
+    done: Option<oneshot::Receiver<()>>,
 }
 
 /// Told once if the writer fails.
@@ -280,6 +285,8 @@ struct Work<T> {
     /// The client that sent it, if one did.
     client: Option<Arc<str>>,
     events: Vec<T>,
+    /// Told once the batch is written and the events published.
+    done: oneshot::Sender<()>,
 }
 
 /// The writer's queue: commands (with the events they decided) in, written
@@ -394,14 +401,20 @@ impl<T: Send + 'static> Journal<T> {
                     if !current {
                         continue;
                     }
+                    let mut done = Vec::with_capacity(batch.len());
                     for work in batch {
                         publish(work.events);
+                        done.push(work.done);
                     }
                     alarm.written.send_modify(|w| {
                         if w.term == term {
                             w.upto = w.upto.max(upto);
                         }
                     });
+                    for answer in done {
+                        // Its caller may have gone away.
+                        let _ = answer.send(());
+                    }
                     // Then, off the answers' path, the shadow.
                     if let Some(shadow) = &snapshots {
                         if !rows.is_empty() && !shadow.feed(rows) {
@@ -465,7 +478,14 @@ impl<T: Send + 'static> Journal<T> {
         };
         let command = command.filter(|_| logged && self.keeps);
         let events = events(seq);
+        let mut ticket = Ticket {
+            seq,
+            term,
+            done: None,
+        };
         if logged || !events.is_empty() {
+            let (done, told) = oneshot::channel();
+            ticket.done = Some(told);
             // The writer lives as long as the process; if it died, `durable`
             // says so.
             let _ = self.tx.send(Work {
@@ -475,9 +495,10 @@ impl<T: Send + 'static> Journal<T> {
                 command,
                 client,
                 events,
+                done,
             });
         }
-        Ticket { seq, term }
+        ticket
     }
 
     /// Opens a new term after `last_seq` (the log's last record, all of
@@ -532,12 +553,20 @@ impl<T: Send + 'static> Journal<T> {
         Ticket {
             seq: self.next.load(Ordering::SeqCst),
             term: self.term.load(Ordering::SeqCst),
+            done: None,
         }
     }
 
     /// Waits until everything up to the ticket's sequence number is
     /// written in its term.
     pub async fn durable(&self, ticket: Ticket) -> Result<(), JournalError> {
+        if let Some(done) = ticket.done
+            && done.await.is_ok()
+        {
+            return Ok(());
+        }
+        // Not told: the watch says why (or, for a ticket of no command of
+        // its own, when).
         let mut written = self.written.clone();
         let w = written
             .wait_for(|w| w.term != ticket.term || w.upto >= ticket.seq || w.failed.is_some())
