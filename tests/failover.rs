@@ -542,6 +542,63 @@ async fn a_deposed_leaders_batch_is_refused_whole_even_where_its_sequence_would_
     assert_eq!(log.last_seq().await.unwrap(), 4);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_sent_before_the_one_before_is_acknowledged_land_in_order_or_fall_with_it() {
+    use careroute::{
+        engine::Command,
+        journal::{JournalError, Nats as Log},
+    };
+    let Some(nats) = Nats::start(1) else { return };
+    let url = nats.urls();
+    let (log, _) = Log::connect(
+        &url,
+        &careroute::journal::NatsSecurity::default(),
+        &cluster_id("in-flight"),
+        1,
+        Duration::from_secs(2),
+        careroute::engine::IdKey([7; 16]),
+    )
+    .await
+    .unwrap();
+    let at = chrono::Utc::now();
+    let record = |seq| (seq, at, Command::Restarted);
+    // A leader sends three batches before confirming any: all land, in
+    // order.
+    let mut old = None;
+    let mut acks = Vec::new();
+    for batch in [vec![record(1)], vec![record(2), record(3)], vec![record(4)]] {
+        acks.push(log.send(&batch, &[], "old", &mut old).await.unwrap());
+    }
+    for a in acks {
+        a.confirm().await.unwrap();
+    }
+    assert_eq!(log.last_seq().await.unwrap(), 4);
+    // A new leader, having read 4, appends 5.
+    let mut new = None;
+    log.append(&[record(5)], &[], "new", &mut new)
+        .await
+        .unwrap();
+    // The deposed leader sends two more batches before confirming either:
+    // the first is fenced, and the second, whose first record would fit
+    // after the new leader's 5, falls with it.
+    let first = log.send(&[record(5)], &[], "old", &mut old).await.unwrap();
+    let second = log
+        .send(&[record(6), record(7)], &[], "old", &mut old)
+        .await
+        .unwrap();
+    let refused = first.confirm().await.unwrap_err();
+    assert!(
+        matches!(refused, JournalError::Fenced { seq: 5 }),
+        "{refused:?}"
+    );
+    let refused = second.confirm().await.unwrap_err();
+    assert!(
+        matches!(refused, JournalError::Fenced { seq: 6 }),
+        "{refused:?}"
+    );
+    assert_eq!(log.last_seq().await.unwrap(), 5);
+}
+
 /// The log on a NATS server that speaks TLS only, verifies its clients'
 /// certificates and admits one NKEY user: careroute given the CA, its
 /// certificate and the seed leads and answers; without any one of them it

@@ -3,8 +3,8 @@
 //! standbys) or, by default, in a SQLite database (WAL) that an operator can read
 //! with `sqlite3` (`SELECT seq, at_us, body FROM commands`; bodies are
 //! JSON, contacts opaque references only). One writer thread appends the
-//! commands in batches (group commit); an answer leaves only once its
-//! command's batch is written, and the events a batch decided are published
+//! commands in batches (group commit; on NATS several batches in flight,
+//! see `writer`); an answer leaves only once its command's batch is written, and the events a batch decided are published
 //! after it, in order. At start the log is read back, checked (sequence and
 //! checksum of every record) and replayed; a torn or corrupt tail is
 //! reported with its position and cut. Without a database (`--no-journal`)
@@ -23,6 +23,7 @@ mod replay;
 mod shadow;
 mod snapshots;
 mod store;
+mod writer;
 
 use std::{
     path::PathBuf,
@@ -31,33 +32,26 @@ use std::{
         atomic::{AtomicU64, Ordering},
         mpsc,
     },
-    time::Duration,
 };
 
 use tokio::sync::{oneshot, watch};
 
 use crate::engine::Command;
 use crate::model::Time;
-pub use nats::{Lease, Nats, NatsSecurity, Tail};
+
+pub use nats::{Acks, Lease, Nats, NatsSecurity, Tail};
 pub use records::{End, Records};
 pub use replay::{NoStart, Replay};
 pub use shadow::{Every, Snapshots};
 pub use snapshots::{Loaded, SNAPSHOT_FILE, SnapshotFile};
 pub use store::{LogReader, Recovered, Store};
+use writer::{Work, Writer, Written};
 
 /// The database file inside the data directory.
 pub const FILE: &str = "careroute.db";
 /// The write-ahead file is truncated to this after a checkpoint (a large
 /// snapshot would otherwise leave it that large).
 const WAL_LIMIT: u64 = 64 << 20;
-/// Records dropped per step of a compaction, between batches.
-const COMPACT_CHUNK: u64 = 4096;
-/// How long the writer waits for commands before the next compaction
-/// step when one is under way.
-const COMPACT_PAUSE: Duration = Duration::from_millis(10);
-/// Most commands written in one batch.
-const MAX_BATCH: usize = 4096;
-
 /// Why the journal cannot be opened, read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -188,14 +182,16 @@ impl Log {
         }))
     }
 
-    fn write(
+    /// Sends a batch: written when it returns (local), or published with
+    /// its acknowledgements to come (NATS).
+    fn send(
         &mut self,
         rows: &[(u64, Time, Command)],
         clients: &[Option<Arc<str>>],
         term: u64,
-    ) -> Result<(), JournalError> {
+    ) -> Result<Sent, JournalError> {
         match self {
-            Log::Local(store) => store.write(rows, clients),
+            Log::Local(store) => store.write(rows, clients).map(|()| Sent::Written),
             Log::Nats(log) => {
                 // A new term starts a new chain.
                 let mut chain = match log.chain.take() {
@@ -203,21 +199,31 @@ impl Log {
                     _ => None,
                 };
                 let name = format!("{:016x}-{term}", log.process);
-                let written = log
+                let sent = log
                     .runtime
-                    .block_on(log.nats.append(rows, clients, &name, &mut chain));
+                    .block_on(log.nats.send(rows, clients, &name, &mut chain));
                 log.chain = chain.map(|id| (term, id));
-                written
+                sent.map(Sent::Acks)
             }
         }
     }
 
-    fn store(&mut self) -> Option<&mut Store> {
-        match self {
-            Log::Local(store) => Some(store),
-            Log::Nats(..) => None,
+    /// Waits until a sent batch is in the log.
+    fn confirm(&self, sent: Sent) -> Result<(), JournalError> {
+        match (self, sent) {
+            (Log::Nats(log), Sent::Acks(acks)) => log.runtime.block_on(acks.confirm()),
+            // Only NATS leaves acknowledgements to come.
+            (_, Sent::Written | Sent::Acks(_)) => Ok(()),
         }
     }
+}
+
+/// A batch sent to the log.
+enum Sent {
+    /// In the log already.
+    Written,
+    /// Published to NATS; in the log once every record is acknowledged.
+    Acks(Acks),
 }
 
 /// What an answer waits for: its command's sequence number, in the term
@@ -233,60 +239,6 @@ pub struct Ticket {
     /// the answers of each batch, not every waiting one, keeps the cost of
     /// a batch independent of how many calls are in flight.
     done: Option<oneshot::Receiver<()>>,
-}
-
-/// Told once if the writer fails.
-type OnFailure = Box<dyn FnOnce(&JournalError) + Send>;
-
-/// Raised once if the writer stops for any reason but the service's own
-/// stop (a failed write, a panic): the failure is told and recorded, so
-/// nobody waits for it and the service stops.
-struct Alarm {
-    failed: Option<OnFailure>,
-    written: watch::Sender<Written>,
-}
-
-impl Alarm {
-    fn disarm(&mut self) {
-        self.failed = None;
-    }
-
-    fn raise(&mut self, e: JournalError) {
-        if let Some(f) = self.failed.take() {
-            f(&e);
-        }
-        self.written.send_modify(|w| w.failed = Some(e.to_string()));
-    }
-}
-
-impl Drop for Alarm {
-    fn drop(&mut self) {
-        if self.failed.is_some() {
-            self.raise(JournalError::Failed("the journal writer stopped".into()));
-        }
-    }
-}
-
-/// How far the writer has got, in which term.
-#[derive(Debug, Clone, Default)]
-struct Written {
-    upto: u64,
-    term: u64,
-    failed: Option<String>,
-}
-
-/// What the writer is given, in order: a command (none: only events) and
-/// the events it decided.
-struct Work<T> {
-    term: u64,
-    seq: u64,
-    at: Time,
-    command: Option<Command>,
-    /// The client that sent it, if one did.
-    client: Option<Arc<str>>,
-    events: Vec<T>,
-    /// Told once the batch is written and the events published.
-    done: oneshot::Sender<()>,
 }
 
 /// The writer's queue: commands (with the events they decided) in, written
@@ -314,134 +266,30 @@ impl<T: Send + 'static> Journal<T> {
         log: Option<Log>,
         last_seq: u64,
         snapshots: Option<Snapshots>,
-        mut publish: impl FnMut(Vec<T>) + Send + 'static,
+        publish: impl FnMut(Vec<T>) + Send + 'static,
         failed: impl FnOnce(&JournalError) + Send + 'static,
     ) -> Arc<Journal<T>> {
         let keeps = log.is_some();
-        let (tx, rx) = mpsc::channel::<Work<T>>();
+        let (tx, queue) = mpsc::channel::<Work<T>>();
         let (written_tx, written) = watch::channel(Written {
             upto: last_seq,
             term: 0,
             failed: None,
         });
         let terms = written_tx.clone();
-        let failed: OnFailure = Box::new(failed);
-        let mut alarm = Alarm {
-            failed: Some(failed),
-            written: written_tx,
-        };
+        let writer = Writer::new(
+            queue,
+            log,
+            snapshots,
+            Box::new(publish),
+            Box::new(failed),
+            written_tx,
+        );
         let spawned = std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || {
-                let mut log = log;
-                // Compaction resumes where the log now starts.
-                let first_kept = match &log {
-                    Some(Log::Local(store)) => store.first_kept(),
-                    _ => 0,
-                };
-                let (mut compacted, mut compact_to) = (first_kept.saturating_sub(1), 0u64);
-                loop {
-                    let first = if compacted < compact_to {
-                        match rx.recv_timeout(COMPACT_PAUSE) {
-                            Ok(w) => Some(w),
-                            Err(mpsc::RecvTimeoutError::Timeout) => None,
-                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                        }
-                    } else {
-                        match rx.recv() {
-                            Ok(w) => Some(w),
-                            Err(_) => break,
-                        }
-                    };
-                    let mut batch: Vec<Work<T>> = first.into_iter().collect();
-                    while !batch.is_empty() && batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(e) => batch.push(e),
-                            Err(_) => break,
-                        }
-                    }
-                    // Work of an ended term is dropped: its answers never
-                    // leave, and the next term starts from the log.
-                    let (term, ended) = {
-                        let w = alarm.written.borrow();
-                        (w.term, w.failed.is_some())
-                    };
-                    batch.retain(|w| w.term == term && !ended);
-                    let (mut rows, mut clients) = (Vec::new(), Vec::new());
-                    let mut upto = 0;
-                    for work in &mut batch {
-                        upto = work.seq;
-                        if let Some(c) = work.command.take() {
-                            rows.push((work.seq, work.at, c));
-                            clients.push(work.client.take());
-                        }
-                    }
-                    if let Some(log) = log.as_mut()
-                        && !rows.is_empty()
-                        && let Err(e) = log.write(&rows, &clients, term)
-                    {
-                        if matches!(log, Log::Local(_)) {
-                            alarm.raise(e);
-                            return;
-                        }
-                        tracing::warn!(error = %e, term, "journal: an append failed; this term ends");
-                        alarm.written.send_modify(|w| {
-                            if w.term == term {
-                                w.failed = Some(e.to_string());
-                            }
-                        });
-                        continue;
-                    }
-                    // Only while its term lasts: a batch of an ended term
-                    // that landed after all is not this term's to answer.
-                    let current = {
-                        let w = alarm.written.borrow();
-                        w.term == term && w.failed.is_none()
-                    };
-                    if !current {
-                        continue;
-                    }
-                    let mut done = Vec::with_capacity(batch.len());
-                    for work in batch {
-                        publish(work.events);
-                        done.push(work.done);
-                    }
-                    alarm.written.send_modify(|w| {
-                        if w.term == term {
-                            w.upto = w.upto.max(upto);
-                        }
-                    });
-                    for answer in done {
-                        // Its caller may have gone away.
-                        let _ = answer.send(());
-                    }
-                    // Then, off the answers' path, the shadow.
-                    if let Some(shadow) = &snapshots {
-                        if !rows.is_empty() && !shadow.feed(rows) {
-                            alarm.raise(JournalError::Failed("the snapshot shadow stopped".into()));
-                            return;
-                        }
-                        while let Ok(to) = shadow.compact.try_recv() {
-                            compact_to = compact_to.max(to);
-                        }
-                    }
-                    if let Some(store) = log.as_mut().and_then(Log::store)
-                        && compacted < compact_to
-                    {
-                        match store.compact(compacted, compact_to, COMPACT_CHUNK) {
-                            Ok(done) => compacted = done,
-                            Err(e) => {
-                                alarm.raise(e);
-                                return;
-                            }
-                        }
-                    }
-                }
-                // Every sender is gone: the service stopped. Not a fault.
-                alarm.disarm();
-            });
+            .spawn(move || writer.run());
         if let Err(e) = spawned {
-            // The closure is dropped with the error, and its alarm raised.
+            // The writer is dropped with the error, and its alarm raised.
             tracing::error!(error = %e, "cannot start the journal writer");
         }
         Arc::new(Journal {

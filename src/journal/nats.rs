@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use async_nats::jetstream::{
     self, Context,
     consumer::{DeliverPolicy, pull::OrderedConfig},
-    context::PublishErrorKind,
+    context::{PublishAckFuture, PublishErrorKind},
     kv,
     message::PublishMessage,
     object_store::{self, ObjectMetadata, ObjectStore},
@@ -574,14 +574,7 @@ impl Nats {
     }
 
     /// Appends `batch` in the term named `term` (unique to this process and
-    /// term). `chain` is the id of the term's last record (none at its
-    /// start): the term's first record is accepted only if the stream's last
-    /// sequence is the one before it, and every later record only if the
-    /// stream's last message is this term's record before it. So once
-    /// another leader's record is in between, nothing more of this term is
-    /// accepted, even a record whose sequence would fit. The publishes are
-    /// pipelined, then every acknowledgement awaited; any failure fails the
-    /// batch (and ends the term).
+    /// term): [`Nats::send`], then [`Acks::confirm`].
     pub async fn append(
         &self,
         batch: &[(u64, Time, Command)],
@@ -589,6 +582,28 @@ impl Nats {
         term: &str,
         chain: &mut Option<String>,
     ) -> Result<(), JournalError> {
+        self.send(batch, clients, term, chain)
+            .await?
+            .confirm()
+            .await
+    }
+
+    /// Publishes `batch` in the term named `term` (unique to this process
+    /// and term), returning the acknowledgements to come. `chain` is the id
+    /// of the term's last record sent (none at its start): the term's first
+    /// record is accepted only if the stream's last sequence is the one
+    /// before it, and every later record only if the stream's last message
+    /// is this term's record before it. So once another leader's record is
+    /// in between, nothing more of this term is accepted, even a record
+    /// whose sequence would fit; and a batch sent before the one before it
+    /// is acknowledged is accepted only after all of that one.
+    pub async fn send(
+        &self,
+        batch: &[(u64, Time, Command)],
+        clients: &[Option<std::sync::Arc<str>>],
+        term: &str,
+        chain: &mut Option<String>,
+    ) -> Result<Acks, JournalError> {
         let mut acks = Vec::with_capacity(batch.len());
         for (i, (seq, at, command)) in batch.iter().enumerate() {
             let body =
@@ -613,7 +628,18 @@ impl Nats {
                 .map_err(|e| append_error(*seq, e.kind(), e))?;
             acks.push((*seq, ack));
         }
-        for (seq, ack) in acks {
+        Ok(Acks(acks))
+    }
+}
+
+/// A batch's acknowledgements to come, one per record.
+pub struct Acks(Vec<(u64, PublishAckFuture)>);
+
+impl Acks {
+    /// Waits for every record to be acknowledged at its own sequence
+    /// number; any failure fails the batch (and ends the term).
+    pub async fn confirm(self) -> Result<(), JournalError> {
+        for (seq, ack) in self.0 {
             let ack = ack.await.map_err(|e| append_error(seq, e.kind(), e))?;
             if ack.sequence != seq || ack.duplicate {
                 return Err(JournalError::Fenced { seq });

@@ -1,0 +1,333 @@
+//! The writer thread: takes the commands the serving threads queued, in
+//! order, appends them to the log in batches (group commit), and once a
+//! batch is in the log publishes its events and lets its answers leave;
+//! between batches it steps a compaction along. On NATS a batch is sent
+//! before the one before it is acknowledged (up to [`MAX_IN_FLIGHT`]), so
+//! the round trip is not paid once per batch; each is answered only once it
+//! and every batch before it are acknowledged.
+
+use std::{
+    collections::VecDeque,
+    sync::{Arc, mpsc},
+    time::Duration,
+};
+
+use tokio::sync::{oneshot, watch};
+
+use super::{JournalError, Log, Sent, Snapshots};
+use crate::engine::Command;
+use crate::model::Time;
+
+/// Records dropped per step of a compaction, between batches.
+const COMPACT_CHUNK: u64 = 4096;
+/// How long the writer waits for commands before the next compaction
+/// step when one is under way.
+const COMPACT_PAUSE: Duration = Duration::from_millis(10);
+/// Most commands written in one batch.
+const MAX_BATCH: usize = 4096;
+/// Most batches sent to NATS and not yet acknowledged.
+const MAX_IN_FLIGHT: usize = 5;
+
+/// Told once if the writer fails.
+pub(super) type OnFailure = Box<dyn FnOnce(&JournalError) + Send>;
+
+/// How far the writer has got, in which term.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Written {
+    pub(super) upto: u64,
+    pub(super) term: u64,
+    pub(super) failed: Option<String>,
+}
+
+/// What the writer is given, in order: a command (none: only events) and
+/// the events it decided.
+pub(super) struct Work<T> {
+    pub(super) term: u64,
+    pub(super) seq: u64,
+    pub(super) at: Time,
+    pub(super) command: Option<Command>,
+    /// The client that sent it, if one did.
+    pub(super) client: Option<Arc<str>>,
+    pub(super) events: Vec<T>,
+    /// Told once the batch is written and the events published.
+    pub(super) done: oneshot::Sender<()>,
+}
+
+/// Raised once if the writer stops for any reason but the service's own
+/// stop (a failed write, a panic): the failure is told and recorded, so
+/// nobody waits for it and the service stops.
+struct Alarm {
+    failed: Option<OnFailure>,
+    written: watch::Sender<Written>,
+}
+
+impl Alarm {
+    fn raise(&mut self, e: JournalError) {
+        if let Some(f) = self.failed.take() {
+            f(&e);
+        }
+        self.written.send_modify(|w| w.failed = Some(e.to_string()));
+    }
+}
+
+impl Drop for Alarm {
+    fn drop(&mut self) {
+        if self.failed.is_some() {
+            self.raise(JournalError::Failed("the journal writer stopped".into()));
+        }
+    }
+}
+
+/// A batch sent to the log, not yet answered.
+struct Flight<T> {
+    term: u64,
+    /// Its last sequence number.
+    upto: u64,
+    work: Vec<Work<T>>,
+    rows: Vec<(u64, Time, Command)>,
+    sent: Sent,
+}
+
+/// The queue closed: the service stopped.
+struct Closed;
+
+/// The writer thread's state.
+pub(super) struct Writer<T> {
+    queue: mpsc::Receiver<Work<T>>,
+    log: Option<Log>,
+    snapshots: Option<Snapshots>,
+    publish: Box<dyn FnMut(Vec<T>) + Send>,
+    alarm: Alarm,
+    /// The log is compacted up to here, and is to be up to `compact_to`.
+    compacted: u64,
+    compact_to: u64,
+    in_flight: VecDeque<Flight<T>>,
+}
+
+impl<T> Writer<T> {
+    /// A writer of what `queue` brings to `log` (none: only publishes),
+    /// feeding `snapshots`; `failed` is told once if it stops, and
+    /// `written` says how far it got.
+    pub(super) fn new(
+        queue: mpsc::Receiver<Work<T>>,
+        log: Option<Log>,
+        snapshots: Option<Snapshots>,
+        publish: Box<dyn FnMut(Vec<T>) + Send>,
+        failed: OnFailure,
+        written: watch::Sender<Written>,
+    ) -> Writer<T> {
+        // Compaction resumes where the log now starts.
+        let first_kept = match &log {
+            Some(Log::Local(store)) => store.first_kept(),
+            _ => 0,
+        };
+        Writer {
+            queue,
+            log,
+            snapshots,
+            publish,
+            alarm: Alarm {
+                failed: Some(failed),
+                written,
+            },
+            compacted: first_kept.saturating_sub(1),
+            compact_to: 0,
+            in_flight: VecDeque::new(),
+        }
+    }
+
+    /// Writes until the queue closes (the service stopped: what was queued
+    /// is written first) or a local write fails.
+    pub(super) fn run(mut self) {
+        loop {
+            let batch = match self.take() {
+                Ok(batch) => batch,
+                Err(Closed) => break,
+            };
+            let idle = batch.is_empty();
+            if !idle && self.send(batch).is_err() {
+                return;
+            }
+            // The oldest batch is answered once written (at once for a
+            // local write); one in flight, once nothing more is queued to
+            // send first, or once too many are in flight.
+            let answer = self.in_flight.front().is_some_and(|f| {
+                matches!(f.sent, Sent::Written) || idle || self.in_flight.len() >= MAX_IN_FLIGHT
+            });
+            if answer && self.answer_oldest().is_err() {
+                return;
+            }
+            if self.compact_step().is_err() {
+                return;
+            }
+        }
+        while !self.in_flight.is_empty() {
+            if self.answer_oldest().is_err() {
+                return;
+            }
+        }
+        // Every sender is gone: the service stopped. Not a fault.
+        self.alarm.failed = None;
+    }
+
+    /// What is queued, up to [`MAX_BATCH`]. Waits for some only when
+    /// nothing is in flight, and then at most [`COMPACT_PAUSE`] while a
+    /// compaction is under way.
+    fn take(&mut self) -> Result<Vec<Work<T>>, Closed> {
+        let first = if !self.in_flight.is_empty() {
+            match self.queue.try_recv() {
+                Ok(w) => Some(w),
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) => return Err(Closed),
+            }
+        } else if self.compacted < self.compact_to {
+            match self.queue.recv_timeout(COMPACT_PAUSE) {
+                Ok(w) => Some(w),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return Err(Closed),
+            }
+        } else {
+            Some(self.queue.recv().map_err(|_| Closed)?)
+        };
+        let mut batch: Vec<Work<T>> = first.into_iter().collect();
+        while !batch.is_empty() && batch.len() < MAX_BATCH {
+            match self.queue.try_recv() {
+                Ok(w) => batch.push(w),
+                Err(_) => break,
+            }
+        }
+        Ok(batch)
+    }
+
+    /// Sends `batch` to the log. `Err` once the writer has stopped.
+    fn send(&mut self, mut batch: Vec<Work<T>>) -> Result<(), Closed> {
+        // Work of an ended term is dropped: its answers never leave, and
+        // the next term starts from the log.
+        let (term, ended) = {
+            let w = self.alarm.written.borrow();
+            (w.term, w.failed.is_some())
+        };
+        batch.retain(|w| w.term == term && !ended);
+        let Some(upto) = batch.last().map(|w| w.seq) else {
+            return Ok(());
+        };
+        let (mut rows, mut clients) = (Vec::new(), Vec::new());
+        for work in &mut batch {
+            if let Some(c) = work.command.take() {
+                rows.push((work.seq, work.at, c));
+                clients.push(work.client.take());
+            }
+        }
+        let sent = match self.log.as_mut() {
+            Some(log) if !rows.is_empty() => log.send(&rows, &clients, term),
+            _ => Ok(Sent::Written),
+        };
+        match sent {
+            Ok(sent) => {
+                self.in_flight.push_back(Flight {
+                    term,
+                    upto,
+                    work: batch,
+                    rows,
+                    sent,
+                });
+                Ok(())
+            }
+            Err(e) => self.failed(e, term),
+        }
+    }
+
+    /// Waits for the oldest batch in flight to be in the log, then
+    /// publishes its events and lets its answers leave. `Err` once the
+    /// writer has stopped.
+    fn answer_oldest(&mut self) -> Result<(), Closed> {
+        let Some(flight) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let Flight {
+            term,
+            upto,
+            work,
+            rows,
+            sent,
+        } = flight;
+        if let Some(log) = &self.log
+            && let Err(e) = log.confirm(sent)
+        {
+            return self.failed(e, term);
+        }
+        // Only while its term lasts: a batch of an ended term that landed
+        // after all is not this term's to answer.
+        let current = {
+            let w = self.alarm.written.borrow();
+            w.term == term && w.failed.is_none()
+        };
+        if !current {
+            return Ok(());
+        }
+        let mut answers = Vec::with_capacity(work.len());
+        for w in work {
+            (self.publish)(w.events);
+            answers.push(w.done);
+        }
+        self.alarm.written.send_modify(|w| {
+            if w.term == term {
+                w.upto = w.upto.max(upto);
+            }
+        });
+        for answer in answers {
+            // Its caller may have gone away.
+            let _ = answer.send(());
+        }
+        // Then, off the answers' path, the shadow.
+        if let Some(shadow) = &self.snapshots {
+            if !rows.is_empty() && !shadow.feed(rows) {
+                self.alarm
+                    .raise(JournalError::Failed("the snapshot shadow stopped".into()));
+                return Err(Closed);
+            }
+            while let Ok(to) = shadow.compact.try_recv() {
+                self.compact_to = self.compact_to.max(to);
+            }
+        }
+        Ok(())
+    }
+
+    /// A write that failed in `term`: a local one stops the writer (`Err`);
+    /// on NATS the term ends, with everything of it in flight unanswered.
+    fn failed(&mut self, e: JournalError, term: u64) -> Result<(), Closed> {
+        if matches!(self.log, Some(Log::Local(_))) {
+            self.alarm.raise(e);
+            return Err(Closed);
+        }
+        tracing::warn!(error = %e, term, "journal: an append failed; this term ends");
+        self.alarm.written.send_modify(|w| {
+            if w.term == term {
+                w.failed = Some(e.to_string());
+            }
+        });
+        self.in_flight.retain(|f| f.term != term);
+        Ok(())
+    }
+
+    /// One step of a compaction under way (a small transaction, so appends
+    /// never wait long). `Err` once the writer has stopped.
+    fn compact_step(&mut self) -> Result<(), Closed> {
+        if self.compacted >= self.compact_to {
+            return Ok(());
+        }
+        let Some(Log::Local(store)) = self.log.as_mut() else {
+            return Ok(());
+        };
+        match store.compact(self.compacted, self.compact_to, COMPACT_CHUNK) {
+            Ok(done) => {
+                self.compacted = done;
+                Ok(())
+            }
+            Err(e) => {
+                self.alarm.raise(e);
+                Err(Closed)
+            }
+        }
+    }
+}
