@@ -542,20 +542,31 @@ async fn a_deposed_leaders_batch_is_refused_whole_even_where_its_sequence_would_
     assert_eq!(log.last_seq().await.unwrap(), 4);
 }
 
+/// The writer's batches in flight, on one server and on a cluster of three
+/// (R3): sent before the one before is acknowledged, they land in order;
+/// chained to one that is refused, they are refused with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_sent_before_the_one_before_is_acknowledged_land_in_order_or_fall_with_it() {
+    for replicas in [1, 3] {
+        batches_in_flight(replicas).await;
+    }
+}
+
+async fn batches_in_flight(replicas: usize) {
     use careroute::{
         engine::Command,
         journal::{JournalError, Nats as Log},
     };
-    let Some(nats) = Nats::start(1) else { return };
+    let Some(nats) = Nats::start(replicas) else {
+        return;
+    };
     let url = nats.urls();
     let (log, _) = Log::connect(
         &url,
         &careroute::journal::NatsSecurity::default(),
-        &cluster_id("in-flight"),
-        1,
-        Duration::from_secs(2),
+        &cluster_id(&format!("in-flight-r{replicas}")),
+        replicas,
+        Duration::from_secs(5),
         careroute::engine::IdKey([7; 16]),
     )
     .await
@@ -572,7 +583,7 @@ async fn batches_sent_before_the_one_before_is_acknowledged_land_in_order_or_fal
     for a in acks {
         a.confirm().await.unwrap();
     }
-    assert_eq!(log.last_seq().await.unwrap(), 4);
+    assert_eq!(log.last_seq().await.unwrap(), 4, "R{replicas}");
     // A new leader, having read 4, appends 5.
     let mut new = None;
     log.append(&[record(5)], &[], "new", &mut new)
@@ -589,14 +600,56 @@ async fn batches_sent_before_the_one_before_is_acknowledged_land_in_order_or_fal
     let refused = first.confirm().await.unwrap_err();
     assert!(
         matches!(refused, JournalError::Fenced { seq: 5 }),
-        "{refused:?}"
+        "R{replicas}: {refused:?}"
     );
     let refused = second.confirm().await.unwrap_err();
     assert!(
         matches!(refused, JournalError::Fenced { seq: 6 }),
-        "{refused:?}"
+        "R{replicas}: {refused:?}"
     );
-    assert_eq!(log.last_seq().await.unwrap(), 5);
+    assert_eq!(log.last_seq().await.unwrap(), 5, "R{replicas}");
+}
+
+/// More records queued at once than the NATS client lets be unacknowledged
+/// (5,000): the writer confirms what is in flight before it sends more,
+/// rather than wait for a slot that only its own confirming can free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_more_records_than_nats_lets_be_unacknowledged_is_written_whole() {
+    use careroute::{
+        engine::Command,
+        journal::{Journal, Log, Nats as Stream},
+    };
+    const BURST: u64 = 12_000;
+    let Some(nats) = Nats::start(1) else { return };
+    let (stream, _) = Stream::connect(
+        &nats.urls(),
+        &careroute::journal::NatsSecurity::default(),
+        &cluster_id("burst"),
+        1,
+        Duration::from_secs(5),
+        careroute::engine::IdKey([7; 16]),
+    )
+    .await
+    .unwrap();
+    let journal = Journal::<()>::start(
+        Some(Log::nats(stream.clone(), tokio::runtime::Handle::current())),
+        0,
+        None,
+        |_| {},
+        |_| {},
+    );
+    let at = chrono::Utc::now();
+    let mut last = None;
+    for _ in 0..BURST {
+        last = Some(journal.append(at, true, Some(Command::Restarted), None, |_| Vec::new()));
+    }
+    let last = last.unwrap();
+    assert_eq!(last.seq, BURST);
+    let written = tokio::time::timeout(Duration::from_secs(60), journal.durable(last))
+        .await
+        .expect("the writer hung with a burst in flight");
+    written.unwrap();
+    assert_eq!(stream.last_seq().await.unwrap(), BURST);
 }
 
 /// The log on a NATS server that speaks TLS only, verifies its clients'

@@ -4,8 +4,9 @@
 //! with `sqlite3` (`SELECT seq, at_us, body FROM commands`; bodies are
 //! JSON, contacts opaque references only). One writer thread appends the
 //! commands in batches (group commit; on NATS several batches in flight,
-//! see `writer`); an answer leaves only once its command's batch is written, and the events a batch decided are published
-//! after it, in order. At start the log is read back, checked (sequence and
+//! see `writer`); an answer leaves only once its command's batch, and every
+//! batch before it, is in the log, and the events a batch decided are
+//! published after it, in order. At start the log is read back, checked (sequence and
 //! checksum of every record) and replayed; a torn or corrupt tail is
 //! reported with its position and cut. Without a database (`--no-journal`)
 //! the same thread only publishes.
@@ -52,6 +53,7 @@ pub const FILE: &str = "careroute.db";
 /// The write-ahead file is truncated to this after a checkpoint (a large
 /// snapshot would otherwise leave it that large).
 const WAL_LIMIT: u64 = 64 << 20;
+
 /// Why the journal cannot be opened, read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -211,9 +213,14 @@ impl Log {
     /// Waits until a sent batch is in the log.
     fn confirm(&self, sent: Sent) -> Result<(), JournalError> {
         match (self, sent) {
+            (_, Sent::Written) => Ok(()),
             (Log::Nats(log), Sent::Acks(acks)) => log.runtime.block_on(acks.confirm()),
-            // Only NATS leaves acknowledgements to come.
-            (_, Sent::Written | Sent::Acks(_)) => Ok(()),
+            // A local write is done when it returns: it never leaves
+            // acknowledgements to come.
+            (Log::Local(store), Sent::Acks(_)) => Err(JournalError::Failed(format!(
+                "{}: a local write left acknowledgements to come",
+                store.file().display()
+            ))),
         }
     }
 }

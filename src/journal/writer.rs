@@ -1,4 +1,5 @@
-//! The writer thread: takes the commands the serving threads queued, in
+//! The writer thread, and nothing of the wire or the engine's workings:
+//! takes the commands the serving threads queued, in
 //! order, appends them to the log in batches (group commit), and once a
 //! batch is in the log publishes its events and lets its answers leave;
 //! between batches it steps a compaction along. On NATS a batch is sent
@@ -27,6 +28,10 @@ const COMPACT_PAUSE: Duration = Duration::from_millis(10);
 const MAX_BATCH: usize = 4096;
 /// Most batches sent to NATS and not yet acknowledged.
 const MAX_IN_FLIGHT: usize = 5;
+/// Most records sent to NATS and not yet acknowledged: under the client's
+/// own bound (`max_ack_inflight`, 5,000), past which a publish would wait
+/// for a slot that only this thread, by confirming, can free.
+const MAX_RECORDS_IN_FLIGHT: usize = MAX_BATCH;
 
 /// Told once if the writer fails.
 pub(super) type OnFailure = Box<dyn FnOnce(&JournalError) + Send>;
@@ -49,7 +54,8 @@ pub(super) struct Work<T> {
     /// The client that sent it, if one did.
     pub(super) client: Option<Arc<str>>,
     pub(super) events: Vec<T>,
-    /// Told once the batch is written and the events published.
+    /// Told once the batch, and every batch before it, is in the log and
+    /// the events are published.
     pub(super) done: oneshot::Sender<()>,
 }
 
@@ -86,6 +92,13 @@ struct Flight<T> {
     work: Vec<Work<T>>,
     rows: Vec<(u64, Time, Command)>,
     sent: Sent,
+}
+
+impl<T> Flight<T> {
+    /// Whether it waits for acknowledgements.
+    fn acks_to_come(&self) -> bool {
+        matches!(self.sent, Sent::Acks(_))
+    }
 }
 
 /// The queue closed: the service stopped.
@@ -137,7 +150,7 @@ impl<T> Writer<T> {
     }
 
     /// Writes until the queue closes (the service stopped: what was queued
-    /// is written first) or a local write fails.
+    /// is written first), a local write fails or the snapshot shadow stops.
     pub(super) fn run(mut self) {
         loop {
             let batch = match self.take() {
@@ -145,6 +158,14 @@ impl<T> Writer<T> {
                 Err(Closed) => break,
             };
             let idle = batch.is_empty();
+            // Room for the batch's records among those in flight first.
+            while !self.in_flight.is_empty()
+                && self.records_in_flight() + batch.len() > MAX_RECORDS_IN_FLIGHT
+            {
+                if self.answer_oldest().is_err() {
+                    return;
+                }
+            }
             if !idle && self.send(batch).is_err() {
                 return;
             }
@@ -152,7 +173,7 @@ impl<T> Writer<T> {
             // local write); one in flight, once nothing more is queued to
             // send first, or once too many are in flight.
             let answer = self.in_flight.front().is_some_and(|f| {
-                matches!(f.sent, Sent::Written) || idle || self.in_flight.len() >= MAX_IN_FLIGHT
+                !f.acks_to_come() || idle || self.in_flight.len() >= MAX_IN_FLIGHT
             });
             if answer && self.answer_oldest().is_err() {
                 return;
@@ -168,6 +189,15 @@ impl<T> Writer<T> {
         }
         // Every sender is gone: the service stopped. Not a fault.
         self.alarm.failed = None;
+    }
+
+    /// Records sent and not yet acknowledged.
+    fn records_in_flight(&self) -> usize {
+        self.in_flight
+            .iter()
+            .filter(|f| f.acks_to_come())
+            .map(|f| f.rows.len())
+            .sum()
     }
 
     /// What is queued, up to [`MAX_BATCH`]. Waits for some only when
@@ -280,15 +310,13 @@ impl<T> Writer<T> {
             let _ = answer.send(());
         }
         // Then, off the answers' path, the shadow.
-        if let Some(shadow) = &self.snapshots {
-            if !rows.is_empty() && !shadow.feed(rows) {
-                self.alarm
-                    .raise(JournalError::Failed("the snapshot shadow stopped".into()));
-                return Err(Closed);
-            }
-            while let Ok(to) = shadow.compact.try_recv() {
-                self.compact_to = self.compact_to.max(to);
-            }
+        if let Some(shadow) = &self.snapshots
+            && !rows.is_empty()
+            && !shadow.feed(rows)
+        {
+            self.alarm
+                .raise(JournalError::Failed("the snapshot shadow stopped".into()));
+            return Err(Closed);
         }
         Ok(())
     }
@@ -313,6 +341,12 @@ impl<T> Writer<T> {
     /// One step of a compaction under way (a small transaction, so appends
     /// never wait long). `Err` once the writer has stopped.
     fn compact_step(&mut self) -> Result<(), Closed> {
+        // How far the newest snapshot lets the log go.
+        if let Some(shadow) = &self.snapshots {
+            while let Ok(to) = shadow.compact.try_recv() {
+                self.compact_to = self.compact_to.max(to);
+            }
+        }
         if self.compacted >= self.compact_to {
             return Ok(());
         }
