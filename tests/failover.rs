@@ -64,6 +64,22 @@ fn cluster_id(test: &str) -> String {
     format!("{test}-{}", std::process::id())
 }
 
+/// The log of the test's cluster id `name` on `nats`, opened as a leader's
+/// writer opens it.
+async fn stream(nats: &Nats, name: &str, replicas: usize) -> careroute::journal::Nats {
+    let (log, _) = careroute::journal::Nats::connect(
+        &nats.urls(),
+        &careroute::journal::NatsSecurity::default(),
+        &cluster_id(name),
+        replicas,
+        Duration::from_secs(5),
+        careroute::engine::IdKey([7; 16]),
+    )
+    .await
+    .unwrap();
+    log
+}
+
 /// Routes `id` with its own id as request id.
 async fn route(
     c: &mut RoutingServiceClient<Channel>,
@@ -497,22 +513,9 @@ async fn with_nats_unreachable_the_leader_answers_nothing_and_resumes_by_itself(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_leaders_batch_is_refused_whole_even_where_its_sequence_would_fit() {
-    use careroute::{
-        engine::Command,
-        journal::{JournalError, Nats as Log},
-    };
+    use careroute::{engine::Command, journal::JournalError};
     let Some(nats) = Nats::start(1) else { return };
-    let url = nats.urls();
-    let (log, _) = Log::connect(
-        &url,
-        &careroute::journal::NatsSecurity::default(),
-        &cluster_id("fence"),
-        1,
-        Duration::from_secs(2),
-        careroute::engine::IdKey([7; 16]),
-    )
-    .await
-    .unwrap();
+    let log = stream(&nats, "fence", 1).await;
     let at = chrono::Utc::now();
     let record = |seq| (seq, at, Command::Restarted);
     // The old leader appends 1 and 2; a new leader, having read 2, appends 3.
@@ -553,24 +556,11 @@ async fn batches_sent_before_the_one_before_is_acknowledged_land_in_order_or_fal
 }
 
 async fn batches_in_flight(replicas: usize) {
-    use careroute::{
-        engine::Command,
-        journal::{JournalError, Nats as Log},
-    };
+    use careroute::{engine::Command, journal::JournalError};
     let Some(nats) = Nats::start(replicas) else {
         return;
     };
-    let url = nats.urls();
-    let (log, _) = Log::connect(
-        &url,
-        &careroute::journal::NatsSecurity::default(),
-        &cluster_id(&format!("in-flight-r{replicas}")),
-        replicas,
-        Duration::from_secs(5),
-        careroute::engine::IdKey([7; 16]),
-    )
-    .await
-    .unwrap();
+    let log = stream(&nats, &format!("in-flight-r{replicas}"), replicas).await;
     let at = chrono::Utc::now();
     let record = |seq| (seq, at, Command::Restarted);
     // A leader sends three batches before confirming any: all land, in
@@ -617,22 +607,13 @@ async fn batches_in_flight(replicas: usize) {
 async fn a_burst_of_more_records_than_nats_lets_be_unacknowledged_is_written_whole() {
     use careroute::{
         engine::Command,
-        journal::{Journal, Log, Nats as Stream},
+        journal::{Journal, Log},
     };
     const BURST: u64 = 12_000;
     let Some(nats) = Nats::start(1) else { return };
-    let (stream, _) = Stream::connect(
-        &nats.urls(),
-        &careroute::journal::NatsSecurity::default(),
-        &cluster_id("burst"),
-        1,
-        Duration::from_secs(5),
-        careroute::engine::IdKey([7; 16]),
-    )
-    .await
-    .unwrap();
+    let log = stream(&nats, "burst", 1).await;
     let journal = Journal::<()>::start(
-        Some(Log::nats(stream.clone(), tokio::runtime::Handle::current())),
+        Some(Log::nats(log.clone(), tokio::runtime::Handle::current())),
         0,
         None,
         |_| {},
@@ -649,7 +630,7 @@ async fn a_burst_of_more_records_than_nats_lets_be_unacknowledged_is_written_who
         .await
         .expect("the writer hung with a burst in flight");
     written.unwrap();
-    assert_eq!(stream.last_seq().await.unwrap(), BURST);
+    assert_eq!(log.last_seq().await.unwrap(), BURST);
 }
 
 /// The log on a NATS server that speaks TLS only, verifies its clients'
