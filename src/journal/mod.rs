@@ -6,10 +6,10 @@
 //! commands in batches (group commit; on NATS several batches in flight,
 //! see `writer`); an answer leaves only once its command's batch, and every
 //! batch before it, is in the log, and the events a batch decided are
-//! published after it, in order. At start the log is read back, checked (sequence and
-//! checksum of every record) and replayed; a torn or corrupt tail is
-//! reported with its position and cut. Without a database (`--no-journal`)
-//! the same thread only publishes.
+//! published after it, in order. At start the log is read back, checked
+//! (sequence and checksum of every record) and replayed; a torn or corrupt
+//! tail is reported with its position and cut. Without a database
+//! (`--no-journal`) the same thread only publishes.
 //!
 //! Snapshots (see `snapshots` and `shadow`): the engine's whole state at a
 //! sequence number, taken from a copy of the engine kept current off the
@@ -205,22 +205,9 @@ impl Log {
                     .runtime
                     .block_on(log.nats.send(rows, clients, &name, &mut chain));
                 log.chain = chain.map(|id| (term, id));
-                sent.map(Sent::Acks)
+                let runtime = log.runtime.clone();
+                sent.map(|acks| Sent::Acks(acks, runtime))
             }
-        }
-    }
-
-    /// Waits until a sent batch is in the log.
-    fn confirm(&self, sent: Sent) -> Result<(), JournalError> {
-        match (self, sent) {
-            (_, Sent::Written) => Ok(()),
-            (Log::Nats(log), Sent::Acks(acks)) => log.runtime.block_on(acks.confirm()),
-            // A local write is done when it returns: it never leaves
-            // acknowledgements to come.
-            (Log::Local(store), Sent::Acks(_)) => Err(JournalError::Failed(format!(
-                "{}: a local write left acknowledgements to come",
-                store.file().display()
-            ))),
         }
     }
 }
@@ -229,8 +216,19 @@ impl Log {
 enum Sent {
     /// In the log already.
     Written,
-    /// Published to NATS; in the log once every record is acknowledged.
-    Acks(Acks),
+    /// Published to NATS (whose client the runtime drives); in the log once
+    /// every record is acknowledged.
+    Acks(Acks, tokio::runtime::Handle),
+}
+
+impl Sent {
+    /// Waits until the batch is in the log.
+    fn confirm(self) -> Result<(), JournalError> {
+        match self {
+            Sent::Written => Ok(()),
+            Sent::Acks(acks, runtime) => runtime.block_on(acks.confirm()),
+        }
+    }
 }
 
 /// What an answer waits for: its command's sequence number, in the term
@@ -241,8 +239,8 @@ pub struct Ticket {
     /// The sequence number.
     pub seq: u64,
     term: u64,
-    /// Told by the writer once the command's batch is written and its
-    /// events published; dropped untold if it never will be. Waking only
+    /// Told by the writer once the command's batch, and every batch before
+    /// it, is in the log and its events are published; dropped untold if it never will be. Waking only
     /// the answers of each batch, not every waiting one, keeps the cost of
     /// a batch independent of how many calls are in flight.
     done: Option<oneshot::Receiver<()>>,

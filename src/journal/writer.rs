@@ -1,8 +1,8 @@
-//! The writer thread, and nothing of the wire or the engine's workings:
-//! takes the commands the serving threads queued, in
-//! order, appends them to the log in batches (group commit), and once a
-//! batch is in the log publishes its events and lets its answers leave;
-//! between batches it steps a compaction along. On NATS a batch is sent
+//! The writer thread, and nothing of the wire or the engine's workings: it
+//! takes the commands the serving threads queued, in order, appends them to
+//! the log in batches (group commit), and once a batch is in the log
+//! publishes its events and lets its answers leave; between batches it
+//! steps a compaction along. On NATS a batch is sent
 //! before the one before it is acknowledged (up to [`MAX_IN_FLIGHT`]), so
 //! the round trip is not paid once per batch; each is answered only once it
 //! and every batch before it are acknowledged.
@@ -97,12 +97,15 @@ struct Flight<T> {
 impl<T> Flight<T> {
     /// Whether it waits for acknowledgements.
     fn acks_to_come(&self) -> bool {
-        matches!(self.sent, Sent::Acks(_))
+        matches!(self.sent, Sent::Acks(..))
     }
 }
 
 /// The queue closed: the service stopped.
 struct Closed;
+
+/// The writer stopped for good (its alarm raised): nothing more is written.
+struct Stopped;
 
 /// The writer thread's state.
 pub(super) struct Writer<T> {
@@ -230,7 +233,7 @@ impl<T> Writer<T> {
     }
 
     /// Sends `batch` to the log. `Err` once the writer has stopped.
-    fn send(&mut self, mut batch: Vec<Work<T>>) -> Result<(), Closed> {
+    fn send(&mut self, mut batch: Vec<Work<T>>) -> Result<(), Stopped> {
         // Work of an ended term is dropped: its answers never leave, and
         // the next term starts from the log.
         let (term, ended) = {
@@ -270,7 +273,7 @@ impl<T> Writer<T> {
     /// Waits for the oldest batch in flight to be in the log, then
     /// publishes its events and lets its answers leave. `Err` once the
     /// writer has stopped.
-    fn answer_oldest(&mut self) -> Result<(), Closed> {
+    fn answer_oldest(&mut self) -> Result<(), Stopped> {
         let Some(flight) = self.in_flight.pop_front() else {
             return Ok(());
         };
@@ -281,9 +284,7 @@ impl<T> Writer<T> {
             rows,
             sent,
         } = flight;
-        if let Some(log) = &self.log
-            && let Err(e) = log.confirm(sent)
-        {
+        if let Err(e) = sent.confirm() {
             return self.failed(e, term);
         }
         // Only while its term lasts: a batch of an ended term that landed
@@ -316,17 +317,17 @@ impl<T> Writer<T> {
         {
             self.alarm
                 .raise(JournalError::Failed("the snapshot shadow stopped".into()));
-            return Err(Closed);
+            return Err(Stopped);
         }
         Ok(())
     }
 
     /// A write that failed in `term`: a local one stops the writer (`Err`);
     /// on NATS the term ends, with everything of it in flight unanswered.
-    fn failed(&mut self, e: JournalError, term: u64) -> Result<(), Closed> {
+    fn failed(&mut self, e: JournalError, term: u64) -> Result<(), Stopped> {
         if matches!(self.log, Some(Log::Local(_))) {
             self.alarm.raise(e);
-            return Err(Closed);
+            return Err(Stopped);
         }
         tracing::warn!(error = %e, term, "journal: an append failed; this term ends");
         self.alarm.written.send_modify(|w| {
@@ -340,7 +341,7 @@ impl<T> Writer<T> {
 
     /// One step of a compaction under way (a small transaction, so appends
     /// never wait long). `Err` once the writer has stopped.
-    fn compact_step(&mut self) -> Result<(), Closed> {
+    fn compact_step(&mut self) -> Result<(), Stopped> {
         // How far the newest snapshot lets the log go.
         if let Some(shadow) = &self.snapshots {
             while let Ok(to) = shadow.compact.try_recv() {
@@ -360,7 +361,7 @@ impl<T> Writer<T> {
             }
             Err(e) => {
                 self.alarm.raise(e);
-                Err(Closed)
+                Err(Stopped)
             }
         }
     }
