@@ -213,7 +213,9 @@ fn time(at: Time) -> String {
 }
 
 /// Writes the records `from..=to` of the log `source` to `out`, one JSON
-/// object per line; with `outcomes`, each with what it decided.
+/// object per line; with `outcomes`, each with what it decided, up to a
+/// record that did not come or cannot be read (the ones after it say so,
+/// rather than show outcomes from a state missing it).
 pub fn export(
     source: &mut dyn Source,
     from: u64,
@@ -242,24 +244,36 @@ pub fn export(
     // any not delivered are reported (purged while it read).
     let (first, last) = exported.span.unwrap_or((1, 0));
     let mut next = from.max(first);
+    // The first record of the range that did not come or cannot be read:
+    // outcomes after it would come from a state missing it.
+    let mut gap: Option<u64> = None;
     source.each(from - 1, to, &mut |seq, body, client, read| {
         if written.is_err() {
             return;
         }
-        missing(seq.saturating_sub(1), next, &mut exported.damaged);
+        if let Some(seq) = missing(seq.saturating_sub(1), next, &mut exported.damaged) {
+            gap.get_or_insert(seq);
+        }
         next = next.max(seq + 1);
         let (at, command) = match read {
             Ok(record) => record,
             Err(why) => {
                 exported.damaged.push((seq, why));
+                gap.get_or_insert(seq);
                 return;
             }
         };
         // The body as stored (checked JSON), so the export is the log, not
         // a re-encoding; sequence and time first, for people.
-        let result = replay
-            .as_mut()
-            .map(|replay| format!(",\"result\":{}", apply(replay, at, command)));
+        let result = replay.as_mut().map(|replay| {
+            let result = match gap {
+                None => apply(replay, at, command),
+                Some(seq) => {
+                    json!({ "not_replayed": format!("record {seq} before it cannot be read") })
+                }
+            };
+            format!(",\"result\":{result}")
+        });
         // Who sent it, if a client did (the name in the credentials file).
         let by = client
             .map(|c| format!(",\"by\":{}", json!(c)))
@@ -277,16 +291,18 @@ pub fn export(
     Ok(exported)
 }
 
-/// Notes records `next` to `upto` as not delivered, if any.
-fn missing(upto: u64, next: u64, damaged: &mut Vec<(u64, String)>) {
-    if upto >= next {
+/// Notes records `next` to `upto` as not delivered, if any, and answers
+/// the first.
+fn missing(upto: u64, next: u64, damaged: &mut Vec<(u64, String)>) -> Option<u64> {
+    (upto >= next).then(|| {
         damaged.push((
             next,
             format!(
                 "records {next} to {upto} were not delivered (purged behind a snapshot while the export read: run it again)"
             ),
         ));
-    }
+        next
+    })
 }
 
 /// The engine as it stood just before record `from`: the newest snapshot

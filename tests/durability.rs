@@ -641,6 +641,17 @@ async fn the_journal_export_shows_every_record_and_what_it_decided() {
         stderr.contains("outcomes from record 4 need every record before it since the snapshot: record 3 is damaged"),
         "{stderr}"
     );
+    // Across it: outcomes up to it, none replayed after it.
+    let (ok, lines, stderr) = export(&data, &["--outcomes", "--to", "4"]);
+    assert!(!ok, "{stderr}");
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2, 4]);
+    assert_eq!(lines[0]["result"], serde_json::json!({"started": true}));
+    assert_eq!(lines[1]["result"]["accepted"], true, "{}", lines[1]);
+    assert_eq!(
+        lines[2]["result"],
+        serde_json::json!({"not_replayed": "record 3 before it cannot be read"})
+    );
 }
 
 #[tokio::test]

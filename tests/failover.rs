@@ -910,3 +910,160 @@ async fn a_leader_without_a_standby_takes_the_snapshots_and_a_restart_loads_them
         assert_eq!(again.decision_id, d.decision_id, "{contact_id}");
     }
 }
+
+/// An export the stream is purged under (a snapshot saved while it reads):
+/// the records it did not get are reported as not delivered, the ones it
+/// got come whole and in order, and no outcome after the gap is replayed
+/// from a state missing it.
+#[test]
+fn an_export_the_stream_is_purged_under_reports_what_it_missed() {
+    use careroute::{
+        audit::{self, Source},
+        engine::{Command, ReplacePolicy},
+        journal::{Journal, Log, NatsSecurity},
+        policy::Policy,
+    };
+    /// More records than an ordered consumer asks for at once (500), so
+    /// most are still on the server when the purge comes.
+    const RECORDS: u64 = 5_000;
+    /// The purge keeps the records from this one on.
+    const KEPT_FROM: u64 = RECORDS - 9;
+    let Some(nats) = Nats::start(1) else { return };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let log = stream(&nats, "purged", 1).await;
+        let journal = Journal::<()>::start(
+            Some(Log::nats(log, tokio::runtime::Handle::current())),
+            0,
+            None,
+            |_| {},
+            |_| {},
+        );
+        let at = chrono::Utc::now();
+        let policy = ReplacePolicy(std::sync::Arc::new(Policy::embedded().unwrap()));
+        let mut last = journal.append(at, true, Some(policy.into()), None, |_| Vec::new());
+        while last.seq < RECORDS {
+            last = journal.append(at, true, Some(Command::Restarted), None, |_| Vec::new());
+        }
+        journal.durable(last).await.unwrap();
+    });
+
+    /// The log on NATS, purged behind record `KEPT_FROM` (by another
+    /// client, as a standby's snapshot purges it) once the first record
+    /// has been read.
+    struct PurgedWhileRead<'a> {
+        log: audit::OnNats,
+        nats: &'a Nats,
+    }
+    impl Source for PurgedWhileRead<'_> {
+        fn span(&mut self) -> Result<Option<(u64, u64)>, careroute::journal::JournalError> {
+            self.log.span()
+        }
+        fn routing_version(&mut self) -> Result<u32, careroute::journal::JournalError> {
+            self.log.routing_version()
+        }
+        fn id_key(
+            &mut self,
+        ) -> Result<Option<careroute::engine::IdKey>, careroute::journal::JournalError> {
+            self.log.id_key()
+        }
+        fn snapshot_before(
+            &mut self,
+            seq: u64,
+        ) -> Result<Option<(u64, careroute::engine::Engine)>, careroute::journal::JournalError>
+        {
+            self.log.snapshot_before(seq)
+        }
+        fn each(
+            &mut self,
+            after: u64,
+            upto: u64,
+            each: &mut dyn FnMut(
+                u64,
+                &str,
+                Option<&str>,
+                Result<(careroute::model::Time, Command), String>,
+            ),
+        ) -> Result<(), careroute::journal::JournalError> {
+            let nats = self.nats;
+            let mut purged = false;
+            self.log.each(after, upto, &mut |seq, body, client, read| {
+                if !purged {
+                    purged = true;
+                    // The export's own runtime is busy reading: the purge
+                    // runs beside it.
+                    std::thread::scope(|s| {
+                        s.spawn(|| {
+                            tokio::runtime::Runtime::new().unwrap().block_on(async {
+                                let js = nats.jetstream().await;
+                                let mut stream = js
+                                    .get_stream(format!("CAREROUTE_{}", cluster_id("purged")))
+                                    .await
+                                    .unwrap();
+                                stream.purge().sequence(KEPT_FROM).await.unwrap();
+                                assert_eq!(
+                                    stream.info().await.unwrap().state.first_sequence,
+                                    KEPT_FROM
+                                );
+                            });
+                        })
+                        .join()
+                        .unwrap();
+                    });
+                }
+                each(seq, body, client, read);
+            })
+        }
+    }
+
+    let mut source = PurgedWhileRead {
+        log: audit::OnNats::open(
+            &nats.urls(),
+            &NatsSecurity::default(),
+            &cluster_id("purged"),
+        )
+        .unwrap(),
+        nats: &nats,
+    };
+    let mut out = Vec::new();
+    let exported = audit::export(&mut source, 1, u64::MAX, true, &mut out).unwrap();
+    let lines: Vec<serde_json::Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let seqs: Vec<u64> = lines.iter().map(|l| l["seq"].as_u64().unwrap()).collect();
+
+    // What came before the gap, then the records kept, nothing twice.
+    let gap = seqs.iter().position(|&s| s >= KEPT_FROM).unwrap() as u64;
+    assert!(
+        (1..KEPT_FROM - 1).contains(&gap),
+        "nothing was missed: {gap}"
+    );
+    let expected: Vec<u64> = (1..=gap).chain(KEPT_FROM..=RECORDS).collect();
+    assert_eq!(seqs, expected);
+    assert_eq!(exported.records, expected.len() as u64);
+    let missed = gap + 1;
+    assert_eq!(exported.span, Some((1, RECORDS)));
+    assert_eq!(
+        exported.damaged,
+        [(
+            missed,
+            format!(
+                "records {missed} to {} were not delivered (purged behind a snapshot while the export read: run it again)",
+                KEPT_FROM - 1
+            )
+        )]
+    );
+    // Outcomes up to the gap; none replayed after it.
+    assert_eq!(lines[0]["result"], serde_json::json!({"started": true}));
+    for line in &lines[1..gap as usize] {
+        assert_eq!(line["result"], serde_json::json!({"accepted": true}));
+    }
+    for line in &lines[gap as usize..] {
+        assert_eq!(
+            line["result"],
+            serde_json::json!({"not_replayed": format!("record {missed} before it cannot be read")})
+        );
+    }
+}
