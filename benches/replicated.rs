@@ -2,7 +2,7 @@
 //! of three, R3) against the same server with the default local journal,
 //! each beside an empty-RPC baseline (grpc.health.v1 Check) measured on the
 //! same server in the same run. Serial calls give p50 and p99; 64 calls in
-//! flight for 3 s give throughput. Client and server in this process over
+//! flight for 3 s give throughput, and RouteContact's p50 and p99 under it. Client and server in this process over
 //! loopback; the nats-servers are real processes (Debian's `nats-server`;
 //! without it only the local journal is measured). Run with
 //! `cargo bench --bench replicated`.
@@ -101,8 +101,9 @@ where
     (took[n / 2], took[n * 99 / 100])
 }
 
-/// Calls per second with [`IN_FLIGHT`] calls of `call` in flight for [`FOR`].
-async fn throughput<F, Fut>(call: F) -> f64
+/// Calls per second with [`IN_FLIGHT`] calls of `call` in flight for
+/// [`FOR`], and the p50 and p99 of those calls.
+async fn throughput<F, Fut>(call: F) -> (f64, Duration, Duration)
 where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
@@ -112,19 +113,23 @@ where
     for k in 0..IN_FLIGHT {
         let call = call.clone();
         tasks.push(tokio::spawn(async move {
-            let mut n = 0usize;
+            let mut took = Vec::new();
             while started.elapsed() < FOR {
-                call(k * 1_000_000 + n).await;
-                n += 1;
+                let one = Instant::now();
+                call(k * 1_000_000 + took.len()).await;
+                took.push(one.elapsed());
             }
-            n
+            took
         }));
     }
-    let mut calls = 0;
+    let mut took = Vec::new();
     for t in tasks {
-        calls += t.await.unwrap();
+        took.extend(t.await.unwrap());
     }
-    calls as f64 / started.elapsed().as_secs_f64()
+    let rate = took.len() as f64 / started.elapsed().as_secs_f64();
+    took.sort_unstable();
+    let n = took.len();
+    (rate, took[n / 2], took[n * 99 / 100])
 }
 
 fn measure(name: &str, journal: Option<(&str, usize)>) {
@@ -157,15 +162,18 @@ fn measure(name: &str, journal: Option<(&str, usize)>) {
         };
         let (base50, base99) = serial(SERIAL, check.clone()).await;
         let (p50, p99) = serial(SERIAL, route.clone()).await;
-        let base_rate = throughput(check).await;
-        let rate = throughput(route).await;
+        let (base_rate, _, _) = throughput(check).await;
+        let (rate, loaded50, loaded99) = throughput(route).await;
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
         println!(
-            "| {name} | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {base_rate:.0} | {rate:.0} ({:.2}x) |",
-            base50.as_secs_f64() * 1e6,
-            base99.as_secs_f64() * 1e6,
-            p50.as_secs_f64() * 1e6,
-            p99.as_secs_f64() * 1e6,
+            "| {name} | {:.0} / {:.0} µs | {:.0} / {:.0} µs | {base_rate:.0} | {rate:.0} ({:.2}x) | {:.0} / {:.0} µs |",
+            us(base50),
+            us(base99),
+            us(p50),
+            us(p99),
             rate / base_rate,
+            us(loaded50),
+            us(loaded99),
         );
     });
 }
@@ -173,9 +181,9 @@ fn measure(name: &str, journal: Option<(&str, usize)>) {
 fn main() {
     // `cargo bench` passes --bench; anything else (a filter) is ignored.
     println!(
-        "| log | Health/Check p50 / p99 | RouteContact (emergency) p50 / p99 | Health/Check calls/s ({IN_FLIGHT} in flight) | RouteContact calls/s |"
+        "| log | Health/Check p50 / p99 | RouteContact (emergency) p50 / p99 | Health/Check calls/s ({IN_FLIGHT} in flight) | RouteContact calls/s | RouteContact p50 / p99 ({IN_FLIGHT} in flight) |"
     );
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- |");
     measure("local journal (write)", None);
     for (servers, replicas) in [(1, 1), (3, 3)] {
         let Some(cluster) = nats::Nats::start(servers) else {

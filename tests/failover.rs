@@ -555,6 +555,16 @@ async fn batches_sent_before_the_one_before_is_acknowledged_land_in_order_or_fal
     }
 }
 
+/// Waits (10 s at most) until every acknowledgement of `acks` is in,
+/// looking without waiting as the writer does.
+async fn arrive(acks: &mut careroute::journal::Acks) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !acks.arrived() {
+        assert!(Instant::now() < deadline, "acknowledgements never came");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 async fn batches_in_flight(replicas: usize) {
     use careroute::{engine::Command, journal::JournalError};
     let Some(nats) = Nats::start(replicas) else {
@@ -570,7 +580,10 @@ async fn batches_in_flight(replicas: usize) {
     for batch in [vec![record(1)], vec![record(2), record(3)], vec![record(4)]] {
         acks.push(log.send(&batch, &[], "old", &mut old).await.unwrap());
     }
-    for a in acks {
+    // Looked at without waiting, as the writer looks between batches, each
+    // is in once its acknowledgements are; confirming it then answers.
+    for mut a in acks {
+        arrive(&mut a).await;
         a.confirm().await.unwrap();
     }
     assert_eq!(log.last_seq().await.unwrap(), 4, "R{replicas}");
@@ -582,11 +595,14 @@ async fn batches_in_flight(replicas: usize) {
     // The deposed leader sends two more batches before confirming either:
     // the first is fenced, and the second, whose first record would fit
     // after the new leader's 5, falls with it.
-    let first = log.send(&[record(5)], &[], "old", &mut old).await.unwrap();
-    let second = log
+    let mut first = log.send(&[record(5)], &[], "old", &mut old).await.unwrap();
+    let mut second = log
         .send(&[record(6), record(7)], &[], "old", &mut old)
         .await
         .unwrap();
+    // A refusal, too, is taken without waiting, and kept for the confirm.
+    arrive(&mut first).await;
+    arrive(&mut second).await;
     let refused = first.confirm().await.unwrap_err();
     assert!(
         matches!(refused, JournalError::Fenced { seq: 5 }),

@@ -222,6 +222,18 @@ enum Sent {
 }
 
 impl Sent {
+    /// Whether the batch is in the log, or every acknowledgement of it is
+    /// in, so that confirming it would not wait.
+    fn arrived(&mut self) -> bool {
+        match self {
+            Sent::Written => true,
+            Sent::Acks(acks, runtime) => {
+                let _within = runtime.enter();
+                acks.arrived()
+            }
+        }
+    }
+
     /// Waits until the batch is in the log.
     fn confirm(self) -> Result<(), JournalError> {
         match self {

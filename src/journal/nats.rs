@@ -12,17 +12,23 @@
 //! leader never waits for one); after each, the stream is purged up to the
 //! snapshot before it, which is kept as the fallback.
 
-use std::{path::PathBuf, time::Duration};
-
-use std::collections::HashMap;
+use std::{
+    collections::{HashMap, VecDeque},
+    future::{Future, IntoFuture},
+    path::PathBuf,
+    pin::Pin,
+    task::{Context as TaskContext, Poll, Waker},
+    time::Duration,
+};
 
 use async_nats::jetstream::{
     self, Context,
     consumer::{DeliverPolicy, pull::OrderedConfig},
-    context::{PublishAckFuture, PublishErrorKind},
+    context::{PublishError, PublishErrorKind},
     kv,
     message::PublishMessage,
     object_store::{self, ObjectMetadata, ObjectStore},
+    publish::PublishAck,
     stream,
 };
 use bytes::Bytes;
@@ -604,7 +610,7 @@ impl Nats {
         term: &str,
         chain: &mut Option<String>,
     ) -> Result<Acks, JournalError> {
-        let mut acks = Vec::with_capacity(batch.len());
+        let mut acks = VecDeque::with_capacity(batch.len());
         for (i, (seq, at, command)) in batch.iter().enumerate() {
             let body =
                 serde_json::to_vec(command).map_err(|e| JournalError::Encode(e.to_string()))?;
@@ -626,27 +632,66 @@ impl Nats {
                 .send_publish(self.subject.clone(), message)
                 .await
                 .map_err(|e| append_error(*seq, e.kind(), e))?;
-            acks.push((*seq, ack));
+            acks.push_back((*seq, ack.into_future()));
         }
-        Ok(Acks(acks))
+        Ok(Acks {
+            pending: acks,
+            failed: None,
+        })
     }
 }
 
-/// A batch's acknowledgements to come, one per record.
-pub struct Acks(Vec<(u64, PublishAckFuture)>);
+/// A record's acknowledgement to come.
+type Ack = Pin<Box<dyn Future<Output = Result<PublishAck, PublishError>> + Send>>;
+
+/// A batch's acknowledgements to come, one per record, in order.
+pub struct Acks {
+    pending: VecDeque<(u64, Ack)>,
+    /// The first that failed, once taken.
+    failed: Option<JournalError>,
+}
 
 impl Acks {
+    /// Takes the acknowledgements already in, without waiting: whether none
+    /// is still to come (so [`Acks::confirm`] answers at once). Called
+    /// within the runtime the client runs on.
+    pub fn arrived(&mut self) -> bool {
+        let mut cx = TaskContext::from_waker(Waker::noop());
+        while self.failed.is_none() {
+            let Some((seq, ack)) = self.pending.front_mut() else {
+                return true;
+            };
+            let Poll::Ready(ack) = ack.as_mut().poll(&mut cx) else {
+                return false;
+            };
+            let seq = *seq;
+            self.pending.pop_front();
+            self.failed = checked(seq, ack).err();
+        }
+        true
+    }
+
     /// Waits for every record to be acknowledged at its own sequence
     /// number; any failure fails the batch (and ends the term).
     pub async fn confirm(self) -> Result<(), JournalError> {
-        for (seq, ack) in self.0 {
-            let ack = ack.await.map_err(|e| append_error(seq, e.kind(), e))?;
-            if ack.sequence != seq || ack.duplicate {
-                return Err(JournalError::Fenced { seq });
-            }
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        for (seq, ack) in self.pending {
+            checked(seq, ack.await)?;
         }
         Ok(())
     }
+}
+
+/// Record `seq`'s acknowledgement, checked: at its own sequence number, and
+/// not a duplicate of one already there.
+fn checked(seq: u64, ack: Result<PublishAck, PublishError>) -> Result<(), JournalError> {
+    let ack = ack.map_err(|e| append_error(seq, e.kind(), e))?;
+    if ack.sequence != seq || ack.duplicate {
+        return Err(JournalError::Fenced { seq });
+    }
+    Ok(())
 }
 
 /// A failed append: another leader's record in the way, or NATS not

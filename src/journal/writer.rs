@@ -4,8 +4,9 @@
 //! publishes its events and lets its answers leave; between batches it
 //! steps a compaction along. On NATS a batch is sent
 //! before the one before it is acknowledged (up to [`MAX_IN_FLIGHT`]), so
-//! the round trip is not paid once per batch; each is answered only once it
-//! and every batch before it are acknowledged.
+//! the round trip is not paid once per batch; each is answered as soon as it
+//! and every batch before it are acknowledged (looked at between batches,
+//! without waiting, and waited for when there is nothing to send).
 
 use std::{
     collections::VecDeque,
@@ -172,13 +173,19 @@ impl<T> Writer<T> {
             if !idle && self.send(batch).is_err() {
                 return;
             }
-            // The oldest batch is answered once written (at once for a
-            // local write); one in flight, once nothing more is queued to
-            // send first, or once too many are in flight.
-            let answer = self.in_flight.front().is_some_and(|f| {
-                !f.acks_to_come() || idle || self.in_flight.len() >= MAX_IN_FLIGHT
-            });
-            if answer && self.answer_oldest().is_err() {
+            // Every batch at the front that is in the log is answered (at
+            // once for a local write; on NATS once its acknowledgements
+            // are in, looked at without waiting).
+            while self.in_flight.front_mut().is_some_and(|f| f.sent.arrived()) {
+                if self.answer_oldest().is_err() {
+                    return;
+                }
+            }
+            // The oldest still in flight is waited for once nothing more
+            // is queued to send first, or once too many are in flight.
+            let wait =
+                !self.in_flight.is_empty() && (idle || self.in_flight.len() >= MAX_IN_FLIGHT);
+            if wait && self.answer_oldest().is_err() {
                 return;
             }
             if self.compact_step().is_err() {
