@@ -2,10 +2,11 @@
 //! of three, R3) against the same server with the default local journal,
 //! each beside an empty-RPC baseline (grpc.health.v1 Check) measured on the
 //! same server in the same run. Serial calls give p50 and p99; 64 calls in
-//! flight for 3 s give throughput, and RouteContact's p50 and p99 under it. Client and server in this process over
-//! loopback; the nats-servers are real processes (Debian's `nats-server`;
-//! without it only the local journal is measured). Run with
-//! `cargo bench --bench replicated`.
+//! flight for 3 s give throughput, and RouteContact's p50 and p99 under
+//! that load. Client and server in this process over loopback; the
+//! nats-servers are real processes (Debian's `nats-server`; without it only
+//! the local journal is measured). Run with `cargo bench --bench
+//! replicated`.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/common/nats.rs"]

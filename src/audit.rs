@@ -244,22 +244,25 @@ pub fn export(
     // any not delivered are reported (purged while it read).
     let (first, last) = exported.span.unwrap_or((1, 0));
     let mut next = from.max(first);
-    // The first record of the range that did not come or cannot be read:
-    // outcomes after it would come from a state missing it.
-    let mut gap: Option<u64> = None;
+    // The first record of the range that did not come or cannot be read,
+    // and which: outcomes after it would come from a state missing it.
+    let mut gap: Option<(u64, &str)> = None;
     source.each(from - 1, to, &mut |seq, body, client, read| {
         if written.is_err() {
             return;
         }
         if let Some(seq) = missing(seq.saturating_sub(1), next, &mut exported.damaged) {
-            gap.get_or_insert(seq);
+            gap.get_or_insert((
+                seq,
+                "was not delivered (purged while the export read: run it again)",
+            ));
         }
         next = next.max(seq + 1);
         let (at, command) = match read {
             Ok(record) => record,
             Err(why) => {
                 exported.damaged.push((seq, why));
-                gap.get_or_insert(seq);
+                gap.get_or_insert((seq, "cannot be read"));
                 return;
             }
         };
@@ -268,8 +271,8 @@ pub fn export(
         let result = replay.as_mut().map(|replay| {
             let result = match gap {
                 None => apply(replay, at, command),
-                Some(seq) => {
-                    json!({ "not_replayed": format!("record {seq} before it cannot be read") })
+                Some((seq, why)) => {
+                    json!({ "not_replayed": format!("record {seq} before it {why}") })
                 }
             };
             format!(",\"result\":{result}")

@@ -222,15 +222,12 @@ enum Sent {
 }
 
 impl Sent {
-    /// Whether the batch is in the log, or every acknowledgement of it is
-    /// in, so that confirming it would not wait.
+    /// Whether confirming the batch would not wait: it is in the log, or
+    /// every acknowledgement of it is in, or one failed.
     fn arrived(&mut self) -> bool {
         match self {
             Sent::Written => true,
-            Sent::Acks(acks, runtime) => {
-                let _within = runtime.enter();
-                acks.arrived()
-            }
+            Sent::Acks(acks, runtime) => acks.arrived(runtime),
         }
     }
 

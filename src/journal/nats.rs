@@ -652,10 +652,13 @@ pub struct Acks {
 }
 
 impl Acks {
-    /// Takes the acknowledgements already in, without waiting: whether none
-    /// is still to come (so [`Acks::confirm`] answers at once). Called
-    /// within the runtime the client runs on.
-    pub fn arrived(&mut self) -> bool {
+    /// Takes the acknowledgements already in, without waiting, on
+    /// `runtime` (the one the client runs on): whether none is still to
+    /// come, because all are in or one failed, so [`Acks::confirm`]
+    /// answers at once.
+    pub fn arrived(&mut self, runtime: &tokio::runtime::Handle) -> bool {
+        // An acknowledgement's timeout is a timer of the runtime.
+        let _within = runtime.enter();
         let mut cx = TaskContext::from_waker(Waker::noop());
         while self.failed.is_none() {
             let Some((seq, ack)) = self.pending.front_mut() else {
