@@ -652,6 +652,15 @@ async fn the_journal_export_shows_every_record_and_what_it_decided() {
         lines[2]["result"],
         serde_json::json!({"not_replayed": "record 3 before it cannot be read"})
     );
+    // From it: the state before it rebuilt, none replayed after it.
+    let (ok, lines, stderr) = export(&data, &["--outcomes", "--from", "3", "--to", "4"]);
+    assert!(!ok, "{stderr}");
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["seq"], 4);
+    assert_eq!(
+        lines[0]["result"],
+        serde_json::json!({"not_replayed": "record 3 before it cannot be read"})
+    );
 }
 
 #[tokio::test]
