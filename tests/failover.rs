@@ -840,9 +840,10 @@ async fn careroute_journal_reads_the_log_on_nats_with_what_each_command_decided(
     );
 
     // With outcomes from a record after the oldest kept snapshot: each
-    // decision as it was answered.
-    let from = (last - 10).to_string();
-    let (ok, lines, stderr) = journal_on(&nats, &id, &["--outcomes", "--from", &from]);
+    // decision as it was answered. Up to the same last record: the leader
+    // logs a tick each second while contacts wait in line.
+    let (from, to) = ((last - 10).to_string(), last.to_string());
+    let (ok, lines, stderr) = journal_on(&nats, &id, &["--outcomes", "--from", &from, "--to", &to]);
     assert!(ok, "{stderr}");
     assert_eq!(lines.len(), 11);
     let mut checked = 0;
