@@ -249,9 +249,10 @@ pub struct Ticket {
     pub seq: u64,
     term: u64,
     /// Told by the writer once the command's batch, and every batch before
-    /// it, is in the log and its events are published; dropped untold if it never will be. Waking only
-    /// the answers of each batch, not every waiting one, keeps the cost of
-    /// a batch independent of how many calls are in flight.
+    /// it, is in the log and its events are published; dropped untold if it
+    /// never will be. Waking only the answers of each batch, not every
+    /// waiting one, keeps the cost of a batch independent of how many calls
+    /// are in flight.
     done: Option<oneshot::Receiver<()>>,
 }
 

@@ -2,11 +2,11 @@
 //! takes the commands the serving threads queued, in order, appends them to
 //! the log in batches (group commit), and once a batch is in the log
 //! publishes its events and lets its answers leave; between batches it
-//! steps a compaction along. On NATS a batch is sent
-//! before the one before it is acknowledged (up to [`MAX_IN_FLIGHT`]), so
-//! the round trip is not paid once per batch; each is answered as soon as it
-//! and every batch before it are acknowledged (looked at between batches,
-//! without waiting, and waited for when there is nothing to send).
+//! steps a compaction along. On NATS a batch is sent before the one before
+//! it is acknowledged (up to [`MAX_IN_FLIGHT`]), so the round trip is not
+//! paid once per batch; each is answered once it and every batch before it
+//! are acknowledged (looked at between batches without waiting, and waited
+//! for when there is nothing to send).
 
 use std::{
     collections::VecDeque,
@@ -93,13 +93,6 @@ struct Flight<T> {
     work: Vec<Work<T>>,
     rows: Vec<(u64, Time, Command)>,
     sent: Sent,
-}
-
-impl<T> Flight<T> {
-    /// Whether it waits for acknowledgements.
-    fn acks_to_come(&self) -> bool {
-        matches!(self.sent, Sent::Acks(..))
-    }
 }
 
 /// The queue closed: the service stopped.
@@ -201,13 +194,10 @@ impl<T> Writer<T> {
         self.alarm.failed = None;
     }
 
-    /// Records sent and not yet acknowledged.
+    /// Records sent and not yet answered (a local write is answered as soon
+    /// as it is sent, so these are all on NATS).
     fn records_in_flight(&self) -> usize {
-        self.in_flight
-            .iter()
-            .filter(|f| f.acks_to_come())
-            .map(|f| f.rows.len())
-            .sum()
+        self.in_flight.iter().map(|f| f.rows.len()).sum()
     }
 
     /// What is queued, up to [`MAX_BATCH`]. Waits for some only when
