@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::engine::{
     Command, Decision, Engine, EngineConfig, Event, IdKey, LoggedOnce, Outcome, Route,
 };
-use crate::journal::{JournalError, LogReader, Nats, NatsSecurity, Replay, SnapshotFile};
+use crate::journal::{JournalError, LogReader, Mark, Nats, NatsSecurity, Replay, SnapshotFile};
 use crate::model::Time;
 
 /// How long a NATS stream may take to deliver a record it holds.
@@ -38,6 +38,11 @@ pub trait Source {
     fn snapshot_before(&mut self, seq: u64) -> Result<Option<(u64, Engine)>, JournalError>;
     /// Every record after `after` up to `upto`, in order.
     fn each(&mut self, after: u64, upto: u64, each: Each<'_>) -> Result<(), JournalError>;
+    /// Records written that the log no longer holds (the first and the
+    /// last), if the log can tell.
+    fn lost(&mut self) -> Result<Option<(u64, u64)>, JournalError> {
+        Ok(None)
+    }
 }
 
 /// The local journal in a data directory.
@@ -74,6 +79,18 @@ impl Source for Local<'_> {
     }
     fn each(&mut self, after: u64, upto: u64, each: Each<'_>) -> Result<(), JournalError> {
         self.reader.each(after, upto, each)
+    }
+    fn lost(&mut self) -> Result<Option<(u64, u64)>, JournalError> {
+        // The mark first: the service writes it after each commit, so the
+        // log read after it holds at least as much unless records were lost.
+        let Some(mark) = Mark::read(self.dir) else {
+            return Ok(None);
+        };
+        let log_id = self.reader.log_id()?;
+        let held = self.reader.span()?.map_or(0, |(_, last)| last);
+        // A database with no log id lost the whole of it.
+        let ours = log_id == 0 || mark.log_id == log_id;
+        Ok((ours && mark.last > held).then_some((held + 1, mark.last)))
     }
 }
 
@@ -291,6 +308,17 @@ pub fn export(
     })?;
     written?;
     missing(to.min(last), next, &mut exported.damaged);
+    if let Some((first, last)) = source.lost()? {
+        let (first, last) = (first.max(from), last.min(to));
+        if first <= last {
+            exported.damaged.push((
+                first,
+                format!(
+                    "records {first} to {last} were written but the log no longer holds them: its write-ahead file was lost or damaged"
+                ),
+            ));
+        }
+    }
     Ok(exported)
 }
 

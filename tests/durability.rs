@@ -297,6 +297,11 @@ async fn a_corrupt_last_record_is_reported_with_its_position_and_cut() {
 /// Runs the binary on `data` until it exits (it must refuse to start);
 /// its stderr.
 fn refused(data: &std::path::Path, policy: &str) -> String {
+    refused_with(data, policy, &[])
+}
+
+/// [`refused`], with more flags.
+fn refused_with(data: &std::path::Path, policy: &str, more: &[&str]) -> String {
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_careroute"))
         .args([
             "--grpc-addr",
@@ -307,6 +312,7 @@ fn refused(data: &std::path::Path, policy: &str) -> String {
         .arg("--data-dir")
         .arg(data)
         .args(["--policy", policy])
+        .args(more)
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -378,6 +384,133 @@ async fn damage_that_is_not_a_tail_is_refused_and_so_is_a_second_process() {
     drop(db);
     let why = refused(&data, &policy);
     assert!(why.contains("records 5 to 5 are missing"), "{why}");
+}
+
+/// A copy of data directory `from` (the journal of a killed process).
+fn copy_dir(from: &std::path::Path) -> std::path::PathBuf {
+    let to = fresh_data_dir();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+    to
+}
+
+/// Overwrites `len` bytes of `file` at `at` with 0xFF.
+fn damage(file: &std::path::Path, at: u64, len: usize) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    f.write_all_at(&vec![0xFF; len], at).unwrap();
+}
+
+#[tokio::test]
+async fn records_sqlite_drops_with_a_damaged_write_ahead_file_are_not_lost_silently() {
+    let data = fresh_data_dir();
+    let policy = policy_file(&data);
+    let args = ["--policy", policy.as_str()];
+    let mut p = Process::start_in(&data, &args, "info");
+    let mut c = client(&p).await;
+    // One call after another: a batch, a commit and frames in the
+    // write-ahead file each.
+    for i in 0..12 {
+        agent(&mut c, &format!("b{i}"), "Billing", "billing").await;
+    }
+    p.kill9();
+    let wal = |dir: &std::path::Path| dir.join(format!("{}-wal", careroute::journal::FILE));
+    let size = std::fs::metadata(wal(&data)).unwrap().len();
+    assert!(
+        size > 40_000,
+        "the records are in the write-ahead file: {size} bytes"
+    );
+    let written = careroute::journal::Mark::read(&data).unwrap().last;
+    let held = |dir: &std::path::Path| -> i64 {
+        rusqlite::Connection::open(dir.join(careroute::journal::FILE))
+            .unwrap()
+            .query_row("SELECT coalesce(max(seq), 0) FROM commands", [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    // (SQLite folds the write-ahead file in when it closes a database:
+    // each look is at a copy.)
+    assert_eq!(held(&copy_dir(&data)) as u64, written);
+
+    // The whole write-ahead file lost: the database holds no log at all.
+    // Before, this started as a new log, on nothing.
+    let gone = copy_dir(&data);
+    std::fs::write(wal(&gone), b"").unwrap();
+    let why = refused(&gone, &policy);
+    assert!(
+        why.contains(&format!("records up to {written} were written"))
+            && why.contains("holds them only up to 0")
+            && why.contains(careroute::journal::WRITTEN_FILE),
+        "{why}"
+    );
+
+    let copy = copy_dir(&gone);
+    let (ok, lines, stderr) = common::process::journal(&["--data-dir", copy.to_str().unwrap()]);
+    assert!(!ok && lines.is_empty(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("records 1 to {written} were written")),
+        "{stderr}"
+    );
+
+    // A frame damaged three quarters in: SQLite keeps the frames before it
+    // and drops the rest, and with them the last records.
+    let torn = copy_dir(&data);
+    damage(&wal(&torn), size * 3 / 4, 64);
+    let left = held(&copy_dir(&torn)) as u64;
+    assert!(
+        (1..written).contains(&left),
+        "records 1 to {left} of {written} left"
+    );
+    // The audit export says so too, and exits non-zero.
+    let copy = copy_dir(&torn);
+    let (ok, lines, stderr) = common::process::journal(&["--data-dir", copy.to_str().unwrap()]);
+    assert!(!ok, "{stderr}");
+    assert_eq!(lines.len() as u64, left, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "records {} to {written} were written but the log no longer holds them",
+            left + 1
+        )),
+        "{stderr}"
+    );
+    // Under fsync those records were on disk when answered: refused.
+    let fsync = copy_dir(&torn);
+    let why = refused_with(&fsync, &policy, &["--journal-sync", "fsync"]);
+    assert!(
+        why.contains(&format!(
+            "records up to {written} were written ({}",
+            fsync.join(careroute::journal::WRITTEN_FILE).display()
+        )) && why.contains(&format!("holds them only up to {left}")),
+        "{why}"
+    );
+    // Under write (a power loss loses the last batches too), reported with
+    // the records lost, as a torn tail is, and started from the rest.
+    let mut p = Process::start_in(&torn, &args, "info");
+    let lost = p.wait_for_log("records written were lost", Duration::from_secs(10));
+    assert!(
+        lost.contains(&format!("\"first_record_lost\":{}", left + 1))
+            && lost.contains(&format!("\"last_record_lost\":{written}")),
+        "{lost}"
+    );
+    let mut c = client(&p).await;
+    c.set_agent_state(pb::SetAgentStateRequest {
+        agent_id: "b0".into(),
+        state: pb::AgentState::Busy.into(),
+    })
+    .await
+    .unwrap();
+    p.kill9();
+    // Reported once: the next start finds the log as the last one left it.
+    let p = Process::start_in(&torn, &args, "info");
+    client(&p).await;
+    assert!(
+        !p.logs().contains("records written were lost"),
+        "{}",
+        p.logs()
+    );
 }
 
 /// Polls the journal of a running process until `done` holds of (snapshots

@@ -289,6 +289,8 @@ impl From<JournalError> for Status {
             | JournalError::Sqlite { .. }
             | JournalError::NoStart { .. }
             | JournalError::Corrupt { .. }
+            | JournalError::Lost { .. }
+            | JournalError::Written { .. }
             | JournalError::Locked { .. }
             | JournalError::NoSnapshot { .. }
             | JournalError::OtherRouting { .. }

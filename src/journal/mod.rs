@@ -25,6 +25,7 @@ mod shadow;
 mod snapshots;
 mod store;
 mod writer;
+mod written;
 
 use std::{
     path::PathBuf,
@@ -47,6 +48,7 @@ pub use shadow::{Every, Snapshots};
 pub use snapshots::{Loaded, SNAPSHOT_FILE, SnapshotFile};
 pub use store::{LogReader, Recovered, Store};
 use writer::{Work, Writer, Written};
+pub use written::{Mark, WRITTEN_FILE};
 
 /// The database file inside the data directory.
 pub const FILE: &str = "careroute.db";
@@ -94,6 +96,29 @@ pub enum JournalError {
         seq: u64,
         /// Why.
         why: String,
+    },
+    /// Records the log's own file says were written are not in it: SQLite
+    /// dropped them with a damaged or lost write-ahead file.
+    #[error(
+        "journal {file}: records up to {written} were written ({mark} says so) but the log holds them only up to {last}: its write-ahead file (careroute.db-wal) was lost or damaged. Refusing to start on half a state: restore the data directory from a copy, or remove {mark} to start from what is left"
+    )]
+    Lost {
+        /// The database file.
+        file: PathBuf,
+        /// The file that says how far the log was written.
+        mark: PathBuf,
+        /// The last record written.
+        written: u64,
+        /// The last record the log holds (0: none).
+        last: u64,
+    },
+    /// The file that says how far the log was written cannot be written.
+    #[error("journal {file}: cannot record how far the log was written: {source}")]
+    Written {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: std::io::Error,
     },
     /// The journal is in use by another process.
     #[error("journal {dir}: in use by another careroute process")]

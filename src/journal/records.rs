@@ -116,6 +116,7 @@ impl Records {
             }
             store.cut(*seq)?;
         }
+        store.mark_written(last_seq)?;
         Ok(End { last_seq, cut })
     }
 }

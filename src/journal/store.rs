@@ -11,6 +11,7 @@ use rusqlite::{Connection, params};
 
 use super::records::Records;
 use super::snapshots::{Loaded, SnapshotFile};
+use super::written::{Mark, Written};
 use super::{FILE, JournalError, WAL_LIMIT};
 use crate::config::JournalSync;
 use crate::engine::{Command, Engine, IdKey, ROUTING_VERSION};
@@ -106,6 +107,10 @@ pub struct Store {
     snapshots: Option<SnapshotFile>,
     /// The first record kept at open (0: none), where compaction resumes.
     first_kept: u64,
+    /// The log's identity.
+    log_id: u64,
+    /// How far the log was written, told after each batch.
+    written: Written,
     /// Held while the store is open: one process per journal.
     _lock: std::fs::File,
 }
@@ -182,7 +187,23 @@ impl Store {
             params![ROUTING_VERSION.to_string()],
         )
         .map_err(sql)?;
-        let log_id = match log_id.and_then(|v| v.parse::<u64>().ok()) {
+        let kept_log = log_id.and_then(|v| v.parse::<u64>().ok());
+        let written = Written::open(dir)?;
+        let mark = written.read();
+        // A database holding no log where the mark says one was written:
+        // SQLite dropped the whole of it with its write-ahead file.
+        if let Some(mark) = mark
+            && kept_log.is_none()
+            && first.is_none()
+        {
+            return Err(JournalError::Lost {
+                file,
+                mark: written.path().to_owned(),
+                written: mark.last,
+                last: 0,
+            });
+        }
+        let log_id = match kept_log {
             Some(id) => id,
             // A new log: snapshots of any other log are not its own.
             None => {
@@ -220,6 +241,9 @@ impl Store {
                 "journal: the log ends before the snapshot: records after it were lost from the log (a power loss with --journal-sync write?); the snapshot holds their effect"
             );
         }
+        if let Some(mark) = mark {
+            lost_records(&file, &written, mark, log_id, last_present.max(base), sync)?;
+        }
         if let Some(first) = first
             && first as u64 > base + 1
         {
@@ -244,6 +268,8 @@ impl Store {
                 file,
                 snapshots: Some(snapshots),
                 first_kept: first.map_or(0, |f| f as u64),
+                log_id,
+                written,
                 _lock: lock,
             },
             Recovered {
@@ -285,6 +311,16 @@ impl Store {
             self.write(&rows, &[])?;
         }
         Ok(rows)
+    }
+
+    /// Records that the log ends at `last` (its records read back at
+    /// start, a damaged tail cut): a loss reported once is not reported
+    /// again by the next start.
+    pub(super) fn mark_written(&self, last: u64) -> Result<(), JournalError> {
+        self.written.set(Mark {
+            log_id: self.log_id,
+            last,
+        })
     }
 
     /// Cuts the log's records from `from` on (a torn or corrupt tail).
@@ -370,7 +406,54 @@ impl Store {
                     .map_err(sql)?;
             }
         }
-        tx.commit().map_err(sql)
+        tx.commit().map_err(sql)?;
+        match batch.last() {
+            Some((last, ..)) => self.mark_written(*last),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Checks the log against what its mark says was written: records missing
+/// from its end were dropped by SQLite with a damaged or lost write-ahead
+/// file. Under `fsync` they were on disk when answered, so that is damage:
+/// refused. Under `write` a power loss drops the last batches as well (the
+/// promise of that mode), so the loss is reported with its records, as a
+/// torn tail is, and the log starts from what is left.
+fn lost_records(
+    file: &Path,
+    written: &Written,
+    mark: Mark,
+    log_id: u64,
+    last: u64,
+    sync: JournalSync,
+) -> Result<(), JournalError> {
+    if mark.log_id != log_id {
+        tracing::warn!(
+            mark = %written.path().display(),
+            "journal: the file that says how far the log was written names another log; it is written again from now on"
+        );
+        return Ok(());
+    }
+    if mark.last <= last {
+        return Ok(());
+    }
+    match sync {
+        JournalSync::Fsync => Err(JournalError::Lost {
+            file: file.to_owned(),
+            mark: written.path().to_owned(),
+            written: mark.last,
+            last,
+        }),
+        JournalSync::Write => {
+            tracing::error!(
+                file = %file.display(),
+                first_record_lost = last + 1,
+                last_record_lost = mark.last,
+                "journal: records written were lost from the log (a power loss under --journal-sync write, or a damaged careroute.db-wal); starting from the records left"
+            );
+            Ok(())
+        }
     }
 }
 
