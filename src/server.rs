@@ -917,7 +917,7 @@ async fn reload_on_change(
         let Some(path) = &path else {
             if asked {
                 tracing::info!(
-                    "SIGHUP: the embedded policy is in force (no --policy file): nothing to reload"
+                    "SIGHUP: no --policy file to reload; the policy in force stays (the journal's, or the embedded one on a new journal)"
                 );
             }
             continue;

@@ -797,6 +797,56 @@ async fn the_journal_export_shows_every_record_and_what_it_decided() {
 }
 
 #[tokio::test]
+async fn what_a_refused_contact_carried_never_reaches_the_journal() {
+    let data = fresh_data_dir();
+    let policy = policy_file(&data);
+    let args = ["--policy", policy.as_str()];
+    let p = Process::start_in(&data, &args, "info");
+    let mut c = client(&p).await;
+    agent(&mut c, "b1", "Billing", "billing").await;
+    // Free text where the policy's vocabulary keeps it out: an attribute
+    // it does not declare, a value it does not allow, an unknown intent.
+    let mut undeclared = contact("c-1", "billing");
+    undeclared
+        .attributes
+        .insert("patient_name".into(), "Jane_Doe".into());
+    let mut value = contact("c-2", "billing");
+    value
+        .attributes
+        .insert("coverage".into(), "Jane_Doe_555_0100".into());
+    let intent = contact("c-3", "jane_doe_born_1980");
+    for request in [undeclared, value, intent] {
+        let refused = c.route_contact(request).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    }
+    let accepted = c
+        .route_contact(contact("c-4", "billing"))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let (ok, lines, stderr) = export(&data, &["--outcomes"]);
+    assert!(ok, "{stderr}");
+    let all = lines
+        .iter()
+        .map(|l| l.to_string().to_lowercase())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(!all.contains("jane"), "{all}");
+    assert!(all.contains(&accepted.decision_id), "{all}");
+    // Nor anywhere in the database.
+    let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
+    let bodies: i64 = db
+        .query_row(
+            "SELECT count(*) FROM commands WHERE lower(body) LIKE '%jane%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(bodies, 0);
+}
+
+#[tokio::test]
 async fn a_log_written_under_other_routing_rules_is_not_replayed() {
     let data = fresh_data_dir();
     let policy = policy_file(&data);

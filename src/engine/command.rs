@@ -26,6 +26,13 @@ pub trait Apply {
     /// due it changes nothing a log needs to keep.
     const ONLY_TIME: bool = false;
 
+    /// Whether a refusal of the command changes only what a [`Tick`] at
+    /// its time would (it is refused before anything but what fell due is
+    /// touched): a log may keep a tick in its place, and so never what the
+    /// refused request carried. A property test holds each such command to
+    /// it.
+    const REFUSED_AS_TICK: bool = false;
+
     /// Applies the command at `now`, already clamped by [`Engine::apply`].
     fn apply_at(self, engine: &mut Engine, now: Time) -> Result<Self::Output, EngineError>;
 }
@@ -123,6 +130,10 @@ pub struct Tick;
 
 impl Apply for Route<'_> {
     type Output = Decision;
+    /// Refused by the request id's check or the policy's vocabulary, both
+    /// before anything but the timers due: and a refused contact may carry
+    /// what the vocabulary keeps out (free text, patient data).
+    const REFUSED_AS_TICK: bool = true;
     fn apply_at(self, e: &mut Engine, now: Time) -> Result<Decision, EngineError> {
         e.route(self.0, now)
     }

@@ -867,6 +867,9 @@ enum Op {
         chat: bool,
         preferred: Option<u8>,
     },
+    /// A contact the policy refuses (an unknown intent, an undeclared
+    /// attribute, a value not allowed): the log keeps a tick in its place.
+    Refused(u8),
     Confirm(u8),
     Release(u8, u8),
     Complete(u8),
@@ -934,6 +937,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (any::<u8>(), any::<bool>(), proptest::option::of(0u8..4))
             .prop_map(|(contact, chat, preferred)| Op::Route { contact, chat, preferred }),
+        1 => any::<u8>().prop_map(Op::Refused),
         2 => any::<u8>().prop_map(Op::Confirm),
         1 => (any::<u8>(), 0u8..5).prop_map(|(k, why)| Op::Release(k, why)),
         1 => any::<u8>().prop_map(Op::Complete),
@@ -1085,7 +1089,26 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
     // it may have been forgotten early (a smaller window or cap).
     let mut limits_changed = 0usize;
     for op in ops {
+        // What a tick in place of a refused route told.
+        let mut tick_told = None;
         match op {
+            Op::Refused(k) => {
+                // A refused route changes only what a tick would (what fell
+                // due): the log keeps a tick in its place, and not what the
+                // request carried. The final replay checks that log too.
+                let mut c = billing(&format!("c{k}"));
+                match k % 3 {
+                    0 => c.intent = "astrology".into(),
+                    1 => c.attributes = vec![("patient_name".into(), "x".into())],
+                    _ => c.attributes = vec![("coverage".into(), "x".into())],
+                }
+                let mut ticked = e.clone();
+                prop_assert!(e.apply(Route(&c), now).is_err());
+                ticked.apply(Tick, now).unwrap();
+                prop_assert_eq!(fingerprint(&ticked), fingerprint(&e));
+                tick_told = Some(ticked.take_events());
+                log.push((now, Command::from(Tick)));
+            }
             Op::Route {
                 contact,
                 chat,
@@ -1518,6 +1541,9 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
             _ => {}
         }
         let events = e.take_events();
+        if let Some(ticked) = tick_told {
+            prop_assert_eq!(ticked, events.clone(), "a tick told other events");
+        }
         told.extend(events.iter().cloned());
         for event in events {
             match event {

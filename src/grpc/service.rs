@@ -175,20 +175,22 @@ impl Routing {
     {
         let mut engine = self.engine.lock_leading()?;
         let now = self.now_for(&engine);
-        let idle = C::ONLY_TIME && engine.next_due().is_none_or(|d| d > now);
+        let nothing_due = engine.next_due().is_none_or(|d| d > now);
         // Copied for the log only if a database keeps it.
-        let kept: Option<Command> = self.journal.keeps().then(|| command.clone().into());
+        let mut kept: Option<Command> = self.journal.keeps().then(|| command.clone().into());
         // Told to event watchers with the engine's answer.
         let (out, change) = events::apply(&mut engine, command, now);
         let events = engine.take_events();
         let also = also();
-        let idle = idle && events.is_empty();
+        // A refusal that only let time pass is logged as the tick it was,
+        // without what the refused request carried.
+        let only_time = C::ONLY_TIME || (C::REFUSED_AS_TICK && out.is_err());
+        if only_time && !C::ONLY_TIME {
+            kept = kept.map(|_| Tick.into());
+        }
+        let idle = only_time && nothing_due && events.is_empty();
         // Time passing is nobody's doing, whoever's call applied it.
-        let client = if C::ONLY_TIME {
-            None
-        } else {
-            authorize::caller()
-        };
+        let client = if only_time { None } else { authorize::caller() };
         let ticket = self.journal.append(now, !idle, kept, client, |seq| {
             events.iter().for_each(telemetry::record_event);
             events::Published::new(seq, now, change, events)
