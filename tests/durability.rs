@@ -455,6 +455,15 @@ async fn records_sqlite_drops_with_a_damaged_write_ahead_file_are_not_lost_silen
         "{stderr}"
     );
 
+    // A database moved aside, as the messages advise to start anew, is
+    // not one SQLite lost: a new log starts.
+    let aside = copy_dir(&data);
+    std::fs::remove_file(aside.join(careroute::journal::FILE)).unwrap();
+    std::fs::remove_file(wal(&aside)).unwrap();
+    let p = Process::start_in(&aside, &args, "info");
+    client(&p).await;
+    drop(p);
+
     // A frame damaged three quarters in: SQLite keeps the frames before it
     // and drops the rest, and with them the last records.
     let torn = copy_dir(&data);
@@ -510,6 +519,40 @@ async fn records_sqlite_drops_with_a_damaged_write_ahead_file_are_not_lost_silen
         !p.logs().contains("records written were lost"),
         "{}",
         p.logs()
+    );
+}
+
+#[tokio::test]
+async fn a_database_damaged_below_its_records_is_refused_saying_so() {
+    let data = fresh_data_dir();
+    let policy = policy_file(&data);
+    let args = ["--policy", policy.as_str()];
+    let mut p = Process::start_in(&data, &args, "info");
+    let mut c = client(&p).await;
+    for i in 0..60 {
+        agent(&mut c, &format!("b{i}"), "Billing", "billing").await;
+    }
+    p.kill9();
+    // Folded into the database file, whose last pages are then lost.
+    rusqlite::Connection::open(data.join(careroute::journal::FILE))
+        .unwrap()
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .unwrap();
+    let db = data.join(careroute::journal::FILE);
+    let size = std::fs::metadata(&db).unwrap().len();
+    assert!(size > 8 * 4096, "{size} bytes");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)
+        .unwrap()
+        .set_len(size - 2 * 4096)
+        .unwrap();
+    let why = refused(&data, &policy);
+    assert!(
+        why.contains("database disk image is malformed")
+            && why.contains("the database file itself is damaged")
+            && why.contains("restore the data directory from a copy"),
+        "{why}"
     );
 }
 

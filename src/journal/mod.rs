@@ -56,6 +56,17 @@ pub const FILE: &str = "careroute.db";
 /// snapshot would otherwise leave it that large).
 const WAL_LIMIT: u64 = 64 << 20;
 
+/// What to do about a database SQLite finds damaged: its pages, not a
+/// record, so no record can be named.
+fn damaged(e: &rusqlite::Error) -> &'static str {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+            " (the database file itself is damaged, below the records, so none can be named; refusing to start on half a state: restore the data directory from a copy, or move it aside to start anew)"
+        }
+        _ => "",
+    }
+}
+
 /// Why the journal cannot be opened, read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -68,7 +79,7 @@ pub enum JournalError {
         source: std::io::Error,
     },
     /// SQLite refused.
-    #[error("journal {file}: {source}")]
+    #[error("journal {file}: {source}{}", damaged(source))]
     Sqlite {
         /// The database file.
         file: PathBuf,

@@ -140,6 +140,8 @@ impl Store {
             file: file.clone(),
             source,
         };
+        // A database moved aside (to start anew) is not one SQLite lost.
+        let existed = file.exists();
         let conn = Connection::open(&file).map_err(sql)?;
         let synchronous = match sync {
             JournalSync::Write => "OFF",
@@ -193,6 +195,7 @@ impl Store {
         // A database holding no log where the mark says one was written:
         // SQLite dropped the whole of it with its write-ahead file.
         if let Some(mark) = mark
+            && existed
             && kept_log.is_none()
             && first.is_none()
         {
