@@ -86,11 +86,14 @@ impl Source for Local<'_> {
         let Some(mark) = Mark::read(self.dir) else {
             return Ok(None);
         };
-        let log_id = self.reader.log_id()?;
-        let held = self.reader.span()?.map_or(0, |(_, last)| last);
-        // A database with no log id lost the whole of it.
-        let ours = log_id == 0 || mark.log_id == log_id;
-        Ok((ours && mark.last > held).then_some((held + 1, mark.last)))
+        // Zero: the database holds no log at all.
+        let log_id = Some(self.reader.log_id()?).filter(|&id| id != 0);
+        let last = self.reader.span()?.map_or(0, |(_, last)| last);
+        let snapshot = match log_id {
+            Some(id) => SnapshotFile::newest_in(self.dir, id)?,
+            None => 0,
+        };
+        Ok(mark.lost(log_id, last.max(snapshot)))
     }
 }
 

@@ -917,7 +917,7 @@ async fn reload_on_change(
         let Some(path) = &path else {
             if asked {
                 tracing::info!(
-                    "SIGHUP: no --policy file, nothing to reload; the policy in force stays (the journal's, or the embedded one on a new journal)"
+                    "SIGHUP: no --policy file, nothing to reload; the policy in force stays (the journal's, or the embedded one on a new journal or with --no-journal)"
                 );
             }
             continue;

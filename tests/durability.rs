@@ -403,37 +403,64 @@ fn damage(file: &std::path::Path, at: u64, len: usize) {
     f.write_all_at(&vec![0xFF; len], at).unwrap();
 }
 
-#[tokio::test]
-async fn records_sqlite_drops_with_a_damaged_write_ahead_file_are_not_lost_silently() {
+/// The write-ahead file of a journal written by a killed careroute under
+/// `sync`, one call (one batch, frames of its own) after another; and the
+/// last record the mark says was written.
+async fn killed_with_its_write_ahead_file(sync: &str) -> (std::path::PathBuf, String, u64) {
     let data = fresh_data_dir();
     let policy = policy_file(&data);
-    let args = ["--policy", policy.as_str()];
+    let args = ["--policy", policy.as_str(), "--journal-sync", sync];
     let mut p = Process::start_in(&data, &args, "info");
     let mut c = client(&p).await;
-    // One call after another: a batch, a commit and frames in the
-    // write-ahead file each.
     for i in 0..12 {
         agent(&mut c, &format!("b{i}"), "Billing", "billing").await;
     }
     p.kill9();
-    let wal = |dir: &std::path::Path| dir.join(format!("{}-wal", careroute::journal::FILE));
     let size = std::fs::metadata(wal(&data)).unwrap().len();
     assert!(
         size > 40_000,
         "the records are in the write-ahead file: {size} bytes"
     );
     let written = careroute::journal::Mark::read(&data).unwrap().last;
-    let held = |dir: &std::path::Path| -> i64 {
-        rusqlite::Connection::open(dir.join(careroute::journal::FILE))
-            .unwrap()
-            .query_row("SELECT coalesce(max(seq), 0) FROM commands", [], |r| {
-                r.get(0)
-            })
-            .unwrap()
-    };
     // (SQLite folds the write-ahead file in when it closes a database:
     // each look is at a copy.)
-    assert_eq!(held(&copy_dir(&data)) as u64, written);
+    assert_eq!(held(&copy_dir(&data)), written);
+    (data, policy, written)
+}
+
+fn wal(dir: &std::path::Path) -> std::path::PathBuf {
+    dir.join(format!("{}-wal", careroute::journal::FILE))
+}
+
+/// The last record a journal's database holds.
+fn held(dir: &std::path::Path) -> u64 {
+    rusqlite::Connection::open(dir.join(careroute::journal::FILE))
+        .unwrap()
+        .query_row("SELECT coalesce(max(seq), 0) FROM commands", [], |r| {
+            r.get::<_, i64>(0)
+        })
+        .unwrap() as u64
+}
+
+/// A copy of `data` with a frame of its write-ahead file damaged three
+/// quarters in: SQLite keeps the frames before it and drops the rest, and
+/// with them the last records. Returns it and the last record left.
+fn torn_copy(data: &std::path::Path, written: u64) -> (std::path::PathBuf, u64) {
+    let torn = copy_dir(data);
+    let size = std::fs::metadata(wal(&torn)).unwrap().len();
+    damage(&wal(&torn), size * 3 / 4, 64);
+    let left = held(&copy_dir(&torn));
+    assert!(
+        (1..written).contains(&left),
+        "records 1 to {left} of {written} left"
+    );
+    (torn, left)
+}
+
+#[tokio::test]
+async fn records_sqlite_drops_with_a_damaged_write_ahead_file_are_not_lost_silently() {
+    let (data, policy, written) = killed_with_its_write_ahead_file("write").await;
+    let args = ["--policy", policy.as_str()];
 
     // The whole write-ahead file lost: the database holds no log at all.
     // Before, this started as a new log, on nothing.
@@ -441,12 +468,11 @@ async fn records_sqlite_drops_with_a_damaged_write_ahead_file_are_not_lost_silen
     std::fs::write(wal(&gone), b"").unwrap();
     let why = refused(&gone, &policy);
     assert!(
-        why.contains(&format!("records up to {written} were written"))
+        why.contains(&format!("records up to {written} were written ("))
             && why.contains("holds them only up to 0")
             && why.contains(careroute::journal::WRITTEN_FILE),
         "{why}"
     );
-
     let copy = copy_dir(&gone);
     let (ok, lines, stderr) = common::process::journal(&["--data-dir", copy.to_str().unwrap()]);
     assert!(!ok && lines.is_empty(), "{stderr}");
@@ -464,16 +490,8 @@ async fn records_sqlite_drops_with_a_damaged_write_ahead_file_are_not_lost_silen
     client(&p).await;
     drop(p);
 
-    // A frame damaged three quarters in: SQLite keeps the frames before it
-    // and drops the rest, and with them the last records.
-    let torn = copy_dir(&data);
-    damage(&wal(&torn), size * 3 / 4, 64);
-    let left = held(&copy_dir(&torn)) as u64;
-    assert!(
-        (1..written).contains(&left),
-        "records 1 to {left} of {written} left"
-    );
-    // The audit export says so too, and exits non-zero.
+    // The last records lost. The audit export says so, and exits non-zero.
+    let (torn, left) = torn_copy(&data, written);
     let copy = copy_dir(&torn);
     let (ok, lines, stderr) = common::process::journal(&["--data-dir", copy.to_str().unwrap()]);
     assert!(!ok, "{stderr}");
@@ -485,18 +503,17 @@ async fn records_sqlite_drops_with_a_damaged_write_ahead_file_are_not_lost_silen
         )),
         "{stderr}"
     );
-    // Under fsync those records were on disk when answered: refused.
-    let fsync = copy_dir(&torn);
-    let why = refused_with(&fsync, &policy, &["--journal-sync", "fsync"]);
-    assert!(
-        why.contains(&format!(
-            "records up to {written} were written ({}",
-            fsync.join(careroute::journal::WRITTEN_FILE).display()
-        )) && why.contains(&format!("holds them only up to {left}")),
-        "{why}"
+    // Written under write (a power loss loses the last batches too): the
+    // start reports the records lost, as for a torn tail, and goes on from
+    // the rest, whatever --journal-sync it is started with now.
+    let fsync_now = copy_dir(&torn);
+    let p = Process::start_in(
+        &fsync_now,
+        &["--policy", policy.as_str(), "--journal-sync", "fsync"],
+        "info",
     );
-    // Under write (a power loss loses the last batches too), reported with
-    // the records lost, as a torn tail is, and started from the rest.
+    p.wait_for_log("records written were lost", Duration::from_secs(10));
+    drop(p);
     let mut p = Process::start_in(&torn, &args, "info");
     let lost = p.wait_for_log("records written were lost", Duration::from_secs(10));
     assert!(
@@ -519,6 +536,28 @@ async fn records_sqlite_drops_with_a_damaged_write_ahead_file_are_not_lost_silen
         !p.logs().contains("records written were lost"),
         "{}",
         p.logs()
+    );
+}
+
+#[tokio::test]
+async fn records_written_under_fsync_and_lost_are_refused_leaving_the_files_as_found() {
+    let (data, policy, written) = killed_with_its_write_ahead_file("fsync").await;
+    let (torn, left) = torn_copy(&data, written);
+    let before = std::fs::read(wal(&torn)).unwrap();
+    // They were on disk when answered: damage, whatever the start asks now.
+    let why = refused(&torn, &policy);
+    assert!(
+        why.contains(&format!(
+            "records up to {written} were written under --journal-sync fsync ({}",
+            torn.join(careroute::journal::WRITTEN_FILE).display()
+        )) && why.contains(&format!("holds them only up to {left}")),
+        "{why}"
+    );
+    // Nothing was written to the log before the refusal: the damaged
+    // frames are still there for whoever restores it.
+    assert!(
+        std::fs::read(wal(&torn)).unwrap() == before,
+        "the write-ahead file changed"
     );
 }
 

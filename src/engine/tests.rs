@@ -1097,10 +1097,24 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 // due): the log keeps a tick in its place, and not what the
                 // request carried. The final replay checks that log too.
                 let mut c = billing(&format!("c{k}"));
-                match k % 3 {
+                match k % 4 {
                     0 => c.intent = "astrology".into(),
                     1 => c.attributes = vec![("patient_name".into(), "x".into())],
-                    _ => c.attributes = vec![("coverage".into(), "x".into())],
+                    2 => c.attributes = vec![("coverage".into(), "x".into())],
+                    _ => {
+                        // A request id answered, sent again with another
+                        // request.
+                        c.request_id = Some(format!("r{}", log.len()));
+                        waiting.remove(&c.contact_id);
+                        match apply!(Route(&c)).unwrap().outcome {
+                            Outcome::Agent(a) => offered.push(a.reservation),
+                            Outcome::Queued(_) => {
+                                waiting.insert(c.contact_id.clone());
+                            }
+                            _ => {}
+                        }
+                        c.escalation_requested = !c.escalation_requested;
+                    }
                 }
                 let mut ticked = e.clone();
                 prop_assert!(e.apply(Route(&c), now).is_err());

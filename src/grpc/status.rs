@@ -290,7 +290,7 @@ impl From<JournalError> for Status {
             | JournalError::NoStart { .. }
             | JournalError::Corrupt { .. }
             | JournalError::Lost { .. }
-            | JournalError::Written { .. }
+            | JournalError::Mark { .. }
             | JournalError::Locked { .. }
             | JournalError::NoSnapshot { .. }
             | JournalError::OtherRouting { .. }

@@ -8,7 +8,9 @@
 //! batch before it, is in the log, and the events a batch decided are
 //! published after it, in order. At start the log is read back, checked
 //! (sequence and checksum of every record) and replayed; a torn or corrupt
-//! tail is reported with its position and cut. Without a database
+//! tail is reported with its position and cut; records SQLite dropped with
+//! a damaged write-ahead file are found against the mark of how far the log
+//! was written (see `written`). Without a database
 //! (`--no-journal`) the same thread only publishes.
 //!
 //! Snapshots (see `snapshots` and `shadow`): the engine's whole state at a
@@ -58,10 +60,10 @@ const WAL_LIMIT: u64 = 64 << 20;
 
 /// What to do about a database SQLite finds damaged: its pages, not a
 /// record, so no record can be named.
-fn damaged(e: &rusqlite::Error) -> &'static str {
+fn corrupt_hint(e: &rusqlite::Error) -> &'static str {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
-            " (the database file itself is damaged, below the records, so none can be named; refusing to start on half a state: restore the data directory from a copy, or move it aside to start anew)"
+            " (the database file itself is damaged, below its records, so none can be named: restore the data directory from a copy, or move it aside to start anew)"
         }
         _ => "",
     }
@@ -79,7 +81,7 @@ pub enum JournalError {
         source: std::io::Error,
     },
     /// SQLite refused.
-    #[error("journal {file}: {source}{}", damaged(source))]
+    #[error("journal {file}: {source}{}", corrupt_hint(source))]
     Sqlite {
         /// The database file.
         file: PathBuf,
@@ -108,10 +110,11 @@ pub enum JournalError {
         /// Why.
         why: String,
     },
-    /// Records the log's own file says were written are not in it: SQLite
+    /// Records the log's mark says were written are not in it: SQLite
     /// dropped them with a damaged or lost write-ahead file.
     #[error(
-        "journal {file}: records up to {written} were written ({mark} says so) but the log holds them only up to {last}: its write-ahead file (careroute.db-wal) was lost or damaged. Refusing to start on half a state: restore the data directory from a copy, or remove {mark} to start from what is left"
+        "journal {file}: records up to {written} were written{} ({mark} says so) but the log holds them only up to {last}: its write-ahead file (careroute.db-wal) was lost or damaged. Refusing to start on half a state: restore the data directory from a copy, or remove {mark} to start from what is left",
+        if *fsync { " under --journal-sync fsync" } else { "" }
     )]
     Lost {
         /// The database file.
@@ -122,10 +125,12 @@ pub enum JournalError {
         written: u64,
         /// The last record the log holds (0: none).
         last: u64,
+        /// They were written under `--journal-sync fsync`.
+        fsync: bool,
     },
-    /// The file that says how far the log was written cannot be written.
-    #[error("journal {file}: cannot record how far the log was written: {source}")]
-    Written {
+    /// The mark (how far the log was written) cannot be read or written.
+    #[error("journal {file}, which says how far the log was written: {source}")]
+    Mark {
         /// The file.
         file: PathBuf,
         /// Why.

@@ -114,6 +114,9 @@ impl Records {
                     why: why.clone(),
                 });
             }
+            // The mark first, and on disk under fsync: a mark below the
+            // log is harmless, one above a cut would report it as lost.
+            store.set_mark(last_seq, true)?;
             store.cut(*seq)?;
         }
         store.mark_written(last_seq)?;

@@ -82,6 +82,15 @@ impl SnapshotFile {
         }
     }
 
+    /// The record of the newest snapshot kept in `dir` (0: none), whether
+    /// it loads or not, read only.
+    pub fn newest_in(dir: &Path, log_id: u64) -> Result<u64, JournalError> {
+        match SnapshotFile::open_read_only(dir, log_id)? {
+            Some(snapshots) => Ok(snapshots.newest()?.unwrap_or(0)),
+            None => Ok(0),
+        }
+    }
+
     /// The record the newest snapshot covers, whether it loads or not.
     pub fn newest(&self) -> Result<Option<u64>, JournalError> {
         self.conn

@@ -11,7 +11,7 @@ use rusqlite::{Connection, params};
 
 use super::records::Records;
 use super::snapshots::{Loaded, SnapshotFile};
-use super::written::{Mark, Written};
+use super::written::{Mark, MarkFile};
 use super::{FILE, JournalError, WAL_LIMIT};
 use crate::config::JournalSync;
 use crate::engine::{Command, Engine, IdKey, ROUTING_VERSION};
@@ -58,6 +58,16 @@ fn span(conn: &Connection) -> Result<(Option<i64>, Option<i64>), rusqlite::Error
         "SELECT (SELECT MIN(seq) FROM commands), (SELECT MAX(seq) FROM commands)",
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
+/// Whether the database holds a log's tables (a database whose
+/// write-ahead file was lost may hold none).
+fn has_log(conn: &Connection) -> Result<bool, rusqlite::Error> {
+    conn.query_row(
+        "SELECT count(*) = 2 FROM sqlite_master WHERE type = 'table' AND name IN ('meta', 'commands')",
+        [],
+        |r| r.get(0),
     )
 }
 
@@ -110,7 +120,9 @@ pub struct Store {
     /// The log's identity.
     log_id: u64,
     /// How far the log was written, told after each batch.
-    written: Written,
+    marks: MarkFile,
+    /// Whether each batch is on disk before it is answered.
+    sync: JournalSync,
     /// Held while the store is open: one process per journal.
     _lock: std::fs::File,
 }
@@ -140,8 +152,16 @@ impl Store {
             file: file.clone(),
             source,
         };
-        // A database moved aside (to start anew) is not one SQLite lost.
-        let existed = file.exists();
+        let marks = MarkFile::open(dir)?;
+        if file.exists() {
+            if let Some(mark) = marks.read() {
+                check_written(dir, &file, &marks, mark)?;
+            }
+        } else {
+            // A database moved aside to start anew: the mark of the one
+            // before is not this log's.
+            marks.clear()?;
+        }
         let conn = Connection::open(&file).map_err(sql)?;
         let synchronous = match sync {
             JournalSync::Write => "OFF",
@@ -190,22 +210,6 @@ impl Store {
         )
         .map_err(sql)?;
         let kept_log = log_id.and_then(|v| v.parse::<u64>().ok());
-        let written = Written::open(dir)?;
-        let mark = written.read();
-        // A database holding no log where the mark says one was written:
-        // SQLite dropped the whole of it with its write-ahead file.
-        if let Some(mark) = mark
-            && existed
-            && kept_log.is_none()
-            && first.is_none()
-        {
-            return Err(JournalError::Lost {
-                file,
-                mark: written.path().to_owned(),
-                written: mark.last,
-                last: 0,
-            });
-        }
         let log_id = match kept_log {
             Some(id) => id,
             // A new log: snapshots of any other log are not its own.
@@ -244,9 +248,6 @@ impl Store {
                 "journal: the log ends before the snapshot: records after it were lost from the log (a power loss with --journal-sync write?); the snapshot holds their effect"
             );
         }
-        if let Some(mark) = mark {
-            lost_records(&file, &written, mark, log_id, last_present.max(base), sync)?;
-        }
         if let Some(first) = first
             && first as u64 > base + 1
         {
@@ -272,7 +273,8 @@ impl Store {
                 snapshots: Some(snapshots),
                 first_kept: first.map_or(0, |f| f as u64),
                 log_id,
-                written,
+                marks,
+                sync,
                 _lock: lock,
             },
             Recovered {
@@ -320,10 +322,22 @@ impl Store {
     /// start, a damaged tail cut): a loss reported once is not reported
     /// again by the next start.
     pub(super) fn mark_written(&self, last: u64) -> Result<(), JournalError> {
-        self.written.set(Mark {
-            log_id: self.log_id,
-            last,
-        })
+        self.set_mark(last, false)
+    }
+
+    /// The mark: the log's last record is `last`, on disk as well if
+    /// `durable` (before a cut under fsync, so that a cut is never taken
+    /// for records lost).
+    pub(super) fn set_mark(&self, last: u64, durable: bool) -> Result<(), JournalError> {
+        let fsync = self.sync == JournalSync::Fsync;
+        self.marks.set(
+            Mark {
+                log_id: self.log_id,
+                last,
+                fsync,
+            },
+            durable && fsync,
+        )
     }
 
     /// Cuts the log's records from `from` on (a torn or corrupt tail).
@@ -417,47 +431,65 @@ impl Store {
     }
 }
 
-/// Checks the log against what its mark says was written: records missing
-/// from its end were dropped by SQLite with a damaged or lost write-ahead
-/// file. Under `fsync` they were on disk when answered, so that is damage:
-/// refused. Under `write` a power loss drops the last batches as well (the
-/// promise of that mode), so the loss is reported with its records, as a
-/// torn tail is, and the log starts from what is left.
-fn lost_records(
+/// Checks the log in `file` against its mark, read only, before anything
+/// is written to it, so a refusal leaves the files as they were found, for
+/// whoever restores them. Records missing from the log's end were dropped
+/// by SQLite with a damaged or lost write-ahead file. If they were on disk
+/// when answered (the mark says fsync), that is damage: refused. Under
+/// `write` a power loss drops the last batches as well (the promise of
+/// that mode), so the loss is reported with its records, as a torn tail
+/// is, and the log starts from what is left. A database holding no log at
+/// all where the mark says one was written is always refused.
+fn check_written(
+    dir: &Path,
     file: &Path,
-    written: &Written,
+    marks: &MarkFile,
     mark: Mark,
-    log_id: u64,
-    last: u64,
-    sync: JournalSync,
 ) -> Result<(), JournalError> {
-    if mark.log_id != log_id {
+    let sql = |source| JournalError::Sqlite {
+        file: file.to_owned(),
+        source,
+    };
+    let conn = Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(sql)?;
+    let (log_id, last) = if has_log(&conn).map_err(sql)? {
+        let log_id = meta_get(&conn, "log_id")
+            .map_err(sql)?
+            .and_then(|v| v.parse::<u64>().ok());
+        (log_id, span(&conn).map_err(sql)?.1.map_or(0, |l| l as u64))
+    } else {
+        (None, 0)
+    };
+    let snapshot = match log_id {
+        Some(id) => SnapshotFile::newest_in(dir, id)?,
+        None => 0,
+    };
+    if log_id.is_some_and(|id| id != mark.log_id) {
         tracing::warn!(
-            mark = %written.path().display(),
-            "journal: the file that says how far the log was written names another log; it is written again from now on"
+            mark = %marks.path().display(),
+            "journal: the mark of how far the log was written names another log; it is written again from now on"
         );
-        return Ok(());
     }
-    if mark.last <= last {
+    let held = last.max(snapshot);
+    let Some((first_lost, last_lost)) = mark.lost(log_id, held) else {
         return Ok(());
-    }
-    match sync {
-        JournalSync::Fsync => Err(JournalError::Lost {
+    };
+    if mark.fsync || log_id.is_none() {
+        return Err(JournalError::Lost {
             file: file.to_owned(),
-            mark: written.path().to_owned(),
-            written: mark.last,
-            last,
-        }),
-        JournalSync::Write => {
-            tracing::error!(
-                file = %file.display(),
-                first_record_lost = last + 1,
-                last_record_lost = mark.last,
-                "journal: records written were lost from the log (a power loss under --journal-sync write, or a damaged careroute.db-wal); starting from the records left"
-            );
-            Ok(())
-        }
+            mark: marks.path().to_owned(),
+            written: last_lost,
+            last: held,
+            fsync: mark.fsync,
+        });
     }
+    tracing::error!(
+        file = %file.display(),
+        first_record_lost = first_lost,
+        last_record_lost = last_lost,
+        "journal: records written were lost from the log (a power loss under --journal-sync write, or a damaged careroute.db-wal); starting from the records left"
+    );
+    Ok(())
 }
 
 /// The log read without the service (audit and export): read-only, no
@@ -465,6 +497,8 @@ fn lost_records(
 pub struct LogReader {
     conn: Connection,
     file: PathBuf,
+    /// Whether the database holds a log at all (none: read as empty).
+    log: bool,
 }
 
 impl LogReader {
@@ -476,7 +510,11 @@ impl LogReader {
             file: file.clone(),
             source,
         })?;
-        Ok(LogReader { conn, file })
+        let log = has_log(&conn).map_err(|source| JournalError::Sqlite {
+            file: file.clone(),
+            source,
+        })?;
+        Ok(LogReader { conn, file, log })
     }
 
     fn sql(&self, source: rusqlite::Error) -> JournalError {
@@ -486,15 +524,26 @@ impl LogReader {
         }
     }
 
+    /// A value from the log's `meta` table, if set.
+    fn meta(&self, key: &str) -> Result<Option<String>, JournalError> {
+        if !self.log {
+            return Ok(None);
+        }
+        meta_get(&self.conn, key).map_err(|e| self.sql(e))
+    }
+
     /// The first and last records kept (none: an empty log).
     pub fn span(&self) -> Result<Option<(u64, u64)>, JournalError> {
+        if !self.log {
+            return Ok(None);
+        }
         let (first, last) = span(&self.conn).map_err(|e| self.sql(e))?;
         Ok(first.zip(last).map(|(f, l)| (f as u64, l as u64)))
     }
 
     /// The id key of the log's engine, if recorded.
     pub fn id_key(&self) -> Result<Option<IdKey>, JournalError> {
-        match meta_get(&self.conn, "id_key").map_err(|e| self.sql(e))? {
+        match self.meta("id_key")? {
             Some(v) => parse_key(&v)
                 .map(Some)
                 .ok_or_else(|| JournalError::Corrupt {
@@ -509,16 +558,16 @@ impl LogReader {
     /// The routing version of the build that wrote the log (1: before the
     /// version was kept).
     pub fn routing_version(&self) -> Result<u32, JournalError> {
-        Ok(meta_get(&self.conn, "routing_version")
-            .map_err(|e| self.sql(e))?
+        Ok(self
+            .meta("routing_version")?
             .and_then(|v| v.parse().ok())
             .unwrap_or(1))
     }
 
     /// The log's identity, which its snapshots carry.
     pub fn log_id(&self) -> Result<u64, JournalError> {
-        Ok(meta_get(&self.conn, "log_id")
-            .map_err(|e| self.sql(e))?
+        Ok(self
+            .meta("log_id")?
             .and_then(|v| v.parse().ok())
             .unwrap_or(0))
     }
@@ -532,6 +581,9 @@ impl LogReader {
         upto: u64,
         mut each: impl FnMut(u64, &str, Option<&str>, Result<(Time, Command), String>),
     ) -> Result<(), JournalError> {
+        if !self.log {
+            return Ok(());
+        }
         let mut rows = self
             .conn
             .prepare("SELECT seq, at_us, body, crc, client FROM commands WHERE seq > ?1 AND seq <= ?2 ORDER BY seq")

@@ -1,8 +1,8 @@
 //! How far the local log was written, kept in a file of its own beside the
-//! database: a second witness that SQLite cannot lose with its write-ahead
-//! file. SQLite reads that file up to its first damaged frame and quietly
-//! drops the rest, so a start that finds fewer records than this file says
-//! were written knows some were lost, and which.
+//! database (the mark): a second witness that SQLite cannot lose with its
+//! write-ahead file. SQLite reads that file up to its first damaged frame
+//! and quietly drops the rest, so a start that finds fewer records than the
+//! mark says were written knows some were lost, and which.
 
 use std::{
     fs::{File, OpenOptions},
@@ -12,22 +12,26 @@ use std::{
 
 use super::JournalError;
 
-/// The file's name in the data directory.
+/// The mark's file name in the data directory.
 pub const WRITTEN_FILE: &str = "careroute.written";
 
-/// What the file says: which log, and the last record of it written.
+/// What the mark says: which log, its last record written, and whether
+/// that record was on disk when answered (`--journal-sync fsync`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mark {
     /// The log's identity (its `log_id` in the database's `meta` table).
     pub log_id: u64,
     /// The last record written.
     pub last: u64,
+    /// Written under `--journal-sync fsync`.
+    pub fsync: bool,
 }
 
 impl Mark {
     /// Fixed width, so each write replaces the whole of the one before.
     fn encode(self) -> String {
-        format!("{:020} {:020}\n", self.log_id, self.last)
+        let mode = if self.fsync { "fsync" } else { "write" };
+        format!("{:020} {:020} {mode}\n", self.log_id, self.last)
     }
 
     /// The mark in `bytes`, if they hold one whole.
@@ -36,25 +40,45 @@ impl Mark {
         let mut fields = text.split_ascii_whitespace();
         let log_id = fields.next()?.parse().ok()?;
         let last = fields.next()?.parse().ok()?;
-        fields.next().is_none().then_some(Mark { log_id, last })
+        let fsync = match fields.next()? {
+            "fsync" => true,
+            "write" => false,
+            _ => return None,
+        };
+        fields.next().is_none().then_some(Mark {
+            log_id,
+            last,
+            fsync,
+        })
     }
 
-    /// What the file in `dir` says, if it exists and is whole (read only,
+    /// What the mark in `dir` says, if it exists and is whole (read only,
     /// for the audit export).
     pub fn read(dir: &Path) -> Option<Mark> {
         Mark::decode(&std::fs::read(dir.join(WRITTEN_FILE)).ok()?)
     }
+
+    /// The records written that a log holding records up to `held` (its
+    /// last record, or its snapshot's if later) has lost, first and last;
+    /// `log_id` is the log's (none: the database holds no log at all). A
+    /// mark of another log says nothing of this one.
+    pub fn lost(&self, log_id: Option<u64>, held: u64) -> Option<(u64, u64)> {
+        if log_id.is_some_and(|id| id != self.log_id) || self.last <= held {
+            return None;
+        }
+        Some((held + 1, self.last))
+    }
 }
 
-/// The file, open for the writer.
-pub struct Written {
+/// The mark's file, open for the writer.
+pub struct MarkFile {
     file: File,
     path: PathBuf,
 }
 
-impl Written {
-    /// Opens (creating if needed) the file in `dir`.
-    pub fn open(dir: &Path) -> Result<Written, JournalError> {
+impl MarkFile {
+    /// Opens (creating if needed) the mark's file in `dir`.
+    pub fn open(dir: &Path) -> Result<MarkFile, JournalError> {
         let path = dir.join(WRITTEN_FILE);
         OpenOptions::new()
             .read(true)
@@ -62,35 +86,55 @@ impl Written {
             .create(true)
             .truncate(false)
             .open(&path)
-            .map(|file| Written {
+            .map(|file| MarkFile {
                 file,
                 path: path.clone(),
             })
-            .map_err(|source| JournalError::Written { file: path, source })
+            .map_err(|source| JournalError::Mark { file: path, source })
     }
 
-    /// What it says, if it is whole (nothing yet on a new journal, or one
-    /// written before this file was kept).
+    /// What it says, if it is whole (nothing on a new journal, or one
+    /// written before the mark was kept).
     pub fn read(&self) -> Option<Mark> {
         let mut bytes = [0u8; 64];
         let n = self.file.read_at(&mut bytes, 0).ok()?;
         Mark::decode(&bytes[..n])
     }
 
-    /// Records `mark`, after its batch is committed: one write to the
-    /// operating system, which survives the process as the batch does.
-    pub fn set(&self, mark: Mark) -> Result<(), JournalError> {
+    /// Records `mark`: one write to the operating system, which survives
+    /// the process as a batch does; on disk too if `durable`.
+    pub fn set(&self, mark: Mark, durable: bool) -> Result<(), JournalError> {
         self.file
             .write_all_at(mark.encode().as_bytes(), 0)
-            .map_err(|source| JournalError::Written {
-                file: self.path.clone(),
-                source,
+            .and_then(|()| {
+                if durable {
+                    self.file.sync_data()
+                } else {
+                    Ok(())
+                }
             })
+            .map_err(|source| self.error(source))
+    }
+
+    /// Forgets what it said, on disk (a new database, whose log the mark
+    /// of the one before is not).
+    pub fn clear(&self) -> Result<(), JournalError> {
+        self.file
+            .set_len(0)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|source| self.error(source))
     }
 
     /// The file's path, for messages.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn error(&self, source: std::io::Error) -> JournalError {
+        JournalError::Mark {
+            file: self.path.clone(),
+            source,
+        }
     }
 }
 
@@ -101,22 +145,48 @@ mod tests {
     #[test]
     fn a_mark_reads_back_and_a_torn_one_is_not_read() {
         let dir = std::env::temp_dir().join(format!("careroute-written-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let w = Written::open(&dir).unwrap();
-        assert_eq!(w.read(), None, "a new file says nothing");
+        let m = MarkFile::open(&dir).unwrap();
+        assert_eq!(m.read(), None, "a new file says nothing");
         let long = Mark {
             log_id: u64::MAX,
             last: 123_456_789,
+            fsync: true,
         };
-        w.set(long).unwrap();
-        let short = Mark { log_id: 7, last: 9 };
-        w.set(short).unwrap();
-        assert_eq!(w.read(), Some(short), "a shorter number replaces it whole");
+        m.set(long, false).unwrap();
+        let short = Mark {
+            log_id: 7,
+            last: 9,
+            fsync: false,
+        };
+        m.set(short, true).unwrap();
+        assert_eq!(m.read(), Some(short), "a shorter number replaces it whole");
         assert_eq!(Mark::read(&dir), Some(short));
-        std::fs::write(dir.join(WRITTEN_FILE), "00000000000000000007").unwrap();
-        assert_eq!(Mark::read(&dir), None, "half a mark is not read");
-        std::fs::write(dir.join(WRITTEN_FILE), "7 9 11").unwrap();
-        assert_eq!(Mark::read(&dir), None);
+        m.clear().unwrap();
+        assert_eq!(m.read(), None);
+        for torn in [
+            "00000000000000000007 00000000000000000009",
+            "7 9 fs",
+            "7 9 write 11",
+        ] {
+            std::fs::write(dir.join(WRITTEN_FILE), torn).unwrap();
+            assert_eq!(Mark::read(&dir), None, "{torn}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn lost_records_are_those_written_after_what_the_log_holds() {
+        let mark = Mark {
+            log_id: 7,
+            last: 9,
+            fsync: false,
+        };
+        assert_eq!(mark.lost(Some(7), 9), None);
+        assert_eq!(mark.lost(Some(7), 12), None, "written since by another");
+        assert_eq!(mark.lost(Some(7), 5), Some((6, 9)));
+        assert_eq!(mark.lost(None, 0), Some((1, 9)), "no log at all");
+        assert_eq!(mark.lost(Some(8), 0), None, "another log's mark");
     }
 }
