@@ -86,14 +86,8 @@ impl Source for Local<'_> {
         let Some(mark) = Mark::read(self.dir) else {
             return Ok(None);
         };
-        // Zero: the database holds no log at all.
-        let log_id = Some(self.reader.log_id()?).filter(|&id| id != 0);
-        let last = self.reader.span()?.map_or(0, |(_, last)| last);
-        let snapshot = match log_id {
-            Some(id) => SnapshotFile::newest_in(self.dir, id)?,
-            None => 0,
-        };
-        Ok(mark.lost(log_id, last.max(snapshot)))
+        let (log_id, held) = self.reader.held(self.dir)?;
+        Ok(mark.lost(log_id, held))
     }
 }
 

@@ -407,15 +407,7 @@ fn damage(file: &std::path::Path, at: u64, len: usize) {
 /// `sync`, one call (one batch, frames of its own) after another; and the
 /// last record the mark says was written.
 async fn killed_with_its_write_ahead_file(sync: &str) -> (std::path::PathBuf, String, u64) {
-    let data = fresh_data_dir();
-    let policy = policy_file(&data);
-    let args = ["--policy", policy.as_str(), "--journal-sync", sync];
-    let mut p = Process::start_in(&data, &args, "info");
-    let mut c = client(&p).await;
-    for i in 0..12 {
-        agent(&mut c, &format!("b{i}"), "Billing", "billing").await;
-    }
-    p.kill9();
+    let (data, policy) = killed_after_agents(sync, 12).await;
     let size = std::fs::metadata(wal(&data)).unwrap().len();
     assert!(
         size > 40_000,
@@ -426,6 +418,22 @@ async fn killed_with_its_write_ahead_file(sync: &str) -> (std::path::PathBuf, St
     // each look is at a copy.)
     assert_eq!(held(&copy_dir(&data)), written);
     (data, policy, written)
+}
+
+/// The data directory of a careroute killed with `kill -9` under `sync`
+/// after registering `agents` agents one call after another, and its
+/// policy file.
+async fn killed_after_agents(sync: &str, agents: usize) -> (std::path::PathBuf, String) {
+    let data = fresh_data_dir();
+    let policy = policy_file(&data);
+    let args = ["--policy", policy.as_str(), "--journal-sync", sync];
+    let mut p = Process::start_in(&data, &args, "info");
+    let mut c = client(&p).await;
+    for i in 0..agents {
+        agent(&mut c, &format!("b{i}"), "Billing", "billing").await;
+    }
+    p.kill9();
+    (data, policy)
 }
 
 fn wal(dir: &std::path::Path) -> std::path::PathBuf {
@@ -563,15 +571,7 @@ async fn records_written_under_fsync_and_lost_are_refused_leaving_the_files_as_f
 
 #[tokio::test]
 async fn a_database_damaged_below_its_records_is_refused_saying_so() {
-    let data = fresh_data_dir();
-    let policy = policy_file(&data);
-    let args = ["--policy", policy.as_str()];
-    let mut p = Process::start_in(&data, &args, "info");
-    let mut c = client(&p).await;
-    for i in 0..60 {
-        agent(&mut c, &format!("b{i}"), "Billing", "billing").await;
-    }
-    p.kill9();
+    let (data, policy) = killed_after_agents("write", 60).await;
     // Folded into the database file, whose last pages are then lost.
     rusqlite::Connection::open(data.join(careroute::journal::FILE))
         .unwrap()

@@ -184,10 +184,11 @@ impl Routing {
         let also = also();
         // A refusal that only let time pass is logged as the tick it was,
         // without what the refused request carried.
-        let only_time = C::ONLY_TIME || (C::REFUSED_AS_TICK && out.is_err());
-        if only_time && !C::ONLY_TIME {
+        let refused_as_tick = C::REFUSED_AS_TICK && out.is_err();
+        if refused_as_tick {
             kept = kept.map(|_| Tick.into());
         }
+        let only_time = C::ONLY_TIME || refused_as_tick;
         let idle = only_time && nothing_due && events.is_empty();
         // Time passing is nobody's doing, whoever's call applied it.
         let client = if only_time { None } else { authorize::caller() };

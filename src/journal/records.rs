@@ -116,10 +116,10 @@ impl Records {
             }
             // The mark first, and on disk under fsync: a mark below the
             // log is harmless, one above a cut would report it as lost.
-            store.set_mark(last_seq, true)?;
+            store.mark(last_seq, true)?;
             store.cut(*seq)?;
         }
-        store.mark_written(last_seq)?;
+        store.mark(last_seq, false)?;
         Ok(End { last_seq, cut })
     }
 }

@@ -318,17 +318,11 @@ impl Store {
         Ok(rows)
     }
 
-    /// Records that the log ends at `last` (its records read back at
-    /// start, a damaged tail cut): a loss reported once is not reported
-    /// again by the next start.
-    pub(super) fn mark_written(&self, last: u64) -> Result<(), JournalError> {
-        self.set_mark(last, false)
-    }
-
-    /// The mark: the log's last record is `last`, on disk as well if
-    /// `durable` (before a cut under fsync, so that a cut is never taken
-    /// for records lost).
-    pub(super) fn set_mark(&self, last: u64, durable: bool) -> Result<(), JournalError> {
+    /// Marks the log's last record as `last` (after each batch; at start,
+    /// where the log was found to end, so a loss reported once is not
+    /// reported again), on disk as well if `durable` (before a cut under
+    /// fsync, so that a cut is never taken for records lost).
+    pub(super) fn mark(&self, last: u64, durable: bool) -> Result<(), JournalError> {
         let fsync = self.sync == JournalSync::Fsync;
         self.marks.set(
             Mark {
@@ -425,7 +419,7 @@ impl Store {
         }
         tx.commit().map_err(sql)?;
         match batch.last() {
-            Some((last, ..)) => self.mark_written(*last),
+            Some((last, ..)) => self.mark(*last, false),
             None => Ok(()),
         }
     }
@@ -446,31 +440,13 @@ fn check_written(
     marks: &MarkFile,
     mark: Mark,
 ) -> Result<(), JournalError> {
-    let sql = |source| JournalError::Sqlite {
-        file: file.to_owned(),
-        source,
-    };
-    let conn = Connection::open_with_flags(file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(sql)?;
-    let (log_id, last) = if has_log(&conn).map_err(sql)? {
-        let log_id = meta_get(&conn, "log_id")
-            .map_err(sql)?
-            .and_then(|v| v.parse::<u64>().ok());
-        (log_id, span(&conn).map_err(sql)?.1.map_or(0, |l| l as u64))
-    } else {
-        (None, 0)
-    };
-    let snapshot = match log_id {
-        Some(id) => SnapshotFile::newest_in(dir, id)?,
-        None => 0,
-    };
+    let (log_id, held) = LogReader::open(dir)?.held(dir)?;
     if log_id.is_some_and(|id| id != mark.log_id) {
         tracing::warn!(
             mark = %marks.path().display(),
             "journal: the mark of how far the log was written names another log; it is written again from now on"
         );
     }
-    let held = last.max(snapshot);
     let Some((first_lost, last_lost)) = mark.lost(log_id, held) else {
         return Ok(());
     };
@@ -562,6 +538,19 @@ impl LogReader {
             .meta("routing_version")?
             .and_then(|v| v.parse().ok())
             .unwrap_or(1))
+    }
+
+    /// The log's identity (none: the database holds no log at all), and
+    /// the last record it holds: its last record, or the newest snapshot's
+    /// in `dir` if later. What [`Mark::lost`] is asked about.
+    pub fn held(&self, dir: &Path) -> Result<(Option<u64>, u64), JournalError> {
+        let log_id = Some(self.log_id()?).filter(|&id| id != 0);
+        let last = self.span()?.map_or(0, |(_, last)| last);
+        let snapshot = match log_id {
+            Some(id) => SnapshotFile::newest_in(dir, id)?,
+            None => 0,
+        };
+        Ok((log_id, last.max(snapshot)))
     }
 
     /// The log's identity, which its snapshots carry.

@@ -6,6 +6,7 @@
 
 use std::{
     fs::{File, OpenOptions},
+    io::Write as _,
     os::unix::fs::FileExt,
     path::{Path, PathBuf},
 };
@@ -14,6 +15,9 @@ use super::JournalError;
 
 /// The mark's file name in the data directory.
 pub const WRITTEN_FILE: &str = "careroute.written";
+
+/// The length of an encoded mark.
+const ENCODED: usize = 48;
 
 /// What the mark says: which log, its last record written, and whether
 /// that record was on disk when answered (`--journal-sync fsync`).
@@ -28,10 +32,19 @@ pub struct Mark {
 }
 
 impl Mark {
-    /// Fixed width, so each write replaces the whole of the one before.
-    fn encode(self) -> String {
+    /// Fixed width, so each write replaces the whole of the one before
+    /// (and written once per batch, so on the stack).
+    fn encode(self) -> [u8; ENCODED] {
         let mode = if self.fsync { "fsync" } else { "write" };
-        format!("{:020} {:020} {mode}\n", self.log_id, self.last)
+        let mut bytes = [0u8; ENCODED];
+        // 20 + 1 + 20 + 1 + 5 + 1 bytes: a u64 has at most 20 digits.
+        let _ = writeln!(
+            &mut bytes[..],
+            "{:020} {:020} {mode}",
+            self.log_id,
+            self.last
+        );
+        bytes
     }
 
     /// The mark in `bytes`, if they hold one whole.
@@ -96,7 +109,7 @@ impl MarkFile {
     /// What it says, if it is whole (nothing on a new journal, or one
     /// written before the mark was kept).
     pub fn read(&self) -> Option<Mark> {
-        let mut bytes = [0u8; 64];
+        let mut bytes = [0u8; 2 * ENCODED];
         let n = self.file.read_at(&mut bytes, 0).ok()?;
         Mark::decode(&bytes[..n])
     }
@@ -105,7 +118,7 @@ impl MarkFile {
     /// the process as a batch does; on disk too if `durable`.
     pub fn set(&self, mark: Mark, durable: bool) -> Result<(), JournalError> {
         self.file
-            .write_all_at(mark.encode().as_bytes(), 0)
+            .write_all_at(&mark.encode(), 0)
             .and_then(|()| {
                 if durable {
                     self.file.sync_data()
