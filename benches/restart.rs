@@ -20,7 +20,7 @@ use careroute::{
         AgentSpec, Command, Complete, Configure, Confirm, Engine, EngineConfig, Outcome, Route,
         SetAgentState, UpsertAgent,
     },
-    journal::{Every, Journal, Log, Snapshots, Store},
+    journal::{Entry, Every, Journal, Log, Snapshots, Store},
     model::{AgentState, Channel, Contact, Identity, Time},
     policy::Policy,
     server::build_engine,
@@ -146,7 +146,7 @@ fn measure(tail: usize) {
         |e| panic!("{e}"),
     );
     let log = |journal: &Journal<()>, at: Time, c: Command| {
-        journal.append(at, true, Some(c), None, |_| Vec::new());
+        journal.append(true, Some(Entry::accepted(at, c)), |_| Vec::new());
     };
     log(
         &journal,

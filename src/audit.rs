@@ -15,16 +15,18 @@ use serde_json::{Value, json};
 use crate::engine::{
     Command, Decision, Engine, EngineConfig, Event, IdKey, LoggedOnce, Outcome, Route,
 };
-use crate::journal::{JournalError, LogReader, Mark, Nats, NatsSecurity, Replay, SnapshotFile};
+use crate::journal::{
+    Diverged, Entry, JournalError, LogReader, Mark, Nats, NatsSecurity, Replay, SnapshotFile,
+    Unreplayable,
+};
 use crate::model::Time;
 
 /// How long a NATS stream may take to deliver a record it holds.
 const DELIVERY: Duration = Duration::from_secs(30);
 
 /// A record as an export reads it: its sequence number, its body as stored
-/// (JSON), the client that sent it, and the record checked and decoded, or
-/// why it cannot be.
-type Each<'a> = &'a mut dyn FnMut(u64, &str, Option<&str>, Result<(Time, Command), String>);
+/// (JSON), and the record checked and decoded, or why it cannot be.
+type Each<'a> = &'a mut dyn FnMut(u64, &str, Result<Entry, String>);
 
 /// A log an export reads.
 pub trait Source {
@@ -157,7 +159,7 @@ impl Source for OnNats {
                     return Ok(());
                 }
                 let body = String::from_utf8_lossy(&record.body);
-                each(record.seq, &body, record.client.as_deref(), record.read);
+                each(record.seq, &body, record.read);
                 if record.seq == upto {
                     return Ok(());
                 }
@@ -261,7 +263,7 @@ pub fn export(
     // The first record of the range that did not come or cannot be read,
     // and which: outcomes after it would come from a state missing it.
     let mut gap: Option<(u64, &str)> = None;
-    source.each(from - 1, to, &mut |seq, body, client, read| {
+    source.each(from - 1, to, &mut |seq, body, read| {
         if written.is_err() {
             return;
         }
@@ -272,8 +274,8 @@ pub fn export(
             ));
         }
         next = next.max(seq + 1);
-        let (at, command) = match read {
-            Ok(record) => record,
+        let entry = match read {
+            Ok(entry) => entry,
             Err(why) => {
                 exported.damaged.push((seq, why));
                 gap.get_or_insert((seq, "cannot be read"));
@@ -282,22 +284,30 @@ pub fn export(
         };
         // The body as stored (checked JSON), so the export is the log, not
         // a re-encoding; sequence and time first, for people.
+        let at = entry.at;
+        // Who sent it, if a client did (the name in the credentials file).
+        let by = entry
+            .client
+            .as_ref()
+            .map(|c| format!(",\"by\":{}", json!(&**c)))
+            .unwrap_or_default();
+        // Whether it was refused when first applied, as the log says.
+        let refused = match entry.refused {
+            Some(true) => ",\"refused\":true",
+            _ => "",
+        };
         let result = replay.as_mut().map(|replay| {
             let result = match gap {
-                None => apply(replay, at, command),
+                None => apply(replay, seq, entry),
                 Some((seq, why)) => {
                     json!({ "not_replayed": format!("record {seq} before it {why}") })
                 }
             };
             format!(",\"result\":{result}")
         });
-        // Who sent it, if a client did (the name in the credentials file).
-        let by = client
-            .map(|c| format!(",\"by\":{}", json!(c)))
-            .unwrap_or_default();
         written = writeln!(
             out,
-            "{{\"seq\":{seq},\"at\":\"{}\"{by},\"command\":{body}{}}}",
+            "{{\"seq\":{seq},\"at\":\"{}\"{by}{refused},\"command\":{body}{}}}",
             time(at),
             result.unwrap_or_default()
         );
@@ -355,22 +365,24 @@ fn rebuild_before(
     // Every record from the snapshot to `from`, in order, readable: a state
     // missing one would show outcomes that were never decided.
     let upto = (from - 1).min(span.map_or(0, |(_, last)| last));
-    let (mut next, mut unreplayable, mut failed) = (base + 1, None, false);
-    source.each(base, from - 1, &mut |seq, _, _, read| {
-        if unreplayable.is_some() {
+    let (mut next, mut unreplayable, mut failed) = (base + 1, None, None);
+    source.each(base, from - 1, &mut |seq, _, read| {
+        if unreplayable.is_some() || failed.is_some() {
             return;
         }
         match read {
-            Ok((at, command)) if seq == next => {
-                failed |= replay.apply(at, command).is_err();
+            Ok(entry) if seq == next => {
+                failed = replay.apply(seq, entry).err();
                 next += 1;
             }
             Ok(_) => unreplayable = Some(next),
             Err(_) => unreplayable = Some(seq),
         }
     })?;
-    if failed {
-        return Err(AuditError::NoStart);
+    match failed {
+        Some(Unreplayable::NoStart) => return Err(AuditError::NoStart),
+        Some(e) => return Err(e.in_log("the log").into()),
+        None => {}
     }
     match unreplayable.or((next <= upto).then_some(next)) {
         Some(seq) => Err(AuditError::Unreplayable { from, seq }),
@@ -378,15 +390,21 @@ fn rebuild_before(
     }
 }
 
-/// Applies one record and says what it decided.
-fn apply(replay: &mut Replay, at: Time, command: Command) -> Value {
+/// Applies record `seq` and says what it decided, and if it came to
+/// another result than the one the log says it had.
+fn apply(replay: &mut Replay, seq: u64, entry: Entry) -> Value {
+    let then = entry.refused;
     let Some(engine) = replay.engine() else {
         // The log's first record: the policy the engine is built on.
-        return match replay.apply(at, command) {
+        return match replay.apply(seq, entry) {
             Ok(()) => json!({ "started": true }),
-            Err(_) => json!({ "refused": "the log does not start with its policy" }),
+            Err(Unreplayable::NoStart) => {
+                json!({ "refused": "the log does not start with its policy" })
+            }
+            Err(Unreplayable::Diverged(d)) => json!({ "started": true, "diverged": d.to_string() }),
         };
     };
+    let Entry { at, command, .. } = entry;
     let mut result = match command {
         Command::Route(contact) => match engine.apply(Route(&contact), at) {
             Ok(decision) => decided(&decision),
@@ -418,6 +436,15 @@ fn apply(replay: &mut Replay, at: Time, command: Command) -> Value {
     let events = events(engine);
     if !events.is_empty() {
         result["events"] = Value::Array(events);
+    }
+    if let Some(then) = then
+        && then != result.get("refused").is_some()
+    {
+        let diverged = Diverged {
+            seq,
+            refused_then: then,
+        };
+        result["diverged"] = json!(diverged.to_string());
     }
     result
 }

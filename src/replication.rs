@@ -25,7 +25,7 @@ use std::{
 
 use crate::engine::{Command, Configure, Engine, EngineConfig, Limits, ReplacePolicy};
 use crate::grpc::{Routing, event_ring::Replayed, events::Published};
-use crate::journal::{Every, JournalError, Lease, Nats, Replay, Tail};
+use crate::journal::{Every, JournalError, Lease, Nats, Replay, Tail, Unreplayable};
 use crate::policy::Policy;
 use crate::shared::Role;
 
@@ -83,7 +83,11 @@ pub async fn run(
         };
         let mut lease = match lease {
             Ok(lease) => lease,
-            Err(e @ (JournalError::OtherRouting { .. } | JournalError::NoStart { .. })) => {
+            Err(
+                e @ (JournalError::OtherRouting { .. }
+                | JournalError::NoStart { .. }
+                | JournalError::Diverged { .. }),
+            ) => {
                 return Err(e);
             }
             Err(e) => {
@@ -242,7 +246,7 @@ async fn apply_next(
     tell: bool,
 ) -> Result<(u64, Option<Published>), JournalError> {
     let record = tail.next().await;
-    let (seq, at, command) =
+    let (seq, entry) =
         record.ok_or_else(|| JournalError::Nats("the log's subscription ended".into()))??;
     if seq != applied + 1 {
         return Err(JournalError::Corrupt {
@@ -251,18 +255,17 @@ async fn apply_next(
             why: format!("record {seq} came where {} was due", applied + 1),
         });
     }
-    let no_start = |_| JournalError::NoStart {
-        file: "the NATS stream".into(),
-    };
+    let unreplayable = |e: Unreplayable| e.in_log("the NATS stream");
     if !tell {
-        replay.apply(at, command).map_err(no_start)?;
+        replay.apply(seq, entry).map_err(unreplayable)?;
         return Ok((seq, None));
     }
     let told = replay
-        .apply_with(at, command, |engine, at, command| {
-            Published::replayed(engine, seq, at, command).0
+        .apply_with(seq, entry, |engine, at, command| {
+            let (told, refused) = Published::replayed(engine, seq, at, command);
+            (told, refused.is_err())
         })
-        .map_err(no_start)?;
+        .map_err(unreplayable)?;
     Ok((seq, told.flatten()))
 }
 

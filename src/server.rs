@@ -41,7 +41,9 @@ use crate::grpc::{
     pb,
 };
 use crate::incoming::Prefaced;
-use crate::journal::{Every, JournalError, Log, Nats, NatsSecurity, Replay, Snapshots, Store};
+use crate::journal::{
+    Entry, Every, JournalError, Log, Nats, NatsSecurity, Replay, Snapshots, Store, Unreplayable,
+};
 use crate::policy::{self, Policy};
 use crate::replication::{self, Seed};
 use crate::roster;
@@ -196,16 +198,19 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
             // Only the last records' events can be retained for watchers
             // that resume across the restart.
             retained = Replayed::reading(first - 1, records.last_present(), config.event_retention);
-            for (seq, (at, command)) in (first..).zip(&mut records) {
+            let unreplayable =
+                |e: Unreplayable| e.in_log(config.data_dir.join(crate::journal::FILE));
+            for (seq, entry) in (first..).zip(&mut records) {
                 if !retained.tells(seq) {
-                    replay.apply(at, command).map_err(|_| no_start())?;
+                    replay.apply(seq, entry).map_err(unreplayable)?;
                     continue;
                 }
                 let told = replay
-                    .apply_with(at, command, |engine, at, command| {
-                        Published::replayed(engine, seq, at, command).0
+                    .apply_with(seq, entry, |engine, at, command| {
+                        let (told, refused) = Published::replayed(engine, seq, at, command);
+                        (told, refused.is_err())
                     })
-                    .map_err(|_| no_start())?;
+                    .map_err(unreplayable)?;
                 retained.keep(seq, told.flatten());
             }
             let end = records.finish(store)?;
@@ -304,7 +309,9 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
         }
     }
     if let Some(store) = store.as_mut() {
-        let rows = store.append_now(last_seq, added)?;
+        // None was refused: a start that adds a refused one stops above.
+        let entries = added.into_iter().map(|(at, c)| Entry::accepted(at, c));
+        let rows = store.append_now(last_seq, entries.collect())?;
         last_seq += rows.len() as u64;
         if let Some(shadow) = &snapshots
             && !shadow.feed(rows)

@@ -955,3 +955,174 @@ async fn a_log_written_under_other_routing_rules_is_not_replayed() {
     assert!(!ok);
     assert!(stderr.contains("rules version 1"), "{stderr}");
 }
+
+/// Each record keeps whether it was refused, and a start checks that its
+/// replay comes to the same. One that replays to another result (as under
+/// a build that decides differently without saying so) would rebuild a
+/// state the answers were not given from: the start is refused, naming
+/// it, and the export shows it.
+#[tokio::test]
+async fn a_record_replayed_to_another_result_than_it_had_is_refused_naming_it() {
+    let data = fresh_data_dir();
+    let policy = policy_file(&data);
+    let args = ["--policy", policy.as_str()];
+    let mut p = Process::start_in(&data, &args, "info");
+    let mut c = client(&p).await;
+    agent(&mut c, "b1", "Billing", "billing").await;
+    // Refused, and logged: a state for an agent nobody registered.
+    let nobody = c
+        .set_agent_state(pb::SetAgentStateRequest {
+            agent_id: "nobody".into(),
+            state: pb::AgentState::Available.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(nobody.code(), Code::NotFound, "{nobody:?}");
+    c.route_contact(contact("c-1", "billing")).await.unwrap();
+    p.kill9();
+
+    // The log says which one it refused, and that every other was accepted.
+    let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
+    let refused_rows: Vec<(i64, String, Option<String>)> = db
+        .prepare("SELECT seq, body, client FROM commands WHERE refused = 1")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(refused_rows.len(), 1, "{refused_rows:?}");
+    let (seq, body, client_name) = refused_rows.into_iter().next().unwrap();
+    assert!(body.contains("nobody"), "{body}");
+    let unknown: i64 = db
+        .query_row(
+            "SELECT count(*) FROM commands WHERE refused IS NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(unknown, 0);
+    drop(db);
+    let (ok, lines, stderr) = export(&data, &[]);
+    assert!(ok, "{stderr}");
+    let marked: Vec<_> = lines.iter().filter(|l| l["refused"] == true).collect();
+    assert_eq!(marked.len(), 1, "{lines:?}");
+    assert_eq!(marked[0]["seq"], seq);
+
+    // A copy where that record says it was accepted, its checksum made to
+    // fit: what a build that now refuses it would find.
+    let copy = copy_dir(&data);
+    let db = rusqlite::Connection::open(copy.join(careroute::journal::FILE)).unwrap();
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(body.as_bytes());
+    if let Some(name) = &client_name {
+        crc.update(b"\n");
+        crc.update(name.as_bytes());
+    }
+    db.execute(
+        "UPDATE commands SET refused = 0, crc = ?1 WHERE seq = ?2",
+        rusqlite::params![i64::from(crc.finalize()), seq],
+    )
+    .unwrap();
+    drop(db);
+    let why = refused(&copy, &policy);
+    assert!(
+        why.contains(&format!(
+            "record {seq} was accepted when first applied and is refused when replayed"
+        )),
+        "{why}"
+    );
+    let (_, lines, stderr) = export(&copy, &["--outcomes"]);
+    let line = lines.iter().find(|l| l["seq"] == seq).expect(&stderr);
+    assert!(
+        line["result"]["diverged"]
+            .as_str()
+            .is_some_and(|d| d.contains("accepted when first applied")),
+        "{line}"
+    );
+
+    // The log as written restarts, every record to the result it had.
+    let p = Process::start_in(&data, &args, "info");
+    let mut c = client(&p).await;
+    c.route_contact(contact("c-2", "billing")).await.unwrap();
+}
+
+/// A log written before refusals were kept (no `refused` column) is read
+/// by the export as it is, and restarts: its records are replayed without
+/// the check, the column is added, and the records after it are kept with
+/// their results.
+#[tokio::test]
+async fn a_log_written_before_refusals_were_kept_still_restarts() {
+    let data = fresh_data_dir();
+    let policy = policy_file(&data);
+    let args = ["--policy", policy.as_str()];
+    let mut p = Process::start_in(&data, &args, "info");
+    let mut c = client(&p).await;
+    agent(&mut c, "b1", "Billing", "billing").await;
+    c.set_agent_state(pb::SetAgentStateRequest {
+        agent_id: "nobody".into(),
+        state: pb::AgentState::Available.into(),
+    })
+    .await
+    .unwrap_err();
+    let mut retried = contact("c-1", "billing");
+    retried.request_id = "req-1".into();
+    let first = c.route_contact(retried.clone()).await.unwrap().into_inner();
+    p.kill9();
+    // As the build before wrote it: no column, and checksums of the body
+    // and the client only.
+    let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
+    let rows: Vec<(i64, String, Option<String>)> = db
+        .prepare("SELECT seq, body, client FROM commands")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    for (seq, body, client_name) in &rows {
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(body.as_bytes());
+        if let Some(name) = client_name {
+            crc.update(b"\n");
+            crc.update(name.as_bytes());
+        }
+        db.execute(
+            "UPDATE commands SET crc = ?1 WHERE seq = ?2",
+            rusqlite::params![i64::from(crc.finalize()), seq],
+        )
+        .unwrap();
+    }
+    db.execute_batch("ALTER TABLE commands DROP COLUMN refused")
+        .unwrap();
+    drop(db);
+    let (ok, lines, stderr) = export(&data, &["--outcomes"]);
+    assert!(ok, "{stderr}");
+    assert_eq!(lines.len(), rows.len());
+    assert!(
+        lines.iter().all(|l| l.get("refused").is_none()),
+        "{lines:?}"
+    );
+
+    let p = Process::start_in(&data, &args, "info");
+    let mut c = client(&p).await;
+    // The old records replayed: the retry gets the first decision.
+    let again = c.route_contact(retried).await.unwrap().into_inner();
+    assert_eq!(again.decision_id, first.decision_id);
+    c.set_agent_state(pb::SetAgentStateRequest {
+        agent_id: "nobody".into(),
+        state: pb::AgentState::Available.into(),
+    })
+    .await
+    .unwrap_err();
+    drop(p);
+    let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
+    let kept: (i64, i64, i64) = db
+        .query_row(
+            "SELECT count(*) FILTER (WHERE refused IS NULL), count(*) FILTER (WHERE refused = 0), count(*) FILTER (WHERE refused = 1) FROM commands",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(kept.0, rows.len() as i64, "{kept:?}");
+    assert!(kept.1 >= 1, "{kept:?}");
+    assert_eq!(kept.2, 1, "{kept:?}");
+}

@@ -513,24 +513,25 @@ async fn with_nats_unreachable_the_leader_answers_nothing_and_resumes_by_itself(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_leaders_batch_is_refused_whole_even_where_its_sequence_would_fit() {
-    use careroute::{engine::Command, journal::JournalError};
+    use careroute::{
+        engine::Command,
+        journal::{Entry, JournalError},
+    };
     let Some(nats) = Nats::start(1) else { return };
     let log = stream(&nats, "fence", 1).await;
     let at = chrono::Utc::now();
-    let record = |seq| (seq, at, Command::Restarted);
+    let record = |seq| (seq, Entry::accepted(at, Command::Restarted));
     // The old leader appends 1 and 2; a new leader, having read 2, appends 3.
     let mut old = None;
-    log.append(&[record(1), record(2)], &[], "old", &mut old)
+    log.append(&[record(1), record(2)], "old", &mut old)
         .await
         .unwrap();
     let mut new = None;
-    log.append(&[record(3)], &[], "new", &mut new)
-        .await
-        .unwrap();
+    log.append(&[record(3)], "new", &mut new).await.unwrap();
     // The old leader's next batch, 3 and 4: 3 is fenced, and 4, which
     // would fit after the new leader's 3, is refused with it.
     let refused = log
-        .append(&[record(3), record(4)], &[], "old", &mut old)
+        .append(&[record(3), record(4)], "old", &mut old)
         .await
         .unwrap_err();
     assert!(
@@ -539,9 +540,7 @@ async fn a_deposed_leaders_batch_is_refused_whole_even_where_its_sequence_would_
     );
     assert_eq!(log.last_seq().await.unwrap(), 3);
     // The new leader carries on.
-    log.append(&[record(4)], &[], "new", &mut new)
-        .await
-        .unwrap();
+    log.append(&[record(4)], "new", &mut new).await.unwrap();
     assert_eq!(log.last_seq().await.unwrap(), 4);
 }
 
@@ -566,19 +565,22 @@ async fn arrive(acks: &mut careroute::journal::Acks) {
 }
 
 async fn batches_in_flight(replicas: usize) {
-    use careroute::{engine::Command, journal::JournalError};
+    use careroute::{
+        engine::Command,
+        journal::{Entry, JournalError},
+    };
     let Some(nats) = Nats::start(replicas) else {
         return;
     };
     let log = stream(&nats, &format!("in-flight-r{replicas}"), replicas).await;
     let at = chrono::Utc::now();
-    let record = |seq| (seq, at, Command::Restarted);
+    let record = |seq| (seq, Entry::accepted(at, Command::Restarted));
     // A leader sends three batches before confirming any: all land, in
     // order.
     let mut old = None;
     let mut acks = Vec::new();
     for batch in [vec![record(1)], vec![record(2), record(3)], vec![record(4)]] {
-        acks.push(log.send(&batch, &[], "old", &mut old).await.unwrap());
+        acks.push(log.send(&batch, "old", &mut old).await.unwrap());
     }
     // Looked at without waiting, as the writer looks between batches, each
     // is in once its acknowledgements are; confirming it then answers.
@@ -589,15 +591,13 @@ async fn batches_in_flight(replicas: usize) {
     assert_eq!(log.last_seq().await.unwrap(), 4, "R{replicas}");
     // A new leader, having read 4, appends 5.
     let mut new = None;
-    log.append(&[record(5)], &[], "new", &mut new)
-        .await
-        .unwrap();
+    log.append(&[record(5)], "new", &mut new).await.unwrap();
     // The deposed leader sends two more batches before confirming either:
     // the first is fenced, and the second, whose first record would fit
     // after the new leader's 5, falls with it.
-    let mut first = log.send(&[record(5)], &[], "old", &mut old).await.unwrap();
+    let mut first = log.send(&[record(5)], "old", &mut old).await.unwrap();
     let mut second = log
-        .send(&[record(6), record(7)], &[], "old", &mut old)
+        .send(&[record(6), record(7)], "old", &mut old)
         .await
         .unwrap();
     // A refusal, too, is taken without waiting, and kept for the confirm.
@@ -618,7 +618,7 @@ async fn batches_in_flight(replicas: usize) {
     // sent is looked at and found still to come; resumed, it arrives.
     if replicas == 1 {
         nats.servers[0].signal("STOP");
-        let mut pending = log.send(&[record(6)], &[], "new", &mut new).await.unwrap();
+        let mut pending = log.send(&[record(6)], "new", &mut new).await.unwrap();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let runtime = tokio::runtime::Handle::current();
         assert!(
@@ -639,7 +639,7 @@ async fn batches_in_flight(replicas: usize) {
 async fn a_burst_of_more_records_than_nats_lets_be_unacknowledged_is_written_whole() {
     use careroute::{
         engine::Command,
-        journal::{Journal, Log},
+        journal::{Entry, Journal, Log},
     };
     const BURST: u64 = 12_000;
     let Some(nats) = Nats::start(1) else { return };
@@ -654,7 +654,11 @@ async fn a_burst_of_more_records_than_nats_lets_be_unacknowledged_is_written_who
     let at = chrono::Utc::now();
     let mut last = None;
     for _ in 0..BURST {
-        last = Some(journal.append(at, true, Some(Command::Restarted), None, |_| Vec::new()));
+        last = Some(
+            journal.append(true, Some(Entry::accepted(at, Command::Restarted)), |_| {
+                Vec::new()
+            }),
+        );
     }
     let last = last.unwrap();
     assert_eq!(last.seq, BURST);
@@ -953,7 +957,7 @@ fn an_export_the_stream_is_purged_under_reports_what_it_missed() {
     use careroute::{
         audit::{self, Source},
         engine::{Command, ReplacePolicy},
-        journal::{Journal, Log, NatsSecurity},
+        journal::{Entry, Journal, Log, NatsSecurity},
         policy::Policy,
     };
     /// More records than an ordered consumer asks for at once (500), so
@@ -974,9 +978,13 @@ fn an_export_the_stream_is_purged_under_reports_what_it_missed() {
         );
         let at = chrono::Utc::now();
         let policy = ReplacePolicy(std::sync::Arc::new(Policy::embedded().unwrap()));
-        let mut last = journal.append(at, true, Some(policy.into()), None, |_| Vec::new());
+        let mut last = journal.append(true, Some(Entry::accepted(at, policy.into())), |_| {
+            Vec::new()
+        });
         while last.seq < RECORDS {
-            last = journal.append(at, true, Some(Command::Restarted), None, |_| Vec::new());
+            last = journal.append(true, Some(Entry::accepted(at, Command::Restarted)), |_| {
+                Vec::new()
+            });
         }
         journal.durable(last).await.unwrap();
     });
@@ -1011,16 +1019,11 @@ fn an_export_the_stream_is_purged_under_reports_what_it_missed() {
             &mut self,
             after: u64,
             upto: u64,
-            each: &mut dyn FnMut(
-                u64,
-                &str,
-                Option<&str>,
-                Result<(careroute::model::Time, Command), String>,
-            ),
+            each: &mut dyn FnMut(u64, &str, Result<Entry, String>),
         ) -> Result<(), careroute::journal::JournalError> {
             let nats = self.nats;
             let mut purged = false;
-            self.log.each(after, upto, &mut |seq, body, client, read| {
+            self.log.each(after, upto, &mut |seq, body, read| {
                 if !purged {
                     purged = true;
                     // The export's own runtime is busy reading: the purge
@@ -1044,7 +1047,7 @@ fn an_export_the_stream_is_purged_under_reports_what_it_missed() {
                         .unwrap();
                     });
                 }
-                each(seq, body, client, read);
+                each(seq, body, read);
             })
         }
     }

@@ -1046,17 +1046,20 @@ pub(crate) fn fingerprint(e: &Engine) -> String {
 fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut e = make();
     let mut now = open();
-    // Every command applied, with its time: replayed into a fresh engine at
-    // the end, it must give the same state.
-    let mut log: Vec<(Time, Command)> = Vec::new();
+    // Every command applied, with its time and whether it was refused:
+    // replayed into a fresh engine at the end, each must come to the same
+    // result, and the whole to the same state.
+    let mut log: Vec<(Time, Command, bool)> = Vec::new();
     // Every event the commands set off, in order: a replay tells them again
     // (a watcher resumes across a restart or a failover).
     let mut told: Vec<Event> = Vec::new();
     macro_rules! apply {
         ($command:expr) => {{
             let command = $command;
-            log.push((now, Command::from(command.clone())));
-            e.apply(command, now)
+            let logged = Command::from(command.clone());
+            let out = e.apply(command, now);
+            log.push((now, logged, out.is_err()));
+            out
         }};
     }
     for i in 0..4u8 {
@@ -1121,7 +1124,7 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 ticked.apply(Tick, now).unwrap();
                 prop_assert_eq!(fingerprint(&ticked), fingerprint(&e));
                 tick_told = Some(ticked.take_events());
-                log.push((now, Command::from(Tick)));
+                log.push((now, Command::from(Tick), false));
             }
             Op::Route {
                 contact,
@@ -1285,7 +1288,7 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     && now - sent_at + Duration::seconds(1) < window
                     && log
                         .iter()
-                        .filter(|(_, c)| matches!(c, Command::Once { .. }))
+                        .filter(|(_, c, _)| matches!(c, Command::Once { .. }))
                         .count()
                         < e.limits().max_idempotency_keys;
                 // What is due now fires first, so the retry alone is seen.
@@ -1539,8 +1542,14 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     Some((at, state)) => (*at, Engine::decode_state(state).unwrap()),
                     None => (0, make()),
                 };
-                for (at, command) in &log[from..] {
-                    let _ = next.apply(command.clone(), *at);
+                for (i, (at, command, refused)) in log.iter().enumerate().skip(from) {
+                    let out = next.apply(command.clone(), *at);
+                    prop_assert_eq!(
+                        out.is_err(),
+                        *refused,
+                        "record {} came to another result",
+                        i
+                    );
                     next.take_events();
                 }
                 prop_assert!(next.contact_status(&lost.contact_id).is_none());
@@ -1610,10 +1619,16 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
     // back (a policy as its text, parsed again).
     let mut twin = make();
     let mut told_again = Vec::new();
-    for (at, command) in log {
+    for (i, (at, command, refused)) in log.into_iter().enumerate() {
         let json = serde_json::to_string(&command).unwrap();
         let command: Command = serde_json::from_str(&json).unwrap();
-        let _ = twin.apply(command, at);
+        let out = twin.apply(command, at);
+        prop_assert_eq!(
+            out.is_err(),
+            refused,
+            "record {} replayed to another result",
+            i
+        );
         told_again.extend(twin.take_events());
     }
     prop_assert_eq!(fingerprint(&twin), fingerprint(&e), "replay diverged");

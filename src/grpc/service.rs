@@ -22,7 +22,7 @@ use crate::engine::{
     AgentSpec, Cancel, Command, Complete, Confirm, Engine, EngineError, Once, Release, RemoveAgent,
     Route, SetAgentState, Settle, Tick, Unwatch, UpsertAgent, Watch, WatchFilter, WatchId,
 };
-use crate::journal::{Journal, JournalError, Log, Snapshots, Ticket};
+use crate::journal::{Entry, Journal, JournalError, Log, Snapshots, Ticket};
 use crate::model::{Contact, Time};
 use crate::shared::{Closed, Role, SharedEngine};
 use crate::telemetry::{self, DecisionMetrics};
@@ -190,9 +190,14 @@ impl Routing {
         }
         let only_time = C::ONLY_TIME || refused_as_tick;
         let idle = only_time && nothing_due && events.is_empty();
-        // Time passing is nobody's doing, whoever's call applied it.
-        let client = if only_time { None } else { authorize::caller() };
-        let ticket = self.journal.append(now, !idle, kept, client, |seq| {
+        let entry = kept.map(|command| Entry {
+            at: now,
+            command,
+            refused: Some(out.is_err() && !refused_as_tick),
+            // Time passing is nobody's doing, whoever's call applied it.
+            client: if only_time { None } else { authorize::caller() },
+        });
+        let ticket = self.journal.append(!idle, entry, |seq| {
             events.iter().for_each(telemetry::record_event);
             events::Published::new(seq, now, change, events)
                 .into_iter()
@@ -236,24 +241,31 @@ impl Routing {
             // The event ring carries on from the records this process
             // applied as a standby (when it followed them all).
             self.ring.continue_after(last_seq);
-            for (i, command) in opening.into_iter().enumerate() {
+            for ((i, command), seq) in opening.into_iter().enumerate().zip(last_seq + 1..) {
                 let now = self.now_for(&held);
-                let applied = i > 0 || first_applied;
+                // Applied first, numbered as the journal will number it
+                // (nothing else is appended under this lock), so its
+                // refusal is logged with it.
+                let (told, refused) = if i > 0 || first_applied {
+                    events::Published::replayed(&mut held, seq, now, command.clone())
+                } else {
+                    (None, Ok(()))
+                };
+                if let Err(e) = &refused {
+                    tracing::warn!(error = %e, "replication: an opening record was refused");
+                }
+                let entry = Entry {
+                    at: now,
+                    command,
+                    refused: Some(refused.is_err()),
+                    client: None,
+                };
                 // Nobody watches yet (calls are let in once this is
                 // logged): the events are kept for watchers that resume.
-                ticket = self
-                    .journal
-                    .append(now, true, Some(command.clone()), None, |seq| {
-                        if !applied {
-                            return Vec::new();
-                        }
-                        let (told, refused) =
-                            events::Published::replayed(&mut held, seq, now, command);
-                        if let Err(e) = refused {
-                            tracing::warn!(error = %e, "replication: an opening record was refused");
-                        }
-                        told.into_iter().map(Arc::new).collect()
-                    });
+                ticket = self.journal.append(true, Some(entry), |numbered| {
+                    debug_assert_eq!(numbered, seq, "an opening record numbered apart");
+                    told.into_iter().map(Arc::new).collect()
+                });
             }
             self.publish_due(&held);
             ticket

@@ -288,6 +288,7 @@ impl From<JournalError> for Status {
             JournalError::Dir { .. }
             | JournalError::Sqlite { .. }
             | JournalError::NoStart { .. }
+            | JournalError::Diverged { .. }
             | JournalError::Corrupt { .. }
             | JournalError::Lost { .. }
             | JournalError::Mark { .. }

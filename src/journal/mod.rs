@@ -45,7 +45,7 @@ use crate::model::Time;
 
 pub use nats::{Acks, Lease, Nats, NatsSecurity, Tail};
 pub use records::{End, Records};
-pub use replay::{NoStart, Replay};
+pub use replay::{Replay, Unreplayable};
 pub use shadow::{Every, Snapshots};
 pub use snapshots::{Loaded, SNAPSHOT_FILE, SnapshotFile};
 pub use store::{LogReader, Recovered, Store};
@@ -136,6 +136,17 @@ pub enum JournalError {
         /// Why.
         source: std::io::Error,
     },
+    /// A record replays to another result than the one it had: the state
+    /// rebuilt is not the one the answers were given from.
+    #[error(
+        "journal {file}: {diverged}: replayed here, the log does not rebuild the state its answers were given from, so it is not replayed (run the build that wrote it, or start anew and keep this log for audit; this is a bug: please report it)"
+    )]
+    Diverged {
+        /// The database file or stream.
+        file: PathBuf,
+        /// The record and how it differs.
+        diverged: Diverged,
+    },
     /// The journal is in use by another process.
     #[error("journal {dir}: in use by another careroute process")]
     Locked {
@@ -194,6 +205,62 @@ pub enum JournalError {
     Deposed,
 }
 
+/// A command as the log keeps it: its time, the command, whether it was
+/// refused when it was first applied, and the client that sent it, if one
+/// did. A replay checks that each record comes to what it came to then.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// When it was applied.
+    pub at: Time,
+    /// The command.
+    pub command: Command,
+    /// Whether it was refused (none: the log was written before this was
+    /// kept).
+    pub refused: Option<bool>,
+    /// The authenticated client that sent it, if one did (none for what
+    /// the service did by itself).
+    pub client: Option<Arc<str>>,
+}
+
+impl Entry {
+    /// A command applied at `at` and accepted, that no client sent (what
+    /// the service does by itself).
+    pub fn accepted(at: Time, command: Command) -> Entry {
+        Entry {
+            at,
+            command,
+            refused: Some(false),
+            client: None,
+        }
+    }
+}
+
+/// A record that replays to another result than the one it had: the log
+/// no longer rebuilds the state its answers were given from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Diverged {
+    /// The record.
+    pub seq: u64,
+    /// It was refused when first applied (and is accepted now), or the
+    /// other way.
+    pub refused_then: bool,
+}
+
+impl std::fmt::Display for Diverged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (then, now) = if self.refused_then {
+            ("refused", "accepted")
+        } else {
+            ("accepted", "refused")
+        };
+        write!(
+            f,
+            "record {} was {then} when first applied and is {now} when replayed",
+            self.seq
+        )
+    }
+}
+
 /// Where the writer appends.
 pub enum Log {
     /// The local SQLite journal: a failed write stops the service.
@@ -227,14 +294,9 @@ impl Log {
 
     /// Sends a batch: written when it returns (local), or published with
     /// its acknowledgements to come (NATS).
-    fn send(
-        &mut self,
-        rows: &[(u64, Time, Command)],
-        clients: &[Option<Arc<str>>],
-        term: u64,
-    ) -> Result<Sent, JournalError> {
+    fn send(&mut self, rows: &[(u64, Entry)], term: u64) -> Result<Sent, JournalError> {
         match self {
-            Log::Local(store) => store.write(rows, clients).map(|()| Sent::Written),
+            Log::Local(store) => store.write(rows).map(|()| Sent::Written),
             Log::Nats(log) => {
                 // A new term starts a new chain.
                 let mut chain = match log.chain.take() {
@@ -242,9 +304,7 @@ impl Log {
                     _ => None,
                 };
                 let name = format!("{:016x}-{term}", log.process);
-                let sent = log
-                    .runtime
-                    .block_on(log.nats.send(rows, clients, &name, &mut chain));
+                let sent = log.runtime.block_on(log.nats.send(rows, &name, &mut chain));
                 log.chain = chain.map(|id| (term, id));
                 let runtime = log.runtime.clone();
                 sent.map(|acks| Sent::Acks(acks, runtime))
@@ -358,20 +418,17 @@ impl<T: Send + 'static> Journal<T> {
         })
     }
 
-    /// Queues a command applied at `at` (`logged` false: nothing to log),
-    /// sent by `client` if a client sent it, and the events it decided,
-    /// built from its sequence number; returns the ticket to wait for.
-    /// `command` is the command itself,
+    /// Queues a command just applied (`logged` false: nothing to log), and
+    /// the events it decided, built from its sequence number; returns the
+    /// ticket to wait for. `entry` is the command as the log keeps it,
     /// given only if [`Journal::keeps`] commands: without a database
     /// (`--no-journal`) a command is numbered, never copied. Called under
     /// the engine's lock, so sequence numbers follow the order of
     /// application.
     pub fn append(
         &self,
-        at: Time,
         logged: bool,
-        command: Option<Command>,
-        client: Option<Arc<str>>,
+        entry: Option<Entry>,
         events: impl FnOnce(u64) -> Vec<T>,
     ) -> Ticket {
         let term = self.term.load(Ordering::SeqCst);
@@ -380,7 +437,7 @@ impl<T: Send + 'static> Journal<T> {
         } else {
             self.next.load(Ordering::SeqCst)
         };
-        let command = command.filter(|_| logged && self.keeps);
+        let entry = entry.filter(|_| logged && self.keeps);
         let events = events(seq);
         let mut ticket = Ticket {
             seq,
@@ -395,9 +452,7 @@ impl<T: Send + 'static> Journal<T> {
             let _ = self.tx.send(Work {
                 term,
                 seq,
-                at,
-                command,
-                client,
+                entry,
                 events,
                 done,
             });

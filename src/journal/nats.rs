@@ -17,6 +17,7 @@ use std::{
     future::{Future, IntoFuture},
     path::PathBuf,
     pin::Pin,
+    sync::Arc,
     task::{Context as TaskContext, Poll, Waker},
     time::Duration,
 };
@@ -35,14 +36,16 @@ use bytes::Bytes;
 use tokio::io::AsyncReadExt;
 use tokio_stream::StreamExt;
 
-use super::JournalError;
-use crate::engine::{Command, Engine, IdKey, ROUTING_VERSION, STATE_FORMAT};
+use super::{Entry, JournalError};
+use crate::engine::{Engine, IdKey, ROUTING_VERSION, STATE_FORMAT};
 use crate::model::Time;
 
 /// The header holding a command's time, in microseconds since the epoch.
 const AT: &str = "Careroute-At";
 /// The header naming the client that sent a command, if one did.
 const CLIENT: &str = "Careroute-Client";
+/// The header that says whether a record was refused when first applied.
+const REFUSED: &str = "Careroute-Refused";
 /// The lease bucket's one key.
 const LEADER: &str = "leader";
 /// How long a call to NATS may take before the log counts as unreachable.
@@ -583,15 +586,11 @@ impl Nats {
     /// term): [`Nats::send`], then [`Acks::confirm`].
     pub async fn append(
         &self,
-        batch: &[(u64, Time, Command)],
-        clients: &[Option<std::sync::Arc<str>>],
+        batch: &[(u64, Entry)],
         term: &str,
         chain: &mut Option<String>,
     ) -> Result<(), JournalError> {
-        self.send(batch, clients, term, chain)
-            .await?
-            .confirm()
-            .await
+        self.send(batch, term, chain).await?.confirm().await
     }
 
     /// Publishes `batch` in the term named `term` (unique to this process
@@ -605,22 +604,25 @@ impl Nats {
     /// is acknowledged is accepted only after all of that one.
     pub async fn send(
         &self,
-        batch: &[(u64, Time, Command)],
-        clients: &[Option<std::sync::Arc<str>>],
+        batch: &[(u64, Entry)],
         term: &str,
         chain: &mut Option<String>,
     ) -> Result<Acks, JournalError> {
         let mut acks = VecDeque::with_capacity(batch.len());
-        for (i, (seq, at, command)) in batch.iter().enumerate() {
-            let body =
-                serde_json::to_vec(command).map_err(|e| JournalError::Encode(e.to_string()))?;
+        for (seq, entry) in batch {
+            let body = serde_json::to_vec(&entry.command)
+                .map_err(|e| JournalError::Encode(e.to_string()))?;
             let id = format!("{term}.{seq}");
             let message = PublishMessage::build()
                 .payload(body.into())
-                .header(AT, at.timestamp_micros().to_string().as_str())
+                .header(AT, entry.at.timestamp_micros().to_string().as_str())
                 .message_id(&id);
-            let message = match clients.get(i).and_then(Option::as_deref) {
-                Some(client) => message.header(CLIENT, client),
+            let message = match &entry.client {
+                Some(client) => message.header(CLIENT, &**client),
+                None => message,
+            };
+            let message = match entry.refused {
+                Some(refused) => message.header(REFUSED, if refused { "true" } else { "false" }),
                 None => message,
             };
             let message = match chain.replace(id) {
@@ -755,22 +757,20 @@ pub struct Record {
     pub seq: u64,
     /// Its body as stored (JSON).
     pub body: Bytes,
-    /// The client that sent it, if one did.
-    pub client: Option<String>,
-    /// Its time and command, or why it cannot be read.
+    /// The record, or why it cannot be read.
     pub read: Read,
 }
 
 impl Tail {
-    /// The next record: its sequence number, time and command. `None` if
-    /// the subscription ended.
-    pub async fn next(&mut self) -> Option<Result<(u64, Time, Command), JournalError>> {
+    /// The next record, with its sequence number. `None` if the
+    /// subscription ended.
+    pub async fn next(&mut self) -> Option<Result<(u64, Entry), JournalError>> {
         let message = match self.messages.next().await? {
             Ok(m) => m,
             Err(e) => return Some(Err(nats("tail", e))),
         };
         Some(read(&message).and_then(|(seq, read)| {
-            read.map(|(at, command)| (seq, at, command))
+            read.map(|entry| (seq, entry))
                 .map_err(|why| JournalError::Corrupt {
                     file: "the NATS stream".into(),
                     seq,
@@ -788,7 +788,6 @@ impl Tail {
         };
         Some(read(&message).map(|(seq, read)| Record {
             seq,
-            client: header(&message, CLIENT),
             body: message.payload.clone(),
             read,
         }))
@@ -800,8 +799,8 @@ fn header(message: &jetstream::Message, name: &str) -> Option<String> {
     Some(message.headers.as_ref()?.get(name)?.as_str().to_owned())
 }
 
-/// A record's time and command, or why it cannot be read.
-type Read = Result<(Time, Command), String>;
+/// A record, or why it cannot be read.
+type Read = Result<Entry, String>;
 
 /// A message's record sequence number, and the record read.
 fn read(message: &jetstream::Message) -> Result<(u64, Read), JournalError> {
@@ -810,10 +809,22 @@ fn read(message: &jetstream::Message) -> Result<(u64, Read), JournalError> {
         .and_then(|v| v.parse::<i64>().ok())
         .and_then(Time::from_timestamp_micros)
         .ok_or_else(|| format!("no {AT} header"));
+    // Records appended before refusals were kept have none.
+    let refused = match header(message, REFUSED).as_deref() {
+        None => Ok(None),
+        Some("true") => Ok(Some(true)),
+        Some("false") => Ok(Some(false)),
+        Some(other) => Err(format!("{REFUSED} header {other:?}")),
+    };
     let read = at.and_then(|at| {
-        serde_json::from_slice(&message.payload)
-            .map(|command| (at, command))
-            .map_err(|e| format!("undecodable: {e}"))
+        let command =
+            serde_json::from_slice(&message.payload).map_err(|e| format!("undecodable: {e}"))?;
+        Ok(Entry {
+            at,
+            command,
+            refused: refused?,
+            client: header(message, CLIENT).map(Arc::from),
+        })
     });
     Ok((seq, read))
 }

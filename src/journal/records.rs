@@ -11,10 +11,9 @@ use std::{
 
 use rusqlite::{Connection, params};
 
+use super::Entry;
 use super::JournalError;
-use super::store::{Store, read_record};
-use crate::engine::Command;
-use crate::model::Time;
+use super::store::{Store, read_record, record_columns};
 
 /// Records handed to the start at once.
 const BATCH: usize = 1024;
@@ -28,8 +27,8 @@ pub struct Records {
     base: u64,
     last_present: u64,
     from_snapshot: bool,
-    batches: mpsc::Receiver<Vec<(Time, Command)>>,
-    current: std::vec::IntoIter<(Time, Command)>,
+    batches: mpsc::Receiver<Vec<Entry>>,
+    current: std::vec::IntoIter<Entry>,
     reader: JoinHandle<Result<Read, JournalError>>,
 }
 
@@ -125,9 +124,9 @@ impl Records {
 }
 
 impl Iterator for Records {
-    type Item = (Time, Command);
+    type Item = Entry;
 
-    fn next(&mut self) -> Option<(Time, Command)> {
+    fn next(&mut self) -> Option<Entry> {
         loop {
             if let Some(record) = self.current.next() {
                 return Some(record);
@@ -145,14 +144,17 @@ fn read(
     conn: &Connection,
     file: PathBuf,
     base: u64,
-    send: &mpsc::SyncSender<Vec<(Time, Command)>>,
+    send: &mpsc::SyncSender<Vec<Entry>>,
 ) -> Result<Read, JournalError> {
     let sql = |source| JournalError::Sqlite {
         file: file.clone(),
         source,
     };
+    let columns = record_columns(conn).map_err(sql)?;
     let mut rows = conn
-        .prepare("SELECT seq, at_us, body, crc, client FROM commands WHERE seq > ?1 ORDER BY seq")
+        .prepare(&format!(
+            "SELECT {columns} FROM commands WHERE seq > ?1 ORDER BY seq"
+        ))
         .map_err(sql)?;
     let mut rows = rows.query(params![base as i64]).map_err(sql)?;
     let mut expected = base + 1;

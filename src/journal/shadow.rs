@@ -14,12 +14,11 @@ use std::{
 
 use rusqlite::{Connection, params};
 
-use super::JournalError;
 use super::replay::Replay;
 use super::snapshots::SnapshotFile;
-use super::store::read_record;
-use crate::engine::{Command, EngineConfig};
-use crate::model::Time;
+use super::store::{read_record, record_columns};
+use super::{Entry, JournalError};
+use crate::engine::EngineConfig;
 
 /// The shadow's thread: what feeds it, and what it answers (how far the
 /// log may be compacted).
@@ -38,7 +37,7 @@ pub struct Every {
 }
 
 /// Written records, in order, for the shadow.
-pub(super) type Batch = Vec<(u64, Time, Command)>;
+pub(super) type Batch = Vec<(u64, Entry)>;
 
 impl Snapshots {
     /// Starts the shadow on its own thread. It first rebuilds the engine
@@ -132,11 +131,14 @@ impl Snapshots {
                         // The writer stopped: so does the shadow.
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     };
-                    for (seq, at, command) in batch {
-                        if replay.apply(at, command).is_err() {
+                    for (seq, entry) in batch {
+                        // The serving engine's results, replayed: a record
+                        // that comes to another is a state no snapshot may
+                        // keep.
+                        if let Err(e) = replay.apply(seq, entry) {
                             tracing::error!(
-                                seq,
-                                "journal: the log fed to the snapshot shadow does not start with its policy"
+                                error = %e.in_log(&log),
+                                "journal: the snapshot shadow stops"
                             );
                             return;
                         }
@@ -175,25 +177,22 @@ fn rebuild(
     };
     let conn = Connection::open_with_flags(log, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
         .map_err(sql)?;
+    let columns = record_columns(&conn).map_err(sql)?;
     let mut rows = conn
-        .prepare(
-            "SELECT seq, at_us, body, crc, client FROM commands WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
-        )
+        .prepare(&format!(
+            "SELECT {columns} FROM commands WHERE seq > ?1 AND seq <= ?2 ORDER BY seq"
+        ))
         .map_err(sql)?;
     let from = base.unwrap_or(0);
     let mut rows = rows.query(params![from as i64, upto as i64]).map_err(sql)?;
     let mut expected = from + 1;
     while let Some(row) = rows.next().map_err(sql)? {
-        let (at, command) = read_record(row, expected).map_err(|why| JournalError::Corrupt {
+        let entry = read_record(row, expected).map_err(|why| JournalError::Corrupt {
             file: log.to_owned(),
             seq: expected,
             why,
         })?;
-        replay
-            .apply(at, command)
-            .map_err(|_| JournalError::NoStart {
-                file: log.to_owned(),
-            })?;
+        replay.apply(expected, entry).map_err(|e| e.in_log(log))?;
         expected += 1;
     }
     Ok((replay, base))

@@ -12,7 +12,7 @@ use rusqlite::{Connection, params};
 use super::records::Records;
 use super::snapshots::{Loaded, SnapshotFile};
 use super::written::{Mark, MarkFile};
-use super::{FILE, JournalError, WAL_LIMIT};
+use super::{Entry, FILE, JournalError, WAL_LIMIT};
 use crate::config::JournalSync;
 use crate::engine::{Command, Engine, IdKey, ROUTING_VERSION};
 use crate::model::Time;
@@ -71,42 +71,79 @@ fn has_log(conn: &Connection) -> Result<bool, rusqlite::Error> {
     )
 }
 
+/// Adds the column that keeps whether each record was refused to a log
+/// written before it was kept (its records' refusals are not known, and
+/// not checked at replay).
+fn add_refused(conn: &Connection) -> Result<(), rusqlite::Error> {
+    if !has_refused(conn)? {
+        conn.execute_batch("ALTER TABLE commands ADD COLUMN refused INTEGER")?;
+    }
+    Ok(())
+}
+
 /// An id key as the log keeps it: 32 hexadecimal digits.
 pub(super) fn parse_key(hex: &str) -> Option<IdKey> {
     hex::decode(hex.trim()).ok()?.try_into().ok().map(IdKey)
 }
 
-/// A record's checksum: of its body, and of the client that sent it if
-/// one is named.
-fn record_crc(body: &str, client: Option<&str>) -> u32 {
+/// A record's checksum: of its body, of the client that sent it if one
+/// is named, and of its refusal if it was refused (so a record written
+/// before refusals were kept, or an accepted one, sums as it always did).
+fn record_crc(body: &str, client: Option<&str>, refused: Option<bool>) -> u32 {
     let mut crc = crc32fast::Hasher::new();
     crc.update(body.as_bytes());
     if let Some(client) = client {
         crc.update(b"\n");
         crc.update(client.as_bytes());
     }
+    if refused == Some(true) {
+        crc.update(b"\nrefused");
+    }
     crc.finalize()
 }
 
+/// The columns a record is read from, in the order [`read_record`] takes
+/// them (a log written before refusals were kept, read without writing
+/// to it, has no `refused`: read as not known).
+pub(super) fn record_columns(conn: &Connection) -> Result<&'static str, rusqlite::Error> {
+    Ok(if has_refused(conn)? {
+        "seq, at_us, body, crc, client, refused"
+    } else {
+        "seq, at_us, body, crc, client, NULL"
+    })
+}
+
+/// Whether the log keeps each record's refusal.
+fn has_refused(conn: &Connection) -> Result<bool, rusqlite::Error> {
+    conn.query_row(
+        "SELECT count(*) = 1 FROM pragma_table_info('commands') WHERE name = 'refused'",
+        [],
+        |r| r.get(0),
+    )
+}
+
 /// One record, checked: its sequence number, its checksum, its body.
-pub(super) fn read_record(
-    row: &rusqlite::Row<'_>,
-    expected: u64,
-) -> Result<(Time, Command), String> {
+pub(super) fn read_record(row: &rusqlite::Row<'_>, expected: u64) -> Result<Entry, String> {
     let seq: i64 = row.get(0).map_err(|e| e.to_string())?;
     let at: i64 = row.get(1).map_err(|e| e.to_string())?;
     let body: String = row.get(2).map_err(|e| e.to_string())?;
     let crc: i64 = row.get(3).map_err(|e| e.to_string())?;
     let client: Option<String> = row.get(4).map_err(|e| e.to_string())?;
+    let refused: Option<bool> = row.get(5).map_err(|e| e.to_string())?;
     if seq as u64 != expected {
         return Err(format!("sequence {seq} where {expected} was due"));
     }
-    if i64::from(record_crc(&body, client.as_deref())) != crc {
+    if i64::from(record_crc(&body, client.as_deref(), refused)) != crc {
         return Err("checksum mismatch".to_owned());
     }
     let at = Time::from_timestamp_micros(at).ok_or("time out of range")?;
     let command: Command = serde_json::from_str(&body).map_err(|e| format!("undecodable: {e}"))?;
-    Ok((at, command))
+    Ok(Entry {
+        at,
+        command,
+        refused,
+        client: client.map(Arc::from),
+    })
 }
 
 /// An open journal database, before the writer takes it.
@@ -177,11 +214,13 @@ impl Store {
                  at_us INTEGER NOT NULL,
                  body TEXT NOT NULL,
                  crc INTEGER NOT NULL,
-                 client TEXT
+                 client TEXT,
+                 refused INTEGER
              );
 "
         ))
         .map_err(sql)?;
+        add_refused(&conn).map_err(sql)?;
         let id_key = match meta_get(&conn, "id_key").map_err(sql)? {
             Some(v) => Some(parse_key(&v).ok_or_else(|| JournalError::Corrupt {
                 file: file.clone(),
@@ -305,15 +344,11 @@ impl Store {
     pub fn append_now(
         &mut self,
         last_seq: u64,
-        records: Vec<(Time, Command)>,
-    ) -> Result<Vec<(u64, Time, Command)>, JournalError> {
-        let rows: Vec<(u64, Time, Command)> = records
-            .into_iter()
-            .enumerate()
-            .map(|(i, (at, c))| (last_seq + 1 + i as u64, at, c))
-            .collect();
+        records: Vec<Entry>,
+    ) -> Result<Vec<(u64, Entry)>, JournalError> {
+        let rows: Vec<(u64, Entry)> = (last_seq + 1..).zip(records).collect();
         if !rows.is_empty() {
-            self.write(&rows, &[])?;
+            self.write(&rows)?;
         }
         Ok(rows)
     }
@@ -383,13 +418,7 @@ impl Store {
     }
 
     /// Writes one batch in one transaction.
-    /// `clients[i]` names who sent `batch[i]`, if anyone did (the edge's
-    /// authenticated client; none for what the service did by itself).
-    pub(super) fn write(
-        &mut self,
-        batch: &[(u64, Time, Command)],
-        clients: &[Option<Arc<str>>],
-    ) -> Result<(), JournalError> {
+    pub(super) fn write(&mut self, batch: &[(u64, Entry)]) -> Result<(), JournalError> {
         let sql = |source| JournalError::Sqlite {
             file: self.file.clone(),
             source,
@@ -398,28 +427,29 @@ impl Store {
         {
             let mut insert = tx
                 .prepare_cached(
-                    "INSERT INTO commands (seq, at_us, body, crc, client) VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO commands (seq, at_us, body, crc, client, refused) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 )
                 .map_err(sql)?;
-            for (i, (seq, at, command)) in batch.iter().enumerate() {
-                let body = serde_json::to_string(command)
+            for (seq, entry) in batch {
+                let body = serde_json::to_string(&entry.command)
                     .map_err(|e| JournalError::Encode(e.to_string()))?;
-                let client = clients.get(i).and_then(Option::as_deref);
-                let crc = i64::from(record_crc(&body, client));
+                let client = entry.client.as_deref();
+                let crc = i64::from(record_crc(&body, client, entry.refused));
                 insert
                     .execute(params![
                         *seq as i64,
-                        at.timestamp_micros(),
+                        entry.at.timestamp_micros(),
                         body,
                         crc,
-                        client
+                        client,
+                        entry.refused
                     ])
                     .map_err(sql)?;
             }
         }
         tx.commit().map_err(sql)?;
         match batch.last() {
-            Some((last, ..)) => self.mark(*last, false),
+            Some((last, _)) => self.mark(*last, false),
             None => Ok(()),
         }
     }
@@ -568,14 +598,17 @@ impl LogReader {
         &self,
         after: u64,
         upto: u64,
-        mut each: impl FnMut(u64, &str, Option<&str>, Result<(Time, Command), String>),
+        mut each: impl FnMut(u64, &str, Result<Entry, String>),
     ) -> Result<(), JournalError> {
         if !self.log {
             return Ok(());
         }
         let mut rows = self
             .conn
-            .prepare("SELECT seq, at_us, body, crc, client FROM commands WHERE seq > ?1 AND seq <= ?2 ORDER BY seq")
+            .prepare(&format!(
+                "SELECT {} FROM commands WHERE seq > ?1 AND seq <= ?2 ORDER BY seq",
+                record_columns(&self.conn).map_err(|e| self.sql(e))?
+            ))
             .map_err(|e| self.sql(e))?;
         let mut rows = rows
             .query(params![after as i64, upto.min(i64::MAX as u64) as i64])
@@ -583,13 +616,7 @@ impl LogReader {
         while let Some(row) = rows.next().map_err(|e| self.sql(e))? {
             let seq: i64 = row.get(0).map_err(|e| self.sql(e))?;
             let body: String = row.get(2).unwrap_or_default();
-            let client: Option<String> = row.get(4).unwrap_or_default();
-            each(
-                seq as u64,
-                &body,
-                client.as_deref(),
-                read_record(row, seq as u64),
-            );
+            each(seq as u64, &body, read_record(row, seq as u64));
         }
         Ok(())
     }

@@ -8,17 +8,11 @@
 //! are acknowledged (looked at between batches without waiting, and waited
 //! for when there is nothing to send).
 
-use std::{
-    collections::VecDeque,
-    sync::{Arc, mpsc},
-    time::Duration,
-};
+use std::{collections::VecDeque, sync::mpsc, time::Duration};
 
 use tokio::sync::{oneshot, watch};
 
-use super::{JournalError, Log, Sent, Snapshots};
-use crate::engine::Command;
-use crate::model::Time;
+use super::{Entry, JournalError, Log, Sent, Snapshots};
 
 /// Records dropped per step of a compaction, between batches.
 const COMPACT_CHUNK: u64 = 4096;
@@ -45,15 +39,12 @@ pub(super) struct Written {
     pub(super) failed: Option<String>,
 }
 
-/// What the writer is given, in order: a command (none: only events) and
-/// the events it decided.
+/// What the writer is given, in order: a command as the log keeps it
+/// (none: only events) and the events it decided.
 pub(super) struct Work<T> {
     pub(super) term: u64,
     pub(super) seq: u64,
-    pub(super) at: Time,
-    pub(super) command: Option<Command>,
-    /// The client that sent it, if one did.
-    pub(super) client: Option<Arc<str>>,
+    pub(super) entry: Option<Entry>,
     pub(super) events: Vec<T>,
     /// Told once the batch, and every batch before it, is in the log and
     /// the events are published.
@@ -91,7 +82,7 @@ struct Flight<T> {
     /// Its last sequence number.
     upto: u64,
     work: Vec<Work<T>>,
-    rows: Vec<(u64, Time, Command)>,
+    rows: Vec<(u64, Entry)>,
     sent: Sent,
 }
 
@@ -241,15 +232,12 @@ impl<T> Writer<T> {
         let Some(upto) = batch.last().map(|w| w.seq) else {
             return Ok(());
         };
-        let (mut rows, mut clients) = (Vec::new(), Vec::new());
-        for work in &mut batch {
-            if let Some(c) = work.command.take() {
-                rows.push((work.seq, work.at, c));
-                clients.push(work.client.take());
-            }
-        }
+        let rows: Vec<(u64, Entry)> = batch
+            .iter_mut()
+            .filter_map(|work| Some((work.seq, work.entry.take()?)))
+            .collect();
         let sent = match self.log.as_mut() {
-            Some(log) if !rows.is_empty() => log.send(&rows, &clients, term),
+            Some(log) if !rows.is_empty() => log.send(&rows, term),
             _ => Ok(Sent::Written),
         };
         match sent {
