@@ -510,15 +510,7 @@ pub async fn run(
     routing.restore_events(retained);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    if role == Role::Alone {
-        health
-            .set_serving::<pb::routing_service_server::RoutingServiceServer<Routing>>()
-            .await;
-    } else {
-        health
-            .set_not_serving::<pb::routing_service_server::RoutingServiceServer<Routing>>()
-            .await;
-    }
+    report_health(&health, role == Role::Alone).await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -558,12 +550,7 @@ pub async fn run(
                     "draining: health NOT_SERVING"
                 );
                 ready.store(false, Ordering::SeqCst);
-                health
-                    .set_not_serving::<pb::routing_service_server::RoutingServiceServer<Routing>>()
-                    .await;
-                health
-                    .set_service_status("", tonic_health::ServingStatus::NotServing)
-                    .await;
+                report_health(&health, false).await;
                 tokio::time::sleep(grace).await;
                 tracing::info!("closing listeners, finishing requests in flight");
                 let _ = stop_tx.send(true);
@@ -767,6 +754,24 @@ fn role_name(role: &Role) -> &'static str {
 /// Reports the routing service SERVING on gRPC health while this process
 /// leads, NOT_SERVING while it is a standby, so a load balancer sends calls
 /// only to the leader; from the start of the drain it stays NOT_SERVING.
+/// Tells gRPC health whether this process serves routing calls, for the
+/// routing service and for the server as a whole (service `""`, what
+/// probes ask by default), so that both say what `/readyz` says.
+async fn report_health(health: &tonic_health::server::HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    health
+        .set_service_status(
+            <pb::routing_service_server::RoutingServiceServer<Routing> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health.set_service_status("", status).await;
+}
+
 async fn serve_by_role(
     mut role: watch::Receiver<Role>,
     health: tonic_health::server::HealthReporter,
@@ -780,16 +785,7 @@ async fn serve_by_role(
         metrics::gauge!(telemetry::LEADING).set(if leading { 1.0 } else { 0.0 });
         if ready.load(Ordering::SeqCst) {
             tracing::info!(role = role_name(&now), "role");
-            match now {
-                Role::Standby { .. } => health
-                    .set_not_serving::<pb::routing_service_server::RoutingServiceServer<Routing>>()
-                    .await,
-                Role::Alone | Role::Leader => {
-                    health
-                        .set_serving::<pb::routing_service_server::RoutingServiceServer<Routing>>()
-                        .await
-                }
-            }
+            report_health(&health, leading).await;
         }
         tokio::select! {
             _ = &mut stop => return,

@@ -113,17 +113,32 @@ async fn route_until_answered(
     }
 }
 
-/// Waits (10 s at most) until `/readyz` answers `code`.
+/// Waits (10 s at most) until `/readyz` answers `code`, and gRPC health
+/// says the same for the routing service and for the whole server
+/// (service "", what probes ask by default).
 async fn wait_for_readyz(p: &Process, code: &str) {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let serving = if code == "200" {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    } as i32;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", p.grpc))
+        .unwrap()
+        .connect_lazy();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let got = common::http_get(&p.metrics, "/readyz").await;
-        if got.lines().next().is_some_and(|l| l.contains(code)) {
+        let health = [
+            common::health_status(channel.clone(), "").await,
+            common::health_status(channel.clone(), "careroute.v1.RoutingService").await,
+        ];
+        if got.lines().next().is_some_and(|l| l.contains(code)) && health == [serving; 2] {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "/readyz never said {code}: {got}"
+            "/readyz and health never said {code}: {got}, health {health:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
