@@ -96,6 +96,7 @@ pub mod journal;
 pub mod model;
 pub mod policy;
 pub mod policy_test;
+pub mod reload;
 pub mod replication;
 pub mod roster;
 pub mod secrets;

@@ -23,6 +23,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tokio::sync::watch;
+
 use crate::engine::{Command, Configure, Engine, EngineConfig, Limits, ReplacePolicy};
 use crate::grpc::{Routing, event_ring::Replayed, events::Published};
 use crate::journal::{Every, JournalError, Lease, Nats, Replay, Tail, Unreplayable};
@@ -64,17 +66,27 @@ impl Seed {
 }
 
 /// Runs this process's part in the cluster until `stop` resolves.
+/// `first_read` is told the log's policy once this process has first read
+/// the log (so a policy file it brought is not taken for news to a log
+/// another leader changed since).
 pub async fn run(
     routing: Routing,
     nats: Nats,
     seed: Seed,
+    first_read: watch::Sender<Option<Arc<str>>>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), JournalError> {
     crate::telemetry::register_snapshots();
     tokio::pin!(stop);
     loop {
         let standby = async {
-            let (replay, applied, tail) = rebuild(&routing, &nats, &seed).await?;
+            let (mut replay, applied, tail) = rebuild(&routing, &nats, &seed).await?;
+            // A new log's policy is the one this process brings.
+            let policy = match replay.engine() {
+                Some(engine) => Arc::clone(&engine.policy().text),
+                None => Arc::clone(&seed.policy.text),
+            };
+            first_read.send_if_modified(|first| first.is_none() && first.replace(policy).is_none());
             follow(&routing, &nats, &seed, replay, applied, tail).await
         };
         let lease = tokio::select! {

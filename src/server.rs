@@ -7,7 +7,6 @@
 use std::{
     future::Future,
     net::SocketAddr,
-    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -45,6 +44,7 @@ use crate::journal::{
     Entry, Every, JournalError, Log, Nats, NatsSecurity, Replay, Snapshots, Store, Unreplayable,
 };
 use crate::policy::{self, Policy};
+use crate::reload::{FileSeen, listen_for_hangups, reload_on_change};
 use crate::replication::{self, Seed};
 use crate::roster;
 use crate::secrets::{Secrets, SecretsError};
@@ -442,6 +442,15 @@ pub async fn run(
         replicated,
         retained,
     } = prepared;
+    // The policy file as this start read it (the engine is built on it, or
+    // on a replicated log holds the place with it), to tell its later
+    // changes from what the log already holds.
+    let policy_file = config.policy.clone().map(|path| {
+        let seen = FileSeen::at_start(&engine.policy().text, replicated.is_some());
+        (path, seen)
+    });
+    // The log's policy when this process first reads a replicated log.
+    let (first_read_tx, first_read) = watch::channel(None);
     // On a replicated log: its stream, and this process's part in it.
     let (log, replicated) = match replicated {
         Some(mut seed) => {
@@ -567,7 +576,7 @@ pub async fn run(
             "replication",
             async move {
                 // An error ends the task, which stops the service.
-                if let Err(e) = replication::run(routing, nats, seed, stop).await {
+                if let Err(e) = replication::run(routing, nats, seed, first_read_tx, stop).await {
                     tracing::error!(error = %e, "replication cannot go on");
                 }
             },
@@ -606,7 +615,8 @@ pub async fn run(
         "reload",
         reload_on_change(
             hangups,
-            config.policy.clone(),
+            policy_file,
+            first_read,
             routing.clone(),
             POLICY_RECHECK_EVERY,
             stopped(stop_rx.clone()),
@@ -889,139 +899,6 @@ async fn scrape(routing: &Routing, prometheus: &PrometheusHandle) -> String {
         telemetry::publish_engine(by_state, counters, live, watch, &queues);
     }
     prometheus.render()
-}
-
-/// Re-reads the policy file on SIGHUP, and when its contents change (looked
-/// at every `every`): a Kubernetes ConfigMap update sends no signal, it
-/// swaps the mounted file. An invalid file is refused with its message and
-/// the running policy stays; the same contents are not tried again until
-/// they change or a SIGHUP asks. On the embedded policy there is nothing to
-/// re-read: SIGHUP is logged and otherwise ignored (its default action
-/// would end the process).
-async fn reload_on_change(
-    mut hangups: Hangups,
-    path: Option<PathBuf>,
-    routing: Routing,
-    every: Duration,
-    stop: impl Future<Output = ()>,
-) {
-    tokio::pin!(stop);
-    // The contents last refused as invalid: not tried again until they
-    // change (or a SIGHUP asks), so a bad file is logged once.
-    let mut refused: Option<Vec<u8>> = None;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let asked = tokio::select! {
-            _ = &mut stop => return,
-            _ = hangup(&mut hangups) => true,
-            _ = tick.tick() => false,
-        };
-        let Some(path) = &path else {
-            if asked {
-                tracing::info!(
-                    "SIGHUP: no --policy file, nothing to reload; the policy in force stays (the journal's, or the embedded one on a new journal or with --no-journal)"
-                );
-            }
-            continue;
-        };
-        // A file being replaced can be missing for a moment: looked at
-        // again next time.
-        let Ok(now) = tokio::fs::read(path).await else {
-            if asked {
-                tracing::error!(path = %path.display(), "SIGHUP: the policy file cannot be read; the running policy stays");
-            }
-            continue;
-        };
-        if !asked {
-            // Only the leader changes the policy (a standby takes the
-            // leader's from the log); and only when the file differs from
-            // the policy in force, which also catches a change that landed
-            // while this process was a standby, once it leads.
-            let leading = routing.engine().leading().is_ok();
-            let in_force = routing.view(|e| *e.policy().text.as_bytes() == *now.as_slice());
-            if !leading || in_force.unwrap_or(true) || refused.as_deref() == Some(now.as_slice()) {
-                continue;
-            }
-            tracing::info!(path = %path.display(), "the policy file differs from the policy in force; reloading");
-        }
-        match reload(path, &routing).await {
-            Reloaded::Refused => refused = Some(now),
-            Reloaded::Applied => refused = None,
-            Reloaded::NotApplied => {}
-        }
-    }
-}
-
-/// The next SIGHUP; never, where there are none to listen for.
-#[cfg(unix)]
-async fn hangup(hangups: &mut Hangups) {
-    match hangups {
-        Some(h) => {
-            if h.recv().await.is_none() {
-                std::future::pending::<()>().await;
-            }
-        }
-        None => std::future::pending::<()>().await,
-    }
-}
-
-#[cfg(not(unix))]
-async fn hangup(_hangups: &mut Hangups) {
-    std::future::pending::<()>().await
-}
-
-/// The SIGHUP listener, once installed (`None` if it cannot be).
-#[cfg(unix)]
-type Hangups = Option<tokio::signal::unix::Signal>;
-#[cfg(not(unix))]
-type Hangups = ();
-
-#[cfg(unix)]
-fn listen_for_hangups() -> Hangups {
-    use tokio::signal::unix::{SignalKind, signal};
-    signal(SignalKind::hangup())
-        .inspect_err(
-            |e| tracing::warn!(error = %e, "cannot listen for SIGHUP: policy reload disabled"),
-        )
-        .ok()
-}
-
-#[cfg(not(unix))]
-fn listen_for_hangups() -> Hangups {}
-
-/// What became of a reload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reloaded {
-    /// The new policy is in force.
-    Applied,
-    /// The file was refused (its error logged); the running policy stays.
-    Refused,
-    /// A valid file not applied: this process does not lead, or the
-    /// journal did not take the change.
-    NotApplied,
-}
-
-/// Loads `path` and swaps it in if valid, through the service's one door
-/// (so the callbacks and withdrawals it decides are streamed).
-pub async fn reload(path: &std::path::Path, routing: &Routing) -> Reloaded {
-    match policy::read(path) {
-        Ok(p) => {
-            let version = p.version.clone();
-            if let Err(status) = routing.apply(ReplacePolicy(Arc::new(p))).await {
-                tracing::info!(%version, reason = status.message(), "policy reload not applied");
-                return Reloaded::NotApplied;
-            }
-            metrics::counter!(telemetry::POLICY_RELOADS, "result" => "ok").increment(1);
-            tracing::info!(%version, "policy reloaded");
-            Reloaded::Applied
-        }
-        Err(e) => {
-            metrics::counter!(telemetry::POLICY_RELOADS, "result" => "refused").increment(1);
-            tracing::error!(error = %e, "policy reload refused; the running policy stays");
-            Reloaded::Refused
-        }
-    }
 }
 
 #[cfg(test)]

@@ -924,7 +924,7 @@ async fn policy_reload_refuses_an_invalid_file_and_keeps_the_running_policy() {
         clock::ManualClock,
         engine::Engine,
         grpc::Routing,
-        policy, server,
+        policy, reload,
         shared::{Fatal, SharedEngine},
     };
     use std::sync::Arc;
@@ -950,8 +950,8 @@ async fn policy_reload_refuses_an_invalid_file_and_keeps_the_running_policy() {
     // A broken edit: refused, and the old policy still answers.
     std::fs::write(&path, good.replacen("level = 4", "level = 7", 1)).unwrap();
     assert_eq!(
-        server::reload(&path, &routing).await,
-        server::Reloaded::Refused
+        reload::reload(&path, &routing).await,
+        reload::Reloaded::Refused
     );
     assert_eq!(engine.lock().unwrap().policy().visible_queues(), 13);
     // A valid edit: taken.
@@ -961,8 +961,8 @@ async fn policy_reload_refuses_an_invalid_file_and_keeps_the_running_policy() {
     )
     .unwrap();
     assert_eq!(
-        server::reload(&path, &routing).await,
-        server::Reloaded::Applied
+        reload::reload(&path, &routing).await,
+        reload::Reloaded::Applied
     );
     assert_eq!(engine.lock().unwrap().policy().version, "2026-11-23");
 }

@@ -39,6 +39,16 @@ fn careroute(nats: &Nats, cluster: &str, replicas: &str) -> Process {
 
 /// [`careroute`] with more flags.
 fn careroute_with(nats: &Nats, cluster: &str, replicas: &str, more: &[&str]) -> Process {
+    careroute_on(nats, cluster, replicas, more).0
+}
+
+/// [`careroute_with`], and the path of its policy file.
+fn careroute_on(
+    nats: &Nats,
+    cluster: &str,
+    replicas: &str,
+    more: &[&str],
+) -> (Process, std::path::PathBuf) {
     let data = fresh_data_dir();
     let path = data.join("policy.toml");
     std::fs::write(&path, policy(&SLOW)).unwrap();
@@ -56,7 +66,7 @@ fn careroute_with(nats: &Nats, cluster: &str, replicas: &str, more: &[&str]) -> 
         "2s",
     ];
     args.extend_from_slice(more);
-    Process::start_in(&data, &args, "info")
+    (Process::start_in(&data, &args, "info"), path.clone())
 }
 
 /// A unique cluster id per test run.
@@ -1117,4 +1127,78 @@ fn an_export_the_stream_is_purged_under_reports_what_it_missed() {
             serde_json::json!({"not_replayed": format!("record {missed} before it was not delivered (purged while the export read: run it again)")})
         );
     }
+}
+
+/// Waits (30 s at most) until `c` is answered by a leader.
+async fn until_leading(c: &mut RoutingServiceClient<Channel>) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = c.list_queues(pb::ListQueuesRequest::default()).await {
+        assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+        assert!(Instant::now() < deadline, "never led: {e:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The reservation TTL of the policy in force, in seconds (to the nearest
+/// five), as an answer shows it: an agent `id` is registered and a contact
+/// routed to it.
+async fn ttl_in_force(c: &mut RoutingServiceClient<Channel>, id: &str) -> i64 {
+    agent(c, id, "Billing", "billing").await;
+    let d = route(c, id).await.unwrap();
+    let Some(pb::route_contact_response::Outcome::Agent(a)) = d.outcome else {
+        panic!("{d:?}")
+    };
+    let expires = a.reservation_expires_at.unwrap().seconds;
+    (expires - chrono::Utc::now().timestamp() + 2) / 5 * 5
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_survives_a_failover_and_a_change_seen_while_standing_by_is_applied_on_leading() {
+    let Some(nats) = Nats::start(3) else { return };
+    let id = cluster_id("reload");
+    let thirty = Knobs {
+        reservation_ttl: "30s",
+        ..KNOBS
+    };
+    let forty_five = Knobs {
+        reservation_ttl: "45s",
+        ..KNOBS
+    };
+    let (mut a, a_policy) = careroute_on(&nats, &id, "3", &[]);
+    a.wait_for_log("this process leads", Duration::from_secs(30));
+    let b = careroute(&nats, &id, "3");
+    b.wait_for_log("standby rebuilt from the log", Duration::from_secs(30));
+    let mut ca = client(&a).await;
+    assert_eq!(ttl_in_force(&mut ca, "a1").await, 60);
+    // The leader's file changes: it reloads, and the log holds it.
+    std::fs::write(&a_policy, policy(&thirty)).unwrap();
+    a.wait_for_log("policy reloaded", Duration::from_secs(10));
+    assert_eq!(ttl_in_force(&mut ca, "a2").await, 30);
+
+    // The standby, whose own file never changed, takes over: the policy
+    // the log holds stays in force, not rolled back to its file.
+    a.kill9();
+    let mut cb = client(&b).await;
+    until_leading(&mut cb).await;
+    assert_eq!(ttl_in_force(&mut cb, "b1").await, 30);
+    // A standby whose file changes while it stands by applies it once it
+    // leads.
+    let (c, c_policy) = careroute_on(&nats, &id, "3", &[]);
+    c.wait_for_log("standby rebuilt from the log", Duration::from_secs(30));
+    std::fs::write(&c_policy, policy(&forty_five)).unwrap();
+    // Looked at, and left, while it stands by.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(ttl_in_force(&mut cb, "b2").await, 30);
+    assert!(!b.logs().contains("policy reloaded"), "{}", b.logs());
+    drop(b);
+    let mut cc = client(&c).await;
+    until_leading(&mut cc).await;
+    c.wait_for_log("policy reloaded", Duration::from_secs(10));
+    assert_eq!(ttl_in_force(&mut cc, "c1").await, 45);
+    assert_eq!(
+        c.logs().matches("policy reloaded").count(),
+        1,
+        "{}",
+        c.logs()
+    );
 }

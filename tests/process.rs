@@ -90,7 +90,7 @@ fn a_configmap_style_update_of_the_policy_is_reloaded_without_a_signal() {
     assert!(line.contains("2026-12-01"), "{line}");
     assert!(
         p.logs()
-            .contains("the policy file differs from the policy in force")
+            .contains("the policy file changed and differs from the policy in force")
     );
     // A broken update is refused once, and the policy in force stays.
     publish(3, &good.replacen("level = 4", "level = 7", 1));
