@@ -138,7 +138,8 @@ impl EngineConfig {
 /// 3: 128-bit enciphered ids.
 /// 4: the estimated wait is the time to free as many agents as are ahead,
 /// without Erlang C's steady-state term.
-pub const ROUTING_VERSION: u32 = 4;
+/// 5: a RouteContact reservation that lapses is not the agent's miss.
+pub const ROUTING_VERSION: u32 = 5;
 
 /// The peak rate of new requests with a request id the default window
 /// holds in full.

@@ -256,18 +256,28 @@ fn an_offer_not_confirmed_goes_to_the_next_agent_and_repeated_misses_pause_the_a
     e.set_state("b2", AgentState::Available, t + Duration::seconds(96))
         .unwrap();
 
-    // Three missed offers in a row: not responding.
+    // Three offers from the line that b2 could see lapse in a row: not
+    // responding. (b1 is busy with w; the contacts wait for b2.)
     let limit = e.policy().missed_offers_to_pause;
     let mut now = t + Duration::minutes(5);
+    e.set_state("b2", AgentState::Away, now).unwrap();
     for i in 0..limit {
         let c = format!("m{i}");
-        e.route(&call(&c, "billing", Urgency::Routine), now)
+        let d = e
+            .route(&call(&c, "billing", Urgency::Routine), now)
             .unwrap();
+        assert!(matches!(d.outcome, Outcome::Queued(_)), "{d:?}");
+    }
+    e.set_state("b2", AgentState::Available, now).unwrap();
+    let b2 = e.roster.find("b2").unwrap();
+    for i in 0..limit {
+        let events = e.take_events();
+        let offered = assigned(&events);
+        assert_eq!(offered.len(), 1, "offer {i}: {events:?}");
+        assert_eq!(offered[0].1, "b2");
         now += ttl;
         e.advance(now);
-        e.take_events();
     }
-    let b2 = e.roster.find("b2").unwrap();
     assert_eq!(e.roster.agent(b2).state, AgentState::NotResponding);
 }
 

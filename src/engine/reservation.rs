@@ -90,10 +90,13 @@ impl Engine {
         now: Time,
     ) -> Option<Reservation> {
         let r = self.free_slot(id, fate, now)?;
-        // Only the agent's own misses count: a lapse it could have seen, a
-        // rejection, no answer. The IVR's and the network's never do.
+        // Only the agent's own misses count: an offer from the line it
+        // could have seen that lapsed, a rejection, no answer. The IVR's
+        // and the network's never do; nor does a RouteContact reservation
+        // that lapses (the IVR's silence: it may never have transferred;
+        // an unanswered transfer is released with NO_ANSWER).
         let agents_miss = match fate {
-            Fate::Expired => !r.unseen,
+            Fate::Expired => r.waiter.is_some() && !r.unseen,
             Fate::Released(reason) => reason.agents_miss(),
             _ => false,
         };

@@ -1744,6 +1744,28 @@ fn idle_time_counts_from_the_end_of_the_last_contact() {
     assert_eq!(&*offer(&after).agent_id, "b1");
 }
 
+/// A RouteContact reservation that lapses is the IVR's silence, not an
+/// offer the agent saw (the IVR may never have transferred): however many
+/// lapse, the agent is not paused. An offer from the line that it could
+/// see and that lapsed is its miss.
+#[test]
+fn lapsed_route_contact_reservations_are_not_the_agents_miss() {
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
+    let limit = e.policy().missed_offers_to_pause;
+    let b1 = e.roster.find("b1").unwrap();
+    let mut now = t;
+    for i in 0..2 * limit {
+        let d = e.route(&billing(&format!("c{i}")), now).unwrap();
+        assert_eq!(&*offer(&d).agent_id, "b1");
+        now = offer(&d).expires_at + Duration::seconds(1);
+        e.apply(Tick, now).unwrap();
+    }
+    assert_eq!(e.roster.agent(b1).state, AgentState::Available);
+    assert_eq!(e.roster.agent(b1).missed_offers, 0);
+}
+
 /// Issue 10: only the agent's own misses pause it. Releases for a caller
 /// who hung up, a failed transfer or no reason never do; three rejections
 /// in a row do. A waiting caller who hung up while the offer rang leaves
