@@ -142,7 +142,7 @@ fn measure(tail: usize) {
         Some(Log::Local(Box::new(store))),
         0,
         Some(shadow),
-        |_| {},
+        |_, _| {},
         |e| panic!("{e}"),
     );
     let log = |journal: &Journal<()>, at: Time, c: Command| {
@@ -200,7 +200,7 @@ fn measure(tail: usize) {
         Some(Log::Local(Box::new(store))),
         last_seq,
         None,
-        |_| {},
+        |_, _| {},
         |e| panic!("{e}"),
     );
     let commands = traffic(&mut e, t + Duration::seconds(1), tail, |at, c| {

@@ -1126,3 +1126,44 @@ async fn a_log_written_before_refusals_were_kept_still_restarts() {
     assert!(kept.1 >= 1, "{kept:?}");
     assert_eq!(kept.2, 1, "{kept:?}");
 }
+
+/// The last record of the log may have told nothing (a refused command, a
+/// tick): a watcher that read the journal up to it resumes after it, and
+/// is told what comes next; before and after a restart.
+#[tokio::test]
+async fn a_watcher_resumes_after_a_record_that_told_nothing() {
+    let data = fresh_data_dir();
+    let policy = policy_file(&data);
+    let args = ["--policy", policy.as_str()];
+    let mut p = Process::start_in(&data, &args, "info");
+    for round in ["before", "after"] {
+        let mut c = client(&p).await;
+        agent(&mut c, &format!("b-{round}"), "Billing", "billing").await;
+        // Refused, and logged: the log's last record, which told nothing.
+        c.set_agent_state(pb::SetAgentStateRequest {
+            agent_id: "nobody".into(),
+            state: pb::AgentState::Available.into(),
+        })
+        .await
+        .unwrap_err();
+        let (ok, lines, stderr) = export(&data, &[]);
+        assert!(ok, "{stderr}");
+        let last = lines.last().unwrap()["seq"].as_u64().unwrap();
+        assert!(lines.last().unwrap()["refused"] == true, "{lines:?}");
+        let mut resumed = watch_after(&mut c, last).await.unwrap();
+        c.route_contact(contact(&format!("c-{round}"), "billing"))
+            .await
+            .unwrap();
+        let next = next_event(&mut resumed).await;
+        assert_eq!(next.sequence, last + 1, "{next:?}");
+        // Past the log's end: refused, saying so.
+        let ahead = watch_after(&mut c, last + 2).await.unwrap_err();
+        assert_eq!(ahead.code(), Code::OutOfRange, "{ahead:?}");
+        assert!(
+            ahead.message().contains("past the log's last record"),
+            "{ahead:?}"
+        );
+        p.kill9();
+        p = Process::start_in(&data, &args, "info");
+    }
+}

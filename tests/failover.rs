@@ -673,7 +673,7 @@ async fn a_burst_of_more_records_than_nats_lets_be_unacknowledged_is_written_who
         Some(Log::nats(log.clone(), tokio::runtime::Handle::current())),
         0,
         None,
-        |_| {},
+        |_, _| {},
         |_| {},
     );
     let at = chrono::Utc::now();
@@ -998,7 +998,7 @@ fn an_export_the_stream_is_purged_under_reports_what_it_missed() {
             Some(Log::nats(log, tokio::runtime::Handle::current())),
             0,
             None,
-            |_| {},
+            |_, _| {},
             |_| {},
         );
         let at = chrono::Utc::now();

@@ -150,6 +150,13 @@ impl EventRing {
         }
     }
 
+    /// Record `seq` is in the log (told or not): a watcher may resume
+    /// after it.
+    pub fn reached(&self, seq: u64) {
+        let mut ring = self.ring.lock();
+        ring.head = ring.head.max(seq);
+    }
+
     /// Keeps the events of record `seq` read back from the log (none: it
     /// told nothing) as a standby follows the leader. No watcher is told:
     /// none is let in before the term opens, and the live feed carries
@@ -208,11 +215,21 @@ impl EventRing {
                 head,
             });
         };
-        if after < ring.resumable_after || after > head {
+        let why = if after > head {
+            format!("{after} is past the log's last record, {head}")
+        } else if after < ring.resumable_after {
+            format!(
+                "the events after {after} are no longer retained here; read them from the journal (careroute journal --outcomes --from {})",
+                after + 1
+            )
+        } else {
+            String::new()
+        };
+        if !why.is_empty() {
             return Err(refusal(
                 tonic::Code::OutOfRange,
                 format!(
-                    "after_sequence: this process can resume after {} to {head}; read the events before from the journal (careroute journal --outcomes)",
+                    "after_sequence: {why}; this process can resume after {} to {head}",
                     ring.resumable_after
                 ),
                 Reason::ResumeOutOfRange,

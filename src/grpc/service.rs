@@ -87,7 +87,10 @@ impl Routing {
             log,
             last_seq,
             snapshots,
-            move |batch: Vec<Published>| {
+            move |seq, batch: Vec<Published>| {
+                // A record that told nothing is in the log all the same: a
+                // watcher may resume after it.
+                keeper.reached(seq);
                 for p in batch {
                     keeper.push(&p);
                     // Assignment watchers are woken only for assignments.

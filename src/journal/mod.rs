@@ -373,8 +373,8 @@ pub struct Journal<T> {
 impl<T: Send + 'static> Journal<T> {
     /// Starts the writer on `log` (none: publish only), continuing after
     /// `last_seq`, feeding the snapshot shadow if given.
-    /// `publish` receives each command's events once its batch is written,
-    /// in order; `failed` is called once if a write to a local journal
+    /// `publish` receives each command's sequence number and events (none
+    /// for most) once its batch is written, in order; `failed` is called once if a write to a local journal
     /// fails (the writer stops). A failed append to NATS ends the term
     /// instead: nothing of it is answered, and the writer waits for the
     /// next ([`Journal::lead`]).
@@ -382,7 +382,7 @@ impl<T: Send + 'static> Journal<T> {
         log: Option<Log>,
         last_seq: u64,
         snapshots: Option<Snapshots>,
-        publish: impl FnMut(Vec<T>) + Send + 'static,
+        publish: impl FnMut(u64, Vec<T>) + Send + 'static,
         failed: impl FnOnce(&JournalError) + Send + 'static,
     ) -> Arc<Journal<T>> {
         let keeps = log.is_some();

@@ -97,7 +97,7 @@ pub(super) struct Writer<T> {
     queue: mpsc::Receiver<Work<T>>,
     log: Option<Log>,
     snapshots: Option<Snapshots>,
-    publish: Box<dyn FnMut(Vec<T>) + Send>,
+    publish: Box<dyn FnMut(u64, Vec<T>) + Send>,
     alarm: Alarm,
     /// The log is compacted up to here, and is to be up to `compact_to`.
     compacted: u64,
@@ -113,7 +113,7 @@ impl<T> Writer<T> {
         queue: mpsc::Receiver<Work<T>>,
         log: Option<Log>,
         snapshots: Option<Snapshots>,
-        publish: Box<dyn FnMut(Vec<T>) + Send>,
+        publish: Box<dyn FnMut(u64, Vec<T>) + Send>,
         failed: OnFailure,
         written: watch::Sender<Written>,
     ) -> Writer<T> {
@@ -283,7 +283,7 @@ impl<T> Writer<T> {
         }
         let mut answers = Vec::with_capacity(work.len());
         for w in work {
-            (self.publish)(w.events);
+            (self.publish)(w.seq, w.events);
             answers.push(w.done);
         }
         self.alarm.written.send_modify(|w| {
