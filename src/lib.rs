@@ -41,6 +41,8 @@
 //! - [`shared`]: the engine behind its one lock, and whether this process
 //!   may change it (its role); a panic under it halts the service (fail
 //!   fast) through the fatal signal.
+//! - [`reload`]: the policy file re-read on SIGHUP and when it changes, and
+//!   which changes are news to the log.
 //! - [`server`]: wiring: listeners, health, reflection, metrics, drain,
 //!   supervised background tasks.
 

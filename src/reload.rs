@@ -12,54 +12,65 @@ use crate::grpc::Routing;
 use crate::policy;
 use crate::telemetry;
 
+/// The policy of a replicated log as this process reads and follows it
+/// (none until it has read the log): how many times it changed since this
+/// process first read the log, and its text.
+pub type LogPolicy = Option<(u64, Arc<str>)>;
+
 /// What this process knows of its policy file, to tell a change of its
-/// own from a policy the log already moved on from.
+/// own from a policy the log already moved on from: the file is news while
+/// it holds a change the log does not, and the log's policy has not
+/// changed since the file was last seen to change.
 #[derive(Debug)]
 pub struct FileSeen {
-    /// The file as this process last dealt with it: read at start,
-    /// reloaded, or refused.
+    /// The file as last read.
     seen: Vec<u8>,
-    /// The file read at start may hold a change the log does not (a
-    /// process started on a replicated log with a new file): applied when
-    /// this process leads, unless the log's policy changed since this
-    /// process first read the log (another leader decided later).
-    start_pending: bool,
+    /// How many times the log's policy had changed when the file was seen
+    /// to change (at start: 0, the log as this process first reads it).
+    seen_at: u64,
+    /// The file holds a change not yet applied, refused or found in force.
+    pending: bool,
 }
 
 impl FileSeen {
     /// The file as a start read it. `replicated`: the log's policy is read
-    /// later, so the file may still be news to it; a local start has
-    /// already logged a file that differs as a reload.
+    /// later, so the file may be news to it (as a local start logs a file
+    /// that differs as a reload, which it has done by now).
     pub fn at_start(text: &str, replicated: bool) -> FileSeen {
         FileSeen {
             seen: text.as_bytes().to_vec(),
-            start_pending: replicated,
+            seen_at: 0,
+            pending: replicated,
         }
     }
 
-    /// Whether the file's contents `now` are a change to apply, against
-    /// the policy in force in the log and, on a replicated log, the policy
-    /// the log held when this process first read it. A file already in
-    /// force is settled.
-    pub fn is_news(&mut self, now: &[u8], in_force: &[u8], first_read: Option<&[u8]>) -> bool {
-        if now == in_force {
-            self.dealt(now);
-            return false;
-        }
-        // Changed while this process ran: its own news, wherever it stood.
+    /// Looks at the file's contents `now` and at the log's policy `log`
+    /// (its changes so far and its text; none: not read yet): whether the
+    /// file is a change to apply. A file that changed is news; a policy
+    /// put in force since (by another leader) makes it old news; a file
+    /// the log already holds is settled.
+    pub fn look(&mut self, now: &[u8], log: Option<(u64, &str)>) -> bool {
         if now != self.seen.as_slice() {
-            return true;
+            self.seen = now.to_vec();
+            // Changed since the last look: after the log's changes so far
+            // (which came first is not known; the file is this process's
+            // own news).
+            self.seen_at = log.map_or(0, |(changes, _)| changes);
+            self.pending = true;
         }
-        // Unchanged since the start: news only if the log's policy is still
-        // the one this process found (else a later decision is in force).
-        self.start_pending && first_read == Some(in_force)
+        let Some((changes, text)) = log else {
+            return false;
+        };
+        if now == text.as_bytes() || changes != self.seen_at {
+            self.pending = false;
+        }
+        self.pending
     }
 
-    /// The contents `now` were applied, refused, or found in force: not
-    /// news again until they change.
-    pub fn dealt(&mut self, now: &[u8]) {
-        self.seen = now.to_vec();
-        self.start_pending = false;
+    /// The file as last read was applied or refused: not news again until
+    /// it changes.
+    pub fn dealt(&mut self) {
+        self.pending = false;
     }
 }
 
@@ -68,8 +79,8 @@ impl FileSeen {
 /// swaps the mounted file. Only the leader reloads: a change seen while a
 /// standby is applied once this process leads, a file that is what the log
 /// already holds is not reloaded, and a policy another leader put in force
-/// since is not rolled back (see [`FileSeen`]). `first_read` tells the
-/// log's policy when this process first read a replicated log. An invalid
+/// since is not rolled back (see [`FileSeen`]). `log_policy` tells the
+/// policy of a replicated log as this process follows it. An invalid
 /// file is refused with its message and the running policy stays; the same
 /// contents are not tried again until they change or a SIGHUP asks. On the
 /// embedded policy there is nothing to re-read: SIGHUP is logged and
@@ -77,7 +88,7 @@ impl FileSeen {
 pub async fn reload_on_change(
     mut hangups: Hangups,
     path: Option<(PathBuf, FileSeen)>,
-    first_read: watch::Receiver<Option<Arc<str>>>,
+    log_policy: watch::Receiver<LogPolicy>,
     routing: Routing,
     every: Duration,
     stop: impl Future<Output = ()>,
@@ -109,26 +120,28 @@ pub async fn reload_on_change(
             continue;
         };
         if !asked {
+            // The log's policy: the engine's while this process leads (its
+            // changes as this process last followed them: only the leader
+            // changes it), the one it follows while it stands by.
+            let leading = routing.engine().leading().is_ok();
+            let followed = log_policy.borrow().clone();
+            let changes = followed.as_ref().map_or(0, |(changes, _)| *changes);
+            let log = if leading {
+                routing.view(|e| Arc::clone(&e.policy().text)).ok()
+            } else {
+                followed.map(|(_, text)| text)
+            };
             // Only the leader changes the policy (a standby takes the
-            // leader's from the log).
-            if routing.engine().leading().is_err() {
-                continue;
-            }
-            let first = first_read.borrow().clone();
-            let news = routing.view(|e| {
-                seen.is_news(
-                    &now,
-                    e.policy().text.as_bytes(),
-                    first.as_deref().map(str::as_bytes),
-                )
-            });
-            if !news.unwrap_or(false) {
+            // leader's from the log, and applies its own news once it
+            // leads).
+            let news = seen.look(&now, log.as_deref().map(|text| (changes, text)));
+            if !news || !leading {
                 continue;
             }
             tracing::info!(path = %path.display(), "the policy file changed and differs from the policy in force; reloading");
         }
         match reload(path, &routing).await {
-            Reloaded::Applied | Reloaded::Refused => seen.dealt(&now),
+            Reloaded::Applied | Reloaded::Refused => seen.dealt(),
             Reloaded::NotApplied => {}
         }
     }
@@ -214,41 +227,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_file_changed_while_running_is_news_until_dealt_with() {
+    fn a_file_changed_while_running_is_news_until_dealt_with_or_in_force() {
         let mut seen = FileSeen::at_start("a", false);
-        assert!(!seen.is_news(b"a", b"a", None));
-        assert!(seen.is_news(b"b", b"a", None));
-        // A standby that saw the change applies it once it leads, even if
-        // the log moved on meanwhile: its change is the later one.
-        assert!(seen.is_news(b"b", b"c", None));
-        seen.dealt(b"b");
-        assert!(!seen.is_news(b"b", b"c", None));
+        assert!(!seen.look(b"a", Some((0, "a"))));
+        assert!(seen.look(b"b", Some((0, "a"))));
+        assert!(seen.look(b"b", Some((0, "a"))));
+        seen.dealt();
+        assert!(!seen.look(b"b", Some((0, "a"))));
+        // Changed again, then found in force.
+        assert!(seen.look(b"c", Some((0, "a"))));
+        assert!(!seen.look(b"c", Some((1, "c"))));
     }
 
     #[test]
     fn a_policy_another_leader_put_in_force_is_not_rolled_back() {
-        // Started on a replicated log whose policy was the file's; another
-        // leader reloaded "c" since: the unchanged file is not news.
+        // A standby whose file never changed: the leader reloads "c",
+        // before or after this process first looks.
         let mut seen = FileSeen::at_start("a", true);
-        assert!(!seen.is_news(b"a", b"c", Some(b"a")));
-        // Nor once the log's policy is read back as it was found, if the
-        // file was already settled in force.
-        assert!(!seen.is_news(b"a", b"a", Some(b"a")));
-        assert!(!seen.is_news(b"a", b"c", Some(b"c")));
+        assert!(!seen.look(b"a", None));
+        assert!(!seen.look(b"a", Some((1, "c"))));
+        let mut seen = FileSeen::at_start("a", true);
+        assert!(!seen.look(b"a", Some((0, "a"))));
+        assert!(!seen.look(b"a", Some((1, "c"))));
+        // Its file went a, b while the leader's went a, b, c: b was put in
+        // force, then c; b is old news.
+        let mut seen = FileSeen::at_start("a", true);
+        assert!(!seen.look(b"a", Some((0, "a"))));
+        assert!(seen.look(b"b", Some((0, "a"))));
+        assert!(!seen.look(b"b", Some((1, "b"))));
+        assert!(!seen.look(b"b", Some((2, "c"))));
     }
 
     #[test]
-    fn a_new_file_a_replicated_start_brings_is_applied_when_it_leads() {
-        // A process started with a new file on a log still on the old
-        // policy: news, as a local start logs it as a reload.
+    fn a_new_file_a_replicated_start_brings_is_news_until_the_log_moves_on() {
+        // Started with a new file on a log still on the old policy: news,
+        // as a local start logs it as a reload.
         let mut seen = FileSeen::at_start("new", true);
-        assert!(seen.is_news(b"new", b"old", Some(b"old")));
-        // Unless another leader changed the policy since this process
-        // first read the log: that decision is the later one.
-        assert!(!seen.is_news(b"new", b"newer", Some(b"old")));
         // Before the log was read, nothing is known to be news.
-        assert!(!seen.is_news(b"new", b"old", None));
-        seen.dealt(b"new");
-        assert!(!seen.is_news(b"new", b"old", Some(b"old")));
+        assert!(!seen.look(b"new", None));
+        assert!(seen.look(b"new", Some((0, "old"))));
+        assert!(seen.look(b"new", Some((0, "old"))));
+        // Another leader put "newer" in force since: old news.
+        assert!(!seen.look(b"new", Some((1, "newer"))));
+    }
+
+    #[test]
+    fn a_file_and_a_log_that_both_changed_between_two_looks_leave_the_file_news() {
+        let mut seen = FileSeen::at_start("a", false);
+        assert!(!seen.look(b"a", Some((0, "a"))));
+        assert!(seen.look(b"b", Some((1, "c"))));
     }
 }

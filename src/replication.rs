@@ -29,6 +29,7 @@ use crate::engine::{Command, Configure, Engine, EngineConfig, Limits, ReplacePol
 use crate::grpc::{Routing, event_ring::Replayed, events::Published};
 use crate::journal::{Every, JournalError, Lease, Nats, Replay, Tail, Unreplayable};
 use crate::policy::Policy;
+use crate::reload::LogPolicy;
 use crate::shared::Role;
 
 /// How long a standby waits before trying again after NATS failed it.
@@ -66,28 +67,22 @@ impl Seed {
 }
 
 /// Runs this process's part in the cluster until `stop` resolves.
-/// `first_read` is told the log's policy once this process has first read
-/// the log (so a policy file it brought is not taken for news to a log
-/// another leader changed since).
+/// `log_policy` is told the log's policy as this process reads and follows
+/// the log (so its policy file is not taken for news to a log that another
+/// leader changed since).
 pub async fn run(
     routing: Routing,
     nats: Nats,
     seed: Seed,
-    first_read: watch::Sender<Option<Arc<str>>>,
+    log_policy: watch::Sender<LogPolicy>,
     stop: impl Future<Output = ()>,
 ) -> Result<(), JournalError> {
     crate::telemetry::register_snapshots();
     tokio::pin!(stop);
     loop {
         let standby = async {
-            let (mut replay, applied, tail) = rebuild(&routing, &nats, &seed).await?;
-            // A new log's policy is the one this process brings.
-            let policy = match replay.engine() {
-                Some(engine) => Arc::clone(&engine.policy().text),
-                None => Arc::clone(&seed.policy.text),
-            };
-            first_read.send_if_modified(|first| first.is_none() && first.replace(policy).is_none());
-            follow(&routing, &nats, &seed, replay, applied, tail).await
+            let (replay, applied, tail) = rebuild(&routing, &nats, &seed).await?;
+            follow(&routing, &nats, &seed, &log_policy, replay, applied, tail).await
         };
         let lease = tokio::select! {
             _ = &mut stop => return Ok(()),
@@ -196,6 +191,27 @@ async fn read_log(
     Ok((replay, base, applied, tail, told))
 }
 
+/// Tells `log_policy` the policy of the log as replayed so far, if it
+/// changed (a new log's is the one this process brings), counting its
+/// changes since the first.
+fn tell_policy(log_policy: &watch::Sender<LogPolicy>, replay: &Replay, seed: &Seed) {
+    let text = replay.policy_text().unwrap_or(&seed.policy.text);
+    log_policy.send_if_modified(|told| match told {
+        Some((_, t)) if Arc::ptr_eq(t, text) => false,
+        Some((changes, t)) => {
+            if **t != **text {
+                *changes += 1;
+            }
+            *t = Arc::clone(text);
+            true
+        }
+        None => {
+            *told = Some((0, Arc::clone(text)));
+            true
+        }
+    });
+}
+
 /// Applies a record known to be in the log: one that does not come within
 /// [`CATCH_UP`] means the subscription is broken.
 async fn catch_up(
@@ -287,10 +303,12 @@ async fn follow(
     routing: &Routing,
     nats: &Nats,
     seed: &Seed,
+    log_policy: &watch::Sender<LogPolicy>,
     mut replay: Replay,
     mut applied: u64,
     mut tail: Tail,
 ) -> Result<Lease, JournalError> {
+    tell_policy(log_policy, &replay, seed);
     let mut poll = tokio::time::interval(seed.ttl / 4);
     let (mut since, mut last_snapshot) = (0u64, Instant::now());
     let mut saving: Option<tokio::task::JoinHandle<()>> = None;
@@ -300,6 +318,7 @@ async fn follow(
                 let told;
                 (applied, told) = next?;
                 routing.keep_events(applied, told.as_ref());
+                tell_policy(log_policy, &replay, seed);
                 since += 1;
                 let due = since >= seed.every.commands
                     || last_snapshot.elapsed() >= seed.every.interval;

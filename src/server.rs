@@ -449,8 +449,8 @@ pub async fn run(
         let seen = FileSeen::at_start(&engine.policy().text, replicated.is_some());
         (path, seen)
     });
-    // The log's policy when this process first reads a replicated log.
-    let (first_read_tx, first_read) = watch::channel(None);
+    // The policy of a replicated log as this process follows it.
+    let (log_policy_tx, log_policy) = watch::channel(None);
     // On a replicated log: its stream, and this process's part in it.
     let (log, replicated) = match replicated {
         Some(mut seed) => {
@@ -576,7 +576,7 @@ pub async fn run(
             "replication",
             async move {
                 // An error ends the task, which stops the service.
-                if let Err(e) = replication::run(routing, nats, seed, first_read_tx, stop).await {
+                if let Err(e) = replication::run(routing, nats, seed, log_policy_tx, stop).await {
                     tracing::error!(error = %e, "replication cannot go on");
                 }
             },
@@ -616,7 +616,7 @@ pub async fn run(
         reload_on_change(
             hangups,
             policy_file,
-            first_read,
+            log_policy,
             routing.clone(),
             POLICY_RECHECK_EVERY,
             stopped(stop_rx.clone()),
@@ -761,9 +761,6 @@ fn role_name(role: &Role) -> &'static str {
     }
 }
 
-/// Reports the routing service SERVING on gRPC health while this process
-/// leads, NOT_SERVING while it is a standby, so a load balancer sends calls
-/// only to the leader; from the start of the drain it stays NOT_SERVING.
 /// Tells gRPC health whether this process serves routing calls, for the
 /// routing service and for the server as a whole (service `""`, what
 /// probes ask by default), so that both say what `/readyz` says.
@@ -782,6 +779,9 @@ async fn report_health(health: &tonic_health::server::HealthReporter, serving: b
     health.set_service_status("", status).await;
 }
 
+/// Reports SERVING on gRPC health while this process leads, NOT_SERVING
+/// while it is a standby, so a load balancer sends calls only to the
+/// leader; from the start of the drain it stays NOT_SERVING.
 async fn serve_by_role(
     mut role: watch::Receiver<Role>,
     health: tonic_health::server::HealthReporter,

@@ -956,6 +956,61 @@ async fn a_log_written_under_other_routing_rules_is_not_replayed() {
     assert!(stderr.contains("rules version 1"), "{stderr}");
 }
 
+/// Starts careroute on `data` with `args`, registers b1, has a state for
+/// an agent nobody registered refused (a refusal the journal keeps) and
+/// routes `routed` with a request id; the process, and the answer.
+async fn a_refusal_and_a_route(
+    data: &std::path::Path,
+    args: &[&str],
+    routed: &str,
+) -> (Process, pb::RouteContactRequest, pb::RouteContactResponse) {
+    let p = Process::start_in(data, args, "info");
+    let mut c = client(&p).await;
+    agent(&mut c, "b1", "Billing", "billing").await;
+    let nobody = c
+        .set_agent_state(pb::SetAgentStateRequest {
+            agent_id: "nobody".into(),
+            state: pb::AgentState::Available.into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(nobody.code(), Code::NotFound, "{nobody:?}");
+    let mut request = contact(routed, "billing");
+    request.request_id = format!("req-{routed}");
+    let answer = c.route_contact(request.clone()).await.unwrap().into_inner();
+    (p, request, answer)
+}
+
+/// The journal's records in `data` as stored (seq, body, client), those
+/// matching `filter` (an SQL condition).
+fn stored(data: &std::path::Path, filter: &str) -> Vec<(i64, String, Option<String>)> {
+    let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
+    db.prepare(&format!(
+        "SELECT seq, body, client FROM commands WHERE {filter} ORDER BY seq"
+    ))
+    .unwrap()
+    .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+/// A record's checksum as the journal keeps it: CRC-32 of the body, then
+/// a newline and the client if one is named, then a NUL and the result
+/// (1 refused, 0 accepted) if one is kept.
+fn record_crc(body: &str, client: Option<&str>, refused: Option<bool>) -> i64 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(body.as_bytes());
+    if let Some(client) = client {
+        crc.update(b"\n");
+        crc.update(client.as_bytes());
+    }
+    if let Some(refused) = refused {
+        crc.update(&[0, u8::from(refused)]);
+    }
+    i64::from(crc.finalize())
+}
+
 /// Each record keeps whether it was refused, and a start checks that its
 /// replay comes to the same. One that replays to another result (as under
 /// a build that decides differently without saying so) would rebuild a
@@ -966,42 +1021,16 @@ async fn a_record_replayed_to_another_result_than_it_had_is_refused_naming_it() 
     let data = fresh_data_dir();
     let policy = policy_file(&data);
     let args = ["--policy", policy.as_str()];
-    let mut p = Process::start_in(&data, &args, "info");
-    let mut c = client(&p).await;
-    agent(&mut c, "b1", "Billing", "billing").await;
-    // Refused, and logged: a state for an agent nobody registered.
-    let nobody = c
-        .set_agent_state(pb::SetAgentStateRequest {
-            agent_id: "nobody".into(),
-            state: pb::AgentState::Available.into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(nobody.code(), Code::NotFound, "{nobody:?}");
-    c.route_contact(contact("c-1", "billing")).await.unwrap();
+    let (mut p, ..) = a_refusal_and_a_route(&data, &args, "c-1").await;
     p.kill9();
 
     // The log says which one it refused, and that every other was accepted.
-    let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
-    let refused_rows: Vec<(i64, String, Option<String>)> = db
-        .prepare("SELECT seq, body, client FROM commands WHERE refused = 1")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let refused_rows = stored(&data, "refused = 1");
     assert_eq!(refused_rows.len(), 1, "{refused_rows:?}");
     let (seq, body, client_name) = refused_rows.into_iter().next().unwrap();
     assert!(body.contains("nobody"), "{body}");
-    let unknown: i64 = db
-        .query_row(
-            "SELECT count(*) FROM commands WHERE refused IS NULL",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
-    assert_eq!(unknown, 0);
-    drop(db);
+    assert!(stored(&data, "refused IS NULL").is_empty());
+    assert!(!stored(&data, "refused = 0").is_empty());
     let (ok, lines, stderr) = export(&data, &[]);
     assert!(ok, "{stderr}");
     let marked: Vec<_> = lines.iter().filter(|l| l["refused"] == true).collect();
@@ -1012,15 +1041,9 @@ async fn a_record_replayed_to_another_result_than_it_had_is_refused_naming_it() 
     // fit: what a build that now refuses it would find.
     let copy = copy_dir(&data);
     let db = rusqlite::Connection::open(copy.join(careroute::journal::FILE)).unwrap();
-    let mut crc = crc32fast::Hasher::new();
-    crc.update(body.as_bytes());
-    if let Some(name) = &client_name {
-        crc.update(b"\n");
-        crc.update(name.as_bytes());
-    }
     db.execute(
         "UPDATE commands SET refused = 0, crc = ?1 WHERE seq = ?2",
-        rusqlite::params![i64::from(crc.finalize()), seq],
+        rusqlite::params![record_crc(&body, client_name.as_deref(), Some(false)), seq],
     )
     .unwrap();
     drop(db);
@@ -1039,6 +1062,17 @@ async fn a_record_replayed_to_another_result_than_it_had_is_refused_naming_it() 
             .is_some_and(|d| d.contains("accepted when first applied")),
         "{line}"
     );
+    // The result is inside the checksum: dropped, the record is damaged.
+    let copy = copy_dir(&data);
+    let db = rusqlite::Connection::open(copy.join(careroute::journal::FILE)).unwrap();
+    db.execute(
+        "UPDATE commands SET refused = NULL WHERE seq = ?1",
+        rusqlite::params![seq],
+    )
+    .unwrap();
+    drop(db);
+    let (ok, _, stderr) = export(&copy, &[]);
+    assert!(!ok && stderr.contains("checksum"), "{stderr}");
 
     // The log as written restarts, every record to the result it had.
     let p = Process::start_in(&data, &args, "info");
@@ -1046,85 +1080,61 @@ async fn a_record_replayed_to_another_result_than_it_had_is_refused_naming_it() 
     c.route_contact(contact("c-2", "billing")).await.unwrap();
 }
 
-/// A log written before refusals were kept (no `refused` column) is read
-/// by the export as it is, and restarts: its records are replayed without
-/// the check, the column is added, and the records after it are kept with
-/// their results.
+/// A journal of the build before (rules version 4, no result kept per
+/// record) is refused as any journal of other rules is, and left as it
+/// was found; `careroute journal` still exports it.
 #[tokio::test]
-async fn a_log_written_before_refusals_were_kept_still_restarts() {
+async fn a_journal_of_the_build_before_is_refused_as_found_and_still_exported() {
     let data = fresh_data_dir();
     let policy = policy_file(&data);
     let args = ["--policy", policy.as_str()];
-    let mut p = Process::start_in(&data, &args, "info");
-    let mut c = client(&p).await;
-    agent(&mut c, "b1", "Billing", "billing").await;
-    c.set_agent_state(pb::SetAgentStateRequest {
-        agent_id: "nobody".into(),
-        state: pb::AgentState::Available.into(),
-    })
-    .await
-    .unwrap_err();
-    let mut retried = contact("c-1", "billing");
-    retried.request_id = "req-1".into();
-    let first = c.route_contact(retried.clone()).await.unwrap().into_inner();
+    let (mut p, ..) = a_refusal_and_a_route(&data, &args, "c-1").await;
     p.kill9();
-    // As the build before wrote it: no column, and checksums of the body
-    // and the client only.
+    // As the build before wrote it: its version, no column, and checksums
+    // of the body and the client only.
+    let rows = stored(&data, "1");
     let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
-    let rows: Vec<(i64, String, Option<String>)> = db
-        .prepare("SELECT seq, body, client FROM commands")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
     for (seq, body, client_name) in &rows {
-        let mut crc = crc32fast::Hasher::new();
-        crc.update(body.as_bytes());
-        if let Some(name) = client_name {
-            crc.update(b"\n");
-            crc.update(name.as_bytes());
-        }
         db.execute(
             "UPDATE commands SET crc = ?1 WHERE seq = ?2",
-            rusqlite::params![i64::from(crc.finalize()), seq],
+            rusqlite::params![record_crc(body, client_name.as_deref(), None), seq],
         )
         .unwrap();
     }
-    db.execute_batch("ALTER TABLE commands DROP COLUMN refused")
-        .unwrap();
+    db.execute_batch(
+        "ALTER TABLE commands DROP COLUMN refused;
+         UPDATE meta SET value = '4' WHERE key = 'routing_version';",
+    )
+    .unwrap();
     drop(db);
-    let (ok, lines, stderr) = export(&data, &["--outcomes"]);
+
+    let why = refused(&data, &policy);
+    assert!(why.contains("routes by rules version 4"), "{why}");
+    let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
+    let columns: i64 = db
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('commands') WHERE name = 'refused'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(columns, 0, "the refused start changed the journal");
+    let version: String = db
+        .query_row(
+            "SELECT value FROM meta WHERE key = 'routing_version'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(version, "4");
+    drop(db);
+    let (ok, lines, stderr) = export(&data, &[]);
     assert!(ok, "{stderr}");
     assert_eq!(lines.len(), rows.len());
     assert!(
         lines.iter().all(|l| l.get("refused").is_none()),
         "{lines:?}"
     );
-
-    let p = Process::start_in(&data, &args, "info");
-    let mut c = client(&p).await;
-    // The old records replayed: the retry gets the first decision.
-    let again = c.route_contact(retried).await.unwrap().into_inner();
-    assert_eq!(again.decision_id, first.decision_id);
-    c.set_agent_state(pb::SetAgentStateRequest {
-        agent_id: "nobody".into(),
-        state: pb::AgentState::Available.into(),
-    })
-    .await
-    .unwrap_err();
-    drop(p);
-    let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
-    let kept: (i64, i64, i64) = db
-        .query_row(
-            "SELECT count(*) FILTER (WHERE refused IS NULL), count(*) FILTER (WHERE refused = 0), count(*) FILTER (WHERE refused = 1) FROM commands",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )
-        .unwrap();
-    assert_eq!(kept.0, rows.len() as i64, "{kept:?}");
-    assert!(kept.1 >= 1, "{kept:?}");
-    assert_eq!(kept.2, 1, "{kept:?}");
 }
 
 /// The last record of the log may have told nothing (a refused command, a

@@ -1180,13 +1180,14 @@ async fn a_reload_survives_a_failover_and_a_change_seen_while_standing_by_is_app
     a.kill9();
     let mut cb = client(&b).await;
     until_leading(&mut cb).await;
-    assert_eq!(ttl_in_force(&mut cb, "b1").await, 30);
+    // Its policy watcher has looked at the file as the leader (every 2 s).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(ttl_in_force(&mut cb, "b1").await, 30, "{}", b.logs());
     // A standby whose file changes while it stands by applies it once it
     // leads.
     let (c, c_policy) = careroute_on(&nats, &id, "3", &[]);
     c.wait_for_log("standby rebuilt from the log", Duration::from_secs(30));
     std::fs::write(&c_policy, policy(&forty_five)).unwrap();
-    // Looked at, and left, while it stands by.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(ttl_in_force(&mut cb, "b2").await, 30);
     assert!(!b.logs().contains("policy reloaded"), "{}", b.logs());

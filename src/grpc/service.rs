@@ -90,7 +90,9 @@ impl Routing {
             move |seq, batch: Vec<Published>| {
                 // A record that told nothing is in the log all the same: a
                 // watcher may resume after it.
-                keeper.reached(seq);
+                if batch.is_empty() {
+                    keeper.reached(seq);
+                }
                 for p in batch {
                     keeper.push(&p);
                     // Assignment watchers are woken only for assignments.
@@ -244,13 +246,12 @@ impl Routing {
             // The event ring carries on from the records this process
             // applied as a standby (when it followed them all).
             self.ring.continue_after(last_seq);
-            for ((i, command), seq) in opening.into_iter().enumerate().zip(last_seq + 1..) {
+            for (i, command) in opening.into_iter().enumerate() {
                 let now = self.now_for(&held);
-                // Applied first, numbered as the journal will number it
-                // (nothing else is appended under this lock), so its
-                // refusal is logged with it.
+                // Applied first, so its refusal is logged with it; its
+                // events take the number the journal gives it.
                 let (told, refused) = if i > 0 || first_applied {
-                    events::Published::replayed(&mut held, seq, now, command.clone())
+                    events::Published::replayed(&mut held, 0, now, command.clone())
                 } else {
                     (None, Ok(()))
                 };
@@ -265,9 +266,10 @@ impl Routing {
                 };
                 // Nobody watches yet (calls are let in once this is
                 // logged): the events are kept for watchers that resume.
-                ticket = self.journal.append(true, Some(entry), |numbered| {
-                    debug_assert_eq!(numbered, seq, "an opening record numbered apart");
-                    told.into_iter().map(Arc::new).collect()
+                ticket = self.journal.append(true, Some(entry), |seq| {
+                    told.into_iter()
+                        .map(|told| Arc::new(events::Published { seq, ..told }))
+                        .collect()
                 });
             }
             self.publish_due(&held);

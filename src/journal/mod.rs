@@ -139,7 +139,7 @@ pub enum JournalError {
     /// A record replays to another result than the one it had: the state
     /// rebuilt is not the one the answers were given from.
     #[error(
-        "journal {file}: {diverged}: replayed here, the log does not rebuild the state its answers were given from, so it is not replayed (run the build that wrote it, or start anew and keep this log for audit; this is a bug: please report it)"
+        "journal {file}: {diverged}: the log does not rebuild the state its answers were given from, so it is not replayed. This is a bug (please report it, with the log); to serve again, start on a fresh --data-dir (or cluster id) and keep this log for audit"
     )]
     Diverged {
         /// The database file or stream.
@@ -372,10 +372,10 @@ pub struct Journal<T> {
 
 impl<T: Send + 'static> Journal<T> {
     /// Starts the writer on `log` (none: publish only), continuing after
-    /// `last_seq`, feeding the snapshot shadow if given.
-    /// `publish` receives each command's sequence number and events (none
-    /// for most) once its batch is written, in order; `failed` is called once if a write to a local journal
-    /// fails (the writer stops). A failed append to NATS ends the term
+    /// `last_seq`, feeding the snapshot shadow if given. `publish` receives
+    /// each command's sequence number and events (none for most) once its
+    /// batch is written, in order; `failed` is called once if a write to a
+    /// local journal fails (the writer stops). A failed append to NATS ends the term
     /// instead: nothing of it is answered, and the writer waits for the
     /// next ([`Journal::lead`]).
     pub fn start(

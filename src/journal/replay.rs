@@ -4,7 +4,7 @@
 //! refusals: the state they leave is the state they left; and each record
 //! must come to the result the log says it had.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc};
 
 use super::{Diverged, Entry, JournalError};
 use crate::engine::{Command, Engine, EngineConfig, ReplacePolicy};
@@ -104,6 +104,11 @@ impl Replay {
         let engine = self.engine.as_mut()?;
         engine.take_events();
         Some(engine)
+    }
+
+    /// The text of the policy in force so far, once there is an engine.
+    pub fn policy_text(&self) -> Option<&Arc<str>> {
+        self.engine.as_ref().map(|e| &e.policy().text)
     }
 
     /// The engine rebuilt, if the log started one.

@@ -87,8 +87,9 @@ pub(super) fn parse_key(hex: &str) -> Option<IdKey> {
 }
 
 /// A record's checksum: of its body, of the client that sent it if one
-/// is named, and of its refusal if it was refused (so a record written
-/// before refusals were kept, or an accepted one, sums as it always did).
+/// is named, and of its result if kept (a record written before results
+/// were kept sums as it always did; a kept result cannot be dropped or
+/// turned unnoticed).
 fn record_crc(body: &str, client: Option<&str>, refused: Option<bool>) -> u32 {
     let mut crc = crc32fast::Hasher::new();
     crc.update(body.as_bytes());
@@ -96,8 +97,9 @@ fn record_crc(body: &str, client: Option<&str>, refused: Option<bool>) -> u32 {
         crc.update(b"\n");
         crc.update(client.as_bytes());
     }
-    if refused == Some(true) {
-        crc.update(b"\nrefused");
+    if let Some(refused) = refused {
+        // A NUL: in no body (JSON) and no client name.
+        crc.update(&[0, u8::from(refused)]);
     }
     crc.finalize()
 }
@@ -220,7 +222,6 @@ impl Store {
 "
         ))
         .map_err(sql)?;
-        add_refused(&conn).map_err(sql)?;
         let id_key = match meta_get(&conn, "id_key").map_err(sql)? {
             Some(v) => Some(parse_key(&v).ok_or_else(|| JournalError::Corrupt {
                 file: file.clone(),
@@ -243,6 +244,9 @@ impl Store {
                 found: routing,
             });
         }
+        // Only once the log is known to be this build's to write: a refusal
+        // leaves the files as they were.
+        add_refused(&conn).map_err(sql)?;
         conn.execute(
             "INSERT OR REPLACE INTO meta (key, value) VALUES ('routing_version', ?1)",
             params![ROUTING_VERSION.to_string()],
