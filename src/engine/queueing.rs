@@ -23,7 +23,9 @@ use super::{
     AgentIdx, CallbackOffer, DecisionId, Engine, EngineError, Fate, Hop, HopKind, Reservation,
     ReservationId, Slot, Timer, ewt,
 };
-use crate::model::{AgentState, CallbackReason, Channel, Contact, ReleaseReason, Time, Urgency};
+use crate::model::{
+    AgentState, CallbackReason, Channel, ChannelSet, Contact, ReleaseReason, Time, Urgency,
+};
 use crate::policy::{Policy, QueueIdx, Resolved, Text};
 
 /// Priority points of an urgent contact: with the default aging of one point
@@ -568,8 +570,9 @@ impl Engine {
     /// waiting contacts to its closed action: urgent ones to the on-call
     /// queue if it is open, the rest to a callback from the next opening.
     /// A line nobody has been logged in to serve (in it or any wider pool
-    /// still ahead of it) for [`UNSTAFFED_GRACE`] hands its contacts to a
-    /// callback (`no_agents_staffed`). Contacts with an offer out keep it.
+    /// still ahead of it) with room on their channel for [`UNSTAFFED_GRACE`]
+    /// hands those contacts to a callback (`no_agents_staffed`). Contacts
+    /// with an offer out keep it.
     pub(super) fn sweep_lines(&mut self, now: Time) {
         if self.waiting.is_empty() || self.last_sweep.is_some_and(|last| now - last < SWEEP_EVERY) {
             return;
@@ -582,30 +585,57 @@ impl Engine {
             }
             if !self.policy.is_open(q, now) {
                 self.close_line(q, now);
-            } else if self.unservable(q) {
-                let since = *self.unstaffed_since[q].get_or_insert(now);
-                if now - since >= UNSTAFFED_GRACE {
-                    for seq in self.waiting.in_queue(q) {
-                        self.call_back(seq, CallbackReason::NoAgentsStaffed, now);
-                    }
-                    self.unstaffed_since[q] = None;
+                continue;
+            }
+            let unserved = self.unserved(q);
+            if unserved.is_empty() {
+                self.unstaffed_since[q] = None;
+                continue;
+            }
+            let since = *self.unstaffed_since[q].get_or_insert(now);
+            if now - since >= UNSTAFFED_GRACE {
+                for seq in unserved {
+                    self.call_back(seq, CallbackReason::NoAgentsStaffed, now);
                 }
-            } else {
                 self.unstaffed_since[q] = None;
             }
         }
     }
 
-    /// Whether nobody eligible is logged in for `queue`'s line or any of
-    /// the wider pools its contacts have still to move to.
-    fn unservable(&self, queue: QueueIdx) -> bool {
+    /// Whether nobody eligible is logged in with room on `channel` for
+    /// `queue`'s line or any of the wider pools its contacts have still to
+    /// move to.
+    pub(super) fn unservable(&self, queue: QueueIdx, channel: Channel) -> bool {
         let root = self.policy.root(queue);
-        self.roster.pool(queue).staffed == 0
+        self.roster.pool(queue).staffed_on(channel) == 0
             && self.policy.queues[root]
                 .steps
                 .iter()
                 .skip(self.policy.step_rank(queue))
-                .all(|s| self.roster.pool(s.pool).staffed == 0)
+                .all(|s| self.roster.pool(s.pool).staffed_on(channel) == 0)
+    }
+
+    /// The contacts waiting in `queue`'s lines that nobody logged in could
+    /// serve (on their channel), in line order.
+    fn unserved(&self, queue: QueueIdx) -> Vec<u64> {
+        let mut lines = ChannelSet::default();
+        for c in Channel::ALL {
+            if self.policy.queues[queue].channels.contains(c) && self.unservable(queue, c) {
+                lines.insert(c);
+            }
+        }
+        if lines == ChannelSet::default() {
+            return Vec::new();
+        }
+        self.waiting
+            .in_queue(queue)
+            .into_iter()
+            .filter(|&seq| {
+                self.waiting
+                    .get(seq)
+                    .is_some_and(|w| lines.contains(w.channel))
+            })
+            .collect()
     }
 
     /// Hands the contacts in closed `queue`'s line to its closed action.

@@ -1332,3 +1332,61 @@ fn an_agent_reached_by_a_relaxation_step_is_eligible_for_the_queue_clients_know(
     let page = e.agent_page(&filter, 0, 10).unwrap();
     assert!(page.agents.iter().any(|a| &*a.id == "trainee"));
 }
+
+/// Lines are per channel: a contact on a channel nobody logged in has room
+/// on (in the queue's pool or a wider one ahead) is called back at once,
+/// not held in a line nobody serves, while the queue's other channels
+/// queue as usual; and a waiting contact whose channel's last agent logs
+/// out is called back after the grace, the others staying in line.
+#[test]
+fn a_line_is_staffed_per_channel() {
+    let mut e = engine();
+    let t = open();
+    // b1 takes voice only, and is busy.
+    agent(&mut e, "b1", "billing", t);
+    busy(&mut e, "c0", "billing", t);
+    let mut chat = call("chat-1", "billing", Urgency::Routine);
+    chat.channel = Channel::Chat;
+    let d = e.route(&chat, t).unwrap();
+    let Outcome::Callback(c) = &d.outcome else {
+        panic!("{d:?}")
+    };
+    assert_eq!(c.reason, CallbackReason::NoAgentsStaffed);
+    queued(
+        &e.route(&call("voice-1", "billing", Urgency::Routine), t)
+            .unwrap(),
+    );
+    // A chat agent logs in, busy: chat contacts wait for it.
+    e.upsert_agent(
+        AgentSpec {
+            id: "b2".into(),
+            team: "T".into(),
+            transfer_address: "sip:b2".into(),
+            skills: vec![("billing".into(), 3)],
+            languages: vec!["en".into()],
+            channels: vec![(Channel::Chat, 1)],
+        },
+        t,
+    )
+    .unwrap();
+    e.set_state("b2", AgentState::Busy, t).unwrap();
+    let mut chat = call("chat-2", "billing", Urgency::Routine);
+    chat.channel = Channel::Chat;
+    queued(&e.route(&chat, t).unwrap());
+    // It logs out for good: after the grace, the chat contact is called
+    // back; the voice contact, whose agent is logged in, stays in line.
+    let out = t + Duration::seconds(1);
+    e.set_state("b2", AgentState::Offline, out).unwrap();
+    let mut now = out;
+    while now <= out + UNSTAFFED_GRACE + Duration::seconds(1) {
+        e.advance(now);
+        now += Duration::seconds(1);
+    }
+    let events = e.take_events();
+    assert!(
+        matches!(events.as_slice(), [Event::CallbackInstead { contact_id, callback, .. }]
+            if contact_id == "chat-2" && callback.reason == CallbackReason::NoAgentsStaffed),
+        "{events:?}"
+    );
+    assert!(e.waiting.find("voice-1").is_some());
+}

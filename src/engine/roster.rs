@@ -96,15 +96,31 @@ struct Indexed {
     ready: [i64; CHANNELS],
     free: ChannelSet,
     state: AgentState,
+    /// The channels it has room on at all, while not offline.
+    staffs: ChannelSet,
 }
 
 impl Indexed {
     fn of(agent: &Agent, blocks: &Blocks) -> Indexed {
+        let mut staffs = ChannelSet::default();
+        if agent.state != AgentState::Offline {
+            for c in Channel::ALL {
+                if agent.capacity[c.index()] > 0 {
+                    staffs.insert(c);
+                }
+            }
+        }
         Indexed {
             ready: agent.ready_since,
             free: agent.free_channels(blocks),
             state: agent.state,
+            staffs,
         }
+    }
+
+    /// Whether the entry staffs `channel`.
+    fn staffs(entry: Option<Indexed>, channel: Channel) -> bool {
+        entry.is_some_and(|e| e.staffs.contains(channel))
     }
 
     /// The idle key under which the agent sits in `channel`'s sets, if free.
@@ -272,6 +288,10 @@ pub struct QueuePool {
     channels: ChannelSet,
     /// Eligible agents not offline.
     pub staffed: u32,
+    /// Derived, as `free`: eligible agents not offline with room on each of
+    /// the queue's channels.
+    #[serde(skip)]
+    staffed_on: [u32; CHANNELS],
     /// Eligible agents free on at least one of the queue's channels.
     pub available: u32,
     /// Live reservations made for this queue.
@@ -279,6 +299,12 @@ pub struct QueuePool {
 }
 
 impl QueuePool {
+    /// Eligible agents not offline with room on `channel` (none on a
+    /// channel the queue does not take).
+    pub fn staffed_on(&self, channel: Channel) -> u32 {
+        self.staffed_on[channel.index()]
+    }
+
     /// Whether every agent eligible for the queue speaks `language`: then
     /// its speakers free on a channel are all the agents free there, and
     /// no set of its own is kept.
@@ -563,10 +589,17 @@ impl Roster {
             self.pools.iter().map(|_| Default::default()).collect();
         for pool in &mut self.pools {
             pool.members = Members::default();
+            pool.staffed_on = [0; CHANNELS];
         }
         for agent in self.agents.iter().filter(|a| !a.removed) {
             for &q in &agent.queues {
-                self.pools[q].members.add(&agent.languages);
+                let pool = &mut self.pools[q];
+                pool.members.add(&agent.languages);
+                for c in Channel::ALL {
+                    if pool.channels.contains(c) && Indexed::staffs(agent.indexed, c) {
+                        pool.staffed_on[c.index()] += 1;
+                    }
+                }
             }
         }
         for (a, agent) in self.agents.iter().enumerate() {
@@ -767,6 +800,8 @@ impl Roster {
                 if !pool.channels.contains(c) {
                     continue;
                 }
+                let on = &mut pool.staffed_on[c.index()];
+                *on = adjust(*on, Indexed::staffs(before, c), Indexed::staffs(after, c));
                 let (old, new) = (Indexed::key(before, c, a), Indexed::key(after, c, a));
                 if old == new {
                     continue;

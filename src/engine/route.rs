@@ -100,10 +100,12 @@ impl Engine {
                         };
                         Outcome::Agent(self.reserve(pick.0, slot, now))
                     }
-                    // Nobody logged in, or the queue does not take the
-                    // contact's channel: no line could ever be served.
-                    None if self.roster.pool(queue).staffed == 0
-                        || !policy.queues[queue].channels.contains(contact.channel) =>
+                    // Nobody logged in with room on the contact's channel
+                    // (in the queue's pool or a wider one ahead), or the
+                    // queue does not take the channel: its line could not
+                    // be served.
+                    None if !policy.queues[queue].channels.contains(contact.channel)
+                        || self.unservable(queue, contact.channel) =>
                     {
                         reasons.push(Reason::NoAgentsStaffed);
                         self.callback(queue, CallbackReason::NoAgentsStaffed, facts, contact, now)
