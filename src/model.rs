@@ -571,3 +571,45 @@ mod tests {
         }
     }
 }
+
+/// A language tag in its canonical case, since BCP 47 tags are
+/// case-insensitive: the language lowercase, a script title case (`Hant`),
+/// a region uppercase (`BR`), the rest lowercase; so `pt-br`, `PT-BR` and
+/// `pt-BR` are one language, and are shown as `pt-BR`.
+pub fn language_tag(tag: &str) -> String {
+    let alpha =
+        |part: &str, len: usize| part.len() == len && part.chars().all(|c| c.is_ascii_alphabetic());
+    tag.split('-')
+        .enumerate()
+        .map(|(i, part)| {
+            let mut part = part.to_ascii_lowercase();
+            if i > 0 && alpha(&part, 2) {
+                part.make_ascii_uppercase();
+            } else if i > 0 && alpha(&part, 4) {
+                part[..1].make_ascii_uppercase();
+            }
+            part
+        })
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+#[cfg(test)]
+mod language_tests {
+    use super::language_tag;
+
+    #[test]
+    fn language_tags_are_one_whatever_their_case() {
+        for (tag, canonical) in [
+            ("pt-br", "pt-BR"),
+            ("PT-BR", "pt-BR"),
+            ("pt-BR", "pt-BR"),
+            ("EN", "en"),
+            ("zh-hant-tw", "zh-Hant-TW"),
+            ("es-419", "es-419"),
+            ("sgn-BE-FR", "sgn-BE-FR"),
+        ] {
+            assert_eq!(language_tag(tag), canonical, "{tag}");
+        }
+    }
+}

@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use crate::engine::AgentSpec;
 use crate::file::{self, FileError};
-use crate::model::{AgentState, Channel};
+use crate::model::{AgentState, Channel, language_tag};
 
 /// The demo roster compiled into the binary, matching the embedded policy.
 pub const DEMO_ROSTER: &str = include_str!("../examples/demo-roster.toml");
@@ -132,7 +132,7 @@ fn parse_chunk(
             team: a.team.clone(),
             transfer_address: a.transfer_address.clone(),
             skills: a.skills.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            languages: a.languages.clone(),
+            languages: a.languages.iter().map(|l| language_tag(l)).collect(),
             channels,
         };
         spec.validate()

@@ -435,12 +435,71 @@ async fn interpreter_flagged_when_no_free_agent_speaks_the_language() {
     let d = s.route(c).await.unwrap();
     assert!(agent(&d).interpreter_needed);
     assert!(has_reason(&d, Reason::InterpreterNeeded));
-    // Spanish at the nurse line: the Spanish-speaking nurse, no interpreter.
+    // Spanish at the nurse line: the Spanish-speaking nurse, no interpreter;
+    // a language tag is one whatever its case.
     let mut c = contact("lang-2", "clinical");
-    c.language = "es".into();
+    c.language = "ES".into();
     let d = s.route(c).await.unwrap();
     assert_eq!(agent(&d).agent_id, "agent-nurse-1");
     assert!(!agent(&d).interpreter_needed);
+    s.stop().await;
+}
+
+/// BCP 47 language tags are case-insensitive: an agent registered with
+/// `pt-BR` speaks to a contact tagged `pt-br`, and is listed as `pt-BR`.
+#[tokio::test]
+async fn language_tags_match_whatever_their_case() {
+    let s = TestServer::start(monday_10am()).await;
+    let mut client = s.client.clone();
+    client
+        .upsert_agent(pb::UpsertAgentRequest {
+            agent_id: "pt-1".into(),
+            team: "Billing".into(),
+            transfer_address: "sip:pt-1@pbx".into(),
+            skills: vec![pb::SkillLevel {
+                skill: "billing".into(),
+                proficiency: 3,
+            }],
+            languages: vec!["PT-br".into()],
+            channels: vec![pb::ChannelCapacity {
+                channel: pb::Channel::Voice.into(),
+                capacity: 1,
+            }],
+        })
+        .await
+        .unwrap();
+    client
+        .set_agent_state(pb::SetAgentStateRequest {
+            agent_id: "pt-1".into(),
+            state: pb::AgentState::Available.into(),
+        })
+        .await
+        .unwrap();
+    let listed = client
+        .get_agent(pb::GetAgentRequest {
+            agent_id: "pt-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .agent
+        .unwrap();
+    assert_eq!(listed.languages, ["pt-BR"]);
+    for (i, tag) in ["pt-br", "PT-BR"].into_iter().enumerate() {
+        // Speakers first: the one Portuguese speaker, no interpreter.
+        let mut c = contact(&format!("pt-{i}"), "billing");
+        c.language = tag.into();
+        let d = s.route(c).await.unwrap();
+        assert!(!agent(&d).interpreter_needed, "{tag}: {d:?}");
+        assert_eq!(agent(&d).agent_id, "pt-1", "{tag}");
+        client
+            .release_reservation(pb::ReleaseReservationRequest {
+                reservation_id: agent(&d).reservation_id.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
     s.stop().await;
 }
 

@@ -18,7 +18,7 @@ use crate::engine::{
 };
 use crate::model::{
     AgentState, CallbackReason, Channel, Contact, Identity, Reason, ReleaseReason, Time,
-    TransferFrom, Urgency,
+    TransferFrom, Urgency, language_tag,
 };
 
 /// Longest opaque id (contact, request, agent, queue).
@@ -241,13 +241,15 @@ impl TryFrom<pb::RouteContactRequest> for Contact {
         let request_id = v.take(checked("request_id", r.request_id, MAX_ID_LEN, ID, false));
         let channel = v.take(channel("channel", r.channel));
         let intent = v.take(required("intent", r.intent, MAX_NAME_LEN, NAME));
-        let language = v.take(checked(
-            "language",
-            r.language,
-            MAX_LANGUAGE_LEN,
-            LANGUAGE,
-            false,
-        ));
+        let language = v
+            .take(checked(
+                "language",
+                r.language,
+                MAX_LANGUAGE_LEN,
+                LANGUAGE,
+                false,
+            ))
+            .map(|l| l.map(|l| language_tag(&l)));
         let preferred_agent_id = v.take(checked(
             "preferred_agent_id",
             r.preferred_agent_id,
@@ -326,6 +328,7 @@ impl TryFrom<pb::UpsertAgentRequest> for AgentSpec {
                     MAX_LANGUAGE_LEN,
                     LANGUAGE,
                 ))
+                .map(|l| language_tag(&l))
             })
             .collect();
         let channels: Vec<(Channel, u8)> = r

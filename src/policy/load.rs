@@ -18,7 +18,7 @@ use super::{
     Rule, Schedule, Text, TextList,
 };
 use crate::file::{self, FileError};
-use crate::model::{Channel, ChannelSet, FastMap, Identity, Urgency};
+use crate::model::{Channel, ChannelSet, FastMap, Identity, Urgency, language_tag};
 
 /// Why a policy was refused: the file, the line and the field.
 pub type PolicyError = FileError;
@@ -27,6 +27,17 @@ pub type PolicyError = FileError;
 pub fn read(path: &Path) -> Result<Policy, PolicyError> {
     let (file, text) = file::read_text(path)?;
     parse(&file, &text)
+}
+
+/// What a queue or rule id may be.
+const ID_FORM: &str = "1-64 characters of letters, digits and _ - . :";
+
+/// Whether `id` is a queue or rule id ([`ID_FORM`]).
+fn id_ok(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
 }
 
 /// Validates policy text; `file` names it in messages.
@@ -456,18 +467,8 @@ impl Cx<'_> {
         // Queues: ids first, so queues can refer to later ones.
         let mut queue_ids = FastMap::default();
         for (i, q) in raw.queues.iter().enumerate() {
-            let id = q.id.get_ref();
-            if id.is_empty()
-                || id.len() > 64
-                || !id
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
-            {
-                return Err(self.bad(
-                    &q.id,
-                    format!("queues[{i}].id"),
-                    "1-64 characters of letters, digits and _ - . :",
-                ));
+            if !id_ok(q.id.get_ref()) {
+                return Err(self.bad(&q.id, format!("queues[{i}].id"), ID_FORM));
             }
             if queue_ids.insert(q.id.get_ref().clone(), i).is_some() {
                 return Err(self.bad(
@@ -650,7 +651,11 @@ impl Cx<'_> {
         };
         let mut rules: Vec<Rule> = Vec::new();
         let mut rule_lines: Vec<(String, usize)> = Vec::new();
-        for r in &raw.rules {
+        for (i, r) in raw.rules.iter().enumerate() {
+            // Answers and metrics carry it: a name, never free text.
+            if !id_ok(r.id.get_ref()) {
+                return Err(self.bad(&r.id, format!("rules[{i}].id"), ID_FORM));
+            }
             let field = format!("rules.{}", r.id.get_ref());
             if r.id.get_ref().starts_with("guard:") {
                 return Err(self.bad(
@@ -713,7 +718,7 @@ impl Cx<'_> {
         let default_language = raw
             .default_language
             .as_ref()
-            .map(|l| l.get_ref().clone())
+            .map(|l| language_tag(l.get_ref()))
             .unwrap_or_else(|| "en".to_owned());
         let default_queue = queue_ref(&raw.default_queue, "default_queue")?;
         // Step pools are found by id too (reload carries waiting contacts
@@ -1047,7 +1052,8 @@ impl Cx<'_> {
             escalation_requested: w.escalation_requested,
             attributes,
             signals: strings("signals", &w.signals)?,
-            languages: strings("language", &w.language)?,
+            languages: strings("language", &w.language)?
+                .map(|list| list.iter().map(|l| language_tag(l)).collect()),
             after_hours: w.after_hours,
             transferred_from,
             transferred: w.transferred,

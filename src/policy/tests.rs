@@ -518,6 +518,19 @@ fn rule_ids_may_not_take_a_guard_name() {
     assert!(message.contains("built-in guards"), "{message}");
 }
 
+/// A rule id is a name that answers and metrics carry, as a queue id is:
+/// never empty, never free text.
+#[test]
+fn rule_ids_are_names() {
+    for bad in ["", "rule with spaces", "ünïcode", &"r".repeat(65)] {
+        let (field, line, message) =
+            refusal("id = \"resolutions-unresolved\"", &format!("id = {bad:?}"));
+        assert_eq!(field, "rules[0].id", "{bad:?}");
+        assert!(line > 1, "{bad:?}");
+        assert!(message.contains("1-64 characters"), "{message}");
+    }
+}
+
 #[test]
 fn utilization_is_read_per_channel_and_absent_by_default() {
     assert!(!Policy::embedded().unwrap().blocks.any());
