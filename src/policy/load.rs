@@ -15,7 +15,7 @@ use toml::Spanned;
 
 use super::{
     Action, Authenticate, Blocks, Emergency, Intent, IntentIdx, Match, Policy, Queue, QueueIdx,
-    Rule, Schedule, Text, TextList,
+    RULE_URGENCIES, Rule, Schedule, Text, TextList,
 };
 use crate::file::{self, FileError};
 use crate::model::{Channel, ChannelSet, FastMap, Identity, Urgency, language_tag};
@@ -699,6 +699,19 @@ impl Cx<'_> {
                     ));
                 }
             };
+            // The emergency guard answers emergency contacts before any
+            // rule: a rule only they could match never would.
+            let guarded = when
+                .urgencies
+                .as_ref()
+                .is_some_and(|u| !u.iter().any(|x| RULE_URGENCIES.contains(x)))
+                || when
+                    .signals
+                    .as_ref()
+                    .is_some_and(|s| s.iter().all(|x| raw.emergency.signals.contains(x)));
+            if guarded {
+                return Err(self.bad(&r.id, format!("{field}.when"), "can never match: the emergency guard answers every contact it would (emergency urgency, or only emergency signals) before any rule"));
+            }
             let line = self.line_of(r.id.span());
             for (earlier, (earlier_id, earlier_line)) in rules.iter().zip(&rule_lines) {
                 if earlier.when.covers(&when) {

@@ -15,7 +15,7 @@ use chrono::Duration;
 use chrono_tz::Tz;
 
 pub use load::{PolicyError, parse, read};
-pub use rules::Match;
+pub use rules::{Match, RULE_URGENCIES};
 pub use schedule::Schedule;
 
 use crate::model::{

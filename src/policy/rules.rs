@@ -2,7 +2,7 @@
 //! rule's conditions cover another's (so the later one can never match).
 
 use super::{IntentIdx, Policy, QueueIdx, Resolved};
-use crate::model::{ChannelSet, Contact, Identity, Urgency};
+use crate::model::{Channel, ChannelSet, Contact, Identity, Urgency};
 
 /// The conditions of one rule; every condition set must hold. `None` (or an
 /// empty attribute list) places no condition.
@@ -36,14 +36,20 @@ fn one_of<T: PartialEq>(allowed: &Option<Vec<T>>, value: &T) -> bool {
     allowed.as_ref().is_none_or(|a| a.contains(value))
 }
 
-/// `wide` places no condition, or allows everything `narrow` allows.
-fn covers_set<T: PartialEq>(wide: &Option<Vec<T>>, narrow: &Option<Vec<T>>) -> bool {
+/// `wide` places no condition, or allows everything `narrow` allows; a
+/// `wide` list of every value a rule can see (`all`, when known) places
+/// none either.
+fn covers_set<T: PartialEq>(wide: &Option<Vec<T>>, narrow: &Option<Vec<T>>, all: &[T]) -> bool {
     match (wide, narrow) {
         (None, _) => true,
-        (Some(_), None) => false,
+        (Some(w), None) => !all.is_empty() && all.iter().all(|x| w.contains(x)),
         (Some(w), Some(n)) => n.iter().all(|x| w.contains(x)),
     }
 }
+
+/// The urgencies a rule can see: the emergency guard answers emergency
+/// contacts before any rule.
+pub const RULE_URGENCIES: [Urgency; 2] = [Urgency::Routine, Urgency::Urgent];
 
 fn covers_flag(wide: Option<bool>, narrow: Option<bool>) -> bool {
     wide.is_none() || wide == narrow
@@ -95,19 +101,19 @@ impl Match {
     pub fn covers(&self, other: &Match) -> bool {
         let channels = match (self.channels, other.channels) {
             (None, _) => true,
-            (Some(_), None) => false,
+            (Some(w), None) => Channel::ALL.iter().all(|&c| w.contains(c)),
             (Some(w), Some(n)) => w.is_superset(n),
         };
         channels
-            && covers_set(&self.intents, &other.intents)
-            && covers_set(&self.urgencies, &other.urgencies)
-            && covers_set(&self.identities, &other.identities)
+            && covers_set(&self.intents, &other.intents, &[])
+            && covers_set(&self.urgencies, &other.urgencies, &RULE_URGENCIES)
+            && covers_set(&self.identities, &other.identities, &Identity::ALL)
             && covers_flag(self.escalation_requested, other.escalation_requested)
             && self.attributes.iter().all(|a| other.attributes.contains(a))
-            && covers_set(&self.signals, &other.signals)
-            && covers_set(&self.languages, &other.languages)
+            && covers_set(&self.signals, &other.signals, &[])
+            && covers_set(&self.languages, &other.languages, &[])
             && covers_flag(self.after_hours, other.after_hours)
-            && covers_set(&self.transferred_from, &other.transferred_from)
+            && covers_set(&self.transferred_from, &other.transferred_from, &[])
             && covers_flag(self.transferred, other.transferred)
     }
 }
@@ -115,7 +121,6 @@ impl Match {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Channel;
 
     fn voice() -> Option<ChannelSet> {
         let mut s = ChannelSet::default();
@@ -163,5 +168,44 @@ mod tests {
         assert!(wide.covers(&narrow));
         assert!(!narrow.covers(&wide));
         assert!(!narrow.covers(&Match::default()));
+    }
+
+    /// A list of every value a rule can see places no condition: it
+    /// covers a rule that leaves that condition open.
+    #[test]
+    fn a_list_of_every_value_is_no_condition() {
+        let mut every_channel = ChannelSet::default();
+        for c in Channel::ALL {
+            every_channel.insert(c);
+        }
+        let wide = Match {
+            channels: Some(every_channel),
+            ..Match::default()
+        };
+        assert!(wide.covers(&Match::default()));
+        let wide = Match {
+            identities: Some(Identity::ALL.to_vec()),
+            ..Match::default()
+        };
+        assert!(wide.covers(&Match::default()));
+        // Emergencies never reach a rule: routine and urgent are all.
+        let wide = Match {
+            urgencies: Some(RULE_URGENCIES.to_vec()),
+            ..Match::default()
+        };
+        assert!(wide.covers(&Match::default()));
+        let narrow = Match {
+            urgencies: Some(vec![Urgency::Routine]),
+            ..Match::default()
+        };
+        assert!(!narrow.covers(&Match::default()));
+        assert!(!voice_only().covers(&Match::default()));
+    }
+
+    fn voice_only() -> Match {
+        Match {
+            channels: voice(),
+            ..Match::default()
+        }
     }
 }

@@ -518,6 +518,43 @@ fn rule_ids_may_not_take_a_guard_name() {
     assert!(message.contains("built-in guards"), "{message}");
 }
 
+/// A rule can never match if an earlier one lists every value a contact
+/// can have for a condition it leaves open (every channel, every identity
+/// state, routine and urgent), or if only emergencies could match it (the
+/// emergency guard answers them first).
+#[test]
+fn rules_that_can_never_match_are_refused_whatever_their_shape() {
+    let first = "when = { transferred_from = [\"resolutions\"] }";
+    for (when, why) in [
+        (
+            "when = { channel = [\"voice\", \"chat\", \"sms\", \"email\", \"portal\"] }",
+            "can never match: rule `resolutions-unresolved`",
+        ),
+        (
+            "when = { identity = [\"not_attempted\", \"verified\", \"failed\"] }",
+            "can never match: rule `resolutions-unresolved`",
+        ),
+        (
+            "when = { urgency = [\"routine\", \"urgent\"] }",
+            "can never match: rule `resolutions-unresolved`",
+        ),
+        ("when = { urgency = [\"emergency\"] }", "emergency guard"),
+        (
+            "when = { signals = [\"chest_pain\", \"overdose\"] }",
+            "emergency guard",
+        ),
+    ] {
+        let (field, _, message) = refusal(first, when);
+        assert!(message.contains(why), "{when}: {message}");
+        let expected = if why == "emergency guard" {
+            "rules.resolutions-unresolved.when"
+        } else {
+            "rules.supervisor-payment-plan-offered.when"
+        };
+        assert_eq!(field, expected, "{when}");
+    }
+}
+
 /// A rule id is a name that answers and metrics carry, as a queue id is:
 /// never empty, never free text.
 #[test]
