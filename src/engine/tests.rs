@@ -1744,18 +1744,24 @@ fn idle_time_counts_from_the_end_of_the_last_contact() {
     assert_eq!(&*offer(&after).agent_id, "b1");
 }
 
+/// An engine with one billing agent, b1, available at the open; its index,
+/// and the policy's misses before a pause.
+fn one_billing_agent() -> (Engine, AgentIdx, u32) {
+    let mut e = engine();
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), open());
+    let limit = e.policy().missed_offers_to_pause;
+    let b1 = e.roster.find("b1").unwrap();
+    (e, b1, limit)
+}
+
 /// A RouteContact reservation that lapses is the IVR's silence, not an
 /// offer the agent saw (the IVR may never have transferred): however many
 /// lapse, the agent is not paused. An offer from the line that it could
 /// see and that lapsed is its miss.
 #[test]
 fn lapsed_route_contact_reservations_are_not_the_agents_miss() {
-    let mut e = engine();
-    let t = open();
-    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
-    let limit = e.policy().missed_offers_to_pause;
-    let b1 = e.roster.find("b1").unwrap();
-    let mut now = t;
+    let (mut e, b1, limit) = one_billing_agent();
+    let mut now = open();
     for i in 0..2 * limit {
         let d = e.route(&billing(&format!("c{i}")), now).unwrap();
         assert_eq!(&*offer(&d).agent_id, "b1");
@@ -1772,12 +1778,8 @@ fn lapsed_route_contact_reservations_are_not_the_agents_miss() {
 /// the line, counted as abandoned.
 #[test]
 fn only_the_agents_own_misses_pause_it() {
-    let mut e = engine();
-    let t = open();
-    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
-    let limit = e.policy().missed_offers_to_pause;
-    let b1 = e.roster.find("b1").unwrap();
-    let mut now = t;
+    let (mut e, b1, limit) = one_billing_agent();
+    let mut now = open();
     for (i, reason) in [
         ReleaseReason::CallerHungUp,
         ReleaseReason::TransferFailed,
