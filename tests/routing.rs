@@ -451,30 +451,7 @@ async fn interpreter_flagged_when_no_free_agent_speaks_the_language() {
 async fn language_tags_match_whatever_their_case() {
     let s = TestServer::start(monday_10am()).await;
     let mut client = s.client.clone();
-    client
-        .upsert_agent(pb::UpsertAgentRequest {
-            agent_id: "pt-1".into(),
-            team: "Billing".into(),
-            transfer_address: "sip:pt-1@pbx".into(),
-            skills: vec![pb::SkillLevel {
-                skill: "billing".into(),
-                proficiency: 3,
-            }],
-            languages: vec!["PT-br".into()],
-            channels: vec![pb::ChannelCapacity {
-                channel: pb::Channel::Voice.into(),
-                capacity: 1,
-            }],
-        })
-        .await
-        .unwrap();
-    client
-        .set_agent_state(pb::SetAgentStateRequest {
-            agent_id: "pt-1".into(),
-            state: pb::AgentState::Available.into(),
-        })
-        .await
-        .unwrap();
+    floor::agent_speaking(&mut client, "pt-1", "Billing", "billing", &["PT-br"]).await;
     let listed = client
         .get_agent(pb::GetAgentRequest {
             agent_id: "pt-1".into(),

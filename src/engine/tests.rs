@@ -739,6 +739,16 @@ fn check_invariants(e: &Engine, now: Time) {
         let pool = e.roster.pool(q);
         assert_eq!(pool.staffed, staffed, "staffed count of {}", queue.id);
         assert_eq!(pool.available, available, "available count of {}", queue.id);
+        for c in Channel::ALL {
+            let on = e
+                .roster
+                .agents()
+                .iter()
+                .filter(|a| a.queues.contains(&q) && a.state != AgentState::Offline)
+                .filter(|a| queue.channels.contains(c) && a.capacity[c.index()] > 0)
+                .count() as u32;
+            assert_eq!(pool.staffed_on(c), on, "staffed on {c:?} of {}", queue.id);
+        }
         let live = e
             .reservations
             .values()

@@ -150,17 +150,11 @@ impl EventRing {
         }
     }
 
-    /// Record `seq` is in the log (told or not): a watcher may resume
-    /// after it.
-    pub fn reached(&self, seq: u64) {
-        let mut ring = self.ring.lock();
-        ring.head = ring.head.max(seq);
-    }
-
-    /// Keeps the events of record `seq` read back from the log (none: it
-    /// told nothing) as a standby follows the leader. No watcher is told:
-    /// none is let in before the term opens, and the live feed carries
-    /// only what is logged from then on.
+    /// Keeps the events of record `seq` (none: it told nothing, and a
+    /// watcher may still resume after it) without telling any watcher: a
+    /// record read back from the log as a standby follows the leader (none
+    /// is let in before the term opens, and the live feed carries only what
+    /// is logged from then on), or one logged that told nothing.
     pub fn keep(&self, seq: u64, published: Option<&Published>) {
         let mut ring = self.ring.lock();
         if let Some(p) = published {

@@ -91,7 +91,7 @@ impl Routing {
                 // A record that told nothing is in the log all the same: a
                 // watcher may resume after it.
                 if batch.is_empty() {
-                    keeper.reached(seq);
+                    keeper.keep(seq, None);
                 }
                 for p in batch {
                     keeper.push(&p);

@@ -146,8 +146,19 @@ pub async fn client(p: &Process) -> RoutingServiceClient<Channel> {
         .unwrap()
 }
 
-/// Registers an available agent with one skill.
+/// Registers an available agent with one skill, speaking English.
 pub async fn agent(c: &mut RoutingServiceClient<Channel>, id: &str, team: &str, skill: &str) {
+    agent_speaking(c, id, team, skill, &["en"]).await;
+}
+
+/// Registers an available agent with one skill, speaking `languages`.
+pub async fn agent_speaking(
+    c: &mut RoutingServiceClient<Channel>,
+    id: &str,
+    team: &str,
+    skill: &str,
+    languages: &[&str],
+) {
     c.upsert_agent(pb::UpsertAgentRequest {
         agent_id: id.into(),
         team: team.into(),
@@ -156,7 +167,7 @@ pub async fn agent(c: &mut RoutingServiceClient<Channel>, id: &str, team: &str, 
             skill: skill.into(),
             proficiency: 3,
         }],
-        languages: vec!["en".into()],
+        languages: languages.iter().map(|l| l.to_string()).collect(),
         channels: vec![pb::ChannelCapacity {
             channel: pb::Channel::Voice.into(),
             capacity: 1,
