@@ -68,33 +68,42 @@ impl Schedule {
 
     /// The instant `minutes` of opening hours after `start`: time while closed
     /// does not count, so a window asked after hours starts at the next
-    /// opening. `None` only for a schedule that never opens.
+    /// opening. Opening hours are counted in real time, so a day that loses
+    /// or gains an hour at a daylight saving change gives that much less or
+    /// more. `None` only for a schedule that never opens.
     pub fn add_business_minutes(&self, start: Time, minutes: u32) -> Option<Time> {
         let mut remaining = Duration::minutes(i64::from(minutes));
-        let mut cursor = start.with_timezone(&self.time_zone).naive_local();
+        let mut date = start.with_timezone(&self.time_zone).date_naive();
         for _ in 0..HORIZON_DAYS {
-            let date = cursor.date();
             if let Some((open, close)) = self.interval(date) {
-                let from = cursor.max(open);
+                let from = start.max(self.instant(open, Edge::Open));
+                let close = self.instant(close, Edge::Close);
                 if from < close {
                     let available = close - from;
                     if remaining <= available {
-                        return Some(self.to_utc(from + remaining));
+                        return Some(from + remaining);
                     }
                     remaining -= available;
                 }
             }
-            cursor = date.succ_opt()?.and_time(NaiveTime::MIN);
+            date = date.succ_opt()?;
         }
         None
     }
 
-    /// A local wall-clock time as an instant; a time skipped by a daylight
-    /// saving change moves forward past the gap.
-    fn to_utc(&self, local: NaiveDateTime) -> Time {
+    /// A local wall-clock time as an instant. A time skipped by a daylight
+    /// saving change moves forward past the gap; a time that happens twice is
+    /// its first occurrence when opening and its second when closing, so an
+    /// opening interval keeps every real minute its wall-clock span covers.
+    fn instant(&self, local: NaiveDateTime, edge: Edge) -> Time {
         let mut probe = local;
         for _ in 0..4 {
-            if let Some(t) = self.time_zone.from_local_datetime(&probe).earliest() {
+            let found = self.time_zone.from_local_datetime(&probe);
+            let found = match edge {
+                Edge::Open => found.earliest(),
+                Edge::Close => found.latest(),
+            };
+            if let Some(t) = found {
                 return t.to_utc();
             }
             probe += Duration::minutes(30);
@@ -102,6 +111,13 @@ impl Schedule {
         // No zone has a gap longer than two hours; treat the wall time as UTC.
         local.and_utc()
     }
+}
+
+/// Which end of an opening interval a wall-clock time is.
+#[derive(Clone, Copy)]
+enum Edge {
+    Open,
+    Close,
 }
 
 #[cfg(test)]
@@ -167,6 +183,42 @@ mod tests {
             .add_business_minutes(at(tz, "2026-11-25 16:00"), 120)
             .unwrap();
         assert_eq!(got, at(tz, "2026-11-27 10:00"));
+    }
+
+    #[test]
+    fn opening_hours_count_real_time_across_daylight_saving_changes() {
+        let tz = chrono_tz::America::New_York;
+        let all_day = Schedule {
+            time_zone: tz,
+            ..Schedule::always("all-day")
+        };
+        let utc = |s: &str| {
+            NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M")
+                .unwrap()
+                .and_utc()
+        };
+        // 2026-03-08: 02:00 EST becomes 03:00 EDT. 01:45 EST is 06:45 UTC.
+        let got = all_day
+            .add_business_minutes(at(tz, "2026-03-08 01:45"), 60)
+            .unwrap();
+        assert_eq!(got, utc("2026-03-08 07:45"), "an hour, not 30 minutes");
+        // 2026-11-01: 02:00 EDT becomes 01:00 EST. 00:30 EDT is 04:30 UTC.
+        let got = all_day
+            .add_business_minutes(at(tz, "2026-11-01 00:30"), 120)
+            .unwrap();
+        assert_eq!(got, utc("2026-11-01 06:30"), "two hours, not three");
+        // Open 00:00-03:00 on the short day: two real hours, then the next day.
+        let mut night = all_day.clone();
+        night.week = [Some((0, 3 * 60)); 7];
+        let got = night
+            .add_business_minutes(at(tz, "2026-03-08 00:00"), 150)
+            .unwrap();
+        assert_eq!(got, at(tz, "2026-03-09 00:30"));
+        // On the long day the same interval holds four real hours.
+        let got = night
+            .add_business_minutes(at(tz, "2026-11-01 00:00"), 240)
+            .unwrap();
+        assert_eq!(got, utc("2026-11-01 08:00"), "03:00 EST");
     }
 
     #[test]
