@@ -139,7 +139,9 @@ impl EngineConfig {
 /// 4: the estimated wait is the time to free as many agents as are ahead,
 /// without Erlang C's steady-state term.
 /// 5: a RouteContact reservation that lapses is not the agent's miss.
-pub const ROUTING_VERSION: u32 = 5;
+/// 6: callback deadlines count opening hours in real time across a
+/// daylight-saving change.
+pub const ROUTING_VERSION: u32 = 6;
 
 /// The peak rate of new requests with a request id the default window
 /// holds in full.
