@@ -13,6 +13,9 @@ pub enum EngineError {
         /// The policy's intents.
         allowed: String,
     },
+    /// The contact has no intent and is not an emergency.
+    #[error("intent: required unless the contact is an emergency")]
+    MissingIntent,
     /// The contact carries an attribute the policy does not declare; the
     /// message lists the declared keys, never the key sent.
     #[error("attributes: a key is not declared by the policy ({allowed})")]

@@ -140,7 +140,8 @@ impl EngineConfig {
 /// without Erlang C's steady-state term.
 /// 5: a RouteContact reservation that lapses is not the agent's miss.
 /// 6: callback deadlines count opening hours in real time across a
-/// daylight-saving change.
+/// daylight-saving change; an emergency gets its script whatever its
+/// intent, attributes or transfer queue.
 pub const ROUTING_VERSION: u32 = 6;
 
 /// The peak rate of new requests with a request id the default window

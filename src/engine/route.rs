@@ -9,7 +9,27 @@ use super::{
     Withdrawal,
 };
 use crate::model::{CallbackReason, Contact, Reason, Time};
-use crate::policy::{Policy, QueueIdx, Resolved, Step, Text};
+use crate::policy::{Guard, Policy, QueueIdx, Resolved, Rule, Step, Text};
+
+/// What routing decided, before the decision is dressed and recorded.
+struct Verdict<'p> {
+    id: DecisionId,
+    /// The guard that decided instead of a rule.
+    guard: Option<Guard>,
+    /// The rule that decided.
+    rule: Option<&'p Rule>,
+    reasons: Vec<Reason>,
+    queue: Option<QueueIdx>,
+    outcome: Outcome,
+}
+
+/// The policy's emergency script as an outcome.
+fn emergency(policy: &Policy) -> Outcome {
+    Outcome::Emergency {
+        script_id: policy.emergency.script_id.clone(),
+        instruction: policy.emergency.instruction.clone(),
+    }
+}
 
 impl Engine {
     /// Decides where one contact goes at `now`, reserving an agent for a warm
@@ -30,13 +50,24 @@ impl Engine {
             return Ok(replay);
         }
         let policy = Arc::clone(&self.policy);
-        let facts = self.resolve(&policy, contact)?;
-        // A new hop supersedes any place in line the contact held, and any
-        // callback kept for a watcher that has not connected.
-        self.withdraw(&contact.contact_id, Withdrawal::Rerouted, now);
-        if !self.undelivered.is_empty() {
-            self.undelivered.forget(&contact.contact_id);
+        // The emergency guard reads only urgency and signals, so an
+        // emergency gets its script even when the rest of the contact does
+        // not fit the policy's vocabulary (an intent the IVR could not tell).
+        if let Some(plan) = policy.emergency_guard(contact) {
+            self.supersede(contact, now);
+            let id = self.next_decision_id();
+            let verdict = Verdict {
+                id,
+                guard: plan.guard,
+                rule: None,
+                reasons: plan.reasons,
+                queue: None,
+                outcome: emergency(&policy),
+            };
+            return Ok(self.decide(&policy, contact, verdict, reply_key, now));
         }
+        let facts = self.resolve(&policy, contact)?;
+        self.supersede(contact, now);
         let plan = policy.plan(contact, facts, now);
         // The rule that decided: none when a guard overrode it.
         let rule = plan
@@ -44,20 +75,10 @@ impl Engine {
             .filter(|_| plan.guard.is_none())
             .map(|r| &policy.rules[r]);
         let mut reasons = plan.reasons;
-        self.next_id += 1;
-        let id = DecisionId(self.id(IdKind::Decision, self.next_id));
+        let id = self.next_decision_id();
 
         let (queue, outcome) = match plan.step {
-            Step::Emergency => {
-                let e = &policy.emergency;
-                (
-                    None,
-                    Outcome::Emergency {
-                        script_id: e.script_id.clone(),
-                        instruction: e.instruction.clone(),
-                    },
-                )
-            }
+            Step::Emergency => (None, emergency(&policy)),
             Step::Authenticate { failed, target } => {
                 let a = &policy.authenticate;
                 let (script_id, instruction) = if failed {
@@ -136,6 +157,48 @@ impl Engine {
             }
         };
 
+        let verdict = Verdict {
+            id,
+            guard: plan.guard,
+            rule,
+            reasons,
+            queue,
+            outcome,
+        };
+        Ok(self.decide(&policy, contact, verdict, reply_key, now))
+    }
+
+    /// A new hop supersedes any place in line the contact held, and any
+    /// callback kept for a watcher that has not connected.
+    fn supersede(&mut self, contact: &Contact, now: Time) {
+        self.withdraw(&contact.contact_id, Withdrawal::Rerouted, now);
+        if !self.undelivered.is_empty() {
+            self.undelivered.forget(&contact.contact_id);
+        }
+    }
+
+    fn next_decision_id(&mut self) -> DecisionId {
+        self.next_id += 1;
+        DecisionId(self.id(IdKind::Decision, self.next_id))
+    }
+
+    /// The decision with its level, team and guidance, recorded.
+    fn decide(
+        &mut self,
+        policy: &Policy,
+        contact: &Contact,
+        verdict: Verdict<'_>,
+        reply_key: Option<(Text, Text)>,
+        now: Time,
+    ) -> Decision {
+        let Verdict {
+            id,
+            guard,
+            rule,
+            reasons,
+            queue,
+            outcome,
+        } = verdict;
         let (level, team) = match (&outcome, queue) {
             (Outcome::Emergency { .. }, _) => {
                 (policy.emergency.level, policy.emergency.team.clone())
@@ -158,7 +221,7 @@ impl Engine {
         };
         let decision = Decision {
             id,
-            rule_id: match plan.guard {
+            rule_id: match guard {
                 Some(guard) => Some(Text::from(guard.id())),
                 None => rule.map(|r| r.id.clone()),
             },
@@ -175,11 +238,14 @@ impl Engine {
             reply_key,
             now,
         );
-        Ok(decision)
+        decision
     }
 
     /// Checks the contact against the policy's vocabulary.
     fn resolve(&self, policy: &Policy, contact: &Contact) -> Result<Resolved, EngineError> {
+        if contact.intent.is_empty() {
+            return Err(EngineError::MissingIntent);
+        }
         let intent =
             policy
                 .intent_idx(&contact.intent)

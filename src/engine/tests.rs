@@ -556,6 +556,51 @@ fn vocabulary_is_checked_against_the_policy() {
 }
 
 #[test]
+fn an_emergency_gets_its_script_whatever_its_intent_and_attributes() {
+    let mut e = engine();
+    let t = open();
+    let emergency = |c: &Contact| {
+        let mut c = c.clone();
+        c.urgency = Urgency::Emergency;
+        c
+    };
+    let mut unknown = billing("c1");
+    unknown.intent = "astrology".into();
+    let mut unsaid = billing("c2");
+    unsaid.intent.clear();
+    let mut stray = billing("c3");
+    stray.attributes = vec![("patient_name".into(), "x".into())];
+    let mut signalled = billing("c4");
+    signalled.intent.clear();
+    signalled.signals = vec!["chest_pain".into()];
+    for c in [
+        emergency(&unknown),
+        emergency(&unsaid),
+        emergency(&stray),
+        signalled,
+    ] {
+        let d = e.route(&c, t).unwrap();
+        assert!(
+            matches!(d.outcome, Outcome::Emergency { .. }),
+            "{}: {:?}",
+            c.contact_id,
+            d.outcome
+        );
+        assert_eq!(d.rule_id.as_deref(), Some("guard:emergency"));
+    }
+    // Not an emergency: the vocabulary is checked, and nothing changes.
+    assert!(matches!(
+        e.route(&unknown, t),
+        Err(EngineError::UnknownIntent { .. })
+    ));
+    assert_eq!(e.route(&unsaid, t), Err(EngineError::MissingIntent));
+    let mut harmless = unsaid.clone();
+    harmless.signals = vec!["mentions_refill".into()];
+    assert_eq!(e.route(&harmless, t), Err(EngineError::MissingIntent));
+    assert_eq!(e.live_reservations(), 0);
+}
+
+#[test]
 fn path_records_every_hop() {
     let mut e = engine();
     let t = open();

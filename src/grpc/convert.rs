@@ -240,7 +240,14 @@ impl TryFrom<pb::RouteContactRequest> for Contact {
         let contact_id = v.take(required("contact_id", r.contact_id, MAX_ID_LEN, ID));
         let request_id = v.take(checked("request_id", r.request_id, MAX_ID_LEN, ID, false));
         let channel = v.take(channel("channel", r.channel));
-        let intent = v.take(required("intent", r.intent, MAX_NAME_LEN, NAME));
+        // An emergency is answered whatever its intent: an IVR that heard
+        // one may not have told the intent, so the field may be empty then
+        // (the engine asks for it when the contact is not an emergency).
+        let emergency = urgency == Some(Urgency::Emergency) || !signals.is_empty();
+        let intent = v.take(
+            checked("intent", r.intent, MAX_NAME_LEN, NAME, !emergency)
+                .map(Option::unwrap_or_default),
+        );
         let language = v
             .take(checked(
                 "language",
@@ -1069,6 +1076,21 @@ mod tests {
         assert_eq!(c.urgency, Urgency::Routine);
         assert_eq!(c.identity, Identity::NotAttempted);
         assert_eq!(c.request_id, None);
+    }
+
+    #[test]
+    fn an_emergency_may_come_without_an_intent() {
+        let mut r = base();
+        r.intent.clear();
+        assert_eq!(field_of(r.clone()), "intent");
+        r.urgency = pb::Urgency::Emergency.into();
+        assert_eq!(Contact::try_from(r.clone()).unwrap().intent, "");
+        r.urgency = pb::Urgency::Routine.into();
+        r.signals = vec!["chest_pain".into()];
+        assert_eq!(Contact::try_from(r.clone()).unwrap().intent, "");
+        // A malformed intent is still refused.
+        r.intent = "Chest pain!".into();
+        assert_eq!(field_of(r), "intent");
     }
 
     #[test]

@@ -317,6 +317,11 @@ impl From<EngineError> for Status {
                 Reason::UnknownIntent,
                 field("intent", "not an intent of the policy"),
             ),
+            EngineError::MissingIntent => (
+                Code::InvalidArgument,
+                Reason::InvalidField,
+                field("intent", "required unless the contact is an emergency"),
+            ),
             EngineError::RequestIdReused => (
                 Code::InvalidArgument,
                 Reason::RequestIdReused,

@@ -427,30 +427,40 @@ impl Policy {
         (required || self.queues[queue].requires_identity) && contact.identity != Identity::Verified
     }
 
-    /// Applies the guards and the first matching rule to one contact. The
-    /// guards hold whatever the rules say: emergency first, then the
-    /// same-team transfer redirect, the after-hours on-call path, identity
-    /// before escalation, and a callback when the queue is closed.
-    pub fn plan(&self, contact: &Contact, facts: Resolved, now: Time) -> Plan {
-        let mut reasons = Vec::with_capacity(4);
-        if contact.urgency == Urgency::Emergency {
-            reasons.push(Reason::EmergencyUrgency);
+    /// The emergency guard, ahead of every rule: emergency urgency or a
+    /// red-flag signal gets the emergency script. It reads nothing else of
+    /// the contact.
+    pub fn emergency_guard(&self, contact: &Contact) -> Option<Plan> {
+        let reason = if contact.urgency == Urgency::Emergency {
+            Reason::EmergencyUrgency
         } else if contact
             .signals
             .iter()
             .any(|s| self.emergency.signals.contains(s))
         {
-            reasons.push(Reason::EmergencySignal);
-        }
-        if !reasons.is_empty() {
-            return Plan {
-                rule: None,
-                guard: Some(Guard::Emergency),
-                reasons,
-                step: Step::Emergency,
-            };
-        }
+            Reason::EmergencySignal
+        } else {
+            return None;
+        };
+        let mut reasons = Vec::with_capacity(4);
+        reasons.push(reason);
+        Some(Plan {
+            rule: None,
+            guard: Some(Guard::Emergency),
+            reasons,
+            step: Step::Emergency,
+        })
+    }
 
+    /// Applies the guards and the first matching rule to one contact. The
+    /// guards hold whatever the rules say: emergency first, then the
+    /// same-team transfer redirect, the after-hours on-call path, identity
+    /// before escalation, and a callback when the queue is closed.
+    pub fn plan(&self, contact: &Contact, facts: Resolved, now: Time) -> Plan {
+        if let Some(plan) = self.emergency_guard(contact) {
+            return plan;
+        }
+        let mut reasons = Vec::with_capacity(4);
         let after_hours = !self.schedules[self.main_schedule].is_open(now);
         let rule = self
             .rules
