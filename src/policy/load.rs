@@ -93,6 +93,8 @@ struct RawPolicy {
     intents: BTreeMap<Spanned<String>, RawIntent>,
     schedules: BTreeMap<Spanned<String>, RawSchedule>,
     queues: Vec<RawQueue>,
+    /// None: every contact goes to `default_queue`, under the guards.
+    #[serde(default)]
     rules: Vec<RawRule>,
 }
 

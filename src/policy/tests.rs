@@ -589,3 +589,22 @@ fn utilization_is_read_per_channel_and_absent_by_default() {
     // Only voice was named: chat is blocked by nothing.
     assert!(!p.blocks.blocked(Channel::Chat, &held(9, 9)));
 }
+
+#[test]
+fn a_policy_without_rules_sends_everyone_to_the_default_queue_under_the_guards() {
+    let cut = DEFAULT_POLICY.find("\n[[rules]]").unwrap();
+    let p = parse(FILE, &DEFAULT_POLICY[..cut]).unwrap();
+    assert!(p.rules.is_empty());
+    let mut c = Contact::new("c1", "billing");
+    c.identity = crate::model::Identity::Verified;
+    let got = plan(&p, &c);
+    assert_eq!(got.reasons, vec![Reason::DefaultQueue]);
+    assert_eq!(
+        got.step,
+        Step::Route {
+            queue: p.queue_idx("frontline").unwrap()
+        }
+    );
+    c.urgency = Urgency::Emergency;
+    assert_eq!(plan(&p, &c).step, Step::Emergency);
+}
