@@ -1177,3 +1177,34 @@ async fn a_watcher_resumes_after_a_record_that_told_nothing() {
         p = Process::start_in(&data, &args, "info");
     }
 }
+
+/// A caller waiting on a quiet floor adds nothing to the log: the lines
+/// are looked at when one fills or its staffing changes, and then only
+/// when a queue closes or a grace ends, not on a clock of their own.
+#[tokio::test]
+async fn a_caller_waiting_on_a_quiet_floor_adds_no_records() {
+    let data = fresh_data_dir();
+    let policy = policy_file(&data);
+    let p = Process::start_in(&data, &["--policy", policy.as_str()], "info");
+    let mut c = client(&p).await;
+    agent(&mut c, "b1", "Billing", "billing").await;
+    busy(&mut c, "on-call", "billing").await;
+    queue(&mut c, contact("waits", "billing")).await;
+    let logged = stored(&data, "1 = 1").last().map_or(0, |r| r.0);
+    // Several of the old once-a-second sweeps, each of which was a record.
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let Some(pb::get_contact_status_response::Status::Waiting(w)) = status(&mut c, "waits").await
+    else {
+        panic!("the caller no longer waits")
+    };
+    assert_eq!(w.position, 1);
+    let after: Vec<String> = stored(&data, &format!("seq > {logged}"))
+        .into_iter()
+        .map(|(_, body, _)| body)
+        .collect();
+    assert!(
+        after.is_empty(),
+        "records while nothing happened: {after:?}"
+    );
+    drop(p);
+}

@@ -381,6 +381,13 @@ impl Engine {
             _ => at,
         };
         self.now = Some(now);
-        command.apply_at(self, now)
+        let out = command.apply_at(self, now);
+        // A line that filled or moved, or a change to who staffs the lines,
+        // is looked at in the command that made it.
+        if self.touched() {
+            self.sweep_lines(now);
+        }
+        self.trim_kept(now);
+        out
     }
 }

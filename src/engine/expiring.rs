@@ -106,21 +106,36 @@ impl<K: Hash + Eq + Clone, V> Expiring<K, V> {
     /// cap. Returns how many were forgotten before their retention ended
     /// (the cap was too small for the traffic: a promise was cut short).
     pub fn evict(&mut self, now: Time) -> u64 {
-        let mut early = 0;
         while let Some((stamp, _)) = self.order.front() {
-            let expired = *stamp + self.retention <= now;
-            if !expired && self.order.len() <= self.cap {
+            if *stamp + self.retention > now {
                 break;
             }
-            if let Some((stamp, key)) = self.order.pop_front() {
-                // Only drop the entry this stamp belongs to.
-                if self.entries.get(&key).is_some_and(|(s, _)| *s == stamp) {
-                    self.entries.remove(&key);
-                    early += u64::from(!expired);
-                }
+            self.forget_front();
+        }
+        self.trim(now)
+    }
+
+    /// Forgets the oldest entries over the cap. Returns how many of them
+    /// were forgotten before their retention ended at `now`.
+    pub fn trim(&mut self, now: Time) -> u64 {
+        let mut early = 0;
+        while self.order.len() > self.cap {
+            if let Some(stamp) = self.forget_front() {
+                early += u64::from(stamp + self.retention > now);
             }
         }
         early
+    }
+
+    /// Pops the oldest stamp; returns it if it was its entry's (a replaced
+    /// entry keeps its first stamp, so a later one is not dropped with it).
+    fn forget_front(&mut self) -> Option<Time> {
+        let (stamp, key) = self.order.pop_front()?;
+        if self.entries.get(&key).is_some_and(|(s, _)| *s == stamp) {
+            self.entries.remove(&key);
+            return Some(stamp);
+        }
+        None
     }
 }
 

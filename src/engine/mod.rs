@@ -268,7 +268,11 @@ pub struct Engine {
     /// Decided by the command being applied, taken before the next one.
     #[serde(skip)]
     events: Vec<Event>,
-    last_sweep: Option<Time>,
+    /// When the lines are next looked at by themselves: the earliest
+    /// closing of a queue anyone waits in, or the end of an unstaffed
+    /// line's grace. A change to a line or to who staffs it looks at once,
+    /// in the command that made it.
+    sweep_due: Option<Time>,
     /// Per queue: since when contacts wait in its line with nobody logged
     /// in to serve them.
     unstaffed_since: Vec<Option<Time>>,
@@ -304,7 +308,7 @@ impl Engine {
             ids: ids::IdCipher::new(&config.id_key),
             counters: Counters::default(),
             events: Vec::new(),
-            last_sweep: None,
+            sweep_due: None,
             watchers: Watchers::default(),
             undelivered: Undelivered::default(),
             now: None,
@@ -376,6 +380,13 @@ impl Engine {
     /// a callback) happens at `now`, when it is actually applied, so the
     /// events report real waits and full TTLs.
     fn advance(&mut self, now: Time) {
+        // Forgotten first, so nothing due now adds to what is past keeping
+        // (a hop to an expired path would go with it): whether a tick with
+        // nothing due forgot them earlier then makes no difference.
+        self.counters.idempotency_evicted_early += self.replies.evict(now);
+        self.counters.idempotency_evicted_early += self.settle_replies.evict(now);
+        self.counters.paths_evicted_early += self.paths.evict(now);
+        self.undelivered.expire(now);
         while let Some(Reverse((due, _))) = self.timers.peek() {
             if *due > now {
                 break;
@@ -404,11 +415,30 @@ impl Engine {
             }
         }
         self.wait_limits(now);
-        self.sweep_lines(now);
-        self.undelivered.expire(now);
-        self.counters.idempotency_evicted_early += self.replies.evict(now);
-        self.counters.idempotency_evicted_early += self.settle_replies.evict(now);
-        self.counters.paths_evicted_early += self.paths.evict(now);
+        if self.sweep_is_due(now) || self.touched() {
+            self.sweep_lines(now);
+        }
+    }
+
+    /// Whether the lines are due to be looked at by themselves: the gate of
+    /// [`Engine::advance`] and [`Engine::next_due`] agree, so a tick with
+    /// nothing due (not logged) changes nothing a replay would miss.
+    fn sweep_is_due(&self, now: Time) -> bool {
+        !self.waiting.is_empty() && self.sweep_due.is_some_and(|due| due <= now)
+    }
+
+    /// Holds what is kept for retries and paths to its caps, at the end of
+    /// each command: a tick with nothing due (not logged) then has nothing
+    /// over a cap to drop, so early evictions count the same in a replay.
+    fn trim_kept(&mut self, now: Time) {
+        self.counters.idempotency_evicted_early +=
+            self.replies.trim(now) + self.settle_replies.trim(now);
+        self.counters.paths_evicted_early += self.paths.trim(now);
+    }
+
+    /// Whether a line or who staffs it changed since the last look.
+    fn touched(&mut self) -> bool {
+        self.waiting.take_touched() | self.roster.take_staffing_touched()
     }
 
     /// When the engine next has something to do by itself (a timer, the
@@ -416,10 +446,7 @@ impl Engine {
     /// then, so timers fire on time rather than on a fixed tick.
     pub fn next_due(&self) -> Option<Time> {
         let timer = self.timers.peek().map(|Reverse((due, _))| *due);
-        let sweep = (!self.waiting.is_empty()).then(|| {
-            self.last_sweep
-                .map_or(Time::MIN_UTC, |last| last + queueing::SWEEP_EVERY)
-        });
+        let sweep = self.sweep_due.filter(|_| !self.waiting.is_empty());
         [timer, sweep, self.waiting.next_deadline()]
             .into_iter()
             .flatten()

@@ -32,9 +32,6 @@ use crate::policy::{Policy, QueueIdx, Resolved, Text};
 /// a minute, an urgent contact goes ahead of routine ones that have waited
 /// up to five minutes longer.
 const URGENT_POINTS: i64 = 5;
-/// How often lines are swept for closed queues and for lines no agent is
-/// logged in to serve.
-pub(super) const SWEEP_EVERY: Duration = Duration::seconds(1);
 /// How long a line may have nobody logged in to serve it before its
 /// contacts get callbacks: rides out a CTI's offline-then-available reset
 /// and a shift change.
@@ -566,18 +563,18 @@ impl Engine {
         Ok(())
     }
 
-    /// Sweeps the lines at most once a second. A closed queue hands its
-    /// waiting contacts to its closed action: urgent ones to the on-call
-    /// queue if it is open, the rest to a callback from the next opening.
-    /// A line nobody has been logged in to serve (in it or any wider pool
-    /// still ahead of it) with room on their channel for [`UNSTAFFED_GRACE`]
-    /// hands those contacts to a callback (`no_agents_staffed`). Contacts
-    /// with an offer out keep it.
+    /// Sweeps the lines: when one fills or moves, when who staffs them
+    /// changes, and when the last sweep said (a closing, a grace ending).
+    /// A closed queue hands its waiting contacts to its closed action:
+    /// urgent ones to the on-call queue if it is open, the rest to a
+    /// callback from the next opening. A line nobody has been logged in to
+    /// serve (in it or any wider pool still ahead of it) with room on their
+    /// channel for [`UNSTAFFED_GRACE`] hands those contacts to a callback
+    /// (`no_agents_staffed`). Contacts with an offer out keep it. Sets when
+    /// the next sweep is due.
     pub(super) fn sweep_lines(&mut self, now: Time) {
-        if self.waiting.is_empty() || self.last_sweep.is_some_and(|last| now - last < SWEEP_EVERY) {
-            return;
-        }
-        self.last_sweep = Some(now);
+        let mut due: Option<Time> = None;
+        let mut due_at = |at: Time| due = Some(due.map_or(at, |d| d.min(at)));
         for q in 0..self.policy.queues.len() {
             if self.waiting.count(q) == 0 {
                 self.unstaffed_since[q] = None;
@@ -586,6 +583,9 @@ impl Engine {
             if !self.policy.is_open(q, now) {
                 self.close_line(q, now);
                 continue;
+            }
+            if let Some(at) = self.policy.next_close(q, now) {
+                due_at(at);
             }
             let unserved = self.unserved(q);
             if unserved.is_empty() {
@@ -598,8 +598,16 @@ impl Engine {
                     self.call_back(seq, CallbackReason::NoAgentsStaffed, now);
                 }
                 self.unstaffed_since[q] = None;
+            } else {
+                due_at(since + UNSTAFFED_GRACE);
             }
         }
+        // Contacts a closing moved to an on-call line (maybe one already
+        // passed over) are looked at again at once.
+        if self.touched() {
+            due_at(now);
+        }
+        self.sweep_due = due;
     }
 
     /// Whether nobody eligible is logged in with room on `channel` for

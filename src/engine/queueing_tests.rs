@@ -860,14 +860,12 @@ fn a_line_nobody_can_serve_is_called_back_after_the_grace() {
     // Logged out for good.
     let out = t + Duration::seconds(31);
     e.set_state("s1", AgentState::Offline, out).unwrap();
-    // Housekeeping sweeps the lines every second.
-    let mut now = out;
-    while now < out + UNSTAFFED_GRACE {
-        e.advance(now);
-        now += Duration::seconds(1);
-    }
+    // The change is looked at once, and the grace's end is due next.
+    e.advance(out);
+    assert_eq!(e.next_due(), Some(out + UNSTAFFED_GRACE));
+    e.advance(out + UNSTAFFED_GRACE - Duration::milliseconds(1));
     assert!(e.take_events().is_empty());
-    e.advance(out + UNSTAFFED_GRACE + Duration::seconds(1));
+    e.advance(out + UNSTAFFED_GRACE);
     let events = e.take_events();
     assert!(
         matches!(events.as_slice(), [Event::CallbackInstead { contact_id, callback, .. }]
@@ -1067,26 +1065,31 @@ fn a_watcher_connecting_as_an_offer_is_made_gets_it_once() {
 }
 
 /// The next due time is the earliest of the timers, the next sweep of the
-/// lines (while anyone waits) and the earliest wait limit.
+/// lines (while anyone waits: a closing, a grace's end) and the earliest
+/// wait limit. The lines are not swept on a clock of their own.
 #[test]
 fn next_due_is_the_earliest_of_timers_sweep_and_wait_limits() {
     let mut e = engine();
     let t = open();
     agent(&mut e, "b1", "billing", t);
     busy(&mut e, "c0", "billing", t);
-    let d = e.route(&call("w", "billing", Urgency::Routine), t).unwrap();
+    let d = e
+        .apply(Route(&call("w", "billing", Urgency::Routine)), t)
+        .unwrap();
     queued(&d);
-    // Before any sweep, the first one is due at once.
-    assert!(e.next_due().unwrap() <= t);
-    e.advance(t);
-    // Then the next sweep, a second on, comes before the confirmed
-    // reservation's (now stale) 15 s expiry, the 60 s step and the 2 h wait
-    // limit.
-    assert_eq!(e.next_due(), Some(t + Duration::seconds(1)));
-    e.cancel("w", t).unwrap();
-    // Nobody waits: no sweep and no wait limit; the stale expiry is next.
+    // The line that filled was looked at in the command that filled it.
+    let billing = e.policy().queue_idx("billing").unwrap();
+    let closing = e.policy().next_close(billing, t).unwrap();
+    assert!(closing > t + Duration::hours(1), "{closing} from {t}");
+    assert_eq!(e.sweep_due, Some(closing));
+    // The confirmed reservation's (now stale) 15 s expiry comes first,
+    // then the 60 s step; the line waits for nothing else.
     assert_eq!(e.next_due(), Some(t + e.policy().reservation_ttl));
     e.advance(t + e.policy().reservation_ttl);
+    assert_eq!(e.next_due(), Some(t + Duration::seconds(60)));
+    assert!(e.take_events().is_empty());
+    e.cancel("w", t + Duration::seconds(30)).unwrap();
+    // Nobody waits: no sweep and no wait limit; the step is next.
     assert_eq!(e.next_due(), Some(t + Duration::seconds(60)));
 }
 

@@ -368,6 +368,10 @@ pub struct Roster {
     /// The policy's cross-channel utilization: which work blocks which
     /// channel.
     blocks: Blocks,
+    /// Whether an agent started or stopped staffing a channel since the
+    /// engine last took it (inside one command; always false between).
+    #[serde(skip)]
+    staffing_touched: bool,
 }
 
 /// The agent chosen for a contact.
@@ -380,6 +384,12 @@ pub struct Pick {
 }
 
 impl Roster {
+    /// Whether an agent started or stopped staffing a channel since the
+    /// last call.
+    pub fn take_staffing_touched(&mut self) -> bool {
+        std::mem::take(&mut self.staffing_touched)
+    }
+
     /// Everything the roster holds, in a canonical order (hash maps
     /// sorted), for tests that compare two engines' states.
     #[cfg(test)]
@@ -773,12 +783,17 @@ impl Roster {
             agents,
             pools,
             by_state,
+            staffing_touched,
             ..
         } = self;
         let agent = &mut agents[a as usize];
         agent.indexed = after;
         if before == after {
             return;
+        }
+        let staffs = |e: Option<Indexed>| e.map_or(ChannelSet::default(), |e| e.staffs);
+        if staffs(before) != staffs(after) {
+            *staffing_touched = true;
         }
         if let Some(b) = before {
             by_state[state_slot(b.state)] -= 1;

@@ -87,6 +87,11 @@ pub struct WaitingRoom {
     deadlines: BTreeSet<(Time, u64)>,
     counts: Vec<u32>,
     next: u64,
+    /// Whether a line went from empty to not, or a contact moved between
+    /// lines, since the engine last took it (inside one command; always
+    /// false between).
+    #[serde(skip)]
+    touched: bool,
 }
 
 impl WaitingRoom {
@@ -130,11 +135,23 @@ impl WaitingRoom {
         self.by_contact.is_empty()
     }
 
+    /// Whether a line went from empty to not, or a contact moved between
+    /// lines, since the last call.
+    pub fn take_touched(&mut self) -> bool {
+        std::mem::take(&mut self.touched)
+    }
+
+    /// Counts one more contact in `queue`'s lines.
+    fn counted_in(&mut self, queue: QueueIdx) {
+        self.touched |= self.counts[queue] == 0;
+        self.counts[queue] += 1;
+    }
+
     /// Puts a contact in its line (unless an offer of it is out).
     pub fn enter(&mut self, waiter: Waiter) {
         if waiter.offer.is_none() {
             self.lines[waiter.queue][waiter.channel.index()].insert(waiter.key);
-            self.counts[waiter.queue] += 1;
+            self.counted_in(waiter.queue);
         }
         self.by_contact
             .insert(waiter.contact_id.clone(), waiter.seq);
@@ -215,6 +232,7 @@ impl WaitingRoom {
         let in_line = self.step_out(seq).map(|w| w.offer.is_none());
         if let Some(w) = self.waiters.get_mut(&seq) {
             w.queue = queue;
+            self.touched = true;
             if in_line == Some(true) && self.lines[queue][w.channel.index()].insert(w.key) {
                 self.counts[queue] += 1;
             }
@@ -267,10 +285,11 @@ impl WaitingRoom {
                 None => w.exclude.push((a, until)),
             }
         }
-        if self.lines[w.queue][w.channel.index()].insert(w.key) {
-            self.counts[w.queue] += 1;
+        let queue = w.queue;
+        if self.lines[queue][w.channel.index()].insert(w.key) {
+            self.counted_in(queue);
         }
-        Some(w)
+        self.waiters.get(&seq)
     }
 
     /// Forgets a contact entirely (assigned, cancelled or called back).

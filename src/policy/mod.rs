@@ -416,6 +416,14 @@ impl Policy {
             .is_none_or(|s| self.schedules[s].is_open(now))
     }
 
+    /// When to look next whether `queue`, open at `now`, has closed (see
+    /// [`Schedule::next_close`]); never for a queue without a schedule.
+    pub fn next_close(&self, queue: QueueIdx, now: Time) -> Option<Time> {
+        self.queues[queue]
+            .schedule
+            .map(|s| self.schedules[s].next_close(now))
+    }
+
     /// Whether `contact`, matched by `rule`, needs a verified identity
     /// before it reaches `queue`: an escalation request (unless the policy
     /// or the rule says otherwise), a rule or a queue that requires it.

@@ -13,6 +13,9 @@ use crate::model::Time;
 /// schedule open at least one day a week reaches any window well within it.
 const HORIZON_DAYS: u32 = 800;
 
+/// Days in a week.
+const WEEK_DAYS: u32 = 7;
+
 /// One named schedule of the policy.
 #[derive(Debug, Clone)]
 pub struct Schedule {
@@ -89,6 +92,36 @@ impl Schedule {
             date = date.succ_opt()?;
         }
         None
+    }
+
+    /// When to look next whether the schedule has closed, asked at `now`:
+    /// the first closing after it within a week, else a week's local
+    /// closings on (a schedule open around the clock looks again then).
+    pub fn next_close(&self, now: Time) -> Time {
+        let mut date = now.with_timezone(&self.time_zone).date_naive();
+        let mut last = now;
+        for _ in 0..=WEEK_DAYS {
+            if let Some((_, close)) = self.interval(date) {
+                // A closing in an hour a daylight-saving change repeats
+                // happens twice by the clock face.
+                for edge in [Edge::Open, Edge::Close] {
+                    let at = self.instant(close, edge);
+                    if at > now && !self.is_open(at) {
+                        return at;
+                    }
+                    last = last.max(at);
+                }
+            }
+            let Some(next) = date.succ_opt() else {
+                break;
+            };
+            date = next;
+        }
+        if last > now {
+            last
+        } else {
+            now + Duration::days(i64::from(WEEK_DAYS))
+        }
     }
 
     /// A local wall-clock time as an instant. A time skipped by a daylight
@@ -219,6 +252,27 @@ mod tests {
             .add_business_minutes(at(tz, "2026-11-01 00:00"), 240)
             .unwrap();
         assert_eq!(got, utc("2026-11-01 08:00"), "03:00 EST");
+    }
+
+    #[test]
+    fn the_next_closing_is_the_end_of_the_open_interval_or_a_week_on() {
+        let tz = chrono_tz::America::New_York;
+        let mut s = weekdays_9_to_5(tz);
+        // Monday, open: that evening.
+        let got = s.next_close(at(tz, "2026-11-23 10:00"));
+        assert_eq!(got, at(tz, "2026-11-23 17:00"));
+        // Friday evening, closed: Monday evening's closing is the next.
+        let got = s.next_close(at(tz, "2026-11-27 18:00"));
+        assert_eq!(got, at(tz, "2026-11-30 17:00"));
+        // Open around the clock: no closing, a look again a week on.
+        s.week = [Some((0, 24 * 60)); 7];
+        let now = at(tz, "2026-11-23 10:00");
+        let got = s.next_close(now);
+        assert!(got > now + Duration::days(6) && s.is_open(got), "{got}");
+        // A holiday after a day open to midnight: that midnight.
+        s.holidays
+            .insert(NaiveDate::from_ymd_opt(2026, 11, 26).unwrap());
+        assert_eq!(s.next_close(now), at(tz, "2026-11-26 00:00"));
     }
 
     #[test]
