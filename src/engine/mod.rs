@@ -141,7 +141,8 @@ impl EngineConfig {
 /// 5: a RouteContact reservation that lapses is not the agent's miss.
 /// 6: callback deadlines count opening hours in real time across a
 /// daylight-saving change; an emergency gets its script whatever its
-/// intent, attributes or transfer queue.
+/// intent, attributes or transfer queue; the lines are swept when they or
+/// their staffing change and at closings and grace ends, not once a second.
 pub const ROUTING_VERSION: u32 = 6;
 
 /// The peak rate of new requests with a request id the default window
