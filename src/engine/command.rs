@@ -384,7 +384,7 @@ impl Engine {
         let out = command.apply_at(self, now);
         // A line that filled or moved, or a change to who staffs the lines,
         // is looked at in the command that made it.
-        if self.touched() {
+        if self.take_touched() {
             self.sweep_lines(now);
         }
         self.trim_kept(now);

@@ -140,8 +140,8 @@ impl EngineConfig {
 /// without Erlang C's steady-state term.
 /// 5: a RouteContact reservation that lapses is not the agent's miss.
 /// 6: callback deadlines count opening hours in real time across a
-/// daylight-saving change; an emergency gets its script whatever its
-/// intent, attributes or transfer queue; the lines are swept when they or
+/// daylight-saving change; an emergency gets its script without an intent;
+/// the lines are swept when they or
 /// their staffing change and at closings and grace ends, not once a second.
 pub const ROUTING_VERSION: u32 = 6;
 
@@ -416,7 +416,7 @@ impl Engine {
             }
         }
         self.wait_limits(now);
-        if self.sweep_is_due(now) || self.touched() {
+        if self.sweep_is_due(now) || self.take_touched() {
             self.sweep_lines(now);
         }
     }
@@ -437,8 +437,9 @@ impl Engine {
         self.counters.paths_evicted_early += self.paths.trim(now);
     }
 
-    /// Whether a line or who staffs it changed since the last look.
-    fn touched(&mut self) -> bool {
+    /// Whether a line or who staffs it changed since the last look; the
+    /// flags are cleared.
+    fn take_touched(&mut self) -> bool {
         self.waiting.take_touched() | self.roster.take_staffing_touched()
     }
 

@@ -32,6 +32,9 @@ use crate::policy::{Policy, QueueIdx, Resolved, Text};
 /// a minute, an urgent contact goes ahead of routine ones that have waited
 /// up to five minutes longer.
 const URGENT_POINTS: i64 = 5;
+/// Passes of one sweep over the lines at most: the second looks at callers
+/// the first moved to an on-call line, and a third never has anything to do.
+const SWEEP_PASSES: usize = 3;
 /// How long a line may have nobody logged in to serve it before its
 /// contacts get callbacks: rides out a CTI's offline-then-available reset
 /// and a shift change.
@@ -573,6 +576,22 @@ impl Engine {
     /// (`no_agents_staffed`). Contacts with an offer out keep it. Sets when
     /// the next sweep is due.
     pub(super) fn sweep_lines(&mut self, now: Time) {
+        // Whatever brought the sweep here, it looks at every line now.
+        self.take_touched();
+        // Urgent callers a closing moved to an on-call line (perhaps one
+        // already passed) are looked at again at once; an on-call queue is
+        // open, so a second pass moves nobody.
+        for _ in 0..SWEEP_PASSES {
+            self.sweep_pass(now);
+            if !self.take_touched() {
+                return;
+            }
+        }
+        self.sweep_due = Some(now);
+    }
+
+    /// One look at every line; sets when the next sweep is due.
+    fn sweep_pass(&mut self, now: Time) {
         let mut due: Option<Time> = None;
         let mut due_at = |at: Time| due = Some(due.map_or(at, |d| d.min(at)));
         for q in 0..self.policy.queues.len() {
@@ -601,11 +620,6 @@ impl Engine {
             } else {
                 due_at(since + UNSTAFFED_GRACE);
             }
-        }
-        // Contacts a closing moved to an on-call line (maybe one already
-        // passed over) are looked at again at once.
-        if self.touched() {
-            due_at(now);
         }
         self.sweep_due = due;
     }

@@ -1393,3 +1393,57 @@ fn a_line_is_staffed_per_channel() {
     );
     assert!(e.waiting.find("voice-1").is_some());
 }
+
+/// A contact whose offer lapses back into a line nobody is left to serve is
+/// called back after the grace, though its queue had callers in line all
+/// along (on another channel). Through the engine's one entrance, as the
+/// service applies commands.
+#[test]
+fn an_offer_that_lapses_into_an_unstaffed_line_is_called_back_after_the_grace() {
+    let mut e = engine();
+    let t = open();
+    agent(&mut e, "b1", "billing", t);
+    busy(&mut e, "c0", "billing", t);
+    queued(
+        &e.apply(Route(&call("voice-1", "billing", Urgency::Routine)), t)
+            .unwrap(),
+    );
+    let chat_agent = AgentSpec {
+        id: "b2".into(),
+        team: "T".into(),
+        transfer_address: "sip:b2".into(),
+        skills: vec![("billing".into(), 3)],
+        languages: vec!["en".into()],
+        channels: vec![(Channel::Chat, 1)],
+    };
+    e.apply(UpsertAgent(chat_agent), t).unwrap();
+    let state = |state| SetAgentState {
+        agent_id: "b2".into(),
+        state,
+    };
+    e.apply(state(AgentState::Busy), t).unwrap();
+    let mut chat = call("chat-1", "billing", Urgency::Routine);
+    chat.channel = Channel::Chat;
+    queued(&e.apply(Route(&chat), t).unwrap());
+    // b2 frees up and is offered chat-1 from the line, then logs off with
+    // the offer out.
+    e.apply(state(AgentState::Available), t).unwrap();
+    offer_of(&e, "chat-1");
+    e.apply(state(AgentState::Offline), t + Duration::seconds(1))
+        .unwrap();
+    let lapsed = t + e.policy().reservation_ttl;
+    e.apply(Tick, lapsed).unwrap();
+    assert!(e.waiting.find("chat-1").is_some_and(|w| w.offer.is_none()));
+    e.take_events();
+    e.apply(Tick, lapsed + UNSTAFFED_GRACE - Duration::milliseconds(1))
+        .unwrap();
+    assert!(e.take_events().is_empty());
+    e.apply(Tick, lapsed + UNSTAFFED_GRACE).unwrap();
+    let events = e.take_events();
+    assert!(
+        matches!(events.as_slice(), [Event::CallbackInstead { contact_id, callback, .. }]
+            if contact_id == "chat-1" && callback.reason == CallbackReason::NoAgentsStaffed),
+        "{events:?}"
+    );
+    assert!(e.waiting.find("voice-1").is_some());
+}

@@ -9,18 +9,34 @@ use super::{
     Withdrawal,
 };
 use crate::model::{CallbackReason, Contact, Reason, Time};
-use crate::policy::{Guard, Policy, QueueIdx, Resolved, Rule, Step, Text};
+use crate::policy::{Guard, IntentIdx, Policy, QueueIdx, Resolved, Rule, Step, Text};
 
 /// What routing decided, before the decision is dressed and recorded.
 struct Verdict<'p> {
+    /// The decision's id.
     id: DecisionId,
     /// The guard that decided instead of a rule.
     guard: Option<Guard>,
     /// The rule that decided.
     rule: Option<&'p Rule>,
+    /// Why, in the order found.
     reasons: Vec<Reason>,
+    /// The queue that owns the outcome, if any.
     queue: Option<QueueIdx>,
+    /// Where the contact goes.
     outcome: Outcome,
+}
+
+/// The contact's intent in the policy's vocabulary.
+fn intent(policy: &Policy, contact: &Contact) -> Result<IntentIdx, EngineError> {
+    if contact.intent.is_empty() {
+        return Err(EngineError::MissingIntent);
+    }
+    policy
+        .intent_idx(&contact.intent)
+        .ok_or_else(|| EngineError::UnknownIntent {
+            allowed: policy.intent_names(),
+        })
 }
 
 /// The policy's emergency script as an outcome.
@@ -50,10 +66,14 @@ impl Engine {
             return Ok(replay);
         }
         let policy = Arc::clone(&self.policy);
-        // The emergency guard reads only urgency and signals, so an
-        // emergency gets its script even when the rest of the contact does
-        // not fit the policy's vocabulary (an intent the IVR could not tell).
+        // Every contact keeps to the vocabulary (the log keeps nothing it
+        // keeps out), but an emergency may come without an intent: the IVR
+        // may not have told it, and the script does not depend on it.
+        let transfer_from = self.vocabulary(&policy, contact)?;
         if let Some(plan) = policy.emergency_guard(contact) {
+            if !contact.intent.is_empty() {
+                intent(&policy, contact)?;
+            }
             self.supersede(contact, now);
             let id = self.next_decision_id();
             let verdict = Verdict {
@@ -66,7 +86,10 @@ impl Engine {
             };
             return Ok(self.decide(&policy, contact, verdict, reply_key, now));
         }
-        let facts = self.resolve(&policy, contact)?;
+        let facts = Resolved {
+            intent: intent(&policy, contact)?,
+            transfer_from,
+        };
         self.supersede(contact, now);
         let plan = policy.plan(contact, facts, now);
         // The rule that decided: none when a guard overrode it.
@@ -177,6 +200,7 @@ impl Engine {
         }
     }
 
+    /// A new decision's id, never handed out before.
     fn next_decision_id(&mut self) -> DecisionId {
         self.next_id += 1;
         DecisionId(self.id(IdKind::Decision, self.next_id))
@@ -241,17 +265,13 @@ impl Engine {
         decision
     }
 
-    /// Checks the contact against the policy's vocabulary.
-    fn resolve(&self, policy: &Policy, contact: &Contact) -> Result<Resolved, EngineError> {
-        if contact.intent.is_empty() {
-            return Err(EngineError::MissingIntent);
-        }
-        let intent =
-            policy
-                .intent_idx(&contact.intent)
-                .ok_or_else(|| EngineError::UnknownIntent {
-                    allowed: policy.intent_names(),
-                })?;
+    /// Checks the contact's attributes and transfer against the policy's
+    /// vocabulary; returns the queue handing it on.
+    fn vocabulary(
+        &self,
+        policy: &Policy,
+        contact: &Contact,
+    ) -> Result<Option<QueueIdx>, EngineError> {
         for (key, value) in &contact.attributes {
             let allowed =
                 policy
@@ -277,10 +297,7 @@ impl Engine {
                 })?),
                 None => None,
             };
-        Ok(Resolved {
-            intent,
-            transfer_from,
-        })
+        Ok(transfer_from)
     }
 
     /// The preferred agent if eligible and free, else the longest idle free

@@ -87,9 +87,9 @@ pub struct WaitingRoom {
     deadlines: BTreeSet<(Time, u64)>,
     counts: Vec<u32>,
     next: u64,
-    /// Whether a line went from empty to not, or a contact moved between
-    /// lines, since the engine last took it (inside one command; always
-    /// false between).
+    /// Whether a line (a queue's, on one channel) went from empty to not, or
+    /// a contact moved between lines, since the engine last took it (inside
+    /// one command; always false between).
     #[serde(skip)]
     touched: bool,
 }
@@ -141,17 +141,21 @@ impl WaitingRoom {
         std::mem::take(&mut self.touched)
     }
 
-    /// Counts one more contact in `queue`'s lines.
-    fn counted_in(&mut self, queue: QueueIdx) {
-        self.touched |= self.counts[queue] == 0;
-        self.counts[queue] += 1;
+    /// Puts `key` in `queue`'s line on `channel`, counting it; a line that
+    /// was empty is news (nobody may be staffed for it).
+    fn line_up(&mut self, queue: QueueIdx, channel: Channel, key: WaitKey) {
+        let line = &mut self.lines[queue][channel.index()];
+        let was_empty = line.is_empty();
+        if line.insert(key) {
+            self.touched |= was_empty;
+            self.counts[queue] += 1;
+        }
     }
 
     /// Puts a contact in its line (unless an offer of it is out).
     pub fn enter(&mut self, waiter: Waiter) {
         if waiter.offer.is_none() {
-            self.lines[waiter.queue][waiter.channel.index()].insert(waiter.key);
-            self.counted_in(waiter.queue);
+            self.line_up(waiter.queue, waiter.channel, waiter.key);
         }
         self.by_contact
             .insert(waiter.contact_id.clone(), waiter.seq);
@@ -230,12 +234,14 @@ impl WaitingRoom {
     /// by priority and age.
     pub fn move_to(&mut self, seq: u64, queue: QueueIdx) {
         let in_line = self.step_out(seq).map(|w| w.offer.is_none());
-        if let Some(w) = self.waiters.get_mut(&seq) {
-            w.queue = queue;
-            self.touched = true;
-            if in_line == Some(true) && self.lines[queue][w.channel.index()].insert(w.key) {
-                self.counts[queue] += 1;
-            }
+        let Some(w) = self.waiters.get_mut(&seq) else {
+            return;
+        };
+        w.queue = queue;
+        let (channel, key) = (w.channel, w.key);
+        self.touched = true;
+        if in_line == Some(true) {
+            self.line_up(queue, channel, key);
         }
     }
 
@@ -285,10 +291,8 @@ impl WaitingRoom {
                 None => w.exclude.push((a, until)),
             }
         }
-        let queue = w.queue;
-        if self.lines[queue][w.channel.index()].insert(w.key) {
-            self.counted_in(queue);
-        }
+        let (queue, channel, key) = (w.queue, w.channel, w.key);
+        self.line_up(queue, channel, key);
         self.waiters.get(&seq)
     }
 

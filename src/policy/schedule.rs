@@ -16,6 +16,9 @@ const HORIZON_DAYS: u32 = 800;
 /// Days in a week.
 const WEEK_DAYS: u32 = 7;
 
+/// The longest stretch of wall-clock time any zone's change skips.
+const MAX_GAP_MINUTES: u32 = 180;
+
 /// One named schedule of the policy.
 #[derive(Debug, Clone)]
 pub struct Schedule {
@@ -71,16 +74,18 @@ impl Schedule {
 
     /// The instant `minutes` of opening hours after `start`: time while closed
     /// does not count, so a window asked after hours starts at the next
-    /// opening. Opening hours are counted in real time, so a day that loses
-    /// or gains an hour at a daylight saving change gives that much less or
-    /// more. `None` only for a schedule that never opens.
+    /// opening. Opening hours are counted in real time, from the instant the
+    /// clock first shows the opening to the one it first shows the closing,
+    /// so a day that loses or gains an hour at a daylight-saving change
+    /// gives that much less or more. `None` only for a schedule that never
+    /// opens.
     pub fn add_business_minutes(&self, start: Time, minutes: u32) -> Option<Time> {
         let mut remaining = Duration::minutes(i64::from(minutes));
         let mut date = start.with_timezone(&self.time_zone).date_naive();
         for _ in 0..HORIZON_DAYS {
             if let Some((open, close)) = self.interval(date) {
-                let from = start.max(self.instant(open, Edge::Open));
-                let close = self.instant(close, Edge::Close);
+                let from = start.max(self.instant(open));
+                let close = self.instant(close);
                 if from < close {
                     let available = close - from;
                     if remaining <= available {
@@ -102,15 +107,11 @@ impl Schedule {
         let mut last = now;
         for _ in 0..=WEEK_DAYS {
             if let Some((_, close)) = self.interval(date) {
-                // A closing in an hour a daylight-saving change repeats
-                // happens twice by the clock face.
-                for edge in [Edge::Open, Edge::Close] {
-                    let at = self.instant(close, edge);
-                    if at > now && !self.is_open(at) {
-                        return at;
-                    }
-                    last = last.max(at);
+                let at = self.instant(close);
+                if at > now && !self.is_open(at) {
+                    return at;
                 }
+                last = last.max(at);
             }
             let Some(next) = date.succ_opt() else {
                 break;
@@ -124,33 +125,21 @@ impl Schedule {
         }
     }
 
-    /// A local wall-clock time as an instant. A time skipped by a daylight
-    /// saving change moves forward past the gap; a time that happens twice is
-    /// its first occurrence when opening and its second when closing, so an
-    /// opening interval keeps every real minute its wall-clock span covers.
-    fn instant(&self, local: NaiveDateTime, edge: Edge) -> Time {
+    /// A local wall-clock time as the instant the clock first shows it: a
+    /// time a daylight-saving change repeats is its first occurrence, as
+    /// [`Schedule::is_open`] reads the clock face; a time it skips is the
+    /// change itself (the first minute after the gap).
+    fn instant(&self, local: NaiveDateTime) -> Time {
         let mut probe = local;
-        for _ in 0..4 {
-            let found = self.time_zone.from_local_datetime(&probe);
-            let found = match edge {
-                Edge::Open => found.earliest(),
-                Edge::Close => found.latest(),
-            };
-            if let Some(t) = found {
+        for _ in 0..=MAX_GAP_MINUTES {
+            if let Some(t) = self.time_zone.from_local_datetime(&probe).earliest() {
                 return t.to_utc();
             }
-            probe += Duration::minutes(30);
+            probe += Duration::minutes(1);
         }
-        // No zone has a gap longer than two hours; treat the wall time as UTC.
+        // No zone skips more than this; read the wall time as UTC.
         local.and_utc()
     }
-}
-
-/// Which end of an opening interval a wall-clock time is.
-#[derive(Clone, Copy)]
-enum Edge {
-    Open,
-    Close,
 }
 
 #[cfg(test)]
@@ -273,6 +262,27 @@ mod tests {
         s.holidays
             .insert(NaiveDate::from_ymd_opt(2026, 11, 26).unwrap());
         assert_eq!(s.next_close(now), at(tz, "2026-11-26 00:00"));
+    }
+
+    #[test]
+    fn a_closing_the_clock_skips_is_the_change_itself() {
+        let tz = chrono_tz::America::New_York;
+        let mut s = Schedule {
+            time_zone: tz,
+            ..Schedule::always("night")
+        };
+        // Open until 02:15, which 2026-03-08 skips: closed from 03:00 EDT.
+        s.week = [Some((0, 2 * 60 + 15)); 7];
+        let change = NaiveDateTime::parse_from_str("2026-03-08 07:00", "%Y-%m-%d %H:%M")
+            .unwrap()
+            .and_utc();
+        let got = s.next_close(at(tz, "2026-03-08 01:00"));
+        assert_eq!(got, change);
+        assert!(!s.is_open(got) && s.is_open(got - Duration::minutes(1)));
+        // From midnight (05:00 UTC) to the change, two real hours; the
+        // rest of a 150-minute window falls on the next night.
+        let got = s.add_business_minutes(at(tz, "2026-03-08 00:00"), 150);
+        assert_eq!(got, Some(at(tz, "2026-03-09 00:30")));
     }
 
     #[test]
