@@ -308,7 +308,47 @@ fn queueing(c: &mut Criterion) {
             total
         })
     });
+    // A log-in changes who staffs the lines, so the command sweeps them
+    // (every queue's line: closing time, staffing per channel); the same
+    // agent going from away to busy changes no staffing and sweeps nothing.
+    // Each is undone outside the timing.
+    let agent = agents[0].clone();
+    group.bench_function("baseline_away_to_busy", |b| {
+        b.iter_custom(|iters| flip(&mut e, &agent, AgentState::Busy, AgentState::Away, iters))
+    });
+    group.bench_function("log_in_sweeps_the_lines", |b| {
+        b.iter_custom(|iters| {
+            set_state(&mut e, &agent, AgentState::Offline);
+            let took = flip(&mut e, &agent, AgentState::Away, AgentState::Offline, iters);
+            set_state(&mut e, &agent, AgentState::Away);
+            took
+        })
+    });
     group.finish();
+}
+
+fn set_state(e: &mut Engine, agent: &str, state: AgentState) {
+    e.apply(
+        SetAgentState {
+            agent_id: agent.to_owned(),
+            state,
+        },
+        open(),
+    )
+    .unwrap();
+}
+
+/// Times `iters` changes of `agent` to `to`, each undone to `back` outside
+/// the timing.
+fn flip(e: &mut Engine, agent: &str, to: AgentState, back: AgentState, iters: u64) -> StdDuration {
+    let mut total = StdDuration::ZERO;
+    for _ in 0..iters {
+        let started = Instant::now();
+        set_state(e, black_box(agent), to);
+        total += started.elapsed();
+        set_state(e, agent, back);
+    }
+    total
 }
 
 /// Per-call percentiles, which criterion's per-sample means hide: 200,000
