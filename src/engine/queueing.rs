@@ -23,9 +23,7 @@ use super::{
     AgentIdx, CallbackOffer, DecisionId, Engine, EngineError, Fate, Hop, HopKind, Reservation,
     ReservationId, Slot, Timer, ewt,
 };
-use crate::model::{
-    AgentState, CallbackReason, Channel, ChannelSet, Contact, ReleaseReason, Time, Urgency,
-};
+use crate::model::{AgentState, CallbackReason, Channel, Contact, ReleaseReason, Time, Urgency};
 use crate::policy::{Policy, QueueIdx, Resolved, Text};
 
 /// Priority points of an urgent contact: with the default aging of one point
@@ -640,24 +638,13 @@ impl Engine {
     /// The contacts waiting in `queue`'s lines that nobody logged in could
     /// serve (on their channel), in line order.
     fn unserved(&self, queue: QueueIdx) -> Vec<u64> {
-        let mut lines = ChannelSet::default();
+        let mut unserved = Vec::new();
         for c in Channel::ALL {
             if self.policy.queues[queue].channels.contains(c) && self.unservable(queue, c) {
-                lines.insert(c);
+                unserved.extend(self.waiting.in_line(queue, c));
             }
         }
-        if lines == ChannelSet::default() {
-            return Vec::new();
-        }
-        self.waiting
-            .in_queue(queue)
-            .into_iter()
-            .filter(|&seq| {
-                self.waiting
-                    .get(seq)
-                    .is_some_and(|w| lines.contains(w.channel))
-            })
-            .collect()
+        unserved
     }
 
     /// Hands the contacts in closed `queue`'s line to its closed action.

@@ -335,6 +335,11 @@ impl WaitingRoom {
             .copied()
     }
 
+    /// The sequence numbers in `queue`'s line on `channel`, in line order.
+    pub fn in_line(&self, queue: QueueIdx, channel: Channel) -> impl Iterator<Item = u64> + '_ {
+        self.lines[queue][channel.index()].iter().map(|k| k.1)
+    }
+
     /// The sequence numbers waiting in `queue`, in no order (for closing a
     /// queue and for views).
     pub fn in_queue(&self, queue: QueueIdx) -> Vec<u64> {
