@@ -1180,11 +1180,18 @@ async fn a_watcher_resumes_after_a_record_that_told_nothing() {
 
 /// A caller waiting on a quiet floor adds nothing to the log: the lines
 /// are looked at when one fills or its staffing changes, and then only
-/// when a queue closes or a grace ends, not on a clock of their own.
+/// when a queue closes or a grace ends, not on a clock of their own; and a
+/// confirmed transfer's reservation leaves no expiry to tick at.
 #[tokio::test]
 async fn a_caller_waiting_on_a_quiet_floor_adds_no_records() {
     let data = fresh_data_dir();
-    let policy = policy_file(&data);
+    let policy = data.join("policy.toml");
+    let short = Knobs {
+        reservation_ttl: "2s",
+        ..KNOBS
+    };
+    std::fs::write(&policy, floor::policy(&short)).unwrap();
+    let policy = policy.to_str().unwrap().to_owned();
     let p = Process::start_in(&data, &["--policy", policy.as_str()], "info");
     let mut c = client(&p).await;
     agent(&mut c, "b1", "Billing", "billing").await;

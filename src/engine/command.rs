@@ -388,6 +388,7 @@ impl Engine {
             self.sweep_lines(now);
         }
         self.trim_kept(now);
+        self.drop_settled_expiries();
         out
     }
 }

@@ -437,6 +437,18 @@ impl Engine {
         self.counters.paths_evicted_early += self.paths.trim(now);
     }
 
+    /// Drops the expiry timers of reservations already settled from the
+    /// head of the timers, at the end of each command: firing one does
+    /// nothing, so [`Engine::next_due`] is then a timer that does something
+    /// (or a tick at a confirmed transfer's old expiry would be logged).
+    fn drop_settled_expiries(&mut self) {
+        while let Some(Reverse((_, Timer::Expire(id)))) = self.timers.peek()
+            && !self.reservations.contains_key(id)
+        {
+            self.timers.pop();
+        }
+    }
+
     /// Whether a line or who staffs it changed since the last look; the
     /// flags are cleared.
     fn take_touched(&mut self) -> bool {

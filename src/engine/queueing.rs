@@ -689,9 +689,13 @@ impl Engine {
     /// nobody is dropped without an event.
     pub(super) fn rehome_waiting(&mut self, new: &Policy, map: &[Option<QueueIdx>], now: Time) {
         let mut stats = vec![QueueStats::default(); new.queues.len()];
+        // A line left unstaffed keeps its grace's start: a reload does not
+        // put its callers' callbacks off.
+        let mut unstaffed_since = vec![None; new.queues.len()];
         for (i, q) in self.policy.queues.iter().enumerate() {
             if let Some(n) = new.queue_idx(&q.id) {
                 stats[n] = self.stats[i];
+                unstaffed_since[n] = self.unstaffed_since[i];
             }
         }
         for mut w in self.waiting.reset(new.queues.len()) {
@@ -734,7 +738,7 @@ impl Engine {
             self.called_back(w, callback, now);
         }
         self.stats = stats;
-        self.unstaffed_since = vec![None; new.queues.len()];
+        self.unstaffed_since = unstaffed_since;
     }
 
     /// The relaxation-step timers of every waiting contact under `policy`:

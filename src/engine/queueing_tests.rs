@@ -1082,10 +1082,9 @@ fn next_due_is_the_earliest_of_timers_sweep_and_wait_limits() {
     let closing = e.policy().next_close(billing, t).unwrap();
     assert!(closing > t + Duration::hours(1), "{closing} from {t}");
     assert_eq!(e.sweep_due, Some(closing));
-    // The confirmed reservation's (now stale) 15 s expiry comes first,
-    // then the 60 s step; the line waits for nothing else.
-    assert_eq!(e.next_due(), Some(t + e.policy().reservation_ttl));
-    e.advance(t + e.policy().reservation_ttl);
+    // The confirmed reservation's 15 s expiry would do nothing, so the
+    // command dropped it: the 60 s step is next, and the line waits for
+    // nothing else.
     assert_eq!(e.next_due(), Some(t + Duration::seconds(60)));
     assert!(e.take_events().is_empty());
     e.cancel("w", t + Duration::seconds(30)).unwrap();
@@ -1446,4 +1445,40 @@ fn an_offer_that_lapses_into_an_unstaffed_line_is_called_back_after_the_grace() 
         "{events:?}"
     );
     assert!(e.waiting.find("voice-1").is_some());
+}
+
+/// A reload while a line is unstaffed keeps its grace's start: reloads do
+/// not put the callers' callbacks off.
+#[test]
+fn a_reload_does_not_restart_an_unstaffed_lines_grace() {
+    let mut e = engine();
+    let t = open();
+    agent(&mut e, "b1", "billing", t);
+    busy(&mut e, "c0", "billing", t);
+    queued(
+        &e.apply(Route(&call("voice-1", "billing", Urgency::Routine)), t)
+            .unwrap(),
+    );
+    // b1 logs off with a caller waiting for it.
+    e.apply(
+        SetAgentState {
+            agent_id: "b1".into(),
+            state: AgentState::Offline,
+        },
+        t,
+    )
+    .unwrap();
+    e.apply(
+        ReplacePolicy(Arc::new(waiting_policy())),
+        t + Duration::seconds(5),
+    )
+    .unwrap();
+    e.take_events();
+    e.apply(Tick, t + UNSTAFFED_GRACE).unwrap();
+    let events = e.take_events();
+    assert!(
+        matches!(events.as_slice(), [Event::CallbackInstead { contact_id, callback, .. }]
+            if contact_id == "voice-1" && callback.reason == CallbackReason::NoAgentsStaffed),
+        "{events:?}"
+    );
 }

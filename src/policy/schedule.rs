@@ -107,11 +107,15 @@ impl Schedule {
         let mut last = now;
         for _ in 0..=WEEK_DAYS {
             if let Some((_, close)) = self.interval(date) {
-                let at = self.instant(close);
-                if at > now && !self.is_open(at) {
-                    return at;
+                // A closing in the hour a daylight-saving change repeats
+                // comes twice: the clock face, as `is_open` reads it, shows
+                // it open again in between.
+                for at in self.instants(close) {
+                    if at > now && !self.is_open(at) {
+                        return at;
+                    }
+                    last = last.max(at);
                 }
-                last = last.max(at);
             }
             let Some(next) = date.succ_opt() else {
                 break;
@@ -123,6 +127,19 @@ impl Schedule {
         } else {
             now + Duration::days(i64::from(WEEK_DAYS))
         }
+    }
+
+    /// Every instant the clock shows `local` (two in an hour a change
+    /// repeats; a skipped time is the change itself).
+    fn instants(&self, local: NaiveDateTime) -> impl Iterator<Item = Time> {
+        let first = self.instant(local);
+        let last = self
+            .time_zone
+            .from_local_datetime(&local)
+            .latest()
+            .map(|t| t.to_utc())
+            .filter(|&t| t != first);
+        std::iter::once(first).chain(last)
     }
 
     /// A local wall-clock time as the instant the clock first shows it: a
@@ -283,6 +300,32 @@ mod tests {
         // rest of a 150-minute window falls on the next night.
         let got = s.add_business_minutes(at(tz, "2026-03-08 00:00"), 150);
         assert_eq!(got, Some(at(tz, "2026-03-09 00:30")));
+    }
+
+    #[test]
+    fn a_closing_the_clock_repeats_comes_twice() {
+        let tz = chrono_tz::America::New_York;
+        let mut s = Schedule {
+            time_zone: tz,
+            ..Schedule::always("night")
+        };
+        // Open until 01:30, which 2026-11-01 shows twice (EDT, then EST).
+        s.week = [Some((0, 90)); 7];
+        let utc = |s: &str| {
+            NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M")
+                .unwrap()
+                .and_utc()
+        };
+        assert_eq!(
+            s.next_close(utc("2026-11-01 05:05")),
+            utc("2026-11-01 05:30")
+        );
+        // 01:05 EST: the clock face says open again, until the second 01:30.
+        assert!(s.is_open(utc("2026-11-01 06:05")));
+        assert_eq!(
+            s.next_close(utc("2026-11-01 06:05")),
+            utc("2026-11-01 06:30")
+        );
     }
 
     #[test]
