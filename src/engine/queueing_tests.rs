@@ -866,12 +866,7 @@ fn a_line_nobody_can_serve_is_called_back_after_the_grace() {
     e.advance(out + UNSTAFFED_GRACE - Duration::milliseconds(1));
     assert!(e.take_events().is_empty());
     e.advance(out + UNSTAFFED_GRACE);
-    let events = e.take_events();
-    assert!(
-        matches!(events.as_slice(), [Event::CallbackInstead { contact_id, callback, .. }]
-            if contact_id == "w" && callback.reason == CallbackReason::NoAgentsStaffed),
-        "{events:?}"
-    );
+    only_unstaffed_callback(&e.take_events(), "w");
 }
 
 /// A cancelled contact's offer is withdrawn on the stream, and the path
@@ -1359,18 +1354,7 @@ fn a_line_is_staffed_per_channel() {
             .unwrap(),
     );
     // A chat agent logs in, busy: chat contacts wait for it.
-    e.upsert_agent(
-        AgentSpec {
-            id: "b2".into(),
-            team: "T".into(),
-            transfer_address: "sip:b2".into(),
-            skills: vec![("billing".into(), 3)],
-            languages: vec!["en".into()],
-            channels: vec![(Channel::Chat, 1)],
-        },
-        t,
-    )
-    .unwrap();
+    e.upsert_agent(chat_agent("b2"), t).unwrap();
     e.set_state("b2", AgentState::Busy, t).unwrap();
     let mut chat = call("chat-2", "billing", Urgency::Routine);
     chat.channel = Channel::Chat;
@@ -1384,12 +1368,7 @@ fn a_line_is_staffed_per_channel() {
         e.advance(now);
         now += Duration::seconds(1);
     }
-    let events = e.take_events();
-    assert!(
-        matches!(events.as_slice(), [Event::CallbackInstead { contact_id, callback, .. }]
-            if contact_id == "chat-2" && callback.reason == CallbackReason::NoAgentsStaffed),
-        "{events:?}"
-    );
+    only_unstaffed_callback(&e.take_events(), "chat-2");
     assert!(e.waiting.find("voice-1").is_some());
 }
 
@@ -1399,23 +1378,8 @@ fn a_line_is_staffed_per_channel() {
 /// service applies commands.
 #[test]
 fn an_offer_that_lapses_into_an_unstaffed_line_is_called_back_after_the_grace() {
-    let mut e = engine();
-    let t = open();
-    agent(&mut e, "b1", "billing", t);
-    busy(&mut e, "c0", "billing", t);
-    queued(
-        &e.apply(Route(&call("voice-1", "billing", Urgency::Routine)), t)
-            .unwrap(),
-    );
-    let chat_agent = AgentSpec {
-        id: "b2".into(),
-        team: "T".into(),
-        transfer_address: "sip:b2".into(),
-        skills: vec![("billing".into(), 3)],
-        languages: vec!["en".into()],
-        channels: vec![(Channel::Chat, 1)],
-    };
-    e.apply(UpsertAgent(chat_agent), t).unwrap();
+    let (mut e, t) = voice_caller_waiting();
+    e.apply(UpsertAgent(chat_agent("b2")), t).unwrap();
     let state = |state| SetAgentState {
         agent_id: "b2".into(),
         state,
@@ -1438,12 +1402,7 @@ fn an_offer_that_lapses_into_an_unstaffed_line_is_called_back_after_the_grace() 
         .unwrap();
     assert!(e.take_events().is_empty());
     e.apply(Tick, lapsed + UNSTAFFED_GRACE).unwrap();
-    let events = e.take_events();
-    assert!(
-        matches!(events.as_slice(), [Event::CallbackInstead { contact_id, callback, .. }]
-            if contact_id == "chat-1" && callback.reason == CallbackReason::NoAgentsStaffed),
-        "{events:?}"
-    );
+    only_unstaffed_callback(&e.take_events(), "chat-1");
     assert!(e.waiting.find("voice-1").is_some());
 }
 
@@ -1451,14 +1410,7 @@ fn an_offer_that_lapses_into_an_unstaffed_line_is_called_back_after_the_grace() 
 /// not put the callers' callbacks off.
 #[test]
 fn a_reload_does_not_restart_an_unstaffed_lines_grace() {
-    let mut e = engine();
-    let t = open();
-    agent(&mut e, "b1", "billing", t);
-    busy(&mut e, "c0", "billing", t);
-    queued(
-        &e.apply(Route(&call("voice-1", "billing", Urgency::Routine)), t)
-            .unwrap(),
-    );
+    let (mut e, t) = voice_caller_waiting();
     // b1 logs off with a caller waiting for it.
     e.apply(
         SetAgentState {
@@ -1475,10 +1427,40 @@ fn a_reload_does_not_restart_an_unstaffed_lines_grace() {
     .unwrap();
     e.take_events();
     e.apply(Tick, t + UNSTAFFED_GRACE).unwrap();
-    let events = e.take_events();
+    only_unstaffed_callback(&e.take_events(), "voice-1");
+}
+
+/// A billing floor whose one voice agent is busy, with `voice-1` waiting
+/// (queued through the engine's one entrance).
+fn voice_caller_waiting() -> (Engine, Time) {
+    let mut e = engine();
+    let t = open();
+    agent(&mut e, "b1", "billing", t);
+    busy(&mut e, "c0", "billing", t);
+    queued(
+        &e.apply(Route(&call("voice-1", "billing", Urgency::Routine)), t)
+            .unwrap(),
+    );
+    (e, t)
+}
+
+/// A billing agent who takes chat only.
+fn chat_agent(id: &str) -> AgentSpec {
+    AgentSpec {
+        id: id.into(),
+        team: "T".into(),
+        transfer_address: format!("sip:{id}"),
+        skills: vec![("billing".into(), 3)],
+        languages: vec!["en".into()],
+        channels: vec![(Channel::Chat, 1)],
+    }
+}
+
+/// `events` are exactly `contact`'s callback for a line nobody staffs.
+fn only_unstaffed_callback(events: &[Event], contact: &str) {
     assert!(
-        matches!(events.as_slice(), [Event::CallbackInstead { contact_id, callback, .. }]
-            if contact_id == "voice-1" && callback.reason == CallbackReason::NoAgentsStaffed),
+        matches!(events, [Event::CallbackInstead { contact_id, callback, .. }]
+            if contact_id == contact && callback.reason == CallbackReason::NoAgentsStaffed),
         "{events:?}"
     );
 }

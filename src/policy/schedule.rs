@@ -174,6 +174,13 @@ mod tests {
         }
     }
 
+    /// `YYYY-MM-DD HH:MM` in UTC.
+    fn utc(s: &str) -> Time {
+        NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M")
+            .unwrap()
+            .and_utc()
+    }
+
     fn at(tz: Tz, s: &str) -> Time {
         let naive = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").unwrap();
         tz.from_local_datetime(&naive).unwrap().to_utc()
@@ -231,11 +238,6 @@ mod tests {
             time_zone: tz,
             ..Schedule::always("all-day")
         };
-        let utc = |s: &str| {
-            NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M")
-                .unwrap()
-                .and_utc()
-        };
         // 2026-03-08: 02:00 EST becomes 03:00 EDT. 01:45 EST is 06:45 UTC.
         let got = all_day
             .add_business_minutes(at(tz, "2026-03-08 01:45"), 60)
@@ -290,9 +292,7 @@ mod tests {
         };
         // Open until 02:15, which 2026-03-08 skips: closed from 03:00 EDT.
         s.week = [Some((0, 2 * 60 + 15)); 7];
-        let change = NaiveDateTime::parse_from_str("2026-03-08 07:00", "%Y-%m-%d %H:%M")
-            .unwrap()
-            .and_utc();
+        let change = utc("2026-03-08 07:00");
         let got = s.next_close(at(tz, "2026-03-08 01:00"));
         assert_eq!(got, change);
         assert!(!s.is_open(got) && s.is_open(got - Duration::minutes(1)));
@@ -311,11 +311,6 @@ mod tests {
         };
         // Open until 01:30, which 2026-11-01 shows twice (EDT, then EST).
         s.week = [Some((0, 90)); 7];
-        let utc = |s: &str| {
-            NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M")
-                .unwrap()
-                .and_utc()
-        };
         assert_eq!(
             s.next_close(utc("2026-11-01 05:05")),
             utc("2026-11-01 05:30")
