@@ -158,6 +158,14 @@ fn bad_test_files_are_refused_with_file_line_and_field() {
             ":6: cases.at: `2026-11-23 25:00` is not `YYYY-MM-DD HH:MM`",
         ),
         (
+            case("queue = \"billing\"", "2026-03-08 02:30 America/New_York"),
+            ":6: cases.at: 2026-03-08 02:30 does not exist in America/New_York",
+        ),
+        (
+            case("queue = \"billing\"", "2026-11-01 01:30 America/New_York"),
+            ":6: cases.at: 2026-11-01 01:30 happens twice in America/New_York (a clock change repeats it): write it with its offset, 2026-11-01T01:30:00-04:00 or 2026-11-01T01:30:00-05:00",
+        ),
+        (
             case("queue = \"billing\"", "2026-11-23 10:00 Mars/Olympus"),
             ":6: cases.at: `Mars/Olympus` is neither an IANA time zone nor a schedule",
         ),

@@ -22,7 +22,7 @@
 
 use std::{collections::BTreeMap, path::Path, sync::Arc, time::Duration};
 
-use chrono::{NaiveDateTime, TimeZone};
+use chrono::{LocalResult, NaiveDateTime, TimeZone};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -346,14 +346,18 @@ fn time(cx: &Cx, policy: &Policy, s: &Spanned<String>, field: &str) -> Result<Ti
     let naive = NaiveDateTime::parse_from_str(local, "%Y-%m-%d %H:%M")
         .or_else(|_| NaiveDateTime::parse_from_str(local, "%Y-%m-%d %H:%M:%S"))
         .map_err(|_| bad(format!("`{local}` is not `YYYY-MM-DD HH:MM`")))?;
-    tz.from_local_datetime(&naive)
-        .earliest()
-        .map(|t| t.with_timezone(&chrono::Utc))
-        .ok_or_else(|| {
-            bad(format!(
-                "{local} does not exist in {zone} (a clock change skips it)"
-            ))
-        })
+    match tz.from_local_datetime(&naive) {
+        LocalResult::Single(t) => Ok(t.with_timezone(&chrono::Utc)),
+        LocalResult::Ambiguous(first, second) => Err(bad(format!(
+            "{local} happens twice in {zone} (a clock change repeats it): write it with its \
+             offset, {} or {}",
+            first.to_rfc3339(),
+            second.to_rfc3339()
+        ))),
+        LocalResult::None => Err(bad(format!(
+            "{local} does not exist in {zone} (a clock change skips it)"
+        ))),
+    }
 }
 
 fn agent_state(cx: &Cx, s: &Spanned<String>, field: &str) -> Result<AgentState, FileError> {
