@@ -887,7 +887,8 @@ async fn what_a_refused_contact_carried_never_reaches_the_journal() {
     let mut c = client(&p).await;
     agent(&mut c, "b1", "Billing", "billing").await;
     // Free text where the policy's vocabulary keeps it out: an attribute
-    // it does not declare, a value it does not allow, an unknown intent.
+    // it does not declare, a value it does not allow, an unknown intent, a
+    // signal it does not know (on an emergency too).
     let mut undeclared = contact("c-1", "billing");
     undeclared
         .attributes
@@ -897,7 +898,12 @@ async fn what_a_refused_contact_carried_never_reaches_the_journal() {
         .attributes
         .insert("coverage".into(), "Jane_Doe_555_0100".into());
     let intent = contact("c-3", "jane_doe_born_1980");
-    for request in [undeclared, value, intent] {
+    let mut signal = contact("c-5", "billing");
+    signal.signals = vec!["jane_doe_dob_1970_01_01".into()];
+    let mut emergency = contact("c-6", "");
+    emergency.urgency = pb::Urgency::Emergency.into();
+    emergency.signals = vec!["jane_doe_called_911".into()];
+    for request in [undeclared, value, intent, signal, emergency] {
         let refused = c.route_contact(request).await.unwrap_err();
         assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
     }

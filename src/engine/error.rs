@@ -16,6 +16,13 @@ pub enum EngineError {
     /// The contact has no intent and is not an emergency.
     #[error("intent: required unless the contact is an emergency")]
     MissingIntent,
+    /// The contact carries a signal the policy does not know; the message
+    /// lists the policy's signals, never the value sent.
+    #[error("signals: a signal is not one the policy knows ({allowed})")]
+    UnknownSignal {
+        /// The policy's signals.
+        allowed: String,
+    },
     /// The contact carries an attribute the policy does not declare; the
     /// message lists the declared keys, never the key sent.
     #[error("attributes: a key is not declared by the policy ({allowed})")]

@@ -141,6 +141,7 @@ impl EngineConfig {
 /// 5: a RouteContact reservation that lapses is not the agent's miss.
 /// 6: callback deadlines count opening hours in real time across a
 /// daylight-saving change; an emergency gets its script without an intent;
+/// a signal the policy does not know is refused;
 /// the lines are swept when they or
 /// their staffing change and at closings and grace ends, not once a second.
 pub const ROUTING_VERSION: u32 = 6;

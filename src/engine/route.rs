@@ -265,13 +265,18 @@ impl Engine {
         decision
     }
 
-    /// Checks the contact's attributes and transfer against the policy's
-    /// vocabulary; returns the queue handing it on.
+    /// Checks the contact's signals, attributes and transfer against the
+    /// policy's vocabulary; returns the queue handing it on.
     fn vocabulary(
         &self,
         policy: &Policy,
         contact: &Contact,
     ) -> Result<Option<QueueIdx>, EngineError> {
+        if !contact.signals.iter().all(|s| policy.signals.contains(s)) {
+            return Err(EngineError::UnknownSignal {
+                allowed: policy.signal_names(),
+            });
+        }
         for (key, value) in &contact.attributes {
             let allowed =
                 policy

@@ -598,9 +598,17 @@ fn an_emergency_gets_its_script_without_an_intent_but_within_the_vocabulary() {
         Err(EngineError::UnknownIntent { .. })
     ));
     assert_eq!(e.route(&unsaid, t), Err(EngineError::MissingIntent));
-    let mut harmless = unsaid.clone();
-    harmless.signals = vec!["mentions_refill".into()];
-    assert_eq!(e.route(&harmless, t), Err(EngineError::MissingIntent));
+    let mut known = unsaid.clone();
+    known.signals = vec!["mild_worry".into()];
+    assert_eq!(e.route(&known, t), Err(EngineError::MissingIntent));
+    // A signal the policy does not know is refused, emergency or not: the
+    // log keeps none but the policy's words.
+    let mut stray = emergency(&unsaid);
+    stray.signals = vec!["jane_doe_dob_1970".into()];
+    let Err(EngineError::UnknownSignal { allowed }) = e.route(&stray, t) else {
+        panic!("an unknown signal accepted");
+    };
+    assert!(allowed.contains("chest_pain") && !allowed.contains("jane_doe"));
     assert_eq!(e.live_reservations(), 0);
 }
 

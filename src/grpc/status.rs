@@ -33,6 +33,8 @@ pub enum Reason {
     RequestTooLarge,
     /// The intent is not in the policy's vocabulary.
     UnknownIntent,
+    /// A signal the policy does not know.
+    UnknownSignal,
     /// An attribute key the policy does not declare.
     UnknownAttribute,
     /// An attribute value the policy does not declare.
@@ -92,11 +94,12 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in declaration order.
-    pub const ALL: [Reason; 30] = [
+    pub const ALL: [Reason; 31] = [
         Reason::InvalidField,
         Reason::MalformedBody,
         Reason::RequestTooLarge,
         Reason::UnknownIntent,
+        Reason::UnknownSignal,
         Reason::UnknownAttribute,
         Reason::AttributeValueNotAllowed,
         Reason::RequestIdReused,
@@ -132,6 +135,7 @@ impl Reason {
             Reason::MalformedBody => "MALFORMED_BODY",
             Reason::RequestTooLarge => "REQUEST_TOO_LARGE",
             Reason::UnknownIntent => "UNKNOWN_INTENT",
+            Reason::UnknownSignal => "UNKNOWN_SIGNAL",
             Reason::UnknownAttribute => "UNKNOWN_ATTRIBUTE",
             Reason::AttributeValueNotAllowed => "ATTRIBUTE_VALUE_NOT_ALLOWED",
             Reason::RequestIdReused => "REQUEST_ID_REUSED",
@@ -316,6 +320,11 @@ impl From<EngineError> for Status {
                 Code::InvalidArgument,
                 Reason::UnknownIntent,
                 field("intent", "not an intent of the policy"),
+            ),
+            EngineError::UnknownSignal { .. } => (
+                Code::InvalidArgument,
+                Reason::UnknownSignal,
+                field("signals", "not a signal of the policy"),
             ),
             EngineError::MissingIntent => (
                 Code::InvalidArgument,

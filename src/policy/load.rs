@@ -86,6 +86,10 @@ struct RawPolicy {
     utilization: BTreeMap<Spanned<String>, RawUtilization>,
     #[serde(default)]
     intake_fields: Vec<String>,
+    /// Signals contacts may carry beyond those `[emergency]` and the rules
+    /// name (an IVR's tags no rule acts on yet).
+    #[serde(default)]
+    signals: Vec<String>,
     emergency: RawEmergency,
     authenticate: RawAuthenticate,
     #[serde(default)]
@@ -805,6 +809,13 @@ impl Cx<'_> {
                 ),
             },
             identity_before_escalation: raw.authenticate.escalations.unwrap_or(true),
+            signals: raw
+                .signals
+                .iter()
+                .chain(&raw.emergency.signals)
+                .chain(rules.iter().flat_map(|r| r.when.signals.iter().flatten()))
+                .cloned()
+                .collect(),
             attributes,
             intents,
             schedules,

@@ -9,6 +9,7 @@ mod load;
 mod rules;
 pub mod schedule;
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::Duration;
@@ -75,6 +76,9 @@ pub struct Policy {
     /// Whether an escalation request (a supervisor, a manager) needs a
     /// verified identity first, unless its rule says otherwise.
     pub identity_before_escalation: bool,
+    /// Every signal contacts may carry: the top-level `signals`, those of
+    /// `[emergency]` and those the rules name.
+    pub signals: BTreeSet<String>,
     /// Routing attributes contacts may carry, with their allowed values.
     pub attributes: FastMap<String, Vec<String>>,
     /// Request types.
@@ -342,6 +346,13 @@ impl Policy {
     /// The intents, comma-separated, for messages.
     pub fn intent_names(&self) -> String {
         let names: Vec<&str> = self.intents.iter().map(|i| &*i.id).collect();
+        names.join(", ")
+    }
+
+    /// The signals contacts may carry, sorted and comma-separated, for
+    /// messages.
+    pub fn signal_names(&self) -> String {
+        let names: Vec<&str> = self.signals.iter().map(String::as_str).collect();
         names.join(", ")
     }
 
