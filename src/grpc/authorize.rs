@@ -95,15 +95,18 @@ fn bearer(value: &str) -> Option<&str> {
 
 /// The client a request names: by its `authorization` header if it has
 /// one (an unknown token is not made good by a certificate), else by its
-/// connection's verified client certificate.
+/// connection's verified client certificate. Two or more `authorization`
+/// headers name nobody: which one counts would be a proxy's guess.
 fn client<'c>(
     credentials: &'c Credentials,
     headers: &http::HeaderMap,
     peer: Option<&Peer>,
 ) -> Option<&'c Client> {
-    match headers.get(http::header::AUTHORIZATION) {
-        Some(value) => credentials.client(bearer(value.to_str().ok()?)?),
-        None => credentials.certified(peer?.certificate.as_deref()?),
+    let mut sent = headers.get_all(http::header::AUTHORIZATION).iter();
+    match (sent.next(), sent.next()) {
+        (Some(value), None) => credentials.client(bearer(value.to_str().ok()?)?),
+        (Some(_), Some(_)) => None,
+        (None, _) => credentials.certified(peer?.certificate.as_deref()?),
     }
 }
 
@@ -320,6 +323,22 @@ mod tests {
                 who(Some(bad), Some(&ivr), Role::Route),
                 Err(Refusal::Unauthenticated),
                 "{bad}"
+            );
+        }
+        // Two tokens, a good one either first or second: nobody.
+        for pair in [
+            ["Bearer cti-token", "Bearer guess"],
+            ["Bearer guess", "Bearer cti-token"],
+        ] {
+            let mut h = http::HeaderMap::new();
+            for a in pair {
+                h.append(http::header::AUTHORIZATION, a.parse().unwrap());
+            }
+            let c = credentials();
+            assert_eq!(
+                check(&c, &h, Some(&ivr), Role::Cti).map(|c| c.name.to_string()),
+                Err(Refusal::Unauthenticated),
+                "{pair:?}"
             );
         }
         // No token and no certificate, or one no client is known by.
