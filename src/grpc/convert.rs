@@ -95,6 +95,12 @@ const LANGUAGE: Charset = Charset {
     allowed: |c| c.is_ascii_alphanumeric() || c == '-',
     describe: "a language tag such as en or es-MX",
 };
+/// A URI's characters (RFC 3986): an address, never a sentence, and
+/// nothing that could pass for another field in a log line.
+const ADDRESS: Charset = Charset {
+    allowed: |c| c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&'()*+,;=%".contains(c),
+    describe: "a URI such as sip:billing@pbx.example (no spaces or quotes)",
+};
 const TEXT: Charset = Charset {
     allowed: |c| !c.is_control(),
     describe: "printable text",
@@ -355,7 +361,7 @@ impl TryFrom<pb::UpsertAgentRequest> for AgentSpec {
             "transfer_address",
             r.transfer_address,
             MAX_TEXT_LEN,
-            TEXT,
+            ADDRESS,
         ));
         let mut spec = AgentSpec {
             id: String::new(),
@@ -1177,13 +1183,22 @@ mod tests {
                 .message()
                 .starts_with("channels[0].capacity")
         );
-        let mut bad = ok;
-        bad.transfer_address.clear();
-        assert!(
-            AgentSpec::try_from(bad)
-                .unwrap_err()
-                .message()
-                .starts_with("transfer_address")
-        );
+        for address in [
+            "",
+            "sip:z8@x created=false by=\"admin\"",
+            "sip:Jane Doe called re results",
+        ] {
+            let mut bad = ok.clone();
+            bad.transfer_address = address.into();
+            let refused = AgentSpec::try_from(bad).unwrap_err();
+            assert!(
+                refused.message().starts_with("transfer_address"),
+                "{address}"
+            );
+            assert!(!refused.message().contains("Jane"), "{refused:?}");
+        }
+        let mut uri = ok;
+        uri.transfer_address = "sips:+1-555-0100@pbx.example;transport=tls".into();
+        assert!(AgentSpec::try_from(uri).is_ok());
     }
 }
