@@ -149,7 +149,109 @@ pub fn from_json(input: &MessageDescriptor, json: &[u8]) -> Result<DynamicMessag
         serde_path_to_error::Deserializer::new(&mut reader, &mut track),
     )
     .and_then(|message| reader.end().map(|()| message));
-    parsed.map_err(|e| describe(input, &track.path(), &e))
+    let message = parsed.map_err(|e| describe(input, &track.path(), &e))?;
+    named_once(input, json)?;
+    Ok(message)
+}
+
+/// Refuses an object that names a field twice (`contactId` and
+/// `contact_id`, or one name twice): the parser keeps the last, and a proxy
+/// or firewall that read the first would have seen another request.
+fn named_once(input: &MessageDescriptor, json: &[u8]) -> Result<(), Fault> {
+    let mut reader = serde_json::Deserializer::from_slice(json);
+    let mut track = serde_path_to_error::Track::new();
+    let checked = serde::de::DeserializeSeed::deserialize(
+        Once,
+        serde_path_to_error::Deserializer::new(&mut reader, &mut track),
+    );
+    checked.map_err(|e| {
+        let (_, named) = locate(input, &track.path());
+        Fault::Malformed {
+            field: (!named.is_empty()).then_some(named),
+            why: format!(
+                "names a field twice, by the same name or by its JSON and proto names (at line {} column {})",
+                e.line(),
+                e.column()
+            ),
+        }
+    })
+}
+
+/// A JSON value whose objects name each key once, proto3's two spellings
+/// of a field name (`contact_id`, `contactId`) counted as one.
+struct Once;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Once {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Once {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Once)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if !seen.insert(json_name(&key)) {
+                return Err(serde::de::Error::custom("a field named twice"));
+            }
+            map.next_value_seed(Once)?;
+        }
+        Ok(())
+    }
+}
+
+/// proto3's JSON name of a field name: `contact_id` is `contactId`.
+fn json_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = false;
+    for c in name.chars() {
+        match c {
+            '_' => upper = true,
+            c if upper => {
+                out.extend(c.to_uppercase());
+                upper = false;
+            }
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Where a JSON path leads in the request message.
@@ -178,6 +280,32 @@ fn describe(
             why: format!("not valid JSON ({place})"),
         };
     }
+    let (mut at, named) = locate(input, path);
+    // A message field's value is an object of that message's fields.
+    if let At::Field(f) | At::Element(f) = &at
+        && !(f.is_list() && matches!(at, At::Field(_)))
+        && !(f.is_map() && matches!(at, At::Field(_)))
+        && let Kind::Message(m) = element_kind(f)
+        && !is_well_known(&m)
+    {
+        at = At::Message(m);
+    }
+    let why = match &at {
+        At::Message(m) => format!("must be an object with only the fields of {}", m.name()),
+        At::Field(f) if f.is_list() => "must be an array".to_owned(),
+        At::Field(f) if f.is_map() => "must be an object".to_owned(),
+        At::Field(f) => must_be(&f.kind()),
+        At::Element(f) => must_be(&element_kind(f)),
+    };
+    Fault::Malformed {
+        field: (!named.is_empty()).then_some(named),
+        why: format!("{why} ({place})"),
+    }
+}
+
+/// Where `path` leads in `input`, and the field's proto path (map keys
+/// left out: they are the client's).
+fn locate(input: &MessageDescriptor, path: &serde_path_to_error::Path) -> (At, String) {
     let mut at = At::Message(input.clone());
     let mut named = String::new();
     for segment in path.iter() {
@@ -206,26 +334,7 @@ fn describe(
             (at, _) => at,
         };
     }
-    // A message field's value is an object of that message's fields.
-    if let At::Field(f) | At::Element(f) = &at
-        && !(f.is_list() && matches!(at, At::Field(_)))
-        && !(f.is_map() && matches!(at, At::Field(_)))
-        && let Kind::Message(m) = element_kind(f)
-        && !is_well_known(&m)
-    {
-        at = At::Message(m);
-    }
-    let why = match &at {
-        At::Message(m) => format!("must be an object with only the fields of {}", m.name()),
-        At::Field(f) if f.is_list() => "must be an array".to_owned(),
-        At::Field(f) if f.is_map() => "must be an object".to_owned(),
-        At::Field(f) => must_be(&f.kind()),
-        At::Element(f) => must_be(&element_kind(f)),
-    };
-    Fault::Malformed {
-        field: (!named.is_empty()).then_some(named),
-        why: format!("{why} ({place})"),
-    }
+    (at, named)
 }
 
 /// `at`, stepping into the message a field or element holds.
@@ -304,6 +413,34 @@ mod tests {
             Fault::Malformed { field, why } => (field, why),
             Fault::TooLarge => panic!("too large"),
         }
+    }
+
+    #[test]
+    fn a_field_named_twice_is_refused_whichever_spelling() {
+        for (json, field) in [
+            (r#"{"contactId": "c-a", "contactId": "c-b"}"#, None),
+            (r#"{"contact_id": "c-a", "contactId": "c-b"}"#, None),
+            (
+                r#"{"transferFrom": {"queueId": "a", "queue_id": "b"}}"#,
+                Some("transfer_from"),
+            ),
+            (
+                r#"{"attributes": {"coverage": "gold", "coverage": "jane"}}"#,
+                Some("attributes"),
+            ),
+        ] {
+            let (got, why) = fault(json);
+            assert!(why.starts_with("names a field twice"), "{json}: {why}");
+            assert!(!why.contains("jane") && !why.contains("c-b"), "{why}");
+            // The object that names it twice, by its proto path.
+            assert_eq!(got.as_deref(), field, "{json}");
+        }
+        // Distinct fields, and the same key in two objects, are fine.
+        from_json(
+            &route_request(),
+            br#"{"contactId": "c-a", "requestId": "r-1", "transferFrom": {"queueId": "billing"}, "attributes": {"queueId": "x"}}"#,
+        )
+        .unwrap();
     }
 
     #[test]
