@@ -105,7 +105,7 @@ struct RouteInput {
     identity: u8,
     language: Option<u8>,
     escalation: bool,
-    /// Index into the policy's emergency signals; past the end, a harmless one.
+    /// Index into the policy's signals; past the end, one it does not know.
     signal: Option<u8>,
     /// Per declared attribute (sorted by key): absent, or a value index;
     /// the last index past the values is an undeclared value.
@@ -270,13 +270,15 @@ fn contact(r: &RouteInput, policy: &Policy) -> (Contact, bool) {
         .map(|l| LANGUAGES[usize::from(l) % LANGUAGES.len()].to_owned());
     c.escalation_requested = r.escalation;
     if let Some(s) = r.signal {
-        let signals = &policy.emergency.signals;
-        c.signals = vec![
-            signals
-                .get(usize::from(s) % (signals.len() + 1))
-                .cloned()
-                .unwrap_or_else(|| "cough".into()),
-        ];
+        let signals: Vec<&String> = policy.signals.iter().collect();
+        let signal = match signals.get(usize::from(s) % (signals.len() + 1)) {
+            Some(name) => (*name).clone(),
+            None => {
+                known = false;
+                "cough".into()
+            }
+        };
+        c.signals = vec![signal];
     }
     let mut keys: Vec<_> = policy.attributes.iter().collect();
     keys.sort();
