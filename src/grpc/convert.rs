@@ -99,7 +99,7 @@ const LANGUAGE: Charset = Charset {
 /// nothing that could pass for another field in a log line.
 const ADDRESS: Charset = Charset {
     allowed: |c| c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&'()*+,;=%".contains(c),
-    describe: "a URI such as sip:billing@pbx.example (no spaces or quotes)",
+    describe: "a URI such as sip:billing@pbx.example (no spaces or double quotes)",
 };
 const TEXT: Charset = Charset {
     allowed: |c| !c.is_control(),

@@ -155,13 +155,14 @@ pub fn from_json(input: &MessageDescriptor, json: &[u8]) -> Result<DynamicMessag
 }
 
 /// Refuses an object that names a field twice (`contactId` and
-/// `contact_id`, or one name twice): the parser keeps the last, and a proxy
-/// or firewall that read the first would have seen another request.
+/// `contact_id`, or one name twice), or a map that names a key twice: the
+/// parser keeps the last, and a proxy or firewall that read the first would
+/// have seen another request.
 fn named_once(input: &MessageDescriptor, json: &[u8]) -> Result<(), Fault> {
     let mut reader = serde_json::Deserializer::from_slice(json);
     let mut track = serde_path_to_error::Track::new();
     let checked = serde::de::DeserializeSeed::deserialize(
-        Once,
+        Once::Message(input.clone()),
         serde_path_to_error::Deserializer::new(&mut reader, &mut track),
     );
     checked.map_err(|e| {
@@ -177,9 +178,30 @@ fn named_once(input: &MessageDescriptor, json: &[u8]) -> Result<(), Fault> {
     })
 }
 
-/// A JSON value whose objects name each key once, proto3's two spellings
-/// of a field name (`contact_id`, `contactId`) counted as one.
-struct Once;
+/// What a JSON value stands for, as far as naming twice goes.
+enum Once {
+    /// A message: its keys are fields, by either spelling.
+    Message(MessageDescriptor),
+    /// A map field's object: its keys are the client's, compared as sent;
+    /// its values are messages of this kind, if any.
+    Map(Option<MessageDescriptor>),
+    /// Anything else (a scalar, a well-known type's string).
+    Value,
+}
+
+impl Once {
+    /// What the value of `field` stands for (each element, for a list).
+    fn of(field: &FieldDescriptor) -> Once {
+        let message = |kind: Kind| match kind {
+            Kind::Message(m) if !is_well_known(&m) => Some(m),
+            _ => None,
+        };
+        if field.is_map() {
+            return Once::Map(message(element_kind(field)));
+        }
+        message(field.kind()).map_or(Once::Value, Once::Message)
+    }
+}
 
 impl<'de> serde::de::DeserializeSeed<'de> for Once {
     type Value = ();
@@ -221,37 +243,53 @@ impl<'de> serde::de::Visitor<'de> for Once {
     }
 
     fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(Once)?.is_some() {}
+        // A list's elements stand for what the list field's values do.
+        let element = || match &self {
+            Once::Message(m) => Once::Message(m.clone()),
+            _ => Once::Value,
+        };
+        while seq.next_element_seed(element())?.is_some() {}
         Ok(())
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen = std::collections::HashSet::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if !seen.insert(json_name(&key)) {
-                return Err(serde::de::Error::custom("a field named twice"));
+        let twice = || serde::de::Error::custom("a field named twice");
+        match self {
+            Once::Message(m) => {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let field = m
+                        .get_field_by_json_name(&key)
+                        .or_else(|| m.get_field_by_name(&key));
+                    let Some(field) = field else {
+                        // Unknown fields were refused by the parse.
+                        map.next_value_seed(Once::Value)?;
+                        continue;
+                    };
+                    if !seen.insert(field.number()) {
+                        return Err(twice());
+                    }
+                    map.next_value_seed(Once::of(&field))?;
+                }
             }
-            map.next_value_seed(Once)?;
+            Once::Map(values) => {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if !seen.insert(key) {
+                        return Err(twice());
+                    }
+                    map.next_value_seed(values.clone().map_or(Once::Value, Once::Message))?;
+                }
+            }
+            Once::Value => {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+            }
         }
         Ok(())
     }
-}
-
-/// proto3's JSON name of a field name: `contact_id` is `contactId`.
-fn json_name(name: &str) -> String {
-    let mut out = String::with_capacity(name.len());
-    let mut upper = false;
-    for c in name.chars() {
-        match c {
-            '_' => upper = true,
-            c if upper => {
-                out.extend(c.to_uppercase());
-                upper = false;
-            }
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// Where a JSON path leads in the request message.
@@ -435,10 +473,11 @@ mod tests {
             // The object that names it twice, by its proto path.
             assert_eq!(got.as_deref(), field, "{json}");
         }
-        // Distinct fields, and the same key in two objects, are fine.
+        // Distinct fields, the same key in two objects, and map keys that
+        // only a field's two spellings would make one, are fine.
         from_json(
             &route_request(),
-            br#"{"contactId": "c-a", "requestId": "r-1", "transferFrom": {"queueId": "billing"}, "attributes": {"queueId": "x"}}"#,
+            br#"{"contactId": "c-a", "requestId": "r-1", "transferFrom": {"queueId": "billing"}, "attributes": {"queueId": "x", "plan_2": "a", "plan2": "b", "queue_id": "y"}}"#,
         )
         .unwrap();
     }
