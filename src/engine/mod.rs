@@ -141,9 +141,9 @@ impl EngineConfig {
 /// 5: a RouteContact reservation that lapses is not the agent's miss.
 /// 6: callback deadlines count opening hours in real time across a
 /// daylight-saving change; an emergency gets its script without an intent;
-/// a signal the policy does not know is refused;
-/// the lines are swept when they or
-/// their staffing change and at closings and grace ends, not once a second.
+/// a signal the policy does not know is refused; the lines are swept when
+/// they or their staffing change and at closings and grace ends, not once a
+/// second.
 pub const ROUTING_VERSION: u32 = 6;
 
 /// The peak rate of new requests with a request id the default window
@@ -454,6 +454,12 @@ impl Engine {
     /// flags are cleared.
     fn take_touched(&mut self) -> bool {
         self.waiting.take_touched() | self.roster.take_staffing_touched()
+    }
+
+    /// Whether nothing is due by `now`: a tick then changes nothing a
+    /// replay would miss (if it tells nothing, it need not be logged).
+    pub fn nothing_due(&self, now: Time) -> bool {
+        self.next_due().is_none_or(|due| due > now)
     }
 
     /// When the engine next has something to do by itself (a timer, the

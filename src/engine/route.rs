@@ -27,6 +27,44 @@ struct Verdict<'p> {
     outcome: Outcome,
 }
 
+/// Checks the contact's signals, attributes and transfer against the
+/// policy's vocabulary; returns the queue handing it on.
+fn vocabulary(policy: &Policy, contact: &Contact) -> Result<Option<QueueIdx>, EngineError> {
+    if !contact.signals.iter().all(|s| policy.signals.contains(s)) {
+        return Err(EngineError::UnknownSignal {
+            allowed: policy.signal_names(),
+        });
+    }
+    for (key, value) in &contact.attributes {
+        let allowed = policy
+            .attributes
+            .get(key)
+            .ok_or_else(|| EngineError::UnknownAttribute {
+                allowed: policy.attribute_names(),
+            })?;
+        if !allowed.contains(value) {
+            return Err(EngineError::AttributeValue {
+                key: key.clone(),
+                allowed: allowed.join(", "),
+            });
+        }
+    }
+    let transfer_from = match &contact.transfer_from {
+        Some(t) => {
+            Some(
+                policy
+                    .queue_idx(&t.queue_id)
+                    .ok_or_else(|| EngineError::UnknownQueue {
+                        field: "transfer_from.queue_id",
+                        id: t.queue_id.clone(),
+                    })?,
+            )
+        }
+        None => None,
+    };
+    Ok(transfer_from)
+}
+
 /// The contact's intent in the policy's vocabulary.
 fn intent(policy: &Policy, contact: &Contact) -> Result<IntentIdx, EngineError> {
     if contact.intent.is_empty() {
@@ -69,7 +107,7 @@ impl Engine {
         // Every contact keeps to the vocabulary (the log keeps nothing it
         // keeps out), but an emergency may come without an intent: the IVR
         // may not have told it, and the script does not depend on it.
-        let transfer_from = self.vocabulary(&policy, contact)?;
+        let transfer_from = vocabulary(&policy, contact)?;
         if let Some(plan) = policy.emergency_guard(contact) {
             if !contact.intent.is_empty() {
                 intent(&policy, contact)?;
@@ -263,46 +301,6 @@ impl Engine {
             now,
         );
         decision
-    }
-
-    /// Checks the contact's signals, attributes and transfer against the
-    /// policy's vocabulary; returns the queue handing it on.
-    fn vocabulary(
-        &self,
-        policy: &Policy,
-        contact: &Contact,
-    ) -> Result<Option<QueueIdx>, EngineError> {
-        if !contact.signals.iter().all(|s| policy.signals.contains(s)) {
-            return Err(EngineError::UnknownSignal {
-                allowed: policy.signal_names(),
-            });
-        }
-        for (key, value) in &contact.attributes {
-            let allowed =
-                policy
-                    .attributes
-                    .get(key)
-                    .ok_or_else(|| EngineError::UnknownAttribute {
-                        allowed: policy.attribute_names(),
-                    })?;
-            if !allowed.contains(value) {
-                return Err(EngineError::AttributeValue {
-                    key: key.clone(),
-                    allowed: allowed.join(", "),
-                });
-            }
-        }
-        let transfer_from =
-            match &contact.transfer_from {
-                Some(t) => Some(policy.queue_idx(&t.queue_id).ok_or_else(|| {
-                    EngineError::UnknownQueue {
-                        field: "transfer_from.queue_id",
-                        id: t.queue_id.clone(),
-                    }
-                })?),
-                None => None,
-            };
-        Ok(transfer_from)
     }
 
     /// The preferred agent if eligible and free, else the longest idle free

@@ -1137,7 +1137,7 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
     // replays below check that claim.
     macro_rules! idle_tick {
         () => {{
-            let nothing_due = e.next_due().is_none_or(|d| d > now);
+            let nothing_due = e.nothing_due(now);
             apply!(Tick).unwrap();
             if nothing_due && e.events.is_empty() {
                 log.pop();
@@ -1182,10 +1182,15 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 // due): the log keeps a tick in its place, and not what the
                 // request carried. The final replay checks that log too.
                 let mut c = billing(&format!("c{k}"));
-                match k % 4 {
+                match k % 6 {
                     0 => c.intent = "astrology".into(),
                     1 => c.attributes = vec![("patient_name".into(), "x".into())],
                     2 => c.attributes = vec![("coverage".into(), "x".into())],
+                    3 => c.intent.clear(),
+                    4 => {
+                        c.urgency = Urgency::Emergency;
+                        c.signals = vec!["jane_doe".into()];
+                    }
                     _ => {
                         // A request id answered, sent again with another
                         // request.
@@ -1202,7 +1207,7 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     }
                 }
                 let mut ticked = e.clone();
-                let nothing_due = e.next_due().is_none_or(|d| d > now);
+                let nothing_due = e.nothing_due(now);
                 prop_assert!(e.apply(Route(&c), now).is_err());
                 ticked.apply(Tick, now).unwrap();
                 prop_assert_eq!(fingerprint(&ticked), fingerprint(&e));

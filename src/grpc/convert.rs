@@ -246,9 +246,9 @@ impl TryFrom<pb::RouteContactRequest> for Contact {
         let contact_id = v.take(required("contact_id", r.contact_id, MAX_ID_LEN, ID));
         let request_id = v.take(checked("request_id", r.request_id, MAX_ID_LEN, ID, false));
         let channel = v.take(channel("channel", r.channel));
-        // An emergency is answered whatever its intent: an IVR that heard
-        // one may not have told the intent, so the field may be empty then
-        // (the engine asks for it when the contact is not an emergency).
+        // An IVR that heard an emergency may not have told the intent, so
+        // the field may be empty when the contact may be one (the engine,
+        // which knows the emergency signals, asks for it otherwise).
         let emergency = urgency == Some(Urgency::Emergency) || !signals.is_empty();
         let intent = v.take(
             checked("intent", r.intent, MAX_NAME_LEN, NAME, !emergency)

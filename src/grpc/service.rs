@@ -180,7 +180,7 @@ impl Routing {
     {
         let mut engine = self.engine.lock_leading()?;
         let now = self.now_for(&engine);
-        let nothing_due = engine.next_due().is_none_or(|d| d > now);
+        let nothing_due = engine.nothing_due(now);
         // Copied for the log only if a database keeps it.
         let mut kept: Option<Command> = self.journal.keeps().then(|| command.clone().into());
         // Told to event watchers with the engine's answer.

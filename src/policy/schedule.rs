@@ -100,21 +100,20 @@ impl Schedule {
     }
 
     /// When to look next whether the schedule has closed, asked at `now`:
-    /// the first closing after it within a week, else a week's local
-    /// closings on (a schedule open around the clock looks again then).
+    /// the first closing after it within a week, else a week on (a schedule
+    /// open around the clock looks again then).
     pub fn next_close(&self, now: Time) -> Time {
         let mut date = now.with_timezone(&self.time_zone).date_naive();
-        let mut last = now;
         for _ in 0..=WEEK_DAYS {
             if let Some((_, close)) = self.interval(date) {
                 // A closing in the hour a daylight-saving change repeats
                 // comes twice: the clock face, as `is_open` reads it, shows
                 // it open again in between.
-                for at in self.instants(close) {
-                    if at > now && !self.is_open(at) {
-                        return at;
-                    }
-                    last = last.max(at);
+                if let Some(at) = self
+                    .instants(close)
+                    .find(|&at| at > now && !self.is_open(at))
+                {
+                    return at;
                 }
             }
             let Some(next) = date.succ_opt() else {
@@ -122,11 +121,7 @@ impl Schedule {
             };
             date = next;
         }
-        if last > now {
-            last
-        } else {
-            now + Duration::days(i64::from(WEEK_DAYS))
-        }
+        now + Duration::days(i64::from(WEEK_DAYS))
     }
 
     /// Every instant the clock shows `local` (two in an hour a change
