@@ -6,6 +6,8 @@
 //! # Layout
 //!
 //! - [`model`]: the shared vocabulary (channels, urgency, identity, contacts).
+//! - [`shape`]: what ids, words, values, language tags and addresses may
+//!   hold, checked alike in requests, policy files and roster files.
 //! - [`policy`]: the policy file: parsing, validation, schedules, and the pure
 //!   rule and guard evaluation ([`policy::Policy::plan`]).
 //! - [`engine`]: the pure synchronous core: agents, per-queue free-agent
@@ -103,6 +105,7 @@ pub mod replication;
 pub mod roster;
 pub mod secrets;
 pub mod server;
+pub mod shape;
 pub mod shared;
 pub mod simulate;
 pub mod telemetry;

@@ -9,6 +9,7 @@ use serde::Deserialize;
 use crate::engine::AgentSpec;
 use crate::file::{self, FileError};
 use crate::model::{AgentState, Channel, language_tag};
+use crate::shape::{ADDRESS, ID, LANGUAGE, Shape, TEXT, WORD};
 
 /// The demo roster compiled into the binary, matching the embedded policy.
 pub const DEMO_ROSTER: &str = include_str!("../examples/demo-roster.toml");
@@ -103,6 +104,20 @@ fn parse_chunk(
         let at = spanned.span().start;
         let a = spanned.get_ref();
         let field = |name: &str| format!("agents.{}.{name}", a.id);
+        // What UpsertAgent would refuse, a file may not register either.
+        let shaped = |name: &str, value: &str, shape: Shape| match shape.problem(value) {
+            Some(problem) => Err(invalid(at, field(name), problem)),
+            None => Ok(()),
+        };
+        shaped("id", &a.id, ID)?;
+        shaped("team", &a.team, TEXT)?;
+        shaped("transfer_address", &a.transfer_address, ADDRESS)?;
+        for skill in a.skills.keys() {
+            shaped("skills", skill, WORD)?;
+        }
+        for language in &a.languages {
+            shaped("languages", language, LANGUAGE)?;
+        }
         let mut channels = Vec::new();
         for (name, capacity) in &a.channels {
             let channel = Channel::parse(name).ok_or_else(|| {
@@ -174,6 +189,35 @@ mod tests {
         let inline =
             "agents = [{ id = \"a1\", transfer_address = \"sip:a1\", channels = { voice = 1 } }]\n";
         assert_eq!(parse("r.toml", inline).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn names_upsert_agent_would_refuse_are_refused() {
+        let good = "[[agents]]\nid = \"a1\"\nteam = \"Billing\"\ntransfer_address = \"sip:a1@pbx.example\"\nskills = { billing = 2 }\nlanguages = [\"es-MX\"]\nchannels = { voice = 1 }\n";
+        assert_eq!(parse("r.toml", good).unwrap().len(), 1);
+        for (from, to, field) in [
+            ("id = \"a1\"", "id = \"a 1\"", "agents.a 1.id"),
+            (
+                "team = \"Billing\"",
+                "team = \"Bil\\nling\"",
+                "agents.a1.team",
+            ),
+            (
+                "sip:a1@pbx.example",
+                "sip:a1@pbx.example created=x",
+                "agents.a1.transfer_address",
+            ),
+            ("billing = 2", "Billing = 2", "agents.a1.skills"),
+            ("es-MX", "es_MX", "agents.a1.languages"),
+        ] {
+            let err = parse("r.toml", &good.replace(from, to))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&format!("r.toml:1: {field}: only ")),
+                "{err}"
+            );
+        }
     }
 
     #[test]

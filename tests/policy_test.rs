@@ -186,6 +186,22 @@ fn bad_test_files_are_refused_with_file_line_and_field() {
             ":7: cases.expect: required with `contact`",
         ),
         (
+            "[[cases]]\nname = \"x\"\nat = \"2026-11-23 10:00 business\"\ncontact = { intent = \"billing\", signals = [\"mild_worry\", \"Mild Worry\"] }\nexpect = { queue = \"billing\" }\n".to_owned(),
+            ":7: cases.contact.signals: `Mild Worry` is not a signal of the policy (",
+        ),
+        (
+            "[[cases]]\nname = \"x\"\nat = \"2026-11-23 10:00 business\"\ncontact = { intent = \"billing\", attributes = { plan = \"gold\" } }\nexpect = { queue = \"billing\" }\n".to_owned(),
+            ":7: cases.contact.attributes: `plan` is not an attribute of the policy (",
+        ),
+        (
+            "[[cases]]\nname = \"x\"\nat = \"2026-11-23 10:00 business\"\ncontact = { intent = \"billing\", attributes = { coverage = \"gold\" } }\nexpect = { queue = \"billing\" }\n".to_owned(),
+            ":7: cases.contact.attributes.coverage: `gold` is not one of: ",
+        ),
+        (
+            "[[cases]]\nname = \"x\"\nat = \"2026-11-23 10:00 business\"\ncontact = { urgency = \"urgent\" }\nexpect = { queue = \"billing\" }\n".to_owned(),
+            ":7: cases.contact.intent: required, unless the contact is an emergency",
+        ),
+        (
             "[[cases]]\nname = \"x\"\nat = \"2026-11-23 10:00 business\"\n[[cases.steps]]\nwait = \"soon\"\n".to_owned(),
             ":8: cases.steps.wait: `soon`",
         ),
@@ -201,6 +217,27 @@ fn bad_test_files_are_refused_with_file_line_and_field() {
         let expected = format!("{}{message}", path.display());
         assert!(err.starts_with(&expected), "{err}{out}\nexpected: {expected}");
     }
+}
+
+#[test]
+fn an_emergency_case_may_leave_out_the_intent_as_a_request_may() {
+    let path = test_file(
+        r#"[[cases]]
+name = "an IVR that heard chest pain before any intent"
+at = "2026-11-23 10:00 business"
+contact = { signals = ["chest_pain"] }
+expect = { outcome = "emergency", rule = "guard:emergency" }
+
+[[cases]]
+name = "an emergency by urgency"
+at = "2026-11-23 10:00 business"
+contact = { urgency = "emergency" }
+expect = { outcome = "emergency" }
+"#,
+    );
+    let (ok, out, err) = careroute(&["test", path.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("2 cases, 2 passed, 0 failed"), "{out}");
 }
 
 #[test]

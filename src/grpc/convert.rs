@@ -20,23 +20,14 @@ use crate::model::{
     AgentState, CallbackReason, Channel, Contact, Identity, Reason, ReleaseReason, Time,
     TransferFrom, Urgency, language_tag,
 };
+use crate::shape::{ADDRESS, ID, LANGUAGE, Shape, TEXT, VALUE, WORD};
 
-/// Longest opaque id (contact, request, agent, queue).
-pub const MAX_ID_LEN: usize = 128;
-/// Longest vocabulary word (intent, signal, attribute key, skill).
-pub const MAX_NAME_LEN: usize = 64;
 /// Most signals on one contact.
 pub const MAX_SIGNALS: usize = 32;
 /// Most attributes on one contact.
 pub const MAX_ATTRIBUTES: usize = 16;
-/// Longest attribute value.
-pub const MAX_VALUE_LEN: usize = 64;
-/// Longest language tag.
-pub const MAX_LANGUAGE_LEN: usize = 16;
 /// Most skills, languages or channels of one agent.
 pub const MAX_AGENT_LIST: usize = 64;
-/// Longest team name or transfer address.
-pub const MAX_TEXT_LEN: usize = 256;
 
 fn violation(field: impl Display, problem: impl Display) -> Violation {
     Violation {
@@ -72,46 +63,11 @@ impl Violations {
     }
 }
 
-/// Characters allowed in a kind of field, and how to say so.
-#[derive(Clone, Copy)]
-struct Charset {
-    allowed: fn(char) -> bool,
-    describe: &'static str,
-}
-
-const ID: Charset = Charset {
-    allowed: |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'),
-    describe: "letters, digits and . _ : -",
-};
-const NAME: Charset = Charset {
-    allowed: |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_',
-    describe: "lowercase letters, digits and _",
-};
-const VALUE: Charset = Charset {
-    allowed: |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'),
-    describe: "letters, digits and . _ -",
-};
-const LANGUAGE: Charset = Charset {
-    allowed: |c| c.is_ascii_alphanumeric() || c == '-',
-    describe: "a language tag such as en or es-MX",
-};
-/// A URI's characters (RFC 3986): an address, never a sentence, and
-/// nothing that could pass for another field in a log line.
-const ADDRESS: Charset = Charset {
-    allowed: |c| c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&'()*+,;=%".contains(c),
-    describe: "a URI such as sip:billing@pbx.example (no spaces or double quotes)",
-};
-const TEXT: Charset = Charset {
-    allowed: |c| !c.is_control(),
-    describe: "printable text",
-};
-
 /// Checks one string field; empty is `None` (or an error if `required`).
 fn checked(
     field: impl Display,
     value: String,
-    max: usize,
-    charset: Charset,
+    shape: Shape,
     required: bool,
 ) -> Result<Option<String>, Violation> {
     if value.is_empty() {
@@ -121,22 +77,14 @@ fn checked(
             Ok(None)
         };
     }
-    if value.len() > max {
-        return Err(violation(field, format!("longer than {max} bytes")));
+    match shape.problem(&value) {
+        Some(problem) => Err(violation(field, problem)),
+        None => Ok(Some(value)),
     }
-    if !value.chars().all(charset.allowed) {
-        return Err(violation(field, format!("only {}", charset.describe)));
-    }
-    Ok(Some(value))
 }
 
-fn required(
-    field: impl Display,
-    value: String,
-    max: usize,
-    charset: Charset,
-) -> Result<String, Violation> {
-    checked(field, value, max, charset, true).map(Option::unwrap_or_default)
+fn required(field: impl Display, value: String, shape: Shape) -> Result<String, Violation> {
+    checked(field, value, shape, true).map(Option::unwrap_or_default)
 }
 
 fn channel(field: impl Display, value: i32) -> Result<Channel, Violation> {
@@ -184,7 +132,7 @@ impl TryFrom<pb::RouteContactRequest> for Contact {
             .into_iter()
             .take(MAX_SIGNALS)
             .enumerate()
-            .filter_map(|(i, s)| v.take(required(format!("signals[{i}]"), s, MAX_NAME_LEN, NAME)))
+            .filter_map(|(i, s)| v.take(required(format!("signals[{i}]"), s, WORD)))
             .collect();
         v.take(at_most("attributes", r.attributes.len(), MAX_ATTRIBUTES));
         let mut attributes = Vec::with_capacity(r.attributes.len().min(MAX_ATTRIBUTES));
@@ -193,8 +141,8 @@ impl TryFrom<pb::RouteContactRequest> for Contact {
         let mut bad_keys = false;
         let mut bad_values = false;
         for (key, value) in r.attributes.into_iter().take(MAX_ATTRIBUTES) {
-            let key = required("attributes", key, MAX_NAME_LEN, NAME).ok();
-            let value = required("attributes", value, MAX_VALUE_LEN, VALUE).ok();
+            let key = required("attributes", key, WORD).ok();
+            let value = required("attributes", value, VALUE).ok();
             bad_keys |= key.is_none();
             bad_values |= value.is_none();
             if let (Some(key), Some(value)) = (key, value) {
@@ -205,8 +153,9 @@ impl TryFrom<pb::RouteContactRequest> for Contact {
             v.add(violation(
                 "attributes",
                 format!(
-                    "a key is not {MAX_NAME_LEN} bytes or fewer of {}",
-                    NAME.describe
+                    "a key is not {} bytes or fewer of {}",
+                    WORD.max,
+                    WORD.describe()
                 ),
             ));
         }
@@ -214,8 +163,9 @@ impl TryFrom<pb::RouteContactRequest> for Contact {
             v.add(violation(
                 "attributes",
                 format!(
-                    "a value is not 1 to {MAX_VALUE_LEN} bytes of {}",
-                    VALUE.describe
+                    "a value is not 1 to {} bytes of {}",
+                    VALUE.max,
+                    VALUE.describe()
                 ),
             ));
         }
@@ -224,49 +174,29 @@ impl TryFrom<pb::RouteContactRequest> for Contact {
         attributes.sort_unstable();
         let transfer_from = match r.transfer_from {
             Some(t) => {
-                let queue_id = v.take(required(
-                    "transfer_from.queue_id",
-                    t.queue_id,
-                    MAX_ID_LEN,
-                    ID,
-                ));
-                let agent_id = v.take(checked(
-                    "transfer_from.agent_id",
-                    t.agent_id,
-                    MAX_ID_LEN,
-                    ID,
-                    false,
-                ));
+                let queue_id = v.take(required("transfer_from.queue_id", t.queue_id, ID));
+                let agent_id = v.take(checked("transfer_from.agent_id", t.agent_id, ID, false));
                 queue_id
                     .zip(agent_id)
                     .map(|(queue_id, agent_id)| Some(TransferFrom { queue_id, agent_id }))
             }
             None => Some(None),
         };
-        let contact_id = v.take(required("contact_id", r.contact_id, MAX_ID_LEN, ID));
-        let request_id = v.take(checked("request_id", r.request_id, MAX_ID_LEN, ID, false));
+        let contact_id = v.take(required("contact_id", r.contact_id, ID));
+        let request_id = v.take(checked("request_id", r.request_id, ID, false));
         let channel = v.take(channel("channel", r.channel));
         // An IVR that heard an emergency may not have told the intent, so
         // the field may be empty when the contact may be one (the engine,
         // which knows the emergency signals, asks for it otherwise).
         let emergency = urgency == Some(Urgency::Emergency) || !signals.is_empty();
-        let intent = v.take(
-            checked("intent", r.intent, MAX_NAME_LEN, NAME, !emergency)
-                .map(Option::unwrap_or_default),
-        );
+        let intent =
+            v.take(checked("intent", r.intent, WORD, !emergency).map(Option::unwrap_or_default));
         let language = v
-            .take(checked(
-                "language",
-                r.language,
-                MAX_LANGUAGE_LEN,
-                LANGUAGE,
-                false,
-            ))
+            .take(checked("language", r.language, LANGUAGE, false))
             .map(|l| l.map(|l| language_tag(&l)));
         let preferred_agent_id = v.take(checked(
             "preferred_agent_id",
             r.preferred_agent_id,
-            MAX_ID_LEN,
             ID,
             false,
         ));
@@ -325,7 +255,7 @@ impl TryFrom<pb::UpsertAgentRequest> for AgentSpec {
             .enumerate()
             .filter_map(|(i, s)| {
                 let level = u8::try_from(s.proficiency).unwrap_or(u8::MAX);
-                let skill = required(format!("skills[{i}].skill"), s.skill, MAX_NAME_LEN, NAME);
+                let skill = required(format!("skills[{i}].skill"), s.skill, WORD);
                 v.take(skill).map(|skill| (skill, level))
             })
             .collect();
@@ -335,13 +265,8 @@ impl TryFrom<pb::UpsertAgentRequest> for AgentSpec {
             .take(MAX_AGENT_LIST)
             .enumerate()
             .filter_map(|(i, l)| {
-                v.take(required(
-                    format!("languages[{i}]"),
-                    l,
-                    MAX_LANGUAGE_LEN,
-                    LANGUAGE,
-                ))
-                .map(|l| language_tag(&l))
+                v.take(required(format!("languages[{i}]"), l, LANGUAGE))
+                    .map(|l| language_tag(&l))
             })
             .collect();
         let channels: Vec<(Channel, u8)> = r
@@ -355,14 +280,9 @@ impl TryFrom<pb::UpsertAgentRequest> for AgentSpec {
                     .map(|channel| (channel, capacity))
             })
             .collect();
-        let id = v.take(required("agent_id", r.agent_id, MAX_ID_LEN, ID));
-        let team = v.take(checked("team", r.team, MAX_TEXT_LEN, TEXT, false));
-        let transfer_address = v.take(required(
-            "transfer_address",
-            r.transfer_address,
-            MAX_TEXT_LEN,
-            ADDRESS,
-        ));
+        let id = v.take(required("agent_id", r.agent_id, ID));
+        let team = v.take(checked("team", r.team, TEXT, false));
+        let transfer_address = v.take(required("transfer_address", r.transfer_address, ADDRESS));
         let mut spec = AgentSpec {
             id: String::new(),
             team: String::new(),
@@ -396,21 +316,19 @@ impl TryFrom<pb::WatchAssignmentsRequest> for WatchFilter {
 
     fn try_from(r: pb::WatchAssignmentsRequest) -> Result<WatchFilter, Status> {
         let mut v = Violations::default();
-        let mut list = |name: &str, values: Vec<String>, max: usize, charset: Charset| {
+        let mut list = |name: &str, values: Vec<String>, shape: Shape| {
             v.take(at_most(name, values.len(), MAX_WATCH_LIST));
             values
                 .into_iter()
                 .take(MAX_WATCH_LIST)
                 .enumerate()
-                .filter_map(|(i, value)| {
-                    v.take(required(format!("{name}[{i}]"), value, max, charset))
-                })
+                .filter_map(|(i, value)| v.take(required(format!("{name}[{i}]"), value, shape)))
                 .collect::<HashSet<_>>()
         };
         let filter = WatchFilter {
-            agents: list("agent_ids", r.agent_ids, MAX_ID_LEN, ID),
-            teams: list("teams", r.teams, MAX_TEXT_LEN, TEXT),
-            queues: list("queue_ids", r.queue_ids, MAX_ID_LEN, ID),
+            agents: list("agent_ids", r.agent_ids, ID),
+            teams: list("teams", r.teams, TEXT),
+            queues: list("queue_ids", r.queue_ids, ID),
         };
         if v.is_empty() {
             Ok(filter)
@@ -422,12 +340,12 @@ impl TryFrom<pb::WatchAssignmentsRequest> for WatchFilter {
 
 /// Validates an agent id field.
 pub fn agent_id(field: &str, value: String) -> Result<String, Violation> {
-    required(field, value, MAX_ID_LEN, ID)
+    required(field, value, ID)
 }
 
 /// Validates a contact id field.
 pub fn contact_id(field: &str, value: String) -> Result<String, Violation> {
-    required(field, value, MAX_ID_LEN, ID)
+    required(field, value, ID)
 }
 
 /// Parses a reservation id field.
@@ -492,8 +410,8 @@ impl TryFrom<pb::ListAgentsRequest> for AgentQuery {
 
     fn try_from(r: pb::ListAgentsRequest) -> Result<AgentQuery, Status> {
         let mut v = Violations::default();
-        let queue_id = v.take(checked("queue_id", r.queue_id, MAX_ID_LEN, ID, false));
-        let team = v.take(checked("team", r.team, MAX_TEXT_LEN, TEXT, false));
+        let queue_id = v.take(checked("queue_id", r.queue_id, ID, false));
+        let team = v.take(checked("team", r.team, TEXT, false));
         v.take(at_most("states", r.states.len(), MAX_STATES));
         let states: Vec<AgentState> = r
             .states
@@ -622,7 +540,7 @@ impl From<Channel> for pb::Channel {
 
 /// Validates an optional request id field (empty: none).
 pub fn request_id(value: String) -> Result<Option<String>, Violation> {
-    checked("request_id", value, MAX_ID_LEN, ID, false)
+    checked("request_id", value, ID, false)
 }
 
 /// Two fields of one request, both checked: a refusal names every one

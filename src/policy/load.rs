@@ -19,6 +19,7 @@ use super::{
 };
 use crate::file::{self, FileError};
 use crate::model::{Channel, ChannelSet, FastMap, Identity, Urgency, language_tag};
+use crate::shape::{LANGUAGE, Shape, VALUE, WORD};
 
 /// Why a policy was refused: the file, the line and the field.
 pub type PolicyError = FileError;
@@ -38,6 +39,11 @@ fn id_ok(id: &str) -> bool {
         && id
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+}
+
+/// Why a policy names what no request could carry.
+fn unsendable(value: &str, problem: &str) -> String {
+    format!("`{value}` is not a name a request can carry ({problem})")
 }
 
 /// Validates policy text; `file` names it in messages.
@@ -89,7 +95,7 @@ struct RawPolicy {
     /// Signals contacts may carry beyond those `[emergency]` and the rules
     /// name (an IVR's tags no rule acts on yet).
     #[serde(default)]
-    signals: Vec<String>,
+    signals: Option<Spanned<Vec<String>>>,
     emergency: RawEmergency,
     authenticate: RawAuthenticate,
     #[serde(default)]
@@ -114,9 +120,15 @@ struct RawEmergency {
     script_id: String,
     instruction: String,
     #[serde(default)]
-    signals: Vec<String>,
+    signals: Option<Spanned<Vec<String>>>,
     level: Spanned<i64>,
     team: String,
+}
+
+impl RawEmergency {
+    fn signals(&self) -> &[String] {
+        self.signals.as_ref().map_or(&[], |s| s.get_ref())
+    }
 }
 
 #[derive(Deserialize)]
@@ -283,6 +295,39 @@ impl Cx<'_> {
         self.err(value.span(), field, message)
     }
 
+    /// Refuses a name no request could carry: a rule or guard on it would
+    /// never match.
+    fn shaped(
+        &self,
+        value: &Spanned<String>,
+        field: impl Into<String>,
+        shape: Shape,
+    ) -> Result<(), PolicyError> {
+        match shape.required_problem(value.get_ref()) {
+            Some(problem) => Err(self.bad(value, field, unsendable(value.get_ref(), &problem))),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Cx::shaped`] for each entry of a list (the list's line is named).
+    fn shaped_list(
+        &self,
+        list: &Spanned<Vec<String>>,
+        field: &str,
+        shape: Shape,
+    ) -> Result<(), PolicyError> {
+        for (i, value) in list.get_ref().iter().enumerate() {
+            if let Some(problem) = shape.required_problem(value) {
+                return Err(self.err(
+                    list.span(),
+                    format!("{field}[{i}]"),
+                    unsendable(value, &problem),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn duration(
         &self,
         value: &Spanned<String>,
@@ -333,6 +378,7 @@ impl Cx<'_> {
                     (Some(skills), None) => {
                         let mut set = Vec::new();
                         for (skill, level) in skills.get_ref() {
+                            self.shaped(skill, format!("{field}.skills"), WORD)?;
                             match *level.get_ref() {
                                 p @ 1..=5 => set.push((skill.get_ref().clone(), p as u8)),
                                 p => {
@@ -406,6 +452,15 @@ impl Cx<'_> {
     }
 
     fn build(&self, raw: RawPolicy) -> Result<Policy, PolicyError> {
+        // Signals: the words contacts may carry.
+        for (list, field) in [
+            (&raw.signals, "signals"),
+            (&raw.emergency.signals, "emergency.signals"),
+        ] {
+            if let Some(list) = list {
+                self.shaped_list(list, field, WORD)?;
+            }
+        }
         // Schedules.
         let mut schedules = Vec::new();
         let mut schedule_ids = FastMap::default();
@@ -427,6 +482,7 @@ impl Cx<'_> {
         let mut intent_ids = FastMap::default();
         for (id, i) in &raw.intents {
             let field = format!("intents.{}", id.get_ref());
+            self.shaped(id, &field, WORD)?;
             let window = self.duration(
                 &i.callback_window,
                 &format!("{field}.callback_window"),
@@ -454,6 +510,11 @@ impl Cx<'_> {
         // Attributes.
         let mut attributes = FastMap::default();
         for (key, values) in &raw.attributes {
+            let field = format!("attributes.{}", key.get_ref());
+            self.shaped(key, &field, WORD)?;
+            for value in values {
+                self.shaped(value, &field, VALUE)?;
+            }
             if values.is_empty() {
                 return Err(self.bad(
                     key,
@@ -495,6 +556,7 @@ impl Cx<'_> {
             let field = format!("queues.{}", q.id.get_ref());
             let mut skills = Vec::new();
             for (skill, level) in &q.skills {
+                self.shaped(skill, format!("{field}.skills"), WORD)?;
                 match *level.get_ref() {
                     p @ 1..=5 => skills.push((skill.get_ref().clone(), p as u8)),
                     p => {
@@ -714,7 +776,7 @@ impl Cx<'_> {
                 || when
                     .signals
                     .as_ref()
-                    .is_some_and(|s| s.iter().all(|x| raw.emergency.signals.contains(x)));
+                    .is_some_and(|s| s.iter().all(|x| raw.emergency.signals().contains(x)));
             if guarded {
                 return Err(self.bad(&r.id, format!("{field}.when"), "can never match: the emergency guard answers every contact it would (emergency urgency, or only emergency signals) before any rule"));
             }
@@ -734,6 +796,9 @@ impl Cx<'_> {
             });
         }
 
+        if let Some(l) = &raw.default_language {
+            self.shaped(l, "default_language", LANGUAGE)?;
+        }
         let default_language = raw
             .default_language
             .as_ref()
@@ -792,7 +857,7 @@ impl Cx<'_> {
             emergency: Emergency {
                 script_id: text(&raw.emergency.script_id),
                 instruction: text(&raw.emergency.instruction),
-                signals: raw.emergency.signals.clone(),
+                signals: raw.emergency.signals().to_vec(),
                 level: self.level(&raw.emergency.level, "emergency.level")?,
                 team: text(&raw.emergency.team),
             },
@@ -812,7 +877,8 @@ impl Cx<'_> {
             signals: raw
                 .signals
                 .iter()
-                .chain(&raw.emergency.signals)
+                .flat_map(|s| s.get_ref())
+                .chain(raw.emergency.signals())
                 .chain(rules.iter().flat_map(|r| r.when.signals.iter().flatten()))
                 .cloned()
                 .collect(),
@@ -1060,13 +1126,17 @@ impl Cx<'_> {
             attributes.push((k.get_ref().clone(), v.get_ref().clone()));
         }
         let strings = |name: &str,
-                       l: &Option<Spanned<Vec<String>>>|
+                       l: &Option<Spanned<Vec<String>>>,
+                       shape: Shape|
          -> Result<Option<Vec<String>>, PolicyError> {
             match l {
                 Some(l) if l.get_ref().is_empty() => {
                     Err(self.bad(l, field(name), "an empty list never matches"))
                 }
-                Some(l) => Ok(Some(l.get_ref().clone())),
+                Some(l) => {
+                    self.shaped_list(l, &field(name), shape)?;
+                    Ok(Some(l.get_ref().clone()))
+                }
                 None => Ok(None),
             }
         };
@@ -1077,8 +1147,8 @@ impl Cx<'_> {
             identities,
             escalation_requested: w.escalation_requested,
             attributes,
-            signals: strings("signals", &w.signals)?,
-            languages: strings("language", &w.language)?
+            signals: strings("signals", &w.signals, WORD)?,
+            languages: strings("language", &w.language, LANGUAGE)?
                 .map(|list| list.iter().map(|l| language_tag(l)).collect()),
             after_hours: w.after_hours,
             transferred_from,

@@ -219,6 +219,77 @@ fn refusals_name_file_line_and_field() {
     }
 }
 
+/// Every name a contact or an agent brings has the shape the gRPC edge
+/// takes: a policy word no request could carry would be a rule, guard or
+/// skill that never matches, so it is refused at load.
+#[test]
+fn names_no_request_could_carry_are_refused() {
+    let cases = [
+        // (replace, with, field, the line holds)
+        (
+            "signals = [\"mild_worry\"]",
+            "signals = [\"mild_worry\", \"Mild Worry\"]",
+            "signals[1]",
+            "\"Mild Worry\"",
+        ),
+        (
+            "signals = [\"chest_pain\",",
+            "signals = [\"chest-pain\",",
+            "emergency.signals[0]",
+            "\"chest-pain\"",
+        ),
+        (
+            "[intents.billing]",
+            "[intents.Billing]",
+            "intents.Billing",
+            "[intents.Billing]",
+        ),
+        (
+            "coverage = [\"in_network\",",
+            "coverage = [\"in network\",",
+            "attributes.coverage",
+            "\"in network\"",
+        ),
+        (
+            "skills = { billing = 4 }",
+            "skills = { \"billing desk\" = 4 }",
+            "queues.billing_escalations.skills",
+            "\"billing desk\" = 4",
+        ),
+        (
+            "{ after = \"2m\", skills = { scheduling = 1 } }",
+            "{ after = \"2m\", skills = { Scheduling = 1 } }",
+            "queues.scheduling.steps[0].skills",
+            "Scheduling = 1",
+        ),
+        (
+            "default_language = \"en\"",
+            "default_language = \"en_US\"",
+            "default_language",
+            "\"en_US\"",
+        ),
+    ];
+    for (from, to, field, holds) in cases {
+        let (got_field, line, message) = refusal(from, to);
+        assert_eq!(got_field, field, "for {to:?}");
+        assert!(
+            message.contains("is not a name a request can carry (only "),
+            "{message:?}"
+        );
+        assert_eq!(line, line_of(from, to, holds), "line of {field}");
+    }
+    // A rule's signals and languages are checked the same way.
+    let rule = "[[rules]]\nid = \"worried\"\nwhen = { signals = [\"mild_worry\", \"x y\"] }\nroute_to = \"frontline\"\n\n[[rules]]\nid = \"resolutions-unresolved\"";
+    let (field, _, message) = refusal("[[rules]]\nid = \"resolutions-unresolved\"", rule);
+    assert_eq!(field, "rules.worried.when.signals[1]", "{message}");
+    let rule = rule.replace(
+        "signals = [\"mild_worry\", \"x y\"]",
+        "language = [\"es MX\"]",
+    );
+    let (field, _, message) = refusal("[[rules]]\nid = \"resolutions-unresolved\"", &rule);
+    assert_eq!(field, "rules.worried.when.language[0]", "{message}");
+}
+
 #[test]
 fn a_rule_after_a_catch_all_is_refused() {
     let catch_all = "[[rules]]\nid = \"everything\"\nroute_to = \"frontline\"\n\n[[rules]]\nid = \"resolutions-unresolved\"";

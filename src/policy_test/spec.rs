@@ -148,16 +148,15 @@ struct RawContact {
     contact_id: Option<String>,
     request_id: Option<String>,
     channel: Option<Spanned<String>>,
-    intent: Spanned<String>,
+    /// May be left out for an emergency, as in RouteContact.
+    intent: Option<Spanned<String>>,
     urgency: Option<Spanned<String>>,
     identity: Option<Spanned<String>>,
     language: Option<String>,
     #[serde(default)]
     escalation_requested: bool,
-    #[serde(default)]
-    signals: Vec<String>,
-    #[serde(default)]
-    attributes: BTreeMap<String, String>,
+    signals: Option<Spanned<Vec<String>>>,
+    attributes: Option<Spanned<BTreeMap<String, String>>>,
     preferred_agent: Option<String>,
     transfer_from: Option<crate::model::TransferFrom>,
 }
@@ -384,30 +383,83 @@ fn contact(
         Some(i) => cx.one_of(i, &field("identity"), &Identity::ALL, Identity::as_str)?,
         None => Identity::NotAttempted,
     };
-    if policy.intent_idx(c.intent.get_ref()).is_none() {
+    if let Some(intent) = &c.intent
+        && policy.intent_idx(intent.get_ref()).is_none()
+    {
         return Err(cx.invalid(
-            c.intent.span().start,
+            intent.span().start,
             &field("intent"),
-            format!("`{}` is not an intent of the policy", c.intent.get_ref()),
+            format!("`{}` is not an intent of the policy", intent.get_ref()),
         ));
     }
-    Ok(Contact {
+    // The engine refuses a contact outside the policy's vocabulary; a case
+    // is refused here instead, with its line, as its intent is.
+    let signals = c.signals.as_ref().map_or(&[][..], |s| s.get_ref());
+    if let Some(list) = &c.signals
+        && let Some(stray) = signals.iter().find(|s| !policy.signals.contains(*s))
+    {
+        return Err(cx.invalid(
+            list.span().start,
+            &field("signals"),
+            format!(
+                "`{stray}` is not a signal of the policy ({})",
+                policy.signal_names()
+            ),
+        ));
+    }
+    let attributes = c.attributes.as_ref().map(|a| a.get_ref());
+    if let Some(map) = &c.attributes {
+        for (key, value) in map.get_ref() {
+            let Some(allowed) = policy.attributes.get(key) else {
+                return Err(cx.invalid(
+                    map.span().start,
+                    &field("attributes"),
+                    format!(
+                        "`{key}` is not an attribute of the policy ({})",
+                        policy.attribute_names()
+                    ),
+                ));
+            };
+            if !allowed.contains(value) {
+                return Err(cx.invalid(
+                    map.span().start,
+                    &field(&format!("attributes.{key}")),
+                    format!("`{value}` is not one of: {}", allowed.join(", ")),
+                ));
+            }
+        }
+    }
+    let contact = Contact {
         contact_id: c
             .contact_id
             .clone()
             .unwrap_or_else(|| default_id.to_owned()),
         request_id: c.request_id.clone(),
         channel,
-        intent: c.intent.get_ref().clone(),
+        intent: c
+            .intent
+            .as_ref()
+            .map(|i| i.get_ref().clone())
+            .unwrap_or_default(),
         urgency,
         identity,
         language: c.language.clone(),
         escalation_requested: c.escalation_requested,
-        signals: c.signals.clone(),
-        attributes: c.attributes.clone().into_iter().collect(),
+        signals: signals.to_vec(),
+        attributes: attributes
+            .map(|a| a.clone().into_iter().collect())
+            .unwrap_or_default(),
         transfer_from: c.transfer_from.clone(),
         preferred_agent_id: c.preferred_agent.clone(),
-    })
+    };
+    if contact.intent.is_empty() && policy.emergency_guard(&contact).is_none() {
+        return Err(cx.invalid(
+            raw.span().start,
+            &field("intent"),
+            "required, unless the contact is an emergency (urgency \"emergency\" or an emergency signal)",
+        ));
+    }
+    Ok(contact)
 }
 
 fn expect(
