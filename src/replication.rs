@@ -31,6 +31,7 @@ use crate::journal::{Every, JournalError, Lease, Nats, Replay, Tail, Unreplayabl
 use crate::policy::Policy;
 use crate::reload::LogPolicy;
 use crate::shared::Role;
+use crate::telemetry::EngineGauges;
 
 /// How long a standby waits before trying again after NATS failed it.
 const RETRY: Duration = Duration::from_secs(1);
@@ -336,6 +337,13 @@ async fn follow(
                         let leader = nats.leader().await;
                         let mut engine = held(routing)?;
                         routing.engine().set_role(&mut engine, Role::Standby { leader });
+                        drop(engine);
+                        // A standby's metrics are its replica's (the
+                        // serving engine is empty): a dashboard taking
+                        // the max over instances sees the leader's state.
+                        if let Some(replica) = replay.engine() {
+                            EngineGauges::read(replica).publish();
+                        }
                     }
                 }
             }

@@ -49,7 +49,7 @@ use crate::replication::{self, Seed};
 use crate::roster;
 use crate::secrets::{Secrets, SecretsError};
 use crate::shared::{Fatal, Role, SharedEngine};
-use crate::telemetry;
+use crate::telemetry::{self, EngineGauges};
 use crate::tls::{self, HttpListener, Peer, Side};
 
 /// How often expiries are applied when no request does it.
@@ -881,22 +881,16 @@ async fn housekeeping(
 /// Refreshes the engine's gauges and renders the Prometheus text: gauges
 /// are read at scrape time, so they are never stale. The views apply what
 /// is due first, through the service's one door, so what that decides is
-/// streamed at once.
+/// streamed at once. A standby's gauges are its replica's, which its
+/// replication sets (`replication`): the serving engine is empty there.
 async fn scrape(routing: &Routing, prometheus: &PrometheusHandle) -> String {
     // A halted engine has no state worth showing; the process metrics and
     // counters still are. Time passing is a command like any other.
-    let _ = routing.apply(Tick).await;
-    let read = routing.view(|e| {
-        (
-            e.queues(),
-            e.roster().by_state(),
-            e.counters(),
-            e.live_reservations(),
-            (e.watchers(), e.undelivered()),
-        )
-    });
-    if let Ok((queues, by_state, counters, live, watch)) = read {
-        telemetry::publish_engine(by_state, counters, live, watch, &queues);
+    if routing.engine().leading().is_ok() {
+        let _ = routing.apply(Tick).await;
+        if let Ok(gauges) = routing.view(EngineGauges::read) {
+            gauges.publish();
+        }
     }
     prometheus.render()
 }

@@ -15,7 +15,7 @@ use tracing_subscriber::{
 };
 
 use crate::config::LogFormat;
-use crate::engine::{Counters, Decision, Event, Outcome, Withdrawal};
+use crate::engine::{Counters, Decision, Engine, Event, Outcome, QueueView, Withdrawal};
 use crate::model::{AgentState, CallbackReason, Reason, STATES};
 
 /// Time the engine took to decide one RouteContact, in seconds.
@@ -470,44 +470,64 @@ pub fn record_event(event: &Event) {
     }
 }
 
-/// Publishes the engine's gauges and cumulative counters.
-pub fn publish_engine(
+/// The engine's gauges and cumulative counters: read under its lock
+/// ([`EngineGauges::read`]), published after it is let go.
+pub struct EngineGauges {
     by_state: [u32; STATES],
     counters: Counters,
     live: usize,
-    (watchers, undelivered): (usize, usize),
-    queues: &[crate::engine::QueueView],
-) {
-    metrics::gauge!(WATCHERS).set(watchers as f64);
-    metrics::gauge!(UNDELIVERED).set(undelivered as f64);
-    metrics::counter!(UNDELIVERED_DROPPED).absolute(counters.undelivered_dropped);
-    for (state, n) in AgentState::ALL.iter().zip(by_state) {
-        metrics::gauge!(AGENTS, "state" => state.as_str()).set(f64::from(n));
+    watchers: usize,
+    undelivered: usize,
+    queues: Vec<QueueView>,
+}
+
+impl EngineGauges {
+    /// Reads them from `engine`: the serving one, or a standby's replica.
+    pub fn read(engine: &Engine) -> EngineGauges {
+        EngineGauges {
+            by_state: engine.roster().by_state(),
+            counters: engine.counters(),
+            live: engine.live_reservations(),
+            watchers: engine.watchers(),
+            undelivered: engine.undelivered(),
+            queues: engine.queues(),
+        }
     }
-    metrics::counter!(RESERVATIONS_MADE).absolute(counters.reserved);
-    metrics::counter!(RESERVATIONS_CONFIRMED).absolute(counters.confirmed);
-    metrics::counter!(RESERVATIONS_RELEASED).absolute(counters.released);
-    metrics::counter!(RESERVATIONS_EXPIRED).absolute(counters.expired);
-    metrics::counter!(IDEMPOTENCY_EVICTIONS).absolute(counters.idempotency_evicted_early);
-    metrics::counter!(PATH_EVICTIONS).absolute(counters.paths_evicted_early);
-    metrics::gauge!(RESERVATIONS_LIVE).set(live as f64);
-    for q in queues {
-        let id = q.id.to_string();
-        metrics::gauge!(QUEUE_STAFFED, "queue" => id.clone()).set(f64::from(q.staffed));
-        metrics::gauge!(QUEUE_AVAILABLE, "queue" => id.clone()).set(f64::from(q.available));
-        metrics::gauge!(QUEUE_OPEN, "queue" => id.clone()).set(if q.open { 1.0 } else { 0.0 });
-        metrics::gauge!(QUEUE_WAITING, "queue" => id.clone()).set(f64::from(q.waiting));
-        metrics::gauge!(QUEUE_LONGEST_WAIT, "queue" => id.clone()).set(seconds(q.longest_wait));
-        metrics::gauge!(QUEUE_ESTIMATED_WAIT, "queue" => id.clone()).set(seconds(q.estimated_wait));
-        if let Some(sl) = q.stats.service_level() {
-            metrics::gauge!(QUEUE_SERVICE_LEVEL, "queue" => id.clone()).set(sl);
+
+    /// Sets the metrics.
+    pub fn publish(&self) {
+        metrics::gauge!(WATCHERS).set(self.watchers as f64);
+        metrics::gauge!(UNDELIVERED).set(self.undelivered as f64);
+        metrics::counter!(UNDELIVERED_DROPPED).absolute(self.counters.undelivered_dropped);
+        for (state, n) in AgentState::ALL.iter().zip(self.by_state) {
+            metrics::gauge!(AGENTS, "state" => state.as_str()).set(f64::from(n));
         }
-        if let Some(ab) = q.stats.abandonment() {
-            metrics::gauge!(QUEUE_ABANDONMENT, "queue" => id.clone()).set(ab);
+        metrics::counter!(RESERVATIONS_MADE).absolute(self.counters.reserved);
+        metrics::counter!(RESERVATIONS_CONFIRMED).absolute(self.counters.confirmed);
+        metrics::counter!(RESERVATIONS_RELEASED).absolute(self.counters.released);
+        metrics::counter!(RESERVATIONS_EXPIRED).absolute(self.counters.expired);
+        metrics::counter!(IDEMPOTENCY_EVICTIONS).absolute(self.counters.idempotency_evicted_early);
+        metrics::counter!(PATH_EVICTIONS).absolute(self.counters.paths_evicted_early);
+        metrics::gauge!(RESERVATIONS_LIVE).set(self.live as f64);
+        for q in &self.queues {
+            let id = q.id.to_string();
+            metrics::gauge!(QUEUE_STAFFED, "queue" => id.clone()).set(f64::from(q.staffed));
+            metrics::gauge!(QUEUE_AVAILABLE, "queue" => id.clone()).set(f64::from(q.available));
+            metrics::gauge!(QUEUE_OPEN, "queue" => id.clone()).set(if q.open { 1.0 } else { 0.0 });
+            metrics::gauge!(QUEUE_WAITING, "queue" => id.clone()).set(f64::from(q.waiting));
+            metrics::gauge!(QUEUE_LONGEST_WAIT, "queue" => id.clone()).set(seconds(q.longest_wait));
+            metrics::gauge!(QUEUE_ESTIMATED_WAIT, "queue" => id.clone())
+                .set(seconds(q.estimated_wait));
+            if let Some(sl) = q.stats.service_level() {
+                metrics::gauge!(QUEUE_SERVICE_LEVEL, "queue" => id.clone()).set(sl);
+            }
+            if let Some(ab) = q.stats.abandonment() {
+                metrics::gauge!(QUEUE_ABANDONMENT, "queue" => id.clone()).set(ab);
+            }
+            metrics::counter!(QUEUE_ANSWERED, "queue" => id.clone()).absolute(q.stats.answered);
+            metrics::counter!(QUEUE_ABANDONED, "queue" => id.clone()).absolute(q.stats.abandoned);
+            metrics::counter!(QUEUE_CALLBACKS, "queue" => id).absolute(q.stats.callbacks);
         }
-        metrics::counter!(QUEUE_ANSWERED, "queue" => id.clone()).absolute(q.stats.answered);
-        metrics::counter!(QUEUE_ABANDONED, "queue" => id.clone()).absolute(q.stats.abandoned);
-        metrics::counter!(QUEUE_CALLBACKS, "queue" => id).absolute(q.stats.callbacks);
     }
 }
 

@@ -23,6 +23,7 @@ use common::{
     },
     nats::Nats,
     process::{Process, fresh_data_dir},
+    sample,
 };
 use tonic::{Code, transport::Channel};
 
@@ -178,6 +179,23 @@ async fn the_leader_killed_under_load_a_standby_answers_and_nothing_acknowledged
         a.grpc.as_str()
     );
     wait_for_readyz(&b, "503").await;
+    // The standby's metrics are its replica's, the leader's state: a
+    // dashboard takes the max over instances.
+    let available = |scrape: &str| sample(scrape, &["careroute_agents{state=\"available\"}"]);
+    let on_leader = available(&common::http_get(&a.metrics, "/metrics").await);
+    assert!(on_leader >= 12.0, "{on_leader}");
+    let waiting = Instant::now();
+    loop {
+        let on_standby = available(&common::http_get(&b.metrics, "/metrics").await);
+        if on_standby == on_leader {
+            break;
+        }
+        assert!(
+            waiting.elapsed() < Duration::from_secs(10),
+            "the standby's metrics show {on_standby} agents available, the leader's {on_leader}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let no_events = cb
         .watch_events(pb::WatchEventsRequest::default())
         .await

@@ -228,15 +228,6 @@ async fn cuttable_proxy(
     (addr, cut)
 }
 
-/// A value of a series on a scrape, 0 if absent.
-fn sample(scrape: &str, name_and_labels: &[&str]) -> f64 {
-    scrape
-        .lines()
-        .filter(|l| name_and_labels.iter().all(|p| l.contains(p)))
-        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
-        .sum()
-}
-
 /// A CTI whose connection is cut mid-stream is a client going away:
 /// CANCELLED, never UNKNOWN (which the server-error alert pages on).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

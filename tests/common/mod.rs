@@ -134,6 +134,15 @@ impl TestServer {
     }
 }
 
+/// A value of a series on a scrape, 0 if absent.
+pub fn sample(scrape: &str, name_and_labels: &[&str]) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| name_and_labels.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
 /// A plain HTTP/1.1 GET, whole response (status line, headers, body).
 pub async fn http_get(addr: &str, path: &str) -> String {
     http_get_with(addr, path, None).await
