@@ -279,6 +279,13 @@ fn bad_demand_and_shifts_are_refused_with_file_line_and_field() {
             ),
             "demand.toml:5: arrivals.escalation_share: between 0 and 1",
         ),
+        // A few zeros too many are refused, not run out of memory.
+        (
+            format!(
+                "{head}days = 2\n[[arrivals]]\nintent = \"x\"\nper_half_hour = {{ \"08:00\" = 1e6 }}\n[[arrivals]]\nintent = \"x\"\nper_half_hour = {{ \"09:00\" = 4.5e6 }}\n"
+            ),
+            "demand.toml:9: arrivals.per_half_hour: more than 10000000 contacts expected in the run",
+        ),
     ] {
         let e = demand(&text);
         assert!(e.starts_with(expected), "{e}\nexpected: {expected}");
@@ -305,6 +312,16 @@ fn bad_demand_and_shifts_are_refused_with_file_line_and_field() {
     let e = simulate::read_shifts(&shifts).unwrap_err().to_string();
     assert!(
         e.contains(":3: shifts.agent: `b` is not an agent of the roster"),
+        "{e}"
+    );
+    std::fs::write(
+        &shifts,
+        "roster = \"roster.toml\"\n[[shifts]]\nagent = \"a\"\ncount = 60000\nstart = \"09:00\"\nend = \"17:00\"\n\n[[shifts]]\nagent = \"a\"\ncount = 40001\nstart = \"09:00\"\nend = \"17:00\"\n",
+    )
+    .unwrap();
+    let e = simulate::read_shifts(&shifts).unwrap_err().to_string();
+    assert!(
+        e.contains(":8: shifts.count: more than 100000 agents in the file's shifts"),
         "{e}"
     );
 }

@@ -66,6 +66,11 @@ pub struct HandleTime {
     pub cv: Option<f64>,
 }
 
+/// Most agents a shift plan may hold (the engine's default `--max-agents`).
+pub const MAX_SHIFT_AGENTS: usize = 100_000;
+/// Most contacts a run may expect: about 1.4 GB and half a minute.
+pub const MAX_EXPECTED_CONTACTS: f64 = 10_000_000.0;
+
 /// One stream of arrivals.
 #[derive(Debug, Clone)]
 pub struct Arrivals {
@@ -205,8 +210,17 @@ pub fn read_shifts(path: &Path) -> Result<Vec<Shift>, FileError> {
     }
     let mut shifts = Vec::new();
     let mut copies_made: BTreeMap<String, u32> = BTreeMap::new();
-    for s in &raw.shifts {
-        let s = s.get_ref();
+    for spanned in &raw.shifts {
+        let s = spanned.get_ref();
+        // Each copy is an agent held in memory: a few zeros too many must
+        // be refused, not take the machine's memory.
+        if shifts.len() + s.count as usize > MAX_SHIFT_AGENTS {
+            return Err(invalid(
+                spanned.span().start,
+                "shifts.count",
+                format!("more than {MAX_SHIFT_AGENTS} agents in the file's shifts"),
+            ));
+        }
         let template = roster
             .iter()
             .find(|(a, _)| a.id == *s.agent.get_ref())
@@ -453,6 +467,21 @@ pub fn parse_demand(file: &str, text: &str, policy: &Policy) -> Result<Demand, F
             "arrivals",
             "no [[arrivals]]: nobody would call".into(),
         ));
+    }
+    // Every contact of the run is held in memory: a few zeros too many
+    // must be refused, not take the machine's memory.
+    let mut expected = 0.0;
+    for (a, raw_a) in arrivals.iter().zip(&raw.arrivals) {
+        expected += a.per_slot.iter().sum::<f64>() * f64::from(days);
+        if expected > MAX_EXPECTED_CONTACTS {
+            return Err(invalid(
+                raw_a.get_ref().per_half_hour.span().start,
+                "arrivals.per_half_hour",
+                format!(
+                    "more than {MAX_EXPECTED_CONTACTS} contacts expected in the run (every stream, every day)"
+                ),
+            ));
+        }
     }
     Ok(Demand {
         start,
