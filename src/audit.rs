@@ -222,19 +222,23 @@ pub struct Exported {
     pub damaged: Vec<(u64, String)>,
     /// The first and last records the log keeps.
     pub span: Option<(u64, u64)>,
+    /// Records of the range asked for that a snapshot compacted away (the
+    /// first and the last): the export holds less than was asked.
+    pub compacted: Option<(u64, u64)>,
 }
 
 fn time(at: Time) -> String {
     at.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// Writes the records `from..=to` of the log `source` to `out`, one JSON
-/// object per line; with `outcomes`, each with what it decided, up to a
-/// record that did not come or cannot be read (the ones after it say so,
-/// rather than show outcomes from a state missing it).
+/// Writes the records `from..=to` of the log `source` to `out` (from the
+/// first record kept unless `from` says), one JSON object per line; with
+/// `outcomes`, each with what it decided, up to a record that did not come
+/// or cannot be read (the ones after it say so, rather than show outcomes
+/// from a state missing it).
 pub fn export(
     source: &mut dyn Source,
-    from: u64,
+    from: Option<u64>,
     to: u64,
     outcomes: bool,
     out: &mut impl Write,
@@ -243,7 +247,11 @@ pub fn export(
         span: source.span()?,
         ..Exported::default()
     };
-    let from = from.max(1);
+    let kept_from = exported.span.map_or(1, |(first, _)| first);
+    let from = from.unwrap_or(kept_from).max(1);
+    if from < kept_from && from <= to {
+        exported.compacted = Some((from, to.min(kept_from - 1)));
+    }
     if outcomes {
         let found = source.routing_version()?;
         if found != crate::engine::ROUTING_VERSION {

@@ -80,9 +80,10 @@ pub enum Command {
     /// non-zero if a record in the range cannot be read (it is reported
     /// and skipped).
     Journal {
-        /// The first record (sequence number).
-        #[arg(long, default_value_t = 1)]
-        from: u64,
+        /// The first record (sequence number; default: the first one kept,
+        /// as snapshots compact the log before them).
+        #[arg(long)]
+        from: Option<u64>,
         /// The last record (default: the last one kept).
         #[arg(long)]
         to: Option<u64>,

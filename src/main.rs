@@ -109,7 +109,15 @@ fn test(paths: &[PathBuf], junit: Option<&std::path::Path>) -> ExitCode {
     }
 }
 
-fn journal(config: &Config, from: u64, to: u64, outcomes: bool) -> ExitCode {
+fn journal(config: &Config, from: Option<u64>, to: u64, outcomes: bool) -> ExitCode {
+    if let Some(from) = from
+        && from > to
+    {
+        eprintln!(
+            "careroute journal: --from {from} comes after --to {to}: no record is in that range"
+        );
+        return ExitCode::FAILURE;
+    }
     if let Err(e) = config.nats_exposure() {
         eprintln!("careroute journal: {e}");
         return ExitCode::FAILURE;
@@ -147,7 +155,12 @@ fn journal(config: &Config, from: u64, to: u64, outcomes: bool) -> ExitCode {
             for (seq, why) in &e.damaged {
                 eprintln!("careroute journal: record {seq} cannot be read ({why}); skipped");
             }
-            if e.damaged.is_empty() {
+            if let Some((first, last)) = e.compacted {
+                eprintln!(
+                    "careroute journal: records {first} to {last} were compacted behind a snapshot and are no longer in the log (an export taken before holds them)"
+                );
+            }
+            if e.damaged.is_empty() && e.compacted.is_none() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE

@@ -1105,7 +1105,7 @@ fn an_export_the_stream_is_purged_under_reports_what_it_missed() {
         nats: &nats,
     };
     let mut out = Vec::new();
-    let exported = audit::export(&mut source, 1, u64::MAX, true, &mut out).unwrap();
+    let exported = audit::export(&mut source, None, u64::MAX, true, &mut out).unwrap();
     let lines: Vec<serde_json::Value> = String::from_utf8(out)
         .unwrap()
         .lines()
