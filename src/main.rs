@@ -185,7 +185,8 @@ fn serve(config: Config) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("careroute: cannot start the runtime: {e}");
+            let why = format!("cannot start the runtime: {e}");
+            telemetry::report_fatal(config.log_format, &why);
             return ExitCode::FAILURE;
         }
     };
@@ -201,7 +202,7 @@ fn serve(config: Config) -> ExitCode {
     let tracing = match tracing {
         Ok(tracing) => tracing,
         Err(e) => {
-            eprintln!("careroute: {e}");
+            telemetry::report_fatal(config.log_format, &e);
             return ExitCode::FAILURE;
         }
     };
@@ -215,7 +216,7 @@ fn serve(config: Config) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("careroute: {e}");
+            telemetry::report_fatal(config.log_format, &e);
             ExitCode::FAILURE
         }
     }

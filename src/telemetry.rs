@@ -558,6 +558,26 @@ impl Tracing {
 #[error("--otlp-endpoint: {0}")]
 pub struct TracingError(#[from] opentelemetry_otlp::ExporterBuildError);
 
+/// Reports why the service cannot run, or stopped, as its logs are
+/// written: a line of text, or with JSON logs one JSON object shaped like
+/// theirs (written here, so it works before tracing is set up, and after
+/// it is shut down).
+pub fn report_fatal(format: LogFormat, error: &dyn std::fmt::Display) {
+    match format {
+        LogFormat::Human => eprintln!("careroute: {error}"),
+        LogFormat::Json => eprintln!(
+            "{}",
+            serde_json::json!({
+                "timestamp": chrono::Utc::now()
+                    .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                "level": "ERROR",
+                "fields": { "message": "careroute cannot run", "error": error.to_string() },
+                "target": "careroute",
+            })
+        ),
+    }
+}
+
 /// Sets up tracing: human or JSON lines on stderr, filtered by RUST_LOG
 /// (default `info`), and with `otlp` a span per RPC exported over OTLP/gRPC
 /// (batched on a thread of its own; a collector that is down or slow drops

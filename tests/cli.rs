@@ -80,6 +80,37 @@ fn service_refuses_to_start_on_an_invalid_policy() {
         "{stderr}"
     );
     assert!(stderr.contains(&format!("{}:", path.display())), "{stderr}");
+
+    // With JSON logs the refusal is a JSON line like every other, so a log
+    // shipper parses it rather than drop it.
+    let out = careroute()
+        .arg("--policy")
+        .arg(&path)
+        .args([
+            "--grpc-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let last = lines.last().unwrap();
+    assert_eq!(last["level"], "ERROR", "{stderr}");
+    assert!(
+        last["fields"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("`Mars/Olympus` is not an IANA time zone"),
+        "{stderr}"
+    );
 }
 
 #[test]
