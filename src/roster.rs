@@ -93,13 +93,8 @@ fn parse_chunk(
     let invalid = |offset: usize, field: String, message: String| {
         file::invalid(file, text, start + offset, field, message)
     };
-    let raw: RawRoster = toml::from_str(chunk).map_err(|e| {
-        invalid(
-            e.span().map_or(0, |s| s.start),
-            "(document)".into(),
-            e.message().trim().to_owned(),
-        )
-    })?;
+    let raw: RawRoster =
+        toml::from_str(chunk).map_err(|e| file::toml_error_at(file, text, start, &e))?;
     for spanned in &raw.agents {
         let at = spanned.span().start;
         let a = spanned.get_ref();
@@ -182,7 +177,7 @@ mod tests {
         let bad = text.replace("id = \"a2\"", "id = \"a2\"\nshift = \"early\"");
         let err = parse("r.toml", &bad).unwrap_err().to_string();
         assert!(
-            err.starts_with("r.toml:10: (document): unknown field `shift`"),
+            err.starts_with("r.toml:10: agents.shift: unknown field `shift`"),
             "{err}"
         );
         // The inline-array form is one piece, parsed whole.

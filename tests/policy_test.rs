@@ -209,6 +209,10 @@ fn bad_test_files_are_refused_with_file_line_and_field() {
             "[[cases]]\nname = \"x\"\nat = \"2026-11-23 10:00 business\"\n[[cases.steps]]\nconfirm = \"a\"\ncancel = \"a\"\n".to_owned(),
             ":7: cases.steps: each step is one of",
         ),
+        (
+            "[[cases]]\nname = \"x\"\nat = \"2026-11-23 10:00 business\"\n[[cases.steps]]\nrelease = \"a\"\nreason = \"hung_up\"\n".to_owned(),
+            ":9: cases.steps.reason: `hung_up` is not one of: unspecified, rejected, no_answer, cancelled, transfer_failed",
+        ),
         ("".to_owned(), ":1: cases: no [[cases]]"),
     ] {
         let path = test_file(&body);
@@ -238,6 +242,34 @@ expect = { outcome = "emergency" }
     let (ok, out, err) = careroute(&["test", path.to_str().unwrap()]);
     assert!(ok, "{out}{err}");
     assert!(out.contains("2 cases, 2 passed, 0 failed"), "{out}");
+}
+
+/// Release reasons are named as the API names them; `caller_hung_up`,
+/// which files took before for `cancelled`, still reads.
+#[test]
+fn a_release_reason_is_named_as_the_api_names_it() {
+    let case = |reason: &str| {
+        format!(
+            r#"[[cases]]
+name = "the caller hangs up before the transfer connects"
+at = "2026-11-23 10:00 business"
+
+[[cases.steps]]
+route = {{ contact_id = "s1", intent = "scheduling" }}
+expect = {{ outcome = "agent" }}
+
+[[cases.steps]]
+release = "s1"
+reason = "{reason}"
+"#
+        )
+    };
+    for reason in ["cancelled", "caller_hung_up", "transfer_failed"] {
+        let path = test_file(&case(reason));
+        let (ok, out, err) = careroute(&["test", path.to_str().unwrap()]);
+        assert!(ok, "{reason}: {out}{err}");
+        assert!(out.contains("1 cases, 1 passed, 0 failed"), "{out}");
+    }
 }
 
 #[test]

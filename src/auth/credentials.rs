@@ -73,10 +73,7 @@ impl Credentials {
 
     /// Checks `text`, the contents of `file`.
     pub fn parse(file: &str, text: &str) -> Result<Credentials, FileError> {
-        let raw: Raw = toml::from_str(text).map_err(|e| {
-            let at = e.span().map_or(0, |s| s.start);
-            file::invalid(file, text, at, "(document)", e.message().trim())
-        })?;
+        let raw: Raw = toml::from_str(text).map_err(|e| file::toml_error(file, text, &e))?;
         if raw.clients.is_empty() {
             return Err(file::invalid(
                 file,
@@ -335,7 +332,7 @@ mod tests {
                 format!(
                     "[[clients]]\nname = \"a\"\ntoken_sha256 = \"{good}\"\nroles = [\"route\"]\nrole = 1\n"
                 ),
-                "creds.toml:5: (document): unknown field `role`",
+                "creds.toml:5: clients.role: unknown field `role`",
             ),
         ];
         for (text, expected) in cases {

@@ -49,16 +49,7 @@ fn unsendable(value: &str, problem: &str) -> String {
 /// Validates policy text; `file` names it in messages.
 pub fn parse(file: &str, text: &str) -> Result<Policy, PolicyError> {
     let cx = Cx { file, text };
-    let raw: RawPolicy = toml::from_str(text).map_err(|e| {
-        let span = e.span().unwrap_or(0..0);
-        let token = text.get(span.clone()).unwrap_or("").trim();
-        let field = if token.is_empty() || token.len() > 60 || token.contains('\n') {
-            "(document)".to_owned()
-        } else {
-            token.to_owned()
-        };
-        cx.err(span, field, e.message().trim())
-    })?;
+    let raw: RawPolicy = toml::from_str(text).map_err(|e| file::toml_error(file, text, &e))?;
     cx.build(raw)
 }
 

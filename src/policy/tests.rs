@@ -321,12 +321,18 @@ fn a_rule_shadowed_by_a_wider_earlier_rule_is_refused() {
 #[test]
 fn syntax_errors_and_unknown_fields_name_the_line() {
     let (field, line, message) = refusal("wrap_up = \"45s\"", "wrap_upp = \"45s\"");
-    assert_eq!(field, "wrap_upp");
+    assert_eq!(field, "queues.wrap_upp");
     assert!(message.contains("unknown field"), "{message}");
     assert_eq!(
         line,
         line_of("wrap_up = \"45s\"", "wrap_upp = \"45s\"", "wrap_upp")
     );
+    // A value of the wrong type is named by its key, not by the value.
+    let (field, line, message) = refusal("level = 4", "level = \"four\"");
+    assert_eq!(field, "queues.level", "{message}");
+    assert_eq!(line, line_of("level = 4", "level = \"four\"", "\"four\""));
+    let (field, _, message) = refusal("reservation_ttl = \"15s\"", "reservation_ttl = 15");
+    assert_eq!(field, "reservation_ttl", "{message}");
     let (_, line, _) = refusal(
         "priority = 3\n\n[intents.general]",
         "priority = = 3\n\n[intents.general]",

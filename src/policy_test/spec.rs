@@ -225,13 +225,7 @@ pub fn read(path: &Path) -> Result<Suite, FileError> {
 /// Checks `text`, the contents of `file`; `dir` is where its paths start.
 pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Suite, FileError> {
     let cx = Cx { file, text };
-    let raw: RawSuite = toml::from_str(text).map_err(|e| {
-        cx.invalid(
-            e.span().map_or(0, |s| s.start),
-            "(document)",
-            e.message().trim(),
-        )
-    })?;
+    let raw: RawSuite = toml::from_str(text).map_err(|e| file::toml_error(file, text, &e))?;
     let policy = match &raw.policy {
         Some(p) => policy::read(&dir.join(p.get_ref()))?,
         None => Policy::embedded()?,
@@ -462,6 +456,15 @@ fn contact(
     Ok(contact)
 }
 
+/// A release reason as the API names it (`RELEASE_REASON_CANCELLED` is
+/// `cancelled`: the caller hung up).
+fn release_name(reason: ReleaseReason) -> &'static str {
+    match reason {
+        ReleaseReason::CallerHungUp => "cancelled",
+        other => other.as_str(),
+    }
+}
+
 fn expect(
     cx: &Cx,
     policy: &Policy,
@@ -602,12 +605,9 @@ fn step(
         StepKind::Confirm(c.clone())
     } else if let Some(c) = &s.release {
         let reason = match &s.reason {
-            Some(r) => cx.one_of(
-                r,
-                "cases.steps.reason",
-                &ReleaseReason::ALL,
-                ReleaseReason::as_str,
-            )?,
+            // The name files written before took for `cancelled`.
+            Some(r) if r.get_ref() == "caller_hung_up" => ReleaseReason::CallerHungUp,
+            Some(r) => cx.one_of(r, "cases.steps.reason", &ReleaseReason::ALL, release_name)?,
             None => ReleaseReason::Unspecified,
         };
         StepKind::Release(c.clone(), reason)

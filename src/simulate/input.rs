@@ -189,15 +189,7 @@ fn minutes(s: &str) -> Option<u32> {
 /// Reads and checks a shifts file; its roster is taken from beside it.
 pub fn read_shifts(path: &Path) -> Result<Vec<Shift>, FileError> {
     let (file, text) = file::read_text(path)?;
-    let raw: RawShifts = toml::from_str(&text).map_err(|e| {
-        file::invalid(
-            &file,
-            &text,
-            e.span().map_or(0, |s| s.start),
-            "(document)",
-            e.message().trim(),
-        )
-    })?;
+    let raw: RawShifts = toml::from_str(&text).map_err(|e| file::toml_error(&file, &text, &e))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let roster = roster::read(&dir.join(raw.roster.get_ref()))?;
     let invalid = |at: usize, field: &str, why: String| file::invalid(&file, &text, at, field, why);
@@ -277,15 +269,7 @@ pub fn read_demand(path: &Path, policy: &Policy) -> Result<Demand, FileError> {
 
 /// Checks demand text; `file` names it in messages.
 pub fn parse_demand(file: &str, text: &str, policy: &Policy) -> Result<Demand, FileError> {
-    let raw: RawDemand = toml::from_str(text).map_err(|e| {
-        file::invalid(
-            file,
-            text,
-            e.span().map_or(0, |s| s.start),
-            "(document)",
-            e.message().trim(),
-        )
-    })?;
+    let raw: RawDemand = toml::from_str(text).map_err(|e| file::toml_error(file, text, &e))?;
     let invalid = |at: usize, field: &str, why: String| file::invalid(file, text, at, field, why);
     let zone = policy.time_zone(raw.zone.get_ref()).ok_or_else(|| {
         invalid(
