@@ -199,10 +199,8 @@ fn keys_before(prefix: &str) -> Vec<String> {
             }
             '{' => frames.push((true, None)),
             '[' => frames.push((false, None)),
-            '}' | ']' => {
-                if frames.len() > 1 {
-                    frames.pop();
-                }
+            '}' | ']' if frames.len() > 1 => {
+                frames.pop();
             }
             ',' => {
                 if let Some(frame) = frames.last_mut().filter(|f| f.0) {
