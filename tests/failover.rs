@@ -519,6 +519,92 @@ async fn a_frozen_leader_resumed_answers_nothing_and_rejoins_as_a_standby() {
     assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
 }
 
+/// The NATS server leading the stream killed, one of three: the stream
+/// (three replicas) keeps every record, and a careroute answers again by
+/// itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_nats_server_of_three_killed_loses_nothing_and_a_careroute_answers_again() {
+    let Some(nats) = Nats::start(3) else { return };
+    let id = cluster_id("lose-one");
+    let a = careroute(&nats, &id, "3");
+    a.wait_for_log("this process leads", Duration::from_secs(30));
+    let b = careroute(&nats, &id, "3");
+    b.wait_for_log("standby rebuilt from the log", Duration::from_secs(30));
+    let mut ca = client(&a).await;
+    agent(&mut ca, "b1", "Billing", "billing").await;
+    let before = route(&mut ca, "before").await.unwrap();
+    let Some(pb::route_contact_response::Outcome::Agent(offer)) = &before.outcome else {
+        panic!("{before:?}")
+    };
+    // A caller in line behind it.
+    let waiting = route(&mut ca, "waiting").await.unwrap();
+    assert!(
+        matches!(
+            waiting.outcome,
+            Some(pb::route_contact_response::Outcome::Queued(_))
+        ),
+        "{waiting:?}"
+    );
+
+    // The server that leads the stream: the hardest one to lose.
+    let js = nats.jetstream().await;
+    let mut stream = js.get_stream(format!("CAREROUTE_{id}")).await.unwrap();
+    let info = stream.info().await.unwrap();
+    let stream_leader = info
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("a stream of three replicas has a leader");
+    let lost: usize = stream_leader.trim_start_matches('n').parse().unwrap();
+    drop(js);
+    nats.servers[lost].signal("KILL");
+    let killed = Instant::now();
+    let mut cb = client(&b).await;
+    // Whichever careroute leads once the stream has settled.
+    let (mut leader, answer) = loop {
+        assert!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no careroute answered within 60 s of losing one NATS server of three:\n{}\n{}",
+            a.logs(),
+            b.logs()
+        );
+        let mut answered = None;
+        for c in [&mut ca, &mut cb] {
+            match route(c, "before").await {
+                Ok(d) => {
+                    answered = Some((c.clone(), d));
+                    break;
+                }
+                Err(e) => assert_eq!(e.code(), Code::Unavailable, "{e:?}"),
+            }
+        }
+        if let Some(found) = answered {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "one NATS server of three killed (n{lost}, the stream's leader): a careroute answered again after {:?}",
+        killed.elapsed()
+    );
+    // What was acknowledged before holds: the same decision for the retry,
+    // the reservation confirmable, the caller still first in line.
+    assert_eq!(answer.decision_id, before.decision_id);
+    leader
+        .confirm_reservation(pb::ConfirmReservationRequest {
+            reservation_id: offer.reservation_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let Some(pb::get_contact_status_response::Status::Waiting(w)) =
+        floor::status(&mut leader, "waiting").await.unwrap().status
+    else {
+        panic!("the caller in line was lost")
+    };
+    assert_eq!(w.position, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_nats_unreachable_the_leader_answers_nothing_and_resumes_by_itself() {
     let Some(nats) = Nats::start(1) else { return };
