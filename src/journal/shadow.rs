@@ -12,11 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rusqlite::{Connection, params};
-
 use super::replay::Replay;
 use super::snapshots::SnapshotFile;
-use super::store::{read_record, record_columns};
+use super::store::LogReader;
 use super::{Entry, JournalError};
 use crate::engine::EngineConfig;
 
@@ -171,29 +169,33 @@ fn rebuild(
     let loaded = file.load()?;
     let base = loaded.snapshot.as_ref().map(|(seq, _)| *seq);
     let mut replay = Replay::new(loaded.snapshot.map(|(_, engine)| engine), config);
-    let sql = |source| JournalError::Sqlite {
-        file: log.to_owned(),
-        source,
-    };
-    let conn = Connection::open_with_flags(log, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(sql)?;
-    let columns = record_columns(&conn).map_err(sql)?;
-    let mut rows = conn
-        .prepare(&format!(
-            "SELECT {columns} FROM commands WHERE seq > ?1 AND seq <= ?2 ORDER BY seq"
-        ))
-        .map_err(sql)?;
     let from = base.unwrap_or(0);
-    let mut rows = rows.query(params![from as i64, upto as i64]).map_err(sql)?;
     let mut expected = from + 1;
-    while let Some(row) = rows.next().map_err(sql)? {
-        let entry = read_record(row, expected).map_err(|why| JournalError::Corrupt {
+    let mut failed = None;
+    LogReader::open_file(log.to_owned())?.each(from, upto, |seq, _, read| {
+        if failed.is_some() {
+            return;
+        }
+        let corrupt = |why: String| JournalError::Corrupt {
             file: log.to_owned(),
             seq: expected,
             why,
-        })?;
-        replay.apply(expected, entry).map_err(|e| e.in_log(log))?;
-        expected += 1;
+        };
+        let applied = if seq == expected {
+            read.map_err(corrupt)
+                .and_then(|entry| replay.apply(seq, entry).map_err(|e| e.in_log(log)))
+        } else {
+            Err(corrupt(format!(
+                "record {seq} came where {expected} was due"
+            )))
+        };
+        match applied {
+            Ok(()) => expected += 1,
+            Err(e) => failed = Some(e),
+        }
+    })?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok((replay, base)),
     }
-    Ok((replay, base))
 }

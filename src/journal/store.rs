@@ -514,7 +514,11 @@ pub struct LogReader {
 impl LogReader {
     /// Opens the log in `dir` read-only.
     pub fn open(dir: &Path) -> Result<LogReader, JournalError> {
-        let file = dir.join(FILE);
+        LogReader::open_file(dir.join(FILE))
+    }
+
+    /// Opens the log in the database `file` read-only.
+    pub fn open_file(file: PathBuf) -> Result<LogReader, JournalError> {
         let conn = Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|source| JournalError::Sqlite {
             file: file.clone(),
