@@ -1,5 +1,6 @@
-//! Errors in the files operations staff write (policies, rosters): every
-//! refusal names the file, the line and the field.
+//! Errors in the files operations staff write (policies, rosters, tests,
+//! demand and shift plans, credentials): every refusal names the file, the
+//! line and the field, TOML's own refusals included.
 
 /// A file that could not be read or was refused.
 #[derive(Debug, thiserror::Error)]
@@ -89,9 +90,9 @@ pub fn one_of<T: Copy>(
 }
 
 /// A TOML file that does not parse, or that gives a value of the wrong
-/// type or a key nobody reads: the refusal at its line, naming the key
-/// there (`queues.level`, `cases.contact.intent`), or `(document)` when no
-/// key can be told.
+/// type, misses a key or has one nobody reads: the refusal at its line,
+/// naming the table or key toml was reading (`queues.level`,
+/// `cases.contact`), or `(document)` at the top level.
 pub fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> FileError {
     toml_error_at(file, text, 0, e)
 }
@@ -100,139 +101,23 @@ pub fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> FileError {
 /// `start` of it.
 pub fn toml_error_at(file: &str, text: &str, start: usize, e: &toml::de::Error) -> FileError {
     let at = start + e.span().map_or(0, |s| s.start);
-    let field = key_at(text, at).unwrap_or_else(|| "(document)".to_owned());
+    let field = key_path(e).unwrap_or_else(|| "(document)".to_owned());
     invalid(file, text, at, field, e.message().trim())
 }
 
-/// The dotted key whose value (or name) is at byte `at` of `text`: the
-/// table header above it, then the keys that lead to it from the start of
-/// its `key = value` line, through inline tables.
-fn key_at(text: &str, at: usize) -> Option<String> {
-    let at = (0..=at.min(text.len()))
-        .rev()
-        .find(|i| text.is_char_boundary(*i))?;
-    let mut header: Vec<String> = Vec::new();
-    let mut statement = None;
-    let mut offset = 0;
-    // Whole lines, through the one `at` is on.
-    let through = text[at..].find('\n').map_or(text.len(), |n| at + n);
-    for line in text[..through].split_inclusive('\n') {
-        if offset > at {
-            break;
-        }
-        let trimmed = line.trim_start();
-        if trimmed.starts_with('[') && statement.is_none_or(|s| s < offset) {
-            let end = line.len().min(at - offset);
-            let name = trimmed.trim_end().trim_matches(|c| c == '[' || c == ']');
-            header = dotted(name);
-            statement = None;
-            if end < line.len() {
-                // The error is in the header itself.
-                return Some(header.join("."));
-            }
-        } else if starts_statement(trimmed) {
-            statement = Some(offset);
-        }
-        offset += line.len();
-    }
-    let mut path = header;
-    if let Some(start) = statement {
-        path.extend(keys_before(&text[start..at]));
-    }
-    // An unknown key is pointed at by its name.
-    let rest = &text[at..];
-    let name_len = rest
-        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-        .unwrap_or(rest.len());
-    if name_len > 0 && rest[name_len..].trim_start().starts_with('=') {
-        path.push(rest[..name_len].to_owned());
-    }
-    (!path.is_empty()).then(|| path.join("."))
-}
-
-/// Whether a line opens a `key = value` statement.
-fn starts_statement(line: &str) -> bool {
-    let first = line.chars().next();
-    first.is_some_and(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '"' | '\''))
-        && line
-            .find('=')
-            .is_some_and(|eq| !line[..eq].contains(['{', '[', ',', '#']))
-}
-
-/// `a.b."c d"` as its parts.
-fn dotted(name: &str) -> Vec<String> {
-    name.split('.')
-        .map(|p| p.trim().trim_matches(['"', '\'']).to_owned())
-        .filter(|p| !p.is_empty())
-        .collect()
-}
-
-/// The keys open at the end of `prefix` (a statement up to the error):
-/// `contact = { intent = ` gives `contact`, `intent`.
-fn keys_before(prefix: &str) -> Vec<String> {
-    // Each frame: an inline table (its current key) or an array.
-    let mut frames: Vec<(bool, Option<String>)> = vec![(true, None)];
-    let mut pending: Vec<String> = Vec::new();
-    let mut after_dot = false;
-    let mut chars = prefix.char_indices().peekable();
-    while let Some((i, c)) = chars.next() {
-        match c {
-            '#' => while chars.next_if(|(_, c)| *c != '\n').is_some() {},
-            '"' | '\'' => {
-                let mut token = String::new();
-                let mut escaped = false;
-                for (_, d) in chars.by_ref() {
-                    if d == c && !escaped {
-                        break;
-                    }
-                    escaped = c == '"' && d == '\\' && !escaped;
-                    token.push(d);
-                }
-                push_token(&mut pending, &mut after_dot, token);
-            }
-            '.' => after_dot = true,
-            '=' => {
-                if let Some(frame) = frames.last_mut() {
-                    frame.1 = Some(pending.join("."));
-                }
-                pending.clear();
-            }
-            '{' => frames.push((true, None)),
-            '[' => frames.push((false, None)),
-            '}' | ']' if frames.len() > 1 => {
-                frames.pop();
-            }
-            ',' => {
-                if let Some(frame) = frames.last_mut().filter(|f| f.0) {
-                    frame.1 = None;
-                }
-                pending.clear();
-            }
-            c if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '+' || c == ':' => {
-                let mut end = i + c.len_utf8();
-                while let Some((j, d)) = chars.next_if(|(_, d)| {
-                    d.is_ascii_alphanumeric() || matches!(d, '_' | '-' | '+' | ':')
-                }) {
-                    end = j + d.len_utf8();
-                }
-                push_token(&mut pending, &mut after_dot, prefix[i..end].to_owned());
-            }
-            _ => {}
-        }
-    }
-    frames
-        .into_iter()
-        .filter_map(|(table, key)| key.filter(|_| table))
-        .flat_map(|key| dotted(&key))
-        .collect()
-}
-
-fn push_token(pending: &mut Vec<String>, after_dot: &mut bool, token: String) {
-    if !*after_dot {
-        pending.clear();
-    }
-    pending.push(token);
-    *after_dot = false;
+/// The dotted key toml was reading when it refused. toml keeps it and
+/// shows it only in its message, as a last line "in `a.b`" when the error
+/// is shown without its input.
+fn key_path(e: &toml::de::Error) -> Option<String> {
+    let mut bare = e.clone();
+    bare.set_input(None);
+    let shown = bare.to_string();
+    let path = shown
+        .lines()
+        .last()?
+        .strip_prefix("in `")?
+        .strip_suffix('`')?;
+    (!path.is_empty()).then(|| path.to_owned())
 }
 
 #[cfg(test)]
@@ -251,6 +136,7 @@ mod tests {
     #[serde(deny_unknown_fields)]
     #[allow(dead_code)]
     struct Doc {
+        version: String,
         reservation_ttl: Option<String>,
         signals: Option<Vec<String>>,
         #[serde(default)]
@@ -283,39 +169,51 @@ mod tests {
         urgency: Option<String>,
     }
 
+    /// The field toml names, never the value; the file's own line.
     #[test]
-    fn a_wrong_type_or_unknown_key_is_named_by_its_key_not_its_value() {
+    fn a_wrong_type_a_missing_or_unknown_key_is_named_by_its_table_or_key() {
+        let v = "version = \"1\"\n";
         assert_eq!(
-            field_of::<Doc>("reservation_ttl = 15\n"),
-            "1: reservation_ttl"
+            field_of::<Doc>(&format!("{v}reservation_ttl = 15\n")),
+            "2: reservation_ttl"
         );
         assert_eq!(
-            field_of::<Doc>("[[queues]]\nid = \"a\"\nlevel = \"one\"\n"),
-            "3: queues.level"
+            field_of::<Doc>(&format!(
+                "{v}[[queues]] # level 1\nid = \"a\"\nlevel = \"one\"\n"
+            )),
+            "4: queues.level"
         );
         assert_eq!(
-            field_of::<Doc>("[[queues]]\nid = \"a\"\nskills = { front = \"high\" }\n"),
-            "3: queues.skills.front"
+            field_of::<Doc>(&format!(
+                "{v}[[queues]]\nid = \"a\"\n[[queues]]\nid = \"b\"\r\nskills = {{ \"front desk\" = \"high\" }}\n"
+            )),
+            "6: queues.skills.front desk"
+        );
+        // An unknown key: the table it is in (the message names the key).
+        assert_eq!(
+            field_of::<Doc>(&format!("{v}[[queues]]\nid = \"a\"\nshift = \"early\"\n")),
+            "4: queues"
         );
         assert_eq!(
-            field_of::<Doc>("[[queues]]\nid = \"a\"\nshift = \"early\"\n"),
-            "3: queues.shift"
+            field_of::<Doc>(&format!(
+                "{v}[[cases]]\ncontact = {{ urgency = \"x, {{y}}\", intent = 7 }} # a {{ comment\n"
+            )),
+            "3: cases.contact.intent"
         );
         assert_eq!(
-            field_of::<Doc>(
-                "[[cases]]\ncontact = { urgency = \"x, {y}\", intent = 7 } # a { comment\n"
-            ),
-            "2: cases.contact.intent"
+            field_of::<Doc>(&format!("{v}[[cases]]\ncontact = {{ urgency = \"x\" }}\n")),
+            "3: cases.contact"
         );
         assert_eq!(
-            field_of::<Doc>("[[cases]]\ncontact = { urgency = \"x\" }\n"),
-            "2: cases.contact"
+            field_of::<Doc>(&format!("{v}signals = [\n  \"[a]\",\n  3,\n]\n")),
+            "4: signals"
         );
+        // At the top level: the document.
         assert_eq!(
-            field_of::<Doc>("signals = [\n  \"a\",\n  3,\n]\n"),
-            "3: signals"
+            field_of::<Doc>("reservation_ttl = \"1s\"\n"),
+            "1: (document)"
         );
-        assert_eq!(field_of::<Doc>("[nope]\n"), "1: nope");
+        assert_eq!(field_of::<Doc>(&format!("{v}[nope]\n")), "2: (document)");
         assert_eq!(field_of::<Doc>("= 3\n"), "1: (document)");
     }
 }

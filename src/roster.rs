@@ -177,7 +177,7 @@ mod tests {
         let bad = text.replace("id = \"a2\"", "id = \"a2\"\nshift = \"early\"");
         let err = parse("r.toml", &bad).unwrap_err().to_string();
         assert!(
-            err.starts_with("r.toml:10: agents.shift: unknown field `shift`"),
+            err.starts_with("r.toml:10: agents: unknown field `shift`"),
             "{err}"
         );
         // The inline-array form is one piece, parsed whole.

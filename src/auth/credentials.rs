@@ -332,7 +332,7 @@ mod tests {
                 format!(
                     "[[clients]]\nname = \"a\"\ntoken_sha256 = \"{good}\"\nroles = [\"route\"]\nrole = 1\n"
                 ),
-                "creds.toml:5: clients.role: unknown field `role`",
+                "creds.toml:5: clients: unknown field `role`",
             ),
         ];
         for (text, expected) in cases {

@@ -106,7 +106,7 @@ impl Serialize for ReplacePolicy {
 impl<'de> Deserialize<'de> for ReplacePolicy {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let p = PolicyText::deserialize(d)?;
-        crate::policy::parse(&p.source, &p.text)
+        crate::policy::parse_logged(&p.source, &p.text)
             .map(|policy| ReplacePolicy(Arc::new(policy)))
             .map_err(serde::de::Error::custom)
     }

@@ -109,7 +109,7 @@ pub(super) mod policy_text {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Policy>, D::Error> {
         let p = PolicyText::deserialize(d)?;
-        crate::policy::parse(&p.source, &p.text)
+        crate::policy::parse_logged(&p.source, &p.text)
             .map(Arc::new)
             .map_err(serde::de::Error::custom)
     }

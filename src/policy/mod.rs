@@ -15,7 +15,7 @@ use std::sync::Arc;
 use chrono::Duration;
 use chrono_tz::Tz;
 
-pub use load::{PolicyError, parse, read};
+pub use load::{PolicyError, parse, parse_logged, read};
 pub use rules::{Match, RULE_URGENCIES};
 pub use schedule::Schedule;
 
