@@ -248,10 +248,17 @@ pub fn export(
         ..Exported::default()
     };
     let kept_from = exported.span.map_or(1, |(first, _)| first);
-    let from = from.unwrap_or(kept_from).max(1);
-    if from < kept_from && from <= to {
-        exported.compacted = Some((from, to.min(kept_from - 1)));
+    // Records before the first kept were compacted away: a range asked
+    // for that reaches them says so (the log starts at record 1). Without
+    // `from` the range starts at the first kept, unless `to` is before it.
+    let reaches = match from {
+        Some(from) => from.max(1) < kept_from && from <= to,
+        None => to < kept_from,
+    };
+    if reaches {
+        exported.compacted = Some((from.unwrap_or(1).max(1), to.min(kept_from - 1)));
     }
+    let from = from.unwrap_or(kept_from).max(1);
     if outcomes {
         let found = source.routing_version()?;
         if found != crate::engine::ROUTING_VERSION {

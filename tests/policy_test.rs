@@ -244,10 +244,13 @@ expect = { outcome = "emergency" }
     assert!(out.contains("2 cases, 2 passed, 0 failed"), "{out}");
 }
 
-/// Release reasons are named as the API names them; `caller_hung_up`,
-/// which files took before for `cancelled`, still reads.
+/// Release reasons are named as the API names them (`cancelled` is
+/// `RELEASE_REASON_CANCELLED`: the caller hung up); `caller_hung_up`,
+/// which files took before, still reads as the same reason.
 #[test]
 fn a_release_reason_is_named_as_the_api_names_it() {
+    use careroute::model::ReleaseReason;
+    use careroute::policy_test::spec::StepKind;
     let case = |reason: &str| {
         format!(
             r#"[[cases]]
@@ -264,10 +267,21 @@ reason = "{reason}"
 "#
         )
     };
-    for reason in ["cancelled", "caller_hung_up", "transfer_failed"] {
-        let path = test_file(&case(reason));
+    for (name, reason) in [
+        ("cancelled", ReleaseReason::CallerHungUp),
+        ("caller_hung_up", ReleaseReason::CallerHungUp),
+        ("rejected", ReleaseReason::Rejected),
+        ("no_answer", ReleaseReason::NoAnswer),
+        ("transfer_failed", ReleaseReason::TransferFailed),
+    ] {
+        let path = test_file(&case(name));
+        let suite = careroute::policy_test::spec::read(&path).unwrap();
+        let StepKind::Release(contact, read) = &suite.cases[0].steps[1].kind else {
+            panic!("not a release step")
+        };
+        assert_eq!((contact.as_str(), *read), ("s1", reason), "{name}");
         let (ok, out, err) = careroute(&["test", path.to_str().unwrap()]);
-        assert!(ok, "{reason}: {out}{err}");
+        assert!(ok, "{name}: {out}{err}");
         assert!(out.contains("1 cases, 1 passed, 0 failed"), "{out}");
     }
 }
