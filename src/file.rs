@@ -91,8 +91,8 @@ pub fn one_of<T: Copy>(
 
 /// A TOML file that does not parse, or that gives a value of the wrong
 /// type, misses a key or has one nobody reads: the refusal at its line,
-/// naming the table or key toml was reading (`queues.level`,
-/// `cases.contact`), or `(document)` at the top level.
+/// naming the key (`queues.level`, a missing `cases.contact.intent`), or
+/// the table an unknown key is in (`(document)` at the top level).
 pub fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> FileError {
     toml_error_at(file, text, 0, e)
 }
@@ -101,7 +101,19 @@ pub fn toml_error(file: &str, text: &str, e: &toml::de::Error) -> FileError {
 /// `start` of it.
 pub fn toml_error_at(file: &str, text: &str, start: usize, e: &toml::de::Error) -> FileError {
     let at = start + e.span().map_or(0, |s| s.start);
-    let field = key_path(e).unwrap_or_else(|| "(document)".to_owned());
+    let path = key_path(e);
+    // A missing key is named itself, in the table that misses it.
+    let missing = e
+        .message()
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split_once('`'))
+        .map(|(name, _)| name);
+    let field = match (path, missing) {
+        (Some(path), Some(name)) => format!("{path}.{name}"),
+        (None, Some(name)) => name.to_owned(),
+        (Some(path), None) => path,
+        (None, None) => "(document)".to_owned(),
+    };
     invalid(file, text, at, field, e.message().trim())
 }
 
@@ -202,17 +214,14 @@ mod tests {
         );
         assert_eq!(
             field_of::<Doc>(&format!("{v}[[cases]]\ncontact = {{ urgency = \"x\" }}\n")),
-            "3: cases.contact"
+            "3: cases.contact.intent"
         );
         assert_eq!(
             field_of::<Doc>(&format!("{v}signals = [\n  \"[a]\",\n  3,\n]\n")),
             "4: signals"
         );
-        // At the top level: the document.
-        assert_eq!(
-            field_of::<Doc>("reservation_ttl = \"1s\"\n"),
-            "1: (document)"
-        );
+        // A missing top-level key, itself; an unknown one, the document.
+        assert_eq!(field_of::<Doc>("reservation_ttl = \"1s\"\n"), "1: version");
         assert_eq!(field_of::<Doc>(&format!("{v}[nope]\n")), "2: (document)");
         assert_eq!(field_of::<Doc>("= 3\n"), "1: (document)");
     }

@@ -119,22 +119,23 @@ pub async fn reload_on_change(
             }
             continue;
         };
+        // The log's policy: the engine's while this process leads (its
+        // changes as this process last followed them: only the leader
+        // changes it), the one it follows while it stands by.
+        let leading = routing.engine().leading().is_ok();
+        let followed = log_policy.borrow().clone();
+        let changes = followed.as_ref().map_or(0, |(changes, _)| *changes);
+        let log = if leading {
+            routing.view(|e| Arc::clone(&e.policy().text)).ok()
+        } else {
+            followed.map(|(_, text)| text)
+        };
+        // Looked at on a SIGHUP too, so the file it reloads is the one
+        // dealt with after, and not news again at the next look.
+        let news = seen.look(&now, log.as_deref().map(|text| (changes, text)));
+        // Only the leader changes the policy (a standby takes the
+        // leader's from the log, and applies its own news once it leads).
         if !asked {
-            // The log's policy: the engine's while this process leads (its
-            // changes as this process last followed them: only the leader
-            // changes it), the one it follows while it stands by.
-            let leading = routing.engine().leading().is_ok();
-            let followed = log_policy.borrow().clone();
-            let changes = followed.as_ref().map_or(0, |(changes, _)| *changes);
-            let log = if leading {
-                routing.view(|e| Arc::clone(&e.policy().text)).ok()
-            } else {
-                followed.map(|(_, text)| text)
-            };
-            // Only the leader changes the policy (a standby takes the
-            // leader's from the log, and applies its own news once it
-            // leads).
-            let news = seen.look(&now, log.as_deref().map(|text| (changes, text)));
             if !news || !leading {
                 continue;
             }
