@@ -144,7 +144,9 @@ impl EngineConfig {
 /// a signal the policy does not know is refused; the lines are swept when
 /// they or their staffing change and at closings and grace ends, not once a
 /// second.
-pub const ROUTING_VERSION: u32 = 6;
+/// 7: a contact routed again while an offer for it is out is decided
+/// before the agent of that offer goes to anyone else.
+pub const ROUTING_VERSION: u32 = 7;
 
 /// The peak rate of new requests with a request id the default window
 /// holds in full.

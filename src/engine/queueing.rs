@@ -517,19 +517,27 @@ impl Engine {
 
     /// Takes a contact out of any line; an offer it has out is withdrawn
     /// (announced on the stream) and its agent freed.
-    pub(super) fn withdraw(&mut self, contact_id: &str, why: Withdrawal, now: Time) -> bool {
-        let Some((seq, offer)) = self.waiting.find(contact_id).map(|w| (w.seq, w.offer)) else {
-            return false;
-        };
-        self.waiting.leave(seq);
-        if let Some(id) = offer
-            && let Some(r) = self.free_slot(id, Fate::Released(ReleaseReason::Unspecified), now)
-        {
-            self.counters.released += 1;
-            self.withdrawn(&r, why);
-            self.dispatch(r.agent, now);
+    pub(super) fn withdraw(&mut self, contact_id: &str, why: Withdrawal, now: Time) {
+        if let Some(agent) = self.withdraw_from_line(contact_id, why, now) {
+            self.dispatch(agent, now);
         }
-        true
+    }
+
+    /// [`Engine::withdraw`], leaving the agent its offer freed (if any) to
+    /// the caller to dispatch: a contact routed again is decided before the
+    /// agent it was offered goes to anyone else.
+    pub(super) fn withdraw_from_line(
+        &mut self,
+        contact_id: &str,
+        why: Withdrawal,
+        now: Time,
+    ) -> Option<AgentIdx> {
+        let (seq, offer) = self.waiting.find(contact_id).map(|w| (w.seq, w.offer))?;
+        self.waiting.leave(seq);
+        let r = self.free_slot(offer?, Fate::Released(ReleaseReason::Unspecified), now)?;
+        self.counters.released += 1;
+        self.withdrawn(&r, why);
+        Some(r.agent)
     }
 
     /// Announces that reservation `r`, an offer on the stream, is void.

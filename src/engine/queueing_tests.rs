@@ -175,6 +175,48 @@ fn priority_first_then_age_and_priority_rises_with_wait() {
     assert_eq!(order, ["C", "A", "B"]);
 }
 
+/// The IVR routes a waiting contact again while an agent's offer for it is
+/// out: the offer is withdrawn and the contact decided again before that
+/// agent goes to anyone else, so it is not passed over for a routine
+/// contact behind it (the agent went to the one behind before).
+#[test]
+fn a_contact_routed_again_with_its_offer_out_keeps_its_agent() {
+    let mut e = engine();
+    let t = open();
+    agent(&mut e, "b1", "billing", t);
+    busy(&mut e, "c0", "billing", t);
+    e.route(&call("urgent", "billing", Urgency::Urgent), t)
+        .unwrap();
+    e.route(&call("routine", "billing", Urgency::Routine), t)
+        .unwrap();
+    let now = finish(&mut e, "b1", "c0", t + Duration::minutes(1));
+    assert_eq!(
+        assigned(&e.take_events()),
+        [("urgent".to_string(), "b1".to_string())]
+    );
+    let again = e
+        .route(&call("urgent", "billing", Urgency::Urgent), now)
+        .unwrap();
+    let Outcome::Agent(offer) = &again.outcome else {
+        panic!("{again:?}")
+    };
+    assert_eq!(offer.agent_id.as_ref(), "b1");
+    let events = e.take_events();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            Event::Withdrawn {
+                reason: Withdrawal::Rerouted,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert!(assigned(&events).is_empty(), "{events:?}");
+    // The routine contact still waits, first in line now.
+    assert_eq!(e.waiting.find("routine").map(|w| w.offer), Some(None));
+}
+
 #[test]
 fn a_long_wait_overtakes_a_newer_urgent_contact() {
     let mut e = engine();

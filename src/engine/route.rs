@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use super::roster::{self, Pick};
 use super::{
-    CallbackOffer, Decision, DecisionId, Engine, EngineError, Guidance, IdKind, Outcome, Slot,
-    Withdrawal,
+    AgentIdx, CallbackOffer, Decision, DecisionId, Engine, EngineError, Guidance, IdKind, Outcome,
+    Slot, Withdrawal,
 };
 use crate::model::{CallbackReason, Contact, Reason, Time};
 use crate::policy::{Guard, IntentIdx, Policy, QueueIdx, Resolved, Rule, Step, Text};
@@ -112,7 +112,7 @@ impl Engine {
             if !contact.intent.is_empty() {
                 intent(&policy, contact)?;
             }
-            self.supersede(contact, now);
+            let freed = self.supersede(contact, now);
             let id = self.next_decision_id();
             let verdict = Verdict {
                 id,
@@ -122,13 +122,15 @@ impl Engine {
                 queue: None,
                 outcome: emergency(&policy),
             };
-            return Ok(self.decide(&policy, contact, verdict, reply_key, now));
+            let decision = self.decide(&policy, contact, verdict, reply_key, now);
+            self.dispatch_freed(freed, now);
+            return Ok(decision);
         }
         let facts = Resolved {
             intent: intent(&policy, contact)?,
             transfer_from,
         };
-        self.supersede(contact, now);
+        let freed = self.supersede(contact, now);
         let plan = policy.plan(contact, facts, now);
         // The rule that decided: none when a guard overrode it.
         let rule = plan
@@ -226,15 +228,30 @@ impl Engine {
             queue,
             outcome,
         };
-        Ok(self.decide(&policy, contact, verdict, reply_key, now))
+        let decision = self.decide(&policy, contact, verdict, reply_key, now);
+        self.dispatch_freed(freed, now);
+        Ok(decision)
     }
 
-    /// A new hop supersedes any place in line the contact held, and any
-    /// callback kept for a watcher that has not connected.
-    fn supersede(&mut self, contact: &Contact, now: Time) {
-        self.withdraw(&contact.contact_id, Withdrawal::Rerouted, now);
+    /// A new hop supersedes any place in line the contact held (its offer
+    /// withdrawn), and any callback kept for a watcher that has not
+    /// connected. Returns the agent whose offer was withdrawn: the contact
+    /// is decided again before that agent goes to anyone else, so a
+    /// contact routed again while its offer is out is not passed over for
+    /// one behind it.
+    fn supersede(&mut self, contact: &Contact, now: Time) -> Option<AgentIdx> {
+        let freed = self.withdraw_from_line(&contact.contact_id, Withdrawal::Rerouted, now);
         if !self.undelivered.is_empty() {
             self.undelivered.forget(&contact.contact_id);
+        }
+        freed
+    }
+
+    /// Offers an agent freed by [`Engine::supersede`] what waits, once the
+    /// contact routed again was decided (it may have taken the agent).
+    fn dispatch_freed(&mut self, freed: Option<AgentIdx>, now: Time) {
+        if let Some(agent) = freed {
+            self.dispatch(agent, now);
         }
     }
 
