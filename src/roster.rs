@@ -5,11 +5,12 @@
 use std::{collections::BTreeMap, path::Path};
 
 use serde::Deserialize;
+use toml::Spanned;
 
 use crate::engine::AgentSpec;
 use crate::file::{self, FileError};
 use crate::model::{AgentState, Channel, language_tag};
-use crate::shape::{ADDRESS, ID, LANGUAGE, Shape, TEXT, WORD};
+use crate::shape::{ADDRESS, ID, LANGUAGE, MAX_AGENT_LIST, Shape, TEXT, WORD};
 
 /// The demo roster compiled into the binary, matching the embedded policy.
 pub const DEMO_ROSTER: &str = include_str!("../examples/demo-roster.toml");
@@ -27,17 +28,13 @@ struct RawRoster {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAgent {
-    id: String,
-    #[serde(default)]
-    team: String,
-    transfer_address: String,
-    #[serde(default)]
-    skills: BTreeMap<String, u8>,
-    #[serde(default)]
-    languages: Vec<String>,
-    channels: BTreeMap<String, u8>,
-    #[serde(default)]
-    state: Option<String>,
+    id: Spanned<String>,
+    team: Option<Spanned<String>>,
+    transfer_address: Spanned<String>,
+    skills: Option<Spanned<BTreeMap<String, u8>>>,
+    languages: Option<Spanned<Vec<String>>>,
+    channels: Spanned<BTreeMap<String, u8>>,
+    state: Option<Spanned<String>>,
 }
 
 /// Reads a roster file.
@@ -96,63 +93,101 @@ fn parse_chunk(
     let raw: RawRoster =
         toml::from_str(chunk).map_err(|e| file::toml_error_at(file, text, start, &e))?;
     for spanned in &raw.agents {
-        let at = spanned.span().start;
         let a = spanned.get_ref();
-        let field = |name: &str| format!("agents.{}.{name}", a.id);
+        let id = a.id.get_ref();
+        // Named by its id, or by its place when the id is what is wrong.
+        let agent = if id.is_empty() || ID.problem(id).is_some() {
+            format!("agents[{}]", agents.len())
+        } else {
+            format!("agents.{id}")
+        };
+        let field = |name: &str| format!("{agent}.{name}");
+        // Each refusal at the line of the key it is about.
+        let line_of = |name: &str| {
+            let span = match name.split(['[', '.']).next().unwrap_or_default() {
+                "id" | "agent_id" => Some(a.id.span()),
+                "team" => a.team.as_ref().map(Spanned::span),
+                "transfer_address" => Some(a.transfer_address.span()),
+                "skills" => a.skills.as_ref().map(Spanned::span),
+                "languages" => a.languages.as_ref().map(Spanned::span),
+                "channels" => Some(a.channels.span()),
+                "state" => a.state.as_ref().map(Spanned::span),
+                _ => None,
+            };
+            span.unwrap_or_else(|| spanned.span()).start
+        };
+        let refuse = |name: &str, message: String| invalid(line_of(name), field(name), message);
         // What UpsertAgent would refuse, a file may not register either.
         let shaped = |name: &str, value: &str, shape: Shape| match shape.problem(value) {
-            Some(problem) => Err(invalid(at, field(name), problem)),
+            Some(problem) => Err(refuse(name, problem)),
             None => Ok(()),
         };
-        shaped("id", &a.id, ID)?;
-        shaped("team", &a.team, TEXT)?;
-        shaped("transfer_address", &a.transfer_address, ADDRESS)?;
-        for skill in a.skills.keys() {
+        let team = a.team.as_ref().map(|t| t.get_ref().as_str()).unwrap_or("");
+        let skills = a
+            .skills
+            .as_ref()
+            .map(|s| s.get_ref().clone())
+            .unwrap_or_default();
+        let languages = a
+            .languages
+            .as_ref()
+            .map(|l| l.get_ref().clone())
+            .unwrap_or_default();
+        shaped("id", id, ID)?;
+        shaped("team", team, TEXT)?;
+        shaped("transfer_address", a.transfer_address.get_ref(), ADDRESS)?;
+        for (name, len) in [
+            ("skills", skills.len()),
+            ("languages", languages.len()),
+            ("channels", a.channels.get_ref().len()),
+        ] {
+            if len > MAX_AGENT_LIST {
+                return Err(refuse(name, format!("more than {MAX_AGENT_LIST} entries")));
+            }
+        }
+        for skill in skills.keys() {
             shaped("skills", skill, WORD)?;
         }
-        for language in &a.languages {
+        for language in &languages {
             shaped("languages", language, LANGUAGE)?;
         }
         let mut channels = Vec::new();
-        for (name, capacity) in &a.channels {
+        for (name, capacity) in a.channels.get_ref() {
             let channel = Channel::parse(name).ok_or_else(|| {
-                invalid(
-                    at,
-                    field("channels"),
+                refuse(
+                    "channels",
                     format!("`{name}` is not one of: voice, chat, sms, email, portal"),
                 )
             })?;
             channels.push((channel, *capacity));
         }
-        let state = match a.state.as_deref() {
+        let state = match &a.state {
             None => AgentState::Available,
             Some(s) => AgentState::ALL
                 .into_iter()
-                .find(|x| x.as_str() == s)
+                .find(|x| x.as_str() == s.get_ref())
                 .ok_or_else(|| {
-                    invalid(
-                        at,
-                        field("state"),
-                        format!("`{s}` is not one of: offline, available, busy, wrap_up, away"),
+                    refuse(
+                        "state",
+                        format!(
+                            "`{}` is not one of: offline, available, busy, wrap_up, away",
+                            s.get_ref()
+                        ),
                     )
                 })?,
         };
         let spec = AgentSpec {
-            id: a.id.clone(),
-            team: a.team.clone(),
-            transfer_address: a.transfer_address.clone(),
-            skills: a.skills.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-            languages: a.languages.iter().map(|l| language_tag(l)).collect(),
+            id: id.clone(),
+            team: team.to_owned(),
+            transfer_address: a.transfer_address.get_ref().clone(),
+            skills: skills.into_iter().collect(),
+            languages: languages.iter().map(|l| language_tag(l)).collect(),
             channels,
         };
         spec.validate()
-            .map_err(|(f, message)| invalid(at, field(&f), message))?;
-        if !seen.insert(a.id.clone()) {
-            return Err(invalid(
-                at,
-                field("id"),
-                format!("duplicate agent `{}`", spec.id),
-            ));
+            .map_err(|(f, message)| refuse(&f, message))?;
+        if !seen.insert(id.clone()) {
+            return Err(refuse("id", format!("duplicate agent `{}`", spec.id)));
         }
         agents.push((spec, state));
     }
@@ -173,7 +208,7 @@ mod tests {
     fn refusals_name_the_files_own_line_across_tables() {
         let text = "# seats\n\n[[agents]]\nid = \"a1\"\ntransfer_address = \"sip:a1\"\nchannels = { voice = 1 }\n\n[[agents]]\nid = \"a2\"\ntransfer_address = \"sip:a2\"\nchannels = { voice = 1 }\n[[agents]]\nid = \"a1\"\ntransfer_address = \"sip:a1\"\nchannels = { voice = 1 }\n";
         let err = parse("r.toml", text).unwrap_err().to_string();
-        assert_eq!(err, "r.toml:12: agents.a1.id: duplicate agent `a1`");
+        assert_eq!(err, "r.toml:13: agents.a1.id: duplicate agent `a1`");
         let bad = text.replace("id = \"a2\"", "id = \"a2\"\nshift = \"early\"");
         let err = parse("r.toml", &bad).unwrap_err().to_string();
         assert!(
@@ -190,29 +225,32 @@ mod tests {
     fn names_upsert_agent_would_refuse_are_refused() {
         let good = "[[agents]]\nid = \"a1\"\nteam = \"Billing\"\ntransfer_address = \"sip:a1@pbx.example\"\nskills = { billing = 2 }\nlanguages = [\"es-MX\"]\nchannels = { voice = 1 }\n";
         assert_eq!(parse("r.toml", good).unwrap().len(), 1);
-        for (from, to, field) in [
-            ("id = \"a1\"", "id = \"a 1\"", "agents.a 1.id"),
+        // Each refusal names the line of its key; a bad id, the agent's place.
+        for (from, to, at) in [
+            ("id = \"a1\"", "id = \"a 1\"", "2: agents[0].id"),
             (
                 "team = \"Billing\"",
                 "team = \"Bil\\nling\"",
-                "agents.a1.team",
+                "3: agents.a1.team",
             ),
             (
                 "sip:a1@pbx.example",
                 "sip:a1@pbx.example created=x",
-                "agents.a1.transfer_address",
+                "4: agents.a1.transfer_address",
             ),
-            ("billing = 2", "Billing = 2", "agents.a1.skills"),
-            ("es-MX", "es_MX", "agents.a1.languages"),
+            ("billing = 2", "Billing = 2", "5: agents.a1.skills"),
+            ("es-MX", "es_MX", "6: agents.a1.languages"),
         ] {
             let err = parse("r.toml", &good.replace(from, to))
                 .unwrap_err()
                 .to_string();
-            assert!(
-                err.starts_with(&format!("r.toml:1: {field}: only ")),
-                "{err}"
-            );
+            assert!(err.starts_with(&format!("r.toml:{at}: only ")), "{err}");
         }
+        let many: Vec<String> = (0..65).map(|i| format!("s{i} = 1")).collect();
+        let err = parse("r.toml", &good.replace("billing = 2", &many.join(", ")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "r.toml:5: agents.a1.skills: more than 64 entries");
     }
 
     #[test]
@@ -221,7 +259,7 @@ mod tests {
             "[[agents]]\nid = \"a1\"\ntransfer_address = \"sip:a1\"\nchannels = { voice = 0 }\n";
         let err = parse("r.toml", text).unwrap_err().to_string();
         assert!(
-            err.starts_with("r.toml:1: agents.a1.channels[0].capacity"),
+            err.starts_with("r.toml:4: agents.a1.channels[0].capacity"),
             "{err}"
         );
     }

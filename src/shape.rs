@@ -4,6 +4,9 @@
 //! carry (a policy word no contact can send would be a rule that never
 //! matches).
 
+/// Most skills, languages or channels of one agent.
+pub const MAX_AGENT_LIST: usize = 64;
+
 /// A kind of name or value: its longest length and its characters.
 #[derive(Debug, Clone, Copy)]
 pub struct Shape {

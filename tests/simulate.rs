@@ -321,7 +321,7 @@ fn bad_demand_and_shifts_are_refused_with_file_line_and_field() {
     .unwrap();
     let e = simulate::read_shifts(&shifts).unwrap_err().to_string();
     assert!(
-        e.contains(":8: shifts.count: more than 100000 agents in the file's shifts"),
+        e.contains(":10: shifts.count: more than 100000 agents in the file's shifts"),
         "{e}"
     );
 }

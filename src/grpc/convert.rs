@@ -20,14 +20,12 @@ use crate::model::{
     AgentState, CallbackReason, Channel, Contact, Identity, Reason, ReleaseReason, Time,
     TransferFrom, Urgency, language_tag,
 };
-use crate::shape::{ADDRESS, ID, LANGUAGE, Shape, TEXT, VALUE, WORD};
+use crate::shape::{ADDRESS, ID, LANGUAGE, MAX_AGENT_LIST, Shape, TEXT, VALUE, WORD};
 
 /// Most signals on one contact.
 pub const MAX_SIGNALS: usize = 32;
 /// Most attributes on one contact.
 pub const MAX_ATTRIBUTES: usize = 16;
-/// Most skills, languages or channels of one agent.
-pub const MAX_AGENT_LIST: usize = 64;
 
 fn violation(field: impl Display, problem: impl Display) -> Violation {
     Violation {

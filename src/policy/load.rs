@@ -19,7 +19,7 @@ use super::{
 };
 use crate::file::{self, FileError};
 use crate::model::{Channel, ChannelSet, FastMap, Identity, Urgency, language_tag};
-use crate::shape::{LANGUAGE, Shape, VALUE, WORD};
+use crate::shape::{ID, LANGUAGE, Shape, VALUE, WORD};
 
 /// Why a policy was refused: the file, the line and the field.
 pub type PolicyError = FileError;
@@ -33,12 +33,10 @@ pub fn read(path: &Path) -> Result<Policy, PolicyError> {
 /// What a queue or rule id may be.
 const ID_FORM: &str = "1-64 characters of letters, digits and _ - . :";
 
-/// Whether `id` is a queue or rule id ([`ID_FORM`]).
+/// Whether `id` is a queue or rule id ([`ID_FORM`]): an id requests can
+/// carry, and at most 64 bytes (answers and metric labels carry it).
 fn id_ok(id: &str) -> bool {
-    (1..=64).contains(&id.len())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))
+    (1..=64).contains(&id.len()) && ID.problem(id).is_none()
 }
 
 /// Why a policy names what no request could carry.

@@ -137,14 +137,9 @@ struct RawShifts {
 #[serde(deny_unknown_fields)]
 struct RawShift {
     agent: Spanned<String>,
-    #[serde(default = "one")]
-    count: u32,
+    count: Option<Spanned<u32>>,
     start: Spanned<String>,
     end: Spanned<String>,
-}
-
-fn one() -> u32 {
-    1
 }
 
 #[derive(Deserialize)]
@@ -204,11 +199,12 @@ pub fn read_shifts(path: &Path) -> Result<Vec<Shift>, FileError> {
     let mut copies_made: BTreeMap<String, u32> = BTreeMap::new();
     for spanned in &raw.shifts {
         let s = spanned.get_ref();
+        let count = s.count.as_ref().map_or(1, |c| *c.get_ref());
         // Each copy is an agent held in memory: a few zeros too many must
         // be refused, not take the machine's memory.
-        if shifts.len() + s.count as usize > MAX_SHIFT_AGENTS {
+        if shifts.len() + count as usize > MAX_SHIFT_AGENTS {
             return Err(invalid(
-                spanned.span().start,
+                s.count.as_ref().map_or(spanned.span(), Spanned::span).start,
                 "shifts.count",
                 format!("more than {MAX_SHIFT_AGENTS} agents in the file's shifts"),
             ));
@@ -243,7 +239,7 @@ pub fn read_shifts(path: &Path) -> Result<Vec<Shift>, FileError> {
         // Copies are numbered across the file: two shifts of one roster
         // agent are different people.
         let copies = copies_made.entry(template.0.id.clone()).or_insert(0u32);
-        for _ in 0..s.count {
+        for _ in 0..count {
             *copies += 1;
             let agent = copy_of(&template.0, *copies);
             shifts.push(Shift { agent, start, end });
