@@ -687,6 +687,42 @@ fn reload_adds_steps_to_waiting_contacts_and_calls_back_a_removed_queue() {
     assert!(e.waiting.find("w1").is_none());
 }
 
+/// A reload removes a queue while its caller waits and no CTI is
+/// connected: the CTI configured with that queue still connects, and is
+/// told the caller's callback.
+#[test]
+fn a_watcher_of_a_queue_a_reload_removed_is_told_its_callbacks() {
+    let mut e = Engine::new(Arc::new(waiting_policy()), EngineConfig::default());
+    let t = open();
+    agent(&mut e, "b1", "billing", t);
+    busy(&mut e, "c0", "billing", t);
+    e.route(&call("w1", "billing", Urgency::Routine), t)
+        .unwrap();
+    let renamed = waiting_policy_text()
+        .replacen("id = \"billing\"\nlevel", "id = \"billing_v2\"\nlevel", 1)
+        .replacen("route_to = \"billing\"\n", "route_to = \"billing_v2\"\n", 1);
+    let renamed = crate::policy::parse("renamed.toml", &renamed).unwrap();
+    e.replace_policy(Arc::new(renamed), t + Duration::seconds(10));
+    // Streamed to nobody.
+    e.take_events();
+    let (_, missed) = e
+        .watch(
+            WatchFilter {
+                queues: ["billing".into()].into(),
+                ..WatchFilter::default()
+            },
+            t + Duration::seconds(20),
+        )
+        .unwrap();
+    assert!(
+        missed.iter().any(
+            |ev| matches!(ev, Event::CallbackInstead { contact_id, callback, .. }
+            if contact_id == "w1" && callback.reason == CallbackReason::Policy)
+        ),
+        "{missed:?}"
+    );
+}
+
 /// Agents nobody watches are offered nothing from the line; a watcher that
 /// connects makes the offers, and only its agents' events pass its filter.
 #[test]
@@ -732,15 +768,14 @@ fn waiting_contacts_are_offered_only_to_watched_agents() {
     };
     assert!(&*a.offer.agent_id == "b2" && a.contact_id == "w1");
     e.unwatch(id, t2);
-    // An unknown queue in a filter is refused.
-    let bad = WatchFilter {
+    // A queue the policy lacks (a reload removed it) may be watched: a
+    // CTI configured with it still connects, and is told nothing else.
+    let removed = WatchFilter {
         queues: ["nope".into()].into(),
         ..WatchFilter::default()
     };
-    assert!(matches!(
-        e.watch(bad, t2),
-        Err(EngineError::UnknownQueue { .. })
-    ));
+    let (_, missed) = e.watch(removed, t2).unwrap();
+    assert!(missed.is_empty(), "{missed:?}");
 }
 
 /// A CTI restart: an offer out while nobody watched its agent lapses

@@ -284,23 +284,15 @@ impl Engine {
     /// offers still live for its agents (made before it connected), then
     /// the callbacks and moves of its queues that nobody could receive.
     /// Events decided by this call itself are not in that list; they are
-    /// queued as usual. A queue the filter names must exist.
+    /// queued as usual. A queue the filter names need not exist: a reload
+    /// may have removed it, and a CTI configured with it must still
+    /// connect, to be told the callbacks of the contacts parked there.
     pub(super) fn watch(
         &mut self,
         filter: WatchFilter,
         now: Time,
     ) -> Result<(WatchId, Vec<Event>), EngineError> {
         self.advance(now);
-        if let Some(q) = filter
-            .queues
-            .iter()
-            .find(|q| self.policy.queue_idx(q).is_none())
-        {
-            return Err(EngineError::UnknownQueue {
-                field: "queue_ids",
-                id: q.clone(),
-            });
-        }
         // Offers announced but not yet streamed reach the new watcher with
         // the stream: not twice.
         let pending: HashSet<_> = self
