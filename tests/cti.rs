@@ -270,17 +270,16 @@ async fn two_filtered_watchers_split_the_floor() {
     ] {
         assert!(metrics.contains(line), "no `{line}` in\n{metrics}");
     }
-    // A filter naming a queue the policy does not have is refused, as a
-    // transfer from an unknown queue is: NOT_FOUND, naming the field.
-    let bad = c
+    // A filter naming a queue the policy does not have (a reload may have
+    // removed it) connects: the CTI configured with it is not locked out.
+    let removed = c
         .watch_assignments(pb::WatchAssignmentsRequest {
             queue_ids: vec!["nope".into()],
             ..Default::default()
         })
-        .await
-        .unwrap_err();
-    assert_eq!(bad.code(), tonic::Code::NotFound);
-    assert!(bad.message().contains("queue_ids"), "{}", bad.message());
+        .await;
+    assert!(removed.is_ok(), "{removed:?}");
+    drop(removed);
     // A malformed id is INVALID_ARGUMENT naming the entry.
     let bad = c
         .watch_assignments(pb::WatchAssignmentsRequest {
