@@ -82,10 +82,10 @@ pub enum Command {
     Journal {
         /// The first record (sequence number; default: the first one kept,
         /// as snapshots compact the log before them).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         from: Option<u64>,
         /// The last record (default: the last one kept).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         to: Option<u64>,
         /// Replay the log (from the snapshot before `--from`) to show what
         /// each command decided: decision, rule, reasons, outcome, agent,

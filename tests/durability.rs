@@ -680,6 +680,10 @@ async fn a_restart_loads_the_snapshot_and_a_damaged_one_falls_back_to_the_one_be
         stderr.contains("records 1 to 1 were compacted behind a snapshot"),
         "{stderr}"
     );
+    // Records are numbered from 1.
+    let (ok, lines, stderr) = export(&data, &["--to", "0"]);
+    assert!(!ok && lines.is_empty(), "{stderr}");
+    assert!(stderr.contains("--to"), "{stderr}");
     let (ok, lines, stderr) = export(&data, &["--from", "5", "--to", "3"]);
     assert!(!ok && lines.is_empty());
     assert!(stderr.contains("--from 5 comes after --to 3"), "{stderr}");

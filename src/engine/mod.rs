@@ -145,7 +145,8 @@ impl EngineConfig {
 /// they or their staffing change and at closings and grace ends, not once a
 /// second.
 /// 7: a contact routed again while an offer for it is out is decided
-/// before the agent of that offer goes to anyone else.
+/// before the agent of that offer goes to anyone else; a watch filter may
+/// name a queue the policy lacks.
 pub const ROUTING_VERSION: u32 = 7;
 
 /// The peak rate of new requests with a request id the default window
