@@ -62,17 +62,21 @@ fn service_refuses_to_start_on_an_invalid_policy() {
         1,
     );
     let path = write("bad-start.toml", &bad);
-    let out = careroute()
-        .arg("--policy")
-        .arg(&path)
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-        ])
-        .output()
-        .unwrap();
+    let start = |more: &[&str]| {
+        careroute()
+            .arg("--policy")
+            .arg(&path)
+            .args([
+                "--grpc-addr",
+                "127.0.0.1:0",
+                "--metrics-addr",
+                "127.0.0.1:0",
+            ])
+            .args(more)
+            .output()
+            .unwrap()
+    };
+    let out = start(&[]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -83,19 +87,7 @@ fn service_refuses_to_start_on_an_invalid_policy() {
 
     // With JSON logs the refusal is a JSON line like every other, so a log
     // shipper parses it rather than drop it.
-    let out = careroute()
-        .arg("--policy")
-        .arg(&path)
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .output()
-        .unwrap();
+    let out = start(&["--log-format", "json"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<serde_json::Value> = stderr

@@ -440,16 +440,25 @@ async fn a_standby_rebuilt_from_the_log_retains_only_the_last_events_and_tells_t
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_frozen_leader_resumed_answers_nothing_and_rejoins_as_a_standby() {
-    let Some(nats) = Nats::start(3) else { return };
-    let id = cluster_id("freeze");
-    let a = careroute(&nats, &id, "3");
+/// A leader and a standby on the log `id` of `nats` (three replicas),
+/// the agent b1 registered on the leader, and a client of the leader.
+async fn leader_and_standby(
+    nats: &Nats,
+    id: &str,
+) -> (Process, Process, RoutingServiceClient<Channel>) {
+    let a = careroute(nats, id, "3");
     a.wait_for_log("this process leads", Duration::from_secs(30));
-    let b = careroute(&nats, &id, "3");
+    let b = careroute(nats, id, "3");
     b.wait_for_log("standby rebuilt from the log", Duration::from_secs(30));
     let mut ca = client(&a).await;
     agent(&mut ca, "b1", "Billing", "billing").await;
+    (a, b, ca)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_leader_resumed_answers_nothing_and_rejoins_as_a_standby() {
+    let Some(nats) = Nats::start(3) else { return };
+    let (a, b, mut ca) = leader_and_standby(&nats, &cluster_id("freeze")).await;
     let before = route(&mut ca, "before").await.unwrap();
     // A CTI watching the leader's offers.
     let mut watching = ca
@@ -526,12 +535,7 @@ async fn a_frozen_leader_resumed_answers_nothing_and_rejoins_as_a_standby() {
 async fn one_nats_server_of_three_killed_loses_nothing_and_a_careroute_answers_again() {
     let Some(nats) = Nats::start(3) else { return };
     let id = cluster_id("lose-one");
-    let a = careroute(&nats, &id, "3");
-    a.wait_for_log("this process leads", Duration::from_secs(30));
-    let b = careroute(&nats, &id, "3");
-    b.wait_for_log("standby rebuilt from the log", Duration::from_secs(30));
-    let mut ca = client(&a).await;
-    agent(&mut ca, "b1", "Billing", "billing").await;
+    let (a, b, mut ca) = leader_and_standby(&nats, &id).await;
     let before = route(&mut ca, "before").await.unwrap();
     let Some(pb::route_contact_response::Outcome::Agent(offer)) = &before.outcome else {
         panic!("{before:?}")
