@@ -9,7 +9,7 @@ use super::{
     Slot, Withdrawal,
 };
 use crate::model::{CallbackReason, Contact, Reason, Time};
-use crate::policy::{Guard, IntentIdx, Policy, QueueIdx, Resolved, Rule, Step, Text};
+use crate::policy::{Guard, IntentIdx, Policy, QueueIdx, Resolved, Rule, Step, Stray, Text};
 
 /// What routing decided, before the decision is dressed and recorded.
 struct Verdict<'p> {
@@ -30,24 +30,28 @@ struct Verdict<'p> {
 /// Checks the contact's signals, attributes and transfer against the
 /// policy's vocabulary; returns the queue handing it on.
 fn vocabulary(policy: &Policy, contact: &Contact) -> Result<Option<QueueIdx>, EngineError> {
-    if !contact.signals.iter().all(|s| policy.signals.contains(s)) {
-        return Err(EngineError::UnknownSignal {
-            allowed: policy.signal_names(),
-        });
-    }
-    for (key, value) in &contact.attributes {
-        let allowed = policy
-            .attributes
-            .get(key)
-            .ok_or_else(|| EngineError::UnknownAttribute {
+    let attributes = contact
+        .attributes
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()));
+    match policy.stray(&contact.signals, attributes) {
+        Some(Stray::Signal(_)) => {
+            return Err(EngineError::UnknownSignal {
+                allowed: policy.signal_names(),
+            });
+        }
+        Some(Stray::Attribute(_)) => {
+            return Err(EngineError::UnknownAttribute {
                 allowed: policy.attribute_names(),
-            })?;
-        if !allowed.contains(value) {
+            });
+        }
+        Some(Stray::Value { key, allowed, .. }) => {
             return Err(EngineError::AttributeValue {
-                key: key.clone(),
+                key: key.to_owned(),
                 allowed: allowed.join(", "),
             });
         }
+        None => {}
     }
     let transfer_from = match &contact.transfer_from {
         Some(t) => {

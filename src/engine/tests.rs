@@ -1551,10 +1551,8 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         ..WatchFilter::default()
                     },
                 };
-                let billing_gone = e.policy.queue_idx("billing").is_none();
                 let (id, live) = match apply!(Watch(filter)) {
                     Ok(watched) => watched,
-                    Err(EngineError::UnknownQueue { .. }) if k >= 3 && billing_gone => continue,
                     Err(other) => {
                         prop_assert!(false, "watch refused: {:?}", other);
                         continue;

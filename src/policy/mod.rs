@@ -41,6 +41,25 @@ pub type Text = Arc<str>;
 /// A shared list of texts (guidance, intake fields).
 pub type TextList = Arc<[Text]>;
 
+/// A contact's word the policy's vocabulary does not have
+/// ([`Policy::stray`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stray<'c> {
+    /// A signal it does not know.
+    Signal(&'c str),
+    /// An attribute key it does not declare.
+    Attribute(&'c str),
+    /// A value the attribute does not allow.
+    Value {
+        /// The attribute.
+        key: &'c str,
+        /// The value given.
+        value: &'c str,
+        /// The values it allows.
+        allowed: &'c [String],
+    },
+}
+
 /// A validated routing policy.
 #[derive(Debug)]
 pub struct Policy {
@@ -347,6 +366,32 @@ impl Policy {
     pub fn intent_names(&self) -> String {
         let names: Vec<&str> = self.intents.iter().map(|i| &*i.id).collect();
         names.join(", ")
+    }
+
+    /// The first of a contact's `signals` and `attributes` outside the
+    /// policy's vocabulary, if any: what the engine refuses a contact for,
+    /// and a policy test file at load.
+    pub fn stray<'c>(
+        &'c self,
+        signals: &'c [String],
+        attributes: impl IntoIterator<Item = (&'c str, &'c str)>,
+    ) -> Option<Stray<'c>> {
+        if let Some(signal) = signals.iter().find(|s| !self.signals.contains(*s)) {
+            return Some(Stray::Signal(signal));
+        }
+        for (key, value) in attributes {
+            let Some(allowed) = self.attributes.get(key) else {
+                return Some(Stray::Attribute(key));
+            };
+            if !allowed.iter().any(|a| a == value) {
+                return Some(Stray::Value {
+                    key,
+                    value,
+                    allowed,
+                });
+            }
+        }
+        None
     }
 
     /// The signals contacts may carry, sorted and comma-separated, for

@@ -31,7 +31,7 @@ use crate::file::{self, FileError};
 use crate::model::{
     AgentState, CallbackReason, Channel, Contact, Identity, Reason, ReleaseReason, Time, Urgency,
 };
-use crate::policy::{self, Policy};
+use crate::policy::{self, Policy, Stray};
 use crate::roster;
 
 /// A test file, checked.
@@ -389,39 +389,45 @@ fn contact(
     // The engine refuses a contact outside the policy's vocabulary; a case
     // is refused here instead, with its line, as its intent is.
     let signals = c.signals.as_ref().map_or(&[][..], |s| s.get_ref());
-    if let Some(list) = &c.signals
-        && let Some(stray) = signals.iter().find(|s| !policy.signals.contains(*s))
-    {
-        return Err(cx.invalid(
-            list.span().start,
-            &field("signals"),
-            format!(
-                "`{stray}` is not a signal of the policy ({})",
-                policy.signal_names()
-            ),
-        ));
-    }
     let attributes = c.attributes.as_ref().map(|a| a.get_ref());
-    if let Some(map) = &c.attributes {
-        for (key, value) in map.get_ref() {
-            let Some(allowed) = policy.attributes.get(key) else {
-                return Err(cx.invalid(
-                    map.span().start,
-                    &field("attributes"),
-                    format!(
-                        "`{key}` is not an attribute of the policy ({})",
-                        policy.attribute_names()
-                    ),
-                ));
-            };
-            if !allowed.contains(value) {
-                return Err(cx.invalid(
-                    map.span().start,
-                    &field(&format!("attributes.{key}")),
-                    format!("`{value}` is not one of: {}", allowed.join(", ")),
-                ));
-            }
+    let pairs = attributes
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| (k.as_str(), v.as_str()));
+    let at = |list: Option<std::ops::Range<usize>>| list.map_or(raw.span().start, |s| s.start);
+    match policy.stray(signals, pairs) {
+        Some(Stray::Signal(stray)) => {
+            return Err(cx.invalid(
+                at(c.signals.as_ref().map(|s| s.span())),
+                &field("signals"),
+                format!(
+                    "`{stray}` is not a signal of the policy ({})",
+                    policy.signal_names()
+                ),
+            ));
         }
+        Some(Stray::Attribute(key)) => {
+            return Err(cx.invalid(
+                at(c.attributes.as_ref().map(|a| a.span())),
+                &field("attributes"),
+                format!(
+                    "`{key}` is not an attribute of the policy ({})",
+                    policy.attribute_names()
+                ),
+            ));
+        }
+        Some(Stray::Value {
+            key,
+            value,
+            allowed,
+        }) => {
+            return Err(cx.invalid(
+                at(c.attributes.as_ref().map(|a| a.span())),
+                &field(&format!("attributes.{key}")),
+                format!("`{value}` is not one of: {}", allowed.join(", ")),
+            ));
+        }
+        None => {}
     }
     let contact = Contact {
         contact_id: c
