@@ -1371,8 +1371,8 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 // or the limits shrank it) the command acts anew: a confirm
                 // or release meets its settled reservation, a completion or
                 // cancel acts only on work the model says is there.
-                let (sent, first, sent_at, sent_len) =
-                    settled_once[usize::from(k) % settled_once.len()].clone();
+                let which = usize::from(k) % settled_once.len();
+                let (sent, first, sent_at, sent_len) = settled_once[which].clone();
                 // Kept for sure: no limit changed since, well inside the
                 // window, and fewer requests sent with an id than the cap.
                 let window = Duration::milliseconds(e.limits().idempotency_retention_ms);
@@ -1417,7 +1417,8 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         prop_assert_eq!(&kept, &first);
                         prop_assert_eq!(fingerprint(&e), before, "a retry changed the state");
                     }
-                    (Ok(_), SentOnce::Complete(once)) => {
+                    // Acting anew, its answer is the one kept from now on.
+                    (Ok((kept, false)), SentOnce::Complete(once)) => {
                         let pair = (
                             once.command.agent_id.clone(),
                             once.command.contact_id.clone(),
@@ -1427,10 +1428,12 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                         if let Some(i) = held {
                             active.remove(i);
                         }
+                        settled_once[which] = (sent.clone(), kept, now, log.len());
                     }
-                    (Ok(_), SentOnce::Cancel(once)) => {
+                    (Ok((kept, false)), SentOnce::Cancel(once)) => {
                         prop_assert!(was_waiting, "cancelled a contact not waiting");
                         waiting.remove(&once.command.0);
+                        settled_once[which] = (sent.clone(), kept, now, log.len());
                     }
                     (Ok(_), sent) => prop_assert!(false, "{:?} settled twice", sent),
                     // Forgotten, and acting anew: only what each can meet.
