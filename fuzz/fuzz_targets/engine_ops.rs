@@ -394,7 +394,7 @@ struct Model {
 fn route(e: &mut Engine, m: &mut Model, c: &Contact, known: bool, now: Time) {
     match e.apply(Route(c), now) {
         Ok(d) => {
-            let replay = d.reasons.last() == Some(&careroute::model::Reason::IdempotentReplay);
+            let replay = d.replayed();
             check_decision(e, &d, now);
             if let Some(r) = &c.request_id {
                 let first = m.requests.entry((c.contact_id.clone(), r.clone()));

@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use careroute::engine::{AgentSpec, Decision, Engine, EngineConfig, Event, Outcome};
 use careroute::engine::{Route, SetAgentState, Tick, UpsertAgent};
 use careroute::grpc::pb;
-use careroute::model::{AgentState, Channel, Contact, Identity, Reason, Time, Urgency};
+use careroute::model::{AgentState, Channel, Contact, Identity, Time, Urgency};
 use careroute::policy::Policy;
 use chrono::{TimeZone, Utc};
 use prost::Message;
@@ -209,7 +209,7 @@ pub fn check_invariants(engine: &Engine) {
 /// Checks what every fresh decision (not a replay) promises: an offer
 /// expires one TTL from now, a queued contact has a place in line.
 pub fn check_decision(engine: &Engine, decision: &Decision, now: Time) {
-    if decision.reasons.last() == Some(&Reason::IdempotentReplay) {
+    if decision.replayed() {
         return;
     }
     match &decision.outcome {

@@ -184,6 +184,11 @@ impl Decision {
             Outcome::Emergency { .. } | Outcome::Authenticate { .. } => None,
         }
     }
+
+    /// A retry answered with the first decision: nothing was decided anew.
+    pub fn replayed(&self) -> bool {
+        self.reasons.last() == Some(&Reason::IdempotentReplay)
+    }
 }
 
 /// Guidance from the policy, shared with it rather than copied.

@@ -147,7 +147,10 @@ impl EngineConfig {
 /// 7: a contact routed again while an offer for it is out is decided
 /// before the agent of that offer goes to anyone else; a watch filter may
 /// name a queue the policy lacks.
-pub const ROUTING_VERSION: u32 = 7;
+/// 8: a contact routed again withdraws the offer an earlier answer made
+/// it, and a withdrawn offer gives its agent back its place in the idle
+/// order.
+pub const ROUTING_VERSION: u32 = 8;
 
 /// The peak rate of new requests with a request id the default window
 /// holds in full.
@@ -214,7 +217,7 @@ pub struct Counters {
     pub reserved: u64,
     /// Reservations confirmed.
     pub confirmed: u64,
-    /// Reservations released by a client.
+    /// Reservations released by a client, or withdrawn by careroute.
     pub released: u64,
     /// Reservations whose TTL passed.
     pub expired: u64,
@@ -253,6 +256,10 @@ pub struct Engine {
     config: EngineConfig,
     roster: Roster,
     reservations: FastMap<ReservationId, Reservation>,
+    /// The live offer RouteContact made each contact itself (not from its
+    /// line): routing the contact again withdraws it, so one contact never
+    /// holds two agents.
+    offers: FastMap<String, ReservationId>,
     ledger: Ledger,
     timers: BinaryHeap<Reverse<(Time, Timer)>>,
     /// The first decision per (contact id, request id), for retries.
@@ -298,6 +305,7 @@ impl Engine {
             unstaffed_since: vec![None; policy.queues.len()],
             policy,
             reservations: FastMap::default(),
+            offers: FastMap::default(),
             ledger: Ledger {
                 first: 0,
                 fates: VecDeque::new(),

@@ -23,7 +23,7 @@ use super::{
     AgentIdx, CallbackOffer, DecisionId, Engine, EngineError, Fate, Hop, HopKind, Reservation,
     ReservationId, Slot, Timer, ewt,
 };
-use crate::model::{AgentState, CallbackReason, Channel, Contact, ReleaseReason, Time, Urgency};
+use crate::model::{AgentState, CallbackReason, Channel, Contact, Time, Urgency};
 use crate::policy::{Policy, QueueIdx, Resolved, Text};
 
 /// Priority points of an urgent contact: with the default aging of one point
@@ -534,7 +534,7 @@ impl Engine {
     ) -> Option<AgentIdx> {
         let (seq, offer) = self.waiting.find(contact_id).map(|w| (w.seq, w.offer))?;
         self.waiting.leave(seq);
-        let r = self.free_slot(offer?, Fate::Released(ReleaseReason::Unspecified), now)?;
+        let r = self.free_slot(offer?, Fate::Withdrawn, now)?;
         self.counters.released += 1;
         self.withdrawn(&r, why);
         Some(r.agent)
@@ -718,7 +718,7 @@ impl Engine {
                 continue;
             }
             if let Some(id) = w.offer
-                && let Some(r) = self.free_slot(id, Fate::Released(ReleaseReason::Unspecified), now)
+                && let Some(r) = self.free_slot(id, Fate::Withdrawn, now)
             {
                 self.counters.released += 1;
                 self.withdrawn(&r, Withdrawal::PolicyChanged);

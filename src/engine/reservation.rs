@@ -38,6 +38,12 @@ pub(super) struct Reservation {
     /// Nobody watched the agent at some point while the offer was out: if
     /// it lapses, that is not the agent's miss.
     pub(super) unseen: bool,
+    /// Since when the agent was free on the channel before this offer, and
+    /// when the offer took it (microseconds): withdrawn, the offer gives
+    /// the agent its place in the longest-idle order back, unless other
+    /// work came to the channel since.
+    pub(super) idle_since: i64,
+    pub(super) offered_at: i64,
 }
 
 /// What became of a reservation.
@@ -47,6 +53,10 @@ pub(super) enum Fate {
     Confirmed,
     Released(ReleaseReason),
     Expired,
+    /// Void by careroute's doing, not the agent's or a client's: the
+    /// contact left its line or was routed again, or a reload removed its
+    /// queue. A late confirm is told it was released.
+    Withdrawn,
 }
 
 /// The fate of the most recent reservations, one byte each, indexed by
@@ -123,20 +133,32 @@ impl Engine {
         now: Time,
     ) -> Option<Reservation> {
         let r = self.reservations.remove(&id)?;
+        if r.waiter.is_none() && self.offers.get(r.contact_id.as_str()) == Some(&id) {
+            self.offers.remove(r.contact_id.as_str());
+        }
         if let Some(q) = r.queue {
             let n = self.roster.reservations_mut(q);
             *n = n.saturating_sub(1);
         }
         let c = r.channel.index();
-        let freed = fate != Fate::Confirmed;
         let micros = now.timestamp_micros();
         let blocks = *self.roster.blocks();
         self.roster.update(r.agent, |agent| {
             let blocked_before = agent.blocked_channels(&blocks);
             agent.reserved[c] = agent.reserved[c].saturating_sub(1);
-            // Released or lapsed: free on this channel from now.
-            if freed {
-                agent.freed(r.channel, micros, blocked_before, &blocks);
+            match fate {
+                Fate::Confirmed => {}
+                // Withdrawn, with no other work on the channel and nothing
+                // since: as if never offered, it stands where it stood.
+                Fate::Withdrawn
+                    if agent.reserved[c] == 0
+                        && agent.active[c] == 0
+                        && agent.ready_since[c] == r.offered_at =>
+                {
+                    agent.ready_since[c] = r.idle_since;
+                }
+                // Released or lapsed: free on this channel from now.
+                _ => agent.freed(r.channel, micros, blocked_before, &blocks),
             }
         });
         if let Some(seq) = self.ids.decipher(IdKind::Reservation, id.0)
@@ -159,11 +181,11 @@ impl Engine {
         let expires_at = now + self.policy.reservation_ttl;
         let c = channel.index();
         let micros = now.timestamp_micros();
-        self.roster.update(pick.agent, |agent| {
+        let idle_since = self.roster.update(pick.agent, |agent| {
             agent.reserved[c] += 1;
             // Work just arrived on this channel: the agent goes to the back
             // of its idle order.
-            agent.ready_since[c] = micros;
+            std::mem::replace(&mut agent.ready_since[c], micros)
         });
         *self.roster.reservations_mut(queue) += 1;
         let queue_id = self.policy.queues[queue].id.clone();
@@ -182,8 +204,13 @@ impl Engine {
                 waiter,
                 interpreter_needed: pick.interpreter_needed,
                 unseen: false,
+                idle_since,
+                offered_at: micros,
             },
         );
+        if waiter.is_none() {
+            self.offers.insert(contact_id.to_owned(), id);
+        }
         self.timers.push(Reverse((expires_at, Timer::Expire(id))));
         self.counters.reserved += 1;
         let agent = self.roster.agent(pick.agent);
@@ -197,6 +224,17 @@ impl Engine {
         }
     }
 
+    /// Withdraws the live offer RouteContact made `contact_id` itself, if
+    /// any: the contact routed again no longer needs it. Returns the agent
+    /// it held, free again where it stood. The stream is told nothing: it
+    /// never carried the offer, and the new answer may give the same agent.
+    pub(super) fn withdraw_offer(&mut self, contact_id: &str, now: Time) -> Option<AgentIdx> {
+        let id = *self.offers.get(contact_id)?;
+        let r = self.free_slot(id, Fate::Withdrawn, now)?;
+        self.counters.released += 1;
+        Some(r.agent)
+    }
+
     pub(super) fn reservation_error(&self, id: ReservationId) -> EngineError {
         let fate = self
             .ids
@@ -206,7 +244,7 @@ impl Engine {
         let how = match fate {
             Some(Fate::Expired) => return EngineError::ReservationExpired(id.to_string()),
             Some(Fate::Confirmed) => Settled::Confirmed,
-            Some(Fate::Released(_)) => Settled::Released,
+            Some(Fate::Released(_) | Fate::Withdrawn) => Settled::Released,
             Some(Fate::Live) | None => return EngineError::UnknownReservation(id.to_string()),
         };
         EngineError::ReservationSettled {

@@ -238,23 +238,24 @@ impl Engine {
     }
 
     /// A new hop supersedes any place in line the contact held (its offer
-    /// withdrawn), and any callback kept for a watcher that has not
-    /// connected. Returns the agent whose offer was withdrawn: the contact
-    /// is decided again before that agent goes to anyone else, so a
-    /// contact routed again while its offer is out is not passed over for
-    /// one behind it.
-    fn supersede(&mut self, contact: &Contact, now: Time) -> Option<AgentIdx> {
-        let freed = self.withdraw_from_line(&contact.contact_id, Withdrawal::Rerouted, now);
+    /// withdrawn), the offer an earlier hop reserved for it, and any
+    /// callback kept for a watcher that has not connected. Returns the
+    /// agents whose offers were withdrawn: the contact is decided again
+    /// before they go to anyone else, so a contact routed again while its
+    /// offer is out is not passed over for one behind it.
+    fn supersede(&mut self, contact: &Contact, now: Time) -> [Option<AgentIdx>; 2] {
+        let from_line = self.withdraw_from_line(&contact.contact_id, Withdrawal::Rerouted, now);
+        let offered = self.withdraw_offer(&contact.contact_id, now);
         if !self.undelivered.is_empty() {
             self.undelivered.forget(&contact.contact_id);
         }
-        freed
+        [from_line, offered]
     }
 
-    /// Offers an agent freed by [`Engine::supersede`] what waits, once the
-    /// contact routed again was decided (it may have taken the agent).
-    fn dispatch_freed(&mut self, freed: Option<AgentIdx>, now: Time) {
-        if let Some(agent) = freed {
+    /// Offers the agents freed by [`Engine::supersede`] what waits, once
+    /// the contact routed again was decided (it may have taken one).
+    fn dispatch_freed(&mut self, freed: [Option<AgentIdx>; 2], now: Time) {
+        for agent in freed.into_iter().flatten() {
             self.dispatch(agent, now);
         }
     }

@@ -403,6 +403,51 @@ fn retry_with_the_same_request_id_reserves_nothing_new() {
     assert_eq!(e.counters().reserved, 2);
 }
 
+/// Routed again without a request id (a retry that lost its id, a second
+/// IVR leg), a contact still holds one agent: each new hop withdraws the
+/// offer the one before reserved, and a late confirm of it is told it was
+/// released. Other contacts' offers are untouched.
+#[test]
+fn a_contact_routed_again_holds_one_agent() {
+    let mut e = engine();
+    let t = open();
+    for i in 0..4 {
+        add(&mut e, billing_agent(&format!("b{i}"), &["en"], 1, 0), t);
+    }
+    let other = offer(&e.route(&billing("c2"), t).unwrap()).clone();
+    let c = billing("c1");
+    let offers: Vec<AgentOffer> = (0..3)
+        .map(|s| offer(&e.route(&c, t + Duration::seconds(s)).unwrap()).clone())
+        .collect();
+    assert_eq!(e.live_reservations(), 2);
+    // The withdrawn agent stood where it stood before the offer, the
+    // longest idle: each hop gets it again, under a new reservation. The
+    // stream never carried these offers and is told nothing of them.
+    assert!(offers.iter().all(|o| o.agent_id == offers[0].agent_id));
+    assert_ne!(offers[0].agent_id, other.agent_id);
+    assert_ne!(offers[0].reservation, offers[2].reservation);
+    assert!(e.take_events().is_empty());
+    let later = t + Duration::seconds(5);
+    assert!(matches!(
+        e.confirm(offers[0].reservation, later),
+        Err(EngineError::ReservationSettled {
+            how: Settled::Released,
+            ..
+        })
+    ));
+    e.confirm(offers[2].reservation, later).unwrap();
+    e.confirm(other.reservation, later).unwrap();
+    assert_eq!(e.live_reservations(), 0);
+    // Two agents took the two contacts; the other two are free again.
+    let free = e
+        .roster
+        .agents()
+        .iter()
+        .filter(|a| a.free_channels(e.roster.blocks()).contains(Channel::Voice))
+        .count();
+    assert_eq!(free, 2);
+}
+
 /// The window is a time: a retry late in the window still replays, and
 /// one after it is decided anew; traffic beyond the sized cap forgets the
 /// oldest ids early, and each is counted.
@@ -683,6 +728,30 @@ fn check_invariants(e: &Engine, now: Time) {
             assert_eq!(w.offer, Some(*id), "offer and waiter disagree");
         }
     }
+    // No contact holds two live reservations (a new hop withdraws what an
+    // earlier one reserved), and the index of offers RouteContact made
+    // holds exactly those not made from a line.
+    let mut holders = std::collections::HashSet::new();
+    for r in e.reservations.values() {
+        assert!(
+            holders.insert(r.contact_id.as_str()),
+            "{} holds two live reservations",
+            r.contact_id
+        );
+    }
+    let mut offers: Vec<_> = e
+        .reservations
+        .values()
+        .filter(|r| r.waiter.is_none())
+        .map(|r| (r.contact_id.as_str(), r.id))
+        .collect();
+    offers.sort();
+    let mut indexed: Vec<_> = e.offers.iter().map(|(c, id)| (c.as_str(), *id)).collect();
+    indexed.sort();
+    assert_eq!(
+        indexed, offers,
+        "the offers index disagrees with the reservations"
+    );
     // The oracle, by brute force over every agent: nobody waits in line
     // while an agent a watcher covers, eligible for the line and free on
     // its channel, may be offered it (its cool-down over).
@@ -934,6 +1003,10 @@ enum Op {
         chat: bool,
         preferred: Option<u8>,
     },
+    /// A contact with an offer out routed again (the IVR retried without
+    /// its request id, or a second leg), on the offer's channel: the `k`th
+    /// offer the model holds, if it is still live.
+    Reroute(u8),
     /// A contact the policy refuses (an unknown intent, an undeclared
     /// attribute, a value not allowed): the log keeps a tick in its place.
     Refused(u8),
@@ -1006,6 +1079,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (any::<u8>(), any::<bool>(), proptest::option::of(0u8..4))
             .prop_map(|(contact, chat, preferred)| Op::Route { contact, chat, preferred }),
+        1 => any::<u8>().prop_map(Op::Reroute),
         1 => any::<u8>().prop_map(Op::Refused),
         2 => any::<u8>().prop_map(Op::Confirm),
         1 => (any::<u8>(), 0u8..5).prop_map(|(k, why)| Op::Release(k, why)),
@@ -1087,10 +1161,12 @@ fn longest_idle_oracle(
 pub(crate) fn fingerprint(e: &Engine) -> String {
     let mut reservations: Vec<_> = e.reservations.iter().collect();
     reservations.sort_by_key(|(id, _)| **id);
+    let mut offers: Vec<_> = e.offers.iter().collect();
+    offers.sort();
     let mut timers: Vec<_> = e.timers.iter().collect();
     timers.sort();
     format!(
-        "{}\n{}\n{reservations:?}\n{} {:?}\n{timers:?}\n{}\n{}\n{}\n{} {:?}\n{}\n{:?}\n{:?} {:?} {:?}\n{}\n{}\n{:?}\n{:?} {:?}",
+        "{}\n{}\n{reservations:?}\n{offers:?}\n{} {:?}\n{timers:?}\n{}\n{}\n{}\n{} {:?}\n{}\n{:?}\n{:?} {:?} {:?}\n{}\n{}\n{:?}\n{:?} {:?}",
         e.policy.source,
         e.roster.fingerprint(),
         e.ledger.first,
@@ -1164,8 +1240,7 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut offered: Vec<ReservationId> = Vec::new();
     let mut active: Vec<(String, String)> = Vec::new();
     let mut waiting: std::collections::HashSet<String> = Default::default();
-    // Offers made to waiting contacts (an immediate offer to a contact that
-    // is also queued under a later hop answers the earlier hop only).
+    // Offers made to waiting contacts.
     let mut assignments: std::collections::HashSet<ReservationId> = Default::default();
     // Settling commands sent with a request id (every other one), with
     // their first answer, for retries.
@@ -1174,6 +1249,23 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
     // it may have been forgotten early (a smaller window or cap).
     let mut limits_changed = 0usize;
     for op in ops {
+        // Routed again, a contact with an offer out is routed as any other.
+        let op = match op {
+            Op::Reroute(k) if !offered.is_empty() => {
+                let r = offered[usize::from(k) % offered.len()];
+                let again = e.reservations.get(&r).and_then(|r| {
+                    let contact = r.contact_id.strip_prefix('c')?.parse().ok()?;
+                    let chat = r.channel == Channel::Chat;
+                    Some(Op::Route {
+                        contact,
+                        chat,
+                        preferred: None,
+                    })
+                });
+                again.unwrap_or(Op::Reroute(k))
+            }
+            other => other,
+        };
         // What a tick in place of a refused route told.
         let mut tick_told = None;
         match op {
@@ -1232,9 +1324,33 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     c.language = Some("es".into());
                 }
                 waiting.remove(&c.contact_id); // a new hop replaces its place
-                let ready_before: Vec<[i64; 5]> =
+                // ... and withdraws the offer an earlier hop reserved.
+                let held: Vec<ReservationId> = e
+                    .reservations
+                    .values()
+                    .filter(|r| r.contact_id == c.contact_id)
+                    .map(|r| r.id)
+                    .collect();
+                let mut ready_before: Vec<[i64; 5]> =
                     e.roster.agents().iter().map(|a| a.ready_since).collect();
+                // A withdrawn offer gives its agent back its place, when it
+                // was the agent's only work on the channel and nothing
+                // moved it since.
+                let live = held.iter().filter_map(|r| e.reservations.get(r));
+                for r in live.filter(|r| r.expires_at > now) {
+                    let (agent, k) = (e.roster.agent(r.agent), r.channel.index());
+                    let ready = &mut ready_before[r.agent as usize][k];
+                    if agent.reserved[k] == 1 && agent.active[k] == 0 && *ready == r.offered_at {
+                        *ready = r.idle_since;
+                    }
+                }
                 let d = apply!(Route(&c)).unwrap();
+                for r in held {
+                    prop_assert!(
+                        !e.reservations.contains_key(&r),
+                        "an earlier hop's offer outlived the new hop"
+                    );
+                }
                 if let Outcome::Agent(a) = &d.outcome
                     && d.reasons.contains(&Reason::LongestIdle)
                 {

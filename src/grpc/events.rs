@@ -95,8 +95,10 @@ impl Describe for Route<'_> {
     fn note(&self) -> String {
         self.0.contact_id.clone()
     }
+    /// A retry answered with the first decision decided nothing: no event,
+    /// as for a settling call's retry.
     fn describe(contact_id: String, out: &Result<Decision, EngineError>) -> Option<Change> {
-        let decision = out.as_ref().ok()?;
+        let decision = out.as_ref().ok().filter(|d| !d.replayed())?;
         Some(Change::Decision {
             contact_id,
             decision: decision.clone(),
@@ -496,8 +498,15 @@ mod tests {
             };
             live.apply(&mut e, available, at(1)).unwrap();
         }
-        let c1 = billing("c1");
+        let mut c1 = billing("c1");
+        c1.request_id = Some("r1".into());
         let r1 = reservation(&live.apply(&mut e, Route(&c1), at(2)).unwrap());
+        // A RouteContact retry, answered with the first decision, tells
+        // nothing either.
+        let again = live.apply(&mut e, Route(&c1), at(2)).unwrap();
+        assert_eq!(reservation(&again), r1);
+        let retry = live.log.len() as u64;
+        assert!(live.told.iter().all(|t| t.sequence != retry));
         live.apply(&mut e, Once::new("q1", Confirm(r1)), at(3))
             .unwrap();
         // A retry answered from the first tells nothing.
