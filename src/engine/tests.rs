@@ -1333,23 +1333,47 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .collect();
                 let mut ready_before: Vec<[i64; 5]> =
                     e.roster.agents().iter().map(|a| a.ready_since).collect();
-                // A withdrawn offer gives its agent back its place, when it
-                // was the agent's only work on the channel and nothing
-                // moved it since.
-                let live = held.iter().filter_map(|r| e.reservations.get(r));
-                for r in live.filter(|r| r.expires_at > now) {
-                    let (agent, k) = (e.roster.agent(r.agent), r.channel.index());
-                    let ready = &mut ready_before[r.agent as usize][k];
-                    if agent.reserved[k] == 1 && agent.active[k] == 0 && *ready == r.offered_at {
-                        *ready = r.idle_since;
-                    }
-                }
+                // Where the withdrawal puts the agent of each: back where it
+                // stood before the offer when that was its only work on the
+                // channel and nothing moved it since, else free from now
+                // (on the channel, and on any the offer blocked).
+                let withdrawn: Vec<(AgentIdx, [i64; 5])> = held
+                    .iter()
+                    .filter_map(|r| e.reservations.get(r))
+                    .map(|r| {
+                        let (agent, k) = (e.roster.agent(r.agent), r.channel.index());
+                        let mut ready = agent.ready_since;
+                        if agent.reserved[k] == 1
+                            && agent.active[k] == 0
+                            && ready[k] == r.offered_at
+                        {
+                            ready[k] = r.idle_since;
+                        } else {
+                            let blocks = e.roster.blocks();
+                            let mut freed = agent.clone();
+                            freed.reserved[k] -= 1;
+                            let (was, is) = (
+                                agent.blocked_channels(blocks),
+                                freed.blocked_channels(blocks),
+                            );
+                            for ch in Channel::ALL {
+                                if ch == r.channel || (was.contains(ch) && !is.contains(ch)) {
+                                    ready[ch.index()] = now.timestamp_micros();
+                                }
+                            }
+                        }
+                        (r.agent, ready)
+                    })
+                    .collect();
                 let d = apply!(Route(&c)).unwrap();
                 for r in held {
                     prop_assert!(
                         !e.reservations.contains_key(&r),
                         "an earlier hop's offer outlived the new hop"
                     );
+                }
+                for (agent, ready) in withdrawn {
+                    ready_before[agent as usize] = ready;
                 }
                 if let Outcome::Agent(a) = &d.outcome
                     && d.reasons.contains(&Reason::LongestIdle)

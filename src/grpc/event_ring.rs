@@ -210,7 +210,7 @@ impl EventRing {
             });
         };
         let why = if after > head {
-            format!("{after} is past the log's last record, {head}")
+            format!("past the log's last record, {head}")
         } else if after < ring.resumable_after {
             format!(
                 "the events after {after} are no longer retained here; read them from the journal (careroute journal --outcomes --from {})",

@@ -394,6 +394,7 @@ impl Published {
             .assignments
             .iter()
             .map(|(_, wire)| pb::routing_event::Event::Assignment(wire.clone()));
+        let last = self.told().saturating_sub(1);
         change
             .into_iter()
             .chain(assignments)
@@ -403,6 +404,7 @@ impl Published {
                 index: index as u32,
                 at,
                 event: Some(event),
+                last_of_sequence: index == last,
             })
             .collect()
     }
@@ -538,6 +540,9 @@ mod tests {
         // Time passes: wrap-up ends, c5 is offered, and what falls due
         // later.
         live.apply(&mut e, Tick, at(600)).unwrap();
+        // c5 hangs up with its offer out: the cancel and the withdrawal
+        // share a sequence.
+        live.apply(&mut e, Cancel("c5".into()), at(601)).unwrap();
         live.apply(&mut e, Tick, at(900)).unwrap();
         let policy = ReplacePolicy(Arc::new(Policy::embedded().unwrap()));
         live.apply(&mut e, policy, at(901)).unwrap();
@@ -547,6 +552,21 @@ mod tests {
         let restarted = e.apply(Command::Restarted, at(903));
         assert!(restarted.is_ok() && e.take_events().is_empty());
 
+        // Each sequence's last event, and only it, says it is the last: a
+        // watcher knows when a sequence is fully received.
+        let mut by_sequence: std::collections::BTreeMap<u64, Vec<(u32, bool)>> = Default::default();
+        for t in &live.told {
+            by_sequence
+                .entry(t.sequence)
+                .or_default()
+                .push((t.index, t.last_of_sequence));
+        }
+        assert!(by_sequence.values().any(|events| events.len() > 1));
+        for events in by_sequence.values() {
+            let n = events.len() as u32;
+            let expected: Vec<(u32, bool)> = (0..n).map(|i| (i, i + 1 == n)).collect();
+            assert_eq!(events, &expected);
+        }
         // Every kind of event was told.
         use pb::routing_event::Event as E;
         let kinds: std::collections::HashSet<_> = live
