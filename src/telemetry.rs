@@ -38,7 +38,7 @@ pub const AGENTS: &str = "careroute_agents";
 pub const RESERVATIONS_MADE: &str = "careroute_reservations_made_total";
 /// Reservations confirmed.
 pub const RESERVATIONS_CONFIRMED: &str = "careroute_reservations_confirmed_total";
-/// Reservations released by a client.
+/// Reservations released by a client, or withdrawn by careroute.
 pub const RESERVATIONS_RELEASED: &str = "careroute_reservations_released_total";
 /// Reservations whose TTL passed.
 pub const RESERVATIONS_EXPIRED: &str = "careroute_reservations_expired_total";
@@ -259,7 +259,7 @@ fn describe() {
     );
     describe_counter!(
         RESERVATIONS_RELEASED,
-        "Reservations released by a client (rejected, no answer, cancelled)."
+        "Reservations released by a client (rejected, no answer, cancelled) or withdrawn by careroute (routed again, hung up while waiting, queue removed by a reload)."
     );
     describe_counter!(
         RESERVATIONS_EXPIRED,

@@ -381,6 +381,7 @@ impl Engine {
             _ => at,
         };
         self.now = Some(now);
+        self.notices.clear();
         let out = command.apply_at(self, now);
         // A line that filled or moved, or a change to who staffs the lines,
         // is looked at in the command that made it.

@@ -1,11 +1,13 @@
 //! What the engine decides outside a request, for the edge to stream to
 //! the CTI's watchers: offers of waiting contacts, withdrawn offers, moves
-//! at closing and callbacks, and which watcher filters each one passes.
+//! at closing and callbacks, and which watcher filters each one passes;
+//! and the notices of what else it changed by itself, for the event stream.
 
 use chrono::Duration;
 
 use super::watchers::WatchFilter;
 use super::{AgentOffer, CallbackOffer, ReservationId};
+use crate::model::AgentState;
 use crate::policy::{Text, TextList};
 
 /// Where a waiting call is parked: the queue it joined and that queue's
@@ -40,6 +42,26 @@ pub struct Assignment {
     /// The policy's guidance to verify the caller's identity during the
     /// call, when it went on unverified (an urgent clinical contact).
     pub verify_identity: Option<TextList>,
+}
+
+/// What careroute changed by itself that no assignment event tells: the
+/// event stream tells it beside them (WatchAssignments has its own words
+/// for the offers it made).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Notice {
+    /// A reservation's TTL passed before a confirm or release.
+    Expired(ReservationId),
+    /// careroute withdrew a reservation: its contact was routed again or
+    /// hung up while waiting, or a reload removed its queue.
+    Withdrawn(ReservationId),
+    /// careroute set an agent's state: wrap-up after a completion,
+    /// available when wrap-up ends, not responding after missed offers.
+    State {
+        /// The agent.
+        agent_id: Text,
+        /// Its new state.
+        state: AgentState,
+    },
 }
 
 /// Why an offer was withdrawn.

@@ -54,7 +54,7 @@ pub use decision::{
     AgentOffer, CallbackOffer, Decision, DecisionId, Guidance, Outcome, ReservationId,
 };
 pub use error::{EngineError, Settled};
-pub use event::{Assignment, Event, Parked, Withdrawal};
+pub use event::{Assignment, Event, Notice, Parked, Withdrawal};
 pub use expiring::Expiring;
 pub use history::{Hop, HopKind};
 pub use once::{Answered, Kept, Once, Settle};
@@ -280,6 +280,10 @@ pub struct Engine {
     /// Decided by the command being applied, taken before the next one.
     #[serde(skip)]
     events: Vec<Event>,
+    /// What the command being applied changed by itself beside `events`;
+    /// each command starts with none.
+    #[serde(skip)]
+    notices: Vec<Notice>,
     /// When the lines are next looked at by themselves: the earliest
     /// closing of a queue anyone waits in, or the end of an unstaffed
     /// line's grace. A change to a line or to who staffs it looks at once,
@@ -321,6 +325,7 @@ impl Engine {
             ids: ids::IdCipher::new(&config.id_key),
             counters: Counters::default(),
             events: Vec::new(),
+            notices: Vec::new(),
             sweep_due: None,
             watchers: Watchers::default(),
             undelivered: Undelivered::default(),
@@ -414,13 +419,18 @@ impl Engine {
                     }
                 }
                 Timer::WrapUpEnd(a, generation) => {
-                    self.roster.update(a, |agent| {
-                        if agent.state == AgentState::WrapUp && agent.wrap_generation == generation
-                        {
+                    let ended = self.roster.update(a, |agent| {
+                        let ended = agent.state == AgentState::WrapUp
+                            && agent.wrap_generation == generation;
+                        if ended {
                             agent.state = AgentState::Available;
                             agent.ready_since = [due.timestamp_micros(); 5];
                         }
+                        ended
                     });
+                    if ended {
+                        self.noticed_state(a);
+                    }
                     self.dispatch(a, now);
                 }
                 Timer::Step(seq, pool) => self.relax(seq, pool, now),

@@ -16,7 +16,7 @@
 
 use chrono::Duration;
 
-use super::event::{Assignment, Event, Parked, Withdrawal};
+use super::event::{Assignment, Event, Notice, Parked, Withdrawal};
 use super::stats::QueueStats;
 use super::waiting::{NEVER, Waiter};
 use super::{
@@ -78,6 +78,21 @@ impl Engine {
     /// Events decided since the last call, oldest first.
     pub fn take_events(&mut self) -> Vec<Event> {
         std::mem::take(&mut self.events)
+    }
+
+    /// What the last command changed by itself beside its events
+    /// ([`Notice`]), in order; each command starts with none.
+    pub fn take_notices(&mut self) -> Vec<Notice> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Notes that careroute itself set agent `a`'s state.
+    pub(super) fn noticed_state(&mut self, a: AgentIdx) {
+        let agent = self.roster.agent(a);
+        self.notices.push(Notice::State {
+            agent_id: agent.id.clone(),
+            state: agent.state,
+        });
     }
 
     /// Contacts waiting in all queues, including those with an offer out.
@@ -506,13 +521,18 @@ impl Engine {
     /// agent is set not-responding and offered nothing more.
     pub(super) fn missed_offer(&mut self, a: AgentIdx) {
         let limit = self.policy.missed_offers_to_pause;
-        self.roster.update(a, |agent| {
+        let paused = self.roster.update(a, |agent| {
             agent.missed_offers += 1;
-            if agent.missed_offers >= limit && agent.state == AgentState::Available {
+            let pause = agent.missed_offers >= limit && agent.state == AgentState::Available;
+            if pause {
                 agent.state = AgentState::NotResponding;
                 agent.paused_for_misses = true;
             }
+            pause
         });
+        if paused {
+            self.noticed_state(a);
+        }
     }
 
     /// Takes a contact out of any line; an offer it has out is withdrawn

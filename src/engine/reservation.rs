@@ -7,8 +7,8 @@ use std::{cmp::Reverse, collections::VecDeque};
 use chrono::Duration;
 
 use super::roster::{AgentIdx, Pick};
-use super::{AgentOffer, Engine, EngineError, IdKind, ReservationId, Settled, Timer};
-use crate::model::{AgentState, Channel, ReleaseReason, Time};
+use super::{AgentOffer, Engine, EngineError, IdKind, Notice, ReservationId, Settled, Timer};
+use crate::model::{AgentState, Channel, ChannelSet, ReleaseReason, Time};
 use crate::policy::{QueueIdx, Text};
 
 /// What a reservation is for.
@@ -44,6 +44,8 @@ pub(super) struct Reservation {
     /// work came to the channel since.
     pub(super) idle_since: i64,
     pub(super) offered_at: i64,
+    /// The agent's channels other work blocked when the offer was made.
+    pub(super) blocked_at_offer: ChannelSet,
 }
 
 /// What became of a reservation.
@@ -156,6 +158,18 @@ impl Engine {
                         && agent.ready_since[c] == r.offered_at =>
                 {
                     agent.ready_since[c] = r.idle_since;
+                    // A channel other work blocked when the offer was made,
+                    // and the offer alone blocked since that work ended, is
+                    // free from now, as after any release.
+                    let blocked_now = agent.blocked_channels(&blocks);
+                    for d in Channel::ALL {
+                        if r.blocked_at_offer.contains(d)
+                            && blocked_before.contains(d)
+                            && !blocked_now.contains(d)
+                        {
+                            agent.ready_since[d.index()] = micros;
+                        }
+                    }
                 }
                 // Released or lapsed: free on this channel from now.
                 _ => agent.freed(r.channel, micros, blocked_before, &blocks),
@@ -165,6 +179,11 @@ impl Engine {
             && let Some(slot) = self.ledger.slot(seq)
         {
             *slot = fate;
+        }
+        match fate {
+            Fate::Expired => self.notices.push(Notice::Expired(id)),
+            Fate::Withdrawn => self.notices.push(Notice::Withdrawn(id)),
+            Fate::Live | Fate::Confirmed | Fate::Released(_) => {}
         }
         Some(r)
     }
@@ -181,11 +200,16 @@ impl Engine {
         let expires_at = now + self.policy.reservation_ttl;
         let c = channel.index();
         let micros = now.timestamp_micros();
-        let idle_since = self.roster.update(pick.agent, |agent| {
+        let blocks = *self.roster.blocks();
+        let (idle_since, blocked_at_offer) = self.roster.update(pick.agent, |agent| {
+            let blocked = agent.blocked_channels(&blocks);
             agent.reserved[c] += 1;
             // Work just arrived on this channel: the agent goes to the back
             // of its idle order.
-            std::mem::replace(&mut agent.ready_since[c], micros)
+            (
+                std::mem::replace(&mut agent.ready_since[c], micros),
+                blocked,
+            )
         });
         *self.roster.reservations_mut(queue) += 1;
         let queue_id = self.policy.queues[queue].id.clone();
@@ -206,6 +230,7 @@ impl Engine {
                 unseen: false,
                 idle_since,
                 offered_at: micros,
+                blocked_at_offer,
             },
         );
         if waiter.is_none() {
@@ -348,6 +373,7 @@ impl Engine {
         match generation {
             Some(g) => {
                 self.timers.push(Reverse((until, Timer::WrapUpEnd(a, g))));
+                self.noticed_state(a);
                 Ok(until)
             }
             None => {

@@ -448,6 +448,47 @@ fn a_contact_routed_again_holds_one_agent() {
     assert_eq!(free, 2);
 }
 
+/// A withdrawn offer gives its agent back its place on the offer's channel,
+/// but a channel other work blocked when the offer was made, and which that
+/// work no longer blocks, counts its idle time from the withdrawal, as after
+/// any release: email, blocked by a chat, then by a call offered meanwhile,
+/// is free from when the call's offer is withdrawn, not from before the
+/// chat.
+#[test]
+fn a_withdrawal_frees_a_channel_other_work_had_blocked_from_then() {
+    let text = format!(
+        "{}\n[utilization.email]\nblocked_by = {{ voice = 1, chat = 1 }}\n",
+        crate::policy::DEFAULT_POLICY
+    );
+    let policy = Arc::new(crate::policy::parse("utilization.toml", &text).unwrap());
+    let mut e = Engine::new(policy, EngineConfig::default());
+    let t = open();
+    let mut spec = billing_agent("a", &["en"], 1, 1);
+    spec.channels.push((Channel::Email, 1));
+    add(&mut e, spec, t);
+    let a = e.roster.find("a").unwrap();
+    let email = |e: &Engine| e.roster.agent(a).ready_since[Channel::Email.index()];
+    let before_chat = email(&e);
+    let mut chat = billing("chat-1");
+    chat.channel = Channel::Chat;
+    let chat_offer = offer(&e.route(&chat, t).unwrap()).reservation;
+    let call = billing("call-1");
+    e.route(&call, t + Duration::seconds(1)).unwrap();
+    // The chat ends while the call's offer is out: email stays blocked.
+    e.release(
+        chat_offer,
+        ReleaseReason::TransferFailed,
+        t + Duration::seconds(2),
+    )
+    .unwrap();
+    assert_eq!(email(&e), before_chat);
+    // The call is routed again: its offer is withdrawn, the agent stands
+    // where it stood on voice, and email is free from now.
+    let again = t + Duration::seconds(3);
+    e.route(&call, again).unwrap();
+    assert_eq!(email(&e), again.timestamp_micros());
+}
+
 /// The window is a time: a retry late in the window still replays, and
 /// one after it is decided anew; traffic beyond the sized cap forgets the
 /// oldest ids early, and each is counted.
@@ -1343,23 +1384,27 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     .map(|r| {
                         let (agent, k) = (e.roster.agent(r.agent), r.channel.index());
                         let mut ready = agent.ready_since;
-                        if agent.reserved[k] == 1
+                        let blocks = e.roster.blocks();
+                        let mut freed = agent.clone();
+                        freed.reserved[k] -= 1;
+                        let (was, is) = (
+                            agent.blocked_channels(blocks),
+                            freed.blocked_channels(blocks),
+                        );
+                        let restored = agent.reserved[k] == 1
                             && agent.active[k] == 0
-                            && ready[k] == r.offered_at
-                        {
+                            && ready[k] == r.offered_at;
+                        if restored {
                             ready[k] = r.idle_since;
-                        } else {
-                            let blocks = e.roster.blocks();
-                            let mut freed = agent.clone();
-                            freed.reserved[k] -= 1;
-                            let (was, is) = (
-                                agent.blocked_channels(blocks),
-                                freed.blocked_channels(blocks),
-                            );
-                            for ch in Channel::ALL {
-                                if ch == r.channel || (was.contains(ch) && !is.contains(ch)) {
-                                    ready[ch.index()] = now.timestamp_micros();
-                                }
+                        }
+                        for ch in Channel::ALL {
+                            // Freed from a block; restored, only one that
+                            // other work had set when the offer was made.
+                            let unblocked = was.contains(ch)
+                                && !is.contains(ch)
+                                && (!restored || r.blocked_at_offer.contains(ch));
+                            if (ch == r.channel && !restored) || unblocked {
+                                ready[ch.index()] = now.timestamp_micros();
                             }
                         }
                         (r.agent, ready)

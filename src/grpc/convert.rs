@@ -609,6 +609,14 @@ impl From<&Change> for pb::routing_event::Event {
                     pb::ReleaseReason::from(*reason).into(),
                 )),
             }),
+            Change::Expired { reservation } => E::Reservation(pb::ReservationEvent {
+                reservation_id: reservation.to_string(),
+                change: Some(pb::reservation_event::Change::Expired(true)),
+            }),
+            Change::Withdrawn { reservation } => E::Reservation(pb::ReservationEvent {
+                reservation_id: reservation.to_string(),
+                change: Some(pb::reservation_event::Change::Withdrawn(true)),
+            }),
             Change::Completed {
                 agent_id,
                 contact_id,

@@ -252,6 +252,7 @@ mod tests {
             change: (events > 0).then(|| Change::Policy {
                 version: format!("v{seq}"),
             }),
+            noticed: Vec::new(),
             assignments: Vec::new(),
         }
     }

@@ -8,8 +8,8 @@
 use super::pb;
 use crate::engine::{
     Answered, Apply, Cancel, Command, Complete, Configure, Confirm, Decision, Engine, EngineError,
-    Event, Once, Release, RemoveAgent, ReplacePolicy, ReservationId, Route, SetAgentState, Settle,
-    Tick, Unwatch, UpsertAgent, Watch,
+    Event, Notice, Once, Release, RemoveAgent, ReplacePolicy, ReservationId, Route, SetAgentState,
+    Settle, Tick, Unwatch, UpsertAgent, Watch,
 };
 use crate::model::{AgentState, ReleaseReason, Time};
 use crate::policy::Text;
@@ -40,6 +40,16 @@ pub enum Change {
         /// Why.
         reason: ReleaseReason,
     },
+    /// A reservation's TTL passed.
+    Expired {
+        /// The reservation.
+        reservation: ReservationId,
+    },
+    /// careroute withdrew a reservation.
+    Withdrawn {
+        /// The reservation.
+        reservation: ReservationId,
+    },
     /// An agent finished a contact.
     Completed {
         /// The agent.
@@ -62,7 +72,7 @@ pub enum Change {
         /// The agent.
         agent_id: String,
     },
-    /// An agent's state was set.
+    /// An agent's state was set, by the CTI or by careroute.
     State {
         /// The agent.
         agent_id: String,
@@ -74,6 +84,19 @@ pub enum Change {
         /// Its version.
         version: String,
     },
+}
+
+impl From<Notice> for Change {
+    fn from(notice: Notice) -> Change {
+        match notice {
+            Notice::Expired(reservation) => Change::Expired { reservation },
+            Notice::Withdrawn(reservation) => Change::Withdrawn { reservation },
+            Notice::State { agent_id, state } => Change::State {
+                agent_id: agent_id.to_string(),
+                state,
+            },
+        }
+    }
 }
 
 /// What a command changed, if anything a watcher is told (its assignment
@@ -325,22 +348,28 @@ pub struct Published {
     pub at: Time,
     /// What it changed, if a watcher is told.
     pub change: Option<Change>,
+    /// What careroute changed by itself meanwhile (reservations that
+    /// lapsed or were withdrawn, agent states it set), in order.
+    pub noticed: Vec<Change>,
     /// The assignment events it set off.
     pub assignments: Vec<(Event, pb::AssignmentEvent)>,
 }
 
 impl Published {
     /// A command's events, none if it changed nothing a watcher is told;
-    /// `assigned` are the assignment events it set off, in order.
+    /// `assigned` are the assignment events it set off and `notices` what
+    /// else careroute changed meanwhile, each in order.
     pub fn new(
         seq: u64,
         at: Time,
         change: Option<Change>,
         assigned: Vec<Event>,
+        notices: Vec<Notice>,
     ) -> Option<Published> {
-        if change.is_none() && assigned.is_empty() {
+        if change.is_none() && assigned.is_empty() && notices.is_empty() {
             return None;
         }
+        let noticed = notices.into_iter().map(Change::from).collect();
         let assignments = assigned
             .into_iter()
             .map(|e| {
@@ -352,6 +381,7 @@ impl Published {
             seq,
             at,
             change,
+            noticed,
             assignments,
         })
     }
@@ -373,14 +403,14 @@ impl Published {
         };
         let at = engine.now().unwrap_or(at);
         (
-            Published::new(seq, at, change, engine.take_events()),
+            Published::new(seq, at, change, engine.take_events(), engine.take_notices()),
             refused,
         )
     }
 
     /// How many events it tells.
     pub fn told(&self) -> usize {
-        usize::from(self.change.is_some()) + self.assignments.len()
+        usize::from(self.change.is_some()) + self.noticed.len() + self.assignments.len()
     }
 
     /// The command's events in wire form, in order.
@@ -390,6 +420,7 @@ impl Published {
             nanos: self.at.timestamp_subsec_nanos() as i32,
         });
         let change = self.change.as_ref().map(pb::routing_event::Event::from);
+        let noticed = self.noticed.iter().map(pb::routing_event::Event::from);
         let assignments = self
             .assignments
             .iter()
@@ -397,6 +428,7 @@ impl Published {
         let last = self.told().saturating_sub(1);
         change
             .into_iter()
+            .chain(noticed)
             .chain(assignments)
             .enumerate()
             .map(|(index, event)| pb::RoutingEvent {
@@ -446,7 +478,7 @@ mod tests {
             self.log.push((at, command.clone().into()));
             let (out, change) = apply(e, command, at);
             let seq = self.log.len() as u64;
-            if let Some(p) = Published::new(seq, at, change, e.take_events()) {
+            if let Some(p) = Published::new(seq, at, change, e.take_events(), e.take_notices()) {
                 self.told.extend(p.routing_events());
             }
             self.refused.push(out.is_err());
@@ -580,6 +612,36 @@ mod tests {
                 .iter()
                 .any(|t| matches!(t.event, Some(E::Assignment(_))))
         );
+        // What careroute changed by itself is told too: c3's offer lapsed,
+        // c5's was withdrawn when it hung up, and b1 went to wrap-up and
+        // back to available.
+        use pb::reservation_event::Change as R;
+        let ended: Vec<R> = live
+            .told
+            .iter()
+            .filter_map(|t| match &t.event {
+                Some(E::Reservation(r)) => r.change.clone(),
+                _ => None,
+            })
+            .collect();
+        assert!(ended.contains(&R::Expired(true)), "{ended:?}");
+        assert!(ended.contains(&R::Withdrawn(true)), "{ended:?}");
+        let b1: Vec<i32> = live
+            .told
+            .iter()
+            .filter_map(|t| match &t.event {
+                Some(E::Agent(pb::AgentEvent {
+                    agent_id,
+                    change: Some(pb::agent_event::Change::State(s)),
+                })) if agent_id == "b1" => Some(*s),
+                _ => None,
+            })
+            .collect();
+        let (wrap_up, available) = (
+            pb::AgentState::WrapUp as i32,
+            pb::AgentState::Available as i32,
+        );
+        assert!(b1.windows(2).any(|w| w == [wrap_up, available]), "{b1:?}");
 
         let mut replayed = engine();
         let mut again = Vec::new();

@@ -186,6 +186,7 @@ impl Routing {
         // Told to event watchers with the engine's answer.
         let (out, change) = events::apply(&mut engine, command, now);
         let events = engine.take_events();
+        let notices = engine.take_notices();
         let also = also();
         // A refusal that only let time pass is logged as the tick it was,
         // without what the refused request carried.
@@ -194,7 +195,7 @@ impl Routing {
             kept = kept.map(|_| Tick.into());
         }
         let only_time = C::ONLY_TIME || refused_as_tick;
-        let idle = only_time && nothing_due && events.is_empty();
+        let idle = only_time && nothing_due && events.is_empty() && notices.is_empty();
         let entry = kept.map(|command| Entry {
             at: now,
             command,
@@ -204,7 +205,7 @@ impl Routing {
         });
         let ticket = self.journal.append(!idle, entry, |seq| {
             events.iter().for_each(telemetry::record_event);
-            events::Published::new(seq, now, change, events)
+            events::Published::new(seq, now, change, events, notices)
                 .into_iter()
                 .map(Arc::new)
                 .collect()
