@@ -13,7 +13,8 @@ use chrono::SecondsFormat;
 use serde_json::{Value, json};
 
 use crate::engine::{
-    Command, Decision, Engine, EngineConfig, Event, IdKey, LoggedOnce, Notice, Outcome, Route,
+    Command, Decision, Engine, EngineConfig, Event, IdKey, LoggedOnce, Notice, Outcome, Place,
+    Route,
 };
 use crate::journal::{
     Diverged, Entry, JournalError, LogReader, Mark, Nats, NatsSecurity, Replay, SnapshotFile,
@@ -494,65 +495,81 @@ fn decided(d: &Decision) -> Value {
 }
 
 /// What the command set off outside its own answer: what careroute
-/// changed by itself, then the assignment events, as the event stream
-/// tells them.
+/// changed by itself and the assignment events, in the order the event
+/// stream tells them.
 fn events(engine: &mut Engine) -> Vec<Value> {
-    let noticed = engine.take_notices().into_iter().map(|n| match n {
-        Notice::Expired(r) => json!({
-            "event": "reservation_expired",
-            "reservation_id": r.to_string(),
-        }),
-        Notice::Withdrawn(r) => json!({
-            "event": "reservation_withdrawn",
-            "reservation_id": r.to_string(),
-        }),
-        Notice::State { agent_id, state } => json!({
-            "event": "agent_state",
-            "agent_id": &*agent_id,
-            "state": state.as_str(),
-        }),
-    });
+    let notices = engine.take_notices();
+    let noticed: Vec<Value> = notices
+        .list
+        .iter()
+        .map(|(_, n)| match n {
+            Notice::Expired(r) => json!({
+                "event": "reservation_expired",
+                "reservation_id": r.to_string(),
+            }),
+            Notice::Withdrawn(r) => json!({
+                "event": "reservation_withdrawn",
+                "reservation_id": r.to_string(),
+            }),
+            Notice::State { agent_id, state } => json!({
+                "event": "agent_state",
+                "agent_id": &**agent_id,
+                "state": state.as_str(),
+            }),
+        })
+        .collect();
     let events = engine.take_events();
-    let assigned = events.iter().map(|e| match e {
-        Event::Assigned(a) => json!({
-            "event": "assigned",
-            "contact_id": a.contact_id,
-            "agent_id": &*a.offer.agent_id,
-            "queue_id": &*a.offer.queue_id,
-            "reservation_id": a.offer.reservation.to_string(),
-        }),
-        Event::CallbackInstead {
-            contact_id,
-            callback,
-            ..
-        } => json!({
-            "event": "callback",
-            "contact_id": contact_id,
-            "queue_id": &*callback.queue_id,
-            "reason": callback.reason.as_str(),
-        }),
-        Event::Withdrawn {
-            contact_id,
-            agent_id,
-            reservation,
-            ..
-        } => json!({
-            "event": "withdrawn",
-            "contact_id": contact_id,
-            "agent_id": &**agent_id,
-            "reservation_id": reservation.to_string(),
-        }),
-        Event::Moved {
-            contact_id,
-            from_queue_id,
-            to_queue_id,
-            ..
-        } => json!({
-            "event": "moved",
-            "contact_id": contact_id,
-            "from_queue_id": &**from_queue_id,
-            "to_queue_id": &**to_queue_id,
-        }),
-    });
-    noticed.chain(assigned).collect()
+    let assigned: Vec<Value> = events
+        .iter()
+        .map(|e| match e {
+            Event::Assigned(a) => json!({
+                "event": "assigned",
+                "contact_id": a.contact_id,
+                "agent_id": &*a.offer.agent_id,
+                "queue_id": &*a.offer.queue_id,
+                "reservation_id": a.offer.reservation.to_string(),
+            }),
+            Event::CallbackInstead {
+                contact_id,
+                callback,
+                ..
+            } => json!({
+                "event": "callback",
+                "contact_id": contact_id,
+                "queue_id": &*callback.queue_id,
+                "reason": callback.reason.as_str(),
+            }),
+            Event::Withdrawn {
+                contact_id,
+                agent_id,
+                reservation,
+                ..
+            } => json!({
+                "event": "withdrawn",
+                "contact_id": contact_id,
+                "agent_id": &**agent_id,
+                "reservation_id": reservation.to_string(),
+            }),
+            Event::Moved {
+                contact_id,
+                from_queue_id,
+                to_queue_id,
+                ..
+            } => json!({
+                "event": "moved",
+                "contact_id": contact_id,
+                "from_queue_id": &**from_queue_id,
+                "to_queue_id": &**to_queue_id,
+            }),
+        })
+        .collect();
+    notices
+        .order(events.len())
+        .into_iter()
+        .filter_map(|place| match place {
+            Place::Command => None,
+            Place::Notice(n) => noticed.get(n).cloned(),
+            Place::Event(e) => assigned.get(e).cloned(),
+        })
+        .collect()
 }

@@ -44,9 +44,9 @@ pub struct Assignment {
     pub verify_identity: Option<TextList>,
 }
 
-/// What careroute changed by itself that no assignment event tells: the
-/// event stream tells it beside them (WatchAssignments has its own words
-/// for the offers it made).
+/// What careroute changed by itself, for the event stream beside the
+/// assignment events (a withdrawn offer of a waiting contact is told both
+/// ways: WatchAssignments has its own words for the offers it made).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Notice {
     /// A reservation's TTL passed before a confirm or release.
@@ -62,6 +62,63 @@ pub enum Notice {
         /// Its new state.
         state: AgentState,
     },
+}
+
+/// A command's notices, in the order they happened among its assignment
+/// events, and which came of time passing before the command itself acted.
+#[derive(Debug, Default, PartialEq)]
+pub struct Notices {
+    /// Each notice, with how many of the command's assignment events came
+    /// before it.
+    pub list: Vec<(usize, Notice)>,
+    /// The assignment events and notices of time passing, before the
+    /// command acted: how many of each.
+    pub ahead: (usize, usize),
+}
+
+/// One place in the order a command's effects are told in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// The command's own change.
+    Command,
+    /// The `n`th of its notices.
+    Notice(usize),
+    /// The `n`th of its assignment events.
+    Event(usize),
+}
+
+impl Notices {
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The order the command's effects happened in, given how many
+    /// assignment events it set off: what time passing caused, the
+    /// command's own change, then the rest, notices and events as they
+    /// came.
+    pub fn order(&self, events: usize) -> Vec<Place> {
+        let mut order = Vec::with_capacity(1 + events + self.list.len());
+        let (mut e, mut n) = (0, 0);
+        let ahead = (self.ahead.0.min(events), self.ahead.1.min(self.list.len()));
+        for (phase, (e_end, n_end)) in [ahead, (events, self.list.len())].into_iter().enumerate() {
+            while e < e_end || n < n_end {
+                // A notice noted when `k` events had come goes before the
+                // event numbered `k`.
+                if n < n_end && (e >= e_end || self.list[n].0 <= e) {
+                    order.push(Place::Notice(n));
+                    n += 1;
+                } else {
+                    order.push(Place::Event(e));
+                    e += 1;
+                }
+            }
+            if phase == 0 {
+                order.push(Place::Command);
+            }
+        }
+        order
+    }
 }
 
 /// Why an offer was withdrawn.
@@ -144,5 +201,33 @@ impl Event {
                 filter.covers_queue(&parked.queue_id)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What time passing caused comes before the command's own change,
+    /// and notices sit among the events where they came.
+    #[test]
+    fn the_order_is_time_passing_then_the_command_then_the_rest_as_it_came() {
+        let withdrawn = |i| Notice::Withdrawn(ReservationId(i));
+        let notices = Notices {
+            list: vec![(0, withdrawn(1)), (1, withdrawn(2)), (2, withdrawn(3))],
+            ahead: (1, 1),
+        };
+        use Place::{Command, Event, Notice as N};
+        assert_eq!(
+            notices.order(3),
+            [N(0), Event(0), Command, N(1), Event(1), N(2), Event(2)]
+        );
+        // Nothing ahead: the command first; notices after all events last.
+        let late = Notices {
+            list: vec![(2, withdrawn(1))],
+            ahead: (0, 0),
+        };
+        assert_eq!(late.order(2), [Command, Event(0), Event(1), N(0)]);
+        assert_eq!(Notices::default().order(0), [Command]);
     }
 }

@@ -54,7 +54,7 @@ pub use decision::{
     AgentOffer, CallbackOffer, Decision, DecisionId, Guidance, Outcome, ReservationId,
 };
 pub use error::{EngineError, Settled};
-pub use event::{Assignment, Event, Notice, Parked, Withdrawal};
+pub use event::{Assignment, Event, Notice, Notices, Parked, Place, Withdrawal};
 pub use expiring::Expiring;
 pub use history::{Hop, HopKind};
 pub use once::{Answered, Kept, Once, Settle};
@@ -280,10 +280,18 @@ pub struct Engine {
     /// Decided by the command being applied, taken before the next one.
     #[serde(skip)]
     events: Vec<Event>,
-    /// What the command being applied changed by itself beside `events`;
-    /// each command starts with none.
+    /// What the command being applied changed by itself beside `events`,
+    /// each with how many of the command's events came before it; each
+    /// command starts with none.
     #[serde(skip)]
-    notices: Vec<Notice>,
+    notices: Vec<(usize, Notice)>,
+    /// The command's events and notices that time passing caused before it
+    /// acted: how many, as its last look at the clock left them.
+    #[serde(skip)]
+    ahead: (usize, usize),
+    /// Events not yet taken when the command began (not its own).
+    #[serde(skip)]
+    events_before: usize,
     /// When the lines are next looked at by themselves: the earliest
     /// closing of a queue anyone waits in, or the end of an unstaffed
     /// line's grace. A change to a line or to who staffs it looks at once,
@@ -326,6 +334,8 @@ impl Engine {
             counters: Counters::default(),
             events: Vec::new(),
             notices: Vec::new(),
+            ahead: (0, 0),
+            events_before: 0,
             sweep_due: None,
             watchers: Watchers::default(),
             undelivered: Undelivered::default(),
@@ -441,6 +451,12 @@ impl Engine {
         if self.sweep_is_due(now) || self.take_touched() {
             self.sweep_lines(now);
         }
+        // What came so far came of time passing: it is told before the
+        // command's own change.
+        self.ahead = (
+            self.events.len().saturating_sub(self.events_before),
+            self.notices.len(),
+        );
     }
 
     /// Whether the lines are due to be looked at by themselves: the gate of

@@ -16,7 +16,7 @@
 
 use chrono::Duration;
 
-use super::event::{Assignment, Event, Notice, Parked, Withdrawal};
+use super::event::{Assignment, Event, Notice, Notices, Parked, Withdrawal};
 use super::stats::QueueStats;
 use super::waiting::{NEVER, Waiter};
 use super::{
@@ -80,19 +80,30 @@ impl Engine {
         std::mem::take(&mut self.events)
     }
 
-    /// What the last command changed by itself beside its events
-    /// ([`Notice`]), in order; each command starts with none.
-    pub fn take_notices(&mut self) -> Vec<Notice> {
-        std::mem::take(&mut self.notices)
+    /// What the last command changed by itself beside its events, in the
+    /// order they came; each command starts with none. Take them with its
+    /// events.
+    pub fn take_notices(&mut self) -> Notices {
+        Notices {
+            list: std::mem::take(&mut self.notices),
+            ahead: self.ahead,
+        }
+    }
+
+    /// Notes what careroute changed by itself, after the events so far.
+    pub(super) fn notice(&mut self, notice: Notice) {
+        self.notices
+            .push((self.events.len().saturating_sub(self.events_before), notice));
     }
 
     /// Notes that careroute itself set agent `a`'s state.
     pub(super) fn noticed_state(&mut self, a: AgentIdx) {
         let agent = self.roster.agent(a);
-        self.notices.push(Notice::State {
+        let notice = Notice::State {
             agent_id: agent.id.clone(),
             state: agent.state,
-        });
+        };
+        self.notice(notice);
     }
 
     /// Contacts waiting in all queues, including those with an offer out.

@@ -181,8 +181,8 @@ impl Engine {
             *slot = fate;
         }
         match fate {
-            Fate::Expired => self.notices.push(Notice::Expired(id)),
-            Fate::Withdrawn => self.notices.push(Notice::Withdrawn(id)),
+            Fate::Expired => self.notice(Notice::Expired(id)),
+            Fate::Withdrawn => self.notice(Notice::Withdrawn(id)),
             Fate::Live | Fate::Confirmed | Fate::Released(_) => {}
         }
         Some(r)
@@ -251,8 +251,9 @@ impl Engine {
 
     /// Withdraws the live offer RouteContact made `contact_id` itself, if
     /// any: the contact routed again no longer needs it. Returns the agent
-    /// it held, free again where it stood. The stream is told nothing: it
-    /// never carried the offer, and the new answer may give the same agent.
+    /// it held, free again where it stood. WatchAssignments is told
+    /// nothing: it never carried the offer, and the new answer may give the
+    /// same agent. (The event stream is told, as of every withdrawal.)
     pub(super) fn withdraw_offer(&mut self, contact_id: &str, now: Time) -> Option<AgentIdx> {
         let id = *self.offers.get(contact_id)?;
         let r = self.free_slot(id, Fate::Withdrawn, now)?;

@@ -1240,12 +1240,16 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
     // Every event the commands set off, in order: a replay tells them again
     // (a watcher resumes across a restart or a failover).
     let mut told: Vec<Event> = Vec::new();
+    // What each logged command changed by itself, record by record: a
+    // replay notes the same.
+    let mut noticed: Vec<Notices> = Vec::new();
     macro_rules! apply {
         ($command:expr) => {{
             let command = $command;
             let logged = Command::from(command.clone());
             let out = e.apply(command, now);
             log.push((now, logged, out.is_err()));
+            noticed.push(e.take_notices());
             out
         }};
     }
@@ -1256,8 +1260,9 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
         () => {{
             let nothing_due = e.nothing_due(now);
             apply!(Tick).unwrap();
-            if nothing_due && e.events.is_empty() {
+            if nothing_due && e.events.is_empty() && noticed.last().is_some_and(Notices::is_empty) {
                 log.pop();
+                noticed.pop();
             }
         }};
     }
@@ -1345,9 +1350,16 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 ticked.apply(Tick, now).unwrap();
                 prop_assert_eq!(fingerprint(&ticked), fingerprint(&e));
                 let told = ticked.take_events();
+                let notices = e.take_notices();
+                prop_assert_eq!(
+                    &ticked.take_notices(),
+                    &notices,
+                    "a tick noted other changes"
+                );
                 // Not logged at all if that tick would not have been.
-                if !(nothing_due && told.is_empty()) {
+                if !(nothing_due && told.is_empty() && notices.is_empty()) {
                     log.push((now, Command::from(Tick), false));
+                    noticed.push(notices);
                 }
                 tick_told = Some(told);
             }
@@ -1905,6 +1917,7 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
     // back (a policy as its text, parsed again).
     let mut twin = make();
     let mut told_again = Vec::new();
+    let mut noticed_again = Vec::new();
     for (i, (at, command, refused)) in log.into_iter().enumerate() {
         let json = serde_json::to_string(&command).unwrap();
         let command: Command = serde_json::from_str(&json).unwrap();
@@ -1916,9 +1929,11 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
             i
         );
         told_again.extend(twin.take_events());
+        noticed_again.push(twin.take_notices());
     }
     prop_assert_eq!(fingerprint(&twin), fingerprint(&e), "replay diverged");
     prop_assert_eq!(told_again, told, "the replay told other events");
+    prop_assert_eq!(noticed_again, noticed, "the replay noted other changes");
 
     Ok(())
 }

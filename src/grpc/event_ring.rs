@@ -254,6 +254,11 @@ mod tests {
             }),
             noticed: Vec::new(),
             assignments: Vec::new(),
+            order: if events > 0 {
+                vec![crate::engine::Place::Command]
+            } else {
+                Vec::new()
+            },
         }
     }
 
@@ -275,6 +280,8 @@ mod tests {
                 (e, wire)
             })
             .collect();
+        p.order
+            .extend((0..p.assignments.len()).map(crate::engine::Place::Event));
         p
     }
 

@@ -8,8 +8,8 @@
 use super::pb;
 use crate::engine::{
     Answered, Apply, Cancel, Command, Complete, Configure, Confirm, Decision, Engine, EngineError,
-    Event, Notice, Once, Release, RemoveAgent, ReplacePolicy, ReservationId, Route, SetAgentState,
-    Settle, Tick, Unwatch, UpsertAgent, Watch,
+    Event, Notice, Notices, Once, Place, Release, RemoveAgent, ReplacePolicy, ReservationId, Route,
+    SetAgentState, Settle, Tick, Unwatch, UpsertAgent, Watch,
 };
 use crate::model::{AgentState, ReleaseReason, Time};
 use crate::policy::Text;
@@ -353,6 +353,8 @@ pub struct Published {
     pub noticed: Vec<Change>,
     /// The assignment events it set off.
     pub assignments: Vec<(Event, pb::AssignmentEvent)>,
+    /// The order all of them happened in.
+    pub order: Vec<Place>,
 }
 
 impl Published {
@@ -364,12 +366,21 @@ impl Published {
         at: Time,
         change: Option<Change>,
         assigned: Vec<Event>,
-        notices: Vec<Notice>,
+        notices: Notices,
     ) -> Option<Published> {
         if change.is_none() && assigned.is_empty() && notices.is_empty() {
             return None;
         }
-        let noticed = notices.into_iter().map(Change::from).collect();
+        let order = notices
+            .order(assigned.len())
+            .into_iter()
+            .filter(|p| *p != Place::Command || change.is_some())
+            .collect();
+        let noticed = notices
+            .list
+            .into_iter()
+            .map(|(_, n)| Change::from(n))
+            .collect();
         let assignments = assigned
             .into_iter()
             .map(|e| {
@@ -383,6 +394,7 @@ impl Published {
             change,
             noticed,
             assignments,
+            order,
         })
     }
 
@@ -410,7 +422,7 @@ impl Published {
 
     /// How many events it tells.
     pub fn told(&self) -> usize {
-        usize::from(self.change.is_some()) + self.noticed.len() + self.assignments.len()
+        self.order.len()
     }
 
     /// The command's events in wire form, in order.
@@ -419,17 +431,17 @@ impl Published {
             seconds: self.at.timestamp(),
             nanos: self.at.timestamp_subsec_nanos() as i32,
         });
-        let change = self.change.as_ref().map(pb::routing_event::Event::from);
-        let noticed = self.noticed.iter().map(pb::routing_event::Event::from);
-        let assignments = self
-            .assignments
-            .iter()
-            .map(|(_, wire)| pb::routing_event::Event::Assignment(wire.clone()));
         let last = self.told().saturating_sub(1);
-        change
-            .into_iter()
-            .chain(noticed)
-            .chain(assignments)
+        self.order
+            .iter()
+            .filter_map(|place| match *place {
+                Place::Command => self.change.as_ref().map(pb::routing_event::Event::from),
+                Place::Notice(n) => self.noticed.get(n).map(pb::routing_event::Event::from),
+                Place::Event(e) => self
+                    .assignments
+                    .get(e)
+                    .map(|(_, wire)| pb::routing_event::Event::Assignment(wire.clone())),
+            })
             .enumerate()
             .map(|(index, event)| pb::RoutingEvent {
                 sequence: self.seq,
