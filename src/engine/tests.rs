@@ -41,6 +41,12 @@ fn billing_agent(id: &str, languages: &[&str], voice: u8, chat: u8) -> AgentSpec
     }
 }
 
+/// The embedded policy with `tables` of `[utilization]` added.
+fn with_utilization(tables: &str) -> Arc<Policy> {
+    let text = format!("{}\n{tables}", crate::policy::DEFAULT_POLICY);
+    Arc::new(crate::policy::parse("utilization.toml", &text).unwrap())
+}
+
 fn add(e: &mut Engine, spec: AgentSpec, at: Time) {
     let id = spec.id.clone();
     e.upsert_agent(spec, at).unwrap();
@@ -456,11 +462,7 @@ fn a_contact_routed_again_holds_one_agent() {
 /// chat.
 #[test]
 fn a_withdrawal_frees_a_channel_other_work_had_blocked_from_then() {
-    let text = format!(
-        "{}\n[utilization.email]\nblocked_by = {{ voice = 1, chat = 1 }}\n",
-        crate::policy::DEFAULT_POLICY
-    );
-    let policy = Arc::new(crate::policy::parse("utilization.toml", &text).unwrap());
+    let policy = with_utilization("[utilization.email]\nblocked_by = { voice = 1, chat = 1 }\n");
     let mut e = Engine::new(policy, EngineConfig::default());
     let t = open();
     let mut spec = billing_agent("a", &["en"], 1, 1);
@@ -930,11 +932,9 @@ fn check_invariants(e: &Engine, now: Time) {
 /// channel blocks another; without it, nothing changes.
 #[test]
 fn work_on_one_channel_blocks_another_as_the_policy_says() {
-    let text = format!(
-        "{}\n[utilization.voice]\nblocked_by = {{ chat = 2 }}\n[utilization.chat]\nblocked_by = {{ voice = 1 }}\n",
-        crate::policy::DEFAULT_POLICY
+    let policy = with_utilization(
+        "[utilization.voice]\nblocked_by = { chat = 2 }\n[utilization.chat]\nblocked_by = { voice = 1 }\n",
     );
-    let policy = Arc::new(crate::policy::parse("utilization.toml", &text).unwrap());
     let chat = |id: &str| {
         let mut c = billing(id);
         c.channel = Channel::Chat;
