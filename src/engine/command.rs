@@ -383,7 +383,7 @@ impl Engine {
         self.now = Some(now);
         self.notices.clear();
         self.events_before = self.events.len();
-        self.ahead = (0, 0);
+        self.ahead = None;
         let out = command.apply_at(self, now);
         // A line that filled or moved, or a change to who staffs the lines,
         // is looked at in the command that made it.

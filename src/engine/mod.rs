@@ -285,10 +285,11 @@ pub struct Engine {
     /// command starts with none.
     #[serde(skip)]
     notices: Vec<(usize, Notice)>,
-    /// The command's events and notices that time passing caused before it
-    /// acted: how many, as its last look at the clock left them.
+    /// The command's events and notices that came before it acted: how
+    /// many, as its first look at the clock left them (or what a new hop
+    /// withdrew, for a route); none before it looked.
     #[serde(skip)]
-    ahead: (usize, usize),
+    ahead: Option<(usize, usize)>,
     /// Events not yet taken when the command began (not its own).
     #[serde(skip)]
     events_before: usize,
@@ -334,7 +335,7 @@ impl Engine {
             counters: Counters::default(),
             events: Vec::new(),
             notices: Vec::new(),
-            ahead: (0, 0),
+            ahead: None,
             events_before: 0,
             sweep_due: None,
             watchers: Watchers::default(),
@@ -453,10 +454,9 @@ impl Engine {
         }
         // What came so far came of time passing: it is told before the
         // command's own change.
-        self.ahead = (
-            self.events.len().saturating_sub(self.events_before),
-            self.notices.len(),
-        );
+        if self.ahead.is_none() {
+            self.acts_from_here();
+        }
     }
 
     /// Whether the lines are due to be looked at by themselves: the gate of

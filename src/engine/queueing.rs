@@ -86,8 +86,17 @@ impl Engine {
     pub fn take_notices(&mut self) -> Notices {
         Notices {
             list: std::mem::take(&mut self.notices),
-            ahead: self.ahead,
+            ahead: self.ahead.unwrap_or_default(),
         }
+    }
+
+    /// Marks where the command's own change falls among what it set off:
+    /// what came before is told ahead of it.
+    pub(super) fn acts_from_here(&mut self) {
+        self.ahead = Some((
+            self.events.len().saturating_sub(self.events_before),
+            self.notices.len(),
+        ));
     }
 
     /// Notes what careroute changed by itself, after the events so far.

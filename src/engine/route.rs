@@ -249,6 +249,8 @@ impl Engine {
         if !self.undelivered.is_empty() {
             self.undelivered.forget(&contact.contact_id);
         }
+        // The earlier hop ended before this one is decided.
+        self.acts_from_here();
         [from_line, offered]
     }
 

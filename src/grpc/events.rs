@@ -553,6 +553,25 @@ mod tests {
         assert_eq!(reservation(&again), r1);
         let retry = live.log.len() as u64;
         assert!(live.told.iter().all(|t| t.sequence != retry));
+        // Routed again without it, c1's first offer is withdrawn before the
+        // new decision is told.
+        let mut hop = c1.clone();
+        hop.request_id = None;
+        let r1 = reservation(&live.apply(&mut e, Route(&hop), at(2)).unwrap());
+        let seq = live.log.len() as u64;
+        let kinds: Vec<_> = live
+            .told
+            .iter()
+            .filter(|t| t.sequence == seq)
+            .map(|t| match &t.event {
+                Some(pb::routing_event::Event::Reservation(r)) => {
+                    format!("{:?}", r.change)
+                }
+                Some(pb::routing_event::Event::Decision(_)) => "decision".to_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(kinds, ["Some(Withdrawn(true))", "decision"]);
         live.apply(&mut e, Once::new("q1", Confirm(r1)), at(3))
             .unwrap();
         // A retry answered from the first tells nothing.
@@ -590,6 +609,16 @@ mod tests {
         live.apply(&mut e, Tick, at(900)).unwrap();
         let policy = ReplacePolicy(Arc::new(Policy::embedded().unwrap()));
         live.apply(&mut e, policy, at(901)).unwrap();
+        // The reload is told before what it set off (nothing fell due).
+        let reload = live.log.len() as u64;
+        let first = live.told.iter().find(|t| t.sequence == reload);
+        assert!(
+            matches!(
+                first.and_then(|t| t.event.as_ref()),
+                Some(pb::routing_event::Event::PolicyVersion(_))
+            ),
+            "{first:?}"
+        );
         live.apply(&mut e, RemoveAgent("b2".into()), at(902))
             .unwrap();
         live.log.push((at(903), Command::Restarted));
