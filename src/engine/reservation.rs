@@ -135,8 +135,11 @@ impl Engine {
         now: Time,
     ) -> Option<Reservation> {
         let r = self.reservations.remove(&id)?;
-        if r.waiter.is_none() && self.offers.get(r.contact_id.as_str()) == Some(&id) {
-            self.offers.remove(r.contact_id.as_str());
+        // A contact's offer made by RouteContact is the one indexed: a new
+        // hop withdraws it before reserving again.
+        if r.waiter.is_none() {
+            let indexed = self.offers.remove(r.contact_id.as_str());
+            debug_assert_eq!(indexed, Some(id), "the offers index lost {id}");
         }
         if let Some(q) = r.queue {
             let n = self.roster.reservations_mut(q);
