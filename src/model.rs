@@ -82,6 +82,11 @@ impl ChannelSet {
         self.0 |= c.bit();
     }
 
+    /// Whether `self` and `other` share a channel.
+    pub fn intersects(self, other: ChannelSet) -> bool {
+        self.0 & other.0 != 0
+    }
+
     /// Whether every channel of `other` is in `self`.
     pub fn is_superset(self, other: ChannelSet) -> bool {
         self.0 & other.0 == other.0

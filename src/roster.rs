@@ -262,5 +262,11 @@ mod tests {
             err.starts_with("r.toml:4: agents.a1.channels[0].capacity"),
             "{err}"
         );
+        let text = "[[agents]]\nid = \"a1\"\ntransfer_address = \"sip:a1\"\nchannels = {}\n";
+        let err = parse("r.toml", text).unwrap_err().to_string();
+        assert!(
+            err.starts_with("r.toml:4: agents.a1.channels: at least one channel"),
+            "{err}"
+        );
     }
 }

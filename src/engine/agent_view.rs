@@ -150,7 +150,9 @@ impl Engine {
         };
         let matches = |agent: &Agent| {
             !agent.removed
-                && queue.is_none_or(|q| agent.queues.iter().any(|&a| self.policy.root(a) == q))
+                && queue.is_none_or(|q| {
+                    (agent.offered_queues(&self.policy)).any(|a| self.policy.root(a) == q)
+                })
                 && filter.team.as_deref().is_none_or(|t| *agent.team == *t)
                 && (filter.states.is_empty() || filter.states.contains(&agent.state))
         };
@@ -262,7 +264,7 @@ impl Engine {
                 held.sort_by(|x, y| (x.since, &x.contact_id).cmp(&(y.since, &y.contact_id)));
                 held
             },
-            queues: policy.client_queue_ids(&agent.queues),
+            queues: policy.client_queue_ids(&agent.offered_queues(policy).collect::<Vec<_>>()),
             skills: agent.skills.clone(),
             languages: agent
                 .languages

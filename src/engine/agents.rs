@@ -64,6 +64,12 @@ impl AgentSpec {
                 ));
             }
         }
+        if self.channels.is_empty() {
+            problems.push((
+                "channels".into(),
+                "at least one channel is required: an agent with none is offered nothing".into(),
+            ));
+        }
         for (i, (channel, capacity)) in self.channels.iter().enumerate() {
             if !(1..=MAX_CHANNEL_CAPACITY).contains(capacity) {
                 problems.push((
@@ -135,7 +141,8 @@ impl Engine {
             Roster::place(agent, &policy);
         });
         // Step pools are internal: clients know their queues.
-        let queues = policy.client_queue_ids(&self.roster.agent(a).queues);
+        let offered: Vec<_> = self.roster.agent(a).offered_queues(&policy).collect();
+        let queues = policy.client_queue_ids(&offered);
         self.dispatch(a, now);
         Ok((queues, created))
     }

@@ -155,6 +155,18 @@ impl Agent {
         }
     }
 
+    /// Queues it may be offered contacts of: those it qualifies for (by
+    /// skills, or a relaxation step's wider pool) on a channel it serves.
+    pub fn offered_queues<'a>(&'a self, policy: &'a Policy) -> impl Iterator<Item = QueueIdx> + 'a {
+        let mut serves = ChannelSet::default();
+        for c in Channel::ALL {
+            if self.capacity[c.index()] > 0 {
+                serves.insert(c);
+            }
+        }
+        (self.queues.iter().copied()).filter(move |&q| policy.queues[q].channels.intersects(serves))
+    }
+
     /// Channels on which the agent can take one more contact now: room
     /// under its capacity there, and no work elsewhere that `blocks` it.
     pub fn free_channels(&self, blocks: &Blocks) -> ChannelSet {

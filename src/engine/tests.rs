@@ -608,6 +608,51 @@ fn no_new_agent_past_max_agents() {
 }
 
 #[test]
+fn an_agent_is_eligible_only_for_queues_it_serves_a_channel_of() {
+    let mut e = engine();
+    let t = open();
+    // Billing 4 meets billing (voice, chat, email, portal) and billing
+    // escalations (voice, chat); an agent on email only can be offered
+    // contacts of the first alone.
+    let mut spec = billing_agent("mail", &["en"], 1, 0);
+    spec.skills = vec![("billing".into(), 4)];
+    spec.channels = vec![(Channel::Email, 5)];
+    let (queues, _) = e.upsert_agent(spec.clone(), t).unwrap();
+    assert_eq!(queues, [Text::from("billing")]);
+    assert_eq!(e.agent_view("mail").unwrap().queues, queues);
+    let filter = |queue: &str| AgentFilter {
+        queue_id: Some(queue.into()),
+        ..AgentFilter::default()
+    };
+    let listed = |e: &Engine, queue: &str| {
+        let page = e.agent_page(&filter(queue), 0, 10).unwrap();
+        page.agents.iter().any(|a| &*a.id == "mail")
+    };
+    assert!(listed(&e, "billing"));
+    assert!(!listed(&e, "billing_escalations"));
+    // With voice too, both.
+    spec.channels.push((Channel::Voice, 1));
+    let (queues, created) = e.upsert_agent(spec, t).unwrap();
+    assert!(!created);
+    assert_eq!(
+        queues,
+        [Text::from("billing"), Text::from("billing_escalations")]
+    );
+    assert!(listed(&e, "billing_escalations"));
+}
+
+#[test]
+fn a_profile_without_channels_is_refused() {
+    let mut spec = billing_agent("none", &["en"], 1, 0);
+    spec.channels.clear();
+    assert_eq!(
+        spec.validate().unwrap_err().0,
+        "channels",
+        "an agent with no channel is offered nothing"
+    );
+}
+
+#[test]
 fn vocabulary_is_checked_against_the_policy() {
     let mut e = engine();
     let t = open();

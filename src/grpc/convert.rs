@@ -1107,6 +1107,11 @@ mod tests {
                 .message()
                 .starts_with("channels[0].capacity")
         );
+        let mut bad = ok.clone();
+        bad.channels.clear();
+        let refused = AgentSpec::try_from(bad).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.message().starts_with("channels:"), "{refused:?}");
         for address in [
             "",
             "sip:z8@x created=false by=\"admin\"",
