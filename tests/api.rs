@@ -1294,3 +1294,88 @@ async fn a_watcher_resuming_under_load_gets_exactly_what_followed() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_stream_cut_inside_a_sequence_resumes_from_the_one_before() {
+    use pb::routing_event::Event as E;
+    let s = TestServer::start_with(monday_10am(), |c| c.no_demo_roster = true).await;
+    let mut client = s.client.clone();
+    let mut reference = client
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    client.upsert_agent(billing_agent("b1")).await.unwrap();
+    client
+        .set_agent_state(state("b1", pb::AgentState::Available))
+        .await
+        .unwrap();
+    client
+        .route_contact(contact("c1", "billing"))
+        .await
+        .unwrap();
+    // Routed again: the earlier offer's withdrawal and the new decision
+    // are one command's, so one sequence of two events.
+    client
+        .route_contact(contact("c1", "billing"))
+        .await
+        .unwrap();
+    client.upsert_agent(billing_agent("the-end")).await.unwrap();
+    let mut all = Vec::new();
+    loop {
+        let e = next_event(&mut reference).await;
+        let end = matches!(&e.event, Some(E::Agent(a)) if a.agent_id == "the-end");
+        all.push(e);
+        if end {
+            break;
+        }
+    }
+    let cut_at = all
+        .iter()
+        .position(|e| !e.last_of_sequence)
+        .expect("a sequence of more than one event");
+    let cut = all[cut_at].sequence;
+    assert!(matches!(&all[cut_at].event, Some(E::Reservation(_))));
+
+    // A watcher from the start whose stream is cut after the first event
+    // of that sequence...
+    let mut first = client
+        .watch_events(pb::WatchEventsRequest {
+            after_sequence: Some(0),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut received = Vec::new();
+    for _ in 0..=cut_at {
+        received.push(next_event(&mut first).await);
+    }
+    drop(first);
+    assert_eq!(received, all[..=cut_at]);
+    assert!(!received.last().unwrap().last_of_sequence);
+    // ... resumes from the sequence before: the whole sequence comes
+    // again, and it skips by (sequence, index) what it already has.
+    let mut resumed = client
+        .watch_events(pb::WatchEventsRequest {
+            after_sequence: Some(cut - 1),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let again = next_event(&mut resumed).await;
+    assert_eq!((again.sequence, again.index), (cut, 0));
+    assert_eq!(again, all[cut_at]);
+    let seen: HashSet<(u64, u32)> = received.iter().map(|e| (e.sequence, e.index)).collect();
+    let mut next = again;
+    loop {
+        if !seen.contains(&(next.sequence, next.index)) {
+            received.push(next.clone());
+        }
+        if received.len() == all.len() {
+            break;
+        }
+        next = next_event(&mut resumed).await;
+    }
+    assert_eq!(received, all, "the resumed watcher has every event once");
+    s.stop().await;
+}
