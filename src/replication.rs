@@ -35,6 +35,9 @@ use crate::telemetry::EngineGauges;
 
 /// How long a standby waits before trying again after NATS failed it.
 const RETRY: Duration = Duration::from_secs(1);
+/// How long a process that stepped down looks for the new leader's name
+/// before it goes on rebuilding without it.
+const LEADER_LOOKUP: Duration = Duration::from_secs(1);
 /// How long catching up with the log may take before the lease is given
 /// back.
 const CATCH_UP: Duration = Duration::from_secs(30);
@@ -116,7 +119,25 @@ pub async fn run(
         tracing::warn!(reason = %why, "replication: this process steps down and rebuilds from the log");
         step_down(&routing, &seed)?;
         nats.resign(lease).await;
+        name_leader(&routing, &nats, &seed).await?;
     }
+}
+
+/// Names the process now leading, if the lease says and within
+/// [`LEADER_LOOKUP`], to the clients and watchers this one sends away: its
+/// own looks at the lease start only once it has read the log again.
+async fn name_leader(routing: &Routing, nats: &Nats, seed: &Seed) -> Result<(), JournalError> {
+    let Ok(Some(leader)) = tokio::time::timeout(LEADER_LOOKUP, nats.leader()).await else {
+        return Ok(());
+    };
+    if leader != seed.me {
+        let mut engine = held(routing)?;
+        let role = Role::Standby {
+            leader: Some(leader),
+        };
+        routing.engine().set_role(&mut engine, role);
+    }
+    Ok(())
 }
 
 /// Reads the whole log into a new engine (none while the log is empty),

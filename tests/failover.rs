@@ -469,6 +469,11 @@ async fn a_frozen_leader_resumed_answers_nothing_and_rejoins_as_a_standby() {
         .await
         .unwrap()
         .into_inner();
+    let mut events = ca
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
 
     a.signal("STOP");
     let mut cb = client(&b).await;
@@ -501,7 +506,8 @@ async fn a_frozen_leader_resumed_answers_nothing_and_rejoins_as_a_standby() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     wait_for_readyz(&a, "503").await;
-    // Its watcher is told to go elsewhere rather than left waiting.
+    // Its watchers are told to go to the new leader rather than left
+    // waiting.
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
             match watching.message().await {
@@ -513,7 +519,26 @@ async fn a_frozen_leader_resumed_answers_nothing_and_rejoins_as_a_standby() {
     })
     .await
     .expect("the old leader's watcher was left open");
-    assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+    let events_ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the event stream ended without a reason"),
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .expect("the old leader's event stream was left open");
+    for ended in [ended, events_ended] {
+        assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
+        let leader = ended.metadata().get("careroute-leader");
+        assert_eq!(
+            leader.map(|v| v.to_str().unwrap()),
+            Some(b.grpc.as_str()),
+            "{ended:?}"
+        );
+    }
 
     // The new leader holds what was acknowledged, and not what was not.
     assert_eq!(

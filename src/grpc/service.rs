@@ -64,6 +64,9 @@ const EVENT_BUFFER: usize = 4096;
 const WATCHER_QUEUE: usize = 64;
 /// How long a watcher may leave a full queue unread before it is ended.
 const WATCHER_STALL: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a watcher of a process that stepped down waits for the new
+/// leader's name before its stream ends without it.
+const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Routing {
     /// A service over `engine`, reading time from `clock`, logging every
@@ -405,6 +408,21 @@ async fn stepped_down(role: &mut watch::Receiver<Role>) -> Result<(), watch::err
         .map(drop)
 }
 
+/// Where a watcher goes once this process stepped down: to the leader, once
+/// this process has its name (looked up at once after the step-down),
+/// waited for at most [`LEADER_WAIT`].
+async fn sent_away(role: &mut watch::Receiver<Role>) -> Status {
+    let named = role.wait_for(|r| matches!(r, Role::Standby { leader: Some(_) }));
+    let leader = match tokio::time::timeout(LEADER_WAIT, named).await {
+        Ok(Ok(role)) => match &*role {
+            Role::Standby { leader } => leader.clone(),
+            _ => None,
+        },
+        _ => None,
+    };
+    Status::from(Closed::Standby { leader })
+}
+
 /// A connected watcher; dropping it unregisters the watcher, so offers to
 /// the agents it covered are no longer made, and those out are not counted
 /// as the agents' misses if they lapse.
@@ -697,7 +715,7 @@ impl pb::routing_service_server::RoutingService for Routing {
                     published = events.recv() => Some(published),
                 };
                 let Some(published) = published else {
-                    let moved = Status::from(Closed::Standby { leader: None });
+                    let moved = sent_away(&mut role).await;
                     deliver(&tx, Err(moved), &mut stopping).await;
                     return;
                 };
@@ -809,7 +827,7 @@ impl pb::routing_service_server::RoutingService for Routing {
                         }
                     }
                     Some(Err(broadcast::error::RecvError::Closed)) => return,
-                    None => Err(Status::from(Closed::Standby { leader: None })),
+                    None => Err(sent_away(&mut role).await),
                 };
                 let end = item.is_err();
                 if !deliver(&tx, item, &mut stopping).await || end {
