@@ -220,11 +220,12 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
                 retained = Replayed::new(end.last_seq, config.event_retention);
             }
             if let Some((seq, why)) = &end.cut {
-                tracing::warn!(
+                tracing::error!(
                     data_dir = %config.data_dir.display(),
                     first_record_cut = seq,
+                    last_record_cut = end.last_cut,
                     why = why.as_str(),
-                    "journal: a torn or corrupt tail was cut; the log before it is replayed"
+                    "journal: a torn or corrupt tail was cut (none of it written under --journal-sync fsync); the log before it is replayed"
                 );
             }
             last_seq = end.last_seq;

@@ -243,18 +243,18 @@ async fn a_restart_retains_only_the_last_events_and_tells_them_as_before() {
     drop(p);
 }
 
-#[tokio::test]
-async fn a_corrupt_last_record_is_reported_with_its_position_and_cut() {
+/// A data directory whose last record, b2's state, is flipped after a
+/// `kill -9` of a service run under `--journal-sync sync`: its checksum no
+/// longer matches. Returns the directory, the policy file and the record.
+async fn with_a_corrupt_last_record(sync: &str) -> (std::path::PathBuf, String, i64) {
     let data = fresh_data_dir();
     let policy = policy_file(&data);
-    // The power-loss mode, for once.
-    let args = ["--policy", policy.as_str(), "--journal-sync", "fsync"];
+    let args = ["--policy", policy.as_str(), "--journal-sync", sync];
     let mut p = Process::start_in(&data, &args, "info");
     let mut c = client(&p).await;
     agent(&mut c, "b1", "Billing", "billing").await;
     agent(&mut c, "b2", "Billing", "billing").await;
     p.kill9();
-    // Flip the last record's body: its checksum no longer matches.
     let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();
     let last: i64 = db
         .query_row("SELECT max(seq) FROM commands", [], |r| r.get(0))
@@ -265,11 +265,19 @@ async fn a_corrupt_last_record_is_reported_with_its_position_and_cut() {
     )
     .unwrap();
     drop(db);
+    (data, policy, last)
+}
 
+#[tokio::test]
+async fn a_corrupt_last_record_is_reported_with_its_position_and_cut() {
+    let (data, policy, last) = with_a_corrupt_last_record("write").await;
+    let args = ["--policy", policy.as_str()];
     let p = Process::start_in(&data, &args, "info");
     let cut = p.wait_for_log("torn or corrupt tail was cut", Duration::from_secs(10));
     assert!(
-        cut.contains(&format!("\"first_record_cut\":{last}")),
+        cut.contains(&format!("\"first_record_cut\":{last}"))
+            && cut.contains(&format!("\"last_record_cut\":{last}"))
+            && cut.contains("\"level\":\"ERROR\""),
         "{cut}"
     );
     assert!(cut.contains("checksum"), "{cut}");
@@ -292,6 +300,29 @@ async fn a_corrupt_last_record_is_reported_with_its_position_and_cut() {
         .unwrap()
         .into_inner();
     assert_eq!(b2.previous(), pb::AgentState::Offline);
+}
+
+#[tokio::test]
+async fn a_corrupt_record_written_under_fsync_is_damage_and_never_cut() {
+    let (data, policy, last) = with_a_corrupt_last_record("fsync").await;
+    let db = data.join(careroute::journal::FILE);
+    let count = || -> i64 {
+        let db = rusqlite::Connection::open(&db).unwrap();
+        db.query_row("SELECT count(*) FROM commands", [], |r| r.get(0))
+            .unwrap()
+    };
+    let before = count();
+    // It was on disk when answered, so no power loss tore it; whatever
+    // --journal-sync the start is given now.
+    for more in [&[][..], &["--journal-sync", "write"][..]] {
+        let why = refused_with(&data, &policy, more);
+        assert!(
+            why.contains(&format!("record {last} cannot be read (checksum"))
+                && why.contains(&format!("records up to {last} were on disk when answered")),
+            "{why}"
+        );
+        assert_eq!(count(), before, "a refused start cut records");
+    }
 }
 
 /// Runs the binary on `data` until it exits (it must refuse to start);
@@ -567,6 +598,49 @@ async fn records_written_under_fsync_and_lost_are_refused_leaving_the_files_as_f
         std::fs::read(wal(&torn)).unwrap() == before,
         "the write-ahead file changed"
     );
+}
+
+#[tokio::test]
+async fn records_written_under_fsync_stay_protected_after_a_start_under_write() {
+    let (data, policy, written) = killed_with_its_write_ahead_file("fsync").await;
+    // One start under write, killed once it answers: its records are the
+    // mark's last now, but not what was on disk when answered.
+    let args = ["--policy", policy.as_str(), "--journal-sync", "write"];
+    let mut p = Process::start_in(&data, &args, "info");
+    client(&p).await;
+    p.kill9();
+    let mark = careroute::journal::Mark::read(&data).unwrap();
+    assert!(
+        mark.last > written && mark.fsync_upto == written,
+        "{mark:?}"
+    );
+    let (torn, left) = torn_copy(&data, written);
+    let why = refused_with(&torn, &policy, &["--journal-sync", "write"]);
+    assert!(
+        why.contains(&format!(
+            "records up to {written} were written under --journal-sync fsync"
+        )) && why.contains(&format!("holds them only up to {left}")),
+        "{why}"
+    );
+}
+
+#[tokio::test]
+async fn a_damaged_mark_is_refused_rather_than_trusted_to_say_nothing_was_lost() {
+    let (data, policy) = killed_after_agents("write", 2).await;
+    let mark = data.join(careroute::journal::WRITTEN_FILE);
+    std::fs::write(&mark, "00000000000000000007 0000000").unwrap();
+    let why = refused(&data, &policy);
+    assert!(
+        why.contains(&format!(
+            "journal {}: not a mark of how far the log was written",
+            mark.display()
+        )) && why.contains("remove"),
+        "{why}"
+    );
+    // The way out it names: without the mark, the log starts as it is.
+    std::fs::remove_file(&mark).unwrap();
+    let p = Process::start_in(&data, &["--policy", policy.as_str()], "info");
+    client(&p).await;
 }
 
 #[tokio::test]

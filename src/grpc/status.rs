@@ -294,8 +294,10 @@ impl From<JournalError> for Status {
             | JournalError::NoStart { .. }
             | JournalError::Diverged { .. }
             | JournalError::Corrupt { .. }
+            | JournalError::Damaged { .. }
             | JournalError::Lost { .. }
             | JournalError::Mark { .. }
+            | JournalError::MarkUnreadable { .. }
             | JournalError::Locked { .. }
             | JournalError::NoSnapshot { .. }
             | JournalError::OtherRouting { .. }

@@ -110,6 +110,21 @@ pub enum JournalError {
         /// Why.
         why: String,
     },
+    /// A record at the end of the log cannot be read, but it was on disk
+    /// when answered: damage, not a torn tail, so it is not cut.
+    #[error(
+        "journal {file}: record {seq} cannot be read ({why}), but records up to {fsync_upto} were on disk when answered (--journal-sync fsync): damage, not a torn tail. Refusing to start rather than lose them: restore the data directory from a copy"
+    )]
+    Damaged {
+        /// The database file.
+        file: PathBuf,
+        /// The first record that cannot be read.
+        seq: u64,
+        /// Why.
+        why: String,
+        /// The last record written under fsync.
+        fsync_upto: u64,
+    },
     /// Records the log's mark says were written are not in it: SQLite
     /// dropped them with a damaged or lost write-ahead file.
     #[error(
@@ -127,6 +142,15 @@ pub enum JournalError {
         last: u64,
         /// They were written under `--journal-sync fsync`.
         fsync: bool,
+    },
+    /// The mark holds something that is not a mark: how far the log was
+    /// written is unknown, so a loss could not be told.
+    #[error(
+        "journal {mark}: not a mark of how far the log was written (damaged?), so records lost from the log could not be told. Refusing to start on half a state: restore the data directory from a copy, or remove {mark} to start from what the log holds"
+    )]
+    MarkUnreadable {
+        /// The mark's file.
+        mark: PathBuf,
     },
     /// The mark (how far the log was written) cannot be read or written.
     #[error("journal {file}, which says how far the log was written: {source}")]

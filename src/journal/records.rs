@@ -46,6 +46,8 @@ pub struct End {
     /// Records cut from a torn or corrupt tail: the first sequence number
     /// cut, and why.
     pub cut: Option<(u64, String)>,
+    /// The last record cut (the log's last when opened).
+    pub last_cut: u64,
 }
 
 impl Records {
@@ -113,13 +115,27 @@ impl Records {
                     why: why.clone(),
                 });
             }
+            // Records on disk when answered are damaged, not torn: never
+            // cut.
+            if *seq <= store.fsync_upto() {
+                return Err(JournalError::Damaged {
+                    file: store.file().to_owned(),
+                    seq: *seq,
+                    why: why.clone(),
+                    fsync_upto: store.fsync_upto(),
+                });
+            }
             // The mark first, and on disk under fsync: a mark below the
             // log is harmless, one above a cut would report it as lost.
             store.mark(last_seq, true)?;
             store.cut(*seq)?;
         }
         store.mark(last_seq, false)?;
-        Ok(End { last_seq, cut })
+        Ok(End {
+            last_seq,
+            cut,
+            last_cut: self.last_present,
+        })
     }
 }
 

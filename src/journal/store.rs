@@ -11,7 +11,7 @@ use rusqlite::{Connection, params};
 
 use super::records::Records;
 use super::snapshots::{Loaded, SnapshotFile};
-use super::written::{Mark, MarkFile};
+use super::written::{Mark, MarkFile, Marked};
 use super::{Entry, FILE, JournalError, WAL_LIMIT};
 use crate::config::JournalSync;
 use crate::engine::{Command, Engine, IdKey, ROUTING_VERSION};
@@ -160,6 +160,9 @@ pub struct Store {
     log_id: u64,
     /// How far the log was written, told after each batch.
     marks: MarkFile,
+    /// The last record written under `--journal-sync fsync` (0: none), by
+    /// this process or one before it on this log.
+    fsync_upto: std::cell::Cell<u64>,
     /// Whether each batch is on disk before it is answered.
     sync: JournalSync,
     /// Held while the store is open: one process per journal.
@@ -192,9 +195,19 @@ impl Store {
             source,
         };
         let marks = MarkFile::open(dir)?;
+        let mut marked = None;
         if file.exists() {
-            if let Some(mark) = marks.read() {
-                check_written(dir, &file, &marks, mark)?;
+            match marks.read()? {
+                Marked::Mark(mark) => {
+                    check_written(dir, &file, &marks, mark)?;
+                    marked = Some(mark);
+                }
+                Marked::Unreadable => {
+                    return Err(JournalError::MarkUnreadable {
+                        mark: marks.path().to_owned(),
+                    });
+                }
+                Marked::Empty => {}
             }
         } else {
             // A database moved aside to start anew: the mark of the one
@@ -266,6 +279,9 @@ impl Store {
                 id
             }
         };
+        let fsync_upto = marked
+            .filter(|m| m.log_id == log_id)
+            .map_or(0, |m| m.fsync_upto);
         let snapshots = SnapshotFile::open(dir, log_id)?;
         // The records after the newest snapshot are read while it loads;
         // if it is refused, they are read again from the one loaded.
@@ -317,6 +333,7 @@ impl Store {
                 first_kept: first.map_or(0, |f| f as u64),
                 log_id,
                 marks,
+                fsync_upto: std::cell::Cell::new(fsync_upto),
                 sync,
                 _lock: lock,
             },
@@ -362,15 +379,22 @@ impl Store {
     /// reported again), on disk as well if `durable` (before a cut under
     /// fsync, so that a cut is never taken for records lost).
     pub(super) fn mark(&self, last: u64, durable: bool) -> Result<(), JournalError> {
-        let fsync = self.sync == JournalSync::Fsync;
+        let fsync_upto = self.fsync_upto.get().min(last);
+        self.fsync_upto.set(fsync_upto);
         self.marks.set(
             Mark {
                 log_id: self.log_id,
                 last,
-                fsync,
+                fsync_upto,
             },
-            durable && fsync,
+            durable && self.sync == JournalSync::Fsync,
         )
+    }
+
+    /// The last record that was on disk when answered (0: none): never
+    /// cut as a torn tail.
+    pub(super) fn fsync_upto(&self) -> u64 {
+        self.fsync_upto.get()
     }
 
     /// Cuts the log's records from `from` on (a torn or corrupt tail).
@@ -453,7 +477,13 @@ impl Store {
         }
         tx.commit().map_err(sql)?;
         match batch.last() {
-            Some((last, _)) => self.mark(*last, false),
+            Some((last, _)) => {
+                // Committed under `synchronous = FULL`: on disk.
+                if self.sync == JournalSync::Fsync {
+                    self.fsync_upto.set(*last);
+                }
+                self.mark(*last, false)
+            }
             None => Ok(()),
         }
     }
@@ -484,13 +514,14 @@ fn check_written(
     let Some((first_lost, last_lost)) = mark.lost(log_id, held) else {
         return Ok(());
     };
-    if mark.fsync || log_id.is_none() {
+    let fsync = mark.fsynced(first_lost);
+    if fsync || log_id.is_none() {
         return Err(JournalError::Lost {
             file: file.to_owned(),
             mark: marks.path().to_owned(),
-            written: last_lost,
+            written: if fsync { mark.fsync_upto } else { last_lost },
             last: held,
-            fsync: mark.fsync,
+            fsync,
         });
     }
     tracing::error!(

@@ -17,58 +17,84 @@ use super::JournalError;
 pub const WRITTEN_FILE: &str = "careroute.written";
 
 /// The length of an encoded mark.
-const ENCODED: usize = 48;
+const ENCODED: usize = 63;
 
-/// What the mark says: which log, its last record written, and whether
-/// that record was on disk when answered (`--journal-sync fsync`).
+/// What the mark says: which log, its last record written, and the last
+/// record that was on disk when answered (`--journal-sync fsync`), which no
+/// later start under `write` lowers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mark {
     /// The log's identity (its `log_id` in the database's `meta` table).
     pub log_id: u64,
     /// The last record written.
     pub last: u64,
-    /// Written under `--journal-sync fsync`.
-    pub fsync: bool,
+    /// The last record written under `--journal-sync fsync` (0: none).
+    pub fsync_upto: u64,
+}
+
+/// What a mark's file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Marked {
+    /// Nothing: a new journal, or one written before the mark was kept.
+    Empty,
+    /// A whole mark.
+    Mark(Mark),
+    /// Bytes that are not a mark: how far the log was written is unknown.
+    Unreadable,
 }
 
 impl Mark {
     /// Fixed width, so each write replaces the whole of the one before
     /// (and written once per batch, so on the stack).
     fn encode(self) -> [u8; ENCODED] {
-        let mode = if self.fsync { "fsync" } else { "write" };
         let mut bytes = [0u8; ENCODED];
-        // 20 + 1 + 20 + 1 + 5 + 1 bytes: a u64 has at most 20 digits.
+        // 3 x (20 + 1) bytes: a u64 has at most 20 digits.
         let _ = writeln!(
             &mut bytes[..],
-            "{:020} {:020} {mode}",
+            "{:020} {:020} {:020}",
             self.log_id,
-            self.last
+            self.last,
+            self.fsync_upto
         );
         bytes
     }
 
-    /// The mark in `bytes`, if they hold one whole.
+    /// The mark in `bytes`, if they hold one whole. A mark of the build
+    /// before ends in the mode its last record was written under instead.
     fn decode(bytes: &[u8]) -> Option<Mark> {
         let text = std::str::from_utf8(bytes).ok()?;
         let mut fields = text.split_ascii_whitespace();
         let log_id = fields.next()?.parse().ok()?;
         let last = fields.next()?.parse().ok()?;
-        let fsync = match fields.next()? {
-            "fsync" => true,
-            "write" => false,
-            _ => return None,
+        let fsync_upto = match fields.next()? {
+            "fsync" => last,
+            "write" => 0,
+            upto => upto.parse().ok().filter(|&upto| upto <= last)?,
         };
         fields.next().is_none().then_some(Mark {
             log_id,
             last,
-            fsync,
+            fsync_upto,
         })
+    }
+
+    /// What the file `bytes` were read from holds.
+    fn marked(bytes: &[u8]) -> Marked {
+        if bytes.is_empty() {
+            return Marked::Empty;
+        }
+        Mark::decode(bytes).map_or(Marked::Unreadable, Marked::Mark)
     }
 
     /// What the mark in `dir` says, if it exists and is whole (read only,
     /// for the audit export).
     pub fn read(dir: &Path) -> Option<Mark> {
         Mark::decode(&std::fs::read(dir.join(WRITTEN_FILE)).ok()?)
+    }
+
+    /// Whether records from `first` on were on disk when answered.
+    pub fn fsynced(&self, first: u64) -> bool {
+        first <= self.fsync_upto
     }
 
     /// The records written that a log holding records up to `held` (its
@@ -106,12 +132,14 @@ impl MarkFile {
             .map_err(|source| JournalError::Mark { file: path, source })
     }
 
-    /// What it says, if it is whole (nothing on a new journal, or one
-    /// written before the mark was kept).
-    pub fn read(&self) -> Option<Mark> {
+    /// What it holds.
+    pub fn read(&self) -> Result<Marked, JournalError> {
         let mut bytes = [0u8; 2 * ENCODED];
-        let n = self.file.read_at(&mut bytes, 0).ok()?;
-        Mark::decode(&bytes[..n])
+        let n = self
+            .file
+            .read_at(&mut bytes, 0)
+            .map_err(|source| self.error(source))?;
+        Ok(Mark::marked(&bytes[..n]))
     }
 
     /// Records `mark`: one write to the operating system, which survives
@@ -161,30 +189,46 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let m = MarkFile::open(&dir).unwrap();
-        assert_eq!(m.read(), None, "a new file says nothing");
+        assert_eq!(m.read().unwrap(), Marked::Empty, "a new file says nothing");
         let long = Mark {
             log_id: u64::MAX,
             last: 123_456_789,
-            fsync: true,
+            fsync_upto: 123_456_789,
         };
         m.set(long, false).unwrap();
         let short = Mark {
             log_id: 7,
             last: 9,
-            fsync: false,
+            fsync_upto: 4,
         };
         m.set(short, true).unwrap();
-        assert_eq!(m.read(), Some(short), "a shorter number replaces it whole");
+        assert_eq!(
+            m.read().unwrap(),
+            Marked::Mark(short),
+            "a shorter number replaces it whole"
+        );
         assert_eq!(Mark::read(&dir), Some(short));
         m.clear().unwrap();
-        assert_eq!(m.read(), None);
+        assert_eq!(m.read().unwrap(), Marked::Empty);
+        // The build before's marks.
+        for (old, fsync_upto) in [
+            ("00000000000000000007 00000000000000000009 fsync\n", 9),
+            ("00000000000000000007 00000000000000000009 write\n", 0),
+        ] {
+            std::fs::write(dir.join(WRITTEN_FILE), old).unwrap();
+            let read = Mark::read(&dir).unwrap();
+            assert_eq!((read.last, read.fsync_upto), (9, fsync_upto));
+        }
         for torn in [
             "00000000000000000007 00000000000000000009",
             "7 9 fs",
             "7 9 write 11",
+            "7 9 10",
+            "\0\0\0\0",
         ] {
             std::fs::write(dir.join(WRITTEN_FILE), torn).unwrap();
             assert_eq!(Mark::read(&dir), None, "{torn}");
+            assert_eq!(m.read().unwrap(), Marked::Unreadable, "{torn}");
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -194,7 +238,7 @@ mod tests {
         let mark = Mark {
             log_id: 7,
             last: 9,
-            fsync: false,
+            fsync_upto: 0,
         };
         assert_eq!(mark.lost(Some(7), 9), None);
         assert_eq!(mark.lost(Some(7), 12), None, "written since by another");
