@@ -47,16 +47,22 @@ impl Default for IdCipher {
     }
 }
 
-/// The block enciphered: a tag naming careroute and the kind, then the
-/// counter. A guessed id deciphers to the tag with odds of 2^-64.
-fn block(kind: IdKind, seq: u64) -> [u8; 16] {
+/// Counters run below this (2^48): the block's last six bytes.
+pub const MAX_COUNTER: u64 = 1 << 48;
+
+/// The block enciphered: a tag naming careroute and the kind, the epoch
+/// (the starts the log has seen, so a counter a lost tail of the log had
+/// reached and a start gives again makes another id), then the counter. A
+/// guessed id deciphers to the tag with odds of 2^-64.
+fn block(kind: IdKind, epoch: u16, seq: u64) -> [u8; 16] {
     let mut b = [0u8; 16];
     b[..7].copy_from_slice(b"crroute");
     b[7] = match kind {
         IdKind::Decision => b'd',
         IdKind::Reservation => b'r',
     };
-    b[8..].copy_from_slice(&seq.to_be_bytes());
+    b[8..10].copy_from_slice(&epoch.to_be_bytes());
+    b[10..].copy_from_slice(&seq.to_be_bytes()[2..]);
     b
 }
 
@@ -66,23 +72,26 @@ impl IdCipher {
         IdCipher(Aes128::new(GenericArray::from_slice(&key.0)))
     }
 
-    /// The id of the `seq`th id of `kind`.
-    pub fn encipher(&self, kind: IdKind, seq: u64) -> u128 {
-        let mut b = GenericArray::from(block(kind, seq));
+    /// The id of the `seq`th id of `kind` in `epoch` (`seq` below
+    /// [`MAX_COUNTER`]).
+    pub fn encipher(&self, kind: IdKind, epoch: u16, seq: u64) -> u128 {
+        debug_assert!(seq < MAX_COUNTER);
+        let mut b = GenericArray::from(block(kind, epoch, seq));
         self.0.encrypt_block(&mut b);
         u128::from_be_bytes(b.into())
     }
 
-    /// The counter of an id of `kind` made under this key, or none if it
-    /// was not.
-    pub fn decipher(&self, kind: IdKind, id: u128) -> Option<u64> {
+    /// The epoch and counter of an id of `kind` made under this key, or
+    /// none if it was not.
+    pub fn decipher(&self, kind: IdKind, id: u128) -> Option<(u16, u64)> {
         let mut b = GenericArray::from(id.to_be_bytes());
         self.0.decrypt_block(&mut b);
         let b: [u8; 16] = b.into();
+        let epoch = u16::from_be_bytes([b[8], b[9]]);
         let mut seq = [0u8; 8];
-        seq.copy_from_slice(&b[8..]);
+        seq[2..].copy_from_slice(&b[10..]);
         let seq = u64::from_be_bytes(seq);
-        (b == block(kind, seq)).then_some(seq)
+        (b == block(kind, epoch, seq)).then_some((epoch, seq))
     }
 }
 
@@ -94,11 +103,18 @@ mod tests {
     fn ids_round_trip_and_kinds_do_not_mix() {
         let ids = IdCipher::new(&IdKey([42; 16]));
         let other = IdCipher::new(&IdKey([43; 16]));
-        for seq in [0, 1, 2, 1000, u64::from(u32::MAX) + 1, u64::MAX] {
-            let id = ids.encipher(IdKind::Reservation, seq);
-            assert_eq!(ids.decipher(IdKind::Reservation, id), Some(seq));
-            assert_eq!(ids.decipher(IdKind::Decision, id), None);
-            assert_eq!(other.decipher(IdKind::Reservation, id), None);
+        for seq in [0, 1, 2, 1000, u64::from(u32::MAX) + 1, MAX_COUNTER - 1] {
+            for epoch in [0, 1, u16::MAX] {
+                let id = ids.encipher(IdKind::Reservation, epoch, seq);
+                assert_eq!(ids.decipher(IdKind::Reservation, id), Some((epoch, seq)));
+                assert_eq!(ids.decipher(IdKind::Decision, id), None);
+                assert_eq!(other.decipher(IdKind::Reservation, id), None);
+            }
+            assert_ne!(
+                ids.encipher(IdKind::Decision, 0, seq),
+                ids.encipher(IdKind::Decision, 1, seq),
+                "another epoch, another id"
+            );
         }
         assert_eq!(ids.decipher(IdKind::Reservation, 12345), None);
         assert_eq!(format!("{:?}", IdKey([42; 16])), "IdKey(..)");
@@ -111,7 +127,7 @@ mod tests {
     fn neighbouring_ids_share_no_predictable_part() {
         let cipher = IdCipher::new(&IdKey([9; 16]));
         let ids: Vec<u128> = (0..2000)
-            .map(|seq| cipher.encipher(IdKind::Reservation, seq))
+            .map(|seq| cipher.encipher(IdKind::Reservation, 0, seq))
             .collect();
         for digit in 0..32 {
             let first = (ids[0] >> (digit * 4)) & 0xf;

@@ -150,7 +150,9 @@ impl EngineConfig {
 /// 8: a contact routed again withdraws the offer an earlier answer made
 /// it, and a withdrawn offer gives its agent back its place in the idle
 /// order.
-pub const ROUTING_VERSION: u32 = 8;
+/// 9: ids carry the epoch (the starts the log has seen), so a start never
+/// gives again an id a lost tail of the log had given.
+pub const ROUTING_VERSION: u32 = 9;
 
 /// The peak rate of new requests with a request id the default window
 /// holds in full.
@@ -271,6 +273,10 @@ pub struct Engine {
     settle_replies: Expiring<(Text, Text), (u32, Kept)>,
     paths: Expiring<String, Vec<Hop>>,
     next_id: u64,
+    /// The starts the log has seen (wrapping), in every id made: a start
+    /// after the log lost its last records (a power loss under
+    /// `--journal-sync write`) gives their counters again, never their ids.
+    epoch: u16,
     /// The cipher of [`EngineConfig::id_key`], set up once.
     #[serde(skip)]
     ids: ids::IdCipher,
@@ -322,6 +328,7 @@ impl Engine {
             ledger: Ledger {
                 first: 0,
                 fates: VecDeque::new(),
+                epochs: VecDeque::new(),
             },
             timers: BinaryHeap::new(),
             replies: Expiring::new(config.idempotency_retention, config.max_idempotency_keys),
@@ -331,6 +338,7 @@ impl Engine {
             ),
             paths: Expiring::new(config.path_retention, config.max_paths),
             next_id: 0,
+            epoch: 0,
             ids: ids::IdCipher::new(&config.id_key),
             counters: Counters::default(),
             events: Vec::new(),
@@ -398,7 +406,7 @@ impl Engine {
     /// The id of the `seq`th decision or reservation (`kind`): the counter
     /// enciphered, so neighbouring ids share no visible part.
     fn id(&self, kind: IdKind, seq: u64) -> u128 {
-        self.ids.encipher(kind, seq)
+        self.ids.encipher(kind, self.epoch, seq)
     }
 
     /// Applies everything due by `now`: reservation expiries, wrap-up ends,

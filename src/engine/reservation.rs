@@ -69,6 +69,9 @@ pub(super) struct Ledger {
     /// Sequence number of `fates[0]`.
     pub(super) first: u64,
     pub(super) fates: VecDeque<Fate>,
+    /// Each epoch since the first (0) with the first sequence number made
+    /// in it, oldest first; those wholly before `first` are dropped.
+    pub(super) epochs: VecDeque<(u16, u64)>,
 }
 
 /// Reservations whose fate is remembered (1 MiB).
@@ -76,13 +79,51 @@ pub(super) const LEDGER_LEN: usize = 1 << 20;
 
 impl Ledger {
     pub(super) fn push(&mut self) -> u64 {
-        let seq = self.first + self.fates.len() as u64;
+        let seq = self.next();
         self.fates.push_back(Fate::Live);
         if self.fates.len() > LEDGER_LEN {
             self.fates.pop_front();
             self.first += 1;
+            while self
+                .epochs
+                .get(1)
+                .is_some_and(|&(_, from)| from <= self.first)
+            {
+                self.epochs.pop_front();
+            }
         }
         seq
+    }
+
+    /// The sequence number the next reservation gets.
+    fn next(&self) -> u64 {
+        self.first + self.fates.len() as u64
+    }
+
+    /// `epoch` begins: reservations from here on are made in it.
+    pub(super) fn begin(&mut self, epoch: u16) {
+        let next = self.next();
+        if self.epochs.back().is_some_and(|&(_, from)| from == next) {
+            self.epochs.pop_back();
+        }
+        self.epochs.push_back((epoch, next));
+    }
+
+    /// The fate of the reservation `seq` made in `epoch`, if remembered:
+    /// none for a sequence number that another epoch made (a start gave it
+    /// again after the log lost the tail that had made it first).
+    pub(super) fn fate(&self, epoch: u16, seq: u64) -> Option<Fate> {
+        let made_in = self
+            .epochs
+            .iter()
+            .rev()
+            .find(|&&(_, from)| from <= seq)
+            .map_or(0, |&(e, _)| e);
+        if made_in != epoch {
+            return None;
+        }
+        let i = usize::try_from(seq.checked_sub(self.first)?).ok()?;
+        self.fates.get(i).copied()
     }
 
     pub(super) fn slot(&mut self, seq: u64) -> Option<&mut Fate> {
@@ -178,7 +219,7 @@ impl Engine {
                 _ => agent.freed(r.channel, micros, blocked_before, &blocks),
             }
         });
-        if let Some(seq) = self.ids.decipher(IdKind::Reservation, id.0)
+        if let Some((_, seq)) = self.ids.decipher(IdKind::Reservation, id.0)
             && let Some(slot) = self.ledger.slot(seq)
         {
             *slot = fate;
@@ -268,8 +309,7 @@ impl Engine {
         let fate = self
             .ids
             .decipher(IdKind::Reservation, id.0)
-            .and_then(|seq| seq.checked_sub(self.ledger.first))
-            .and_then(|i| self.ledger.fates.get(usize::try_from(i).ok()?));
+            .and_then(|(epoch, seq)| self.ledger.fate(epoch, seq));
         let how = match fate {
             Some(Fate::Expired) => return EngineError::ReservationExpired(id.to_string()),
             Some(Fate::Confirmed) => Settled::Confirmed,

@@ -292,6 +292,40 @@ fn reservation_expires_by_itself_and_cannot_be_confirmed_after() {
 }
 
 #[test]
+fn a_start_after_the_log_lost_its_tail_never_gives_an_id_again() {
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
+    // The log keeps what came before this route; a power loss under
+    // --journal-sync write loses the route, whose answer had left.
+    let kept = e.clone();
+    let lost = e.route(&billing("c1"), t).unwrap();
+    let lost_offer = offer(&lost).reservation;
+    let mut e = kept;
+    e.apply(Command::Restarted, t + Duration::seconds(5))
+        .unwrap();
+    let d = e.route(&billing("c2"), t + Duration::seconds(6)).unwrap();
+    assert_ne!(d.id, lost.id);
+    let r = offer(&d).reservation;
+    assert_ne!(r, lost_offer);
+    // The new reservation took the lost one's place in the ledger; a late
+    // confirm of the lost one is not told the new one's fate.
+    e.release(r, ReleaseReason::Rejected, t + Duration::seconds(7))
+        .unwrap();
+    assert_eq!(
+        e.confirm(lost_offer, t + Duration::seconds(8)),
+        Err(EngineError::UnknownReservation(lost_offer.to_string()))
+    );
+    assert!(matches!(
+        e.confirm(r, t + Duration::seconds(8)),
+        Err(EngineError::ReservationSettled {
+            how: Settled::Released,
+            ..
+        })
+    ));
+}
+
+#[test]
 fn confirm_complete_wrap_up_then_available() {
     let mut e = engine();
     let t = open();
@@ -1252,15 +1286,17 @@ pub(crate) fn fingerprint(e: &Engine) -> String {
     let mut timers: Vec<_> = e.timers.iter().collect();
     timers.sort();
     format!(
-        "{}\n{}\n{reservations:?}\n{offers:?}\n{} {:?}\n{timers:?}\n{}\n{}\n{}\n{} {:?}\n{}\n{:?}\n{:?} {:?} {:?}\n{}\n{}\n{:?}\n{:?} {:?}",
+        "{}\n{}\n{reservations:?}\n{offers:?}\n{} {:?} {:?}\n{timers:?}\n{}\n{}\n{}\n{} {} {:?}\n{}\n{:?}\n{:?} {:?} {:?}\n{}\n{}\n{:?}\n{:?} {:?}",
         e.policy.source,
         e.roster.fingerprint(),
         e.ledger.first,
         e.ledger.fates,
+        e.ledger.epochs,
         e.replies.fingerprint(),
         e.settle_replies.fingerprint(),
         e.paths.fingerprint(),
         e.next_id,
+        e.epoch,
         e.counters,
         e.waiting.fingerprint(),
         e.stats,
