@@ -254,6 +254,7 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
         }
         (_, store) => {
             if let Some(store) = store {
+                store.accept()?;
                 store.set_id_key(&engine_config.id_key)?;
                 // The log starts from the policy (not applied: the engine is
                 // built on it).

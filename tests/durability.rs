@@ -395,10 +395,18 @@ async fn damage_that_is_not_a_tail_is_refused_and_so_is_a_second_process() {
         .query_row("SELECT count(*) FROM commands", [], |r| r.get(0))
         .unwrap();
     drop(db);
+    let file = data.join(careroute::journal::FILE);
+    let before = std::fs::read(&file).unwrap();
     let why = refused(&data, &policy);
     assert!(
         why.contains("record 4 cannot be read (checksum mismatch)"),
         "{why}"
+    );
+    // It read before it wrote: the file is as it was found.
+    assert!(
+        std::fs::read(&file).unwrap() == before,
+        "a refused start changed {}",
+        file.display()
     );
     // Nothing was cut.
     let db = rusqlite::Connection::open(data.join(careroute::journal::FILE)).unwrap();

@@ -125,6 +125,10 @@ impl Records {
                     fsync_upto: store.fsync_upto(),
                 });
             }
+        }
+        // Nothing refuses the log from here: it is this build's to write.
+        store.accept()?;
+        if let Some((seq, _)) = &cut {
             // The mark first, and on disk under fsync: a mark below the
             // log is harmless, one above a cut would report it as lost.
             store.mark(last_seq, true)?;

@@ -257,14 +257,6 @@ impl Store {
                 found: routing,
             });
         }
-        // Only once the log is known to be this build's to write: a refusal
-        // leaves the files as they were.
-        add_refused(&conn).map_err(sql)?;
-        conn.execute(
-            "INSERT OR REPLACE INTO meta (key, value) VALUES ('routing_version', ?1)",
-            params![ROUTING_VERSION.to_string()],
-        )
-        .map_err(sql)?;
         let kept_log = log_id.and_then(|v| v.parse::<u64>().ok());
         let log_id = match kept_log {
             Some(id) => id,
@@ -344,6 +336,24 @@ impl Store {
                 id_key,
             },
         ))
+    }
+
+    /// Takes the log as this build's to write, once its records are read
+    /// and checked (before, a refusal leaves the files as they were): its
+    /// layout brought up to date and its routing version set.
+    pub fn accept(&self) -> Result<(), JournalError> {
+        let sql = |source| JournalError::Sqlite {
+            file: self.file.clone(),
+            source,
+        };
+        add_refused(&self.conn).map_err(sql)?;
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES ('routing_version', ?1)",
+                params![ROUTING_VERSION.to_string()],
+            )
+            .map_err(sql)?;
+        Ok(())
     }
 
     /// Records the id key of a new log's engine.
