@@ -72,10 +72,10 @@ fn corrupt_hint(e: &rusqlite::Error) -> &'static str {
 /// Why the journal cannot be opened, read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    /// The data directory cannot be created.
+    /// The data directory, or its lock file, cannot be created.
     #[error("journal: cannot create {dir}: {source}")]
     Dir {
-        /// The directory.
+        /// The directory or the file.
         dir: PathBuf,
         /// Why.
         source: std::io::Error,

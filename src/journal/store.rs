@@ -180,8 +180,9 @@ impl Store {
         })?;
         // One process per journal: a second one started on the same
         // directory by mistake is refused before it writes anything.
-        let lock = std::fs::File::create(dir.join("LOCK")).map_err(|source| JournalError::Dir {
-            dir: dir.to_owned(),
+        let lock_file = dir.join("LOCK");
+        let lock = std::fs::File::create(&lock_file).map_err(|source| JournalError::Dir {
+            dir: lock_file,
             source,
         })?;
         if lock.try_lock().is_err() {
