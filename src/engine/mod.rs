@@ -193,7 +193,7 @@ pub struct QueueView {
     pub team: Text,
     /// Open now.
     pub open: bool,
-    /// Eligible agents not offline.
+    /// Eligible agents not offline that serve one of its channels.
     pub staffed: u32,
     /// Eligible agents free on a channel of the queue.
     pub available: u32,

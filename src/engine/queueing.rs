@@ -712,6 +712,9 @@ impl Engine {
                     let (channel, parked, arrived) = (w.channel, w.parked, w.arrived);
                     let (contact_id, decision) = (w.contact_id.clone(), w.decision);
                     self.waiting.move_to(seq, oc);
+                    // The on-call queue's wait limit, counted from arrival.
+                    let limit = self.policy.queues[oc].max_wait_in_line;
+                    self.waiting.set_deadline(seq, arrived + limit);
                     let mut hop = LineHop::new(&contact_id, decision, oc);
                     hop.from = Some(self.policy.root(q));
                     self.line_hop(hop, HopKind::Moved, now);
@@ -751,7 +754,9 @@ impl Engine {
             let intent = new.intent_idx(&self.policy.intents[w.intent].id);
             if let (Some(q), Some(i)) = (queue, intent) {
                 w.parked = map[w.parked].map_or(new.root(q), |p| new.root(p));
-                w.deadline = w.arrived + new.queues[w.parked].max_wait_in_line;
+                // The limit of the queue it waits for (a step's pool is its
+                // queue's; a closing may have moved it to another).
+                w.deadline = w.arrived + new.queues[new.root(q)].max_wait_in_line;
                 w.queue = q;
                 w.intent = i;
                 self.waiting.enter(w);

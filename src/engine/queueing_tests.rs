@@ -419,6 +419,68 @@ fn estimated_wait_grows_with_position() {
 }
 
 #[test]
+fn a_contact_moved_at_a_closing_waits_under_the_on_call_queues_limit() {
+    // The on-call queue lets a contact wait 3 minutes, scheduling 30.
+    let text = waiting_policy_text()
+        .replacen(
+            "transfer_address = \"sip:nurse-oncall@pbx.careroute.example\"",
+            "transfer_address = \"sip:nurse-oncall@pbx.careroute.example\"\nmax_wait_in_line = \"3m\"",
+            1,
+        )
+        .replacen(
+            "transfer_address = \"sip:scheduling@pbx.careroute.example\"",
+            "transfer_address = \"sip:scheduling@pbx.careroute.example\"\nmax_wait_in_line = \"30m\"",
+            1,
+        );
+    let mut e = watched(Engine::new(
+        Arc::new(crate::policy::parse("moved.toml", &text).unwrap()),
+        EngineConfig::default(),
+    ));
+    let t = Utc.with_ymd_and_hms(2026, 11, 23, 21, 59, 0).unwrap(); // 16:59 New York
+    agent(&mut e, "s1", "scheduling", t);
+    busy(&mut e, "c0", "scheduling", t);
+    // A nurse on call, logged in and busy: the on-call line is staffed.
+    e.upsert_agent(
+        AgentSpec {
+            id: "n1".into(),
+            team: "Nurse Line".into(),
+            transfer_address: "sip:n1".into(),
+            skills: vec![("clinical_triage".into(), 4), ("on_call".into(), 1)],
+            languages: vec!["en".into()],
+            channels: vec![(Channel::Voice, 1)],
+        },
+        t,
+    )
+    .unwrap();
+    e.set_state("n1", AgentState::Busy, t).unwrap();
+    queued(
+        &e.route(&call("urgent", "scheduling", Urgency::Urgent), t)
+            .unwrap(),
+    );
+    // 17:00: moved to the on-call queue; still waiting at 17:01.
+    e.advance(t + Duration::minutes(2));
+    let events = e.take_events();
+    assert!(
+        events
+            .iter()
+            .any(|ev| matches!(ev, Event::Moved { contact_id, .. } if contact_id == "urgent")),
+        "{events:?}"
+    );
+    assert!(e.waiting.find("urgent").is_some());
+    // Three minutes after it arrived, the on-call queue's limit: it leaves
+    // with a callback, not at scheduling's 30 minutes.
+    e.advance(t + Duration::minutes(3));
+    let events = e.take_events();
+    assert!(
+        events.iter().any(
+            |ev| matches!(ev, Event::CallbackInstead { contact_id, callback, .. }
+            if contact_id == "urgent" && callback.reason == CallbackReason::WaitTooLong)
+        ),
+        "{events:?}"
+    );
+}
+
+#[test]
 fn a_closing_queue_hands_its_line_to_the_closed_action() {
     let mut e = engine();
     let t = Utc.with_ymd_and_hms(2026, 11, 23, 21, 59, 0).unwrap(); // 16:59 New York

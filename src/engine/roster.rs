@@ -298,7 +298,7 @@ pub struct QueuePool {
     members: Members,
     /// The queue's channels: agents are indexed only on these.
     channels: ChannelSet,
-    /// Eligible agents not offline.
+    /// Eligible agents not offline that serve one of its channels.
     pub staffed: u32,
     /// Derived, as `free`: eligible agents not offline with room on each of
     /// the queue's channels.
@@ -813,13 +813,16 @@ impl Roster {
         if let Some(n) = after {
             by_state[state_slot(n.state)] += 1;
         }
-        let staffed = |e: Option<Indexed>| e.is_some_and(|e| e.state != AgentState::Offline);
         let (joined, left) = (before.is_none(), after.is_none());
         for &q in &agent.queues {
             let pool = &mut pools[q];
             if joined {
                 pool.join(&agent.languages);
             }
+            // Logged in on one of the queue's channels (`staffs` is empty
+            // offline).
+            let staffed =
+                |e: Option<Indexed>| e.is_some_and(|e| e.staffs.intersects(pool.channels));
             let available = |e: Option<Indexed>| e.is_some_and(|e| e.free.0 & pool.channels.0 != 0);
             pool.staffed = adjust(pool.staffed, staffed(before), staffed(after));
             pool.available = adjust(pool.available, available(before), available(after));

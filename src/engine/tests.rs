@@ -818,6 +818,28 @@ fn after_hours_routine_gets_a_next_business_day_callback() {
 }
 
 #[test]
+fn after_hours_an_urgent_contact_goes_on_call_only_on_a_channel_it_takes() {
+    let mut e = engine();
+    let urgent = |id: &str, channel: Channel| {
+        let mut c = Contact::new(id, "clinical");
+        c.identity = Identity::Verified;
+        c.urgency = Urgency::Urgent;
+        c.channel = channel;
+        c
+    };
+    // The nurse line is closed; the on-call nurse takes voice and chat.
+    let d = e.route(&urgent("c1", Channel::Chat), closed()).unwrap();
+    assert!(d.reasons.contains(&Reason::AfterHoursOnCall), "{d:?}");
+    // A portal message is not sent where nobody could take it: the nurse
+    // line's own after-hours callback.
+    let d = e.route(&urgent("c2", Channel::Portal), closed()).unwrap();
+    assert!(!d.reasons.contains(&Reason::AfterHoursOnCall), "{d:?}");
+    let cb = callback(&d);
+    assert_eq!(cb.reason, CallbackReason::Closed);
+    assert_eq!(d.queue_id(), Some("nurse_line"));
+}
+
+#[test]
 fn policy_reload_keeps_live_reservations() {
     let mut e = engine();
     let t = open();
@@ -979,7 +1001,12 @@ fn check_invariants(e: &Engine, now: Time) {
         let eligible = e.roster.agents().iter().filter(|a| a.queues.contains(&q));
         let staffed = eligible
             .clone()
-            .filter(|a| a.state != AgentState::Offline)
+            .filter(|a| {
+                a.state != AgentState::Offline
+                    && Channel::ALL
+                        .iter()
+                        .any(|c| queue.channels.contains(*c) && a.capacity[c.index()] > 0)
+            })
             .count() as u32;
         let available = eligible
             .filter(|a| a.free_channels(e.roster.blocks()).0 & queue.channels.0 != 0)
@@ -1365,6 +1392,9 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
     // the state.
     let mut standby: Option<(usize, Vec<u8>)> = None;
     let mut offered: Vec<ReservationId> = Vec::new();
+    // Every decision and RouteContact reservation id given, those of a
+    // command a failover lost included: none is ever given again.
+    let mut given: std::collections::HashSet<u128> = Default::default();
     let mut active: Vec<(String, String)> = Vec::new();
     let mut waiting: std::collections::HashSet<String> = Default::default();
     // Offers made to waiting contacts.
@@ -1504,6 +1534,13 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     })
                     .collect();
                 let d = apply!(Route(&c)).unwrap();
+                prop_assert!(given.insert(d.id.0), "a decision id given twice");
+                if let Outcome::Agent(a) = &d.outcome {
+                    prop_assert!(
+                        given.insert(a.reservation.0),
+                        "a reservation id given twice"
+                    );
+                }
                 for r in held {
                     prop_assert!(
                         !e.reservations.contains_key(&r),
@@ -1909,7 +1946,12 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 // new contact routed (perhaps reserving an agent), its
                 // answer never sent. Nothing of it may survive.
                 let lost = billing("lost-in-failover");
-                let _ = e.apply(Route(&lost), now);
+                if let Ok(d) = e.apply(Route(&lost), now) {
+                    given.insert(d.id.0);
+                    if let Outcome::Agent(a) = &d.outcome {
+                        given.insert(a.reservation.0);
+                    }
+                }
                 e.take_events();
                 // The standby: its snapshot (or the log's start) and every
                 // record after it, as it tailed them.

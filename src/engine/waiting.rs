@@ -45,7 +45,7 @@ pub struct Waiter {
     /// When it started waiting.
     pub arrived: Time,
     /// When it leaves the line for a callback if still in it (the wait
-    /// limit of the queue it joined).
+    /// limit of the queue it joined, or was moved to at a closing).
     pub deadline: Time,
     /// Its place in line.
     pub key: WaitKey,
@@ -243,6 +243,16 @@ impl WaitingRoom {
         if in_line == Some(true) {
             self.line_up(queue, channel, key);
         }
+    }
+
+    /// Sets when a waiting contact leaves the line if still in it.
+    pub fn set_deadline(&mut self, seq: u64, deadline: Time) {
+        let Some(w) = self.waiters.get_mut(&seq) else {
+            return;
+        };
+        self.deadlines.remove(&(w.deadline, seq));
+        w.deadline = deadline;
+        self.deadlines.insert((deadline, seq));
     }
 
     /// Empties the room for a policy of `queues` queues and hands back

@@ -559,6 +559,7 @@ impl Policy {
                     && contact.urgency == Urgency::Urgent
                     && let Some(on_call) = self.queues[queue].after_hours_urgent_to
                     && self.is_open(on_call, now)
+                    && self.queues[on_call].channels.contains(contact.channel)
                 {
                     reasons.push(Reason::AfterHoursOnCall);
                     queue = on_call;
