@@ -19,7 +19,7 @@ use super::{
 };
 use crate::file::{self, FileError};
 use crate::model::{Channel, ChannelSet, FastMap, Identity, Urgency, language_tag};
-use crate::shape::{ID, LANGUAGE, Shape, VALUE, WORD};
+use crate::shape::{ADDRESS, ID, LANGUAGE, Shape, VALUE, WORD};
 
 /// Why a policy was refused: the file, the line and the field.
 pub type PolicyError = FileError;
@@ -620,6 +620,16 @@ impl Cx<'_> {
                     &q.transfer_address,
                     format!("{field}.transfer_address"),
                     "must not be empty",
+                ));
+            }
+            // As an agent's: an address, nothing that reads as a log field.
+            if self.names
+                && let Some(problem) = ADDRESS.problem(q.transfer_address.get_ref())
+            {
+                return Err(self.bad(
+                    &q.transfer_address,
+                    format!("{field}.transfer_address"),
+                    format!("{problem} ({})", ADDRESS.describe()),
                 ));
             }
             let max_wait = self.duration_or(

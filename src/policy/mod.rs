@@ -398,14 +398,14 @@ impl Policy {
     /// messages.
     pub fn signal_names(&self) -> String {
         let names: Vec<&str> = self.signals.iter().map(String::as_str).collect();
-        names.join(", ")
+        listed(names)
     }
 
     /// The declared attribute keys, sorted and comma-separated, for messages.
     pub fn attribute_names(&self) -> String {
         let mut names: Vec<&str> = self.attributes.keys().map(String::as_str).collect();
         names.sort_unstable();
-        names.join(", ")
+        listed(names)
     }
 
     /// The queues clients see (not the internal pools of relaxation steps).
@@ -673,6 +673,15 @@ impl Policy {
             },
             intake_fields: intent.intake_fields.clone(),
         }
+    }
+}
+
+/// Names comma-separated for a message, or says there are none.
+fn listed(names: Vec<&str>) -> String {
+    if names.is_empty() {
+        "the policy declares none".into()
+    } else {
+        names.join(", ")
     }
 }
 

@@ -110,6 +110,13 @@ fn refusals_name_file_line_and_field() {
             "level = 5",
         ),
         (
+            "transfer_address = \"sip:scheduling@pbx.careroute.example\"",
+            "transfer_address = \"sip:scheduling@pbx created=x\"",
+            "queues.scheduling.transfer_address",
+            "no spaces",
+            "created=x",
+        ),
+        (
             "skills = { compliance = 3 }",
             "skills = { compliance = 9 }",
             "queues.compliance.skills.compliance",
