@@ -599,9 +599,30 @@ pub fn language_tag(tag: &str) -> String {
         .join("-")
 }
 
+/// The language ranges a contact's `tag` is served by, most specific
+/// first: the tag, then each shorter form of it (`zh-Hant-HK`, `zh-Hant`,
+/// `zh`), as RFC 4647's lookup falls back. An agent who speaks `es` speaks
+/// to an `es-MX` caller.
+pub fn language_ranges(tag: &str) -> impl Iterator<Item = &str> + Clone {
+    let mut end = Some(tag.len());
+    std::iter::from_fn(move || {
+        let range = &tag[..end?];
+        end = range.rfind('-');
+        Some(range)
+    })
+}
+
 #[cfg(test)]
 mod language_tests {
-    use super::language_tag;
+    use super::{language_ranges, language_tag};
+
+    #[test]
+    fn a_tag_is_served_by_itself_then_each_shorter_form() {
+        let ranges = |tag| language_ranges(tag).collect::<Vec<_>>();
+        assert_eq!(ranges("zh-Hant-HK"), ["zh-Hant-HK", "zh-Hant", "zh"]);
+        assert_eq!(ranges("es-MX"), ["es-MX", "es"]);
+        assert_eq!(ranges("en"), ["en"]);
+    }
 
     #[test]
     fn language_tags_are_one_whatever_their_case() {

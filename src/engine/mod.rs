@@ -151,7 +151,11 @@ impl EngineConfig {
 /// it, and a withdrawn offer gives its agent back its place in the idle
 /// order.
 /// 9: ids carry the epoch (the starts the log has seen), so a start never
-/// gives again an id a lost tail of the log had given.
+/// gives again an id a lost tail of the log had given; a queue's staffed
+/// count is of agents on its channels; an urgent contact goes on call
+/// after hours only on a channel the on-call queue takes, and waits under
+/// its limit when moved there at a closing; a language is served, and
+/// matched by rules, by its shorter forms too.
 pub const ROUTING_VERSION: u32 = 9;
 
 /// The peak rate of new requests with a request id the default window

@@ -392,9 +392,7 @@ impl Engine {
             .verify_identity
             .then(|| self.policy.authenticate.verify_during_call.clone());
         let speaks = w.language.as_deref().is_none_or(|l| {
-            self.roster
-                .language(l)
-                .is_some_and(|id| self.roster.agent(a).languages.contains(&id))
+            (self.roster.speakers_of(l)).any(|id| self.roster.agent(a).languages.contains(&id))
         });
         let slot = Slot {
             queue,

@@ -10,7 +10,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use crate::model::{AgentState, Channel, ChannelSet, FastMap, STATES};
+use crate::model::{AgentState, Channel, ChannelSet, FastMap, STATES, language_ranges};
 use crate::policy::{Blocks, Policy, QueueIdx, Text};
 
 /// Index of an agent in the roster. A removed agent's slot is reused by the
@@ -565,6 +565,13 @@ impl Roster {
         self.languages.get(tag).copied()
     }
 
+    /// The languages whose speakers serve a contact speaking `tag`: the
+    /// tag and its shorter forms ([`language_ranges`]) that some agent
+    /// speaks.
+    pub fn speakers_of<'a>(&'a self, tag: &'a str) -> impl Iterator<Item = LangId> + Clone + 'a {
+        language_ranges(tag).filter_map(|range| self.language(range))
+    }
+
     /// The tag of a language id.
     pub fn language_tag(&self, id: LangId) -> Option<&str> {
         self.languages
@@ -870,33 +877,36 @@ impl Roster {
         &self,
         queue: QueueIdx,
         channel: Channel,
-        language: Option<LangId>,
+        languages: impl IntoIterator<Item = LangId>,
         exclude: &[AgentIdx],
     ) -> Option<Pick> {
         let pool = &self.pools[queue];
         let cp = &pool.free[channel.index()];
         let first = |set: &BTreeSet<IdleKey>| {
             set.iter()
-                .map(|&k| agent_of(k))
-                .find(|a| !exclude.contains(a))
+                .copied()
+                .find(|&k| !exclude.contains(&agent_of(k)))
         };
-        if let Some(agent) = language
-            .and_then(|l| {
+        // The longest idle speaker of any of the languages.
+        let speaker = languages
+            .into_iter()
+            .filter_map(|l| {
                 if pool.universal(l) {
                     Some(&cp.any)
                 } else {
                     cp.by_language.get(&l)
                 }
             })
-            .and_then(first)
-        {
+            .filter_map(first)
+            .min();
+        if let Some(key) = speaker {
             return Some(Pick {
-                agent,
+                agent: agent_of(key),
                 interpreter_needed: false,
             });
         }
-        first(&cp.any).map(|agent| Pick {
-            agent,
+        first(&cp.any).map(|key| Pick {
+            agent: agent_of(key),
             interpreter_needed: true,
         })
     }

@@ -340,7 +340,7 @@ impl Engine {
             .language
             .as_deref()
             .unwrap_or(&self.policy.default_language);
-        let lang = self.roster.language(language);
+        let langs = self.roster.speakers_of(language);
         if let Some(a) = contact
             .preferred_agent_id
             .as_deref()
@@ -348,7 +348,7 @@ impl Engine {
             && Some(a) != exclude
             && self.roster.is_free_for(a, queue, contact.channel)
         {
-            let speaks = lang.is_some_and(|l| self.roster.agent(a).languages.contains(&l));
+            let speaks = (langs.clone()).any(|l| self.roster.agent(a).languages.contains(&l));
             return Some((
                 Pick {
                     agent: a,
@@ -358,7 +358,7 @@ impl Engine {
             ));
         }
         self.roster
-            .pick(queue, contact.channel, lang, exclude.as_slice())
+            .pick(queue, contact.channel, langs, exclude.as_slice())
             .map(|p| (p, false))
     }
 

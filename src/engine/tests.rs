@@ -176,6 +176,77 @@ fn language_speakers_first_else_interpreter() {
 }
 
 #[test]
+fn a_speaker_of_a_language_serves_its_regional_forms() {
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("en1", &["en"], 1, 0), t);
+    add(
+        &mut e,
+        billing_agent("es1", &["es"], 1, 0),
+        t + Duration::seconds(5),
+    );
+    add(
+        &mut e,
+        billing_agent("mx1", &["es-MX"], 1, 0),
+        t + Duration::seconds(7),
+    );
+    // An es-MX caller: both Spanish speakers serve, longest idle first; the
+    // English speaker, idle longest of all, is not taken.
+    let mut c = billing("c1");
+    c.language = Some("es-MX".into());
+    let d = e.route(&c, t + Duration::seconds(9)).unwrap();
+    assert_eq!(&*offer(&d).agent_id, "es1");
+    assert!(!offer(&d).interpreter_needed);
+    let mut c = billing("c2");
+    c.language = Some("es-MX".into());
+    let d = e.route(&c, t + Duration::seconds(9)).unwrap();
+    assert_eq!(&*offer(&d).agent_id, "mx1");
+    assert!(!offer(&d).interpreter_needed);
+    // A plain es caller is not served by an es-MX speaker as such: the
+    // shorter form does not reach the longer one.
+    let mut e = engine();
+    add(&mut e, billing_agent("en1", &["en"], 1, 0), t);
+    add(
+        &mut e,
+        billing_agent("mx1", &["es-MX"], 1, 0),
+        t + Duration::seconds(5),
+    );
+    let mut c = billing("c3");
+    c.language = Some("es".into());
+    let d = e.route(&c, t + Duration::seconds(9)).unwrap();
+    assert_eq!(&*offer(&d).agent_id, "en1");
+    assert!(offer(&d).interpreter_needed);
+}
+
+#[test]
+fn a_rules_language_takes_its_regional_forms() {
+    let text = crate::policy::DEFAULT_POLICY.replacen(
+        "[[rules]]",
+        "[[rules]]\nid = \"spanish-billing\"\nwhen = { intent = [\"billing\"], language = [\"es\"] }\nroute_to = \"frontline\"\n\n[[rules]]",
+        1,
+    );
+    let mut e = super::queueing_tests::watched(Engine::new(
+        Arc::new(crate::policy::parse("es.toml", &text).unwrap()),
+        EngineConfig::default(),
+    ));
+    let rule = |e: &mut Engine, id: &str, language: &str| {
+        let mut c = billing(id);
+        c.language = Some(language.into());
+        let d = e.route(&c, open()).unwrap();
+        d.rule_id.as_deref().map(str::to_owned)
+    };
+    assert_eq!(rule(&mut e, "c1", "es").as_deref(), Some("spanish-billing"));
+    assert_eq!(
+        rule(&mut e, "c2", "es-MX").as_deref(),
+        Some("spanish-billing")
+    );
+    assert_ne!(
+        rule(&mut e, "c3", "en-US").as_deref(),
+        Some("spanish-billing")
+    );
+}
+
+#[test]
 fn a_language_listed_twice_counts_its_speaker_once() {
     // One agent lists English twice and the other speaks only Spanish:
     // English is not the whole queue's, so the Spanish speaker is no
@@ -1269,10 +1340,12 @@ fn longest_idle_oracle(
     let chosen = e.roster.find(&offer.agent_id).unwrap();
     let key = |a: AgentIdx| (ready_before[a as usize][k].div_euclid(1000), a);
     let language = c.language.as_deref().unwrap_or(&e.policy.default_language);
-    let lang = e.roster.language(language);
     for (i, agent) in e.roster.agents().iter().enumerate() {
         let a = i as AgentIdx;
-        let speaks = lang.is_some_and(|l| agent.languages.contains(&l));
+        let speaks = e
+            .roster
+            .speakers_of(language)
+            .any(|l| agent.languages.contains(&l));
         if a == chosen
             || agent.removed
             || !agent.queues.contains(&q)

@@ -2,7 +2,7 @@
 //! rule's conditions cover another's (so the later one can never match).
 
 use super::{IntentIdx, Policy, QueueIdx, Resolved};
-use crate::model::{Channel, ChannelSet, Contact, Identity, Urgency};
+use crate::model::{Channel, ChannelSet, Contact, Identity, Urgency, language_ranges};
 
 /// The conditions of one rule; every condition set must hold. `None` (or an
 /// empty attribute list) places no condition.
@@ -84,7 +84,8 @@ impl Match {
                     .language
                     .as_deref()
                     .unwrap_or(&policy.default_language);
-                l.iter().any(|x| x == lang)
+                // `es` takes an `es-MX` contact; `es-MX` not an `es` one.
+                language_ranges(lang).any(|range| l.iter().any(|x| x == range))
             })
             && self.after_hours.is_none_or(|a| a == after_hours)
             && self
