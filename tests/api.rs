@@ -1053,20 +1053,29 @@ async fn next_event(s: &mut tonic::Streaming<pb::RoutingEvent>) -> pb::RoutingEv
         .expect("the stream ended")
 }
 
-#[tokio::test]
-async fn the_event_stream_tells_every_change_and_resumes_after_a_sequence() {
+/// A server with no roster, a watcher of its events from the start, and
+/// the billing agent b1 registered and set available.
+#[allow(clippy::expect_used)]
+async fn watched_with_b1() -> (TestServer, tonic::Streaming<pb::RoutingEvent>) {
     let s = TestServer::start_with(monday_10am(), |c| c.no_demo_roster = true).await;
     let mut client = s.client.clone();
-    let mut events = client
+    let events = client
         .watch_events(pb::WatchEventsRequest::default())
         .await
-        .unwrap()
+        .expect("a watcher from the start")
         .into_inner();
-    client.upsert_agent(billing_agent("b1")).await.unwrap();
-    client
+    (client.upsert_agent(billing_agent("b1")).await).expect("b1 registered");
+    (client
         .set_agent_state(state("b1", pb::AgentState::Available))
-        .await
-        .unwrap();
+        .await)
+        .expect("b1 available");
+    (s, events)
+}
+
+#[tokio::test]
+async fn the_event_stream_tells_every_change_and_resumes_after_a_sequence() {
+    let (s, mut events) = watched_with_b1().await;
+    let mut client = s.client.clone();
     let d = client
         .route_contact(contact("c-ev-1", "billing"))
         .await
@@ -1298,18 +1307,8 @@ async fn a_watcher_resuming_under_load_gets_exactly_what_followed() {
 #[tokio::test]
 async fn a_stream_cut_inside_a_sequence_resumes_from_the_one_before() {
     use pb::routing_event::Event as E;
-    let s = TestServer::start_with(monday_10am(), |c| c.no_demo_roster = true).await;
+    let (s, mut reference) = watched_with_b1().await;
     let mut client = s.client.clone();
-    let mut reference = client
-        .watch_events(pb::WatchEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    client.upsert_agent(billing_agent("b1")).await.unwrap();
-    client
-        .set_agent_state(state("b1", pb::AgentState::Available))
-        .await
-        .unwrap();
     client
         .route_contact(contact("c1", "billing"))
         .await

@@ -508,29 +508,11 @@ async fn a_frozen_leader_resumed_answers_nothing_and_rejoins_as_a_standby() {
     wait_for_readyz(&a, "503").await;
     // Its watchers are told to go to the new leader rather than left
     // waiting.
-    let ended = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match watching.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the watch ended without a reason"),
-                Err(e) => return e,
-            }
-        }
-    })
-    .await
-    .expect("the old leader's watcher was left open");
-    let events_ended = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match events.message().await {
-                Ok(Some(_)) => continue,
-                Ok(None) => panic!("the event stream ended without a reason"),
-                Err(e) => return e,
-            }
-        }
-    })
-    .await
-    .expect("the old leader's event stream was left open");
-    for ended in [ended, events_ended] {
+    let ended = [
+        ended_with(&mut watching, "WatchAssignments").await,
+        ended_with(&mut events, "WatchEvents").await,
+    ];
+    for ended in ended {
         assert_eq!(ended.code(), Code::Unavailable, "{ended:?}");
         let leader = ended.metadata().get("careroute-leader");
         assert_eq!(
@@ -551,6 +533,22 @@ async fn a_frozen_leader_resumed_answers_nothing_and_rejoins_as_a_standby() {
     );
     let unknown = floor::status(&mut cb, "stale").await.unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+}
+
+/// The status `stream` (named `what`) ends with, within 10 s; whatever it
+/// sent before is read and dropped.
+async fn ended_with<T>(stream: &mut tonic::Streaming<T>, what: &str) -> tonic::Status {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("{what} ended without a reason"),
+                Err(e) => return e,
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the old leader's {what} was left open"))
 }
 
 /// The NATS server leading the stream killed, one of three: the stream

@@ -418,6 +418,18 @@ fn estimated_wait_grows_with_position() {
     assert_eq!(billing.longest_wait, Duration::seconds(10));
 }
 
+/// A nurse of the on-call queue, on voice.
+fn on_call_nurse(id: &str) -> AgentSpec {
+    AgentSpec {
+        id: id.into(),
+        team: "Nurse Line".into(),
+        transfer_address: format!("sip:{id}"),
+        skills: vec![("clinical_triage".into(), 4), ("on_call".into(), 1)],
+        languages: vec!["en".into()],
+        channels: vec![(Channel::Voice, 1)],
+    }
+}
+
 #[test]
 fn a_contact_moved_at_a_closing_waits_under_the_on_call_queues_limit() {
     // The on-call queue lets a contact wait 3 minutes, scheduling 30.
@@ -440,18 +452,7 @@ fn a_contact_moved_at_a_closing_waits_under_the_on_call_queues_limit() {
     agent(&mut e, "s1", "scheduling", t);
     busy(&mut e, "c0", "scheduling", t);
     // A nurse on call, logged in and busy: the on-call line is staffed.
-    e.upsert_agent(
-        AgentSpec {
-            id: "n1".into(),
-            team: "Nurse Line".into(),
-            transfer_address: "sip:n1".into(),
-            skills: vec![("clinical_triage".into(), 4), ("on_call".into(), 1)],
-            languages: vec!["en".into()],
-            channels: vec![(Channel::Voice, 1)],
-        },
-        t,
-    )
-    .unwrap();
+    e.upsert_agent(on_call_nurse("n1"), t).unwrap();
     e.set_state("n1", AgentState::Busy, t).unwrap();
     queued(
         &e.route(&call("urgent", "scheduling", Urgency::Urgent), t)
@@ -485,17 +486,8 @@ fn a_closing_queue_hands_its_line_to_the_closed_action() {
     let mut e = engine();
     let t = Utc.with_ymd_and_hms(2026, 11, 23, 21, 59, 0).unwrap(); // 16:59 New York
     agent(&mut e, "s1", "scheduling", t);
-    let mut nurse = AgentSpec {
-        id: "n1".into(),
-        team: "Nurse Line".into(),
-        transfer_address: "sip:n1".into(),
-        skills: vec![("clinical_triage".into(), 4), ("on_call".into(), 1)],
-        languages: vec!["en".into()],
-        channels: vec![(Channel::Voice, 1)],
-    };
-    e.upsert_agent(nurse.clone(), t).unwrap();
-    nurse.id = "n2".into();
-    e.upsert_agent(nurse, t).unwrap();
+    e.upsert_agent(on_call_nurse("n1"), t).unwrap();
+    e.upsert_agent(on_call_nurse("n2"), t).unwrap();
     busy(&mut e, "c0", "scheduling", t);
     e.set_state("n2", AgentState::Available, t).unwrap();
     queued(
