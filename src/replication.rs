@@ -413,7 +413,7 @@ async fn follow(
         opening.extend(seed.roster.iter().cloned());
         opening
     } else {
-        let mut opening = vec![Command::Restarted];
+        let mut opening = vec![crate::journal::restarted()];
         if engine.limits() != seed.limits {
             opening.push(Command::Configure(Configure(seed.limits)));
         }

@@ -230,7 +230,7 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
             }
             last_seq = end.last_seq;
             let engine = replay.finish().ok_or_else(no_start)?;
-            added.push((now, Command::Restarted));
+            added.push((now, crate::journal::restarted()));
             // Limits changed by this start's flags are a logged change; the
             // log before it replays under its own.
             if engine.limits() != limits {

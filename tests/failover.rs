@@ -669,14 +669,11 @@ async fn with_nats_unreachable_the_leader_answers_nothing_and_resumes_by_itself(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deposed_leaders_batch_is_refused_whole_even_where_its_sequence_would_fit() {
-    use careroute::{
-        engine::Command,
-        journal::{Entry, JournalError},
-    };
+    use careroute::journal::{Entry, JournalError};
     let Some(nats) = Nats::start(1) else { return };
     let log = stream(&nats, "fence", 1).await;
     let at = chrono::Utc::now();
-    let record = |seq| (seq, Entry::accepted(at, Command::Restarted));
+    let record = |seq| (seq, Entry::accepted(at, careroute::journal::restarted()));
     // The old leader appends 1 and 2; a new leader, having read 2, appends 3.
     let mut old = None;
     log.append(&[record(1), record(2)], "old", &mut old)
@@ -721,16 +718,13 @@ async fn arrive(acks: &mut careroute::journal::Acks) {
 }
 
 async fn batches_in_flight(replicas: usize) {
-    use careroute::{
-        engine::Command,
-        journal::{Entry, JournalError},
-    };
+    use careroute::journal::{Entry, JournalError};
     let Some(nats) = Nats::start(replicas) else {
         return;
     };
     let log = stream(&nats, &format!("in-flight-r{replicas}"), replicas).await;
     let at = chrono::Utc::now();
-    let record = |seq| (seq, Entry::accepted(at, Command::Restarted));
+    let record = |seq| (seq, Entry::accepted(at, careroute::journal::restarted()));
     // A leader sends three batches before confirming any: all land, in
     // order.
     let mut old = None;
@@ -793,10 +787,7 @@ async fn batches_in_flight(replicas: usize) {
 /// rather than wait for a slot that only its own confirming can free.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_more_records_than_nats_lets_be_unacknowledged_is_written_whole() {
-    use careroute::{
-        engine::Command,
-        journal::{Entry, Journal, Log},
-    };
+    use careroute::journal::{Entry, Journal, Log};
     const BURST: u64 = 12_000;
     let Some(nats) = Nats::start(1) else { return };
     let log = stream(&nats, "burst", 1).await;
@@ -810,11 +801,11 @@ async fn a_burst_of_more_records_than_nats_lets_be_unacknowledged_is_written_who
     let at = chrono::Utc::now();
     let mut last = None;
     for _ in 0..BURST {
-        last = Some(
-            journal.append(true, Some(Entry::accepted(at, Command::Restarted)), |_| {
-                Vec::new()
-            }),
-        );
+        last = Some(journal.append(
+            true,
+            Some(Entry::accepted(at, careroute::journal::restarted())),
+            |_| Vec::new(),
+        ));
     }
     let last = last.unwrap();
     assert_eq!(last.seq, BURST);
@@ -1112,7 +1103,7 @@ async fn a_leader_without_a_standby_takes_the_snapshots_and_a_restart_loads_them
 fn an_export_the_stream_is_purged_under_reports_what_it_missed() {
     use careroute::{
         audit::{self, Source},
-        engine::{Command, ReplacePolicy},
+        engine::ReplacePolicy,
         journal::{Entry, Journal, Log, NatsSecurity},
         policy::Policy,
     };
@@ -1138,9 +1129,11 @@ fn an_export_the_stream_is_purged_under_reports_what_it_missed() {
             Vec::new()
         });
         while last.seq < RECORDS {
-            last = journal.append(true, Some(Entry::accepted(at, Command::Restarted)), |_| {
-                Vec::new()
-            });
+            last = journal.append(
+                true,
+                Some(Entry::accepted(at, careroute::journal::restarted())),
+                |_| Vec::new(),
+            );
         }
         journal.durable(last).await.unwrap();
     });

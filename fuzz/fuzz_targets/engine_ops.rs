@@ -22,8 +22,8 @@ use careroute::engine::{
     WatchId,
 };
 use careroute::engine::{
-    Cancel, Command, Complete, Confirm, Release, RemoveAgent, ReplacePolicy, Route, SetAgentState,
-    Tick, Unwatch, UpsertAgent, Watch,
+    Cancel, Command, Complete, Confirm, Release, RemoveAgent, ReplacePolicy, Restarted, Route,
+    SetAgentState, Tick, Unwatch, UpsertAgent, Watch,
 };
 use careroute::grpc::pb;
 use careroute::model::{
@@ -526,6 +526,7 @@ fuzz_target!(|input: Input| {
         m.agents.insert(a.id.to_string());
     }
 
+    let mut epoch = 0;
     for op in input.ops.iter().take(256) {
         let before = loads(&e);
         match op {
@@ -732,7 +733,9 @@ fuzz_target!(|input: Input| {
                 watchers.push(id);
             }
             Op::Restart => {
-                e.apply(Command::Restarted, now).unwrap();
+                epoch += 1;
+                e.apply(Command::Restarted(Restarted { epoch }), now)
+                    .unwrap();
                 watchers.clear();
                 assert_eq!(e.watchers(), 0);
             }

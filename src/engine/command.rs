@@ -228,6 +228,17 @@ impl Apply for Tick {
     }
 }
 
+/// The process restarted: the watchers of the one before are gone (their
+/// connections died with it), so offers out to their agents are unseen. It
+/// begins `epoch`, which every id made from then on carries: drawn by the
+/// start (never derived from the log, whose tail a power loss can take with
+/// the restart before), so ids a lost tail gave are never given again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Restarted {
+    /// The epoch begun.
+    pub epoch: u32,
+}
+
 /// Any command, owned: what a log of the engine's inputs holds. Applying
 /// one answers nothing; the typed commands answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -259,9 +270,8 @@ pub enum Command {
     Unwatch(Unwatch),
     /// [`Tick`].
     Tick,
-    /// The process restarted: the watchers of the one before are gone (their
-    /// connections died with it), so offers out to their agents are unseen.
-    Restarted,
+    /// [`Restarted`].
+    Restarted(Restarted),
     /// A settling command with the client's request id ([`Once`]).
     Once {
         /// The client's id for the request.
@@ -350,8 +360,8 @@ impl Apply for Command {
             Command::Watch(c) => c.apply_at(e, now).map(drop),
             Command::Unwatch(c) => c.apply_at(e, now),
             Command::Tick => Tick.apply_at(e, now),
-            Command::Restarted => {
-                e.restarted(now);
+            Command::Restarted(Restarted { epoch }) => {
+                e.restarted(epoch, now);
                 Ok(())
             }
             Command::Once {

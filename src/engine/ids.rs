@@ -51,17 +51,17 @@ impl Default for IdCipher {
 pub const MAX_COUNTER: u64 = 1 << 48;
 
 /// The block enciphered: a tag naming careroute and the kind, the epoch
-/// (the starts the log has seen, so a counter a lost tail of the log had
-/// reached and a start gives again makes another id), then the counter. A
-/// guessed id deciphers to the tag with odds of 2^-64.
-fn block(kind: IdKind, epoch: u16, seq: u64) -> [u8; 16] {
+/// (drawn by each start, so a counter a lost tail of the log had reached
+/// and a start gives again makes another id), then the counter. A guessed
+/// id deciphers to the tag with odds of 2^-48.
+fn block(kind: IdKind, epoch: u32, seq: u64) -> [u8; 16] {
     let mut b = [0u8; 16];
-    b[..7].copy_from_slice(b"crroute");
-    b[7] = match kind {
+    b[..5].copy_from_slice(b"crrte");
+    b[5] = match kind {
         IdKind::Decision => b'd',
         IdKind::Reservation => b'r',
     };
-    b[8..10].copy_from_slice(&epoch.to_be_bytes());
+    b[6..10].copy_from_slice(&epoch.to_be_bytes());
     b[10..].copy_from_slice(&seq.to_be_bytes()[2..]);
     b
 }
@@ -74,7 +74,7 @@ impl IdCipher {
 
     /// The id of the `seq`th id of `kind` in `epoch` (`seq` below
     /// [`MAX_COUNTER`]).
-    pub fn encipher(&self, kind: IdKind, epoch: u16, seq: u64) -> u128 {
+    pub fn encipher(&self, kind: IdKind, epoch: u32, seq: u64) -> u128 {
         debug_assert!(seq < MAX_COUNTER);
         let mut b = GenericArray::from(block(kind, epoch, seq));
         self.0.encrypt_block(&mut b);
@@ -83,11 +83,11 @@ impl IdCipher {
 
     /// The epoch and counter of an id of `kind` made under this key, or
     /// none if it was not.
-    pub fn decipher(&self, kind: IdKind, id: u128) -> Option<(u16, u64)> {
+    pub fn decipher(&self, kind: IdKind, id: u128) -> Option<(u32, u64)> {
         let mut b = GenericArray::from(id.to_be_bytes());
         self.0.decrypt_block(&mut b);
         let b: [u8; 16] = b.into();
-        let epoch = u16::from_be_bytes([b[8], b[9]]);
+        let epoch = u32::from_be_bytes([b[6], b[7], b[8], b[9]]);
         let mut seq = [0u8; 8];
         seq[2..].copy_from_slice(&b[10..]);
         let seq = u64::from_be_bytes(seq);
@@ -104,7 +104,7 @@ mod tests {
         let ids = IdCipher::new(&IdKey([42; 16]));
         let other = IdCipher::new(&IdKey([43; 16]));
         for seq in [0, 1, 2, 1000, u64::from(u32::MAX) + 1, MAX_COUNTER - 1] {
-            for epoch in [0, 1, u16::MAX] {
+            for epoch in [0, 1, u32::MAX] {
                 let id = ids.encipher(IdKind::Reservation, epoch, seq);
                 assert_eq!(ids.decipher(IdKind::Reservation, id), Some((epoch, seq)));
                 assert_eq!(ids.decipher(IdKind::Decision, id), None);

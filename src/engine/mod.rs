@@ -48,7 +48,7 @@ pub use agent_view::{
 pub use agents::{AgentSpec, MAX_CHANNEL_CAPACITY};
 pub use command::{
     Apply, Cancel, Command, Complete, Configure, Confirm, LoggedOnce, Release, RemoveAgent,
-    ReplacePolicy, Route, SetAgentState, Tick, Unwatch, UpsertAgent, Watch,
+    ReplacePolicy, Restarted, Route, SetAgentState, Tick, Unwatch, UpsertAgent, Watch,
 };
 pub use decision::{
     AgentOffer, CallbackOffer, Decision, DecisionId, Guidance, Outcome, ReservationId,
@@ -150,8 +150,8 @@ impl EngineConfig {
 /// 8: a contact routed again withdraws the offer an earlier answer made
 /// it, and a withdrawn offer gives its agent back its place in the idle
 /// order.
-/// 9: ids carry the epoch (the starts the log has seen), so a start never
-/// gives again an id a lost tail of the log had given; a queue's staffed
+/// 9: ids carry the epoch each start draws, so a start never gives again
+/// an id a lost tail of the log had given; a queue's staffed
 /// count is of agents on its channels; an urgent contact goes on call
 /// after hours only on a channel the on-call queue takes, and waits under
 /// its limit when moved there at a closing; a language is served, and
@@ -277,10 +277,10 @@ pub struct Engine {
     settle_replies: Expiring<(Text, Text), (u32, Kept)>,
     paths: Expiring<String, Vec<Hop>>,
     next_id: u64,
-    /// The starts the log has seen (wrapping), in every id made: a start
-    /// after the log lost its last records (a power loss under
+    /// The epoch the last start drew (0 before any), in every id made: a
+    /// start after the log lost its last records (a power loss under
     /// `--journal-sync write`) gives their counters again, never their ids.
-    epoch: u16,
+    epoch: u32,
     /// The cipher of [`EngineConfig::id_key`], set up once.
     #[serde(skip)]
     ids: ids::IdCipher,

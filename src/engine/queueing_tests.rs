@@ -1260,7 +1260,8 @@ fn a_restart_forgets_the_watchers_of_the_process_before() {
     let offered = e.complete("b1", "c0", t).unwrap();
     e.apply(Tick, offered).unwrap();
     assert_eq!(assigned(&e.take_events()).len(), 1);
-    e.apply(Command::Restarted, offered).unwrap();
+    e.apply(Command::Restarted(Restarted { epoch: 1 }), offered)
+        .unwrap();
     assert_eq!(e.watchers(), 0);
     e.apply(Tick, offered + e.policy().reservation_ttl).unwrap();
     let b1 = e.roster.find("b1").unwrap();

@@ -71,7 +71,7 @@ pub(super) struct Ledger {
     pub(super) fates: VecDeque<Fate>,
     /// Each epoch since the first (0) with the first sequence number made
     /// in it, oldest first; those wholly before `first` are dropped.
-    pub(super) epochs: VecDeque<(u16, u64)>,
+    pub(super) epochs: VecDeque<(u32, u64)>,
 }
 
 /// Reservations whose fate is remembered (1 MiB).
@@ -101,7 +101,7 @@ impl Ledger {
     }
 
     /// `epoch` begins: reservations from here on are made in it.
-    pub(super) fn begin(&mut self, epoch: u16) {
+    pub(super) fn begin(&mut self, epoch: u32) {
         let next = self.next();
         if self.epochs.back().is_some_and(|&(_, from)| from == next) {
             self.epochs.pop_back();
@@ -112,7 +112,7 @@ impl Ledger {
     /// The fate of the reservation `seq` made in `epoch`, if remembered:
     /// none for a sequence number that another epoch made (a start gave it
     /// again after the log lost the tail that had made it first).
-    pub(super) fn fate(&self, epoch: u16, seq: u64) -> Option<Fate> {
+    pub(super) fn fate(&self, epoch: u32, seq: u64) -> Option<Fate> {
         let made_in = self
             .epochs
             .iter()

@@ -367,14 +367,18 @@ fn a_start_after_the_log_lost_its_tail_never_gives_an_id_again() {
     let mut e = engine();
     let t = open();
     add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
-    // The log keeps what came before this route; a power loss under
-    // --journal-sync write loses the route, whose answer had left.
+    // The log keeps what came before this start; a power loss under
+    // --journal-sync write loses its restart and the route after it, whose
+    // answer had left.
     let kept = e.clone();
+    let restart = |epoch| Command::Restarted(Restarted { epoch });
+    e.apply(restart(7), t).unwrap();
     let lost = e.route(&billing("c1"), t).unwrap();
     let lost_offer = offer(&lost).reservation;
+    // The next start replays the same log, to the same counters, and
+    // draws another epoch.
     let mut e = kept;
-    e.apply(Command::Restarted, t + Duration::seconds(5))
-        .unwrap();
+    e.apply(restart(8), t + Duration::seconds(5)).unwrap();
     let d = e.route(&billing("c2"), t + Duration::seconds(6)).unwrap();
     assert_ne!(d.id, lost.id);
     let r = offer(&d).reservation;
@@ -2000,7 +2004,10 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
             }
             Op::Restart => {
                 // The process restarted: every watcher is gone with it.
-                apply!(Command::Restarted).unwrap();
+                apply!(Command::Restarted(Restarted {
+                    epoch: log.len() as u32 + 1
+                }))
+                .unwrap();
                 watchers.clear();
                 prop_assert_eq!(e.watchers(), 0);
             }
@@ -2044,7 +2051,10 @@ fn run(make: impl Fn() -> Engine, ops: Vec<Op>) -> Result<(), TestCaseError> {
                 }
                 prop_assert!(next.contact_status(&lost.contact_id).is_none());
                 e = next;
-                apply!(Command::Restarted).unwrap();
+                apply!(Command::Restarted(Restarted {
+                    epoch: log.len() as u32 + 1
+                }))
+                .unwrap();
                 watchers.clear();
             }
             Op::Unwatch(k) if !watchers.is_empty() => {

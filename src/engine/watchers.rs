@@ -372,11 +372,11 @@ impl Engine {
 
     /// The process restarted: every watcher of the one before is gone with
     /// its connection, and offers out to their agents could not be seen.
-    pub(super) fn restarted(&mut self, now: Time) {
+    pub(super) fn restarted(&mut self, epoch: u32, now: Time) {
         // A new epoch: the log may have lost records whose counters this
         // start gives again (their ids it never will).
-        self.epoch = self.epoch.wrapping_add(1);
-        self.ledger.begin(self.epoch);
+        self.epoch = epoch;
+        self.ledger.begin(epoch);
         // First: what fell due while the process was down happened with
         // nobody watching (lapses are nobody's miss, callbacks are kept).
         self.watchers = Watchers {

@@ -321,7 +321,7 @@ pub fn apply_logged(
         Command::Unwatch(c) => told(engine, c, at),
         Command::Tick => told(engine, Tick, at),
         // Its effects are told as assignment events.
-        restarted @ Command::Restarted => engine.apply(restarted, at).map(|()| None),
+        restarted @ Command::Restarted(_) => engine.apply(restarted, at).map(|()| None),
         Command::Once {
             request_id,
             command,
@@ -621,8 +621,9 @@ mod tests {
         );
         live.apply(&mut e, RemoveAgent("b2".into()), at(902))
             .unwrap();
-        live.log.push((at(903), Command::Restarted));
-        let restarted = e.apply(Command::Restarted, at(903));
+        let restart = Command::Restarted(crate::engine::Restarted { epoch: 1 });
+        live.log.push((at(903), restart.clone()));
+        let restarted = e.apply(restart, at(903));
         assert!(restarted.is_ok() && e.take_events().is_empty());
 
         // Each sequence's last event, and only it, says it is the last: a

@@ -52,6 +52,15 @@ pub use store::{LogReader, Recovered, Store};
 use writer::{Work, Writer, Written};
 pub use written::{Mark, WRITTEN_FILE};
 
+/// The restart a start logs before it answers, beginning an epoch drawn
+/// here (never 0, a new log's): the engine's ids carry it, so a start after
+/// a power loss took the log's tail, and perhaps the restart before with
+/// it, never gives an id that tail gave.
+pub fn restarted() -> crate::engine::Command {
+    let epoch = rand::random::<u32>().max(1);
+    crate::engine::Command::Restarted(crate::engine::Restarted { epoch })
+}
+
 /// The database file inside the data directory.
 pub const FILE: &str = "careroute.db";
 /// The write-ahead file is truncated to this after a checkpoint (a large
