@@ -17,8 +17,8 @@ use crate::engine::{
     Route,
 };
 use crate::journal::{
-    Diverged, Entry, JournalError, LogReader, Mark, Nats, NatsSecurity, Replay, SnapshotFile,
-    Unreplayable,
+    Diverged, Entry, JournalError, LogReader, Mark, Marked, Nats, NatsSecurity, Replay,
+    SnapshotFile, Unreplayable, WRITTEN_FILE,
 };
 use crate::model::Time;
 
@@ -86,8 +86,15 @@ impl Source for Local<'_> {
     fn lost(&mut self) -> Result<Option<(u64, u64)>, JournalError> {
         // The mark first: the service writes it after each commit, so the
         // log read after it holds at least as much unless records were lost.
-        let Some(mark) = Mark::read(self.dir) else {
-            return Ok(None);
+        let mark = match Mark::read_in(self.dir) {
+            Marked::Mark(mark) => mark,
+            Marked::Empty => return Ok(None),
+            // As the service refuses to start on it: a loss cannot be told.
+            Marked::Unreadable => {
+                return Err(JournalError::MarkUnreadable {
+                    mark: self.dir.join(WRITTEN_FILE),
+                });
+            }
         };
         let (log_id, held) = self.reader.held(self.dir)?;
         Ok(mark.lost(log_id, held))

@@ -274,7 +274,10 @@ fn describe() {
         PATH_EVICTIONS,
         "Contact paths forgotten before their window ended: more contacts than --max-contact-paths."
     );
-    describe_gauge!(QUEUE_STAFFED, "Eligible agents logged in, per queue.");
+    describe_gauge!(
+        QUEUE_STAFFED,
+        "Eligible agents logged in on one of the queue's channels, per queue."
+    );
     describe_gauge!(QUEUE_AVAILABLE, "Eligible agents free now, per queue.");
     describe_gauge!(
         QUEUE_OPEN,

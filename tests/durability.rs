@@ -244,7 +244,7 @@ async fn a_restart_retains_only_the_last_events_and_tells_them_as_before() {
 }
 
 /// A data directory whose last record, b2's state, is flipped after a
-/// `kill -9` of a service run under `--journal-sync sync`: its checksum no
+/// `kill -9` of a service run under `--journal-sync` `sync`: its checksum no
 /// longer matches. Returns the directory, the policy file and the record.
 async fn with_a_corrupt_last_record(sync: &str) -> (std::path::PathBuf, String, i64) {
     let data = fresh_data_dir();
@@ -314,7 +314,10 @@ async fn a_corrupt_record_written_under_fsync_is_damage_and_never_cut() {
     let before = count();
     // It was on disk when answered, so no power loss tore it; whatever
     // --journal-sync the start is given now.
-    for more in [&[][..], &["--journal-sync", "write"][..]] {
+    for more in [
+        &["--journal-sync", "fsync"][..],
+        &["--journal-sync", "write"][..],
+    ] {
         let why = refused_with(&data, &policy, more);
         assert!(
             why.contains(&format!("record {last} cannot be read (checksum"))
@@ -645,6 +648,9 @@ async fn a_damaged_mark_is_refused_rather_than_trusted_to_say_nothing_was_lost()
         )) && why.contains("remove"),
         "{why}"
     );
+    // The audit export says so too, rather than that nothing was lost.
+    let (ok, _, stderr) = export(&data, &[]);
+    assert!(!ok && stderr.contains("not a mark"), "{stderr}");
     // The way out it names: without the mark, the log starts as it is.
     std::fs::remove_file(&mark).unwrap();
     let p = Process::start_in(&data, &["--policy", policy.as_str()], "info");

@@ -151,7 +151,9 @@ impl Engine {
         let matches = |agent: &Agent| {
             !agent.removed
                 && queue.is_none_or(|q| {
-                    (agent.offered_queues(&self.policy)).any(|a| self.policy.root(a) == q)
+                    agent
+                        .offered_queues(&self.policy)
+                        .any(|a| self.policy.root(a) == q)
                 })
                 && filter.team.as_deref().is_none_or(|t| *agent.team == *t)
                 && (filter.states.is_empty() || filter.states.contains(&agent.state))

@@ -391,9 +391,16 @@ impl Engine {
         let verify_identity = w
             .verify_identity
             .then(|| self.policy.authenticate.verify_during_call.clone());
-        let speaks = w.language.as_deref().is_none_or(|l| {
-            (self.roster.speakers_of(l)).any(|id| self.roster.agent(a).languages.contains(&id))
-        });
+        // A contact without a language speaks the policy's, as a route
+        // reads it.
+        let language = w
+            .language
+            .as_deref()
+            .unwrap_or(&self.policy.default_language);
+        let speaks = self
+            .roster
+            .speakers_of(language)
+            .any(|id| self.roster.agent(a).languages.contains(&id));
         let slot = Slot {
             queue,
             contact_id: &contact_id,
@@ -725,6 +732,13 @@ impl Engine {
                     };
                     self.announce(event, now);
                     self.dispatch_line(oc, channel, now);
+                    // Past the on-call limit already and offered nobody:
+                    // its callback now, not at the next command.
+                    if (self.waiting.get(seq))
+                        .is_some_and(|w| w.offer.is_none() && w.deadline <= now)
+                    {
+                        self.call_back(seq, CallbackReason::WaitTooLong, now);
+                    }
                 }
                 _ => self.call_back(seq, CallbackReason::Closed, now),
             }

@@ -479,6 +479,26 @@ fn a_contact_moved_at_a_closing_waits_under_the_on_call_queues_limit() {
         ),
         "{events:?}"
     );
+    // One that arrived 5 minutes before the closing is past that limit when
+    // moved: its callback comes with the move, owned by the on-call queue.
+    let t = t + Duration::days(1) - Duration::minutes(4); // 16:55 the next day
+    queued(
+        &e.route(&call("late", "scheduling", Urgency::Urgent), t)
+            .unwrap(),
+    );
+    e.take_events();
+    e.advance(t + Duration::minutes(5));
+    let events = e.take_events();
+    let moved = events
+        .iter()
+        .position(|ev| matches!(ev, Event::Moved { contact_id, .. } if contact_id == "late"));
+    let called_back = events.iter().position(|ev| {
+        matches!(ev, Event::CallbackInstead { contact_id, callback, .. }
+            if contact_id == "late" && callback.reason == CallbackReason::WaitTooLong
+                && &*callback.queue_id == "nurse_oncall")
+    });
+    assert!(moved.is_some() && called_back > moved, "{events:?}");
+    assert!(e.waiting.find("late").is_none());
 }
 
 #[test]

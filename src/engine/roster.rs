@@ -102,14 +102,11 @@ struct Indexed {
 
 impl Indexed {
     fn of(agent: &Agent, blocks: &Blocks) -> Indexed {
-        let mut staffs = ChannelSet::default();
-        if agent.state != AgentState::Offline {
-            for c in Channel::ALL {
-                if agent.capacity[c.index()] > 0 {
-                    staffs.insert(c);
-                }
-            }
-        }
+        let staffs = if agent.state == AgentState::Offline {
+            ChannelSet::default()
+        } else {
+            agent.serves()
+        };
         Indexed {
             ready: agent.ready_since,
             free: agent.free_channels(blocks),
@@ -158,13 +155,20 @@ impl Agent {
     /// Queues it may be offered contacts of: those it qualifies for (by
     /// skills, or a relaxation step's wider pool) on a channel it serves.
     pub fn offered_queues<'a>(&'a self, policy: &'a Policy) -> impl Iterator<Item = QueueIdx> + 'a {
+        let serves = self.serves();
+        let takes = move |q: &QueueIdx| policy.queues[*q].channels.intersects(serves);
+        self.queues.iter().copied().filter(takes)
+    }
+
+    /// The channels it serves: those it has a capacity on.
+    pub fn serves(&self) -> ChannelSet {
         let mut serves = ChannelSet::default();
         for c in Channel::ALL {
             if self.capacity[c.index()] > 0 {
                 serves.insert(c);
             }
         }
-        (self.queues.iter().copied()).filter(move |&q| policy.queues[q].channels.intersects(serves))
+        serves
     }
 
     /// Channels on which the agent can take one more contact now: room

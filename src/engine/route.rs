@@ -348,7 +348,9 @@ impl Engine {
             && Some(a) != exclude
             && self.roster.is_free_for(a, queue, contact.channel)
         {
-            let speaks = (langs.clone()).any(|l| self.roster.agent(a).languages.contains(&l));
+            let speaks = langs
+                .clone()
+                .any(|l| self.roster.agent(a).languages.contains(&l));
             return Some((
                 Pick {
                     agent: a,

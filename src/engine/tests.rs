@@ -1076,12 +1076,7 @@ fn check_invariants(e: &Engine, now: Time) {
         let eligible = e.roster.agents().iter().filter(|a| a.queues.contains(&q));
         let staffed = eligible
             .clone()
-            .filter(|a| {
-                a.state != AgentState::Offline
-                    && Channel::ALL
-                        .iter()
-                        .any(|c| queue.channels.contains(*c) && a.capacity[c.index()] > 0)
-            })
+            .filter(|a| a.state != AgentState::Offline && a.serves().intersects(queue.channels))
             .count() as u32;
         let available = eligible
             .filter(|a| a.free_channels(e.roster.blocks()).0 & queue.channels.0 != 0)

@@ -411,14 +411,24 @@ async fn stepped_down(role: &mut watch::Receiver<Role>) -> Result<(), watch::err
 /// Where a watcher goes once this process stepped down: to the leader, once
 /// this process has its name (looked up at once after the step-down),
 /// waited for at most [`LEADER_WAIT`].
-async fn sent_away(role: &mut watch::Receiver<Role>) -> Status {
-    let named = role.wait_for(|r| matches!(r, Role::Standby { leader: Some(_) }));
-    let leader = match tokio::time::timeout(LEADER_WAIT, named).await {
-        Ok(Ok(role)) => match &*role {
-            Role::Standby { leader } => leader.clone(),
+/// A stop of the service ends the wait.
+async fn sent_away(
+    role: &mut watch::Receiver<Role>,
+    stopping: &mut watch::Receiver<bool>,
+) -> Status {
+    let named = async {
+        let named = role.wait_for(|r| matches!(r, Role::Standby { leader: Some(_) }));
+        match tokio::time::timeout(LEADER_WAIT, named).await {
+            Ok(Ok(role)) => match &*role {
+                Role::Standby { leader } => leader.clone(),
+                _ => None,
+            },
             _ => None,
-        },
-        _ => None,
+        }
+    };
+    let leader = tokio::select! {
+        leader = named => leader,
+        _ = stopping.wait_for(|s| *s) => None,
     };
     Status::from(Closed::Standby { leader })
 }
@@ -715,7 +725,7 @@ impl pb::routing_service_server::RoutingService for Routing {
                     published = events.recv() => Some(published),
                 };
                 let Some(published) = published else {
-                    let moved = sent_away(&mut role).await;
+                    let moved = sent_away(&mut role, &mut stopping).await;
                     deliver(&tx, Err(moved), &mut stopping).await;
                     return;
                 };
@@ -827,7 +837,7 @@ impl pb::routing_service_server::RoutingService for Routing {
                         }
                     }
                     Some(Err(broadcast::error::RecvError::Closed)) => return,
-                    None => Err(sent_away(&mut role).await),
+                    None => Err(sent_away(&mut role, &mut stopping).await),
                 };
                 let end = item.is_err();
                 if !deliver(&tx, item, &mut stopping).await || end {

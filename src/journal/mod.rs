@@ -50,7 +50,7 @@ pub use shadow::{Every, Snapshots};
 pub use snapshots::{Loaded, SNAPSHOT_FILE, SnapshotFile};
 pub use store::{LogReader, Recovered, Store};
 use writer::{Work, Writer, Written};
-pub use written::{Mark, WRITTEN_FILE};
+pub use written::{Mark, Marked, WRITTEN_FILE};
 
 /// The restart a start logs before it answers, beginning an epoch drawn
 /// here (never 0, a new log's): the engine's ids carry it, so a start after

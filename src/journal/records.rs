@@ -126,6 +126,18 @@ impl Records {
                 });
             }
         }
+        // Records on disk when answered that the log, from the snapshot it
+        // loaded, does not reach: lost, as the mark's check refuses (it
+        // counts the newest snapshot, which may not have loaded).
+        if last_seq < store.fsync_upto() {
+            return Err(JournalError::Lost {
+                file: store.file().to_owned(),
+                mark: store.mark_file().to_owned(),
+                written: store.fsync_upto(),
+                last: last_seq,
+                fsync: true,
+            });
+        }
         // Nothing refuses the log from here: it is this build's to write.
         store.accept()?;
         if let Some((seq, _)) = &cut {

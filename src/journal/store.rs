@@ -424,6 +424,11 @@ impl Store {
         self.first_kept
     }
 
+    /// The mark's file, for messages.
+    pub(super) fn mark_file(&self) -> &Path {
+        self.marks.path()
+    }
+
     /// The database file of the command log.
     pub fn file(&self) -> &Path {
         &self.file

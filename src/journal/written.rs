@@ -86,10 +86,15 @@ impl Mark {
         Mark::decode(bytes).map_or(Marked::Unreadable, Marked::Mark)
     }
 
-    /// What the mark in `dir` says, if it exists and is whole (read only,
-    /// for the audit export).
+    /// What the mark in `dir` says, if it exists and is whole.
     pub fn read(dir: &Path) -> Option<Mark> {
         Mark::decode(&std::fs::read(dir.join(WRITTEN_FILE)).ok()?)
+    }
+
+    /// What the mark's file in `dir` holds, read only (the audit export):
+    /// no file is nothing.
+    pub fn read_in(dir: &Path) -> Marked {
+        std::fs::read(dir.join(WRITTEN_FILE)).map_or(Marked::Empty, |bytes| Mark::marked(&bytes))
     }
 
     /// Whether records from `first` on were on disk when answered.

@@ -47,6 +47,18 @@ fn covers_set<T: PartialEq>(wide: &Option<Vec<T>>, narrow: &Option<Vec<T>>, all:
     }
 }
 
+/// Whether every contact language `narrow` matches, `wide` matches: a
+/// language of `wide` takes its regional forms, so `es` covers `es-MX`.
+fn covers_languages(wide: &Option<Vec<String>>, narrow: &Option<Vec<String>>) -> bool {
+    match (wide, narrow) {
+        (None, _) => true,
+        (Some(_), None) => false,
+        (Some(w), Some(n)) => n
+            .iter()
+            .all(|x| language_ranges(x).any(|range| w.iter().any(|l| l == range))),
+    }
+}
+
 /// The urgencies a rule can see: the emergency guard answers emergency
 /// contacts before any rule.
 pub const RULE_URGENCIES: [Urgency; 2] = [Urgency::Routine, Urgency::Urgent];
@@ -112,7 +124,7 @@ impl Match {
             && covers_flag(self.escalation_requested, other.escalation_requested)
             && self.attributes.iter().all(|a| other.attributes.contains(a))
             && covers_set(&self.signals, &other.signals, &[])
-            && covers_set(&self.languages, &other.languages, &[])
+            && covers_languages(&self.languages, &other.languages)
             && covers_flag(self.after_hours, other.after_hours)
             && covers_set(&self.transferred_from, &other.transferred_from, &[])
             && covers_flag(self.transferred, other.transferred)
@@ -154,6 +166,18 @@ mod tests {
         };
         assert!(billing.covers(&billing_escalated));
         assert!(billing.covers(&billing_voice));
+    }
+
+    #[test]
+    fn a_language_covers_its_regional_forms_and_not_the_other_way() {
+        let langs = |l: &[&str]| Match {
+            languages: Some(l.iter().map(|x| x.to_string()).collect()),
+            ..Match::default()
+        };
+        assert!(langs(&["es"]).covers(&langs(&["es-MX"])));
+        assert!(langs(&["es", "en"]).covers(&langs(&["es-MX", "en-US", "en"])));
+        assert!(!langs(&["es-MX"]).covers(&langs(&["es"])));
+        assert!(!langs(&["es"]).covers(&langs(&["es-MX", "fr"])));
     }
 
     #[test]
