@@ -77,6 +77,24 @@ fn wait_for(port: u16) {
 }
 
 impl Server {
+    /// Waits (20 s at most) until it accepts connections; false if it
+    /// exited first (its port was taken).
+    fn started(&mut self) -> bool {
+        let started = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "nats-server on port {} did not start",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+
     /// Sends a signal by name (`STOP`, `CONT`, `KILL`).
     pub fn signal(&self, name: &str) {
         let ok = Command::new("kill")
@@ -112,6 +130,22 @@ impl Nats {
     /// authorization) under the command line's settings.
     pub fn start_with(n: usize, conf: &str) -> Option<Nats> {
         let binary = binary()?;
+        // A port picked free may be taken before the server binds it (by
+        // another test's process): that server exits, and the cluster is
+        // started again on other ports.
+        for _ in 0..3 {
+            let mut nats = Nats::spawn_cluster(&binary, n, conf);
+            if nats.servers.iter_mut().all(Server::started) {
+                return Some(nats);
+            }
+            eprintln!("a nats-server could not take its port; starting again on others");
+            drop(nats);
+        }
+        panic!("nats-server did not start on three sets of free ports");
+    }
+
+    /// `n` servers of `binary` on ports free when picked, not waited for.
+    fn spawn_cluster(binary: &PathBuf, n: usize, conf: &str) -> Nats {
         let dir = std::env::temp_dir().join(format!(
             "careroute-nats-{}-{}",
             std::process::id(),
@@ -152,16 +186,13 @@ impl Nats {
                 );
             }
             servers.push(Server {
-                child: spawn(&binary, &args, *port),
+                child: spawn(binary, &args, *port),
                 port: *port,
                 binary: binary.clone(),
                 args,
             });
         }
-        for s in &servers {
-            wait_for(s.port);
-        }
-        Some(Nats { servers, dir })
+        Nats { servers, dir }
     }
 
     /// Stops every server and starts it again, on its ports and its
