@@ -167,9 +167,10 @@ pub fn check_invariants(engine: &Engine) {
     let agents = engine.roster().agents();
     for (q, queue) in policy.queues.iter().enumerate() {
         let eligible = agents.iter().filter(|a| a.queues.contains(&q));
+        // Logged in on one of the queue's channels.
         let staffed = eligible
             .clone()
-            .filter(|a| a.state != AgentState::Offline)
+            .filter(|a| a.state != AgentState::Offline && a.serves().intersects(queue.channels))
             .count() as u32;
         let available = eligible
             .filter(|a| a.free_channels(engine.roster().blocks()).0 & queue.channels.0 != 0)
