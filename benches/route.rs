@@ -99,6 +99,9 @@ fn timed_routes(e: &mut Engine, contacts: &[Contact], iters: u64) -> StdDuration
 fn route(c: &mut Criterion) {
     let billing = contacts("billing", |_| {});
     let spanish = contacts("billing", |c| c.language = Some("es".into()));
+    // Served by es speakers through its shorter form (no agent registers
+    // es-MX here): one lookup more than an exact match.
+    let regional = contacts("billing", |c| c.language = Some("es-MX".into()));
     let emergency = contacts("billing", |c| c.urgency = Urgency::Emergency);
     let mut group = c.benchmark_group("route");
     for n in [100usize, 10_000, 100_000] {
@@ -111,6 +114,9 @@ fn route(c: &mut Criterion) {
         });
         group.bench_function(BenchmarkId::new("agent_language_match", n), |b| {
             b.iter_custom(|iters| timed_routes(&mut e, &spanish, iters))
+        });
+        group.bench_function(BenchmarkId::new("agent_language_regional", n), |b| {
+            b.iter_custom(|iters| timed_routes(&mut e, &regional, iters))
         });
         // Route and release together, both timed: the full cycle a
         // rejected offer costs.
