@@ -219,12 +219,12 @@ pub fn build_engine(config: &Config, now: crate::model::Time) -> Result<Prepared
             if !retained.tells(end.last_seq + 1) {
                 retained = Replayed::new(end.last_seq, config.event_retention);
             }
-            if let Some((seq, why)) = &end.cut {
+            if let Some(cut) = &end.cut {
                 tracing::error!(
                     data_dir = %config.data_dir.display(),
-                    first_record_cut = seq,
-                    last_record_cut = end.last_cut,
-                    why = why.as_str(),
+                    first_record_cut = cut.first,
+                    last_record_cut = cut.last,
+                    why = cut.why.as_str(),
                     "journal: a torn or corrupt tail was cut (none of it written under --journal-sync fsync); the log before it is replayed"
                 );
             }

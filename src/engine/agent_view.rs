@@ -266,7 +266,7 @@ impl Engine {
                 held.sort_by(|x, y| (x.since, &x.contact_id).cmp(&(y.since, &y.contact_id)));
                 held
             },
-            queues: policy.client_queue_ids(&agent.offered_queues(policy).collect::<Vec<_>>()),
+            queues: policy.client_queue_ids(agent.offered_queues(policy)),
             skills: agent.skills.clone(),
             languages: agent
                 .languages

@@ -141,8 +141,7 @@ impl Engine {
             Roster::place(agent, &policy);
         });
         // Step pools are internal: clients know their queues.
-        let offered: Vec<_> = self.roster.agent(a).offered_queues(&policy).collect();
-        let queues = policy.client_queue_ids(&offered);
+        let queues = policy.client_queue_ids(self.roster.agent(a).offered_queues(&policy));
         self.dispatch(a, now);
         Ok((queues, created))
     }

@@ -122,13 +122,17 @@ impl Ledger {
         if made_in != epoch {
             return None;
         }
-        let i = usize::try_from(seq.checked_sub(self.first)?).ok()?;
-        self.fates.get(i).copied()
+        self.fates.get(self.index(seq)?).copied()
     }
 
     pub(super) fn slot(&mut self, seq: u64) -> Option<&mut Fate> {
-        self.fates
-            .get_mut(usize::try_from(seq.checked_sub(self.first)?).ok()?)
+        let i = self.index(seq)?;
+        self.fates.get_mut(i)
+    }
+
+    /// Where `seq`'s fate sits in `fates`, if not forgotten.
+    fn index(&self, seq: u64) -> Option<usize> {
+        usize::try_from(seq.checked_sub(self.first)?).ok()
     }
 }
 

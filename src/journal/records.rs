@@ -43,11 +43,19 @@ struct Read {
 pub struct End {
     /// The last sequence number kept.
     pub last_seq: u64,
-    /// Records cut from a torn or corrupt tail: the first sequence number
-    /// cut, and why.
-    pub cut: Option<(u64, String)>,
-    /// The last record cut (the log's last when opened).
-    pub last_cut: u64,
+    /// Records cut from a torn or corrupt tail.
+    pub cut: Option<Cut>,
+}
+
+/// The records cut from a torn or corrupt tail.
+#[derive(Debug)]
+pub struct Cut {
+    /// The first record cut.
+    pub first: u64,
+    /// The last (the log's last when opened).
+    pub last: u64,
+    /// Why the first could not be read.
+    pub why: String,
 }
 
 impl Records {
@@ -147,11 +155,12 @@ impl Records {
             store.cut(*seq)?;
         }
         store.mark(last_seq, false)?;
-        Ok(End {
-            last_seq,
-            cut,
-            last_cut: self.last_present,
-        })
+        let cut = cut.map(|(first, why)| Cut {
+            first,
+            last: self.last_present,
+            why,
+        });
+        Ok(End { last_seq, cut })
     }
 }
 

@@ -88,7 +88,10 @@ impl Mark {
 
     /// What the mark in `dir` says, if it exists and is whole.
     pub fn read(dir: &Path) -> Option<Mark> {
-        Mark::decode(&std::fs::read(dir.join(WRITTEN_FILE)).ok()?)
+        match Mark::read_in(dir) {
+            Marked::Mark(mark) => Some(mark),
+            Marked::Empty | Marked::Unreadable => None,
+        }
     }
 
     /// What the mark's file in `dir` holds, read only (the audit export):

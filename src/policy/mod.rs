@@ -420,9 +420,9 @@ impl Policy {
 
     /// The ids clients know of `queues`: a step pool as its queue, each
     /// once, in order.
-    pub fn client_queue_ids(&self, queues: &[QueueIdx]) -> Vec<Text> {
-        let mut roots: Vec<QueueIdx> = Vec::with_capacity(queues.len());
-        for &q in queues {
+    pub fn client_queue_ids(&self, queues: impl IntoIterator<Item = QueueIdx>) -> Vec<Text> {
+        let mut roots: Vec<QueueIdx> = Vec::new();
+        for q in queues {
             let root = self.root(q);
             if !roots.contains(&root) {
                 roots.push(root);

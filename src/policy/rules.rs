@@ -53,10 +53,15 @@ fn covers_languages(wide: &Option<Vec<String>>, narrow: &Option<Vec<String>>) ->
     match (wide, narrow) {
         (None, _) => true,
         (Some(_), None) => false,
-        (Some(w), Some(n)) => n
-            .iter()
-            .all(|x| language_ranges(x).any(|range| w.iter().any(|l| l == range))),
+        (Some(w), Some(n)) => n.iter().all(|x| takes_language(w, x)),
     }
+}
+
+/// Whether a rule's `languages` take a contact speaking `tag`: one of them
+/// is the tag or a shorter form of it (`es` takes `es-MX`, `es-MX` not
+/// `es`).
+fn takes_language(languages: &[String], tag: &str) -> bool {
+    language_ranges(tag).any(|range| languages.iter().any(|l| l == range))
 }
 
 /// The urgencies a rule can see: the emergency guard answers emergency
@@ -96,8 +101,7 @@ impl Match {
                     .language
                     .as_deref()
                     .unwrap_or(&policy.default_language);
-                // `es` takes an `es-MX` contact; `es-MX` not an `es` one.
-                language_ranges(lang).any(|range| l.iter().any(|x| x == range))
+                takes_language(l, lang)
             })
             && self.after_hours.is_none_or(|a| a == after_hours)
             && self
