@@ -156,7 +156,10 @@ impl EngineConfig {
 /// after hours only on a channel the on-call queue takes, and waits under
 /// its limit when moved there at a closing; a language is served, and
 /// matched by rules, by its shorter forms too.
-pub const ROUTING_VERSION: u32 = 9;
+/// 10: what timers set free is offered once every timer due has fired, so
+/// offers of one agent lapsing together all count before it is offered
+/// more.
+pub const ROUTING_VERSION: u32 = 10;
 
 /// The peak rate of new requests with a request id the default window
 /// holds in full.
@@ -315,6 +318,10 @@ pub struct Engine {
     undelivered: Undelivered,
     /// The time of the last command applied.
     now: Option<Time>,
+    /// While timers fire: the agents they set free, offered once every
+    /// timer due has fired ([`Engine::advance`]); `None` otherwise.
+    #[serde(skip)]
+    later: Option<Vec<AgentIdx>>,
 }
 
 impl Engine {
@@ -353,6 +360,7 @@ impl Engine {
             watchers: Watchers::default(),
             undelivered: Undelivered::default(),
             now: None,
+            later: None,
             config,
         }
     }
@@ -428,6 +436,35 @@ impl Engine {
         self.counters.idempotency_evicted_early += self.settle_replies.evict(now);
         self.counters.paths_evicted_early += self.paths.evict(now);
         self.undelivered.expire(now);
+        // What the timers set free is offered once all of them due by now
+        // have fired: an agent whose offers lapse together has every miss
+        // counted (and is paused, at the limit) before it is offered more.
+        let mut later = Vec::new();
+        loop {
+            self.later = Some(later);
+            self.fire_timers(now);
+            later = self.later.take().unwrap_or_default();
+            if later.is_empty() {
+                break;
+            }
+            for a in later.drain(..) {
+                self.dispatch(a, now);
+            }
+        }
+        self.wait_limits(now);
+        if self.sweep_is_due(now) || self.take_touched() {
+            self.sweep_lines(now);
+        }
+        // What came so far came of time passing: it is told before the
+        // command's own change.
+        if self.ahead.is_none() {
+            self.acts_from_here();
+        }
+    }
+
+    /// Fires every timer due by `now`, in order: expiries, wrap-up ends,
+    /// relaxation steps and cool-downs.
+    fn fire_timers(&mut self, now: Time) {
         while let Some(Reverse((due, _))) = self.timers.peek() {
             if *due > now {
                 break;
@@ -459,15 +496,6 @@ impl Engine {
                 Timer::Step(seq, pool) => self.relax(seq, pool, now),
                 Timer::Reoffer(a) => self.dispatch(a, now),
             }
-        }
-        self.wait_limits(now);
-        if self.sweep_is_due(now) || self.take_touched() {
-            self.sweep_lines(now);
-        }
-        // What came so far came of time passing: it is told before the
-        // command's own change.
-        if self.ahead.is_none() {
-            self.acts_from_here();
         }
     }
 

@@ -1616,3 +1616,44 @@ fn only_unstaffed_callback(events: &[Event], contact: &str) {
         "{events:?}"
     );
 }
+
+/// An agent whose offers lapse together is offered nothing between them:
+/// every miss falling due by now is counted before it is offered more, so
+/// the lapse that pauses it does not find a fresh offer out.
+#[test]
+fn offers_lapsing_together_all_count_before_the_agent_is_offered_more() {
+    let mut e = engine();
+    let t = open();
+    let limit = e.policy().missed_offers_to_pause;
+    let slots = u8::try_from(limit).unwrap();
+    e.upsert_agent(
+        AgentSpec {
+            id: "b".into(),
+            team: "T".into(),
+            transfer_address: "sip:b".into(),
+            skills: vec![("billing".into(), 3)],
+            languages: vec!["en".into()],
+            channels: vec![(Channel::Chat, slots)],
+        },
+        t,
+    )
+    .unwrap();
+    e.set_state("b", AgentState::Away, t).unwrap();
+    for i in 0..=limit {
+        let mut c = call(&format!("c{i}"), "billing", Urgency::Routine);
+        c.channel = Channel::Chat;
+        queued(&e.route(&c, t).unwrap());
+    }
+    e.set_state("b", AgentState::Available, t).unwrap();
+    assert_eq!(assigned(&e.take_events()).len(), limit as usize);
+    let last = format!("c{limit}");
+    assert_eq!(e.waiting.find(&last).map(|w| w.offer), Some(None));
+    // Every offer lapses in the same instant: the limit is reached, and the
+    // contact still in line was not offered to b on the way.
+    e.advance(t + e.policy().reservation_ttl);
+    let b = e.roster.find("b").unwrap();
+    assert_eq!(e.roster.agent(b).state, AgentState::NotResponding);
+    assert!(assigned(&e.take_events()).is_empty());
+    assert_eq!(e.roster.agent(b).reserved, [0; Channel::ALL.len()]);
+    assert_eq!(e.live_reservations(), 0);
+}
