@@ -158,7 +158,8 @@ impl EngineConfig {
 /// matched by rules, by its shorter forms too.
 /// 10: what timers set free is offered once every timer due has fired, so
 /// offers of one agent lapsing together all count before it is offered
-/// more.
+/// more; a waiting contact's position and estimate are of its channel's
+/// line and agents.
 pub const ROUTING_VERSION: u32 = 10;
 
 /// The peak rate of new requests with a request id the default window

@@ -120,14 +120,36 @@ impl Engine {
         self.waiting.len()
     }
 
-    /// Estimated wait for 1-based `position` in `queue`: the time for its
-    /// staffed agents to free up that many times ([`ewt`]).
+    /// Estimated wait for 1-based `position` in `queue`, over every
+    /// channel: the time for its staffed agents to free up that many times
+    /// ([`ewt`]).
     pub(super) fn estimated_wait(&self, queue: QueueIdx, position: u32) -> Duration {
+        self.wait_for(queue, self.roster.pool(queue).staffed, position)
+    }
+
+    /// Estimated wait for 1-based `position` in `queue`'s line on
+    /// `channel`: only the agents taking that channel serve it.
+    pub(super) fn line_wait(&self, queue: QueueIdx, channel: Channel, position: u32) -> Duration {
+        self.wait_for(queue, self.roster.pool(queue).staffed_on(channel), position)
+    }
+
+    /// The time for `agents` of `queue` to free up `position` times.
+    fn wait_for(&self, queue: QueueIdx, agents: u32, position: u32) -> Duration {
         let q = &self.policy.queues[queue];
-        let agents = self.roster.pool(queue).staffed;
         let handle = self.stats[queue].handle_estimate(q.handle_time);
         let secs = ewt::estimated_wait(position, agents, handle);
         Duration::milliseconds((secs * 1000.0).min(1e12) as i64)
+    }
+
+    /// Contacts in line on `channel` in the wider pools of `root` from its
+    /// step `from` on: they waited longer, so they are ahead.
+    fn ahead_in_wider_pools(&self, root: QueueIdx, from: usize, channel: Channel) -> u32 {
+        self.policy.queues[root]
+            .steps
+            .iter()
+            .skip(from)
+            .map(|s| self.waiting.line_len(s.pool, channel))
+            .sum()
     }
 
     /// Puts a contact in its queue's line, or says why not (a callback
@@ -164,15 +186,9 @@ impl Engine {
                 .saturating_sub(points.saturating_mul(aging)),
             seq,
         );
-        // Contacts already moved to the queue's wider pools waited longer:
-        // they count as ahead.
-        let moved_on: u32 = self.policy.queues[queue]
-            .steps
-            .iter()
-            .map(|s| self.waiting.count(s.pool))
-            .sum();
-        let position = self.waiting.position_of(queue, contact.channel, key) + moved_on;
-        let estimated_wait = self.estimated_wait(queue, position);
+        let position = self.waiting.position_of(queue, contact.channel, key)
+            + self.ahead_in_wider_pools(queue, 0, contact.channel);
+        let estimated_wait = self.line_wait(queue, contact.channel, position);
         let q = &self.policy.queues[queue];
         if estimated_wait > q.max_wait {
             return Err(CallbackReason::WaitTooLong);
@@ -234,21 +250,16 @@ impl Engine {
         let (queue, channel, key, arrived, parked, offer) =
             (w.queue, w.channel, w.key, w.arrived, w.parked, w.offer);
         let root = self.policy.root(queue);
-        // Contacts in the wider pools still ahead of this one's waited
-        // longer: they count as ahead.
-        let later_pools: u32 = self.policy.queues[root]
-            .steps
-            .iter()
-            .skip(self.policy.step_rank(queue))
-            .map(|s| self.waiting.count(s.pool))
-            .sum();
         let position = match offer {
             Some(_) => 1,
-            None => self.waiting.position_of(queue, channel, key) + later_pools,
+            None => {
+                self.waiting.position_of(queue, channel, key)
+                    + self.ahead_in_wider_pools(root, self.policy.step_rank(queue), channel)
+            }
         };
         let estimated_wait = match offer {
             Some(_) => Duration::zero(),
-            None => self.estimated_wait(root, position),
+            None => self.line_wait(root, channel, position),
         };
         let offered = offer.and_then(|id| {
             let r = self.reservations.get(&id)?;

@@ -1657,3 +1657,70 @@ fn offers_lapsing_together_all_count_before_the_agent_is_offered_more() {
     assert_eq!(e.roster.agent(b).reserved, [0; Channel::ALL.len()]);
     assert_eq!(e.live_reservations(), 0);
 }
+
+/// A line's position and estimate are its channel's: contacts waiting on
+/// another channel are not ahead, and only the agents taking the channel
+/// serve it.
+#[test]
+fn position_and_estimate_are_of_the_contacts_own_channel() {
+    let mut e = engine();
+    let t = open();
+    for (id, channel) in [
+        ("v1", Channel::Voice),
+        ("v2", Channel::Voice),
+        ("v3", Channel::Voice),
+        ("h1", Channel::Chat),
+    ] {
+        e.upsert_agent(
+            AgentSpec {
+                id: id.into(),
+                team: "T".into(),
+                transfer_address: format!("sip:{id}"),
+                skills: vec![("billing".into(), 3)],
+                languages: vec!["en".into()],
+                channels: vec![(channel, 1)],
+            },
+            t,
+        )
+        .unwrap();
+        e.set_state(id, AgentState::Away, t).unwrap();
+    }
+    let chat = |id: &str| {
+        let mut c = call(id, "billing", Urgency::Routine);
+        c.channel = Channel::Chat;
+        c
+    };
+    // Voice callers wait long enough to move to billing's wider pools.
+    for i in 0..3 {
+        queued(
+            &e.route(&call(&format!("v{i}"), "billing", Urgency::Routine), t)
+                .unwrap(),
+        );
+    }
+    let later = t + Duration::seconds(150);
+    e.advance(later);
+    let d = e.route(&chat("c0"), later).unwrap();
+    let q = queued(&d);
+    assert_eq!(q.position, 1, "the voice callers are not ahead of a chat");
+    // One agent takes chat: the chat waits a whole handle time, not a
+    // third of one as if the voice agents served it.
+    let billing = e.policy().queue_idx("billing").unwrap();
+    let handle = e.stats[billing].handle_estimate(e.policy().queues[billing].handle_time);
+    assert_eq!(
+        q.estimated_wait,
+        Duration::milliseconds((handle * 1000.0) as i64)
+    );
+    let ContactStatus::Waiting {
+        position,
+        estimated_wait,
+        ..
+    } = e.contact_status("c0").unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((position, estimated_wait), (1, q.estimated_wait));
+    let ContactStatus::Waiting { position, .. } = e.contact_status("v2").unwrap() else {
+        panic!()
+    };
+    assert_eq!(position, 3);
+}

@@ -125,6 +125,11 @@ impl WaitingRoom {
         self.counts.get(queue).copied().unwrap_or(0)
     }
 
+    /// Contacts in (`queue`, `channel`)'s line with no offer out.
+    pub fn line_len(&self, queue: QueueIdx, channel: Channel) -> u32 {
+        self.lines[queue][channel.index()].len() as u32
+    }
+
     /// Contacts waiting, all queues.
     pub fn len(&self) -> usize {
         self.by_contact.len()
