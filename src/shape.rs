@@ -13,7 +13,16 @@ pub struct Shape {
     /// Longest value, in bytes.
     pub max: usize,
     allowed: fn(char) -> bool,
+    /// What the value as a whole must be beyond its characters.
+    whole: Option<Grammar>,
     describe: &'static str,
+}
+
+/// A grammar a value must follow, and how to say it does not.
+#[derive(Debug, Clone, Copy)]
+struct Grammar {
+    formed: fn(&str) -> bool,
+    problem: &'static str,
 }
 
 impl Shape {
@@ -31,7 +40,9 @@ impl Shape {
         } else if !value.chars().all(self.allowed) {
             Some(format!("only {}", self.describe))
         } else {
-            None
+            self.whole
+                .filter(|g| !(g.formed)(value))
+                .map(|g| g.problem.to_owned())
         }
     }
 
@@ -49,6 +60,7 @@ impl Shape {
 pub const ID: Shape = Shape {
     max: 128,
     allowed: |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'),
+    whole: None,
     describe: "letters, digits and . _ : -",
 };
 
@@ -56,6 +68,7 @@ pub const ID: Shape = Shape {
 pub const WORD: Shape = Shape {
     max: 64,
     allowed: |c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_',
+    whole: None,
     describe: "lowercase letters, digits and _",
 };
 
@@ -63,13 +76,19 @@ pub const WORD: Shape = Shape {
 pub const VALUE: Shape = Shape {
     max: 64,
     allowed: |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'),
+    whole: None,
     describe: "letters, digits and . _ -",
 };
 
-/// A language tag (BCP 47).
+/// A language tag, well-formed by BCP 47 (RFC 5646): `en`, `es-MX`,
+/// `zh-Hant-HK`; not `en--US` or `123`.
 pub const LANGUAGE: Shape = Shape {
     max: 16,
     allowed: |c| c.is_ascii_alphanumeric() || c == '-',
+    whole: Some(Grammar {
+        formed: |tag| oxilangtag::LanguageTag::parse(tag).is_ok(),
+        problem: "a well-formed BCP 47 language tag such as en or es-MX",
+    }),
     describe: "a language tag such as en or es-MX",
 };
 
@@ -78,6 +97,7 @@ pub const LANGUAGE: Shape = Shape {
 pub const ADDRESS: Shape = Shape {
     max: 256,
     allowed: |c| c.is_ascii_alphanumeric() || "-._~:/?#[]@!$&'()*+,;=%".contains(c),
+    whole: None,
     describe: "a URI such as sip:billing@pbx.example (no spaces or double quotes)",
 };
 
@@ -85,6 +105,7 @@ pub const ADDRESS: Shape = Shape {
 pub const TEXT: Shape = Shape {
     max: 256,
     allowed: |c| !c.is_control(),
+    whole: None,
     describe: "printable text",
 };
 
@@ -110,6 +131,16 @@ mod tests {
         assert_eq!(TEXT.problem("Cardiology – nights"), None);
         assert!(TEXT.problem("a\nb").is_some());
         assert_eq!(LANGUAGE.problem("pt-BR"), None);
+        for tag in ["en", "es-419", "zh-Hant-HK", "sgn-BE-FR", "EN-us"] {
+            assert_eq!(LANGUAGE.problem(tag), None, "{tag}");
+        }
+        for tag in ["en--US", "-en", "en-", "en-a", "e", "123", "en-US-x"] {
+            assert_eq!(
+                LANGUAGE.problem(tag).as_deref(),
+                Some("a well-formed BCP 47 language tag such as en or es-MX"),
+                "{tag}"
+            );
+        }
         assert_eq!(VALUE.problem("plan-2.b"), None);
         assert_eq!(ID.problem("agent:7"), None);
     }

@@ -324,6 +324,17 @@ async fn refusals_carry_a_stable_reason_and_every_field_violation() {
     for f in &fields {
         assert!(err.message().contains(f.as_str()), "{}", err.message());
     }
+    // A language of the right characters that is no language tag.
+    let mut c = contact("c-lang", "billing");
+    c.language = "en--US".into();
+    let err = client.route_contact(c).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(violated_fields(&err), ["language"]);
+    assert!(
+        err.message().contains("well-formed BCP 47"),
+        "{}",
+        err.message()
+    );
     // An agent profile with wrong fields and a wrong profile, likewise,
     // and no value repeated.
     let mut a = billing_agent("");
