@@ -880,6 +880,20 @@ async fn a_restart_loads_the_snapshot_and_a_damaged_one_falls_back_to_the_one_be
     let why = refused(&data, &policy);
     assert!(why.contains("no snapshot can be loaded"), "{why}");
     assert!(why.contains(&format!("before record {first}")), "{why}");
+
+    // The snapshot database emptied (a disk that lost it): the same
+    // refusal, and the export says what is missing, not SQLite's words.
+    let db = data.join(careroute::journal::SNAPSHOT_FILE);
+    std::fs::write(&db, b"").unwrap();
+    for side in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{side}", db.display()));
+    }
+    let why = refused(&data, &policy);
+    assert!(why.contains(&format!("before record {first}")), "{why}");
+    assert!(!why.contains("no such table"), "{why}");
+    let (ok, _, why) = export(&data, &["--outcomes"]);
+    assert!(!ok);
+    assert!(why.contains("no snapshot before it loads"), "{why}");
 }
 
 /// Runs `careroute journal` on `data` with `args`: whether it succeeded,

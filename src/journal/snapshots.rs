@@ -61,17 +61,29 @@ impl SnapshotFile {
     }
 
     /// Opens the snapshot database in `dir` read-only, if there is one,
-    /// for the log `log_id`.
+    /// for the log `log_id`. A file that holds no snapshot table (emptied,
+    /// or created and never written) holds no snapshot.
     pub fn open_read_only(dir: &Path, log_id: u64) -> Result<Option<SnapshotFile>, JournalError> {
         let file = dir.join(SNAPSHOT_FILE);
         if !file.exists() {
             return Ok(None);
         }
-        let conn = Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|source| JournalError::Sqlite {
+        let sql = |source| JournalError::Sqlite {
             file: file.clone(),
             source,
-        })?;
+        };
+        let conn = Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(sql)?;
+        let tables: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'snapshots'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(sql)?;
+        if tables == 0 {
+            return Ok(None);
+        }
         Ok(Some(SnapshotFile { conn, file, log_id }))
     }
 
