@@ -46,6 +46,30 @@ fn the_example_readiness_check_passes_and_exercises_every_rule() {
     assert!(!out.contains("rules no case exercised"), "{out}");
 }
 
+/// A rule a case reached counts as exercised even when a guard decided
+/// instead: an unverified refill request is asked to authenticate (the
+/// pharmacy queue requires identity), yet it matched `refill`.
+#[test]
+fn a_rule_the_identity_guard_overrode_was_still_exercised() {
+    let path = test_file(
+        r#"[[cases]]
+name = "an unverified refill authenticates first"
+at = "2026-11-23 10:00 America/New_York"
+contact = { intent = "refill" }
+expect = { outcome = "authenticate" }
+"#,
+    );
+    let (ok, out, err) = careroute(&["test", path.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let unexercised = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("rules no case exercised: "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let unexercised: Vec<&str> = unexercised.split(", ").collect();
+    assert!(!unexercised.contains(&"refill"), "{out}");
+    assert!(unexercised.contains(&"billing"), "{out}");
+}
+
 #[test]
 fn a_failing_case_says_what_was_expected_what_came_and_what_decided() {
     let path = test_file(

@@ -516,6 +516,23 @@ impl Policy {
         })
     }
 
+    /// The id of the first rule matching `contact` at `now`, whether or not
+    /// a guard then decides instead; `None` when none matches, for an
+    /// emergency (its guard comes before the rules), or for an intent or
+    /// queue the policy does not know.
+    pub fn matching_rule(&self, contact: &Contact, now: Time) -> Option<&str> {
+        let transfer_from = match &contact.transfer_from {
+            Some(t) => Some(self.queue_idx(&t.queue_id)?),
+            None => None,
+        };
+        let facts = Resolved {
+            intent: self.intent_idx(&contact.intent)?,
+            transfer_from,
+        };
+        let rule = self.plan(contact, facts, now).rule?;
+        Some(&self.rules[rule].id)
+    }
+
     /// Applies the guards and the first matching rule to one contact. The
     /// guards hold whatever the rules say: emergency first, then the
     /// same-team transfer redirect, the after-hours on-call path, identity

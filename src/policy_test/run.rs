@@ -159,8 +159,10 @@ fn run_case(suite: &Suite, case: &Case, decided: &mut BTreeSet<String>) -> CaseR
         let done = match &step.kind {
             StepKind::Route(contact, expect) => match engine.apply(Route(contact), now) {
                 Ok(decision) => {
-                    if let Some(rule) = &decision.rule_id {
-                        decided.insert(rule.to_string());
+                    // The rule that matched counts even when a guard then
+                    // decided instead (identity first): the case did reach it.
+                    if let Some(rule) = suite.policy.matching_rule(contact, now) {
+                        decided.insert(rule.to_owned());
                     }
                     if let Outcome::Agent(a) = &decision.outcome {
                         held.by_contact.insert(
