@@ -151,7 +151,9 @@ confirm = "first"
     assert!(!ok);
     assert!(out.contains("1 cases, 0 passed, 1 failed"), "{out}");
     assert!(
-        out.contains("line 20: step: expected accepted, got refused: reservation_id: the reservation was already confirmed"),
+        out.contains(
+            "line 20: step: expected accepted, got refused: the reservation was already confirmed"
+        ),
         "{out}"
     );
     assert_eq!(out.matches("line ").count(), 1, "{out}");

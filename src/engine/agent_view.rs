@@ -5,7 +5,7 @@
 //! changes the engine.
 
 use super::roster::{Agent, AgentIdx};
-use super::{Engine, EngineError, ReservationId};
+use super::{Engine, EngineError, QueueNamed, ReservationId};
 use crate::model::{AgentState, Channel, FastMap, Time};
 use crate::policy::Text;
 
@@ -142,7 +142,7 @@ impl Engine {
                     .queue_idx(id)
                     .filter(|&q| self.policy.queues[q].parent.is_none())
                     .ok_or_else(|| EngineError::UnknownQueue {
-                        field: "queue_id",
+                        named: QueueNamed::Filter,
                         id: id.clone(),
                     })?,
             ),

@@ -53,7 +53,7 @@ pub use command::{
 pub use decision::{
     AgentOffer, CallbackOffer, Decision, DecisionId, Guidance, Outcome, ReservationId,
 };
-pub use error::{EngineError, Settled};
+pub use error::{EngineError, QueueNamed, Settled};
 pub use event::{Assignment, Event, Notice, Notices, Parked, Place, Withdrawal};
 pub use expiring::Expiring;
 pub use history::{Hop, HopKind};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::roster::{self, Pick};
 use super::{
     AgentIdx, CallbackOffer, Decision, DecisionId, Engine, EngineError, Guidance, IdKind, Outcome,
-    Slot, Withdrawal,
+    QueueNamed, Slot, Withdrawal,
 };
 use crate::model::{CallbackReason, Contact, Reason, Time};
 use crate::policy::{Guard, IntentIdx, Policy, QueueIdx, Resolved, Rule, Step, Stray, Text};
@@ -59,7 +59,7 @@ fn vocabulary(policy: &Policy, contact: &Contact) -> Result<Option<QueueIdx>, En
                 policy
                     .queue_idx(&t.queue_id)
                     .ok_or_else(|| EngineError::UnknownQueue {
-                        field: "transfer_from.queue_id",
+                        named: QueueNamed::TransferFrom,
                         id: t.queue_id.clone(),
                     })?,
             )

@@ -4,12 +4,13 @@
 //! with a stable reason, `google.rpc.BadRequest` with every field
 //! violation), so a program can act on it without reading the message.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
-use crate::engine::{EngineError, Settled};
+use crate::engine::{EngineError, QueueNamed, Settled};
 use crate::journal::JournalError;
 use crate::shared::{Closed, Halted};
 
@@ -316,66 +317,111 @@ impl From<JournalError> for Status {
 
 impl From<EngineError> for Status {
     fn from(e: EngineError) -> Status {
-        let message = e.to_string();
-        let (code, reason, violations) = match &e {
-            EngineError::UnknownIntent { .. } => (
-                Code::InvalidArgument,
-                Reason::UnknownIntent,
-                field("intent", "not an intent of the policy"),
-            ),
-            EngineError::UnknownSignal { .. } => (
-                Code::InvalidArgument,
-                Reason::UnknownSignal,
-                field("signals", "not a signal of the policy"),
-            ),
-            EngineError::MissingIntent => (
-                Code::InvalidArgument,
-                Reason::InvalidField,
-                field("intent", "required unless the contact is an emergency"),
-            ),
-            EngineError::RequestIdReused => (
-                Code::InvalidArgument,
-                Reason::RequestIdReused,
-                field("request_id", "already used for a different request"),
-            ),
-            EngineError::UnknownAttribute { .. } => (
-                Code::InvalidArgument,
-                Reason::UnknownAttribute,
-                field("attributes", "a key is not declared by the policy"),
-            ),
-            EngineError::AttributeValue { key, .. } => (
-                Code::InvalidArgument,
-                Reason::AttributeValueNotAllowed,
-                field(
-                    format!("attributes[{key}]"),
-                    "not one of the declared values",
+        // The engine says what is wrong; the edge says which field of the
+        // request it is about, in the message and, for a malformed request,
+        // as a field violation.
+        let (code, reason, at, violation): (Code, Reason, Cow<'static, str>, Option<&str>) =
+            match &e {
+                EngineError::UnknownIntent { .. } => (
+                    Code::InvalidArgument,
+                    Reason::UnknownIntent,
+                    "intent".into(),
+                    Some("not an intent of the policy"),
                 ),
-            ),
-            EngineError::UnknownQueue { .. } => (Code::NotFound, Reason::UnknownQueue, vec![]),
-            EngineError::UnknownAgent(_) => (Code::NotFound, Reason::UnknownAgent, vec![]),
-            EngineError::UnknownReservation(_) => {
-                (Code::NotFound, Reason::UnknownReservation, vec![])
-            }
-            EngineError::ReservationExpired(_) => {
-                (Code::FailedPrecondition, Reason::ReservationExpired, vec![])
-            }
-            EngineError::ReservationSettled { how, .. } => (
-                Code::FailedPrecondition,
-                match how {
-                    Settled::Confirmed => Reason::ReservationAlreadyConfirmed,
-                    Settled::Released => Reason::ReservationAlreadyReleased,
-                },
-                vec![],
-            ),
-            EngineError::NoActiveContact { .. } => {
-                (Code::NotFound, Reason::NoActiveContact, vec![])
-            }
-            EngineError::NotWaiting(_) => (Code::NotFound, Reason::ContactNotWaiting, vec![]),
-            EngineError::AgentBusy { .. } => (Code::FailedPrecondition, Reason::AgentBusy, vec![]),
-            EngineError::TooManyAgents { .. } => {
-                (Code::ResourceExhausted, Reason::RosterFull, vec![])
-            }
-        };
+                EngineError::UnknownSignal { .. } => (
+                    Code::InvalidArgument,
+                    Reason::UnknownSignal,
+                    "signals".into(),
+                    Some("not a signal of the policy"),
+                ),
+                EngineError::MissingIntent => (
+                    Code::InvalidArgument,
+                    Reason::InvalidField,
+                    "intent".into(),
+                    Some("required unless the contact is an emergency"),
+                ),
+                EngineError::RequestIdReused => (
+                    Code::InvalidArgument,
+                    Reason::RequestIdReused,
+                    "request_id".into(),
+                    Some("already used for a different request"),
+                ),
+                EngineError::UnknownAttribute { .. } => (
+                    Code::InvalidArgument,
+                    Reason::UnknownAttribute,
+                    "attributes".into(),
+                    Some("a key is not declared by the policy"),
+                ),
+                EngineError::AttributeValue { key, .. } => (
+                    Code::InvalidArgument,
+                    Reason::AttributeValueNotAllowed,
+                    format!("attributes[{key}]").into(),
+                    Some("not one of the declared values"),
+                ),
+                EngineError::UnknownQueue { named, .. } => (
+                    Code::NotFound,
+                    Reason::UnknownQueue,
+                    match named {
+                        QueueNamed::TransferFrom => "transfer_from.queue_id",
+                        QueueNamed::Filter => "queue_id",
+                    }
+                    .into(),
+                    None,
+                ),
+                EngineError::UnknownAgent(_) => (
+                    Code::NotFound,
+                    Reason::UnknownAgent,
+                    "agent_id".into(),
+                    None,
+                ),
+                EngineError::UnknownReservation(_) => (
+                    Code::NotFound,
+                    Reason::UnknownReservation,
+                    "reservation_id".into(),
+                    None,
+                ),
+                EngineError::ReservationExpired(_) => (
+                    Code::FailedPrecondition,
+                    Reason::ReservationExpired,
+                    "reservation_id".into(),
+                    None,
+                ),
+                EngineError::ReservationSettled { how, .. } => (
+                    Code::FailedPrecondition,
+                    match how {
+                        Settled::Confirmed => Reason::ReservationAlreadyConfirmed,
+                        Settled::Released => Reason::ReservationAlreadyReleased,
+                    },
+                    "reservation_id".into(),
+                    None,
+                ),
+                EngineError::NoActiveContact { .. } => (
+                    Code::NotFound,
+                    Reason::NoActiveContact,
+                    "contact_id".into(),
+                    None,
+                ),
+                EngineError::NotWaiting(_) => (
+                    Code::NotFound,
+                    Reason::ContactNotWaiting,
+                    "contact_id".into(),
+                    None,
+                ),
+                EngineError::AgentBusy { .. } => (
+                    Code::FailedPrecondition,
+                    Reason::AgentBusy,
+                    "agent_id".into(),
+                    None,
+                ),
+                EngineError::TooManyAgents { .. } => (
+                    Code::ResourceExhausted,
+                    Reason::RosterFull,
+                    "agent_id".into(),
+                    None,
+                ),
+            };
+        let message = format!("{at}: {e}");
+        let violations = violation.map_or_else(Vec::new, |d| field(at, d));
         refusal(code, message, reason, violations)
     }
 }
@@ -457,7 +503,7 @@ mod tests {
             ),
             (
                 EngineError::UnknownQueue {
-                    field: "transfer_from.queue_id",
+                    named: QueueNamed::TransferFrom,
                     id: "q".into(),
                 },
                 Code::NotFound,
@@ -466,5 +512,27 @@ mod tests {
         for (e, code) in cases {
             assert_eq!(Status::from(e).code(), code);
         }
+        // The edge names the field the engine's refusal is about.
+        let s = Status::from(EngineError::UnknownQueue {
+            named: QueueNamed::Filter,
+            id: "q".into(),
+        });
+        assert_eq!(s.message(), "queue_id: no such queue in the policy");
+        let s = Status::from(EngineError::AttributeValue {
+            key: "coverage".into(),
+            allowed: "gold, silver".into(),
+        });
+        assert_eq!(
+            s.message(),
+            "attributes[coverage]: value is not one of the declared values: gold, silver"
+        );
+        let fields: Vec<String> = s
+            .get_details_bad_request()
+            .unwrap()
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect();
+        assert_eq!(fields, ["attributes[coverage]"]);
     }
 }
