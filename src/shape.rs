@@ -21,7 +21,9 @@ pub struct Shape {
 /// A grammar a value must follow, and how to say it does not.
 #[derive(Debug, Clone, Copy)]
 struct Grammar {
+    /// Whether a value of the right characters follows it.
     formed: fn(&str) -> bool,
+    /// What a value must be, said when it is not (never the value).
     problem: &'static str,
 }
 

@@ -156,9 +156,8 @@ impl EngineConfig {
 /// after hours only on a channel the on-call queue takes, and waits under
 /// its limit when moved there at a closing; a language is served, and
 /// matched by rules, by its shorter forms too.
-/// 10: what timers set free is offered once every timer due has fired, so
-/// offers of one agent lapsing together all count before it is offered
-/// more; a waiting contact's position and estimate are of its channel's
+/// 10: an agent with offers lapsing together is offered nothing until
+/// they all have, so every miss counts first; a waiting contact's position and estimate are of its channel's
 /// line and agents.
 pub const ROUTING_VERSION: u32 = 10;
 
@@ -319,10 +318,15 @@ pub struct Engine {
     undelivered: Undelivered,
     /// The time of the last command applied.
     now: Option<Time>,
-    /// While timers fire: the agents they set free, offered once every
-    /// timer due has fired ([`Engine::advance`]); `None` otherwise.
+    /// While due timers fire: each agent with offers lapsing among them
+    /// not yet fired, and how many. It is offered nothing until the last
+    /// has, so every miss counts first ([`Engine::advance`]); empty
+    /// otherwise.
     #[serde(skip)]
-    later: Option<Vec<AgentIdx>>,
+    lapsing: FastMap<AgentIdx, u32>,
+    /// Agents passed over for that, offered once the due timers have fired.
+    #[serde(skip)]
+    held: Vec<AgentIdx>,
 }
 
 impl Engine {
@@ -361,7 +365,8 @@ impl Engine {
             watchers: Watchers::default(),
             undelivered: Undelivered::default(),
             now: None,
-            later: None,
+            lapsing: FastMap::default(),
+            held: Vec::new(),
             config,
         }
     }
@@ -437,18 +442,27 @@ impl Engine {
         self.counters.idempotency_evicted_early += self.settle_replies.evict(now);
         self.counters.paths_evicted_early += self.paths.evict(now);
         self.undelivered.expire(now);
-        // What the timers set free is offered once all of them due by now
-        // have fired: an agent whose offers lapse together has every miss
-        // counted (and is paused, at the limit) before it is offered more.
-        let mut later = Vec::new();
         loop {
-            self.later = Some(later);
-            self.fire_timers(now);
-            later = self.later.take().unwrap_or_default();
-            if later.is_empty() {
+            let due = self.due_timers(now);
+            if due.is_empty() {
                 break;
             }
-            for a in later.drain(..) {
+            // An agent whose offers lapse together has every miss counted
+            // (and is paused, at the limit) before it is offered more.
+            for (_, timer) in &due {
+                if let Timer::Expire(id) = timer
+                    && let Some(r) = self.reservations.get(id)
+                {
+                    *self.lapsing.entry(r.agent).or_default() += 1;
+                }
+            }
+            for (due, timer) in due {
+                self.fire(due, timer, now);
+            }
+            // A lapse settled otherwise meanwhile (its offer withdrawn) is
+            // not waited for.
+            self.lapsing.clear();
+            for a in std::mem::take(&mut self.held) {
                 self.dispatch(a, now);
             }
         }
@@ -463,40 +477,51 @@ impl Engine {
         }
     }
 
-    /// Fires every timer due by `now`, in order: expiries, wrap-up ends,
-    /// relaxation steps and cool-downs.
-    fn fire_timers(&mut self, now: Time) {
-        while let Some(Reverse((due, _))) = self.timers.peek() {
-            if *due > now {
-                break;
+    /// Takes every timer due by `now`, in order.
+    fn due_timers(&mut self, now: Time) -> Vec<(Time, Timer)> {
+        let mut due = Vec::new();
+        while self.timers.peek().is_some_and(|Reverse((t, _))| *t <= now) {
+            if let Some(Reverse(timer)) = self.timers.pop() {
+                due.push(timer);
             }
-            let Some(Reverse((due, timer))) = self.timers.pop() else {
-                break;
-            };
-            match timer {
-                Timer::Expire(id) => {
-                    if self.settle(id, Fate::Expired, now).is_some() {
-                        self.counters.expired += 1;
+        }
+        due
+    }
+
+    /// Fires one timer that fell due at `due`: an expiry, a wrap-up end, a
+    /// relaxation step or a cool-down's end.
+    fn fire(&mut self, due: Time, timer: Timer, now: Time) {
+        match timer {
+            Timer::Expire(id) => {
+                if let Some(a) = self.reservations.get(&id).map(|r| r.agent)
+                    && let Some(n) = self.lapsing.get_mut(&a)
+                {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.lapsing.remove(&a);
                     }
                 }
-                Timer::WrapUpEnd(a, generation) => {
-                    let ended = self.roster.update(a, |agent| {
-                        let ended = agent.state == AgentState::WrapUp
-                            && agent.wrap_generation == generation;
-                        if ended {
-                            agent.state = AgentState::Available;
-                            agent.ready_since = [due.timestamp_micros(); 5];
-                        }
-                        ended
-                    });
+                if self.settle(id, Fate::Expired, now).is_some() {
+                    self.counters.expired += 1;
+                }
+            }
+            Timer::WrapUpEnd(a, generation) => {
+                let ended = self.roster.update(a, |agent| {
+                    let ended =
+                        agent.state == AgentState::WrapUp && agent.wrap_generation == generation;
                     if ended {
-                        self.noticed_state(a);
+                        agent.state = AgentState::Available;
+                        agent.ready_since = [due.timestamp_micros(); 5];
                     }
-                    self.dispatch(a, now);
+                    ended
+                });
+                if ended {
+                    self.noticed_state(a);
                 }
-                Timer::Step(seq, pool) => self.relax(seq, pool, now),
-                Timer::Reoffer(a) => self.dispatch(a, now),
+                self.dispatch(a, now);
             }
+            Timer::Step(seq, pool) => self.relax(seq, pool, now),
+            Timer::Reoffer(a) => self.dispatch(a, now),
         }
     }
 

@@ -338,11 +338,13 @@ impl Engine {
     /// every queue it serves, until it has no free capacity or none fits.
     /// Only an agent some watcher covers is offered anything. Reads the
     /// head of one line per (queue, channel): no scan of the waiting
-    /// contacts or the roster. While timers fire it is only noted, and done
-    /// once they all have.
+    /// contacts or the roster. An agent with an offer lapsing among the
+    /// timers due is only noted, and offered once they have all fired.
     pub(super) fn dispatch(&mut self, a: AgentIdx, now: Time) {
-        if let Some(later) = &mut self.later {
-            later.push(a);
+        if self.lapsing.contains_key(&a) {
+            if !self.held.contains(&a) {
+                self.held.push(a);
+            }
             return;
         }
         if self.waiting.is_empty() || !self.watchers.cover(self.roster.agent(a)) {

@@ -16,6 +16,14 @@ use crate::model::Time;
 /// The snapshot database inside the data directory.
 pub const SNAPSHOT_FILE: &str = "snapshots.db";
 
+/// A failure of SQLite on `file`, as reported.
+fn sql_error(file: &Path, source: rusqlite::Error) -> JournalError {
+    JournalError::Sqlite {
+        file: file.to_path_buf(),
+        source,
+    }
+}
+
 /// The snapshot database.
 pub struct SnapshotFile {
     conn: Connection,
@@ -37,10 +45,7 @@ impl SnapshotFile {
     /// log `log_id`.
     pub fn open(dir: &Path, log_id: u64) -> Result<SnapshotFile, JournalError> {
         let file = dir.join(SNAPSHOT_FILE);
-        let sql = |source| JournalError::Sqlite {
-            file: file.clone(),
-            source,
-        };
+        let sql = |e| sql_error(&file, e);
         let conn = Connection::open(&file).map_err(sql)?;
         conn.execute_batch(&format!(
             "PRAGMA journal_mode = WAL;
@@ -68,10 +73,7 @@ impl SnapshotFile {
         if !file.exists() {
             return Ok(None);
         }
-        let sql = |source| JournalError::Sqlite {
-            file: file.clone(),
-            source,
-        };
+        let sql = |e| sql_error(&file, e);
         let conn = Connection::open_with_flags(&file, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(sql)?;
         let tables: i64 = conn
@@ -88,10 +90,7 @@ impl SnapshotFile {
     }
 
     fn sql(&self, source: rusqlite::Error) -> JournalError {
-        JournalError::Sqlite {
-            file: self.file.clone(),
-            source,
-        }
+        sql_error(&self.file, source)
     }
 
     /// The record of the newest snapshot kept in `dir` (0: none), whether

@@ -45,7 +45,8 @@ pub struct SuiteResult {
     pub file: String,
     /// Each case, in file order.
     pub cases: Vec<CaseResult>,
-    /// The policy's rules no case's decision named, in policy order.
+    /// The policy's rules no case matched (whether or not a guard then
+    /// decided instead), in policy order.
     pub unexercised: Vec<String>,
 }
 
@@ -58,17 +59,17 @@ impl SuiteResult {
 
 /// Runs every case of `suite`.
 pub fn run(suite: &Suite) -> SuiteResult {
-    let mut decided = BTreeSet::new();
+    let mut matched = BTreeSet::new();
     let cases = suite
         .cases
         .iter()
-        .map(|case| run_case(suite, case, &mut decided))
+        .map(|case| run_case(suite, case, &mut matched))
         .collect();
     let unexercised = suite
         .policy
         .rules
         .iter()
-        .filter(|r| !decided.contains(&*r.id))
+        .filter(|r| !matched.contains(&*r.id))
         .map(|r| r.id.to_string())
         .collect();
     SuiteResult {
@@ -102,7 +103,7 @@ impl Held {
     }
 }
 
-fn run_case(suite: &Suite, case: &Case, decided: &mut BTreeSet<String>) -> CaseResult {
+fn run_case(suite: &Suite, case: &Case, matched: &mut BTreeSet<String>) -> CaseResult {
     let mut failures = Vec::new();
     let mut fail = |line: usize, field: &str, expected: String, got: String, context: String| {
         failures.push(Failure {
@@ -162,7 +163,7 @@ fn run_case(suite: &Suite, case: &Case, decided: &mut BTreeSet<String>) -> CaseR
                     // The rule that matched counts even when a guard then
                     // decided instead (identity first): the case did reach it.
                     if let Some(rule) = suite.policy.matching_rule(contact, now) {
-                        decided.insert(rule.to_owned());
+                        matched.insert(rule.to_owned());
                     }
                     if let Outcome::Agent(a) = &decision.outcome {
                         held.by_contact.insert(
