@@ -578,25 +578,15 @@ mod tests {
 }
 
 /// A language tag in its canonical case, since BCP 47 tags are
-/// case-insensitive: the language lowercase, a script title case (`Hant`),
-/// a region uppercase (`BR`), the rest lowercase; so `pt-br`, `PT-BR` and
-/// `pt-BR` are one language, and are shown as `pt-BR`.
+/// case-insensitive (RFC 5646 2.1.1, by `oxilangtag`): the language
+/// lowercase, a script title case (`Hant`), a region uppercase (`BR`), the
+/// rest lowercase, and everything after a singleton lowercase; so `pt-br`,
+/// `PT-BR` and `pt-BR` are one language, shown as `pt-BR`. A tag that is
+/// not well-formed (checked at the edge before this) is lowercased.
 pub fn language_tag(tag: &str) -> String {
-    let alpha =
-        |part: &str, len: usize| part.len() == len && part.chars().all(|c| c.is_ascii_alphabetic());
-    tag.split('-')
-        .enumerate()
-        .map(|(i, part)| {
-            let mut part = part.to_ascii_lowercase();
-            if i > 0 && alpha(&part, 2) {
-                part.make_ascii_uppercase();
-            } else if i > 0 && alpha(&part, 4) {
-                part[..1].make_ascii_uppercase();
-            }
-            part
-        })
-        .collect::<Vec<_>>()
-        .join("-")
+    oxilangtag::LanguageTag::parse_and_normalize(tag)
+        .map(oxilangtag::LanguageTag::into_inner)
+        .unwrap_or_else(|_| tag.to_ascii_lowercase())
 }
 
 /// The language ranges a contact's `tag` is served by, most specific
@@ -634,6 +624,9 @@ mod language_tests {
             ("zh-hant-tw", "zh-Hant-TW"),
             ("es-419", "es-419"),
             ("sgn-BE-FR", "sgn-BE-FR"),
+            ("es-419-X-Ab", "es-419-x-ab"),
+            ("en-a-BC", "en-a-bc"),
+            ("en-x-abcd", "en-x-abcd"),
         ] {
             assert_eq!(language_tag(tag), canonical, "{tag}");
         }

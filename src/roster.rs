@@ -148,8 +148,8 @@ fn parse_chunk(
         for skill in skills.keys() {
             shaped("skills", skill, WORD)?;
         }
-        for language in &languages {
-            shaped("languages", language, LANGUAGE)?;
+        for (i, language) in languages.iter().enumerate() {
+            shaped(&format!("languages[{i}]"), language, LANGUAGE)?;
         }
         let mut channels = Vec::new();
         for (name, capacity) in a.channels.get_ref() {
@@ -239,7 +239,7 @@ mod tests {
                 "4: agents.a1.transfer_address",
             ),
             ("billing = 2", "Billing = 2", "5: agents.a1.skills"),
-            ("es-MX", "es_MX", "6: agents.a1.languages"),
+            ("es-MX", "es_MX", "6: agents.a1.languages[0]"),
         ] {
             let err = parse("r.toml", &good.replace(from, to))
                 .unwrap_err()
@@ -251,6 +251,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert_eq!(err, "r.toml:5: agents.a1.skills: more than 64 entries");
+        // One language twice, in another case: refused, as UpsertAgent does.
+        let err = parse(
+            "r.toml",
+            &good.replace("[\"es-MX\"]", "[\"es-MX\", \"ES-mx\"]"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "r.toml:6: agents.a1.languages[1]: the same language as languages[0]"
+        );
     }
 
     #[test]

@@ -341,6 +341,7 @@ async fn refusals_carry_a_stable_reason_and_every_field_violation() {
     a.transfer_address = String::new();
     a.skills[0].proficiency = 9;
     a.channels.push(a.channels[0]);
+    a.languages = vec!["es".into(), "ES".into()];
     let err = client.upsert_agent(a).await.unwrap_err();
     let mut fields = violated_fields(&err);
     fields.sort();
@@ -349,6 +350,7 @@ async fn refusals_carry_a_stable_reason_and_every_field_violation() {
         [
             "agent_id",
             "channels[1].channel",
+            "languages[1]",
             "skills[0].proficiency",
             "transfer_address"
         ],

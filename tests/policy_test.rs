@@ -70,6 +70,50 @@ expect = { outcome = "authenticate" }
     assert!(unexercised.contains(&"billing"), "{out}");
 }
 
+/// A case's contact language is read as RouteContact reads it: in any
+/// case, served by speakers of its shorter form; a malformed one is
+/// refused at its line.
+#[test]
+fn a_case_reads_the_contact_language_as_route_contact_does() {
+    let path = test_file(
+        r#"[[cases]]
+name = "an ES-mx caller goes to the Spanish speaker, though the other waited longer"
+at = "2026-11-23 10:00 America/New_York"
+
+[[cases.steps]]
+set_state = "away"
+agent = "agent-frontline-1"
+
+[[cases.steps]]
+wait = "1m"
+
+[[cases.steps]]
+set_state = "available"
+agent = "agent-frontline-1"
+
+[[cases.steps]]
+route = { contact_id = "c", intent = "scheduling", identity = "verified", language = "ES-mx" }
+expect = { outcome = "agent", agent = "agent-frontline-1" }
+"#,
+    );
+    let (ok, out, err) = careroute(&["test", path.to_str().unwrap()]);
+    assert!(ok, "{out}{err}");
+    let path = test_file(
+        r#"[[cases]]
+name = "malformed"
+at = "2026-11-23 10:00 America/New_York"
+contact = { intent = "scheduling", language = "en--US" }
+expect = { outcome = "agent" }
+"#,
+    );
+    let (ok, out, err) = careroute(&["test", path.to_str().unwrap()]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains(":7: cases.contact.language: a well-formed BCP 47 language tag"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_failing_case_says_what_was_expected_what_came_and_what_decided() {
     let path = test_file(

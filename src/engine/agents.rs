@@ -64,6 +64,14 @@ impl AgentSpec {
                 ));
             }
         }
+        for (i, language) in self.languages.iter().enumerate() {
+            if let Some(j) = self.languages[..i].iter().position(|l| l == language) {
+                problems.push((
+                    format!("languages[{i}]"),
+                    format!("the same language as languages[{j}]"),
+                ));
+            }
+        }
         if self.channels.is_empty() {
             problems.push((
                 "channels".into(),

@@ -30,9 +30,11 @@ use crate::engine::AgentSpec;
 use crate::file::{self, FileError};
 use crate::model::{
     AgentState, CallbackReason, Channel, Contact, Identity, Reason, ReleaseReason, Time, Urgency,
+    language_tag,
 };
 use crate::policy::{self, Policy, Stray};
 use crate::roster;
+use crate::shape::LANGUAGE;
 
 /// A test file, checked.
 #[derive(Debug)]
@@ -152,7 +154,7 @@ struct RawContact {
     intent: Option<Spanned<String>>,
     urgency: Option<Spanned<String>>,
     identity: Option<Spanned<String>>,
-    language: Option<String>,
+    language: Option<Spanned<String>>,
     #[serde(default)]
     escalation_requested: bool,
     signals: Option<Spanned<Vec<String>>>,
@@ -377,6 +379,16 @@ fn contact(
         Some(i) => cx.one_of(i, &field("identity"), &Identity::ALL, Identity::as_str)?,
         None => Identity::NotAttempted,
     };
+    // As RouteContact takes it: a well-formed tag, in its canonical case.
+    let language = match &c.language {
+        Some(l) if !l.get_ref().is_empty() => {
+            if let Some(problem) = LANGUAGE.problem(l.get_ref()) {
+                return Err(cx.invalid(l.span().start, &field("language"), problem));
+            }
+            Some(language_tag(l.get_ref()))
+        }
+        _ => None,
+    };
     if let Some(intent) = &c.intent
         && policy.intent_idx(intent.get_ref()).is_none()
     {
@@ -443,7 +455,7 @@ fn contact(
             .unwrap_or_default(),
         urgency,
         identity,
-        language: c.language.clone(),
+        language,
         escalation_requested: c.escalation_requested,
         signals: signals.to_vec(),
         attributes: attributes
