@@ -444,6 +444,16 @@ mod tests {
         }
     }
 
+    /// The fields a refusal's violations name.
+    fn violated(s: &Status) -> Vec<String> {
+        s.get_details_bad_request()
+            .unwrap()
+            .field_violations
+            .into_iter()
+            .map(|v| v.field)
+            .collect()
+    }
+
     #[test]
     fn refusals_carry_their_reason_and_violations() {
         let s = Status::from(EngineError::ReservationSettled {
@@ -467,14 +477,7 @@ mod tests {
         ]);
         assert_eq!(s.code(), Code::InvalidArgument);
         assert_eq!(s.message(), "a: required; b[2]: only digits");
-        let fields: Vec<String> = s
-            .get_details_bad_request()
-            .unwrap()
-            .field_violations
-            .into_iter()
-            .map(|v| v.field)
-            .collect();
-        assert_eq!(fields, ["a", "b[2]"]);
+        assert_eq!(violated(&s), ["a", "b[2]"]);
         let standby = Status::from(Closed::Standby {
             leader: Some("10.0.0.7:50051".into()),
         });
@@ -526,13 +529,6 @@ mod tests {
             s.message(),
             "attributes[coverage]: value is not one of the declared values: gold, silver"
         );
-        let fields: Vec<String> = s
-            .get_details_bad_request()
-            .unwrap()
-            .field_violations
-            .into_iter()
-            .map(|v| v.field)
-            .collect();
-        assert_eq!(fields, ["attributes[coverage]"]);
+        assert_eq!(violated(&s), ["attributes[coverage]"]);
     }
 }
