@@ -157,8 +157,8 @@ impl EngineConfig {
 /// its limit when moved there at a closing; a language is served, and
 /// matched by rules, by its shorter forms too.
 /// 10: an agent with offers lapsing together is offered nothing until
-/// they all have, so every miss counts first; a waiting contact's position and estimate are of its channel's
-/// line and agents.
+/// they all have, so every miss counts first; a waiting contact's position
+/// and estimate are of its channel's line and agents.
 pub const ROUTING_VERSION: u32 = 10;
 
 /// The peak rate of new requests with a request id the default window

@@ -40,19 +40,28 @@ pub(super) fn watched(mut e: Engine) -> Engine {
 }
 
 fn agent(e: &mut Engine, id: &str, skill: &str, at: Time) {
-    e.upsert_agent(
-        AgentSpec {
-            id: id.into(),
-            team: "T".into(),
-            transfer_address: format!("sip:{id}"),
-            skills: vec![(skill.into(), 3)],
-            languages: vec!["en".into()],
-            channels: vec![(Channel::Voice, 1)],
-        },
-        at,
-    )
-    .unwrap();
+    e.upsert_agent(spec(id, (skill, 3), (Channel::Voice, 1)), at)
+        .unwrap();
     e.set_state(id, AgentState::Available, at).unwrap();
+}
+
+/// An English-speaking agent of team T with one skill on one channel.
+fn spec(id: &str, (skill, level): (&str, u8), channel: (Channel, u8)) -> AgentSpec {
+    AgentSpec {
+        id: id.into(),
+        team: "T".into(),
+        transfer_address: format!("sip:{id}"),
+        skills: vec![(skill.into(), level)],
+        languages: vec!["en".into()],
+        channels: vec![channel],
+    }
+}
+
+/// [`call`] on `channel`.
+fn call_on(id: &str, intent: &str, channel: Channel) -> Contact {
+    let mut c = call(id, intent, Urgency::Routine);
+    c.channel = channel;
+    c
 }
 
 fn call(id: &str, intent: &str, urgency: Urgency) -> Contact {
@@ -574,18 +583,8 @@ fn relaxation_moves_a_waiting_contact_to_wider_pools_over_time() {
     busy(&mut e, "c0", "billing", t);
     // A trainee (billing 1) and a frontline agent are free but do not
     // qualify for billing (minimum 2) at first.
-    e.upsert_agent(
-        AgentSpec {
-            id: "trainee".into(),
-            team: "T".into(),
-            transfer_address: "sip:trainee".into(),
-            skills: vec![("billing".into(), 1)],
-            languages: vec!["en".into()],
-            channels: vec![(Channel::Voice, 1)],
-        },
-        t,
-    )
-    .unwrap();
+    e.upsert_agent(spec("trainee", ("billing", 1), (Channel::Voice, 1)), t)
+        .unwrap();
     agent(&mut e, "front", "patient_access", t);
     queued(
         &e.route(&call("w1", "billing", Urgency::Routine), t)
@@ -1626,22 +1625,11 @@ fn offers_lapsing_together_all_count_before_the_agent_is_offered_more() {
     let t = open();
     let limit = e.policy().missed_offers_to_pause;
     let slots = u8::try_from(limit).unwrap();
-    e.upsert_agent(
-        AgentSpec {
-            id: "b".into(),
-            team: "T".into(),
-            transfer_address: "sip:b".into(),
-            skills: vec![("billing".into(), 3)],
-            languages: vec!["en".into()],
-            channels: vec![(Channel::Chat, slots)],
-        },
-        t,
-    )
-    .unwrap();
+    e.upsert_agent(spec("b", ("billing", 3), (Channel::Chat, slots)), t)
+        .unwrap();
     e.set_state("b", AgentState::Away, t).unwrap();
     for i in 0..=limit {
-        let mut c = call(&format!("c{i}"), "billing", Urgency::Routine);
-        c.channel = Channel::Chat;
+        let c = call_on(&format!("c{i}"), "billing", Channel::Chat);
         queued(&e.route(&c, t).unwrap());
     }
     e.set_state("b", AgentState::Available, t).unwrap();
@@ -1671,25 +1659,10 @@ fn position_and_estimate_are_of_the_contacts_own_channel() {
         ("v3", Channel::Voice),
         ("h1", Channel::Chat),
     ] {
-        e.upsert_agent(
-            AgentSpec {
-                id: id.into(),
-                team: "T".into(),
-                transfer_address: format!("sip:{id}"),
-                skills: vec![("billing".into(), 3)],
-                languages: vec!["en".into()],
-                channels: vec![(channel, 1)],
-            },
-            t,
-        )
-        .unwrap();
+        e.upsert_agent(spec(id, ("billing", 3), (channel, 1)), t)
+            .unwrap();
         e.set_state(id, AgentState::Away, t).unwrap();
     }
-    let chat = |id: &str| {
-        let mut c = call(id, "billing", Urgency::Routine);
-        c.channel = Channel::Chat;
-        c
-    };
     // Voice callers wait long enough to move to billing's wider pools.
     for i in 0..3 {
         queued(
@@ -1699,7 +1672,9 @@ fn position_and_estimate_are_of_the_contacts_own_channel() {
     }
     let later = t + Duration::seconds(150);
     e.advance(later);
-    let d = e.route(&chat("c0"), later).unwrap();
+    let d = e
+        .route(&call_on("c0", "billing", Channel::Chat), later)
+        .unwrap();
     let q = queued(&d);
     assert_eq!(q.position, 1, "the voice callers are not ahead of a chat");
     // One agent takes chat: the chat waits a whole handle time, not a
