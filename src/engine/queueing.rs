@@ -127,10 +127,12 @@ impl Engine {
         self.wait_for(queue, self.roster.pool(queue).staffed, position)
     }
 
-    /// Estimated wait for 1-based `position` in `queue`'s line on
-    /// `channel`: only the agents taking that channel serve it.
-    pub(super) fn line_wait(&self, queue: QueueIdx, channel: Channel, position: u32) -> Duration {
-        self.wait_for(queue, self.roster.pool(queue).staffed_on(channel), position)
+    /// Estimated wait for 1-based `position` in the line on `channel` of
+    /// `pool` (a queue, or a relaxation step's wider pool): the agents that
+    /// pool reaches on that channel serve it, at its queue's handle time.
+    pub(super) fn line_wait(&self, pool: QueueIdx, channel: Channel, position: u32) -> Duration {
+        let agents = self.roster.pool(pool).staffed_on(channel);
+        self.wait_for(self.policy.root(pool), agents, position)
     }
 
     /// The time for `agents` of `queue` to free up `position` times.
@@ -259,7 +261,7 @@ impl Engine {
         };
         let estimated_wait = match offer {
             Some(_) => Duration::zero(),
-            None => self.line_wait(root, channel, position),
+            None => self.line_wait(queue, channel, position),
         };
         let offered = offer.and_then(|id| {
             let r = self.reservations.get(&id)?;

@@ -1699,3 +1699,41 @@ fn position_and_estimate_are_of_the_contacts_own_channel() {
     };
     assert_eq!(position, 3);
 }
+
+/// A contact moved on by a relaxation step is estimated over the agents
+/// its wider pool reaches on its channel, not only its queue's own.
+#[test]
+fn a_moved_contacts_estimate_counts_the_agents_its_step_reached() {
+    let mut e = engine();
+    let t = open();
+    for (id, level) in [("b3", 3), ("r1", 1), ("r2", 1)] {
+        e.upsert_agent(spec(id, ("billing", level), (Channel::Voice, 1)), t)
+            .unwrap();
+        e.set_state(id, AgentState::Away, t).unwrap();
+    }
+    let q = queued(
+        &e.route(&call("c0", "billing", Urgency::Routine), t)
+            .unwrap(),
+    )
+    .clone();
+    let billing = e.policy().queue_idx("billing").unwrap();
+    let handle = e.stats[billing].handle_estimate(e.policy().queues[billing].handle_time);
+    let whole = |secs: f64| Duration::milliseconds((secs * 1000.0) as i64);
+    // Only b3 has billing 3: one agent, a whole handle time.
+    assert_eq!(q.estimated_wait, whole(handle));
+    // At 70 s billing 1 will do: three agents serve it now.
+    e.advance(t + Duration::seconds(70));
+    let ContactStatus::Waiting {
+        queue_id,
+        position,
+        estimated_wait,
+        ..
+    } = e.contact_status("c0").unwrap()
+    else {
+        panic!("c0 should still wait")
+    };
+    assert_eq!(
+        (queue_id.as_ref(), position, estimated_wait),
+        ("billing", 1, whole(handle / 3.0))
+    );
+}
