@@ -526,6 +526,9 @@ impl CallbackReason {
 /// capacity, and a policy's cross-channel thresholds).
 pub const MAX_CHANNEL_CAPACITY: u8 = 50;
 
+/// The highest skill proficiency (the lowest is 1).
+pub const MAX_PROFICIENCY: u8 = 5;
+
 /// The hash map of the routing path: aHash with per-process random keys,
 /// several times faster than SipHash and still resistant to hash flooding
 /// through client-chosen ids.

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, path::Path};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::engine::AgentSpec;
+use crate::engine::{AgentSpec, ProfilePart};
 use crate::file::{self, FileError};
 use crate::model::{AgentState, Channel, language_tag};
 use crate::shape::{ADDRESS, ID, LANGUAGE, MAX_AGENT_LIST, Shape, TEXT, WORD};
@@ -152,6 +152,7 @@ fn parse_chunk(
             shaped(&format!("languages[{i}]"), language, LANGUAGE)?;
         }
         let mut channels = Vec::new();
+        let mut channel_keys = Vec::new();
         for (name, capacity) in a.channels.get_ref() {
             let channel = Channel::parse(name).ok_or_else(|| {
                 refuse(
@@ -160,6 +161,7 @@ fn parse_chunk(
                 )
             })?;
             channels.push((channel, *capacity));
+            channel_keys.push(name);
         }
         let state = match &a.state {
             None => AgentState::Available,
@@ -184,8 +186,23 @@ fn parse_chunk(
             languages: languages.iter().map(|l| language_tag(l)).collect(),
             channels,
         };
+        // A part of the profile as this file writes it: skills and
+        // channels are tables keyed by name.
+        let named = |part: ProfilePart| match part {
+            ProfilePart::Id => "id".to_owned(),
+            ProfilePart::TransferAddress => "transfer_address".to_owned(),
+            ProfilePart::Skill(i) | ProfilePart::Proficiency(i) => spec.skills.get(i).map_or_else(
+                || "skills".to_owned(),
+                |(skill, _)| format!("skills.{skill}"),
+            ),
+            ProfilePart::Language(i) => format!("languages[{i}]"),
+            ProfilePart::Channels => "channels".to_owned(),
+            ProfilePart::Channel(i) | ProfilePart::Capacity(i) => channel_keys
+                .get(i)
+                .map_or_else(|| "channels".to_owned(), |key| format!("channels.{key}")),
+        };
         spec.validate()
-            .map_err(|(f, message)| refuse(&f, message))?;
+            .map_err(|problem| refuse(&named(problem.part), problem.describe(named)))?;
         if !seen.insert(id.clone()) {
             return Err(refuse("id", format!("duplicate agent `{}`", spec.id)));
         }
@@ -269,10 +286,11 @@ mod tests {
         let text =
             "[[agents]]\nid = \"a1\"\ntransfer_address = \"sip:a1\"\nchannels = { voice = 0 }\n";
         let err = parse("r.toml", text).unwrap_err().to_string();
-        assert!(
-            err.starts_with("r.toml:4: agents.a1.channels[0].capacity"),
-            "{err}"
-        );
+        assert_eq!(err, "r.toml:4: agents.a1.channels.voice: must be 1-50");
+        // Skills and channels are tables here: named by key, as written.
+        let text = "[[agents]]\nid = \"a1\"\ntransfer_address = \"sip:a1\"\nskills = { billing = 3, coding = 9 }\nchannels = { voice = 1 }\n";
+        let err = parse("r.toml", text).unwrap_err().to_string();
+        assert_eq!(err, "r.toml:4: agents.a1.skills.coding: must be 1-5");
         let text = "[[agents]]\nid = \"a1\"\ntransfer_address = \"sip:a1\"\nchannels = {}\n";
         let err = parse("r.toml", text).unwrap_err().to_string();
         assert!(

@@ -26,19 +26,21 @@ pub struct AgentSpec {
 }
 
 pub use crate::model::MAX_CHANNEL_CAPACITY;
+use crate::model::MAX_PROFICIENCY;
 
 impl AgentSpec {
-    /// Checks the profile; on refusal names the field and what is wrong
+    /// Checks the profile; on refusal says which part is wrong and how
     /// (the first problem; [`AgentSpec::profile_problems`] gives them all).
-    pub fn validate(&self) -> Result<(), (String, String)> {
+    pub fn validate(&self) -> Result<(), ProfileProblem> {
+        let required = |part| ProfileProblem {
+            part,
+            fault: ProfileFault::Required,
+        };
         if self.id.is_empty() {
-            return Err(("agent_id".into(), "required".into()));
+            return Err(required(ProfilePart::Id));
         }
         if self.transfer_address.trim().is_empty() {
-            return Err((
-                "transfer_address".into(),
-                "required: the SIP URI or extension of warm transfers".into(),
-            ));
+            return Err(required(ProfilePart::TransferAddress));
         }
         match self.profile_problems().into_iter().next() {
             Some(problem) => Err(problem),
@@ -46,53 +48,122 @@ impl AgentSpec {
         }
     }
 
-    /// Every problem of the skills and channels (empty names, ranges,
-    /// duplicates), each with its field; never the value given.
-    pub fn profile_problems(&self) -> Vec<(String, String)> {
+    /// Every problem of the skills, languages and channels (empty names,
+    /// ranges, repeats); never the value given.
+    pub fn profile_problems(&self) -> Vec<ProfileProblem> {
         let mut problems = Vec::new();
+        let mut add = |part, fault| problems.push(ProfileProblem { part, fault });
         for (i, (skill, level)) in self.skills.iter().enumerate() {
             if skill.is_empty() {
-                problems.push((format!("skills[{i}].skill"), "required".into()));
+                add(ProfilePart::Skill(i), ProfileFault::Required);
             }
-            if !(1..=5).contains(level) {
-                problems.push((format!("skills[{i}].proficiency"), "must be 1-5".into()));
+            if !(1..=MAX_PROFICIENCY).contains(level) {
+                add(
+                    ProfilePart::Proficiency(i),
+                    ProfileFault::Range(MAX_PROFICIENCY),
+                );
             }
             if let Some(j) = self.skills[..i].iter().position(|(s, _)| s == skill) {
-                problems.push((
-                    format!("skills[{i}].skill"),
-                    format!("the same skill as skills[{j}]"),
-                ));
+                add(
+                    ProfilePart::Skill(i),
+                    ProfileFault::Repeats(ProfilePart::Skill(j)),
+                );
             }
         }
         for (i, language) in self.languages.iter().enumerate() {
             if let Some(j) = self.languages[..i].iter().position(|l| l == language) {
-                problems.push((
-                    format!("languages[{i}]"),
-                    format!("the same language as languages[{j}]"),
-                ));
+                add(
+                    ProfilePart::Language(i),
+                    ProfileFault::Repeats(ProfilePart::Language(j)),
+                );
             }
         }
         if self.channels.is_empty() {
-            problems.push((
-                "channels".into(),
-                "at least one channel is required: an agent with none is offered nothing".into(),
-            ));
+            add(ProfilePart::Channels, ProfileFault::Required);
         }
         for (i, (channel, capacity)) in self.channels.iter().enumerate() {
             if !(1..=MAX_CHANNEL_CAPACITY).contains(capacity) {
-                problems.push((
-                    format!("channels[{i}].capacity"),
-                    format!("must be 1-{MAX_CHANNEL_CAPACITY}"),
-                ));
+                add(
+                    ProfilePart::Capacity(i),
+                    ProfileFault::Range(MAX_CHANNEL_CAPACITY),
+                );
             }
             if let Some(j) = self.channels[..i].iter().position(|(c, _)| c == channel) {
-                problems.push((
-                    format!("channels[{i}].channel"),
-                    format!("the same channel as channels[{j}]"),
-                ));
+                add(
+                    ProfilePart::Channel(i),
+                    ProfileFault::Repeats(ProfilePart::Channel(j)),
+                );
             }
         }
         problems
+    }
+}
+
+/// A part of an agent's profile, by its place in [`AgentSpec`]; each edge
+/// names it as its callers wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfilePart {
+    /// The agent's id.
+    Id,
+    /// Where warm transfers go.
+    TransferAddress,
+    /// The name of skill `i`.
+    Skill(usize),
+    /// The proficiency of skill `i`.
+    Proficiency(usize),
+    /// Language `i`.
+    Language(usize),
+    /// The channels as a whole.
+    Channels,
+    /// Which channel entry `i` is.
+    Channel(usize),
+    /// How many contacts at once channel entry `i` takes.
+    Capacity(usize),
+}
+
+/// What is wrong with a part of a profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileFault {
+    /// Missing or empty.
+    Required,
+    /// Outside 1 to this.
+    Range(u8),
+    /// The same as this earlier part.
+    Repeats(ProfilePart),
+}
+
+/// One problem of a profile: the part and what is wrong with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProfileProblem {
+    /// The part.
+    pub part: ProfilePart,
+    /// What is wrong with it.
+    pub fault: ProfileFault,
+}
+
+impl ProfileProblem {
+    /// What is wrong, for a refusal beside the part's name; an earlier part
+    /// it repeats is named by `name`, as the edge names its fields.
+    pub fn describe(&self, name: impl Fn(ProfilePart) -> String) -> String {
+        match (self.fault, self.part) {
+            (ProfileFault::Required, ProfilePart::TransferAddress) => {
+                "required: the SIP URI or extension of warm transfers".into()
+            }
+            (ProfileFault::Required, ProfilePart::Channels) => {
+                "at least one channel is required: an agent with none is offered nothing".into()
+            }
+            (ProfileFault::Required, _) => "required".into(),
+            (ProfileFault::Range(max), _) => format!("must be 1-{max}"),
+            (ProfileFault::Repeats(first), part) => {
+                let what = match part {
+                    ProfilePart::Skill(_) => "skill",
+                    ProfilePart::Language(_) => "language",
+                    ProfilePart::Channel(_) => "channel",
+                    _ => "value",
+                };
+                format!("the same {what} as {}", name(first))
+            }
+        }
     }
 }
 

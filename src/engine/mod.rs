@@ -45,7 +45,7 @@ use chrono::Duration;
 pub use agent_view::{
     AgentFilter, AgentPage, AgentView, ChannelLoad, HeldContact, HeldOffer, Paused,
 };
-pub use agents::{AgentSpec, MAX_CHANNEL_CAPACITY};
+pub use agents::{AgentSpec, MAX_CHANNEL_CAPACITY, ProfileFault, ProfilePart, ProfileProblem};
 pub use command::{
     Apply, Cancel, Command, Complete, Configure, Confirm, LoggedOnce, Release, RemoveAgent,
     ReplacePolicy, Restarted, Route, SetAgentState, Tick, Unwatch, UpsertAgent, Watch,

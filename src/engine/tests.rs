@@ -755,8 +755,8 @@ fn a_profile_without_channels_is_refused() {
     let mut spec = billing_agent("none", &["en"], 1, 0);
     spec.channels.clear();
     assert_eq!(
-        spec.validate().unwrap_err().0,
-        "channels",
+        spec.validate().unwrap_err().part,
+        ProfilePart::Channels,
         "an agent with no channel is offered nothing"
     );
 }

@@ -13,8 +13,8 @@ use super::pb;
 use super::status::{self, Violation};
 use crate::engine::{
     AgentFilter, AgentOffer, AgentPage, AgentSpec, AgentView, CallbackOffer, ContactStatus,
-    Decision, Event, Hop, HopKind, Outcome, Parked, Paused, QueueView, ReservationId, WatchFilter,
-    Withdrawal,
+    Decision, Event, Hop, HopKind, Outcome, Parked, Paused, ProfilePart, QueueView, ReservationId,
+    WatchFilter, Withdrawal,
 };
 use crate::model::{
     AgentState, CallbackReason, Channel, Contact, Identity, Reason, ReleaseReason, Time,
@@ -246,7 +246,9 @@ impl TryFrom<pb::UpsertAgentRequest> for AgentSpec {
         v.take(at_most("skills", r.skills.len(), MAX_AGENT_LIST));
         v.take(at_most("languages", r.languages.len(), MAX_AGENT_LIST));
         v.take(at_most("channels", r.channels.len(), MAX_AGENT_LIST));
-        let skills: Vec<(String, u8)> = r
+        // Each list keeps the request's index of every entry it took, so
+        // a problem of the whole profile names the entry the client sent.
+        let (skill_at, skills): (Vec<usize>, Vec<(String, u8)>) = r
             .skills
             .into_iter()
             .take(MAX_AGENT_LIST)
@@ -254,20 +256,20 @@ impl TryFrom<pb::UpsertAgentRequest> for AgentSpec {
             .filter_map(|(i, s)| {
                 let level = u8::try_from(s.proficiency).unwrap_or(u8::MAX);
                 let skill = required(format!("skills[{i}].skill"), s.skill, WORD);
-                v.take(skill).map(|skill| (skill, level))
+                v.take(skill).map(|skill| (i, (skill, level)))
             })
-            .collect();
-        let languages: Vec<String> = r
+            .unzip();
+        let (language_at, languages): (Vec<usize>, Vec<String>) = r
             .languages
             .into_iter()
             .take(MAX_AGENT_LIST)
             .enumerate()
             .filter_map(|(i, l)| {
                 v.take(required(format!("languages[{i}]"), l, LANGUAGE))
-                    .map(|l| language_tag(&l))
+                    .map(|l| (i, language_tag(&l)))
             })
-            .collect();
-        let channels: Vec<(Channel, u8)> = r
+            .unzip();
+        let (channel_at, channels): (Vec<usize>, Vec<(Channel, u8)>) = r
             .channels
             .into_iter()
             .take(MAX_AGENT_LIST)
@@ -275,9 +277,20 @@ impl TryFrom<pb::UpsertAgentRequest> for AgentSpec {
             .filter_map(|(i, c)| {
                 let capacity = u8::try_from(c.capacity).unwrap_or(u8::MAX);
                 v.take(channel(format!("channels[{i}].channel"), c.channel))
-                    .map(|channel| (channel, capacity))
+                    .map(|channel| (i, (channel, capacity)))
             })
-            .collect();
+            .unzip();
+        let at = |list: &[usize], i: usize| list.get(i).copied().unwrap_or(i);
+        let field = |part: ProfilePart| match part {
+            ProfilePart::Id => "agent_id".to_owned(),
+            ProfilePart::TransferAddress => "transfer_address".to_owned(),
+            ProfilePart::Skill(i) => format!("skills[{}].skill", at(&skill_at, i)),
+            ProfilePart::Proficiency(i) => format!("skills[{}].proficiency", at(&skill_at, i)),
+            ProfilePart::Language(i) => format!("languages[{}]", at(&language_at, i)),
+            ProfilePart::Channels => "channels".to_owned(),
+            ProfilePart::Channel(i) => format!("channels[{}].channel", at(&channel_at, i)),
+            ProfilePart::Capacity(i) => format!("channels[{}].capacity", at(&channel_at, i)),
+        };
         let id = v.take(required("agent_id", r.agent_id, ID));
         let team = v.take(checked("team", r.team, TEXT, false));
         let transfer_address = v.take(required("transfer_address", r.transfer_address, ADDRESS));
@@ -291,8 +304,8 @@ impl TryFrom<pb::UpsertAgentRequest> for AgentSpec {
         };
         // What only the whole profile shows (proficiency and capacity
         // ranges, duplicates), with the rest.
-        for (field, problem) in spec.profile_problems() {
-            v.add(violation(field, problem));
+        for problem in spec.profile_problems() {
+            v.add(violation(field(problem.part), problem.describe(field)));
         }
         match (id, team, transfer_address) {
             (Some(id), Some(team), Some(transfer_address)) if v.is_empty() => {
@@ -1126,8 +1139,27 @@ mod tests {
             );
             assert!(!refused.message().contains("Jane"), "{refused:?}");
         }
-        let mut uri = ok;
+        let mut uri = ok.clone();
         uri.transfer_address = "sips:+1-555-0100@pbx.example;transport=tls".into();
         assert!(AgentSpec::try_from(uri).is_ok());
+        // An entry refused on its own is not taken, yet a later entry's
+        // problem still names that entry's own index in the request.
+        let mut bad = ok;
+        bad.skills.insert(
+            0,
+            pb::SkillLevel {
+                skill: String::new(),
+                proficiency: 3,
+            },
+        );
+        bad.skills[1].proficiency = 9;
+        bad.skills.push(bad.skills[1].clone());
+        bad.skills[2].proficiency = 2;
+        let refused = AgentSpec::try_from(bad).unwrap_err();
+        assert_eq!(
+            refused.message(),
+            "skills[0].skill: required; skills[1].proficiency: must be 1-5; \
+             skills[2].skill: the same skill as skills[1].skill"
+        );
     }
 }
