@@ -520,7 +520,7 @@ impl EngineGauges {
             metrics::gauge!(QUEUE_WAITING, "queue" => id.clone()).set(f64::from(q.waiting));
             metrics::gauge!(QUEUE_LONGEST_WAIT, "queue" => id.clone()).set(seconds(q.longest_wait));
             metrics::gauge!(QUEUE_ESTIMATED_WAIT, "queue" => id.clone())
-                .set(seconds(q.estimated_wait));
+                .set(q.estimated_wait.map_or(f64::NAN, seconds));
             if let Some(sl) = q.stats.service_level() {
                 metrics::gauge!(QUEUE_SERVICE_LEVEL, "queue" => id.clone()).set(sl);
             }

@@ -33,13 +33,20 @@ pub struct Hop {
 /// What a hop records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum HopKind {
-    /// A decision, with its outcome kind ([`Outcome::kind`]).
-    Decided(#[serde(with = "super::snapshot::outcome_kind")] super::snapshot::OutcomeKind),
+    /// A decision, with its outcome kind ([`Outcome::kind`]) and, for a
+    /// callback, why.
+    Decided(
+        #[serde(with = "super::snapshot::outcome_kind")] super::snapshot::OutcomeKind,
+        Option<CallbackReason>,
+    ),
     /// Offered to an agent from the line.
     Assigned,
-    /// The offer lapsed; the contact went back in line.
+    /// The offer lapsed: an offer from the line put the contact back in
+    /// line; a RouteContact reservation ended, and the contact goes nowhere
+    /// until routed again.
     OfferExpired,
-    /// The offer was released; the contact went back in line.
+    /// The offer was released: back in line, or ended, as for
+    /// [`HopKind::OfferExpired`].
     OfferReleased,
     /// Moved to its queue's n-th relaxation step.
     Stepped(u32),
@@ -68,7 +75,13 @@ impl Engine {
         let hop = Hop {
             decision: decision.id,
             at: now,
-            kind: HopKind::Decided(decision.outcome.kind()),
+            kind: HopKind::Decided(
+                decision.outcome.kind(),
+                match &decision.outcome {
+                    Outcome::Callback(callback) => Some(callback.reason),
+                    _ => None,
+                },
+            ),
             rule_id: decision.rule_id.clone(),
             queue_id,
             agent_id,

@@ -210,8 +210,12 @@ pub struct QueueView {
     pub waiting: u32,
     /// The longest wait among them.
     pub longest_wait: Duration,
-    /// Estimated wait for a contact arriving now.
-    pub estimated_wait: Duration,
+    /// Estimated wait for a contact arriving now: zero when an agent is
+    /// free and nobody waits; `None` when such a contact would not wait at
+    /// all (the queue closed, nobody logged in to serve it in its pool or
+    /// the wider pools its steps reach, or no line kept and nobody free).
+    /// A full line, or one longer than `max_wait`, keeps its figure.
+    pub estimated_wait: Option<Duration>,
     /// The handle time that estimate uses (see
     /// [`QueueStats::handle_estimate`]).
     pub handle_time: Duration,
@@ -588,18 +592,30 @@ impl Engine {
                 continue;
             }
             let waiting = self.line_count(i);
-            let estimated_wait = self.estimated_wait(i, waiting + 1);
+            let pool = self.roster.pool(i);
+            let staffed = std::iter::once(i)
+                .chain(q.steps.iter().map(|s| s.pool))
+                .any(|p| self.roster.pool(p).staffed > 0);
+            let open = policy.is_open(i, now);
+            let estimated_wait = if !open || !staffed {
+                None
+            } else if waiting == 0 && pool.available > 0 {
+                Some(Duration::zero())
+            } else if q.max_waiting == 0 {
+                None
+            } else {
+                Some(self.estimated_wait(i, waiting + 1))
+            };
             let longest_wait = std::iter::once(i)
                 .chain(q.steps.iter().map(|s| s.pool))
                 .map(|p| self.waiting.longest_wait(p, now))
                 .max()
                 .unwrap_or_else(Duration::zero);
-            let pool = self.roster.pool(i);
             views.push(QueueView {
                 id: q.id.clone(),
                 level: q.level,
                 team: q.team.clone(),
-                open: policy.is_open(i, now),
+                open,
                 staffed: pool.staffed,
                 available: pool.available,
                 reservations: pool.reservations,

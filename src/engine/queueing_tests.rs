@@ -423,8 +423,43 @@ fn estimated_wait_grows_with_position() {
     let view = e.queues();
     let billing = view.iter().find(|q| &*q.id == "billing").unwrap();
     assert_eq!(billing.waiting, 10);
-    assert!(billing.estimated_wait > last);
+    assert!(billing.estimated_wait > Some(last));
     assert_eq!(billing.longest_wait, Duration::seconds(10));
+}
+
+/// ListQueues' estimate is the wait of a contact arriving now: none when an
+/// agent is free and nobody waits, and no figure when it would not wait at
+/// all.
+#[test]
+fn a_queues_estimate_is_for_a_contact_arriving_now() {
+    let mut e = engine();
+    let t = open();
+    // The view as of a tick at `at`.
+    let estimate = |e: &mut Engine, id: &str, at: Time| {
+        e.apply(Tick, at).unwrap();
+        e.queues()
+            .into_iter()
+            .find(|q| &*q.id == id)
+            .map(|q| q.estimated_wait)
+            .unwrap()
+    };
+    // Nobody logged in: an arrival gets a callback, not a wait.
+    assert_eq!(estimate(&mut e, "billing", t), None);
+    agent(&mut e, "b1", "billing", t);
+    assert_eq!(estimate(&mut e, "billing", t), Some(Duration::zero()));
+    e.route(&call("c0", "billing", Urgency::Routine), t)
+        .unwrap();
+    let busy = estimate(&mut e, "billing", t).unwrap();
+    assert!(busy > Duration::zero(), "{busy:?}");
+    // A queue that keeps no line, with its agent busy: a callback.
+    let t2 = t + Duration::seconds(1);
+    agent(&mut e, "p1", "pharmacy", t2);
+    assert_eq!(estimate(&mut e, "pharmacy", t2), Some(Duration::zero()));
+    e.route(&call("c1", "refill", Urgency::Routine), t2)
+        .unwrap();
+    assert_eq!(estimate(&mut e, "pharmacy", t2), None);
+    // Closed: the closed action decides, nobody waits.
+    assert_eq!(estimate(&mut e, "billing", t + Duration::hours(12)), None);
 }
 
 /// A nurse of the on-call queue, on voice.
@@ -557,7 +592,7 @@ fn a_closing_queue_hands_its_line_to_the_closed_action() {
     assert_eq!(
         kinds,
         [
-            HopKind::Decided("queued"),
+            HopKind::Decided("queued", None),
             HopKind::Moved,
             HopKind::Assigned
         ]
@@ -569,7 +604,7 @@ fn a_closing_queue_hands_its_line_to_the_closed_action() {
     assert_eq!(
         kinds,
         [
-            HopKind::Decided("queued"),
+            HopKind::Decided("queued", None),
             HopKind::CalledBack(CallbackReason::Closed)
         ]
     );
@@ -1049,7 +1084,7 @@ fn a_cancel_withdraws_the_offer_and_every_hop_is_in_the_path() {
     assert_eq!(
         kinds,
         [
-            HopKind::Decided("queued"),
+            HopKind::Decided("queued", None),
             HopKind::Assigned,
             HopKind::Cancelled
         ]
@@ -1315,7 +1350,7 @@ fn a_caller_who_hung_up_while_the_offer_rang_leaves_the_line() {
     assert_eq!(
         kinds,
         [
-            HopKind::Decided("queued"),
+            HopKind::Decided("queued", None),
             HopKind::Assigned,
             HopKind::Cancelled
         ]

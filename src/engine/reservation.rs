@@ -7,7 +7,9 @@ use std::{cmp::Reverse, collections::VecDeque};
 use chrono::Duration;
 
 use super::roster::{AgentIdx, Pick};
-use super::{AgentOffer, Engine, EngineError, IdKind, Notice, ReservationId, Settled, Timer};
+use super::{
+    AgentOffer, Engine, EngineError, Hop, HopKind, IdKind, Notice, ReservationId, Settled, Timer,
+};
 use crate::model::{AgentState, Channel, ChannelSet, ReleaseReason, Time};
 use crate::policy::{QueueIdx, Text};
 
@@ -164,12 +166,40 @@ impl Engine {
             (Some(seq), Fate::Confirmed) => self.answered(seq, now),
             (Some(seq), Fate::Released(ReleaseReason::CallerHungUp)) => self.hung_up(seq, &r, now),
             (Some(seq), Fate::Expired | Fate::Released(_)) => self.offer_failed(seq, &r, fate, now),
+            (None, Fate::Expired | Fate::Released(_)) => self.transfer_ended(&r, fate, now),
             _ => {}
         }
         if fate != Fate::Confirmed {
             self.dispatch(r.agent, now);
         }
         Some(r)
+    }
+
+    /// A RouteContact reservation lapsed or was released: the contact's
+    /// path says so after the decision that made it, so its status stops
+    /// naming an agent it will not reach (unless its path was forgotten).
+    fn transfer_ended(&mut self, r: &Reservation, fate: Fate, now: Time) {
+        let Some(decided) = self
+            .path(&r.contact_id)
+            .and_then(|hops| hops.iter().rev().find(|h| h.reservation == Some(r.id)))
+        else {
+            return;
+        };
+        let hop = Hop {
+            decision: decided.decision,
+            at: now,
+            kind: if fate == Fate::Expired {
+                HopKind::OfferExpired
+            } else {
+                HopKind::OfferReleased
+            },
+            rule_id: None,
+            queue_id: decided.queue_id.clone(),
+            agent_id: decided.agent_id.clone(),
+            from_queue_id: None,
+            reservation: Some(r.id),
+        };
+        self.push_hop(&r.contact_id, hop, now);
     }
 
     /// Removes a live reservation and frees the agent's slot.

@@ -21,7 +21,7 @@ use crate::policy::Policy;
 /// refused. So an upgrade that bumps it needs a journal whose log still
 /// reaches back to a snapshot of the old layout's start, or a fresh one;
 /// the README says how.
-pub const STATE_FORMAT: u32 = 10;
+pub const STATE_FORMAT: u32 = 11;
 
 /// Why a snapshot cannot be made or loaded.
 #[derive(Debug, thiserror::Error)]

@@ -868,13 +868,64 @@ fn path_records_every_hop() {
     });
     let d2 = e.route(&c, t + Duration::seconds(30)).unwrap();
     let path = e.path("c1").unwrap();
-    assert_eq!(path.len(), 2);
+    assert_eq!(path.len(), 3);
     assert_eq!(path[0].decision, d1.id);
-    assert_eq!(path[0].kind, HopKind::Decided("agent"));
+    assert_eq!(path[0].kind, HopKind::Decided("agent", None));
     assert_eq!(path[0].queue_id.as_deref(), Some("billing"));
-    assert_eq!(path[1].decision, d2.id);
-    assert_eq!(path[1].from_queue_id.as_deref(), Some("billing"));
+    // The first answer's reservation lapsed before the transfer came back.
+    assert_eq!(
+        (path[1].decision, path[1].kind),
+        (d1.id, HopKind::OfferExpired)
+    );
+    assert_eq!(path[2].decision, d2.id);
+    assert_eq!(path[2].from_queue_id.as_deref(), Some("billing"));
     assert_eq!(e.path("unknown"), None);
+}
+
+/// A warm transfer's reservation that ends unconfirmed, released or lapsed,
+/// is the contact's last hop, so its status no longer names that agent; a
+/// callback decision's hop says why.
+#[test]
+fn a_path_shows_a_transfer_that_ended_and_why_a_callback() {
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
+    let d = e.route(&billing("c1"), t).unwrap();
+    let Outcome::Agent(offer) = &d.outcome else {
+        panic!("{d:?}")
+    };
+    e.release(offer.reservation, ReleaseReason::TransferFailed, t)
+        .unwrap();
+    let last = e.path("c1").unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last.decision, last.kind, last.reservation),
+        (d.id, HopKind::OfferReleased, Some(offer.reservation))
+    );
+    assert_eq!(last.agent_id.as_deref(), Some("b1"));
+    let d = e.route(&billing("c2"), t).unwrap();
+    let Outcome::Agent(offer) = &d.outcome else {
+        panic!("{d:?}")
+    };
+    e.apply(Tick, offer.expires_at + Duration::seconds(1))
+        .unwrap();
+    let last = e.path("c2").unwrap().last().unwrap().clone();
+    assert_eq!(
+        (last.decision, last.kind, last.reservation),
+        (d.id, HopKind::OfferExpired, Some(offer.reservation))
+    );
+    // Nobody free now (b1 holds c3): the next contact gets a callback.
+    e.route(&billing("c3"), offer.expires_at + Duration::seconds(1))
+        .unwrap();
+    let d = e
+        .route(&billing("c4"), offer.expires_at + Duration::seconds(1))
+        .unwrap();
+    let Outcome::Callback(callback) = &d.outcome else {
+        panic!("{d:?}")
+    };
+    assert_eq!(
+        e.path("c4").unwrap()[0].kind,
+        HopKind::Decided("callback", Some(callback.reason))
+    );
 }
 
 #[test]

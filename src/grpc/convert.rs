@@ -907,7 +907,7 @@ impl From<QueueView> for pb::QueueView {
             reservations: q.reservations,
             waiting: q.waiting,
             longest_wait: Some(duration(q.longest_wait)),
-            estimated_wait: Some(duration(q.estimated_wait)),
+            estimated_wait: q.estimated_wait.map(duration),
             service_level: q.stats.service_level(),
             abandonment_rate: q.stats.abandonment(),
             callbacks_issued: q.stats.callbacks,
@@ -955,7 +955,7 @@ impl From<ContactStatus> for pb::GetContactStatusResponse {
 /// The `outcome` a hop shows.
 fn hop_outcome(kind: HopKind) -> &'static str {
     match kind {
-        HopKind::Decided(outcome) => outcome,
+        HopKind::Decided(outcome, _) => outcome,
         HopKind::Assigned => "assigned",
         HopKind::OfferExpired => "offer_expired",
         HopKind::OfferReleased => "offer_released",
@@ -982,7 +982,9 @@ impl From<&Hop> for pb::ContactHop {
                 _ => 0,
             },
             callback_reason: match h.kind {
-                HopKind::CalledBack(r) => pb::CallbackReason::from(r).into(),
+                HopKind::CalledBack(r) | HopKind::Decided(_, Some(r)) => {
+                    pb::CallbackReason::from(r).into()
+                }
                 _ => pb::CallbackReason::Unspecified.into(),
             },
         }
