@@ -411,12 +411,19 @@ fn must_be(kind: &Kind) -> String {
         Kind::String => "must be a string".to_owned(),
         Kind::Bytes => "must be base64".to_owned(),
         Kind::Double | Kind::Float => "must be a number".to_owned(),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 | Kind::Uint64 | Kind::Fixed64 => {
-            "must be an integer (a number, or a string of digits)".to_owned()
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => format!(
+            "must be an integer from {} to {} (a number, or a string of digits)",
+            i64::MIN,
+            i64::MAX
+        ),
+        Kind::Uint64 | Kind::Fixed64 => format!(
+            "must be an integer from 0 to {} (a number, or a string of digits)",
+            u64::MAX
+        ),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => {
+            format!("must be an integer from {} to {}", i32::MIN, i32::MAX)
         }
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 | Kind::Uint32 | Kind::Fixed32 => {
-            "must be an integer".to_owned()
-        }
+        Kind::Uint32 | Kind::Fixed32 => format!("must be an integer from 0 to {}", u32::MAX),
         Kind::Enum(e) => {
             let names: Vec<String> = e.values().map(|v| v.name().to_owned()).collect();
             format!("must be one of {}", names.join(", "))
