@@ -894,7 +894,7 @@ async fn scrape(routing: &Routing, prometheus: &PrometheusHandle) -> String {
             gauges.publish();
         }
     }
-    prometheus.render()
+    telemetry::render(prometheus)
 }
 
 #[cfg(test)]

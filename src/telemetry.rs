@@ -3,7 +3,8 @@
 //! tracing setup. Labels come only from bounded sets: outcome kinds, levels
 //! 1-4, reason codes, agent states, queue ids of the policy.
 
-use std::sync::OnceLock;
+use std::collections::BTreeSet;
+use std::sync::{Mutex, OnceLock};
 
 use metrics::{Counter, Histogram, Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -499,6 +500,9 @@ impl EngineGauges {
 
     /// Sets the metrics.
     pub fn publish(&self) {
+        if let Ok(mut published) = PUBLISHED_QUEUES.lock() {
+            *published = self.queues.iter().map(|q| q.id.to_string()).collect();
+        }
         metrics::gauge!(WATCHERS).set(self.watchers as f64);
         metrics::gauge!(UNDELIVERED).set(self.undelivered as f64);
         metrics::counter!(UNDELIVERED_DROPPED).absolute(self.counters.undelivered_dropped);
@@ -532,6 +536,50 @@ impl EngineGauges {
             metrics::counter!(QUEUE_CALLBACKS, "queue" => id).absolute(q.stats.callbacks);
         }
     }
+}
+
+/// The queues the last [`EngineGauges::publish`] showed. The recorder
+/// cannot forget a series, so a queue a reload removed would be scraped at
+/// its last values for ever (an open queue nobody staffs, alerting):
+/// [`render`] leaves out the series of queues not in this set.
+static PUBLISHED_QUEUES: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// The Prometheus text of `prometheus`, without the series of queues the
+/// policy no longer has.
+pub fn render(prometheus: &PrometheusHandle) -> String {
+    let text = prometheus.render();
+    match PUBLISHED_QUEUES.lock() {
+        Ok(queues) => only_queues(&text, &queues),
+        Err(_) => text,
+    }
+}
+
+/// `text` (Prometheus exposition) without the samples whose `queue` label
+/// is not one of `queues`.
+fn only_queues(text: &str, queues: &BTreeSet<String>) -> String {
+    let mut kept = String::with_capacity(text.len());
+    for line in text.lines() {
+        if queue_label(line).is_none_or(|q| queues.contains(q)) {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    kept
+}
+
+/// The value of a sample line's `queue` label, if it has one (queue ids
+/// are words: no quote or backslash to unescape).
+fn queue_label(line: &str) -> Option<&str> {
+    if line.starts_with('#') {
+        return None;
+    }
+    let labels = line.get(line.find('{')? + 1..line.rfind('}')?)?;
+    let at = labels
+        .match_indices("queue=\"")
+        .find(|(i, _)| *i == 0 || labels[..*i].ends_with(','))?
+        .0;
+    let value = &labels[at + "queue=\"".len()..];
+    value.find('"').map(|end| &value[..end])
 }
 
 fn seconds(d: chrono::Duration) -> f64 {
@@ -646,4 +694,29 @@ where
     tracing_opentelemetry::layer()
         .with_tracer(tracer)
         .with_filter(Targets::new().with_target(TRACE_TARGET, tracing::Level::INFO))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scrape_leaves_out_the_series_of_queues_the_policy_no_longer_has() {
+        let text = "# HELP careroute_queue_open Open now.\n\
+                    # TYPE careroute_queue_open gauge\n\
+                    careroute_queue_open{queue=\"billing\"} 1\n\
+                    careroute_queue_open{queue=\"pharmacy\"} 1\n\
+                    careroute_other{subqueue=\"pharmacy\",queue=\"billing\"} 2\n\
+                    careroute_other{kind=\"x\",queue=\"pharmacy\"} 3\n\
+                    careroute_rpc_in_flight_requests 0\n";
+        let kept = only_queues(text, &BTreeSet::from(["billing".to_owned()]));
+        assert_eq!(
+            kept,
+            "# HELP careroute_queue_open Open now.\n\
+             # TYPE careroute_queue_open gauge\n\
+             careroute_queue_open{queue=\"billing\"} 1\n\
+             careroute_other{subqueue=\"pharmacy\",queue=\"billing\"} 2\n\
+             careroute_rpc_in_flight_requests 0\n"
+        );
+    }
 }
