@@ -810,6 +810,11 @@ impl Engine {
                 }
                 None => {
                     let root = self.policy.root(w.queue);
+                    // Its queue still owns the ticket, and counts it when
+                    // the new policy keeps that queue.
+                    if let Some(kept) = map[root] {
+                        stats[new.root(kept)].callbacks += 1;
+                    }
                     CallbackOffer::new(
                         &self.policy,
                         root,

@@ -748,6 +748,42 @@ fn reload_that_drops_steps_leaves_no_stale_timer() {
     assert_eq!(e.line_count(billing), 1);
 }
 
+/// A reload that removes a waiting contact's intent calls it back under
+/// the terms it was promised, and its queue, which stays, counts the ticket.
+#[test]
+fn a_callback_for_a_removed_intent_is_counted_by_the_queue_that_owns_it() {
+    let mut e = engine();
+    let t = open();
+    agent(&mut e, "s1", "scheduling", t);
+    busy(&mut e, "c0", "scheduling", t);
+    queued(
+        &e.route(&call("w1", "scheduling", Urgency::Routine), t)
+            .unwrap(),
+    );
+    let text = waiting_policy_text()
+        .replacen("[intents.scheduling]\ncallback_window = \"2h\"\npriority = 3\n", "", 1)
+        .replacen(
+            "[[rules]]\nid = \"scheduling\"\nwhen = { intent = [\"scheduling\"] }\nroute_to = \"scheduling\"\n",
+            "",
+            1,
+        );
+    let policy = crate::policy::parse("no-scheduling-intent.toml", &text).unwrap();
+    assert!(policy.intent_idx("scheduling").is_none());
+    e.replace_policy(Arc::new(policy), t + Duration::seconds(5));
+    let callbacks: Vec<_> = e
+        .take_events()
+        .into_iter()
+        .filter_map(|event| match event {
+            Event::CallbackInstead { callback, .. } => Some(callback),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(callbacks.len(), 1, "{callbacks:?}");
+    assert_eq!(&*callbacks[0].queue_id, "scheduling");
+    let scheduling = e.policy().queue_idx("scheduling").unwrap();
+    assert_eq!(e.stats[scheduling].callbacks, 1);
+}
+
 /// A reload that adds steps applies them to contacts already waiting, from
 /// their arrival; one that removes the queue calls its contacts back.
 #[test]
@@ -1514,6 +1550,12 @@ fn an_agent_reached_by_a_relaxation_step_is_eligible_for_the_queue_clients_know(
     };
     let page = e.agent_page(&filter, 0, 10).unwrap();
     assert!(page.agents.iter().any(|a| &*a.id == "trainee"));
+    // With a later queue's skill too: the policy's order, though billing
+    // reaches it through a step pool, which comes after every queue.
+    let mut spec = spec("trainee", ("billing", 1), (Channel::Voice, 1));
+    spec.skills.push(("pharmacy".into(), 2));
+    let (queues, _) = e.upsert_agent(spec, t).unwrap();
+    assert_eq!(queues, [Text::from("billing"), Text::from("pharmacy")]);
 }
 
 /// Lines are per channel: a contact on a channel nobody logged in has room

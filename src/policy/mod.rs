@@ -419,15 +419,12 @@ impl Policy {
     }
 
     /// The ids clients know of `queues`: a step pool as its queue, each
-    /// once, in order.
+    /// once, in the policy's order (step pools come after every queue, so
+    /// the order they are given in is not it).
     pub fn client_queue_ids(&self, queues: impl IntoIterator<Item = QueueIdx>) -> Vec<Text> {
-        let mut roots: Vec<QueueIdx> = Vec::new();
-        for q in queues {
-            let root = self.root(q);
-            if !roots.contains(&root) {
-                roots.push(root);
-            }
-        }
+        let mut roots: Vec<QueueIdx> = queues.into_iter().map(|q| self.root(q)).collect();
+        roots.sort_unstable();
+        roots.dedup();
         roots
             .into_iter()
             .map(|q| self.queues[q].id.clone())
