@@ -158,7 +158,7 @@ struct RawIntent {
 #[serde(deny_unknown_fields)]
 struct RawSchedule {
     time_zone: Spanned<String>,
-    hours: BTreeMap<Spanned<String>, Spanned<String>>,
+    hours: Spanned<BTreeMap<Spanned<String>, Spanned<String>>>,
     #[serde(default)]
     holidays: Vec<Spanned<String>>,
 }
@@ -171,7 +171,7 @@ struct RawQueue {
     team: String,
     #[serde(default)]
     skills: BTreeMap<Spanned<String>, Spanned<i64>>,
-    channels: Vec<Spanned<String>>,
+    channels: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     schedule: Option<Spanned<String>>,
     transfer_address: Spanned<String>,
@@ -497,6 +497,13 @@ impl Cx<'_> {
                 &format!("{field}.callback_window"),
                 90 * 24 * 3600,
             )?;
+            if window < Duration::minutes(1) {
+                return Err(self.bad(
+                    &i.callback_window,
+                    format!("{field}.callback_window"),
+                    "must be at least 1m: a deadline counts whole minutes of opening hours",
+                ));
+            }
             let priority = match *i.priority.get_ref() {
                 p @ 1..=5 => p as u8,
                 p => {
@@ -578,12 +585,12 @@ impl Cx<'_> {
                 }
             }
             let mut channels = ChannelSet::default();
-            for c in &q.channels {
+            for c in q.channels.get_ref() {
                 channels.insert(self.channel(c, &format!("{field}.channels"))?);
             }
             if channels.0 == 0 {
                 return Err(self.bad(
-                    &q.id,
+                    &q.channels,
                     format!("{field}.channels"),
                     "a queue takes at least one channel",
                 ));
@@ -711,9 +718,10 @@ impl Cx<'_> {
             if let Some(e) = q.escalate_to
                 && queues[e].team == q.team
                 && !q.same_team_transfers
+                && let Some(named) = &raw_q.escalate_to
             {
                 return Err(self.bad(
-                    &raw_q.id,
+                    named,
                     format!("queues.{}.escalate_to", q.id),
                     format!("`{}` belongs to the same team `{}`", queues[e].id, q.team),
                 ));
@@ -981,7 +989,7 @@ impl Cx<'_> {
             )
         })?;
         let mut week = [None; 7];
-        for (day, hours) in &s.hours {
+        for (day, hours) in s.hours.get_ref() {
             let hfield = format!("{field}.hours.{}", day.get_ref());
             let Some(d) = DAYS.iter().position(|x| x == day.get_ref()) else {
                 return Err(self.bad(
@@ -994,7 +1002,7 @@ impl Cx<'_> {
         }
         if week.iter().all(Option::is_none) {
             return Err(self.err(
-                s.time_zone.span(),
+                s.hours.span(),
                 format!("{field}.hours"),
                 "the schedule never opens: give hours for at least one day",
             ));
@@ -1008,7 +1016,13 @@ impl Cx<'_> {
                     format!("`{}` is not a date like \"2026-12-25\"", h.get_ref()),
                 )
             })?;
-            holidays.insert(date);
+            if !holidays.insert(date) {
+                return Err(self.bad(
+                    h,
+                    format!("{field}.holidays"),
+                    format!("`{}` is listed twice", h.get_ref()),
+                ));
+            }
         }
         Ok(Schedule {
             id: id.to_owned(),

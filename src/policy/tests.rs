@@ -217,6 +217,42 @@ fn refusals_name_file_line_and_field() {
             "not 1-50",
             "0 } } }",
         ),
+        (
+            "callback_window = \"8h\"",
+            "callback_window = \"0s\"",
+            "intents.complaint.callback_window",
+            "at least 1m",
+            "\"0s\"",
+        ),
+        (
+            "holidays = [\"2026-11-26\", \"2026-12-25\", \"2027-01-01\"]",
+            "holidays = [\"2026-11-26\", \"2026-12-25\", \"2026-11-26\"]",
+            "schedules.business.holidays",
+            "listed twice",
+            "holidays = [",
+        ),
+        // Each at the line of the key it is about, not its table's first.
+        (
+            "channels = [\"voice\", \"email\"]",
+            "channels = []",
+            "queues.compliance.channels",
+            "at least one channel",
+            "channels = []",
+        ),
+        (
+            "hours = { mon = \"09:00-17:00\", tue = \"09:00-17:00\", wed = \"09:00-17:00\", thu = \"09:00-17:00\", fri = \"09:00-17:00\" }",
+            "hours = {}",
+            "schedules.business.hours",
+            "never opens",
+            "hours = {}",
+        ),
+        (
+            "id = \"escalations\"\nlevel = 2\nteam = \"Escalations\"",
+            "id = \"escalations\"\nlevel = 2\nteam = \"Resolutions\"",
+            "queues.resolutions.escalate_to",
+            "same team",
+            "escalate_to = \"escalations\"",
+        ),
     ]);
     for (from, to, field, word, holds) in cases {
         let (got_field, line, message) = refusal(from, to);
