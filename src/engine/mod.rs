@@ -159,7 +159,10 @@ impl EngineConfig {
 /// 10: an agent with offers lapsing together is offered nothing until
 /// they all have, so every miss counts first; a waiting contact's position
 /// and estimate are of its channel's line and agents.
-pub const ROUTING_VERSION: u32 = 10;
+/// 11: a policy with a callback window under a minute or a holiday listed
+/// twice is refused; a warm transfer's reservation that ends unconfirmed
+/// adds a hop to the contact's path.
+pub const ROUTING_VERSION: u32 = 11;
 
 /// The peak rate of new requests with a request id the default window
 /// holds in full.
