@@ -888,13 +888,15 @@ async fn housekeeping(
 async fn scrape(routing: &Routing, prometheus: &PrometheusHandle) -> String {
     // A halted engine has no state worth showing; the process metrics and
     // counters still are. Time passing is a command like any other.
+    let mut queues = None;
     if routing.engine().leading().is_ok() {
         let _ = routing.apply(Tick).await;
         if let Ok(gauges) = routing.view(EngineGauges::read) {
             gauges.publish();
+            queues = Some(gauges.queue_ids());
         }
     }
-    telemetry::render(prometheus)
+    telemetry::render(prometheus, queues.as_ref())
 }
 
 #[cfg(test)]

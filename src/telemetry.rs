@@ -4,7 +4,7 @@
 //! 1-4, reason codes, agent states, queue ids of the policy.
 
 use std::collections::BTreeSet;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use metrics::{Counter, Histogram, Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -498,11 +498,16 @@ impl EngineGauges {
         }
     }
 
+    /// The ids of the queues they show.
+    pub fn queue_ids(&self) -> BTreeSet<String> {
+        self.queues.iter().map(|q| q.id.to_string()).collect()
+    }
+
     /// Sets the metrics.
     pub fn publish(&self) {
-        if let Ok(mut published) = PUBLISHED_QUEUES.lock() {
-            *published = self.queues.iter().map(|q| q.id.to_string()).collect();
-        }
+        *PUBLISHED_QUEUES
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = self.queue_ids();
         metrics::gauge!(WATCHERS).set(self.watchers as f64);
         metrics::gauge!(UNDELIVERED).set(self.undelivered as f64);
         metrics::counter!(UNDELIVERED_DROPPED).absolute(self.counters.undelivered_dropped);
@@ -538,19 +543,25 @@ impl EngineGauges {
     }
 }
 
-/// The queues the last [`EngineGauges::publish`] showed. The recorder
-/// cannot forget a series, so a queue a reload removed would be scraped at
-/// its last values for ever (an open queue nobody staffs, alerting):
-/// [`render`] leaves out the series of queues not in this set.
+/// The queues the last [`EngineGauges::publish`] showed, for a scrape that
+/// published none itself (a standby's: its replication publishes). The
+/// recorder cannot forget a series, so a queue a reload removed would be
+/// scraped at its last values for ever (an open queue nobody staffs,
+/// alerting): [`render`] leaves out the series of queues not shown.
 static PUBLISHED_QUEUES: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
-/// The Prometheus text of `prometheus`, without the series of queues the
-/// policy no longer has.
-pub fn render(prometheus: &PrometheusHandle) -> String {
+/// The Prometheus text of `prometheus` with only the series of `queues`
+/// (the queues this scrape published), or of the queues last published.
+pub fn render(prometheus: &PrometheusHandle, queues: Option<&BTreeSet<String>>) -> String {
     let text = prometheus.render();
-    match PUBLISHED_QUEUES.lock() {
-        Ok(queues) => only_queues(&text, &queues),
-        Err(_) => text,
+    match queues {
+        Some(queues) => only_queues(&text, queues),
+        None => only_queues(
+            &text,
+            &PUBLISHED_QUEUES
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        ),
     }
 }
 
@@ -568,7 +579,7 @@ fn only_queues(text: &str, queues: &BTreeSet<String>) -> String {
 }
 
 /// The value of a sample line's `queue` label, if it has one (queue ids
-/// are words: no quote or backslash to unescape).
+/// hold no quote or backslash to unescape).
 fn queue_label(line: &str) -> Option<&str> {
     if line.starts_with('#') {
         return None;
