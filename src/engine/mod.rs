@@ -161,7 +161,9 @@ impl EngineConfig {
 /// and estimate are of its channel's line and agents.
 /// 11: a policy with a callback window under a minute or a holiday listed
 /// twice is refused; a warm transfer's reservation that ends unconfirmed
-/// adds a hop to the contact's path.
+/// adds a hop to the contact's path; a callback for a waiting contact whose
+/// intent a reload removed counts for its queue; an agent's eligible queues
+/// are listed in the policy's order.
 pub const ROUTING_VERSION: u32 = 11;
 
 /// The peak rate of new requests with a request id the default window
@@ -596,9 +598,7 @@ impl Engine {
             }
             let waiting = self.line_count(i);
             let pool = self.roster.pool(i);
-            let staffed = std::iter::once(i)
-                .chain(q.steps.iter().map(|s| s.pool))
-                .any(|p| self.roster.pool(p).staffed > 0);
+            let staffed = policy.pools_of(i).any(|p| self.roster.pool(p).staffed > 0);
             let open = policy.is_open(i, now);
             let estimated_wait = if !open || !staffed {
                 None
@@ -609,8 +609,8 @@ impl Engine {
             } else {
                 Some(self.estimated_wait(i, waiting + 1))
             };
-            let longest_wait = std::iter::once(i)
-                .chain(q.steps.iter().map(|s| s.pool))
+            let longest_wait = policy
+                .pools_of(i)
                 .map(|p| self.waiting.longest_wait(p, now))
                 .max()
                 .unwrap_or_else(Duration::zero);

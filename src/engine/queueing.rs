@@ -279,12 +279,10 @@ impl Engine {
 
     /// Contacts waiting for `queue`, in its own line and its wider pools.
     pub(super) fn line_count(&self, queue: QueueIdx) -> u32 {
-        self.waiting.count(queue)
-            + self.policy.queues[queue]
-                .steps
-                .iter()
-                .map(|s| self.waiting.count(s.pool))
-                .sum::<u32>()
+        self.policy
+            .pools_of(queue)
+            .map(|p| self.waiting.count(p))
+            .sum()
     }
 
     /// Where a contact that joined `queue` is parked.
@@ -486,12 +484,7 @@ impl Engine {
         let mut hop = LineHop::new(&contact_id, decision, queue);
         hop.agent = Some(self.roster.agent(r.agent).id.clone());
         hop.reservation = Some(r.id);
-        let kind = if matches!(fate, Fate::Expired) {
-            HopKind::OfferExpired
-        } else {
-            HopKind::OfferReleased
-        };
-        self.line_hop(hop, kind, now);
+        self.line_hop(hop, fate.hop_kind(), now);
         if let Some((a, until)) = passed {
             self.timers
                 .push(std::cmp::Reverse((until, Timer::Reoffer(a))));

@@ -63,6 +63,18 @@ pub(super) enum Fate {
     Withdrawn,
 }
 
+impl Fate {
+    /// The hop an offer that lapsed or was released leaves in its
+    /// contact's path.
+    pub(super) fn hop_kind(self) -> HopKind {
+        if self == Fate::Expired {
+            HopKind::OfferExpired
+        } else {
+            HopKind::OfferReleased
+        }
+    }
+}
+
 /// The fate of the most recent reservations, one byte each, indexed by
 /// their sequence number: answers "expired" or "already confirmed" for a
 /// late confirm without a hash lookup, in bounded memory.
@@ -179,20 +191,21 @@ impl Engine {
     /// path says so after the decision that made it, so its status stops
     /// naming an agent it will not reach (unless its path was forgotten).
     fn transfer_ended(&mut self, r: &Reservation, fate: Fate, now: Time) {
-        let Some(decided) = self
-            .path(&r.contact_id)
-            .and_then(|hops| hops.iter().rev().find(|h| h.reservation == Some(r.id)))
-        else {
+        let Some(hops) = self.path(&r.contact_id) else {
+            return;
+        };
+        // A full path keeps its newest hop, the decision, rather than
+        // have it replaced by its own end.
+        if hops.len() >= self.config.max_hops {
+            return;
+        }
+        let Some(decided) = hops.iter().rev().find(|h| h.reservation == Some(r.id)) else {
             return;
         };
         let hop = Hop {
             decision: decided.decision,
             at: now,
-            kind: if fate == Fate::Expired {
-                HopKind::OfferExpired
-            } else {
-                HopKind::OfferReleased
-            },
+            kind: fate.hop_kind(),
             rule_id: None,
             queue_id: decided.queue_id.clone(),
             agent_id: decided.agent_id.clone(),

@@ -928,6 +928,53 @@ fn a_path_shows_a_transfer_that_ended_and_why_a_callback() {
     );
 }
 
+/// A reservation confirmed, or withdrawn by routing its contact again,
+/// leaves no hop of its own; nor does one ending when the path is full,
+/// which keeps the decision as its newest hop.
+#[test]
+fn only_a_transfer_that_ends_unconfirmed_adds_a_hop() {
+    let mut e = engine();
+    let t = open();
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
+    let d = e.route(&billing("c1"), t).unwrap();
+    let again = e.route(&billing("c1"), t + Duration::seconds(1)).unwrap();
+    let Outcome::Agent(offer) = &again.outcome else {
+        panic!("{again:?}")
+    };
+    e.confirm(offer.reservation, t + Duration::seconds(2))
+        .unwrap();
+    let hops: Vec<_> = e
+        .path("c1")
+        .unwrap()
+        .iter()
+        .map(|h| (h.decision, h.kind))
+        .collect();
+    let agent = HopKind::Decided("agent", None);
+    assert_eq!(hops, [(d.id, agent), (again.id, agent)]);
+
+    let mut e = super::queueing_tests::watched(Engine::new(
+        Arc::new(Policy::embedded().unwrap()),
+        EngineConfig {
+            max_hops: 1,
+            ..EngineConfig::default()
+        },
+    ));
+    add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
+    let d = e.route(&billing("c1"), t).unwrap();
+    let Outcome::Agent(offer) = &d.outcome else {
+        panic!("{d:?}")
+    };
+    e.release(offer.reservation, ReleaseReason::TransferFailed, t)
+        .unwrap();
+    let hops: Vec<_> = e
+        .path("c1")
+        .unwrap()
+        .iter()
+        .map(|h| (h.decision, h.kind))
+        .collect();
+    assert_eq!(hops, [(d.id, agent)]);
+}
+
 #[test]
 fn after_hours_routine_gets_a_next_business_day_callback() {
     let mut e = engine();

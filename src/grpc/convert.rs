@@ -430,7 +430,15 @@ impl TryFrom<pb::ListAgentsRequest> for AgentQuery {
             .take(MAX_STATES)
             .enumerate()
             .filter_map(|(i, &s)| {
-                v.take(agent_state(s).map_err(|e| violation(format!("states[{i}]"), e.description)))
+                let state = agent_state(s).map_err(|e| {
+                    let why = if s == pb::AgentState::Unspecified as i32 {
+                        "AGENT_STATE_UNSPECIFIED is no state: list the states to show".to_owned()
+                    } else {
+                        e.description
+                    };
+                    violation(format!("states[{i}]"), why)
+                });
+                v.take(state)
             })
             .collect();
         let from = if r.page_token.is_empty() {
@@ -1088,6 +1096,20 @@ mod tests {
         r.contact_id = "555-0199 Jane Doe".into();
         let status = Contact::try_from(r).unwrap_err();
         assert!(!status.message().contains("Jane"), "{}", status.message());
+    }
+
+    #[test]
+    fn an_unspecified_state_in_a_filter_is_named_as_such() {
+        let r = pb::ListAgentsRequest {
+            states: vec![pb::AgentState::Available as i32, 0, 99],
+            ..Default::default()
+        };
+        let refused = AgentQuery::try_from(r).unwrap_err();
+        assert_eq!(
+            refused.message(),
+            "states[1]: AGENT_STATE_UNSPECIFIED is no state: list the states to show; \
+             states[2]: not a value of the enum"
+        );
     }
 
     #[test]

@@ -18,7 +18,9 @@ use super::{
     RULE_URGENCIES, Rule, Schedule, Text, TextList,
 };
 use crate::file::{self, FileError};
-use crate::model::{Channel, ChannelSet, FastMap, Identity, Urgency, language_tag};
+use crate::model::{
+    Channel, ChannelSet, FastMap, Identity, MAX_PROFICIENCY, Urgency, language_tag,
+};
 use crate::shape::{ADDRESS, ID, LANGUAGE, Shape, VALUE, WORD};
 
 /// Why a policy was refused: the file, the line and the field.
@@ -289,6 +291,20 @@ impl Cx<'_> {
         }
     }
 
+    /// A skill's proficiency, 1 to [`MAX_PROFICIENCY`].
+    fn proficiency(&self, level: &Spanned<i64>, field: String) -> Result<u8, PolicyError> {
+        u8::try_from(*level.get_ref())
+            .ok()
+            .filter(|p| (1..=MAX_PROFICIENCY).contains(p))
+            .ok_or_else(|| {
+                self.bad(
+                    level,
+                    field,
+                    format!("proficiency {} is not 1-{MAX_PROFICIENCY}", level.get_ref()),
+                )
+            })
+    }
+
     fn bad<T>(
         &self,
         value: &Spanned<T>,
@@ -388,16 +404,11 @@ impl Cx<'_> {
                         let mut set = Vec::new();
                         for (skill, level) in skills.get_ref() {
                             self.shaped(skill, format!("{field}.skills"), WORD)?;
-                            match *level.get_ref() {
-                                p @ 1..=5 => set.push((skill.get_ref().clone(), p as u8)),
-                                p => {
-                                    return Err(self.bad(
-                                        level,
-                                        format!("{field}.skills.{}", skill.get_ref()),
-                                        format!("proficiency {p} is not 1-5"),
-                                    ));
-                                }
-                            }
+                            let p = self.proficiency(
+                                level,
+                                format!("{field}.skills.{}", skill.get_ref()),
+                            )?;
+                            set.push((skill.get_ref().clone(), p));
                         }
                         widened.push(set);
                     }
@@ -573,16 +584,8 @@ impl Cx<'_> {
             let mut skills = Vec::new();
             for (skill, level) in &q.skills {
                 self.shaped(skill, format!("{field}.skills"), WORD)?;
-                match *level.get_ref() {
-                    p @ 1..=5 => skills.push((skill.get_ref().clone(), p as u8)),
-                    p => {
-                        return Err(self.bad(
-                            level,
-                            format!("{field}.skills.{}", skill.get_ref()),
-                            format!("proficiency {p} is not 1-5"),
-                        ));
-                    }
-                }
+                let p = self.proficiency(level, format!("{field}.skills.{}", skill.get_ref()))?;
+                skills.push((skill.get_ref().clone(), p));
             }
             let mut channels = ChannelSet::default();
             for c in q.channels.get_ref() {
@@ -718,10 +721,13 @@ impl Cx<'_> {
             if let Some(e) = q.escalate_to
                 && queues[e].team == q.team
                 && !q.same_team_transfers
-                && let Some(named) = &raw_q.escalate_to
             {
-                return Err(self.bad(
-                    named,
+                let at = raw_q
+                    .escalate_to
+                    .as_ref()
+                    .map_or_else(|| raw_q.id.span(), Spanned::span);
+                return Err(self.err(
+                    at,
                     format!("queues.{}.escalate_to", q.id),
                     format!("`{}` belongs to the same team `{}`", queues[e].id, q.team),
                 ));

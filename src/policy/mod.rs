@@ -431,6 +431,11 @@ impl Policy {
             .collect()
     }
 
+    /// `queue` and the wider pools of its relaxation steps, in order.
+    pub fn pools_of(&self, queue: QueueIdx) -> impl Iterator<Item = QueueIdx> + '_ {
+        std::iter::once(queue).chain(self.queues[queue].steps.iter().map(|s| s.pool))
+    }
+
     /// How far along its queue's relaxation steps a pool is: 0 for a queue
     /// itself, n for the pool of its n-th step.
     pub fn step_rank(&self, queue: QueueIdx) -> usize {
