@@ -928,6 +928,15 @@ fn a_path_shows_a_transfer_that_ended_and_why_a_callback() {
     );
 }
 
+/// Each hop of a contact's path: its decision and what happened.
+fn hops(e: &Engine, contact_id: &str) -> Vec<(DecisionId, HopKind)> {
+    e.path(contact_id)
+        .unwrap()
+        .iter()
+        .map(|h| (h.decision, h.kind))
+        .collect()
+}
+
 /// A reservation confirmed, or withdrawn by routing its contact again,
 /// leaves no hop of its own; nor does one ending when the path is full,
 /// which keeps the decision as its newest hop.
@@ -943,14 +952,8 @@ fn only_a_transfer_that_ends_unconfirmed_adds_a_hop() {
     };
     e.confirm(offer.reservation, t + Duration::seconds(2))
         .unwrap();
-    let hops: Vec<_> = e
-        .path("c1")
-        .unwrap()
-        .iter()
-        .map(|h| (h.decision, h.kind))
-        .collect();
     let agent = HopKind::Decided("agent", None);
-    assert_eq!(hops, [(d.id, agent), (again.id, agent)]);
+    assert_eq!(hops(&e, "c1"), [(d.id, agent), (again.id, agent)]);
 
     let mut e = super::queueing_tests::watched(Engine::new(
         Arc::new(Policy::embedded().unwrap()),
@@ -966,13 +969,7 @@ fn only_a_transfer_that_ends_unconfirmed_adds_a_hop() {
     };
     e.release(offer.reservation, ReleaseReason::TransferFailed, t)
         .unwrap();
-    let hops: Vec<_> = e
-        .path("c1")
-        .unwrap()
-        .iter()
-        .map(|h| (h.decision, h.kind))
-        .collect();
-    assert_eq!(hops, [(d.id, agent)]);
+    assert_eq!(hops(&e, "c1"), [(d.id, agent)]);
 }
 
 #[test]
