@@ -892,8 +892,7 @@ async fn scrape(routing: &Routing, prometheus: &PrometheusHandle) -> String {
     if routing.engine().leading().is_ok() {
         let _ = routing.apply(Tick).await;
         if let Ok(gauges) = routing.view(EngineGauges::read) {
-            gauges.publish();
-            queues = Some(gauges.queue_ids());
+            queues = Some(gauges.publish());
         }
     }
     telemetry::render(prometheus, queues.as_ref())

@@ -498,16 +498,14 @@ impl EngineGauges {
         }
     }
 
-    /// The ids of the queues they show.
-    pub fn queue_ids(&self) -> BTreeSet<String> {
-        self.queues.iter().map(|q| q.id.to_string()).collect()
-    }
-
-    /// Sets the metrics.
-    pub fn publish(&self) {
-        *PUBLISHED_QUEUES
+    /// Sets the metrics; returns the ids of the queues they show (for
+    /// [`render`]).
+    pub fn publish(&self) -> BTreeSet<String> {
+        let queues: BTreeSet<String> = self.queues.iter().map(|q| q.id.to_string()).collect();
+        PUBLISHED_QUEUES
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = self.queue_ids();
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone_from(&queues);
         metrics::gauge!(WATCHERS).set(self.watchers as f64);
         metrics::gauge!(UNDELIVERED).set(self.undelivered as f64);
         metrics::counter!(UNDELIVERED_DROPPED).absolute(self.counters.undelivered_dropped);
@@ -540,6 +538,7 @@ impl EngineGauges {
             metrics::counter!(QUEUE_ABANDONED, "queue" => id.clone()).absolute(q.stats.abandoned);
             metrics::counter!(QUEUE_CALLBACKS, "queue" => id).absolute(q.stats.callbacks);
         }
+        queues
     }
 }
 

@@ -891,40 +891,34 @@ fn a_path_shows_a_transfer_that_ended_and_why_a_callback() {
     let t = open();
     add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
     let d = e.route(&billing("c1"), t).unwrap();
-    let Outcome::Agent(offer) = &d.outcome else {
-        panic!("{d:?}")
-    };
-    e.release(offer.reservation, ReleaseReason::TransferFailed, t)
+    let reserved = offer(&d);
+    e.release(reserved.reservation, ReleaseReason::TransferFailed, t)
         .unwrap();
     let last = e.path("c1").unwrap().last().unwrap().clone();
     assert_eq!(
         (last.decision, last.kind, last.reservation),
-        (d.id, HopKind::OfferReleased, Some(offer.reservation))
+        (d.id, HopKind::OfferReleased, Some(reserved.reservation))
     );
     assert_eq!(last.agent_id.as_deref(), Some("b1"));
     let d = e.route(&billing("c2"), t).unwrap();
-    let Outcome::Agent(offer) = &d.outcome else {
-        panic!("{d:?}")
-    };
-    e.apply(Tick, offer.expires_at + Duration::seconds(1))
+    let reserved = offer(&d);
+    e.apply(Tick, reserved.expires_at + Duration::seconds(1))
         .unwrap();
     let last = e.path("c2").unwrap().last().unwrap().clone();
     assert_eq!(
         (last.decision, last.kind, last.reservation),
-        (d.id, HopKind::OfferExpired, Some(offer.reservation))
+        (d.id, HopKind::OfferExpired, Some(reserved.reservation))
     );
     // Nobody free now (b1 holds c3): the next contact gets a callback.
-    e.route(&billing("c3"), offer.expires_at + Duration::seconds(1))
+    e.route(&billing("c3"), reserved.expires_at + Duration::seconds(1))
         .unwrap();
     let d = e
-        .route(&billing("c4"), offer.expires_at + Duration::seconds(1))
+        .route(&billing("c4"), reserved.expires_at + Duration::seconds(1))
         .unwrap();
-    let Outcome::Callback(callback) = &d.outcome else {
-        panic!("{d:?}")
-    };
+    let ticket = callback(&d);
     assert_eq!(
         e.path("c4").unwrap()[0].kind,
-        HopKind::Decided("callback", Some(callback.reason))
+        HopKind::Decided("callback", Some(ticket.reason))
     );
 }
 
@@ -947,10 +941,8 @@ fn only_a_transfer_that_ends_unconfirmed_adds_a_hop() {
     add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
     let d = e.route(&billing("c1"), t).unwrap();
     let again = e.route(&billing("c1"), t + Duration::seconds(1)).unwrap();
-    let Outcome::Agent(offer) = &again.outcome else {
-        panic!("{again:?}")
-    };
-    e.confirm(offer.reservation, t + Duration::seconds(2))
+    let reserved = offer(&again);
+    e.confirm(reserved.reservation, t + Duration::seconds(2))
         .unwrap();
     let agent = HopKind::Decided("agent", None);
     assert_eq!(hops(&e, "c1"), [(d.id, agent), (again.id, agent)]);
@@ -964,10 +956,8 @@ fn only_a_transfer_that_ends_unconfirmed_adds_a_hop() {
     ));
     add(&mut e, billing_agent("b1", &["en"], 1, 0), t);
     let d = e.route(&billing("c1"), t).unwrap();
-    let Outcome::Agent(offer) = &d.outcome else {
-        panic!("{d:?}")
-    };
-    e.release(offer.reservation, ReleaseReason::TransferFailed, t)
+    let reserved = offer(&d);
+    e.release(reserved.reservation, ReleaseReason::TransferFailed, t)
         .unwrap();
     assert_eq!(hops(&e, "c1"), [(d.id, agent)]);
 }
