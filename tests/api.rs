@@ -941,8 +941,7 @@ async fn policy_reload_refuses_an_invalid_file_and_keeps_the_running_policy() {
         shared::{Fatal, SharedEngine},
     };
     use std::sync::Arc;
-    let dir = std::env::temp_dir().join(format!("careroute-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = process::scratch_dir("reload");
     let path = dir.join("policy.toml");
     let good = include_str!("../examples/healthcare.toml");
     std::fs::write(&path, good).unwrap();

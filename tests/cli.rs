@@ -9,10 +9,14 @@ fn careroute() -> Command {
     Command::new(env!("CARGO_BIN_EXE_careroute"))
 }
 
-fn write(name: &str, text: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("careroute-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(name);
+/// A file holding `text`, removed when the path is dropped.
+fn write(name: &str, text: &str) -> tempfile::TempPath {
+    let path = tempfile::Builder::new()
+        .prefix(&format!("careroute-cli-{name}-"))
+        .suffix(".toml")
+        .tempfile()
+        .unwrap()
+        .into_temp_path();
     std::fs::write(&path, text).unwrap();
     path
 }
@@ -41,7 +45,7 @@ fn check_accepts_the_example_policy() {
 fn check_refuses_with_file_line_and_field() {
     let bad = EXAMPLE.replacen("route_to = \"pharmacy\"", "route_to = \"farmacy\"", 1);
     let line = bad[..bad.find("farmacy").unwrap()].matches('\n').count() + 1;
-    let path = write("bad-check.toml", &bad);
+    let path = write("bad-check", &bad);
     let out = careroute().arg("check").arg(&path).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -61,7 +65,7 @@ fn service_refuses_to_start_on_an_invalid_policy() {
         "time_zone = \"Mars/Olympus\"",
         1,
     );
-    let path = write("bad-start.toml", &bad);
+    let path = write("bad-start", &bad);
     let start = |more: &[&str]| {
         careroute()
             .arg("--policy")

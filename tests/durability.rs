@@ -15,7 +15,7 @@ use common::{
         self, KNOBS, Knobs, agent, busy, client, decides, follows, next_event, policy, queue,
         resumable_after, watch_after,
     },
-    process::{Process, fresh_data_dir},
+    process::{Process, ScratchDir, fresh_data_dir},
 };
 use tonic::Code;
 
@@ -246,7 +246,7 @@ async fn a_restart_retains_only_the_last_events_and_tells_them_as_before() {
 /// A data directory whose last record, b2's state, is flipped after a
 /// `kill -9` of a service run under `--journal-sync` `sync`: its checksum no
 /// longer matches. Returns the directory, the policy file and the record.
-async fn with_a_corrupt_last_record(sync: &str) -> (std::path::PathBuf, String, i64) {
+async fn with_a_corrupt_last_record(sync: &str) -> (ScratchDir, String, i64) {
     let data = fresh_data_dir();
     let policy = policy_file(&data);
     let args = ["--policy", policy.as_str(), "--journal-sync", sync];
@@ -429,7 +429,7 @@ async fn damage_that_is_not_a_tail_is_refused_and_so_is_a_second_process() {
 }
 
 /// A copy of data directory `from` (the journal of a killed process).
-fn copy_dir(from: &std::path::Path) -> std::path::PathBuf {
+fn copy_dir(from: &std::path::Path) -> ScratchDir {
     let to = fresh_data_dir();
     for entry in std::fs::read_dir(from).unwrap() {
         let entry = entry.unwrap();
@@ -448,7 +448,7 @@ fn damage(file: &std::path::Path, at: u64, len: usize) {
 /// The write-ahead file of a journal written by a killed careroute under
 /// `sync`, one call (one batch, frames of its own) after another; and the
 /// last record the mark says was written.
-async fn killed_with_its_write_ahead_file(sync: &str) -> (std::path::PathBuf, String, u64) {
+async fn killed_with_its_write_ahead_file(sync: &str) -> (ScratchDir, String, u64) {
     let (data, policy) = killed_after_agents(sync, 12).await;
     let size = std::fs::metadata(wal(&data)).unwrap().len();
     assert!(
@@ -465,7 +465,7 @@ async fn killed_with_its_write_ahead_file(sync: &str) -> (std::path::PathBuf, St
 /// The data directory of a careroute killed with `kill -9` under `sync`
 /// after registering `agents` agents one call after another, and its
 /// policy file.
-async fn killed_after_agents(sync: &str, agents: usize) -> (std::path::PathBuf, String) {
+async fn killed_after_agents(sync: &str, agents: usize) -> (ScratchDir, String) {
     let data = fresh_data_dir();
     let policy = policy_file(&data);
     let args = ["--policy", policy.as_str(), "--journal-sync", sync];
@@ -495,7 +495,7 @@ fn held(dir: &std::path::Path) -> u64 {
 /// A copy of `data` with a frame of its write-ahead file damaged three
 /// quarters in: SQLite keeps the frames before it and drops the rest, and
 /// with them the last records. Returns it and the last record left.
-fn torn_copy(data: &std::path::Path, written: u64) -> (std::path::PathBuf, u64) {
+fn torn_copy(data: &std::path::Path, written: u64) -> (ScratchDir, u64) {
     let torn = copy_dir(data);
     let size = std::fs::metadata(wal(&torn)).unwrap().len();
     damage(&wal(&torn), size * 3 / 4, 64);

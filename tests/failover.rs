@@ -878,6 +878,7 @@ async fn the_log_on_nats_over_mutual_tls_with_an_nkey_user() {
     };
     let urls = nats.urls();
     let refused = |more: &[&str]| -> String {
+        let data = fresh_data_dir();
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_careroute"))
             .args([
                 "--grpc-addr",
@@ -886,7 +887,7 @@ async fn the_log_on_nats_over_mutual_tls_with_an_nkey_user() {
                 "127.0.0.1:0",
             ])
             .args(["--journal", &urls, "--cluster-id", &id, "--data-dir"])
-            .arg(fresh_data_dir())
+            .arg(&data)
             .args(more)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())

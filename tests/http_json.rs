@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use common::{
     floor::{self, KNOBS},
-    process::Process,
+    process::{Process, scratch_dir},
 };
 use serde_json::{Value, json};
 use sha2::Digest;
@@ -24,8 +24,7 @@ const OBSERVER: &str = "token-of-observer";
 /// The binary on the floor's policy (open round the clock), with an
 /// operator's client (every role) and an observer's, by their tokens.
 fn start(name: &str) -> Process {
-    let dir = std::env::temp_dir().join(format!("careroute-http-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir(&format!("http-{name}"));
     let policy = dir.join("policy.toml");
     std::fs::write(&policy, floor::policy(&KNOBS)).unwrap();
     let credentials: PathBuf = dir.join("credentials.toml");
@@ -46,6 +45,7 @@ fn start(name: &str) -> Process {
         "--credentials",
         credentials.to_str().unwrap(),
     ])
+    .keeping(dir)
 }
 
 /// An answer: HTTP code, headers (lowercase names) and body.
@@ -548,8 +548,7 @@ async fn read_answer(s: &mut tokio::net::TcpStream) -> Answer {
 
 #[tokio::test]
 async fn one_connection_carries_a_chatbots_calls_and_a_body_is_read_only_once_let_in() {
-    let dir = std::env::temp_dir().join(format!("careroute-http-slow-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = scratch_dir("http-slow");
     let policy = dir.join("policy.toml");
     std::fs::write(&policy, floor::policy(&KNOBS)).unwrap();
     let credentials = dir.join("credentials.toml");

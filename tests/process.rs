@@ -41,8 +41,7 @@ fn sighup_on_the_embedded_policy_is_logged_and_the_service_keeps_serving() {
 
 #[test]
 fn sighup_reloads_the_policy_file_and_refuses_a_broken_one() {
-    let dir = std::env::temp_dir().join(format!("careroute-hup-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::process::scratch_dir("hup");
     let path = dir.join("policy.toml");
     let good = include_str!("../examples/healthcare.toml");
     std::fs::write(&path, good).unwrap();

@@ -515,8 +515,7 @@ async fn same_team_transfer_guard_holds_even_when_a_rule_would_break_it() {
         "when = { transferred_from = [\"compliance\"] }",
         1,
     );
-    let dir = std::env::temp_dir().join(format!("careroute-guard-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = process::scratch_dir("guard");
     let path = dir.join("site.toml");
     std::fs::write(&path, text).unwrap();
     let roster = std::path::PathBuf::from("examples/demo-roster.toml");

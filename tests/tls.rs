@@ -191,7 +191,7 @@ async fn mutual_tls_admits_only_certified_clients_each_to_its_roles() {
     pki::write(&dir, "forged", &other.client("ivr.clinic.example"));
     std::fs::write(dir.join("clients-ca.crt"), ca.pem()).unwrap();
     let creds = credentials(&dir);
-    let server = Tls::start(dir.clone(), |c| {
+    let server = Tls::start(dir.to_path_buf(), |c| {
         c.tls_client_ca = Some(dir.join("clients-ca.crt"));
         c.credentials = Some(creds);
     })
@@ -334,7 +334,7 @@ async fn certificates_and_credentials_rotate_without_a_restart() {
         std::fs::rename(&aside, &creds).unwrap();
     };
     write_creds("first-token");
-    let server = Tls::start(dir.clone(), |c| c.credentials = Some(creds.clone())).await;
+    let server = Tls::start(dir.to_path_buf(), |c| c.credentials = Some(creds.clone())).await;
     let before = server.channel(&old.pem(), None).await.unwrap();
     assert_eq!(route(&before, Some("first-token")).await, Code::Ok);
     assert!(server.channel(&new.pem(), None).await.is_err());
@@ -564,7 +564,7 @@ async fn http_json_is_served_over_tls_to_http1_clients_with_their_certificate_ro
     pki::write(&dir, "ivr", &ca.client("ivr.clinic.example"));
     std::fs::write(dir.join("clients-ca.crt"), ca.pem()).unwrap();
     let creds = credentials(&dir);
-    let server = Tls::start(dir.clone(), |c| {
+    let server = Tls::start(dir.to_path_buf(), |c| {
         c.tls_client_ca = Some(dir.join("clients-ca.crt"));
         c.credentials = Some(creds);
     })

@@ -4,8 +4,10 @@ first use (grpcio-tools), so the examples never drift from the proto.
     pip install grpcio grpcio-tools
 """
 
+import atexit
 import importlib
 import os
+import shutil
 import sys
 import tempfile
 
@@ -22,6 +24,8 @@ def load():
     import grpc_tools
 
     out = tempfile.mkdtemp(prefix="careroute-stubs-")
+    # The modules are loaded once imported: the files go with the process.
+    atexit.register(shutil.rmtree, out, True)
     well_known = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
     status = protoc.main(
         [

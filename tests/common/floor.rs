@@ -133,11 +133,11 @@ route_to = "scheduling"
 /// The binary on a policy file written from `knobs`; the file's path, for
 /// a reload.
 pub fn start(name: &str, knobs: &Knobs) -> (Process, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("careroute-cti-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = super::process::scratch_dir(&format!("cti-{name}"));
     let path = dir.join("policy.toml");
     std::fs::write(&path, policy(knobs)).unwrap();
-    (Process::start(&["--policy", path.to_str().unwrap()]), path)
+    let p = Process::start(&["--policy", path.to_str().unwrap()]).keeping(dir);
+    (p, path)
 }
 
 pub async fn client(p: &Process) -> RoutingServiceClient<Channel> {

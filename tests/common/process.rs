@@ -10,18 +10,43 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// A new, empty directory under the system's temporary directory,
+/// removed with everything in it when dropped: a test's journal or files
+/// do not outlive it.
+pub struct ScratchDir(tempfile::TempDir);
+
+impl std::ops::Deref for ScratchDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<std::path::Path> for ScratchDir {
+    fn as_ref(&self) -> &std::path::Path {
+        self.0.path()
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for ScratchDir {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.0.path().as_os_str()
+    }
+}
+
+/// A new, empty directory named after `what` it holds.
+pub fn scratch_dir(what: &str) -> ScratchDir {
+    ScratchDir(
+        tempfile::Builder::new()
+            .prefix(&format!("careroute-{what}-"))
+            .tempdir()
+            .unwrap(),
+    )
+}
+
 /// A new, empty directory for one process's journal.
-pub fn fresh_data_dir() -> std::path::PathBuf {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "careroute-journal-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::SeqCst)
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+pub fn fresh_data_dir() -> ScratchDir {
+    scratch_dir("journal")
 }
 
 /// A running careroute process.
@@ -31,6 +56,9 @@ pub struct Process {
     pub metrics: String,
     lines: Arc<Mutex<Vec<String>>>,
     reader: Option<JoinHandle<()>>,
+    /// What the process was started in, when it was made for it alone:
+    /// removed after the process is killed.
+    scratch: Vec<ScratchDir>,
 }
 
 impl Process {
@@ -43,7 +71,7 @@ impl Process {
     /// [`Process::start`] with `RUST_LOG` set to `log`.
     pub fn start_logging(args: &[&str], log: &str) -> Process {
         let data_dir = fresh_data_dir();
-        Process::start_in(&data_dir, args, log)
+        Process::start_in(&data_dir, args, log).keeping(data_dir)
     }
 
     /// [`Process::start_logging`] with its journal in `data_dir` (a restart
@@ -93,12 +121,20 @@ impl Process {
             metrics: String::new(),
             lines,
             reader: Some(reader),
+            scratch: Vec::new(),
         };
         let serving = p.wait_for_log("careroute serving", Duration::from_secs(30));
         let serving: serde_json::Value = serde_json::from_str(&serving).unwrap();
         p.grpc = serving["fields"]["grpc"].as_str().unwrap().to_owned();
         p.metrics = serving["fields"]["metrics"].as_str().unwrap().to_owned();
         p
+    }
+
+    /// The process, keeping `dir` until it is dropped (after the process
+    /// is killed, so nothing writes into a removed directory).
+    pub fn keeping(mut self, dir: ScratchDir) -> Process {
+        self.scratch.push(dir);
+        self
     }
 
     /// The first log line containing `text`, waiting up to `within`.
