@@ -67,7 +67,8 @@ fn careroute_on(
         "2s",
     ];
     args.extend_from_slice(more);
-    (Process::start_in(&data, &args, "info"), path.clone())
+    let p = Process::start_in(&data, &args, "info").keeping(data);
+    (p, path.clone())
 }
 
 /// A unique cluster id per test run.

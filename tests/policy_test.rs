@@ -6,7 +6,8 @@
 
 mod common;
 
-use std::{path::PathBuf, process::Command};
+use common::process::ScratchFile;
+use std::process::Command;
 
 fn careroute(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_careroute"))
@@ -22,20 +23,17 @@ fn careroute(args: &[&str]) -> (bool, String, String) {
 }
 
 /// A test file in a fresh directory, on the example policy and roster.
-fn test_file(body: &str) -> PathBuf {
-    let dir = common::process::fresh_data_dir();
+fn test_file(body: &str) -> ScratchFile {
     let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    let path = dir.join("site.test.toml");
-    std::fs::write(
-        &path,
-        format!(
+    common::process::scratch_file(
+        "policy-test",
+        "site.test.toml",
+        &format!(
             "policy = \"{}\"\nroster = \"{}\"\n\n{body}",
             examples.join("healthcare.toml").display(),
             examples.join("demo-roster.toml").display()
         ),
     )
-    .unwrap();
-    path
 }
 
 #[test]

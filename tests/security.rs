@@ -19,7 +19,7 @@ fn token(role: Role) -> String {
 }
 
 /// A credentials file with one client per role.
-fn credentials() -> std::path::PathBuf {
+fn credentials() -> process::ScratchFile {
     let mut text = String::new();
     for role in Role::ALL {
         text += &format!(
@@ -29,10 +29,7 @@ fn credentials() -> std::path::PathBuf {
             role.as_str()
         );
     }
-    let dir = process::fresh_data_dir();
-    let path = dir.join("credentials.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    process::scratch_file("credentials", "credentials.toml", &text)
 }
 
 /// Calls `/service/method` with an empty message (and `token`, if any),
@@ -63,7 +60,8 @@ async fn call_with(channel: &Channel, path: &str, authorization: Option<String>)
 #[tokio::test]
 async fn each_role_calls_exactly_its_rpcs() {
     let path = credentials();
-    let s = TestServer::start_with(monday_10am(), |c| c.credentials = Some(path)).await;
+    let s =
+        TestServer::start_with(monday_10am(), |c| c.credentials = Some(path.to_path_buf())).await;
     let rpcs: Vec<_> = methods::all()
         .iter()
         .filter(|m| m.service == ROUTING_SERVICE)
@@ -104,6 +102,17 @@ async fn each_role_calls_exactly_its_rpcs() {
             m.name
         );
     }
+    // A path no RPC has: a caller no client of the file is hears
+    // UNAUTHENTICATED, a known client PERMISSION_DENIED, as for any call.
+    let nowhere = format!("/{ROUTING_SERVICE}/NoSuchRpc");
+    assert_eq!(
+        call(&s.channel, &nowhere, None).await,
+        Code::Unauthenticated
+    );
+    assert_eq!(
+        call(&s.channel, &nowhere, Some(&token(Role::Admin))).await,
+        Code::PermissionDenied
+    );
     // Health and reflection stay open.
     assert_eq!(
         health_status(s.channel.clone(), "").await,
@@ -138,7 +147,8 @@ async fn each_role_calls_exactly_its_rpcs() {
 #[tokio::test]
 async fn metrics_need_the_observe_role() {
     let path = credentials();
-    let s = TestServer::start_with(monday_10am(), |c| c.credentials = Some(path)).await;
+    let s =
+        TestServer::start_with(monday_10am(), |c| c.credentials = Some(path.to_path_buf())).await;
     let metrics = s.metrics.to_string();
     let status = |r: &str| r.lines().next().unwrap_or_default().to_owned();
     assert!(status(&http_get_with(&metrics, "/metrics", None).await).contains("401"));
@@ -193,7 +203,8 @@ fn a_bad_credentials_file_is_refused_at_start_with_file_line_and_field() {
 #[tokio::test]
 async fn paths_no_table_knows_are_refused_and_the_scheme_is_case_blind() {
     let path = credentials();
-    let s = TestServer::start_with(monday_10am(), |c| c.credentials = Some(path)).await;
+    let s =
+        TestServer::start_with(monday_10am(), |c| c.credentials = Some(path.to_path_buf())).await;
     let admin = Some(token(Role::Admin));
     // Fail closed: whatever a path names, without a role it is refused,
     // even to a client with a good token.
@@ -281,4 +292,151 @@ async fn the_journal_records_which_client_made_each_change() {
     assert!(lines[0].get("by").is_none(), "{}", lines[0]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains(&token(Role::Route)));
+}
+
+/// A call's message with `token` as its bearer token.
+fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn withdrawn_credentials_end_the_streams_they_opened() {
+    use careroute::grpc::pb;
+    use tokio_stream::StreamExt;
+    let creds = credentials();
+    let text = std::fs::read_to_string(&*creds).unwrap();
+    let p = process::Process::start(&["--credentials", creds.to_str().unwrap()]);
+    let channel = Channel::from_shared(format!("http://{}", p.grpc))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = pb::routing_service_client::RoutingServiceClient::new(channel);
+    let cti = token(Role::Cti);
+    let agent = "agent-frontline-2";
+    let state = |state: pb::AgentState| pb::StreamAgentStatesRequest {
+        agent_id: agent.into(),
+        state: state.into(),
+    };
+    let mut observer = client.clone();
+    let mut state_now = async move || {
+        let request = pb::GetAgentRequest {
+            agent_id: agent.into(),
+        };
+        let view = observer
+            .get_agent(with_token(request, &token(Role::Observe)))
+            .await
+            .unwrap();
+        view.into_inner().agent.unwrap().state()
+    };
+
+    // The CTI's three streams, opened while its client is in the file.
+    let (feed, entries) = tokio::sync::mpsc::channel(4);
+    let mut cti_client = client.clone();
+    let request = with_token(tokio_stream::wrappers::ReceiverStream::new(entries), &cti);
+    let feeding = tokio::spawn(async move { cti_client.stream_agent_states(request).await });
+    let mut events = client
+        .watch_events(with_token(pb::WatchEventsRequest::default(), &cti))
+        .await
+        .unwrap()
+        .into_inner();
+    let quiet = pb::WatchAssignmentsRequest {
+        queue_ids: vec!["pharmacy".into()],
+        ..Default::default()
+    };
+    let mut assignments = client
+        .watch_assignments(with_token(quiet, &cti))
+        .await
+        .unwrap()
+        .into_inner();
+    feed.send(state(pb::AgentState::Away)).await.unwrap();
+    let started = std::time::Instant::now();
+    while state_now().await != pb::AgentState::Away {
+        assert!(started.elapsed().as_secs() < 10, "the feed's entry applied");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
+    // The CTI's client leaves the file.
+    let cti_entry = text
+        .split("[[clients]]")
+        .find(|c| c.contains("\"cti-client\""))
+        .unwrap();
+    std::fs::write(
+        &*creds,
+        text.replace(&format!("[[clients]]{cti_entry}"), ""),
+    )
+    .unwrap();
+    p.wait_for_log(
+        "credentials file changed: reloaded",
+        std::time::Duration::from_secs(10),
+    );
+
+    // Its next state change is refused, naming the entry; the one before it
+    // stays applied and this one is not.
+    feed.send(state(pb::AgentState::Offline)).await.unwrap();
+    let refused = tokio::time::timeout(std::time::Duration::from_secs(10), feeding)
+        .await
+        .expect("the feed is refused, not left open")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    assert!(refused.message().starts_with("entry 1: "), "{refused:?}");
+    assert_eq!(state_now().await, pb::AgentState::Away);
+
+    // A decision made now does not reach its event watch: the watch ends
+    // with the refusal instead (or had already ended, being quiet).
+    let mut router = client.clone();
+    router
+        .route_contact(with_token(
+            contact("c-after", "billing"),
+            &token(Role::Route),
+        ))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match events.next().await {
+                Some(Ok(event)) => assert!(
+                    !format!("{event:?}").contains("c-after"),
+                    "an event sent after the credentials were withdrawn: {event:?}"
+                ),
+                Some(Err(status)) => break status,
+                None => panic!("the watch ended without its refusal"),
+            }
+        }
+    })
+    .await
+    .expect("the event watch ends");
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    assert!(events.next().await.is_none(), "nothing after the refusal");
+
+    // A watch with nothing to send ends too, within the files' recheck.
+    let quiet_end = tokio::time::timeout(std::time::Duration::from_secs(10), assignments.next())
+        .await
+        .expect("the quiet watch ends");
+    assert_eq!(
+        quiet_end.unwrap().unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    // New calls with the token are refused as before.
+    let again = client
+        .watch_events(with_token(pb::WatchEventsRequest::default(), &cti))
+        .await
+        .unwrap_err();
+    assert_eq!(again.code(), Code::Unauthenticated);
+    // Refusals mid-stream are counted as refusals of calls are.
+    let scrape = http_get_with(&p.metrics, "/metrics", Some(&token(Role::Observe))).await;
+    for method in ["StreamAgentStates", "WatchEvents", "WatchAssignments"] {
+        let method = format!("method=\"{method}\"");
+        let series = [
+            "careroute_auth_refusals_total",
+            &method,
+            "code=\"unauthenticated\"",
+        ];
+        assert!(sample(&scrape, &series) >= 1.0, "{method}: {scrape}");
+    }
 }

@@ -142,7 +142,8 @@ async fn start(ratio: &str) -> (Collector, Process) {
         ],
         "info",
         &[("OTEL_BSP_SCHEDULE_DELAY", "50")],
-    );
+    )
+    .keeping(dir);
     (collector, p)
 }
 

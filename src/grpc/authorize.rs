@@ -5,6 +5,8 @@
 //! connection (mutual TLS): no token or an unknown one, and no certificate
 //! the file names, is `UNAUTHENTICATED`; a client without the role is
 //! `PERMISSION_DENIED`, each counted by method and role (never by client).
+//! A stream is let in again for each message it carries ([`Grant`]): a
+//! client shut out of the file mid-stream is refused there.
 //! The client found rides in the request's extensions as a [`Caller`], for
 //! logs and audit. Health and reflection stay open (probes and tools need
 //! them; they tell nothing about contacts); every other path, whatever
@@ -24,7 +26,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::methods;
-use super::status::{Reason, refusal};
+use super::status::Reason;
 use crate::auth::{Client, Credentials, ROUTING_SERVICE, Role, SharedCredentials, role_of};
 use crate::telemetry;
 use crate::tls::Peer;
@@ -155,57 +157,145 @@ where
         let known = methods::index(path)
             .map(|i| &methods::all()[i])
             .filter(|m| m.service == ROUTING_SERVICE)
-            .and_then(|m| Some((m.name.as_str(), role_of(&m.name)?)));
-        let Some((method, role)) = known else {
-            count("unknown", "none", "permission_denied");
-            let refused = refusal(
-                Code::PermissionDenied,
-                "no role may call this path",
-                Reason::RoleRequired,
-                Vec::new(),
-            );
+            .and_then(|m| Some((m, role_of(&m.name)?)));
+        let shared = credentials;
+        let credentials = shared.load();
+        let peer = request.extensions().get::<Peer>();
+        let Some((rpc, role)) = known else {
+            // Who is calling is asked first, as for any call: a caller no
+            // client of the file is hears UNAUTHENTICATED, not what paths
+            // exist.
+            let refused = if client(&credentials, request.headers(), peer).is_none() {
+                count("unknown", "none", "unauthenticated");
+                unauthenticated()
+            } else {
+                count("unknown", "none", "permission_denied");
+                super::status::refusal(
+                    Code::PermissionDenied,
+                    "no role may call this path",
+                    Reason::RoleRequired,
+                    Vec::new(),
+                )
+            };
             return Box::pin(std::future::ready(Ok(refused.into_http())));
         };
-        let credentials = credentials.load();
-        let peer = request.extensions().get::<Peer>();
-        let refused = match check(&credentials, request.headers(), peer, role) {
+        let method = rpc.name.as_str();
+        let refusal = match check(&credentials, request.headers(), peer, role) {
             Ok(client) => {
                 let name = Arc::clone(&client.name);
+                if rpc.client_streaming || rpc.server_streaming {
+                    let grant = Grant {
+                        credentials: Arc::clone(shared),
+                        checked: Arc::clone(&credentials),
+                        authorization: request
+                            .headers()
+                            .get_all(http::header::AUTHORIZATION)
+                            .iter()
+                            .cloned()
+                            .collect(),
+                        peer: peer.cloned(),
+                        client: Arc::clone(&name),
+                        method,
+                        role,
+                    };
+                    request.extensions_mut().insert(grant);
+                }
                 request.extensions_mut().insert(Caller(Arc::clone(&name)));
                 // The handler runs inside this scope: what it logs is
                 // recorded as this client's.
                 return Box::pin(CALLER.scope(name, self.inner.call(request)));
             }
-            Err(Refusal::Unauthenticated) => {
-                count(method, role.as_str(), "unauthenticated");
-                tracing::debug!(method, "call refused: no known bearer token");
-                refusal(
-                    Code::Unauthenticated,
-                    "a client of the credentials file is required: its bearer token (authorization: Bearer <token>) or, under mutual TLS, its certificate",
-                    Reason::Unauthenticated,
-                    Vec::new(),
-                )
-            }
-            Err(Refusal::Denied(name)) => {
-                count(method, role.as_str(), "permission_denied");
-                tracing::warn!(
-                    client = &*name,
-                    method,
-                    role = role.as_str(),
-                    "call refused: the client lacks the role"
-                );
-                refusal(
-                    Code::PermissionDenied,
-                    format!(
-                        "this client may not call {method}: it needs the {} role",
-                        role.as_str()
-                    ),
-                    Reason::RoleRequired,
-                    Vec::new(),
-                )
-            }
+            Err(refused) => refused,
         };
+        let refused = refused(method, role, refusal, "call refused");
         Box::pin(std::future::ready(Ok(refused.into_http())))
+    }
+}
+
+/// The status a refused call (or stream message) is answered with, counted
+/// and logged as `what`.
+fn refused(method: &'static str, role: Role, refusal: Refusal, what: &str) -> tonic::Status {
+    match refusal {
+        Refusal::Unauthenticated => {
+            count(method, role.as_str(), "unauthenticated");
+            tracing::debug!(method, "{what}: no known bearer token");
+            unauthenticated()
+        }
+        Refusal::Denied(name) => {
+            count(method, role.as_str(), "permission_denied");
+            tracing::warn!(
+                client = &*name,
+                method,
+                role = role.as_str(),
+                "{what}: the client lacks the role"
+            );
+            super::status::refusal(
+                Code::PermissionDenied,
+                format!(
+                    "this client may not call {method}: it needs the {} role",
+                    role.as_str()
+                ),
+                Reason::RoleRequired,
+                Vec::new(),
+            )
+        }
+    }
+}
+
+/// The refusal of a caller no client of the file is.
+fn unauthenticated() -> tonic::Status {
+    super::status::refusal(
+        Code::Unauthenticated,
+        "a client of the credentials file is required: its bearer token (authorization: Bearer <token>) or, under mutual TLS, its certificate",
+        Reason::Unauthenticated,
+        Vec::new(),
+    )
+}
+
+/// What let a streaming call in, kept in its extensions so each message
+/// it carries either way is checked again against the credentials then in
+/// force: a client whose entry leaves the file, whose token or certificate
+/// name changes, or who loses the role, is cut off mid-stream as a new call
+/// would be refused, not when it reconnects.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    credentials: SharedCredentials,
+    /// The credentials last found to let it in (checked again only once
+    /// they are swapped).
+    checked: Arc<Credentials>,
+    authorization: Vec<http::HeaderValue>,
+    peer: Option<Peer>,
+    /// Who it let in, for the log.
+    client: Arc<str>,
+    method: &'static str,
+    role: Role,
+}
+
+impl Grant {
+    /// Whether the call may go on: the refusal to end it with if not.
+    pub fn recheck(&mut self) -> Result<(), tonic::Status> {
+        let now = self.credentials.load();
+        if Arc::ptr_eq(&now, &self.checked) {
+            return Ok(());
+        }
+        let mut headers = http::HeaderMap::new();
+        for value in &self.authorization {
+            headers.append(http::header::AUTHORIZATION, value.clone());
+        }
+        match check(&now, &headers, self.peer.as_ref(), self.role) {
+            Ok(_) => {
+                self.checked = arc_swap::Guard::into_inner(now);
+                Ok(())
+            }
+            Err(refusal) => {
+                tracing::warn!(
+                    client = &*self.client,
+                    method = self.method,
+                    "stream refused: the client's credentials changed since it began"
+                );
+                Err(refused(self.method, self.role, refusal, "stream refused"))
+            }
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
-use super::authorize;
+use super::authorize::{self, Grant};
 use super::event_ring::{EventRing, Replayed, Resumed};
 use super::events::{self, Describe};
 use super::status::{Reason, refusal};
@@ -372,21 +372,48 @@ impl Routing {
     }
 }
 
-/// Queues one item for a watcher's connection. False when the watcher is
-/// gone, the server stops, or the watcher has read nothing for
-/// [`WATCHER_STALL`]: one that stopped reading is ended, so its agents are
-/// no longer offered contacts it would never pass on.
-async fn deliver<T>(
-    tx: &mpsc::Sender<Result<T, Status>>,
-    item: Result<T, Status>,
-    stopping: &mut watch::Receiver<bool>,
-) -> bool {
-    tokio::select! {
-        sent = tx.send(item) => sent.is_ok(),
-        _ = stopping.wait_for(|s| *s) => false,
-        _ = tokio::time::sleep(WATCHER_STALL) => {
-            tracing::warn!("assignment watcher stopped reading; ending its stream");
-            false
+/// Where a watch's task sends what its stream carries.
+struct Outlet<T> {
+    tx: mpsc::Sender<Result<T, Status>>,
+    stopping: watch::Receiver<bool>,
+    /// What let the call in, checked again before each event: a client
+    /// whose credentials are withdrawn gets its refusal, and no more.
+    grant: Option<Grant>,
+}
+
+impl<T> Outlet<T> {
+    /// Queues one item for the watcher's connection. False when the
+    /// watcher is gone, the server stops, the client's credentials were
+    /// withdrawn (its refusal is queued instead), or the watcher has read
+    /// nothing for [`WATCHER_STALL`]: one that stopped reading is ended, so
+    /// its agents are no longer offered contacts it would never pass on.
+    async fn deliver(&mut self, item: Result<T, Status>) -> bool {
+        let (item, go_on) = match (item, self.grant.as_mut().map(Grant::recheck)) {
+            (Ok(_), Some(Err(refused))) => (Err(refused), false),
+            (item, _) => (item, true),
+        };
+        tokio::select! {
+            sent = self.tx.send(item) => sent.is_ok() && go_on,
+            _ = self.stopping.wait_for(|s| *s) => false,
+            _ = tokio::time::sleep(WATCHER_STALL) => {
+                tracing::warn!("watcher stopped reading; ending its stream");
+                false
+            }
+        }
+    }
+}
+
+/// Resolves with the refusal once a quiet watch's credentials are
+/// withdrawn, looked at as often as the files are re-read (an event sent
+/// is checked at once); never without credentials.
+async fn withdrawn(grant: &mut Option<Grant>) -> Status {
+    let Some(grant) = grant else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(crate::secrets::RECHECK_EVERY).await;
+        if let Err(refused) = grant.recheck() {
+            return refused;
         }
     }
 }
@@ -556,6 +583,7 @@ impl pb::routing_service_server::RoutingService for Routing {
         &self,
         request: Request<Streaming<pb::StreamAgentStatesRequest>>,
     ) -> Result<Response<pb::StreamAgentStatesResponse>, Status> {
+        let mut grant = request.extensions().get::<Grant>().cloned();
         let mut stream = request.into_inner();
         let mut applied = 0u64;
         while let Some(entry) = stream.message().await.map_err(stream_broken)? {
@@ -563,7 +591,13 @@ impl pb::routing_service_server::RoutingService for Routing {
                 agent_id: entry.agent_id,
                 state: entry.state,
             };
-            if let Err(status) = self.set_state(entry).await {
+            // Each entry is let in as its own call would be: credentials
+            // withdrawn mid-stream stop it before the next entry applies.
+            let checked = grant.as_mut().map_or(Ok(()), Grant::recheck);
+            if let Err(status) = match checked {
+                Ok(()) => self.set_state(entry).await,
+                Err(refused) => Err(refused),
+            } {
                 // The entry's number first; the reason, violations and
                 // metadata (a standby's careroute-leader) kept.
                 let status = Status::with_details_and_metadata(
@@ -685,6 +719,7 @@ impl pb::routing_service_server::RoutingService for Routing {
         &self,
         request: Request<pb::WatchAssignmentsRequest>,
     ) -> Result<Response<Self::WatchAssignmentsStream>, Status> {
+        let grant = request.extensions().get::<Grant>().cloned();
         let filter = WatchFilter::try_from(request.into_inner())?;
         // Subscribed under the engine lock, and only to events of this
         // command and later ones: what it missed before is in `missed`, and
@@ -701,9 +736,13 @@ impl pb::routing_service_server::RoutingService for Routing {
         };
         let since_seq = since.seq;
         self.durable(since).await?;
-        let mut stopping = self.stopping.clone();
         let mut role = self.engine.role();
         let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
+        let mut out = Outlet {
+            tx,
+            stopping: self.stopping.clone(),
+            grant,
+        };
         tokio::spawn(async move {
             // Unwatched when this task ends: the client went away, the
             // server stops, or the watcher fell behind.
@@ -711,30 +750,34 @@ impl pb::routing_service_server::RoutingService for Routing {
             for e in &missed {
                 let mut wire = pb::AssignmentEvent::from(e);
                 wire.resent = true;
-                if !deliver(&tx, Ok(wire), &mut stopping).await {
+                if !out.deliver(Ok(wire)).await {
                     return;
                 }
             }
             loop {
                 let published = tokio::select! {
-                    _ = stopping.wait_for(|s| *s) => return,
-                    _ = tx.closed() => return,
+                    // (Its guard dropped at once: the branch that refuses
+                    // sends from its handler.)
+                    _ = async { drop(out.stopping.wait_for(|s| *s).await) } => return,
+                    _ = out.tx.closed() => return,
+                    refused = withdrawn(&mut out.grant) => {
+                        out.deliver(Err(refused)).await;
+                        return;
+                    }
                     // This process stepped down: its offers are the new
                     // leader's to make, to a watcher connected there.
                     Ok(()) = stepped_down(&mut role) => None,
                     published = events.recv() => Some(published),
                 };
                 let Some(published) = published else {
-                    let moved = sent_away(&mut role, &mut stopping).await;
-                    deliver(&tx, Err(moved), &mut stopping).await;
+                    let moved = sent_away(&mut role, &mut out.stopping).await;
+                    out.deliver(Err(moved)).await;
                     return;
                 };
                 match published {
                     Ok(p) if p.seq >= since_seq => {
                         for (event, wire) in &p.assignments {
-                            if event.passes(&filter)
-                                && !deliver(&tx, Ok(wire.clone()), &mut stopping).await
-                            {
+                            if event.passes(&filter) && !out.deliver(Ok(wire.clone())).await {
                                 return;
                             }
                         }
@@ -753,7 +796,7 @@ impl pb::routing_service_server::RoutingService for Routing {
                             Reason::WatcherBehind,
                             Vec::new(),
                         );
-                        deliver(&tx, Err(aborted), &mut stopping).await;
+                        out.deliver(Err(aborted)).await;
                         return;
                     }
                     Err(broadcast::error::RecvError::Closed) => return,
@@ -770,6 +813,7 @@ impl pb::routing_service_server::RoutingService for Routing {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let grant = request.extensions().get::<Grant>().cloned();
         let after = request.into_inner().after_sequence;
         // Only the leader (or a lone process) has the events.
         self.engine.leading()?;
@@ -782,9 +826,13 @@ impl pb::routing_service_server::RoutingService for Routing {
         // index u32::MAX.
         let seen = (after.unwrap_or(head), u32::MAX);
         let ring = Arc::clone(&self.ring);
-        let mut stopping = self.stopping.clone();
         let mut role = self.engine.role();
         let (tx, rx) = mpsc::channel(WATCHER_QUEUE);
+        let mut out = Outlet {
+            tx,
+            stopping: self.stopping.clone(),
+            grant,
+        };
         tokio::spawn(async move {
             let (mut seen, mut retained, mut live) = (seen, retained, live);
             loop {
@@ -793,14 +841,20 @@ impl pb::routing_service_server::RoutingService for Routing {
                         continue;
                     }
                     seen = (event.sequence, event.index);
-                    if !deliver(&tx, Ok(event.as_ref().clone()), &mut stopping).await {
+                    if !out.deliver(Ok(event.as_ref().clone())).await {
                         return;
                     }
                 }
                 let next = tokio::select! {
                     biased;
-                    _ = stopping.wait_for(|s| *s) => return,
-                    _ = tx.closed() => return,
+                    // (Its guard dropped at once: the branch that refuses
+                    // sends from its handler.)
+                    _ = async { drop(out.stopping.wait_for(|s| *s).await) } => return,
+                    _ = out.tx.closed() => return,
+                    refused = withdrawn(&mut out.grant) => {
+                        out.deliver(Err(refused)).await;
+                        return;
+                    }
                     Ok(()) = stepped_down(&mut role) => None,
                     next = live.recv() => Some(next),
                 };
@@ -837,10 +891,10 @@ impl pb::routing_service_server::RoutingService for Routing {
                         }
                     }
                     Some(Err(broadcast::error::RecvError::Closed)) => return,
-                    None => Err(sent_away(&mut role, &mut stopping).await),
+                    None => Err(sent_away(&mut role, &mut out.stopping).await),
                 };
                 let end = item.is_err();
-                if !deliver(&tx, item, &mut stopping).await || end {
+                if !out.deliver(item).await || end {
                     return;
                 }
             }

@@ -44,6 +44,39 @@ pub fn scratch_dir(what: &str) -> ScratchDir {
     )
 }
 
+/// A file in a directory of its own, both removed when dropped.
+pub struct ScratchFile {
+    path: std::path::PathBuf,
+    _dir: ScratchDir,
+}
+
+impl std::ops::Deref for ScratchFile {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::path::Path> for ScratchFile {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::ffi::OsStr> for ScratchFile {
+    fn as_ref(&self) -> &std::ffi::OsStr {
+        self.path.as_os_str()
+    }
+}
+
+/// File `name` holding `text`, in a new directory named after `what`.
+pub fn scratch_file(what: &str, name: &str, text: &str) -> ScratchFile {
+    let dir = scratch_dir(what);
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    ScratchFile { path, _dir: dir }
+}
+
 /// A new, empty directory for one process's journal.
 pub fn fresh_data_dir() -> ScratchDir {
     scratch_dir("journal")
