@@ -355,7 +355,11 @@ async fn follow(
                 match nats.try_lead(&seed.me).await? {
                     Some(lease) => break (lease, asked),
                     None => {
-                        let leader = nats.leader().await;
+                        // The lease may still name this process, just
+                        // deposed (its renewal failed; it lapses within the
+                        // TTL): then no leader is known yet, and clients are
+                        // not sent back here.
+                        let leader = nats.leader().await.filter(|l| *l != seed.me);
                         let mut engine = held(routing)?;
                         routing.engine().set_role(&mut engine, Role::Standby { leader });
                         drop(engine);

@@ -102,10 +102,12 @@ async fn route(
     c.route_contact(r).await.map(tonic::Response::into_inner)
 }
 
-/// Routes `id` on `c` until it is answered; returns the answer and how long
-/// it took.
+/// Routes `id` on `c`, a client of `p`, until it is answered; returns the
+/// answer and how long it took. Meanwhile `p` may refuse, but never names
+/// itself as the leader to send callers to.
 async fn route_until_answered(
     c: &mut RoutingServiceClient<Channel>,
+    p: &Process,
     id: &str,
     within: Duration,
 ) -> (pb::RouteContactResponse, Duration) {
@@ -115,6 +117,12 @@ async fn route_until_answered(
             Ok(d) => return (d, started.elapsed()),
             Err(e) => {
                 assert_eq!(e.code(), Code::Unavailable, "{e:?}");
+                let named = e.metadata().get("careroute-leader");
+                assert_ne!(
+                    named.and_then(|v| v.to_str().ok()),
+                    Some(p.grpc.as_str()),
+                    "a refusal sent callers back to the process refusing: {e:?}"
+                );
                 assert!(
                     started.elapsed() < within,
                     "not answered within {within:?}: {e:?}"
@@ -255,7 +263,7 @@ async fn the_leader_killed_under_load_a_standby_answers_and_nothing_acknowledged
     let ledger = std::mem::take(&mut *ledger.lock().unwrap());
     assert!(ledger.len() > 12, "too little load: {}", ledger.len());
 
-    let (_, took) = route_until_answered(&mut cb, "after", Duration::from_secs(30)).await;
+    let (_, took) = route_until_answered(&mut cb, &b, "after", Duration::from_secs(30)).await;
     eprintln!(
         "failover: the standby answered RouteContact {took:?} after the leader's kill -9 ({} answers acknowledged before it)",
         ledger.len()
@@ -375,7 +383,7 @@ async fn the_leader_killed_under_load_a_standby_answers_and_nothing_acknowledged
     );
     b.kill9();
     let mut cc = client(&c).await;
-    route_until_answered(&mut cc, "after-second", Duration::from_secs(30)).await;
+    route_until_answered(&mut cc, &c, "after-second", Duration::from_secs(30)).await;
     // A watcher resumes on the third leader from that snapshot on (the log
     // before it is gone from the stream): told what the second told.
     let before = watch_after(&mut cc, 0).await.unwrap_err();
@@ -478,7 +486,7 @@ async fn a_frozen_leader_resumed_answers_nothing_and_rejoins_as_a_standby() {
 
     a.signal("STOP");
     let mut cb = client(&b).await;
-    let (during, took) = route_until_answered(&mut cb, "during", Duration::from_secs(30)).await;
+    let (during, took) = route_until_answered(&mut cb, &b, "during", Duration::from_secs(30)).await;
     eprintln!("failover: the standby answered {took:?} after the leader froze");
     a.signal("CONT");
 
@@ -652,7 +660,7 @@ async fn with_nats_unreachable_the_leader_answers_nothing_and_resumes_by_itself(
     wait_for_readyz(&a, "503").await;
 
     nats.servers[0].signal("CONT");
-    let (_, took) = route_until_answered(&mut ca, "after", Duration::from_secs(60)).await;
+    let (_, took) = route_until_answered(&mut ca, &a, "after", Duration::from_secs(60)).await;
     eprintln!("the leader answered again {took:?} after NATS came back");
     assert_eq!(
         route(&mut ca, "before").await.unwrap().decision_id,
@@ -938,7 +946,8 @@ async fn the_log_on_nats_over_mutual_tls_with_an_nkey_user() {
     let rotated = nkeys::KeyPair::new_user();
     std::fs::write(&seed, format!("{}\n", rotated.seed().unwrap())).unwrap();
     nats.restart_with(&conf.replace(&user.public_key(), &rotated.public_key()));
-    let (_, took) = route_until_answered(&mut ca_client, "rotated", Duration::from_secs(30)).await;
+    let (_, took) =
+        route_until_answered(&mut ca_client, &a, "rotated", Duration::from_secs(30)).await;
     a.wait_for_nth_log("connected successfully", 2, Duration::from_secs(5));
     eprintln!("rotation: the leader answered {took:?} after NATS came back with only the new user");
 }
@@ -1090,7 +1099,7 @@ async fn a_leader_without_a_standby_takes_the_snapshots_and_a_restart_loads_them
         "{rebuilt}"
     );
     let mut cb = client(&b).await;
-    route_until_answered(&mut cb, "after", Duration::from_secs(30)).await;
+    route_until_answered(&mut cb, &b, "after", Duration::from_secs(30)).await;
     for (contact_id, d) in &answered {
         let again = route(&mut cb, contact_id).await.unwrap();
         assert_eq!(again.decision_id, d.decision_id, "{contact_id}");

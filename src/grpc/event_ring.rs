@@ -33,8 +33,11 @@ struct Ring {
 }
 
 impl Ring {
-    /// Keeps one command's events, dropping the oldest beyond capacity;
-    /// returns them for the live feed.
+    /// Keeps one command's events, dropping the oldest commands whole
+    /// beyond capacity; returns them for the live feed. A command with more
+    /// events than the ring holds is kept whole, alone: a watcher that fell
+    /// behind in it, or resumes just before it, can still be sent all of it
+    /// (a policy reload calling back every waiting contact is one command).
     fn keep(&mut self, published: &Published) -> Vec<Arc<pb::RoutingEvent>> {
         self.head = self.head.max(published.seq);
         let events: Vec<_> = published
@@ -42,20 +45,23 @@ impl Ring {
             .into_iter()
             .map(Arc::new)
             .collect();
-        for event in &events {
-            if self.events.len() >= self.capacity {
-                // Part of that command's events may be gone: resuming after
-                // the one before it would miss them.
-                let dropped = self
-                    .events
-                    .pop_front()
-                    .map_or(event.sequence, |d| d.sequence);
-                self.resumable_after = self.resumable_after.max(dropped);
-            }
-            if self.capacity > 0 {
-                self.events.push_back(Arc::clone(event));
-            }
+        if events.is_empty() {
+            return events;
         }
+        if self.capacity == 0 {
+            self.resumable_after = self.resumable_after.max(published.seq);
+            return events;
+        }
+        while let Some(oldest) = self.events.front().map(|e| e.sequence) {
+            if self.events.len() + events.len() <= self.capacity {
+                break;
+            }
+            while self.events.front().is_some_and(|e| e.sequence == oldest) {
+                self.events.pop_front();
+            }
+            self.resumable_after = self.resumable_after.max(oldest);
+        }
+        self.events.extend(events.iter().cloned());
         events
     }
 }
@@ -100,13 +106,14 @@ impl Replayed {
     }
 
     /// Keeps record `seq`'s events (none: it told nothing), dropping the
-    /// oldest commands' beyond capacity.
+    /// oldest commands' beyond capacity (the last one stays, as in the
+    /// ring, however many it told).
     pub fn keep(&mut self, seq: u64, published: Option<Published>) {
         self.head = self.head.max(seq);
         let Some(p) = published else { return };
         self.events += p.told();
         self.kept.push_back(p);
-        while self.events > self.capacity {
+        while self.events > self.capacity && self.kept.len() > 1 {
             let Some(oldest) = self.kept.pop_front() else {
                 break;
             };
@@ -332,6 +339,28 @@ mod tests {
         assert_eq!(seqs(&resumed.retained), [5]);
         assert_eq!(resumed.live.try_recv().unwrap().sequence, 6);
         assert!(resumed.live.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_command_larger_than_the_ring_is_kept_whole() {
+        let ring = EventRing::new(3, 0);
+        ring.push(&command(1, 1));
+        ring.push(&many(2, 5));
+        // 2 alone, all five of its events: resumable after 1.
+        assert_eq!(seqs(&ring.resume(Some(1)).unwrap().retained), [2; 5]);
+        let e = ring.resume(Some(0)).err().unwrap();
+        assert!(e.message().contains("after 1 to 2"), "{}", e.message());
+        // The next command pushes it out whole.
+        ring.push(&command(3, 1));
+        assert_eq!(seqs(&ring.resume(Some(2)).unwrap().retained), [3]);
+        assert!(ring.resume(Some(1)).is_err());
+        // A replay keeps its last command whole too.
+        let mut replayed = Replayed::new(0, 3);
+        replayed.keep(4, Some(many(4, 2)));
+        replayed.keep(5, Some(many(5, 4)));
+        ring.restore(replayed);
+        assert_eq!(seqs(&ring.resume(Some(4)).unwrap().retained), [5; 4]);
+        assert!(ring.resume(Some(3)).is_err());
     }
 
     #[test]
