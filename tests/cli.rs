@@ -3,22 +3,17 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::process::Command;
 
 fn careroute() -> Command {
     Command::new(env!("CARGO_BIN_EXE_careroute"))
 }
 
-/// A file holding `text`, removed when the path is dropped.
-fn write(name: &str, text: &str) -> tempfile::TempPath {
-    let path = tempfile::Builder::new()
-        .prefix(&format!("careroute-cli-{name}-"))
-        .suffix(".toml")
-        .tempfile()
-        .unwrap()
-        .into_temp_path();
-    std::fs::write(&path, text).unwrap();
-    path
+/// A file holding `text`, removed when dropped.
+fn write(name: &str, text: &str) -> common::process::ScratchFile {
+    common::process::scratch_file("cli", name, text)
 }
 
 const EXAMPLE: &str = include_str!("../examples/healthcare.toml");
@@ -45,7 +40,7 @@ fn check_accepts_the_example_policy() {
 fn check_refuses_with_file_line_and_field() {
     let bad = EXAMPLE.replacen("route_to = \"pharmacy\"", "route_to = \"farmacy\"", 1);
     let line = bad[..bad.find("farmacy").unwrap()].matches('\n').count() + 1;
-    let path = write("bad-check", &bad);
+    let path = write("bad-check.toml", &bad);
     let out = careroute().arg("check").arg(&path).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -65,7 +60,7 @@ fn service_refuses_to_start_on_an_invalid_policy() {
         "time_zone = \"Mars/Olympus\"",
         1,
     );
-    let path = write("bad-start", &bad);
+    let path = write("bad-start.toml", &bad);
     let start = |more: &[&str]| {
         careroute()
             .arg("--policy")

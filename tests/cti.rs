@@ -410,3 +410,71 @@ async fn a_callback_decided_while_nobody_watched_reaches_the_next_watcher() {
             .is_none()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_telling_more_events_than_a_watcher_buffers_reaches_it_whole() {
+    // 4,500 callers wait at scheduling (a second's handle time each, so
+    // none is told the wait is too long); a reload that closes it calls each
+    // back in one command: more events than a live watcher's buffer (4,096)
+    // and than the ring keeps (--event-retention 1000). The watcher falls
+    // behind in it and catches up from the ring, which keeps it whole.
+    const CALLERS: usize = 4_500;
+    let dir = common::process::scratch_dir("cti-large-reload");
+    let policy_file = dir.join("policy.toml");
+    let roomy = |k: &Knobs| {
+        policy(k).replace(
+            "max_waiting = 20",
+            "max_waiting = 5000\nhandle_time = \"1s\"",
+        )
+    };
+    std::fs::write(&policy_file, roomy(&KNOBS)).unwrap();
+    let p = common::process::Process::start(&[
+        "--policy",
+        policy_file.to_str().unwrap(),
+        "--event-retention",
+        "1000",
+    ])
+    .keeping(dir);
+    let mut c = client(&p).await;
+    agent(&mut c, "s1", "Access", "scheduling").await;
+    busy(&mut c, "s0", "scheduling").await;
+    for i in 0..CALLERS {
+        queue(&mut c, contact(&format!("w{i}"), "scheduling")).await;
+    }
+    let mut events = c
+        .watch_events(pb::WatchEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let closed = Knobs {
+        scheduling_closed: true,
+        ..KNOBS
+    };
+    std::fs::write(&policy_file, roomy(&closed)).unwrap();
+    p.signal("HUP");
+
+    // The reload's command, every event of it once, in order.
+    let mut called_back = std::collections::HashSet::new();
+    let mut last: Option<pb::RoutingEvent> = None;
+    loop {
+        let e = tokio::time::timeout(Duration::from_secs(20), events.message())
+            .await
+            .expect("the reload's events within 20 s")
+            .unwrap_or_else(|refused| panic!("the watcher was ended: {refused:?}"))
+            .expect("the stream ended");
+        if let Some(prev) = &last {
+            assert!(common::floor::follows(prev, &e), "{prev:?} then {e:?}");
+        }
+        if let Some(pb::routing_event::Event::Assignment(a)) = &e.event
+            && matches!(a.event, Some(E::Callback(_)))
+        {
+            assert!(called_back.insert(a.contact_id.clone()), "{e:?} twice");
+        }
+        let done = e.last_of_sequence && e.index > 0;
+        last = Some(e);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(called_back.len(), CALLERS);
+}

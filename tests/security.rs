@@ -260,11 +260,7 @@ async fn the_journal_records_which_client_made_each_change() {
         .unwrap();
     let mut client =
         careroute::grpc::pb::routing_service_client::RoutingServiceClient::new(channel);
-    let mut request = tonic::Request::new(contact("c-audit", "billing"));
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {}", token(Role::Route)).parse().unwrap(),
-    );
+    let request = with_token(contact("c-audit", "billing"), &token(Role::Route));
     client.route_contact(request).await.unwrap();
     drop(p);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_careroute"))
@@ -430,13 +426,18 @@ async fn withdrawn_credentials_end_the_streams_they_opened() {
     assert_eq!(again.code(), Code::Unauthenticated);
     // Refusals mid-stream are counted as refusals of calls are.
     let scrape = http_get_with(&p.metrics, "/metrics", Some(&token(Role::Observe))).await;
-    for method in ["StreamAgentStates", "WatchEvents", "WatchAssignments"] {
+    // Once for each stream, and once for the new call.
+    for (method, refused) in [
+        ("StreamAgentStates", 1.0),
+        ("WatchEvents", 2.0),
+        ("WatchAssignments", 1.0),
+    ] {
         let method = format!("method=\"{method}\"");
         let series = [
             "careroute_auth_refusals_total",
             &method,
             "code=\"unauthenticated\"",
         ];
-        assert!(sample(&scrape, &series) >= 1.0, "{method}: {scrape}");
+        assert_eq!(sample(&scrape, &series), refused, "{method}: {scrape}");
     }
 }

@@ -282,8 +282,17 @@ impl Grant {
         for value in &self.authorization {
             headers.append(http::header::AUTHORIZATION, value.clone());
         }
-        match check(&now, &headers, self.peer.as_ref(), self.role) {
-            Ok(_) => {
+        // The token or certificate now someone else's is not this stream's
+        // client: its records would name the wrong one.
+        let same_client = check(&now, &headers, self.peer.as_ref(), self.role).and_then(|c| {
+            if c.name == self.client {
+                Ok(())
+            } else {
+                Err(Refusal::Unauthenticated)
+            }
+        });
+        match same_client {
+            Ok(()) => {
                 self.checked = arc_swap::Guard::into_inner(now);
                 Ok(())
             }

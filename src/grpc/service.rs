@@ -372,6 +372,17 @@ impl Routing {
     }
 }
 
+/// The ticks a watch checks its grant on: kept across its loop, so a busy
+/// floor whose events pass a watch's filter by does not put them off.
+fn recheck_every() -> tokio::time::Interval {
+    let mut every = tokio::time::interval_at(
+        tokio::time::Instant::now() + crate::secrets::RECHECK_EVERY,
+        crate::secrets::RECHECK_EVERY,
+    );
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    every
+}
+
 /// Where a watch's task sends what its stream carries.
 struct Outlet<T> {
     tx: mpsc::Sender<Result<T, Status>>,
@@ -379,6 +390,8 @@ struct Outlet<T> {
     /// What let the call in, checked again before each event: a client
     /// whose credentials are withdrawn gets its refusal, and no more.
     grant: Option<Grant>,
+    /// When a quiet watch checks its grant again.
+    recheck: tokio::time::Interval,
 }
 
 impl<T> Outlet<T> {
@@ -388,8 +401,11 @@ impl<T> Outlet<T> {
     /// nothing for [`WATCHER_STALL`]: one that stopped reading is ended, so
     /// its agents are no longer offered contacts it would never pass on.
     async fn deliver(&mut self, item: Result<T, Status>) -> bool {
-        let (item, go_on) = match (item, self.grant.as_mut().map(Grant::recheck)) {
-            (Ok(_), Some(Err(refused))) => (Err(refused), false),
+        let (item, go_on) = match (item, &mut self.grant) {
+            (Ok(item), Some(grant)) => match grant.recheck() {
+                Ok(()) => (Ok(item), true),
+                Err(refused) => (Err(refused), false),
+            },
             (item, _) => (item, true),
         };
         tokio::select! {
@@ -403,19 +419,30 @@ impl<T> Outlet<T> {
     }
 }
 
-/// Resolves with the refusal once a quiet watch's credentials are
-/// withdrawn, looked at as often as the files are re-read (an event sent
-/// is checked at once); never without credentials.
-async fn withdrawn(grant: &mut Option<Grant>) -> Status {
+/// Resolves with the refusal once a watch's credentials are withdrawn,
+/// looked at on each tick of `every` (an event sent is checked at once),
+/// so a watch that sends nothing ends too; never without credentials.
+async fn withdrawn(grant: &mut Option<Grant>, every: &mut tokio::time::Interval) -> Status {
     let Some(grant) = grant else {
         return std::future::pending().await;
     };
     loop {
-        tokio::time::sleep(crate::secrets::RECHECK_EVERY).await;
+        every.tick().await;
         if let Err(refused) = grant.recheck() {
             return refused;
         }
     }
+}
+
+/// Where a watcher stands once `event` is sent: a sequence sent whole is
+/// `(sequence, u32::MAX)`.
+fn sent(event: &pb::RoutingEvent) -> (u64, u32) {
+    let index = if event.last_of_sequence {
+        u32::MAX
+    } else {
+        event.index
+    };
+    (event.sequence, index)
 }
 
 /// The client that made a call, as the credentials file names it (none
@@ -742,6 +769,7 @@ impl pb::routing_service_server::RoutingService for Routing {
             tx,
             stopping: self.stopping.clone(),
             grant,
+            recheck: recheck_every(),
         };
         tokio::spawn(async move {
             // Unwatched when this task ends: the client went away, the
@@ -760,7 +788,7 @@ impl pb::routing_service_server::RoutingService for Routing {
                     // sends from its handler.)
                     _ = async { drop(out.stopping.wait_for(|s| *s).await) } => return,
                     _ = out.tx.closed() => return,
-                    refused = withdrawn(&mut out.grant) => {
+                    refused = withdrawn(&mut out.grant, &mut out.recheck) => {
                         out.deliver(Err(refused)).await;
                         return;
                     }
@@ -832,6 +860,7 @@ impl pb::routing_service_server::RoutingService for Routing {
             tx,
             stopping: self.stopping.clone(),
             grant,
+            recheck: recheck_every(),
         };
         tokio::spawn(async move {
             let (mut seen, mut retained, mut live) = (seen, retained, live);
@@ -840,7 +869,7 @@ impl pb::routing_service_server::RoutingService for Routing {
                     if (event.sequence, event.index) <= seen {
                         continue;
                     }
-                    seen = (event.sequence, event.index);
+                    seen = sent(&event);
                     if !out.deliver(Ok(event.as_ref().clone())).await {
                         return;
                     }
@@ -851,7 +880,7 @@ impl pb::routing_service_server::RoutingService for Routing {
                     // sends from its handler.)
                     _ = async { drop(out.stopping.wait_for(|s| *s).await) } => return,
                     _ = out.tx.closed() => return,
-                    refused = withdrawn(&mut out.grant) => {
+                    refused = withdrawn(&mut out.grant, &mut out.recheck) => {
                         out.deliver(Err(refused)).await;
                         return;
                     }
@@ -861,14 +890,19 @@ impl pb::routing_service_server::RoutingService for Routing {
                 let item = match next {
                     Some(Ok(event)) if (event.sequence, event.index) <= seen => continue,
                     Some(Ok(event)) => {
-                        seen = (event.sequence, event.index);
+                        seen = sent(&event);
                         Ok(event.as_ref().clone())
                     }
-                    // Behind the live feed: catch up from the ring, from the
-                    // start of the sequence last sent (what was sent of it
-                    // is skipped).
+                    // Behind the live feed: catch up from the ring, after the
+                    // sequence last sent whole, or from the start of one
+                    // sent in part (what was sent of it is skipped).
                     Some(Err(broadcast::error::RecvError::Lagged(_))) => {
-                        match ring.resume(Some(seen.0.saturating_sub(1))) {
+                        let resume_after = if seen.1 == u32::MAX {
+                            seen.0
+                        } else {
+                            seen.0.saturating_sub(1)
+                        };
+                        match ring.resume(Some(resume_after)) {
                             Ok(again) => {
                                 (retained, live) = (again.retained, again.live);
                                 continue;
@@ -880,9 +914,9 @@ impl pb::routing_service_server::RoutingService for Routing {
                                 Err(refusal(
                                     tonic::Code::Aborted,
                                     format!(
-                                        "this watcher fell behind what is retained; resume with after_sequence = {} from the journal (careroute journal --outcomes --from {})",
-                                        seen.0.saturating_sub(1),
-                                        seen.0
+                                        "this watcher fell behind what is retained: read the records after {} from the journal (careroute journal --outcomes --from {}), then resume with after_sequence = the last of them",
+                                        resume_after,
+                                        resume_after + 1
                                     ),
                                     Reason::WatcherBehind,
                                     Vec::new(),
