@@ -530,6 +530,19 @@ impl Config {
         ))
     }
 
+    /// What `--insecure` lets through that would be refused without it,
+    /// for the start to say at warning level.
+    pub fn insecure_exposure(&self) -> Option<String> {
+        if !self.insecure {
+            return None;
+        }
+        let strict = Config {
+            insecure: false,
+            ..self.clone()
+        };
+        strict.exposure().err()
+    }
+
     /// Whether the embedded demo roster is loaded.
     pub fn wants_demo_roster(&self) -> bool {
         self.policy.is_none() && self.roster.is_none() && !self.no_demo_roster
@@ -580,6 +593,17 @@ mod tests {
         assert!(with("0.0.0.0:1", "0.0.0.0:2", &tls).is_err());
         assert!(with("0.0.0.0:1", "0.0.0.0:2", &half_tls).is_err());
         assert!(with("0.0.0.0:1", "0.0.0.0:2", &|c| c.insecure = true).is_ok());
+        // What --insecure let through is said; nothing when it let nothing.
+        let warned = |grpc: &str, insecure: bool| {
+            let mut config = Config::ephemeral();
+            config.grpc_addr = grpc.parse().unwrap();
+            config.insecure = insecure;
+            config.insecure_exposure()
+        };
+        let said = warned("0.0.0.0:1", true).unwrap();
+        assert!(said.contains("0.0.0.0:1"), "{said}");
+        assert_eq!(warned("127.0.0.1:1", true), None);
+        assert_eq!(warned("0.0.0.0:1", false), None);
     }
 
     #[test]

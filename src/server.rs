@@ -391,6 +391,12 @@ impl Listeners {
     /// service unprotected ([`Config::exposure`]).
     pub async fn bind(config: &Config) -> Result<Listeners, ServerError> {
         config.exposure().map_err(ServerError::Exposed)?;
+        if let Some(would_refuse) = config.insecure_exposure() {
+            tracing::warn!(
+                would_refuse,
+                "running exposed: --insecure lets this start without the protection it needs"
+            );
+        }
         let bind = |addr: SocketAddr| async move {
             TcpListener::bind(addr)
                 .await

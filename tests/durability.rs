@@ -1355,3 +1355,16 @@ async fn a_caller_waiting_on_a_quiet_floor_adds_no_records() {
     );
     drop(p);
 }
+
+#[tokio::test]
+async fn a_data_directory_careroute_makes_is_its_owners_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = fresh_data_dir();
+    let data = parent.join("site").join("journal");
+    let p = Process::start_in(&data, &[], "info");
+    for dir in [parent.join("site"), data.clone()] {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}: {mode:o}", dir.display());
+    }
+    drop(p);
+}

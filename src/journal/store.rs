@@ -3,6 +3,7 @@
 //! compacted behind the snapshots.
 
 use std::{
+    os::unix::fs::DirBuilderExt,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -174,10 +175,17 @@ impl Store {
     /// snapshot that loads, and reads the records after it on a thread of
     /// their own (see [`Records`]).
     pub fn open(dir: &Path, sync: JournalSync) -> Result<(Store, Recovered), JournalError> {
-        std::fs::create_dir_all(dir).map_err(|source| JournalError::Dir {
-            dir: dir.to_owned(),
-            source,
-        })?;
+        // A directory it makes is its owner's alone: the log names agents,
+        // contact references and clients. One that exists keeps the
+        // permissions the operator gave it.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| JournalError::Dir {
+                dir: dir.to_owned(),
+                source,
+            })?;
         // One process per journal: a second one started on the same
         // directory by mistake is refused before it writes anything.
         let lock_file = dir.join("LOCK");
